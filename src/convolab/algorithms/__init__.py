@@ -1,0 +1,3 @@
+"""Built-in algorithms; importing this package registers them (one module per algorithm)."""
+
+from . import direct, im2col  # noqa: F401

@@ -1,0 +1,268 @@
+"""The public entry points: `conv2d` and `plan` -> `ConvPlan`.
+
+``conv2d(x, w, ...)`` validates once (`ConvSpec.from_arrays`), makes a plan (choose the
+algorithm, prepare the weights) and runs it. A `ConvPlan` is reusable for every input of the
+planned shape, like an FFTW plan or a oneDNN primitive, and safe to call from several Python
+threads at once: it holds only read-only data and allocates its workspace per call.
+
+dtypes: float32 is the main dtype; float64 computes in float64; float16 computes in float32
+and returns float16. Integer convolution lives in `convolab.reference` (exact) and
+`convolab.quant`.
+"""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+
+from . import registry
+from .errors import ConvError, UnsupportedError
+from .spec import ConvSpec
+
+
+def available_memory() -> int:
+    """Bytes of memory the OS reports as available (MemAvailable), or a large number if unknown."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return 1 << 62
+
+
+def _mib(n: int) -> str:
+    return f"{n / 2**20:.1f} MiB"
+
+
+def check_memory(spec: ConvSpec, algo: registry.Algorithm, extra: int = 0) -> None:
+    """Refuse, before allocating, a workspace larger than the memory available."""
+    need = algo.workspace_bytes(spec) + extra
+    have = available_memory()
+    if need <= have:
+        return
+    smaller = sorted(
+        (a.workspace_bytes(spec), a.name)
+        for a in registry.algorithms()
+        if a.name != algo.name and a.supports(spec) is None
+    )
+    hint = (
+        f"; algorithm {smaller[0][1]!r} needs {_mib(smaller[0][0])}"
+        if smaller and smaller[0][0] < algo.workspace_bytes(spec)
+        else ""
+    )
+    raise ConvError(
+        f"algorithm {algo.name!r} needs {_mib(need)} of workspace for {spec} but only "
+        f"{_mib(have)} is available{hint}"
+    )
+
+
+def _auto(spec: ConvSpec) -> tuple[str, str]:
+    """A simple rule until the cost model of `convolab.select` replaces it."""
+    if spec.Cg * spec.Kg < 64:
+        return "direct", "few channels per group (depthwise-like): GEMMs would be tiny"
+    ws = registry.get("im2col").workspace_bytes(spec)
+    if ws > min(available_memory() // 4, 1 << 30):
+        return "direct", f"im2col's workspace ({_mib(ws)}) is too large"
+    return "im2col", "GEMM-shaped layer: unfold + BLAS is fastest here"
+
+
+def _resolve(spec: ConvSpec, algorithm: str) -> tuple[registry.Algorithm, str]:
+    if not isinstance(algorithm, str):
+        raise ConvError(f"algorithm must be a name or 'auto', got {algorithm!r}")
+    if algorithm == "auto":
+        name, why = _auto(spec)
+        return registry.get(name), why
+    algo = registry.get(algorithm)
+    reason = algo.supports(spec)
+    if reason is not None:
+        raise UnsupportedError(algo.name, reason, registry.capable(spec))
+    return algo, "requested by name"
+
+
+class ConvPlan:
+    """A convolution planned for one input shape: algorithm chosen, weights prepared.
+
+    Call it as ``plan(x)`` or ``plan(x, out=y)``. Attributes: ``spec``, ``algorithm`` (name),
+    ``workspace_bytes``, ``multiplies``; ``explain()`` says what was chosen and why.
+    """
+
+    def __init__(self, spec: ConvSpec, algo: registry.Algorithm, w, bias, why: str):
+        self.spec = spec
+        self._algo = algo
+        self._why = why
+        cd = spec.compute_dtype
+        self._prepared = algo.prepare(spec, np.ascontiguousarray(w, dtype=cd))
+        self._bias = None if bias is None else np.asarray(bias, dtype=cd).reshape(1, -1, 1, 1)
+
+    @property
+    def algorithm(self) -> str:
+        return self._algo.name
+
+    @property
+    def workspace_bytes(self) -> int:
+        return self._algo.workspace_bytes(self.spec)
+
+    @property
+    def multiplies(self) -> int:
+        return self._algo.multiplies(self.spec)
+
+    @property
+    def deterministic(self) -> bool:
+        return self._algo.deterministic
+
+    @property
+    def error_bound(self) -> float:
+        return self._algo.error_bound(self.spec, self.spec.dtype)
+
+    def explain(self) -> str:
+        """A short human-readable account of the plan."""
+        s = self.spec
+        lines = [
+            f"convolution {s} ({s.dtype}), output {s.out_shape}",
+            f"algorithm: {self.algorithm} ({self._why})",
+            f"workspace: {_mib(self.workspace_bytes)}; multiplications: {self.multiplies:,} "
+            f"(direct: {s.direct_multiplies:,})",
+            f"deterministic: {self.deterministic}; error bound (normwise): {self.error_bound:.2e}",
+        ]
+        others = []
+        for a in registry.algorithms():
+            reason = a.supports(s)
+            state = "can run" if reason is None else f"cannot: {reason}"
+            others.append(f"  {a.name:<16} {state}; workspace {_mib(a.workspace_bytes(s)) if reason is None else '-'}")
+        return "\n".join(lines + ["candidates:"] + others)
+
+    def __repr__(self) -> str:
+        return f"ConvPlan({self.spec}, algorithm={self.algorithm!r})"
+
+    def __call__(self, x, *, out=None) -> np.ndarray:
+        s = self.spec
+        x = np.asarray(x)
+        if x.shape != s.x_shape:
+            raise ConvError(f"this plan is for inputs of shape {s.x_shape}, got {x.shape}")
+        if x.dtype != s.dtype:
+            raise ConvError(
+                f"this plan is for {s.dtype} inputs, got {x.dtype} (plan with dtype={x.dtype})"
+            )
+        out_dtype = s.out_dtype
+        if out is not None:
+            if not isinstance(out, np.ndarray):
+                raise ConvError(f"out must be a numpy.ndarray, got {type(out).__name__}")
+            if out.shape != s.out_shape:
+                raise ConvError(f"out has shape {out.shape}, expected {s.out_shape}")
+            if out.dtype != out_dtype:
+                raise ConvError(f"out has dtype {out.dtype}, expected {out_dtype}")
+            if not out.flags.writeable:
+                raise ConvError("out is read-only")
+        cd = s.compute_dtype
+        direct_out = (
+            out is not None and out.dtype == cd and out.flags.c_contiguous
+            and not np.shares_memory(out, x)
+        )
+        result_bytes = 0 if direct_out else int(np.prod(s.out_shape)) * cd.itemsize
+        if self.workspace_bytes + result_bytes > (1 << 24):
+            check_memory(s, self._algo, result_bytes)
+        xc = np.ascontiguousarray(x, dtype=cd)
+        y = out if direct_out else np.empty(s.out_shape, dtype=cd)
+        self._algo.run(self._prepared, xc, y)
+        if self._bias is not None:
+            y += self._bias
+        if out is None:
+            return y if y.dtype == out_dtype else y.astype(out_dtype)
+        if y is not out:
+            out[...] = y
+        return out
+
+
+def plan(
+    x_shape, w, bias=None, stride=1, padding=0, dilation=1, groups=1, *, algorithm="auto",
+    dtype=None,
+) -> ConvPlan:
+    """Plan the convolution of inputs of shape ``x_shape`` with weights ``w``.
+
+    Parameters
+    ----------
+    x_shape : tuple of 4 ints
+        (N, C, H, W) of the inputs the plan will be called on.
+    w : array_like, shape (K, C/groups, R, S)
+    bias : array_like, shape (K,), optional
+    stride, padding, dilation, groups
+        As `conv2d`.
+    algorithm : str
+        A registered name (see `convolab.algorithms`) or ``"auto"``.
+    dtype : dtype, optional
+        Input dtype the plan is for; default the weight's dtype.
+
+    Returns
+    -------
+    ConvPlan
+
+    Raises
+    ------
+    ConvError
+        Invalid shapes or hyper-parameters, or a workspace larger than the memory available.
+    UnsupportedError
+        The named algorithm cannot run this convolution (message lists those that can).
+    """
+    w = np.asarray(w)
+    b = None if bias is None else np.asarray(bias)
+    dt = np.result_type(w.dtype, dtype) if dtype is not None else w.dtype
+    for a, what in ((w, "weight"), (b, "bias")):
+        if a is not None and (a.dtype.kind != "f" or a.dtype not in (np.float16, np.float32, np.float64)):
+            raise ConvError(f"unsupported {what} dtype {a.dtype}; use float16, float32 or float64")
+    spec = ConvSpec.from_shapes(
+        x_shape, w.shape, stride, padding, dilation, groups, dt, None if b is None else b.shape
+    )
+    algo, why = _resolve(spec, algorithm)
+    check_memory(spec, algo)
+    return ConvPlan(spec, algo, w, b, why)
+
+
+def conv2d(
+    x, w, bias=None, stride=1, padding=0, dilation=1, groups=1, *, algorithm="auto", out=None
+) -> np.ndarray:
+    """2D convolution (cross-correlation) with PyTorch's ``conv2d`` semantics.
+
+    Parameters
+    ----------
+    x : array_like, shape (N, C, H, W)
+        float16, float32 or float64; any strides (copied only when needed).
+    w : array_like, shape (K, C/groups, R, S)
+    bias : array_like, shape (K,), optional
+    stride, dilation : int or (int, int)
+    padding : int, (pad_h, pad_w), (left, right, top, bottom), "same" or "valid"
+    groups : int
+    algorithm : str
+        ``"auto"`` or a registered name (``convolab.algorithms()``).
+    out : numpy.ndarray, optional
+        Output of shape (N, K, OH, OW) and the result dtype; untouched if the call fails.
+
+    Returns
+    -------
+    numpy.ndarray
+        (N, K, OH, OW) in the promoted dtype of ``x`` and ``w``.
+
+    Notes
+    -----
+    float16 inputs are computed in float32 and rounded once at the end. NaN and Inf
+    propagate as in the float64 reference (`convolab.reference.conv2d`).
+    """
+    x = np.asarray(x)
+    w = np.asarray(w)
+    b = None if bias is None else np.asarray(bias)
+    spec = ConvSpec.from_arrays(x, w, b, stride, padding, dilation, groups)
+    if spec.dtype.kind != "f":
+        raise ConvError(
+            f"unsupported dtype {spec.dtype} for conv2d: use float16, float32 or float64 "
+            f"(exact integer convolution: convolab.reference.conv2d; int8: convolab.quant)"
+        )
+    if out is not None and isinstance(out, np.ndarray) and out.dtype != spec.dtype:
+        raise ConvError(f"out has dtype {out.dtype}, expected {spec.dtype}")
+    algo, why = _resolve(spec, algorithm)
+    check_memory(spec, algo)
+    return ConvPlan(spec, algo, w, b, why)(x, out=out)

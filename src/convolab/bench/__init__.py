@@ -1,0 +1,1 @@
+"""Layer suites, peer runners and the runner behind ``convolab bench``."""

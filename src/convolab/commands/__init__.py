@@ -1,0 +1,1 @@
+"""Small CLI sub-commands that belong to no subsystem of their own."""

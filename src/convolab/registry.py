@@ -1,0 +1,134 @@
+"""The algorithm registry: one `Algorithm` record per named convolution algorithm.
+
+Each module in ``convolab.algorithms`` registers its records at import time. A record is
+pure data plus functions; nothing here allocates or computes. Names are unique.
+"""
+
+from __future__ import annotations
+
+import importlib
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from .errors import ConvError
+from .spec import ConvSpec
+
+#: unit roundoff of the dtypes convolab computes in
+UNIT_ROUNDOFF = {
+    np.dtype(np.float16): 2.0**-11,
+    np.dtype(np.float32): 2.0**-24,
+    np.dtype(np.float64): 2.0**-53,
+}
+
+
+def gamma(n: int, u: float) -> float:
+    """Higham's gamma_n = n u / (1 - n u): the worst-case relative error of an n-term sum."""
+    nu = n * u
+    return nu / (1.0 - nu) if nu < 1 else float("inf")
+
+
+def summation_bound(spec: ConvSpec, dtype) -> float:
+    """Worst-case normwise error of any summation order of the (C/groups) R S products and bias.
+
+    The bound is on ``max|y_hat - y| / max(|x| (*) |w| + |b|)`` (see `convolab.reference.errors`)
+    for any order of the n = Cg R S + 1 additions computed in the compute dtype, plus the final
+    rounding to float16 when the input is float16.
+    """
+    dtype = np.dtype(dtype)
+    compute = np.dtype(np.float64) if dtype == np.float64 else np.dtype(np.float32)
+    bound = gamma(spec.reduction_length + 1, UNIT_ROUNDOFF[compute])
+    if dtype == np.float16:
+        bound = (1 + bound) * (1 + UNIT_ROUNDOFF[dtype]) - 1
+    return bound
+
+
+@dataclass(frozen=True)
+class Algorithm:
+    """A registered convolution algorithm.
+
+    Attributes
+    ----------
+    name : str
+        Unique name, used as ``conv2d(..., algorithm=name)``.
+    supports : callable(spec) -> str or None
+        None when the algorithm can run ``spec``, else the reason it cannot.
+    prepare : callable(spec, w) -> object
+        Weight-side work done once per plan (packing, transforms). ``w`` is already in the
+        compute dtype and C-contiguous.
+    run : callable(prepared, x, out) -> None
+        Computes the convolution of ``x`` (compute dtype, C-contiguous) into ``out``
+        (compute dtype, C-contiguous, shape ``spec.out_shape``), bias excluded.
+    workspace_bytes : callable(spec) -> int
+        Bytes allocated per call beyond input, output and prepared weights.
+    multiplies : callable(spec) -> int
+        Multiplications performed (transform-domain products for fast algorithms).
+    deterministic : bool
+        Bit-identical output for any thread count and SIMD width.
+    error_bound : callable(spec, dtype) -> float
+        Bound on the normwise error ``max|y_hat - y| / max(|x| (*) |w| + |b|)``.
+    summary : str
+        One line for tables.
+    """
+
+    name: str
+    supports: Callable[[ConvSpec], str | None]
+    prepare: Callable[[ConvSpec, np.ndarray], Any]
+    run: Callable[[Any, np.ndarray, np.ndarray], None]
+    workspace_bytes: Callable[[ConvSpec], int]
+    multiplies: Callable[[ConvSpec], int]
+    deterministic: bool
+    error_bound: Callable[[ConvSpec, Any], float] = field(default=summation_bound)
+    summary: str = ""
+    features: dict = field(default_factory=dict)
+
+    def __repr__(self) -> str:
+        return f"Algorithm({self.name!r}, deterministic={self.deterministic})"
+
+
+_REGISTRY: dict[str, Algorithm] = {}
+
+
+def register(algo: Algorithm) -> Algorithm:
+    """Add ``algo`` to the registry; a duplicate name raises `ConvError`."""
+    if algo.name in _REGISTRY:
+        raise ConvError(f"an algorithm named {algo.name!r} is already registered")
+    if not algo.name or algo.name == "auto":
+        raise ConvError(f"invalid algorithm name {algo.name!r}")
+    _REGISTRY[algo.name] = algo
+    return algo
+
+
+def unregister(name: str) -> None:
+    """Remove a registered algorithm (for tests and plug-ins)."""
+    _REGISTRY.pop(name, None)
+
+
+def _load() -> None:
+    # importing the subpackage registers the built-in algorithms (a no-op once imported)
+    importlib.import_module("convolab.algorithms")
+
+
+def get(name: str) -> Algorithm:
+    """The record named ``name``; `ConvError` listing the registered names if unknown."""
+    _load()
+    try:
+        return _REGISTRY[name]
+    except KeyError:
+        raise ConvError(
+            f"unknown algorithm {name!r}; registered: {', '.join(_REGISTRY)} (or 'auto')"
+        ) from None
+
+
+def algorithms() -> list[Algorithm]:
+    """All registered algorithm records, in registration order."""
+    _load()
+    return list(_REGISTRY.values())
+
+
+def capable(spec: ConvSpec) -> list[str]:
+    """Names of the registered algorithms that support ``spec``."""
+    return [a.name for a in algorithms() if a.supports(spec) is None]
