@@ -1,6 +1,130 @@
-"""``convolab bench``: run a layer suite through algorithms and peers."""
+"""``convolab bench``: run a layer suite through the algorithms and the peers, side by side."""
+
+from __future__ import annotations
+
+import json
+import os
 
 
 def add_parser(sub) -> None:
-    p = sub.add_parser("bench", help="benchmark algorithms and peers on a layer suite")
-    p.set_defaults(func=lambda args: 0)
+    from .suites import SUITES
+
+    p = sub.add_parser(
+        "bench",
+        help="benchmark algorithms and peers on a layer suite",
+        description="Time every algorithm (and peer) on each layer of a suite: ms, GFLOP/s "
+        "(direct-convolution FLOPs), workspace, measured peak allocation, max relative error "
+        "against float64. Published figures: run with OPENBLAS_CORETYPE and OPENBLAS_L2_SIZE unset.",
+    )
+    p.add_argument("--suite", default="default", choices=sorted(SUITES), help="layer suite (default: default)")
+    p.add_argument("--batch", type=int, default=None, help="batch size (default: the suite's: 1, im2win12: 8)")
+    p.add_argument("--algorithms", default=None, help="comma-separated algorithm names (default: all registered)")
+    p.add_argument("--peers", default=None, help="comma-separated peers: torch (= torch,torch-im2col)")
+    p.add_argument("--repeat", type=int, default=5, help="timed calls per measurement; the minimum is kept")
+    p.add_argument("--threads", type=int, default=None, help="threads for convolab, BLAS and peers (default: all cores)")
+    p.add_argument("--layers", default=None, help="only layers whose name contains one of these comma-separated strings")
+    p.add_argument("--json", dest="json_path", default=None, metavar="FILE", help="write all records as JSON")
+    p.set_defaults(func=run)
+
+
+def _mib(b):
+    return "" if b is None else f"{b / 2**20:.1f}"
+
+
+def run(args) -> int:
+    import numba
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+    from rich.table import Table
+    from threadpoolctl import threadpool_limits
+
+    from ..errors import ConvError
+    from ..registry import algorithms, get
+    from . import peers as peers_mod
+    from .runner import bench_layer, geomean_ratios, machine_info, to_json
+    from .suites import suite
+
+    if args.repeat < 1:
+        raise ConvError(f"--repeat must be >= 1, got {args.repeat}")
+    threads = args.threads or numba.config.NUMBA_NUM_THREADS
+    if threads < 1 or threads > numba.config.NUMBA_NUM_THREADS:
+        raise ConvError(f"--threads must be in 1..{numba.config.NUMBA_NUM_THREADS}, got {threads}")
+    numba.set_num_threads(threads)
+    layers = suite(args.suite, args.batch)
+    if args.layers:
+        keys = [k.strip() for k in args.layers.split(",") if k.strip()]
+        layers = [(n, s) for n, s in layers if any(k in n for k in keys)]
+        if not layers:
+            raise ConvError(f"no layer of suite {args.suite!r} matches --layers {args.layers!r}")
+    algos = (
+        [get(n.strip()) for n in args.algorithms.split(",") if n.strip()]
+        if args.algorithms
+        else algorithms()
+    )
+    peer_list = peers_mod.resolve(args.peers)
+    console = Console()
+    if not console.is_terminal:
+        console = Console(width=160)
+    batch = layers[0][1].N
+    with threadpool_limits(limits=threads, user_api="blas"):
+        info = machine_info(threads)
+        console.print(f"[bold]convolab bench[/bold] suite={args.suite} batch={batch} repeat={args.repeat}")
+        console.print(f"CPU: {info.cpu}; threads: {threads}; BLAS: {info.blas}")
+        env = ", ".join(f"{k}={v}" for k, v in info.env.items()) or "none set"
+        console.print(
+            f"NumPy float32 GEMM 2048^3: {info.gemm_gflops:.0f} GFLOP/s (peak); "
+            f"OpenBLAS env: {env}; numpy {info.numpy}, python {info.python}"
+        )
+        records = []
+        total = len(layers) * (len(algos) + len(peer_list))
+        with Progress(
+            TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+            console=console, transient=True,
+        ) as progress:
+            task = progress.add_task("bench", total=total)
+            for name, spec in layers:
+                progress.update(task, description=f"{name}")
+                records += bench_layer(
+                    name, spec, algos, peer_list, args.repeat, threads,
+                    step=lambda impl, name=name: progress.update(
+                        task, advance=1, description=f"{name}: {impl}"
+                    ),
+                )
+
+    table = Table(title=f"suite {args.suite}, batch {batch}, {threads} threads")
+    for col in ("layer", "impl", "ms", "GFLOP/s", "% peak", "workspace MiB", "peak MiB", "max rel err"):
+        table.add_column(col, justify="left" if col in ("layer", "impl") else "right")
+    last = None
+    for r in records:
+        if r.skipped:
+            continue
+        table.add_row(
+            r.layer if r.layer != last else "",
+            r.impl + (" (peer)" if r.kind == "peer" else ""),
+            f"{r.ms:.3f}",
+            f"{r.gflops:.1f}",
+            f"{100 * r.gflops / info.gemm_gflops:.0f}",
+            _mib(r.workspace_bytes),
+            _mib(r.peak_bytes),
+            f"{r.max_rel_err:.1e}",
+            end_section=False,
+        )
+        last = r.layer
+    console.print(table)
+    skipped = [r for r in records if r.skipped]
+    if skipped:
+        console.print(f"[dim]{len(skipped)} algorithm/layer pairs not supported (e.g. {skipped[0].impl} on "
+                      f"{skipped[0].layer}: {skipped[0].skipped})[/dim]")
+    ratios = geomean_ratios(records)
+    if ratios:
+        by_ref: dict[str, list[str]] = {}
+        for (a, p), (v, n) in ratios.items():
+            by_ref.setdefault(p, []).append(f"{a} {v:.2f}x ({n})")
+        for p, items in by_ref.items():
+            console.print(f"geomean speed-up vs {p} (layers): " + ", ".join(items))
+    if args.json_path:
+        with open(args.json_path + ".tmp", "w") as f:
+            json.dump(to_json(info, args.suite, batch, records), f, indent=1)
+        os.replace(args.json_path + ".tmp", args.json_path)
+        console.print(f"wrote {args.json_path}")
+    return 0

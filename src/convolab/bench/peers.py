@@ -1,0 +1,93 @@
+"""Peer implementations measured beside convolab in ``convolab bench``.
+
+``torch``: PyTorch CPU ``conv2d`` with oneDNN (its default CPU path).
+``torch-im2col``: the same call under ``torch.backends.mkldnn.flags(enabled=False)``, which
+makes PyTorch use its own unfold + GEMM ("slow_conv2d") path.
+Each peer runs in this process with the same thread count as convolab.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+
+from ..errors import ConvError
+from ..spec import ConvSpec
+
+
+@dataclass(frozen=True)
+class Peer:
+    name: str
+    description: str
+    #: returns None when usable, else why not
+    available: Callable[[], str | None]
+    #: (spec, x, w, threads) -> zero-argument callable returning the output as numpy
+    make: Callable[[ConvSpec, np.ndarray, np.ndarray, int], Callable[[], np.ndarray]]
+
+
+def _torch_missing():
+    try:
+        import torch  # noqa: F401
+    except ImportError:
+        return "PyTorch is not installed (pip install 'convolab[torch]')"
+    return None
+
+
+def _torch_maker(mkldnn: bool):
+    def make(spec: ConvSpec, x, w, threads: int):
+        import torch
+        import torch.nn.functional as F
+
+        torch.set_num_threads(threads)
+        xt = torch.from_numpy(np.ascontiguousarray(x))
+        wt = torch.from_numpy(np.ascontiguousarray(w))
+        pl, pr, pt, pb = spec.padding
+        if pl == pr and pt == pb:
+            pad, pre = (pt, pl), None
+        else:
+            pad, pre = (0, 0), (pl, pr, pt, pb)
+
+        def run():
+            ctx = contextlib.nullcontext() if mkldnn else torch.backends.mkldnn.flags(enabled=False)
+            with torch.no_grad(), ctx:
+                xi = F.pad(xt, pre) if pre else xt
+                y = F.conv2d(xi, wt, None, spec.stride, pad, spec.dilation, spec.groups)
+            return y.numpy()
+
+        return run
+
+    return make
+
+
+PEERS = {
+    "torch": Peer("torch", "PyTorch CPU conv2d (oneDNN)", _torch_missing, _torch_maker(True)),
+    "torch-im2col": Peer(
+        "torch-im2col", "PyTorch with mkldnn disabled (its im2col + GEMM path)",
+        _torch_missing, _torch_maker(False),
+    ),
+}
+
+#: what ``--peers NAME`` expands to
+PEER_GROUPS = {"torch": ["torch", "torch-im2col"]}
+
+
+def resolve(names: str | None) -> list[Peer]:
+    """Peers named in a comma-separated list (``torch`` means both PyTorch paths)."""
+    if not names:
+        return []
+    out: list[Peer] = []
+    for n in (s.strip() for s in names.split(",") if s.strip()):
+        expanded = PEER_GROUPS.get(n, [n])
+        for e in expanded:
+            if e not in PEERS:
+                raise ConvError(f"unknown peer {n!r}; available: {', '.join(PEERS)}")
+            peer = PEERS[e]
+            why = peer.available()
+            if why:
+                raise ConvError(f"peer {e!r} is unavailable: {why}")
+            if peer not in out:
+                out.append(peer)
+    return out

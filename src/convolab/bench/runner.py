@@ -1,0 +1,223 @@
+"""The benchmark runner: every algorithm and peer on every layer, warm, minimum of repeats.
+
+Per layer and implementation it records time (ms, minimum over repeats, JIT warm-up and plan
+creation excluded), GFLOP/s counted as direct-convolution FLOPs, multiplications, the
+algorithm's stated workspace, the peak allocation measured with ``tracemalloc`` during one call
+(NumPy reports its allocations to tracemalloc), and the max relative error against the float64
+reference (max |y - ref| / max |ref|).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import platform
+import time
+import tracemalloc
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+
+from .. import reference
+from ..api import plan as make_plan
+from ..registry import Algorithm
+from ..spec import ConvSpec
+from .peers import Peer
+
+
+@dataclass
+class Record:
+    layer: str
+    spec: str
+    impl: str
+    kind: str  # "algorithm" or "peer"
+    ms: float | None = None
+    gflops: float | None = None
+    multiplies: int | None = None
+    workspace_bytes: int | None = None
+    peak_bytes: int | None = None
+    max_rel_err: float | None = None
+    skipped: str | None = None
+
+
+@dataclass
+class MachineInfo:
+    cpu: str
+    threads: int
+    blas: str
+    gemm_gflops: float
+    numpy: str
+    python: str
+    env: dict = field(default_factory=dict)
+
+
+def cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def blas_info() -> str:
+    """BLAS library, version and the core kernel it selected (threadpoolctl)."""
+    from threadpoolctl import threadpool_info
+
+    for info in threadpool_info():
+        if info.get("user_api") == "blas":
+            return (
+                f"{info.get('internal_api')} {info.get('version')} core={info.get('architecture')} "
+                f"threads={info.get('num_threads')}"
+            )
+    return "unknown"
+
+
+def gemm_gflops(n: int = 2048, repeat: int = 3) -> float:
+    """Measured NumPy float32 GEMM rate (n^3, best of ``repeat``): the machine's practical peak."""
+    rng = np.random.default_rng(0)
+    a = rng.standard_normal((n, n), dtype=np.float32)
+    b = rng.standard_normal((n, n), dtype=np.float32)
+    c = np.empty((n, n), np.float32)
+    np.matmul(a, b, out=c)
+    best = min(_once(lambda: np.matmul(a, b, out=c)) for _ in range(repeat))
+    return 2 * n**3 / best / 1e9
+
+
+def machine_info(threads: int) -> MachineInfo:
+    return MachineInfo(
+        cpu=cpu_model(),
+        threads=threads,
+        blas=blas_info(),
+        gemm_gflops=gemm_gflops(),
+        numpy=np.__version__,
+        python=platform.python_version(),
+        env={k: os.environ[k] for k in ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE") if k in os.environ},
+    )
+
+
+def _once(f: Callable[[], object]) -> float:
+    t0 = time.perf_counter()
+    f()
+    return time.perf_counter() - t0
+
+
+def time_min(f: Callable[[], object], repeat: int, min_total: float = 0.05) -> float:
+    """Minimum time of ``f`` over at least ``repeat`` calls (more while under ``min_total`` s)."""
+    best = math.inf
+    total = 0.0
+    n = 0
+    while n < repeat or (total < min_total and n < 50 * repeat):
+        t = _once(f)
+        best = min(best, t)
+        total += t
+        n += 1
+    return best
+
+
+def peak_allocation(f: Callable[[], object]) -> int:
+    """Peak bytes allocated (tracemalloc) during one call of ``f``."""
+    tracemalloc.start()
+    try:
+        tracemalloc.reset_peak()
+        base = tracemalloc.get_traced_memory()[0]
+        f()
+        return max(0, tracemalloc.get_traced_memory()[1] - base)
+    finally:
+        tracemalloc.stop()
+
+
+def layer_data(spec: ConvSpec, seed: int = 0):
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal(spec.x_shape, dtype=np.float32)
+    w = (rng.standard_normal(spec.w_shape, dtype=np.float32) / math.sqrt(spec.reduction_length)).astype(
+        np.float32
+    )
+    return x, w
+
+
+def _conv_args(spec: ConvSpec) -> dict:
+    return dict(stride=spec.stride, padding=spec.padding, dilation=spec.dilation, groups=spec.groups)
+
+
+def bench_layer(
+    name: str,
+    spec: ConvSpec,
+    algos: list[Algorithm],
+    peers: list[Peer],
+    repeat: int,
+    threads: int,
+    step: Callable[[str], None] = lambda s: None,
+) -> list[Record]:
+    """Run every algorithm and peer on one layer; ``step`` is called after each."""
+    x, w = layer_data(spec)
+    ref = reference.conv2d(x, w, **_conv_args(spec))
+    records = []
+    for a in algos:
+        rec = Record(name, str(spec), a.name, "algorithm")
+        why = a.supports(spec)
+        if why is not None:
+            rec.skipped = why
+        else:
+            p = make_plan(x.shape, w, algorithm=a.name, **_conv_args(spec))
+            out = np.empty(spec.out_shape, np.float32)
+            p(x, out=out)  # JIT warm-up, first touch
+            rec.max_rel_err = reference.errors(out, ref)["max_rel"]
+            t = time_min(lambda p=p, out=out: p(x, out=out), repeat)
+            rec.ms = t * 1e3
+            rec.gflops = spec.flops / t / 1e9
+            rec.multiplies = a.multiplies(spec)
+            rec.workspace_bytes = a.workspace_bytes(spec)
+            rec.peak_bytes = peak_allocation(lambda p=p, out=out: p(x, out=out))
+        records.append(rec)
+        step(a.name)
+    for peer in peers:
+        rec = Record(name, str(spec), peer.name, "peer")
+        f = peer.make(spec, x, w, threads)
+        y = f()
+        rec.max_rel_err = reference.errors(y, ref)["max_rel"]
+        t = time_min(f, repeat)
+        rec.ms = t * 1e3
+        rec.gflops = spec.flops / t / 1e9
+        rec.multiplies = spec.direct_multiplies
+        records.append(rec)
+        step(peer.name)
+    return records
+
+
+def geomean_ratios(records: list[Record]) -> dict[tuple[str, str], tuple[float, int]]:
+    """(algorithm, peer) -> (geomean of t_peer / t_algorithm over layers both ran, layers)."""
+    times: dict[str, dict[str, float]] = {}
+    kinds: dict[str, str] = {}
+    for r in records:
+        kinds[r.impl] = r.kind
+        if r.ms is not None:
+            times.setdefault(r.impl, {})[r.layer] = r.ms
+    algos = [i for i, k in kinds.items() if k == "algorithm"]
+    refs = [i for i, k in kinds.items() if k == "peer"] + [a for a in algos if a == "im2col"]
+    out = {}
+    for a in algos:
+        for p in refs:
+            if p == a:
+                continue
+            common = [lay for lay in times.get(a, {}) if lay in times.get(p, {})]
+            if common:
+                logs = [math.log(times[p][lay] / times[a][lay]) for lay in common]
+                out[(a, p)] = (math.exp(sum(logs) / len(logs)), len(common))
+    return out
+
+
+def to_json(info: MachineInfo, suite: str, batch: int, records: list[Record]) -> dict:
+    return {
+        "machine": asdict(info),
+        "suite": suite,
+        "batch": batch,
+        "records": [asdict(r) for r in records],
+        "geomean_speedup": [
+            {"algorithm": a, "versus": p, "ratio": v, "layers": n}
+            for (a, p), (v, n) in geomean_ratios(records).items()
+        ],
+    }
