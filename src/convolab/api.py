@@ -265,4 +265,4 @@ def conv2d(
         raise ConvError(f"out has dtype {out.dtype}, expected {spec.dtype}")
     algo, why = _resolve(spec, algorithm)
     check_memory(spec, algo)
-    return ConvPlan(spec, algo, w, b, why)(x, out=out)
+    return ConvPlan(spec, algo, w, b, why)(x.astype(spec.dtype, copy=False), out=out)

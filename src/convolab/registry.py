@@ -7,7 +7,6 @@ pure data plus functions; nothing here allocates or computes. Names are unique.
 from __future__ import annotations
 
 import importlib
-
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any

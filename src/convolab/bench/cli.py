@@ -21,8 +21,8 @@ def add_parser(sub) -> None:
     p.add_argument("--algorithms", default=None, help="comma-separated algorithm names (default: all registered)")
     p.add_argument("--peers", default=None, help="comma-separated peers: torch (= torch,torch-im2col)")
     p.add_argument("--repeat", type=int, default=5, help="timed calls per measurement; the minimum is kept")
-    p.add_argument("--threads", type=int, default=None, help="threads for convolab, BLAS and peers (default: all cores)")
-    p.add_argument("--layers", default=None, help="only layers whose name contains one of these comma-separated strings")
+    p.add_argument("--threads", type=int, default=None, help="threads for convolab, BLAS, peers (default: all)")
+    p.add_argument("--layers", default=None, help="only layers whose name contains one of these (comma-separated)")
     p.add_argument("--json", dest="json_path", default=None, metavar="FILE", help="write all records as JSON")
     p.set_defaults(func=run)
 

@@ -1,0 +1,85 @@
+"""Every registered algorithm against the float64 reference, on named layers and generated specs."""
+
+import numpy as np
+import pytest
+from conftest import NAMED_LAYERS, check_against_reference, conv_cases, conv_kwargs, make_data
+from hypothesis import HealthCheck, given, settings
+
+import convolab
+from convolab.spec import ConvSpec
+
+ALGOS = [a.name for a in convolab.algorithms()]
+
+
+def run_case(name, case, dtype=np.float32, seed=0):
+    algo = convolab.registry.get(name)
+    x, w, b = make_data(case["x"], case["w"], dtype, seed=seed)
+    kw = conv_kwargs(case)
+    spec = ConvSpec.from_arrays(x, w, b, **kw)
+    if algo.supports(spec) is not None:
+        with pytest.raises(convolab.UnsupportedError):
+            convolab.conv2d(x, w, b, algorithm=name, **kw)
+        return None
+    out = np.full(spec.out_shape, np.nan, dtype=dtype)
+    y = convolab.conv2d(x, w, b, algorithm=name, out=out, **kw)
+    assert y is out and y.dtype == dtype
+    return check_against_reference(y, x, w, b, kw, algo.error_bound(spec, dtype))
+
+
+@pytest.mark.parametrize("layer", sorted(NAMED_LAYERS))
+@pytest.mark.parametrize("name", ALGOS)
+def test_named_layers(name, layer):
+    run_case(name, NAMED_LAYERS[layer])
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float16])
+@pytest.mark.parametrize("name", ALGOS)
+def test_other_dtypes(name, dtype):
+    for layer in ("resnet 3x3 p1", "grouped 3x3", "5x5 same"):
+        run_case(name, NAMED_LAYERS[layer], dtype)
+
+
+@pytest.mark.parametrize("name", ALGOS)
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow], derandomize=True)
+@given(case=conv_cases())
+def test_generated_specs(name, case):
+    run_case(name, case)
+
+
+@pytest.mark.parametrize("name", ALGOS)
+def test_one_by_one_image(name):
+    run_case(name, dict(x=(2, 3, 1, 1), w=(4, 3, 1, 1)))
+    run_case(name, dict(x=(1, 3, 1, 1), w=(4, 3, 3, 3), padding=1))
+
+
+@pytest.mark.parametrize("name", ALGOS)
+def test_plan_reuse_and_batch(name):
+    x, w, b = make_data((4, 6, 9, 9), (5, 6, 3, 3))
+    spec = ConvSpec.from_arrays(x, w, b, padding=1)
+    algo = convolab.registry.get(name)
+    if algo.supports(spec) is not None:
+        pytest.skip(f"{name}: {algo.supports(spec)}")
+    p = convolab.plan(x.shape, w, b, padding=1, algorithm=name)
+    assert p.algorithm == name
+    y1 = p(x)
+    y2 = p(x[::-1].copy())
+    np.testing.assert_array_equal(y1[::-1], y2)  # images are independent
+    check_against_reference(y1, x, w, b, {"padding": 1}, p.error_bound)
+
+
+@pytest.mark.parametrize("name", ALGOS)
+def test_nan_and_inf_propagate_like_reference(name):
+    x, w, b = make_data((1, 4, 8, 8), (4, 4, 3, 3))
+    x[0, 1, 3, 4] = np.nan
+    x[0, 2, 6, 1] = np.inf
+    spec = ConvSpec.from_arrays(x, w, b, padding=1)
+    algo = convolab.registry.get(name)
+    if algo.supports(spec) is not None:
+        pytest.skip(algo.supports(spec))
+    ref = convolab.reference.conv2d(x, w, b, padding=1)
+    y = convolab.conv2d(x, w, b, padding=1, algorithm=name)
+    if name in ("direct", "im2col"):
+        np.testing.assert_array_equal(np.isnan(y), np.isnan(ref))
+        np.testing.assert_array_equal(np.isinf(y), np.isinf(ref))
+    else:  # fast algorithms mix a tile's inputs: every non-finite reference output stays non-finite
+        assert not np.isfinite(y[~np.isfinite(ref)]).any()

@@ -1,0 +1,37 @@
+"""The convolab command: algorithms table and a small bench run with JSON output."""
+
+import json
+
+import pytest
+
+from convolab.cli import main
+
+
+def test_algorithms_table(capsys):
+    assert main(["algorithms"]) == 0
+    out = capsys.readouterr().out
+    assert "direct" in out and "im2col" in out and "deterministic" in out
+
+
+def test_bench_runs_and_writes_json(tmp_path, capsys):
+    path = tmp_path / "b.json"
+    rc = main(["bench", "--suite", "default", "--layers", "dw 3x3", "--algorithms", "direct,im2col",
+               "--repeat", "1", "--json", str(path)])
+    assert rc == 0
+    out = capsys.readouterr().out
+    assert "GFLOP/s" in out and "GEMM" in out and "BLAS" in out
+    assert "geomean speed-up vs im2col" in out
+    data = json.loads(path.read_text())
+    recs = {r["impl"]: r for r in data["records"]}
+    assert set(recs) == {"direct", "im2col"}
+    for r in recs.values():
+        assert r["ms"] > 0 and r["max_rel_err"] < 1e-5 and r["spec"].startswith("N1 C128 56x56")
+    assert data["machine"]["gemm_gflops"] > 0
+
+
+def test_bench_bad_arguments(capsys):
+    assert main(["bench", "--algorithms", "nope", "--repeat", "1"]) == 2
+    assert "unknown algorithm 'nope'" in capsys.readouterr().err
+    assert main(["bench", "--layers", "no-such-layer"]) == 2
+    with pytest.raises(SystemExit):
+        main(["bench", "--suite", "nope"])
