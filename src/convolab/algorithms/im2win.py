@@ -1,0 +1,116 @@
+"""``im2win``: the image-to-window layout with a register-blocked Numba microkernel.
+
+Layout (Lu, Chu, Liu, "Im2win: Memory Efficient Convolution On SIMD Architectures",
+HPEC 2022): for each image, channel and output row, the FH input rows that the row's windows
+touch are stored column by column, so that the FH vertical elements of one input column are
+adjacent: ``win[c, oh, w*FH + fh] = x[c, oh*sh + fh*dh - pt, w - pl]``, zero in the padding
+(written straight into the window tensor; the input is never padded as a whole). The filter
+is transposed to [K][C][FW][FH]. The window of output (oh, ow) for channel c is then the
+slice starting at ``win[c, oh, ow*sw*FH]`` -- contiguous, of length FW*FH, when the
+horizontal dilation is 1 -- in the same order as the transposed filter.
+
+Kernel (`convolab.kernels._im2win`): tiles of 12 output pixels x 32 output channels (16 in
+float64) in 24 AVX-512 accumulators; each window element loaded is used for 32 output
+channels and each filter vector for 12 pixels. Rows are padded to a whole number of strides
+so that pixels keep one stride across rows and a tile may span rows; the few pixels past OW
+in each row are computed and discarded. Parallel over (group, block of output channels,
+range of pixels) of one image at a time: threads share no output, every output sums its
+(C/groups) FW FH products in (c, fw, fh) order with separate multiply and add, so the
+result is bit-identical for any thread count and SIMD width.
+
+Workspace: the window tensor of one image, C OH Vw FH elements with Vw = Vc sw >= W the
+row width rounded up to a whole number of strides (about W/(FW OW) of im2col's C R S OH OW),
+plus a zeroed tail of at most a tile's reach. Multiplications include the wasted lanes and
+columns: N G ceil(Kg/KB) KB ceil(Q/12) 12 (C/g) R S with Q = (OH-1) Vc + OW.
+"""
+
+import numpy as np
+
+from ..kernels import PARALLEL_LOCK
+from ..registry import Algorithm, register
+from ..spec import ConvSpec
+
+#: tile shape of the microkernel (see `convolab.kernels._im2win`; kept here so that the
+#: workspace formula needs no Numba import)
+_MR = 12
+_NV = 2
+
+
+def _kb(spec: ConvSpec) -> int:
+    return _NV * (64 // spec.compute_dtype.itemsize)
+
+
+def _geometry(spec: ConvSpec) -> dict:
+    """Window geometry: virtual columns per row, row width, tensor and tail sizes (elements)."""
+    sw, dw = spec.stride[1], spec.dilation[1]
+    FH, FW = spec.R, spec.S
+    OH, OW = spec.OH, spec.OW
+    used = (OW - 1) * sw + (FW - 1) * dw + 1  # window columns any real output reads
+    Vc = -(-used // sw)
+    Vw = Vc * sw
+    body = spec.C * OH * Vw * FH
+    Q = (OH - 1) * Vc + OW
+    nq = -(-Q // _MR)
+    # furthest element a tile reads: last channel, last computed column, last tap
+    reach = (spec.C - 1) * OH * Vw * FH + (nq * _MR - 1) * sw * FH + (FW - 1) * dw * FH + FH
+    return dict(Vc=Vc, Vw=Vw, body=body, total=max(body, reach), Q=Q, nq=nq)
+
+
+def _workspace(spec: ConvSpec) -> int:
+    return _geometry(spec)["total"] * spec.compute_dtype.itemsize
+
+
+def _multiplies(spec: ConvSpec) -> int:
+    geo = _geometry(spec)
+    kb = _kb(spec)
+    nkb = -(-spec.Kg // kb)
+    return spec.N * spec.groups * nkb * kb * geo["nq"] * _MR * spec.reduction_length
+
+
+def _prepare(spec: ConvSpec, w):
+    """Pack the filter as [groups][K/groups / KB][C/groups][FW][FH][KB] (zero-filled lanes)."""
+    kb = _kb(spec)
+    G, Kg, Cg, R, S = spec.groups, spec.Kg, spec.Cg, spec.R, spec.S
+    nkb = -(-Kg // kb)
+    wg = np.zeros((G, nkb * kb, Cg, R, S), dtype=w.dtype)
+    wg[:, :Kg] = w.reshape(G, Kg, Cg, R, S)
+    wpk = np.ascontiguousarray(wg.reshape(G, nkb, kb, Cg, R, S).transpose(0, 1, 3, 5, 4, 2))
+    return spec, wpk, _geometry(spec)
+
+
+def _run(prepared, x, out):
+    from numba import get_num_threads
+
+    from ..kernels._im2win import MR, im2win_conv, lanes
+
+    spec, wpk, geo = prepared
+    assert MR == _MR and lanes(x.itemsize) == wpk.shape[-1]
+    win = np.empty(geo["total"], dtype=x.dtype)
+    win[geo["body"] :] = 0
+    (sh, sw), (dh, dw) = spec.stride, spec.dilation
+    pl, _, pt, _ = spec.padding
+    blocks = spec.groups * wpk.shape[1]
+    # enough tasks to balance the threads; more chunks than needed would re-read the filter
+    nchunk = min(geo["nq"], max(1, -(-8 * get_num_threads() // blocks)))
+    with PARALLEL_LOCK:
+        im2win_conv(x, win, wpk, out, spec.groups, spec.S, spec.R, sh, sw, dh, dw, pt, pl,
+                    geo["Vc"], nchunk)
+
+
+register(
+    Algorithm(
+        name="im2win",
+        supports=lambda spec: None,
+        prepare=_prepare,
+        run=_run,
+        workspace_bytes=_workspace,
+        multiplies=_multiplies,
+        deterministic=True,
+        summary="window tensor [C][OH][W·FH] of one image + 12x32 register-blocked Numba kernel",
+        features={
+            "workspace": "C·OH·W'·R per image, W' = W rounded up to whole strides (≈ W/(S·OW) "
+            "of im2col)",
+            "multiplies": "N·K'·OH·OW'·(C/g)·R·S (K', OW' rounded up to the 32x12 tile)",
+        },
+    )
+)
