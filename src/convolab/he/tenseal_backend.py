@@ -1,0 +1,190 @@
+"""Real CKKS through TenSEAL's low-level Microsoft SEAL bindings (``tenseal.sealapi``).
+
+TenSEAL's high-level ``CKKSVector`` has no public rotation and replicates short vectors, so
+this backend drives SEAL directly: ``CKKSEncoder`` encodes exact slot layouts,
+``Evaluator.rotate_vector`` rotates with Galois keys, ``multiply_plain`` and
+``rescale_to_next`` give PMult and rescale. Parameters: ring dimension ``N = 2 * slots``,
+coefficient modulus ``[60] + [scale_bits] * depth + [60]`` bits (the first prime holds the
+result, the last is the key-switching special prime), scale ``2**scale_bits``, 128-bit
+security (SEAL refuses parameters below it: ``depth = 2`` needs ``N >= 2**13``).
+
+A Galois key is generated the first time a rotation step is used (one key per step, so each
+counted rotation is exactly one key switch); the time spent is accumulated in
+``keygen_seconds`` so that callers can leave it out of evaluation latency. SEAL computes the
+Galois element of a step ``r`` as ``3**(r mod slots) mod 2N``; TenSEAL's bindings take Galois
+elements, not steps.
+"""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+
+from ..errors import ConvError
+from .backend import Backend
+
+
+class TSCiphertext:
+    """A SEAL ciphertext with its level (rescales applied) and scale state."""
+
+    __slots__ = ("ct", "level", "pending")
+
+    def __init__(self, ct, level: int = 0, pending: bool = False):
+        self.ct = ct
+        self.level = level
+        self.pending = pending
+
+
+class TenSEALBackend(Backend):
+    """CKKS on SEAL via ``tenseal.sealapi``.
+
+    Parameters
+    ----------
+    slots : int
+        Slots per ciphertext; the ring dimension is ``2 * slots`` (``2**12`` to ``2**15``
+        slots are typical).
+    depth : int
+        Number of rescales the modulus chain allows (2 covers every convolution schedule).
+    scale_bits : int
+        log2 of the CKKS scale and the bit size of the rescaling primes.
+
+    Raises
+    ------
+    ConvError
+        If TenSEAL is not installed or SEAL rejects the parameters (e.g. too small a ring
+        for 128-bit security).
+    """
+
+    name = "tenseal"
+
+    def __init__(self, slots: int = 2**13, depth: int = 2, scale_bits: int = 40):
+        super().__init__(slots)
+        try:
+            import tenseal.sealapi as sealapi
+        except ImportError as e:  # pragma: no cover - depends on the environment
+            raise ConvError(
+                "backend='tenseal' needs TenSEAL: pip install 'convolab[he]'"
+            ) from e
+        self._s = sealapi
+        self.depth = int(depth)
+        self.scale = float(2.0**scale_bits)
+        N = 2 * self.slots
+        params = sealapi.EncryptionParameters(sealapi.SCHEME_TYPE.CKKS)
+        params.set_poly_modulus_degree(N)
+        bits = [60] + [int(scale_bits)] * self.depth + [60]
+        try:
+            params.set_coeff_modulus(sealapi.CoeffModulus.Create(N, bits))
+        except Exception as e:
+            raise ConvError(f"SEAL rejects slots={slots}, depth={depth}: {e}") from None
+        ctx = sealapi.SEALContext(params, True, sealapi.SEC_LEVEL_TYPE.TC128)
+        if not ctx.parameters_set():
+            raise ConvError(
+                f"SEAL rejects slots={slots} (N={N}) with a {sum(bits)}-bit modulus "
+                f"(depth={depth}): {ctx.parameters_error_message()}"
+            )
+        self._ctx = ctx
+        keygen = sealapi.KeyGenerator(ctx)
+        self._keygen = keygen
+        public = sealapi.PublicKey()
+        keygen.create_public_key(public)
+        self._relin = sealapi.RelinKeys()
+        keygen.create_relin_keys(self._relin)
+        self._encoder = sealapi.CKKSEncoder(ctx)
+        self._encryptor = sealapi.Encryptor(ctx, public)
+        self._decryptor = sealapi.Decryptor(ctx, keygen.secret_key())
+        self._evaluator = sealapi.Evaluator(ctx)
+        self._galois: dict[int, object] = {}
+        self.N = N
+        self.coeff_bits = bits
+
+    def describe(self) -> str:
+        return (
+            f"tenseal (SEAL CKKS), N=2^{self.N.bit_length() - 1}, {self.slots} slots, "
+            f"modulus {'+'.join(map(str, self.coeff_bits))} bits, scale 2^{int(np.log2(self.scale))}"
+        )
+
+    def _galois_key(self, step: int):
+        key = self._galois.get(step)
+        if key is None:
+            t0 = time.perf_counter()
+            key = self._s.GaloisKeys()
+            self._keygen.create_galois_keys([pow(3, step, 2 * self.N)], key)
+            self._galois[step] = key
+            self.keygen_seconds += time.perf_counter() - t0
+        return key
+
+    def _encrypt(self, v):
+        pt = self._s.Plaintext()
+        self._encoder.encode(v.tolist(), self.scale, pt)
+        ct = self._s.Ciphertext()
+        self._encryptor.encrypt(pt, ct)
+        return TSCiphertext(ct)
+
+    def _decrypt(self, ct):
+        pt = self._s.Plaintext()
+        self._decryptor.decrypt(ct.ct, pt)
+        return np.array(self._encoder.decode_double(pt), dtype=np.float64)
+
+    def _encode(self, v, like, for_add):
+        if not for_add and not v.any():
+            raise ConvError(
+                "an all-zero plaintext would make the product transparent; skip the product"
+            )
+        pt = self._s.Plaintext()
+        scale = like.ct.scale if for_add else self.scale
+        self._encoder.encode(v.tolist(), like.ct.parms_id(), scale, pt)
+        return pt
+
+    def _aligned(self, a, b):
+        """Modulus-switch the higher-level of two ciphertexts down to the other's level."""
+        if a.level == b.level:
+            return a.ct, b.ct
+        ev = self._evaluator
+        if a.level < b.level:
+            ct = self._s.Ciphertext()
+            ev.mod_switch_to(a.ct, b.ct.parms_id(), ct)
+            return ct, b.ct
+        ct = self._s.Ciphertext()
+        ev.mod_switch_to(b.ct, a.ct.parms_id(), ct)
+        return a.ct, ct
+
+    def _add(self, a, b):
+        x, y = self._aligned(a, b)
+        out = self._s.Ciphertext()
+        try:
+            self._evaluator.add(x, y, out)
+        except ValueError as e:
+            raise ConvError(f"SEAL cannot add these ciphertexts: {e}") from None
+        return TSCiphertext(out, max(a.level, b.level), a.pending)
+
+    def _add_plain(self, ct, pt):
+        out = self._s.Ciphertext()
+        self._evaluator.add_plain(ct.ct, pt, out)
+        return TSCiphertext(out, ct.level, ct.pending)
+
+    def _multiply_plain(self, ct, pt):
+        out = self._s.Ciphertext()
+        self._evaluator.multiply_plain(ct.ct, pt, out)
+        return TSCiphertext(out, ct.level, True)
+
+    def _multiply(self, a, b):
+        x, y = self._aligned(a, b)
+        out = self._s.Ciphertext()
+        self._evaluator.multiply(x, y, out)
+        self._evaluator.relinearize_inplace(out, self._relin)
+        return TSCiphertext(out, max(a.level, b.level), True)
+
+    def _rotate(self, ct, step):
+        out = self._s.Ciphertext()
+        self._evaluator.rotate_vector(ct.ct, step, self._galois_key(step), out)
+        return TSCiphertext(out, ct.level, ct.pending)
+
+    def _rescale(self, ct):
+        if ct.level >= self.depth:
+            raise ConvError(
+                f"out of levels: the modulus chain allows depth={self.depth} rescales"
+            )
+        out = self._s.Ciphertext()
+        self._evaluator.rescale_to_next(ct.ct, out)
+        return TSCiphertext(out, ct.level + 1, False)
