@@ -16,11 +16,13 @@ convolutions and a degree-2 polynomial activation, and compares its costs with t
 from .backend import Backend, Counts, SimulatedBackend, get_backend
 from .conv import SCHEMES, HEConvResult, conv2d
 from .layout import Layout, make_layout, pack, unpack
-
+from .planner import RELU_FIT, ConvLayer, PlanRow, ResNetPlan, plan_resnet20, resnet20_convs
 from .schedules import EncTensor, ca_conv, mp_conv, ra_conv
 
 __all__ = [
-    "RESNET20_BASELINE",
+    "RELU_FIT",
+    "ConvLayer",
+    "PlanRow",
     "SCHEMES",
     "Backend",
     "Counts",
