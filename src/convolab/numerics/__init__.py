@@ -1,0 +1,1 @@
+"""Numerical deviation lab: metrics, accumulation-order emulation, determinism checks, sweeps."""

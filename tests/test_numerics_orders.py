@@ -1,0 +1,161 @@
+"""Accumulation-order emulation: exact FMA, hand-made sums, agreement with convolab's kernels."""
+
+from fractions import Fraction
+
+import numpy as np
+import pytest
+from conftest import NAMED_LAYERS, check_against_reference, conv_kwargs, make_data
+
+import convolab
+from convolab import ConvError
+from convolab.numerics import orders
+from convolab.registry import summation_bound
+from convolab.spec import ConvSpec
+
+f32 = np.float32
+U = 2.0**-24  # half an ULP of 1.0 in float32
+
+
+def rn32(q: Fraction) -> float:
+    """Round a rational to the nearest float32 (ties to even), exactly; returns a float."""
+    if q == 0:
+        return 0.0
+    sign, q = (-1 if q < 0 else 1), abs(q)
+    e = q.numerator.bit_length() - q.denominator.bit_length()
+    if Fraction(2) ** e > q:
+        e -= 1
+    e = max(e, -126)  # subnormals share the exponent of the smallest normal
+    scale = Fraction(2) ** (23 - e)
+    m = q * scale
+    n = m.numerator // m.denominator
+    rest = m - n
+    if rest > Fraction(1, 2) or (rest == Fraction(1, 2) and n % 2 == 1):
+        n += 1
+    return sign * float(n / scale)
+
+
+def test_fma32_hard_case_double_rounding_would_miss():
+    # a*b = -2**-24 + 2**-64, c = 1 + 2**-23: exact sum 1 + 2**-24 + 2**-64 lies just above the
+    # float32 midpoint; rounding to float64 first loses 2**-64 and a tie-to-even gives 1.0
+    a = np.array([1 + 2**-20], dtype=f32)
+    b = np.array([-(2**-24 - 2**-44)], dtype=f32)
+    c = np.array([1 + 2**-23], dtype=f32)
+    p = a.astype(np.float64) * b.astype(np.float64)
+    exact = Fraction(float(a[0])) * Fraction(float(b[0])) + Fraction(float(c[0]))
+    assert rn32(exact) == 1 + 2**-23
+    assert (p + c.astype(np.float64)).astype(f32)[0] == 1.0  # the naive way is wrong here
+    assert orders.fma32(p, c)[0] == f32(1 + 2**-23)
+
+
+def test_fma32_matches_exact_rounding_on_random_cases():
+    rng = np.random.default_rng(7)
+    n = 3000
+    a = (rng.standard_normal(n) * 2.0 ** rng.integers(-20, 20, n)).astype(f32)
+    b = (rng.standard_normal(n) * 2.0 ** rng.integers(-20, 20, n)).astype(f32)
+    # accumulators near -a*b so that cancellation and ties are frequent
+    c = (-(a.astype(np.float64) * b) * (1 + rng.integers(-3, 4, n) * 2.0**-22)).astype(f32)
+    c[::3] = rng.standard_normal(n)[::3].astype(f32)
+    got = orders.fma32(a.astype(np.float64) * b, c)
+    want = [
+        rn32(Fraction(float(x)) * Fraction(float(y)) + Fraction(float(z)))
+        for x, y, z in zip(a, b, c, strict=True)
+    ]
+    np.testing.assert_array_equal(got, np.array(want, dtype=f32))
+
+
+def line(*v):
+    """A 1 x 1 x 1 x len(v) input (with a matching all-ones 1 x len(v) kernel)."""
+    x = np.array(v, dtype=f32).reshape(1, 1, 1, -1)
+    return x, np.ones((1, 1, 1, len(v)), dtype=f32)
+
+
+@pytest.mark.parametrize(
+    "order, want",
+    [
+        ("seq", 1.0),  # ((1 + u) + u) + u: every step is a tie, rounded to even (1.0)
+        ("pairwise", 1 + 2 * U),  # (1 + u) + (u + u)
+        ("lanes2", 1 + 2 * U),  # lanes (1 + u, u + u) = (1, 2u), then 1 + 2u
+        ("lanes4", 1 + 2 * U),  # lanes (1, u, u, u): tree (1 + u) + (u + u)
+        ("seq+t2", 1 + 2 * U),  # chunks (1, u) and (u, u)
+        ("seq+t4", 1.0),  # one product per chunk, chunk sums added left to right: as seq
+    ],
+)
+def test_hand_made_sums(order, want):
+    x, w = line(1, U, U, U)
+    assert orders.conv2d(x, w, order=order)[0, 0, 0, 0] == f32(want)
+
+
+def test_fma_changes_a_known_sum():
+    # products -1 and (1 + 2**-12)**2 = 1 + 2**-11 + 2**-24 (a tie when rounded to float32)
+    x = np.array([-1, 1 + 2**-12], dtype=f32).reshape(1, 1, 1, 2)
+    w = np.array([1, 1 + 2**-12], dtype=f32).reshape(1, 1, 1, 2)
+    assert orders.conv2d(x, w, order="seq")[0, 0, 0, 0] == f32(2**-11)
+    assert orders.conv2d(x, w, order="seq+fma")[0, 0, 0, 0] == f32(2**-11 + 2**-24)
+
+
+def test_loop_order_by_channel_block():
+    # crs visits (c0 s0, c0 s1, c1 s0, c1 s1) = (u, u, 1, 0): (u + u) + 1 = 1 + 2u
+    # rsc visits (c0 s0, c1 s0, c0 s1, c1 s1) = (u, 1, u, 0): u + 1 ties to 1, then 1
+    x = np.array([[U, U], [1, 0]], dtype=f32).reshape(1, 2, 1, 2)
+    w = np.ones((1, 2, 1, 2), dtype=f32)
+    assert orders.conv2d(x, w, order="seq")[0, 0, 0, 0] == f32(1 + 2 * U)
+    assert orders.conv2d(x, w, order="rsc")[0, 0, 0, 0] == f32(1)
+    assert orders.conv2d(x, w, order="cb1")[0, 0, 0, 0] == f32(1 + 2 * U)  # B = 1 is crs
+    spec = ConvSpec.from_arrays(np.zeros((1, 5, 3, 3), f32), np.zeros((1, 5, 2, 1), f32))
+    seq = orders.reduction_sequence(spec, orders.parse_order("cb2"))
+    assert seq[:6] == [(0, 0, 0), (1, 0, 0), (0, 1, 0), (1, 1, 0), (2, 0, 0), (3, 0, 0)]
+    assert seq[-2:] == [(4, 0, 0), (4, 1, 0)] and len(seq) == 10
+
+
+def test_channel_chunks_and_bias_position():
+    x = np.array([[1, U], [U, U]], dtype=f32).reshape(1, 2, 1, 2)
+    w = np.ones((1, 2, 1, 2), dtype=f32)
+    # seq: ((1 + u) + u) + u = 1; cc1: one chunk per channel, (1 + u) + (u + u) = 1 + 2u
+    assert orders.conv2d(x, w, order="seq")[0, 0, 0, 0] == f32(1)
+    assert orders.conv2d(x, w, order="seq+cc1")[0, 0, 0, 0] == f32(1 + 2 * U)
+    xb, wb = line(U, U)
+    b = np.array([1], dtype=f32)
+    assert orders.conv2d(xb, wb, b, order="seq")[0, 0, 0, 0] == f32(1 + 2 * U)
+    assert orders.conv2d(xb, wb, b, order="seq+bias-first")[0, 0, 0, 0] == f32(1)
+
+
+@pytest.mark.parametrize("layer", ["resnet 3x3 p1", "grouped 3x3", "dilated 3x3", "stem 7x7/2"])
+def test_seq_is_convolab_direct_bit_for_bit(layer):
+    case = NAMED_LAYERS[layer]
+    x, w, b = make_data(case["x"], case["w"], bias=False, seed=3)
+    kw = conv_kwargs(case)
+    y = orders.conv2d(x, w, **kw, order="seq")
+    np.testing.assert_array_equal(y, convolab.conv2d(x, w, algorithm="direct", **kw))
+
+
+@pytest.mark.parametrize("order", orders.STANDARD_ORDERS + ("pairwise+t2", "cb16+fma+cc16"))
+def test_every_standard_order_is_accurate(order):
+    case = NAMED_LAYERS["grouped 3x3"]
+    x, w, b = make_data(case["x"], case["w"], seed=1)
+    kw = conv_kwargs(case)
+    y = orders.conv2d(x, w, b, **kw, order=order)
+    assert y.dtype == f32
+    check_against_reference(y, x, w, b, kw, summation_bound(ConvSpec.from_arrays(x, w, b, **kw), f32))
+
+
+def test_orders_give_several_classes_and_identify_names_them():
+    x, w, _ = make_data((1, 8, 6, 6), (4, 8, 3, 3), seed=2)
+    outs = {o: orders.conv2d(x, w, padding=1, order=o) for o in orders.STANDARD_ORDERS}
+    from convolab.numerics.metrics import class_count
+
+    assert class_count(outs) >= 8  # 72-term sums: nearly every order rounds differently
+    names = orders.identify(outs["cb8+fma"], x, w, padding=1, candidates=orders.STANDARD_ORDERS)
+    assert "cb8+fma" in names and "seq" not in names
+    # 8 channels: cb8, cb16 and rsc are the same loop order
+    assert names == ["rsc+fma", "cb8+fma", "cb16+fma"]
+
+
+def test_parse_order_round_trip_and_errors():
+    for o in orders.candidate_orders():
+        assert orders.parse_order(o.name) == o
+    assert orders.parse_order("fma+lanes8").name == "lanes8+fma"
+    for bad in ("lanes3", "pairwise+fma", "pairwise+lanes4", "warp", "", "t0", "cc4+t2"):
+        with pytest.raises(ConvError):
+            orders.parse_order(bad)
+    with pytest.raises(ConvError, match="float32"):
+        orders.conv2d(np.zeros((1, 1, 3, 3)), np.zeros((1, 1, 2, 2)))
