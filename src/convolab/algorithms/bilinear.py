@@ -1,0 +1,293 @@
+"""Winograd F(m x m, r x r) and SFC-N(m x m, r x r) on one engine for 2D bilinear algorithms.
+
+A bilinear algorithm on a tile is ``vec(Y) = AT [(G vec(W)) * (BT vec(X))]`` (see
+`convolab.transforms.forms`). For a layer with C input and K output channels (per group):
+
+1. tile the zero-padded input (tiles overlap by r - 1; partial edge tiles read zeros beyond it);
+2. input transform of every (channel, tile): ``V[p, c, t] = (BT vec(X_c,t))[p]`` -- a separable
+   stage ``B1 X B1^T`` then, for non-separable algorithms such as SFC's native form, a sparse
+   stage ``S_in`` (Numba, vectorised along a row of tiles);
+3. filter transform ``Wt[p, k, c] = (G vec(W_k,c))[p]``, once, in `prepare` (kept in the plan);
+4. channel reduction: one GEMM per transform-domain point ``M[p] = Wt[p] @ V[p]``
+   (K x C) @ (C x T), the P GEMMs spread over the cores (Numba prange, BLAS held to one thread);
+5. output transform ``Y = A1 (S_out M) A1^T`` per (output channel, tile), written in place.
+
+Tiles of all images in a chunk of tile rows share the GEMMs (batch folds into T). Stride and
+dilation must be 1; groups and batch are supported.
+
+Cost: ``multiplies = groups * N * TH * TW * P * (K/groups) * (C/groups)`` transform-domain
+products (TH = ceil(OH/m), TW = ceil(OW/m)), i.e. P per tile for N = C = K = 1: 16, 36, 64 for
+F(2x2), F(4x4), F(6x6) with 3x3; SFC-6(6x6,3x3) 88 native / 100 nested, SFC-4(4x4,3x3) 46,
+SFC-6(7x7,3x3) 132, SFC-6(6x6,5x5) 184. Workspace: V and M for one chunk of tiles.
+
+Error: `error_bound` is derived (see `_error_bound`); not deterministic across CPUs because the
+BLAS picks its kernel by SIMD width.
+
+Sources: A. Lavin, S. Gray, "Fast Algorithms for Convolutional Neural Networks", CVPR 2016;
+Q. He et al., "Symbolic Fourier Convolution", ICML 2024.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import cache
+
+import numpy as np
+
+from ..kernels import PARALLEL_LOCK
+from ..registry import UNIT_ROUNDOFF, Algorithm, gamma, register
+from ..spec import ConvSpec
+from ..transforms import sfc_2d, winograd_2d
+from ..transforms.forms import Bilinear2D
+
+#: target number of tiles per chunk (V and M of a chunk should stay in the caches)
+CHUNK_TILES = 256
+
+#: registered variants: name -> (factory of the exact algorithm, summary)
+VARIANTS = {
+    "winograd_f2x3": (lambda: winograd_2d(2, 3), "Winograd F(2x2,3x3): 16 products per 2x2 tile"),
+    "winograd_f4x3": (lambda: winograd_2d(4, 3), "Winograd F(4x4,3x3): 36 products per 4x4 tile"),
+    "winograd_f6x3": (lambda: winograd_2d(6, 3), "Winograd F(6x6,3x3): 64 products per 6x6 tile"),
+    "winograd_f2x5": (lambda: winograd_2d(2, 5), "Winograd F(2x2,5x5): 36 products per 2x2 tile"),
+    "sfc4_4x3": (lambda: sfc_2d(4, 4, 3), "SFC-4(4x4,3x3) native: 46 products per 4x4 tile"),
+    "sfc6_6x3": (lambda: sfc_2d(6, 6, 3), "SFC-6(6x6,3x3) native: 88 products per 6x6 tile"),
+    "sfc6_6x3_nested": (
+        lambda: sfc_2d(6, 6, 3, native=False),
+        "SFC-6(6x6,3x3) nested: 100 products per 6x6 tile",
+    ),
+    "sfc6_7x3": (lambda: sfc_2d(6, 7, 3), "SFC-6(7x7,3x3) native: 132 products per 7x7 tile"),
+    "sfc6_6x5": (lambda: sfc_2d(6, 6, 5), "SFC-6(6x6,5x5) native: 184 products per 6x6 tile"),
+}
+
+
+@dataclass(frozen=True)
+class Engine:
+    """Floating-point form of a `Bilinear2D` for the kernels (built once per algorithm)."""
+
+    alg: Bilinear2D
+    G: np.ndarray  # (P, r*r) float64
+    B1: np.ndarray  # (n1, n) float64
+    A1: np.ndarray  # (m, n2) float64
+    s_in: tuple  # CSR (indptr, indices, values float64), empty arrays for the identity
+    s_out: tuple
+    alpha: float  # error amplification, see _error_bound
+    stage_terms: tuple  # max terms per sum in each transform stage
+
+    @property
+    def P(self) -> int:
+        return self.alg.products
+
+
+def _csr(s) -> tuple:
+    if s is None:
+        return (np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0))
+    a = s.astype(float)
+    indptr, indices, values = [0], [], []
+    for row in a:
+        nz = np.flatnonzero(row)
+        indices.extend(nz.tolist())
+        values.extend(row[nz].tolist())
+        indptr.append(len(indices))
+    return (np.array(indptr, np.int64), np.array(indices, np.int64), np.array(values))
+
+
+def _max_terms(a) -> int:
+    return int(max(1, np.count_nonzero(np.asarray(a, dtype=float), axis=1).max()))
+
+
+def _alpha(alg: Bilinear2D) -> float:
+    """max_i sum_d max_j T_i(d + j, j), T_i(l, j) = sum_p |A_out|[i,p] |G|[p,j] |B_in|[p,l].
+
+    ``|B_in| = |S_in| |B1 (x) B1|`` and ``|A_out| = |A1 (x) A1| |S_out|`` are the absolute values
+    of the stages as the kernels compute them; ``d`` runs over the 2D shifts between input and
+    filter positions.
+    """
+    m, r, n = alg.m, alg.r, alg.n
+    b_in = np.abs(np.kron(alg.B1.astype(float), alg.B1.astype(float)))
+    a_out = np.abs(np.kron(alg.A1.astype(float), alg.A1.astype(float)))
+    if alg.S_in is not None:
+        b_in = np.abs(alg.S_in.astype(float)) @ b_in
+    if alg.S_out is not None:
+        a_out = a_out @ np.abs(alg.S_out.astype(float))
+    g = np.abs(alg.G.astype(float))
+    T = np.einsum("ip,pj,pl->ijl", a_out, g, b_in).reshape(m * m, r, r, n, n)
+    # group by the shift (l - j) in each dimension: d in [-(r-1), n-1]
+    D = n + r - 1
+    best = np.zeros((m * m, D, D))
+    for j1 in range(r):
+        for j2 in range(r):
+            blk = T[:, j1, j2]  # (m*m, n, n) over l
+            sub = best[:, r - 1 - j1 : r - 1 - j1 + n, r - 1 - j2 : r - 1 - j2 + n]
+            np.maximum(sub, blk, out=sub)
+    return float(best.sum(axis=(1, 2)).max())
+
+
+@cache
+def engine(name: str) -> Engine:
+    """The `Engine` of a registered variant (transforms built exactly, then converted)."""
+    alg = VARIANTS[name][0]()
+    return engine_for(alg)
+
+
+def engine_for(alg: Bilinear2D) -> Engine:
+    """An `Engine` for any `Bilinear2D` (separable or not)."""
+    terms = (
+        _max_terms(alg.B1),
+        1 if alg.S_in is None else _max_terms(alg.S_in),
+        1 if alg.S_out is None else _max_terms(alg.S_out),
+        _max_terms(alg.A1),
+    )
+    return Engine(
+        alg, alg.G.astype(float), alg.B1.astype(float), alg.A1.astype(float),
+        _csr(alg.S_in), _csr(alg.S_out), _alpha(alg), terms,
+    )
+
+
+def tiles(spec: ConvSpec, m: int) -> tuple[int, int]:
+    """(TH, TW): tiles per image vertically and horizontally (the last ones partial)."""
+    return -(-spec.OH // m), -(-spec.OW // m)
+
+
+def _chunk_rows(spec: ConvSpec, m: int) -> int:
+    TH, TW = tiles(spec, m)
+    return max(1, min(spec.N * TH, CHUNK_TILES // TW))
+
+
+def supports_for(alg: Bilinear2D, spec: ConvSpec):
+    """None when ``alg`` can run ``spec``, else the reason."""
+    if spec.stride != (1, 1):
+        return f"stride must be 1 (got {spec.stride})"
+    if spec.dilation != (1, 1):
+        return f"dilation must be 1 (got {spec.dilation})"
+    if (spec.R, spec.S) != (alg.r, alg.r):
+        return f"kernel must be {alg.r}x{alg.r} (got {spec.R}x{spec.S})"
+    return None
+
+
+def workspace_for(alg: Bilinear2D, spec: ConvSpec) -> int:
+    """Bytes of V and M for one chunk of tiles (per-thread row buffers are small)."""
+    TH, TW = tiles(spec, alg.m)
+    tc = _chunk_rows(spec, alg.m) * TW
+    return alg.products * (spec.Cg + spec.Kg) * tc * spec.compute_dtype.itemsize
+
+
+def multiplies_for(alg: Bilinear2D, spec: ConvSpec) -> int:
+    """Transform-domain products: groups * N * tiles * P * Kg * Cg."""
+    TH, TW = tiles(spec, alg.m)
+    return spec.groups * spec.N * TH * TW * alg.products * spec.Kg * spec.Cg
+
+
+def error_bound_for(eng: Engine, spec: ConvSpec, dtype) -> float:
+    """Derived bound on the normwise error (see `_error_bound`)."""
+    return _error_bound(eng, spec, dtype)
+
+
+def _error_bound(eng: Engine, spec: ConvSpec, dtype) -> float:
+    """Worst-case normwise error, derived from the rounding of every stage.
+
+    Each computed stage ``s = S v`` with at most k terms per row is within
+    ``gamma_(k+1) |S| |v|`` of the exact product (the +1 covers rounding the entries of S).
+    With the stages input (B1 twice, S_in), filter (rounded once to the compute dtype),
+    pointwise product and sum over ``C/groups`` channels (``gamma_(Cg+1)``) and output (S_out,
+    A1 twice), the error of output i is at most
+    ``eps * sum_c sum_p |A_out|[i,p] (|G| |w_c|)[p] (|B_in| |x_c|)[p]``,
+    ``eps = prod(1 + gamma_stage) - 1``. Grouping the products ``|x_l| |w_j|`` by the shift
+    ``l - j`` bounds that by ``eps * alpha * max(|x| (*) |w|)`` with ``alpha`` from `_alpha`
+    (1 for direct convolution). The maximum is over the zero-extended correlation, which equals
+    the normwise measure's denominator unless the largest magnitudes sit outside the output.
+    float16 adds the final rounding of the result.
+    """
+    dtype = np.dtype(dtype)
+    compute = np.dtype(np.float64) if dtype == np.float64 else np.dtype(np.float32)
+    u = UNIT_ROUNDOFF[compute]
+    kb, ksin, ksout, ka = eng.stage_terms
+    factors = [
+        gamma(kb + 1, u), gamma(kb + 1, u), gamma(ksin + 1, u),  # input transform
+        u,  # filter transform rounded to the compute dtype
+        gamma(spec.Cg + 1, u),  # products and channel sum (any order, BLAS)
+        gamma(ksout + 1, u), gamma(ka + 1, u), gamma(ka + 1, u),  # output transform
+    ]
+    eps = float(np.prod([1 + f for f in factors]) - 1)
+    bound = eps * eng.alpha
+    if dtype == np.float16:
+        bound = (1 + bound) * (1 + UNIT_ROUNDOFF[dtype]) - 1
+    return bound
+
+
+_controller = None
+
+
+def _blas_one_thread():
+    """A context manager holding the BLAS to one thread (the GEMMs run inside Numba threads)."""
+    global _controller
+    if _controller is None:
+        from threadpoolctl import ThreadpoolController
+
+        _controller = ThreadpoolController()
+    return _controller.limit(limits=1, user_api="blas")
+
+
+def prepare_for(eng: Engine, spec: ConvSpec, w: np.ndarray):
+    """Filter transform ``Wt[g, p, k, c] = (G vec(w[g*Kg + k, c]))[p]`` in float64, then cast."""
+    cd = spec.compute_dtype
+    w64 = w.astype(np.float64).reshape(spec.groups, spec.Kg, spec.Cg, spec.R * spec.S)
+    wt = np.einsum("pj,gkcj->gpkc", eng.G, w64, optimize=True)
+    return (eng, spec, np.ascontiguousarray(wt, dtype=cd))
+
+
+def run_prepared(prepared, x: np.ndarray, out: np.ndarray) -> None:
+    """Run a prepared bilinear convolution of ``x`` into ``out`` (see the module docstring)."""
+    from ..kernels._bilinear import input_transform, output_transform, point_gemms
+
+    eng, spec, wt = prepared
+    alg = eng.alg
+    m, P = alg.m, alg.products
+    cd = spec.compute_dtype
+    TH, TW = tiles(spec, m)
+    rows = spec.N * TH
+    cr = _chunk_rows(spec, m)
+    tcmax = cr * TW
+    vbuf = np.empty(P * spec.Cg * tcmax, dtype=cd)
+    mbuf = np.empty(P * spec.Kg * tcmax, dtype=cd)
+    B1 = eng.B1.astype(cd)
+    A1 = eng.A1.astype(cd)
+    sin = (eng.s_in[0], eng.s_in[1], eng.s_in[2].astype(cd))
+    sout = (eng.s_out[0], eng.s_out[1], eng.s_out[2].astype(cd))
+    pl, _, pt, _ = spec.padding
+    with PARALLEL_LOCK, _blas_one_thread():
+        for g in range(spec.groups):
+            for r0 in range(0, rows, cr):
+                r1 = min(rows, r0 + cr)
+                tc = (r1 - r0) * TW
+                V = vbuf[: P * spec.Cg * tc].reshape(P, spec.Cg, tc)
+                M = mbuf[: P * spec.Kg * tc].reshape(P, spec.Kg, tc)
+                input_transform(x, V, g, r0, r1, TH, TW, m, pt, pl, B1, *sin)
+                point_gemms(wt[g], V, M)
+                output_transform(M, out, g, r0, r1, TH, TW, m, A1, *sout)
+
+
+def _make(name: str) -> Algorithm:
+    summary = VARIANTS[name][1]
+
+    def alg() -> Bilinear2D:
+        return engine(name).alg
+
+    return Algorithm(
+        name=name,
+        supports=lambda spec: supports_for(alg(), spec),
+        prepare=lambda spec, w: prepare_for(engine(name), spec, w),
+        run=run_prepared,
+        workspace_bytes=lambda spec: workspace_for(alg(), spec),
+        multiplies=lambda spec: multiplies_for(alg(), spec),
+        deterministic=False,
+        error_bound=lambda spec, dtype: _error_bound(engine(name), spec, dtype),
+        summary=summary + "; stride 1",
+        features={
+            "workspace": "P·(C/g + K/g)·(tiles per chunk) (V and M of one chunk)",
+            "multiplies": "g·N·ceil(OH/m)·ceil(OW/m)·P·(K/g)·(C/g)",
+        },
+    )
+
+
+for _name in VARIANTS:
+    register(_make(_name))
