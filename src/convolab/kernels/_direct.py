@@ -18,7 +18,6 @@ bit-identical for any thread count and any SIMD width.
 import numpy as np
 from numba import njit, prange, uint64
 
-
 # Index arithmetic in the inner loops is unsigned (uint64): Numba adds a negative-index
 # wrap-around select to every signed index, which stops LLVM from vectorising the loop, and
 # slicing views in the loop would cost reference-count updates per slice.
