@@ -165,13 +165,19 @@ class TenSEALBackend(Backend):
 
     def _multiply_plain(self, ct, pt):
         out = self._s.Ciphertext()
-        self._evaluator.multiply_plain(ct.ct, pt, out)
+        try:
+            self._evaluator.multiply_plain(ct.ct, pt, out)
+        except ValueError as e:  # e.g. "scale out of bounds" once the chain is used up
+            raise ConvError(f"SEAL: {e} (level {ct.level} of depth={self.depth})") from None
         return TSCiphertext(out, ct.level, True)
 
     def _multiply(self, a, b):
         x, y = self._aligned(a, b)
         out = self._s.Ciphertext()
-        self._evaluator.multiply(x, y, out)
+        try:
+            self._evaluator.multiply(x, y, out)
+        except ValueError as e:
+            raise ConvError(f"SEAL: {e} (levels {a.level}, {b.level} of depth={self.depth})") from None
         self._evaluator.relinearize_inplace(out, self._relin)
         return TSCiphertext(out, max(a.level, b.level), True)
 
