@@ -1,29 +1,72 @@
-"""``convolab algorithms``: the registry as a table."""
+"""``convolab algorithms``: the registry as a table, capabilities probed from ``supports``.
+
+The strides / dilation / groups / kernel columns are not declared by hand: each algorithm's
+``supports`` is asked about a set of probe convolutions, so the table (and the README's copy
+of it, made with ``--markdown``) says what the code actually accepts.
+"""
 
 from __future__ import annotations
 
+from ..spec import ConvSpec
+
+_KERNELS = (1, 3, 5, 7, 11)
+#: probe convolutions, for a k x k kernel the algorithm supports
+_PROBES = {
+    "stride 2": lambda k: dict(padding=k // 2, stride=2),
+    "dilation 2": lambda k: dict(padding=k - 1, dilation=2),
+    "groups": lambda k: dict(padding=k // 2, groups=2),
+    "depthwise": lambda k: dict(padding=k // 2, groups=8),
+    "asym. pad": lambda k: dict(padding=(0, k // 2 + 1, k // 2, 0)),
+}
+
+
+def _spec(k: int, groups: int = 1, **kw) -> ConvSpec:
+    return ConvSpec.from_shapes((1, 8, 24, 24), (8, 8 // groups, k, k), groups=groups, **kw)
+
+
+def capabilities(algo) -> dict[str, str]:
+    """What ``algo`` supports, probed through its ``supports`` function."""
+    ks = [k for k in _KERNELS if algo.supports(_spec(k, padding=k // 2)) is None]
+    k0 = 3 if 3 in ks else (ks[0] if ks else 3)
+    row = {label: "yes" if algo.supports(_spec(k0, **make(k0))) is None else "no" for label, make in _PROBES.items()}
+    row["kernels"] = ", ".join(f"{k}x{k}" for k in ks) if ks else "none"
+    row["dtypes"] = "fp16 (in fp32), fp32, fp64"
+    row["deterministic"] = "yes" if algo.deterministic else "no"
+    row["workspace"] = algo.features.get("workspace", "")
+    row["multiplications"] = algo.features.get("multiplies", "")
+    return row
+
+
+COLUMNS = ["kernels", *_PROBES, "dtypes", "deterministic", "workspace", "multiplications"]
+
 
 def add_parser(sub) -> None:
-    p = sub.add_parser("algorithms", help="list the registered convolution algorithms")
+    p = sub.add_parser("algorithms", help="list the registered convolution algorithms and what they support")
+    p.add_argument("--markdown", action="store_true", help="print a Markdown table (the README's feature table)")
     p.set_defaults(func=run)
 
 
 def run(args) -> int:
+    from ..registry import algorithms
+
+    rows = [(a.name, capabilities(a)) for a in algorithms()]
+    if args.markdown:
+        print("| algorithm | " + " | ".join(COLUMNS) + " |")
+        print("|" + "---|" * (len(COLUMNS) + 1))
+        for name, row in rows:
+            print(f"| `{name}` | " + " | ".join(row[c] for c in COLUMNS) + " |")
+        return 0
     from rich.console import Console
     from rich.table import Table
 
-    from ..registry import algorithms
-
-    table = Table(title="convolab algorithms")
-    for col in ("name", "deterministic", "workspace", "multiplications", "summary"):
-        table.add_column(col)
-    for a in algorithms():
-        table.add_row(
-            a.name,
-            "yes" if a.deterministic else "no",
-            a.features.get("workspace", ""),
-            a.features.get("multiplies", ""),
-            a.summary,
-        )
-    Console().print(table)
+    console = Console()
+    if not console.is_terminal:
+        console = Console(width=200)
+    table = Table(title="convolab algorithms (capabilities probed from each algorithm's supports())")
+    table.add_column("algorithm")
+    for c in COLUMNS:
+        table.add_column(c)
+    for name, row in rows:
+        table.add_row(name, *(row[c] for c in COLUMNS))
+    console.print(table)
     return 0
