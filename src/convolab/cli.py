@@ -16,6 +16,10 @@ from . import __version__
 COMMAND_MODULES = [
     "convolab.commands.algorithms",
     "convolab.bench.cli",
+    "convolab.commands.calibrate",
+    "convolab.highdim.cli",
+    "convolab.commands.model",
+    "convolab.he.cli",
 ]
 
 

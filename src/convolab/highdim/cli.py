@@ -1,0 +1,133 @@
+"""``convolab bilateral`` (filter an image file) and ``convolab bilateral-bench`` (the figures).
+
+Image files are read and written with imageio (installed with scikit-image; PNG, JPEG, TIFF, ...)
+or, for ``.npy`` paths, with NumPy. Integer images are filtered in [0, 1] units
+(``sigma_color`` too) and written back in their own integer type; float images are written
+as float32 TIFF/NPY, or as 8-bit for formats that have no float type. An alpha channel
+(2 or 4 channels) is passed through unfiltered.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import ConvError
+
+FLOAT_SUFFIXES = {".tif", ".tiff", ".npy"}
+
+
+def add_parser(sub) -> None:
+    from .filters import METHODS
+
+    p = sub.add_parser(
+        "bilateral",
+        help="bilateral (or joint bilateral) filter of an image file",
+        description="Edge-preserving bilateral filter of a grey or colour image file "
+        "(permutohedral lattice by default).",
+    )
+    p.add_argument("input", help="input image (PNG, JPEG, TIFF, ... or .npy)")
+    p.add_argument("output", help="output image path (format from the suffix)")
+    p.add_argument("--sigma-spatial", type=float, required=True, help="spatial sigma in pixels")
+    p.add_argument(
+        "--sigma-color", type=float, required=True, help="range sigma in [0, 1] intensity units"
+    )
+    p.add_argument("--method", choices=METHODS, default="permutohedral")
+    p.add_argument("--guide", help="guide image for a joint bilateral filter (same H x W)")
+    p.set_defaults(func=run)
+
+    b = sub.add_parser(
+        "bilateral-bench",
+        help="accuracy / speed / scaling / learned-SBS figures of convolab.highdim",
+        description="Measures the figures of convolab.highdim (same as "
+        "`python -m convolab.highdim.bench`).",
+    )
+    from .bench import add_arguments
+
+    add_arguments(b)
+    b.set_defaults(func=run_bench)
+
+
+def read_image(path: str) -> np.ndarray:
+    """Read an image file (``.npy`` with NumPy, anything else with imageio)."""
+    p = Path(path)
+    if not p.is_file():
+        raise ConvError(f"input file {path!r} does not exist")
+    if p.suffix.lower() == ".npy":
+        return np.load(p, allow_pickle=False)
+    try:
+        import imageio.v3 as iio
+    except ImportError:  # pragma: no cover - depends on the environment
+        raise ConvError(
+            "reading image files needs imageio (pip install 'convolab[highdim]'); "
+            ".npy files work without it"
+        ) from None
+    try:
+        return np.asarray(iio.imread(p))
+    except Exception as e:  # imageio raises many types for unreadable files
+        raise ConvError(f"cannot read image {path!r}: {e}") from None
+
+
+def to_output_dtype(out: np.ndarray, like: np.ndarray, suffix: str) -> np.ndarray:
+    """Convert a float result to the type written for an input of dtype ``like.dtype``."""
+    if np.issubdtype(like.dtype, np.integer) and like.dtype != np.bool_:
+        info = np.iinfo(like.dtype)
+        lo = info.min if info.min < 0 else 0
+        return np.clip(np.rint(out * info.max), lo, info.max).astype(like.dtype)
+    if suffix in FLOAT_SUFFIXES:
+        return out.astype(np.float32)
+    return np.clip(np.rint(out * 255.0), 0, 255).astype(np.uint8)
+
+
+def write_image(path: str, image: np.ndarray) -> None:
+    """Write an image (``.npy`` with NumPy, anything else with imageio)."""
+    p = Path(path)
+    if p.suffix.lower() == ".npy":
+        np.save(p, image)
+        return
+    import imageio.v3 as iio
+
+    try:
+        iio.imwrite(p, image)
+    except Exception as e:
+        raise ConvError(f"cannot write image {path!r}: {e}") from None
+
+
+def filter_image(image, sigma_spatial, sigma_color, method="permutohedral", guide=None):
+    """Filter an image as read from a file: alpha passed through, result in [0, 1] floats."""
+    from .filters import as_float_image, joint_bilateral_filter
+
+    img = as_float_image(image)
+    alpha = None
+    if img.ndim == 3 and img.shape[2] in (2, 4):
+        img, alpha = img[..., :-1], img[..., -1:]
+    g = img if guide is None else as_float_image(guide, "guide")
+    if guide is not None and g.ndim == 3 and g.shape[2] in (2, 4):
+        g = g[..., :-1]
+    out = joint_bilateral_filter(img, g, sigma_spatial, sigma_color, method=method)
+    if alpha is not None:
+        out = np.concatenate([out, alpha.astype(out.dtype)], axis=2)
+    return out
+
+
+def run(args) -> int:
+    img = read_image(args.input)
+    guide = read_image(args.guide) if args.guide else None
+    t0 = time.perf_counter()
+    out = filter_image(img, args.sigma_spatial, args.sigma_color, args.method, guide)
+    dt = time.perf_counter() - t0
+    write_image(args.output, to_output_dtype(out, img, Path(args.output).suffix.lower()))
+    shape = "x".join(str(s) for s in img.shape)
+    print(
+        f"{args.input} ({shape}, {img.dtype}) -> {args.output}: {args.method}, "
+        f"sigma_spatial={args.sigma_spatial:g}, sigma_color={args.sigma_color:g}, {dt:.3f} s"
+    )
+    return 0
+
+
+def run_bench(args) -> int:
+    from .bench import run
+
+    return run(args)
