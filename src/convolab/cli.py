@@ -16,10 +16,7 @@ from . import __version__
 COMMAND_MODULES = [
     "convolab.commands.algorithms",
     "convolab.bench.cli",
-    "convolab.commands.calibrate",
     "convolab.highdim.cli",
-    "convolab.commands.model",
-    "convolab.he.cli",
 ]
 
 
