@@ -2,12 +2,21 @@
 
 from __future__ import annotations
 
+import os
+import tempfile
+
 import numpy as np
 from hypothesis import strategies as st
 
 from convolab import reference
 from convolab.registry import summation_bound
 from convolab.spec import ConvSpec
+
+
+def pytest_configure(config):
+    # autotune / calibration caches of the test run live in a fresh directory, never the user's
+    os.environ["CONVOLAB_CACHE_DIR"] = tempfile.mkdtemp(prefix="convolab-test-cache-")
+
 
 #: named real layers, small enough for tests (batch 1; channels cut where the layer is huge)
 NAMED_LAYERS = {

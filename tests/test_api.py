@@ -135,7 +135,7 @@ def picky_algorithm():
 
 def test_unsupported_error_names_reason_and_alternatives(picky_algorithm):
     x, w, b = make_data((1, 2, 6, 6), (2, 2, 5, 5))
-    with pytest.raises(UnsupportedError, match=r"kernel 5x5 is not 3x3.*algorithms that can: direct, im2col") as e:
+    with pytest.raises(UnsupportedError, match=r"kernel 5x5 is not 3x3; algorithms that can: .*direct, im2col") as e:
         convolab.conv2d(x, w, b, algorithm="test_picky")
     assert e.value.algorithm == "test_picky" and "direct" in e.value.alternatives
     assert isinstance(e.value, ConvError)
@@ -155,7 +155,7 @@ def test_workspace_larger_than_memory_is_refused(monkeypatch):
     x, w, b = make_data((1, 8, 16, 16), (8, 8, 3, 3))
     monkeypatch.setattr(api, "available_memory", lambda: 1000)
     out = np.full((1, 8, 14, 14), 3.0, np.float32)
-    with pytest.raises(ConvError, match=r"needs .* MiB .* only .* available; algorithm 'direct' needs 0.0 MiB"):
+    with pytest.raises(ConvError, match=r"'im2col' needs 55.1 KiB .* only 1000 B is available; algorithm 'direct' needs 0 B"):
         convolab.conv2d(x, w, b, algorithm="im2col", out=out)
     assert (out == 3.0).all()
     with pytest.raises(ConvError, match="im2col"):

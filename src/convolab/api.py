@@ -12,6 +12,7 @@ and returns float16. Integer convolution lives in `convolab.reference` (exact) a
 
 from __future__ import annotations
 
+import functools
 import os
 
 import numpy as np
@@ -37,6 +38,11 @@ def available_memory() -> int:
 
 
 def _mib(n: int) -> str:
+    """Bytes for messages: MiB with one decimal, exact bytes below 1 KiB."""
+    if n < 1024:
+        return f"{n} B"
+    if n < 2**20:
+        return f"{n / 1024:.1f} KiB"
     return f"{n / 2**20:.1f} MiB"
 
 
@@ -62,27 +68,40 @@ def check_memory(spec: ConvSpec, algo: registry.Algorithm, extra: int = 0) -> No
     )
 
 
-def _auto(spec: ConvSpec) -> tuple[str, str]:
-    """A simple rule until the cost model of `convolab.select` replaces it."""
-    if spec.Cg * spec.Kg < 64:
-        return "direct", "few channels per group (depthwise-like): GEMMs would be tiny"
-    ws = registry.get("im2col").workspace_bytes(spec)
-    if ws > min(available_memory() // 4, 1 << 30):
-        return "direct", f"im2col's workspace ({_mib(ws)}) is too large"
-    return "im2col", "GEMM-shaped layer: unfold + BLAS is fastest here"
+@functools.lru_cache(maxsize=256)
+def _ranking(spec: ConvSpec, memory_limit, max_error, stamps):
+    from . import select
+
+    return tuple(select.rank(spec, memory_limit=memory_limit, max_error=max_error))
 
 
-def _resolve(spec: ConvSpec, algorithm: str) -> tuple[registry.Algorithm, str]:
+def _resolve(
+    spec: ConvSpec, algorithm: str, *, measure=False, memory_limit=None, max_error=None, w=None
+) -> tuple[registry.Algorithm, list]:
+    """The algorithm to run and the ranking that chose it ([] when named explicitly)."""
     if not isinstance(algorithm, str):
         raise ConvError(f"algorithm must be a name or 'auto', got {algorithm!r}")
-    if algorithm == "auto":
-        name, why = _auto(spec)
-        return registry.get(name), why
-    algo = registry.get(algorithm)
-    reason = algo.supports(spec)
-    if reason is not None:
-        raise UnsupportedError(algo.name, reason, registry.capable(spec))
-    return algo, "requested by name"
+    if algorithm != "auto":
+        algo = registry.get(algorithm)
+        reason = algo.supports(spec)
+        if reason is not None:
+            raise UnsupportedError(algo.name, reason, registry.capable(spec))
+        return algo, []
+    from . import select
+
+    if measure:
+        ranking = select.rank(spec, measure=True, memory_limit=memory_limit, max_error=max_error, w=w)
+    else:
+        stamps = (select.AUTOTUNE.stamp(), select.CALIBRATION.stamp(), len(registry.algorithms()))
+        ranking = list(_ranking(spec, memory_limit, max_error, stamps))
+    if not ranking or not ranking[0].admissible:
+        reasons = "; ".join(f"{c.name}: {c.reason}" for c in ranking)
+        raise ConvError(f"no algorithm is admissible for {spec}: {reasons}")
+    # the fastest admissible algorithm whose workspace fits in the memory available
+    for c in ranking:
+        if c.admissible and (c.workspace_bytes < (1 << 24) or c.workspace_bytes <= available_memory()):
+            return registry.get(c.name), ranking
+    return registry.get(ranking[0].name), ranking  # check_memory will refuse it with sizes
 
 
 class ConvPlan:
@@ -92,10 +111,10 @@ class ConvPlan:
     ``workspace_bytes``, ``multiplies``; ``explain()`` says what was chosen and why.
     """
 
-    def __init__(self, spec: ConvSpec, algo: registry.Algorithm, w, bias, why: str):
+    def __init__(self, spec: ConvSpec, algo: registry.Algorithm, w, bias, ranking=()):
         self.spec = spec
         self._algo = algo
-        self._why = why
+        self._ranking = list(ranking)
         cd = spec.compute_dtype
         self._prepared = algo.prepare(spec, np.ascontiguousarray(w, dtype=cd))
         self._bias = None if bias is None else np.asarray(bias, dtype=cd).reshape(1, -1, 1, 1)
@@ -121,21 +140,21 @@ class ConvPlan:
         return self._algo.error_bound(self.spec, self.spec.dtype)
 
     def explain(self) -> str:
-        """A short human-readable account of the plan."""
+        """What was chosen and why: the plan, then the ranking of every algorithm."""
+        from . import select
+
         s = self.spec
+        how = "chosen by name" if not self._ranking else "chosen by algorithm='auto'"
         lines = [
             f"convolution {s} ({s.dtype}), output {s.out_shape}",
-            f"algorithm: {self.algorithm} ({self._why})",
+            f"algorithm: {self.algorithm} ({how})",
             f"workspace: {_mib(self.workspace_bytes)}; multiplications: {self.multiplies:,} "
             f"(direct: {s.direct_multiplies:,})",
             f"deterministic: {self.deterministic}; error bound (normwise): {self.error_bound:.2e}",
         ]
-        others = []
-        for a in registry.algorithms():
-            reason = a.supports(s)
-            state = "can run" if reason is None else f"cannot: {reason}"
-            others.append(f"  {a.name:<16} {state}; workspace {_mib(a.workspace_bytes(s)) if reason is None else '-'}")
-        return "\n".join(lines + ["candidates:"] + others)
+        ranking = self._ranking or select.rank(s, max_error=float("inf"))
+        title = "ranking (admissible first, fastest first):" if self._ranking else "all algorithms (no budgets):"
+        return "\n".join(lines + [title, select.explain(ranking)])
 
     def __repr__(self) -> str:
         return f"ConvPlan({self.spec}, algorithm={self.algorithm!r})"
@@ -181,7 +200,7 @@ class ConvPlan:
 
 def plan(
     x_shape, w, bias=None, stride=1, padding=0, dilation=1, groups=1, *, algorithm="auto",
-    dtype=None,
+    dtype=None, measure=False, memory_limit=None, max_error=None,
 ) -> ConvPlan:
     """Plan the convolution of inputs of shape ``x_shape`` with weights ``w``.
 
@@ -197,6 +216,14 @@ def plan(
         A registered name (see `convolab.algorithms`) or ``"auto"``.
     dtype : dtype, optional
         Input dtype the plan is for; default the weight's dtype.
+    measure : bool
+        With ``algorithm="auto"``: time the admissible algorithms on this convolution and keep
+        the fastest (stored in the autotune cache, see `convolab.select`).
+    memory_limit : int, optional
+        With ``"auto"``: the largest workspace (bytes) the chosen algorithm may need.
+    max_error : float, optional
+        With ``"auto"``: the largest normwise ``error_bound`` the chosen algorithm may state;
+        default `convolab.select.default_max_error`.
 
     Returns
     -------
@@ -218,9 +245,11 @@ def plan(
     spec = ConvSpec.from_shapes(
         x_shape, w.shape, stride, padding, dilation, groups, dt, None if b is None else b.shape
     )
-    algo, why = _resolve(spec, algorithm)
+    algo, ranking = _resolve(
+        spec, algorithm, measure=measure, memory_limit=memory_limit, max_error=max_error, w=w
+    )
     check_memory(spec, algo)
-    return ConvPlan(spec, algo, w, b, why)
+    return ConvPlan(spec, algo, w, b, ranking)
 
 
 def conv2d(
@@ -263,6 +292,6 @@ def conv2d(
         )
     if out is not None and isinstance(out, np.ndarray) and out.dtype != spec.dtype:
         raise ConvError(f"out has dtype {out.dtype}, expected {spec.dtype}")
-    algo, why = _resolve(spec, algorithm)
+    algo, ranking = _resolve(spec, algorithm)
     check_memory(spec, algo)
-    return ConvPlan(spec, algo, w, b, why)(x.astype(spec.dtype, copy=False), out=out)
+    return ConvPlan(spec, algo, w, b, ranking)(x.astype(spec.dtype, copy=False), out=out)

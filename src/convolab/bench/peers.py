@@ -3,6 +3,8 @@
 ``torch``: PyTorch CPU ``conv2d`` with oneDNN (its default CPU path).
 ``torch-im2col``: the same call under ``torch.backends.mkldnn.flags(enabled=False)``, which
 makes PyTorch use its own unfold + GEMM ("slow_conv2d") path.
+``onnxruntime``: ONNX Runtime's CPU execution provider on a one-node ``Conv`` model built with
+``onnx.helper`` (weights as an initializer, all graph optimisations on).
 Each peer runs in this process with the same thread count as convolab.
 """
 
@@ -62,16 +64,52 @@ def _torch_maker(mkldnn: bool):
     return make
 
 
+def _ort_missing():
+    try:
+        import onnx  # noqa: F401
+        import onnxruntime  # noqa: F401
+    except ImportError:
+        return "onnx and onnxruntime are not installed (pip install 'convolab[peers]')"
+    return None
+
+
+def _ort_make(spec: ConvSpec, x, w, threads: int):
+    import onnxruntime as ort
+    from onnx import TensorProto, helper, numpy_helper
+
+    pl, pr, pt, pb = spec.padding
+    node = helper.make_node(
+        "Conv", ["x", "w"], ["y"], strides=list(spec.stride), dilations=list(spec.dilation),
+        group=spec.groups, pads=[pt, pl, pb, pr], kernel_shape=[spec.R, spec.S],
+    )
+    graph = helper.make_graph(
+        [node], "conv",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, list(spec.x_shape))],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, list(spec.out_shape))],
+        initializer=[numpy_helper.from_array(np.ascontiguousarray(w, dtype=np.float32), "w")],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = min(model.ir_version, 9)
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = threads
+    opts.inter_op_num_threads = 1
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    sess = ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+    feed = {"x": np.ascontiguousarray(x, dtype=np.float32)}
+    return lambda: sess.run(None, feed)[0]
+
+
 PEERS = {
     "torch": Peer("torch", "PyTorch CPU conv2d (oneDNN)", _torch_missing, _torch_maker(True)),
     "torch-im2col": Peer(
         "torch-im2col", "PyTorch with mkldnn disabled (its im2col + GEMM path)",
         _torch_missing, _torch_maker(False),
     ),
+    "onnxruntime": Peer("onnxruntime", "ONNX Runtime CPU, one-node Conv model", _ort_missing, _ort_make),
 }
 
 #: what ``--peers NAME`` expands to
-PEER_GROUPS = {"torch": ["torch", "torch-im2col"]}
+PEER_GROUPS = {"torch": ["torch", "torch-im2col"], "ort": ["onnxruntime"]}
 
 
 def resolve(names: str | None) -> list[Peer]:

@@ -1,0 +1,501 @@
+"""Choosing the algorithm: budgets, a calibrated cost model, measured autotuning, a safe cache.
+
+`choose` ranks every registered algorithm for one convolution: the admissible ones first,
+fastest first (the first entry is what ``algorithm="auto"`` runs), then the rejected ones
+with the reason (unsupported, over the memory limit, over the error budget).
+
+Time prediction. Each algorithm's time is modelled as
+
+    t = t_call + multiplies / rate + bytes_moved / bandwidth
+
+where ``multiplies`` is the algorithm's own count (transform-domain products for fast
+algorithms), ``bytes_moved`` is its input + output + workspace traffic, and ``rate`` is the
+algorithm's effective multiply rate on this machine. ``convolab calibrate`` measures the
+machine constants -- NumPy's float32 GEMM rate, the memory bandwidth (a large copy), the
+per-call overhead -- and each algorithm's rate and overhead on a fixed calibration set of
+layers (not the benchmark suites), fitted by least squares in log space; they are stored in
+the user cache directory. Without a calibration file the model uses rates relative to the
+GEMM rate measured once in the process, which ranks algorithms by arithmetic alone.
+
+Measured autotuning. ``measure=True`` times the admissible candidates on random data (warm,
+minimum of repeats) and stores the winner in the autotune cache, keyed by the convolution,
+the dtype, the thread count, the CPU model and the convolab version; ``auto`` then uses it.
+
+The cache. JSON files in ``$CONVOLAB_CACHE_DIR`` or the XDG user cache directory
+(``~/.cache/convolab``). Writers take an advisory lock and replace the file atomically
+(temporary file + rename), so concurrent processes never leave it corrupt; a corrupt or
+foreign file is ignored with a warning and rewritten.
+
+Default error budget. ``max_error=None`` means ``default_max_error(spec, dtype)`` = 64 x the
+worst-case summation bound of direct convolution for that layer (the bound is about
+``(C/groups) R S x 2**-24`` in fp32): algorithms whose stated error stays within a small
+multiple of direct convolution's own are admitted, those whose transforms amplify rounding by
+orders of magnitude (large Winograd tiles) are not. Pass ``max_error=float("inf")`` to admit
+every algorithm.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import json
+import os
+import tempfile
+import threading
+import time
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from . import __version__, registry
+from .api import _mib
+from .errors import ConvError
+from .registry import summation_bound
+from .spec import ConvSpec
+
+DEFAULT_ERROR_FACTOR = 64.0
+AUTOTUNE_FORMAT = "convolab-autotune"
+CALIBRATION_FORMAT = "convolab-calibration"
+FORMAT_VERSION = 1
+
+
+def default_max_error(spec: ConvSpec, dtype=None) -> float:
+    """The error budget ``auto`` applies when none is given (see the module docstring)."""
+    return DEFAULT_ERROR_FACTOR * summation_bound(spec, spec.dtype if dtype is None else dtype)
+
+
+# --------------------------------------------------------------------------- cache files
+def cache_dir() -> Path:
+    """``$CONVOLAB_CACHE_DIR``, else ``$XDG_CACHE_HOME/convolab``, else ``~/.cache/convolab``."""
+    env = os.environ.get("CONVOLAB_CACHE_DIR")
+    if env:
+        return Path(env)
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "convolab"
+
+
+@contextlib.contextmanager
+def _locked(path: Path):
+    """Advisory inter-process lock on ``path.lock`` (no-op where fcntl is unavailable)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - non-POSIX
+        yield
+        return
+    with open(str(path) + ".lock", "a") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def _read_json(path: Path, fmt: str) -> dict:
+    """The file's ``entries`` dict; {} (with a warning) when missing-but-corrupt or foreign."""
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        return {}
+    except OSError as e:
+        warnings.warn(f"convolab: cannot read cache file {path}: {e}; ignoring it", stacklevel=3)
+        return {}
+    try:
+        data = json.loads(text)
+        if not isinstance(data, dict) or data.get("format") != fmt or data.get("version") != FORMAT_VERSION:
+            raise ValueError(f"not a {fmt} v{FORMAT_VERSION} file")
+        entries = data["entries"]
+        if not isinstance(entries, dict):
+            raise ValueError("entries is not an object")
+        return entries
+    except (ValueError, KeyError, TypeError) as e:
+        warnings.warn(f"convolab: ignoring corrupt or foreign cache file {path} ({e}); it will be rewritten",
+                      stacklevel=3)
+        return {}
+
+
+def _write_json(path: Path, fmt: str, entries: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump({"format": fmt, "version": FORMAT_VERSION, "entries": entries}, f, indent=1, sort_keys=True)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+
+
+def _update_json(path: Path, fmt: str, key: str, value) -> None:
+    with _locked(path):
+        entries = _read_json(path, fmt)
+        entries[key] = value
+        _write_json(path, fmt, entries)
+
+
+class _FileCache:
+    """In-process view of a cache file, re-read when its mtime changes."""
+
+    def __init__(self, name: str, fmt: str):
+        self.name, self.fmt = name, fmt
+        self._lock = threading.Lock()
+        self._stamp = None
+        self._entries: dict = {}
+
+    @property
+    def path(self) -> Path:
+        return cache_dir() / self.name
+
+    def stamp(self):
+        """Identifies the file's current state (path, mtime, size)."""
+        path = self.path
+        try:
+            st = path.stat()
+            return (str(path), st.st_mtime_ns, st.st_size)
+        except OSError:
+            return (str(path), None, None)
+
+    def entries(self) -> dict:
+        stamp = self.stamp()
+        with self._lock:
+            if stamp != self._stamp:
+                self._entries = _read_json(Path(stamp[0]), self.fmt) if stamp[1] is not None else {}
+                self._stamp = stamp
+            return self._entries
+
+    def put(self, key: str, value) -> None:
+        _update_json(self.path, self.fmt, key, value)
+
+
+AUTOTUNE = _FileCache("autotune.json", AUTOTUNE_FORMAT)
+CALIBRATION = _FileCache("calibration.json", CALIBRATION_FORMAT)
+
+
+def _threads() -> int:
+    import numba
+
+    return int(numba.get_num_threads())
+
+
+@functools.lru_cache(maxsize=1)
+def _cpu() -> str:
+    from .bench.runner import cpu_model
+
+    return cpu_model()
+
+
+def cache_key(spec: ConvSpec, threads: int | None = None) -> str:
+    """Autotune key: the convolution, dtype, thread count, CPU model and convolab version."""
+    s = spec
+    return json.dumps(
+        {
+            "conv": [s.N, s.C, s.H, s.W, s.K, s.R, s.S, list(s.stride), list(s.padding), list(s.dilation), s.groups],
+            "dtype": str(s.dtype),
+            "threads": _threads() if threads is None else threads,
+            "cpu": _cpu(),
+            "version": __version__,
+        },
+        sort_keys=True,
+    )
+
+
+def machine_key(threads: int | None = None) -> str:
+    return json.dumps(
+        {"threads": _threads() if threads is None else threads, "cpu": _cpu(), "version": __version__},
+        sort_keys=True,
+    )
+
+
+# --------------------------------------------------------------------------- cost model
+@dataclass
+class Machine:
+    """Machine constants for the cost model (see `calibrate`)."""
+
+    gemm_gflops: float
+    bandwidth_gbs: float
+    call_seconds: float
+    #: per algorithm: (multiplies per second, fixed seconds per call)
+    rates: dict
+
+    def to_json(self) -> dict:
+        return {
+            "gemm_gflops": self.gemm_gflops,
+            "bandwidth_gbs": self.bandwidth_gbs,
+            "call_seconds": self.call_seconds,
+            "rates": self.rates,
+        }
+
+
+_DEFAULT_MACHINE: Machine | None = None
+_DEFAULT_LOCK = threading.Lock()
+
+
+def _uncalibrated() -> Machine:
+    """Constants for a machine never calibrated: the GEMM rate measured once, nominal others."""
+    global _DEFAULT_MACHINE
+    with _DEFAULT_LOCK:
+        if _DEFAULT_MACHINE is None:
+            from .bench.runner import gemm_gflops
+
+            g = gemm_gflops(n=512, repeat=3)
+            _DEFAULT_MACHINE = Machine(g, 10.0, 20e-6, {})
+        return _DEFAULT_MACHINE
+
+
+def machine() -> Machine:
+    """The calibrated constants for this machine and thread count, else nominal ones."""
+    entry = CALIBRATION.entries().get(machine_key())
+    if isinstance(entry, dict):
+        try:
+            return Machine(float(entry["gemm_gflops"]), float(entry["bandwidth_gbs"]),
+                           float(entry["call_seconds"]), dict(entry["rates"]))
+        except (KeyError, TypeError, ValueError):
+            warnings.warn("convolab: ignoring a malformed calibration entry", stacklevel=2)
+    return _uncalibrated()
+
+
+#: rate of each algorithm's multiplies relative to the GEMM rate when uncalibrated
+_NOMINAL_EFFICIENCY = {"im2col": 0.7, "direct": 0.35, "im2win": 0.5, "fft": 0.25}
+_NOMINAL_FAST = 0.5  # Winograd / SFC: transform-domain products through batched GEMMs
+
+
+def traffic_bytes(algo: registry.Algorithm, spec: ConvSpec) -> int:
+    """Bytes an algorithm moves besides its multiplies: input, output, twice its workspace."""
+    item = spec.compute_dtype.itemsize
+    io = (spec.N * spec.C * spec.H * spec.W + spec.N * spec.K * spec.OH * spec.OW) * item
+    return io + 2 * algo.workspace_bytes(spec)
+
+
+def predict_seconds(algo: registry.Algorithm, spec: ConvSpec, m: Machine | None = None) -> float:
+    """Predicted time of ``algo`` on ``spec`` (see the module docstring)."""
+    m = m or machine()
+    mults = algo.multiplies(spec)
+    traffic = traffic_bytes(algo, spec)
+    if algo.name in m.rates:
+        rate, fixed = m.rates[algo.name]
+    else:
+        eff = _NOMINAL_EFFICIENCY.get(algo.name, _NOMINAL_FAST)
+        rate, fixed = eff * m.gemm_gflops * 1e9 / 2, m.call_seconds
+    return fixed + mults / rate + traffic / (m.bandwidth_gbs * 1e9)
+
+
+# --------------------------------------------------------------------------- choosing
+@dataclass
+class Choice:
+    """One algorithm's standing for a convolution (an entry of `choose`'s list)."""
+
+    name: str
+    admissible: bool
+    reason: str
+    seconds: float | None
+    workspace_bytes: int | None = None
+    error_bound: float | None = None
+    source: str = "model"  # "model", "measured" or "cache"
+
+    def __repr__(self) -> str:
+        t = "-" if self.seconds is None else f"{self.seconds * 1e3:.3f} ms ({self.source})"
+        return f"Choice({self.name!r}, admissible={self.admissible}, {t}, {self.reason!r})"
+
+
+def rank(
+    spec: ConvSpec,
+    *,
+    measure: bool = False,
+    memory_limit: int | None = None,
+    max_error: float | None = None,
+    repeat: int = 5,
+    w=None,
+) -> list[Choice]:
+    """`choose` for a validated spec."""
+    if memory_limit is not None and memory_limit < 0:
+        raise ConvError(f"memory_limit must be >= 0 bytes, got {memory_limit}")
+    if max_error is not None and not max_error > 0:
+        raise ConvError(f"max_error must be > 0, got {max_error}")
+    budget = default_max_error(spec) if max_error is None else float(max_error)
+    m = machine()
+    cached = AUTOTUNE.entries().get(cache_key(spec))
+    out = []
+    for a in registry.algorithms():
+        why = a.supports(spec)
+        if why is not None:
+            out.append(Choice(a.name, False, f"unsupported: {why}", None))
+            continue
+        ws = a.workspace_bytes(spec)
+        eb = a.error_bound(spec, spec.dtype)
+        c = Choice(a.name, True, "", predict_seconds(a, spec, m), ws, eb)
+        if memory_limit is not None and ws > memory_limit:
+            c.admissible, c.reason = False, f"workspace {_mib(ws)} > memory_limit {_mib(memory_limit)}"
+        elif eb > budget:
+            c.admissible = False
+            c.reason = f"error bound {eb:.1e} > max_error {budget:.1e}" + (
+                " (default)" if max_error is None else ""
+            )
+        elif isinstance(cached, dict) and a.name in cached.get("seconds", {}):
+            c.seconds, c.source = float(cached["seconds"][a.name]), "cache"
+        out.append(c)
+    if measure:
+        _measure([c for c in out if c.admissible], spec, repeat, w)
+    adm = sorted((c for c in out if c.admissible), key=lambda c: c.seconds)
+    for i, c in enumerate(adm):
+        if not c.reason:
+            c.reason = "fastest admissible" if i == 0 else f"{c.seconds / adm[0].seconds:.2f}x the fastest"
+    return adm + [c for c in out if not c.admissible]
+
+
+def _measure(cands: list[Choice], spec: ConvSpec, repeat: int, w) -> None:
+    from .api import ConvPlan
+    from .bench.runner import time_min
+
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal(spec.x_shape).astype(spec.dtype)
+    if w is None:
+        w = rng.standard_normal(spec.w_shape).astype(spec.dtype)
+    times = {}
+    for c in cands:
+        p = ConvPlan(spec, registry.get(c.name), w, None)
+        out = np.empty(spec.out_shape, spec.out_dtype)
+        p(x, out=out)  # warm-up (JIT, first touch)
+        c.seconds, c.source = time_min(lambda p=p, out=out: p(x, out=out), repeat, min_total=0.02), "measured"
+        times[c.name] = c.seconds
+    if times:
+        best = min(times, key=times.get)
+        AUTOTUNE.put(cache_key(spec), {"best": best, "seconds": times, "when": time.time()})
+
+
+def choose(
+    x_shape,
+    w_shape,
+    stride=1,
+    padding=0,
+    dilation=1,
+    groups=1,
+    dtype=np.float32,
+    *,
+    measure: bool = False,
+    memory_limit: int | None = None,
+    max_error: float | None = None,
+    repeat: int = 5,
+) -> list[Choice]:
+    """Rank every registered algorithm for a convolution.
+
+    Parameters
+    ----------
+    x_shape, w_shape : tuple of 4 ints
+        (N, C, H, W) and (K, C/groups, R, S).
+    stride, padding, dilation, groups
+        As `convolab.conv2d`.
+    dtype : dtype
+        Input dtype (float16, float32, float64).
+    measure : bool
+        Time the admissible candidates (warm, minimum of ``repeat``) instead of predicting,
+        and store the result in the autotune cache.
+    memory_limit : int, optional
+        Largest workspace in bytes an admissible algorithm may use.
+    max_error : float, optional
+        Largest ``error_bound`` an admissible algorithm may state; default
+        `default_max_error` (64 x direct convolution's worst-case summation bound).
+
+    Returns
+    -------
+    list of Choice
+        Every registered algorithm: admissible ones first, fastest first, then rejected ones.
+        Each has ``.name``, ``.admissible``, ``.reason``, ``.seconds``, ``.workspace_bytes``,
+        ``.error_bound`` and ``.source`` ("model", "measured" or "cache").
+    """
+    spec = ConvSpec.from_shapes(x_shape, w_shape, stride, padding, dilation, groups, dtype)
+    return rank(spec, measure=measure, memory_limit=memory_limit, max_error=max_error, repeat=repeat)
+
+
+def explain(choices: list[Choice]) -> str:
+    """The ranking as text (used by ``ConvPlan.explain``)."""
+    lines = []
+    for i, c in enumerate(choices):
+        t = f"{c.seconds * 1e3:9.3f} ms {c.source:<8}" if c.seconds is not None else " " * 21
+        ws = _mib(c.workspace_bytes) if c.workspace_bytes is not None else "-"
+        eb = f"{c.error_bound:.1e}" if c.error_bound is not None else "-"
+        mark = f"{i + 1:>2}." if c.admissible else "  x"
+        lines.append(f"{mark} {c.name:<16} {t} ws {ws:>10}  err {eb:>8}  {c.reason}")
+    return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------- calibration
+#: the layers `calibrate` fits each algorithm's rate on (not the benchmark suites)
+CALIBRATION_LAYERS = [
+    ((1, 32, 40, 40), (32, 32, 3, 3), 1, 1, 1),
+    ((1, 96, 20, 20), (96, 96, 3, 3), 1, 1, 1),
+    ((1, 192, 10, 10), (192, 192, 3, 3), 1, 1, 1),
+    ((2, 48, 30, 30), (64, 48, 3, 3), 1, 1, 1),
+    ((1, 128, 24, 24), (128, 128, 1, 1), 1, 0, 1),
+    ((1, 16, 96, 96), (32, 16, 5, 5), 1, 2, 1),
+    ((1, 8, 120, 120), (24, 8, 9, 9), 1, 4, 1),
+    ((1, 3, 120, 120), (32, 3, 7, 7), 2, 3, 1),
+    ((1, 64, 40, 40), (64, 1, 3, 3), 1, 1, 64),
+    ((1, 80, 30, 30), (80, 80, 3, 3), 2, 1, 1),
+]
+
+
+def _bandwidth_gbs() -> float:
+    a = np.ones(32 * 2**20 // 4, np.float32)
+    b = np.empty_like(a)
+    np.copyto(b, a)
+    from .bench.runner import time_min
+
+    t = time_min(lambda: np.copyto(b, a), 5)
+    return 2 * a.nbytes / t / 1e9
+
+
+def calibrate(progress=None) -> Machine:
+    """Measure this machine's constants and every algorithm's rate; store and return them."""
+    from .api import ConvPlan
+    from .bench.runner import gemm_gflops, time_min
+
+    g = gemm_gflops(n=1024, repeat=5)
+    bw = _bandwidth_gbs()
+    x1 = np.ones((1, 1, 4, 4), np.float32)
+    w1 = np.ones((1, 1, 1, 1), np.float32)
+    spec1 = ConvSpec.from_arrays(x1, w1)
+    p1 = ConvPlan(spec1, registry.get("direct"), w1, None)
+    p1(x1)
+    call = time_min(lambda: p1(x1), 20)
+    rates = {}
+    rng = np.random.default_rng(0)
+    algos = registry.algorithms()
+    for a in algos:
+        samples = []
+        for xs, ws, st, pad, grp in CALIBRATION_LAYERS:
+            spec = ConvSpec.from_shapes(xs, ws, st, pad, 1, grp, np.float32)
+            if a.supports(spec) is not None:
+                continue
+            x = rng.standard_normal(xs).astype(np.float32)
+            w = rng.standard_normal(ws).astype(np.float32)
+            p = ConvPlan(spec, a, w, None)
+            out = np.empty(spec.out_shape, np.float32)
+            p(x, out=out)
+            t = time_min(lambda p=p, out=out, x=x: p(x, out=out), 3, min_total=0.02)
+            mem = traffic_bytes(a, spec) / (bw * 1e9)
+            samples.append((a.multiplies(spec), max(t - mem, 1e-7)))
+        if progress:
+            progress(a.name)
+        if samples:
+            rates[a.name] = list(_fit(samples, call))
+    m = Machine(g, bw, call, rates)
+    CALIBRATION.put(machine_key(), m.to_json())
+    return m
+
+
+def _fit(samples, call):
+    """Fit t = fixed + mults / rate to (mults, t) samples; rate by median, fixed >= call."""
+    rs = sorted(mu / max(t - call, 1e-9) for mu, t in samples)
+    rate = rs[len(rs) // 2]
+    fixed = max(call, float(np.median([t - mu / rate for mu, t in samples])))
+    return rate, fixed
+
+
+def calibration_report(m: Machine) -> list[tuple[str, float, float]]:
+    """(algorithm, effective GFLOP/s-equivalent of its multiplies, fixed microseconds)."""
+    return [(n, 2 * r / 1e9, f * 1e6) for n, (r, f) in sorted(m.rates.items(), key=lambda kv: -kv[1][0])]

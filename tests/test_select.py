@@ -1,0 +1,161 @@
+"""Algorithm choice: ranking and reasons, budgets, the autotune cache and its safety."""
+
+import json
+import multiprocessing as mp
+import warnings
+
+import numpy as np
+import pytest
+
+import convolab
+from convolab import ConvError, select
+from convolab.spec import ConvSpec
+
+
+@pytest.fixture
+def cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("CONVOLAB_CACHE_DIR", str(tmp_path))
+    return tmp_path
+
+
+def test_choose_lists_every_algorithm_admissible_first_fastest_first(cache):
+    ch = select.choose((1, 16, 20, 20), (16, 16, 3, 3), padding=1)
+    assert {c.name for c in ch} == {a.name for a in convolab.algorithms()}
+    adm = [c for c in ch if c.admissible]
+    assert adm and all(c.admissible for c in ch[: len(adm)])
+    assert [c.seconds for c in adm] == sorted(c.seconds for c in adm)
+    assert adm[0].reason == "fastest admissible"
+    for c in ch[len(adm):]:
+        assert not c.admissible and c.reason
+
+
+def test_unsupported_reason_is_given(cache):
+    ch = select.choose((1, 4, 20, 20), (4, 4, 3, 3), padding=1, stride=2)
+    by = {c.name: c for c in ch}
+    for a in convolab.algorithms():
+        why = a.supports(ConvSpec.from_shapes((1, 4, 20, 20), (4, 4, 3, 3), 2, 1))
+        if why is not None:
+            assert not by[a.name].admissible and by[a.name].reason == f"unsupported: {why}"
+            assert by[a.name].seconds is None
+
+
+def test_memory_budget_is_respected(cache):
+    x_shape, w_shape = (1, 16, 24, 24), (16, 16, 3, 3)
+    ch = select.choose(x_shape, w_shape, padding=0, memory_limit=0)
+    assert any(c.admissible for c in ch)  # direct needs no workspace without padding
+    for c in ch:
+        if c.admissible:
+            assert c.workspace_bytes == 0
+        elif c.workspace_bytes:
+            assert "memory_limit" in c.reason
+    x = np.random.default_rng(0).standard_normal(x_shape).astype(np.float32)
+    w = np.random.default_rng(1).standard_normal(w_shape).astype(np.float32)
+    limit = 1000
+    p = convolab.plan(x.shape, w, memory_limit=limit)
+    assert p.workspace_bytes <= limit
+    np.testing.assert_allclose(p(x), convolab.reference.conv2d(x, w), rtol=1e-4, atol=1e-3)
+
+
+def test_error_budget_is_respected_and_default_stated(cache):
+    spec = ConvSpec.from_shapes((1, 16, 24, 24), (16, 16, 3, 3), 1, 1)
+    budget = select.default_max_error(spec)
+    assert budget == pytest.approx(64 * convolab.registry.summation_bound(spec, np.float32))
+    for max_error in (None, 1e-3, 1e-9):
+        ch = select.choose(spec.x_shape, spec.w_shape, padding=1, max_error=max_error)
+        lim = budget if max_error is None else max_error
+        for c in ch:
+            if c.admissible:
+                assert c.error_bound <= lim
+            elif c.error_bound is not None and c.error_bound > lim:
+                assert "max_error" in c.reason
+    # a budget nothing meets
+    with pytest.raises(ConvError, match="no algorithm is admissible"):
+        convolab.plan(spec.x_shape, np.ones(spec.w_shape, np.float32), padding=1, max_error=1e-30)
+    with pytest.raises(ConvError, match="max_error"):
+        select.choose(spec.x_shape, spec.w_shape, max_error=-1)
+    with pytest.raises(ConvError, match="memory_limit"):
+        select.choose(spec.x_shape, spec.w_shape, memory_limit=-5)
+
+
+def test_measure_stores_winner_and_auto_uses_the_cache(cache):
+    x_shape, w_shape = (1, 8, 12, 12), (8, 8, 3, 3)
+    ch = select.choose(x_shape, w_shape, padding=1, measure=True, repeat=2)
+    adm = [c for c in ch if c.admissible]
+    assert all(c.source == "measured" and c.seconds > 0 for c in adm)
+    data = json.loads((cache / "autotune.json").read_text())
+    assert data["format"] == "convolab-autotune"
+    (key, entry), = data["entries"].items()
+    assert entry["best"] == adm[0].name
+    # the cached times now decide `auto`: make a slow algorithm look fastest in the cache
+    slowest = adm[-1].name
+    entry["seconds"][slowest] = 1e-9
+    entry["best"] = slowest
+    select._update_json(cache / "autotune.json", select.AUTOTUNE_FORMAT, key, entry)
+    w = np.ones(w_shape, np.float32)
+    p = convolab.plan(x_shape, w, padding=1)
+    assert p.algorithm == slowest
+    assert "cache" in p.explain()
+
+
+def test_cache_key_changes_with_threads_and_spec():
+    s1 = ConvSpec.from_shapes((1, 8, 12, 12), (8, 8, 3, 3), 1, 1)
+    s2 = ConvSpec.from_shapes((2, 8, 12, 12), (8, 8, 3, 3), 1, 1)
+    assert select.cache_key(s1, threads=1) != select.cache_key(s1, threads=2)
+    assert select.cache_key(s1, threads=1) != select.cache_key(s2, threads=1)
+    assert select.cache_key(s1, 1) != select.cache_key(s1.with_dtype(np.float64), 1)
+    k = json.loads(select.cache_key(s1, threads=2))
+    assert k["threads"] == 2 and k["version"] == convolab.__version__ and k["cpu"]
+
+
+@pytest.mark.parametrize("content", ["{not json", '{"format": "something-else", "version": 1, "entries": {}}',
+                                     '[1, 2, 3]', '{"format": "convolab-autotune", "version": 1, "entries": 5}'])
+def test_corrupt_or_foreign_cache_is_ignored_with_warning_and_rewritten(cache, content):
+    path = cache / "autotune.json"
+    path.write_text(content)
+    with pytest.warns(UserWarning, match="ignoring corrupt or foreign cache file"):
+        ch = select.choose((1, 4, 10, 10), (4, 4, 3, 3), padding=1)
+    assert ch[0].admissible
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        select.choose((1, 4, 10, 10), (4, 4, 3, 3), padding=1, measure=True, repeat=1)
+    data = json.loads(path.read_text())
+    assert data["format"] == "convolab-autotune" and len(data["entries"]) == 1
+
+
+def _writer(args):
+    path, i, n = args
+    from convolab import select as sel
+
+    for j in range(n):
+        sel._update_json(path, sel.AUTOTUNE_FORMAT, f"w{i}-{j}", {"best": "direct", "seconds": {"direct": j}})
+    return i
+
+
+def test_concurrent_writer_processes_never_corrupt_or_lose_entries(cache):
+    path = cache / "autotune.json"
+    ctx = mp.get_context("spawn")
+    with ctx.Pool(4) as pool:
+        pool.map(_writer, [(path, i, 15) for i in range(4)])
+    data = json.loads(path.read_text())
+    assert len(data["entries"]) == 60
+    assert not list(cache.glob("*.tmp"))
+
+
+def test_plan_explain_shows_ranking(cache):
+    w = np.ones((8, 8, 3, 3), np.float32)
+    text = convolab.plan((1, 8, 12, 12), w, padding=1).explain()
+    assert "ranking" in text and "fastest admissible" in text
+    for a in convolab.algorithms():
+        assert a.name in text
+
+
+def test_calibrate_stores_constants_used_by_the_model(cache, monkeypatch):
+    monkeypatch.setattr(select, "CALIBRATION_LAYERS", select.CALIBRATION_LAYERS[:2])
+    m = select.calibrate()
+    assert m.gemm_gflops > 0 and m.bandwidth_gbs > 0 and m.call_seconds > 0
+    assert "direct" in m.rates and "im2col" in m.rates
+    stored = select.machine()
+    assert stored.rates["direct"] == pytest.approx(m.rates["direct"])
+    spec = ConvSpec.from_shapes((1, 32, 40, 40), (32, 32, 3, 3), 1, 1)
+    t = select.predict_seconds(convolab.registry.get("direct"), spec, stored)
+    assert t > stored.rates["direct"][1]
