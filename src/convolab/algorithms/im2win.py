@@ -24,6 +24,8 @@ plus a zeroed tail of at most a tile's reach. Multiplications include the wasted
 columns: N G ceil(Kg/KB) KB ceil(Q/12) 12 (C/g) R S with Q = (OH-1) Vc + OW.
 """
 
+import os
+
 import numpy as np
 
 from ..kernels import PARALLEL_LOCK
@@ -78,6 +80,31 @@ def _prepare(spec: ConvSpec, w):
     return spec, wpk, _geometry(spec)
 
 
+#: bytes of window a task's tiles should span when it loops over all k-blocks (half an L2)
+_CHUNK_BYTES = int(os.environ.get("IM2WIN_CHUNK", 256 * 1024))
+_MODE = os.environ.get("IM2WIN_MODE", "auto")
+
+
+def _split(spec: ConvSpec, geo: dict, nkb: int, itemsize: int, threads: int) -> tuple[int, int]:
+    """Tasks per image: (k-block ranges, tile ranges).
+
+    A k-block's packed filter (KB (C/g) R S elements) and a range of tiles' window rows
+    should stay in the L2 cache while the other streams: when the filter block is smaller than
+    the window of a chunk of tiles, a task runs all k-blocks over one chunk (each window chunk
+    read once); otherwise one k-block over many chunks (each filter block read once).
+    """
+    panel = spec.reduction_length * _kb(spec) * itemsize
+    per_tile = spec.Cg * geo["Vw"] * spec.R * itemsize * _MR / geo["Vc"]
+    nq = geo["nq"]
+    want = 4 * threads
+    mode = _MODE if _MODE != "auto" else ("chunk" if panel * 2 <= _CHUNK_BYTES else "kblock")
+    if mode == "chunk":
+        nchunk = min(nq, max(-(-nq * per_tile // _CHUNK_BYTES), -(-want // spec.groups)))
+        nkbr = min(nkb, max(1, -(-want // (spec.groups * nchunk))))
+        return int(nkbr), int(nchunk)
+    return nkb, min(nq, max(1, -(-want // (spec.groups * nkb))))
+
+
 def _run(prepared, x, out):
     from numba import get_num_threads
 
@@ -89,12 +116,10 @@ def _run(prepared, x, out):
     win[geo["body"] :] = 0
     (sh, sw), (dh, dw) = spec.stride, spec.dilation
     pl, _, pt, _ = spec.padding
-    blocks = spec.groups * wpk.shape[1]
-    # enough tasks to balance the threads; more chunks than needed would re-read the filter
-    nchunk = min(geo["nq"], max(1, -(-8 * get_num_threads() // blocks)))
+    nkbr, nchunk = _split(spec, geo, wpk.shape[1], x.itemsize, get_num_threads())
     with PARALLEL_LOCK:
         im2win_conv(x, win, wpk, out, spec.groups, spec.S, spec.R, sh, sw, dh, dw, pt, pl,
-                    geo["Vc"], nchunk)
+                    geo["Vc"], nkbr, nchunk)
 
 
 register(

@@ -107,34 +107,107 @@ def _microkernel(typingctx, w, woff, x, xoff, cstride, Cg, FWe, FHe, fwstep, col
                         for v in range(NV):
                             acc = builder.load(accs[j][v])
                             builder.store(builder.fadd(acc, builder.fmul(wv[v], b)), accs[j][v])
-        # scatter the tile: lanes are output channels (stride OH*OW in the output)
-        tmp = builder.bitcast(cgutils.alloca_once(builder, ir.ArrayType(flt, KB)), flt.as_pointer())
-        for j in range(MR):
-            q = builder.add(q0, ir.Constant(i64, j))
-            oh = builder.udiv(q, Vc)
-            ow = builder.sub(q, builder.mul(oh, Vc))
-            valid = builder.and_(
-                builder.icmp_unsigned("<", ow, OW), builder.icmp_unsigned("<", q, Qend)
-            )
-            with builder.if_then(valid):
-                for v in range(NV):
-                    dst = builder.bitcast(builder.gep(tmp, [ir.Constant(i64, v * VL)]), vpty)
-                    builder.store(builder.load(accs[j][v]), dst, align=size)
-                ob = builder.gep(op, [builder.add(obase, builder.add(builder.mul(oh, OW), ow))])
-                with cgutils.for_range(builder, kn) as ll:
-                    val = builder.load(builder.gep(tmp, [ll.index]))
-                    builder.store(val, builder.gep(ob, [builder.mul(ll.index, OHOW)]))
+        if VL == 16 and MR <= 16:
+            _store_transposed(context, builder, accs, vty, op, obase, OHOW, kn, q0, Vc, OW, Qend)
+        else:
+            _store_scalar(context, builder, accs, vty, flt, op, obase, OHOW, kn, q0, Vc, OW, Qend)
         return context.get_dummy_value()
 
     return sig, codegen
 
 
+def _store_scalar(context, builder, accs, vty, flt, op, obase, OHOW, kn, q0, Vc, OW, Qend):
+    """Scatter the tile lane by lane (lanes are output channels, OH*OW apart in the output)."""
+    i64 = ir.IntType(64)
+    VL = vty.count
+    size = context.get_abi_sizeof(flt)
+    vpty = vty.as_pointer()
+    tmp = builder.bitcast(cgutils.alloca_once(builder, ir.ArrayType(flt, VL * NV)), flt.as_pointer())
+    for j in range(MR):
+        q = builder.add(q0, ir.Constant(i64, j))
+        oh = builder.udiv(q, Vc)
+        ow = builder.sub(q, builder.mul(oh, Vc))
+        valid = builder.and_(builder.icmp_unsigned("<", ow, OW), builder.icmp_unsigned("<", q, Qend))
+        with builder.if_then(valid):
+            for v in range(NV):
+                dst = builder.bitcast(builder.gep(tmp, [ir.Constant(i64, v * VL)]), vpty)
+                builder.store(builder.load(accs[j][v]), dst, align=size)
+            ob = builder.gep(op, [builder.add(obase, builder.add(builder.mul(oh, OW), ow))])
+            with cgutils.for_range(builder, kn) as ll:
+                val = builder.load(builder.gep(tmp, [ll.index]))
+                builder.store(val, builder.gep(ob, [builder.mul(ll.index, OHOW)]))
+
+
+def _transpose16(builder, rows):
+    """16x16 transpose of 16-lane vectors by four exchanges of one index bit each."""
+    rows = list(rows)
+    i32 = ir.IntType(32)
+    for b in (1, 2, 4, 8):
+        lo = ir.Constant(ir.VectorType(i32, 16), [l if not l & b else 16 + l - b for l in range(16)])
+        hi = ir.Constant(ir.VectorType(i32, 16), [l + b if not l & b else 16 + l for l in range(16)])
+        for r in range(16):
+            if r & b:
+                continue
+            a, c = rows[r], rows[r + b]
+            rows[r], rows[r + b] = builder.shuffle_vector(a, c, lo), builder.shuffle_vector(a, c, hi)
+    return rows
+
+
+def _store_transposed(context, builder, accs, vty, op, obase, OHOW, kn, q0, Vc, OW, Qend):
+    """Store the tile channel by channel: transpose it in registers (lane j = tile column j),
+    then one masked vector store per output row the tile's columns fall in."""
+    i64 = ir.IntType(64)
+    i32 = ir.IntType(32)
+    i16 = ir.IntType(16)
+    mty = ir.VectorType(ir.IntType(1), 16)
+    fnty = ir.FunctionType(ir.VoidType(), [vty, vty.as_pointer(), i32, mty])
+    mstore = cgutils.get_or_insert_function(builder.module, fnty, "llvm.masked.store.v16f32.p0")
+    zero = ir.Constant(vty, None)
+    cols = []
+    for v in range(NV):
+        cols.append(_transpose16(builder, [builder.load(accs[j][v]) if j < MR else zero
+                                           for j in range(16)]))
+    # columns q0 .. qe-1 are computed; qe <= Qend. Rows oh0 .. oh1 hold them.
+    qe = builder.select(builder.icmp_unsigned("<", builder.add(q0, ir.Constant(i64, MR)), Qend),
+                        builder.add(q0, ir.Constant(i64, MR)), Qend)
+    oh0 = builder.udiv(q0, Vc)
+    nrows = builder.add(builder.sub(builder.udiv(builder.sub(qe, ir.Constant(i64, 1)), Vc), oh0),
+                        ir.Constant(i64, 1))
+    one = ir.Constant(i64, 1)
+    with cgutils.for_range(builder, nrows) as lr:
+        oh = builder.add(oh0, lr.index)
+        rs = builder.mul(oh, Vc)  # first virtual column of the row
+        # lanes [jlo, jhi) are the row's real columns: rs <= q0 + j < min(rs + OW, qe)
+        jlo = builder.select(builder.icmp_unsigned(">", rs, q0), builder.sub(rs, q0),
+                             ir.Constant(i64, 0))
+        end = builder.add(rs, OW)
+        end = builder.select(builder.icmp_unsigned("<", end, qe), end, qe)
+        # the row's real columns may all lie before q0 (end < q0): clamp to an empty mask
+        jhi = builder.sub(end, q0)
+        jhi = builder.select(builder.icmp_signed(">", jhi, jlo), jhi, jlo)
+        bits = builder.sub(builder.shl(one, jhi), builder.shl(one, jlo))
+        m = builder.bitcast(builder.trunc(bits, i16), mty)
+        # lane j goes to out[obase + oh*OW + (q0 + j - rs)]: a unit-stride run from base
+        base = builder.gep(op, [builder.add(obase, builder.sub(builder.add(builder.mul(oh, OW), q0),
+                                                                rs))])
+        for v in range(NV):
+            for lane in range(16):
+                kk = v * 16 + lane
+                with builder.if_then(builder.icmp_unsigned("<", ir.Constant(i64, kk), kn)):
+                    ptr = builder.bitcast(builder.gep(base, [builder.mul(ir.Constant(i64, kk), OHOW)]),
+                                          vty.as_pointer())
+                    builder.call(mstore, [cols[v][lane], ptr, ir.Constant(i32, 4), m])
+
+
 @njit(parallel=True, cache=True, nogil=True)
-def im2win_conv(x, win, wpk, out, groups, FW, FH, sh, sw, dh, dw, pt, pl, Vc, nchunk):  # pragma: no cover - compiled
+def im2win_conv(x, win, wpk, out, groups, FW, FH, sh, sw, dh, dw, pt, pl, Vc, nkbr,
+                nchunk):  # pragma: no cover - compiled
     """Convolve ``x`` (N, C, H, W) into ``out`` (N, K, OH, OW), one image at a time.
 
     ``win`` is the flat window buffer (its tail past ``C*OH*Vc*sw*FH`` already zeroed),
-    ``wpk`` the packed filter; ``nchunk`` splits each k-block's columns into that many tasks.
+    ``wpk`` the packed filter. A task is (group, range of k-blocks, range of tiles): the
+    k-blocks are split into ``nkbr`` ranges and the tiles into ``nchunk`` ranges; a task runs
+    its k-blocks in the outer loop and its tiles in the inner one.
     """
     N, C, H, W = x.shape
     K = out.shape[1]
@@ -151,7 +224,7 @@ def im2win_conv(x, win, wpk, out, groups, FW, FH, sh, sw, dh, dw, pt, pl, Vc, nc
     Qend = (OH - 1) * Vc + OW
     nq = (Qend + MR - 1) // MR
     nkb = (Kg + KB - 1) // KB
-    ntask = groups * nkb * nchunk
+    ntask = groups * nkbr * nchunk
     # dilation 1: the (fw, fh) reduction is one contiguous run of FW*FH elements
     if dw == 1:
         FWe, FHe = 1, FW * FH
@@ -166,29 +239,26 @@ def im2win_conv(x, win, wpk, out, groups, FW, FH, sh, sw, dh, dw, pt, pl, Vc, nc
         for t in prange(C * OH):
             c = t // OH
             oh = t - c * OH
-            base = t * rowlen
+            row = win[t * rowlen : (t + 1) * rowlen]
             for fh in range(FH):
                 ih = oh * sh + fh * dh - pt
                 if ih < 0 or ih >= H:
-                    for w in range(Vw):
-                        win[base + w * FH + fh] = 0
+                    row[fh::FH] = 0
                 else:
-                    for w in range(wlo):
-                        win[base + w * FH + fh] = 0
-                    for w in range(wlo, whi):
-                        win[base + w * FH + fh] = xn[c, ih, w - pl]
-                    for w in range(whi, Vw):
-                        win[base + w * FH + fh] = 0
+                    row[fh : wlo * FH : FH] = 0
+                    row[wlo * FH + fh : whi * FH : FH] = xn[c, ih, wlo - pl : whi - pl]
+                    row[whi * FH + fh :: FH] = 0
         for t in prange(ntask):
             ch = t % nchunk
             r = t // nchunk
-            kb = r % nkb
-            g = r // nkb
-            k0 = g * Kg + kb * KB
-            kn = min(KB, (g + 1) * Kg - k0)
-            woff = (g * nkb + kb) * Cg * FW * FH * KB
+            kr = r % nkbr
+            g = r // nkbr
             xg = g * Cg * cstride
-            for qt in range(ch * nq // nchunk, (ch + 1) * nq // nchunk):
-                q0 = qt * MR
-                _microkernel(wflat, woff, win, xg + q0 * sw * FH, cstride, Cg, FWe, FHe,
-                             dw * FH, sw * FH, on, k0 * OHOW, OHOW, kn, q0, Vc, OW, Qend)
+            for kb in range(kr * nkb // nkbr, (kr + 1) * nkb // nkbr):
+                k0 = g * Kg + kb * KB
+                kn = min(KB, (g + 1) * Kg - k0)
+                woff = (g * nkb + kb) * Cg * FW * FH * KB
+                for qt in range(ch * nq // nchunk, (ch + 1) * nq // nchunk):
+                    q0 = qt * MR
+                    _microkernel(wflat, woff, win, xg + q0 * sw * FH, cstride, Cg, FWe, FHe,
+                                 dw * FH, sw * FH, on, k0 * OHOW, OHOW, kn, q0, Vc, OW, Qend)
