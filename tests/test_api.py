@@ -170,7 +170,9 @@ def test_plan_attributes_and_explain():
     assert p.multiplies == 16 * 10 * 10 * 8 * 9
     text = p.explain()
     assert "im2col" in text and "workspace" in text and "direct" in text
-    assert convolab.plan(x.shape, w, padding=1).algorithm in ("direct", "im2col")
+    auto = convolab.plan(x.shape, w, padding=1)
+    assert auto.algorithm in {a.name for a in convolab.algorithms()}
+    assert "algorithm='auto'" in auto.explain()
 
 
 def test_threads_give_identical_results_to_serial_calls():
