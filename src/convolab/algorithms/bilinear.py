@@ -9,11 +9,13 @@ A bilinear algorithm on a tile is ``vec(Y) = AT [(G vec(W)) * (BT vec(X))]`` (se
    stage ``S_in`` (Numba, vectorised along a row of tiles);
 3. filter transform ``Wt[p, k, c] = (G vec(W_k,c))[p]``, once, in `prepare` (kept in the plan);
 4. channel reduction: one GEMM per transform-domain point ``M[p] = Wt[p] @ V[p]``
-   (K x C) @ (C x T), the P GEMMs spread over the cores (Numba prange, BLAS held to one thread);
+   (K x C) @ (C x T), called from Numba with the BLAS held to one thread;
 5. output transform ``Y = A1 (S_out M) A1^T`` per (output channel, tile), written in place.
 
-Tiles of all images in a chunk of tile rows share the GEMMs (batch folds into T). Stride and
-dilation must be 1; groups and batch are supported.
+Tiles of all images in a chunk of tile rows share the GEMMs (batch folds into T). Threads:
+Python worker threads run the serial, GIL-free kernels -- whole chunks per thread when there
+are enough, else each phase split by channel / point -- so no OpenMP pool spins beside the
+BLAS or PyTorch. Stride and dilation must be 1; groups and batch are supported.
 
 Cost: ``multiplies = groups * N * TH * TW * P * (K/groups) * (C/groups)`` transform-domain
 products (TH = ceil(OH/m), TW = ceil(OW/m)), i.e. P per tile for N = C = K = 1: 16, 36, 64 for
@@ -34,7 +36,6 @@ from functools import cache
 
 import numpy as np
 
-from ..kernels import PARALLEL_LOCK
 from ..registry import UNIT_ROUNDOFF, Algorithm, gamma, register
 from ..spec import ConvSpec
 from ..transforms import sfc_2d, winograd_2d
@@ -165,10 +166,10 @@ def supports_for(alg: Bilinear2D, spec: ConvSpec):
 
 
 def workspace_for(alg: Bilinear2D, spec: ConvSpec) -> int:
-    """Bytes of V and M for one chunk of tiles (per-thread row buffers are small)."""
+    """Bytes of V and M for the chunks in flight (per-thread row buffers are small)."""
     TH, TW = tiles(spec, alg.m)
-    tc = _chunk_rows(spec, alg.m) * TW
-    return alg.products * (spec.Cg + spec.Kg) * tc * spec.compute_dtype.itemsize
+    cr, nbuf = _plan_chunks(spec, alg.m)
+    return nbuf * alg.products * (spec.Cg + spec.Kg) * cr * TW * spec.compute_dtype.itemsize
 
 
 def multiplies_for(alg: Bilinear2D, spec: ConvSpec) -> int:
@@ -221,6 +222,8 @@ def _blas_one_thread():
     """A context manager holding the BLAS to one thread (the GEMMs run inside Numba threads)."""
     global _controller
     if _controller is None:
+        # Numba's np.dot calls SciPy's BLAS: load it before threadpoolctl takes its inventory
+        import scipy.linalg.cython_blas  # noqa: F401
         from threadpoolctl import ThreadpoolController
 
         _controller = ThreadpoolController()
@@ -235,35 +238,101 @@ def prepare_for(eng: Engine, spec: ConvSpec, w: np.ndarray):
     return (eng, spec, np.ascontiguousarray(wt, dtype=cd))
 
 
-def run_prepared(prepared, x: np.ndarray, out: np.ndarray) -> None:
-    """Run a prepared bilinear convolution of ``x`` into ``out`` (see the module docstring)."""
-    from ..kernels._bilinear import input_transform, output_transform, point_gemms
+_pool = None
 
-    eng, spec, wt = prepared
-    alg = eng.alg
-    m, P = alg.m, alg.products
-    cd = spec.compute_dtype
+
+def _threads() -> int:
+    import os
+
+    from numba import config
+
+    try:
+        cpus = len(os.sched_getaffinity(0))
+    except AttributeError:  # pragma: no cover - not Linux
+        cpus = os.cpu_count() or 1
+    return max(1, min(config.NUMBA_NUM_THREADS, cpus))
+
+
+def _map(fn, items):
+    """Run ``fn`` over ``items`` on the module's worker threads (the kernels release the GIL)."""
+    global _pool
+    items = list(items)
+    if len(items) == 1:
+        return [fn(items[0])]
+    if _pool is None:
+        from concurrent.futures import ThreadPoolExecutor
+
+        _pool = ThreadPoolExecutor(max_workers=_threads(), thread_name_prefix="convolab-bilinear")
+    return list(_pool.map(fn, items))
+
+
+def _split(n: int, parts: int) -> list[tuple[int, int]]:
+    parts = max(1, min(parts, n))
+    return [(i * n // parts, (i + 1) * n // parts) for i in range(parts)]
+
+
+def _plan_chunks(spec: ConvSpec, m: int) -> tuple[int, int]:
+    """(chunk rows, number of concurrent chunk buffers) for this layer and thread count."""
     TH, TW = tiles(spec, m)
     rows = spec.N * TH
     cr = _chunk_rows(spec, m)
+    nchunks = spec.groups * -(-rows // cr)
+    T = _threads()
+    return cr, (T if nchunks >= 2 * T else 1)
+
+
+def run_prepared(prepared, x: np.ndarray, out: np.ndarray) -> None:
+    """Run a prepared bilinear convolution of ``x`` into ``out`` (see the module docstring).
+
+    Threads (Python, GIL released, BLAS held to one thread): with at least two chunks of tiles
+    per thread, each thread runs whole chunks (input transform, GEMMs, output transform) in
+    its own buffers; otherwise each chunk's three phases are split over the threads by input
+    channel, by point and by output channel.
+    """
+    from ..kernels._bilinear import chunk, input_transform, output_transform, point_gemms
+
+    eng, spec, wt = prepared
+    alg = eng.alg
+    m, P, Cg, Kg = alg.m, alg.products, spec.Cg, spec.Kg
+    cd = spec.compute_dtype
+    TH, TW = tiles(spec, m)
+    rows = spec.N * TH
+    cr, nbuf = _plan_chunks(spec, m)
     tcmax = cr * TW
-    vbuf = np.empty(P * spec.Cg * tcmax, dtype=cd)
-    mbuf = np.empty(P * spec.Kg * tcmax, dtype=cd)
+    bufs = [(np.empty(P * Cg * tcmax, dtype=cd), np.empty(P * Kg * tcmax, dtype=cd))
+            for _ in range(nbuf)]
     B1 = eng.B1.astype(cd)
     A1 = eng.A1.astype(cd)
     sin = (eng.s_in[0], eng.s_in[1], eng.s_in[2].astype(cd))
     sout = (eng.s_out[0], eng.s_out[1], eng.s_out[2].astype(cd))
     pl, _, pt, _ = spec.padding
-    with PARALLEL_LOCK, _blas_one_thread():
-        for g in range(spec.groups):
-            for r0 in range(0, rows, cr):
-                r1 = min(rows, r0 + cr)
-                tc = (r1 - r0) * TW
-                V = vbuf[: P * spec.Cg * tc].reshape(P, spec.Cg, tc)
-                M = mbuf[: P * spec.Kg * tc].reshape(P, spec.Kg, tc)
-                input_transform(x, V, g, r0, r1, TH, TW, m, pt, pl, B1, *sin)
-                point_gemms(wt[g], V, M)
-                output_transform(M, out, g, r0, r1, TH, TW, m, A1, *sout)
+    jobs = [(g, r0, min(rows, r0 + cr)) for g in range(spec.groups) for r0 in range(0, rows, cr)]
+
+    def views(buf, r0, r1):
+        tc = (r1 - r0) * TW
+        return (buf[0][: P * Cg * tc].reshape(P, Cg, tc), buf[1][: P * Kg * tc].reshape(P, Kg, tc))
+
+    with _blas_one_thread():
+        if nbuf > 1:
+            def worker(i):
+                for g, r0, r1 in jobs[i::nbuf]:
+                    V, M = views(bufs[i], r0, r1)
+                    chunk(x, out, wt[g], V, M, g, r0, r1, TH, TW, m, pt, pl, B1, *sin, A1, *sout)
+
+            _map(worker, range(nbuf))
+            return
+        T = _threads()
+
+        def phases(g, r0, r1):
+            V, M = views(bufs[0], r0, r1)
+            _map(lambda c: input_transform(x, V, g, r0, r1, TH, TW, m, pt, pl, B1, *sin, *c),
+                 _split(Cg, T))
+            _map(lambda pr: point_gemms(wt[g], V, M, *pr), _split(P, T))
+            _map(lambda k: output_transform(M, out, g, r0, r1, TH, TW, m, A1, *sout, *k),
+                 _split(Kg, T))
+
+        for job in jobs:
+            phases(*job)
 
 
 def _make(name: str) -> Algorithm:
@@ -283,7 +352,7 @@ def _make(name: str) -> Algorithm:
         error_bound=lambda spec, dtype: _error_bound(engine(name), spec, dtype),
         summary=summary + "; stride 1",
         features={
-            "workspace": "P·(C/g + K/g)·(tiles per chunk) (V and M of one chunk)",
+            "workspace": "P·(C/g + K/g)·(tiles per chunk)·(chunks in flight)",
             "multiplies": "g·N·ceil(OH/m)·ceil(OW/m)·P·(K/g)·(C/g)",
         },
     )

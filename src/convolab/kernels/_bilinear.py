@@ -8,150 +8,189 @@ Tiles: the output is cut into m x m tiles, TH = ceil(OH/m) by TW = ceil(OW/m) pe
 Transform-domain layout, per chunk: ``V[p, c, t]`` (points, input channels, tiles) and
 ``M[p, k, t]``; for each point ``M[p] = Wt[p] @ V[p]`` is one GEMM (K x C) @ (C x T).
 
-Input transform of a tile row, per channel, vectorised along the row:
-  A) ``Z1[a, col] = sum_i B1[a, i] xrow[i, col]`` over the whole padded row strip;
-  B) ``Z[a, b, tw] = sum_j B1[b, j] Z1[a, tw*m + j]``;
-  C) ``V[p, c, t] = sum_q S_in[p, q] Z[q, tw]`` (sparse; a copy when S_in is the identity).
-Output transform, per output channel: ``M'[q, tw] = sum_p S_out[q, p] M[p, k, t]``, then
-``Y = A1 M' A1^T``, written where inside the output.
+Every transform works on whole rows of the chunk's tiles (the tile index is the innermost,
+contiguous axis, so each step is a long vector operation):
 
-Every sum runs in a fixed order with separate multiply and add (no fast-math); zero matrix
-entries are skipped. Parallel loops split only independent channels or points.
+- input, per channel: gather ``D[i, j, t]`` (the n x n tiles), ``Z1[a, j] = sum_i B1[a, i] D[i, j]``,
+  ``Z[a, b] = sum_j B1[b, j] Z1[a, j]`` written straight into ``V[a*n1 + b, c]`` -- or, for a
+  non-separable algorithm, ``V[p, c] = sum_q S_in[p, q] Z[q]`` (sparse);
+- output, per output channel: ``M'[q] = sum_p S_out[q, p] M[p, k]`` (or M itself),
+  ``U[a, j] = sum_b A1[j, b] M'[a*n2 + b]``, ``Y[i, j] = sum_a A1[i, a] U[a, j]``, scattered into
+  the output where inside it.
+
+Every sum runs in a fixed order (first term assigned, then added), multiplications by +-1
+are exact so they are done as copies, additions or subtractions; zero entries are skipped;
+no fast-math. The kernels are serial and release the GIL: the caller runs them on Python
+threads over disjoint channels, points or chunks (no OpenMP pool to fight the BLAS's or
+PyTorch's).
 """
 
 import numpy as np
-from numba import njit, prange
+from numba import njit
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _axpy(dst, src, b, first):  # pragma: no cover - compiled
+    """dst (=|+=) b * src over the whole (1D, contiguous) vectors."""
+    T = dst.shape[0]
+    if first:
+        if b == 1.0:
+            for t in range(T):
+                dst[t] = src[t]
+        elif b == -1.0:
+            for t in range(T):
+                dst[t] = -src[t]
+        else:
+            for t in range(T):
+                dst[t] = b * src[t]
+    else:
+        if b == 1.0:
+            for t in range(T):
+                dst[t] += src[t]
+        elif b == -1.0:
+            for t in range(T):
+                dst[t] -= src[t]
+        else:
+            for t in range(T):
+                dst[t] += b * src[t]
 
 
 @njit(cache=True, nogil=True)
-def _input_rows(x, img, ci, th, m, pt, pl, xb):  # pragma: no cover - compiled
+def _gather(x, ci, r0, r1, TH, TW, m, pt, pl, xb, D):  # pragma: no cover - compiled
+    """D[i, j, t] = padded input of tile t at (i, j); zero outside. xb: a zeroed row buffer."""
     H = x.shape[2]
     W = x.shape[3]
-    n = xb.shape[0]
-    for i in range(n):
-        ih = th * m + i - pt
-        if ih >= 0 and ih < H:
-            for j in range(W):
-                xb[i, pl + j] = x[img, ci, ih, j]
-        else:
-            for j in range(W):
-                xb[i, pl + j] = 0.0
+    n = D.shape[0]
+    for row in range(r0, r1):
+        img = row // TH
+        th = row - img * TH
+        tb = (row - r0) * TW
+        for i in range(n):
+            ih = th * m + i - pt
+            if ih < 0 or ih >= H:
+                for j in range(n):
+                    D[i, j, tb : tb + TW] = 0.0
+                continue
+            src = x[img, ci, ih]
+            for col in range(W):  # xb[pl : pl + W] = the row; the margins stay zero
+                xb[pl + col] = src[col]
+            for j in range(n):
+                dst = D[i, j]
+                for tw in range(TW):
+                    dst[tb + tw] = xb[tw * m + j]
 
 
-@njit(parallel=True, cache=True, nogil=True)
-def input_transform(x, V, g, r0, r1, TH, TW, m, pt, pl, B1, sp, si, sv):  # pragma: no cover
-    P, Cg, _ = V.shape
+@njit(cache=True, nogil=True)
+def input_transform(x, V, g, r0, r1, TH, TW, m, pt, pl, B1, sp, si, sv, c0, c1):  # pragma: no cover
+    P, Cg, tc = V.shape
     n1, n = B1.shape
-    Wb = TW * m + n - m
     ident = sp.shape[0] == 0
-    for c in prange(Cg):
-        ci = g * Cg + c
-        xb = np.zeros((n, Wb), dtype=V.dtype)
-        z1 = np.empty((n1, Wb), dtype=V.dtype)
-        zt = np.empty((n1, n, TW), dtype=V.dtype)
-        z = np.empty((n1 * n1, TW), dtype=V.dtype)
-        for row in range(r0, r1):
-            img = row // TH
-            th = row - img * TH
-            tb = (row - r0) * TW
-            _input_rows(x, img, ci, th, m, pt, pl, xb)
-            for a in range(n1):  # A) vertical, along the whole strip
-                for col in range(Wb):
-                    z1[a, col] = 0.0
+    D = np.empty((n, n, tc), dtype=V.dtype)
+    xb = np.zeros(TW * m + n - m + x.shape[3] + pl, dtype=V.dtype)
+    Z1 = np.empty((n1, n, tc), dtype=V.dtype)
+    Z = np.empty((1 if ident else n1 * n1, tc), dtype=V.dtype)
+    for c in range(c0, c1):
+        _gather(x, g * Cg + c, r0, r1, TH, TW, m, pt, pl, xb, D)
+        for a in range(n1):  # Z1[a, j] = sum_i B1[a, i] D[i, j]
+            for j in range(n):
+                first = True
                 for i in range(n):
                     b = B1[a, i]
                     if b != 0.0:
-                        for col in range(Wb):
-                            z1[a, col] += b * xb[i, col]
+                        _axpy(Z1[a, j], D[i, j], b, first)
+                        first = False
+                if first:
+                    Z1[a, j, :] = 0.0
+        for a in range(n1):  # Z[a, b] = sum_j B1[b, j] Z1[a, j]
+            for bb in range(n1):
+                q = a * n1 + bb
+                dst = V[q, c] if ident else Z[q]
+                first = True
                 for j in range(n):
-                    for tw in range(TW):
-                        zt[a, j, tw] = z1[a, tw * m + j]
-            for a in range(n1):  # B) horizontal, vectorised over the tiles of the row
-                for bb in range(n1):
-                    q = a * n1 + bb
-                    if ident:
-                        dst = V[q, c, tb : tb + TW]
-                    else:
-                        dst = z[q]
-                    for tw in range(TW):
-                        dst[tw] = 0.0
-                    for j in range(n):
-                        b = B1[bb, j]
-                        if b != 0.0:
-                            for tw in range(TW):
-                                dst[tw] += b * zt[a, j, tw]
-            if not ident:  # C) sparse non-separable stage
-                for p in range(P):
-                    dst = V[p, c, tb : tb + TW]
-                    for tw in range(TW):
-                        dst[tw] = 0.0
-                    for e in range(sp[p], sp[p + 1]):
-                        q = si[e]
-                        v = sv[e]
-                        for tw in range(TW):
-                            dst[tw] += v * z[q, tw]
+                    b = B1[bb, j]
+                    if b != 0.0:
+                        _axpy(dst, Z1[a, j], b, first)
+                        first = False
+                if first:
+                    dst[:] = 0.0
+        if not ident:  # V[p] = sum_q S_in[p, q] Z[q]
+            for p in range(P):
+                dst = V[p, c]
+                first = True
+                for e in range(sp[p], sp[p + 1]):
+                    _axpy(dst, Z[si[e]], sv[e], first)
+                    first = False
+                if first:
+                    dst[:] = 0.0
 
 
-@njit(parallel=True, cache=True, nogil=True)
-def point_gemms(Wt, V, M):  # pragma: no cover - compiled
+@njit(cache=True, nogil=True)
+def point_gemms(Wt, V, M, p0, p1):  # pragma: no cover - compiled
     # one GEMM per transform-domain point; the BLAS is limited to one thread by the caller
-    for p in prange(V.shape[0]):
+    for p in range(p0, p1):
         np.dot(Wt[p], V[p], M[p])
 
 
-@njit(parallel=True, cache=True, nogil=True)
-def output_transform(M, out, g, r0, r1, TH, TW, m, A1, sp, si, sv):  # pragma: no cover
-    P, Kg, _ = M.shape
+@njit(cache=True, nogil=True)
+def output_transform(M, out, g, r0, r1, TH, TW, m, A1, sp, si, sv, k0, k1):  # pragma: no cover
+    P, Kg, tc = M.shape
     n2 = A1.shape[1]
     OH = out.shape[2]
     OW = out.shape[3]
     ident = sp.shape[0] == 0
-    for k in prange(Kg):
+    mp = np.empty((1 if ident else n2 * n2, tc), dtype=M.dtype)
+    U = np.empty((n2, m, tc), dtype=M.dtype)
+    Y = np.empty((m, m, tc), dtype=M.dtype)
+    for k in range(k0, k1):
+        if not ident:  # M'[q] = sum_p S_out[q, p] M[p, k]
+            for q in range(n2 * n2):
+                first = True
+                for e in range(sp[q], sp[q + 1]):
+                    _axpy(mp[q], M[si[e], k], sv[e], first)
+                    first = False
+                if first:
+                    mp[q, :] = 0.0
+        for a in range(n2):  # U[a, j] = sum_b A1[j, b] M'[a, b]
+            for j in range(m):
+                first = True
+                for bb in range(n2):
+                    v = A1[j, bb]
+                    if v != 0.0:
+                        src = M[a * n2 + bb, k] if ident else mp[a * n2 + bb]
+                        _axpy(U[a, j], src, v, first)
+                        first = False
+                if first:
+                    U[a, j, :] = 0.0
+        for i in range(m):  # Y[i, j] = sum_a A1[i, a] U[a, j]
+            for j in range(m):
+                first = True
+                for a in range(n2):
+                    v = A1[i, a]
+                    if v != 0.0:
+                        _axpy(Y[i, j], U[a, j], v, first)
+                        first = False
+                if first:
+                    Y[i, j, :] = 0.0
         kk = g * Kg + k
-        mp = np.empty((n2 * n2, TW), dtype=M.dtype)
-        u = np.empty((n2, m, TW), dtype=M.dtype)
-        y = np.empty((m, TW), dtype=M.dtype)
         for row in range(r0, r1):
             img = row // TH
             th = row - img * TH
             tb = (row - r0) * TW
-            if ident:
-                for q in range(n2 * n2):
-                    for tw in range(TW):
-                        mp[q, tw] = M[q, k, tb + tw]
-            else:
-                for q in range(n2 * n2):
-                    for tw in range(TW):
-                        mp[q, tw] = 0.0
-                    for e in range(sp[q], sp[q + 1]):
-                        p = si[e]
-                        v = sv[e]
-                        for tw in range(TW):
-                            mp[q, tw] += v * M[p, k, tb + tw]
-            for a in range(n2):  # U[a, j] = sum_b A1[j, b] M'[a, b]
-                for j in range(m):
-                    for tw in range(TW):
-                        u[a, j, tw] = 0.0
-                    for bb in range(n2):
-                        v = A1[j, bb]
-                        if v != 0.0:
-                            for tw in range(TW):
-                                u[a, j, tw] += v * mp[a * n2 + bb, tw]
-            for i in range(m):  # Y[i, j] = sum_a A1[i, a] U[a, j]
+            for i in range(m):
                 oh = th * m + i
                 if oh >= OH:
                     break
-                for j in range(m):
-                    for tw in range(TW):
-                        y[j, tw] = 0.0
-                    for a in range(n2):
-                        v = A1[i, a]
-                        if v != 0.0:
-                            for tw in range(TW):
-                                y[j, tw] += v * u[a, j, tw]
                 orow = out[img, kk, oh]
-                for tw in range(TW):
-                    for j in range(m):
-                        ow = tw * m + j
-                        if ow < OW:
-                            orow[ow] = y[j, tw]
+                for j in range(m):
+                    full = (OW - j + m - 1) // m  # tiles tw with tw*m + j < OW
+                    src = Y[i, j]
+                    for tw in range(full):
+                        orow[tw * m + j] = src[tb + tw]
+
+
+@njit(cache=True, nogil=True)
+def chunk(x, out, Wt, V, M, g, r0, r1, TH, TW, m, pt, pl, B1, ip, ii, iv, A1, op, oi, ov):
+    # pragma: no cover - compiled; one chunk of tile rows, all three phases, one thread
+    input_transform(x, V, g, r0, r1, TH, TW, m, pt, pl, B1, ip, ii, iv, 0, V.shape[1])
+    point_gemms(Wt, V, M, 0, V.shape[0])
+    output_transform(M, out, g, r0, r1, TH, TW, m, A1, op, oi, ov, 0, M.shape[1])
