@@ -1,0 +1,70 @@
+"""``convolab accuracy``: Winograd and SFC error in fp32, fp16 and low-bit integers (see
+`convolab.accuracy`)."""
+
+from __future__ import annotations
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser(
+        "accuracy",
+        help="relative RMSE of direct, Winograd and SFC vs float64 in fp32, fp16, int8/6/4",
+        description="Reproducible accuracy study (fixed seeds): relative RMSE against the "
+        "float64 reference on ReLU-like activations, (a) fp32, (b) every stage rounded to "
+        "fp16, (c) transform-domain integer quantisation with per-frequency scales.",
+    )
+    p.add_argument("--batch", type=int, default=2, help="images (default 2)")
+    p.add_argument("--channels", type=int, default=32, help="input channels (default 32)")
+    p.add_argument("--out-channels", type=int, default=32, help="output channels (default 32)")
+    p.add_argument("--size", type=int, default=28, help="image height and width (default 28)")
+    p.add_argument("--bits", type=int, nargs="+", default=[8, 6, 4], help="integer widths")
+    p.add_argument("--seed", type=int, default=0, help="data seed (default 0)")
+    p.add_argument("--json", metavar="PATH", help="also write the results as JSON")
+    p.set_defaults(func=run)
+
+
+def run(args) -> int:
+    import json
+
+    from rich.console import Console
+    from rich.table import Table
+
+    from ..accuracy import study, targets
+    from ..errors import ConvError
+
+    for name in ("batch", "channels", "out_channels", "size"):
+        if getattr(args, name) < 1:
+            raise ConvError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
+    if any(b < 2 or b > 16 for b in args.bits):
+        raise ConvError(f"--bits must be between 2 and 16, got {args.bits}")
+    rows = study(args.batch, args.channels, args.out_channels, args.size, tuple(args.bits),
+                 args.seed)
+    settings = ["fp32", "fp16"] + [f"int{b}" for b in args.bits]
+    table = Table(
+        title=f"relative RMSE vs float64: N{args.batch} C{args.channels} K{args.out_channels} "
+        f"{args.size}x{args.size}, ReLU-like inputs, seed {args.seed}"
+    )
+    table.add_column("algorithm")
+    table.add_column("kernel")
+    table.add_column("products/output", justify="right")
+    for s in settings:
+        table.add_column(s, justify="right")
+    for row in rows:
+        table.add_row(row.name, f"{row.kernel}x{row.kernel}", f"{row.products_per_output:.2f}",
+                      *(f"{row.errors[s]:.2e}" for s in settings))
+    console = Console()
+    if not console.is_terminal:  # a file or pipe: print the table unwrapped
+        console = Console(width=max(console.width, 120))
+    console.print(table)
+    goal = targets(rows, [s for s in ("fp16", "int8") if s in settings])
+    for s, v in goal.items():
+        ok = v["vs_f2x3"] <= 1.3 and v["vs_f4x3"] <= 0.35
+        console.print(
+            f"{s}: SFC-6(6x6,3x3) / F(2x2,3x3) = {v['vs_f2x3']:.2f} (goal <= 1.3), "
+            f"/ F(4x4,3x3) = {v['vs_f4x3']:.2f} (goal <= 0.35): {'met' if ok else 'NOT met'}"
+        )
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"config": {k: getattr(args, k) for k in
+                                  ("batch", "channels", "out_channels", "size", "bits", "seed")},
+                       "rows": [row.__dict__ for row in rows], "targets": goal}, f, indent=1)
+    return 0
