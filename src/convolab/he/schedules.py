@@ -98,7 +98,24 @@ def _strided(lay: Layout, kind: str, channels: int, stride: int) -> Layout:
 
 
 def ca_conv(be, x: EncTensor, w: np.ndarray, stride: int = 1) -> EncTensor:
-    """HyPHEN CAConv: CA-packed input, RA-packed output; see the module docstring."""
+    """HyPHEN CAConv: CA-packed input, RA-packed output; see the module docstring.
+
+    Parameters
+    ----------
+    be : Backend
+        The backend that evaluates (and counts) the operations.
+    x : EncTensor
+        The encrypted input in the CA layout.
+    w : array_like, shape (Cout, Cin, R, R)
+        Plaintext weights, R = 1 or 3; padding is (R-1)/2.
+    stride : {1, 2}
+        Stride; the output keeps the grid with the gap multiplied by the stride.
+
+    Returns
+    -------
+    EncTensor
+        The encrypted output in the RA layout (None entries are all-zero ciphertexts).
+    """
     lay = x.layout
     if lay.kind != "CA":
         raise ConvError(f"ca_conv needs a CA-packed input, got {lay.kind}")
@@ -139,7 +156,24 @@ def ca_conv(be, x: EncTensor, w: np.ndarray, stride: int = 1) -> EncTensor:
 
 
 def ra_conv(be, x: EncTensor, w: np.ndarray, stride: int = 1) -> EncTensor:
-    """HyPHEN RAConv: RA-packed input, CA-packed output; see the module docstring."""
+    """HyPHEN RAConv: RA-packed input, CA-packed output; see the module docstring.
+
+    Parameters
+    ----------
+    be : Backend
+        The backend that evaluates (and counts) the operations.
+    x : EncTensor
+        The encrypted input in the RA layout.
+    w : array_like, shape (Cout, Cin, R, R)
+        Plaintext weights, R = 1 or 3; padding is (R-1)/2.
+    stride : {1, 2}
+        Stride; the output keeps the grid with the gap multiplied by the stride.
+
+    Returns
+    -------
+    EncTensor
+        The encrypted output in the CA layout (None entries are all-zero ciphertexts).
+    """
     lay = x.layout
     if lay.kind != "RA":
         raise ConvError(f"ra_conv needs an RA-packed input, got {lay.kind}")
@@ -171,7 +205,24 @@ def ra_conv(be, x: EncTensor, w: np.ndarray, stride: int = 1) -> EncTensor:
 
 
 def mp_conv(be, x: EncTensor, w: np.ndarray, stride: int = 1) -> EncTensor:
-    """Multiplexed parallel convolution (Lee et al.): MP in, MP out; see the module docstring."""
+    """Multiplexed parallel convolution (Lee et al.): MP in, MP out; see the module docstring.
+
+    Parameters
+    ----------
+    be : Backend
+        The backend that evaluates (and counts) the operations.
+    x : EncTensor
+        The encrypted input in the multiplexed (MP) layout.
+    w : array_like, shape (Cout, Cin, R, R)
+        Plaintext weights, R = 1 or 3; padding is (R-1)/2.
+    stride : {1, 2}
+        Stride; the output keeps the grid with k multiplied by the stride (even maps only).
+
+    Returns
+    -------
+    EncTensor
+        The encrypted output in the multiplexed (k * stride) layout (None entries are all-zero ciphertexts).
+    """
     lay = x.layout
     if lay.kind != "MP":
         raise ConvError(f"mp_conv needs a multiplexed (MP) input, got {lay.kind}")
