@@ -57,3 +57,20 @@ def test_tenseal_backend_interface(backend):
 def test_tenseal_rejects_insecure_parameters():
     with pytest.raises(ConvError, match="slots=1024"):
         he.get_backend("tenseal", 2**10)
+
+
+def test_tenseal_ra_then_ca_chain(backend):
+    """RAConv -> CAConv on real CKKS: the layouts chain without repacking (depth 2)."""
+    rng = np.random.default_rng(4)
+    x = rng.uniform(-1, 1, (3, 8, 8))
+    w1 = rng.uniform(-1, 1, (4, 3, 3, 3))
+    w2 = rng.uniform(-1, 1, (5, 4, 3, 3))
+    lay = he.make_layout("RA", 3, 8, 8, backend.slots)
+    enc = he.EncTensor(lay, [backend.encrypt(v) for v in he.pack(lay, x)])
+    mid = he.ra_conv(backend, enc, w1)
+    out = he.ca_conv(backend, mid, w2, stride=2)
+    assert (mid.layout.kind, out.layout.kind, out.layout.gap) == ("CA", "RA", 2)
+    got = he.unpack(out.layout, [backend.decrypt(ct) for ct in out.cts])
+    ref = reference.conv2d(reference.conv2d(x[None], w1, padding=1), w2, stride=2, padding=1)[0]
+    assert np.abs(got - ref).max() <= 1e-3 * np.abs(ref).max()
+    assert max(ct.level for ct in out.cts) == 2
