@@ -1,0 +1,140 @@
+"""The Winograd / SFC engine: product counts, constraints, accuracy at the stated bounds."""
+
+import importlib
+
+import numpy as np
+import pytest
+from conftest import check_against_reference, make_data
+
+import convolab
+from convolab.registry import UNIT_ROUNDOFF
+from convolab.spec import ConvSpec
+from convolab.transforms import sfc_2d
+from convolab.transforms.forms import Bilinear2D
+
+bilinear = importlib.import_module("convolab.algorithms.bilinear")
+
+PER_TILE = {"winograd_f2x3": 16, "winograd_f4x3": 36, "winograd_f6x3": 64, "winograd_f2x5": 36,
+            "sfc4_4x3": 46, "sfc6_6x3": 88, "sfc6_6x3_nested": 100, "sfc6_7x3": 132,
+            "sfc6_6x5": 184}
+NAMES = list(PER_TILE)
+
+
+def test_registered_names():
+    names = {a.name for a in convolab.algorithms()}
+    assert set(NAMES) <= names
+    assert set(bilinear.VARIANTS) == set(NAMES)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_multiplies_per_tile(name):
+    alg = bilinear.engine(name).alg
+    n = alg.m + alg.r - 1
+    spec = ConvSpec.from_shapes((1, 1, n, n), (1, 1, alg.r, alg.r))
+    assert (spec.OH, spec.OW) == (alg.m, alg.m)
+    algo = convolab.registry.get(name)
+    assert algo.multiplies(spec) == PER_TILE[name]
+    # batch, groups, channels and a partial tile: g * N * tiles * P * Kg * Cg
+    spec = ConvSpec.from_shapes((3, 4, n + 1, n), (6, 2, alg.r, alg.r), groups=2)
+    assert algo.multiplies(spec) == 2 * 3 * (2 * 1) * PER_TILE[name] * 3 * 2
+    assert algo.workspace_bytes(spec) > 0
+    assert not algo.deterministic
+
+
+@pytest.mark.parametrize("name", ["winograd_f4x3", "sfc6_6x3"])
+def test_unsupported_specs(name):
+    algo = convolab.registry.get(name)
+    x, w, _ = make_data((1, 2, 9, 9), (2, 2, 3, 3), bias=False)
+    for kw, word in ((dict(stride=2), "stride"), (dict(dilation=2), "dilation")):
+        spec = ConvSpec.from_arrays(x, w, **kw)
+        assert word in algo.supports(spec)
+        with pytest.raises(convolab.UnsupportedError, match=word):
+            convolab.conv2d(x, w, algorithm=name, **kw)
+    spec = ConvSpec.from_arrays(x, w[:, :, :2, :])
+    assert "kernel must be 3x3" in algo.supports(spec)
+
+
+CASES = [
+    dict(x=(2, 6, 13, 11), w=(4, 3, 3, 3), padding=(1, 2, 0, 1), groups=2),
+    dict(x=(3, 5, 8, 8), w=(7, 5, 3, 3), padding=1),
+    dict(x=(1, 4, 17, 19), w=(5, 4, 5, 5), padding=2),
+    dict(x=(1, 3, 5, 6), w=(2, 3, 5, 5), padding=(0, 3, 1, 0)),
+]
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_against_reference_at_the_bound(name):
+    algo = convolab.registry.get(name)
+    ran = 0
+    for i, case in enumerate(CASES):
+        x, w, b = make_data(case["x"], case["w"], seed=i)
+        kw = {k: v for k, v in case.items() if k not in ("x", "w")}
+        spec = ConvSpec.from_arrays(x, w, b, **kw)
+        if algo.supports(spec) is not None:
+            continue
+        out = np.full(spec.out_shape, np.nan, np.float32)
+        y = convolab.conv2d(x, w, b, algorithm=name, out=out, **kw)
+        check_against_reference(y, x, w, b, kw, algo.error_bound(spec, np.float32))
+        ran += 1
+    assert ran >= 2
+
+
+def test_error_bounds_order_and_dtypes():
+    spec = ConvSpec.from_shapes((1, 64, 56, 56), (64, 64, 3, 3), padding=1)
+    b = {n: convolab.registry.get(n).error_bound(spec, np.float32) for n in NAMES}
+    assert b["winograd_f2x3"] < b["winograd_f4x3"] < b["winograd_f6x3"]
+    assert b["sfc6_6x3_nested"] < b["winograd_f4x3"]
+    algo = convolab.registry.get("sfc6_6x3")
+    assert algo.error_bound(spec, np.float16) > UNIT_ROUNDOFF[np.dtype(np.float16)]
+    assert algo.error_bound(spec, np.float64) < 1e-8 * algo.error_bound(spec, np.float32)
+
+
+def test_float64_and_float16():
+    x, w, b = make_data((2, 3, 10, 9), (4, 3, 3, 3), dtype=np.float64)
+    spec = ConvSpec.from_arrays(x, w, b, padding=1)
+    algo = convolab.registry.get("sfc6_6x3")
+    y = convolab.conv2d(x, w, b, padding=1, algorithm="sfc6_6x3")
+    assert y.dtype == np.float64
+    err = check_against_reference(y, x, w, b, {"padding": 1}, algo.error_bound(spec, np.float64))
+    assert err < 1e-13
+    x16, w16 = x.astype(np.float16), w.astype(np.float16)
+    y16 = convolab.conv2d(x16, w16, padding=1, algorithm="winograd_f4x3")
+    assert y16.dtype == np.float16
+    check_against_reference(y16, x16, w16, None, {"padding": 1},
+                            algo.error_bound(spec.with_dtype(np.float16), np.float16) * 10)
+
+
+def _run(eng, x, w, **kw):
+    spec = ConvSpec.from_arrays(x, w, **kw)
+    out = np.full(spec.out_shape, np.nan, np.float32)
+    bilinear.run_prepared(bilinear.prepare_for(eng, spec, w), x, out)
+    return out, spec
+
+
+def test_generic_non_separable_matrices():
+    # an algorithm given only by its full matrices runs on the same engine
+    nat = sfc_2d(4, 4, 3)
+    eng = bilinear.engine_for(Bilinear2D.from_matrices("generic", 4, 3, nat.BT, nat.G, nat.AT))
+    x, w, _ = make_data((2, 3, 9, 10), (2, 3, 3, 3), bias=False)
+    y, spec = _run(eng, x, w, padding=1)
+    check_against_reference(y, x, w, None, {"padding": 1},
+                            bilinear.error_bound_for(eng, spec, np.float32))
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("chunk_tiles", [1, 6, 10_000])
+def test_chunking_and_threads(monkeypatch, threads, chunk_tiles):
+    # whole chunks per thread, phases split across threads, and one thread: same results
+    monkeypatch.setattr(bilinear, "CHUNK_TILES", chunk_tiles)
+    monkeypatch.setattr(bilinear, "_threads", lambda: threads)
+    x, w, _ = make_data((3, 4, 11, 9), (6, 2, 3, 3), bias=False)
+    eng = bilinear.engine("sfc6_6x3")
+    y, spec = _run(eng, x, w, padding=1, groups=2)
+    check_against_reference(y, x, w, None, {"padding": 1, "groups": 2},
+                            bilinear.error_bound_for(eng, spec, np.float32))
+
+
+def test_plan_reuse_bit_identical():
+    x, w, _ = make_data((2, 8, 12, 12), (8, 8, 3, 3), bias=False)
+    p = convolab.plan(x.shape, w, padding=1, algorithm="winograd_f6x3")
+    np.testing.assert_array_equal(p(x), p(x))
