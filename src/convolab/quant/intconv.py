@@ -1,0 +1,135 @@
+"""int8 x int8 -> int32 convolution, exact: direct (Numba, integer) and im2col (float GEMM).
+
+Semantics: PyTorch's conv2d (cross-correlation, groups, stride, padding, dilation) on int8 codes,
+``y[n,k,i,j] = sum_{c,r,s} xq[n, g*Cg+c, i*sh + r*dh - pt, j*sw + s*dw - pl] * wq[k,c,r,s]``,
+returned as int32; no bias, no requantisation (see `convolab.quant.layer` for the float wrapper).
+
+Overflow is impossible by construction. Before anything runs, the weights are checked:
+``bound = 128 * max_k sum_{c,r,s} |wq[k,c,r,s]|`` bounds ``|partial sum|`` of every output for
+*any* int8 input (|x| <= 128) and *any* summation order. It must be below ``2**31``
+(`ConvError` otherwise; with int8 weights that needs C/groups * R * S >= 131,072 -- no real layer).
+
+- ``"direct"``: Numba kernel with int32 accumulators (`convolab.kernels._quant`).
+- ``"im2col"``: unfold the int8 input into a float matrix and multiply with BLAS. This is exact:
+  every product and every partial sum of the GEMM is an integer of magnitude <= ``bound``; a
+  binary float format represents every integer below ``2**p`` (p = 24 for float32, 53 for
+  float64) exactly, and IEEE addition, multiplication and fused multiply-add of exactly
+  representable values whose exact result is representable return that result. So whatever
+  blocking, order, SIMD width or FMA use the BLAS picks, the GEMM returns the exact integer
+  sums. float32 is used when ``bound < 2**24`` (twice the speed), float64 otherwise
+  (``bound < 2**31 < 2**53`` always holds after the check above).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ..errors import ConvError
+from ..spec import ConvSpec
+
+#: the bound on |partial sums| that int32 accumulation allows
+INT32_LIMIT = 2**31
+#: float32 represents every integer below this exactly
+FLOAT32_EXACT = 2**24
+
+METHODS = ("direct", "im2col")
+
+
+def accumulation_bound(wq: np.ndarray, xmax: int = 128) -> int:
+    """``xmax * max_k sum |wq[k]|``: bounds every partial sum for inputs with ``|x| <= xmax``."""
+    w = np.abs(np.asarray(wq).astype(np.int64)).reshape(wq.shape[0], -1)
+    return int(xmax) * int(w.sum(axis=1).max()) if w.size else 0
+
+
+def check_int8(a, what: str) -> np.ndarray:
+    """``a`` as a NumPy int8 array, or `ConvError` naming the dtype."""
+    a = np.asarray(a)
+    if a.dtype != np.int8:
+        raise ConvError(f"{what} must be int8 codes (convolab.quant.quantize), got dtype {a.dtype}")
+    return a
+
+
+def gemm_dtype(bound: int) -> np.dtype:
+    """float32 when the integer GEMM is exact in it (``bound < 2**24``), else float64."""
+    return np.dtype(np.float32) if bound < FLOAT32_EXACT else np.dtype(np.float64)
+
+
+def conv2d_int8(xq, wq, stride=1, padding=0, dilation=1, groups=1, method: str = "direct") -> np.ndarray:
+    """Exact integer convolution of int8 codes with int32 accumulation.
+
+    Parameters
+    ----------
+    xq : numpy.ndarray of int8, shape (N, C, H, W)
+    wq : numpy.ndarray of int8, shape (K, C/groups, R, S)
+    stride, padding, dilation, groups
+        As `convolab.conv2d` (PyTorch semantics).
+    method : {"direct", "im2col"}
+
+    Returns
+    -------
+    numpy.ndarray of int32, shape (N, K, OH, OW)
+        Bit-exact: equal to ``convolab.reference.conv2d(xq, wq, ...)``.
+
+    Raises
+    ------
+    ConvError
+        Non-int8 arrays, bad shapes or hyper-parameters, an unknown method, or weights whose
+        accumulation bound reaches ``2**31``.
+    """
+    xq = check_int8(xq, "input")
+    wq = check_int8(wq, "weight")
+    if method not in METHODS:
+        raise ConvError(f"method must be one of {', '.join(METHODS)}; got {method!r}")
+    spec = ConvSpec.from_arrays(xq, wq, None, stride, padding, dilation, groups)
+    bound = accumulation_bound(wq)
+    if bound >= INT32_LIMIT:
+        raise ConvError(
+            f"int32 accumulation could overflow: 128 * max_k sum|w[k]| = {bound} >= 2**31 "
+            f"(reduction length {spec.reduction_length})"
+        )
+    out = np.empty(spec.out_shape, dtype=np.int32)
+    if method == "direct":
+        run_direct(spec, np.ascontiguousarray(xq), np.ascontiguousarray(wq), out)
+    else:
+        run_im2col(spec, np.ascontiguousarray(xq), pack_im2col(spec, wq, gemm_dtype(bound)), out)
+    return out
+
+
+def pad_int8(spec: ConvSpec, xq: np.ndarray) -> np.ndarray:
+    pl, pr, pt, pb = spec.padding
+    if not any(spec.padding):
+        return np.ascontiguousarray(xq)
+    return np.pad(xq, ((0, 0), (0, 0), (pt, pb), (pl, pr)))
+
+
+def run_direct(spec: ConvSpec, xq: np.ndarray, wq: np.ndarray, out: np.ndarray) -> None:
+    """Direct int8 kernel into ``out`` (int32, spec.out_shape); weights already checked."""
+    from ..kernels import PARALLEL_LOCK
+    from ..kernels._quant import conv_int8_direct
+
+    xp = pad_int8(spec, xq)
+    (sh, sw), (dh, dw) = spec.stride, spec.dilation
+    with PARALLEL_LOCK:
+        conv_int8_direct(xp, wq, out, sh, sw, dh, dw, spec.groups)
+
+
+def pack_im2col(spec: ConvSpec, wq: np.ndarray, dtype) -> np.ndarray:
+    """Weights as (groups, K/groups, C/groups*R*S) in the exact GEMM dtype."""
+    return np.ascontiguousarray(
+        wq.reshape(spec.groups, spec.Kg, spec.reduction_length).astype(dtype)
+    )
+
+
+def run_im2col(spec: ConvSpec, xq: np.ndarray, wpack: np.ndarray, out: np.ndarray) -> None:
+    """im2col + float GEMM (exact, see the module notes) into ``out`` (int32)."""
+    from ..kernels._unfold import unfold
+
+    pl, _, pt, _ = spec.padding
+    (sh, sw), (dh, dw) = spec.stride, spec.dilation
+    OH, OW = spec.OH, spec.OW
+    cols = np.empty((spec.groups, spec.reduction_length, OH * OW), dtype=wpack.dtype)
+    res = np.empty((spec.groups, spec.Kg, OH * OW), dtype=wpack.dtype)
+    for n in range(spec.N):
+        unfold(xq[n], cols, spec.R, spec.S, sh, sw, dh, dw, pt, pl, OH, OW)
+        np.matmul(wpack, cols, out=res)
+        out[n] = res.reshape(spec.K, OH, OW)  # exact integers -> int32
