@@ -184,8 +184,9 @@ class SimulatedBackend(Backend):
     Notes
     -----
     No noise and no modulus: results equal the plaintext computation up to float64
-    rounding. Adding ciphertexts of different levels is allowed (a real backend would
-    modulus-switch the higher one down); the result takes the larger level.
+    rounding. Adding ciphertexts of different levels is allowed (a real backend has to
+    modulus-switch the higher one down and match the scales, e.g. by multiplying by a
+    constant); the result takes the larger level.
     """
 
     name = "simulated"
@@ -231,6 +232,8 @@ def get_backend(backend, slots: int | None = None, **options) -> Backend:
         Passed to the backend's constructor (e.g. ``depth`` for tenseal).
     """
     if isinstance(backend, Backend):
+        if options:
+            raise ConvError(f"backend options {sorted(options)} cannot change an existing backend")
         if slots is not None and slots != backend.slots:
             raise ConvError(f"slots={slots} does not match the given backend's {backend.slots}")
         return backend
