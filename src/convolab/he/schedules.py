@@ -24,9 +24,10 @@ n blocks per ciphertext):
   ("BeforeCopy" = p); finally log2 p_out rotations replicate the result ("AfterCopy").
   rot = 8 + q (2 log2 k + log2 t + p) + log2 p_out, PMult = q (9 + p), depth 2.
   The rotate-and-sum accumulates towards the last multiplexed position (negative steps),
-  so each of the p placements of a group is a real shift, as in the paper's operation
-  count; accumulating towards the first position instead turns the very first placement
-  into a zero shift (the public Go/C++ code then skips it, one rotation fewer per layer).
+  so each of the p placements of a group is a real shift and the counts equal the formula
+  above. The public C++ implementation accumulates towards the first position, so its very
+  first placement is a zero shift that it skips (one rotation fewer per layer), and it
+  replicates with p_out - 1 rotations instead of log2 p_out.
 
 A product whose plaintext is all zero (e.g. a vertical tap of a one-row map) is skipped and
 not counted, and a rotation is only done when its result is used; in a ciphertext list,
