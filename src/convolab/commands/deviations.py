@@ -50,6 +50,8 @@ def add_parser(sub) -> None:
     s.add_argument("--sizes", type=_int_list, default=(8, 16, 32), help="default 8,16,32")
     s.add_argument("--orders", nargs="+", default=None, help="emulated orders (default: standard)")
     s.add_argument("--no-torch", action="store_true", help="skip the PyTorch configurations")
+    s.add_argument("--isas", default="SSE41,AVX,AVX2,AVX512_CORE",
+                   help="oneDNN ISA limits for PyTorch, each at 1 and 2 threads")
     s.add_argument("--json", metavar="PATH", help="write per-layer results as JSON")
     s.add_argument("--layers", action="store_true", help="print every layer, not just the summary")
     s.set_defaults(func=run_sweep)
@@ -64,6 +66,8 @@ def add_parser(sub) -> None:
     n.add_argument("--images", type=int, default=None, help="number of photographs (default all)")
     n.add_argument("--orders", nargs="+", default=None, help="emulated orders to propagate")
     n.add_argument("--algorithms", nargs="+", default=None, help="convolab algorithms")
+    n.add_argument("--isas", default="AVX2,AVX512_CORE",
+                   help="oneDNN ISA limits for the PyTorch runs, each at 1 and 2 threads ('' for none)")
     n.add_argument("--plot", metavar="PNG", help="plot remaining bits per layer (plot extra)")
     n.add_argument("--json", metavar="PATH", help="write per-layer results as JSON")
     n.set_defaults(func=run_network)
@@ -90,11 +94,12 @@ def run_sweep(args) -> int:
         f"no bias, stride 1, no padding"
     )
     if not args.no_torch:
-        console.print("PyTorch: 4 subprocesses ({1, 2} threads x ONEDNN_MAX_CPU_ISA AVX2, AVX512_CORE)")
+        console.print(f"PyTorch: {{1, 2}} threads x ONEDNN_MAX_CPU_ISA {{{args.isas}}}, one "
+                      "subprocess each")
     with Progress(console=console, transient=True) as prog:
         task = prog.add_task("layers", total=len(layers))
         results = dev.sweep(
-            layers, orders=orders, torch=not args.no_torch,
+            layers, orders=orders, torch=not args.no_torch, isas=tuple(args.isas.split(",")),
             progress=lambda i, n: prog.update(task, completed=i),
         )
     summary = dev.summarize(results)
@@ -124,7 +129,7 @@ def run_sweep(args) -> int:
     console.print(t)
     console.print(
         f"sources: orders = {len(orders)} emulated orders ({', '.join(orders)}); algorithms = "
-        "every registered convolab algorithm that supports the layer; torch = PyTorch x 4 "
+        "every registered convolab algorithm that supports the layer; torch = PyTorch's "
         "configurations; all = every output of every source together. worst bits: least "
         "leading float32 mantissa bits shared by two classes; worst error: normwise vs float64."
     )

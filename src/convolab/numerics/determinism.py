@@ -79,11 +79,16 @@ def convolab_configs() -> list[Config]:
     return out
 
 
-def torch_configs() -> list[Config]:
-    """{1, 2 threads} x {ONEDNN_MAX_CPU_ISA AVX2, AVX512_CORE}."""
+#: oneDNN ISA limits by CPU generation: SSE4.1 and AVX have no FMA, AVX2 has FMA and 8 float32
+#: lanes, AVX-512 16 lanes
+ALL_ISAS = ("SSE41", "AVX", "AVX2", "AVX512_CORE")
+
+
+def torch_configs(isas=("AVX2", "AVX512_CORE"), threads=(1, 2)) -> list[Config]:
+    """{1, 2 threads} x ONEDNN_MAX_CPU_ISA (default AVX2, AVX512_CORE; see `ALL_ISAS`)."""
     out = []
-    for isa in ("AVX2", "AVX512_CORE"):
-        for t in (1, 2):
+    for isa in isas:
+        for t in threads:
             out.append(Config(f"torch {isa} T={t}", {"ONEDNN_MAX_CPU_ISA": isa}, t))
     return out
 

@@ -9,8 +9,9 @@ convolved
   order and thread splits alone do),
 - by every registered convolab algorithm that supports the layer (what the algorithm choice
   does, as cuDNN's run-time choice does on GPUs),
-- by PyTorch under {1, 2 threads} x {AVX2, AVX-512} (what one framework does across CPUs),
-  each configuration in its own subprocess (`convolab.numerics.determinism.measure_torch`).
+- by PyTorch under {1, 2 threads} x ONEDNN_MAX_CPU_ISA {SSE4.1, AVX, AVX2, AVX-512} (what one
+  framework does across CPU generations), each configuration in its own subprocess
+  (`convolab.numerics.determinism.measure_torch`).
 
 Per layer and source it records the number of bitwise classes, the least remaining mantissa
 bits between any two classes, and the worst normwise error against the float64 reference;
@@ -28,7 +29,7 @@ import numpy as np
 from .. import reference
 from ..errors import ConvError
 from ..spec import ConvSpec
-from .determinism import ONEDNN_CANDIDATES, layer_data, measure_torch
+from .determinism import ALL_ISAS, ONEDNN_CANDIDATES, layer_data, measure_torch, torch_configs
 from .metrics import equivalence_classes, remaining_bits
 from .orders import STANDARD_ORDERS, parse_order
 from .orders import conv2d as order_conv
@@ -87,7 +88,7 @@ def _source_stats(outputs: dict, ref, scale) -> tuple[list, int, float]:
 
 def sweep(
     layers: dict | None = None, *, orders=STANDARD_ORDERS, algorithms: list[str] | None = None,
-    torch: bool = True, progress=None,
+    torch: bool = True, isas=ALL_ISAS, progress=None,
 ) -> list[LayerResult]:
     """Run the sweep.
 
@@ -100,7 +101,9 @@ def sweep(
     algorithms : list of str, optional
         convolab algorithms to run (default every registered one that supports the layer).
     torch : bool
-        Also measure PyTorch (4 subprocesses); needs the torch extra.
+        Also measure PyTorch (one subprocess per configuration); needs the torch extra.
+    isas : sequence of str
+        oneDNN ISA limits for PyTorch, each with 1 and 2 threads (default `ALL_ISAS`).
     progress : callable(done, total), optional
         Called after each layer.
 
@@ -112,7 +115,7 @@ def sweep(
 
     layers = sweep_layers() if layers is None else layers
     names = [a.name for a in convolab.algorithms()] if algorithms is None else list(algorithms)
-    torch_m = measure_torch(layers) if torch else None
+    torch_m = measure_torch(layers, configs=torch_configs(isas)) if torch else None
     extra = [o for o in ONEDNN_CANDIDATES if parse_order(o).name not in
              {parse_order(p).name for p in orders}]
     results = []

@@ -197,7 +197,7 @@ def candidate_orders() -> list[Order]:
     return out
 
 
-def fma32(p: np.ndarray, acc: np.ndarray) -> np.ndarray:
+def fma32(p: np.ndarray, acc: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
     """``RN32(p + acc)`` with one rounding: exact float32 fused multiply-add.
 
     Parameters
@@ -205,24 +205,26 @@ def fma32(p: np.ndarray, acc: np.ndarray) -> np.ndarray:
     p : float64 ndarray
         Exact products of float32 numbers (computed in float64, where they are exact).
     acc : float32 ndarray
-        The accumulators.
+        The accumulators, same shape.
+    out : float32 ndarray, optional
+        Where to write (may be ``acc``); C-contiguous, same shape.
 
     Returns
     -------
     float32 ndarray
         The correctly rounded sum (TwoSum in float64, round to odd, then round to float32;
-        see the module docstring).
+        see the module docstring), computed by a Numba loop.
     """
-    a = np.asarray(acc, dtype=np.float64)
-    p = np.asarray(p, dtype=np.float64)
-    s = p + a
-    bb = s - p
-    e = (p - (s - bb)) + (a - bb)
-    even = (np.ascontiguousarray(s).view(np.uint64) & np.uint64(1)) == 0
-    fix = (e != 0) & even
-    if np.any(fix):
-        s = np.where(fix, np.nextafter(s, np.where(e > 0, np.inf, -np.inf)), s)
-    return s.astype(np.float32)
+    from ._kernels import fma_into
+
+    p = np.ascontiguousarray(p, dtype=np.float64)
+    acc = np.ascontiguousarray(acc, dtype=np.float32)
+    if p.shape != acc.shape:
+        raise ConvError(f"fma32: shapes {p.shape} and {acc.shape} differ")
+    if out is None:
+        out = np.empty_like(acc)
+    fma_into(p.reshape(-1), acc.reshape(-1), out.reshape(-1))
+    return out
 
 
 def reduction_sequence(spec: ConvSpec, order: Order) -> list[tuple[int, int, int]]:
@@ -292,7 +294,7 @@ def _reduce_chunk(seq, order: Order, prod, init, shape) -> np.ndarray:
     for i, t in enumerate(seq):
         lane = i % L
         if order.fma:
-            acc[lane] = fma32(prod(t, True), acc[lane])
+            fma32(prod(t, True), acc[lane], out=acc[lane])
         else:
             acc[lane] = acc[lane] + prod(t, False)
     width = L
