@@ -35,3 +35,11 @@ def test_bench_bad_arguments(capsys):
     assert main(["bench", "--layers", "no-such-layer"]) == 2
     with pytest.raises(SystemExit):
         main(["bench", "--suite", "nope"])
+
+
+def test_bench_onnxruntime_peer(capsys):
+    pytest.importorskip("onnxruntime")
+    rc = main(["bench", "--layers", "dw 3x3", "--algorithms", "direct", "--peers", "onnxruntime", "--repeat", "1"])
+    assert rc == 0
+    out = capsys.readouterr().out
+    assert "onnxruntime (peer)" in out and "geomean speed-up vs onnxruntime" in out
