@@ -159,9 +159,9 @@ def splat(values, offsets, bary, lat):  # pragma: no cover - compiled
 
 
 @njit(cache=True, nogil=True)
-def _find(key, table, lat_keys, d):  # pragma: no cover - compiled
+def _find_from(key, table, lat_keys, d, h):  # pragma: no cover - compiled
+    """Index of ``key`` probing from slot ``h`` on, or -1."""
     mask = np.uint64(table.size - 1)
-    h = _hash_vec(key, d) & mask
     while True:
         e = table[h]
         if e < 0:
@@ -184,23 +184,42 @@ def neighbours(table, lat_keys, m, radius, nbr):  # pragma: no cover - compiled
     (for j = d only the implicit last coordinate changes). Missing points are -1. Only the
     forward steps are looked up: if f is k steps forward from e, e is k steps back from f (each
     point has one such e, so the parallel writes never collide). ``nbr`` must be filled with -1.
+    The (d + 1) radius look-ups of one point are done in stages (all hashes, then all first
+    slots, then all key comparisons) so that their cache misses overlap.
     """
     d = lat_keys.shape[1]
     d1 = d + 1
+    q = d1 * radius
+    mask = np.uint64(table.size - 1)
     nchunk = (m + 255) // 256
     for ch in prange(nchunk):
-        key = np.empty(d, dtype=np.int32)
+        keys = np.empty((q, d), dtype=np.int32)
+        hs = np.empty(q, dtype=np.uint64)
+        cand = np.empty(q, dtype=np.int32)
         for e in range(ch * 256, min(m, ch * 256 + 256)):
             for j in range(d1):
                 for k in range(1, radius + 1):
+                    u = j * radius + k - 1
                     for i in range(d):
-                        key[i] = lat_keys[e, i] + k
+                        keys[u, i] = lat_keys[e, i] + k
                     if j < d:
-                        key[j] = lat_keys[e, j] - k * d
-                    f = _find(key, table, lat_keys, d)
-                    nbr[j, e, 2 * (k - 1)] = f
-                    if f >= 0:
-                        nbr[j, f, 2 * (k - 1) + 1] = e
+                        keys[u, j] = lat_keys[e, j] - k * d
+                    hs[u] = _hash_vec(keys[u], d) & mask
+            for u in range(q):
+                cand[u] = table[hs[u]]
+            for u in range(q):
+                f = cand[u]
+                if f >= 0:
+                    for i in range(d):
+                        if lat_keys[f, i] != keys[u, i]:
+                            f = _find_from(keys[u], table, lat_keys, d,
+                                           (hs[u] + np.uint64(1)) & mask)
+                            break
+                j = u // radius
+                k = u % radius
+                nbr[j, e, 2 * k] = f
+                if f >= 0:
+                    nbr[j, f, 2 * k + 1] = e
 
 
 @njit(parallel=True, cache=True, nogil=True)

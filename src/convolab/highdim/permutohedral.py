@@ -12,10 +12,13 @@ The filter computes ``out_i ~= sum_j k(p_i - p_j) v_j / sum_j k(p_i - p_j)`` wit
 4. blur with the taps ``[1/2, 1, 1/2]`` along each of the d + 1 lattice directions in turn;
 5. slice with the same weights and divide by the homogeneous channel.
 
-Cost O(d^2 n) time, at most ``n (d + 1)`` lattice points. ``LATTICE_SCALE`` is Adams et al.'s
-``sqrt(2/3)``: the blur alone then has covariance ``3/4 I`` in position space and splat + slice add
-the rest of a unit-variance kernel (the measured best scale on photographs is within 2% of it,
-see ``convolab.highdim.bench``).
+Cost O(d^2 n) for the embedding and splat/slice plus O(d^2 m) for the blur's neighbour look-ups
+and O(d c m) for the blur, with ``m <= n (d + 1)`` lattice points (for image features m is a
+fraction of n). ``LATTICE_SCALE`` is Adams et al.'s ``sqrt(2/3)``: the blur then has covariance
+``3/4 I`` in position space and splat + slice add about the rest of a unit variance. The
+resulting kernel is flatter than the Gaussian near 0 and has almost no weight beyond about 2.5
+standard deviations, increasingly so as d grows: accurate for dense data such as image
+features, less so for sparse high-dimensional point clouds (see the tests).
 
 The lattice (positions, simplex weights, hash table, neighbour lists) is built once by
 :class:`PermutohedralLattice` and can filter many value arrays with any symmetric blur taps; the
@@ -71,6 +74,8 @@ class PermutohedralLattice:
         if pos.ndim != 2:
             raise ConvError(f"positions must have shape (n, d); got shape {pos.shape}")
         n, d = pos.shape
+        if not np.all(np.isfinite(pos)):
+            raise ConvError("positions contain non-finite values (NaN or inf)")
         if not 1 <= d <= MAX_D:
             raise ConvError(f"the permutohedral lattice supports 1 <= d <= {MAX_D}; got d = {d}")
         if radius < 1:
@@ -86,7 +91,8 @@ class PermutohedralLattice:
         d1 = d + 1
         self.offsets = np.empty((n, d1), dtype=np.int32)
         self.bary = np.empty((n, d1), dtype=np.float64)
-        table = np.full(1 << max(10, int(np.ceil(np.log2(max(n, 1))))), -1, dtype=np.int32)
+        # sized for about n lattice points (typical of image features); grows by rehashing
+        table = np.full(1 << max(10, int(np.ceil(np.log2(max(2 * n, 1))))), -1, dtype=np.int32)
         lat_keys = np.empty((table.size // 2, d), dtype=np.int32)
         m = 0
         chunk = 1 << 16
