@@ -20,7 +20,7 @@ result is bit-identical for any thread count and SIMD width.
 
 Workspace: the window tensor of one image, C OH Vw FH elements with Vw = Vc sw >= W the
 row width rounded up to a whole number of strides (about W/(FW OW) of im2col's C R S OH OW),
-plus a zeroed tail of at most a tile's reach. Multiplications include the wasted lanes and
+plus a zeroed tail of at most a tile's reach, plus two task counters. Multiplications include the wasted lanes and
 columns: N G ceil(Kg/KB) KB ceil(Q/12) 12 (C/g) R S with Q = (OH-1) Vc + OW.
 """
 
@@ -59,7 +59,8 @@ def _geometry(spec: ConvSpec) -> dict:
 
 
 def _workspace(spec: ConvSpec) -> int:
-    return _geometry(spec)["total"] * spec.compute_dtype.itemsize
+    # the window tensor and two int64 task counters
+    return _geometry(spec)["total"] * spec.compute_dtype.itemsize + 16
 
 
 def _multiplies(spec: ConvSpec) -> int:
@@ -114,12 +115,14 @@ def _run(prepared, x, out):
     assert MR == _MR and lanes(x.itemsize) == wpk.shape[-1]
     win = np.empty(geo["total"], dtype=x.dtype)
     win[geo["body"] :] = 0
+    counter = np.zeros(2, dtype=np.int64)
     (sh, sw), (dh, dw) = spec.stride, spec.dilation
     pl, _, pt, _ = spec.padding
-    nkbr, nchunk = _split(spec, geo, wpk.shape[1], x.itemsize, get_num_threads())
+    threads = get_num_threads()
+    nkbr, nchunk = _split(spec, geo, wpk.shape[1], x.itemsize, threads)
     with PARALLEL_LOCK:
-        im2win_conv(x, win, wpk, out, spec.groups, spec.S, spec.R, sh, sw, dh, dw, pt, pl,
-                    geo["Vc"], nkbr, nchunk)
+        im2win_conv(x, win, wpk, out, counter, threads, spec.groups, spec.S, spec.R, sh, sw, dh,
+                    dw, pt, pl, geo["Vc"], nkbr, nchunk)
 
 
 register(

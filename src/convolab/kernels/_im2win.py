@@ -116,6 +116,22 @@ def _microkernel(typingctx, w, woff, x, xoff, cstride, Cg, FWe, FHe, fwstep, col
     return sig, codegen
 
 
+@intrinsic
+def _fetch_add(typingctx, arr, i):
+    """``old = arr[i]; arr[i] += 1`` atomically (int64 array): hands out task numbers."""
+    if not (isinstance(arr, types.Array) and arr.dtype == types.int64):
+        return None
+    sig = types.int64(arr, i)
+
+    def codegen(context, builder, sig, args):
+        ptr = context.make_array(sig.args[0])(context, builder, args[0]).data
+        idx = context.cast(builder, args[1], sig.args[1], types.int64)
+        return builder.atomic_rmw("add", builder.gep(ptr, [idx]), ir.Constant(ir.IntType(64), 1),
+                                  "monotonic")
+
+    return sig, codegen
+
+
 def _store_scalar(context, builder, accs, vty, flt, op, obase, OHOW, kn, q0, Vc, OW, Qend):
     """Scatter the tile lane by lane (lanes are output channels, OH*OW apart in the output)."""
     i64 = ir.IntType(64)
@@ -200,14 +216,15 @@ def _store_transposed(context, builder, accs, vty, op, obase, OHOW, kn, q0, Vc, 
 
 
 @njit(parallel=True, cache=True, nogil=True)
-def im2win_conv(x, win, wpk, out, groups, FW, FH, sh, sw, dh, dw, pt, pl, Vc, nkbr,
+def im2win_conv(x, win, wpk, out, counter, P, groups, FW, FH, sh, sw, dh, dw, pt, pl, Vc, nkbr,
                 nchunk):  # pragma: no cover - compiled
     """Convolve ``x`` (N, C, H, W) into ``out`` (N, K, OH, OW), one image at a time.
 
     ``win`` is the flat window buffer (its tail past ``C*OH*Vc*sw*FH`` already zeroed),
-    ``wpk`` the packed filter. A task is (group, range of k-blocks, range of tiles): the
-    k-blocks are split into ``nkbr`` ranges and the tiles into ``nchunk`` ranges; a task runs
-    its k-blocks in the outer loop and its tiles in the inner one.
+    ``wpk`` the packed filter, ``counter`` two int64 task counters, ``P`` the thread count.
+    A task is (group, range of k-blocks, range of tiles): the k-blocks are split into
+    ``nkbr`` ranges and the tiles into ``nchunk`` ranges; a task runs its k-blocks in the
+    outer loop and its tiles in the inner one.
     """
     N, C, H, W = x.shape
     K = out.shape[1]
@@ -236,29 +253,42 @@ def im2win_conv(x, win, wpk, out, groups, FW, FH, sh, sw, dh, dw, pt, pl, Vc, nk
     for n in range(N):
         xn = x[n]
         on = out[n].reshape(K * OHOW)
-        for t in prange(C * OH):
-            c = t // OH
-            oh = t - c * OH
-            row = win[t * rowlen : (t + 1) * rowlen]
-            for fh in range(FH):
-                ih = oh * sh + fh * dh - pt
-                if ih < 0 or ih >= H:
-                    row[fh::FH] = 0
-                else:
-                    row[fh : wlo * FH : FH] = 0
-                    row[wlo * FH + fh : whi * FH : FH] = xn[c, ih, wlo - pl : whi - pl]
-                    row[whi * FH + fh :: FH] = 0
-        for t in prange(ntask):
-            ch = t % nchunk
-            r = t // nchunk
-            kr = r % nkbr
-            g = r // nkbr
-            xg = g * Cg * cstride
-            for kb in range(kr * nkb // nkbr, (kr + 1) * nkb // nkbr):
-                k0 = g * Kg + kb * KB
-                kn = min(KB, (g + 1) * Kg - k0)
-                woff = (g * nkb + kb) * Cg * FW * FH * KB
-                for qt in range(ch * nq // nchunk, (ch + 1) * nq // nchunk):
-                    q0 = qt * MR
-                    _microkernel(wflat, woff, win, xg + q0 * sw * FH, cstride, Cg, FWe, FHe,
-                                 dw * FH, sw * FH, on, k0 * OHOW, OHOW, kn, q0, Vc, OW, Qend)
+        # tasks are handed out by an atomic counter: a thread that the OS pauses holds up
+        # one task, not a fixed share of the work
+        counter[0] = 0
+        for _ in prange(P):
+            while True:
+                t = _fetch_add(counter, 0)
+                if t >= C * OH:
+                    break
+                c = t // OH
+                oh = t - c * OH
+                row = win[t * rowlen : (t + 1) * rowlen]
+                for fh in range(FH):
+                    ih = oh * sh + fh * dh - pt
+                    if ih < 0 or ih >= H:
+                        row[fh::FH] = 0
+                    else:
+                        row[fh : wlo * FH : FH] = 0
+                        row[wlo * FH + fh : whi * FH : FH] = xn[c, ih, wlo - pl : whi - pl]
+                        row[whi * FH + fh :: FH] = 0
+        counter[1] = 0
+        for _ in prange(P):
+            while True:
+                t = _fetch_add(counter, 1)
+                if t >= ntask:
+                    break
+                ch = t % nchunk
+                r = t // nchunk
+                kr = r % nkbr
+                g = r // nkbr
+                xg = g * Cg * cstride
+                for kb in range(kr * nkb // nkbr, (kr + 1) * nkb // nkbr):
+                    k0 = g * Kg + kb * KB
+                    kn = min(KB, (g + 1) * Kg - k0)
+                    woff = (g * nkb + kb) * Cg * FW * FH * KB
+                    for qt in range(ch * nq // nchunk, (ch + 1) * nq // nchunk):
+                        q0 = qt * MR
+                        _microkernel(wflat, woff, win, xg + q0 * sw * FH, cstride, Cg, FWe,
+                                     FHe, dw * FH, sw * FH, on, k0 * OHOW, OHOW, kn, q0, Vc, OW,
+                                     Qend)
