@@ -1,0 +1,446 @@
+"""``fft``: overlap-save FFT convolution with the channel sum done as a complex GEMM per frequency.
+
+Formula. The padded input is cut into overlapping tiles of Th x Tw pixels whose top-left corners
+are (th, tw) = (Th - Rd + 1, Tw - Sd + 1) apart (Rd, Sd: the dilated kernel). For a tile ``x_c``
+of channel c the circular cross-correlation with the (zero-filled, dilated) kernel ``w_kc`` is
+exact on its first th x tw positions (overlap-save), and in the frequency domain it is a
+product::
+
+    Y_k[f] = sum_c  X_c[f] * conj(W_kc[f]) / (Th Tw),     y_k = DFT^-1_unscaled(Y_k)
+
+so for every frequency f the channel reduction is one complex matrix product
+``Y[f] (Kg x P) = Wf[f] (Kg x Cg) @ X[f] (Cg x P)`` over the P tiles (per group). The transform
+size follows the kernel, not the image: (Th, Tw) is picked by a cost model from the fast FFT
+lengths (`choose_tile`), so a 224 x 224 image with an 11 x 11 kernel uses e.g. 36 x 36 tiles.
+
+Layout. ``gather`` writes the tiles as a real (Th, Tw, C, P) array; ``scipy.fft.rfft2`` over the
+two leading axes (pocketfft, ``workers`` threads, (channel, tile) as SIMD lanes) gives the spectra
+as (Th, Tw//2+1, C, P) = (F, groups, Cg, P) with no transposition; ``numpy.matmul`` (BLAS cgemm /
+zgemm, one call per frequency and group) multiplies by the prepared (F, groups, Kg, Cg) filter
+spectra; ``irfft2`` (unscaled: the 1/(Th Tw) sits in the filter spectra) returns (Th, Tw, K, P)
+tiles, and ``scatter`` copies their valid parts into the NCHW output. Depthwise-like layers
+(Cg == 1) use a broadcast complex multiply instead of the GEMM. Tiles are processed in chunks so
+that the workspace stays near `CHUNK_BYTES`.
+
+Filter transform (``prepare``): dilate the kernel with zeros (any dilation works), take its real 2D
+DFT at (Th, Tw) in float64, conjugate, divide by Th Tw, round once to the compute dtype.
+
+Cost. ``multiplies`` = complex GEMM products x 4 (cgemm's 4 real products per complex one) +
+an estimate of the FFT multiplications: a complex length-m FFT counted as 2 m log2 m real
+multiplications and a real one as m log2 m (radix-2 count), so a real 2D transform of Th x Tw costs
+``Th Tw log2 Tw + 2 Th (Tw//2+1) log2 Th``, and every call does (C + K) P of them. The filter
+transform (done once in ``prepare``) is not counted.
+
+Error. See `error_bound`: normwise stable, error ~ u log2(Th Tw) times norms, not componentwise.
+
+Determinism. pocketfft splits whole 1D transforms between its threads and its SIMD and scalar
+paths do the same operations, so the FFTs are bit-identical for any ``workers`` on one machine
+(checked in the tests); the complex GEMM goes through OpenBLAS, whose kernel (and so summation
+order) depends on the CPU's SIMD width. Hence ``deterministic=False``, like ``im2col``.
+
+Sources: overlap-save (Stockham 1966; Oppenheim & Schafer, *Discrete-Time Signal Processing*,
+sec. 8.7); FFT convolution for CNNs (Mathieu, Henaff, LeCun, "Fast training of convolutional
+networks through FFTs", ICLR 2014; Vasilache et al., "Fast convolutional nets with fbfft",
+ICLR 2015); FFT error analysis (Higham, *Accuracy and Stability of Numerical Algorithms*,
+2nd ed., sec. 24.1).
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+import os
+from dataclasses import dataclass
+
+import numpy as np
+
+from ..errors import ConvError
+from ..registry import UNIT_ROUNDOFF, Algorithm, gamma, register
+from ..spec import ConvSpec
+from ._common import padded_bytes
+
+#: pocketfft threads (``scipy.fft`` ``workers``); None: the CPUs this process may run on
+WORKERS: int | None = None
+
+#: target peak workspace of one chunk of tiles (bytes); a chunk holds at least `MIN_CHUNK` tiles
+CHUNK_BYTES = 16 << 20
+MIN_CHUNK = 32
+
+#: largest transform side the tile chooser considers, and the largest prepared filter spectra
+#: (bytes) it accepts unless even the smallest tile exceeds it
+MAX_SIDE = 256
+MAX_FILTER_BYTES = 256 << 20
+
+#: cost-model constants (seconds), fitted on the 2-core AMD EPYC (Zen 5) workplace machine;
+#: only their ratios matter for the choice
+_COST = {
+    "fft": 0.15e-9,  # per point per log2(points), one forward or inverse real 2D transform
+    "copy": 1.0e-9,  # per element gathered into tiles or scattered out of them
+    "flop": 1 / 180e9,  # complex GEMM, per real flop (8 per complex multiply-add)
+    "byte": 1 / 10e9,  # per byte of filter spectra streamed per chunk
+    "call": 0.3e-6,  # per small matrix product (numpy loops over frequencies x groups)
+    "ew": 2.0e-9,  # per complex product of the depthwise broadcast multiply
+}
+
+#: data assumption of `error_bound`: rms(x) <= KAPPA * mean|x| over a tile (dense activations)
+KAPPA = 4.0
+
+
+def _workers() -> int:
+    if WORKERS is not None:
+        return max(1, int(WORKERS))
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # pragma: no cover - not Linux
+        return os.cpu_count() or 1
+
+
+def _supports(spec: ConvSpec) -> str | None:
+    if spec.stride != (1, 1):
+        return (
+            f"stride {spec.stride[0]}x{spec.stride[1]} is not 1: the FFT computes every output "
+            f"position, so a strided convolution would discard most of the work"
+        )
+    return None
+
+
+# ---------------------------------------------------------------------------------- tiling
+@dataclass(frozen=True)
+class Tiling:
+    """Transform size (Th, Tw), output tile (th, tw), tile grid and chunk of one convolution.
+
+    Attributes
+    ----------
+    Th, Tw : int
+        FFT size; the input tile.
+    th, tw : int
+        Output tile: ``Th - dilated_R + 1``, ``Tw - dilated_S + 1``.
+    nth, ntw : int
+        Tiles per image vertically and horizontally.
+    tiles : int
+        N * nth * ntw, all tiles of a call.
+    chunk : int
+        Tiles transformed and multiplied together.
+    """
+
+    Th: int
+    Tw: int
+    th: int
+    tw: int
+    nth: int
+    ntw: int
+    tiles: int
+    chunk: int
+
+    @property
+    def Twf(self) -> int:
+        """Columns of the real-FFT half spectrum."""
+        return self.Tw // 2 + 1
+
+    @property
+    def F(self) -> int:
+        """Frequencies per spectrum: Th * (Tw // 2 + 1)."""
+        return self.Th * self.Twf
+
+    @property
+    def n(self) -> int:
+        return self.Th * self.Tw
+
+    @property
+    def chunks(self) -> int:
+        return -(-self.tiles // self.chunk)
+
+
+def _chunk(spec: ConvSpec, Th: int, Tw: int, tiles: int) -> int:
+    isz = spec.compute_dtype.itemsize
+    n, F = Th * Tw, Th * (Tw // 2 + 1)
+    per_tile = max(
+        (n * spec.C + 2 * F * spec.C) * isz,
+        2 * F * (spec.C + spec.K) * isz,
+        (2 * F * spec.K + n * spec.K) * isz,
+    )
+    return max(1, min(tiles, max(MIN_CHUNK, CHUNK_BYTES // per_tile)))
+
+
+def _grid(spec: ConvSpec, Th: int, Tw: int) -> tuple[int, int, int, int]:
+    th, tw = Th - spec.dilated_R + 1, Tw - spec.dilated_S + 1
+    return th, tw, -(-spec.OH // th), -(-spec.OW // tw)
+
+
+def _filter_bytes(spec: ConvSpec, Th: int, Tw: int) -> int:
+    return Th * (Tw // 2 + 1) * spec.K * spec.Cg * 2 * spec.compute_dtype.itemsize
+
+
+def _cost(spec: ConvSpec, Th: int, Tw: int) -> float:
+    """Modelled seconds of one call with transform size (Th, Tw)."""
+    th, tw, nth, ntw = _grid(spec, Th, Tw)
+    tiles = spec.N * nth * ntw
+    chunk = _chunk(spec, Th, Tw, tiles)
+    chunks = -(-tiles // chunk)
+    n, F = Th * Tw, Th * (Tw // 2 + 1)
+    G, Kg, Cg = spec.groups, spec.Kg, spec.Cg
+    c = _COST
+    t = c["fft"] * (spec.C + spec.K) * tiles * n * math.log2(max(n, 2))
+    t += c["copy"] * tiles * n * (spec.C + spec.K)
+    if Cg == 1:
+        t += c["ew"] * F * spec.K * tiles
+    else:
+        # small products run below BLAS speed: efficiency ramps up with each matrix side
+        eff = min(1.0, chunk / 16) * min(1.0, Kg / 32) * min(1.0, Cg / 32)
+        flops = 8.0 * F * G * Kg * Cg * tiles
+        t += max(c["flop"] * flops / max(eff, 0.05), c["byte"] * _filter_bytes(spec, Th, Tw) * chunks)
+        t += c["call"] * F * G * chunks
+    return t
+
+
+def _lengths(lo: int, hi: int, real: bool) -> list[int]:
+    from scipy.fft import next_fast_len
+
+    out, m = [], lo
+    while m <= hi:
+        m = next_fast_len(m, real)
+        if m > hi:
+            break
+        out.append(m)
+        m += 1
+    return out or [next_fast_len(lo, real)]
+
+
+@functools.lru_cache(maxsize=256)
+def choose_tile(spec: ConvSpec) -> tuple[int, int]:
+    """The transform size (Th, Tw) the cost model picks for ``spec``.
+
+    Candidates are the fast FFT lengths (`scipy.fft.next_fast_len`; 11-smooth vertically, where
+    the transform is complex, 5-smooth horizontally, where it is real) from the dilated kernel
+    size up to the whole padded image or `MAX_SIDE`; filter spectra over `MAX_FILTER_BYTES` are
+    refused unless nothing smaller exists. The model adds FFT time (n log2 n per transform),
+    tile copies, and the complex GEMM (compute-bound, or bound by streaming the filter spectra
+    when there are few tiles).
+    """
+    Rd, Sd = spec.dilated_R, spec.dilated_S
+    hs = _lengths(max(Rd, 2), max(Rd, min(spec.padded_H, MAX_SIDE)), False)
+    ws = _lengths(max(Sd, 2), max(Sd, min(spec.padded_W, MAX_SIDE)), True)
+    best, best_cost = None, math.inf
+    for Th in hs:
+        for Tw in ws:
+            if _filter_bytes(spec, Th, Tw) > MAX_FILTER_BYTES and best is not None:
+                continue
+            cost = _cost(spec, Th, Tw)
+            if cost < best_cost:
+                best, best_cost = (Th, Tw), cost
+    return best
+
+
+def tiling(spec: ConvSpec, tile=None, chunk=None) -> Tiling:
+    """The `Tiling` of ``spec``: ``tile`` (int or (Th, Tw)) and ``chunk`` override the defaults.
+
+    Raises
+    ------
+    ConvError
+        ``tile`` smaller than the dilated kernel, or a ``chunk`` < 1.
+    """
+    if tile is None:
+        Th, Tw = choose_tile(spec)
+    else:
+        try:
+            Th, Tw = (tile, tile) if np.ndim(tile) == 0 else tuple(tile)
+            Th, Tw = int(Th), int(Tw)
+        except (TypeError, ValueError):
+            raise ConvError(f"tile must be an int or a pair of ints, got {tile!r}") from None
+        if Th < spec.dilated_R or Tw < spec.dilated_S:
+            raise ConvError(
+                f"tile {Th}x{Tw} is smaller than the dilated kernel "
+                f"{spec.dilated_R}x{spec.dilated_S}"
+            )
+    th, tw, nth, ntw = _grid(spec, Th, Tw)
+    tiles = spec.N * nth * ntw
+    if chunk is None:
+        chunk = _chunk(spec, Th, Tw, tiles)
+    elif int(chunk) < 1:
+        raise ConvError(f"chunk must be >= 1, got {chunk!r}")
+    return Tiling(Th, Tw, th, tw, nth, ntw, tiles, min(int(chunk), tiles))
+
+
+# ---------------------------------------------------------------------------------- costs
+def fft_workspace_bytes(spec: ConvSpec, tile=None, chunk=None) -> int:
+    """Peak bytes the FFT path allocates in one call: the largest chunk's arrays alive at once.
+
+    Per chunk of ``pc`` tiles: input tiles ``Th Tw C pc`` reals, their spectra ``F C pc``
+    complex, the product spectra ``F K pc`` complex and the output tiles ``Th Tw K pc`` reals.
+    Each is freed once the next exists, so the peak is the largest adjacent pair. pocketfft's
+    own per-thread scratch (a few transform lengths, outside the NumPy heap) is not counted.
+    """
+    t = tiling(spec, tile, chunk)
+    isz = spec.compute_dtype.itemsize
+    pc = t.chunk
+    xt, xf = t.n * spec.C * pc * isz, t.F * spec.C * pc * 2 * isz
+    yf, yt = t.F * spec.K * pc * 2 * isz, t.n * spec.K * pc * isz
+    return max(xt + xf, xf + yf, yf + yt)
+
+
+def workspace_bytes(spec: ConvSpec, tile=None, chunk=None) -> int:
+    """Bytes allocated per call: `fft_workspace_bytes`, or the zero-padded input copy of the
+    ``direct`` path taken by inputs or filters with a NaN or Inf, whichever is larger."""
+    return max(fft_workspace_bytes(spec, tile, chunk), padded_bytes(spec))
+
+
+def _fft_mults(Th: int, Tw: int) -> float:
+    lg = math.log2
+    return Th * Tw * (lg(Tw) if Tw > 1 else 0) + 2 * Th * (Tw // 2 + 1) * (lg(Th) if Th > 1 else 0)
+
+
+def multiplies(spec: ConvSpec, tile=None) -> int:
+    """Real multiplications of one call (see the module docstring for the formula)."""
+    t = tiling(spec, tile)
+    gemm = 4 * t.F * spec.K * spec.Cg * t.tiles
+    return int(round(gemm + (spec.C + spec.K) * t.tiles * _fft_mults(t.Th, t.Tw)))
+
+
+def error_bound(spec: ConvSpec, dtype, tile=None) -> float:
+    """Bound on the normwise error ``max|y_hat - y| / max(|x| (*) |w|)`` of ``fft``.
+
+    Derivation (first order in the unit roundoff u of the compute dtype). For one output tile
+    of n = Th Tw points and output channel k: pocketfft's computed transform of x_c satisfies
+    ``||dX_c||_2 <= eta ||X_c||_2`` with ``eta = 7 u (log2 n + 1)`` (Higham, ASNA 24.1: log2 n
+    butterfly levels each within ``u + gamma_4 (sqrt 2 + u)``, plus the real-FFT split);
+    the filter spectra are rounded once (u) and bounded by ``|W_kc[f]| <= ||w_kc||_1 / n``; the
+    complex products and the sum over the Cg channels add ``sqrt 2 gamma_{2 Cg}``; the unscaled
+    inverse transform adds eta again. Summing, with ``||DFT||_2 = sqrt n``::
+
+        ||dy_k||_2 <= (2 eta + sqrt2 gamma_{2Cg} + u) * sum_c ||x_c,tile||_2 ||w_kc||_1
+
+    The FFT is normwise, not componentwise, stable: ``max|dy|`` is bounded by norms over the whole
+    tile, not by ``|x| (*) |w|`` at that output. To state it against the normwise scale
+    ``M = max(|x| (*) |w|)`` we assume dense data, ``sum_c ||x_c,tile||_2 ||w_kc||_1 <=
+    KAPPA sqrt(n) M``, which holds when a tile's rms is at most KAPPA = 4 times its mean absolute
+    value (Gaussian 1.25, ReLU of a Gaussian 1.77, ReLU with 90 % zeros 3.95). Then::
+
+        error <= KAPPA sqrt(n) (2 eta + sqrt2 gamma_{2 Cg} + u)
+
+    It does not hold for adversarial data (a lone spike whose kernel taps all fall outside the
+    valid outputs makes M zero while the FFT still rounds). Measured errors on dense random data
+    are 0.5-5 u, far below the bound (see tests/test_fft.py). float16 inputs compute in float32
+    and add one final rounding to float16.
+    """
+    dtype = np.dtype(dtype)
+    compute = np.dtype(np.float64) if dtype == np.float64 else np.dtype(np.float32)
+    u = UNIT_ROUNDOFF[compute]
+    t = tiling(spec, tile)
+    eta = 7 * u * (math.log2(t.n) + 1)
+    gemm = math.sqrt(2) * gamma(2 * spec.Cg, u) + u
+    bound = KAPPA * math.sqrt(t.n) * (2 * eta + gemm)
+    if dtype == np.float16:
+        bound = (1 + bound) * (1 + UNIT_ROUNDOFF[dtype]) - 1
+    return bound
+
+
+# ---------------------------------------------------------------------------------- run
+@dataclass(frozen=True)
+class Prepared:
+    """What ``prepare`` keeps: the tiling, the filter spectra and the tile coordinates."""
+
+    spec: ConvSpec
+    tiling: Tiling
+    wf: np.ndarray  # (F, groups, Kg, Cg) complex: conj(DFT(w_dilated)) / (Th Tw)
+    tn: np.ndarray  # image of each tile
+    ti0: np.ndarray  # top input row of each tile (padding offset applied, may be < 0)
+    tj0: np.ndarray  # left input column of each tile
+    oi0: np.ndarray  # top output row of each tile
+    oj0: np.ndarray  # left output column of each tile
+    w: np.ndarray  # the filters, for the ``direct`` path taken by non-finite data
+    finite_w: bool  # False: non-finite filters, every call goes through ``direct``
+
+
+def prepare(spec: ConvSpec, w: np.ndarray, tile=None, chunk=None) -> Prepared:
+    """Transform the filters once: dilate, real 2D DFT at the tile size, conjugate, scale.
+
+    Parameters
+    ----------
+    spec : ConvSpec
+    w : numpy.ndarray, shape (K, C/groups, R, S)
+    tile : int or (int, int), optional
+        Transform size (Th, Tw); default `choose_tile`. Must cover the dilated kernel.
+    chunk : int, optional
+        Tiles per chunk; default from `CHUNK_BYTES`.
+    """
+    import scipy.fft as sfft
+
+    t = tiling(spec, tile, chunk)
+    dh, dw = spec.dilation
+    wd = np.zeros((spec.K, spec.Cg, spec.dilated_R, spec.dilated_S), dtype=np.float64)
+    wd[:, :, ::dh, ::dw] = w
+    spectra = sfft.rfft2(wd, s=(t.Th, t.Tw), workers=_workers())  # (K, Cg, Th, Twf)
+    spectra = np.conj(spectra) / t.n
+    ctype = np.result_type(spec.compute_dtype, np.complex64)
+    wf = spectra.transpose(2, 3, 0, 1).reshape(t.F, spec.groups, spec.Kg, spec.Cg)
+    wf = np.ascontiguousarray(wf, dtype=ctype)
+    p = np.arange(t.tiles, dtype=np.int64)
+    tn, r = np.divmod(p, t.nth * t.ntw)
+    ti, tj = np.divmod(r, t.ntw)
+    pl, _, pt, _ = spec.padding
+    return Prepared(
+        spec, t, wf, tn, ti * t.th - pt, tj * t.tw - pl, ti * t.th, tj * t.tw,
+        w, bool(np.isfinite(w).all()),
+    )
+
+
+def run(prep: Prepared, x: np.ndarray, out: np.ndarray) -> None:
+    """Convolve ``x`` (compute dtype, C-contiguous NCHW) into ``out`` chunk by chunk."""
+    import scipy.fft as sfft
+
+    from ..kernels._fft import all_finite, gather_tiles, scatter_tiles
+
+    spec, t = prep.spec, prep.tiling
+    if not (prep.finite_w and all_finite(x)):
+        # a NaN or Inf would spread over its whole tile (and every output channel) in the
+        # frequency domain; the direct loops propagate it exactly as the reference does
+        from ..registry import get
+
+        direct = get("direct")
+        direct.run(direct.prepare(spec, prep.w), x, out)
+        return
+    G, Cg = spec.groups, spec.Cg
+    workers = _workers()
+    for p0 in range(0, t.tiles, t.chunk):
+        p1 = min(t.tiles, p0 + t.chunk)
+        pc = p1 - p0
+        xt = np.empty((t.Th, t.Tw, spec.C, pc), dtype=x.dtype)
+        gather_tiles(x, xt, prep.tn[p0:p1], prep.ti0[p0:p1], prep.tj0[p0:p1])
+        xf = sfft.rfft2(xt, axes=(0, 1), workers=workers).reshape(t.F, G, Cg, pc)
+        del xt
+        if Cg == 1:
+            yf = np.multiply(prep.wf, xf)  # (F, G, Kg, 1) * (F, G, 1, pc)
+        else:
+            yf = np.matmul(prep.wf, xf)
+        del xf
+        yt = sfft.irfft2(
+            yf.reshape(t.Th, t.Twf, spec.K, pc),
+            s=(t.Th, t.Tw),
+            axes=(0, 1),
+            norm="forward",
+            workers=workers,
+        )
+        del yf
+        scatter_tiles(yt, out, prep.tn[p0:p1], prep.oi0[p0:p1], prep.oj0[p0:p1], t.th, t.tw)
+        del yt
+
+
+register(
+    Algorithm(
+        name="fft",
+        supports=_supports,
+        prepare=prepare,
+        run=run,
+        workspace_bytes=workspace_bytes,
+        multiplies=multiplies,
+        deterministic=False,
+        error_bound=error_bound,
+        summary="overlap-save real FFTs (pocketfft) + one complex GEMM per frequency; stride 1",
+        features={
+            "workspace": "per chunk of pc tiles: max(Th·Tw·C·pc + 2F·C·pc, 2F·(C+K)·pc, "
+            "2F·K·pc + Th·Tw·K·pc) reals, F = Th·(Tw/2+1)",
+            "multiplies": "4·F·K·(C/g)·P + (C+K)·P·(Th·Tw·log2 Tw + 2F·log2 Th), "
+            "P = N·⌈OH/th⌉·⌈OW/tw⌉ tiles",
+        },
+    )
+)
