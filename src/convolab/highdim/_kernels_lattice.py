@@ -91,10 +91,7 @@ def embed(pos, keys, bary):  # pragma: no cover - compiled
             b[0] += 1.0 + b[d1]
             for r in range(d1):
                 for i in range(d):
-                    if rank[i] <= d - r:
-                        keys[t, r, i] = rem0[i] + r
-                    else:
-                        keys[t, r, i] = rem0[i] + r - d1
+                    keys[t, r, i] = rem0[i] + r - d1 * (rank[i] > d - r)
                 bary[t, r] = b[r]
 
 
@@ -112,6 +109,16 @@ def insert(keys, table, lat_keys, offsets, start, m):  # pragma: no cover - comp
         if m + d1 > cap:
             return t, m
         for r in range(d1):
+            if t > start:
+                # neighbouring inputs (e.g. adjacent pixels) often share vertices: skip the hash
+                same = True
+                for i in range(d):
+                    if keys[t, r, i] != keys[t - 1, r, i]:
+                        same = False
+                        break
+                if same:
+                    offsets[t, r] = offsets[t - 1, r]
+                    continue
             h = _hash_vec(keys[t, r], d) & mask
             while True:
                 e = table[h]
