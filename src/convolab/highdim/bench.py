@@ -244,8 +244,8 @@ def scaling(args, console) -> dict:
     vals = np.ascontiguousarray(grey.reshape(-1, 1))
     t_d = Table(title=f"time vs d: {side}x{side} pixels, (y, x) / 8 and d - 2 patch PCA "
                 "components / 0.2")
-    for col in ("d", "lattice points", "points / n", "seconds", "ns / point",
-                "ns / (point (d+1)^2)"):
+    for col in ("d", "lattice points m", "m / n", "seconds", "ns / point",
+                "ns / (point (d+1)^2)", "ns / ((n+m) (d+1)^2)"):
         t_d.add_column(col, justify="right")
     n = side * side
     for d in dims:
@@ -254,11 +254,16 @@ def scaling(args, console) -> dict:
         t, m = time_filter(pos, vals)
         out["vs_d"].append({"d": d, "lattice": m, "seconds": t})
         t_d.add_row(str(d), str(m), f"{m / n:.2f}", f"{t:.4f}", f"{1e9 * t / n:.0f}",
-                    f"{1e9 * t / n / (d + 1) ** 2:.1f}")
-    out["slope_d"] = _fit_slope([r["d"] + 1 for r in out["vs_d"]],
-                                [r["seconds"] for r in out["vs_d"]])
+                    f"{1e9 * t / n / (d + 1) ** 2:.1f}",
+                    f"{1e9 * t / (n + m) / (d + 1) ** 2:.1f}")
+    d1 = [r["d"] + 1 for r in out["vs_d"]]
+    out["slope_d"] = _fit_slope(d1, [r["seconds"] for r in out["vs_d"]])
+    out["slope_d_per_point"] = _fit_slope(
+        d1, [r["seconds"] / (n + r["lattice"]) for r in out["vs_d"]])
     console.print(t_d)
-    console.print(f"log-log slope of time against d + 1: {out['slope_d']:.2f} (2 = O(d^2 n))")
+    console.print(
+        f"log-log slope against d + 1 of the time: {out['slope_d']:.2f}; of the time per input "
+        f"or lattice point: {out['slope_d_per_point']:.2f} (2 = O(d^2 (n + m)))")
     return out
 
 
