@@ -62,3 +62,9 @@ def test_case_result_counts_classes_and_bits():
     assert m.case("src", "layer") is case
     with pytest.raises(KeyError):
         m.case("src", "other")
+
+
+def test_short_labels():
+    labels = ["torch AVX2 T=1", "torch AVX2 T=2", "torch AVX512_CORE T=1"]
+    assert determinism.short_labels(labels) == "AVX2 T=1,2 + AVX512_CORE T=1"
+    assert determinism.short_labels(["numba generic T=2"]) == "generic T=2"

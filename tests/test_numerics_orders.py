@@ -182,3 +182,54 @@ def test_seq_order_through_a_real_network_equals_direct():
     assert all(res.classes(n) == 2 for n in names)
     assert 10 < fma.layers[names[-1]].mean_bits < 23
     assert base.labels == [282]  # ImageNet "tiger cat" for scikit-image's cat photograph
+
+
+def test_sweep_single_product_layers_have_one_class_per_order():
+    from convolab.numerics import deviations
+
+    layers = deviations.sweep_layers(filters=(1, 2), kernels=(1, 3), channels=(1, 3), sizes=(5,))
+    assert len(layers) == 8 and "f2 k3 c3 5x5" in layers
+    res = {r.layer: r for r in deviations.sweep(layers, algorithms=["direct", "im2col"], torch=False)}
+    # one product per output: every order rounds once (x*w, or x*w + 0 with FMA) -> one class
+    for name in ("f1 k1 c1 5x5", "f2 k1 c1 5x5"):
+        assert res[name].terms == 1 and len(res[name].classes["orders"]) == 1
+        assert res[name].bits["orders"] == 23
+    # 27 products: the 15 standard orders fall into many classes, all within the sum bound
+    r = res["f2 k3 c3 5x5"]
+    assert r.terms == 27 and len(r.classes["orders"]) >= 8
+    assert r.error["orders"] < 27 * 2.0**-24
+    # direct is the seq order; every source's classes are a partition of its members
+    assert any({"seq"} <= set(c) for c in r.classes["orders"])
+    assert sorted(m for c in r.classes["algorithms"] for m in c) == ["direct", "im2col"]
+    s = deviations.summarize(list(res.values()))
+    assert s["orders"]["layers"] == 8 and s["orders"]["max"] == max(
+        len(x.classes["orders"]) for x in res.values())
+    assert "torch" not in s
+
+
+def test_worst_bits():
+    from convolab.numerics.deviations import worst_bits
+
+    a = np.array([1.0, 2.0], dtype=f32)
+    assert worst_bits({"a": a, "b": a.copy()}) == 23
+    assert worst_bits({"a": a, "b": np.array([1.0, 2.5], f32), "c": np.array([-1.0, 2.0], f32)}) == 0
+
+
+def test_deviations_sweep_command(tmp_path, capsys):
+    import json
+
+    from convolab.cli import main
+
+    out = tmp_path / "sweep.json"
+    rc = main(["deviations", "sweep", "--filters", "1", "--kernels", "2-3", "--channels", "2",
+               "--sizes", "6", "--algorithms", "direct", "im2col", "--no-torch", "--json", str(out)])
+    assert rc == 0
+    text = capsys.readouterr().out
+    assert "bitwise classes per source of deviation" in text and "2 layers" in text
+    data = json.loads(out.read_text())
+    assert [r["layer"] for r in data["layers"]] == ["f1 k2 c2 6x6", "f1 k3 c2 6x6"]
+    assert data["summary"]["orders"]["layers"] == 2
+    with pytest.raises(ConvError, match="integers"):
+        from convolab.commands.deviations import _int_list
+
+        _int_list("a-b")

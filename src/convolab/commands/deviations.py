@@ -49,6 +49,8 @@ def add_parser(sub) -> None:
     s.add_argument("--channels", type=_int_list, default=(1, 2, 3), help="default 1-3")
     s.add_argument("--sizes", type=_int_list, default=(8, 16, 32), help="default 8,16,32")
     s.add_argument("--orders", nargs="+", default=None, help="emulated orders (default: standard)")
+    s.add_argument("--algorithms", nargs="+", default=None,
+                   help="convolab algorithms (default: every registered one)")
     s.add_argument("--no-torch", action="store_true", help="skip the PyTorch configurations")
     s.add_argument("--isas", default="SSE41,AVX,AVX2,AVX512_CORE",
                    help="oneDNN ISA limits for PyTorch, each at 1 and 2 threads")
@@ -99,7 +101,8 @@ def run_sweep(args) -> int:
     with Progress(console=console, transient=True) as prog:
         task = prog.add_task("layers", total=len(layers))
         results = dev.sweep(
-            layers, orders=orders, torch=not args.no_torch, isas=tuple(args.isas.split(",")),
+            layers, orders=orders, algorithms=args.algorithms, torch=not args.no_torch,
+            isas=tuple(args.isas.split(",")),
             progress=lambda i, n: prog.update(task, completed=i),
         )
     summary = dev.summarize(results)
@@ -178,7 +181,8 @@ def run_determinism(args) -> int:
     if not args.no_torch:
         console.print("PyTorch: torch.set_num_threads 1, 2 x ONEDNN_MAX_CPU_ISA AVX2, AVX512_CORE")
         torch_m = det.measure_torch(layers)
-    header = ["layer", "PyTorch classes", "PyTorch classes named by order", "PyTorch worst bits"]
+    header = ["layer", "PyTorch classes", "PyTorch classes: configs = emulated order",
+              "PyTorch worst bits"]
     header += [f"convolab {n} classes" for n in names]
     rows = []
     for lname in layers:
@@ -187,7 +191,7 @@ def run_determinism(args) -> int:
             c = torch_m.case("torch", lname)
             names_ = det.name_classes(c, layers)
             parts = [
-                f"{'/'.join(lab.replace('torch ', '') for lab in cls)}: {nm.split(', ')[0] or '?'}"
+                f"{det.short_labels(cls)}: {nm.split(', ')[0] or '?'}"
                 for cls, nm in zip(c.classes, names_, strict=True)
             ]
             row += [str(c.n_classes), "; ".join(parts), str(c.min_bits)]

@@ -54,7 +54,7 @@ SMALL_LAYERS = {
 
 #: candidate orders for naming PyTorch / oneDNN classes (see `convolab.numerics.orders`)
 ONEDNN_CANDIDATES = (
-    "seq", "seq+fma", "rsc+fma", "cb8+fma", "cb16+fma", "cb8+fma+cc8", "cb16+fma+cc16",
+    "seq", "seq+fma", "seq+fma+t2", "rsc+fma", "cb8+fma", "cb16+fma", "cb8+fma+cc8", "cb16+fma+cc16",
     "cb16+fma+cc32", "cb16+fma+t2", "lanes8+fma", "lanes16+fma",
 )
 
@@ -338,6 +338,16 @@ def measure_torch(
             jobs.append((f"torch{i}", cfg.label, payload, env))
         per_config, info = _run_all(jobs, timeout)
     return Measurement(_collect(per_config), info)
+
+
+def short_labels(labels: list[str]) -> str:
+    """``["torch AVX2 T=1", "torch AVX2 T=2", "torch AVX512_CORE T=1"]`` ->
+    ``"AVX2 T=1,2 + AVX512_CORE T=1"`` (labels of the form ``"<kind> <setting> T=<n>"``)."""
+    groups: dict[str, list[str]] = {}
+    for lab in labels:
+        head, _, t = lab.rpartition(" T=")
+        groups.setdefault(head.split(" ", 1)[-1], []).append(t)
+    return " + ".join(f"{k} T={','.join(v)}" for k, v in groups.items())
 
 
 def name_classes(case: CaseResult, layers: dict, candidates=ONEDNN_CANDIDATES) -> list[str]:
