@@ -384,8 +384,59 @@ def prepare(spec: ConvSpec, w: np.ndarray, tile=None, chunk=None) -> Prepared:
     )
 
 
+_controller = None
+_pool = None
+
+
+def _blas_one_thread():
+    """Context manager holding the BLAS to one thread (our threads split the frequencies)."""
+    global _controller
+    if _controller is None:
+        from threadpoolctl import ThreadpoolController
+
+        _controller = ThreadpoolController()
+    return _controller.limit(limits=1, user_api="blas")
+
+
+def _map(fn, ranges, *args) -> None:
+    """Run ``fn(*args, lo, hi)`` for every range, on the worker threads when there are several."""
+    global _pool
+    if len(ranges) == 1:
+        fn(*args, *ranges[0])
+        return
+    if _pool is None:
+        from concurrent.futures import ThreadPoolExecutor
+
+        _pool = ThreadPoolExecutor(max_workers=_workers(), thread_name_prefix="convolab-fft")
+    futures = [_pool.submit(fn, *args, lo, hi) for lo, hi in ranges[1:]]
+    fn(*args, *ranges[0])
+    for f in futures:
+        f.result()
+
+
+def _products(wf, xf, yf, f0, f1) -> None:
+    """``yf[f] = wf[f] @ xf[f]`` (per group) for frequencies f0 <= f < f1."""
+    if xf.shape[2] == 1:  # Cg == 1: (Kg, 1) * (1, pc) is a broadcast product, no GEMM
+        np.multiply(wf[f0:f1], xf[f0:f1], out=yf[f0:f1])
+    else:
+        np.matmul(wf[f0:f1], xf[f0:f1], out=yf[f0:f1])
+
+
+def _split(n: int, parts: int) -> list[tuple[int, int]]:
+    parts = max(1, min(parts, n))
+    return [(i * n // parts, (i + 1) * n // parts) for i in range(parts)]
+
+
 def run(prep: Prepared, x: np.ndarray, out: np.ndarray) -> None:
-    """Convolve ``x`` (compute dtype, C-contiguous NCHW) into ``out`` chunk by chunk."""
+    """Convolve ``x`` (compute dtype, C-contiguous NCHW) into ``out`` chunk by chunk.
+
+    Threads: pocketfft runs the transforms on ``workers`` threads; the tile copies (split by
+    channel) and the per-frequency products (split by frequency, BLAS held to one thread) run on
+    this module's Python threads. Every thread writes its own part of the arrays, so the result
+    does not depend on the thread count.
+    """
+    import contextlib
+
     import scipy.fft as sfft
 
     from ..kernels._fft import all_finite, gather_tiles, scatter_tiles
@@ -399,30 +450,33 @@ def run(prep: Prepared, x: np.ndarray, out: np.ndarray) -> None:
         direct = get("direct")
         direct.run(direct.prepare(spec, prep.w), x, out)
         return
-    G, Cg = spec.groups, spec.Cg
+    G, Kg, Cg = spec.groups, spec.Kg, spec.Cg
     workers = _workers()
-    for p0 in range(0, t.tiles, t.chunk):
-        p1 = min(t.tiles, p0 + t.chunk)
-        pc = p1 - p0
-        xt = np.empty((t.Th, t.Tw, spec.C, pc), dtype=x.dtype)
-        gather_tiles(x, xt, prep.tn[p0:p1], prep.ti0[p0:p1], prep.tj0[p0:p1])
-        xf = sfft.rfft2(xt, axes=(0, 1), workers=workers).reshape(t.F, G, Cg, pc)
-        del xt
-        if Cg == 1:
-            yf = np.multiply(prep.wf, xf)  # (F, G, Kg, 1) * (F, G, 1, pc)
-        else:
-            yf = np.matmul(prep.wf, xf)
-        del xf
-        yt = sfft.irfft2(
-            yf.reshape(t.Th, t.Twf, spec.K, pc),
-            s=(t.Th, t.Tw),
-            axes=(0, 1),
-            norm="forward",
-            workers=workers,
-        )
-        del yf
-        scatter_tiles(yt, out, prep.tn[p0:p1], prep.oi0[p0:p1], prep.oj0[p0:p1], t.th, t.tw)
-        del yt
+    ctype = prep.wf.dtype
+    blas = _blas_one_thread() if workers > 1 and Cg > 1 else contextlib.nullcontext()
+    with blas:
+        for p0 in range(0, t.tiles, t.chunk):
+            p1 = min(t.tiles, p0 + t.chunk)
+            pc = p1 - p0
+            tn, ti0, tj0 = prep.tn[p0:p1], prep.ti0[p0:p1], prep.tj0[p0:p1]
+            xt = np.empty((t.Th, t.Tw, spec.C, pc), dtype=x.dtype)
+            _map(gather_tiles, _split(spec.C, workers), x, xt, tn, ti0, tj0)
+            xf = sfft.rfft2(xt, axes=(0, 1), workers=workers).reshape(t.F, G, Cg, pc)
+            del xt
+            yf = np.empty((t.F, G, Kg, pc), dtype=ctype)
+            _map(_products, _split(t.F, workers), prep.wf, xf, yf)
+            del xf
+            yt = sfft.irfft2(
+                yf.reshape(t.Th, t.Twf, spec.K, pc),
+                s=(t.Th, t.Tw),
+                axes=(0, 1),
+                norm="forward",
+                workers=workers,
+            )
+            del yf
+            oi0, oj0 = prep.oi0[p0:p1], prep.oj0[p0:p1]
+            _map(scatter_tiles, _split(spec.K, workers), yt, out, tn, oi0, oj0, t.th, t.tw)
+            del yt
 
 
 register(

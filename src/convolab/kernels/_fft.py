@@ -10,21 +10,22 @@ Layouts (overlap-save tiles of an NCHW image, zero padding applied on the fly):
 * ``scatter_tiles``: ``out[n, k, ti*th + a, tj*tw + b] = yt[a, b, k, q]`` for ``a < th``,
   ``b < tw`` inside the output (edge tiles are partial).
 
-Both are serial on purpose: they run between pocketfft and BLAS calls, and a third spinning
-thread pool on two cores costs more than it gains (notes/performance.md). Pure copies: no
-arithmetic, so they are exact and deterministic.
+Both are serial and release the GIL: the wrapper runs them on its Python worker threads, each
+on its own range of channels, so no OpenMP pool spins beside pocketfft's and the BLAS's threads
+(notes/performance.md). Pure copies: no arithmetic, so exact and deterministic.
 """
 
 from numba import njit
 
 
 @njit(cache=True, nogil=True)
-def gather_tiles(x, xt, tn, ti0, tj0):  # pragma: no cover - compiled
-    # tile q of the chunk: image tn[q], top-left input pixel (ti0[q], tj0[q]) (may be < 0)
+def gather_tiles(x, xt, tn, ti0, tj0, c0, c1):  # pragma: no cover - compiled
+    # channels c0 <= c < c1 of the chunk's tiles; tile q: image tn[q], top-left input pixel
+    # (ti0[q], tj0[q]) (negative inside the padding)
     N, C, H, W = x.shape
     Th, Tw, _, Pc = xt.shape
     for a in range(Th):
-        for c in range(C):
+        for c in range(c0, c1):
             for b in range(Tw):
                 for q in range(Pc):
                     ih = ti0[q] + a
@@ -36,20 +37,19 @@ def gather_tiles(x, xt, tn, ti0, tj0):  # pragma: no cover - compiled
 
 
 @njit(cache=True, nogil=True)
-def scatter_tiles(yt, out, tn, oi0, oj0, th, tw):  # pragma: no cover - compiled
-    # tile q of the chunk: image tn[q], top-left output pixel (oi0[q], oj0[q])
+def scatter_tiles(yt, out, tn, oi0, oj0, th, tw, k0, k1):  # pragma: no cover - compiled
+    # output channels k0 <= k < k1; tile q: image tn[q], top-left output pixel (oi0[q], oj0[q]);
+    # reads run along the contiguous tile axis, each tile's output row is written left to right
     N, K, OH, OW = out.shape
     Pc = yt.shape[3]
-    for q in range(Pc):
-        n = tn[q]
-        i0 = oi0[q]
-        j0 = oj0[q]
-        ni = min(th, OH - i0)
-        nj = min(tw, OW - j0)
-        for k in range(K):
-            for a in range(ni):
-                for b in range(nj):
-                    out[n, k, i0 + a, j0 + b] = yt[a, b, k, q]
+    for a in range(th):
+        for k in range(k0, k1):
+            for b in range(tw):
+                for q in range(Pc):
+                    i = oi0[q] + a
+                    j = oj0[q] + b
+                    if i < OH and j < OW:
+                        out[tn[q], k, i, j] = yt[a, b, k, q]
 
 
 @njit(cache=True, nogil=True)
