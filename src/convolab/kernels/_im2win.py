@@ -74,6 +74,7 @@ def _microkernel(typingctx, w, woff, x, xoff, cstride, Cg, FWe, FHe, fwstep, col
         op = context.make_array(sig.args[10])(context, builder, oa).data
         wp = builder.gep(wp, [woff])
         xp = builder.gep(xp, [xoff])
+        _prefetch_next_tile(builder, op, obase, OHOW, kn, q0, Vc, OW, Qend)
         accs = [[cgutils.alloca_once(builder, vty) for _ in range(NV)] for _ in range(MR)]
         zero = ir.Constant(vty, None)
         for row in accs:
@@ -130,6 +131,33 @@ def _fetch_add(typingctx, arr, i):
                                   "monotonic")
 
     return sig, codegen
+
+
+def _prefetch_next_tile(builder, op, obase, OHOW, kn, q0, Vc, OW, Qend):
+    """Prefetch (for writing) the output lines of the first and last columns two tiles ahead.
+
+    A tile writes a short run in each of its KB output-channel planes; without prefetching,
+    those scattered write misses stall the core when the output does not fit in the cache.
+    """
+    i64 = ir.IntType(64)
+    i32 = ir.IntType(32)
+    i8p = ir.IntType(8).as_pointer()
+    fnty = ir.FunctionType(ir.VoidType(), [i8p, i32, i32, i32])
+    prefetch = cgutils.get_or_insert_function(builder.module, fnty, "llvm.prefetch.p0")
+    last = builder.sub(Qend, ir.Constant(i64, 1))
+    offs = []
+    for d in (2 * MR, 3 * MR - 1):
+        q = builder.add(q0, ir.Constant(i64, d))
+        q = builder.select(builder.icmp_unsigned("<", q, Qend), q, last)
+        oh = builder.udiv(q, Vc)
+        ow = builder.sub(q, builder.mul(oh, Vc))
+        ow = builder.select(builder.icmp_unsigned("<", ow, OW), ow, builder.sub(OW, ir.Constant(i64, 1)))
+        offs.append(builder.add(obase, builder.add(builder.mul(oh, OW), ow)))
+    with cgutils.for_range(builder, kn) as lk:
+        plane = builder.mul(lk.index, OHOW)
+        for off in offs:
+            ptr = builder.bitcast(builder.gep(op, [builder.add(off, plane)]), i8p)
+            builder.call(prefetch, [ptr, ir.Constant(i32, 1), ir.Constant(i32, 3), ir.Constant(i32, 1)])
 
 
 def _store_scalar(context, builder, accs, vty, flt, op, obase, OHOW, kn, q0, Vc, OW, Qend):
