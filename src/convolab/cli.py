@@ -16,6 +16,7 @@ from . import __version__
 COMMAND_MODULES = [
     "convolab.commands.algorithms",
     "convolab.bench.cli",
+    "convolab.commands.model",
     "convolab.commands.deviations",
     "convolab.highdim.cli",
     "convolab.he.cli",

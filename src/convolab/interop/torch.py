@@ -433,11 +433,31 @@ class Session:
                         requested, f"layer {name!r} ({spec}): {reason}; and the fallback "
                         f"{fb!r}: {registry.get(fb).supports(spec)}", alternatives)
                 choice, note = fb, f"fallback: {reason}"
-        p = self._make_plan(name, spec, w, b, choice)
+        p = self.make_plan(name, spec, w, b, choice)
         return p.algorithm, note, _plan_runner(p, spec)
 
-    def _make_plan(self, name: str, spec: ConvSpec, w, b, algorithm: str):
-        """The `ConvPlan` for one layer (override to plan differently, e.g. quantised)."""
+    def make_plan(self, name: str, spec: ConvSpec, w, b, algorithm: str):
+        """The plan that runs layer ``name``: override to run layers differently.
+
+        Parameters
+        ----------
+        name : str
+            The layer name.
+        spec : ConvSpec
+            The layer's convolution (``spec.dtype`` is the input dtype).
+        w, b : torch.Tensor
+            Weight (K, C/groups, R, S) and bias (K,) or None.
+        algorithm : str
+            A registered name or ``"auto"`` (fallback already applied).
+
+        Returns
+        -------
+        ConvPlan or compatible
+            Called as ``plan(x, out=y)`` with NumPy views of the input and of a fresh output
+            tensor of ``spec.out_shape``; must write the full result, bias included, into ``y``
+            and have an ``algorithm`` attribute (the name the report shows). The default is
+            `convolab.plan`; a quantised or instrumented session overrides this method.
+        """
         return _plan(
             spec.x_shape, w.detach().numpy(), None if b is None else b.detach().numpy(),
             spec.stride, spec.padding, spec.dilation, spec.groups, algorithm=algorithm,

