@@ -242,15 +242,20 @@ _pool = None
 
 
 def _threads() -> int:
+    """Worker threads: Numba's thread count (``numba.set_num_threads`` once Numba's pool is up,
+    else ``NUMBA_NUM_THREADS``), at most the CPUs this process may run on."""
     import os
 
-    from numba import config
+    import numba
+    from numba.np.ufunc import parallel
 
+    # do not start Numba's pool just to ask: use its setting only once it is running
+    n = numba.get_num_threads() if parallel._is_initialized else numba.config.NUMBA_NUM_THREADS
     try:
         cpus = len(os.sched_getaffinity(0))
     except AttributeError:  # pragma: no cover - not Linux
         cpus = os.cpu_count() or 1
-    return max(1, min(config.NUMBA_NUM_THREADS, cpus))
+    return max(1, min(n, cpus))
 
 
 def _map(fn, items):
@@ -260,9 +265,11 @@ def _map(fn, items):
     if len(items) == 1:
         return [fn(items[0])]
     if _pool is None:
+        import os
         from concurrent.futures import ThreadPoolExecutor
 
-        _pool = ThreadPoolExecutor(max_workers=_threads(), thread_name_prefix="convolab-bilinear")
+        _pool = ThreadPoolExecutor(max_workers=os.cpu_count() or 1,
+                                   thread_name_prefix="convolab-bilinear")
     return list(_pool.map(fn, items))
 
 
