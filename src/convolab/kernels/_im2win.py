@@ -133,6 +133,34 @@ def _fetch_add(typingctx, arr, i):
     return sig, codegen
 
 
+@intrinsic
+def _strided_copy(typingctx, dst, doff, stride, src, soff, n):
+    """``dst[doff + i*stride] = src[soff + i]`` for ``i < n``: one row into the window.
+
+    A plain pointer loop; Numba's own loop (signed-index wraparound checks, slicing) ran
+    2.5-4x slower on the window transform.
+    """
+    ints = (doff, stride, soff, n)
+    if not all(isinstance(t, types.Integer) for t in ints):
+        return None
+    sig = types.void(dst, doff, stride, src, soff, n)
+
+    def codegen(context, builder, sig, args):
+        d = context.make_array(sig.args[0])(context, builder, args[0]).data
+        s = context.make_array(sig.args[3])(context, builder, args[3]).data
+        doff, stride, soff, n = (
+            context.cast(builder, args[i], sig.args[i], types.int64) for i in (1, 2, 4, 5)
+        )
+        d = builder.gep(d, [doff])
+        s = builder.gep(s, [soff])
+        with cgutils.for_range(builder, n) as lp:
+            v = builder.load(builder.gep(s, [lp.index]))
+            builder.store(v, builder.gep(d, [builder.mul(lp.index, stride)]))
+        return context.get_dummy_value()
+
+    return sig, codegen
+
+
 def _prefetch_next_tile(builder, op, obase, OHOW, kn, q0, Vc, OW, Qend):
     """Prefetch (for writing) the output lines of the first and last columns two tiles ahead.
 
@@ -278,8 +306,8 @@ def im2win_conv(x, win, wpk, out, counter, P, groups, FW, FH, sh, sw, dh, dw, pt
     # window columns holding input data: pl <= w < pl + W
     wlo = min(pl, Vw)
     whi = min(pl + W, Vw)
+    xflat = x.reshape(x.size)
     for n in range(N):
-        xn = x[n]
         on = out[n].reshape(K * OHOW)
         # tasks are handed out by an atomic counter: a thread that the OS pauses holds up
         # one task, not a fixed share of the work
@@ -291,15 +319,19 @@ def im2win_conv(x, win, wpk, out, counter, P, groups, FW, FH, sh, sw, dh, dw, pt
                     break
                 c = t // OH
                 oh = t - c * OH
-                row = win[t * rowlen : (t + 1) * rowlen]
+                base = t * rowlen
                 for fh in range(FH):
                     ih = oh * sh + fh * dh - pt
                     if ih < 0 or ih >= H:
-                        row[fh::FH] = 0
+                        for w in range(Vw):
+                            win[base + w * FH + fh] = 0
                     else:
-                        row[fh : wlo * FH : FH] = 0
-                        row[wlo * FH + fh : whi * FH : FH] = xn[c, ih, wlo - pl : whi - pl]
-                        row[whi * FH + fh :: FH] = 0
+                        for w in range(wlo):
+                            win[base + w * FH + fh] = 0
+                        _strided_copy(win, base + wlo * FH + fh, FH, xflat,
+                                      (n * C + c) * H * W + ih * W + wlo - pl, whi - wlo)
+                        for w in range(whi, Vw):
+                            win[base + w * FH + fh] = 0
         counter[1] = 0
         for _ in prange(P):
             while True:
