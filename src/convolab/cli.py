@@ -21,6 +21,7 @@ COMMAND_MODULES = [
     "convolab.highdim.cli",
     "convolab.he.cli",
     "convolab.commands.accuracy",
+    "convolab.commands.quantize_eval",
 ]
 
 
