@@ -178,6 +178,7 @@ def test_seq_order_through_a_real_network_equals_direct():
     assert len(names) == 49
     assert all(seq.layers[n].digest == base.layers[n].digest for n in names)
     assert seq.logits_min_bits == 23 and res.flips(seq) == 0
+    assert seq.ran == fma.ran == "49/49 layers"  # the emulated orders computed every layer
     assert fma.layers[names[0]].digest != base.layers[names[0]].digest
     assert all(res.classes(n) == 2 for n in names)
     assert 10 < fma.layers[names[-1]].mean_bits < 23

@@ -132,7 +132,7 @@ def _order_session(order, model, hook):
     from ..interop.torch import Session
 
     class OrderSession(Session):
-        def _make_plan(self, name, spec, w, b, algorithm):
+        def make_plan(self, name, spec, w, b, algorithm):
             return _OrderPlan(
                 spec, np.ascontiguousarray(w.detach().numpy(), dtype=np.float32),
                 None if b is None else b.detach().numpy().astype(np.float32), order,
@@ -262,7 +262,7 @@ def propagate(
             f"order:{order.name}", None,
         )
         _finish(r, logits, base_logits)
-        r.ran = f"{len(rep)}/{len(rep)} layers"
+        r.ran = f"{sum(s.algorithm == f'order {order.name}' for s in rep)}/{len(rep)} layers"
         variants.append(r)
     if float64:
         say("float64")
@@ -348,18 +348,25 @@ def main(args) -> int:
         progress=lambda s: console.print(f"  running {s}", style="dim"),
     )
     base = res.variants[0]
-    t = Table(title=f"EfficientNet-Lite0 on {len(res.images)} photographs ({', '.join(res.images)})"
-              ": each variant vs convolab direct")
-    for col in ("variant", "ran", "final conv mean bits", "logits least/mean bits", "top-1 flips",
-                "top-1 labels"):
+    t = Table(title=f"EfficientNet-Lite0 on {len(res.images)} photographs: each variant vs "
+              "convolab direct")
+    for col in ("variant", "layers run", "last conv mean bits", "logits least/mean bits",
+                "top-1 flips"):
         t.add_column(col)
     last = res.layers[-1][0]
     for v in res.variants:
         t.add_row(
-            v.name, v.ran, f"{v.layers[last].mean_bits:.1f}", f"{v.logits_min_bits} / {v.logits_mean_bits:.1f}",
-            str(res.flips(v)) if v is not base else "-", " ".join(map(str, v.labels)),
+            v.name.replace("algorithm:", ""), v.ran.replace(" layers", ""),
+            f"{v.layers[last].mean_bits:.1f}", f"{v.logits_min_bits} / {v.logits_mean_bits:.1f}",
+            str(res.flips(v)) if v is not base else "-",
         )
     console.print(t)
+    console.print(f"photographs: {', '.join(res.images)}; top-1 ImageNet classes with direct: "
+                  f"{' '.join(map(str, base.labels))}")
+    for v in res.variants[1:]:
+        if res.flips(v):
+            console.print(f"  {v.name}: {' '.join(map(str, v.labels))}")
+    console.print("layers run: convolutions the variant computed itself (the others: direct).")
     t = Table(title="per layer: bitwise classes (algorithms/orders/torch/all) and remaining bits "
               "vs direct (least/mean over the variants of each kind)")
     for col in ("#", "layer", "terms", "classes", "algorithms", "orders", "torch", "float64"):
