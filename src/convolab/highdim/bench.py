@@ -363,6 +363,8 @@ def run(args) -> int:
     if bad:
         raise ConvError(f"unknown section(s) {bad}; choose from {', '.join(SECTIONS)}")
     console = Console()
+    if not console.is_terminal:  # files and pipes: keep the tables' columns readable
+        console = Console(width=160)
     funcs = {"accuracy": accuracy, "speed": speed, "scaling": scaling, "learned": learned}
     results = {"quick": bool(args.quick), "exact_step": args.exact_step,
                "repeats": args.repeats}
