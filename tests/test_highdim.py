@@ -67,10 +67,11 @@ def test_exact_filter_matches_naive(kernel):
 
 
 def test_exact_bilateral_window_equals_all_pairs():
+    # sigma_s = 1: the window (radius 9) is smaller than the image, so the cut-off is exercised
     rng = np.random.default_rng(2)
-    img = rng.random((13, 11, 3))
-    ss, sr = 2.0, 0.3
-    yy, xx = np.mgrid[:13, :11]
+    img = rng.random((40, 36, 3))
+    ss, sr = 1.0, 0.3
+    yy, xx = np.mgrid[:40, :36]
     pos = np.concatenate([yy[..., None] / ss, xx[..., None] / ss, img / sr], -1).reshape(-1, 5)
     ref = exact_filter(img.reshape(-1, 3), pos).reshape(img.shape)
     np.testing.assert_allclose(exact_bilateral(img, img / sr, ss), ref, rtol=1e-12, atol=1e-14)
@@ -330,3 +331,18 @@ def test_vector_inputs_and_empty():
     np.testing.assert_allclose(out, naive(v[:, None], p[:, None])[:, 0], rtol=1e-12)
     e = gaussian_filter(np.empty((0, 2)), np.empty((0, 3)))
     assert e.shape == (0, 2)
+
+
+def test_lattice_unnormalised_output_and_float32():
+    p, v = smooth_cloud(300, 3, seed=7)
+    lat = PermutohedralLattice(p)
+    raw = lat.filter(v, normalise=False)
+    assert raw.shape == (300, 3) and np.all(raw[:, 2] > 0)
+    np.testing.assert_allclose(raw[:, :2] / raw[:, 2:], lat.filter(v), rtol=1e-12)
+    out32 = lat.filter(v.astype(np.float32))
+    assert out32.dtype == np.float32
+    np.testing.assert_allclose(out32, lat.filter(v), atol=1e-5)
+    with pytest.raises(ConvError, match="taps must be"):
+        lat.filter(v, taps=[1.0, 0.5, 0.2])
+    with pytest.raises(ConvError, match="values must have shape"):
+        lat.filter(v[:10])
