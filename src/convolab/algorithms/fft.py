@@ -63,8 +63,8 @@ from ._common import padded_bytes
 WORKERS: int | None = None
 
 #: target peak workspace of one chunk of tiles (bytes); a chunk holds at least `MIN_CHUNK` tiles
-CHUNK_BYTES = 16 << 20
-MIN_CHUNK = 32
+CHUNK_BYTES = 8 << 20
+MIN_CHUNK = 16
 
 #: largest transform side the tile chooser considers, and the largest prepared filter spectra
 #: (bytes) it accepts unless even the smallest tile exceeds it
@@ -74,10 +74,11 @@ MAX_FILTER_BYTES = 256 << 20
 #: cost-model constants (seconds), fitted on the 2-core AMD EPYC (Zen 5) workplace machine;
 #: only their ratios matter for the choice
 _COST = {
-    "fft": 0.15e-9,  # per point per log2(points), one forward or inverse real 2D transform
-    "copy": 1.0e-9,  # per element gathered into tiles or scattered out of them
-    "flop": 1 / 180e9,  # complex GEMM, per real flop (8 per complex multiply-add)
-    "byte": 1 / 10e9,  # per byte of filter spectra streamed per chunk
+    "fft": 0.2e-9,  # per point per log2(points), one forward or inverse real 2D transform
+    "gather": 0.9e-9,  # per element gathered into tiles
+    "scatter": 1.3e-9,  # per output element scattered out of the tiles
+    "flop": 1 / 150e9,  # complex GEMM, per real flop (8 per complex multiply-add)
+    "byte": 1 / 25e9,  # per byte of filter spectra streamed per chunk
     "call": 0.3e-6,  # per small matrix product (numpy loops over frequencies x groups)
     "ew": 2.0e-9,  # per complex product of the depthwise broadcast multiply
 }
@@ -181,45 +182,42 @@ def _cost(spec: ConvSpec, Th: int, Tw: int) -> float:
     G, Kg, Cg = spec.groups, spec.Kg, spec.Cg
     c = _COST
     t = c["fft"] * (spec.C + spec.K) * tiles * n * math.log2(max(n, 2))
-    t += c["copy"] * tiles * n * (spec.C + spec.K)
+    t += c["gather"] * tiles * n * spec.C + c["scatter"] * tiles * th * tw * spec.K
     if Cg == 1:
         t += c["ew"] * F * spec.K * tiles
     else:
         # small products run below BLAS speed: efficiency ramps up with each matrix side
-        eff = min(1.0, chunk / 16) * min(1.0, Kg / 32) * min(1.0, Cg / 32)
+        eff = min(1.0, chunk / 4) * min(1.0, Kg / 16) * min(1.0, Cg / 16)
         flops = 8.0 * F * G * Kg * Cg * tiles
         t += max(c["flop"] * flops / max(eff, 0.05), c["byte"] * _filter_bytes(spec, Th, Tw) * chunks)
         t += c["call"] * F * G * chunks
     return t
 
 
-def _lengths(lo: int, hi: int, real: bool) -> list[int]:
+def _lengths(lo: int, hi: int) -> list[int]:
+    """The 5-smooth lengths from ``lo`` up to the first one >= ``hi``."""
     from scipy.fft import next_fast_len
 
     out, m = [], lo
-    while m <= hi:
-        m = next_fast_len(m, real)
-        if m > hi:
-            break
-        out.append(m)
-        m += 1
-    return out or [next_fast_len(lo, real)]
+    while not out or out[-1] < hi:
+        out.append(next_fast_len(m, True))
+        m = out[-1] + 1
+    return out
 
 
 @functools.lru_cache(maxsize=256)
 def choose_tile(spec: ConvSpec) -> tuple[int, int]:
     """The transform size (Th, Tw) the cost model picks for ``spec``.
 
-    Candidates are the fast FFT lengths (`scipy.fft.next_fast_len`; 11-smooth vertically, where
-    the transform is complex, 5-smooth horizontally, where it is real) from the dilated kernel
-    size up to the whole padded image or `MAX_SIDE`; filter spectra over `MAX_FILTER_BYTES` are
+    Candidates are the 5-smooth lengths (``scipy.fft.next_fast_len(n, real=True)``) from the
+    dilated kernel size up to the whole padded image or `MAX_SIDE`; filter spectra over `MAX_FILTER_BYTES` are
     refused unless nothing smaller exists. The model adds FFT time (n log2 n per transform),
     tile copies, and the complex GEMM (compute-bound, or bound by streaming the filter spectra
     when there are few tiles).
     """
     Rd, Sd = spec.dilated_R, spec.dilated_S
-    hs = _lengths(max(Rd, 2), max(Rd, min(spec.padded_H, MAX_SIDE)), False)
-    ws = _lengths(max(Sd, 2), max(Sd, min(spec.padded_W, MAX_SIDE)), True)
+    hs = _lengths(Rd, max(Rd, min(spec.padded_H, MAX_SIDE)))
+    ws = _lengths(Sd, max(Sd, min(spec.padded_W, MAX_SIDE)))
     best, best_cost = None, math.inf
     for Th in hs:
         for Tw in ws:
