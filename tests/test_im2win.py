@@ -167,14 +167,16 @@ def test_workspace_of_papers_layers_vs_im2col():
     im2col = convolab.registry.get("im2col")
     ratios = [ALGO.workspace_bytes(s) / im2col.workspace_bytes(s) for _, s in LAYERS12]
     assert max(ratios) <= 0.50 and np.mean(ratios) <= 0.40, ratios
-    for (_, s), r in zip(LAYERS12, ratios, strict=True):  # close to the layout's W/(FW OW)
-        assert r == pytest.approx(s.W / (s.S * s.OW), rel=0.02)
+    for (_, s), r in zip(LAYERS12, ratios, strict=True):  # the layout's W/(FW OW), less the
+        # input columns that no window reads (+16 bytes of task counters)
+        assert (s.W - s.stride[1]) / (s.S * s.OW) < r <= s.W / (s.S * s.OW) * (1 + 1e-4)
 
 
 def test_multiplies_count_the_tile_waste():
-    spec = ConvSpec.from_shapes((1, 64, 56, 56), (64, 64, 3, 3))  # 54x54 out: rows of 56
-    assert ALGO.multiplies(spec) >= spec.direct_multiplies
-    assert ALGO.multiplies(spec) <= spec.direct_multiplies * 56 / 54 * 1.01
+    full = ConvSpec.from_shapes((1, 64, 56, 56), (64, 64, 3, 3))  # 54*54 pixels = 243 tiles
+    assert ALGO.multiplies(full) == full.direct_multiplies
+    ragged = ConvSpec.from_shapes((2, 6, 7, 7), (40, 3, 3, 3), groups=2)  # 25 pixels, Kg 20
+    assert ALGO.multiplies(ragged) == 2 * 2 * 32 * 36 * 3 * 3 * 3
 
 
 def test_deterministic_across_thread_counts():

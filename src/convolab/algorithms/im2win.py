@@ -9,22 +9,19 @@ is transposed to [K][C][FW][FH]. The window of output (oh, ow) for channel c is 
 slice starting at ``win[c, oh, ow*sw*FH]`` -- contiguous, of length FW*FH, when the
 horizontal dilation is 1 -- in the same order as the transposed filter.
 
-Kernel (`convolab.kernels._im2win`): tiles of 12 output pixels x 32 output channels (16 in
-float64) in 24 AVX-512 accumulators; each window element loaded is used for 32 output
-channels and each filter vector for 12 pixels. Rows are padded to a whole number of strides
-so that pixels keep one stride across rows and a tile may span rows; the few pixels past OW
-in each row are computed and discarded. Parallel over (group, block of output channels,
-range of pixels) of one image at a time: threads share no output, every output sums its
-(C/groups) FW FH products in (c, fw, fh) order with separate multiply and add, so the
-result is bit-identical for any thread count and SIMD width.
+Kernel (`convolab.kernels._im2win`): tiles of 12 consecutive output pixels x 32 output
+channels (16 in float64) in 24 AVX-512 accumulators; each window element loaded is used for
+32 output channels and each filter vector for 12 pixels. Parallel over (group, block of
+output channels, range of pixels) of one image at a time: threads share no output, and every
+output sums its (C/groups) FW FH products in (c, fw, fh) order with separate multiply and
+add, so the result is bit-identical for any thread count and SIMD width.
 
-Workspace: the window tensor of one image, C OH Vw FH elements with Vw = Vc sw >= W the
-row width rounded up to a whole number of strides (about W/(FW OW) of im2col's C R S OH OW),
-plus a zeroed tail of at most a tile's reach, plus two task counters. Multiplications include the wasted lanes and
-columns: N G ceil(Kg/KB) KB ceil(Q/12) 12 (C/g) R S with Q = (OH-1) Vc + OW.
+Workspace: the window tensor of one image, C OH Vw FH elements, where Vw = (OW-1) sw +
+(FW-1) dw + 1 <= W + pl + pr is the number of padded input columns that some output reads
+(about W/(FW OW) of im2col's C R S OH OW), plus two int64 task counters. Multiplications
+include the lanes of a last, partial block of output channels and the repeated pixels of a
+last, partial tile: N G ceil(Kg/KB) KB ceil(OH OW/12) 12 (C/g) R S.
 """
-
-import os
 
 import numpy as np
 
@@ -36,6 +33,8 @@ from ..spec import ConvSpec
 #: workspace formula needs no Numba import)
 _MR = 12
 _NV = 2
+#: bytes of window a task's tiles should span when it loops over all k-blocks (half an L2)
+_CHUNK_BYTES = 256 * 1024
 
 
 def _kb(spec: ConvSpec) -> int:
@@ -43,31 +42,22 @@ def _kb(spec: ConvSpec) -> int:
 
 
 def _geometry(spec: ConvSpec) -> dict:
-    """Window geometry: virtual columns per row, row width, tensor and tail sizes (elements)."""
+    """Window row width ``Vw`` (padded input columns read), tensor size, tiles per image."""
     sw, dw = spec.stride[1], spec.dilation[1]
-    FH, FW = spec.R, spec.S
-    OH, OW = spec.OH, spec.OW
-    used = (OW - 1) * sw + (FW - 1) * dw + 1  # window columns any real output reads
-    Vc = -(-used // sw)
-    Vw = Vc * sw
-    body = spec.C * OH * Vw * FH
-    Q = (OH - 1) * Vc + OW
-    nq = -(-Q // _MR)
-    # furthest element a tile reads: last channel, last computed column, last tap
-    reach = (spec.C - 1) * OH * Vw * FH + (nq * _MR - 1) * sw * FH + (FW - 1) * dw * FH + FH
-    return dict(Vc=Vc, Vw=Vw, body=body, total=max(body, reach), Q=Q, nq=nq)
+    Vw = (spec.OW - 1) * sw + (spec.S - 1) * dw + 1
+    return dict(Vw=Vw, size=spec.C * spec.OH * Vw * spec.R, nq=-(-spec.OH * spec.OW // _MR))
 
 
 def _workspace(spec: ConvSpec) -> int:
     # the window tensor and two int64 task counters
-    return _geometry(spec)["total"] * spec.compute_dtype.itemsize + 16
+    return _geometry(spec)["size"] * spec.compute_dtype.itemsize + 16
 
 
 def _multiplies(spec: ConvSpec) -> int:
-    geo = _geometry(spec)
     kb = _kb(spec)
     nkb = -(-spec.Kg // kb)
-    return spec.N * spec.groups * nkb * kb * geo["nq"] * _MR * spec.reduction_length
+    return (spec.N * spec.groups * nkb * kb * _geometry(spec)["nq"] * _MR
+            * spec.reduction_length)
 
 
 def _prepare(spec: ConvSpec, w):
@@ -81,25 +71,20 @@ def _prepare(spec: ConvSpec, w):
     return spec, wpk, _geometry(spec)
 
 
-#: bytes of window a task's tiles should span when it loops over all k-blocks (half an L2)
-_CHUNK_BYTES = int(os.environ.get("IM2WIN_CHUNK", 256 * 1024))
-_MODE = os.environ.get("IM2WIN_MODE", "auto")
-
-
 def _split(spec: ConvSpec, geo: dict, nkb: int, itemsize: int, threads: int) -> tuple[int, int]:
-    """Tasks per image: (k-block ranges, tile ranges).
+    """Tasks per image: (k-block ranges, tile ranges), at least four per thread.
 
     A k-block's packed filter (KB (C/g) R S elements) and a range of tiles' window rows
-    should stay in the L2 cache while the other streams: when the filter block is smaller than
-    the window of a chunk of tiles, a task runs all k-blocks over one chunk (each window chunk
-    read once); otherwise one k-block over many chunks (each filter block read once).
+    should stay in the L2 cache while the other streams: when the filter block is small, a
+    task runs all k-blocks over one range of tiles whose window fits in ``_CHUNK_BYTES``
+    (each window row read once); otherwise one k-block over many tiles (each filter block
+    read once per task).
     """
     panel = spec.reduction_length * _kb(spec) * itemsize
-    per_tile = spec.Cg * geo["Vw"] * spec.R * itemsize * _MR / geo["Vc"]
+    per_tile = spec.Cg * geo["Vw"] * spec.R * itemsize * _MR / spec.OW
     nq = geo["nq"]
     want = 4 * threads
-    mode = _MODE if _MODE != "auto" else ("chunk" if panel * 2 <= _CHUNK_BYTES else "kblock")
-    if mode == "chunk":
+    if panel * 2 <= _CHUNK_BYTES:
         nchunk = min(nq, max(-(-nq * per_tile // _CHUNK_BYTES), -(-want // spec.groups)))
         nkbr = min(nkb, max(1, -(-want // (spec.groups * nchunk))))
         return int(nkbr), int(nchunk)
@@ -113,8 +98,7 @@ def _run(prepared, x, out):
 
     spec, wpk, geo = prepared
     assert MR == _MR and lanes(x.itemsize) == wpk.shape[-1]
-    win = np.empty(geo["total"], dtype=x.dtype)
-    win[geo["body"] :] = 0
+    win = np.empty(geo["size"], dtype=x.dtype)
     counter = np.zeros(2, dtype=np.int64)
     (sh, sw), (dh, dw) = spec.stride, spec.dilation
     pl, _, pt, _ = spec.padding
@@ -122,7 +106,7 @@ def _run(prepared, x, out):
     nkbr, nchunk = _split(spec, geo, wpk.shape[1], x.itemsize, threads)
     with PARALLEL_LOCK:
         im2win_conv(x, win, wpk, out, counter, threads, spec.groups, spec.S, spec.R, sh, sw, dh,
-                    dw, pt, pl, geo["Vc"], nkbr, nchunk)
+                    dw, pt, pl, geo["Vw"], nkbr, nchunk)
 
 
 register(
@@ -134,11 +118,12 @@ register(
         workspace_bytes=_workspace,
         multiplies=_multiplies,
         deterministic=True,
-        summary="window tensor [C][OH][W·FH] of one image + 12x32 register-blocked Numba kernel",
+        summary="window tensor [C][OH][W·R] of one image + 12x32 register-blocked Numba kernel",
         features={
-            "workspace": "C·OH·W'·R per image, W' = W rounded up to whole strides (≈ W/(S·OW) "
-            "of im2col)",
-            "multiplies": "N·K'·OH·OW'·(C/g)·R·S (K', OW' rounded up to the 32x12 tile)",
+            "workspace": "C·OH·W'·R per image, W' = (OW-1)·sw + (S-1)·dw + 1 padded columns "
+            "read (≈ W/(S·OW) of im2col)",
+            "multiplies": "N·K'·P'·(C/g)·R·S, K' = K rounded up to 32 lanes per group, "
+            "P' = OH·OW rounded up to 12-pixel tiles",
         },
     )
 )

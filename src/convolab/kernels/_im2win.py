@@ -4,25 +4,26 @@ Window tensor, one image at a time, flat::
 
     win[(c * OH + oh) * Vw * FH + w * FH + fh] = x[c, oh*sh + fh*dh - pt, w - pl]   (0 outside)
 
-for ``w < Vw = Vc * sw`` (padded columns; ``Vc`` "virtual" output columns per row, enough to
-cover the ``OW`` real ones), followed by a zeroed tail. Output pixel ``(oh, ow)`` is virtual
-column ``q = oh * Vc + ow``, and its window for channel ``c`` starts at
-``c * OH * Vw * FH + q * sw * FH``: one uniform stride along q, rows included, so a tile of
-``MR`` consecutive q is addressed like a tile of a GEMM. Columns with ``ow >= OW`` are computed
-from finite data of the next row (or the zeroed tail) and never stored.
+for the ``Vw = (OW-1)*sw + (FW-1)*dw + 1`` padded columns that some output reads (``W`` when
+the layer has no padding and the stride fits). The window of output pixel (oh, ow) for
+channel ``c`` starts at ``c*OH*Vw*FH + oh*Vw*FH + ow*sw*FH`` and, for dilation 1, is the
+contiguous run of FW*FH elements that the filter slice below matches.
 
 Packed filter: ``wpk[g, kb, c, fw, fh, 0:KB]`` = ``w[g*Kg + kb*KB + l, c, fh, fw]`` (zero for
 lanes past the group's channels): the paper's [K][C][FW][FH] filter, blocked by KB output
-channels, so that for dilation 1 each output's reduction over (fw, fh) walks the window slice
-and the filter slice with unit stride.
+channels.
 
-Microkernel: ``MR`` virtual columns x ``KB = NV * (64 / itemsize)`` output channels held in
-``MR * NV`` 512-bit accumulators (LLVM legalises the vector type on narrower CPUs). Each step
-loads NV filter vectors, broadcasts one window element per column, and does a separate
-multiply and add per accumulator. Every output is the sum over (c, fw, fh) in that order,
-from zero: no reassociation, no FMA contraction, so the result does not depend on thread
-count or SIMD width. Written as LLVM IR because Numba's loops did not keep the accumulators
-in registers.
+Microkernel: a tile is ``MR`` consecutive output pixels (in (oh, ow) order, so a tile may span
+rows; the pixels of a short last tile repeat the last pixel) x ``KB = NV * (64 / itemsize)``
+output channels, held in ``MR * NV`` 512-bit accumulators (LLVM legalises the vector type on
+narrower CPUs). Each step loads NV filter vectors, broadcasts one window element per pixel,
+and does a separate multiply and add per accumulator: each window element loaded serves KB
+output channels, each filter vector MR pixels. Every output is the sum over (c, fw, fh) in
+that order, from zero: no reassociation, no FMA contraction, so the result does not depend
+on thread count or SIMD width. Written as LLVM IR because Numba's loops did not keep the
+accumulators in registers. The tile's pixels are consecutive in every output plane, so in
+float32 the tile is transposed in registers and stored with one masked vector store per
+output channel.
 
 Source: Lu, Chu, Liu, "Im2win: Memory Efficient Convolution On SIMD Architectures" (HPEC 2022).
 """
@@ -32,7 +33,7 @@ from numba import njit, prange, types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
-#: virtual output columns per microkernel tile
+#: output pixels per microkernel tile
 MR = 12
 #: 512-bit vectors of output channels per tile
 NV = 2
@@ -43,46 +44,67 @@ def lanes(itemsize: int) -> int:
     return NV * (64 // itemsize)
 
 
+def _i64(v: int):
+    return ir.Constant(ir.IntType(64), v)
+
+
 @intrinsic
-def _microkernel(typingctx, w, woff, x, xoff, cstride, Cg, FWe, FHe, fwstep, colstride,
-                 out, obase, OHOW, kn, q0, Vc, OW, Qend):
-    ints = (woff, xoff, cstride, Cg, FWe, FHe, fwstep, colstride, obase, OHOW, kn, q0, Vc, OW,
-            Qend)
+def _microkernel(typingctx, w, woff, x, xoff, cstride, Cg, FWe, FHe, fwstep, rowlen, colstride,
+                 out, obase, OHOW, OW, kn, p0):
+    """One tile: pixels p0 .. p0+MR-1 (flat oh*OW + ow) x KB channels from ``k0``.
+
+    ``woff``: the k-block's packed filter; ``xoff``: the group's first window channel;
+    ``obase``: ``k0 * OHOW`` in the image's flat output; ``kn``: real channels in the block.
+    """
+    ints = (woff, xoff, cstride, Cg, FWe, FHe, fwstep, rowlen, colstride, obase, OHOW, OW, kn,
+            p0)
     if not all(isinstance(t, types.Integer) for t in ints):
         return None
-    sig = types.void(w, woff, x, xoff, cstride, Cg, FWe, FHe, fwstep, colstride,
-                     out, obase, OHOW, kn, q0, Vc, OW, Qend)
+    sig = types.void(w, woff, x, xoff, cstride, Cg, FWe, FHe, fwstep, rowlen, colstride,
+                     out, obase, OHOW, OW, kn, p0)
 
     def codegen(context, builder, sig, args):
-        i64 = ir.IntType(64)
         i32 = ir.IntType(32)
         a = [
             context.cast(builder, v, t, types.int64) if isinstance(t, types.Integer) else v
             for v, t in zip(args, sig.args, strict=True)
         ]
-        (wa, woff, xa, xoff, cstride, Cg, FWe, FHe, fwstep, colstride,
-         oa, obase, OHOW, kn, q0, Vc, OW, Qend) = a
+        (wa, woff, xa, xoff, cstride, Cg, FWe, FHe, fwstep, rowlen, colstride,
+         oa, obase, OHOW, OW, kn, p0) = a
         flt = context.get_value_type(sig.args[0].dtype)
         size = context.get_abi_sizeof(flt)
         VL = 64 // size
         KB = VL * NV
         vty = ir.VectorType(flt, VL)
         vpty = vty.as_pointer()
-        kbc = ir.Constant(i64, KB)
         wp = context.make_array(sig.args[0])(context, builder, wa).data
         xp = context.make_array(sig.args[2])(context, builder, xa).data
-        op = context.make_array(sig.args[10])(context, builder, oa).data
+        op = context.make_array(sig.args[11])(context, builder, oa).data
         wp = builder.gep(wp, [woff])
         xp = builder.gep(xp, [xoff])
-        _prefetch_next_tile(builder, op, obase, OHOW, kn, q0, Vc, OW, Qend)
+        _prefetch_ahead(builder, op, obase, OHOW, kn, p0)
+        # window offset of each pixel; pixels past the last one repeat it
+        last = builder.sub(OHOW, _i64(1))
+        p = builder.select(builder.icmp_unsigned("<", p0, OHOW), p0, last)
+        oh = builder.udiv(p, OW)
+        ow = builder.sub(p, builder.mul(oh, OW))
+        coloffs = []
+        for j in range(MR):
+            if j:
+                inside = builder.icmp_unsigned("<", builder.add(p0, _i64(j)), OHOW)
+                nxt = builder.add(ow, _i64(1))
+                wrap = builder.icmp_unsigned(">=", nxt, OW)
+                oh = builder.select(inside, builder.select(wrap, builder.add(oh, _i64(1)), oh), oh)
+                ow = builder.select(inside, builder.select(wrap, _i64(0), nxt), ow)
+            coloffs.append(builder.add(builder.mul(oh, rowlen), builder.mul(ow, colstride)))
         accs = [[cgutils.alloca_once(builder, vty) for _ in range(NV)] for _ in range(MR)]
         zero = ir.Constant(vty, None)
         for row in accs:
-            for p in row:
-                builder.store(zero, p)
-        coloffs = [builder.mul(colstride, ir.Constant(i64, j)) for j in range(MR)]
+            for ptr in row:
+                builder.store(zero, ptr)
         mask = ir.Constant(ir.VectorType(i32, VL), [0] * VL)
         undef = ir.Constant(vty, ir.Undefined)
+        kbc = _i64(KB)
         red = builder.mul(FWe, FHe)
         with cgutils.for_range(builder, Cg) as lc:
             xc = builder.gep(xp, [builder.mul(lc.index, cstride)])
@@ -94,10 +116,8 @@ def _microkernel(typingctx, w, woff, x, xoff, cstride, Cg, FWe, FHe, fwstep, col
                     xh = builder.gep(xf, [lh.index])
                     wh = builder.gep(wf, [builder.mul(lh.index, kbc)])
                     wv = [
-                        builder.load(
-                            builder.bitcast(builder.gep(wh, [ir.Constant(i64, v * VL)]), vpty),
-                            align=size,
-                        )
+                        builder.load(builder.bitcast(builder.gep(wh, [_i64(v * VL)]), vpty),
+                                     align=size)
                         for v in range(NV)
                     ]
                     for j in range(MR):
@@ -109,9 +129,9 @@ def _microkernel(typingctx, w, woff, x, xoff, cstride, Cg, FWe, FHe, fwstep, col
                             acc = builder.load(accs[j][v])
                             builder.store(builder.fadd(acc, builder.fmul(wv[v], b)), accs[j][v])
         if VL == 16 and MR <= 16:
-            _store_transposed(context, builder, accs, vty, op, obase, OHOW, kn, q0, Vc, OW, Qend)
+            _store_transposed(builder, accs, vty, op, obase, OHOW, kn, p0)
         else:
-            _store_scalar(context, builder, accs, vty, flt, op, obase, OHOW, kn, q0, Vc, OW, Qend)
+            _store_scalar(context, builder, accs, vty, flt, op, obase, OHOW, kn, p0)
         return context.get_dummy_value()
 
     return sig, codegen
@@ -127,8 +147,7 @@ def _fetch_add(typingctx, arr, i):
     def codegen(context, builder, sig, args):
         ptr = context.make_array(sig.args[0])(context, builder, args[0]).data
         idx = context.cast(builder, args[1], sig.args[1], types.int64)
-        return builder.atomic_rmw("add", builder.gep(ptr, [idx]), ir.Constant(ir.IntType(64), 1),
-                                  "monotonic")
+        return builder.atomic_rmw("add", builder.gep(ptr, [idx]), _i64(1), "monotonic")
 
     return sig, codegen
 
@@ -161,50 +180,44 @@ def _strided_copy(typingctx, dst, doff, stride, src, soff, n):
     return sig, codegen
 
 
-def _prefetch_next_tile(builder, op, obase, OHOW, kn, q0, Vc, OW, Qend):
-    """Prefetch (for writing) the output lines of the first and last columns two tiles ahead.
+def _prefetch_ahead(builder, op, obase, OHOW, kn, p0):
+    """Prefetch (for writing) the output lines of the first and last pixels two tiles ahead.
 
     A tile writes a short run in each of its KB output-channel planes; without prefetching,
-    those scattered write misses stall the core when the output does not fit in the cache.
+    those scattered write misses stalled the core when the output does not fit in the cache.
     """
-    i64 = ir.IntType(64)
     i32 = ir.IntType(32)
     i8p = ir.IntType(8).as_pointer()
     fnty = ir.FunctionType(ir.VoidType(), [i8p, i32, i32, i32])
     prefetch = cgutils.get_or_insert_function(builder.module, fnty, "llvm.prefetch.p0")
-    last = builder.sub(Qend, ir.Constant(i64, 1))
+    last = builder.sub(OHOW, _i64(1))
     offs = []
     for d in (2 * MR, 3 * MR - 1):
-        q = builder.add(q0, ir.Constant(i64, d))
-        q = builder.select(builder.icmp_unsigned("<", q, Qend), q, last)
-        oh = builder.udiv(q, Vc)
-        ow = builder.sub(q, builder.mul(oh, Vc))
-        ow = builder.select(builder.icmp_unsigned("<", ow, OW), ow, builder.sub(OW, ir.Constant(i64, 1)))
-        offs.append(builder.add(obase, builder.add(builder.mul(oh, OW), ow)))
+        p = builder.add(p0, _i64(d))
+        p = builder.select(builder.icmp_unsigned("<", p, OHOW), p, last)
+        offs.append(builder.add(obase, p))
     with cgutils.for_range(builder, kn) as lk:
         plane = builder.mul(lk.index, OHOW)
         for off in offs:
             ptr = builder.bitcast(builder.gep(op, [builder.add(off, plane)]), i8p)
-            builder.call(prefetch, [ptr, ir.Constant(i32, 1), ir.Constant(i32, 3), ir.Constant(i32, 1)])
+            builder.call(prefetch, [ptr, ir.Constant(i32, 1), ir.Constant(i32, 3),
+                                    ir.Constant(i32, 1)])
 
 
-def _store_scalar(context, builder, accs, vty, flt, op, obase, OHOW, kn, q0, Vc, OW, Qend):
-    """Scatter the tile lane by lane (lanes are output channels, OH*OW apart in the output)."""
-    i64 = ir.IntType(64)
+def _store_scalar(context, builder, accs, vty, flt, op, obase, OHOW, kn, p0):
+    """Store the tile lane by lane (lanes are output channels, OH*OW apart in the output)."""
     VL = vty.count
     size = context.get_abi_sizeof(flt)
     vpty = vty.as_pointer()
-    tmp = builder.bitcast(cgutils.alloca_once(builder, ir.ArrayType(flt, VL * NV)), flt.as_pointer())
+    tmp = builder.bitcast(cgutils.alloca_once(builder, ir.ArrayType(flt, VL * NV)),
+                          flt.as_pointer())
     for j in range(MR):
-        q = builder.add(q0, ir.Constant(i64, j))
-        oh = builder.udiv(q, Vc)
-        ow = builder.sub(q, builder.mul(oh, Vc))
-        valid = builder.and_(builder.icmp_unsigned("<", ow, OW), builder.icmp_unsigned("<", q, Qend))
-        with builder.if_then(valid):
+        p = builder.add(p0, _i64(j))
+        with builder.if_then(builder.icmp_unsigned("<", p, OHOW)):
             for v in range(NV):
-                dst = builder.bitcast(builder.gep(tmp, [ir.Constant(i64, v * VL)]), vpty)
+                dst = builder.bitcast(builder.gep(tmp, [_i64(v * VL)]), vpty)
                 builder.store(builder.load(accs[j][v]), dst, align=size)
-            ob = builder.gep(op, [builder.add(obase, builder.add(builder.mul(oh, OW), ow))])
+            ob = builder.gep(op, [builder.add(obase, p)])
             with cgutils.for_range(builder, kn) as ll:
                 val = builder.load(builder.gep(tmp, [ll.index]))
                 builder.store(val, builder.gep(ob, [builder.mul(ll.index, OHOW)]))
@@ -215,8 +228,8 @@ def _transpose16(builder, rows):
     rows = list(rows)
     i32 = ir.IntType(32)
     for b in (1, 2, 4, 8):
-        lo = ir.Constant(ir.VectorType(i32, 16), [l if not l & b else 16 + l - b for l in range(16)])
-        hi = ir.Constant(ir.VectorType(i32, 16), [l + b if not l & b else 16 + l for l in range(16)])
+        lo = ir.Constant(ir.VectorType(i32, 16), [i if not i & b else 16 + i - b for i in range(16)])
+        hi = ir.Constant(ir.VectorType(i32, 16), [i + b if not i & b else 16 + i for i in range(16)])
         for r in range(16):
             if r & b:
                 continue
@@ -225,62 +238,44 @@ def _transpose16(builder, rows):
     return rows
 
 
-def _store_transposed(context, builder, accs, vty, op, obase, OHOW, kn, q0, Vc, OW, Qend):
-    """Store the tile channel by channel: transpose it in registers (lane j = tile column j),
-    then one masked vector store per output row the tile's columns fall in."""
-    i64 = ir.IntType(64)
+def _store_transposed(builder, accs, vty, op, obase, OHOW, kn, p0):
+    """Transpose the tile in registers (lane j = pixel p0 + j) and store each output channel's
+    run of pixels with one masked vector store."""
     i32 = ir.IntType(32)
-    i16 = ir.IntType(16)
     mty = ir.VectorType(ir.IntType(1), 16)
     fnty = ir.FunctionType(ir.VoidType(), [vty, vty.as_pointer(), i32, mty])
     mstore = cgutils.get_or_insert_function(builder.module, fnty, "llvm.masked.store.v16f32.p0")
     zero = ir.Constant(vty, None)
-    cols = []
+    cols = [
+        _transpose16(builder, [builder.load(accs[j][v]) if j < MR else zero for j in range(16)])
+        for v in range(NV)
+    ]
+    # pixels p0 .. p0 + n - 1 are real: n = min(MR, OHOW - p0)
+    n = builder.sub(OHOW, p0)
+    n = builder.select(builder.icmp_unsigned("<", n, _i64(MR)), n, _i64(MR))
+    bits = builder.sub(builder.shl(_i64(1), n), _i64(1))
+    m = builder.bitcast(builder.trunc(bits, ir.IntType(16)), mty)
+    base = builder.gep(op, [builder.add(obase, p0)])
     for v in range(NV):
-        cols.append(_transpose16(builder, [builder.load(accs[j][v]) if j < MR else zero
-                                           for j in range(16)]))
-    # columns q0 .. qe-1 are computed; qe <= Qend. Rows oh0 .. oh1 hold them.
-    qe = builder.select(builder.icmp_unsigned("<", builder.add(q0, ir.Constant(i64, MR)), Qend),
-                        builder.add(q0, ir.Constant(i64, MR)), Qend)
-    oh0 = builder.udiv(q0, Vc)
-    nrows = builder.add(builder.sub(builder.udiv(builder.sub(qe, ir.Constant(i64, 1)), Vc), oh0),
-                        ir.Constant(i64, 1))
-    one = ir.Constant(i64, 1)
-    with cgutils.for_range(builder, nrows) as lr:
-        oh = builder.add(oh0, lr.index)
-        rs = builder.mul(oh, Vc)  # first virtual column of the row
-        # lanes [jlo, jhi) are the row's real columns: rs <= q0 + j < min(rs + OW, qe)
-        jlo = builder.select(builder.icmp_unsigned(">", rs, q0), builder.sub(rs, q0),
-                             ir.Constant(i64, 0))
-        end = builder.add(rs, OW)
-        end = builder.select(builder.icmp_unsigned("<", end, qe), end, qe)
-        # the row's real columns may all lie before q0 (end < q0): clamp to an empty mask
-        jhi = builder.sub(end, q0)
-        jhi = builder.select(builder.icmp_signed(">", jhi, jlo), jhi, jlo)
-        bits = builder.sub(builder.shl(one, jhi), builder.shl(one, jlo))
-        m = builder.bitcast(builder.trunc(bits, i16), mty)
-        # lane j goes to out[obase + oh*OW + (q0 + j - rs)]: a unit-stride run from base
-        base = builder.gep(op, [builder.add(obase, builder.sub(builder.add(builder.mul(oh, OW), q0),
-                                                                rs))])
-        for v in range(NV):
-            for lane in range(16):
-                kk = v * 16 + lane
-                with builder.if_then(builder.icmp_unsigned("<", ir.Constant(i64, kk), kn)):
-                    ptr = builder.bitcast(builder.gep(base, [builder.mul(ir.Constant(i64, kk), OHOW)]),
-                                          vty.as_pointer())
-                    builder.call(mstore, [cols[v][lane], ptr, ir.Constant(i32, 4), m])
+        for lane in range(16):
+            kk = v * 16 + lane
+            with builder.if_then(builder.icmp_unsigned("<", _i64(kk), kn)):
+                ptr = builder.bitcast(builder.gep(base, [builder.mul(_i64(kk), OHOW)]),
+                                      vty.as_pointer())
+                builder.call(mstore, [cols[v][lane], ptr, ir.Constant(i32, 4), m])
 
 
 @njit(parallel=True, cache=True, nogil=True)
-def im2win_conv(x, win, wpk, out, counter, P, groups, FW, FH, sh, sw, dh, dw, pt, pl, Vc, nkbr,
+def im2win_conv(x, win, wpk, out, counter, P, groups, FW, FH, sh, sw, dh, dw, pt, pl, Vw, nkbr,
                 nchunk):  # pragma: no cover - compiled
     """Convolve ``x`` (N, C, H, W) into ``out`` (N, K, OH, OW), one image at a time.
 
-    ``win`` is the flat window buffer (its tail past ``C*OH*Vc*sw*FH`` already zeroed),
-    ``wpk`` the packed filter, ``counter`` two int64 task counters, ``P`` the thread count.
-    A task is (group, range of k-blocks, range of tiles): the k-blocks are split into
-    ``nkbr`` ranges and the tiles into ``nchunk`` ranges; a task runs its k-blocks in the
-    outer loop and its tiles in the inner one.
+    ``win`` is the flat window buffer (C*OH*Vw*FH elements), ``wpk`` the packed filter,
+    ``counter`` two int64 task counters, ``P`` the thread count. A task is (group, range of
+    k-blocks, range of tiles): the k-blocks are split into ``nkbr`` ranges and the tiles into
+    ``nchunk`` ranges; a task runs its k-blocks in the outer loop and its tiles in the inner
+    one. Tasks are handed out by an atomic counter, so a thread that the OS pauses holds up
+    one task, not a fixed share of the work.
     """
     N, C, H, W = x.shape
     K = out.shape[1]
@@ -288,14 +283,13 @@ def im2win_conv(x, win, wpk, out, counter, P, groups, FW, FH, sh, sw, dh, dw, pt
     OW = out.shape[3]
     KB = wpk.shape[-1]
     wflat = wpk.reshape(wpk.size)
+    xflat = x.reshape(x.size)
     Cg = C // groups
     Kg = K // groups
-    Vw = Vc * sw
     rowlen = Vw * FH
     cstride = OH * rowlen
     OHOW = OH * OW
-    Qend = (OH - 1) * Vc + OW
-    nq = (Qend + MR - 1) // MR
+    nq = (OHOW + MR - 1) // MR
     nkb = (Kg + KB - 1) // KB
     ntask = groups * nkbr * nchunk
     # dilation 1: the (fw, fh) reduction is one contiguous run of FW*FH elements
@@ -306,11 +300,8 @@ def im2win_conv(x, win, wpk, out, counter, P, groups, FW, FH, sh, sw, dh, dw, pt
     # window columns holding input data: pl <= w < pl + W
     wlo = min(pl, Vw)
     whi = min(pl + W, Vw)
-    xflat = x.reshape(x.size)
     for n in range(N):
         on = out[n].reshape(K * OHOW)
-        # tasks are handed out by an atomic counter: a thread that the OS pauses holds up
-        # one task, not a fixed share of the work
         counter[0] = 0
         for _ in prange(P):
             while True:
@@ -348,7 +339,5 @@ def im2win_conv(x, win, wpk, out, counter, P, groups, FW, FH, sh, sw, dh, dw, pt
                     kn = min(KB, (g + 1) * Kg - k0)
                     woff = (g * nkb + kb) * Cg * FW * FH * KB
                     for qt in range(ch * nq // nchunk, (ch + 1) * nq // nchunk):
-                        q0 = qt * MR
-                        _microkernel(wflat, woff, win, xg + q0 * sw * FH, cstride, Cg, FWe,
-                                     FHe, dw * FH, sw * FH, on, k0 * OHOW, OHOW, kn, q0, Vc, OW,
-                                     Qend)
+                        _microkernel(wflat, woff, win, xg, cstride, Cg, FWe, FHe, dw * FH,
+                                     rowlen, sw * FH, on, k0 * OHOW, OHOW, OW, kn, qt * MR)
