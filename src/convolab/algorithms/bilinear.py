@@ -166,10 +166,13 @@ def supports_for(alg: Bilinear2D, spec: ConvSpec):
 
 
 def workspace_for(alg: Bilinear2D, spec: ConvSpec) -> int:
-    """Bytes of V and M for the chunks in flight (per-thread row buffers are small)."""
+    """Bytes of the NHWC input and output copies and of V and M for the chunks in flight
+    (per-thread tile buffers, a few vectors of C or K, are not counted)."""
     TH, TW = tiles(spec, alg.m)
     cr, nbuf = _plan_chunks(spec, alg.m)
-    return nbuf * alg.products * (spec.Cg + spec.Kg) * cr * TW * spec.compute_dtype.itemsize
+    elems = nbuf * alg.products * (spec.Cg + spec.Kg) * cr * TW
+    elems += spec.N * (spec.C * spec.H * spec.W + spec.K * spec.OH * spec.OW)
+    return elems * spec.compute_dtype.itemsize
 
 
 def multiplies_for(alg: Bilinear2D, spec: ConvSpec) -> int:
@@ -231,10 +234,10 @@ def _blas_one_thread():
 
 
 def prepare_for(eng: Engine, spec: ConvSpec, w: np.ndarray):
-    """Filter transform ``Wt[g, p, k, c] = (G vec(w[g*Kg + k, c]))[p]`` in float64, then cast."""
+    """Filter transform ``Wt[g, p, c, k] = (G vec(w[g*Kg + k, c]))[p]`` in float64, then cast."""
     cd = spec.compute_dtype
     w64 = w.astype(np.float64).reshape(spec.groups, spec.Kg, spec.Cg, spec.R * spec.S)
-    wt = np.einsum("pj,gkcj->gpkc", eng.G, w64, optimize=True)
+    wt = np.einsum("pj,gkcj->gpck", eng.G, w64, optimize=True)
     return (eng, spec, np.ascontiguousarray(wt, dtype=cd))
 
 
@@ -288,13 +291,33 @@ def _plan_chunks(spec: ConvSpec, m: int) -> tuple[int, int]:
     return cr, (T if nchunks >= 2 * T else 1)
 
 
+def _transpose(dst, src, axes, threads: int) -> None:
+    """``dst[n] = src[n].transpose(axes)`` for every image, split over the worker threads by
+    rows of the destination (NumPy releases the GIL while copying)."""
+    N, R = dst.shape[0], dst.shape[1]
+    if axes == (1, 2, 0):  # NCHW -> NHWC: destination rows are source rows
+
+        def part(job):
+            n, lo, hi = job
+            np.copyto(dst[n, lo:hi], src[n, :, lo:hi].transpose(1, 2, 0))
+    else:  # NHWC -> NCHW: destination "rows" are channels
+
+        def part(job):
+            n, lo, hi = job
+            np.copyto(dst[n, lo:hi], src[n, :, :, lo:hi].transpose(2, 0, 1))
+
+    per = max(1, threads // N)
+    _map(part, [(n, lo, hi) for n in range(N) for lo, hi in _split(R, per)])
+
+
 def run_prepared(prepared, x: np.ndarray, out: np.ndarray) -> None:
     """Run a prepared bilinear convolution of ``x`` into ``out`` (see the module docstring).
 
-    Threads (Python, GIL released, BLAS held to one thread): with at least two chunks of tiles
-    per thread, each thread runs whole chunks (input transform, GEMMs, output transform) in
-    its own buffers; otherwise each chunk's three phases are split over the threads by input
-    channel, by point and by output channel.
+    The input is converted to NHWC and the output assembled in NHWC, then transposed into
+    ``out``. Threads (Python, GIL released, BLAS held to one thread): with at least two
+    chunks of tiles per thread, each thread runs whole chunks (input transform, GEMMs, output
+    transform) in its own buffers; otherwise each chunk's three phases are split over the
+    threads by tile, by point and by tile.
     """
     from ..kernels._bilinear import chunk, input_transform, output_transform, point_gemms
 
@@ -306,6 +329,7 @@ def run_prepared(prepared, x: np.ndarray, out: np.ndarray) -> None:
     rows = spec.N * TH
     cr, nbuf = _plan_chunks(spec, m)
     tcmax = cr * TW
+    T = _threads()
     bufs = [(np.empty(P * Cg * tcmax, dtype=cd), np.empty(P * Kg * tcmax, dtype=cd))
             for _ in range(nbuf)]
     B1 = eng.B1.astype(cd)
@@ -314,32 +338,35 @@ def run_prepared(prepared, x: np.ndarray, out: np.ndarray) -> None:
     sout = (eng.s_out[0], eng.s_out[1], eng.s_out[2].astype(cd))
     pl, _, pt, _ = spec.padding
     jobs = [(g, r0, min(rows, r0 + cr)) for g in range(spec.groups) for r0 in range(0, rows, cr)]
+    xh = np.empty((spec.N, spec.H, spec.W, spec.C), dtype=cd)
+    outh = np.empty((spec.N, spec.OH, spec.OW, spec.K), dtype=cd)
 
     def views(buf, r0, r1):
         tc = (r1 - r0) * TW
-        return (buf[0][: P * Cg * tc].reshape(P, Cg, tc), buf[1][: P * Kg * tc].reshape(P, Kg, tc))
+        return (buf[0][: P * Cg * tc].reshape(P, tc, Cg), buf[1][: P * Kg * tc].reshape(P, tc, Kg))
 
     with _blas_one_thread():
+        _transpose(xh, x, (1, 2, 0), T)
         if nbuf > 1:
             def worker(i):
                 for g, r0, r1 in jobs[i::nbuf]:
                     V, M = views(bufs[i], r0, r1)
-                    chunk(x, out, wt[g], V, M, g, r0, r1, TH, TW, m, pt, pl, B1, *sin, A1, *sout)
+                    chunk(xh, outh, wt[g], V, M, g, r0, TH, TW, m, pt, pl, B1, *sin, A1, *sout)
 
             _map(worker, range(nbuf))
-            return
-        T = _threads()
+        else:
+            def phases(g, r0, r1):
+                V, M = views(bufs[0], r0, r1)
+                tc = V.shape[1]
+                _map(lambda r: input_transform(xh, V, g, r0, TH, TW, m, pt, pl, B1, *sin, *r),
+                     _split(tc, T))
+                _map(lambda pr: point_gemms(wt[g], V, M, *pr), _split(P, T))
+                _map(lambda r: output_transform(M, outh, g, r0, TH, TW, m, A1, *sout, *r),
+                     _split(tc, T))
 
-        def phases(g, r0, r1):
-            V, M = views(bufs[0], r0, r1)
-            _map(lambda c: input_transform(x, V, g, r0, r1, TH, TW, m, pt, pl, B1, *sin, *c),
-                 _split(Cg, T))
-            _map(lambda pr: point_gemms(wt[g], V, M, *pr), _split(P, T))
-            _map(lambda k: output_transform(M, out, g, r0, r1, TH, TW, m, A1, *sout, *k),
-                 _split(Kg, T))
-
-        for job in jobs:
-            phases(*job)
+            for job in jobs:
+                phases(*job)
+        _transpose(out, outh, (2, 0, 1), T)
 
 
 def _make(name: str) -> Algorithm:

@@ -1,28 +1,28 @@
 """Kernels of the bilinear (Winograd / SFC) engine: tile transforms and per-point GEMMs.
 
-Tiles: the output is cut into m x m tiles, TH = ceil(OH/m) by TW = ceil(OW/m) per image; a
-"tile row" is (image, th) and tile t of a chunk of tile rows ``[r0, r1)`` is
-``(row - r0) * TW + tw``. Input tile (row, tw) is the n x n window of the zero-padded input at
-``(th*m, tw*m)``; samples beyond the padded input read as zero (partial edge tiles).
+Layout: channels last. The caller converts the input to NHWC (``xh[n, h, w, c]``) and the
+kernels write an NHWC output (``outh[n, oh, ow, k]``), so every transform step is a vector
+operation along the contiguous channel axis -- no strided gathers of tile elements.
 
-Transform-domain layout, per chunk: ``V[p, c, t]`` (points, input channels, tiles) and
-``M[p, k, t]``; for each point ``M[p] = Wt[p] @ V[p]`` is one GEMM (K x C) @ (C x T).
+Tiles: the output is cut into m x m tiles, TH = ceil(OH/m) by TW = ceil(OW/m) per image; tile
+t of a chunk starting at tile row r0 is tile row ``r0 + t // TW`` (image ``row // TH``, ``th =
+row % TH``), column ``tw = t % TW``. Input tile t is the n x n window of the zero-padded input
+at ``(th*m, tw*m)``; samples outside the input read as zero (padding and partial edge tiles).
 
-Every transform works on whole rows of the chunk's tiles (the tile index is the innermost,
-contiguous axis, so each step is a long vector operation):
+Transform-domain layout, per chunk: ``V[p, t, c]`` and ``M[p, t, k]``; for each point
+``M[p] = V[p] @ Wt[p]`` is one GEMM (T x C) @ (C x K).
 
-- input, per channel: gather ``D[i, j, t]`` (the n x n tiles), ``Z1[a, j] = sum_i B1[a, i] D[i, j]``,
-  ``Z[a, b] = sum_j B1[b, j] Z1[a, j]`` written straight into ``V[a*n1 + b, c]`` -- or, for a
-  non-separable algorithm, ``V[p, c] = sum_q S_in[p, q] Z[q]`` (sparse);
-- output, per output channel: ``M'[q] = sum_p S_out[q, p] M[p, k]`` (or M itself),
-  ``U[a, j] = sum_b A1[j, b] M'[a*n2 + b]``, ``Y[i, j] = sum_a A1[i, a] U[a, j]``, scattered into
-  the output where inside it.
+- input, per tile: ``Z1[a, j] = sum_i B1[a, i] X[i, j]``, ``Z[a, b] = sum_j B1[b, j] Z1[a, j]``
+  written straight into ``V[a*n1 + b, t]`` -- or, for a non-separable algorithm,
+  ``V[p, t] = sum_q S_in[p, q] Z[q]`` (sparse);
+- output, per tile: ``M'[q] = sum_p S_out[q, p] M[p, t]`` (or M itself),
+  ``U[a, j] = sum_b A1[j, b] M'[a*n2 + b]``, ``Y[i, j] = sum_a A1[i, a] U[a, j]``, stored where
+  inside the output.
 
-Every sum runs in a fixed order (first term assigned, then added), multiplications by +-1
-are exact so they are done as copies, additions or subtractions; zero entries are skipped;
-no fast-math. The kernels are serial and release the GIL: the caller runs them on Python
-threads over disjoint channels, points or chunks (no OpenMP pool to fight the BLAS's or
-PyTorch's).
+Every sum runs in a fixed order (first term assigned, then added); multiplications by +-1 are
+exact, so they are done as copies, additions or subtractions; zero entries are skipped; no
+fast-math. The kernels are serial and release the GIL: the caller runs them on Python threads
+over disjoint tiles, points or chunks (no OpenMP pool to fight the BLAS's or PyTorch's).
 """
 
 import numpy as np
@@ -56,55 +56,41 @@ def _axpy(dst, src, b, first):  # pragma: no cover - compiled
 
 
 @njit(cache=True, nogil=True)
-def _gather(x, ci, r0, r1, TH, TW, m, pt, pl, xb, D):  # pragma: no cover - compiled
-    """D[i, j, t] = padded input of tile t at (i, j); zero outside. xb: a zeroed row buffer."""
-    H = x.shape[2]
-    W = x.shape[3]
-    n = D.shape[0]
-    for row in range(r0, r1):
+def input_transform(xh, V, g, r0, TH, TW, m, pt, pl, B1, sp, si, sv, t0, t1):  # pragma: no cover
+    P, tc, Cg = V.shape
+    n1, n = B1.shape
+    H = xh.shape[1]
+    W = xh.shape[2]
+    c0 = g * Cg
+    ident = sp.shape[0] == 0
+    Z1 = np.empty((n1, n, Cg), dtype=V.dtype)
+    Z = np.empty((1 if ident else n1 * n1, Cg), dtype=V.dtype)
+    for t in range(t0, t1):
+        rr = t // TW
+        tw = t - rr * TW
+        row = r0 + rr
         img = row // TH
         th = row - img * TH
-        tb = (row - r0) * TW
-        for i in range(n):
-            ih = th * m + i - pt
-            if ih < 0 or ih >= H:
-                for j in range(n):
-                    D[i, j, tb : tb + TW] = 0.0
-                continue
-            src = x[img, ci, ih]
-            for col in range(W):  # xb[pl : pl + W] = the row; the margins stay zero
-                xb[pl + col] = src[col]
-            for j in range(n):
-                dst = D[i, j]
-                for tw in range(TW):
-                    dst[tb + tw] = xb[tw * m + j]
-
-
-@njit(cache=True, nogil=True)
-def input_transform(x, V, g, r0, r1, TH, TW, m, pt, pl, B1, sp, si, sv, c0, c1):  # pragma: no cover
-    P, Cg, tc = V.shape
-    n1, n = B1.shape
-    ident = sp.shape[0] == 0
-    D = np.empty((n, n, tc), dtype=V.dtype)
-    xb = np.zeros(TW * m + n - m + x.shape[3] + pl, dtype=V.dtype)
-    Z1 = np.empty((n1, n, tc), dtype=V.dtype)
-    Z = np.empty((1 if ident else n1 * n1, tc), dtype=V.dtype)
-    for c in range(c0, c1):
-        _gather(x, g * Cg + c, r0, r1, TH, TW, m, pt, pl, xb, D)
-        for a in range(n1):  # Z1[a, j] = sum_i B1[a, i] D[i, j]
-            for j in range(n):
+        h0 = th * m - pt
+        w0 = tw * m - pl
+        for j in range(n):  # Z1[a, j] = sum_i B1[a, i] X[i, j]
+            w = w0 + j
+            inside = w >= 0 and w < W
+            for a in range(n1):
                 first = True
-                for i in range(n):
-                    b = B1[a, i]
-                    if b != 0.0:
-                        _axpy(Z1[a, j], D[i, j], b, first)
-                        first = False
+                if inside:
+                    for i in range(n):
+                        b = B1[a, i]
+                        h = h0 + i
+                        if b != 0.0 and h >= 0 and h < H:
+                            _axpy(Z1[a, j], xh[img, h, w, c0 : c0 + Cg], b, first)
+                            first = False
                 if first:
                     Z1[a, j, :] = 0.0
         for a in range(n1):  # Z[a, b] = sum_j B1[b, j] Z1[a, j]
             for bb in range(n1):
                 q = a * n1 + bb
-                dst = V[q, c] if ident else Z[q]
+                dst = V[q, t] if ident else Z[q]
                 first = True
                 for j in range(n):
                     b = B1[bb, j]
@@ -115,7 +101,7 @@ def input_transform(x, V, g, r0, r1, TH, TW, m, pt, pl, B1, sp, si, sv, c0, c1):
                     dst[:] = 0.0
         if not ident:  # V[p] = sum_q S_in[p, q] Z[q]
             for p in range(P):
-                dst = V[p, c]
+                dst = V[p, t]
                 first = True
                 for e in range(sp[p], sp[p + 1]):
                     _axpy(dst, Z[si[e]], sv[e], first)
@@ -128,25 +114,30 @@ def input_transform(x, V, g, r0, r1, TH, TW, m, pt, pl, B1, sp, si, sv, c0, c1):
 def point_gemms(Wt, V, M, p0, p1):  # pragma: no cover - compiled
     # one GEMM per transform-domain point; the BLAS is limited to one thread by the caller
     for p in range(p0, p1):
-        np.dot(Wt[p], V[p], M[p])
+        np.dot(V[p], Wt[p], M[p])
 
 
 @njit(cache=True, nogil=True)
-def output_transform(M, out, g, r0, r1, TH, TW, m, A1, sp, si, sv, k0, k1):  # pragma: no cover
-    P, Kg, tc = M.shape
+def output_transform(M, outh, g, r0, TH, TW, m, A1, sp, si, sv, t0, t1):  # pragma: no cover
+    P, tc, Kg = M.shape
     n2 = A1.shape[1]
-    OH = out.shape[2]
-    OW = out.shape[3]
+    OH = outh.shape[1]
+    OW = outh.shape[2]
+    k0 = g * Kg
     ident = sp.shape[0] == 0
-    mp = np.empty((1 if ident else n2 * n2, tc), dtype=M.dtype)
-    U = np.empty((n2, m, tc), dtype=M.dtype)
-    Y = np.empty((m, m, tc), dtype=M.dtype)
-    for k in range(k0, k1):
-        if not ident:  # M'[q] = sum_p S_out[q, p] M[p, k]
+    mp = np.empty((1 if ident else n2 * n2, Kg), dtype=M.dtype)
+    U = np.empty((n2, m, Kg), dtype=M.dtype)
+    for t in range(t0, t1):
+        rr = t // TW
+        tw = t - rr * TW
+        row = r0 + rr
+        img = row // TH
+        th = row - img * TH
+        if not ident:  # M'[q] = sum_p S_out[q, p] M[p, t]
             for q in range(n2 * n2):
                 first = True
                 for e in range(sp[q], sp[q + 1]):
-                    _axpy(mp[q], M[si[e], k], sv[e], first)
+                    _axpy(mp[q], M[si[e], t], sv[e], first)
                     first = False
                 if first:
                     mp[q, :] = 0.0
@@ -156,41 +147,34 @@ def output_transform(M, out, g, r0, r1, TH, TW, m, A1, sp, si, sv, k0, k1):  # p
                 for bb in range(n2):
                     v = A1[j, bb]
                     if v != 0.0:
-                        src = M[a * n2 + bb, k] if ident else mp[a * n2 + bb]
+                        src = M[a * n2 + bb, t] if ident else mp[a * n2 + bb]
                         _axpy(U[a, j], src, v, first)
                         first = False
                 if first:
                     U[a, j, :] = 0.0
-        for i in range(m):  # Y[i, j] = sum_a A1[i, a] U[a, j]
+        for i in range(m):  # Y[i, j] = sum_a A1[i, a] U[a, j], stored where inside
+            oh = th * m + i
+            if oh >= OH:
+                break
             for j in range(m):
+                ow = tw * m + j
+                if ow >= OW:
+                    break
+                dst = outh[img, oh, ow, k0 : k0 + Kg]
                 first = True
                 for a in range(n2):
                     v = A1[i, a]
                     if v != 0.0:
-                        _axpy(Y[i, j], U[a, j], v, first)
+                        _axpy(dst, U[a, j], v, first)
                         first = False
                 if first:
-                    Y[i, j, :] = 0.0
-        kk = g * Kg + k
-        for row in range(r0, r1):
-            img = row // TH
-            th = row - img * TH
-            tb = (row - r0) * TW
-            for i in range(m):
-                oh = th * m + i
-                if oh >= OH:
-                    break
-                orow = out[img, kk, oh]
-                for j in range(m):
-                    full = (OW - j + m - 1) // m  # tiles tw with tw*m + j < OW
-                    src = Y[i, j]
-                    for tw in range(full):
-                        orow[tw * m + j] = src[tb + tw]
+                    dst[:] = 0.0
 
 
 @njit(cache=True, nogil=True)
-def chunk(x, out, Wt, V, M, g, r0, r1, TH, TW, m, pt, pl, B1, ip, ii, iv, A1, op, oi, ov):
-    # pragma: no cover - compiled; one chunk of tile rows, all three phases, one thread
-    input_transform(x, V, g, r0, r1, TH, TW, m, pt, pl, B1, ip, ii, iv, 0, V.shape[1])
+def chunk(xh, outh, Wt, V, M, g, r0, TH, TW, m, pt, pl, B1, ip, ii, iv, A1, op, oi, ov):
+    # pragma: no cover - compiled; one chunk of tiles, all three phases, one thread
+    tc = V.shape[1]
+    input_transform(xh, V, g, r0, TH, TW, m, pt, pl, B1, ip, ii, iv, 0, tc)
     point_gemms(Wt, V, M, 0, V.shape[0])
-    output_transform(M, out, g, r0, r1, TH, TW, m, A1, op, oi, ov, 0, M.shape[1])
+    output_transform(M, outh, g, r0, TH, TW, m, A1, op, oi, ov, 0, tc)
