@@ -20,7 +20,8 @@ import numpy as np
 from ..errors import ConvError
 from ..kernels import PARALLEL_LOCK
 
-#: default cell size in standard deviations (measured: >= 40 dB against the exact filter)
+#: default cell size in standard deviations (measured 59-69 dB against the exact filter on
+#: grey photographs; 1.0 gave about 50-60 dB on a crop)
 DEFAULT_SPACING = 0.5
 #: largest feature dimension of the grid
 MAX_D = 4
