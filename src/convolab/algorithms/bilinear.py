@@ -149,11 +149,6 @@ def tiles(spec: ConvSpec, m: int) -> tuple[int, int]:
     return -(-spec.OH // m), -(-spec.OW // m)
 
 
-def _chunk_rows(spec: ConvSpec, m: int) -> int:
-    TH, TW = tiles(spec, m)
-    return max(1, min(spec.N * TH, CHUNK_TILES // TW))
-
-
 def supports_for(alg: Bilinear2D, spec: ConvSpec):
     """None when ``alg`` can run ``spec``, else the reason."""
     if spec.stride != (1, 1):
@@ -166,13 +161,14 @@ def supports_for(alg: Bilinear2D, spec: ConvSpec):
 
 
 def workspace_for(alg: Bilinear2D, spec: ConvSpec) -> int:
-    """Bytes of the NHWC input and output copies and of V and M for the chunks in flight
-    (per-thread tile buffers, a few vectors of C or K, are not counted)."""
+    """Bytes of the NHWC input and output copies of a block of images and of V and M for a
+    chunk, per block in flight (per-thread tile buffers, a few vectors of C or K, are not
+    counted)."""
     TH, TW = tiles(spec, alg.m)
-    cr, nbuf = _plan_chunks(spec, alg.m)
-    elems = nbuf * alg.products * (spec.Cg + spec.Kg) * cr * TW
-    elems += spec.N * (spec.C * spec.H * spec.W + spec.K * spec.OH * spec.OW)
-    return elems * spec.compute_dtype.itemsize
+    nimg, cr, nbuf = _plan_blocks(spec, alg.m)
+    elems = alg.products * (spec.Cg + spec.Kg) * cr * TW
+    elems += nimg * (spec.C * spec.H * spec.W + spec.K * spec.OH * spec.OW)
+    return nbuf * elems * spec.compute_dtype.itemsize
 
 
 def multiplies_for(alg: Bilinear2D, spec: ConvSpec) -> int:
@@ -281,14 +277,21 @@ def _split(n: int, parts: int) -> list[tuple[int, int]]:
     return [(i * n // parts, (i + 1) * n // parts) for i in range(parts)]
 
 
-def _plan_chunks(spec: ConvSpec, m: int) -> tuple[int, int]:
-    """(chunk rows, number of concurrent chunk buffers) for this layer and thread count."""
+def _plan_blocks(spec: ConvSpec, m: int) -> tuple[int, int, int]:
+    """(images per block, chunk rows, blocks in flight) for this layer and thread count.
+
+    A block is a run of whole images converted to NHWC together (so the copies stay in
+    cache); its tiles are processed in chunks of about `CHUNK_TILES`. With at least two
+    blocks per thread, each thread runs whole blocks; otherwise one block at a time, each
+    phase split over the threads.
+    """
     TH, TW = tiles(spec, m)
-    rows = spec.N * TH
-    cr = _chunk_rows(spec, m)
-    nchunks = spec.groups * -(-rows // cr)
+    per_image = TH * TW
+    nimg = max(1, min(spec.N, CHUNK_TILES // per_image))
+    cr = max(1, min(nimg * TH, CHUNK_TILES // TW))
+    nblocks = -(-spec.N // nimg)
     T = _threads()
-    return cr, (T if nchunks >= 2 * T else 1)
+    return nimg, cr, (T if nblocks >= 2 * T else 1)
 
 
 def _transpose(dst, src, axes, threads: int) -> None:
@@ -306,6 +309,10 @@ def _transpose(dst, src, axes, threads: int) -> None:
             n, lo, hi = job
             np.copyto(dst[n, lo:hi], src[n, :, :, lo:hi].transpose(2, 0, 1))
 
+    if threads == 1:
+        for n in range(N):
+            part((n, 0, R))
+        return
     per = max(1, threads // N)
     _map(part, [(n, lo, hi) for n in range(N) for lo, hi in _split(R, per)])
 
@@ -313,11 +320,11 @@ def _transpose(dst, src, axes, threads: int) -> None:
 def run_prepared(prepared, x: np.ndarray, out: np.ndarray) -> None:
     """Run a prepared bilinear convolution of ``x`` into ``out`` (see the module docstring).
 
-    The input is converted to NHWC and the output assembled in NHWC, then transposed into
-    ``out``. Threads (Python, GIL released, BLAS held to one thread): with at least two
-    chunks of tiles per thread, each thread runs whole chunks (input transform, GEMMs, output
-    transform) in its own buffers; otherwise each chunk's three phases are split over the
-    threads by tile, by point and by tile.
+    Images are processed in blocks (`_plan_blocks`): a block's input is copied to NHWC, its
+    tiles go through the three phases chunk by chunk, and its NHWC output is transposed into
+    ``out``. Threads (Python, GIL released, BLAS held to one thread): whole blocks per thread
+    when there are at least two per thread, else every step split over the threads (copies by
+    rows, transforms by tile, GEMMs by point).
     """
     from ..kernels._bilinear import chunk, input_transform, output_transform, point_gemms
 
@@ -326,47 +333,52 @@ def run_prepared(prepared, x: np.ndarray, out: np.ndarray) -> None:
     m, P, Cg, Kg = alg.m, alg.products, spec.Cg, spec.Kg
     cd = spec.compute_dtype
     TH, TW = tiles(spec, m)
-    rows = spec.N * TH
-    cr, nbuf = _plan_chunks(spec, m)
-    tcmax = cr * TW
+    nimg, cr, nbuf = _plan_blocks(spec, m)
     T = _threads()
-    bufs = [(np.empty(P * Cg * tcmax, dtype=cd), np.empty(P * Kg * tcmax, dtype=cd))
-            for _ in range(nbuf)]
     B1 = eng.B1.astype(cd)
     A1 = eng.A1.astype(cd)
     sin = (eng.s_in[0], eng.s_in[1], eng.s_in[2].astype(cd))
     sout = (eng.s_out[0], eng.s_out[1], eng.s_out[2].astype(cd))
     pl, _, pt, _ = spec.padding
-    jobs = [(g, r0, min(rows, r0 + cr)) for g in range(spec.groups) for r0 in range(0, rows, cr)]
-    xh = np.empty((spec.N, spec.H, spec.W, spec.C), dtype=cd)
-    outh = np.empty((spec.N, spec.OH, spec.OW, spec.K), dtype=cd)
+    blocks = [(n0, min(spec.N, n0 + nimg)) for n0 in range(0, spec.N, nimg)]
 
-    def views(buf, r0, r1):
-        tc = (r1 - r0) * TW
-        return (buf[0][: P * Cg * tc].reshape(P, tc, Cg), buf[1][: P * Kg * tc].reshape(P, tc, Kg))
+    def buffers():
+        return (np.empty(P * Cg * cr * TW, dtype=cd), np.empty(P * Kg * cr * TW, dtype=cd),
+                np.empty((nimg, spec.H, spec.W, spec.C), dtype=cd),
+                np.empty((nimg, spec.OH, spec.OW, spec.K), dtype=cd))
+
+    def block(n0, n1, buf, threads):
+        vb, mb, xh_all, outh_all = buf
+        xh, outh = xh_all[: n1 - n0], outh_all[: n1 - n0]
+        _transpose(xh, x[n0:n1], (1, 2, 0), threads)
+        rows = (n1 - n0) * TH
+        for g in range(spec.groups):
+            for r0 in range(0, rows, cr):
+                tc = (min(rows, r0 + cr) - r0) * TW
+                V = vb[: P * Cg * tc].reshape(P, tc, Cg)
+                M = mb[: P * Kg * tc].reshape(P, tc, Kg)
+                if threads == 1:
+                    chunk(xh, outh, wt[g], V, M, g, r0, TH, TW, m, pt, pl, B1, *sin, A1, *sout)
+                    continue
+                _map(lambda r, V=V, g=g, r0=r0: input_transform(
+                    xh, V, g, r0, TH, TW, m, pt, pl, B1, *sin, *r), _split(tc, threads))
+                _map(lambda pr, V=V, M=M, g=g: point_gemms(wt[g], V, M, *pr), _split(P, threads))
+                _map(lambda r, M=M, g=g, r0=r0: output_transform(
+                    M, outh, g, r0, TH, TW, m, A1, *sout, *r), _split(tc, threads))
+        _transpose(out[n0:n1], outh, (2, 0, 1), threads)
 
     with _blas_one_thread():
-        _transpose(xh, x, (1, 2, 0), T)
         if nbuf > 1:
             def worker(i):
-                for g, r0, r1 in jobs[i::nbuf]:
-                    V, M = views(bufs[i], r0, r1)
-                    chunk(xh, outh, wt[g], V, M, g, r0, TH, TW, m, pt, pl, B1, *sin, A1, *sout)
+                buf = buffers()
+                for n0, n1 in blocks[i::nbuf]:
+                    block(n0, n1, buf, 1)
 
             _map(worker, range(nbuf))
         else:
-            def phases(g, r0, r1):
-                V, M = views(bufs[0], r0, r1)
-                tc = V.shape[1]
-                _map(lambda r: input_transform(xh, V, g, r0, TH, TW, m, pt, pl, B1, *sin, *r),
-                     _split(tc, T))
-                _map(lambda pr: point_gemms(wt[g], V, M, *pr), _split(P, T))
-                _map(lambda r: output_transform(M, outh, g, r0, TH, TW, m, A1, *sout, *r),
-                     _split(tc, T))
-
-            for job in jobs:
-                phases(*job)
-        _transpose(out, outh, (2, 0, 1), T)
+            buf = buffers()
+            for n0, n1 in blocks:
+                block(n0, n1, buf, T)
 
 
 def _make(name: str) -> Algorithm:
