@@ -17,8 +17,9 @@ Layout. ``gather`` writes the tiles as a real (Th, Tw, C, P) array; ``scipy.fft.
 two leading axes (pocketfft, ``workers`` threads, (channel, tile) as SIMD lanes) gives the spectra
 as (Th, Tw//2+1, C, P) = (F, groups, Cg, P) with no transposition; ``numpy.matmul`` (BLAS cgemm /
 zgemm, one call per frequency and group) multiplies by the prepared (F, groups, Kg, Cg) filter
-spectra; ``irfft2`` (unscaled: the 1/(Th Tw) sits in the filter spectra) returns (Th, Tw, K, P)
-tiles, and ``scatter`` copies their valid parts into the NCHW output. Depthwise-like layers
+spectra; the unscaled inverse (the 1/(Th Tw) sits in the filter spectra) runs down the columns in
+place, then along only the th rows that hold valid outputs, giving (th, Tw, K, P) tiles whose
+first tw columns ``scatter`` copies into the NCHW output. Depthwise-like layers
 (Cg == 1) use a broadcast complex multiply instead of the GEMM. Tiles are processed in chunks so
 that the workspace stays near `CHUNK_BYTES`.
 
@@ -152,14 +153,17 @@ class Tiling:
         return -(-self.tiles // self.chunk)
 
 
-def _chunk(spec: ConvSpec, Th: int, Tw: int, tiles: int) -> int:
+def _bytes_per_tile(spec: ConvSpec, Th: int, Tw: int) -> int:
+    """Peak workspace per tile of a chunk (see `fft_workspace_bytes`)."""
     isz = spec.compute_dtype.itemsize
-    n, F = Th * Tw, Th * (Tw // 2 + 1)
-    per_tile = max(
-        (n * spec.C + 2 * F * spec.C) * isz,
-        2 * F * (spec.C + spec.K) * isz,
-        (2 * F * spec.K + n * spec.K) * isz,
-    )
+    n, F, th = Th * Tw, Th * (Tw // 2 + 1), Th - spec.dilated_R + 1
+    xt, xf = n * spec.C * isz, 2 * F * spec.C * isz
+    yf, yt = 2 * F * spec.K * isz, th * Tw * spec.K * isz
+    return max(xt + xf, xf + yf, yf + yt)
+
+
+def _chunk(spec: ConvSpec, Th: int, Tw: int, tiles: int) -> int:
+    per_tile = _bytes_per_tile(spec, Th, Tw)
     return max(1, min(tiles, max(MIN_CHUNK, CHUNK_BYTES // per_tile)))
 
 
@@ -264,16 +268,13 @@ def fft_workspace_bytes(spec: ConvSpec, tile=None, chunk=None) -> int:
     """Peak bytes the FFT path allocates in one call: the largest chunk's arrays alive at once.
 
     Per chunk of ``pc`` tiles: input tiles ``Th Tw C pc`` reals, their spectra ``F C pc``
-    complex, the product spectra ``F K pc`` complex and the output tiles ``Th Tw K pc`` reals.
+    complex, the product spectra ``F K pc`` complex (inverse-transformed down the columns in
+    place) and the valid rows of the output tiles ``th Tw K pc`` reals.
     Each is freed once the next exists, so the peak is the largest adjacent pair. pocketfft's
     own per-thread scratch (a few transform lengths, outside the NumPy heap) is not counted.
     """
     t = tiling(spec, tile, chunk)
-    isz = spec.compute_dtype.itemsize
-    pc = t.chunk
-    xt, xf = t.n * spec.C * pc * isz, t.F * spec.C * pc * 2 * isz
-    yf, yt = t.F * spec.K * pc * 2 * isz, t.n * spec.K * pc * isz
-    return max(xt + xf, xf + yf, yf + yt)
+    return t.chunk * _bytes_per_tile(spec, t.Th, t.Tw)
 
 
 def workspace_bytes(spec: ConvSpec, tile=None, chunk=None) -> int:
@@ -464,13 +465,12 @@ def run(prep: Prepared, x: np.ndarray, out: np.ndarray) -> None:
             yf = np.empty((t.F, G, Kg, pc), dtype=ctype)
             _map(_products, _split(t.F, workers), prep.wf, xf, yf)
             del xf
-            yt = sfft.irfft2(
-                yf.reshape(t.Th, t.Twf, spec.K, pc),
-                s=(t.Th, t.Tw),
-                axes=(0, 1),
-                norm="forward",
-                workers=workers,
-            )
+            # inverse: complex pass down the columns in place, then the real pass along only
+            # the th rows that hold valid outputs (the others are wrapped-around garbage)
+            yc = sfft.ifft(yf.reshape(t.Th, t.Twf, spec.K, pc), axis=0, norm="forward",
+                           overwrite_x=True, workers=workers)
+            yt = sfft.irfft(yc[: t.th], n=t.Tw, axis=1, norm="forward", workers=workers)
+            del yc
             del yf
             oi0, oj0 = prep.oi0[p0:p1], prep.oj0[p0:p1]
             _map(scatter_tiles, _split(spec.K, workers), yt, out, tn, oi0, oj0, t.th, t.tw)
@@ -490,7 +490,7 @@ register(
         summary="overlap-save real FFTs (pocketfft) + one complex GEMM per frequency; stride 1",
         features={
             "workspace": "per chunk of pc tiles: max(Th·Tw·C·pc + 2F·C·pc, 2F·(C+K)·pc, "
-            "2F·K·pc + Th·Tw·K·pc) reals, F = Th·(Tw/2+1)",
+            "2F·K·pc + th·Tw·K·pc) reals, F = Th·(Tw/2+1)",
             "multiplies": "4·F·K·(C/g)·P + (C+K)·P·(Th·Tw·log2 Tw + 2F·log2 Th), "
             "P = N·⌈OH/th⌉·⌈OW/tw⌉ tiles",
         },
