@@ -105,29 +105,36 @@ def _microkernel(typingctx, w, woff, x, xoff, cstride, Cg, FWe, FHe, fwstep, row
         mask = ir.Constant(ir.VectorType(i32, VL), [0] * VL)
         undef = ir.Constant(vty, ir.Undefined)
         kbc = _i64(KB)
-        red = builder.mul(FWe, FHe)
-        with cgutils.for_range(builder, Cg) as lc:
-            xc = builder.gep(xp, [builder.mul(lc.index, cstride)])
-            wc = builder.gep(wp, [builder.mul(builder.mul(lc.index, red), kbc)])
-            with cgutils.for_range(builder, FWe) as lf:
-                xf = builder.gep(xc, [builder.mul(lf.index, fwstep)])
-                wf = builder.gep(wc, [builder.mul(builder.mul(lf.index, FHe), kbc)])
-                with cgutils.for_range(builder, FHe) as lh:
-                    xh = builder.gep(xf, [lh.index])
-                    wh = builder.gep(wf, [builder.mul(lh.index, kbc)])
-                    wv = [
-                        builder.load(builder.bitcast(builder.gep(wh, [_i64(v * VL)]), vpty),
-                                     align=size)
-                        for v in range(NV)
-                    ]
-                    for j in range(MR):
-                        s = builder.load(builder.gep(xh, [coloffs[j]]))
-                        b = builder.shuffle_vector(
-                            builder.insert_element(undef, s, ir.Constant(i32, 0)), undef, mask
-                        )
-                        for v in range(NV):
-                            acc = builder.load(accs[j][v])
-                            builder.store(builder.fadd(acc, builder.fmul(wv[v], b)), accs[j][v])
+        # one loop over the Cg*FWe runs of FHe contiguous window elements (dilation 1: one run
+        # of FW*FH per channel), so the column pointers are not spilled around a third loop
+        xoff_v = cgutils.alloca_once_value(builder, _i64(0))
+        fw_v = cgutils.alloca_once_value(builder, _i64(0))
+        jump = builder.sub(cstride, builder.mul(builder.sub(FWe, _i64(1)), fwstep))
+        runw = builder.mul(FHe, kbc)
+        with cgutils.for_range(builder, builder.mul(Cg, FWe)) as ls:
+            xs = builder.gep(xp, [builder.load(xoff_v)])
+            ws = builder.gep(wp, [builder.mul(ls.index, runw)])
+            with cgutils.for_range(builder, FHe) as lh:
+                xh = builder.gep(xs, [lh.index])
+                wh = builder.gep(ws, [builder.mul(lh.index, kbc)])
+                wv = [
+                    builder.load(builder.bitcast(builder.gep(wh, [_i64(v * VL)]), vpty),
+                                 align=size)
+                    for v in range(NV)
+                ]
+                for j in range(MR):
+                    s = builder.load(builder.gep(xh, [coloffs[j]]))
+                    b = builder.shuffle_vector(
+                        builder.insert_element(undef, s, ir.Constant(i32, 0)), undef, mask
+                    )
+                    for v in range(NV):
+                        acc = builder.load(accs[j][v])
+                        builder.store(builder.fadd(acc, builder.fmul(wv[v], b)), accs[j][v])
+            fw = builder.add(builder.load(fw_v), _i64(1))
+            wrap = builder.icmp_unsigned(">=", fw, FWe)
+            builder.store(builder.select(wrap, _i64(0), fw), fw_v)
+            builder.store(builder.add(builder.load(xoff_v), builder.select(wrap, jump, fwstep)),
+                          xoff_v)
         if VL == 16 and MR <= 16:
             _store_transposed(builder, accs, vty, op, obase, OHOW, kn, p0)
         else:
