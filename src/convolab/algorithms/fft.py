@@ -75,7 +75,9 @@ MAX_FILTER_BYTES = 256 << 20
 #: cost-model constants (seconds), fitted on the 2-core AMD EPYC (Zen 5) workplace machine;
 #: only their ratios matter for the choice
 _COST = {
-    "fft": 0.2e-9,  # per point per log2(points), one forward or inverse real 2D transform
+    "fft": 0.15e-9,  # per point per log2(points), one forward or inverse real 2D transform
+    "fft_point": 1.0e-9,  # per point of a transform (copies in and out of the lanes)
+    "fft_call": 30e-9,  # per transform
     "gather": 0.9e-9,  # per element gathered into tiles
     "scatter": 1.3e-9,  # per output element scattered out of the tiles
     "flop": 1 / 150e9,  # complex GEMM, per real flop (8 per complex multiply-add)
@@ -185,7 +187,8 @@ def _cost(spec: ConvSpec, Th: int, Tw: int) -> float:
     n, F = Th * Tw, Th * (Tw // 2 + 1)
     G, Kg, Cg = spec.groups, spec.Kg, spec.Cg
     c = _COST
-    t = c["fft"] * (spec.C + spec.K) * tiles * n * math.log2(max(n, 2))
+    per_fft = c["fft_call"] + c["fft_point"] * n + c["fft"] * n * math.log2(max(n, 2))
+    t = per_fft * (spec.C + spec.K) * tiles
     t += c["gather"] * tiles * n * spec.C + c["scatter"] * tiles * th * tw * spec.K
     if Cg == 1:
         t += c["ew"] * F * spec.K * tiles
