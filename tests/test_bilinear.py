@@ -121,12 +121,15 @@ def test_generic_non_separable_matrices():
                             bilinear.error_bound_for(eng, spec, np.float32))
 
 
+@pytest.mark.parametrize("small_c", [1, 1000])
 @pytest.mark.parametrize("threads", [1, 2])
-@pytest.mark.parametrize("chunk_tiles", [1, 6, 10_000])
-def test_chunking_and_threads(monkeypatch, threads, chunk_tiles):
-    # whole chunks per thread, phases split across threads, and one thread: same results
+@pytest.mark.parametrize("chunk_tiles", [1, 6, 50, 10_000])
+def test_chunking_threads_and_layouts(monkeypatch, threads, chunk_tiles, small_c):
+    # blocks per thread, steps split across threads, one thread; channel- and tile-vector
+    # input transforms: all against the reference
     monkeypatch.setattr(bilinear, "CHUNK_TILES", chunk_tiles)
     monkeypatch.setattr(bilinear, "_threads", lambda: threads)
+    monkeypatch.setattr(bilinear, "SMALL_C", small_c)
     x, w, _ = make_data((3, 4, 11, 9), (6, 2, 3, 3), bias=False)
     eng = bilinear.engine("sfc6_6x3")
     y, spec = _run(eng, x, w, padding=1, groups=2)

@@ -44,6 +44,9 @@ from ..transforms.forms import Bilinear2D
 #: target number of tiles per chunk (V and M of a chunk should stay in the caches)
 CHUNK_TILES = 256
 
+#: below this many input channels per group the input transform vectorises along the tiles
+SMALL_C = 16
+
 #: registered variants: name -> (factory of the exact algorithm, summary)
 VARIANTS = {
     "winograd_f2x3": (lambda: winograd_2d(2, 3), "Winograd F(2x2,3x3): 16 products per 2x2 tile"),
@@ -167,7 +170,8 @@ def workspace_for(alg: Bilinear2D, spec: ConvSpec) -> int:
     TH, TW = tiles(spec, alg.m)
     nimg, cr, nbuf = _plan_blocks(spec, alg.m)
     elems = alg.products * (spec.Cg + spec.Kg) * cr * TW
-    elems += nimg * (spec.C * spec.H * spec.W + spec.K * spec.OH * spec.OW)
+    elems += nimg * ((spec.C * spec.H * spec.W if spec.Cg >= SMALL_C else 0)
+                     + spec.K * spec.OH * spec.OW)
     return nbuf * elems * spec.compute_dtype.itemsize
 
 
@@ -326,7 +330,15 @@ def run_prepared(prepared, x: np.ndarray, out: np.ndarray) -> None:
     when there are at least two per thread, else every step split over the threads (copies by
     rows, transforms by tile, GEMMs by point).
     """
-    from ..kernels._bilinear import chunk, input_transform, output_transform, point_gemms
+    from ..kernels._bilinear import (
+        chunk,
+        chunk_tiles,
+        input_transform,
+        input_transform_tiles,
+        output_transform,
+        point_gemms,
+        point_gemms_tiles,
+    )
 
     eng, spec, wt = prepared
     alg = eng.alg
@@ -341,28 +353,44 @@ def run_prepared(prepared, x: np.ndarray, out: np.ndarray) -> None:
     sout = (eng.s_out[0], eng.s_out[1], eng.s_out[2].astype(cd))
     pl, _, pt, _ = spec.padding
     blocks = [(n0, min(spec.N, n0 + nimg)) for n0 in range(0, spec.N, nimg)]
+    small = Cg < SMALL_C  # too few channels for channel vectors: vectorise along the tiles
 
     def buffers():
         return (np.empty(P * Cg * cr * TW, dtype=cd), np.empty(P * Kg * cr * TW, dtype=cd),
-                np.empty((nimg, spec.H, spec.W, spec.C), dtype=cd),
+                np.empty((0 if small else nimg, spec.H, spec.W, spec.C), dtype=cd),
                 np.empty((nimg, spec.OH, spec.OW, spec.K), dtype=cd))
 
     def block(n0, n1, buf, threads):
         vb, mb, xh_all, outh_all = buf
-        xh, outh = xh_all[: n1 - n0], outh_all[: n1 - n0]
-        _transpose(xh, x[n0:n1], (1, 2, 0), threads)
+        xh, outh, xs = xh_all[: n1 - n0], outh_all[: n1 - n0], x[n0:n1]
+        if not small:
+            _transpose(xh, xs, (1, 2, 0), threads)
         rows = (n1 - n0) * TH
         for g in range(spec.groups):
             for r0 in range(0, rows, cr):
-                tc = (min(rows, r0 + cr) - r0) * TW
-                V = vb[: P * Cg * tc].reshape(P, tc, Cg)
+                r1 = min(rows, r0 + cr)
+                tc = (r1 - r0) * TW
                 M = mb[: P * Kg * tc].reshape(P, tc, Kg)
-                if threads == 1:
-                    chunk(xh, outh, wt[g], V, M, g, r0, TH, TW, m, pt, pl, B1, *sin, A1, *sout)
-                    continue
-                _map(lambda r, V=V, g=g, r0=r0: input_transform(
-                    xh, V, g, r0, TH, TW, m, pt, pl, B1, *sin, *r), _split(tc, threads))
-                _map(lambda pr, V=V, M=M, g=g: point_gemms(wt[g], V, M, *pr), _split(P, threads))
+                if small:
+                    V = vb[: P * Cg * tc].reshape(P, Cg, tc)
+                    if threads == 1:
+                        chunk_tiles(xs, outh, wt[g], V, M, g, r0, r1, TH, TW, m, pt, pl, B1,
+                                    *sin, A1, *sout)
+                        continue
+                    _map(lambda c, V=V, g=g, r0=r0, r1=r1: input_transform_tiles(
+                        xs, V, g, r0, r1, TH, TW, m, pt, pl, B1, *sin, *c), _split(Cg, threads))
+                    _map(lambda pr, V=V, M=M, g=g: point_gemms_tiles(wt[g], V, M, *pr),
+                         _split(P, threads))
+                else:
+                    V = vb[: P * Cg * tc].reshape(P, tc, Cg)
+                    if threads == 1:
+                        chunk(xh, outh, wt[g], V, M, g, r0, TH, TW, m, pt, pl, B1, *sin, A1,
+                              *sout)
+                        continue
+                    _map(lambda r, V=V, g=g, r0=r0: input_transform(
+                        xh, V, g, r0, TH, TW, m, pt, pl, B1, *sin, *r), _split(tc, threads))
+                    _map(lambda pr, V=V, M=M, g=g: point_gemms(wt[g], V, M, *pr),
+                         _split(P, threads))
                 _map(lambda r, M=M, g=g, r0=r0: output_transform(
                     M, outh, g, r0, TH, TW, m, A1, *sout, *r), _split(tc, threads))
         _transpose(out[n0:n1], outh, (2, 0, 1), threads)

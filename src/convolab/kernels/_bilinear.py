@@ -2,7 +2,9 @@
 
 Layout: channels last. The caller converts the input to NHWC (``xh[n, h, w, c]``) and the
 kernels write an NHWC output (``outh[n, oh, ow, k]``), so every transform step is a vector
-operation along the contiguous channel axis -- no strided gathers of tile elements.
+operation along the contiguous channel axis -- no strided gathers of tile elements. For few
+input channels (vectors too short) `input_transform_tiles` reads the NCHW input instead and
+vectorises along the tiles: it gathers ``D[i, j, t]`` and writes ``V[p, c, t]``.
 
 Tiles: the output is cut into m x m tiles, TH = ceil(OH/m) by TW = ceil(OW/m) per image; tile
 t of a chunk starting at tile row r0 is tile row ``r0 + t // TW`` (image ``row // TH``, ``th =
@@ -111,10 +113,87 @@ def input_transform(xh, V, g, r0, TH, TW, m, pt, pl, B1, sp, si, sv, t0, t1):  #
 
 
 @njit(cache=True, nogil=True)
+def _gather(x, ci, r0, r1, TH, TW, m, pt, pl, xb, D):  # pragma: no cover - compiled
+    """D[i, j, t] = padded input of tile t at (i, j); zero outside. xb: a zeroed row buffer."""
+    H = x.shape[2]
+    W = x.shape[3]
+    n = D.shape[0]
+    for row in range(r0, r1):
+        img = row // TH
+        th = row - img * TH
+        tb = (row - r0) * TW
+        for i in range(n):
+            ih = th * m + i - pt
+            if ih < 0 or ih >= H:
+                for j in range(n):
+                    D[i, j, tb : tb + TW] = 0.0
+                continue
+            src = x[img, ci, ih]
+            for col in range(W):  # xb[pl : pl + W] = the row; the margins stay zero
+                xb[pl + col] = src[col]
+            for j in range(n):
+                dst = D[i, j]
+                for tw in range(TW):
+                    dst[tb + tw] = xb[tw * m + j]
+
+
+@njit(cache=True, nogil=True)
+def input_transform_tiles(x, V, g, r0, r1, TH, TW, m, pt, pl, B1, sp, si, sv, c0, c1):
+    # pragma: no cover - compiled; NCHW input, V[p, c, t]: vectors along the tiles (small C)
+    P, Cg, tc = V.shape
+    n1, n = B1.shape
+    ident = sp.shape[0] == 0
+    D = np.empty((n, n, tc), dtype=V.dtype)
+    xb = np.zeros(TW * m + n - m + x.shape[3] + pl, dtype=V.dtype)
+    Z1 = np.empty((n1, n, tc), dtype=V.dtype)
+    Z = np.empty((1 if ident else n1 * n1, tc), dtype=V.dtype)
+    for c in range(c0, c1):
+        _gather(x, g * Cg + c, r0, r1, TH, TW, m, pt, pl, xb, D)
+        for a in range(n1):  # Z1[a, j] = sum_i B1[a, i] D[i, j]
+            for j in range(n):
+                first = True
+                for i in range(n):
+                    b = B1[a, i]
+                    if b != 0.0:
+                        _axpy(Z1[a, j], D[i, j], b, first)
+                        first = False
+                if first:
+                    Z1[a, j, :] = 0.0
+        for a in range(n1):  # Z[a, b] = sum_j B1[b, j] Z1[a, j]
+            for bb in range(n1):
+                q = a * n1 + bb
+                dst = V[q, c] if ident else Z[q]
+                first = True
+                for j in range(n):
+                    b = B1[bb, j]
+                    if b != 0.0:
+                        _axpy(dst, Z1[a, j], b, first)
+                        first = False
+                if first:
+                    dst[:] = 0.0
+        if not ident:  # V[p] = sum_q S_in[p, q] Z[q]
+            for p in range(P):
+                dst = V[p, c]
+                first = True
+                for e in range(sp[p], sp[p + 1]):
+                    _axpy(dst, Z[si[e]], sv[e], first)
+                    first = False
+                if first:
+                    dst[:] = 0.0
+
+
+@njit(cache=True, nogil=True)
 def point_gemms(Wt, V, M, p0, p1):  # pragma: no cover - compiled
     # one GEMM per transform-domain point; the BLAS is limited to one thread by the caller
     for p in range(p0, p1):
         np.dot(V[p], Wt[p], M[p])
+
+
+@njit(cache=True, nogil=True)
+def point_gemms_tiles(Wt, V, M, p0, p1):  # pragma: no cover - compiled
+    # V[p] is (C x T) here: M[p] = V[p]^T @ Wt[p]
+    for p in range(p0, p1):
+        np.dot(V[p].T, Wt[p], M[p])
 
 
 @njit(cache=True, nogil=True)
@@ -178,3 +257,11 @@ def chunk(xh, outh, Wt, V, M, g, r0, TH, TW, m, pt, pl, B1, ip, ii, iv, A1, op, 
     input_transform(xh, V, g, r0, TH, TW, m, pt, pl, B1, ip, ii, iv, 0, tc)
     point_gemms(Wt, V, M, 0, V.shape[0])
     output_transform(M, outh, g, r0, TH, TW, m, A1, op, oi, ov, 0, tc)
+
+
+@njit(cache=True, nogil=True)
+def chunk_tiles(x, outh, Wt, V, M, g, r0, r1, TH, TW, m, pt, pl, B1, ip, ii, iv, A1, op, oi, ov):
+    # pragma: no cover - compiled; as `chunk`, with the tile-vectorised input transform
+    input_transform_tiles(x, V, g, r0, r1, TH, TW, m, pt, pl, B1, ip, ii, iv, 0, V.shape[1])
+    point_gemms_tiles(Wt, V, M, 0, V.shape[0])
+    output_transform(M, outh, g, r0, TH, TW, m, A1, op, oi, ov, 0, M.shape[1])
