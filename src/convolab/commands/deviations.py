@@ -66,8 +66,12 @@ def add_parser(sub) -> None:
 
     n = dsub.add_parser("network", help="propagation through a pretrained CNN on real photos")
     n.add_argument("--images", type=int, default=None, help="number of photographs (default all)")
-    n.add_argument("--orders", nargs="+", default=None, help="emulated orders to propagate")
-    n.add_argument("--algorithms", nargs="+", default=None, help="convolab algorithms")
+    n.add_argument("--orders", nargs="*", default=None,
+                   help="emulated orders to propagate (default: seq+fma lanes8 cb8+fma cb16+fma+cc16; "
+                   "none: --orders with no names)")
+    n.add_argument("--algorithms", nargs="*", default=None,
+                   help="convolab algorithms (default: every registered one)")
+    n.add_argument("--no-float64", action="store_true", help="skip the float64 network")
     n.add_argument("--isas", default="AVX2,AVX512_CORE",
                    help="oneDNN ISA limits for the PyTorch runs, each at 1 and 2 threads ('' for none)")
     n.add_argument("--plot", metavar="PNG", help="plot remaining bits per layer (plot extra)")

@@ -318,13 +318,10 @@ def measure_torch(
     ConvError
         PyTorch is not installed (``pip install convolab[torch]``).
     """
-    try:
-        import importlib.util
+    import importlib.util
 
-        if importlib.util.find_spec("torch") is None:
-            raise ImportError
-    except ImportError:
-        raise ConvError("PyTorch is not installed: pip install 'convolab[torch]'") from None
+    if importlib.util.find_spec("torch") is None:
+        raise ConvError("PyTorch is not installed: pip install 'convolab[torch]'")
     layers = COMMON_LAYERS if layers is None else layers
     configs = torch_configs() if configs is None else configs
     with tempfile.TemporaryDirectory(prefix="convolab-determinism-") as tmp:

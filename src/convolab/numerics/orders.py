@@ -352,8 +352,6 @@ def conv2d(
         init = bcol if (ci == 0 and order.bias == "first") else None
         part = _reduce_chunk([seq[i] for i in idx], order, prod, init, shape)
         total = part if total is None else total + part
-    if total is None:  # an empty reduction cannot happen (R, S, Cg >= 1); kept for clarity
-        total = np.zeros(shape, dtype=np.float32)
     if bcol is not None and order.bias == "last":
         total = total + bcol
     return np.ascontiguousarray(total, dtype=np.float32)

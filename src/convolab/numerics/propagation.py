@@ -344,7 +344,8 @@ def main(args) -> int:
     isas = tuple(i for i in args.isas.split(",") if i) if args.isas else ()
     res = propagate(
         args.images, algorithms=args.algorithms,
-        orders=tuple(args.orders) if args.orders else DEFAULT_ORDERS, isas=isas,
+        orders=tuple(args.orders) if args.orders is not None else DEFAULT_ORDERS, isas=isas,
+        float64=not args.no_float64,
         progress=lambda s: console.print(f"  running {s}", style="dim"),
     )
     base = res.variants[0]
