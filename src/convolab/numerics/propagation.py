@@ -303,7 +303,11 @@ def propagate(
 
 
 def plot(result: NetworkResult, path: str) -> None:
-    """Least and mean remaining bits per layer for every variant, as a PNG (plot extra)."""
+    """Mean remaining bits and share of identical elements per layer, every variant (plot extra).
+
+    Algorithms are solid lines, emulated orders dashed, PyTorch configurations dotted and the
+    float64 network black.
+    """
     try:
         import matplotlib
 
@@ -312,24 +316,29 @@ def plot(result: NetworkResult, path: str) -> None:
     except ImportError:
         raise ConvError("the plot needs matplotlib: pip install 'convolab[plot]'") from None
     names = [ln for ln, _, _ in result.layers]
-    fig, axes = plt.subplots(2, 1, figsize=(13, 8), sharex=True)
-    for v in result.variants[1:]:
-        mins = [v.layers[n].min_bits for n in names]
-        means = [v.layers[n].mean_bits for n in names]
-        style = "--" if v.name.startswith("torch") else (":" if v.name == "float64" else "-")
-        axes[0].plot(mins, style, label=v.name, linewidth=1)
-        axes[1].plot(means, style, label=v.name, linewidth=1)
-    axes[0].set_ylabel("least remaining bits")
-    axes[1].set_ylabel("mean remaining bits")
-    axes[1].set_xlabel("convolution (call order): stem, then depthwise / pointwise per block")
+    fig, axes = plt.subplots(2, 1, figsize=(13, 8.5), sharex=True)
+    cmap = plt.get_cmap("tab20")
+    for i, v in enumerate(result.variants[1:]):
+        kind = v.name.split(":")[0]
+        style = {"algorithm": "-", "order": "--", "torch": ":"}.get(kind, "-")
+        color = "black" if v.name == "float64" else cmap(i % 20)
+        width = 2.0 if v.name == "float64" else 1.1
+        label = v.name.replace("algorithm:", "")
+        axes[0].plot([v.layers[n].mean_bits for n in names], style, color=color, lw=width,
+                     label=label)
+        axes[1].plot([100 * v.layers[n].identical for n in names], style, color=color, lw=width)
+    axes[0].set_ylabel("mean remaining mantissa bits")
+    axes[0].set_ylim(-0.5, 23.5)
+    axes[1].set_ylabel("% of elements bitwise equal")
+    axes[1].set_ylim(-2, 102)
+    axes[1].set_xlabel("convolution in call order (0: stem; then depthwise / pointwise per block)")
     axes[0].set_title(
-        f"EfficientNet-Lite0 on {len(result.images)} photographs: float32 mantissa bits each "
-        "variant shares with convolab direct, per layer"
+        f"EfficientNet-Lite0 on {len(result.images)} photographs: each variant's convolution "
+        "outputs vs convolab direct (float32)"
     )
     for ax in axes:
-        ax.set_ylim(-0.5, 23.5)
         ax.grid(alpha=0.3)
-    axes[0].legend(fontsize=7, ncol=3, loc="lower left")
+    axes[0].legend(fontsize=7, ncol=4, loc="lower left")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
