@@ -62,6 +62,8 @@ def add_parser(sub) -> None:
     d.add_argument("--small", action="store_true", help="the small test layers instead")
     d.add_argument("--no-torch", action="store_true", help="skip PyTorch")
     d.add_argument("--markdown", action="store_true", help="print a Markdown table")
+    d.add_argument("--all-algorithms", action="store_true",
+                   help="also the algorithms not registered deterministic")
     d.set_defaults(func=run_determinism)
 
     n = dsub.add_parser("network", help="propagation through a pretrained CNN on real photos")
@@ -126,7 +128,7 @@ def run_sweep(args) -> int:
     for col in ("source", "layers", "1 class", "mean", "max", "worst bits", "worst error"):
         t.add_column(col)
     for src, e in summary.items():
-        if src == "torch_orders":
+        if src.startswith("torch_"):
             continue
         t.add_row(
             src, str(e["layers"]), f"{100 * e['one_class']:.0f}%", f"{e['mean']:.2f}",
@@ -141,7 +143,7 @@ def run_sweep(args) -> int:
         "leading float32 mantissa bits shared by two classes; worst error: normwise vs float64."
     )
     for src, e in summary.items():
-        if src != "torch_orders":
+        if not src.startswith("torch_"):
             hist = ", ".join(f"{k}: {v}" for k, v in e["histogram"].items())
             console.print(f"  {src}: layers per class count {{{hist}}}")
     t = Table(title="classes vs products per output (C R S)")
@@ -160,6 +162,12 @@ def run_sweep(args) -> int:
         named = ", ".join(f"{k}: {v}" for k, v in to["named"].items())
         console.print(f"PyTorch classes reproduced by an emulated order: {named}; "
                       f"not reproduced: {to['unnamed']}")
+        t = Table(title="PyTorch's classes: which configurations share one, and its order")
+        for col in ("configurations in the class", "emulated order", "layers"):
+            t.add_column(col)
+        for labels, order, n in summary["torch_classes"][:12]:
+            t.add_row(labels, order, str(n))
+        console.print(t)
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"summary": summary, "layers": dev.to_json(results)}, f, indent=1)
@@ -177,7 +185,7 @@ def run_determinism(args) -> int:
 
     console = Console()
     layers = det.SMALL_LAYERS if args.small else det.COMMON_LAYERS
-    names = [a.name for a in convolab.algorithms() if a.deterministic]
+    names = [a.name for a in convolab.algorithms() if a.deterministic or args.all_algorithms]
     console.print(f"convolab: {', '.join(names)} under {len(det.convolab_configs())} "
                   "configurations (NUMBA_NUM_THREADS 1, 2 x NUMBA_CPU_NAME generic, host)")
     conv = det.measure_convolab(layers, names)

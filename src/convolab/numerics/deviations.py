@@ -29,7 +29,14 @@ import numpy as np
 from .. import reference
 from ..errors import ConvError
 from ..spec import ConvSpec
-from .determinism import ALL_ISAS, ONEDNN_CANDIDATES, layer_data, measure_torch, torch_configs
+from .determinism import (
+    ALL_ISAS,
+    ONEDNN_CANDIDATES,
+    layer_data,
+    measure_torch,
+    short_labels,
+    torch_configs,
+)
 from .metrics import equivalence_classes, remaining_bits
 from .orders import STANDARD_ORDERS, parse_order
 from .orders import conv2d as order_conv
@@ -164,8 +171,9 @@ def summarize(results: list[LayerResult]) -> dict:
     dict
         source -> {"layers", "histogram" (classes -> layers), "max", "mean", "one_class"
         (fraction of layers with a single class), "worst_bits", "worst_error"}, plus
-        ``"all"`` for every source together and ``"torch_orders"`` (how often each emulated
-        order reproduced a PyTorch class).
+        ``"all"`` for every source together, ``"torch_orders"`` (how often each emulated
+        order reproduced a PyTorch class) and ``"torch_classes"``: rows (configurations in the
+        class, the first emulated order that reproduces it or "?", layers), most frequent first.
     """
     out: dict = {}
     for src in SOURCES + ("all",):
@@ -197,6 +205,12 @@ def summarize(results: list[LayerResult]) -> dict:
                 unnamed += 1
     if named or unnamed:
         out["torch_orders"] = {"named": dict(named.most_common()), "unnamed": unnamed}
+        pairs = Counter(
+            (short_labels(cls), names[0] if names else "?")
+            for r in results
+            for cls, names in zip(r.classes.get("torch", []), r.torch_names, strict=True)
+        )
+        out["torch_classes"] = [[k[0], k[1], v] for k, v in pairs.most_common()]
     return out
 
 
