@@ -164,14 +164,12 @@ def supports_for(alg: Bilinear2D, spec: ConvSpec):
 
 
 def workspace_for(alg: Bilinear2D, spec: ConvSpec) -> int:
-    """Bytes of the NHWC input and output copies of a block of images and of V and M for a
-    chunk, per block in flight (per-thread tile buffers, a few vectors of C or K, are not
-    counted)."""
+    """Bytes of the NHWC input copy of a block of images and of V and M for a chunk, per
+    block in flight (per-thread tile buffers, a few vectors of C or K, are not counted)."""
     TH, TW = tiles(spec, alg.m)
     nimg, cr, nbuf = _plan_blocks(spec, alg.m)
     elems = alg.products * (spec.Cg + spec.Kg) * cr * TW
-    elems += nimg * ((spec.C * spec.H * spec.W if spec.Cg >= SMALL_C else 0)
-                     + spec.K * spec.OH * spec.OW)
+    elems += nimg * (spec.C * spec.H * spec.W if spec.Cg >= SMALL_C else 0)
     return nbuf * elems * spec.compute_dtype.itemsize
 
 
@@ -298,20 +296,14 @@ def _plan_blocks(spec: ConvSpec, m: int) -> tuple[int, int, int]:
     return nimg, cr, (T if nblocks >= 2 * T else 1)
 
 
-def _transpose(dst, src, axes, threads: int) -> None:
-    """``dst[n] = src[n].transpose(axes)`` for every image, split over the worker threads by
-    rows of the destination (NumPy releases the GIL while copying)."""
+def _to_nhwc(dst, src, threads: int) -> None:
+    """``dst[n] = src[n].transpose(1, 2, 0)`` for every image, split over the worker threads
+    by rows (NumPy releases the GIL while copying)."""
     N, R = dst.shape[0], dst.shape[1]
-    if axes == (1, 2, 0):  # NCHW -> NHWC: destination rows are source rows
 
-        def part(job):
-            n, lo, hi = job
-            np.copyto(dst[n, lo:hi], src[n, :, lo:hi].transpose(1, 2, 0))
-    else:  # NHWC -> NCHW: destination "rows" are channels
-
-        def part(job):
-            n, lo, hi = job
-            np.copyto(dst[n, lo:hi], src[n, :, :, lo:hi].transpose(2, 0, 1))
+    def part(job):
+        n, lo, hi = job
+        np.copyto(dst[n, lo:hi], src[n, :, lo:hi].transpose(1, 2, 0))
 
     if threads == 1:
         for n in range(N):
@@ -324,11 +316,11 @@ def _transpose(dst, src, axes, threads: int) -> None:
 def run_prepared(prepared, x: np.ndarray, out: np.ndarray) -> None:
     """Run a prepared bilinear convolution of ``x`` into ``out`` (see the module docstring).
 
-    Images are processed in blocks (`_plan_blocks`): a block's input is copied to NHWC, its
-    tiles go through the three phases chunk by chunk, and its NHWC output is transposed into
-    ``out``. Threads (Python, GIL released, BLAS held to one thread): whole blocks per thread
-    when there are at least two per thread, else every step split over the threads (copies by
-    rows, transforms by tile, GEMMs by point).
+    Images are processed in blocks (`_plan_blocks`): a block's input is copied to NHWC
+    (unless C/groups is small), and its tiles go through the three phases chunk by chunk, the
+    output transform writing ``out`` directly. Threads (Python, GIL released, BLAS held to
+    one thread): whole blocks per thread when there are at least two per thread, else every
+    step split over the threads (copies by rows, transforms by tile, GEMMs by point).
     """
     from ..kernels._bilinear import (
         chunk,
@@ -357,14 +349,13 @@ def run_prepared(prepared, x: np.ndarray, out: np.ndarray) -> None:
 
     def buffers():
         return (np.empty(P * Cg * cr * TW, dtype=cd), np.empty(P * Kg * cr * TW, dtype=cd),
-                np.empty((0 if small else nimg, spec.H, spec.W, spec.C), dtype=cd),
-                np.empty((nimg, spec.OH, spec.OW, spec.K), dtype=cd))
+                np.empty((0 if small else nimg, spec.H, spec.W, spec.C), dtype=cd))
 
     def block(n0, n1, buf, threads):
-        vb, mb, xh_all, outh_all = buf
-        xh, outh, xs = xh_all[: n1 - n0], outh_all[: n1 - n0], x[n0:n1]
+        vb, mb, xh_all = buf
+        xh, xs, outh = xh_all[: n1 - n0], x[n0:n1], out[n0:n1]
         if not small:
-            _transpose(xh, xs, (1, 2, 0), threads)
+            _to_nhwc(xh, xs, threads)
         rows = (n1 - n0) * TH
         for g in range(spec.groups):
             for r0 in range(0, rows, cr):
@@ -393,7 +384,6 @@ def run_prepared(prepared, x: np.ndarray, out: np.ndarray) -> None:
                          _split(P, threads))
                 _map(lambda r, M=M, g=g, r0=r0: output_transform(
                     M, outh, g, r0, TH, TW, m, A1, *sout, *r), _split(tc, threads))
-        _transpose(out[n0:n1], outh, (2, 0, 1), threads)
 
     with _blas_one_thread():
         if nbuf > 1:

@@ -1,8 +1,8 @@
 """Kernels of the bilinear (Winograd / SFC) engine: tile transforms and per-point GEMMs.
 
-Layout: channels last. The caller converts the input to NHWC (``xh[n, h, w, c]``) and the
-kernels write an NHWC output (``outh[n, oh, ow, k]``), so every transform step is a vector
-operation along the contiguous channel axis -- no strided gathers of tile elements. For few
+Layout: channels last. The caller converts the input to NHWC (``xh[n, h, w, c]``); every
+transform step is a vector operation along the contiguous channel axis -- no strided gathers
+of tile elements -- and each output pixel's K-vector is scattered into the NCHW output. For few
 input channels (vectors too short) `input_transform_tiles` reads the NCHW input instead and
 vectorises along the tiles: it gathers ``D[i, j, t]`` and writes ``V[p, c, t]``.
 
@@ -18,8 +18,8 @@ Transform-domain layout, per chunk: ``V[p, t, c]`` and ``M[p, t, k]``; for each 
   written straight into ``V[a*n1 + b, t]`` -- or, for a non-separable algorithm,
   ``V[p, t] = sum_q S_in[p, q] Z[q]`` (sparse);
 - output, per tile: ``M'[q] = sum_p S_out[q, p] M[p, t]`` (or M itself),
-  ``U[a, j] = sum_b A1[j, b] M'[a*n2 + b]``, ``Y[i, j] = sum_a A1[i, a] U[a, j]``, stored where
-  inside the output.
+  ``U[a, j] = sum_b A1[j, b] M'[a*n2 + b]``, ``Y[i, j] = sum_a A1[i, a] U[a, j]``, stored (NCHW)
+  where inside the output.
 
 Every sum runs in a fixed order (first term assigned, then added); multiplications by +-1 are
 exact, so they are done as copies, additions or subtractions; zero entries are skipped; no
@@ -197,15 +197,16 @@ def point_gemms_tiles(Wt, V, M, p0, p1):  # pragma: no cover - compiled
 
 
 @njit(cache=True, nogil=True)
-def output_transform(M, outh, g, r0, TH, TW, m, A1, sp, si, sv, t0, t1):  # pragma: no cover
+def output_transform(M, out, g, r0, TH, TW, m, A1, sp, si, sv, t0, t1):  # pragma: no cover
     P, tc, Kg = M.shape
     n2 = A1.shape[1]
-    OH = outh.shape[1]
-    OW = outh.shape[2]
+    OH = out.shape[2]
+    OW = out.shape[3]
     k0 = g * Kg
     ident = sp.shape[0] == 0
     mp = np.empty((1 if ident else n2 * n2, Kg), dtype=M.dtype)
     U = np.empty((n2, m, Kg), dtype=M.dtype)
+    Y = np.empty(Kg, dtype=M.dtype)
     for t in range(t0, t1):
         rr = t // TW
         tw = t - rr * TW
@@ -239,29 +240,30 @@ def output_transform(M, outh, g, r0, TH, TW, m, A1, sp, si, sv, t0, t1):  # prag
                 ow = tw * m + j
                 if ow >= OW:
                     break
-                dst = outh[img, oh, ow, k0 : k0 + Kg]
                 first = True
                 for a in range(n2):
                     v = A1[i, a]
                     if v != 0.0:
-                        _axpy(dst, U[a, j], v, first)
+                        _axpy(Y, U[a, j], v, first)
                         first = False
                 if first:
-                    dst[:] = 0.0
+                    Y[:] = 0.0
+                for k in range(Kg):  # scatter into the NCHW output
+                    out[img, k0 + k, oh, ow] = Y[k]
 
 
 @njit(cache=True, nogil=True)
-def chunk(xh, outh, Wt, V, M, g, r0, TH, TW, m, pt, pl, B1, ip, ii, iv, A1, op, oi, ov):
+def chunk(xh, out, Wt, V, M, g, r0, TH, TW, m, pt, pl, B1, ip, ii, iv, A1, op, oi, ov):
     # pragma: no cover - compiled; one chunk of tiles, all three phases, one thread
     tc = V.shape[1]
     input_transform(xh, V, g, r0, TH, TW, m, pt, pl, B1, ip, ii, iv, 0, tc)
     point_gemms(Wt, V, M, 0, V.shape[0])
-    output_transform(M, outh, g, r0, TH, TW, m, A1, op, oi, ov, 0, tc)
+    output_transform(M, out, g, r0, TH, TW, m, A1, op, oi, ov, 0, tc)
 
 
 @njit(cache=True, nogil=True)
-def chunk_tiles(x, outh, Wt, V, M, g, r0, r1, TH, TW, m, pt, pl, B1, ip, ii, iv, A1, op, oi, ov):
+def chunk_tiles(x, out, Wt, V, M, g, r0, r1, TH, TW, m, pt, pl, B1, ip, ii, iv, A1, op, oi, ov):
     # pragma: no cover - compiled; as `chunk`, with the tile-vectorised input transform
     input_transform_tiles(x, V, g, r0, r1, TH, TW, m, pt, pl, B1, ip, ii, iv, 0, V.shape[1])
     point_gemms_tiles(Wt, V, M, 0, V.shape[0])
-    output_transform(M, outh, g, r0, TH, TW, m, A1, op, oi, ov, 0, M.shape[1])
+    output_transform(M, out, g, r0, TH, TW, m, A1, op, oi, ov, 0, M.shape[1])
