@@ -214,6 +214,8 @@ def test_worst_bits():
     a = np.array([1.0, 2.0], dtype=f32)
     assert worst_bits({"a": a, "b": a.copy()}) == 23
     assert worst_bits({"a": a, "b": np.array([1.0, 2.5], f32), "c": np.array([-1.0, 2.0], f32)}) == 0
+    # 2.0 vs 2.5 share one leading mantissa bit, 1.0 vs 1.0 all 23: mean 12
+    assert worst_bits({"a": a, "b": np.array([1.0, 2.5], f32)}, mean=True) == 12.0
 
 
 def test_deviations_sweep_command(tmp_path, capsys):

@@ -125,7 +125,8 @@ def run_sweep(args) -> int:
             )
         console.print(t)
     t = Table(title="bitwise classes per source of deviation")
-    for col in ("source", "layers", "1 class", "mean", "max", "worst bits", "worst error"):
+    for col in ("source", "layers", "1 class", "mean", "max", "least bits", "least mean bits",
+                "worst error"):
         t.add_column(col)
     for src, e in summary.items():
         if src.startswith("torch_"):
@@ -133,14 +134,16 @@ def run_sweep(args) -> int:
         t.add_row(
             src, str(e["layers"]), f"{100 * e['one_class']:.0f}%", f"{e['mean']:.2f}",
             str(e["max"]), str(e.get("worst_bits", "-")),
+            f"{e['worst_mean_bits']:.1f}" if "worst_mean_bits" in e else "-",
             f"{e['worst_error']:.1e}" if "worst_error" in e else "-",
         )
     console.print(t)
     console.print(
         f"sources: orders = {len(orders)} emulated orders ({', '.join(orders)}); algorithms = "
         "every registered convolab algorithm that supports the layer; torch = PyTorch's "
-        "configurations; all = every output of every source together. worst bits: least "
-        "leading float32 mantissa bits shared by two classes; worst error: normwise vs float64."
+        "configurations; all = every output of every source together. least bits: fewest "
+        "leading float32 mantissa bits two classes share in any element; least mean bits: the "
+        "lowest mean over elements for any pair of classes; worst error: normwise vs float64."
     )
     for src, e in summary.items():
         if not src.startswith("torch_"):

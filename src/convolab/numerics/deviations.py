@@ -63,14 +63,17 @@ def sweep_layers(
     return layers
 
 
-def worst_bits(outputs: dict) -> int:
-    """Least remaining float32 mantissa bits between any two of ``outputs`` (23 if all equal)."""
+def worst_bits(outputs: dict, mean: bool = False) -> int | float:
+    """Least remaining float32 mantissa bits between any two of ``outputs`` (23 if all equal).
+
+    With ``mean=True``: the least, over pairs of outputs, of the mean over elements.
+    """
     reps = [outputs[c[0]] for c in equivalence_classes(outputs)]
     worst = 23
     for a, b in combinations(reps, 2):
         bits = remaining_bits(a, b)
         if bits.size:
-            worst = min(worst, int(bits.min()))
+            worst = min(worst, float(bits.mean()) if mean else int(bits.min()))
     return worst
 
 
@@ -82,15 +85,16 @@ class LayerResult:
     terms: int  # products per output, C R S
     classes: dict = field(default_factory=dict)  # source -> list of lists of member names
     bits: dict = field(default_factory=dict)  # source -> worst remaining bits
+    mean_bits: dict = field(default_factory=dict)  # source -> worst pair's mean remaining bits
     error: dict = field(default_factory=dict)  # source -> worst normwise error vs float64
     torch_names: list = field(default_factory=list)  # per torch class: matching orders
     all_classes: int = 0  # classes over every output of every source together
 
 
-def _source_stats(outputs: dict, ref, scale) -> tuple[list, int, float]:
+def _source_stats(outputs: dict, ref, scale) -> tuple[list, int, float, float]:
     classes = equivalence_classes(outputs)
     err = max(reference.errors(y, ref, scale)["normwise"] for y in outputs.values())
-    return classes, worst_bits(outputs), err
+    return classes, worst_bits(outputs), worst_bits(outputs, mean=True), err
 
 
 def sweep(
@@ -145,7 +149,8 @@ def sweep(
         for src, outs in per_source.items():
             if not outs:
                 continue
-            res.classes[src], res.bits[src], res.error[src] = _source_stats(outs, ref, scale)
+            stats = _source_stats(outs, ref, scale)
+            res.classes[src], res.bits[src], res.mean_bits[src], res.error[src] = stats
             everything.update({f"{src}:{k}": v for k, v in outs.items()})
         res.all_classes = len(equivalence_classes(everything))
         if torch_m is not None:
@@ -170,7 +175,8 @@ def summarize(results: list[LayerResult]) -> dict:
     -------
     dict
         source -> {"layers", "histogram" (classes -> layers), "max", "mean", "one_class"
-        (fraction of layers with a single class), "worst_bits", "worst_error"}, plus
+        (fraction of layers with a single class), "worst_bits", "worst_mean_bits" (least mean
+        over elements for the worst pair of classes), "worst_error"}, plus
         ``"all"`` for every source together, ``"torch_orders"`` (how often each emulated
         order reproduced a PyTorch class) and ``"torch_classes"``: rows (configurations in the
         class, the first emulated order that reproduces it or "?", layers), most frequent first.
@@ -193,6 +199,7 @@ def summarize(results: list[LayerResult]) -> dict:
         }
         if src != "all":
             entry["worst_bits"] = min(r.bits[src] for r in results if src in r.bits)
+            entry["worst_mean_bits"] = min(r.mean_bits[src] for r in results if src in r.bits)
             entry["worst_error"] = max(r.error[src] for r in results if src in r.error)
         out[src] = entry
     named = Counter()
