@@ -1,5 +1,6 @@
 """Accumulation-order emulation: exact FMA, hand-made sums, agreement with convolab's kernels."""
 
+import json
 from fractions import Fraction
 
 import numpy as np
@@ -219,8 +220,6 @@ def test_worst_bits():
 
 
 def test_deviations_sweep_command(tmp_path, capsys):
-    import json
-
     from convolab.cli import main
 
     out = tmp_path / "sweep.json"
@@ -236,3 +235,25 @@ def test_deviations_sweep_command(tmp_path, capsys):
         from convolab.commands.deviations import _int_list
 
         _int_list("a-b")
+
+
+def test_propagation_plot_and_result_helpers(tmp_path):
+    from convolab.numerics import propagation as P
+
+    def variant(name, digests, mean, labels):
+        layers = {f"l{i}": P.LayerStat(d, 0, mean, 0.5, [0] * 24) for i, d in enumerate(digests)}
+        return P.VariantResult(name, layers, labels)
+
+    res = P.NetworkResult(
+        ["a", "b"], [("l0", "3->8", 27), ("l1", "8->8", 72)],
+        [variant("algorithm:direct", "xy", 23.0, [1, 2]), variant("order:seq", "xy", 23.0, [1, 2]),
+         variant("order:seq+fma", "xz", 17.0, [1, 3]), variant("float64", "uv", 16.0, [1, 2])],
+    )
+    assert res.classes("l0") == 1 and res.classes("l1") == 2  # float64 is not counted
+    assert res.classes("l1", "order:") == 2 and res.classes("l1", "torch:") == 0
+    assert [res.flips(v) for v in res.variants] == [0, 0, 1, 0]
+    back = P._from_json(json.loads(json.dumps(P._to_json(res.variants[2]))))
+    assert back == res.variants[2]
+    pytest.importorskip("matplotlib")
+    P.plot(res, str(tmp_path / "bits.png"))
+    assert (tmp_path / "bits.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
