@@ -18,9 +18,11 @@ An `Order` is applied in this sequence:
    ``B`` -> over ``(c // B, r, s, c % B)``, the loop nest of oneDNN's channel-blocked layouts
    (nChw8c with AVX2, nChw16c with AVX-512); ``B >= Cg`` is the NHWC order ``(r, s, c)``
    (written ``rsc``).
-2. **threads** (``threads = T``): the sequence is cut into ``T`` contiguous, nearly equal
-   chunks (a reduction split across threads, or a GEMM's K blocking); each chunk is reduced on
-   its own and the chunk sums are added left to right.
+2. **chunks**: ``threads = T`` cuts the sequence into ``T`` contiguous, nearly equal chunks (a
+   reduction split across threads, or a GEMM's K blocking); ``chunk = B`` (written ``ccB``)
+   starts a new chunk whenever ``c // B`` changes (oneDNN's AVX-512 kernels sum each block of
+   16 input channels on its own and add it to the output: ``cb16+fma+cc16``). Each chunk is
+   reduced on its own and the chunk sums are added left to right.
 3. **inside a chunk**: ``pairwise`` -> recursive halving (sum of the first half plus sum of the
    second half, down to single products). Otherwise ``lanes = L`` accumulators, all starting at
    ``+0``: product number ``i`` of the chunk goes to lane ``i mod L`` (4 float32 lanes for SSE,
@@ -42,8 +44,14 @@ has at least two more bits than float32 -- Boldo and Melquiond, "Emulation of FM
 rounded sums: proved algorithms using rounding to odd", IEEE Trans. Computers 57(4), 2008.
 Simply rounding ``fl64(p + acc)`` to float32 would round twice and is wrong in rare ties.
 
-Cost: ``Cg R S`` NumPy passes over the ``N K OH OW`` outputs (about 4x that with ``fma``),
-memory ``L + 2`` output-sized arrays; fine for studies, not for speed.
+Measured on this project's machine with PyTorch 2.13 (oneDNN 3.12): its AVX2 kernels for 3x3
+convolutions sum in ``cb8+fma`` order, its AVX-512 kernels in ``cb16+fma+cc16``, 1-3 channel
+layers in ``rsc+fma``; with the ISA limited to AVX (no FMA) ``rsc``, to SSE4.1 ``seq``
+(`convolab.numerics.determinism`, ``convolab deviations sweep``).
+
+Cost: ``Cg R S`` NumPy passes over the ``N K OH OW`` outputs (with ``fma`` the update is one
+Numba loop, `convolab.numerics._kernels`), memory ``L + 2`` output-sized arrays; fine for
+studies (EfficientNet-Lite0, one photograph: about 3 s per order), not for speed.
 """
 
 from __future__ import annotations
@@ -79,6 +87,9 @@ class Order:
         Loop order: None for (c, r, s); B for (c // B, r, s, c % B); `RSC` for (r, s, c).
     bias : {"last", "first"}
         Where the bias enters the sum.
+    chunk : int or None
+        Start a new independently summed chunk whenever ``c // chunk`` changes (excludes
+        ``threads > 1``).
     """
 
     lanes: int = 1
@@ -136,7 +147,7 @@ def parse_order(text: str | Order) -> Order:
     """An `Order` from its text form: ``+``-separated tokens.
 
     Tokens: ``seq``, ``pairwise``, ``lanesL``, ``tT`` (threads), ``fma``, ``cbB`` (channel
-    block), ``rsc`` (NHWC loop order), ``bias-first``. ``parse_order(o.name) == o``.
+    block), ``rsc`` (NHWC loop order), ``ccB`` (a chunk per B channels), ``bias-first``. ``parse_order(o.name) == o``.
     """
     if isinstance(text, Order):
         return text
@@ -148,7 +159,7 @@ def parse_order(text: str | Order) -> Order:
         if not m:
             raise ConvError(
                 f"unknown order token {tok!r} in {text!r}; use seq, pairwise, lanesL, tT, fma, "
-                f"cbB, rsc, bias-first joined by '+'"
+                f"cbB, rsc, ccB, bias-first joined by '+'"
             )
         tok = m.group(1)
         if tok == "pairwise":
