@@ -195,16 +195,16 @@ def standard_orders() -> list[Order]:
 
 
 def candidate_orders() -> list[Order]:
-    """A wider family for `identify`: loop order x lanes/pairwise x fma x threads x bias."""
+    """A wider family for `identify`: loop order x lanes/pairwise x fma x split x bias (450)."""
     out = []
     for cblock in (None, 4, 8, 16, RSC):
         for lanes, pairwise in ((1, False), (4, False), (8, False), (16, False), (1, True)):
             for fma in (False, True):
                 if pairwise and fma:
                     continue
-                for threads in (1, 2, 4):
+                for threads, chunk in ((1, None), (2, None), (4, None), (1, 8), (1, 16)):
                     for bias in ("last", "first"):
-                        out.append(Order(lanes, pairwise, threads, fma, cblock, bias))
+                        out.append(Order(lanes, pairwise, threads, fma, cblock, bias, chunk))
     return out
 
 
