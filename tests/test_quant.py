@@ -302,3 +302,13 @@ def test_layer_fallback_calibration_methods_and_errors():
         QuantizedConv(w, np.ones(3))
     with pytest.raises(ConvError, match="QuantConfig"):
         QuantizedConv(w, config="sfc6_6x3")
+
+
+def test_direct_and_im2col_layers_are_bit_identical():
+    x = relu_data((2, 8, 9, 9), seed=4)
+    w = np.random.default_rng(6).standard_normal((8, 1, 3, 3)).astype(np.float32)
+    outs = [QuantizedConv(w, np.ones(8), padding=1, groups=8, config=QuantConfig(m, bits=b)).calibrate(x)(x)
+            for b in (8, 5) for m in ("direct", "im2col")]
+    np.testing.assert_array_equal(outs[0], outs[1])
+    np.testing.assert_array_equal(outs[2], outs[3])
+    assert not np.array_equal(outs[0], outs[2])

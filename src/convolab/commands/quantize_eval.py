@@ -11,8 +11,8 @@ the five 3x3 depthwise layers of this network) -- run each algorithm in turn:
   spatial codes with its transform domain requantised to ``b`` bits, one activation scale per
   frequency and one weight scale per (output channel, frequency) (`convolab.quant.fast`);
 
-every other layer runs int8 im2col in all rows (``--others fp32``: float), so rows differ only in
-the target layers.
+every other layer runs int8 in all rows (im2col; direct for depthwise layers -- the same integers;
+``--others fp32``: float), so rows differ only in the target layers.
 
 Data: the calibration set is every photograph seen differently from the evaluation views
 (mirrored, another crop scale); the evaluation set is ``--views`` crops of each photograph.
@@ -68,7 +68,7 @@ def add_parser(sub) -> None:
                    help="activation threshold calibration (default: %(default)s)")
     p.add_argument("--percentile", type=float, default=99.99, help="for --calibration percentile")
     p.add_argument("--others", default="int8", choices=("int8", "fp32"),
-                   help="the non-target layers: int8 im2col (an int8 network) or fp32 (isolates the "
+                   help="the non-target layers: int8 (an int8 network) or fp32 (isolates the "
                    "target layers' effect) (default: %(default)s)")
     p.add_argument("--photos", type=int, default=8, help="how many of the 8 photographs (default: all)")
     p.add_argument("--views", type=int, default=4,
@@ -188,7 +188,15 @@ def run(args) -> int:
     info = MODELS[args.model]
     photos, labels, xe, xc = image_sets(info, args.photos, args.views, args.calibration_views)
     k = args.kernel
-    base_cfg = QuantConfig("im2col", 8, calibration=args.calibration, percentile=args.percentile)
+    # the other layers: int8 im2col, or int8 direct for depthwise ones (bit-identical results;
+    # im2col's one tiny GEMM per channel is the slower way there)
+    base = {m: QuantConfig(m, 8, calibration=args.calibration, percentile=args.percentile)
+            for m in ("im2col", "direct")}
+
+    def base_cfg(name, spec):
+        if args.others == "fp32":
+            return None
+        return base["direct" if spec.groups > 1 and spec.Cg == 1 else "im2col"]
 
     def target(spec) -> bool:
         return (spec.R, spec.S) == (k, k) and spec.stride == (1, 1) and spec.dilation == (1, 1)
@@ -197,7 +205,7 @@ def run(args) -> int:
         """Target layers hold one QuantizedConv per row and run the current one."""
 
         def __init__(self):
-            super().__init__(lambda name, spec: base_cfg if args.others == "int8" else None, model=model)
+            super().__init__(base_cfg, model=model)
             self.current = None  # None: target layers in fp32
             self.variants: dict[str, dict] = {}
             self.capture: dict[str, list] | None = None
@@ -309,7 +317,7 @@ def run(args) -> int:
                 layer_err[n][f"{a}/{b}"] = float(np.sqrt(np.mean((yq - yref) ** 2))) / den
     blas.restore_original_limits()
 
-    others = "int8 im2col" if args.others == "int8" else "fp32"
+    others = "int8 (im2col; direct if depthwise)" if args.others == "int8" else "fp32"
     table = Table(title=f"{args.model}: {xe.shape[0]} images; target layers: {len(tnames)} stride-1 {k}x{k} "
                   f"convolutions; all other layers {others} in every row")
     for col, j in (("algorithm (target layers)", "left"), ("bits", "right"), ("top-1 = fp32", "right"),
