@@ -19,12 +19,14 @@ where rounding happens:
 4. filter transform ``U = G W`` of the float weights (float64), quantised with one scale per
    (output channel, frequency), ``Uq = rint(U / s_u[k, p])`` -- ROUNDING 3, done once per layer.
    (SFC's ``G`` has entries in {0, +-1}, so ``G wq`` of integer weights is exact too -- the
-   exact mode below uses that; Winograd F(4x4)'s ``G`` has fractions down to 1/24.);
+   exact mode below uses that; Winograd's ``G`` has fractions: halves for F(2x2), down to 1/24
+   (1/576 in 2D) for F(4x4), so the exact mode scales it by the common denominator);
 5. channel reduction ``M = sum_c Uq Vq``: exact integers, int32 by construction
    (``max_{k,p} sum_c |Uq[k,c,p]| * qmax_b < 2**31`` is checked when the layer is built), done as
    a float GEMM per frequency (exact, see `convolab.quant.intconv`);
 6. dequantisation ``M * s_u[k, p] * s_v[p]`` and the output transform ``AT`` (all the fractions:
-   1/16 for SFC-4, 1/36 for SFC-6) in float64  -- ROUNDING 4, float64 only (relative 1e-16).
+   1/16 for SFC-4, 1/36 for SFC-6) in float64  -- ROUNDING 4, float64 only (relative 1e-16),
+   then the float32 (or float64) result.
 
 Exact mode (``transform_bits=None``): stage 3 is skipped and stage 4 uses the exact integer
 filter transform ``(d_g G) wq`` of the int8 spatial weight codes; the output transform is done
