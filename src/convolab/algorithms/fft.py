@@ -10,8 +10,10 @@ product::
 
 so for every frequency f the channel reduction is one complex matrix product
 ``Y[f] (Kg x P) = Wf[f] (Kg x Cg) @ X[f] (Cg x P)`` over the P tiles (per group). The transform
-size follows the kernel, not the image: (Th, Tw) is picked by a cost model from the fast FFT
-lengths (`choose_tile`), so a 224 x 224 image with an 11 x 11 kernel uses e.g. 36 x 36 tiles.
+size follows the kernel, not the image: (Th, Tw) is picked by a cost model from the 5-smooth
+FFT lengths (`choose_tile`); e.g. 64 x 56 x 56 with 7 x 7 gets 36 x 25 transforms (6 tiles per
+image), 16 x 224 x 224 with 11 x 11 gets 48 x 125 (12 tiles). `prepare` takes ``tile=`` and
+``chunk=`` to force a tiling.
 
 Layout. ``gather`` writes the tiles as a real (Th, Tw, C, P) array; ``scipy.fft.rfft2`` over the
 two leading axes (pocketfft, ``workers`` threads, (channel, tile) as SIMD lanes) gives the spectra
@@ -34,10 +36,12 @@ transform (done once in ``prepare``) is not counted.
 
 Error. See `error_bound`: normwise stable, error ~ u log2(Th Tw) times norms, not componentwise.
 
-Determinism. pocketfft splits whole 1D transforms between its threads and its SIMD and scalar
-paths do the same operations, so the FFTs are bit-identical for any ``workers`` on one machine
-(checked in the tests); the complex GEMM goes through OpenBLAS, whose kernel (and so summation
-order) depends on the CPU's SIMD width. Hence ``deterministic=False``, like ``im2col``.
+Determinism. pocketfft gives every 1D transform to one thread, and our threads split only
+independent outputs (channels, frequencies), so a result is bit-identical for any ``WORKERS`` and
+any BLAS thread count on one machine (tested for 1, 2, 3 threads). The complex GEMM goes through
+OpenBLAS, whose kernel -- and so the summation order -- is chosen by the CPU's SIMD width: with
+OPENBLAS_CORETYPE set to SkylakeX, Haswell and Sandybridge the outputs differ in the last bits
+(measured), as ``im2col``'s do. Hence ``deterministic=False``.
 
 Sources: overlap-save (Stockham 1966; Oppenheim & Schafer, *Discrete-Time Signal Processing*,
 sec. 8.7); FFT convolution for CNNs (Mathieu, Henaff, LeCun, "Fast training of convolutional
