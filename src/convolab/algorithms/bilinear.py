@@ -31,6 +31,7 @@ Q. He et al., "Symbolic Fourier Convolution", ICML 2024.
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass
 from functools import cache
 
@@ -240,6 +241,23 @@ def prepare_for(eng: Engine, spec: ConvSpec, w: np.ndarray):
 
 
 _pool = None
+_local = threading.local()
+
+
+def _scratch(slot: int, size: int, dtype) -> np.ndarray:
+    """A 1D work array of ``size`` elements, reused by the calling thread across calls.
+
+    Fresh multi-megabyte arrays cost a page fault per 4 KiB page on every call (more than
+    the transforms of a small layer); each thread keeps its largest buffer per slot instead.
+    """
+    cache = getattr(_local, "bufs", None)
+    if cache is None:
+        cache = _local.bufs = {}
+    key = (slot, np.dtype(dtype))
+    buf = cache.get(key)
+    if buf is None or buf.size < size:
+        buf = cache[key] = np.empty(size, dtype=dtype)
+    return buf[:size]
 
 
 def _threads() -> int:
@@ -348,8 +366,9 @@ def run_prepared(prepared, x: np.ndarray, out: np.ndarray) -> None:
     small = Cg < SMALL_C  # too few channels for channel vectors: vectorise along the tiles
 
     def buffers():
-        return (np.empty(P * Cg * cr * TW, dtype=cd), np.empty(P * Kg * cr * TW, dtype=cd),
-                np.empty((0 if small else nimg, spec.H, spec.W, spec.C), dtype=cd))
+        return (_scratch(0, P * Cg * cr * TW, cd), _scratch(1, P * Kg * cr * TW, cd),
+                _scratch(2, (0 if small else nimg) * spec.H * spec.W * spec.C, cd).reshape(
+                    -1, spec.H, spec.W, spec.C))
 
     def block(n0, n1, buf, threads):
         vb, mb, xh_all = buf
