@@ -213,16 +213,19 @@ def scaling(args, console) -> dict:
 
     from .permutohedral import PermutohedralLattice
 
-    def time_filter(pos, vals):
-        PermutohedralLattice(pos[:64]).filter(vals[:64])
-        best, size = float("inf"), 0
+    def time_cases(cases):
+        """Min time and lattice size of each (pos, vals) case; repeats interleaved across the
+        cases, so a burst of load on the (shared) machine touches all of them alike."""
+        PermutohedralLattice(cases[0][0][:64]).filter(cases[0][1][:64])
+        best, size = [float("inf")] * len(cases), [0] * len(cases)
         for _ in range(args.repeats):
-            t0 = time.perf_counter()
-            lat = PermutohedralLattice(pos)
-            lat.filter(vals)
-            best = min(best, time.perf_counter() - t0)
-            size = lat.size
-        return best, size
+            for i, (pos, vals) in enumerate(cases):
+                t0 = time.perf_counter()
+                lat = PermutohedralLattice(pos)
+                lat.filter(vals)
+                best[i] = min(best[i], time.perf_counter() - t0)
+                size[i] = lat.size
+        return list(zip(best, size, strict=True))
 
     out = {"vs_n": [], "vs_d": []}
     img = load("astronaut", False)
@@ -231,13 +234,13 @@ def scaling(args, console) -> dict:
     t_n = Table(title=f"time vs n: d = 5, sigma_s = {ss:g}, sigma_r = {sr:g}")
     for col in ("n", "lattice points", "seconds", "ns / point"):
         t_n.add_column(col, justify="right")
+    cases = []
     for s in sides:
         crop = img[:s, :s]
         yy, xx = np.mgrid[:s, :s]
         pos = np.concatenate([yy[..., None] / ss, xx[..., None] / ss, crop / sr], -1)
-        pos = pos.reshape(-1, 5)
-        vals = np.ascontiguousarray(crop.reshape(-1, 3))
-        t, m = time_filter(pos, vals)
+        cases.append((pos.reshape(-1, 5), np.ascontiguousarray(crop.reshape(-1, 3))))
+    for s, (t, m) in zip(sides, time_cases(cases), strict=True):
         out["vs_n"].append({"n": s * s, "lattice": m, "seconds": t})
         t_n.add_row(str(s * s), str(m), f"{t:.4f}", f"{1e9 * t / (s * s):.0f}")
     ns = [r["n"] for r in out["vs_n"]]
@@ -257,10 +260,10 @@ def scaling(args, console) -> dict:
                 "ns / (point (d+1)^2)", "ns / ((n+m) (d+1)^2)"):
         t_d.add_column(col, justify="right")
     n = side * side
-    for d in dims:
-        pos = np.concatenate([yy[..., None] / 8.0, xx[..., None] / 8.0,
-                              feats[..., : d - 2] / 0.2], -1).reshape(n, d)
-        t, m = time_filter(pos, vals)
+    cases = [(np.concatenate([yy[..., None] / 8.0, xx[..., None] / 8.0,
+                              feats[..., : d - 2] / 0.2], -1).reshape(n, d), vals)
+             for d in dims]
+    for d, (t, m) in zip(dims, time_cases(cases), strict=True):
         out["vs_d"].append({"d": d, "lattice": m, "seconds": t})
         t_d.add_row(str(d), str(m), f"{m / n:.2f}", f"{t:.4f}", f"{1e9 * t / n:.0f}",
                     f"{1e9 * t / n / (d + 1) ** 2:.1f}",

@@ -95,7 +95,8 @@ class PermutohedralLattice:
         table = np.full(1 << max(10, int(np.ceil(np.log2(max(2 * n, 1))))), -1, dtype=np.int32)
         lat_keys = np.empty((table.size // 2, d), dtype=np.int32)
         m = 0
-        chunk = 1 << 16
+        # points per embed/insert round: the vertex keys of one round stay within ~2 MiB
+        chunk = int(np.clip((1 << 19) // (d1 * d), 1024, 1 << 16))
         with PARALLEL_LOCK:
             for c0 in range(0, n, chunk):
                 c1 = min(n, c0 + chunk)
