@@ -395,7 +395,13 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m convolab.highdim.bench", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     add_arguments(p)
-    return run(p.parse_args(argv))
+    args = p.parse_args(argv)
+    from ..errors import ConvError
+
+    try:
+        return run(args)
+    except ConvError as e:
+        p.error(str(e))
 
 
 if __name__ == "__main__":  # pragma: no cover
