@@ -4,26 +4,34 @@ A bilinear algorithm on a tile is ``vec(Y) = AT [(G vec(W)) * (BT vec(X))]`` (se
 `convolab.transforms.forms`). For a layer with C input and K output channels (per group):
 
 1. tile the zero-padded input (tiles overlap by r - 1; partial edge tiles read zeros beyond it);
-2. input transform of every (channel, tile): ``V[p, c, t] = (BT vec(X_c,t))[p]`` -- a separable
+2. input transform of every (tile, channel): ``V[p, t, c] = (BT vec(X_t,c))[p]`` -- a separable
    stage ``B1 X B1^T`` then, for non-separable algorithms such as SFC's native form, a sparse
-   stage ``S_in`` (Numba, vectorised along a row of tiles);
-3. filter transform ``Wt[p, k, c] = (G vec(W_k,c))[p]``, once, in `prepare` (kept in the plan);
-4. channel reduction: one GEMM per transform-domain point ``M[p] = Wt[p] @ V[p]``
-   (K x C) @ (C x T), called from Numba with the BLAS held to one thread;
-5. output transform ``Y = A1 (S_out M) A1^T`` per (output channel, tile), written in place.
+   stage ``S_in``. Numba, channels-last: the block's input is copied to NHWC and every step is
+   a vector operation along C (with fewer than `SMALL_C` channels per group the NCHW input is
+   read directly and the vectors run along the tiles instead, ``V[p, c, t]``);
+3. filter transform ``Wt[p, c, k] = (G vec(W_k,c))[p]``, once, in `prepare` (kept in the plan);
+4. channel reduction: one GEMM per transform-domain point ``M[p] = V[p] @ Wt[p]``
+   (T x C) @ (C x K), called from Numba with the BLAS held to one thread;
+5. output transform ``Y = A1 (S_out M) A1^T`` per tile, vectorised along K, each output pixel's
+   K values stored straight into the NCHW output.
 
-Tiles of all images in a chunk of tile rows share the GEMMs (batch folds into T). Threads:
-Python worker threads run the serial, GIL-free kernels -- whole chunks per thread when there
-are enough, else each phase split by channel / point -- so no OpenMP pool spins beside the
-BLAS or PyTorch. Stride and dilation must be 1; groups and batch are supported.
+Images are processed in blocks of about `CHUNK_TILES` tiles (so the NHWC copy, V and M stay in
+cache); all images of a block share the GEMMs (batch folds into T). Threads: Python worker
+threads run the serial, GIL-free kernels -- whole blocks per thread when there are at least two
+per thread, else every step split over the threads (by tile, point or channel) -- so no OpenMP
+pool spins beside the BLAS or PyTorch. Stride and dilation must be 1; groups and batch are
+supported.
 
 Cost: ``multiplies = groups * N * TH * TW * P * (K/groups) * (C/groups)`` transform-domain
 products (TH = ceil(OH/m), TW = ceil(OW/m)), i.e. P per tile for N = C = K = 1: 16, 36, 64 for
 F(2x2), F(4x4), F(6x6) with 3x3; SFC-6(6x6,3x3) 88 native / 100 nested, SFC-4(4x4,3x3) 46,
-SFC-6(7x7,3x3) 132, SFC-6(6x6,5x5) 184. Workspace: V and M for one chunk of tiles.
+SFC-6(7x7,3x3) 132, SFC-6(6x6,5x5) 184. Workspace (`workspace_for`): the NHWC copy of a block
+and V and M of a chunk, per block in flight; these buffers are kept per thread and reused by
+later calls (allocating them afresh page-faulted on every call). The transformed weights held
+by the plan are P / (r r) times the weights.
 
 Error: `error_bound` is derived (see `_error_bound`); not deterministic across CPUs because the
-BLAS picks its kernel by SIMD width.
+BLAS picks its kernel (and summation order) by SIMD width.
 
 Sources: A. Lavin, S. Gray, "Fast Algorithms for Convolutional Neural Networks", CVPR 2016;
 Q. He et al., "Symbolic Fourier Convolution", ICML 2024.
@@ -435,7 +443,7 @@ def _make(name: str) -> Algorithm:
         error_bound=lambda spec, dtype: _error_bound(engine(name), spec, dtype),
         summary=summary + "; stride 1",
         features={
-            "workspace": "P·(C/g + K/g)·(tiles per chunk)·(chunks in flight)",
+            "workspace": "(P·(C/g + K/g)·(tiles per chunk) + N_block·C·H·W)·(blocks in flight)",
             "multiplies": "g·N·ceil(OH/m)·ceil(OW/m)·P·(K/g)·(C/g)",
         },
     )
