@@ -220,11 +220,24 @@ def _lengths(lo: int, hi: int) -> list[int]:
 def choose_tile(spec: ConvSpec) -> tuple[int, int]:
     """The transform size (Th, Tw) the cost model picks for ``spec``.
 
+    Parameters
+    ----------
+    spec : ConvSpec
+
+    Returns
+    -------
+    (int, int)
+        Th >= dilated R and Tw >= dilated S.
+
+    Notes
+    -----
     Candidates are the 5-smooth lengths (``scipy.fft.next_fast_len(n, real=True)``) from the
-    dilated kernel size up to the whole padded image or `MAX_SIDE`; filter spectra over `MAX_FILTER_BYTES` are
-    refused unless nothing smaller exists. The model adds FFT time (n log2 n per transform),
-    tile copies, and the complex GEMM (compute-bound, or bound by streaming the filter spectra
-    when there are few tiles).
+    dilated kernel size up to the first one covering the padded image (at most `MAX_SIDE`);
+    filter spectra over `MAX_FILTER_BYTES` are refused unless nothing smaller exists. The
+    model (`_COST`) adds the transforms (a per-transform and a per-point cost plus
+    n log2 n), the tile copies and the complex GEMM (compute-bound, or bound by streaming the
+    filter spectra when there are few tiles), so it trades the overlap and the partial edge
+    tiles of small transforms against the bigger spectra of large ones.
     """
     Rd, Sd = spec.dilated_R, spec.dilated_S
     hs = _lengths(Rd, max(Rd, min(spec.padded_H, MAX_SIDE)))
@@ -241,7 +254,19 @@ def choose_tile(spec: ConvSpec) -> tuple[int, int]:
 
 
 def tiling(spec: ConvSpec, tile=None, chunk=None) -> Tiling:
-    """The `Tiling` of ``spec``: ``tile`` (int or (Th, Tw)) and ``chunk`` override the defaults.
+    """The `Tiling` of ``spec``.
+
+    Parameters
+    ----------
+    spec : ConvSpec
+    tile : int or (int, int), optional
+        Transform size (Th, Tw); default `choose_tile`.
+    chunk : int, optional
+        Tiles per chunk; default: as many as fit `CHUNK_BYTES`, at least `MIN_CHUNK`.
+
+    Returns
+    -------
+    Tiling
 
     Raises
     ------
@@ -296,7 +321,13 @@ def _fft_mults(Th: int, Tw: int) -> float:
 
 
 def multiplies(spec: ConvSpec, tile=None) -> int:
-    """Real multiplications of one call (see the module docstring for the formula)."""
+    """Real multiplications of one call.
+
+    ``4 F K (C/groups) P`` for the complex products (cgemm's four real products each) plus
+    ``(C + K) P (Th Tw log2 Tw + 2 F log2 Th)`` for the transforms (radix-2 estimate, see the
+    module docstring), with ``F = Th (Tw//2 + 1)`` and P tiles; the filter transform of
+    `prepare` is not counted.
+    """
     t = tiling(spec, tile)
     gemm = 4 * t.F * spec.K * spec.Cg * t.tiles
     return int(round(gemm + (spec.C + spec.K) * t.tiles * _fft_mults(t.Th, t.Tw)))
