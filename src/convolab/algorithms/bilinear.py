@@ -286,7 +286,8 @@ def _threads() -> int:
 
 
 def _map(fn, items):
-    """Run ``fn`` over ``items`` on the module's worker threads (the kernels release the GIL)."""
+    """Run ``fn`` over ``items``: the first in the calling thread, the others on the module's
+    worker threads (the kernels release the GIL); wait for all, then return their results."""
     global _pool
     items = list(items)
     if len(items) == 1:
@@ -297,7 +298,12 @@ def _map(fn, items):
 
         _pool = ThreadPoolExecutor(max_workers=os.cpu_count() or 1,
                                    thread_name_prefix="convolab-bilinear")
-    return list(_pool.map(fn, items))
+    futures = [_pool.submit(fn, item) for item in items[1:]]
+    try:
+        first = fn(items[0])
+    finally:
+        rest = [f.result() for f in futures] if futures else []
+    return [first, *rest]
 
 
 def _split(n: int, parts: int) -> list[tuple[int, int]]:
