@@ -114,6 +114,8 @@ def test_generated_float64(case):
         dict(x=(1, 2, 1, 9), w=(5, 2, 1, 3), padding=(0, 0, 0, 0)),
         dict(x=(2, 4, 7, 7), w=(4, 1, 7, 7), groups=4, padding=(6, 0, 0, 6)),
         dict(x=(1, 5, 13, 11), w=(33, 5, 2, 2), stride=(6, 5)),  # stride > kernel
+        dict(x=(2, 7, 4, 5), w=(40, 7, 1, 1)),  # 20 pixels: a tile of 12, two tiles of 4
+        dict(x=(1, 9, 3, 7), w=(33, 9, 1, 1)),  # 21 pixels: two tiles of 12
     ],
 )
 def test_edge_shapes(case):
@@ -176,7 +178,12 @@ def test_multiplies_count_the_tile_waste():
     full = ConvSpec.from_shapes((1, 64, 56, 56), (64, 64, 3, 3))  # 54*54 pixels = 243 tiles
     assert ALGO.multiplies(full) == full.direct_multiplies
     ragged = ConvSpec.from_shapes((2, 6, 7, 7), (40, 3, 3, 3), groups=2)  # 25 pixels, Kg 20
-    assert ALGO.multiplies(ragged) == 2 * 2 * 32 * 36 * 3 * 3 * 3
+    assert ALGO.multiplies(ragged) == 2 * 2 * 32 * (24 + 4) * 3 * 3 * 3
+    seven = ConvSpec.from_shapes((1, 6, 5, 5), (40, 6, 1, 1))  # 25 = 12 + 12 + 1
+    eight = ConvSpec.from_shapes((1, 6, 4, 5), (40, 6, 1, 1))  # 20 = 12 + 4 + 4
+    nine = ConvSpec.from_shapes((1, 6, 3, 7), (40, 6, 1, 1))  # 21 = 12 + 12 (9 > 8)
+    for spec, pixels in ((seven, 28), (eight, 20), (nine, 24)):
+        assert ALGO.multiplies(spec) == 2 * 32 * pixels * 6
 
 
 def test_deterministic_across_thread_counts():

@@ -20,7 +20,7 @@ Workspace: the window tensor of one image, C OH Vw FH elements, where Vw = (OW-1
 (FW-1) dw + 1 <= W + pl + pr is the number of padded input columns that some output reads
 (about W/(FW OW) of im2col's C R S OH OW), plus two int64 task counters. Multiplications
 include the lanes of a last, partial block of output channels and the repeated pixels of a
-last, partial tile: N G ceil(Kg/KB) KB ceil(OH OW/12) 12 (C/g) R S.
+last, partial tile (a short last tile runs as tiles of 4 pixels).
 """
 
 import numpy as np
@@ -32,6 +32,7 @@ from ..spec import ConvSpec
 #: tile shape of the microkernel (see `convolab.kernels._im2win`; kept here so that the
 #: workspace formula needs no Numba import)
 _MR = 12
+_MR_TAIL = 4
 _NV = 2
 #: bytes of window a task's tiles should span when it loops over all k-blocks (half an L2)
 _CHUNK_BYTES = 256 * 1024
@@ -53,11 +54,19 @@ def _workspace(spec: ConvSpec) -> int:
     return _geometry(spec)["size"] * spec.compute_dtype.itemsize + 16
 
 
+def _pixels_computed(spec: ConvSpec) -> int:
+    """Pixels per image the tiles compute: whole tiles of 12, a short last tile in tiles of 4."""
+    P = spec.OH * spec.OW
+    rest = P % _MR
+    if rest == 0 or rest > _MR - _MR_TAIL:
+        return -(-P // _MR) * _MR
+    return P - rest + -(-rest // _MR_TAIL) * _MR_TAIL
+
+
 def _multiplies(spec: ConvSpec) -> int:
     kb = _kb(spec)
     nkb = -(-spec.Kg // kb)
-    return (spec.N * spec.groups * nkb * kb * _geometry(spec)["nq"] * _MR
-            * spec.reduction_length)
+    return spec.N * spec.groups * nkb * kb * _pixels_computed(spec) * spec.reduction_length
 
 
 def _prepare(spec: ConvSpec, w):
@@ -94,10 +103,10 @@ def _split(spec: ConvSpec, geo: dict, nkb: int, itemsize: int, threads: int) -> 
 def _run(prepared, x, out):
     from numba import get_num_threads
 
-    from ..kernels._im2win import MR, im2win_conv, lanes
+    from ..kernels._im2win import MR, MR_TAIL, im2win_conv, lanes
 
     spec, wpk, geo = prepared
-    assert MR == _MR and lanes(x.itemsize) == wpk.shape[-1]
+    assert (MR, MR_TAIL) == (_MR, _MR_TAIL) and lanes(x.itemsize) == wpk.shape[-1]
     win = np.empty(geo["size"], dtype=x.dtype)
     counter = np.zeros(2, dtype=np.int64)
     (sh, sw), (dh, dw) = spec.stride, spec.dilation
@@ -123,7 +132,7 @@ register(
             "workspace": "C·OH·W'·R per image, W' = (OW-1)·sw + (S-1)·dw + 1 padded columns "
             "read (≈ W/(S·OW) of im2col)",
             "multiplies": "N·K'·P'·(C/g)·R·S, K' = K rounded up to 32 lanes per group, "
-            "P' = OH·OW rounded up to 12-pixel tiles",
+            "P' = OH·OW rounded up to 12-pixel tiles (a short last tile to 4-pixel tiles)",
         },
     )
 )

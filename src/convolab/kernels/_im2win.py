@@ -35,6 +35,8 @@ from numba.extending import intrinsic
 
 #: output pixels per microkernel tile
 MR = 12
+#: pixels per tile of the narrow microkernel that finishes a short last tile
+MR_TAIL = 4
 #: 512-bit vectors of output channels per tile
 NV = 2
 
@@ -48,9 +50,20 @@ def _i64(v: int):
     return ir.Constant(ir.IntType(64), v)
 
 
-@intrinsic
-def _microkernel(typingctx, w, woff, x, xoff, cstride, Cg, FWe, FHe, fwstep, rowlen, colstride,
-                 out, obase, OHOW, OW, kn, p0):
+def _make_microkernel(MR: int):
+    """The microkernel intrinsic for tiles of ``MR`` pixels."""
+
+    def microkernel(typingctx, w, woff, x, xoff, cstride, Cg, FWe, FHe, fwstep, rowlen,
+                    colstride, out, obase, OHOW, OW, kn, p0):
+        return _microkernel_typer(MR, typingctx, w, woff, x, xoff, cstride, Cg, FWe, FHe,
+                                  fwstep, rowlen, colstride, out, obase, OHOW, OW, kn, p0)
+
+    microkernel.__name__ = microkernel.__qualname__ = f"_microkernel_{MR}"
+    return intrinsic(microkernel)
+
+
+def _microkernel_typer(MR, typingctx, w, woff, x, xoff, cstride, Cg, FWe, FHe, fwstep, rowlen,
+                       colstride, out, obase, OHOW, OW, kn, p0):
     """One tile: pixels p0 .. p0+MR-1 (flat oh*OW + ow) x KB channels from ``k0``.
 
     ``woff``: the k-block's packed filter; ``xoff``: the group's first window channel;
@@ -82,7 +95,7 @@ def _microkernel(typingctx, w, woff, x, xoff, cstride, Cg, FWe, FHe, fwstep, row
         op = context.make_array(sig.args[11])(context, builder, oa).data
         wp = builder.gep(wp, [woff])
         xp = builder.gep(xp, [xoff])
-        _prefetch_ahead(builder, op, obase, OHOW, kn, p0)
+        _prefetch_ahead(builder, op, obase, OHOW, kn, p0, MR)
         # window offset of each pixel; pixels past the last one repeat it
         last = builder.sub(OHOW, _i64(1))
         p = builder.select(builder.icmp_unsigned("<", p0, OHOW), p0, last)
@@ -136,9 +149,9 @@ def _microkernel(typingctx, w, woff, x, xoff, cstride, Cg, FWe, FHe, fwstep, row
             builder.store(builder.add(builder.load(xoff_v), builder.select(wrap, jump, fwstep)),
                           xoff_v)
         if VL == 16 and MR <= 16:
-            _store_transposed(builder, accs, vty, op, obase, OHOW, kn, p0)
+            _store_transposed(builder, accs, vty, op, obase, OHOW, kn, p0, MR)
         else:
-            _store_scalar(context, builder, accs, vty, flt, op, obase, OHOW, kn, p0)
+            _store_scalar(context, builder, accs, vty, flt, op, obase, OHOW, kn, p0, MR)
         return context.get_dummy_value()
 
     return sig, codegen
@@ -187,7 +200,7 @@ def _strided_copy(typingctx, dst, doff, stride, src, soff, n):
     return sig, codegen
 
 
-def _prefetch_ahead(builder, op, obase, OHOW, kn, p0):
+def _prefetch_ahead(builder, op, obase, OHOW, kn, p0, MR):
     """Prefetch (for writing) the output lines of the first and last pixels two tiles ahead.
 
     A tile writes a short run in each of its KB output-channel planes; without prefetching,
@@ -211,7 +224,7 @@ def _prefetch_ahead(builder, op, obase, OHOW, kn, p0):
                                     ir.Constant(i32, 1)])
 
 
-def _store_scalar(context, builder, accs, vty, flt, op, obase, OHOW, kn, p0):
+def _store_scalar(context, builder, accs, vty, flt, op, obase, OHOW, kn, p0, MR):
     """Store the tile lane by lane (lanes are output channels, OH*OW apart in the output)."""
     VL = vty.count
     size = context.get_abi_sizeof(flt)
@@ -245,7 +258,7 @@ def _transpose16(builder, rows):
     return rows
 
 
-def _store_transposed(builder, accs, vty, op, obase, OHOW, kn, p0):
+def _store_transposed(builder, accs, vty, op, obase, OHOW, kn, p0, MR):
     """Transpose the tile in registers (lane j = pixel p0 + j) and store each output channel's
     run of pixels with one masked vector store."""
     i32 = ir.IntType(32)
@@ -270,6 +283,10 @@ def _store_transposed(builder, accs, vty, op, obase, OHOW, kn, p0):
                 ptr = builder.bitcast(builder.gep(base, [builder.mul(_i64(kk), OHOW)]),
                                       vty.as_pointer())
                 builder.call(mstore, [cols[v][lane], ptr, ir.Constant(i32, 4), m])
+
+
+_microkernel = _make_microkernel(MR)
+_microkernel_tail = _make_microkernel(MR_TAIL)
 
 
 @njit(parallel=True, cache=True, nogil=True)
@@ -346,5 +363,12 @@ def im2win_conv(x, win, wpk, out, counter, P, groups, FW, FH, sh, sw, dh, dw, pt
                     kn = min(KB, (g + 1) * Kg - k0)
                     woff = (g * nkb + kb) * Cg * FW * FH * KB
                     for qt in range(ch * nq // nchunk, (ch + 1) * nq // nchunk):
-                        _microkernel(wflat, woff, win, xg, cstride, Cg, FWe, FHe, dw * FH,
-                                     rowlen, sw * FH, on, k0 * OHOW, OHOW, OW, kn, qt * MR)
+                        p0 = qt * MR
+                        if OHOW - p0 > MR - MR_TAIL:
+                            _microkernel(wflat, woff, win, xg, cstride, Cg, FWe, FHe, dw * FH,
+                                         rowlen, sw * FH, on, k0 * OHOW, OHOW, OW, kn, p0)
+                        else:  # a last tile of at most MR - MR_TAIL pixels: narrow tiles
+                            for p in range(p0, OHOW, MR_TAIL):
+                                _microkernel_tail(wflat, woff, win, xg, cstride, Cg, FWe, FHe,
+                                                  dw * FH, rowlen, sw * FH, on, k0 * OHOW, OHOW,
+                                                  OW, kn, p)
