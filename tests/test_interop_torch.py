@@ -257,6 +257,18 @@ def test_load_state_dict_replans():
     _assert_close(y, b(x).detach(), torch.float32)
 
 
+def test_inference_tensors_as_weights():
+    with torch.inference_mode():
+        w = torch.randn(4, 3, 3, 3, dtype=torch.float64)
+        x = torch.randn(1, 3, 7, 7, dtype=torch.float64)
+        ref = ORIGINAL_CONV2D(x, w, padding=1)
+        with use("direct") as s:
+            y = F.conv2d(x, w, padding=1)
+            F.conv2d(x, w, padding=1)
+    _assert_close(y, ref, torch.float64)
+    assert [(r.algorithm, r.calls, r.replans) for r in s.report()] == [("direct", 2, 0)]
+
+
 def test_autograd_runs_on_torch_and_gradients_are_right():
     conv = nn.Conv2d(3, 4, 3).double()
     x = torch.randn(2, 3, 6, 6, dtype=torch.float64, requires_grad=True)

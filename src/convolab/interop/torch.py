@@ -21,7 +21,8 @@ dilation, groups), cached in the session. A weight is identified by the tensor o
 version counter (``w._version``, bumped by every in-place change such as ``load_state_dict``
 or ``w.copy_()`` under ``no_grad``) and its ``data_ptr()``; when any of them changes, the
 layer is planned again (``LayerStats.replans`` counts it). Writing through ``w.data`` bypasses
-the version counter and is not seen.
+the version counter and is not seen, nor are in-place changes of inference tensors (made under
+``torch.inference_mode``), which have no version counter.
 
 Autograd. convolab computes no gradients. When autograd would record the call
 (``torch.is_grad_enabled()`` and the input, weight or bias requires grad), the call runs on
@@ -171,6 +172,8 @@ class _Entry:
 
 
 def _tkey(t: torch.Tensor) -> tuple:
+    if t.is_inference():  # inference tensors have no version counter
+        return (None, t.data_ptr())
     return (t._version, t.data_ptr())
 
 
