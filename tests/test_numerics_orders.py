@@ -180,6 +180,8 @@ def test_seq_order_through_a_real_network_equals_direct():
     assert all(seq.layers[n].digest == base.layers[n].digest for n in names)
     assert seq.logits_min_bits == 23 and res.flips(seq) == 0
     assert seq.ran == fma.ran == "49/49 layers"  # the emulated orders computed every layer
+    assert seq.logits_digest == base.logits_digest != fma.logits_digest
+    assert res.logits_classes() == 2 and res.logits_classes("order:") == 2
     assert fma.layers[names[0]].digest != base.layers[names[0]].digest
     assert all(res.classes(n) == 2 for n in names)
     assert 10 < fma.layers[names[-1]].mean_bits < 23

@@ -61,6 +61,7 @@ class VariantResult:
     labels: list = field(default_factory=list)  # top-1 per image
     logits_min_bits: int = 23
     logits_mean_bits: float = 23.0
+    logits_digest: str = ""
     ran: str = ""  # e.g. "16/49 layers" for an algorithm that cannot run every layer
 
 
@@ -82,6 +83,7 @@ def _layer_stat(y: np.ndarray, base: np.ndarray | None) -> LayerStat:
 def _finish(result: VariantResult, logits: np.ndarray, base_logits: np.ndarray | None) -> None:
     logits = np.ascontiguousarray(logits, dtype=np.float32)
     result.labels = [int(i) for i in logits.argmax(1)]
+    result.logits_digest = _digest(logits)
     if base_logits is not None:
         bits = remaining_bits(logits, base_logits)
         result.logits_min_bits, result.logits_mean_bits = int(bits.min()), float(bits.mean())
@@ -183,6 +185,11 @@ class NetworkResult:
         """Bitwise classes of ``layer``'s output among variants whose name starts with prefix."""
         return len({v.layers[layer].digest for v in self.variants
                     if v.name.startswith(prefix) and v.name != "float64" and layer in v.layers})
+
+    def logits_classes(self, prefix: str = "") -> int:
+        """Bitwise classes of the network's output among variants whose name starts with prefix."""
+        return len({v.logits_digest for v in self.variants
+                    if v.name.startswith(prefix) and v.name != "float64"})
 
     def flips(self, v: VariantResult) -> int:
         """Photographs whose top-1 label differs from the baseline's."""
@@ -377,6 +384,11 @@ def main(args) -> int:
         if res.flips(v):
             console.print(f"  {v.name}: {' '.join(map(str, v.labels))}")
     console.print("layers run: convolutions the variant computed itself (the others: direct).")
+    console.print(
+        "bitwise classes of the logits: "
+        + ", ".join(f"{k} {res.logits_classes(p)}" for k, p in (
+            ("algorithms", "algorithm:"), ("orders", "order:"), ("torch", "torch:"), ("all", "")))
+    )
     t = Table(title="per layer: bitwise classes (algorithms/orders/torch/all) and remaining bits "
               "vs direct (least/mean over the variants of each kind)")
     for col in ("#", "layer", "terms", "classes", "algorithms", "orders", "torch", "float64"):
