@@ -119,7 +119,7 @@ def _microkernel_typer(MR, typingctx, w, woff, x, xoff, cstride, Cg, FWe, FHe, f
         undef = ir.Constant(vty, ir.Undefined)
         kbc = _i64(KB)
         # one loop over the Cg*FWe runs of FHe contiguous window elements (dilation 1: one run
-        # of FW*FH per channel), so the column pointers are not spilled around a third loop
+        # of FW*FH per channel), an inner loop over a run
         xoff_v = cgutils.alloca_once_value(builder, _i64(0))
         fw_v = cgutils.alloca_once_value(builder, _i64(0))
         jump = builder.sub(cstride, builder.mul(builder.sub(FWe, _i64(1)), fwstep))
