@@ -20,6 +20,8 @@ def add_parser(sub) -> None:
     p.add_argument("--batch", type=int, default=None, help="batch size (default: the suite's: 1, im2win12: 8)")
     p.add_argument("--algorithms", default=None, help="comma-separated algorithm names (default: all registered)")
     p.add_argument("--peers", default=None, help="comma-separated peers: torch (= torch,torch-im2col)")
+    p.add_argument("--no-auto", dest="auto", action="store_false",
+                   help="do not time algorithm='auto' (on by default when --algorithms is not given)")
     p.add_argument("--repeat", type=int, default=5, help="timed calls per measurement; the minimum is kept")
     p.add_argument("--threads", type=int, default=None, help="threads for convolab, BLAS, peers (default: all)")
     p.add_argument("--layers", default=None, help="only layers whose name contains one of these (comma-separated)")
@@ -41,7 +43,7 @@ def run(args) -> int:
     from ..errors import ConvError
     from ..registry import algorithms, get
     from . import peers as peers_mod
-    from .runner import bench_layer, geomean_ratios, machine_info, to_json
+    from .runner import auto_quality, bench_layer, geomean_ratios, machine_info, to_json
     from .suites import suite
 
     if args.repeat < 1:
@@ -62,6 +64,7 @@ def run(args) -> int:
         else algorithms()
     )
     peer_list = peers_mod.resolve(args.peers)
+    use_auto = args.auto and not args.algorithms
     console = Console()
     if not console.is_terminal:
         console = Console(width=160)
@@ -76,7 +79,7 @@ def run(args) -> int:
             f"OpenBLAS env: {env}; numpy {info.numpy}, python {info.python}"
         )
         records = []
-        total = len(layers) * (len(algos) + len(peer_list))
+        total = len(layers) * (len(algos) + len(peer_list) + use_auto)
         with Progress(
             TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
             console=console, transient=True,
@@ -85,7 +88,7 @@ def run(args) -> int:
             for name, spec in layers:
                 progress.update(task, description=f"{name}")
                 records += bench_layer(
-                    name, spec, algos, peer_list, args.repeat, threads,
+                    name, spec, algos, peer_list, args.repeat, threads, auto=use_auto,
                     step=lambda impl, name=name: progress.update(
                         task, advance=1, description=f"{name}: {impl}"
                     ),
@@ -100,7 +103,7 @@ def run(args) -> int:
             continue
         table.add_row(
             r.layer if r.layer != last else "",
-            r.impl + (" (peer)" if r.kind == "peer" else ""),
+            r.impl + (" (peer)" if r.kind == "peer" else "") + (f" -> {r.chosen}" if r.chosen else ""),
             f"{r.ms:.3f}",
             f"{r.gflops:.1f}",
             f"{100 * r.gflops / info.gemm_gflops:.0f}",
@@ -122,6 +125,16 @@ def run(args) -> int:
             by_ref.setdefault(p, []).append(f"{a} {v:.2f}x ({n})")
         for p, items in by_ref.items():
             console.print(f"geomean speed-up vs {p} (layers): " + ", ".join(items))
+    quality = auto_quality(records)
+    if quality:
+        n = len(quality)
+        within10 = sum(q <= 1.10 for *_, q in quality)
+        within25 = sum(q <= 1.25 for *_, q in quality)
+        worst = max(quality, key=lambda t: t[3])
+        console.print(
+            f"auto picked an algorithm within 10% of the fastest on {within10}/{n} layers, within 25% on "
+            f"{within25}/{n}; worst: {worst[0]} chose {worst[1]}, {worst[3]:.2f}x {worst[2]}"
+        )
     if args.json_path:
         with open(args.json_path + ".tmp", "w") as f:
             json.dump(to_json(info, args.suite, batch, records), f, indent=1)

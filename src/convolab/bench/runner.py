@@ -21,7 +21,7 @@ import numpy as np
 
 from .. import reference
 from ..api import plan as make_plan
-from ..registry import Algorithm
+from ..registry import Algorithm, get
 from ..spec import ConvSpec
 from .peers import Peer
 
@@ -39,6 +39,7 @@ class Record:
     peak_bytes: int | None = None
     max_rel_err: float | None = None
     skipped: str | None = None
+    chosen: str | None = None  # for impl "auto": the algorithm the chooser picked
 
 
 @dataclass
@@ -151,18 +152,21 @@ def bench_layer(
     repeat: int,
     threads: int,
     step: Callable[[str], None] = lambda s: None,
+    auto: bool = False,
 ) -> list[Record]:
-    """Run every algorithm and peer on one layer; ``step`` is called after each."""
+    """Run every algorithm (and ``auto``) and peer on one layer; ``step`` is called after each."""
     x, w = layer_data(spec)
     ref = reference.conv2d(x, w, **_conv_args(spec))
     records = []
-    for a in algos:
-        rec = Record(name, str(spec), a.name, "algorithm")
-        why = a.supports(spec)
+    for a in [*algos, None] if auto else algos:
+        rec = Record(name, str(spec), "auto" if a is None else a.name, "algorithm")
+        why = None if a is None else a.supports(spec)
         if why is not None:
             rec.skipped = why
         else:
-            p = make_plan(x.shape, w, algorithm=a.name, **_conv_args(spec))
+            p = make_plan(x.shape, w, algorithm=rec.impl, **_conv_args(spec))
+            a = a or get(p.algorithm)
+            rec.chosen = p.algorithm if rec.impl == "auto" else None
             out = np.empty(spec.out_shape, np.float32)
             p(x, out=out)  # JIT warm-up, first touch
             rec.max_rel_err = reference.errors(out, ref)["max_rel"]
@@ -173,7 +177,7 @@ def bench_layer(
             rec.workspace_bytes = a.workspace_bytes(spec)
             rec.peak_bytes = peak_allocation(lambda p=p, out=out: p(x, out=out))
         records.append(rec)
-        step(a.name)
+        step(rec.impl)
     for peer in peers:
         rec = Record(name, str(spec), peer.name, "peer")
         f = peer.make(spec, x, w, threads)
@@ -210,12 +214,31 @@ def geomean_ratios(records: list[Record]) -> dict[tuple[str, str], tuple[float, 
     return out
 
 
+def auto_quality(records: list[Record]) -> list[tuple[str, str, str, float]]:
+    """Per layer: (layer, chosen, fastest, t_chosen / t_fastest), from the named algorithms'
+    times of the same run (the chooser is judged on the algorithms it chose between)."""
+    out = []
+    layers = dict.fromkeys(r.layer for r in records)
+    for layer in layers:
+        rs = [r for r in records if r.layer == layer]
+        auto = next((r for r in rs if r.impl == "auto" and r.chosen), None)
+        timed = {r.impl: r.ms for r in rs if r.kind == "algorithm" and r.impl != "auto" and r.ms is not None}
+        if auto is None or auto.chosen not in timed:
+            continue
+        fastest = min(timed, key=timed.get)
+        out.append((layer, auto.chosen, fastest, timed[auto.chosen] / timed[fastest]))
+    return out
+
+
 def to_json(info: MachineInfo, suite: str, batch: int, records: list[Record]) -> dict:
     return {
         "machine": asdict(info),
         "suite": suite,
         "batch": batch,
         "records": [asdict(r) for r in records],
+        "auto": [
+            {"layer": lay, "chosen": c, "fastest": f, "ratio": q} for lay, c, f, q in auto_quality(records)
+        ],
         "geomean_speedup": [
             {"algorithm": a, "versus": p, "ratio": v, "layers": n}
             for (a, p), (v, n) in geomean_ratios(records).items()
