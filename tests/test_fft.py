@@ -6,6 +6,7 @@ tiling path (many partial tiles, several chunks) without large images.
 """
 
 import math
+import os
 import tracemalloc
 
 import numpy as np
@@ -247,3 +248,25 @@ def test_large_kernels_need_far_fewer_multiplies_and_small_transforms():
         assert fft.multiplies(spec) * 5 < spec.direct_multiplies
         assert Th * Tw < spec.padded_H * spec.padded_W  # the transform follows the kernel
         assert fft.workspace_bytes(spec) < 128 << 20
+
+
+def _child_conv(q, x, w):
+    q.put(convolab.conv2d(x, w, padding=3, algorithm="fft"))
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
+def test_runs_in_a_forked_child_after_the_parent_used_the_threads():
+    import multiprocessing
+
+    x, w = _data(dict(x=(1, 8, 30, 30), w=(8, 8, 7, 7)), np.float32, seed=7)
+    y = convolab.conv2d(x, w, padding=3, algorithm="fft")  # starts the worker threads
+    ctx = multiprocessing.get_context("fork")
+    q = ctx.Queue()
+    p = ctx.Process(target=_child_conv, args=(q, x, w))
+    p.start()
+    try:
+        np.testing.assert_array_equal(q.get(timeout=60), y)
+    finally:
+        p.join(timeout=10)
+        if p.is_alive():
+            p.kill()

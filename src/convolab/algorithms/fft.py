@@ -435,6 +435,16 @@ def _blas_one_thread():
     return _controller.limit(limits=1, user_api="blas")
 
 
+def _forget_pool() -> None:
+    # a forked child inherits the pool object but not its threads: start a new one there
+    global _pool
+    _pool = None
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_pool)
+
+
 def _map(fn, ranges, *args) -> None:
     """Run ``fn(*args, lo, hi)`` for every range, on the worker threads when there are several."""
     global _pool
