@@ -92,13 +92,30 @@ def test_named_layers_smallest_tiles(layer, dtype):
 
 
 def test_overlap_tiling_path_is_exercised():
-    case = dict(x=(2, 5, 37, 29), w=(7, 5, 5, 3), padding=(1, 0, 2, 2))
-    for dtype in (np.float32, np.float64):
-        err, bound, t = check(case, dtype, tile=(9, 8), chunk=7)
-        assert (t.th, t.tw) == (5, 6) and (t.nth, t.ntw) == (8, 5)
-        assert t.chunks == math.ceil(2 * 8 * 5 / 7) > 1
-        # partial edge tiles: the grid overhangs the output
-        assert t.nth * t.th > 37 and t.ntw * t.tw > 27
+    case = dict(x=(3, 5, 37, 29), w=(7, 5, 5, 3), padding=(1, 0, 2, 2))
+    # chunks of tile rows (7 -> one row of 5 tiles; 12 -> two rows), of images (45 -> one
+    # image of 40 tiles; 85 -> two), and everything at once
+    for chunk, size, count in ((7, 5, 24), (12, 10, 12), (45, 40, 3), (85, 80, 2), (None, 120, 1)):
+        for dtype in (np.float32, np.float64):
+            err, bound, t = check(case, dtype, tile=(9, 8), chunk=chunk or 1000)
+            assert (t.th, t.tw) == (5, 6) and (t.nth, t.ntw) == (8, 5)
+            assert (t.chunk, t.chunks) == (size, count)
+            assert len(t.chunk_list(3)) == count
+            # partial edge tiles: the grid overhangs the output
+            assert t.nth * t.th > 37 and t.ntw * t.tw > 27
+
+
+def test_unpadded_input_is_read_in_place():
+    # no padding and tiles that fit inside the image: the tiles are a view of the input itself
+    case = dict(x=(2, 3, 23, 23), w=(4, 3, 4, 4))
+    spec = ConvSpec.from_shapes(case["x"], case["w"])
+    assert fft._in_place(spec, 8, 8, 4, 4)  # 4 tiles of 5 outputs: 4 * 5 + 3 = 23 rows
+    x, w = _data(case, np.float32)
+    for chunk in (4, 16, 32):
+        check(case, np.float32, tile=8, chunk=chunk)
+        prep = fft.prepare(spec, w, tile=8, chunk=chunk)
+        ws = fft.fft_workspace_bytes(spec, 8, chunk)
+        assert ws <= _measured_peak(prep, x) <= ws + 16384
 
 
 @settings(max_examples=60, deadline=None, derandomize=True,
@@ -196,36 +213,32 @@ def test_nonfinite_filters_and_inputs_propagate_exactly():
     np.testing.assert_allclose(y[finite], ref[finite], rtol=0, atol=1e-4)
 
 
-def test_workspace_is_the_measured_peak():
-    case = dict(x=(3, 6, 40, 33), w=(10, 6, 7, 5), padding=(2, 2, 3, 3))
-    x, w = _data(case, np.float32)
-    spec = ConvSpec.from_arrays(x, w, **_kw(case))
-    for tile, chunk in ((None, None), ((12, 10), 7), ((16, 32), 4)):
-        prep = fft.prepare(spec, w, tile=tile, chunk=chunk)
-        out = np.empty(spec.out_shape, np.float32)
-        fft.run(prep, x, out)  # compile and warm up
-        tracemalloc.start()
-        try:
-            base = tracemalloc.get_traced_memory()[0]
-            fft.run(prep, x, out)
-            peak = tracemalloc.get_traced_memory()[1] - base
-        finally:
-            tracemalloc.stop()
-        ws = fft.fft_workspace_bytes(spec, tile, chunk)
-        # the arrays counted are all that is allocated, up to a few KiB of Python objects
-        assert ws <= peak <= ws + 16384, (tile, chunk, ws, peak)
-        assert fft.workspace_bytes(spec, tile, chunk) >= ws
-    # a NaN input takes the direct path: its padded copy is within workspace_bytes too
-    x[0, 0, 0, 0] = np.nan
-    fft.run(prep, x, out)
+def _measured_peak(prep, x):
+    out = np.empty(prep.spec.out_shape, x.dtype)
+    fft.run(prep, x, out)  # compile and warm up
     tracemalloc.start()
     try:
         base = tracemalloc.get_traced_memory()[0]
         fft.run(prep, x, out)
-        peak = tracemalloc.get_traced_memory()[1] - base
+        return tracemalloc.get_traced_memory()[1] - base
     finally:
         tracemalloc.stop()
-    assert peak <= fft.workspace_bytes(spec, (16, 32), 4) + 16384
+
+
+def test_workspace_is_the_measured_peak():
+    case = dict(x=(3, 6, 40, 33), w=(10, 6, 7, 5), padding=(2, 2, 3, 3))
+    x, w = _data(case, np.float32)
+    spec = ConvSpec.from_arrays(x, w, **_kw(case))
+    # default; row chunks; image chunks; one chunk
+    for tile, chunk in ((None, None), ((12, 10), 7), ((12, 10), 60), ((16, 32), 1000)):
+        prep = fft.prepare(spec, w, tile=tile, chunk=chunk)
+        ws = fft.fft_workspace_bytes(spec, tile, chunk)
+        # the arrays counted are all that is allocated, up to a few KiB of Python objects
+        assert ws <= _measured_peak(prep, x) <= ws + 16384, (tile, chunk, ws)
+        assert fft.workspace_bytes(spec, tile, chunk) >= ws
+    # a NaN input takes the direct path: its padded copy is within workspace_bytes too
+    x[0, 0, 0, 0] = np.nan
+    assert _measured_peak(prep, x) <= fft.workspace_bytes(spec, (16, 32), 1000) + 16384
 
 
 def test_multiplies_formula_by_hand():

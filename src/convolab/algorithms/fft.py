@@ -15,9 +15,11 @@ FFT lengths (`choose_tile`); e.g. 64 x 56 x 56 with 7 x 7 gets 36 x 25 transform
 image), 16 x 224 x 224 with 11 x 11 gets 48 x 125 (12 tiles). `prepare` takes ``tile=`` and
 ``chunk=`` to force a tiling.
 
-Layout. ``gather`` writes the tiles as a real (Th, Tw, C, P) array; ``scipy.fft.rfft2`` over the
-two leading axes (pocketfft, ``workers`` threads, (channel, tile) as SIMD lanes) gives the spectra
-as (Th, Tw//2+1, C, P) = (F, groups, Cg, P) with no transposition; ``numpy.matmul`` (BLAS cgemm /
+Layout. The overlapping tiles of a chunk are a strided view (Th, Tw, C, images, tile rows,
+tile columns) of the input -- of a zero-extended copy of the rows the chunk reads when there is
+padding -- so no tile is copied: ``scipy.fft.rfft2`` over the two leading axes (pocketfft,
+``workers`` threads, (channel, tile) as SIMD lanes) reads it directly and returns the spectra as
+(Th, Tw//2+1, C, P) = (F, groups, Cg, P), the GEMM operand, with no transposition; ``numpy.matmul`` (BLAS cgemm /
 zgemm, one call per frequency and group) multiplies by the prepared (F, groups, Kg, Cg) filter
 spectra; the unscaled inverse (the 1/(Th Tw) sits in the filter spectra) runs down the columns in
 place, then along only the th rows that hold valid outputs, giving (th, Tw, K, P) tiles whose
@@ -82,7 +84,7 @@ _COST = {
     "fft": 0.15e-9,  # per point per log2(points), one forward or inverse real 2D transform
     "fft_point": 1.0e-9,  # per point of a transform (copies in and out of the lanes)
     "fft_call": 30e-9,  # per transform
-    "gather": 0.9e-9,  # per element gathered into tiles
+    "pad": 0.5e-9,  # per element of the zero-extended input copy
     "scatter": 1.3e-9,  # per output element scattered out of the tiles
     "flop": 1 / 150e9,  # complex GEMM, per real flop (8 per complex multiply-add)
     "byte": 1 / 25e9,  # per byte of filter spectra streamed per chunk
@@ -128,7 +130,8 @@ class Tiling:
     tiles : int
         N * nth * ntw, all tiles of a call.
     chunk : int
-        Tiles transformed and multiplied together.
+        Most tiles transformed and multiplied together: whole images when an image has at
+        most that many tiles, else whole rows of tiles of one image.
     """
 
     Th: int
@@ -155,22 +158,52 @@ class Tiling:
         return self.Th * self.Tw
 
     @property
+    def per_image(self) -> int:
+        return self.nth * self.ntw
+
+    def chunk_list(self, N: int) -> list[tuple[int, int, int, int]]:
+        """Chunks as (first image, end image, first tile row, end tile row), in tile order."""
+        if self.chunk >= self.per_image:
+            k = self.chunk // self.per_image
+            return [(n, min(N, n + k), 0, self.nth) for n in range(0, N, k)]
+        k = self.chunk // self.ntw
+        return [(n, n + 1, r, min(self.nth, r + k)) for n in range(N) for r in range(0, self.nth, k)]
+
+    @property
     def chunks(self) -> int:
-        return -(-self.tiles // self.chunk)
+        N = self.tiles // self.per_image
+        if self.chunk >= self.per_image:
+            return -(-N // (self.chunk // self.per_image))
+        return N * -(-self.nth // (self.chunk // self.ntw))
 
 
-def _bytes_per_tile(spec: ConvSpec, Th: int, Tw: int) -> int:
-    """Peak workspace per tile of a chunk (see `fft_workspace_bytes`)."""
+def _in_place(spec: ConvSpec, Th: int, Tw: int, nth: int, ntw: int) -> bool:
+    """True when the tiles are a strided view of the input itself (no padding to add)."""
+    th, tw = Th - spec.dilated_R + 1, Tw - spec.dilated_S + 1
+    return not any(spec.padding) and nth * th + Th - th <= spec.H and ntw * tw + Tw - tw <= spec.W
+
+
+def _chunk_bytes(spec: ConvSpec, Th: int, Tw: int, chunk: int) -> int:
+    """Peak workspace of a chunk of ``chunk`` tiles (see `fft_workspace_bytes`)."""
     isz = spec.compute_dtype.itemsize
-    n, F, th = Th * Tw, Th * (Tw // 2 + 1), Th - spec.dilated_R + 1
-    xt, xf = n * spec.C * isz, 2 * F * spec.C * isz
-    yf, yt = 2 * F * spec.K * isz, th * Tw * spec.K * isz
-    return max(xt + xf, xf + yf, yf + yt)
+    th, tw, nth, ntw = _grid(spec, Th, Tw)
+    F = Th * (Tw // 2 + 1)
+    if chunk >= nth * ntw:
+        images, rows = chunk // (nth * ntw), nth
+    else:
+        images, rows = 1, chunk // ntw
+    hb, wb = rows * th + Th - th, ntw * tw + Tw - tw  # the input block the tiles read
+    xp = 0 if _in_place(spec, Th, Tw, nth, ntw) else images * spec.C * hb * wb * isz
+    xf, yf = 2 * F * spec.C * chunk * isz, 2 * F * spec.K * chunk * isz
+    yt = th * Tw * spec.K * chunk * isz
+    return max(xp + xf, xf + yf, yf + yt)
 
 
 def _chunk(spec: ConvSpec, Th: int, Tw: int, tiles: int) -> int:
-    per_tile = _bytes_per_tile(spec, Th, Tw)
-    return max(1, min(tiles, max(MIN_CHUNK, CHUNK_BYTES // per_tile)))
+    th, tw, nth, ntw = _grid(spec, Th, Tw)
+    per_tile = _chunk_bytes(spec, Th, Tw, nth * ntw) / (nth * ntw)
+    chunk = max(1, min(tiles, max(MIN_CHUNK, int(CHUNK_BYTES // per_tile))))
+    return _round_chunk(chunk, tiles, nth, ntw)
 
 
 def _grid(spec: ConvSpec, Th: int, Tw: int) -> tuple[int, int, int, int]:
@@ -193,7 +226,9 @@ def _cost(spec: ConvSpec, Th: int, Tw: int) -> float:
     c = _COST
     per_fft = c["fft_call"] + c["fft_point"] * n + c["fft"] * n * math.log2(max(n, 2))
     t = per_fft * (spec.C + spec.K) * tiles
-    t += c["gather"] * tiles * n * spec.C + c["scatter"] * tiles * th * tw * spec.K
+    if not _in_place(spec, Th, Tw, nth, ntw):
+        t += c["pad"] * spec.N * spec.C * (nth * th + Th - th) * (ntw * tw + Tw - tw)
+    t += c["scatter"] * tiles * th * tw * spec.K
     if Cg == 1:
         t += c["ew"] * F * spec.K * tiles
     else:
@@ -292,21 +327,31 @@ def tiling(spec: ConvSpec, tile=None, chunk=None) -> Tiling:
         chunk = _chunk(spec, Th, Tw, tiles)
     elif int(chunk) < 1:
         raise ConvError(f"chunk must be >= 1, got {chunk!r}")
-    return Tiling(Th, Tw, th, tw, nth, ntw, tiles, min(int(chunk), tiles))
+    return Tiling(Th, Tw, th, tw, nth, ntw, tiles, _round_chunk(int(chunk), tiles, nth, ntw))
+
+
+def _round_chunk(chunk: int, tiles: int, nth: int, ntw: int) -> int:
+    """Round down to whole images, or to whole rows of tiles (at least one)."""
+    chunk = min(chunk, tiles)
+    if chunk >= nth * ntw:
+        return chunk - chunk % (nth * ntw)
+    return max(1, chunk // ntw) * ntw
 
 
 # ---------------------------------------------------------------------------------- costs
 def fft_workspace_bytes(spec: ConvSpec, tile=None, chunk=None) -> int:
     """Peak bytes the FFT path allocates in one call: the largest chunk's arrays alive at once.
 
-    Per chunk of ``pc`` tiles: input tiles ``Th Tw C pc`` reals, their spectra ``F C pc``
-    complex, the product spectra ``F K pc`` complex (inverse-transformed down the columns in
-    place) and the valid rows of the output tiles ``th Tw K pc`` reals.
-    Each is freed once the next exists, so the peak is the largest adjacent pair. pocketfft's
-    own per-thread scratch (a few transform lengths, outside the NumPy heap) is not counted.
+    Per chunk of ``pc`` tiles: the zero-extended input block its tiles read (images x C x
+    (rows th + Rd - 1) x (ntw tw + Sd - 1) reals; none when the input needs no padding and the
+    tiles fit inside it), the tile spectra ``F C pc`` complex, the product spectra ``F K pc``
+    complex (inverse-transformed down the columns in place) and the valid rows of the output
+    tiles ``th Tw K pc`` reals. Each is freed once the next exists, so the peak is the largest
+    adjacent pair. pocketfft's own per-thread scratch (a few transform lengths, outside the
+    NumPy heap) is not counted.
     """
     t = tiling(spec, tile, chunk)
-    return t.chunk * _bytes_per_tile(spec, t.Th, t.Tw)
+    return _chunk_bytes(spec, t.Th, t.Tw, t.chunk)
 
 
 def workspace_bytes(spec: ConvSpec, tile=None, chunk=None) -> int:
@@ -380,8 +425,6 @@ class Prepared:
     tiling: Tiling
     wf: np.ndarray  # (F, groups, Kg, Cg) complex: conj(DFT(w_dilated)) / (Th Tw)
     tn: np.ndarray  # image of each tile
-    ti0: np.ndarray  # top input row of each tile (padding offset applied, may be < 0)
-    tj0: np.ndarray  # left input column of each tile
     oi0: np.ndarray  # top output row of each tile
     oj0: np.ndarray  # left output column of each tile
     w: np.ndarray  # the filters, for the ``direct`` path taken by non-finite data
@@ -414,11 +457,7 @@ def prepare(spec: ConvSpec, w: np.ndarray, tile=None, chunk=None) -> Prepared:
     p = np.arange(t.tiles, dtype=np.int64)
     tn, r = np.divmod(p, t.nth * t.ntw)
     ti, tj = np.divmod(r, t.ntw)
-    pl, _, pt, _ = spec.padding
-    return Prepared(
-        spec, t, wf, tn, ti * t.th - pt, tj * t.tw - pl, ti * t.th, tj * t.tw,
-        w, bool(np.isfinite(w).all()),
-    )
+    return Prepared(spec, t, wf, tn, ti * t.th, tj * t.tw, w, bool(np.isfinite(w).all()))
 
 
 _controller = None
@@ -474,11 +513,39 @@ def _split(n: int, parts: int) -> list[tuple[int, int]]:
     return [(i * n // parts, (i + 1) * n // parts) for i in range(parts)]
 
 
+def _tiles_view(x: np.ndarray, spec: ConvSpec, t: Tiling, in_place: bool, n0, n1, r0, r1):
+    """The chunk's tiles as a (Th, Tw, C, images, rows, ntw) strided view (no copy of the tiles).
+
+    Tiles overlap, so they are a view with strides (row, column, channel, image, th rows,
+    tw columns) into the input -- or, when padding is needed, into a zero-extended copy of the
+    block of input rows the chunk reads.
+    """
+    from numpy.lib.stride_tricks import as_strided
+
+    hb, wb = (r1 - r0) * t.th + t.Th - t.th, t.ntw * t.tw + t.Tw - t.tw
+    if in_place:
+        block = x[n0:n1, :, r0 * t.th :]
+    else:
+        pl, _, pt, _ = spec.padding
+        block = np.zeros((n1 - n0, spec.C, hb, wb), dtype=x.dtype)
+        top = r0 * t.th - pt  # input row at block row 0
+        d0, d1 = max(0, -top), min(hb, spec.H - top)
+        if d1 > d0:
+            block[:, :, d0:d1, pl : pl + spec.W] = x[n0:n1, :, top + d0 : top + d1]
+    sn, sc, sh, sw = block.strides
+    return as_strided(
+        block,
+        shape=(t.Th, t.Tw, spec.C, n1 - n0, r1 - r0, t.ntw),
+        strides=(sh, sw, sc, sn, t.th * sh, t.tw * sw),
+        writeable=False,
+    )
+
+
 def run(prep: Prepared, x: np.ndarray, out: np.ndarray) -> None:
     """Convolve ``x`` (compute dtype, C-contiguous NCHW) into ``out`` chunk by chunk.
 
-    Threads: pocketfft runs the transforms on ``workers`` threads; the tile copies (split by
-    channel) and the per-frequency products (split by frequency, BLAS held to one thread) run on
+    Threads: pocketfft runs the transforms on ``workers`` threads; the output copies (split by
+    output channel) and the per-frequency products (split by frequency, BLAS held to one thread) run on
     this module's Python threads. Every thread writes its own part of the arrays, so the result
     does not depend on the thread count.
     """
@@ -486,7 +553,7 @@ def run(prep: Prepared, x: np.ndarray, out: np.ndarray) -> None:
 
     import scipy.fft as sfft
 
-    from ..kernels._fft import all_finite, gather_tiles, scatter_tiles
+    from ..kernels._fft import all_finite, scatter_tiles
 
     spec, t = prep.spec, prep.tiling
     if not (prep.finite_w and all_finite(x)):
@@ -500,16 +567,16 @@ def run(prep: Prepared, x: np.ndarray, out: np.ndarray) -> None:
     G, Kg, Cg = spec.groups, spec.Kg, spec.Cg
     workers = _workers()
     ctype = prep.wf.dtype
+    in_place = _in_place(spec, t.Th, t.Tw, t.nth, t.ntw)
     blas = _blas_one_thread() if workers > 1 and Cg > 1 else contextlib.nullcontext()
+    p0 = 0
     with blas:
-        for p0 in range(0, t.tiles, t.chunk):
-            p1 = min(t.tiles, p0 + t.chunk)
-            pc = p1 - p0
-            tn, ti0, tj0 = prep.tn[p0:p1], prep.ti0[p0:p1], prep.tj0[p0:p1]
-            xt = np.empty((t.Th, t.Tw, spec.C, pc), dtype=x.dtype)
-            _map(gather_tiles, _split(spec.C, workers), x, xt, tn, ti0, tj0)
-            xf = sfft.rfft2(xt, axes=(0, 1), workers=workers).reshape(t.F, G, Cg, pc)
-            del xt
+        for n0, n1, r0, r1 in t.chunk_list(spec.N):
+            pc = (n1 - n0) * (r1 - r0) * t.ntw
+            p1 = p0 + pc
+            tiles = _tiles_view(x, spec, t, in_place, n0, n1, r0, r1)
+            xf = sfft.rfft2(tiles, axes=(0, 1), workers=workers).reshape(t.F, G, Cg, pc)
+            del tiles
             yf = np.empty((t.F, G, Kg, pc), dtype=ctype)
             _map(_products, _split(t.F, workers), prep.wf, xf, yf)
             del xf
@@ -518,11 +585,11 @@ def run(prep: Prepared, x: np.ndarray, out: np.ndarray) -> None:
             yc = sfft.ifft(yf.reshape(t.Th, t.Twf, spec.K, pc), axis=0, norm="forward",
                            overwrite_x=True, workers=workers)
             yt = sfft.irfft(yc[: t.th], n=t.Tw, axis=1, norm="forward", workers=workers)
-            del yc
-            del yf
-            oi0, oj0 = prep.oi0[p0:p1], prep.oj0[p0:p1]
+            del yc, yf
+            tn, oi0, oj0 = prep.tn[p0:p1], prep.oi0[p0:p1], prep.oj0[p0:p1]
             _map(scatter_tiles, _split(spec.K, workers), yt, out, tn, oi0, oj0, t.th, t.tw)
             del yt
+            p0 = p1
 
 
 register(
@@ -537,8 +604,9 @@ register(
         error_bound=error_bound,
         summary="overlap-save real FFTs (pocketfft) + one complex GEMM per frequency; stride 1",
         features={
-            "workspace": "per chunk of pc tiles: max(Th·Tw·C·pc + 2F·C·pc, 2F·(C+K)·pc, "
-            "2F·K·pc + th·Tw·K·pc) reals, F = Th·(Tw/2+1)",
+            "workspace": "per chunk of pc tiles: max(block + 2F·C·pc, 2F·(C+K)·pc, "
+            "2F·K·pc + th·Tw·K·pc) reals, F = Th·(Tw/2+1), block = the zero-extended input "
+            "rows the chunk reads (0 without padding)",
             "multiplies": "4·F·K·(C/g)·P + (C+K)·P·(Th·Tw·log2 Tw + 2F·log2 Th), "
             "P = N·⌈OH/th⌉·⌈OW/tw⌉ tiles",
         },

@@ -1,39 +1,18 @@
-"""Tile gather and scatter for the overlap-save FFT convolution (``convolab.algorithms.fft``).
+"""Output-tile scatter and a finiteness check for the FFT convolution (``algorithms.fft``).
 
-Layouts (overlap-save tiles of an NCHW image, zero padding applied on the fly):
-
-* ``gather_tiles``: ``xt[a, b, c, q] = x[n, c, ti*th + a - pt, tj*tw + b - pl]`` (zero outside
-  the image) for the tile ``p = p0 + q`` of image ``n = p // (nth*ntw)`` at tile row
-  ``ti = (p // ntw) % nth``, tile column ``tj = p % ntw``; ``xt`` is (Th, Tw, C, Pc), so the 2D
-  FFT runs over the two leading axes with (channel, tile) as contiguous SIMD lanes and the
-  spectra come out as (frequency, channel, tile): the operand of the per-frequency GEMM.
 * ``scatter_tiles``: ``out[n, k, ti*th + a, tj*tw + b] = yt[a, b, k, q]`` for ``a < th``,
-  ``b < tw`` inside the output (edge tiles are partial).
+  ``b < tw`` inside the output (edge tiles are partial), where tile q of the chunk belongs to
+  image ``tn[q]`` and starts at output pixel ``(oi0[q], oj0[q])``; ``yt`` is (th, Tw, K, Pc),
+  the layout the inverse FFT over the two leading axes leaves. (The input side needs no kernel:
+  overlapping tiles are a strided view that pocketfft reads directly.)
+* ``all_finite``: no NaN or Inf in an array, without allocating.
 
-Both are serial and release the GIL: the wrapper runs them on its Python worker threads, each
-on its own range of channels, so no OpenMP pool spins beside pocketfft's and the BLAS's threads
-(notes/performance.md). Pure copies: no arithmetic, so exact and deterministic.
+Serial and GIL-free: the wrapper runs ``scatter_tiles`` on its Python worker threads, each on
+its own range of output channels, so no OpenMP pool spins beside pocketfft's and the BLAS's
+threads (notes/performance.md). Pure copies: no arithmetic, so exact and deterministic.
 """
 
 from numba import njit
-
-
-@njit(cache=True, nogil=True)
-def gather_tiles(x, xt, tn, ti0, tj0, c0, c1):  # pragma: no cover - compiled
-    # channels c0 <= c < c1 of the chunk's tiles; tile q: image tn[q], top-left input pixel
-    # (ti0[q], tj0[q]) (negative inside the padding)
-    N, C, H, W = x.shape
-    Th, Tw, _, Pc = xt.shape
-    for a in range(Th):
-        for c in range(c0, c1):
-            for b in range(Tw):
-                for q in range(Pc):
-                    ih = ti0[q] + a
-                    jw = tj0[q] + b
-                    if ih < 0 or ih >= H or jw < 0 or jw >= W:
-                        xt[a, b, c, q] = 0
-                    else:
-                        xt[a, b, c, q] = x[tn[q], c, ih, jw]
 
 
 @njit(cache=True, nogil=True)
