@@ -94,6 +94,17 @@ def test_float_layers_and_errors():
         use(lambda name, spec: "int8", model=net, calibration=x)
 
 
+def test_inference_mode_weights():
+    with torch.inference_mode():  # weights made here are inference tensors (no version counter)
+        torch.manual_seed(4)
+        conv = torch.nn.Conv2d(3, 4, 3, padding=1).eval()
+        x = torch.rand(1, 3, 8, 8)
+        with use(QuantConfig("sfc4_4x3"), model=conv, calibration=x):
+            y = conv(x)
+        ref = conv(x)
+    assert 0 < float((y - ref).norm() / ref.norm()) < 0.05
+
+
 # ---------------------------------------------------------------------------- the command
 @pytest.mark.parametrize("argv, msg", [
     (["--bits", "9"], "--bits"),

@@ -32,7 +32,7 @@ import numpy as np
 import torch
 
 from ..errors import ConvError
-from ..interop.torch import _TORCH_CONV2D, Session
+from ..interop.torch import _TORCH_CONV2D, Session, _tkey
 from ..spec import ConvSpec
 from .core import QuantConfig
 from .layer import QuantizedConv
@@ -111,7 +111,7 @@ class QuantSession(Session):
 
     def make_plan(self, name, spec, w, b, algorithm):
         """A `QuantizedConv` plan for the layer (one per weight, shared across input shapes)."""
-        key = (name, id(w), w._version, w.data_ptr(), None if b is None else (id(b), b._version))
+        key = (name, id(w), _tkey(w), None if b is None else (id(b), _tkey(b)))
         if key not in self._layers:
             cfg = self.config_for(name, spec)
             layer = None if cfg is None else QuantizedConv(
