@@ -110,6 +110,9 @@ def _microkernel_typer(MR, typingctx, w, woff, x, xoff, cstride, Cg, FWe, FHe, f
                 oh = builder.select(inside, builder.select(wrap, builder.add(oh, _i64(1)), oh), oh)
                 ow = builder.select(inside, builder.select(wrap, _i64(0), nxt), ow)
             coloffs.append(builder.add(builder.mul(oh, rowlen), builder.mul(ow, colstride)))
+        # one base pointer per pixel and one running index shared by all pixels (computing
+        # each address from the pixel's offset made the in-process JIT code slower still)
+        colptrs = [builder.gep(xp, [off]) for off in coloffs]
         accs = [[cgutils.alloca_once(builder, vty) for _ in range(NV)] for _ in range(MR)]
         zero = ir.Constant(vty, None)
         for row in accs:
@@ -125,10 +128,10 @@ def _microkernel_typer(MR, typingctx, w, woff, x, xoff, cstride, Cg, FWe, FHe, f
         jump = builder.sub(cstride, builder.mul(builder.sub(FWe, _i64(1)), fwstep))
         runw = builder.mul(FHe, kbc)
         with cgutils.for_range(builder, builder.mul(Cg, FWe)) as ls:
-            xs = builder.gep(xp, [builder.load(xoff_v)])
+            xs = builder.load(xoff_v)
             ws = builder.gep(wp, [builder.mul(ls.index, runw)])
             with cgutils.for_range(builder, FHe) as lh:
-                xh = builder.gep(xs, [lh.index])
+                xi = builder.add(xs, lh.index)
                 wh = builder.gep(ws, [builder.mul(lh.index, kbc)])
                 wv = [
                     builder.load(builder.bitcast(builder.gep(wh, [_i64(v * VL)]), vpty),
@@ -136,7 +139,7 @@ def _microkernel_typer(MR, typingctx, w, woff, x, xoff, cstride, Cg, FWe, FHe, f
                     for v in range(NV)
                 ]
                 for j in range(MR):
-                    s = builder.load(builder.gep(xh, [coloffs[j]]))
+                    s = builder.load(builder.gep(colptrs[j], [xi]))
                     b = builder.shuffle_vector(
                         builder.insert_element(undef, s, ir.Constant(i32, 0)), undef, mask
                     )
