@@ -253,6 +253,20 @@ def test_multiplies_formula_by_hand():
     assert fft.multiplies(g, tile=8) == 4 * 40 * 4 * 2 * t.tiles + (8 + 4) * t.tiles * 432
 
 
+def test_tile_choice_keeps_the_bound_within_the_default_budget_when_it_can():
+    from convolab.registry import summation_bound
+
+    spec = ConvSpec.from_shapes((8, 16, 224, 224), (16, 16, 11, 11), padding=5)
+    budget = fft.MAX_ERROR_FACTOR * summation_bound(spec, np.float32)
+    assert fft.error_bound(spec, np.float32) <= budget
+    # depthwise: every tile's bound is over the budget; the fastest tile is still chosen
+    dw = ConvSpec.from_shapes((1, 8, 40, 40), (8, 1, 7, 7), padding=3, groups=8)
+    Th, Tw = fft.choose_tile(dw)
+    assert fft.error_bound(dw, np.float32) > fft.MAX_ERROR_FACTOR * summation_bound(dw, np.float32)
+    assert fft._cost(dw, Th, Tw) == min(
+        fft._cost(dw, a, b) for a in fft._lengths(7, 46) for b in fft._lengths(7, 46))
+
+
 def test_large_kernels_need_far_fewer_multiplies_and_small_transforms():
     for shape in (((1, 64, 56, 56), (64, 64, 7, 7), 3), ((8, 16, 224, 224), (16, 16, 11, 11), 5)):
         spec = ConvSpec.from_shapes(shape[0], shape[1], padding=shape[2])

@@ -64,7 +64,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..errors import ConvError
-from ..registry import UNIT_ROUNDOFF, Algorithm, gamma, register
+from ..registry import UNIT_ROUNDOFF, Algorithm, gamma, register, summation_bound
 from ..spec import ConvSpec
 from ._common import padded_bytes
 
@@ -96,6 +96,11 @@ _COST = {
 
 #: data assumption of `error_bound`: rms(x) <= KAPPA * mean|x| over a tile (dense activations)
 KAPPA = 4.0
+
+#: the tile chooser keeps `error_bound` within this multiple of direct convolution's worst-case
+#: summation bound when some tile allows it (the bound grows like sqrt(Th Tw)), so that the
+#: chooser's default error budget (64x, `convolab.select`) admits ``fft``
+MAX_ERROR_FACTOR = 32.0
 
 
 def _workers() -> int:
@@ -269,25 +274,29 @@ def choose_tile(spec: ConvSpec) -> tuple[int, int]:
     Notes
     -----
     Candidates are the 5-smooth lengths (``scipy.fft.next_fast_len(n, real=True)``) from the
-    dilated kernel size up to the first one covering the padded image (at most `MAX_SIDE`);
-    filter spectra over `MAX_FILTER_BYTES` are refused unless nothing smaller exists. The
-    model (`_COST`) adds the transforms (a per-transform and a per-point cost plus
-    n log2 n), the tile copies and the complex GEMM (compute-bound, or bound by streaming the
-    filter spectra when there are few tiles), so it trades the overlap and the partial edge
-    tiles of small transforms against the bigger spectra of large ones.
+    dilated kernel size up to the first one covering the padded image (at most `MAX_SIDE`).
+    Filter spectra over `MAX_FILTER_BYTES` are refused unless nothing smaller exists, and so
+    are tiles whose float32 `error_bound` exceeds `MAX_ERROR_FACTOR` times the summation bound
+    of direct convolution, unless every tile does. The model (`_COST`) adds the transforms (a
+    per-transform and a per-point cost plus n log2 n), the zero-extended input copy, the output
+    copy and the complex GEMM (compute-bound, or bound by streaming the filter spectra when
+    there are few tiles), so it trades the overlap and the partial edge tiles of small
+    transforms against the bigger spectra of large ones.
     """
     Rd, Sd = spec.dilated_R, spec.dilated_S
     hs = _lengths(Rd, max(Rd, min(spec.padded_H, MAX_SIDE)))
     ws = _lengths(Sd, max(Sd, min(spec.padded_W, MAX_SIDE)))
-    best, best_cost = None, math.inf
-    for Th in hs:
-        for Tw in ws:
-            if _filter_bytes(spec, Th, Tw) > MAX_FILTER_BYTES and best is not None:
-                continue
-            cost = _cost(spec, Th, Tw)
-            if cost < best_cost:
-                best, best_cost = (Th, Tw), cost
-    return best
+    budget = MAX_ERROR_FACTOR * summation_bound(spec, np.float32)
+    ranked = sorted((_cost(spec, Th, Tw), Th, Tw) for Th in hs for Tw in ws)
+    for rule in (
+        lambda Th, Tw: _filter_bytes(spec, Th, Tw) <= MAX_FILTER_BYTES
+        and _bound(spec, np.float32, Th * Tw) <= budget,
+        lambda Th, Tw: _filter_bytes(spec, Th, Tw) <= MAX_FILTER_BYTES,
+    ):
+        for _, Th, Tw in ranked:
+            if rule(Th, Tw):
+                return Th, Tw
+    return min(((Th, Tw) for _, Th, Tw in ranked), key=lambda t: _filter_bytes(spec, *t))
 
 
 def tiling(spec: ConvSpec, tile=None, chunk=None) -> Tiling:
@@ -406,13 +415,17 @@ def error_bound(spec: ConvSpec, dtype, tile=None) -> float:
     are 0.5-5 u, far below the bound (see tests/test_fft.py). float16 inputs compute in float32
     and add one final rounding to float16.
     """
+    return _bound(spec, dtype, tiling(spec, tile).n)
+
+
+def _bound(spec: ConvSpec, dtype, n: int) -> float:
+    """`error_bound` for transforms of n points."""
     dtype = np.dtype(dtype)
     compute = np.dtype(np.float64) if dtype == np.float64 else np.dtype(np.float32)
     u = UNIT_ROUNDOFF[compute]
-    t = tiling(spec, tile)
-    eta = 7 * u * (math.log2(t.n) + 1)
+    eta = 7 * u * (math.log2(n) + 1)
     gemm = math.sqrt(2) * gamma(2 * spec.Cg, u) + u
-    bound = KAPPA * math.sqrt(t.n) * (2 * eta + gemm)
+    bound = KAPPA * math.sqrt(n) * (2 * eta + gemm)
     if dtype == np.float16:
         bound = (1 + bound) * (1 + UNIT_ROUNDOFF[dtype]) - 1
     return bound
