@@ -133,6 +133,8 @@ SPECS = [
     dict(x=(1, 8, 9, 9), w=(8, 1, 3, 3), stride=1, padding=1, dilation=1, groups=8),  # depthwise
     dict(x=(3, 5, 7, 6), w=(7, 5, 1, 1), stride=1, padding=0, dilation=1, groups=1),  # pointwise
     dict(x=(1, 3, 12, 10), w=(4, 3, 5, 3), stride=2, padding=(2, 1, 0, 3), dilation=1, groups=1),
+    # >= 4 output channels per group: the register-blocked direct kernel, with a partial block
+    dict(x=(2, 6, 11, 13), w=(10, 3, 3, 2), stride=(2, 1), padding=(1, 0, 2, 1), dilation=(2, 1), groups=2),
 ]
 
 
@@ -151,8 +153,8 @@ def test_conv2d_int8_extremes_in_both_gemm_dtypes(method):
     # all products at +-128*127: the largest sums int8 codes can make
     for C in (8, 140):  # bound 128*127*C*9 below 2**24 (float32 GEMM), then above (float64)
         x = np.where(RNG.random((1, C, 6, 6)) < 0.5, -128, 127).astype(np.int8)
-        w = np.full((2, C, 3, 3), -127, np.int8)
-        w[1] = 127
+        w = np.full((6, C, 3, 3), -127, np.int8)
+        w[1::2] = 127
         bound = accumulation_bound(w)
         assert intconv.gemm_dtype(bound) == (np.float32 if C == 8 else np.float64)
         np.testing.assert_array_equal(conv2d_int8(x, w, padding=1, method=method),

@@ -9,7 +9,8 @@ Overflow is impossible by construction. Before anything runs, the weights are ch
 *any* int8 input (|x| <= 128) and *any* summation order. It must be below ``2**31``
 (`ConvError` otherwise; with int8 weights that needs C/groups * R * S >= 131,072 -- no real layer).
 
-- ``"direct"``: Numba kernel with int32 accumulators (`convolab.kernels._quant`).
+- ``"direct"``: Numba kernel with int32 accumulators (`convolab.kernels._quant`; blocked over 4
+  output channels when a group has at least 4).
 - ``"im2col"``: unfold the int8 input into a float matrix and multiply with BLAS. This is exact:
   every product and every partial sum of the GEMM is an integer of magnitude <= ``bound``; a
   binary float format represents every integer below ``2**p`` (p = 24 for float32, 53 for
@@ -105,12 +106,13 @@ def pad_int8(spec: ConvSpec, xq: np.ndarray) -> np.ndarray:
 def run_direct(spec: ConvSpec, xq: np.ndarray, wq: np.ndarray, out: np.ndarray) -> None:
     """Direct int8 kernel into ``out`` (int32, spec.out_shape); weights already checked."""
     from ..kernels import PARALLEL_LOCK
-    from ..kernels._quant import conv_int8_direct
+    from ..kernels._quant import conv_int8_direct, conv_int8_direct_kb
 
     xp = pad_int8(spec, xq)
     (sh, sw), (dh, dw) = spec.stride, spec.dilation
+    kernel = conv_int8_direct_kb if spec.Kg >= 4 else conv_int8_direct
     with PARALLEL_LOCK:
-        conv_int8_direct(xp, wq, out, sh, sw, dh, dw, spec.groups)
+        kernel(xp, wq, out, sh, sw, dh, dw, spec.groups)
 
 
 def pack_im2col(spec: ConvSpec, wq: np.ndarray, dtype) -> np.ndarray:
