@@ -223,8 +223,6 @@ def run(args) -> int:
                 }
             return _Switch(self, name, spec)
 
-        _make_plan = make_plan
-
         def calibrate(self, model, inputs):
             super().calibrate(model, inputs)
             for v in self.variants.values():

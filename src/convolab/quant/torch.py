@@ -123,8 +123,6 @@ class QuantSession(Session):
                 self._by_name[name] = layer
         return _QuantPlan(self, self._layers[key], spec, w, b)
 
-    _make_plan = make_plan  # the interop session's earlier name for this hook
-
     def layers(self) -> dict[str, QuantizedConv]:
         """The quantised layer of every intercepted convolution, by layer name."""
         return dict(self._by_name)
