@@ -128,7 +128,7 @@ def test_chunking_threads_and_layouts(monkeypatch, threads, chunk_tiles, small_c
     # blocks per thread, steps split across threads, one thread; channel- and tile-vector
     # input transforms: all against the reference
     monkeypatch.setattr(bilinear, "CHUNK_TILES", chunk_tiles)
-    monkeypatch.setattr(bilinear, "_threads", lambda: threads)
+    monkeypatch.setattr(bilinear, "worker_count", lambda: threads)
     monkeypatch.setattr(bilinear, "SMALL_C", small_c)
     x, w, _ = make_data((3, 4, 11, 9), (6, 2, 3, 3), bias=False)
     eng = bilinear.engine("sfc6_6x3")

@@ -45,6 +45,7 @@ from functools import cache
 
 import numpy as np
 
+from .._parallel import blas_one_thread, run_threads, worker_count
 from ..registry import UNIT_ROUNDOFF, Algorithm, gamma, register
 from ..spec import ConvSpec
 from ..transforms import sfc_2d, winograd_2d
@@ -225,21 +226,6 @@ def _error_bound(eng: Engine, spec: ConvSpec, dtype) -> float:
     return bound
 
 
-_controller = None
-
-
-def _blas_one_thread():
-    """A context manager holding the BLAS to one thread (the GEMMs run inside Numba threads)."""
-    global _controller
-    if _controller is None:
-        # Numba's np.dot calls SciPy's BLAS: load it before threadpoolctl takes its inventory
-        import scipy.linalg.cython_blas  # noqa: F401
-        from threadpoolctl import ThreadpoolController
-
-        _controller = ThreadpoolController()
-    return _controller.limit(limits=1, user_api="blas")
-
-
 def prepare_for(eng: Engine, spec: ConvSpec, w: np.ndarray):
     """Filter transform ``Wt[g, p, c, k] = (G vec(w[g*Kg + k, c]))[p]`` in float64, then cast."""
     cd = spec.compute_dtype
@@ -248,7 +234,6 @@ def prepare_for(eng: Engine, spec: ConvSpec, w: np.ndarray):
     return (eng, spec, np.ascontiguousarray(wt, dtype=cd))
 
 
-_pool = None
 _local = threading.local()
 
 
@@ -266,44 +251,6 @@ def _scratch(slot: int, size: int, dtype) -> np.ndarray:
     if buf is None or buf.size < size:
         buf = cache[key] = np.empty(size, dtype=dtype)
     return buf[:size]
-
-
-def _threads() -> int:
-    """Worker threads: Numba's thread count (``numba.set_num_threads`` once Numba's pool is up,
-    else ``NUMBA_NUM_THREADS``), at most the CPUs this process may run on."""
-    import os
-
-    import numba
-    from numba.np.ufunc import parallel
-
-    # do not start Numba's pool just to ask: use its setting only once it is running
-    n = numba.get_num_threads() if parallel._is_initialized else numba.config.NUMBA_NUM_THREADS
-    try:
-        cpus = len(os.sched_getaffinity(0))
-    except AttributeError:  # pragma: no cover - not Linux
-        cpus = os.cpu_count() or 1
-    return max(1, min(n, cpus))
-
-
-def _map(fn, items):
-    """Run ``fn`` over ``items``: the first in the calling thread, the others on the module's
-    worker threads (the kernels release the GIL); wait for all, then return their results."""
-    global _pool
-    items = list(items)
-    if len(items) == 1:
-        return [fn(items[0])]
-    if _pool is None:
-        import os
-        from concurrent.futures import ThreadPoolExecutor
-
-        _pool = ThreadPoolExecutor(max_workers=os.cpu_count() or 1,
-                                   thread_name_prefix="convolab-bilinear")
-    futures = [_pool.submit(fn, item) for item in items[1:]]
-    try:
-        first = fn(items[0])
-    finally:
-        rest = [f.result() for f in futures] if futures else []
-    return [first, *rest]
 
 
 def _split(n: int, parts: int) -> list[tuple[int, int]]:
@@ -324,7 +271,7 @@ def _plan_blocks(spec: ConvSpec, m: int) -> tuple[int, int, int]:
     nimg = max(1, min(spec.N, CHUNK_TILES // per_image))
     cr = max(1, min(nimg * TH, CHUNK_TILES // TW))
     nblocks = -(-spec.N // nimg)
-    T = _threads()
+    T = worker_count()
     return nimg, cr, (T if nblocks >= 2 * T else 1)
 
 
@@ -342,7 +289,7 @@ def _to_nhwc(dst, src, threads: int) -> None:
             part((n, 0, R))
         return
     per = max(1, threads // N)
-    _map(part, [(n, lo, hi) for n in range(N) for lo, hi in _split(R, per)])
+    run_threads(part, [(n, lo, hi) for n in range(N) for lo, hi in _split(R, per)])
 
 
 def run_prepared(prepared, x: np.ndarray, out: np.ndarray) -> None:
@@ -370,7 +317,7 @@ def run_prepared(prepared, x: np.ndarray, out: np.ndarray) -> None:
     cd = spec.compute_dtype
     TH, TW = tiles(spec, m)
     nimg, cr, nbuf = _plan_blocks(spec, m)
-    T = _threads()
+    T = worker_count()
     B1 = eng.B1.astype(cd)
     A1 = eng.A1.astype(cd)
     sin = (eng.s_in[0], eng.s_in[1], eng.s_in[2].astype(cd))
@@ -401,9 +348,9 @@ def run_prepared(prepared, x: np.ndarray, out: np.ndarray) -> None:
                         chunk_tiles(xs, outh, wt[g], V, M, g, r0, r1, TH, TW, m, pt, pl, B1,
                                     *sin, A1, *sout)
                         continue
-                    _map(lambda c, V=V, g=g, r0=r0, r1=r1: input_transform_tiles(
+                    run_threads(lambda c, V=V, g=g, r0=r0, r1=r1: input_transform_tiles(
                         xs, V, g, r0, r1, TH, TW, m, pt, pl, B1, *sin, *c), _split(Cg, threads))
-                    _map(lambda pr, V=V, M=M, g=g: point_gemms_tiles(wt[g], V, M, *pr),
+                    run_threads(lambda pr, V=V, M=M, g=g: point_gemms_tiles(wt[g], V, M, *pr),
                          _split(P, threads))
                 else:
                     V = vb[: P * Cg * tc].reshape(P, tc, Cg)
@@ -411,21 +358,21 @@ def run_prepared(prepared, x: np.ndarray, out: np.ndarray) -> None:
                         chunk(xh, outh, wt[g], V, M, g, r0, TH, TW, m, pt, pl, B1, *sin, A1,
                               *sout)
                         continue
-                    _map(lambda r, V=V, g=g, r0=r0: input_transform(
+                    run_threads(lambda r, V=V, g=g, r0=r0: input_transform(
                         xh, V, g, r0, TH, TW, m, pt, pl, B1, *sin, *r), _split(tc, threads))
-                    _map(lambda pr, V=V, M=M, g=g: point_gemms(wt[g], V, M, *pr),
+                    run_threads(lambda pr, V=V, M=M, g=g: point_gemms(wt[g], V, M, *pr),
                          _split(P, threads))
-                _map(lambda r, M=M, g=g, r0=r0: output_transform(
+                run_threads(lambda r, M=M, g=g, r0=r0: output_transform(
                     M, outh, g, r0, TH, TW, m, A1, *sout, *r), _split(tc, threads))
 
-    with _blas_one_thread():
+    with blas_one_thread():
         if nbuf > 1:
             def worker(i):
                 buf = buffers()
                 for n0, n1 in blocks[i::nbuf]:
                     block(n0, n1, buf, 1)
 
-            _map(worker, range(nbuf))
+            run_threads(worker, range(nbuf))
         else:
             buf = buffers()
             for n0, n1 in blocks:

@@ -58,11 +58,11 @@ from __future__ import annotations
 
 import functools
 import math
-import os
 from dataclasses import dataclass
 
 import numpy as np
 
+from .._parallel import blas_one_thread, run_threads, worker_count
 from ..errors import ConvError
 from ..registry import UNIT_ROUNDOFF, Algorithm, gamma, register, summation_bound
 from ..spec import ConvSpec
@@ -106,10 +106,7 @@ MAX_ERROR_FACTOR = 32.0
 def _workers() -> int:
     if WORKERS is not None:
         return max(1, int(WORKERS))
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # pragma: no cover - not Linux
-        return os.cpu_count() or 1
+    return worker_count()
 
 
 def _supports(spec: ConvSpec) -> str | None:
@@ -475,44 +472,9 @@ def prepare(spec: ConvSpec, w: np.ndarray, tile=None, chunk=None) -> Prepared:
     return Prepared(spec, t, wf, tn, ti * t.th, tj * t.tw, w, bool(np.isfinite(w).all()))
 
 
-_controller = None
-_pool = None
-
-
-def _blas_one_thread():
-    """Context manager holding the BLAS to one thread (our threads split the frequencies)."""
-    global _controller
-    if _controller is None:
-        from threadpoolctl import ThreadpoolController
-
-        _controller = ThreadpoolController()
-    return _controller.limit(limits=1, user_api="blas")
-
-
-def _forget_pool() -> None:
-    # a forked child inherits the pool object but not its threads: start a new one there
-    global _pool
-    _pool = None
-
-
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_forget_pool)
-
-
 def _map(fn, ranges, *args) -> None:
     """Run ``fn(*args, lo, hi)`` for every range, on the worker threads when there are several."""
-    global _pool
-    if len(ranges) == 1:
-        fn(*args, *ranges[0])
-        return
-    if _pool is None:
-        from concurrent.futures import ThreadPoolExecutor
-
-        _pool = ThreadPoolExecutor(max_workers=_workers(), thread_name_prefix="convolab-fft")
-    futures = [_pool.submit(fn, *args, lo, hi) for lo, hi in ranges[1:]]
-    fn(*args, *ranges[0])
-    for f in futures:
-        f.result()
+    run_threads(lambda r: fn(*args, *r), ranges)
 
 
 def _products(wf, xf, yf, f0, f1) -> None:
@@ -583,7 +545,7 @@ def run(prep: Prepared, x: np.ndarray, out: np.ndarray) -> None:
     workers = _workers()
     ctype = prep.wf.dtype
     in_place = _in_place(spec, t.Th, t.Tw, t.nth, t.ntw)
-    blas = _blas_one_thread() if workers > 1 and Cg > 1 else contextlib.nullcontext()
+    blas = blas_one_thread() if workers > 1 and Cg > 1 else contextlib.nullcontext()
     p0 = 0
     with blas:
         for n0, n1, r0, r1 in t.chunk_list(spec.N):

@@ -71,11 +71,22 @@ def _default(batch: int):
     ]
 
 
+def _large_kernel(batch: int):
+    return [
+        layer("7x7 64@56 p3", 64, 56, 64, 7, 1, 3, N=batch),
+        layer("9x9 32@112 p4", 32, 112, 32, 9, 1, 4, N=batch),
+        layer("11x11 16@224 p5", 16, 224, 16, 11, 1, 5, N=batch),
+        layer("13x13 32@64 p6", 32, 64, 32, 13, 1, 6, N=batch),
+        layer("dw 7x7 96@56 p3 (ConvNeXt)", 96, 56, 96, 7, 1, 3, groups=96, N=batch),
+    ]
+
+
 #: suite name -> (builder(batch), default batch, description)
 SUITES = {
     "default": (_default, 1, "quick mix: ResNet-50 3x3 and 1x1 layers, a depthwise layer, a 7x7/2 stem"),
     "im2win12": (_im2win12, 8, "the 12 layers of the im2win papers"),
     "resnet50": (_resnet50, 1, "ResNet-50's distinct convolutions at 224x224"),
+    "large-kernel": (_large_kernel, 1, "stride-1 kernels of 7x7 and larger, and a ConvNeXt depthwise 7x7"),
 }
 
 
