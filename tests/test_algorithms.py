@@ -83,3 +83,26 @@ def test_nan_and_inf_propagate_like_reference(name):
         np.testing.assert_array_equal(np.isinf(y), np.isinf(ref))
     else:  # fast algorithms mix a tile's inputs: every non-finite reference output stays non-finite
         assert not np.isfinite(y[~np.isfinite(ref)]).any()
+
+
+@pytest.mark.parametrize("name", ALGOS)
+@settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.too_slow], derandomize=True)
+@given(case=conv_cases(max_hw=20, max_c=12))
+def test_writes_stay_inside_out_and_inputs_are_not_modified(name, case):
+    """``out`` is a view into a larger buffer whose margins hold a sentinel: no kernel may
+    write outside ``out``, and neither the input nor the weights may change."""
+    algo = convolab.registry.get(name)
+    x, w, b = make_data(case["x"], case["w"])
+    kw = conv_kwargs(case)
+    spec = ConvSpec.from_arrays(x, w, b, **kw)
+    if algo.supports(spec) is not None:
+        return
+    size = int(np.prod(spec.out_shape))
+    margin = 4096
+    buf = np.full(size + 2 * margin, 1234.5, np.float32)
+    out = buf[margin: margin + size].reshape(spec.out_shape)
+    x0, w0 = x.copy(), w.copy()
+    convolab.conv2d(x, w, b, algorithm=name, out=out, **kw)
+    assert (buf[:margin] == 1234.5).all() and (buf[margin + size:] == 1234.5).all()
+    np.testing.assert_array_equal(x, x0)
+    np.testing.assert_array_equal(w, w0)
