@@ -223,3 +223,18 @@ def test_bit_identical_on_generic_cpu_single_thread():
     res = subprocess.run([sys.executable, "-c", _SUBPROCESS], env=env, capture_output=True,
                          text=True, timeout=300, check=True)
     assert bytes.fromhex(res.stdout) == y.tobytes()
+
+
+def test_nan_and_inf_propagate_exactly_like_the_reference():
+    """Each output sums exactly its own window's products: zero lanes and repeated pixels of
+    a partial tile never reach a stored output."""
+    rng = np.random.default_rng(5)
+    x, w, _ = make_data((2, 5, 9, 8), (40, 5, 3, 3), bias=False)
+    for value in (np.nan, np.inf, -np.inf, np.inf):
+        x[tuple(int(rng.integers(0, s)) for s in x.shape)] = value
+    spec = ConvSpec.from_arrays(x, w, padding=1)
+    with np.errstate(invalid="ignore"):
+        ref = reference.conv2d(x, w, padding=1)
+    y = _run(spec, x, w)
+    np.testing.assert_array_equal(np.isnan(y), np.isnan(ref))
+    np.testing.assert_array_equal(np.isinf(y), np.isinf(ref))
