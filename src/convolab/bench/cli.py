@@ -43,7 +43,7 @@ def run(args) -> int:
     from ..errors import ConvError
     from ..registry import algorithms, get
     from . import peers as peers_mod
-    from .runner import auto_quality, bench_layer, geomean_ratios, machine_info, to_json
+    from .runner import auto_quality, bench_layer, geomean_ratios, machine_info, prewarm, to_json
     from .suites import suite
 
     if args.repeat < 1:
@@ -78,6 +78,8 @@ def run(args) -> int:
             f"NumPy float32 GEMM 2048^3: {info.gemm_gflops:.0f} GFLOP/s (peak); "
             f"OpenBLAS env: {env}; numpy {info.numpy}, python {info.python}"
         )
+        with console.status("compiling kernels (in a subprocess, so this process loads the cache)"):
+            prewarm(algos, [s for _, s in layers])
         records = []
         total = len(layers) * (len(algos) + len(peer_list) + use_auto)
         with Progress(

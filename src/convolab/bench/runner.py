@@ -140,6 +140,43 @@ def layer_data(spec: ConvSpec, seed: int = 0):
     return x, w
 
 
+_PREWARM = """
+import json, sys
+import numpy as np
+import convolab
+from convolab.spec import ConvSpec
+for name, shapes in json.loads(sys.argv[1]):
+    for xs, ws, kw in shapes:
+        spec = ConvSpec.from_shapes(xs, ws, **kw)
+        if convolab.registry.get(name).supports(spec) is None:
+            convolab.conv2d(np.ones(xs, np.float32), np.ones(ws, np.float32), algorithm=name, **kw)
+"""
+
+
+def prewarm(algos: list[Algorithm], specs: list[ConvSpec]) -> None:
+    """Compile every algorithm's kernels for these layers' code paths in a subprocess.
+
+    The subprocess fills Numba's on-disk cache, so this process loads the cached machine code
+    instead of compiling: the register-blocked LLVM-IR kernel of ``im2win`` runs about 2x slower
+    when it is JIT-compiled in the process that times it (it spills registers) than when it is
+    loaded from the cache. The layers are shrunk to at most 16x16 pixels and batch 1, which
+    takes the same code paths.
+    """
+    import json
+    import subprocess
+    import sys
+
+    shapes = []
+    for s in specs:
+        H, W = min(s.H, max(16, s.dilated_R)), min(s.W, max(16, s.dilated_S))
+        kw = {"stride": list(s.stride), "padding": list(s.padding), "dilation": list(s.dilation),
+              "groups": s.groups}
+        spec = ConvSpec.from_shapes((1, s.C, H, W), s.w_shape, **kw)
+        shapes.append(((1, s.C, spec.H, spec.W), list(s.w_shape), kw))
+    job = json.dumps([(a.name, shapes) for a in algos])
+    subprocess.run([sys.executable, "-c", _PREWARM, job], check=True, capture_output=True)
+
+
 def _conv_args(spec: ConvSpec) -> dict:
     return dict(stride=spec.stride, padding=spec.padding, dilation=spec.dilation, groups=spec.groups)
 
