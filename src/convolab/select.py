@@ -39,6 +39,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import json
+import math
 import os
 import tempfile
 import threading
@@ -219,15 +220,15 @@ class Machine:
     gemm_gflops: float
     bandwidth_gbs: float
     call_seconds: float
-    #: per algorithm: (multiplies per second, fixed seconds per call)
-    rates: dict
+    #: per algorithm: list of [features..., log2 seconds per multiply] measured by `calibrate`
+    samples: dict
 
     def to_json(self) -> dict:
         return {
             "gemm_gflops": self.gemm_gflops,
             "bandwidth_gbs": self.bandwidth_gbs,
             "call_seconds": self.call_seconds,
-            "rates": self.rates,
+            "samples": self.samples,
         }
 
 
@@ -253,15 +254,27 @@ def machine() -> Machine:
     if isinstance(entry, dict):
         try:
             return Machine(float(entry["gemm_gflops"]), float(entry["bandwidth_gbs"]),
-                           float(entry["call_seconds"]), dict(entry["rates"]))
+                           float(entry["call_seconds"]), dict(entry["samples"]))
         except (KeyError, TypeError, ValueError):
             warnings.warn("convolab: ignoring a malformed calibration entry", stacklevel=2)
     return _uncalibrated()
 
 
 #: rate of each algorithm's multiplies relative to the GEMM rate when uncalibrated
-_NOMINAL_EFFICIENCY = {"im2col": 0.7, "direct": 0.35, "im2win": 0.5, "fft": 0.25}
-_NOMINAL_FAST = 0.5  # Winograd / SFC: transform-domain products through batched GEMMs
+_NOMINAL_EFFICIENCY = {"im2col": 0.5, "direct": 0.35, "im2win": 0.5, "fft": 0.25}
+_NOMINAL_FAST = 0.4  # Winograd / SFC: transform-domain products through batched GEMMs
+
+
+def features(spec: ConvSpec) -> list[float]:
+    """Where a convolution sits for the cost model: log2 of channels per group in and out,
+    of output pixels (batch included), of kernel taps and of the stride."""
+    return [
+        math.log2(spec.Cg),
+        math.log2(spec.Kg),
+        math.log2(spec.N * spec.OH * spec.OW),
+        math.log2(spec.R * spec.S),
+        math.log2(spec.stride[0] * spec.stride[1]),
+    ]
 
 
 def traffic_bytes(algo: registry.Algorithm, spec: ConvSpec) -> int:
@@ -271,17 +284,31 @@ def traffic_bytes(algo: registry.Algorithm, spec: ConvSpec) -> int:
     return io + 2 * algo.workspace_bytes(spec)
 
 
+#: neighbours averaged by the calibrated model
+K_NEAREST = 3
+
+
 def predict_seconds(algo: registry.Algorithm, spec: ConvSpec, m: Machine | None = None) -> float:
-    """Predicted time of ``algo`` on ``spec`` (see the module docstring)."""
+    """Predicted time of ``algo`` on ``spec`` (see the module docstring).
+
+    Calibrated: ``t = t_call + multiplies * s``, where ``s`` (seconds per multiply) is the
+    inverse-distance weighted geometric mean of ``s`` on the ``K_NEAREST`` calibration layers
+    nearest in `features`. Uncalibrated: nominal fractions of the GEMM rate plus traffic.
+    """
     m = m or machine()
     mults = algo.multiplies(spec)
-    traffic = traffic_bytes(algo, spec)
-    if algo.name in m.rates:
-        rate, fixed = m.rates[algo.name]
-    else:
-        eff = _NOMINAL_EFFICIENCY.get(algo.name, _NOMINAL_FAST)
-        rate, fixed = eff * m.gemm_gflops * 1e9 / 2, m.call_seconds
-    return fixed + mults / rate + traffic / (m.bandwidth_gbs * 1e9)
+    samples = m.samples.get(algo.name)
+    if samples:
+        f = np.asarray(features(spec))
+        pts = np.asarray(samples, dtype=np.float64)
+        d = np.sqrt(((pts[:, :-1] - f) ** 2).sum(axis=1))
+        near = np.argsort(d)[:K_NEAREST]
+        wts = 1.0 / (d[near] + 0.25)
+        log_spm = float((wts * pts[near, -1]).sum() / wts.sum())
+        return m.call_seconds + mults * 2.0**log_spm
+    eff = _NOMINAL_EFFICIENCY.get(algo.name, _NOMINAL_FAST)
+    rate = eff * m.gemm_gflops * 1e9 / 2
+    return m.call_seconds + mults / rate + traffic_bytes(algo, spec) / (m.bandwidth_gbs * 1e9)
 
 
 # --------------------------------------------------------------------------- choosing
@@ -424,18 +451,29 @@ def explain(choices: list[Choice]) -> str:
 
 
 # --------------------------------------------------------------------------- calibration
-#: the layers `calibrate` fits each algorithm's rate on (not the benchmark suites)
+def _layer(N, C, H, K, R, stride=1, groups=1):
+    return ((N, C, H, H), (K, C // groups, R, R), stride, R // 2, groups)
+
+
+#: the layers `calibrate` measures (deliberately not the benchmark suites' layers)
 CALIBRATION_LAYERS = [
-    ((1, 32, 40, 40), (32, 32, 3, 3), 1, 1, 1),
-    ((1, 96, 20, 20), (96, 96, 3, 3), 1, 1, 1),
-    ((1, 192, 10, 10), (192, 192, 3, 3), 1, 1, 1),
-    ((2, 48, 30, 30), (64, 48, 3, 3), 1, 1, 1),
-    ((1, 128, 24, 24), (128, 128, 1, 1), 1, 0, 1),
-    ((1, 16, 96, 96), (32, 16, 5, 5), 1, 2, 1),
-    ((1, 8, 120, 120), (24, 8, 9, 9), 1, 4, 1),
-    ((1, 3, 120, 120), (32, 3, 7, 7), 2, 3, 1),
-    ((1, 64, 40, 40), (64, 1, 3, 3), 1, 1, 64),
-    ((1, 80, 30, 30), (80, 80, 3, 3), 2, 1, 1),
+    # 3x3, stride 1: channels against image size, then rectangular channel counts, batch 4
+    _layer(1, 16, 80, 16, 3), _layer(1, 32, 64, 32, 3), _layer(1, 64, 40, 64, 3),
+    _layer(1, 128, 20, 128, 3), _layer(1, 256, 12, 256, 3), _layer(1, 384, 10, 384, 3),
+    _layer(1, 512, 6, 512, 3), _layer(1, 32, 30, 96, 3), _layer(1, 192, 16, 64, 3),
+    _layer(4, 64, 24, 64, 3), _layer(4, 256, 8, 256, 3), _layer(4, 8, 96, 32, 3),
+    # 1x1
+    _layer(1, 64, 40, 192, 1), _layer(1, 192, 40, 64, 1), _layer(1, 256, 16, 512, 1),
+    _layer(1, 512, 16, 256, 1), _layer(1, 1024, 8, 512, 1), _layer(4, 96, 20, 384, 1),
+    _layer(1, 192, 32, 384, 1, stride=2),
+    # strided 3x3, larger kernels, stems
+    _layer(1, 64, 60, 64, 3, stride=2), _layer(1, 256, 20, 256, 3, stride=2),
+    _layer(1, 48, 26, 96, 5), _layer(1, 16, 64, 48, 5), _layer(1, 32, 40, 32, 7),
+    _layer(1, 16, 80, 32, 9), _layer(1, 3, 160, 48, 7, stride=2), _layer(4, 3, 96, 32, 7, stride=2),
+    _layer(1, 3, 160, 48, 11, stride=4),
+    # depthwise and grouped
+    _layer(1, 96, 40, 96, 3, groups=96), _layer(1, 384, 10, 384, 3, groups=384),
+    _layer(1, 128, 20, 128, 5, groups=128), _layer(1, 128, 20, 128, 3, groups=4),
 ]
 
 
@@ -449,8 +487,9 @@ def _bandwidth_gbs() -> float:
     return 2 * a.nbytes / t / 1e9
 
 
-def calibrate(progress=None) -> Machine:
-    """Measure this machine's constants and every algorithm's rate; store and return them."""
+def calibrate(progress=None, layers=None) -> Machine:
+    """Measure this machine's constants and every algorithm on the calibration layers; store
+    them (keyed by CPU, thread count and version) and return them."""
     from .api import ConvPlan
     from .bench.runner import gemm_gflops, time_min
 
@@ -458,16 +497,13 @@ def calibrate(progress=None) -> Machine:
     bw = _bandwidth_gbs()
     x1 = np.ones((1, 1, 4, 4), np.float32)
     w1 = np.ones((1, 1, 1, 1), np.float32)
-    spec1 = ConvSpec.from_arrays(x1, w1)
-    p1 = ConvPlan(spec1, registry.get("direct"), w1, None)
+    p1 = ConvPlan(ConvSpec.from_arrays(x1, w1), registry.get("direct"), w1, None)
     p1(x1)
     call = time_min(lambda: p1(x1), 20)
-    rates = {}
+    samples: dict[str, list] = {}
     rng = np.random.default_rng(0)
-    algos = registry.algorithms()
-    for a in algos:
-        samples = []
-        for xs, ws, st, pad, grp in CALIBRATION_LAYERS:
+    for a in registry.algorithms():
+        for xs, ws, st, pad, grp in CALIBRATION_LAYERS if layers is None else layers:
             spec = ConvSpec.from_shapes(xs, ws, st, pad, 1, grp, np.float32)
             if a.supports(spec) is not None:
                 continue
@@ -475,27 +511,22 @@ def calibrate(progress=None) -> Machine:
             w = rng.standard_normal(ws).astype(np.float32)
             p = ConvPlan(spec, a, w, None)
             out = np.empty(spec.out_shape, np.float32)
-            p(x, out=out)
-            t = time_min(lambda p=p, out=out, x=x: p(x, out=out), 3, min_total=0.02)
-            mem = traffic_bytes(a, spec) / (bw * 1e9)
-            samples.append((a.multiplies(spec), max(t - mem, 1e-7)))
+            p(x, out=out)  # warm-up
+            first = time_min(lambda p=p, out=out, x=x: p(x, out=out), 1, min_total=0)
+            t = first if first > 0.1 else time_min(lambda p=p, out=out, x=x: p(x, out=out), 3, min_total=0.02)
+            spm = max(t - call, 1e-9) / a.multiplies(spec)
+            samples.setdefault(a.name, []).append([*features(spec), math.log2(spm)])
         if progress:
             progress(a.name)
-        if samples:
-            rates[a.name] = list(_fit(samples, call))
-    m = Machine(g, bw, call, rates)
+    m = Machine(g, bw, call, samples)
     CALIBRATION.put(machine_key(), m.to_json())
     return m
 
 
-def _fit(samples, call):
-    """Fit t = fixed + mults / rate to (mults, t) samples; rate by median, fixed >= call."""
-    rs = sorted(mu / max(t - call, 1e-9) for mu, t in samples)
-    rate = rs[len(rs) // 2]
-    fixed = max(call, float(np.median([t - mu / rate for mu, t in samples])))
-    return rate, fixed
-
-
-def calibration_report(m: Machine) -> list[tuple[str, float, float]]:
-    """(algorithm, effective GFLOP/s-equivalent of its multiplies, fixed microseconds)."""
-    return [(n, 2 * r / 1e9, f * 1e6) for n, (r, f) in sorted(m.rates.items(), key=lambda kv: -kv[1][0])]
+def calibration_report(m: Machine) -> list[tuple[str, float, float, int]]:
+    """(algorithm, median / best GFLOP/s-equivalent of its multiplies, layers measured)."""
+    rows = []
+    for name, pts in m.samples.items():
+        gf = sorted(2 / 2.0 ** p[-1] / 1e9 for p in pts)
+        rows.append((name, gf[len(gf) // 2], gf[-1], len(gf)))
+    return sorted(rows, key=lambda r: -r[1])

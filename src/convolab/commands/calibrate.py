@@ -34,12 +34,13 @@ def run(args) -> int:
         f"GEMM {m.gemm_gflops:.0f} GFLOP/s, copy bandwidth {m.bandwidth_gbs:.1f} GB/s, "
         f"call overhead {m.call_seconds * 1e6:.1f} us, threads {numba.get_num_threads()}"
     )
-    table = Table(title="effective rate of each algorithm's multiplications")
+    table = Table(title="rate of each algorithm's multiplications on the calibration layers (2 flops each)")
     table.add_column("algorithm")
-    table.add_column("GFLOP/s-equivalent", justify="right")
-    table.add_column("fixed us/call", justify="right")
-    for name, gf, us in select.calibration_report(m):
-        table.add_row(name, f"{gf:.0f}", f"{us:.0f}")
+    table.add_column("median GFLOP/s", justify="right")
+    table.add_column("best GFLOP/s", justify="right")
+    table.add_column("layers", justify="right")
+    for name, med, best, n in select.calibration_report(m):
+        table.add_row(name, f"{med:.0f}", f"{best:.0f}", str(n))
     console.print(table)
     console.print(f"stored in {select.CALIBRATION.path}")
     return 0
