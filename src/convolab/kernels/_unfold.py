@@ -1,16 +1,19 @@
 """im2col unfolding with padding applied on the fly (no padded copy of the input).
 
-``cols[g, (c*R + r)*S + s, oh*OW + ow] = x[g*Cg + c, oh*sh + r*dh - pt, ow*sw + s*dw - pl]``
-(zero outside the image). Serial on purpose: it runs between BLAS calls, and a second thread
-pool spinning beside OpenBLAS's made im2col 2-4x slower on two cores (notes/performance.md).
+For the output rows ``i0 <= oh < i1`` of one image::
+
+    cols[g, (c*R + r)*S + s, (oh - i0)*OW + ow] = x[g*Cg + c, oh*sh + r*dh - pt, ow*sw + s*dw - pl]
+
+(zero outside the image). Serial: `convolab.algorithms.im2col` runs one call per thread, each
+followed by that thread's own single-threaded GEMM.
 """
 
 from numba import njit
 
 
 @njit(cache=True, nogil=True)
-def unfold(x, cols, R, S, sh, sw, dh, dw, pt, pl, OH, OW):  # pragma: no cover - compiled
-    # x: (C, H, W) one image; cols: (groups, Cg*R*S, OH*OW)
+def unfold_rows(x, cols, R, S, sh, sw, dh, dw, pt, pl, OW, i0, i1):  # pragma: no cover - compiled
+    # x: (C, H, W) one image; cols: (groups, Cg*R*S, (i1-i0)*OW)
     C, H, W = x.shape
     G = cols.shape[0]
     Cg = C // G
@@ -28,9 +31,9 @@ def unfold(x, cols, R, S, sh, sw, dh, dw, pt, pl, OH, OW):  # pragma: no cover -
                     j1 = OW
                     while j1 > j0 and (j1 - 1) * sw + off >= W:
                         j1 -= 1
-                    for i in range(OH):
+                    for i in range(i0, i1):
                         ih = i * sh + r * dh - pt
-                        base = i * OW
+                        base = (i - i0) * OW
                         if ih < 0 or ih >= H:
                             for j in range(OW):
                                 cols[g, row, base + j] = 0
