@@ -100,6 +100,11 @@ def machine_info(threads: int) -> MachineInfo:
     )
 
 
+#: pause after each implementation's warm-up call: the previous implementation's threads
+#: (OpenBLAS spins for a while after a call) go to sleep before the timed calls start
+SETTLE_SECONDS = 0.1
+
+
 def _once(f: Callable[[], object]) -> float:
     t0 = time.perf_counter()
     f()
@@ -206,6 +211,7 @@ def bench_layer(
             rec.chosen = p.algorithm if rec.impl == "auto" else None
             out = np.empty(spec.out_shape, np.float32)
             p(x, out=out)  # JIT warm-up, first touch
+            time.sleep(SETTLE_SECONDS)
             rec.max_rel_err = reference.errors(out, ref)["max_rel"]
             t = time_min(lambda p=p, out=out: p(x, out=out), repeat)
             rec.ms = t * 1e3
@@ -219,6 +225,7 @@ def bench_layer(
         rec = Record(name, str(spec), peer.name, "peer")
         f = peer.make(spec, x, w, threads)
         y = f()
+        time.sleep(SETTLE_SECONDS)
         rec.max_rel_err = reference.errors(y, ref)["max_rel"]
         t = time_min(f, repeat)
         rec.ms = t * 1e3
