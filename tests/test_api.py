@@ -135,7 +135,7 @@ def picky_algorithm():
 
 def test_unsupported_error_names_reason_and_alternatives(picky_algorithm):
     x, w, b = make_data((1, 2, 6, 6), (2, 2, 5, 5))
-    with pytest.raises(UnsupportedError, match=r"kernel 5x5 is not 3x3; algorithms that can: .*direct, im2col") as e:
+    with pytest.raises(UnsupportedError, match=r"kernel 5x5 is not 3x3; algorithms that can: .*direct.*im2col") as e:
         convolab.conv2d(x, w, b, algorithm="test_picky")
     assert e.value.algorithm == "test_picky" and "direct" in e.value.alternatives
     assert isinstance(e.value, ConvError)

@@ -124,7 +124,7 @@ def pack_im2col(spec: ConvSpec, wq: np.ndarray, dtype) -> np.ndarray:
 
 def run_im2col(spec: ConvSpec, xq: np.ndarray, wpack: np.ndarray, out: np.ndarray) -> None:
     """im2col + float GEMM (exact, see the module notes) into ``out`` (int32)."""
-    from ..kernels._unfold import unfold
+    from ..kernels._unfold import unfold_rows
 
     pl, _, pt, _ = spec.padding
     (sh, sw), (dh, dw) = spec.stride, spec.dilation
@@ -132,6 +132,6 @@ def run_im2col(spec: ConvSpec, xq: np.ndarray, wpack: np.ndarray, out: np.ndarra
     cols = np.empty((spec.groups, spec.reduction_length, OH * OW), dtype=wpack.dtype)
     res = np.empty((spec.groups, spec.Kg, OH * OW), dtype=wpack.dtype)
     for n in range(spec.N):
-        unfold(xq[n], cols, spec.R, spec.S, sh, sw, dh, dw, pt, pl, OH, OW)
+        unfold_rows(xq[n], cols, spec.R, spec.S, sh, sw, dh, dw, pt, pl, OW, 0, OH)
         np.matmul(wpack, cols, out=res)
         out[n] = res.reshape(spec.K, OH, OW)  # exact integers -> int32
