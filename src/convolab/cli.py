@@ -18,6 +18,7 @@ COMMAND_MODULES = [
     "convolab.bench.cli",
     "convolab.commands.model",
     "convolab.commands.deviations",
+    "convolab.commands.calibrate",
     "convolab.highdim.cli",
     "convolab.he.cli",
     "convolab.commands.accuracy",
