@@ -40,6 +40,7 @@ class Record:
     max_rel_err: float | None = None
     skipped: str | None = None
     chosen: str | None = None  # for impl "auto": the algorithm the chooser picked
+    candidates: list | None = None  # for impl "auto": the algorithms admissible under its budgets
 
 
 @dataclass
@@ -208,7 +209,9 @@ def bench_layer(
         else:
             p = make_plan(x.shape, w, algorithm=rec.impl, **_conv_args(spec))
             a = a or get(p.algorithm)
-            rec.chosen = p.algorithm if rec.impl == "auto" else None
+            if rec.impl == "auto":
+                rec.chosen = p.algorithm
+                rec.candidates = [c.name for c in p._ranking if c.admissible]
             out = np.empty(spec.out_shape, np.float32)
             p(x, out=out)  # JIT warm-up, first touch
             time.sleep(SETTLE_SECONDS)
@@ -260,13 +263,15 @@ def geomean_ratios(records: list[Record]) -> dict[tuple[str, str], tuple[float, 
 
 def auto_quality(records: list[Record]) -> list[tuple[str, str, str, float]]:
     """Per layer: (layer, chosen, fastest, t_chosen / t_fastest), from the named algorithms'
-    times of the same run (the chooser is judged on the algorithms it chose between)."""
+    times of the same run, among the algorithms admissible under auto's default budgets (the
+    chooser is judged on the algorithms it may choose between)."""
     out = []
     layers = dict.fromkeys(r.layer for r in records)
     for layer in layers:
         rs = [r for r in records if r.layer == layer]
         auto = next((r for r in rs if r.impl == "auto" and r.chosen), None)
-        timed = {r.impl: r.ms for r in rs if r.kind == "algorithm" and r.impl != "auto" and r.ms is not None}
+        timed = {r.impl: r.ms for r in rs if r.kind == "algorithm" and r.impl != "auto" and r.ms is not None
+                 and (auto is None or not auto.candidates or r.impl in auto.candidates)}
         if auto is None or auto.chosen not in timed:
             continue
         fastest = min(timed, key=timed.get)
