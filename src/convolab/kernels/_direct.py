@@ -1,10 +1,13 @@
 """Direct convolution kernel (NCHW, zero-padded input), parallel over independent outputs.
 
 A task computes a block of output channels (4, or 1 for the remainder of K/groups) over a
-block of output rows. For unit stride the rows of a block are computed as one flat run over
-the padded width (``p = i * Wp + j``; the input of output ``p`` for product (c, r, s) is then
-``p + c*Hp*Wp + r*dh*Wp + s*dw``: one contiguous slice per product), and the ``Wp - OW``
-wrapped columns are discarded. The reduction over (c, r, s) is flattened and consumed four
+block of output rows. The rows of a block are computed as one flat run over the input row
+width (``p = i * wrow + j``; the input of output ``p`` for product (c, r, s) is then
+``p + qoff[(c, r, s)]``: one contiguous slice per product), and the ``wrow - OW`` wrapped
+columns are discarded. For unit stride the input is the zero-padded image (``wrow`` = padded
+width); for strided layers it is the padded image split into stride phases (see
+`convolab.algorithms.direct`), which makes every product's inputs contiguous again.
+The reduction over (c, r, s) is flattened and consumed four
 products at a time, so each accumulator load/store serves four multiply-adds and each loaded
 input vector serves four output channels; the inner loop is a plain contiguous loop that LLVM
 vectorises to the host's full SIMD width (16 float32 lanes with AVX-512).
@@ -24,17 +27,16 @@ from numba import njit, prange, uint64
 
 
 @njit(inline="always")
-def _taps4_k4(acc, a0, a1, a2, a3, x, o0, o1, o2, o3, sx, w, k0, k1, k2, k3, L):  # pragma: no cover
+def _taps4_k4(acc, a0, a1, a2, a3, x, o0, o1, o2, o3, w, k0, k1, k2, k3, L):  # pragma: no cover
     w00, w01, w02, w03 = w[k0], w[k0 + 1], w[k0 + 2], w[k0 + 3]
     w10, w11, w12, w13 = w[k1], w[k1 + 1], w[k1 + 2], w[k1 + 3]
     w20, w21, w22, w23 = w[k2], w[k2 + 1], w[k2 + 2], w[k2 + 3]
     w30, w31, w32, w33 = w[k3], w[k3 + 1], w[k3 + 2], w[k3 + 3]
     for j in range(L):
-        xj = j * sx
-        u0 = x[o0 + xj]
-        u1 = x[o1 + xj]
-        u2 = x[o2 + xj]
-        u3 = x[o3 + xj]
+        u0 = x[o0 + j]
+        u1 = x[o1 + j]
+        u2 = x[o2 + j]
+        u3 = x[o3 + j]
         v = acc[a0 + j]
         v += w00 * u0
         v += w01 * u1
@@ -62,10 +64,10 @@ def _taps4_k4(acc, a0, a1, a2, a3, x, o0, o1, o2, o3, sx, w, k0, k1, k2, k3, L):
 
 
 @njit(inline="always")
-def _tap1_k4(acc, a0, a1, a2, a3, x, o0, sx, w, k0, k1, k2, k3, L):  # pragma: no cover
+def _tap1_k4(acc, a0, a1, a2, a3, x, o0, w, k0, k1, k2, k3, L):  # pragma: no cover
     w00, w10, w20, w30 = w[k0], w[k1], w[k2], w[k3]
     for j in range(L):
-        u0 = x[o0 + j * sx]
+        u0 = x[o0 + j]
         acc[a0 + j] += w00 * u0
         acc[a1 + j] += w10 * u0
         acc[a2 + j] += w20 * u0
@@ -73,52 +75,47 @@ def _tap1_k4(acc, a0, a1, a2, a3, x, o0, sx, w, k0, k1, k2, k3, L):  # pragma: n
 
 
 @njit(inline="always")
-def _taps4_k1(acc, a0, x, o0, o1, o2, o3, sx, w, k0, L):  # pragma: no cover
+def _taps4_k1(acc, a0, x, o0, o1, o2, o3, w, k0, L):  # pragma: no cover
     w00, w01, w02, w03 = w[k0], w[k0 + 1], w[k0 + 2], w[k0 + 3]
     for j in range(L):
-        xj = j * sx
         v = acc[a0 + j]
-        v += w00 * x[o0 + xj]
-        v += w01 * x[o1 + xj]
-        v += w02 * x[o2 + xj]
-        v += w03 * x[o3 + xj]
+        v += w00 * x[o0 + j]
+        v += w01 * x[o1 + j]
+        v += w02 * x[o2 + j]
+        v += w03 * x[o3 + j]
         acc[a0 + j] = v
 
 
 @njit(inline="always")
-def _tap1_k1(acc, a0, x, o0, sx, w, k0, L):  # pragma: no cover
+def _tap1_k1(acc, a0, x, o0, w, k0, L):  # pragma: no cover
     w00 = w[k0]
     for j in range(L):
-        acc[a0 + j] += w00 * x[o0 + j * sx]
+        acc[a0 + j] += w00 * x[o0 + j]
 
 
 @njit(parallel=True, cache=True, nogil=True)
-def direct_nchw(xp, w, out, sh, sw, dh, dw, groups):  # pragma: no cover - compiled
-    N, C, Hp, Wp = xp.shape
+def direct_nchw(xf, w, out, qoff, wrow, cstride, groups):  # pragma: no cover - compiled
+    """``xf``: (N, C*cstride) flat images whose output rows run ``wrow`` elements apart;
+    ``qoff[q]``: input offset of product q = (c, r, s) of a group, relative to output (0, 0)."""
+    N = xf.shape[0]
     K, Cg, R, S = w.shape
     OH = out.shape[2]
     OW = out.shape[3]
     Kg = K // groups
-    HW = Hp * Wp
     T = R * S
-    unit = sh == 1 and sw == 1
-    RB = max(1, min(OH, 1024 // Wp)) if unit else 1
+    Q = Cg * T
+    RB = max(1, min(OH, 1024 // wrow))
     nrb = (OH + RB - 1) // RB
     nk4 = Kg // 4
     nkt = nk4 + Kg % 4  # channel blocks: nk4 of four channels, then single channels
-    xf = xp.reshape(N, C * HW)
     wf = w.reshape(K * Cg * T)
-    # unit stride: round each run up to whole 16-lane vectors when the extra lanes (discarded,
-    # like the wrapped columns) stay inside the input array, so no scalar epilogue runs
-    width = ((RB * Wp + 15) // 16) * 16 if unit else OW
-    total = C * HW
-    one = uint64(1)
-    sx = uint64(1) if unit else uint64(sw)
-    Q = Cg * T  # the reduction, flattened in (c, r, s) order
-    qoff = np.empty(Q, dtype=np.int64)  # input offset of product q within a group's channels
+    # round each run up to whole 16-lane vectors when the extra lanes (discarded, like the
+    # wrapped columns) stay inside the input array, so no scalar epilogue runs
+    width = ((RB * wrow + 15) // 16) * 16
+    total = xf.shape[1]
+    qmax = 0
     for q in range(Q):
-        t = q % T
-        qoff[q] = (q // T) * HW + (t // S) * dh * Wp + (t % S) * dw
+        qmax = max(qmax, qoff[q])
     for task in prange(N * groups * nkt * nrb):
         rb = task % nrb
         rest = task // nrb
@@ -128,13 +125,10 @@ def direct_nchw(xp, w, out, sh, sw, dh, dw, groups):  # pragma: no cover - compi
         n = rest // groups
         oh0 = rb * RB
         rows = min(RB, OH - oh0)
-        base = g * Cg * HW + oh0 * sh * Wp
-        if unit:
-            Li = (rows - 1) * Wp + OW
-            Lr = ((Li + 15) // 16) * 16
-            L = uint64(Lr if base + qoff[Q - 1] + Lr <= total else Li)
-        else:
-            L = uint64(OW)
+        base = g * Cg * cstride + oh0 * wrow
+        Li = (rows - 1) * wrow + OW
+        Lr = ((Li + 15) // 16) * 16
+        L = uint64(Lr if base + qmax + Lr <= total else Li)
         kk = 4 if kb < nk4 else 1
         k0 = g * Kg + (kb * 4 if kb < nk4 else nk4 * 4 + (kb - nk4))
         acc = np.zeros(kk * width, dtype=out.dtype)
@@ -146,37 +140,26 @@ def direct_nchw(xp, w, out, sh, sw, dh, dw, groups):  # pragma: no cover - compi
         wstep = uint64(Q)
         q = 0
         while q < Q:
-            four = q + 4 <= Q
             o0 = uint64(base + qoff[q])
             wk0 = uint64(k0 * Q + q)
-            if four:
+            if q + 4 <= Q:
                 o1 = uint64(base + qoff[q + 1])
                 o2 = uint64(base + qoff[q + 2])
                 o3 = uint64(base + qoff[q + 3])
                 if kk == 4:
-                    if unit:
-                        _taps4_k4(acc, a0, a1, a2, a3, xn, o0, o1, o2, o3, one, wf,
-                                  wk0, wk0 + wstep, wk0 + 2 * wstep, wk0 + 3 * wstep, L)
-                    else:
-                        _taps4_k4(acc, a0, a1, a2, a3, xn, o0, o1, o2, o3, sx, wf,
-                                  wk0, wk0 + wstep, wk0 + 2 * wstep, wk0 + 3 * wstep, L)
-                elif unit:
-                    _taps4_k1(acc, a0, xn, o0, o1, o2, o3, one, wf, wk0, L)
+                    _taps4_k4(acc, a0, a1, a2, a3, xn, o0, o1, o2, o3, wf,
+                              wk0, wk0 + wstep, wk0 + 2 * wstep, wk0 + 3 * wstep, L)
                 else:
-                    _taps4_k1(acc, a0, xn, o0, o1, o2, o3, sx, wf, wk0, L)
+                    _taps4_k1(acc, a0, xn, o0, o1, o2, o3, wf, wk0, L)
                 q += 4
             else:
                 if kk == 4:
-                    _tap1_k4(acc, a0, a1, a2, a3, xn, o0, sx, wf,
+                    _tap1_k4(acc, a0, a1, a2, a3, xn, o0, wf,
                              wk0, wk0 + wstep, wk0 + 2 * wstep, wk0 + 3 * wstep, L)
                 else:
-                    _tap1_k1(acc, a0, xn, o0, sx, wf, wk0, L)
+                    _tap1_k1(acc, a0, xn, o0, wf, wk0, L)
                 q += 1
         for q in range(kk):
-            if unit:
-                for i in range(rows):
-                    for j in range(OW):
-                        out[n, k0 + q, oh0 + i, j] = acc[q * width + i * Wp + j]
-            else:
+            for i in range(rows):
                 for j in range(OW):
-                    out[n, k0 + q, oh0, j] = acc[q * width + j]
+                    out[n, k0 + q, oh0 + i, j] = acc[q * width + i * wrow + j]
