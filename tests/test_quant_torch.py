@@ -138,3 +138,18 @@ def test_quantize_eval_on_the_real_network(tmp_path):
     for errs in doc["layer_errors"].values():
         assert 0 < errs["direct/8"] < errs["winograd_f4x3/8"]
         assert 0 < errs["sfc6_6x3/8"] < errs["winograd_f4x3/8"]
+
+
+def test_interop_use_with_quantize_is_the_quantised_session():
+    import convolab.interop.torch as ct
+    from convolab.quant import QuantConfig
+    from convolab.quant.torch import QuantSession
+
+    conv = torch.nn.Conv2d(4, 6, 3, padding=1)
+    x = torch.randn(2, 4, 10, 10)
+    with torch.no_grad():
+        ref = conv(x)
+        with ct.use(quantize=QuantConfig("sfc6_6x3", transform_bits=8), model=conv, calibration=x) as s:
+            y = conv(x)
+    assert isinstance(s, QuantSession)
+    assert torch.linalg.norm(y - ref) / torch.linalg.norm(ref) < 0.05

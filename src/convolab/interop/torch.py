@@ -481,7 +481,7 @@ def _plan_runner(p, spec: ConvSpec):
 
 
 # ---------------------------------------------------------------------------- public API
-def use(algorithm="auto", fallback="auto", *, model=None, hook=None) -> Session:
+def use(algorithm="auto", fallback="auto", *, model=None, hook=None, quantize=None, calibration=None) -> Session:
     """Run PyTorch's CPU 2D convolutions through convolab inside a ``with`` block.
 
     Parameters
@@ -496,6 +496,11 @@ def use(algorithm="auto", fallback="auto", *, model=None, hook=None) -> Session:
         Gives layers their module names in the report.
     hook : callable(stats, x, y), optional
         Called after every intercepted convolution.
+    quantize : convolab.quant.QuantConfig or callable(name, spec), optional
+        Run the convolutions quantised instead (see `convolab.quant.torch.use`); ``algorithm``
+        and ``fallback`` are then taken from the config.
+    calibration : torch.Tensor, optional
+        With ``quantize``: sample inputs the activation scales are calibrated on.
 
     Returns
     -------
@@ -513,6 +518,10 @@ def use(algorithm="auto", fallback="auto", *, model=None, hook=None) -> Session:
     Sessions nest (the innermost wins) and are per thread: convolutions that other threads run
     meanwhile stay on PyTorch. Calls that need gradients run on PyTorch (see module notes).
     """
+    if quantize is not None:
+        from ..quant.torch import use as quantized_use
+
+        return quantized_use(quantize, model=model, calibration=calibration, hook=hook)
     return Session(algorithm, fallback, model=model, hook=hook)
 
 
