@@ -155,7 +155,8 @@ def test_workspace_larger_than_memory_is_refused(monkeypatch):
     x, w, b = make_data((1, 8, 16, 16), (8, 8, 3, 3))
     monkeypatch.setattr(api, "available_memory", lambda: 1000)
     out = np.full((1, 8, 14, 14), 3.0, np.float32)
-    with pytest.raises(ConvError, match=r"'im2col' needs 55.1 KiB .* only 1000 B is available; algorithm 'direct' needs 0 B"):
+    msg = r"'im2col' needs 55.1 KiB .* only 1000 B is available; algorithm 'direct' needs 0 B"
+    with pytest.raises(ConvError, match=msg):
         convolab.conv2d(x, w, b, algorithm="im2col", out=out)
     assert (out == 3.0).all()
     with pytest.raises(ConvError, match="im2col"):
