@@ -56,6 +56,8 @@ from functools import cache
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
+from ..algorithms.bilinear import supports_for
+from ..algorithms.bilinear import tiles as tile_count
 from ..errors import ConvError
 from ..spec import ConvSpec
 from ..transforms import sfc_2d, winograd_2d
@@ -144,18 +146,8 @@ def transforms(name: str) -> IntTransforms:
 
 
 def supports(t: IntTransforms, spec: ConvSpec) -> str | None:
-    """None when the fast algorithm can run ``spec``, else the reason."""
-    if spec.stride != (1, 1):
-        return f"stride {spec.stride} (needs 1)"
-    if spec.dilation != (1, 1):
-        return f"dilation {spec.dilation} (needs 1)"
-    if (spec.R, spec.S) != (t.r, t.r):
-        return f"kernel {spec.R}x{spec.S} (needs {t.r}x{t.r})"
-    return None
-
-
-def tile_count(spec: ConvSpec, m: int) -> tuple[int, int]:
-    return -(-spec.OH // m), -(-spec.OW // m)
+    """None when the fast algorithm can run ``spec``, else the reason (the float engine's rule)."""
+    return supports_for(t.alg, spec)
 
 
 def tiles(spec: ConvSpec, x: np.ndarray, t: IntTransforms) -> np.ndarray:
