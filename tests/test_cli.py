@@ -43,3 +43,25 @@ def test_bench_onnxruntime_peer(capsys):
     assert rc == 0
     out = capsys.readouterr().out
     assert "onnxruntime (peer)" in out and "geomean speed-up vs onnxruntime" in out
+
+
+def test_algorithms_markdown_probes_capabilities(capsys):
+    import convolab
+
+    assert main(["algorithms", "--markdown"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].startswith("| algorithm | kernels | stride 2 |")
+    rows = {ln.split("|")[1].strip(" `"): ln for ln in lines[2:]}
+    assert set(rows) == {a.name for a in convolab.algorithms()}
+    assert "| 3x3 | no |" in rows["winograd_f4x3"]  # Winograd: 3x3 only, no stride 2
+    assert rows["direct"].count("| yes |") >= 1 and "11x11" in rows["direct"]
+
+
+def test_calibrate_command(tmp_path, monkeypatch, capsys):
+    from convolab import select
+
+    monkeypatch.setenv("CONVOLAB_CACHE_DIR", str(tmp_path))
+    monkeypatch.setattr(select, "CALIBRATION_LAYERS", [select._layer(1, 8, 10, 8, 3)])
+    assert main(["calibrate"]) == 0
+    out = capsys.readouterr().out
+    assert "GEMM" in out and "direct" in out and (tmp_path / "calibration.json").exists()
