@@ -57,6 +57,33 @@ def _axpy(dst, src, b, first):  # pragma: no cover - compiled
                 dst[t] += b * src[t]
 
 
+@njit(inline="always")
+def _columns_and_core(Z1, Z, V, col, B1, n, n1, P, ident, sp, si, sv):  # pragma: no cover
+    """Second half of an input transform: ``Z[a, b] = sum_j B1[b, j] Z1[a, j]`` (straight into
+    ``V[:, col]`` for separable algorithms), then ``V[p, col] = sum_q S_in[p, q] Z[q]``."""
+    for a in range(n1):
+        for bb in range(n1):
+            q = a * n1 + bb
+            dst = V[q, col] if ident else Z[q]
+            first = True
+            for j in range(n):
+                b = B1[bb, j]
+                if b != 0.0:
+                    _axpy(dst, Z1[a, j], b, first)
+                    first = False
+            if first:
+                dst[:] = 0.0
+    if not ident:
+        for p in range(P):
+            dst = V[p, col]
+            first = True
+            for e in range(sp[p], sp[p + 1]):
+                _axpy(dst, Z[si[e]], sv[e], first)
+                first = False
+            if first:
+                dst[:] = 0.0
+
+
 @njit(cache=True, nogil=True)
 def input_transform(xh, V, g, r0, TH, TW, m, pt, pl, B1, sp, si, sv, t0, t1):  # pragma: no cover
     P, tc, Cg = V.shape
@@ -89,27 +116,7 @@ def input_transform(xh, V, g, r0, TH, TW, m, pt, pl, B1, sp, si, sv, t0, t1):  #
                             first = False
                 if first:
                     Z1[a, j, :] = 0.0
-        for a in range(n1):  # Z[a, b] = sum_j B1[b, j] Z1[a, j]
-            for bb in range(n1):
-                q = a * n1 + bb
-                dst = V[q, t] if ident else Z[q]
-                first = True
-                for j in range(n):
-                    b = B1[bb, j]
-                    if b != 0.0:
-                        _axpy(dst, Z1[a, j], b, first)
-                        first = False
-                if first:
-                    dst[:] = 0.0
-        if not ident:  # V[p] = sum_q S_in[p, q] Z[q]
-            for p in range(P):
-                dst = V[p, t]
-                first = True
-                for e in range(sp[p], sp[p + 1]):
-                    _axpy(dst, Z[si[e]], sv[e], first)
-                    first = False
-                if first:
-                    dst[:] = 0.0
+        _columns_and_core(Z1, Z, V, t, B1, n, n1, P, ident, sp, si, sv)
 
 
 @njit(cache=True, nogil=True)
@@ -159,27 +166,7 @@ def input_transform_tiles(x, V, g, r0, r1, TH, TW, m, pt, pl, B1, sp, si, sv, c0
                         first = False
                 if first:
                     Z1[a, j, :] = 0.0
-        for a in range(n1):  # Z[a, b] = sum_j B1[b, j] Z1[a, j]
-            for bb in range(n1):
-                q = a * n1 + bb
-                dst = V[q, c] if ident else Z[q]
-                first = True
-                for j in range(n):
-                    b = B1[bb, j]
-                    if b != 0.0:
-                        _axpy(dst, Z1[a, j], b, first)
-                        first = False
-                if first:
-                    dst[:] = 0.0
-        if not ident:  # V[p] = sum_q S_in[p, q] Z[q]
-            for p in range(P):
-                dst = V[p, c]
-                first = True
-                for e in range(sp[p], sp[p + 1]):
-                    _axpy(dst, Z[si[e]], sv[e], first)
-                    first = False
-                if first:
-                    dst[:] = 0.0
+        _columns_and_core(Z1, Z, V, c, B1, n, n1, P, ident, sp, si, sv)
 
 
 @njit(cache=True, nogil=True)
