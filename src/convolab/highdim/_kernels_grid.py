@@ -12,6 +12,26 @@ import numpy as np
 from numba import njit, prange
 
 
+@njit(inline="always")
+def _corner(g, t, corner, dims, strides):  # pragma: no cover - compiled
+    """Multilinear weight and flat cell index of one of point t's 2^d surrounding grid corners
+    (bit k of ``corner`` selects the upper neighbour along axis k)."""
+    w = 1.0
+    idx = 0
+    for k in range(g.shape[1]):
+        b = np.int64(np.floor(g[t, k]))
+        if b > dims[k] - 2:
+            b = dims[k] - 2
+        f = g[t, k] - b
+        if (corner >> k) & 1:
+            w *= f
+            idx += (b + 1) * strides[k]
+        else:
+            w *= 1.0 - f
+            idx += b * strides[k]
+    return w, idx
+
+
 @njit(cache=True, nogil=True)
 def splat(g, values, dims, strides, grid):  # pragma: no cover - compiled
     n, d = g.shape
@@ -19,19 +39,7 @@ def splat(g, values, dims, strides, grid):  # pragma: no cover - compiled
     ncorner = 1 << d
     for t in range(n):
         for corner in range(ncorner):
-            w = 1.0
-            idx = 0
-            for k in range(d):
-                b = np.int64(np.floor(g[t, k]))
-                if b > dims[k] - 2:
-                    b = dims[k] - 2
-                f = g[t, k] - b
-                if (corner >> k) & 1:
-                    w *= f
-                    idx += (b + 1) * strides[k]
-                else:
-                    w *= 1.0 - f
-                    idx += b * strides[k]
+            w, idx = _corner(g, t, corner, dims, strides)
             for q in range(c1):
                 grid[idx, q] += w * values[t, q]
 
@@ -66,19 +74,7 @@ def slice_normalise(g, dims, strides, grid, out):  # pragma: no cover - compiled
         for q in range(c):
             out[t, q] = 0.0
         for corner in range(ncorner):
-            w = 1.0
-            idx = 0
-            for k in range(d):
-                b = np.int64(np.floor(g[t, k]))
-                if b > dims[k] - 2:
-                    b = dims[k] - 2
-                f = g[t, k] - b
-                if (corner >> k) & 1:
-                    w *= f
-                    idx += (b + 1) * strides[k]
-                else:
-                    w *= 1.0 - f
-                    idx += b * strides[k]
+            w, idx = _corner(g, t, corner, dims, strides)
             for q in range(c):
                 out[t, q] += w * grid[idx, q]
             den += w * grid[idx, c]
