@@ -98,6 +98,18 @@ def _strided(lay: Layout, kind: str, channels: int, stride: int) -> Layout:
     )
 
 
+def _setup(name: str, x: EncTensor, w, stride: int, kind_in: str, kind_out: str):
+    """Checks shared by the CA/RA schedules: input layout, kernel, stride; the output layout and
+    the taps of the stride-adjusted kernel."""
+    lay = x.layout
+    if lay.kind != kind_in:
+        raise ConvError(f"{name} needs a {kind_in}-packed input, got {lay.kind}")
+    w = np.asarray(w, dtype=np.float64)
+    R, p = check_kernel(w, stride, lay.channels)
+    out_lay = _strided(lay, kind_out, w.shape[0], stride)
+    return lay, w, R, out_lay, _taps(lay, R, p, stride, out_lay.pixel_offsets())
+
+
 def ca_conv(be, x: EncTensor, w: np.ndarray, stride: int = 1) -> EncTensor:
     """HyPHEN CAConv: CA-packed input, RA-packed output; see the module docstring.
 
@@ -117,15 +129,9 @@ def ca_conv(be, x: EncTensor, w: np.ndarray, stride: int = 1) -> EncTensor:
     EncTensor
         The encrypted output in the RA layout (None entries are all-zero ciphertexts).
     """
-    lay = x.layout
-    if lay.kind != "CA":
-        raise ConvError(f"ca_conv needs a CA-packed input, got {lay.kind}")
-    w = np.asarray(w, dtype=np.float64)
-    R, p = check_kernel(w, stride, lay.channels)
+    lay, w, R, out_lay, taps = _setup("ca_conv", x, w, stride, "CA", "RA")
     Cout, Cin = w.shape[:2]
-    out_lay = _strided(lay, "RA", Cout, stride)
     n, Bs = lay.n_blocks, lay.block
-    taps = _taps(lay, R, p, stride, out_lay.pixel_offsets())
     rotated: dict = {}
 
     def rot(t, off):
@@ -175,15 +181,9 @@ def ra_conv(be, x: EncTensor, w: np.ndarray, stride: int = 1) -> EncTensor:
     EncTensor
         The encrypted output in the CA layout (None entries are all-zero ciphertexts).
     """
-    lay = x.layout
-    if lay.kind != "RA":
-        raise ConvError(f"ra_conv needs an RA-packed input, got {lay.kind}")
-    w = np.asarray(w, dtype=np.float64)
-    R, p = check_kernel(w, stride, lay.channels)
+    lay, w, R, out_lay, taps = _setup("ra_conv", x, w, stride, "RA", "CA")
     Cout, Cin = w.shape[:2]
-    out_lay = _strided(lay, "CA", Cout, stride)
     n = lay.n_blocks
-    taps = _taps(lay, R, p, stride, out_lay.pixel_offsets())
     outs = []
     for g in range(out_lay.num_ciphertexts):
         wg = np.zeros((n, Cin, R, R))
