@@ -92,9 +92,14 @@ def test_lattice_simplex_structure(d):
 
     rng = np.random.default_rng(d)
     pos = rng.normal(size=(200, d)) * 5
-    keys = np.empty((200, d + 1, d), np.int32)
+    base = np.empty((200, d), np.int32)
+    rank = np.empty((200, d), np.int8)
     bary = np.empty((200, d + 1))
-    K.embed(pos, keys, bary)
+    hashes = np.empty((200, d + 1), np.uint32)
+    dirs = np.empty((200, d + 1), np.int8)
+    K.embed(pos, np.zeros(d), np.ones(d), base, rank, bary, hashes, dirs)
+    r = np.arange(d + 1)[None, :, None]
+    keys = base[:, None, :] + r - (d + 1) * (rank[:, None, :] > d - r)
     assert np.all(bary >= -1e-12)
     np.testing.assert_allclose(bary.sum(1), 1.0, rtol=0, atol=1e-12)
     # elevation with the Helmert basis (as the kernel does)
@@ -108,6 +113,12 @@ def test_lattice_simplex_structure(d):
     np.testing.assert_allclose(np.einsum("nr,nrk->nk", bary, full), elevated, atol=1e-9)
     for r in range(d + 1):
         assert np.all((full[:, r] - r) % (d + 1) == 0)
+        # vertex r + 1 (mod d + 1) is one lattice step from vertex r along direction dirs[:, r]
+        step = np.ones((200, d + 1))
+        step[np.arange(200), dirs[:, r]] -= d + 1
+        np.testing.assert_array_equal(full[:, (r + 1) % (d + 1)] - full[:, r], step)
+        assert all(int(hashes[t, r]) == int(K._hash_vec(keys[t, r].astype(np.int32), d)) % 2**32
+                   for t in range(0, 200, 17))
 
 
 @pytest.mark.parametrize("d", [1, 2, 3, 5, 9, 16])
@@ -177,6 +188,34 @@ def test_lattice_grows_past_initial_table():
     # isolated points filter to themselves
     v = rng.normal(size=(3000, 1))
     np.testing.assert_allclose(lat.filter(v), v, rtol=1e-12)
+
+
+@pytest.mark.parametrize("kind", ["image", "scattered"])
+def test_lattice_split_insertion_numbers_like_serial(monkeypatch, kind):
+    """Inserting each round's second half into its own table on another thread, then merging,
+    gives the serial insertion's lattice exactly (numbering, neighbours, output), also when
+    the tables grow and over several rounds."""
+    import convolab.highdim.permutohedral as P
+
+    rng = np.random.default_rng(7)
+    if kind == "image":
+        img = np.cumsum(rng.normal(scale=0.05, size=(60, 70, 3)), axis=1)
+        yy, xx = np.mgrid[0:60, 0:70]
+        p = np.concatenate([yy[..., None] / 3.0, xx[..., None] / 3.0, img / 0.1], -1)
+        p = p.reshape(-1, 5)
+    else:
+        p = rng.uniform(0, 400, size=(3000, 6))
+    v = rng.normal(size=(len(p), 2))
+    monkeypatch.setattr(P, "_ROUND_BYTES", 1500 * 64)
+    monkeypatch.setattr(P, "worker_count", lambda: 1)
+    serial = P.PermutohedralLattice(p)
+    monkeypatch.setattr(P, "worker_count", lambda: 2)
+    monkeypatch.setattr(P, "_SPLIT_MIN", 64)
+    split = P.PermutohedralLattice(p)
+    assert split.size == serial.size
+    np.testing.assert_array_equal(split.offsets, serial.offsets)
+    np.testing.assert_array_equal(split.nbr, serial.nbr)
+    np.testing.assert_array_equal(split.filter(v), serial.filter(v))
 
 
 def test_lattice_scale_is_adams():

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from .._parallel import run_threads, worker_count
 from ..errors import ConvError
 from ..kernels import PARALLEL_LOCK
 
@@ -38,6 +39,10 @@ LATTICE_SCALE = float(np.sqrt(2.0 / 3.0))
 GAUSSIAN_TAPS = (1.0, 0.5)
 #: largest feature dimension supported
 MAX_D = 16
+#: rounds of at least this many points insert their two halves on two threads
+_SPLIT_MIN = 1 << 14
+#: memory for the simplices of one embed / insert round
+_ROUND_BYTES = 1 << 25
 
 
 class PermutohedralLattice:
@@ -62,9 +67,11 @@ class PermutohedralLattice:
 
     Notes
     -----
-    Building costs O(d^2 n): the elevation and simplex search are parallel over points, the
-    hash-table insertion is serial in point order so the lattice numbering (and every result)
-    is deterministic.
+    Building costs O(d^2 n): the elevation and simplex search are parallel over points; the
+    hash-table insertion numbers the lattice points in order of first appearance, so the
+    numbering (and every result) is deterministic. With two or more threads the second half
+    of each round is inserted into a table of its own on another thread and merged in order,
+    which gives the same numbering.
     """
 
     def __init__(self, positions, scale=None, radius: int = 1):
@@ -74,47 +81,74 @@ class PermutohedralLattice:
         if pos.ndim != 2:
             raise ConvError(f"positions must have shape (n, d); got shape {pos.shape}")
         n, d = pos.shape
-        if not np.all(np.isfinite(pos)):
-            raise ConvError("positions contain non-finite values (NaN or inf)")
         if not 1 <= d <= MAX_D:
             raise ConvError(f"the permutohedral lattice supports 1 <= d <= {MAX_D}; got d = {d}")
         if radius < 1:
             raise ConvError(f"radius must be >= 1; got {radius}")
         s = np.ones(d) if scale is None else np.broadcast_to(np.asarray(scale, float), (d,))
-        pos = (pos - pos.min(axis=0)) * (s * LATTICE_SCALE * (d + 1))
-        if pos.size and np.max(pos) > 2.0**28:
+        factor = np.ascontiguousarray(s * (LATTICE_SCALE * (d + 1)), dtype=np.float64)
+        lo, hi, finite = K.column_range(pos) if n else (np.zeros(d), np.zeros(d), True)
+        if not finite:
+            raise ConvError("positions contain non-finite values (NaN or inf)")
+        if n and np.max((hi - lo) * np.abs(factor)) > 2.0**28:
             raise ConvError(
                 "positions span more than the lattice's integer range "
-                f"(largest scaled coordinate {np.max(pos):.3g}); use larger sigmas"
+                f"(largest scaled coordinate {np.max((hi - lo) * np.abs(factor)):.3g}); "
+                "use larger sigmas"
             )
         self.n, self.d, self.radius = n, d, int(radius)
         d1 = d + 1
         self.offsets = np.empty((n, d1), dtype=np.int32)
         self.bary = np.empty((n, d1), dtype=np.float64)
+        dirs = np.empty((n, d1), dtype=np.int8)
         # sized for about n lattice points (typical of image features); grows by rehashing
         table = np.full(1 << max(10, int(np.ceil(np.log2(max(2 * n, 1))))), -1, dtype=np.int32)
         lat_keys = np.empty((table.size // 2, d), dtype=np.int32)
         m = 0
-        # points per embed/insert round: the vertex keys of one round stay within ~2 MiB
-        chunk = int(np.clip((1 << 19) // (d1 * d), 1024, 1 << 16))
+        sink = np.zeros(1, dtype=np.int64)
+        # points per embed/insert round: few rounds (each parallel launch costs about a
+        # millisecond), the round's simplices within about _ROUND_BYTES
+        chunk = int(np.clip(_ROUND_BYTES // (5 * d + 4 * d1), 256, 1 << 20))
+        split = worker_count() > 1
         with PARALLEL_LOCK:
             for c0 in range(0, n, chunk):
                 c1 = min(n, c0 + chunk)
-                keys = np.empty((c1 - c0, d1, d), dtype=np.int32)
-                K.embed(pos[c0:c1], keys, self.bary[c0:c1])
+                base = np.empty((c1 - c0, d), dtype=np.int32)
+                rank = np.empty((c1 - c0, d), dtype=np.int8)
+                hashes = np.empty((c1 - c0, d1), dtype=np.uint32)
+                K.embed(pos[c0:c1], lo, factor, base, rank, self.bary[c0:c1], hashes,
+                        dirs[c0:c1])
+                offsets = self.offsets[c0:c1]
+                if not split or c1 - c0 < _SPLIT_MIN:
+                    table, lat_keys, m = _insert(K, base, rank, hashes, offsets, table,
+                                                 lat_keys, m, sink)
+                    continue
+                # the serial insertion is the bottleneck: insert the round's second half into
+                # a table of its own on another thread, then merge it (same numbering)
+                h = (c1 - c0) // 2
+                size = 1 << max(10, int(np.ceil(np.log2(h * d1 // 2 + 1))))
+                own = np.full(size, -1, dtype=np.int32)
+                own_keys = np.empty((size // 2, d), dtype=np.int32)
+
+                jobs = (
+                    (base[:h], rank[:h], hashes[:h], offsets[:h], table, lat_keys, m, sink),
+                    (base[h:], rank[h:], hashes[h:], offsets[h:], own, own_keys, 0,
+                     np.zeros(1, dtype=np.int64)),
+                )
+                (table, lat_keys, m), (_, own_keys, mb) = run_threads(
+                    lambda job: _insert(K, *job), jobs
+                )
+                remap = np.empty(mb, dtype=np.int32)
                 start = 0
                 while True:
-                    start, m = K.insert(keys, table, lat_keys, self.offsets[c0:c1], start, m)
-                    if start == c1 - c0:
+                    start, m = K.merge(own_keys[:mb], start, table, lat_keys, m, remap, sink)
+                    if start == mb:
                         break
-                    # grow: double the table (rehash) and the key store
-                    table = np.full(2 * table.size, -1, dtype=np.int32)
-                    K.rehash(lat_keys, m, table)
-                    grown = np.empty((table.size // 2, d), dtype=np.int32)
-                    grown[:m] = lat_keys[:m]
-                    lat_keys = grown
+                    table, lat_keys = _grow(K, table, lat_keys, m)
+                K.renumber(offsets[h:], remap)
             self.size = m
             self.nbr = np.full((d1, m, 2 * self.radius), -1, dtype=np.int32)
+            K.simplex_neighbours(self.offsets, dirs, self.nbr)
             K.neighbours(table, lat_keys, m, self.radius, self.nbr)
 
     def filter(self, values, taps=GAUSSIAN_TAPS, normalise: bool = True):
@@ -164,6 +198,27 @@ class PermutohedralLattice:
             for r in range(self.d + 1):
                 out += bary[:, r : r + 1] * lat[self.offsets[:, r]]
             return out
+
+
+def _grow(K, table, lat_keys, m):
+    """A hash table twice as large holding the lattice points ``0..m-1``, and a key store to
+    match."""
+    table = np.full(2 * table.size, -1, dtype=np.int32)
+    K.rehash(lat_keys, m, table)
+    grown = np.empty((table.size // 2, lat_keys.shape[1]), dtype=np.int32)
+    grown[:m] = lat_keys[:m]
+    return table, grown
+
+
+def _insert(K, base, rank, hashes, offsets, table, lat_keys, m, sink):
+    """Insert every vertex of the simplices ``base``/``rank`` in order, growing the table as
+    needed. Returns ``(table, lat_keys, m)``."""
+    start = 0
+    while True:
+        start, m = K.insert(base, rank, hashes, table, lat_keys, offsets, start, m, sink)
+        if start == base.shape[0]:
+            return table, lat_keys, m
+        table, lat_keys = _grow(K, table, lat_keys, m)
 
 
 def permutohedral_filter(values, positions, taps=GAUSSIAN_TAPS, scale=None):
