@@ -1,6 +1,7 @@
 """Algorithm choice: ranking and reasons, budgets, the autotune cache and its safety."""
 
 import json
+import math
 import multiprocessing as mp
 import warnings
 
@@ -159,8 +160,32 @@ def test_calibrate_stores_constants_used_by_the_model(cache, monkeypatch):
     # on a calibration layer itself the model returns what was measured there (nearest point)
     spec = ConvSpec.from_shapes(*layers[0][:2], 1, 1)
     direct = convolab.registry.get("direct")
-    spm = 2.0 ** m.samples["direct"][0][-1]
+    spm = 2.0 ** m.samples["direct"][0][select.N_FEATURES]
     assert select.predict_seconds(direct, spec, stored) == pytest.approx(
         stored.call_seconds + direct.multiplies(spec) * spm, rel=0.5)
     rows = select.calibration_report(stored)
     assert {r[0] for r in rows} >= {"direct", "im2col"} and all(r[1] > 0 for r in rows)
+
+
+def test_fit_terms_recovers_known_costs():
+    rng = np.random.default_rng(0)
+    terms = np.column_stack([np.ones(20), *(rng.uniform(1e3, 1e6, size=(5, 20)))])
+    coef = np.array([2e-5, 3e-10, 0.0, 1e-10, 0.0, 5e-9])
+    np.testing.assert_allclose(select.fit_terms(terms, terms @ coef), coef, rtol=1e-6, atol=1e-14)
+    # with fewer layers than FULL_FIT_LAYERS only the call and multiply terms are fitted
+    simple = np.array([2e-5, 3e-10, 0, 0, 0, 0])
+    few = select.fit_terms(terms[:5], terms[:5] @ coef)
+    assert np.all(few[2:] == 0) and np.all(few >= 0)
+    np.testing.assert_allclose(select.fit_terms(terms[:5], terms[:5] @ simple), simple, rtol=1e-6)
+
+
+def test_model_reads_calibration_files_without_fitted_terms(cache):
+    """A calibration entry written before the fitted terms existed still predicts (seconds per
+    multiply of the nearest layers)."""
+    spec = ConvSpec.from_shapes((1, 16, 12, 12), (16, 16, 3, 3), 1, 1)
+    direct = convolab.registry.get("direct")
+    row = [*select.features(spec), math.log2(1e-9)]
+    old = select.Machine(100.0, 10.0, 1e-5, {"direct": [row]})
+    assert select.predict_seconds(direct, spec, old) == pytest.approx(1e-5 + direct.multiplies(spec) * 1e-9)
+    new = select.Machine(100.0, 10.0, 1e-5, {"direct": [[*row, 1.0]]}, {"direct": [0, 1e-9, 0, 0, 0, 0]})
+    assert select.predict_seconds(direct, spec, new) == pytest.approx(2 * direct.multiplies(spec) * 1e-9)

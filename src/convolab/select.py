@@ -6,16 +6,21 @@ with the reason (unsupported, over the memory limit, over the error budget).
 
 Time prediction. Each algorithm's time is modelled as
 
-    t = t_call + multiplies / rate + bytes_moved / bandwidth
+    t = (c_call + c_mul m + c_io io + c_ws ws + c_c m / (C/groups) + c_k m / (K/groups)) * r
 
-where ``multiplies`` is the algorithm's own count (transform-domain products for fast
-algorithms), ``bytes_moved`` is its input + output + workspace traffic, and ``rate`` is the
-algorithm's effective multiply rate on this machine. ``convolab calibrate`` measures the
-machine constants -- NumPy's float32 GEMM rate, the memory bandwidth (a large copy), the
-per-call overhead -- and each algorithm's rate and overhead on a fixed calibration set of
-layers (not the benchmark suites), fitted by least squares in log space; they are stored in
-the user cache directory. Without a calibration file the model uses rates relative to the
-GEMM rate measured once in the process, which ranks algorithms by arithmetic alone.
+where ``m`` is the algorithm's own multiply count (transform-domain products for fast
+algorithms), ``io`` the input + output bytes, ``ws`` its workspace bytes (the unfolded matrix,
+the transformed tiles), ``m / (C/groups)`` counts work per output element (stores, output
+transforms) and ``m / (K/groups)`` work per input element (loads, unfolding, input transforms).
+``convolab calibrate`` measures the machine constants -- NumPy's float32 GEMM rate, the memory
+bandwidth (a large copy), the per-call overhead -- and times every algorithm on a fixed
+calibration set of layers (not the benchmark suites); the coefficients ``c`` are fitted per
+algorithm by non-negative least squares on relative error (an algorithm with fewer than 12
+calibration layers fits ``c_call`` and ``c_mul`` only), and ``r`` corrects what the terms
+miss: the inverse-distance weighted geometric mean of measured / fitted time on the 3
+calibration layers nearest in `features`. Everything is stored in the user cache directory.
+Without a calibration file the model uses rates relative to the GEMM rate measured once in the
+process, which ranks algorithms by arithmetic and traffic alone.
 
 Measured autotuning. ``measure=True`` times the admissible candidates on random data (warm,
 minimum of repeats) and stores the winner in the autotune cache, keyed by the convolution,
@@ -37,6 +42,7 @@ every algorithm.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import functools
 import json
 import math
@@ -220,8 +226,11 @@ class Machine:
     gemm_gflops: float
     bandwidth_gbs: float
     call_seconds: float
-    #: per algorithm: list of [features..., log2 seconds per multiply] measured by `calibrate`
+    #: per algorithm: list of [features..., log2 seconds per multiply, log2 measured / fitted]
+    #: for each calibration layer it supports (older files lack the last entry)
     samples: dict
+    #: per algorithm: the coefficients of `cost_terms` fitted by `calibrate`
+    linear: dict = dataclasses.field(default_factory=dict)
 
     def to_json(self) -> dict:
         return {
@@ -229,6 +238,7 @@ class Machine:
             "bandwidth_gbs": self.bandwidth_gbs,
             "call_seconds": self.call_seconds,
             "samples": self.samples,
+            "linear": self.linear,
         }
 
 
@@ -254,7 +264,8 @@ def machine() -> Machine:
     if isinstance(entry, dict):
         try:
             return Machine(float(entry["gemm_gflops"]), float(entry["bandwidth_gbs"]),
-                           float(entry["call_seconds"]), dict(entry["samples"]))
+                           float(entry["call_seconds"]), dict(entry["samples"]),
+                           {k: [float(c) for c in v] for k, v in dict(entry.get("linear", {})).items()})
         except (KeyError, TypeError, ValueError):
             warnings.warn("convolab: ignoring a malformed calibration entry", stacklevel=2)
     return _uncalibrated()
@@ -263,6 +274,10 @@ def machine() -> Machine:
 #: rate of each algorithm's multiplies relative to the GEMM rate when uncalibrated
 _NOMINAL_EFFICIENCY = {"im2col": 0.5, "direct": 0.35, "im2win": 0.5, "fft": 0.25}
 _NOMINAL_FAST = 0.4  # Winograd / SFC: transform-domain products through batched GEMMs
+
+
+#: number of `features`
+N_FEATURES = 5
 
 
 def features(spec: ConvSpec) -> list[float]:
@@ -284,16 +299,42 @@ def traffic_bytes(algo: registry.Algorithm, spec: ConvSpec) -> int:
     return io + 2 * algo.workspace_bytes(spec)
 
 
+#: times `calibrate` measures each algorithm on each layer (in turns), keeping the fastest
+CALIBRATION_PASSES = 3
 #: neighbours averaged by the calibrated model
 K_NEAREST = 3
+#: an algorithm needs this many calibration layers to fit every term of `cost_terms`
+FULL_FIT_LAYERS = 12
+
+
+def cost_terms(algo: registry.Algorithm, spec: ConvSpec) -> np.ndarray:
+    """The terms of the cost model (see the module docstring): a call, the multiplies, input +
+    output bytes, workspace bytes, multiplies per input channel and per output channel."""
+    item = spec.compute_dtype.itemsize
+    io = (spec.N * spec.C * spec.H * spec.W + spec.N * spec.K * spec.OH * spec.OW) * item
+    mults = float(algo.multiplies(spec))
+    return np.array([1.0, mults, io, float(algo.workspace_bytes(spec)), mults / spec.Cg, mults / spec.Kg])
+
+
+def fit_terms(terms: np.ndarray, seconds: np.ndarray) -> np.ndarray:
+    """Non-negative coefficients of ``terms`` (one row per layer) fitting ``seconds`` in
+    relative error; only the call and multiply terms with fewer than `FULL_FIT_LAYERS` rows."""
+    from scipy.optimize import nnls
+
+    cols = list(range(terms.shape[1])) if len(seconds) >= FULL_FIT_LAYERS else [0, 1]
+    c, _ = nnls(terms[:, cols] / seconds[:, None], np.ones(len(seconds)))
+    coef = np.zeros(terms.shape[1])
+    coef[cols] = c
+    return coef
 
 
 def predict_seconds(algo: registry.Algorithm, spec: ConvSpec, m: Machine | None = None) -> float:
     """Predicted time of ``algo`` on ``spec`` (see the module docstring).
 
-    Calibrated: ``t = t_call + multiplies * s``, where ``s`` (seconds per multiply) is the
-    inverse-distance weighted geometric mean of ``s`` on the ``K_NEAREST`` calibration layers
-    nearest in `features`. Uncalibrated: nominal fractions of the GEMM rate plus traffic.
+    Calibrated: the fitted `cost_terms` times the correction ``r`` of the ``K_NEAREST``
+    calibration layers nearest in `features` (with a calibration file from before the fitted
+    terms: ``t_call + multiplies * s``, ``s`` the same average of seconds per multiply).
+    Uncalibrated: nominal fractions of the GEMM rate plus traffic.
     """
     m = m or machine()
     mults = algo.multiplies(spec)
@@ -301,10 +342,15 @@ def predict_seconds(algo: registry.Algorithm, spec: ConvSpec, m: Machine | None 
     if samples:
         f = np.asarray(features(spec))
         pts = np.asarray(samples, dtype=np.float64)
-        d = np.sqrt(((pts[:, :-1] - f) ** 2).sum(axis=1))
+        d = np.sqrt(((pts[:, : f.size] - f) ** 2).sum(axis=1))
         near = np.argsort(d)[:K_NEAREST]
         wts = 1.0 / (d[near] + 0.25)
-        log_spm = float((wts * pts[near, -1]).sum() / wts.sum())
+        coef = m.linear.get(algo.name)
+        if coef is not None and pts.shape[1] == f.size + 2:
+            fitted = float(cost_terms(algo, spec) @ np.asarray(coef))
+            if fitted > 0:
+                return fitted * 2.0 ** float((wts * pts[near, f.size + 1]).sum() / wts.sum())
+        log_spm = float((wts * pts[near, f.size]).sum() / wts.sum())
         return m.call_seconds + mults * 2.0**log_spm
     eff = _NOMINAL_EFFICIENCY.get(algo.name, _NOMINAL_FAST)
     rate = eff * m.gemm_gflops * 1e9 / 2
@@ -471,6 +517,11 @@ CALIBRATION_LAYERS = [
     _layer(1, 48, 26, 96, 5), _layer(1, 16, 64, 48, 5), _layer(1, 32, 40, 32, 7),
     _layer(1, 16, 80, 32, 9), _layer(1, 3, 160, 48, 7, stride=2), _layer(4, 3, 96, 32, 7, stride=2),
     _layer(1, 3, 160, 48, 11, stride=4),
+    # batch 8: 3x3 stride 1 from few channels on large images to many on small ones, 5x5, 1x1,
+    # a strided stem
+    _layer(8, 3, 128, 32, 3), _layer(8, 32, 80, 32, 3), _layer(8, 96, 40, 96, 3),
+    _layer(8, 192, 20, 192, 3), _layer(8, 384, 10, 384, 3), _layer(8, 48, 30, 128, 5),
+    _layer(8, 128, 20, 256, 1), _layer(8, 3, 128, 48, 7, stride=2),
     # depthwise and grouped
     _layer(1, 96, 40, 96, 3, groups=96), _layer(1, 384, 10, 384, 3, groups=384),
     _layer(1, 128, 20, 128, 5, groups=128), _layer(1, 128, 20, 128, 3, groups=4),
@@ -491,8 +542,14 @@ def calibrate(progress=None, layers=None) -> Machine:
     """Measure this machine's constants and every algorithm on the calibration layers; store
     them (keyed by CPU, thread count and version) and return them."""
     from .api import ConvPlan
-    from .bench.runner import gemm_gflops, time_min
+    from .bench.runner import SETTLE_SECONDS, gemm_gflops, prewarm, time_min
 
+    todo = CALIBRATION_LAYERS if layers is None else layers
+    specs = [ConvSpec.from_shapes(xs, ws, st, pad, 1, grp, np.float32) for xs, ws, st, pad, grp in todo]
+    # compile every kernel in a subprocess first: kernels compiled in the timing process can run
+    # far slower than the cached machine code (see `convolab.bench.runner.prewarm`), which made
+    # im2win measure at half its speed on layers whose code path was new
+    prewarm(list(registry.algorithms()), specs)
     g = gemm_gflops(n=1024, repeat=5)
     bw = _bandwidth_gbs()
     x1 = np.ones((1, 1, 4, 4), np.float32)
@@ -501,24 +558,42 @@ def calibrate(progress=None, layers=None) -> Machine:
     p1(x1)
     call = time_min(lambda: p1(x1), 20)
     samples: dict[str, list] = {}
+    linear: dict[str, list] = {}
+    algos = list(registry.algorithms())
+    best: dict[tuple[str, int], float] = {}
     rng = np.random.default_rng(0)
-    for a in registry.algorithms():
-        for xs, ws, st, pad, grp in CALIBRATION_LAYERS if layers is None else layers:
-            spec = ConvSpec.from_shapes(xs, ws, st, pad, 1, grp, np.float32)
-            if a.supports(spec) is not None:
-                continue
-            x = rng.standard_normal(xs).astype(np.float32)
-            w = rng.standard_normal(ws).astype(np.float32)
-            p = ConvPlan(spec, a, w, None)
-            out = np.empty(spec.out_shape, np.float32)
-            p(x, out=out)  # warm-up
-            first = time_min(lambda p=p, out=out, x=x: p(x, out=out), 1, min_total=0)
-            t = first if first > 0.1 else time_min(lambda p=p, out=out, x=x: p(x, out=out), 3, min_total=0.02)
-            spm = max(t - call, 1e-9) / a.multiplies(spec)
-            samples.setdefault(a.name, []).append([*features(spec), math.log2(spm)])
+    for i, spec in enumerate(specs):
+        x = rng.standard_normal(spec.x_shape).astype(np.float32)
+        w = rng.standard_normal(spec.w_shape).astype(np.float32)
+        out = np.empty(spec.out_shape, np.float32)
+        plans = [(a, ConvPlan(spec, a, w, None)) for a in algos if a.supports(spec) is None]
+        # the algorithms take turns, CALIBRATION_PASSES times, and each keeps its fastest time:
+        # a single pass measured some layers 2x off (threads of the previous algorithm still
+        # spinning, other activity on the machine)
+        for _ in range(CALIBRATION_PASSES):
+            for a, p in plans:
+                p(x, out=out)  # warm-up
+                time.sleep(SETTLE_SECONDS / 10)  # the previous algorithm's BLAS threads stop spinning
+                first = time_min(lambda p=p, x=x, out=out: p(x, out=out), 1, min_total=0)
+                t = first if first > 0.1 else time_min(lambda p=p, x=x, out=out: p(x, out=out), 3, min_total=0.02)
+                best[a.name, i] = min(t, best.get((a.name, i), math.inf))
         if progress:
-            progress(a.name)
-    m = Machine(g, bw, call, samples)
+            progress(f"layer {i + 1}/{len(specs)}")
+    for a in algos:
+        idx = [i for i in range(len(specs)) if (a.name, i) in best]
+        if not idx:
+            continue
+        seconds = np.array([best[a.name, i] for i in idx])
+        terms = np.array([cost_terms(a, specs[i]) for i in idx])
+        coef = fit_terms(terms, seconds)
+        fitted = terms @ coef
+        rows = []
+        for i, t, ft in zip(idx, seconds, fitted, strict=True):
+            spm = max(t - call, 1e-9) / a.multiplies(specs[i])
+            rows.append([*features(specs[i]), math.log2(spm), math.log2(t / ft) if ft > 0 else 0.0])
+        samples[a.name] = rows
+        linear[a.name] = [float(c) for c in coef]
+    m = Machine(g, bw, call, samples, linear)
     CALIBRATION.put(machine_key(), m.to_json())
     return m
 
@@ -527,6 +602,6 @@ def calibration_report(m: Machine) -> list[tuple[str, float, float, int]]:
     """(algorithm, median / best GFLOP/s-equivalent of its multiplies, layers measured)."""
     rows = []
     for name, pts in m.samples.items():
-        gf = sorted(2 / 2.0 ** p[-1] / 1e9 for p in pts)
+        gf = sorted(2 / 2.0 ** p[N_FEATURES] / 1e9 for p in pts)
         rows.append((name, gf[len(gf) // 2], gf[-1], len(gf)))
     return sorted(rows, key=lambda r: -r[1])

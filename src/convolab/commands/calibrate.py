@@ -20,7 +20,6 @@ def run(args) -> int:
 
     from .. import select
     from ..errors import ConvError
-    from ..registry import algorithms
 
     if args.threads is not None:
         if not 1 <= args.threads <= numba.config.NUMBA_NUM_THREADS:
@@ -28,8 +27,8 @@ def run(args) -> int:
         numba.set_num_threads(args.threads)
     console = Console()
     with Progress(console=console, transient=True) as progress:
-        task = progress.add_task("calibrating", total=len(algorithms()))
-        m = select.calibrate(progress=lambda name: progress.update(task, advance=1, description=name))
+        task = progress.add_task("calibrating", total=len(select.CALIBRATION_LAYERS))
+        m = select.calibrate(progress=lambda what: progress.update(task, advance=1, description=what))
     console.print(
         f"GEMM {m.gemm_gflops:.0f} GFLOP/s, copy bandwidth {m.bandwidth_gbs:.1f} GB/s, "
         f"call overhead {m.call_seconds * 1e6:.1f} us, threads {numba.get_num_threads()}"
