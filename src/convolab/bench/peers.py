@@ -10,7 +10,6 @@ Each peer runs in this process with the same thread count as convolab.
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -53,10 +52,16 @@ def _torch_maker(mkldnn: bool):
             pad, pre = (0, 0), (pl, pr, pt, pb)
 
         def run():
-            ctx = contextlib.nullcontext() if mkldnn else torch.backends.mkldnn.flags(enabled=False)
-            with torch.no_grad(), ctx:
-                xi = F.pad(xt, pre) if pre else xt
-                y = F.conv2d(xi, wt, None, spec.stride, pad, spec.dilation, spec.groups)
+            # the switch alone (``torch.backends.mkldnn.flags`` also sets TF32 options and warns
+            # about Intel GPUs on every call)
+            prev = torch.backends.mkldnn.enabled
+            torch.backends.mkldnn.enabled = mkldnn
+            try:
+                with torch.no_grad():
+                    xi = F.pad(xt, pre) if pre else xt
+                    y = F.conv2d(xi, wt, None, spec.stride, pad, spec.dilation, spec.groups)
+            finally:
+                torch.backends.mkldnn.enabled = prev
             return y.numpy()
 
         return run
