@@ -122,19 +122,43 @@ def test_generic_non_separable_matrices():
 
 
 @pytest.mark.parametrize("small_c", [1, 1000])
-@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("threads", [1, 2, 3])
 @pytest.mark.parametrize("chunk_tiles", [1, 6, 50, 10_000])
-def test_chunking_threads_and_layouts(monkeypatch, threads, chunk_tiles, small_c):
-    # blocks per thread, steps split across threads, one thread; channel- and tile-vector
-    # input transforms: all against the reference
+@pytest.mark.parametrize("x_shape", [(3, 4, 11, 9), (3, 4, 5, 9), (1, 4, 23, 9)])
+def test_chunking_threads_and_layouts(monkeypatch, threads, chunk_tiles, small_c, x_shape):
+    # blocks per thread, a block's chunks dealt out to the threads, a single tile row with
+    # every step split across threads, one thread; channel- and tile-vector input transforms:
+    # all against the reference
     monkeypatch.setattr(bilinear, "CHUNK_TILES", chunk_tiles)
     monkeypatch.setattr(bilinear, "worker_count", lambda: threads)
     monkeypatch.setattr(bilinear, "SMALL_C", small_c)
-    x, w, _ = make_data((3, 4, 11, 9), (6, 2, 3, 3), bias=False)
+    x, w, _ = make_data(x_shape, (6, 2, 3, 3), bias=False)
     eng = bilinear.engine("sfc6_6x3")
     y, spec = _run(eng, x, w, padding=1, groups=2)
     check_against_reference(y, x, w, None, {"padding": 1, "groups": 2},
                             bilinear.error_bound_for(eng, spec, np.float32))
+
+
+@pytest.mark.parametrize("threads", [2, 3])
+@pytest.mark.parametrize("n,h", [(1, 56), (2, 30), (1, 7), (3, 4)])
+def test_plan_blocks_modes(monkeypatch, threads, n, h):
+    """Every mode covers each tile row once: whole blocks per thread, a block's chunks dealt out
+    in equal numbers to the threads, or a single tile row split by phase."""
+    monkeypatch.setattr(bilinear, "worker_count", lambda: threads)
+    spec = ConvSpec.from_shapes((n, 64, h, h), (64, 64, 3, 3), 1, 1)
+    nimg, cr, nbuf, split = bilinear._plan_blocks(spec, 2, 16)
+    TH, TW = bilinear.tiles(spec, 2)
+    rows = nimg * TH
+    assert 1 <= cr and 1 <= nimg <= n
+    if nbuf > 1:
+        assert split == 1 and nbuf == threads
+    elif split > 1:
+        chunks = bilinear._chunk_rows(rows, cr, split)
+        assert split == min(threads, rows) and len(chunks) % split == 0
+        assert all(1 <= r1 - r0 <= cr for r0, r1 in chunks)
+        assert [r for c in chunks for r in range(*c)] == list(range(rows))
+    else:
+        assert rows < 2
 
 
 def test_plan_reuse_bit_identical():

@@ -18,8 +18,12 @@ A bilinear algorithm on a tile is ``vec(Y) = AT [(G vec(W)) * (BT vec(X))]`` (se
 Images are processed in blocks of about `CHUNK_TILES` tiles (so the NHWC copy, V and M stay in
 cache); all images of a block share the GEMMs (batch folds into T). Threads: Python worker
 threads run the serial, GIL-free kernels -- whole blocks per thread when there are at least two
-per thread, else every step split over the threads (by tile, point or channel) -- so no OpenMP
-pool spins beside the BLAS or PyTorch. Stride and dilation must be 1; groups and batch are
+per thread, else a block's chunks dealt out to the threads (each running all three phases of
+its chunks), else (a single tile row, or transformed weights too large for every thread to
+read) every step split over the threads (by tile, point or channel) -- so no OpenMP pool spins
+beside the BLAS or PyTorch. A hand-off between threads costs 50-170 us on the development
+machine, as much as a small layer's transforms: dealing chunks took batch-1 64@56 F(2x2,3x3)
+from 1.2-1.35 ms to 0.6 ms. Stride and dilation must be 1; groups and batch are
 supported.
 
 Cost: ``multiplies = groups * N * TH * TW * P * (K/groups) * (C/groups)`` transform-domain
@@ -56,6 +60,13 @@ CHUNK_TILES = 256
 
 #: below this many input channels per group the input transform vectorises along the tiles
 SMALL_C = 16
+
+#: cost of handing work to another thread and waiting for it, and the rate at which threads
+#: stream transformed weights from the last-level cache: `_plan_blocks` weighs the two
+#: (measured on the 2-core development machine: 50-170 us per hand-off; batch 1, 512@7,
+#: F(2x2,3x3) ran 0.92 ms with the phases split and 1.32 ms with chunks dealt out)
+HANDOFF_SECONDS = 200e-6
+WEIGHT_BYTES_PER_SECOND = 40e9
 
 #: registered variants: name -> (factory of the exact algorithm, summary)
 VARIANTS = {
@@ -175,12 +186,13 @@ def supports_for(alg: Bilinear2D, spec: ConvSpec):
 
 def workspace_for(alg: Bilinear2D, spec: ConvSpec) -> int:
     """Bytes of the NHWC input copy of a block of images and of V and M for a chunk, per
-    block in flight (per-thread tile buffers, a few vectors of C or K, are not counted)."""
+    block in flight, and V and M for each further thread sharing a block (per-thread tile
+    buffers, a few vectors of C or K, are not counted)."""
     TH, TW = tiles(spec, alg.m)
-    nimg, cr, nbuf = _plan_blocks(spec, alg.m)
-    elems = alg.products * (spec.Cg + spec.Kg) * cr * TW
-    elems += nimg * (spec.C * spec.H * spec.W if spec.Cg >= SMALL_C else 0)
-    return nbuf * elems * spec.compute_dtype.itemsize
+    nimg, cr, nbuf, split = _plan_blocks(spec, alg.m, alg.products)
+    vm = alg.products * (spec.Cg + spec.Kg) * cr * TW
+    xh = nimg * (spec.C * spec.H * spec.W if spec.Cg >= SMALL_C else 0)
+    return (nbuf * (vm + xh) + (split - 1) * vm) * spec.compute_dtype.itemsize
 
 
 def multiplies_for(alg: Bilinear2D, spec: ConvSpec) -> int:
@@ -258,13 +270,18 @@ def _split(n: int, parts: int) -> list[tuple[int, int]]:
     return [(i * n // parts, (i + 1) * n // parts) for i in range(parts)]
 
 
-def _plan_blocks(spec: ConvSpec, m: int) -> tuple[int, int, int]:
-    """(images per block, chunk rows, blocks in flight) for this layer and thread count.
+def _plan_blocks(spec: ConvSpec, m: int, P: int) -> tuple[int, int, int, int]:
+    """(images per block, chunk rows, blocks in flight, threads per block) for this layer and
+    thread count.
 
     A block is a run of whole images converted to NHWC together (so the copies stay in
     cache); its tiles are processed in chunks of about `CHUNK_TILES`. With at least two
-    blocks per thread, each thread runs whole blocks; otherwise one block at a time, each
-    phase split over the threads.
+    blocks per thread, each thread runs whole blocks. Otherwise one block at a time, its chunks
+    dealt out to the threads (chunk rows lowered so that every thread gets the same number of
+    chunks): each thread runs all three phases of its chunks, so a block costs two hand-offs
+    between threads, not three per chunk. A block with a single row of tiles, or whose
+    transformed weights are large enough that every thread reading all of them costs more than
+    the hand-offs saved, has every phase split over the threads instead (threads per block 1).
     """
     TH, TW = tiles(spec, m)
     per_image = TH * TW
@@ -272,7 +289,32 @@ def _plan_blocks(spec: ConvSpec, m: int) -> tuple[int, int, int]:
     cr = max(1, min(nimg * TH, CHUNK_TILES // TW))
     nblocks = -(-spec.N // nimg)
     T = worker_count()
-    return nimg, cr, (T if nblocks >= 2 * T else 1)
+    if nblocks >= 2 * T or T == 1:
+        return nimg, cr, (T if nblocks >= 2 * T else 1), 1
+    rows = nimg * TH
+    if rows < 2:
+        return nimg, cr, 1, 1
+    split = min(T, rows)
+    # dealing chunks saves about three thread hand-offs per chunk but has every thread read all
+    # transformed weights (with the phases split, each reads its share of the points)
+    handoffs = 3 * _ceil_div(rows, cr) - 1
+    weights = spec.groups * P * spec.Cg * spec.Kg * spec.compute_dtype.itemsize
+    if handoffs * HANDOFF_SECONDS < (split - 1) * weights / WEIGHT_BYTES_PER_SECOND:
+        return nimg, cr, 1, 1
+    nch = _ceil_div(_ceil_div(rows, cr), split) * split  # chunks, a multiple of the threads
+    return nimg, _ceil_div(rows, nch), 1, split
+
+
+def _ceil_div(a: int, b: int) -> int:
+    return -(-a // b)
+
+
+def _chunk_rows(rows: int, cr: int, split: int) -> list[tuple[int, int]]:
+    """Tile-row ranges of a block's chunks, each at most ``cr`` rows; with ``split`` threads
+    sharing the block, a multiple of ``split`` chunks of nearly equal size."""
+    if split <= 1:
+        return [(r0, min(rows, r0 + cr)) for r0 in range(0, rows, cr)]
+    return _split(rows, split * _ceil_div(rows, split * cr))
 
 
 def _to_nhwc(dst, src, threads: int) -> None:
@@ -316,7 +358,7 @@ def run_prepared(prepared, x: np.ndarray, out: np.ndarray) -> None:
     m, P, Cg, Kg = alg.m, alg.products, spec.Cg, spec.Kg
     cd = spec.compute_dtype
     TH, TW = tiles(spec, m)
-    nimg, cr, nbuf = _plan_blocks(spec, m)
+    nimg, cr, nbuf, split = _plan_blocks(spec, m, P)
     T = worker_count()
     B1 = eng.B1.astype(cd)
     A1 = eng.A1.astype(cd)
@@ -326,57 +368,92 @@ def run_prepared(prepared, x: np.ndarray, out: np.ndarray) -> None:
     blocks = [(n0, min(spec.N, n0 + nimg)) for n0 in range(0, spec.N, nimg)]
     small = Cg < SMALL_C  # too few channels for channel vectors: vectorise along the tiles
 
-    def buffers():
-        return (_scratch(0, P * Cg * cr * TW, cd), _scratch(1, P * Kg * cr * TW, cd),
-                _scratch(2, (0 if small else nimg) * spec.H * spec.W * spec.C, cd).reshape(
-                    -1, spec.H, spec.W, spec.C))
+    def tile_buffers():
+        return _scratch(0, P * Cg * cr * TW, cd), _scratch(1, P * Kg * cr * TW, cd)
 
-    def block(n0, n1, buf, threads):
-        vb, mb, xh_all = buf
+    def nhwc_buffer():
+        return _scratch(2, (0 if small else nimg) * spec.H * spec.W * spec.C, cd).reshape(
+            -1, spec.H, spec.W, spec.C)
+
+    def one_chunk(xh, xs, outh, vb, mb, g, r0, r1):
+        """All three phases of the tiles in rows r0..r1 of a block, on this thread."""
+        tc = (r1 - r0) * TW
+        M = mb[: P * Kg * tc].reshape(P, tc, Kg)
+        if small:
+            V = vb[: P * Cg * tc].reshape(P, Cg, tc)
+            chunk_tiles(xs, outh, wt[g], V, M, g, r0, r1, TH, TW, m, pt, pl, B1, *sin, A1, *sout)
+        else:
+            V = vb[: P * Cg * tc].reshape(P, tc, Cg)
+            chunk(xh, outh, wt[g], V, M, g, r0, TH, TW, m, pt, pl, B1, *sin, A1, *sout)
+
+    def chunk_jobs(n0, n1):
+        rows = (n1 - n0) * TH
+        return [(g, r0, r1) for g in range(spec.groups) for r0, r1 in _chunk_rows(rows, cr, split)]
+
+    def block_split_phases(n0, n1, vb, mb, xh_all):
+        """One block, every phase of every chunk split over all threads (a single tile row)."""
         xh, xs, outh = xh_all[: n1 - n0], x[n0:n1], out[n0:n1]
         if not small:
-            _to_nhwc(xh, xs, threads)
-        rows = (n1 - n0) * TH
-        for g in range(spec.groups):
-            for r0 in range(0, rows, cr):
-                r1 = min(rows, r0 + cr)
-                tc = (r1 - r0) * TW
-                M = mb[: P * Kg * tc].reshape(P, tc, Kg)
-                if small:
-                    V = vb[: P * Cg * tc].reshape(P, Cg, tc)
-                    if threads == 1:
-                        chunk_tiles(xs, outh, wt[g], V, M, g, r0, r1, TH, TW, m, pt, pl, B1,
-                                    *sin, A1, *sout)
-                        continue
-                    run_threads(lambda c, V=V, g=g, r0=r0, r1=r1: input_transform_tiles(
-                        xs, V, g, r0, r1, TH, TW, m, pt, pl, B1, *sin, *c), _split(Cg, threads))
-                    run_threads(lambda pr, V=V, M=M, g=g: point_gemms_tiles(wt[g], V, M, *pr),
-                         _split(P, threads))
-                else:
-                    V = vb[: P * Cg * tc].reshape(P, tc, Cg)
-                    if threads == 1:
-                        chunk(xh, outh, wt[g], V, M, g, r0, TH, TW, m, pt, pl, B1, *sin, A1,
-                              *sout)
-                        continue
-                    run_threads(lambda r, V=V, g=g, r0=r0: input_transform(
-                        xh, V, g, r0, TH, TW, m, pt, pl, B1, *sin, *r), _split(tc, threads))
-                    run_threads(lambda pr, V=V, M=M, g=g: point_gemms(wt[g], V, M, *pr),
-                         _split(P, threads))
-                run_threads(lambda r, M=M, g=g, r0=r0: output_transform(
-                    M, outh, g, r0, TH, TW, m, A1, *sout, *r), _split(tc, threads))
+            _to_nhwc(xh, xs, T)
+        for g, r0, r1 in chunk_jobs(n0, n1):
+            tc = (r1 - r0) * TW
+            M = mb[: P * Kg * tc].reshape(P, tc, Kg)
+            if small:
+                V = vb[: P * Cg * tc].reshape(P, Cg, tc)
+                run_threads(lambda c, V=V, g=g, r0=r0, r1=r1: input_transform_tiles(
+                    xs, V, g, r0, r1, TH, TW, m, pt, pl, B1, *sin, *c), _split(Cg, T))
+                run_threads(lambda pr, V=V, M=M, g=g: point_gemms_tiles(wt[g], V, M, *pr),
+                            _split(P, T))
+            else:
+                V = vb[: P * Cg * tc].reshape(P, tc, Cg)
+                run_threads(lambda r, V=V, g=g, r0=r0: input_transform(
+                    xh, V, g, r0, TH, TW, m, pt, pl, B1, *sin, *r), _split(tc, T))
+                run_threads(lambda pr, V=V, M=M, g=g: point_gemms(wt[g], V, M, *pr),
+                            _split(P, T))
+            run_threads(lambda r, M=M, g=g, r0=r0: output_transform(
+                M, outh, g, r0, TH, TW, m, A1, *sout, *r), _split(tc, T))
 
     with blas_one_thread():
         if nbuf > 1:
+            # whole blocks per thread
             def worker(i):
-                buf = buffers()
+                vb, mb = tile_buffers()
+                xh_all = nhwc_buffer()
                 for n0, n1 in blocks[i::nbuf]:
-                    block(n0, n1, buf, 1)
+                    xh, xs, outh = xh_all[: n1 - n0], x[n0:n1], out[n0:n1]
+                    if not small:
+                        _to_nhwc(xh, xs, 1)
+                    for job in chunk_jobs(n0, n1):
+                        one_chunk(xh, xs, outh, vb, mb, *job)
 
             run_threads(worker, range(nbuf))
-        else:
-            buf = buffers()
+        elif split > 1:
+            # one block at a time, its chunks dealt out to the threads
+            xh_all = nhwc_buffer()
             for n0, n1 in blocks:
-                block(n0, n1, buf, T)
+                xh, xs, outh = xh_all[: n1 - n0], x[n0:n1], out[n0:n1]
+                if not small:
+                    _to_nhwc(xh, xs, T)
+                jobs = chunk_jobs(n0, n1)
+
+                def dealt(i, xh=xh, xs=xs, outh=outh, jobs=jobs):
+                    vb, mb = tile_buffers()
+                    for job in jobs[i::split]:
+                        one_chunk(xh, xs, outh, vb, mb, *job)
+
+                run_threads(dealt, range(split))
+        else:
+            vb, mb = tile_buffers()
+            xh_all = nhwc_buffer()
+            for n0, n1 in blocks:
+                if T == 1:
+                    xh, xs, outh = xh_all[: n1 - n0], x[n0:n1], out[n0:n1]
+                    if not small:
+                        _to_nhwc(xh, xs, 1)
+                    for job in chunk_jobs(n0, n1):
+                        one_chunk(xh, xs, outh, vb, mb, *job)
+                else:
+                    block_split_phases(n0, n1, vb, mb, xh_all)
 
 
 def _make(name: str) -> Algorithm:
