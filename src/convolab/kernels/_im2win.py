@@ -316,7 +316,6 @@ def im2win_conv(x, win, wpk, out, counter, P, groups, FW, FH, sh, sw, dh, dw, pt
     rowlen = Vw * FH
     cstride = OH * rowlen
     OHOW = OH * OW
-    nq = (OHOW + MR - 1) // MR
     nkb = (Kg + KB - 1) // KB
     ntask = groups * nkbr * nchunk
     # dilation 1: the (fw, fh) reduction is one contiguous run of FW*FH elements
@@ -352,26 +351,64 @@ def im2win_conv(x, win, wpk, out, counter, P, groups, FW, FH, sh, sw, dh, dw, pt
                             win[base + w * FH + fh] = 0
         counter[1] = 0
         for _ in prange(P):
-            while True:
-                t = _fetch_add(counter, 1)
-                if t >= ntask:
-                    break
-                ch = t % nchunk
-                r = t // nchunk
-                kr = r % nkbr
-                g = r // nkbr
-                xg = g * Cg * cstride
-                for kb in range(kr * nkb // nkbr, (kr + 1) * nkb // nkbr):
-                    k0 = g * Kg + kb * KB
-                    kn = min(KB, (g + 1) * Kg - k0)
-                    woff = (g * nkb + kb) * Cg * FW * FH * KB
-                    for qt in range(ch * nq // nchunk, (ch + 1) * nq // nchunk):
-                        p0 = qt * MR
-                        if OHOW - p0 > MR - MR_TAIL:
-                            _microkernel(wflat, woff, win, xg, cstride, Cg, FWe, FHe, dw * FH,
-                                         rowlen, sw * FH, on, k0 * OHOW, OHOW, OW, kn, p0)
-                        else:  # a last tile of at most MR - MR_TAIL pixels: narrow tiles
-                            for p in range(p0, OHOW, MR_TAIL):
-                                _microkernel_tail(wflat, woff, win, xg, cstride, Cg, FWe, FHe,
-                                                  dw * FH, rowlen, sw * FH, on, k0 * OHOW, OHOW,
-                                                  OW, kn, p)
+            run_tile_tasks(wflat, win, 0, cstride, FWe, FHe, dw * FH, rowlen, sw * FH, on, counter,
+                           1, ntask, nchunk, nkbr, nkb, Cg, Kg, KB, FW * FH, OHOW, OW)
+
+
+@njit(cache=True, nogil=True)
+def run_tile_tasks(wflat, src, srcbase, cstride, FWe, FHe, fwstep, rowlen, colstride, on,
+                   counter, ci, ntask, nchunk, nkbr, nkb, Cg, Kg, KB, taps, OHOW, OW):
+    # pragma: no cover - compiled
+    """One thread's share of a layer's microkernel tiles, for any input layout the microkernel
+    can address: tasks (group, range of k-blocks, range of tiles) are taken from
+    ``counter[ci]`` until ``ntask`` are handed out. ``srcbase``: the image's first element in
+    ``src``; ``cstride``: elements between its channels; ``taps``: R S (filter elements per
+    channel in the packed filter); ``on``: the image's flat output."""
+    nq = (OHOW + MR - 1) // MR
+    while True:
+        t = _fetch_add(counter, ci)
+        if t >= ntask:
+            break
+        ch = t % nchunk
+        r = t // nchunk
+        kr = r % nkbr
+        g = r // nkbr
+        xg = srcbase + g * Cg * cstride
+        for kb in range(kr * nkb // nkbr, (kr + 1) * nkb // nkbr):
+            k0 = g * Kg + kb * KB
+            kn = min(KB, (g + 1) * Kg - k0)
+            woff = (g * nkb + kb) * Cg * taps * KB
+            for qt in range(ch * nq // nchunk, (ch + 1) * nq // nchunk):
+                p0 = qt * MR
+                if OHOW - p0 > MR - MR_TAIL:
+                    _microkernel(wflat, woff, src, xg, cstride, Cg, FWe, FHe, fwstep, rowlen,
+                                 colstride, on, k0 * OHOW, OHOW, OW, kn, p0)
+                else:  # a last tile of at most MR - MR_TAIL pixels: narrow tiles
+                    for p in range(p0, OHOW, MR_TAIL):
+                        _microkernel_tail(wflat, woff, src, xg, cstride, Cg, FWe, FHe, fwstep,
+                                          rowlen, colstride, on, k0 * OHOW, OHOW, OW, kn, p)
+
+
+@njit(parallel=True, cache=True, nogil=True)
+def direct_tiles(xp, wpk, out, counter, P, groups, R, S, nkbr, nchunk):  # pragma: no cover
+    """Direct convolution, stride and dilation 1, of the zero-padded input ``xp``
+    (N, C, Hp, Wp) with the microkernel: the window of output pixel (oh, ow) for channel c is
+    rows oh .. oh+R-1 of the padded plane, columns ow .. ow+S-1 (runs of S contiguous
+    elements), reduced in (c, r, s) order. ``wpk``: [groups][k-blocks][C/g][R][S][KB]."""
+    N, C, Hp, Wp = xp.shape
+    K = out.shape[1]
+    OHOW = out.shape[2] * out.shape[3]
+    OW = out.shape[3]
+    KB = wpk.shape[-1]
+    wflat = wpk.reshape(wpk.size)
+    xflat = xp.reshape(xp.size)
+    Cg = C // groups
+    Kg = K // groups
+    nkb = (Kg + KB - 1) // KB
+    ntask = groups * nkbr * nchunk
+    for n in range(N):
+        on = out[n].reshape(K * OHOW)
+        counter[0] = 0
+        for _ in prange(P):
+            run_tile_tasks(wflat, xflat, n * C * Hp * Wp, Hp * Wp, R, S, Wp, Wp, 1, on, counter,
+                           0, ntask, nchunk, nkbr, nkb, Cg, Kg, KB, R * S, OHOW, OW)

@@ -50,6 +50,8 @@ SMALL_LAYERS = {
     "3x3 p1": dict(x=(1, 16, 10, 10), w=(16, 16, 3, 3), padding=1),
     "5x5/2 grouped": dict(x=(2, 6, 13, 11), w=(12, 3, 5, 5), stride=2, padding=2, groups=2),
     "1x1": dict(x=(1, 32, 6, 6), w=(24, 32, 1, 1)),
+    # 32 output channels, stride 1: direct's register-blocked microkernel (with a short last tile)
+    "3x3 K32": dict(x=(1, 8, 9, 7), w=(32, 8, 3, 3), padding=1),
 }
 
 #: candidate orders for naming PyTorch / oneDNN classes (see `convolab.numerics.orders`)

@@ -1,0 +1,47 @@
+"""``direct``: its two kernels (the register-blocked microkernel for stride 1 and the flat-run
+loops) sum in the same order, so they agree bit for bit; both match the reference."""
+
+import numpy as np
+import pytest
+from conftest import check_against_reference, make_data
+
+import convolab
+from convolab.algorithms import direct as D
+from convolab.spec import ConvSpec
+
+
+@pytest.mark.parametrize(
+    "x_shape,w_shape,kw,dtype",
+    [
+        ((1, 64, 14, 14), (64, 64, 3, 3), {"padding": 1}, np.float32),
+        ((2, 16, 9, 13), (96, 16, 3, 3), {"padding": (0, 2, 1, 0)}, np.float32),  # asymmetric
+        ((1, 8, 5, 3), (32, 8, 3, 3), {"padding": 1}, np.float32),  # fewer pixels than a tile
+        ((1, 64, 11, 7), (128, 32, 1, 1), {"groups": 2}, np.float32),  # grouped 1x1
+        ((2, 12, 10, 10), (48, 12, 5, 5), {"padding": 2}, np.float64),  # float64: 16 lanes
+    ],
+)
+def test_microkernel_and_loops_agree_bit_for_bit(monkeypatch, x_shape, w_shape, kw, dtype):
+    x, w, _ = make_data(x_shape, w_shape, bias=False)
+    x, w = x.astype(dtype), w.astype(dtype)
+    spec = ConvSpec.from_arrays(x, w, None, **kw)
+    assert D._tiled(spec)
+    tiled = convolab.conv2d(x, w, algorithm="direct", **kw)
+    check_against_reference(tiled, x, w, None, kw, convolab.registry.get("direct").error_bound(spec, dtype))
+    monkeypatch.setattr(D, "TILE_MIN_KG", 10**9)
+    assert not D._tiled(spec)
+    loops = convolab.conv2d(x, w, algorithm="direct", **kw)
+    np.testing.assert_array_equal(tiled, loops)
+
+
+def test_microkernel_only_where_lanes_are_used():
+    def spec(k, stride=1, dilation=1):
+        return ConvSpec.from_shapes((1, 8, 10, 10), (k, 8, 3, 3), stride, 1, dilation)
+
+    assert D._tiled(spec(64)) and D._tiled(spec(96)) and D._tiled(spec(48))
+    assert not D._tiled(spec(16))  # below TILE_MIN_KG
+    assert not D._tiled(spec(40))  # 40 of 64 lanes
+    assert not D._tiled(spec(64, stride=2)) and not D._tiled(spec(64, dilation=2))
+    # the count includes the lanes and pixels the microkernel computes past the layer
+    s = spec(48)
+    assert convolab.registry.get("direct").multiplies(s) == 64 * 100 * 72  # 2 blocks of 32 lanes
+    assert convolab.registry.get("direct").multiplies(spec(64, stride=2)) == spec(64, stride=2).direct_multiplies
