@@ -473,7 +473,8 @@ def _make(name: str) -> Algorithm:
         error_bound=lambda spec, dtype: _error_bound(engine(name), spec, dtype),
         summary=summary + "; stride 1",
         features={
-            "workspace": "(P·(C/g + K/g)·(tiles per chunk) + N_block·C·H·W)·(blocks in flight)",
+            "workspace": "(P·(C/g + K/g)·(tiles per chunk) + N_block·C·H·W)·(blocks in flight) "
+            "+ P·(C/g + K/g)·(tiles per chunk)·(threads sharing a block - 1)",
             "multiplies": "g·N·ceil(OH/m)·ceil(OW/m)·P·(K/g)·(C/g)",
         },
     )
