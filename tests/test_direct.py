@@ -45,3 +45,26 @@ def test_microkernel_only_where_lanes_are_used():
     s = spec(48)
     assert convolab.registry.get("direct").multiplies(s) == 64 * 100 * 72  # 2 blocks of 32 lanes
     assert convolab.registry.get("direct").multiplies(spec(64, stride=2)) == spec(64, stride=2).direct_multiplies
+
+
+def test_microkernel_compiled_in_a_child_and_loaded_from_cache(tmp_path):
+    """With an empty Numba cache, the first stride-1 call compiles the microkernel in a child
+    process (`load_from_cache`) and this process loads it from the cache."""
+    import os
+    import subprocess
+    import sys
+
+    code = (
+        "import numpy as np, convolab\n"
+        "from convolab.kernels._im2win import direct_tiles\n"
+        "x = np.ones((1, 4, 6, 6), np.float32); w = np.ones((32, 4, 3, 3), np.float32)\n"
+        "y = convolab.conv2d(x, w, padding=1, algorithm='direct')\n"
+        "assert y[0, 0, 2, 2] == 36.0\n"
+        "print(sum(direct_tiles.stats.cache_hits.values()), sum(direct_tiles.stats.cache_misses.values()))\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "CONVOLAB_NO_PREWARM"}
+    env["NUMBA_CACHE_DIR"] = str(tmp_path)
+    r = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=900)
+    assert r.returncode == 0, r.stderr
+    hits, misses = map(int, r.stdout.split())
+    assert (hits, misses) == (1, 0)

@@ -219,7 +219,7 @@ def test_bit_identical_on_generic_cpu_single_thread():
     x = rng.standard_normal((1, 20, 11, 13)).astype(np.float32)
     w = rng.standard_normal((40, 20, 3, 3)).astype(np.float32)
     y = convolab.conv2d(x, w, padding=(1, 2, 0, 1), algorithm="im2win")
-    env = dict(os.environ, NUMBA_CPU_NAME="generic", NUMBA_NUM_THREADS="1")
+    env = dict(os.environ, NUMBA_CPU_NAME="generic", NUMBA_NUM_THREADS="1", CONVOLAB_NO_PREWARM="1")
     res = subprocess.run([sys.executable, "-c", _SUBPROCESS], env=env, capture_output=True,
                          text=True, timeout=300, check=True)
     assert bytes.fromhex(res.stdout) == y.tobytes()

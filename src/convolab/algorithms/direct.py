@@ -23,7 +23,7 @@ N C sh sw ceil(Hp/sh) ceil(Wp/sw) elements).
 
 import numpy as np
 
-from ..kernels import PARALLEL_LOCK
+from ..kernels import PARALLEL_LOCK, load_from_cache
 from ..registry import Algorithm, register
 from ..spec import ConvSpec
 from ._common import pad, padded_bytes
@@ -41,6 +41,11 @@ def _tiled(spec: ConvSpec) -> bool:
         return False
     kb = _kb(spec)
     return spec.Kg / (-(-spec.Kg // kb) * kb) >= TILE_MIN_USE
+
+
+#: compiles the microkernel path for one dtype in a child process (see `load_from_cache`)
+_WARM = ("import numpy as np, convolab; convolab.conv2d(np.ones((1, 1, 4, 4), '{dtype}'), "
+         "np.ones((32, 1, 3, 3), '{dtype}'), padding=1, algorithm='direct')")
 
 
 def _multiplies(spec: ConvSpec) -> int:
@@ -129,8 +134,10 @@ def _run(prepared, x, out):
         geo = {"Vw": Wp, "nq": -(-spec.OH * spec.OW // _MR)}
         nkbr, nchunk = _split(spec, geo, wpk.shape[1], x.itemsize, threads)
         counter = np.zeros(1, dtype=np.int64)
+        args = (xp, wpk, out, counter, threads, spec.groups, spec.R, spec.S, nkbr, nchunk)
+        load_from_cache(direct_tiles, args, _WARM.format(dtype=np.dtype(x.dtype).name))
         with PARALLEL_LOCK:
-            direct_tiles(xp, wpk, out, counter, threads, spec.groups, spec.R, spec.S, nkbr, nchunk)
+            direct_tiles(*args)
         return
     from ..kernels._direct import direct_nchw
 

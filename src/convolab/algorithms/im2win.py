@@ -28,7 +28,7 @@ last, partial tile (a short last tile runs as tiles of 4 pixels).
 
 import numpy as np
 
-from ..kernels import PARALLEL_LOCK
+from ..kernels import PARALLEL_LOCK, load_from_cache
 from ..registry import Algorithm, register
 from ..spec import ConvSpec
 
@@ -39,6 +39,11 @@ _MR_TAIL = 4
 _NV = 2
 #: bytes of window a task's tiles should span when it loops over all k-blocks (half an L2)
 _CHUNK_BYTES = 256 * 1024
+
+
+#: compiles the kernel for one dtype in a child process (see `convolab.kernels.load_from_cache`)
+_WARM = ("import numpy as np, convolab; convolab.conv2d(np.ones((1, 1, 4, 4), '{dtype}'), "
+         "np.ones((4, 1, 3, 3), '{dtype}'), padding=1, algorithm='im2win')")
 
 
 def _kb(spec: ConvSpec) -> int:
@@ -116,9 +121,11 @@ def _run(prepared, x, out):
     pl, _, pt, _ = spec.padding
     threads = get_num_threads()
     nkbr, nchunk = _split(spec, geo, wpk.shape[1], x.itemsize, threads)
+    args = (x, win, wpk, out, counter, threads, spec.groups, spec.S, spec.R, sh, sw, dh, dw, pt, pl,
+            geo["Vw"], nkbr, nchunk)
+    load_from_cache(im2win_conv, args, _WARM.format(dtype=np.dtype(x.dtype).name))
     with PARALLEL_LOCK:
-        im2win_conv(x, win, wpk, out, counter, threads, spec.groups, spec.S, spec.R, sh, sw, dh,
-                    dw, pt, pl, geo["Vw"], nkbr, nchunk)
+        im2win_conv(*args)
 
 
 register(

@@ -285,6 +285,7 @@ def measure_convolab(
                 "OMP_NUM_THREADS": str(cfg.threads),
                 "OPENBLAS_NUM_THREADS": str(cfg.threads),
                 "MKL_NUM_THREADS": str(cfg.threads),
+                "CONVOLAB_NO_PREWARM": "1",  # bits, not speed: compile in the child itself
                 **cfg.env,
             }
             payload = {
