@@ -186,13 +186,13 @@ def supports_for(alg: Bilinear2D, spec: ConvSpec):
 
 def workspace_for(alg: Bilinear2D, spec: ConvSpec) -> int:
     """Bytes of the NHWC input copy of a block of images and of V and M for a chunk, per
-    block in flight, and V and M for each further thread sharing a block (per-thread tile
-    buffers, a few vectors of C or K, are not counted)."""
+    block in flight or per thread sharing a block (per-thread tile buffers, a few vectors of C
+    or K, are not counted)."""
     TH, TW = tiles(spec, alg.m)
     nimg, cr, nbuf, split = _plan_blocks(spec, alg.m, alg.products)
     vm = alg.products * (spec.Cg + spec.Kg) * cr * TW
     xh = nimg * (spec.C * spec.H * spec.W if spec.Cg >= SMALL_C else 0)
-    return (nbuf * (vm + xh) + (split - 1) * vm) * spec.compute_dtype.itemsize
+    return (nbuf * (vm + xh) + (split - 1) * (vm + xh)) * spec.compute_dtype.itemsize
 
 
 def multiplies_for(alg: Bilinear2D, spec: ConvSpec) -> int:
@@ -334,6 +334,19 @@ def _to_nhwc(dst, src, threads: int) -> None:
     run_threads(part, [(n, lo, hi) for n in range(N) for lo, hi in _split(R, per)])
 
 
+def _to_nhwc_rows(dst, src, r0: int, r1: int, TH: int, m: int, r: int, pt: int) -> None:
+    """Copy to NHWC the input rows that tile rows ``r0 .. r1 - 1`` of a block read (tile row
+    ``q`` is row ``q % TH`` of image ``q // TH``; its tiles read input rows ``(q % TH) m - pt``
+    to ``(q % TH + 1) m + r - 2 - pt``)."""
+    H = src.shape[2]
+    for n in range(r0 // TH, (r1 - 1) // TH + 1):
+        t0 = max(r0, n * TH) - n * TH
+        t1 = min(r1, (n + 1) * TH) - n * TH
+        h0, h1 = max(0, t0 * m - pt), min(H, t1 * m + r - 1 - pt)
+        if h1 > h0:
+            np.copyto(dst[n, h0:h1], src[n, :, h0:h1].transpose(1, 2, 0))
+
+
 def run_prepared(prepared, x: np.ndarray, out: np.ndarray) -> None:
     """Run a prepared bilinear convolution of ``x`` into ``out`` (see the module docstring).
 
@@ -428,17 +441,20 @@ def run_prepared(prepared, x: np.ndarray, out: np.ndarray) -> None:
 
             run_threads(worker, range(nbuf))
         elif split > 1:
-            # one block at a time, its chunks dealt out to the threads
-            xh_all = nhwc_buffer()
+            # one block at a time, its chunks dealt out to the threads; each thread copies the
+            # input rows its chunks read to its own NHWC buffer: one hand-off per block
             for n0, n1 in blocks:
-                xh, xs, outh = xh_all[: n1 - n0], x[n0:n1], out[n0:n1]
-                if not small:
-                    _to_nhwc(xh, xs, T)
+                xs, outh = x[n0:n1], out[n0:n1]
                 jobs = chunk_jobs(n0, n1)
 
-                def dealt(i, xh=xh, xs=xs, outh=outh, jobs=jobs):
+                def dealt(i, xs=xs, outh=outh, jobs=jobs):
                     vb, mb = tile_buffers()
-                    for job in jobs[i::split]:
+                    mine = jobs[i::split]
+                    xh = nhwc_buffer()[: len(xs)]
+                    if not small:
+                        for r0, r1 in sorted({(r0, r1) for _, r0, r1 in mine}):
+                            _to_nhwc_rows(xh, xs, r0, r1, TH, m, alg.r, pt)
+                    for job in mine:
                         one_chunk(xh, xs, outh, vb, mb, *job)
 
                 run_threads(dealt, range(split))
@@ -473,8 +489,8 @@ def _make(name: str) -> Algorithm:
         error_bound=lambda spec, dtype: _error_bound(engine(name), spec, dtype),
         summary=summary + "; stride 1",
         features={
-            "workspace": "(P·(C/g + K/g)·(tiles per chunk) + N_block·C·H·W)·(blocks in flight) "
-            "+ P·(C/g + K/g)·(tiles per chunk)·(threads sharing a block - 1)",
+            "workspace": "(P·(C/g + K/g)·(tiles per chunk) + N_block·C·H·W)·(blocks in flight "
+            "or threads sharing a block)",
             "multiplies": "g·N·ceil(OH/m)·ceil(OW/m)·P·(K/g)·(C/g)",
         },
     )
