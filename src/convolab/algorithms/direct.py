@@ -135,7 +135,8 @@ def _run(prepared, x, out):
         nkbr, nchunk = _split(spec, geo, wpk.shape[1], x.itemsize, threads)
         counter = np.zeros(1, dtype=np.int64)
         args = (xp, wpk, out, counter, threads, spec.groups, spec.R, spec.S, nkbr, nchunk)
-        load_from_cache(direct_tiles, args, _WARM.format(dtype=np.dtype(x.dtype).name))
+        dt = np.dtype(x.dtype).name
+        load_from_cache(direct_tiles, args, _WARM.format(dtype=dt), dt)
         with PARALLEL_LOCK:
             direct_tiles(*args)
         return

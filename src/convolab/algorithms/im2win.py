@@ -123,7 +123,8 @@ def _run(prepared, x, out):
     nkbr, nchunk = _split(spec, geo, wpk.shape[1], x.itemsize, threads)
     args = (x, win, wpk, out, counter, threads, spec.groups, spec.S, spec.R, sh, sw, dh, dw, pt, pl,
             geo["Vw"], nkbr, nchunk)
-    load_from_cache(im2win_conv, args, _WARM.format(dtype=np.dtype(x.dtype).name))
+    dt = np.dtype(x.dtype).name
+    load_from_cache(im2win_conv, args, _WARM.format(dtype=dt), dt)
     with PARALLEL_LOCK:
         im2win_conv(*args)
 

@@ -88,28 +88,32 @@ _WARM_LOCK = threading.Lock()
 _warmed: set = set()
 
 
-def load_from_cache(dispatcher, args, warm_code: str) -> None:
+def load_from_cache(dispatcher, args, warm_code: str, variant) -> None:
     """Have ``dispatcher`` load its machine code for ``args`` from Numba's on-disk cache,
     compiling it in a subprocess (``python -c warm_code``) first when the cache lacks it.
 
     The register-blocked LLVM-IR microkernel (im2win, direct) runs about 2x slower when
     JIT-compiled in the process that uses it than when the same function is loaded from the
     cache (measured: direct on 256@14, 194 against 382 GFLOP/s), so the first call after an
-    install or upgrade compiles it in a child process. Does nothing when the function is
+    install or upgrade compiles it in a child process. ``variant`` (e.g. the dtype's name)
+    stands for the argument types: only the first call per dispatcher and variant in a process
+    looks further (typing the arguments costs about 40 us). Does nothing when the function is
     already compiled or cached for these argument types, when ``CONVOLAB_NO_PREWARM`` is set
     (the child sets it), or when Numba's cache internals are not as expected.
     """
+    key = (id(dispatcher), variant)
+    if key in _warmed:
+        return
     import subprocess
 
-    try:
-        sig = tuple(dispatcher.typeof_pyval(a) for a in args)
-        key = (id(dispatcher), sig)
-        if key in _warmed or os.environ.get("CONVOLAB_NO_PREWARM"):
+    with _WARM_LOCK:
+        if key in _warmed:
             return
-        with _WARM_LOCK:
-            if key in _warmed:
-                return
-            _warmed.add(key)
+        _warmed.add(key)
+        if os.environ.get("CONVOLAB_NO_PREWARM"):
+            return
+        try:
+            sig = tuple(dispatcher.typeof_pyval(a) for a in args)
             if any(tuple(s) == sig for s in dispatcher.overloads):
                 return
             magic = dispatcher.targetctx.codegen().magic_tuple()
@@ -119,5 +123,5 @@ def load_from_cache(dispatcher, args, warm_code: str) -> None:
             env = dict(os.environ, CONVOLAB_NO_PREWARM="1")
             subprocess.run([sys.executable, "-c", warm_code], env=env, capture_output=True,
                            timeout=900, check=False)
-    except Exception:  # noqa: BLE001 - a missed warm-up only costs speed
-        return
+        except Exception:  # noqa: BLE001 - a missed warm-up only costs speed
+            return

@@ -355,7 +355,7 @@ def im2win_conv(x, win, wpk, out, counter, P, groups, FW, FH, sh, sw, dh, dw, pt
                            1, ntask, nchunk, nkbr, nkb, Cg, Kg, KB, FW * FH, OHOW, OW)
 
 
-@njit(cache=True, nogil=True)
+@njit(inline="always")
 def run_tile_tasks(wflat, src, srcbase, cstride, FWe, FHe, fwstep, rowlen, colstride, on,
                    counter, ci, ntask, nchunk, nkbr, nkb, Cg, Kg, KB, taps, OHOW, OW):
     # pragma: no cover - compiled
