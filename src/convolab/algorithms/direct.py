@@ -27,7 +27,7 @@ from ..kernels import PARALLEL_LOCK, load_from_cache
 from ..registry import Algorithm, register
 from ..spec import ConvSpec
 from ._common import pad, padded_bytes
-from .im2win import _MR, _kb, _pixels_computed, _split
+from .im2win import _MR, _kb, _pixels_computed, _split, pack_filter
 
 #: output channels per group from which stride-1 layers use the register-blocked microkernel
 TILE_MIN_KG = 32
@@ -77,13 +77,7 @@ def _prepare(spec: ConvSpec, w):
     """Input offsets of every product (c, r, s) relative to output (0, 0), for the layout
     `_layout` produces; for the microkernel path the packed filter instead."""
     if _tiled(spec):
-        kb = _kb(spec)
-        G, Kg, Cg, R, S = spec.groups, spec.Kg, spec.Cg, spec.R, spec.S
-        nkb = -(-Kg // kb)
-        wg = np.zeros((G, nkb * kb, Cg, R, S), dtype=w.dtype)
-        wg[:, :Kg] = w.reshape(G, Kg, Cg, R, S)
-        wpk = np.ascontiguousarray(wg.reshape(G, nkb, kb, Cg, R, S).transpose(0, 1, 3, 4, 5, 2))
-        return spec, None, None, None, None, wpk
+        return spec, None, None, None, None, pack_filter(spec, w, "rs")
     (sh, sw), (dh, dw) = spec.stride, spec.dilation
     hq, wq = _phases(spec)
     if spec.stride == (1, 1):

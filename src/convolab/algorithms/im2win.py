@@ -77,15 +77,22 @@ def _multiplies(spec: ConvSpec) -> int:
     return spec.N * spec.groups * nkb * kb * _pixels_computed(spec) * spec.reduction_length
 
 
-def _prepare(spec: ConvSpec, w):
-    """Pack the filter as [groups][K/groups / KB][C/groups][FW][FH][KB] (zero-filled lanes)."""
+def pack_filter(spec: ConvSpec, w, taps_order: str) -> np.ndarray:
+    """The filter in the microkernel's layout: [groups][K/groups / KB][C/groups][taps][KB] with
+    zero-filled lanes past the group's channels; ``taps_order`` "sr" (im2win: [FW][FH]) or
+    "rs" (direct: [R][S])."""
     kb = _kb(spec)
     G, Kg, Cg, R, S = spec.groups, spec.Kg, spec.Cg, spec.R, spec.S
     nkb = -(-Kg // kb)
     wg = np.zeros((G, nkb * kb, Cg, R, S), dtype=w.dtype)
     wg[:, :Kg] = w.reshape(G, Kg, Cg, R, S)
-    wpk = np.ascontiguousarray(wg.reshape(G, nkb, kb, Cg, R, S).transpose(0, 1, 3, 5, 4, 2))
-    return spec, wpk, _geometry(spec)
+    axes = (0, 1, 3, 5, 4, 2) if taps_order == "sr" else (0, 1, 3, 4, 5, 2)
+    return np.ascontiguousarray(wg.reshape(G, nkb, kb, Cg, R, S).transpose(axes))
+
+
+def _prepare(spec: ConvSpec, w):
+    """Pack the filter as [groups][K/groups / KB][C/groups][FW][FH][KB] (zero-filled lanes)."""
+    return spec, pack_filter(spec, w, "sr"), _geometry(spec)
 
 
 def _split(spec: ConvSpec, geo: dict, nkb: int, itemsize: int, threads: int) -> tuple[int, int]:
