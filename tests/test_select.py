@@ -151,20 +151,24 @@ def test_plan_explain_shows_ranking(cache):
 
 
 def test_calibrate_stores_constants_used_by_the_model(cache, monkeypatch):
-    layers = [select._layer(1, 16, 12, 16, 3), select._layer(1, 8, 10, 8, 1)]
+    # direct runs the first layer on its microkernel (32 output channels), the others on its
+    # loops: the model fits the two kernels separately
+    layers = [select._layer(1, 16, 12, 32, 3), select._layer(1, 16, 12, 16, 3), select._layer(1, 8, 10, 8, 1)]
     m = select.calibrate(layers=layers)
     assert m.gemm_gflops > 0 and m.bandwidth_gbs > 0 and m.call_seconds > 0
-    assert len(m.samples["direct"]) == 2 and len(m.samples["im2col"]) == 2
+    assert len(m.samples["direct"]) == 1 and len(m.samples["direct/loops"]) == 2
+    assert len(m.samples["im2col"]) == 3 and set(m.linear) == set(m.samples)
     stored = select.machine()
-    assert stored.samples["direct"] == m.samples["direct"]
-    # on a calibration layer itself the model returns what was measured there (nearest point)
-    spec = ConvSpec.from_shapes(*layers[0][:2], 1, 1)
+    assert stored.samples == m.samples and stored.linear == m.linear
+    # on a calibration layer itself the model returns about what was measured there
     direct = convolab.registry.get("direct")
-    spm = 2.0 ** m.samples["direct"][0][select.N_FEATURES]
-    assert select.predict_seconds(direct, spec, stored) == pytest.approx(
-        stored.call_seconds + direct.multiplies(spec) * spm, rel=0.5)
+    for xs, ws, *_ in layers[:2]:
+        spec = ConvSpec.from_shapes(xs, ws, 1, 1)
+        row = m.samples[direct.cost_key(spec)][0]
+        measured = stored.call_seconds + direct.multiplies(spec) * 2.0 ** row[select.N_FEATURES]
+        assert select.predict_seconds(direct, spec, stored) == pytest.approx(measured, rel=0.5)
     rows = select.calibration_report(stored)
-    assert {r[0] for r in rows} >= {"direct", "im2col"} and all(r[1] > 0 for r in rows)
+    assert {r[0] for r in rows} >= {"direct", "direct/loops", "im2col"} and all(r[1] > 0 for r in rows)
 
 
 def test_fit_terms_recovers_known_costs():

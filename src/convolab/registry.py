@@ -71,6 +71,9 @@ class Algorithm:
         Bound on the normwise error ``max|y_hat - y| / max(|x| (*) |w| + |b|)``.
     summary : str
         One line for tables.
+    kernel : callable(spec) -> str
+        Which of the algorithm's kernels runs ``spec`` (the cost model fits each kernel on its
+        own); the default, one kernel for every spec, returns "".
     """
 
     name: str
@@ -83,6 +86,13 @@ class Algorithm:
     error_bound: Callable[[ConvSpec, Any], float] = field(default=summation_bound)
     summary: str = ""
     features: dict = field(default_factory=dict)
+    kernel: Callable[[ConvSpec], str] = field(default=lambda spec: "")
+
+    def cost_key(self, spec: ConvSpec) -> str:
+        """The cost model's name for the kernel that runs ``spec``: the algorithm's name, with
+        ``/kernel`` appended when it has several."""
+        k = self.kernel(spec)
+        return f"{self.name}/{k}" if k else self.name
 
     def __repr__(self) -> str:
         return f"Algorithm({self.name!r}, deterministic={self.deterministic})"

@@ -15,7 +15,8 @@ transforms) and ``m / (K/groups)`` work per input element (loads, unfolding, inp
 ``convolab calibrate`` measures the machine constants -- NumPy's float32 GEMM rate, the memory
 bandwidth (a large copy), the per-call overhead -- and times every algorithm on a fixed
 calibration set of layers (not the benchmark suites); the coefficients ``c`` are fitted per
-algorithm by non-negative least squares on relative error (an algorithm with fewer than 12
+algorithm -- per kernel for algorithms with several (`Algorithm.cost_key`: ``direct`` and
+``direct/loops``) -- by non-negative least squares on relative error (an algorithm with fewer than 12
 calibration layers fits ``c_call`` and ``c_mul`` only), and ``r`` corrects what the terms
 miss: the inverse-distance weighted geometric mean of measured / fitted time on the 3
 calibration layers nearest in `features`. Everything is stored in the user cache directory.
@@ -338,14 +339,18 @@ def predict_seconds(algo: registry.Algorithm, spec: ConvSpec, m: Machine | None 
     """
     m = m or machine()
     mults = algo.multiplies(spec)
-    samples = m.samples.get(algo.name)
+    key = algo.cost_key(spec)
+    samples = m.samples.get(key)
+    if samples is None and key != algo.name:  # a calibration file from before the split
+        key = algo.name
+        samples = m.samples.get(key)
     if samples:
         f = np.asarray(features(spec))
         pts = np.asarray(samples, dtype=np.float64)
         d = np.sqrt(((pts[:, : f.size] - f) ** 2).sum(axis=1))
         near = np.argsort(d)[:K_NEAREST]
         wts = 1.0 / (d[near] + 0.25)
-        coef = m.linear.get(algo.name)
+        coef = m.linear.get(key)
         if coef is not None and pts.shape[1] == f.size + 2:
             fitted = float(cost_terms(algo, spec) @ np.asarray(coef))
             if fitted > 0:
@@ -581,18 +586,18 @@ def calibrate(progress=None, layers=None) -> Machine:
             progress(f"layer {i + 1}/{len(specs)}")
     for a in algos:
         idx = [i for i in range(len(specs)) if (a.name, i) in best]
-        if not idx:
-            continue
-        seconds = np.array([best[a.name, i] for i in idx])
-        terms = np.array([cost_terms(a, specs[i]) for i in idx])
-        coef = fit_terms(terms, seconds)
-        fitted = terms @ coef
-        rows = []
-        for i, t, ft in zip(idx, seconds, fitted, strict=True):
-            spm = max(t - call, 1e-9) / a.multiplies(specs[i])
-            rows.append([*features(specs[i]), math.log2(spm), math.log2(t / ft) if ft > 0 else 0.0])
-        samples[a.name] = rows
-        linear[a.name] = [float(c) for c in coef]
+        for key in sorted({a.cost_key(specs[i]) for i in idx}):
+            mine = [i for i in idx if a.cost_key(specs[i]) == key]
+            seconds = np.array([best[a.name, i] for i in mine])
+            terms = np.array([cost_terms(a, specs[i]) for i in mine])
+            coef = fit_terms(terms, seconds)
+            fitted = terms @ coef
+            rows = []
+            for i, t, ft in zip(mine, seconds, fitted, strict=True):
+                spm = max(t - call, 1e-9) / a.multiplies(specs[i])
+                rows.append([*features(specs[i]), math.log2(spm), math.log2(t / ft) if ft > 0 else 0.0])
+            samples[key] = rows
+            linear[key] = [float(c) for c in coef]
     m = Machine(g, bw, call, samples, linear)
     CALIBRATION.put(machine_key(), m.to_json())
     return m

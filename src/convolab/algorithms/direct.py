@@ -149,6 +149,7 @@ register(
         run=_run,
         workspace_bytes=_workspace,
         multiplies=_multiplies,
+        kernel=lambda spec: "" if _tiled(spec) else "loops",
         deterministic=True,
         summary="Numba over the zero-padded NCHW input (register-blocked microkernel for stride 1); "
         "fixed summation order",
