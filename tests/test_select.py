@@ -193,3 +193,18 @@ def test_model_reads_calibration_files_without_fitted_terms(cache):
     assert select.predict_seconds(direct, spec, old) == pytest.approx(1e-5 + direct.multiplies(spec) * 1e-9)
     new = select.Machine(100.0, 10.0, 1e-5, {"direct": [[*row, 1.0]]}, {"direct": [0, 1e-9, 0, 0, 0, 0]})
     assert select.predict_seconds(direct, spec, new) == pytest.approx(2 * direct.multiplies(spec) * 1e-9)
+
+
+def test_uncalibrated_machine_uses_the_shipped_reference(cache):
+    """With no calibration file the model is the shipped reference calibration (every
+    registered kernel fitted), and auto puts a depthwise layer on direct, not on a GEMM-based
+    algorithm."""
+    assert not (cache / "calibration.json").exists()
+    ref = select.reference_machine()
+    assert ref is not None and select.machine() is ref
+    names = {a.name for a in convolab.algorithms()}
+    assert {k.split("/")[0] for k in ref.samples} == names and set(ref.linear) == set(ref.samples)
+    dw = select.choose((1, 128, 56, 56), (128, 1, 3, 3), padding=1, groups=128)
+    assert dw[0].name == "direct"
+    big = select.choose((1, 256, 14, 14), (256, 256, 3, 3), padding=1)
+    assert big[0].name in {"direct", "im2win", "winograd_f2x3", "sfc4_4x3", "sfc6_6x3"}

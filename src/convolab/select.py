@@ -20,8 +20,9 @@ algorithm -- per kernel for algorithms with several (`Algorithm.cost_key`: ``dir
 calibration layers fits ``c_call`` and ``c_mul`` only), and ``r`` corrects what the terms
 miss: the inverse-distance weighted geometric mean of measured / fitted time on the 3
 calibration layers nearest in `features`. Everything is stored in the user cache directory.
-Without a calibration file the model uses rates relative to the GEMM rate measured once in the
-process, which ranks algorithms by arithmetic and traffic alone.
+Until this machine is calibrated the model uses the calibration shipped with convolab (the
+development machine's; `reference_machine`); without that, rates relative to the GEMM rate
+measured once in the process, which rank algorithms by arithmetic and traffic alone.
 
 Measured autotuning. ``measure=True`` times the admissible candidates on random data (warm,
 minimum of repeats) and stores the winner in the autotune cache, keyed by the convolution,
@@ -259,17 +260,40 @@ def _uncalibrated() -> Machine:
         return _DEFAULT_MACHINE
 
 
+def _from_entry(entry) -> Machine:
+    return Machine(float(entry["gemm_gflops"]), float(entry["bandwidth_gbs"]),
+                   float(entry["call_seconds"]), dict(entry["samples"]),
+                   {k: [float(c) for c in v] for k, v in dict(entry.get("linear", {})).items()})
+
+
+@functools.lru_cache(maxsize=1)
+def reference_machine() -> Machine | None:
+    """The calibration shipped with convolab (``data/reference_calibration.json``: the
+    development machine, 2 threads, measured by ``convolab calibrate``), or None.
+
+    Used until this machine is calibrated: its absolute times are another machine's, but which
+    algorithm suits which layer carries over far better than the nominal rates (uncalibrated,
+    ``auto`` ranked by arithmetic alone and put Winograd on depthwise layers, 15x slower).
+    """
+    from importlib.resources import files
+
+    try:
+        data = json.loads(files("convolab").joinpath("data/reference_calibration.json").read_text())
+        return _from_entry(data["entry"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
 def machine() -> Machine:
-    """The calibrated constants for this machine and thread count, else nominal ones."""
+    """The calibrated constants for this machine and thread count, else the shipped reference
+    calibration (`reference_machine`), else nominal ones."""
     entry = CALIBRATION.entries().get(machine_key())
     if isinstance(entry, dict):
         try:
-            return Machine(float(entry["gemm_gflops"]), float(entry["bandwidth_gbs"]),
-                           float(entry["call_seconds"]), dict(entry["samples"]),
-                           {k: [float(c) for c in v] for k, v in dict(entry.get("linear", {})).items()})
+            return _from_entry(entry)
         except (KeyError, TypeError, ValueError):
             warnings.warn("convolab: ignoring a malformed calibration entry", stacklevel=2)
-    return _uncalibrated()
+    return reference_machine() or _uncalibrated()
 
 
 #: rate of each algorithm's multiplies relative to the GEMM rate when uncalibrated
