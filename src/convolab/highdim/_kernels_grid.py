@@ -11,6 +11,8 @@ multilinearly and divides by the homogeneous channel (parallel over points).
 import numpy as np
 from numba import njit, prange
 
+from ._kernels_lattice import normalise_row
+
 
 @njit(inline="always")
 def _corner(g, t, corner, dims, strides):  # pragma: no cover - compiled
@@ -78,9 +80,4 @@ def slice_normalise(g, dims, strides, grid, out):  # pragma: no cover - compiled
             for q in range(c):
                 out[t, q] += w * grid[idx, q]
             den += w * grid[idx, c]
-        if den > 0.0:
-            for q in range(c):
-                out[t, q] = out[t, q] / den
-        else:
-            for q in range(c):
-                out[t, q] = np.nan
+        normalise_row(out, t, den)

@@ -402,6 +402,17 @@ def blur(lat, tmp, nbr, taps):  # pragma: no cover - compiled
     return (d1 % 2) == 1  # True when the result is in ``tmp``
 
 
+@njit(inline="always")
+def normalise_row(out, t, den):  # pragma: no cover - compiled
+    """``out[t] /= den``, NaN where nothing was splatted near the point (``den`` = 0)."""
+    if den > 0.0:
+        for k in range(out.shape[1]):
+            out[t, k] = out[t, k] / den
+    else:
+        for k in range(out.shape[1]):
+            out[t, k] = np.nan
+
+
 @njit(parallel=True, cache=True, nogil=True)
 def slice_normalise(lat, offsets, bary, out):  # pragma: no cover - compiled
     n, c = out.shape
@@ -416,12 +427,7 @@ def slice_normalise(lat, offsets, bary, out):  # pragma: no cover - compiled
             for k in range(c):
                 out[t, k] += w * lat[o, k]
             den += w * lat[o, c]
-        if den > 0.0:
-            for k in range(c):
-                out[t, k] = out[t, k] / den
-        else:
-            for k in range(c):
-                out[t, k] = np.nan
+        normalise_row(out, t, den)
 
 
 @njit(cache=True, nogil=True)
