@@ -1,4 +1,5 @@
-"""The benchmark runner: every algorithm and peer on every layer, warm, minimum of repeats.
+"""The benchmark runner: every algorithm and peer on every layer, warm, minimum of repeats
+taken over interleaved rounds.
 
 Per layer and implementation it records time (ms, minimum over repeats, JIT warm-up and plan
 creation excluded), GFLOP/s counted as direct-convolution FLOPs, multiplications, the
@@ -189,6 +190,34 @@ def _conv_args(spec: ConvSpec) -> dict:
     return dict(stride=spec.stride, padding=spec.padding, dilation=spec.dilation, groups=spec.groups)
 
 
+#: timed rounds per layer: every implementation is timed once per round, in a rotated order,
+#: and keeps its fastest round, so a slow spell of the host (its speed drifts 10-50% within
+#: minutes) hits all implementations of a layer alike instead of whichever ran during it
+ROUNDS = 3
+#: pause before each timed burst, for the previous implementation's threads to stop spinning
+BURST_SETTLE_SECONDS = 0.02
+
+
+def time_interleaved(
+    fs: dict[str, Callable[[], object]], repeat: int, rounds: int = ROUNDS, min_total: float = 0.05
+) -> dict[str, float]:
+    """Minimum time of each callable, timed in ``rounds`` rounds of short bursts.
+
+    Each round times every callable for ``ceil(repeat / rounds)`` calls (more while under
+    ``min_total / rounds`` s), the order rotating by one each round; each keeps its fastest call
+    over all rounds.
+    """
+    names = list(fs)
+    best = dict.fromkeys(names, math.inf)
+    per = max(1, -(-repeat // rounds))
+    for k in range(rounds):
+        shift = k % len(names) if names else 0
+        for name in names[shift:] + names[:shift]:
+            time.sleep(BURST_SETTLE_SECONDS)
+            best[name] = min(best[name], time_min(fs[name], per, min_total=min_total / rounds))
+    return best
+
+
 def bench_layer(
     name: str,
     spec: ConvSpec,
@@ -199,10 +228,16 @@ def bench_layer(
     step: Callable[[str], None] = lambda s: None,
     auto: bool = False,
 ) -> list[Record]:
-    """Run every algorithm (and ``auto``) and peer on one layer; ``step`` is called after each."""
+    """Run every algorithm (and ``auto``) and peer on one layer; ``step`` is called after each
+    implementation is set up and checked.
+
+    All implementations are set up first (plan, warm-up call, error, peak allocation), then
+    timed together by :func:`time_interleaved`.
+    """
     x, w = layer_data(spec)
     ref = reference.conv2d(x, w, **_conv_args(spec))
     records = []
+    calls: dict[str, Callable[[], object]] = {}
     for a in [*algos, None] if auto else algos:
         rec = Record(name, str(spec), "auto" if a is None else a.name, "algorithm")
         why = None if a is None else a.supports(spec)
@@ -216,28 +251,29 @@ def bench_layer(
                 rec.candidates = [c.name for c in p._ranking if c.admissible]
             out = np.empty(spec.out_shape, np.float32)
             p(x, out=out)  # JIT warm-up, first touch
-            time.sleep(SETTLE_SECONDS)
             rec.max_rel_err = reference.errors(out, ref)["max_rel"]
-            t = time_min(lambda p=p, out=out: p(x, out=out), repeat)
-            rec.ms = t * 1e3
-            rec.gflops = spec.flops / t / 1e9
             rec.multiplies = a.multiplies(spec)
             rec.workspace_bytes = a.workspace_bytes(spec)
-            rec.peak_bytes = peak_allocation(lambda p=p, out=out: p(x, out=out))
+            call = lambda p=p, out=out: p(x, out=out)  # noqa: E731
+            rec.peak_bytes = peak_allocation(call)
+            calls[rec.impl] = call
         records.append(rec)
         step(rec.impl)
     for peer in peers:
         rec = Record(name, str(spec), peer.name, "peer")
         f = peer.make(spec, x, w, threads)
         y = f()
-        time.sleep(SETTLE_SECONDS)
         rec.max_rel_err = reference.errors(y, ref)["max_rel"]
-        t = time_min(f, repeat)
-        rec.ms = t * 1e3
-        rec.gflops = spec.flops / t / 1e9
         rec.multiplies = spec.direct_multiplies
+        calls[peer.name] = f
         records.append(rec)
         step(peer.name)
+    time.sleep(SETTLE_SECONDS)
+    times = time_interleaved(calls, repeat)
+    for rec in records:
+        if rec.impl in times:
+            rec.ms = times[rec.impl] * 1e3
+            rec.gflops = spec.flops / times[rec.impl] / 1e9
     return records
 
 
