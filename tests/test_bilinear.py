@@ -106,7 +106,7 @@ def test_float64_and_float16():
 
 def _run(eng, x, w, **kw):
     spec = ConvSpec.from_arrays(x, w, **kw)
-    out = np.full(spec.out_shape, np.nan, np.float32)
+    out = np.full(spec.out_shape, np.nan, spec.compute_dtype)
     bilinear.run_prepared(bilinear.prepare_for(eng, spec, w), x, out)
     return out, spec
 
@@ -121,17 +121,24 @@ def test_generic_non_separable_matrices():
                             bilinear.error_bound_for(eng, spec, np.float32))
 
 
-@pytest.mark.parametrize("small_c", [1, 1000])
+@pytest.mark.parametrize("small_c,gemm", [(1, "blas"), (1000, "blas"), (1, "microkernel"),
+                                          (1, "microkernel, channels split")])
 @pytest.mark.parametrize("threads", [1, 2, 3])
 @pytest.mark.parametrize("chunk_tiles", [1, 6, 50, 10_000])
 @pytest.mark.parametrize("x_shape", [(3, 4, 11, 9), (3, 4, 5, 9), (1, 4, 23, 9)])
-def test_chunking_threads_and_layouts(monkeypatch, threads, chunk_tiles, small_c, x_shape):
+def test_chunking_threads_and_layouts(monkeypatch, threads, chunk_tiles, small_c, gemm, x_shape):
     # blocks per thread, a block's chunks dealt out to the threads, a single tile row with
-    # every step split across threads, one thread; channel- and tile-vector input transforms:
-    # all against the reference
+    # every step split across threads, one thread; channel- and tile-vector input transforms;
+    # the point GEMMs on the BLAS or on the microkernel (3 of 32 lanes used), the threads
+    # splitting the tiles or the output channels: all against the reference
     monkeypatch.setattr(bilinear, "CHUNK_TILES", chunk_tiles)
     monkeypatch.setattr(bilinear, "worker_count", lambda: threads)
     monkeypatch.setattr(bilinear, "SMALL_C", small_c)
+    if gemm != "blas":
+        monkeypatch.setattr(bilinear, "MK_MIN_CG", 1)
+        monkeypatch.setattr(bilinear, "MK_MIN_USE", 0)
+        if "split" in gemm:  # the phases would be split: the threads split the channels
+            monkeypatch.setattr(bilinear, "HANDOFF_SECONDS", 0)
     x, w, _ = make_data(x_shape, (6, 2, 3, 3), bias=False)
     eng = bilinear.engine("sfc6_6x3")
     y, spec = _run(eng, x, w, padding=1, groups=2)
@@ -159,6 +166,29 @@ def test_plan_blocks_modes(monkeypatch, threads, n, h):
         assert [r for c in chunks for r in range(*c)] == list(range(rows))
     else:
         assert rows < 2
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("threads,split_channels", [(1, False), (2, False), (2, True), (3, True)])
+def test_microkernel_gemms_match_blas(monkeypatch, dtype, threads, split_channels):
+    # a layer with 128 channels takes the microkernel GEMMs (K = 80: a partial lane block),
+    # the threads dealing out tiles or splitting the k-blocks; the BLAS path on the same layer
+    # agrees within the error bound
+    monkeypatch.setattr(bilinear, "worker_count", lambda: threads)
+    if split_channels:
+        monkeypatch.setattr(bilinear, "HANDOFF_SECONDS", 0)
+    x, w, _ = make_data((1, 128, 9, 9), (80, 128, 3, 3), bias=False)
+    x, w = x.astype(dtype), w.astype(dtype)
+    spec = ConvSpec.from_arrays(x, w, padding=1)
+    assert bilinear._microkernel_gemms(spec)
+    eng = bilinear.engine("winograd_f4x3")
+    assert bool(bilinear._channel_split(spec, eng.alg.m, eng.P)) == split_channels
+    bound = bilinear.error_bound_for(eng, spec, dtype)
+    y, _ = _run(eng, x, w, padding=1)
+    check_against_reference(y, x, w, None, {"padding": 1}, bound)
+    monkeypatch.setattr(bilinear, "MK_MIN_CG", 1 << 30)
+    y_blas, _ = _run(eng, x, w, padding=1)
+    assert np.abs(y - y_blas).max() <= 2 * bound * np.abs(y_blas).max()
 
 
 def test_plan_reuse_bit_identical():

@@ -11,7 +11,11 @@ A bilinear algorithm on a tile is ``vec(Y) = AT [(G vec(W)) * (BT vec(X))]`` (se
    read directly and the vectors run along the tiles instead, ``V[p, c, t]``);
 3. filter transform ``Wt[p, c, k] = (G vec(W_k,c))[p]``, once, in `prepare` (kept in the plan);
 4. channel reduction: one GEMM per transform-domain point ``M[p] = V[p] @ Wt[p]``
-   (T x C) @ (C x K), called from Numba with the BLAS held to one thread;
+   (T x C) @ (C x K): with at least `MK_MIN_CG` channels per group on the register-blocked
+   microkernel of direct and im2win, from weights packed once in the plan (no packing per
+   call: with few tiles the BLAS spent most of its time packing the weights; 512@7 batch 1
+   F(2x2,3x3) ran 215 -> 508 GFLOP/s), else through the BLAS called from Numba, held to one
+   thread;
 5. output transform ``Y = A1 (S_out M) A1^T`` per tile, vectorised along K, each output pixel's
    K values stored straight into the NCHW output.
 
@@ -20,7 +24,8 @@ cache); all images of a block share the GEMMs (batch folds into T). Threads: Pyt
 threads run the serial, GIL-free kernels -- whole blocks per thread when there are at least two
 per thread, else a block's chunks dealt out to the threads (each running all three phases of
 its chunks), else (a single tile row, or transformed weights too large for every thread to
-read) every step split over the threads (by tile, point or channel) -- so no OpenMP pool spins
+read) every step split over the threads (by tile, point or channel) or, with the microkernel
+GEMMs, the output channels split (`_channel_split`) -- so no OpenMP pool spins
 beside the BLAS or PyTorch. A hand-off between threads costs 50-170 us on the development
 machine, as much as a small layer's transforms: dealing chunks took batch-1 64@56 F(2x2,3x3)
 from 1.2-1.35 ms to 0.6 ms. Stride and dilation must be 1; groups and batch are
@@ -50,6 +55,7 @@ from functools import cache
 import numpy as np
 
 from .._parallel import blas_one_thread, run_threads, worker_count
+from ..kernels import load_from_cache
 from ..registry import UNIT_ROUNDOFF, Algorithm, gamma, register
 from ..spec import ConvSpec
 from ..transforms import sfc_2d, winograd_2d
@@ -67,6 +73,16 @@ SMALL_C = 16
 #: F(2x2,3x3) ran 0.92 ms with the phases split and 1.32 ms with chunks dealt out)
 HANDOFF_SECONDS = 200e-6
 WEIGHT_BYTES_PER_SECOND = 40e9
+
+#: the point GEMMs run on the microkernel (`_microkernel_gemms`) from this many input
+#: channels per group (one thread, 16 points, C = K, tiles T = 16 ... 256: 0.8-0.97x the BLAS
+#: for C = 64, 0.96-1.19x for 128, 1.0-1.9x for 256 and 1.03-2.3x for 512, the most for few tiles)
+MK_MIN_CG = 128
+#: ... and the least fraction of its output-channel lanes (blocks of 32 in float32) in use
+MK_MIN_USE = 0.75
+#: compiles the microkernel GEMM path for one dtype in a child process (`load_from_cache`)
+_WARM = ("import numpy as np, convolab; convolab.conv2d(np.ones((1, 128, 4, 4), '{dtype}'), "
+         "np.ones((32, 128, 3, 3), '{dtype}'), padding=1, algorithm='winograd_f2x3')")
 
 #: registered variants: name -> (factory of the exact algorithm, summary)
 VARIANTS = {
@@ -190,6 +206,12 @@ def workspace_for(alg: Bilinear2D, spec: ConvSpec) -> int:
     or K, are not counted)."""
     TH, TW = tiles(spec, alg.m)
     nimg, cr, nbuf, split = _plan_blocks(spec, alg.m, alg.products)
+    ks = _channel_split(spec, alg.m, alg.products)
+    if ks:  # per thread: the block's NHWC copy, V of a chunk, M of its share of the channels
+        tc = cr * TW
+        xh = nimg * spec.C * spec.H * spec.W
+        return ks * (alg.products * spec.Cg * tc + xh) * spec.compute_dtype.itemsize + (
+            alg.products * spec.Kg * tc * spec.compute_dtype.itemsize)
     vm = alg.products * (spec.Cg + spec.Kg) * cr * TW
     xh = nimg * (spec.C * spec.H * spec.W if spec.Cg >= SMALL_C else 0)
     return (nbuf * (vm + xh) + (split - 1) * (vm + xh)) * spec.compute_dtype.itemsize
@@ -239,11 +261,23 @@ def _error_bound(eng: Engine, spec: ConvSpec, dtype) -> float:
 
 
 def prepare_for(eng: Engine, spec: ConvSpec, w: np.ndarray):
-    """Filter transform ``Wt[g, p, c, k] = (G vec(w[g*Kg + k, c]))[p]`` in float64, then cast."""
+    """Filter transform ``Wt[g, p, c, k] = (G vec(w[g*Kg + k, c]))[p]`` in float64, then cast;
+    for the microkernel GEMMs packed as ``wpk[g, p, kb, c, l] = Wt[g, p, c, kb*KB + l]`` (zero
+    past K/groups)."""
     cd = spec.compute_dtype
     w64 = w.astype(np.float64).reshape(spec.groups, spec.Kg, spec.Cg, spec.R * spec.S)
     wt = np.einsum("pj,gkcj->gpck", eng.G, w64, optimize=True)
-    return (eng, spec, np.ascontiguousarray(wt, dtype=cd))
+    mk = _microkernel_gemms(spec)
+    if mk:
+        kb = _kb(spec)
+        nkb = -(-spec.Kg // kb)
+        wpk = np.zeros((spec.groups, eng.P, spec.Cg, nkb * kb))
+        wpk[..., : spec.Kg] = wt
+        wt = wpk.reshape(spec.groups, eng.P, spec.Cg, nkb, kb).transpose(0, 1, 3, 2, 4)
+    consts = (eng.B1.astype(cd), eng.A1.astype(cd), (eng.s_in[0], eng.s_in[1], eng.s_in[2].astype(cd)),
+              (eng.s_out[0], eng.s_out[1], eng.s_out[2].astype(cd)))
+    # the block plan per thread count, filled by `run_prepared`
+    return (eng, spec, np.ascontiguousarray(wt, dtype=cd), mk, consts, {})
 
 
 _local = threading.local()
@@ -305,6 +339,39 @@ def _plan_blocks(spec: ConvSpec, m: int, P: int) -> tuple[int, int, int, int]:
     return nimg, _ceil_div(rows, nch), 1, split
 
 
+def _kb(spec: ConvSpec) -> int:
+    from ..kernels._im2win import lanes
+
+    return lanes(spec.compute_dtype.itemsize)
+
+
+def _microkernel_gemms(spec: ConvSpec) -> bool:
+    """Whether the point GEMMs run on the microkernel (`MK_MIN_CG`, `MK_MIN_USE`) instead of
+    the BLAS."""
+    kb = _kb(spec)
+    return spec.Cg >= max(MK_MIN_CG, SMALL_C) and spec.Kg / (-(-spec.Kg // kb) * kb) >= MK_MIN_USE
+
+
+def _channel_split(spec: ConvSpec, m: int, P: int) -> int:
+    """Threads that split a block's output channels (k-blocks), or 0.
+
+    With the microkernel GEMMs, where `_plan_blocks` would split every phase over the threads
+    (a single tile row, or transformed weights too large for every thread to read), each
+    thread runs every chunk of the block for its share of the output channels instead: it
+    transforms the chunks' input itself (the other threads do too) and reads only its share
+    of the weights -- one hand-off per block instead of three per chunk. (Forcing this split
+    where `_plan_blocks` deals out chunks was slower on 8 of 10 layers measured: the input
+    transform, done by every thread, costs more than the weights each thread reads.)
+    """
+    T = worker_count()
+    if T < 2 or not _microkernel_gemms(spec):
+        return 0
+    nimg, cr, nbuf, split = _plan_blocks(spec, m, P)
+    if nbuf > 1 or split > 1:
+        return 0
+    return min(T, -(-spec.Kg // _kb(spec)))
+
+
 def _ceil_div(a: int, b: int) -> int:
     return -(-a // b)
 
@@ -358,6 +425,7 @@ def run_prepared(prepared, x: np.ndarray, out: np.ndarray) -> None:
     """
     from ..kernels._bilinear import (
         chunk,
+        chunk_mk,
         chunk_tiles,
         input_transform,
         input_transform_tiles,
@@ -366,17 +434,15 @@ def run_prepared(prepared, x: np.ndarray, out: np.ndarray) -> None:
         point_gemms_tiles,
     )
 
-    eng, spec, wt = prepared
+    eng, spec, wt, mk, (B1, A1, sin, sout), layouts = prepared
     alg = eng.alg
     m, P, Cg, Kg = alg.m, alg.products, spec.Cg, spec.Kg
     cd = spec.compute_dtype
     TH, TW = tiles(spec, m)
-    nimg, cr, nbuf, split = _plan_blocks(spec, m, P)
     T = worker_count()
-    B1 = eng.B1.astype(cd)
-    A1 = eng.A1.astype(cd)
-    sin = (eng.s_in[0], eng.s_in[1], eng.s_in[2].astype(cd))
-    sout = (eng.s_out[0], eng.s_out[1], eng.s_out[2].astype(cd))
+    if T not in layouts:
+        layouts[T] = (_plan_blocks(spec, m, P), _channel_split(spec, m, P) if mk else 0)
+    (nimg, cr, nbuf, split), ks = layouts[T]
     pl, _, pt, _ = spec.padding
     blocks = [(n0, min(spec.N, n0 + nimg)) for n0 in range(0, spec.N, nimg)]
     small = Cg < SMALL_C  # too few channels for channel vectors: vectorise along the tiles
@@ -391,6 +457,11 @@ def run_prepared(prepared, x: np.ndarray, out: np.ndarray) -> None:
     def one_chunk(xh, xs, outh, vb, mb, g, r0, r1):
         """All three phases of the tiles in rows r0..r1 of a block, on this thread."""
         tc = (r1 - r0) * TW
+        if mk:
+            V = vb[: P * Cg * tc].reshape(P, tc, Cg)
+            M = mb[: P * Kg * tc].reshape(P, tc, Kg)
+            mk_chunk(xh, outh, wt[g], V, M, g, 0, wt.shape[2], r0)
+            return
         M = mb[: P * Kg * tc].reshape(P, tc, Kg)
         if small:
             V = vb[: P * Cg * tc].reshape(P, Cg, tc)
@@ -398,6 +469,11 @@ def run_prepared(prepared, x: np.ndarray, out: np.ndarray) -> None:
         else:
             V = vb[: P * Cg * tc].reshape(P, tc, Cg)
             chunk(xh, outh, wt[g], V, M, g, r0, TH, TW, m, pt, pl, B1, *sin, A1, *sout)
+
+    def mk_chunk(xh, outh, wpk, V, M, g, kb0, kb1, r0):
+        args = (xh, outh, wpk, V, M, g, Kg, kb0, kb1, r0, TH, TW, m, pt, pl, B1, *sin, A1, *sout)
+        load_from_cache(chunk_mk, args, _WARM.format(dtype=np.dtype(cd).name), np.dtype(cd).name)
+        chunk_mk(*args)
 
     def chunk_jobs(n0, n1):
         rows = (n1 - n0) * TH
@@ -424,7 +500,28 @@ def run_prepared(prepared, x: np.ndarray, out: np.ndarray) -> None:
                 run_threads(lambda pr, V=V, M=M, g=g: point_gemms(wt[g], V, M, *pr),
                             _split(P, T))
             run_threads(lambda r, M=M, g=g, r0=r0: output_transform(
-                M, outh, g, r0, TH, TW, m, A1, *sout, *r), _split(tc, T))
+                M, outh, g * Kg, r0, TH, TW, m, A1, *sout, *r), _split(tc, T))
+
+    if ks:
+        # each thread: every chunk of the block, its share of the k-blocks
+        KB = wt.shape[-1]
+        kparts = _split(wt.shape[2], ks)
+
+        def channels(i, n0, n1):
+            kb0, kb1 = kparts[i]
+            nk = min(Kg, kb1 * KB) - kb0 * KB
+            xh = nhwc_buffer()[: n1 - n0]
+            xs, outh = x[n0:n1], out[n0:n1]
+            _to_nhwc(xh, xs, 1)
+            for g, r0, r1 in chunk_jobs(n0, n1):
+                tc = (r1 - r0) * TW
+                V = _scratch(0, P * Cg * tc, cd).reshape(P, tc, Cg)
+                M = _scratch(1, P * nk * tc, cd).reshape(P, tc, nk)
+                mk_chunk(xh, outh, wt[g], V, M, g, kb0, kb1, r0)
+
+        for n0, n1 in blocks:
+            run_threads(lambda i, n0=n0, n1=n1: channels(i, n0, n1), range(len(kparts)))
+        return
 
     with blas_one_thread():
         if nbuf > 1:

@@ -195,7 +195,7 @@ def _conv_args(spec: ConvSpec) -> dict:
 #: minutes) hits all implementations of a layer alike instead of whichever ran during it
 ROUNDS = 3
 #: pause before each timed burst, for the previous implementation's threads to stop spinning
-BURST_SETTLE_SECONDS = 0.02
+BURST_SETTLE_SECONDS = 0.1
 
 
 def time_interleaved(

@@ -30,6 +30,8 @@ over disjoint tiles, points or chunks (no OpenMP pool to fight the BLAS's or PyT
 import numpy as np
 from numba import njit
 
+from ._im2win import point_gemms_mk
+
 
 @njit(cache=True, nogil=True, inline="always")
 def _axpy(dst, src, b, first):  # pragma: no cover - compiled
@@ -184,12 +186,12 @@ def point_gemms_tiles(Wt, V, M, p0, p1):  # pragma: no cover - compiled
 
 
 @njit(cache=True, nogil=True)
-def output_transform(M, out, g, r0, TH, TW, m, A1, sp, si, sv, t0, t1):  # pragma: no cover
+def output_transform(M, out, k0, r0, TH, TW, m, A1, sp, si, sv, t0, t1):  # pragma: no cover
+    # M[p, t, k] holds output channels k0 .. k0 + M.shape[2] - 1
     P, tc, Kg = M.shape
     n2 = A1.shape[1]
     OH = out.shape[2]
     OW = out.shape[3]
-    k0 = g * Kg
     ident = sp.shape[0] == 0
     mp = np.empty((1 if ident else n2 * n2, Kg), dtype=M.dtype)
     U = np.empty((n2, m, Kg), dtype=M.dtype)
@@ -245,7 +247,7 @@ def chunk(xh, out, Wt, V, M, g, r0, TH, TW, m, pt, pl, B1, ip, ii, iv, A1, op, o
     tc = V.shape[1]
     input_transform(xh, V, g, r0, TH, TW, m, pt, pl, B1, ip, ii, iv, 0, tc)
     point_gemms(Wt, V, M, 0, V.shape[0])
-    output_transform(M, out, g, r0, TH, TW, m, A1, op, oi, ov, 0, tc)
+    output_transform(M, out, g * M.shape[2], r0, TH, TW, m, A1, op, oi, ov, 0, tc)
 
 
 @njit(cache=True, nogil=True)
@@ -253,4 +255,20 @@ def chunk_tiles(x, out, Wt, V, M, g, r0, r1, TH, TW, m, pt, pl, B1, ip, ii, iv, 
     # pragma: no cover - compiled; as `chunk`, with the tile-vectorised input transform
     input_transform_tiles(x, V, g, r0, r1, TH, TW, m, pt, pl, B1, ip, ii, iv, 0, V.shape[1])
     point_gemms_tiles(Wt, V, M, 0, V.shape[0])
-    output_transform(M, out, g, r0, TH, TW, m, A1, op, oi, ov, 0, M.shape[1])
+    output_transform(M, out, g * M.shape[2], r0, TH, TW, m, A1, op, oi, ov, 0, M.shape[1])
+
+
+# ------------------------------------------------------------------------ microkernel GEMMs
+# With many channels the point GEMMs run on the register-blocked microkernel of direct and
+# im2win, from weights packed once in the plan (`convolab.kernels._im2win.point_gemms_mk`):
+# no packing per call, each weight read once per 12 tiles.
+
+
+@njit(cache=True, nogil=True)
+def chunk_mk(xh, out, wpk, V, M, g, Kg, kb0, kb1, r0, TH, TW, m, pt, pl, B1, ip, ii, iv, A1, op,
+             oi, ov):
+    # pragma: no cover - compiled; one chunk of tiles, output channels of k-blocks kb0..kb1
+    tc = V.shape[1]
+    input_transform(xh, V, g, r0, TH, TW, m, pt, pl, B1, ip, ii, iv, 0, tc)
+    point_gemms_mk(wpk, V, M, kb0, kb1, Kg)
+    output_transform(M, out, g * Kg + kb0 * wpk.shape[3], r0, TH, TW, m, A1, op, oi, ov, 0, tc)

@@ -50,31 +50,42 @@ def _i64(v: int):
     return ir.Constant(ir.IntType(64), v)
 
 
-def _make_microkernel(MR: int):
-    """The microkernel intrinsic for tiles of ``MR`` pixels."""
+def _make_microkernel(MR: int, pixel_major: bool = False):
+    """The microkernel intrinsic for tiles of ``MR`` pixels; ``pixel_major``: it takes one more
+    argument, ``ostride``, and stores pixel ``p``'s channels at ``out[obase + p*ostride + k]``
+    (instead of ``out[obase + k*OHOW + p]``)."""
 
-    def microkernel(typingctx, w, woff, x, xoff, cstride, Cg, FWe, FHe, fwstep, rowlen,
-                    colstride, out, obase, OHOW, OW, kn, p0):
-        return _microkernel_typer(MR, typingctx, w, woff, x, xoff, cstride, Cg, FWe, FHe,
-                                  fwstep, rowlen, colstride, out, obase, OHOW, OW, kn, p0)
+    if pixel_major:
+        def microkernel(typingctx, w, woff, x, xoff, cstride, Cg, FWe, FHe, fwstep, rowlen,
+                        colstride, out, obase, OHOW, OW, kn, p0, ostride):
+            return _microkernel_typer(MR, typingctx, w, woff, x, xoff, cstride, Cg, FWe, FHe,
+                                      fwstep, rowlen, colstride, out, obase, OHOW, OW, kn, p0,
+                                      ostride)
+    else:
+        def microkernel(typingctx, w, woff, x, xoff, cstride, Cg, FWe, FHe, fwstep, rowlen,
+                        colstride, out, obase, OHOW, OW, kn, p0):
+            return _microkernel_typer(MR, typingctx, w, woff, x, xoff, cstride, Cg, FWe, FHe,
+                                      fwstep, rowlen, colstride, out, obase, OHOW, OW, kn, p0)
 
-    microkernel.__name__ = microkernel.__qualname__ = f"_microkernel_{MR}"
+    microkernel.__name__ = microkernel.__qualname__ = (
+        f"_microkernel_{MR}" + ("_pixel_major" if pixel_major else ""))
     return intrinsic(microkernel)
 
 
 def _microkernel_typer(MR, typingctx, w, woff, x, xoff, cstride, Cg, FWe, FHe, fwstep, rowlen,
-                       colstride, out, obase, OHOW, OW, kn, p0):
+                       colstride, out, obase, OHOW, OW, kn, p0, ostride=None):
     """One tile: pixels p0 .. p0+MR-1 (flat oh*OW + ow) x KB channels from ``k0``.
 
     ``woff``: the k-block's packed filter; ``xoff``: the group's first window channel;
-    ``obase``: ``k0 * OHOW`` in the image's flat output; ``kn``: real channels in the block.
+    ``obase``: ``k0 * OHOW`` in the image's flat output; ``kn``: real channels in the block;
+    ``ostride`` (pixel-major variant): elements between two pixels' output channels.
     """
     ints = (woff, xoff, cstride, Cg, FWe, FHe, fwstep, rowlen, colstride, obase, OHOW, OW, kn,
-            p0)
+            p0) + (() if ostride is None else (ostride,))
     if not all(isinstance(t, types.Integer) for t in ints):
         return None
     sig = types.void(w, woff, x, xoff, cstride, Cg, FWe, FHe, fwstep, rowlen, colstride,
-                     out, obase, OHOW, OW, kn, p0)
+                     out, obase, OHOW, OW, kn, p0, *(() if ostride is None else (ostride,)))
 
     def codegen(context, builder, sig, args):
         i32 = ir.IntType(32)
@@ -83,7 +94,7 @@ def _microkernel_typer(MR, typingctx, w, woff, x, xoff, cstride, Cg, FWe, FHe, f
             for v, t in zip(args, sig.args, strict=True)
         ]
         (wa, woff, xa, xoff, cstride, Cg, FWe, FHe, fwstep, rowlen, colstride,
-         oa, obase, OHOW, OW, kn, p0) = a
+         oa, obase, OHOW, OW, kn, p0) = a[:17]
         flt = context.get_value_type(sig.args[0].dtype)
         size = context.get_abi_sizeof(flt)
         VL = 64 // size
@@ -95,7 +106,8 @@ def _microkernel_typer(MR, typingctx, w, woff, x, xoff, cstride, Cg, FWe, FHe, f
         op = context.make_array(sig.args[11])(context, builder, oa).data
         wp = builder.gep(wp, [woff])
         xp = builder.gep(xp, [xoff])
-        _prefetch_ahead(builder, op, obase, OHOW, kn, p0, MR)
+        if ostride is None:
+            _prefetch_ahead(builder, op, obase, OHOW, kn, p0, MR)
         # window offset of each pixel; pixels past the last one repeat it
         last = builder.sub(OHOW, _i64(1))
         p = builder.select(builder.icmp_unsigned("<", p0, OHOW), p0, last)
@@ -151,7 +163,9 @@ def _microkernel_typer(MR, typingctx, w, woff, x, xoff, cstride, Cg, FWe, FHe, f
             builder.store(builder.select(wrap, _i64(0), fw), fw_v)
             builder.store(builder.add(builder.load(xoff_v), builder.select(wrap, jump, fwstep)),
                           xoff_v)
-        if VL == 16 and MR <= 16:
+        if ostride is not None:
+            _store_pixel_major(builder, accs, vty, size, op, obase, OHOW, kn, p0, MR, a[17])
+        elif VL == 16 and MR <= 16:
             _store_transposed(builder, accs, vty, op, obase, OHOW, kn, p0, MR)
         else:
             _store_scalar(context, builder, accs, vty, flt, op, obase, OHOW, kn, p0, MR)
@@ -246,6 +260,35 @@ def _store_scalar(context, builder, accs, vty, flt, op, obase, OHOW, kn, p0, MR)
                 builder.store(val, builder.gep(ob, [builder.mul(ll.index, OHOW)]))
 
 
+def _store_pixel_major(builder, accs, vty, size, op, obase, OHOW, kn, p0, MR, ostride):
+    """Store each real pixel's KB channels (``kn`` of them real) as NV vectors at
+    ``op[obase + p*ostride]`` (masked where fewer than a vector's lanes are real)."""
+    i32 = ir.IntType(32)
+    VL = vty.count
+    flt = "f32" if size == 4 else "f64"
+    mty = ir.VectorType(ir.IntType(1), VL)
+    fnty = ir.FunctionType(ir.VoidType(), [vty, vty.as_pointer(), i32, mty])
+    mstore = cgutils.get_or_insert_function(builder.module, fnty, f"llvm.masked.store.v{VL}{flt}.p0")
+    lanes = ir.Constant(ir.VectorType(ir.IntType(64), VL), list(range(VL)))
+    masks = []
+    for v in range(NV):
+        left = builder.sub(kn, _i64(v * VL))
+        splat = builder.shuffle_vector(
+            builder.insert_element(ir.Constant(ir.VectorType(ir.IntType(64), VL), ir.Undefined),
+                                   left, ir.Constant(i32, 0)),
+            ir.Constant(ir.VectorType(ir.IntType(64), VL), ir.Undefined),
+            ir.Constant(ir.VectorType(i32, VL), [0] * VL))
+        masks.append(builder.icmp_signed("<", lanes, splat))
+    for j in range(MR):
+        p = builder.add(p0, _i64(j))
+        with builder.if_then(builder.icmp_unsigned("<", p, OHOW)):
+            base = builder.gep(op, [builder.add(obase, builder.mul(p, ostride))])
+            for v in range(NV):
+                ptr = builder.bitcast(builder.gep(base, [_i64(v * VL)]), vty.as_pointer())
+                builder.call(mstore, [builder.load(accs[j][v]), ptr, ir.Constant(i32, size),
+                                      masks[v]])
+
+
 def _transpose16(builder, rows):
     """16x16 transpose of 16-lane vectors by four exchanges of one index bit each."""
     rows = list(rows)
@@ -290,6 +333,8 @@ def _store_transposed(builder, accs, vty, op, obase, OHOW, kn, p0, MR):
 
 _microkernel = _make_microkernel(MR)
 _microkernel_tail = _make_microkernel(MR_TAIL)
+_microkernel_pm = _make_microkernel(MR, pixel_major=True)
+_microkernel_pm_tail = _make_microkernel(MR_TAIL, pixel_major=True)
 
 
 @njit(parallel=True, cache=True, nogil=True)
@@ -412,3 +457,33 @@ def direct_tiles(xp, wpk, out, counter, P, groups, R, S, nkbr, nchunk):  # pragm
         for _ in prange(P):
             run_tile_tasks(wflat, xflat, n * C * Hp * Wp, Hp * Wp, R, S, Wp, Wp, 1, on, counter,
                            0, ntask, nchunk, nkbr, nkb, Cg, Kg, KB, R * S, OHOW, OW)
+
+
+@njit(cache=True, nogil=True)
+def point_gemms_mk(wpk, V, M, kb0, kb1, Kg):  # pragma: no cover - compiled
+    """Per transform-domain point ``p``: ``M[p, t, k - kb0 KB] = sum_c V[p, t, c] Wt[p, c, k]``
+    for the k-blocks ``kb0 .. kb1 - 1``, on the microkernel (serial; the caller's threads split
+    the tiles or the k-blocks). ``wpk[p, kb, c, l] = Wt[p, c, kb KB + l]`` (zero past ``Kg``);
+    ``V[p]`` is read as an image of ``T`` pixels whose channels are adjacent (channel stride 1,
+    pixel stride C), and each tile stored pixel by pixel (row stride ``M.shape[2]``). The sum
+    over c runs in order, from zero."""
+    P, T, C = V.shape
+    nkb = wpk.shape[1]
+    KB = wpk.shape[3]
+    nk = M.shape[2]
+    wflat = wpk.reshape(wpk.size)
+    vflat = V.reshape(V.size)
+    mflat = M.reshape(M.size)
+    for p in range(P):
+        for kb in range(kb0, kb1):
+            kn = min(KB, Kg - kb * KB)
+            woff = (p * nkb + kb) * C * KB
+            obase = p * T * nk + (kb - kb0) * KB
+            for p0 in range(0, T, MR):
+                if T - p0 > MR - MR_TAIL:
+                    _microkernel_pm(wflat, woff, vflat, p * T * C, 1, C, 1, 1, 0, 0, C, mflat,
+                                    obase, T, T, kn, p0, nk)
+                else:
+                    for q in range(p0, T, MR_TAIL):
+                        _microkernel_pm_tail(wflat, woff, vflat, p * T * C, 1, C, 1, 1, 0, 0, C,
+                                             mflat, obase, T, T, kn, q, nk)
