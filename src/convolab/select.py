@@ -545,12 +545,12 @@ CALIBRATION_LAYERS = [
     _layer(1, 64, 60, 64, 3, stride=2), _layer(1, 256, 20, 256, 3, stride=2),
     _layer(1, 48, 26, 96, 5), _layer(1, 16, 64, 48, 5), _layer(1, 32, 40, 32, 7),
     _layer(1, 16, 80, 32, 9), _layer(1, 3, 160, 48, 7, stride=2), _layer(4, 3, 96, 32, 7, stride=2),
-    _layer(1, 3, 160, 48, 11, stride=4),
+    _layer(1, 3, 160, 48, 11, stride=4), _layer(1, 3, 192, 64, 7, stride=2),
     # batch 8: 3x3 stride 1 from few channels on large images to many on small ones, 5x5, 1x1,
-    # a strided stem
+    # strided stems
     _layer(8, 3, 128, 32, 3), _layer(8, 32, 80, 32, 3), _layer(8, 96, 40, 96, 3),
     _layer(8, 192, 20, 192, 3), _layer(8, 384, 10, 384, 3), _layer(8, 48, 30, 128, 5),
-    _layer(8, 128, 20, 256, 1), _layer(8, 3, 128, 48, 7, stride=2),
+    _layer(8, 128, 20, 256, 1), _layer(8, 3, 128, 48, 7, stride=2), _layer(8, 3, 192, 64, 7, stride=2),
     # depthwise and grouped
     _layer(1, 96, 40, 96, 3, groups=96), _layer(1, 384, 10, 384, 3, groups=384),
     _layer(1, 128, 20, 128, 5, groups=128), _layer(1, 128, 20, 128, 3, groups=4),
@@ -590,24 +590,27 @@ def calibrate(progress=None, layers=None) -> Machine:
     linear: dict[str, list] = {}
     algos = list(registry.algorithms())
     best: dict[tuple[str, int], float] = {}
-    rng = np.random.default_rng(0)
-    for i, spec in enumerate(specs):
-        x = rng.standard_normal(spec.x_shape).astype(np.float32)
-        w = rng.standard_normal(spec.w_shape).astype(np.float32)
-        out = np.empty(spec.out_shape, np.float32)
-        plans = [(a, ConvPlan(spec, a, w, None)) for a in algos if a.supports(spec) is None]
-        # the algorithms take turns, CALIBRATION_PASSES times, and each keeps its fastest time:
-        # a single pass measured some layers 2x off (threads of the previous algorithm still
-        # spinning, other activity on the machine)
-        for _ in range(CALIBRATION_PASSES):
-            for a, p in plans:
+    # the passes go over all layers in turn, each layer's algorithms taking turns within a
+    # pass, and every (algorithm, layer) keeps its fastest time: a single pass measured some
+    # layers 2x off (threads of the previous algorithm still spinning, other activity on the
+    # machine), and passes run back to back fell into the same slow spell of the host
+    for k in range(CALIBRATION_PASSES):
+        rng = np.random.default_rng(0)
+        for i, spec in enumerate(specs):
+            x = rng.standard_normal(spec.x_shape).astype(np.float32)
+            w = rng.standard_normal(spec.w_shape).astype(np.float32)
+            out = np.empty(spec.out_shape, np.float32)
+            for a in algos:
+                if a.supports(spec) is not None:
+                    continue
+                p = ConvPlan(spec, a, w, None)
                 p(x, out=out)  # warm-up
                 time.sleep(SETTLE_SECONDS / 10)  # the previous algorithm's BLAS threads stop spinning
                 first = time_min(lambda p=p, x=x, out=out: p(x, out=out), 1, min_total=0)
                 t = first if first > 0.1 else time_min(lambda p=p, x=x, out=out: p(x, out=out), 3, min_total=0.02)
                 best[a.name, i] = min(t, best.get((a.name, i), math.inf))
-        if progress:
-            progress(f"layer {i + 1}/{len(specs)}")
+            if progress:
+                progress(f"pass {k + 1}/{CALIBRATION_PASSES}, layer {i + 1}/{len(specs)}")
     for a in algos:
         idx = [i for i in range(len(specs)) if (a.name, i) in best]
         for key in sorted({a.cost_key(specs[i]) for i in idx}):

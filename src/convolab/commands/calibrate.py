@@ -27,7 +27,7 @@ def run(args) -> int:
         numba.set_num_threads(args.threads)
     console = Console()
     with Progress(console=console, transient=True) as progress:
-        task = progress.add_task("calibrating", total=len(select.CALIBRATION_LAYERS))
+        task = progress.add_task("calibrating", total=len(select.CALIBRATION_LAYERS) * select.CALIBRATION_PASSES)
         m = select.calibrate(progress=lambda what: progress.update(task, advance=1, description=what))
     console.print(
         f"GEMM {m.gemm_gflops:.0f} GFLOP/s, copy bandwidth {m.bandwidth_gbs:.1f} GB/s, "
