@@ -208,3 +208,21 @@ def test_uncalibrated_machine_uses_the_shipped_reference(cache):
     assert dw[0].name == "direct"
     big = select.choose((1, 256, 14, 14), (256, 256, 3, 3), padding=1)
     assert big[0].name in {"direct", "im2win", "winograd_f2x3", "sfc4_4x3", "sfc6_6x3"}
+
+
+def test_plane_aliasing_feature_and_five_feature_files(cache):
+    """Output planes a multiple of 2 KiB apart are told apart from the others by the sixth
+    feature; a calibration entry written with five features still predicts from them."""
+    aliased = ConvSpec.from_shapes((8, 3, 226, 226), (64, 3, 3, 3), 1, 0)  # 224 x 224 planes
+    plain = ConvSpec.from_shapes((8, 3, 224, 224), (64, 3, 3, 3), 1, 0)  # 222 x 222
+    assert select.plane_aliasing(aliased) and not select.plane_aliasing(plain)
+    assert select.features(aliased)[-1] == select.ALIAS_DISTANCE and select.features(plain)[-1] == 0
+    direct = convolab.registry.get("direct")
+    key = direct.cost_key(plain)
+    row = [*select.features(plain)[:5], math.log2(1e-9), 0.0]
+    entry = {"gemm_gflops": 100.0, "bandwidth_gbs": 10.0, "call_seconds": 1e-5,
+             "samples": {key: [row]}, "linear": {key: [0, 1e-9, 0, 0, 0, 0]}}
+    old = select._from_entry(entry)
+    assert old.n_features == 5
+    assert select.predict_seconds(direct, plain, old) == pytest.approx(direct.multiplies(plain) * 1e-9)
+    assert select._from_entry({**entry, "n_features": 6}).n_features == 6

@@ -221,6 +221,10 @@ def machine_key(threads: int | None = None) -> str:
 
 
 # --------------------------------------------------------------------------- cost model
+#: number of `features` (calibration files written before the sixth have five)
+N_FEATURES = 6
+
+
 @dataclass
 class Machine:
     """Machine constants for the cost model (see `calibrate`)."""
@@ -233,6 +237,8 @@ class Machine:
     samples: dict
     #: per algorithm: the coefficients of `cost_terms` fitted by `calibrate`
     linear: dict = dataclasses.field(default_factory=dict)
+    #: how many of `features` the samples hold (the first ones: older files have fewer)
+    n_features: int = N_FEATURES
 
     def to_json(self) -> dict:
         return {
@@ -241,6 +247,7 @@ class Machine:
             "call_seconds": self.call_seconds,
             "samples": self.samples,
             "linear": self.linear,
+            "n_features": self.n_features,
         }
 
 
@@ -263,7 +270,8 @@ def _uncalibrated() -> Machine:
 def _from_entry(entry) -> Machine:
     return Machine(float(entry["gemm_gflops"]), float(entry["bandwidth_gbs"]),
                    float(entry["call_seconds"]), dict(entry["samples"]),
-                   {k: [float(c) for c in v] for k, v in dict(entry.get("linear", {})).items()})
+                   {k: [float(c) for c in v] for k, v in dict(entry.get("linear", {})).items()},
+                   int(entry.get("n_features", 5)))
 
 
 @functools.lru_cache(maxsize=1)
@@ -301,19 +309,31 @@ _NOMINAL_EFFICIENCY = {"im2col": 0.5, "direct": 0.35, "im2win": 0.5, "fft": 0.25
 _NOMINAL_FAST = 0.4  # Winograd / SFC: transform-domain products through batched GEMMs
 
 
-#: number of `features`
-N_FEATURES = 5
+#: distance in `features` between a layer whose output planes alias in the L1 cache and one
+#: whose planes do not (as far as a factor 8 in pixels)
+ALIAS_DISTANCE = 3.0
+
+
+def plane_aliasing(spec: ConvSpec) -> bool:
+    """Whether the output planes are a multiple of 2 KiB apart: the 32 planes a microkernel
+    tile (and a Winograd output tile) writes then fall into at most two sets of a 4 KiB-
+    indexed L1 cache, more lines than its 12 ways; partly written lines are evicted and read
+    again. Measured: direct ran 120 GFLOP/s on a 3 -> 64 3x3 layer with 224 x 224 outputs
+    (plane 196 KiB), 210 with 222 x 222."""
+    return (spec.OH * spec.OW * spec.compute_dtype.itemsize) % 2048 == 0
 
 
 def features(spec: ConvSpec) -> list[float]:
     """Where a convolution sits for the cost model: log2 of channels per group in and out,
-    of output pixels (batch included), of kernel taps and of the stride."""
+    of output pixels (batch included), of kernel taps and of the stride, and whether its
+    output planes alias (`plane_aliasing`, scaled by `ALIAS_DISTANCE`)."""
     return [
         math.log2(spec.Cg),
         math.log2(spec.Kg),
         math.log2(spec.N * spec.OH * spec.OW),
         math.log2(spec.R * spec.S),
         math.log2(spec.stride[0] * spec.stride[1]),
+        ALIAS_DISTANCE * plane_aliasing(spec),
     ]
 
 
@@ -369,7 +389,7 @@ def predict_seconds(algo: registry.Algorithm, spec: ConvSpec, m: Machine | None 
         key = algo.name
         samples = m.samples.get(key)
     if samples:
-        f = np.asarray(features(spec))
+        f = np.asarray(features(spec)[: m.n_features])
         pts = np.asarray(samples, dtype=np.float64)
         d = np.sqrt(((pts[:, : f.size] - f) ** 2).sum(axis=1))
         near = np.argsort(d)[:K_NEAREST]
@@ -545,12 +565,12 @@ CALIBRATION_LAYERS = [
     _layer(1, 64, 60, 64, 3, stride=2), _layer(1, 256, 20, 256, 3, stride=2),
     _layer(1, 48, 26, 96, 5), _layer(1, 16, 64, 48, 5), _layer(1, 32, 40, 32, 7),
     _layer(1, 16, 80, 32, 9), _layer(1, 3, 160, 48, 7, stride=2), _layer(4, 3, 96, 32, 7, stride=2),
-    _layer(1, 3, 160, 48, 11, stride=4), _layer(1, 3, 192, 64, 7, stride=2),
+    _layer(1, 3, 160, 48, 11, stride=4), _layer(1, 3, 200, 64, 7, stride=2),
     # batch 8: 3x3 stride 1 from few channels on large images to many on small ones, 5x5, 1x1,
     # strided stems
-    _layer(8, 3, 128, 32, 3), _layer(8, 32, 80, 32, 3), _layer(8, 96, 40, 96, 3),
+    _layer(8, 3, 128, 32, 3), _layer(4, 3, 150, 64, 3), _layer(8, 32, 80, 32, 3), _layer(8, 96, 40, 96, 3),
     _layer(8, 192, 20, 192, 3), _layer(8, 384, 10, 384, 3), _layer(8, 48, 30, 128, 5),
-    _layer(8, 128, 20, 256, 1), _layer(8, 3, 128, 48, 7, stride=2), _layer(8, 3, 192, 64, 7, stride=2),
+    _layer(8, 128, 20, 256, 1), _layer(8, 3, 128, 48, 7, stride=2), _layer(8, 3, 180, 64, 7, stride=2),
     # depthwise and grouped
     _layer(1, 96, 40, 96, 3, groups=96), _layer(1, 384, 10, 384, 3, groups=384),
     _layer(1, 128, 20, 128, 5, groups=128), _layer(1, 128, 20, 128, 3, groups=4),
@@ -634,6 +654,6 @@ def calibration_report(m: Machine) -> list[tuple[str, float, float, int]]:
     """(algorithm, median / best GFLOP/s-equivalent of its multiplies, layers measured)."""
     rows = []
     for name, pts in m.samples.items():
-        gf = sorted(2 / 2.0 ** p[N_FEATURES] / 1e9 for p in pts)
+        gf = sorted(2 / 2.0 ** p[m.n_features] / 1e9 for p in pts)
         rows.append((name, gf[len(gf) // 2], gf[-1], len(gf)))
     return sorted(rows, key=lambda r: -r[1])
