@@ -117,6 +117,7 @@ class ConvPlan:
         self._ranking = list(ranking)
         cd = spec.compute_dtype
         self._prepared = algo.prepare(spec, np.ascontiguousarray(w, dtype=cd))
+        self._workspace: dict[int, int] = {}
         self._bias = None if bias is None else np.asarray(bias, dtype=cd).reshape(1, -1, 1, 1)
 
     @property
@@ -125,7 +126,14 @@ class ConvPlan:
 
     @property
     def workspace_bytes(self) -> int:
-        return self._algo.workspace_bytes(self.spec)
+        # depends on the thread count (how many blocks are in flight): kept per count
+        from ._parallel import worker_count
+
+        t = worker_count()
+        ws = self._workspace.get(t)
+        if ws is None:
+            ws = self._workspace[t] = self._algo.workspace_bytes(self.spec)
+        return ws
 
     @property
     def multiplies(self) -> int:

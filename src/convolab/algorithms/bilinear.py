@@ -48,6 +48,7 @@ Q. He et al., "Symbolic Fourier Convolution", ICML 2024.
 
 from __future__ import annotations
 
+import contextlib
 import threading
 from dataclasses import dataclass
 from functools import cache
@@ -523,7 +524,8 @@ def run_prepared(prepared, x: np.ndarray, out: np.ndarray) -> None:
             run_threads(lambda i, n0=n0, n1=n1: channels(i, n0, n1), range(len(kparts)))
         return
 
-    with blas_one_thread():
+    # the microkernel GEMMs call no BLAS: no need to hold it to one thread
+    with contextlib.nullcontext() if mk else blas_one_thread():
         if nbuf > 1:
             # whole blocks per thread
             def worker(i):
