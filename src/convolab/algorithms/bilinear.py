@@ -589,7 +589,9 @@ def _make(name: str) -> Algorithm:
         summary=summary + "; stride 1",
         features={
             "workspace": "(P·(C/g + K/g)·(tiles per chunk) + N_block·C·H·W)·(blocks in flight "
-            "or threads sharing a block)",
+            "or threads sharing a block); threads splitting the channels (>= 128 per group, "
+            "batch 1-like): (P·(C/g)·(tiles per chunk) + N_block·C·H·W) each + P·(K/g)·(tiles "
+            "per chunk)",
             "multiplies": "g·N·ceil(OH/m)·ceil(OW/m)·P·(K/g)·(C/g)",
         },
     )
