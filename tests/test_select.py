@@ -176,11 +176,16 @@ def test_fit_terms_recovers_known_costs():
     terms = np.column_stack([np.ones(20), *(rng.uniform(1e3, 1e6, size=(5, 20)))])
     coef = np.array([2e-5, 3e-10, 0.0, 1e-10, 0.0, 5e-9])
     np.testing.assert_allclose(select.fit_terms(terms, terms @ coef), coef, rtol=1e-6, atol=1e-14)
-    # with fewer layers than FULL_FIT_LAYERS only the call and multiply terms are fitted
+    # with fewer layers than CHANNEL_FIT_LAYERS only the call and multiply terms are fitted,
+    # with fewer than FULL_FIT_LAYERS the call, multiply and per-channel terms
     simple = np.array([2e-5, 3e-10, 0, 0, 0, 0])
     few = select.fit_terms(terms[:5], terms[:5] @ coef)
     assert np.all(few[2:] == 0) and np.all(few >= 0)
     np.testing.assert_allclose(select.fit_terms(terms[:5], terms[:5] @ simple), simple, rtol=1e-6)
+    channels = np.array([2e-5, 3e-10, 0, 0, 1e-10, 5e-9])
+    some = select.fit_terms(terms[:8], terms[:8] @ coef)
+    assert some[2] == 0 and some[3] == 0 and np.all(some >= 0)
+    np.testing.assert_allclose(select.fit_terms(terms[:8], terms[:8] @ channels), channels, rtol=1e-6)
 
 
 def test_model_reads_calibration_files_without_fitted_terms(cache):

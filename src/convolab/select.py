@@ -350,6 +350,10 @@ CALIBRATION_PASSES = 3
 K_NEAREST = 3
 #: an algorithm needs this many calibration layers to fit every term of `cost_terms`
 FULL_FIT_LAYERS = 12
+#: ... and this many to fit the call, multiply and per-channel terms (leaving out the bytes):
+#: with 8 layers and only the multiplies, a Winograd kernel whose transforms dominate at few
+#: channels was predicted 2x too slow on a 64-channel batch-8 layer
+CHANNEL_FIT_LAYERS = 6
 
 
 def cost_terms(algo: registry.Algorithm, spec: ConvSpec) -> np.ndarray:
@@ -363,10 +367,16 @@ def cost_terms(algo: registry.Algorithm, spec: ConvSpec) -> np.ndarray:
 
 def fit_terms(terms: np.ndarray, seconds: np.ndarray) -> np.ndarray:
     """Non-negative coefficients of ``terms`` (one row per layer) fitting ``seconds`` in
-    relative error; only the call and multiply terms with fewer than `FULL_FIT_LAYERS` rows."""
+    relative error: all with at least `FULL_FIT_LAYERS` rows, the call, multiply and
+    per-channel terms with at least `CHANNEL_FIT_LAYERS`, else the call and multiplies."""
     from scipy.optimize import nnls
 
-    cols = list(range(terms.shape[1])) if len(seconds) >= FULL_FIT_LAYERS else [0, 1]
+    if len(seconds) >= FULL_FIT_LAYERS:
+        cols = list(range(terms.shape[1]))
+    elif len(seconds) >= CHANNEL_FIT_LAYERS:
+        cols = [0, 1, 4, 5]
+    else:
+        cols = [0, 1]
     c, _ = nnls(terms[:, cols] / seconds[:, None], np.ones(len(seconds)))
     coef = np.zeros(terms.shape[1])
     coef[cols] = c
@@ -563,13 +573,15 @@ CALIBRATION_LAYERS = [
     _layer(1, 192, 32, 384, 1, stride=2),
     # strided 3x3, larger kernels, stems
     _layer(1, 64, 60, 64, 3, stride=2), _layer(1, 256, 20, 256, 3, stride=2),
-    _layer(1, 48, 26, 96, 5), _layer(1, 16, 64, 48, 5), _layer(1, 32, 40, 32, 7),
+    _layer(1, 48, 26, 96, 5), _layer(1, 16, 64, 48, 5), _layer(4, 128, 18, 192, 5),
+    _layer(1, 32, 40, 32, 7),
     _layer(1, 16, 80, 32, 9), _layer(1, 3, 160, 48, 7, stride=2), _layer(4, 3, 96, 32, 7, stride=2),
     _layer(1, 3, 160, 48, 11, stride=4), _layer(1, 3, 200, 64, 7, stride=2),
     # batch 8: 3x3 stride 1 from few channels on large images to many on small ones, 5x5, 1x1,
     # strided stems
     _layer(8, 3, 128, 32, 3), _layer(4, 3, 150, 64, 3), _layer(8, 32, 80, 32, 3), _layer(8, 96, 40, 96, 3),
-    _layer(8, 192, 20, 192, 3), _layer(8, 384, 10, 384, 3), _layer(8, 48, 30, 128, 5),
+    _layer(8, 192, 20, 192, 3), _layer(8, 384, 10, 384, 3), _layer(4, 160, 18, 160, 3),
+    _layer(8, 48, 48, 48, 3), _layer(8, 48, 30, 128, 5), _layer(4, 80, 22, 160, 5),
     _layer(8, 128, 20, 256, 1), _layer(8, 3, 128, 48, 7, stride=2), _layer(8, 3, 180, 64, 7, stride=2),
     # depthwise and grouped
     _layer(1, 96, 40, 96, 3, groups=96), _layer(1, 384, 10, 384, 3, groups=384),

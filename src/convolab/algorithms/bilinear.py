@@ -585,6 +585,10 @@ def _make(name: str) -> Algorithm:
         workspace_bytes=lambda spec: workspace_for(alg(), spec),
         multiplies=lambda spec: multiplies_for(alg(), spec),
         deterministic=False,
+        # the cost model fits the paths apart: microkernel GEMMs, tile-vector transforms (few
+        # channels), channel-vector transforms with BLAS GEMMs
+        kernel=lambda spec: "microkernel" if _microkernel_gemms(spec) else (
+            "tiles" if spec.Cg < SMALL_C else ""),
         error_bound=lambda spec, dtype: _error_bound(engine(name), spec, dtype),
         summary=summary + "; stride 1",
         features={
