@@ -8,7 +8,7 @@ from convolab.bench import runner
 def test_time_interleaved_rotates_and_keeps_each_minimum(monkeypatch):
     monkeypatch.setattr(runner, "BURST_SETTLE_SECONDS", 0)
     order = []
-    durations = {"a": 0.004, "b": 0.001, "c": 0.002}
+    durations = {"a": 0.012, "b": 0.002, "c": 0.006}
 
     def make(name):
         def f():
@@ -20,7 +20,7 @@ def test_time_interleaved_rotates_and_keeps_each_minimum(monkeypatch):
     # one call per implementation per round, each round starting one later
     assert order == ["a", "b", "c", "b", "c", "a", "c", "a", "b"]
     for n, d in durations.items():
-        assert d <= best[n] < d + 0.003
+        assert d <= best[n] < d + 0.004
     assert best["b"] < best["c"] < best["a"]
 
 
@@ -30,8 +30,8 @@ def test_time_interleaved_takes_the_fastest_round(monkeypatch):
 
     def slow_first_round():
         calls["n"] += 1
-        time.sleep(0.01 if calls["n"] <= 2 else 0.001)
+        time.sleep(0.02 if calls["n"] <= 2 else 0.001)
 
     best = runner.time_interleaved({"x": slow_first_round}, repeat=6, rounds=3, min_total=0)
     assert calls["n"] == 6
-    assert best["x"] < 0.005
+    assert best["x"] < 0.015
