@@ -146,6 +146,22 @@ def test_chunking_threads_and_layouts(monkeypatch, threads, chunk_tiles, small_c
                             bilinear.error_bound_for(eng, spec, np.float32))
 
 
+@pytest.mark.parametrize("name", ["winograd_f2x3", "winograd_f6x3", "sfc4_4x3"])
+@pytest.mark.parametrize("threads", [1, 3])
+@pytest.mark.parametrize("chunk_tiles", [1, 7, 10_000])
+def test_output_planes_aliasing_in_l1(monkeypatch, name, threads, chunk_tiles):
+    # 32 x 32 outputs (planes 4 KiB apart) and 24 channels take the buffered output stores:
+    # runs of tiles that start and end inside a tile row, partial edge tiles, against the
+    # reference
+    monkeypatch.setattr(bilinear, "CHUNK_TILES", chunk_tiles)
+    monkeypatch.setattr(bilinear, "worker_count", lambda: threads)
+    x, w, _ = make_data((2, 8, 34, 34), (24, 8, 3, 3), bias=False)
+    eng = bilinear.engine(name)
+    y, spec = _run(eng, x, w)
+    assert spec.OH * spec.OW * 4 % 4096 == 0
+    check_against_reference(y, x, w, None, {}, bilinear.error_bound_for(eng, spec, np.float32))
+
+
 @pytest.mark.parametrize("threads", [2, 3])
 @pytest.mark.parametrize("n,h", [(1, 56), (2, 30), (1, 7), (3, 4)])
 def test_plan_blocks_modes(monkeypatch, threads, n, h):
