@@ -61,6 +61,7 @@ from ..registry import UNIT_ROUNDOFF, Algorithm, gamma, register
 from ..spec import ConvSpec
 from ..transforms import sfc_2d, winograd_2d
 from ..transforms.forms import Bilinear2D
+from .im2win import _kb
 
 #: target number of tiles per chunk (V and M of a chunk should stay in the caches)
 CHUNK_TILES = 256
@@ -340,12 +341,6 @@ def _plan_blocks(spec: ConvSpec, m: int, P: int) -> tuple[int, int, int, int]:
     return nimg, _ceil_div(rows, nch), 1, split
 
 
-def _kb(spec: ConvSpec) -> int:
-    from ..kernels._im2win import lanes
-
-    return lanes(spec.compute_dtype.itemsize)
-
-
 def _microkernel_gemms(spec: ConvSpec) -> bool:
     """Whether the point GEMMs run on the microkernel (`MK_MIN_CG`, `MK_MIN_USE`) instead of
     the BLAS."""
@@ -471,9 +466,11 @@ def run_prepared(prepared, x: np.ndarray, out: np.ndarray) -> None:
             V = vb[: P * Cg * tc].reshape(P, tc, Cg)
             chunk(xh, outh, wt[g], V, M, g, r0, TH, TW, m, pt, pl, B1, *sin, A1, *sout)
 
+    dtname = np.dtype(cd).name
+
     def mk_chunk(xh, outh, wpk, V, M, g, kb0, kb1, r0):
         args = (xh, outh, wpk, V, M, g, Kg, kb0, kb1, r0, TH, TW, m, pt, pl, B1, *sin, A1, *sout)
-        load_from_cache(chunk_mk, args, _WARM.format(dtype=np.dtype(cd).name), np.dtype(cd).name)
+        load_from_cache(chunk_mk, args, _WARM.format(dtype=dtname), dtname)
         chunk_mk(*args)
 
     def chunk_jobs(n0, n1):
