@@ -83,6 +83,10 @@ def _resolve(
         raise ConvError(f"algorithm must be a name or 'auto', got {algorithm!r}")
     if algorithm != "auto":
         algo = registry.get(algorithm)
+        if algo.device != "cpu":
+            raise UnsupportedError(
+                algo.name, f"it runs on {algo.device} tensors (convolab.gpu.conv2d / convolab.gpu.plan), "
+                "not on NumPy arrays", registry.capable(spec))
         reason = algo.supports(spec)
         if reason is not None:
             raise UnsupportedError(algo.name, reason, registry.capable(spec))
@@ -260,6 +264,13 @@ def plan(
     return ConvPlan(spec, algo, w, b, ranking)
 
 
+def _device_of(x) -> str | None:
+    """'cuda' for a CUDA torch tensor, 'cpu' for a CPU one, None for anything else."""
+    dev = getattr(x, "device", None)
+    kind = getattr(dev, "type", None)
+    return kind if isinstance(kind, str) else None
+
+
 def conv2d(
     x, w, bias=None, stride=1, padding=0, dilation=1, groups=1, *, algorithm="auto", out=None
 ) -> np.ndarray:
@@ -282,13 +293,24 @@ def conv2d(
     Returns
     -------
     numpy.ndarray
-        (N, K, OH, OW) in the promoted dtype of ``x`` and ``w``.
+        (N, K, OH, OW) in the promoted dtype of ``x`` and ``w``. A CUDA torch tensor ``x`` is
+        handed to `convolab.gpu.conv2d` (once `convolab.gpu` is imported), which returns a
+        CUDA tensor.
 
     Notes
     -----
     float16 inputs are computed in float32 and rounded once at the end. NaN and Inf
     propagate as in the float64 reference (`convolab.reference.conv2d`).
     """
+    device = _device_of(x)
+    if device not in ("cpu", None):
+        run = registry.device_conv(device)
+        if run is None:
+            raise ConvError(
+                f"the input is a {device} tensor; its algorithms live in convolab.gpu "
+                f"(pip install 'convolab[gpu]', then import convolab.gpu)"
+            )
+        return run(x, w, bias, stride, padding, dilation, groups, algorithm=algorithm, out=out)
     x = np.asarray(x)
     w = np.asarray(w)
     b = None if bias is None else np.asarray(bias)

@@ -74,6 +74,10 @@ class Algorithm:
     kernel : callable(spec) -> str
         Which of the algorithm's kernels runs ``spec`` (the cost model fits each kernel on its
         own); the default, one kernel for every spec, returns "".
+    device : str
+        Where it runs: "cpu" (NumPy arrays in and out, `convolab.conv2d`) or "cuda" (CUDA torch
+        tensors, `convolab.gpu`; its ``prepare`` / ``run`` take torch tensors). The CPU
+        chooser, benchmarks and listings see the "cpu" records only.
     """
 
     name: str
@@ -87,6 +91,7 @@ class Algorithm:
     summary: str = ""
     features: dict = field(default_factory=dict)
     kernel: Callable[[ConvSpec], str] = field(default=lambda spec: "")
+    device: str = "cpu"
 
     def cost_key(self, spec: ConvSpec) -> str:
         """The cost model's name for the kernel that runs ``spec``: the algorithm's name, with
@@ -132,12 +137,27 @@ def get(name: str) -> Algorithm:
         ) from None
 
 
-def algorithms() -> list[Algorithm]:
-    """All registered algorithm records, in registration order."""
+def algorithms(device: str | None = "cpu") -> list[Algorithm]:
+    """The registered algorithm records of ``device`` ("cpu", "cuda"; None: all), in registration
+    order. GPU records exist once `convolab.gpu` is imported."""
     _load()
-    return list(_REGISTRY.values())
+    return [a for a in _REGISTRY.values() if device is None or a.device == device]
 
 
-def capable(spec: ConvSpec) -> list[str]:
-    """Names of the registered algorithms that support ``spec``."""
-    return [a.name for a in algorithms() if a.supports(spec) is None]
+def capable(spec: ConvSpec, device: str = "cpu") -> list[str]:
+    """Names of the registered algorithms of ``device`` that support ``spec``."""
+    return [a.name for a in algorithms(device) if a.supports(spec) is None]
+
+
+#: device name -> the conv2d that takes that device's tensors (registered by its subpackage)
+_DEVICE_CONV: dict[str, Callable] = {}
+
+
+def register_device(device: str, conv2d: Callable) -> None:
+    """Route `convolab.conv2d` calls whose input lives on ``device`` to ``conv2d`` (the GPU
+    subpackage registers "cuda" when imported)."""
+    _DEVICE_CONV[device] = conv2d
+
+
+def device_conv(device: str) -> Callable | None:
+    return _DEVICE_CONV.get(device)
