@@ -16,7 +16,8 @@ def add_parser(sub) -> None:
         "(direct-convolution FLOPs), workspace, measured peak allocation, max relative error "
         "against float64. Published figures: run with OPENBLAS_CORETYPE and OPENBLAS_L2_SIZE unset.",
     )
-    p.add_argument("--suite", default="default", choices=sorted(SUITES), help="layer suite (default: default)")
+    p.add_argument("--suite", default="default", metavar="NAME",
+                   help=f"layer suite: {', '.join(sorted(SUITES))} (default: default)")
     p.add_argument("--batch", type=int, default=None, help="batch size (default: the suite's: 1, im2win12: 8)")
     p.add_argument("--algorithms", default=None, help="comma-separated algorithm names (default: all registered)")
     p.add_argument("--peers", default=None, help="comma-separated peers: torch (= torch,torch-im2col)")
@@ -26,6 +27,20 @@ def add_parser(sub) -> None:
     p.add_argument("--threads", type=int, default=None, help="threads for convolab, BLAS, peers (default: all)")
     p.add_argument("--layers", default=None, help="only layers whose name contains one of these (comma-separated)")
     p.add_argument("--json", dest="json_path", default=None, metavar="FILE", help="write all records as JSON")
+    g = p.add_argument_group("GPU (--device cuda: the Triton kernels of convolab.gpu against cuDNN)")
+    g.add_argument("--device", default="cpu", choices=("cpu", "cuda"),
+                   help="cpu (default) or cuda; with cuda, --suite takes a comma-separated list of name@batch "
+                        "(default: im2win12@128,im2win12@1,resnet50@32,resnet50@1,cuconv@1)")
+    g.add_argument("--dtypes", default=None,
+                   help="cuda: comma-separated modes among float32 (IEEE), tf32, float16, bfloat16 (default: all)")
+    g.add_argument("--markdown", default=None, metavar="FILE", help="cuda: write the table and summary as markdown")
+    g.add_argument("--time-budget", type=float, default=None, metavar="S",
+                   help="cuda: stop starting new layers after S seconds (results so far are kept)")
+    g.add_argument("--max-pixels", type=int, default=None, metavar="P",
+                   help="cuda: only layers with at most P output pixels per image (OH*OW)")
+    g.add_argument("--deviation-layers", default=None, metavar="KEYS",
+                   help="cuda: ';'-separated substrings of 'suite@batch layer' for the deviation row "
+                        "(distinct outputs of convolab plans and of cuDNN's configurations)")
     p.set_defaults(func=run)
 
 
@@ -34,6 +49,10 @@ def _mib(b):
 
 
 def run(args) -> int:
+    if getattr(args, "device", "cpu") == "cuda":
+        from ..gpu import bench as gpu_bench
+
+        return gpu_bench.run(args)
     import numba
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn

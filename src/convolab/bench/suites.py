@@ -3,7 +3,8 @@
 Each layer is a `ConvSpec` with a name. ``im2win12`` is the 12-layer set used by both im2win
 papers (notes/algorithms.md; padding 0, square); ``resnet50`` holds ResNet-50's distinct
 convolutions at 224x224 (torchvision's v1.5 layout: stride on the 3x3 of each first block);
-``default`` is a quick mix that runs in about a minute on two cores.
+``default`` is a quick mix that runs in about a minute on two cores; ``cuconv`` holds the
+small-batch layers of the cuConv paper (the GPU benchmark's batch-1 regime).
 """
 
 from __future__ import annotations
@@ -81,12 +82,25 @@ def _large_kernel(batch: int):
     ]
 
 
+def _cuconv(batch: int):
+    # the small-batch layers on which cuConv (Jorda, Valero-Lara, Pena 2022) beat cuDNN's best algorithm
+    return [
+        layer("1x1 832>256@7", 832, 7, 256, 1, N=batch),
+        layer("1x1 256>1024@14", 256, 14, 1024, 1, N=batch),
+        layer("1x1 64>256@27", 64, 27, 256, 1, N=batch),
+        layer("3x3 192>384@4", 192, 4, 384, 3, 1, 1, N=batch),
+        layer("3x3 384>384@13", 384, 13, 384, 3, 1, 1, N=batch),
+        layer("5x5 48>128@7", 48, 7, 128, 5, 1, 2, N=batch),
+    ]
+
+
 #: suite name -> (builder(batch), default batch, description)
 SUITES = {
     "default": (_default, 1, "quick mix: ResNet-50 3x3 and 1x1 layers, a depthwise layer, a 7x7/2 stem"),
     "im2win12": (_im2win12, 8, "the 12 layers of the im2win papers"),
     "resnet50": (_resnet50, 1, "ResNet-50's distinct convolutions at 224x224"),
     "large-kernel": (_large_kernel, 1, "stride-1 kernels of 7x7 and larger, and a ConvNeXt depthwise 7x7"),
+    "cuconv": (_cuconv, 1, "the small-batch layers of the cuConv paper (1x1, 3x3, 5x5 on 4x4 to 27x27 images)"),
 }
 
 
