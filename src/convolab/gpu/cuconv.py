@@ -34,6 +34,7 @@ import triton.language as tl
 from ..spec import ConvSpec
 from ._common import Config, DeviceInfo, cdiv, dot_precision, fill_split, smem_bytes, split_ranges
 from ._reduce import reduce_splits
+from ._tiles import store_channel_tile
 from .implicit_gemm import pad_last
 
 NAME = "cuconv_gpu"
@@ -91,16 +92,8 @@ def _cuconv_dot_kernel(
                      other=0.0)
         acc = tl.dot(wt, xt, acc, input_precision=PREC)
 
-    kk = g * Kg + rk
-    omask = kmask[:, None] & pmask[None, :]
-    if SPLIT:
-        dst = part + ((sk * N + n).to(tl.int64) * K + kk[:, None]) * P + rp[None, :]
-        tl.store(dst, acc, mask=omask)
-    else:
-        if HAS_BIAS:
-            acc += tl.load(bias + kk, mask=kmask, other=0.0).to(tl.float32)[:, None]
-        dst = out + n.to(tl.int64) * son + (kk * soc)[:, None] + (oh * soh + ow * sow)[None, :]
-        tl.store(dst, acc.to(out.dtype.element_ty), mask=omask)
+    store_channel_tile(acc, out, part, bias, g * Kg + rk, rp, kmask, pmask, sk, n, N, K, P, oh, ow,
+                       son, soc, soh, sow, HAS_BIAS, SPLIT)
 
 
 @triton.jit(do_not_specialize=_SHAPE_ARGS)
@@ -140,15 +133,8 @@ def _cuconv_fma_kernel(
             wv = tl.load(w + (rk * Cg + c) * RS + tap, mask=kmask, other=0.0).to(tl.float32)
             acc += wv[:, None] * xv
 
-    omask = kmask[:, None] & pmask[None, :]
-    if SPLIT:
-        dst = part + ((sk * N + n).to(tl.int64) * K + rk[:, None]) * P + rp[None, :]
-        tl.store(dst, acc, mask=omask)
-    else:
-        if HAS_BIAS:
-            acc += tl.load(bias + rk, mask=kmask, other=0.0).to(tl.float32)[:, None]
-        dst = out + n.to(tl.int64) * son + (rk * soc)[:, None] + (oh * soh + ow * sow)[None, :]
-        tl.store(dst, acc.to(out.dtype.element_ty), mask=omask)
+    store_channel_tile(acc, out, part, bias, rk, rp, kmask, pmask, sk, n, N, K, P, oh, ow,
+                       son, soc, soh, sow, HAS_BIAS, SPLIT)
 
 
 def supports(spec: ConvSpec) -> str | None:

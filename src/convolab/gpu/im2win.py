@@ -30,6 +30,7 @@ from ..spec import ConvSpec
 from . import implicit_gemm
 from ._common import Config, DeviceInfo, cdiv, dot_precision, fill_split, split_ranges
 from ._reduce import reduce_splits
+from ._tiles import grouped_tile, store_pixel_tile
 
 NAME = "im2win_gpu"
 
@@ -71,13 +72,7 @@ def _win_gemm_kernel(
     pid = tl.program_id(0)
     g = tl.program_id(1)
     sk = tl.program_id(2)
-    num_m = (M + BM - 1) // BM
-    num_n = (Kg + BN - 1) // BN
-    width = GROUP_M * num_n
-    first_m = (pid // width) * GROUP_M
-    gsz = tl.minimum(num_m - first_m, GROUP_M)
-    pid_m = first_m + (pid % width) % gsz
-    pid_n = (pid % width) // gsz
+    pid_m, pid_n = grouped_tile(pid, M, Kg, BM, BN, GROUP_M)
 
     rm = pid_m * BM + tl.arange(0, BM)
     rn = pid_n * BN + tl.arange(0, BN)
@@ -115,16 +110,8 @@ def _win_gemm_kernel(
             b = tl.load(wg + wrow[:, None] * WS + rn[None, :], mask=km[:, None] & (rn < WS)[None, :], other=0.0)
             acc = tl.dot(a, b, acc, input_precision=PREC)
 
-    kk_out = g * Kg + rn
-    omask = mmask[:, None] & nmask[None, :]
-    if SPLIT:
-        dst = part + sk.to(tl.int64) * M * K + rm.to(tl.int64)[:, None] * K + kk_out[None, :]
-        tl.store(dst, acc, mask=omask)
-    else:
-        if HAS_BIAS:
-            acc += tl.load(bias + kk_out, mask=nmask, other=0.0).to(tl.float32)[None, :]
-        orow = out + n.to(tl.int64) * son + g.to(tl.int64) * sog + oh * soh + ow * sow
-        tl.store(orow[:, None] + (rn * soc)[None, :], acc.to(out.dtype.element_ty), mask=omask)
+    store_pixel_tile(acc, out, part, bias, rm, rn, mmask, nmask, g, sk, n, oh, ow, M, K, Kg,
+                     son, sog, soc, soh, sow, HAS_BIAS, SPLIT)
 
 
 def supports(spec: ConvSpec) -> str | None:
