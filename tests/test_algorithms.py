@@ -69,7 +69,10 @@ def test_plan_reuse_and_batch(name):
     assert p.algorithm == name
     y1 = p(x)
     y2 = p(x[::-1].copy())
-    np.testing.assert_array_equal(y1[::-1], y2)  # images are independent
+    if convolab.registry.get(name).batch_invariant:
+        np.testing.assert_array_equal(y1[::-1], y2)  # images are independent, bit for bit
+    else:  # stated otherwise (e.g. fft): each ordering is still within the bound
+        check_against_reference(y2[::-1], x, w, b, {"padding": k // 2}, p.error_bound)
     check_against_reference(y1, x, w, b, {"padding": k // 2}, p.error_bound)
 
 

@@ -67,6 +67,10 @@ class Algorithm:
         Multiplications performed (transform-domain products for fast algorithms).
     deterministic : bool
         Bit-identical output for any thread count and SIMD width.
+    batch_invariant : bool
+        An image's output does not depend on its position in the batch or on the other images
+        (bit for bit, on one machine). False where images share a BLAS call whose kernel
+        treats columns differently by position (``fft``).
     error_bound : callable(spec, dtype) -> float
         Bound on the normwise error ``max|y_hat - y| / max(|x| (*) |w| + |b|)``.
     summary : str
@@ -92,6 +96,7 @@ class Algorithm:
     features: dict = field(default_factory=dict)
     kernel: Callable[[ConvSpec], str] = field(default=lambda spec: "")
     device: str = "cpu"
+    batch_invariant: bool = True
 
     def cost_key(self, spec: ConvSpec) -> str:
         """The cost model's name for the kernel that runs ``spec``: the algorithm's name, with

@@ -45,7 +45,12 @@ independent outputs (channels, frequencies), so a result is bit-identical for an
 any BLAS thread count on one machine (tested for 1, 2, 3 threads). The complex GEMM goes through
 OpenBLAS, whose kernel -- and so the summation order -- is chosen by the CPU's SIMD width: with
 OPENBLAS_CORETYPE set to SkylakeX, Haswell and Sandybridge the outputs differ in the last bits
-(measured), as ``im2col``'s do. Hence ``deterministic=False``.
+(measured), as ``im2col``'s do. Hence ``deterministic=False``. The tiles of all images in a
+chunk are the columns of one complex GEMM, and the BLAS computes columns at some positions with
+other kernels (the N remainder): an image's outputs then depend, in the last bits, on its
+position in the batch (94 of 1620 outputs differ by 1-2 ulps on an Intel Xeon, some on AMD Zen 4;
+none on Zen 5). Hence ``batch_invariant=False``; one GEMM per image would fix it at the price of
+small GEMMs.
 
 Sources: overlap-save (T. G. Stockham, "High-speed convolution and correlation", AFIPS 1966;
 Oppenheim & Schafer, *Discrete-Time Signal Processing*, ch. 8); FFT convolution for CNNs
@@ -578,6 +583,7 @@ register(
         workspace_bytes=workspace_bytes,
         multiplies=multiplies,
         deterministic=False,
+        batch_invariant=False,
         error_bound=error_bound,
         summary="overlap-save real FFTs (pocketfft) + one complex GEMM per frequency; stride 1",
         features={

@@ -32,12 +32,13 @@ def capabilities(algo) -> dict[str, str]:
     row["kernels"] = ", ".join(f"{k}x{k}" for k in ks) if ks else "none"
     row["dtypes"] = "fp16 (in fp32), fp32, fp64"
     row["deterministic"] = "yes" if algo.deterministic else "no"
+    row["batch-invariant"] = "yes" if algo.batch_invariant else "no"
     row["workspace"] = algo.features.get("workspace", "")
     row["multiplications"] = algo.features.get("multiplies", "")
     return row
 
 
-COLUMNS = ["kernels", *_PROBES, "dtypes", "deterministic", "workspace", "multiplications"]
+COLUMNS = ["kernels", *_PROBES, "dtypes", "deterministic", "batch-invariant", "workspace", "multiplications"]
 
 
 def add_parser(sub) -> None:
