@@ -250,6 +250,17 @@ def test_registry_keeps_cpu_and_gpu_apart():
         convolab.conv2d(x, np.zeros((8, 4, 3, 3), np.float32), algorithm="implicit_gemm_gpu")
 
 
+@pytest.mark.parametrize("name", ALGOS)
+def test_registry_record_prepares_and_runs(name):
+    c = CASES["3x3 p1 batch 2"]
+    x, w, _ = data(c, "float32", bias=False)
+    algo = convolab.registry.get(name)
+    spec = convolab.ConvSpec.from_shapes(x.shape, w.shape, padding=1)
+    out = torch.full(spec.out_shape, float("nan"), device=DEVICE)
+    algo.run(algo.prepare(spec, w), x, out)
+    check(out, x, w, None, {"padding": 1}, algo.error_bound(spec, np.float32))
+
+
 @pytest.mark.skipif(not ON_GPU, reason="needs a CUDA GPU")
 def test_core_conv2d_routes_cuda_tensors():
     x, w, b = data(CASES["16 ch 3x3"], "float32")

@@ -10,6 +10,7 @@ configuration over the device's limit would only fail when compiled on the GPU.
 
 from __future__ import annotations
 
+import functools
 import os
 from dataclasses import asdict, dataclass
 
@@ -123,10 +124,11 @@ class DeviceInfo:
     smem: int
 
 
+@functools.cache
 def device_info(device=None) -> DeviceInfo:
     """Name, multiprocessor count and per-block shared-memory limit of the CUDA device (a
     nominal H100-class description where no device exists: under the interpreter, or when
-    compiling ahead on a machine without a GPU)."""
+    compiling ahead on a machine without a GPU). Read once per device and process."""
     if INTERPRET or not torch.cuda.is_available():
         return DeviceInfo("no GPU (nominal sm_90: 132 SMs)", 132, _SMEM_DEFAULT)
     idx = torch.device(device or "cuda").index or 0

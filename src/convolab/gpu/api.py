@@ -61,11 +61,16 @@ def _record(mod, summary: str) -> Algorithm:
     def workspace(spec: ConvSpec) -> int:
         return mod.workspace_bytes(spec, mod.default(spec, "float32", device_info()), 4)
 
+    def prepare(spec: ConvSpec, w) -> GPUPlan:
+        # the planner's rule for the weights' dtype; IEEE float32 (plan() takes the other options)
+        dtype = dtype_name(w.dtype)
+        return GPUPlan(spec, mod.NAME, w, None, dtype, "ieee", mod.default(spec, dtype, device_info()), "registry")
+
     return Algorithm(
         name=mod.NAME,
         supports=mod.supports,
-        prepare=lambda spec, w: mod.pack(spec, w),
-        run=lambda prepared, x, out: None,  # GPU plans launch through GPUPlan (configuration, precision)
+        prepare=prepare,
+        run=lambda prepared, x, out: prepared.run_config(x, out, prepared.config),
         workspace_bytes=workspace,
         multiplies=_multiplies,
         deterministic=True,

@@ -176,10 +176,11 @@ def bench_layer(suite_name, lname, spec: ConvSpec, modes, algorithms, gen, log) 
         xs = {"nchw": x.contiguous(), "nhwc": x.contiguous(memory_format=torch.channels_last)}
         out_bytes = math.prod(spec.out_shape) * x.element_size()
         base = dict(suite=suite_name, batch=spec.N, layer=lname, spec=str(spec), mode=mode)
+        geometry = {"C": spec.C, "K": spec.K, "R": spec.R, "out_pixels": spec.OH * spec.OW}
         # cuDNN on both layouts
         _cudnn_flags(mode)
         for layout, xin in xs.items():
-            e = Entry(**base, impl=f"cudnn-{layout}", layout=layout)
+            e = Entry(**base, impl=f"cudnn-{layout}", layout=layout, extra=dict(geometry))
             try:
                 wl = w.contiguous(memory_format=torch.channels_last) if layout == "nhwc" else w
                 def fn(xin=xin, wl=wl):
@@ -197,11 +198,11 @@ def bench_layer(suite_name, lname, spec: ConvSpec, modes, algorithms, gen, log) 
         for name in algorithms:
             layout = LAYOUT[name]
             xin = xs[layout]
-            e = Entry(**base, impl=name, layout=layout)
+            e = Entry(**base, impl=name, layout=layout, extra=dict(geometry))
             try:
                 # cuConv is a small-batch scheme: on batch >= 32 its rule's configuration is timed, not searched
                 measure = not (name == "cuconv_gpu" and spec.N >= 32)
-                p = api.plan(spec.x_shape, w, None, spec.stride, _torch_padding(spec), spec.dilation, spec.groups,
+                p = api.plan(spec.x_shape, w, None, spec.stride, spec.padding, spec.dilation, spec.groups,
                              algorithm=name, precision=precision, measure=measure, reps=5)
                 e.config = str(p.config)
                 e.workspace_bytes = p.workspace_bytes
@@ -222,11 +223,6 @@ def bench_layer(suite_name, lname, spec: ConvSpec, modes, algorithms, gen, log) 
             e.tflops = spec.flops / (e.ms * 1e-3) / 1e12
     log(_layer_line(entries))
     return entries
-
-
-def _torch_padding(spec: ConvSpec):
-    pl, pr, pt, pb = spec.padding
-    return (pl, pr, pt, pb)
 
 
 def _layer_line(entries: list[Entry]) -> str:
@@ -255,7 +251,7 @@ def deviation_row(spec: ConvSpec, lname: str, gen) -> dict:
     w = torch.randn(spec.w_shape, device=DEVICE, generator=gen) / math.sqrt(spec.reduction_length)
     row = {"layer": lname, "spec": str(spec), "convolab": {}, "cudnn": {}}
     for name in api.MODULES:
-        p = api.plan(spec.x_shape, w, None, spec.stride, _torch_padding(spec), spec.dilation, spec.groups,
+        p = api.plan(spec.x_shape, w, None, spec.stride, spec.padding, spec.dilation, spec.groups,
                      algorithm=name)
         xin = x.contiguous(memory_format=torch.channels_last) if LAYOUT[name] == "nhwc" else x
         outs = [p(xin).contiguous() for _ in range(10)]
@@ -302,10 +298,9 @@ def summarize(entries: list[Entry]) -> dict:
         if not cud or not ours:
             continue
         best = min(ours, key=lambda e: e.ms)
-        spec_txt = es[0].spec
-        C, K, R = _spec_numbers(spec_txt)
-        OHOW = _out_pixels(es)
-        if batch >= 32 and C >= 64 and K >= 64 and R in (1, 3):
+        g = es[0].extra
+        C, K, R, OHOW = g.get("C"), g.get("K"), g.get("R"), g.get("out_pixels")
+        if batch >= 32 and (C or 0) >= 64 and (K or 0) >= 64 and R in (1, 3):
             large.setdefault(mode, []).append(cud.ms / best.ms)
         if batch == 1 and OHOW is not None and OHOW <= 196:
             small.setdefault(mode, []).append((layer, suite_name, cud.ms / best.ms, best.impl))
@@ -329,19 +324,6 @@ def summarize(entries: list[Entry]) -> dict:
                 "geomean": _geomean([r for _, _, r, _ in v])} for m, v in small.items()},
         "bitwise_reproducible_plans": {"plans": len(det), "all_identical_over_10_calls": sum(d == 1 for d in det)},
     }
-
-
-def _spec_numbers(spec_txt: str) -> tuple[int, int, int]:
-    # "N32 C64 56x56 -> K64 3x3 s1 p1"
-    parts = spec_txt.split()
-    C = int(parts[1][1:])
-    K = int(parts[4][1:])
-    R = int(parts[5].split("x")[0])
-    return C, K, R
-
-
-def _out_pixels(es: list[Entry]) -> int | None:
-    return es[0].extra.get("out_pixels")
 
 
 def _mib(b):
@@ -466,11 +448,8 @@ def run(args) -> int:
             skipped = len(layers) - i
             print(f"time budget of {budget:.0f} s spent: {skipped} layers skipped", flush=True)
             break
-        es = bench_layer(sname, lname, spec, modes, algorithms, gen,
-                         lambda s: print(f"[{time.perf_counter() - t0:6.1f} s] {s}", flush=True))
-        for e in es:
-            e.extra["out_pixels"] = spec.OH * spec.OW
-        entries += es
+        entries += bench_layer(sname, lname, spec, modes, algorithms, gen,
+                               lambda s: print(f"[{time.perf_counter() - t0:6.1f} s] {s}", flush=True))
         dump()
     if args.deviation_layers:
         picks = [t for t in layers if any(k.strip() and k.strip() in f"{t[0]}@{t[1]} {t[2]}"
