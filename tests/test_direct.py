@@ -56,7 +56,7 @@ def test_microkernel_compiled_in_a_child_and_loaded_from_cache(tmp_path):
 
     code = (
         "import numpy as np, convolab\n"
-        "from convolab.kernels._im2win import direct_tiles\n"
+        "from convolab.kernels._microkernel import direct_tiles\n"
         "x = np.ones((1, 4, 6, 6), np.float32); w = np.ones((32, 4, 3, 3), np.float32)\n"
         "y = convolab.conv2d(x, w, padding=1, algorithm='direct')\n"
         "assert y[0, 0, 2, 2] == 36.0\n"

@@ -61,7 +61,7 @@ from ..registry import UNIT_ROUNDOFF, Algorithm, gamma, register
 from ..spec import ConvSpec
 from ..transforms import sfc_2d, winograd_2d
 from ..transforms.forms import Bilinear2D
-from .im2win import _kb
+from ..kernels.microkernel import kb as _kb
 
 #: target number of tiles per chunk (V and M of a chunk should stay in the caches)
 CHUNK_TILES = 256

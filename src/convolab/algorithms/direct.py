@@ -1,11 +1,11 @@
 """``direct``: straightforward convolution in Numba, no data transformation but zero padding.
 
-Layout NCHW. Two kernels, both summing every output in (c, r, s) order from zero with separate
-multiply and add, so the result is bit-identical for any thread count, SIMD width and path
-(``deterministic=True``):
+Layout NCHW. Two kernels, both summing every output in (c, r, s) order from zero with one fused
+multiply-add per product (``llvm.fma``), so the result is bit-identical for any thread count,
+SIMD width, path and CPU (``deterministic=True``; the emulated order is ``seq+fma``):
 
 * stride 1, dilation 1 and at least `TILE_MIN_KG` output channels per group: the
-  register-blocked microkernel of `convolab.kernels._im2win` (12 output pixels x 32 output
+  register-blocked microkernel of `convolab.kernels._microkernel` (12 output pixels x 32 output
   channels in 24 vector accumulators), reading the zero-padded input in place -- the window of
   output (oh, ow) is rows oh..oh+R-1, columns ow..ow+S-1 of each padded plane -- with the filter
   packed once in the plan as [groups][K/g / KB][C/g][R][S][KB];
@@ -23,11 +23,11 @@ N C sh sw ceil(Hp/sh) ceil(Wp/sw) elements).
 
 import numpy as np
 
-from ..kernels import PARALLEL_LOCK, load_from_cache
+from ..kernels import PARALLEL_LOCK
+from ..kernels import microkernel as mk
 from ..registry import Algorithm, register
 from ..spec import ConvSpec
 from ._common import pad, padded_bytes
-from .im2win import _MR, _kb, _pixels_computed, _split, pack_filter
 
 #: output channels per group from which stride-1 layers use the register-blocked microkernel
 TILE_MIN_KG = 32
@@ -39,21 +39,14 @@ TILE_MIN_USE = 0.75
 def _tiled(spec: ConvSpec) -> bool:
     if spec.stride != (1, 1) or spec.dilation != (1, 1) or spec.Kg < TILE_MIN_KG:
         return False
-    kb = _kb(spec)
+    kb = mk.kb(spec)
     return spec.Kg / (-(-spec.Kg // kb) * kb) >= TILE_MIN_USE
-
-
-#: compiles the microkernel path for one dtype in a child process (see `load_from_cache`)
-_WARM = ("import numpy as np, convolab; convolab.conv2d(np.ones((1, 1, 4, 4), '{dtype}'), "
-         "np.ones((32, 1, 3, 3), '{dtype}'), padding=1, algorithm='direct')")
 
 
 def _multiplies(spec: ConvSpec) -> int:
     if not _tiled(spec):
         return spec.direct_multiplies
-    kb = _kb(spec)
-    nkb = -(-spec.Kg // kb)
-    return spec.N * spec.groups * nkb * kb * _pixels_computed(spec) * spec.reduction_length
+    return mk.multiplies(spec, spec.OH * spec.OW)
 
 
 def _supports(spec: ConvSpec):
@@ -77,7 +70,7 @@ def _prepare(spec: ConvSpec, w):
     """Input offsets of every product (c, r, s) relative to output (0, 0), for the layout
     `_layout` produces; for the microkernel path the packed filter instead."""
     if _tiled(spec):
-        return spec, None, None, None, None, pack_filter(spec, w, "rs")
+        return spec, None, None, None, None, mk.pack_filter(spec, w, "rs")
     (sh, sw), (dh, dw) = spec.stride, spec.dilation
     hq, wq = _phases(spec)
     if spec.stride == (1, 1):
@@ -120,19 +113,15 @@ def _run(prepared, x, out):
     if wpk is not None:
         from numba import get_num_threads
 
-        from ..kernels._im2win import direct_tiles
+        from ..kernels._microkernel import direct_tiles
 
         xp = pad(x, spec)
-        threads = get_num_threads()
-        Wp = spec.padded_W
-        geo = {"Vw": Wp, "nq": -(-spec.OH * spec.OW // _MR)}
-        nkbr, nchunk = _split(spec, geo, wpk.shape[1], x.itemsize, threads)
+        per_pixel = spec.Cg * spec.padded_H * spec.padded_W / (spec.OH * spec.OW) * x.itemsize
+        sp = mk.split(spec, spec.OH * spec.OW, per_pixel, wpk.shape[1], get_num_threads())
         counter = np.zeros(1, dtype=np.int64)
-        args = (xp, wpk, out, counter, threads, spec.groups, spec.R, spec.S, nkbr, nchunk)
-        dt = np.dtype(x.dtype).name
-        load_from_cache(direct_tiles, args, _WARM.format(dtype=dt), dt)
-        with PARALLEL_LOCK:
-            direct_tiles(*args)
+        args = (xp, wpk, out, counter, get_num_threads(), spec.groups, spec.R, spec.S, sp.nkbr,
+                sp.nchunk)
+        mk.run(direct_tiles, args, mk.warm_code("direct", 1, 32, 3, 1, x.dtype.name), x.dtype)
         return
     from ..kernels._direct import direct_nchw
 

@@ -30,7 +30,7 @@ over disjoint tiles, points or chunks (no OpenMP pool to fight the BLAS's or PyT
 import numpy as np
 from numba import njit
 
-from ._im2win import point_gemms_mk
+from ._microkernel import point_gemms_mk
 
 
 @njit(cache=True, nogil=True, inline="always")
@@ -289,7 +289,7 @@ def chunk_tiles(x, out, Wt, V, M, g, r0, r1, TH, TW, m, pt, pl, B1, ip, ii, iv, 
 
 # ------------------------------------------------------------------------ microkernel GEMMs
 # With many channels the point GEMMs run on the register-blocked microkernel of direct and
-# im2win, from weights packed once in the plan (`convolab.kernels._im2win.point_gemms_mk`):
+# im2win, from weights packed once in the plan (`convolab.kernels._microkernel.point_gemms_mk`):
 # no packing per call, each weight read once per 12 tiles.
 
 

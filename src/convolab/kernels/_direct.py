@@ -12,14 +12,17 @@ products at a time, so each accumulator load/store serves four multiply-adds and
 input vector serves four output channels; the inner loop is a plain contiguous loop that LLVM
 vectorises to the host's full SIMD width (16 float32 lanes with AVX-512).
 
-Summation order, whatever the path: every output is ``((0 + p_0) + p_1) + ...`` over its
-products in (c, r, s) lexicographic order, each product rounded before its addition (no FMA,
-no fast-math). Vector lanes are different outputs, threads own disjoint outputs: the result is
-bit-identical for any thread count and any SIMD width.
+Summation order, whatever the path: every output is ``fma(w_n, x_n, ... fma(w_1, x_1, fma(w_0,
+x_0, 0)))`` over its products in (c, r, s) lexicographic order -- one fused multiply-add per
+product (``llvm.fma``, exact on every CPU), no fast-math -- the order and rounding of the
+microkernel (`convolab.kernels._microkernel`). Vector lanes are different outputs, threads own
+disjoint outputs: the result is bit-identical for any thread count, SIMD width and CPU.
 """
 
 import numpy as np
 from numba import njit, prange, uint64
+
+from ._microkernel import fma
 
 # Index arithmetic in the inner loops is unsigned (uint64): Numba adds a negative-index
 # wrap-around select to every signed index, which stops LLVM from vectorising the loop, and
@@ -38,28 +41,28 @@ def _taps4_k4(acc, a0, a1, a2, a3, x, o0, o1, o2, o3, w, k0, k1, k2, k3, L):  # 
         u2 = x[o2 + j]
         u3 = x[o3 + j]
         v = acc[a0 + j]
-        v += w00 * u0
-        v += w01 * u1
-        v += w02 * u2
-        v += w03 * u3
+        v = fma(w00, u0, v)
+        v = fma(w01, u1, v)
+        v = fma(w02, u2, v)
+        v = fma(w03, u3, v)
         acc[a0 + j] = v
         v = acc[a1 + j]
-        v += w10 * u0
-        v += w11 * u1
-        v += w12 * u2
-        v += w13 * u3
+        v = fma(w10, u0, v)
+        v = fma(w11, u1, v)
+        v = fma(w12, u2, v)
+        v = fma(w13, u3, v)
         acc[a1 + j] = v
         v = acc[a2 + j]
-        v += w20 * u0
-        v += w21 * u1
-        v += w22 * u2
-        v += w23 * u3
+        v = fma(w20, u0, v)
+        v = fma(w21, u1, v)
+        v = fma(w22, u2, v)
+        v = fma(w23, u3, v)
         acc[a2 + j] = v
         v = acc[a3 + j]
-        v += w30 * u0
-        v += w31 * u1
-        v += w32 * u2
-        v += w33 * u3
+        v = fma(w30, u0, v)
+        v = fma(w31, u1, v)
+        v = fma(w32, u2, v)
+        v = fma(w33, u3, v)
         acc[a3 + j] = v
 
 
@@ -68,10 +71,10 @@ def _tap1_k4(acc, a0, a1, a2, a3, x, o0, w, k0, k1, k2, k3, L):  # pragma: no co
     w00, w10, w20, w30 = w[k0], w[k1], w[k2], w[k3]
     for j in range(L):
         u0 = x[o0 + j]
-        acc[a0 + j] += w00 * u0
-        acc[a1 + j] += w10 * u0
-        acc[a2 + j] += w20 * u0
-        acc[a3 + j] += w30 * u0
+        acc[a0 + j] = fma(w00, u0, acc[a0 + j])
+        acc[a1 + j] = fma(w10, u0, acc[a1 + j])
+        acc[a2 + j] = fma(w20, u0, acc[a2 + j])
+        acc[a3 + j] = fma(w30, u0, acc[a3 + j])
 
 
 @njit(inline="always")
@@ -79,10 +82,10 @@ def _taps4_k1(acc, a0, x, o0, o1, o2, o3, w, k0, L):  # pragma: no cover
     w00, w01, w02, w03 = w[k0], w[k0 + 1], w[k0 + 2], w[k0 + 3]
     for j in range(L):
         v = acc[a0 + j]
-        v += w00 * x[o0 + j]
-        v += w01 * x[o1 + j]
-        v += w02 * x[o2 + j]
-        v += w03 * x[o3 + j]
+        v = fma(w00, x[o0 + j], v)
+        v = fma(w01, x[o1 + j], v)
+        v = fma(w02, x[o2 + j], v)
+        v = fma(w03, x[o3 + j], v)
         acc[a0 + j] = v
 
 
@@ -90,7 +93,7 @@ def _taps4_k1(acc, a0, x, o0, o1, o2, o3, w, k0, L):  # pragma: no cover
 def _tap1_k1(acc, a0, x, o0, w, k0, L):  # pragma: no cover
     w00 = w[k0]
     for j in range(L):
-        acc[a0 + j] += w00 * x[o0 + j]
+        acc[a0 + j] = fma(w00, x[o0 + j], acc[a0 + j])
 
 
 @njit(parallel=True, cache=True, nogil=True)

@@ -330,7 +330,7 @@ def conv2d(
     stride, padding, dilation, groups
         As `convolab.conv2d`.
     order : str or Order
-        E.g. ``"seq"`` (convolab's ``direct``), ``"lanes16+fma"``, ``"cb16+fma"``,
+        E.g. ``"seq+fma"`` (convolab's ``direct``), ``"seq"``, ``"lanes16+fma"``, ``"cb16+fma"``,
         ``"pairwise"``; see `parse_order`.
 
     Returns

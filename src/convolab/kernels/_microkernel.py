@@ -1,0 +1,559 @@
+"""The register-blocked microkernel (Numba + LLVM IR) and every compiled function that runs it.
+
+Geometry, packing and task splitting are in `convolab.kernels.microkernel`; this module holds
+the intrinsics and the drivers of direct (`direct_tiles`), im2win (`im2win_conv`, with its
+window transform) and the Winograd/SFC point GEMMs (`point_gemms_mk`). They live in one file
+on purpose: Numba's cache is invalidated per source file, so a function that inlines the
+microkernel from another file would keep running a stale copy after the microkernel changes
+(`convolab.kernels._bilinear.chunk_mk` calls `point_gemms_mk`: touch that file too when the
+code generated here changes).
+
+Microkernel: a tile is ``MR`` consecutive virtual pixels ``v0 .. v0+MR-1`` x ``KB = NV * (64 /
+itemsize)`` output channels, in ``MR * NV`` 512-bit accumulators (LLVM legalises the vector
+type on narrower CPUs). Pixel ``v`` reads its window at ``x[xoff + v*cs + i]`` for reduction
+offsets ``i``: runs of ``FHe`` contiguous elements, ``Cg * FWe`` runs, the next run
+``fwstep`` further (``jump`` after the ``FWe``-th). Each step loads NV filter vectors,
+broadcasts one input element per pixel and does one fused multiply-add per accumulator
+(``llvm.fma``): each input element loaded serves KB output channels, each filter vector MR
+pixels. The MR pixels are addressed from one pointer per three pixels (``p, p + cs, p + 2cs``),
+so the loop needs five general registers for them and nothing spills. Written as LLVM IR
+because Numba's loops did not keep the accumulators in registers.
+
+Stores: for NCHW outputs, in float32 the tile is transposed in registers and each output
+channel's run of pixels within a grid row stored with one masked vector store (pixels of the
+grid's padding columns are skipped); in float64 element by element. Point GEMMs store pixel by
+pixel (``out[obase + v*ostride + k]``).
+
+Source of the layout: Lu, Chu, Liu, "Im2win: Memory Efficient Convolution On SIMD
+Architectures" (HPEC 2022).
+"""
+
+from contextlib import contextmanager
+
+from llvmlite import ir
+from numba import njit, prange, types
+from numba.core import cgutils
+from numba.extending import intrinsic
+
+from .microkernel import MR, MR_TAIL, NV
+
+_I32 = ir.IntType(32)
+_I64 = ir.IntType(64)
+
+
+def _i64(v: int):
+    return ir.Constant(_I64, v)
+
+
+@contextmanager
+def _for_range_rolled(builder, count):
+    """`cgutils.for_range` whose loop LLVM must not unroll (``llvm.loop.unroll.disable``).
+
+    Unrolled by two, the tile loop's consecutive steps read overlapping inputs (for ``cs`` =
+    1, pixel j of step i+1 is pixel j+1 of step i); LLVM then kept the shared broadcasts
+    alive across both steps and spilled accumulators to the stack.
+    """
+    mod = builder.module
+    off = mod.add_metadata([ir.MetaDataString(mod, "llvm.loop.unroll.disable")])
+    loop_id = mod.add_metadata([None, off])
+    loop_id.operands = (loop_id, off)  # a loop ID's first operand is itself
+    bbcond = builder.append_basic_block("rolled.cond")
+    bbbody = builder.append_basic_block("rolled.body")
+    bbend = builder.append_basic_block("rolled.end")
+    bbstart = builder.basic_block
+    builder.branch(bbcond)
+    with builder.goto_block(bbcond):
+        index = builder.phi(_I64, name="rolled.index")
+        builder.cbranch(builder.icmp_signed("<", index, count), bbbody, bbend)
+    with builder.goto_block(bbbody):
+        yield index
+        bbbody = builder.basic_block
+        incr = builder.add(index, _i64(1))
+        builder.branch(bbcond).set_metadata("llvm.loop", loop_id)
+    index.add_incoming(_i64(0), bbstart)
+    index.add_incoming(incr, bbbody)
+    builder.position_at_end(bbend)
+
+
+def _fma_fn(builder, ty):
+    """``llvm.fma`` for the LLVM type ``ty`` (scalar or vector float)."""
+    if isinstance(ty, ir.VectorType):
+        name = f"llvm.fma.v{ty.count}{'f32' if ty.element == ir.FloatType() else 'f64'}"
+    else:
+        name = f"llvm.fma.{'f32' if ty == ir.FloatType() else 'f64'}"
+    return cgutils.get_or_insert_function(builder.module, ir.FunctionType(ty, [ty, ty, ty]), name)
+
+
+@intrinsic
+def fma(typingctx, a, b, c):
+    """``a * b + c`` with one rounding (``llvm.fma``), for float32 or float64 scalars of one
+    type; LLVM's loop vectoriser widens it to vector FMAs."""
+    if not (isinstance(a, types.Float) and a == b == c):
+        return None
+    sig = a(a, b, c)
+
+    def codegen(context, builder, sig, args):
+        ty = context.get_value_type(sig.return_type)
+        return builder.call(_fma_fn(builder, ty), list(args))
+
+    return sig, codegen
+
+
+_ARGS = ("w", "woff", "x", "xoff", "cstride", "Cg", "FWe", "FHe", "fwstep", "cs", "out", "obase",
+         "OHOW", "OW", "rowlen", "vtot", "kn", "v0")
+
+
+def _make_microkernel(mr: int, pixel_major: bool = False, straight: bool = False):
+    """The microkernel intrinsic for tiles of ``mr`` pixels, pixels past ``vtot - 1`` repeating
+    it. ``straight``: the tile's pixels lie in one output row (the caller checks), addressed
+    from one pointer per three pixels. With ``pixel_major`` it takes one more argument,
+    ``ostride``, and stores pixel ``v``'s channels at ``out[obase + v*ostride + k]`` instead of
+    ``out[obase + k*OHOW + v]``."""
+
+    if pixel_major:
+        def microkernel(typingctx, w, woff, x, xoff, cstride, Cg, FWe, FHe, fwstep, cs, out,
+                        obase, OHOW, OW, rowlen, vtot, kn, v0, ostride):
+            return _typer(mr, straight, (w, woff, x, xoff, cstride, Cg, FWe, FHe, fwstep, cs, out,
+                                         obase, OHOW, OW, rowlen, vtot, kn, v0, ostride))
+    else:
+        def microkernel(typingctx, w, woff, x, xoff, cstride, Cg, FWe, FHe, fwstep, cs, out,
+                        obase, OHOW, OW, rowlen, vtot, kn, v0):
+            return _typer(mr, straight, (w, woff, x, xoff, cstride, Cg, FWe, FHe, fwstep, cs, out,
+                                         obase, OHOW, OW, rowlen, vtot, kn, v0))
+
+    microkernel.__name__ = microkernel.__qualname__ = (
+        f"_microkernel_{mr}" + ("_straight" if straight else "")
+        + ("_pixel_major" if pixel_major else ""))
+    return intrinsic(microkernel)
+
+
+def _typer(mr, straight, tys):
+    """Signature and code of one tile: pixels ``v0 .. v0+mr-1`` x KB channels (``kn`` real).
+
+    ``woff``: the k-block's packed filter; ``xoff``: the group's first input element;
+    ``obase``: the k-block's first output element (NCHW: ``k0 * OHOW``); pixel ``v`` is output
+    (v // OW, v % OW) and reads its window from ``(v // OW) * rowlen + (v % OW) * cs``;
+    ``vtot``: the pixels that exist.
+    """
+    arrays = (0, 2, 10)
+    if not all(isinstance(t, types.Integer) for i, t in enumerate(tys) if i not in arrays):
+        return None
+    sig = types.void(*tys)
+    pixel_major = len(tys) == len(_ARGS) + 1
+
+    def codegen(context, builder, sig, args):
+        a = [context.cast(builder, v, t, types.int64) if i not in arrays else v
+             for i, (v, t) in enumerate(zip(args, sig.args, strict=True))]
+        (wa, woff, xa, xoff, cstride, Cg, FWe, FHe, fwstep, cs, oa, obase, OHOW, OW, rowlen,
+         vtot, kn, v0) = a[:18]
+        flt = context.get_value_type(sig.args[0].dtype)
+        size = context.get_abi_sizeof(flt)
+        VL = 64 // size
+        KB = VL * NV
+        vty = ir.VectorType(flt, VL)
+        vpty = vty.as_pointer()
+        fmaf = _fma_fn(builder, vty)
+        wp = builder.gep(context.make_array(sig.args[0])(context, builder, wa).data, [woff])
+        xp = builder.gep(context.make_array(sig.args[2])(context, builder, xa).data, [xoff])
+        op = context.make_array(sig.args[10])(context, builder, oa).data
+        if not pixel_major:
+            _prefetch_ahead(builder, op, obase, OHOW, vtot, kn, v0, mr)
+        # pixel pointers: one per three pixels (offsets 0, cs, 2cs) in a full tile; one per
+        # pixel, clamped to the last, in a short one
+        if straight:
+            # all mr pixels in one output row: one pointer per three pixels, offsets 0, cs, 2cs
+            oh, ow = _divmod(builder, v0, OW)
+            row = builder.add(builder.mul(oh, rowlen), builder.mul(ow, cs))
+            offs = [_i64(0), cs, builder.add(cs, cs)]
+            bases = [builder.gep(xp, [builder.add(row, builder.mul(_i64(3 * g), cs))])
+                     for g in range(-(-mr // 3))]
+            pix = [(bases[j // 3], offs[j % 3]) for j in range(mr)]
+        else:
+            # one pointer per pixel: pixel v is output (v // OW, v % OW), its window at
+            # (v // OW) * rowlen + (v % OW) * cs; pixels past the last repeat it
+            last = builder.sub(vtot, _i64(1))
+            v = builder.select(builder.icmp_unsigned("<", v0, vtot), v0, last)
+            oh, ow = _divmod(builder, v, OW)
+            pix = []
+            for j in range(mr):
+                if j:
+                    inside = builder.icmp_unsigned("<", builder.add(v0, _i64(j)), vtot)
+                    nxt = builder.add(ow, _i64(1))
+                    wrap = builder.icmp_unsigned(">=", nxt, OW)
+                    oh = builder.select(inside, builder.select(wrap, builder.add(oh, _i64(1)), oh),
+                                        oh)
+                    ow = builder.select(inside, builder.select(wrap, _i64(0), nxt), ow)
+                off = builder.add(builder.mul(oh, rowlen), builder.mul(ow, cs))
+                pix.append((builder.gep(xp, [off]), _i64(0)))
+        accs = [[cgutils.alloca_once(builder, vty) for _ in range(NV)] for _ in range(mr)]
+        zero = ir.Constant(vty, None)
+        for row in accs:
+            for ptr in row:
+                builder.store(zero, ptr)
+        mask = ir.Constant(ir.VectorType(_I32, VL), [0] * VL)
+        undef = ir.Constant(vty, ir.Undefined)
+        kbc = _i64(KB)
+        # a loop over the Cg*FWe runs of FHe contiguous input elements, an inner one over a run
+        xoff_v = cgutils.alloca_once_value(builder, _i64(0))
+        fw_v = cgutils.alloca_once_value(builder, _i64(0))
+        jump = builder.sub(cstride, builder.mul(builder.sub(FWe, _i64(1)), fwstep))
+        runw = builder.mul(FHe, kbc)
+        with cgutils.for_range(builder, builder.mul(Cg, FWe)) as ls:
+            xs = builder.load(xoff_v)
+            ws = builder.gep(wp, [builder.mul(ls.index, runw)])
+            with _for_range_rolled(builder, FHe) as lh:
+                xi = builder.add(xs, lh)
+                wh = builder.gep(ws, [builder.mul(lh, kbc)])
+                wv = [builder.load(builder.bitcast(builder.gep(wh, [_i64(v * VL)]), vpty),
+                                   align=size) for v in range(NV)]
+                for j, (base, off) in enumerate(pix):
+                    s = builder.load(builder.gep(base, [builder.add(xi, off)]))
+                    b = builder.shuffle_vector(
+                        builder.insert_element(undef, s, ir.Constant(_I32, 0)), undef, mask)
+                    for v in range(NV):
+                        acc = builder.load(accs[j][v])
+                        builder.store(builder.call(fmaf, [wv[v], b, acc]), accs[j][v])
+            fw = builder.add(builder.load(fw_v), _i64(1))
+            wrap = builder.icmp_unsigned(">=", fw, FWe)
+            builder.store(builder.select(wrap, _i64(0), fw), fw_v)
+            builder.store(builder.add(builder.load(xoff_v), builder.select(wrap, jump, fwstep)),
+                          xoff_v)
+        n = builder.sub(vtot, v0)
+        n = builder.select(builder.icmp_unsigned("<", n, _i64(mr)), n, _i64(mr))
+        if pixel_major:
+            _store_pixel_major(builder, accs, vty, size, op, obase, kn, v0, n, a[18])
+        elif VL == 16 and mr <= 16:
+            _store_transposed(builder, accs, vty, op, obase, OHOW, kn, v0, n)
+        else:
+            _store_scalar(context, builder, accs, vty, flt, op, obase, OHOW, kn, v0, n)
+        return context.get_dummy_value()
+
+    return sig, codegen
+
+
+def _divmod(builder, v, d):
+    q = builder.udiv(v, d)
+    return q, builder.sub(v, builder.mul(q, d))
+
+
+def _prefetch_ahead(builder, op, obase, OHOW, vtot, kn, v0, mr):
+    """Prefetch (for writing) the output lines of the first and last pixels two tiles ahead.
+
+    A tile writes a short run in each of its KB output-channel planes; without prefetching,
+    those scattered write misses stalled the core when the output does not fit in the cache.
+    """
+    i8p = ir.IntType(8).as_pointer()
+    fnty = ir.FunctionType(ir.VoidType(), [i8p, _I32, _I32, _I32])
+    prefetch = cgutils.get_or_insert_function(builder.module, fnty, "llvm.prefetch.p0")
+    last = builder.sub(vtot, _i64(1))
+    offs = []
+    for d in (2 * mr, 3 * mr - 1):
+        v = builder.add(v0, _i64(d))
+        offs.append(builder.add(obase, builder.select(builder.icmp_unsigned("<", v, vtot), v, last)))
+    with cgutils.for_range(builder, kn) as lk:
+        plane = builder.mul(lk.index, OHOW)
+        for off in offs:
+            ptr = builder.bitcast(builder.gep(op, [builder.add(off, plane)]), i8p)
+            builder.call(prefetch, [ptr, ir.Constant(_I32, 1), ir.Constant(_I32, 3),
+                                    ir.Constant(_I32, 1)])
+
+
+def _store_scalar(context, builder, accs, vty, flt, op, obase, OHOW, kn, v0, n):
+    """Store the tile lane by lane (lanes are output channels, OH*OW apart in the output)."""
+    VL = vty.count
+    size = context.get_abi_sizeof(flt)
+    vpty = vty.as_pointer()
+    tmp = builder.bitcast(cgutils.alloca_once(builder, ir.ArrayType(flt, VL * NV)),
+                          flt.as_pointer())
+    for j in range(len(accs)):
+        with builder.if_then(builder.icmp_unsigned("<", _i64(j), n)):
+            for v in range(NV):
+                dst = builder.bitcast(builder.gep(tmp, [_i64(v * VL)]), vpty)
+                builder.store(builder.load(accs[j][v]), dst, align=size)
+            ob = builder.gep(op, [builder.add(obase, builder.add(v0, _i64(j)))])
+            with cgutils.for_range(builder, kn) as ll:
+                val = builder.load(builder.gep(tmp, [ll.index]))
+                builder.store(val, builder.gep(ob, [builder.mul(ll.index, OHOW)]))
+
+
+def _lane_masks(builder, vty, kn):
+    """Per vector of the tile, the lanes (output channels) below ``kn``."""
+    VL = vty.count
+    lanes = ir.Constant(ir.VectorType(_I64, VL), list(range(VL)))
+    masks = []
+    for v in range(NV):
+        left = builder.sub(kn, _i64(v * VL))
+        splat = builder.shuffle_vector(
+            builder.insert_element(ir.Constant(ir.VectorType(_I64, VL), ir.Undefined),
+                                   left, ir.Constant(_I32, 0)),
+            ir.Constant(ir.VectorType(_I64, VL), ir.Undefined),
+            ir.Constant(ir.VectorType(_I32, VL), [0] * VL))
+        masks.append(builder.icmp_signed("<", lanes, splat))
+    return masks
+
+
+def _masked_store(builder, vty, size):
+    mty = ir.VectorType(ir.IntType(1), vty.count)
+    flt = "f32" if size == 4 else "f64"
+    fnty = ir.FunctionType(ir.VoidType(), [vty, vty.as_pointer(), _I32, mty])
+    return cgutils.get_or_insert_function(builder.module, fnty,
+                                          f"llvm.masked.store.v{vty.count}{flt}.p0"), mty
+
+
+def _store_pixel_major(builder, accs, vty, size, op, obase, kn, v0, n, ostride):
+    """Store each real pixel's KB channels (``kn`` of them real) as NV vectors at
+    ``op[obase + v*ostride]`` (masked where fewer than a vector's lanes are real)."""
+    VL = vty.count
+    mstore, _ = _masked_store(builder, vty, size)
+    masks = _lane_masks(builder, vty, kn)
+    for j in range(len(accs)):
+        with builder.if_then(builder.icmp_unsigned("<", _i64(j), n)):
+            v = builder.add(v0, _i64(j))
+            base = builder.gep(op, [builder.add(obase, builder.mul(v, ostride))])
+            for i in range(NV):
+                ptr = builder.bitcast(builder.gep(base, [_i64(i * VL)]), vty.as_pointer())
+                builder.call(mstore, [builder.load(accs[j][i]), ptr, ir.Constant(_I32, size),
+                                      masks[i]])
+
+
+def _transpose16(builder, rows):
+    """16x16 transpose of 16-lane vectors by four exchanges of one index bit each."""
+    rows = list(rows)
+    for b in (1, 2, 4, 8):
+        lo = ir.Constant(ir.VectorType(_I32, 16), [i if not i & b else 16 + i - b for i in range(16)])
+        hi = ir.Constant(ir.VectorType(_I32, 16), [i + b if not i & b else 16 + i for i in range(16)])
+        for r in range(16):
+            if r & b:
+                continue
+            a, c = rows[r], rows[r + b]
+            rows[r], rows[r + b] = builder.shuffle_vector(a, c, lo), builder.shuffle_vector(a, c, hi)
+    return rows
+
+
+def _store_transposed(builder, accs, vty, op, obase, OHOW, kn, v0, n):
+    """Transpose the tile in registers (lane j = pixel v0 + j) and store each output channel's
+    run of ``n`` pixels with one masked vector store."""
+    mstore, mty = _masked_store(builder, vty, 4)
+    zero = ir.Constant(vty, None)
+    mr = len(accs)
+    cols = [_transpose16(builder, [builder.load(accs[j][v]) if j < mr else zero
+                                   for j in range(16)]) for v in range(NV)]
+    bits = builder.sub(builder.shl(_i64(1), n), _i64(1))
+    m = builder.bitcast(builder.trunc(bits, ir.IntType(16)), mty)
+    base = builder.gep(op, [builder.add(obase, v0)])
+    for v in range(NV):
+        for lane in range(16):
+            kk = v * 16 + lane
+            with builder.if_then(builder.icmp_unsigned("<", _i64(kk), kn)):
+                ptr = builder.bitcast(builder.gep(base, [builder.mul(_i64(kk), OHOW)]),
+                                      vty.as_pointer())
+                builder.call(mstore, [cols[v][lane], ptr, ir.Constant(_I32, 4), m])
+
+
+@intrinsic
+def _fetch_add(typingctx, arr, i):
+    """``old = arr[i]; arr[i] += 1`` atomically (int64 array): hands out task numbers."""
+    if not (isinstance(arr, types.Array) and arr.dtype == types.int64):
+        return None
+    sig = types.int64(arr, i)
+
+    def codegen(context, builder, sig, args):
+        ptr = context.make_array(sig.args[0])(context, builder, args[0]).data
+        idx = context.cast(builder, args[1], sig.args[1], types.int64)
+        return builder.atomic_rmw("add", builder.gep(ptr, [idx]), _i64(1), "monotonic")
+
+    return sig, codegen
+
+
+@intrinsic
+def _strided_copy(typingctx, dst, doff, stride, src, soff, n):
+    """``dst[doff + i*stride] = src[soff + i]`` for ``i < n``: one row into the window.
+
+    A plain pointer loop; Numba's own loop (signed-index wraparound checks, slicing) ran
+    2.5-4x slower on the window transform.
+    """
+    ints = (doff, stride, soff, n)
+    if not all(isinstance(t, types.Integer) for t in ints):
+        return None
+    sig = types.void(dst, doff, stride, src, soff, n)
+
+    def codegen(context, builder, sig, args):
+        d = context.make_array(sig.args[0])(context, builder, args[0]).data
+        s = context.make_array(sig.args[3])(context, builder, args[3]).data
+        doff, stride, soff, n = (
+            context.cast(builder, args[i], sig.args[i], types.int64) for i in (1, 2, 4, 5)
+        )
+        d = builder.gep(d, [doff])
+        s = builder.gep(s, [soff])
+        with cgutils.for_range(builder, n) as lp:
+            v = builder.load(builder.gep(s, [lp.index]))
+            builder.store(v, builder.gep(d, [builder.mul(lp.index, stride)]))
+        return context.get_dummy_value()
+
+    return sig, codegen
+
+
+_microkernel = _make_microkernel(MR)
+_microkernel_straight = _make_microkernel(MR, straight=True)
+_microkernel_tail = _make_microkernel(MR_TAIL)
+_microkernel_pm = _make_microkernel(MR, pixel_major=True, straight=True)
+_microkernel_pm_tail = _make_microkernel(MR_TAIL, pixel_major=True)
+
+
+@njit(inline="always")
+def run_tile_tasks(wflat, src, srcbase, cstride, FWe, FHe, fwstep, cs, rowlen, on, counter,
+                   ci, ntask, nchunk, nkbr, nkb, Cg, Kg, KB, taps, OHOW, OW):
+    # pragma: no cover - compiled
+    """One thread's share of a layer's tiles, for any input layout the microkernel can
+    address: tasks (group, range of k-blocks, range of tiles) are taken from ``counter[ci]``
+    until ``ntask`` are handed out. ``srcbase``: the image's first element in ``src``;
+    ``cstride``: elements between its channels; ``rowlen``, ``cs``: between the windows of
+    two output rows, of two neighbouring outputs; ``taps``: filter elements per channel in the
+    packed filter; ``on``: the image's flat output. Tiles within one output row run on the
+    straight kernel, tiles across a row end on the general one."""
+    nq = (OHOW + MR - 1) // MR
+    nfull = OHOW // MR
+    while True:
+        t = _fetch_add(counter, ci)
+        if t >= ntask:
+            break
+        ch = t % nchunk
+        r = t // nchunk
+        kr = r % nkbr
+        g = r // nkbr
+        xg = srcbase + g * Cg * cstride
+        for kb in range(kr * nkb // nkbr, (kr + 1) * nkb // nkbr):
+            k0 = g * Kg + kb * KB
+            kn = min(KB, (g + 1) * Kg - k0)
+            woff = (g * nkb + kb) * Cg * taps * KB
+            for qt in range(ch * nq // nchunk, (ch + 1) * nq // nchunk):
+                v0 = qt * MR
+                if qt >= nfull:  # the last, partial tile: narrow tiles
+                    for v in range(v0, OHOW, MR_TAIL):
+                        _microkernel_tail(wflat, woff, src, xg, cstride, Cg, FWe, FHe, fwstep, cs,
+                                          on, k0 * OHOW, OHOW, OW, rowlen, OHOW, kn, v)
+                elif v0 % OW + MR <= OW:
+                    _microkernel_straight(wflat, woff, src, xg, cstride, Cg, FWe, FHe, fwstep, cs,
+                                          on, k0 * OHOW, OHOW, OW, rowlen, OHOW, kn, v0)
+                else:
+                    _microkernel(wflat, woff, src, xg, cstride, Cg, FWe, FHe, fwstep, cs, on,
+                                 k0 * OHOW, OHOW, OW, rowlen, OHOW, kn, v0)
+
+
+@njit(parallel=True, cache=True, nogil=True)
+def im2win_conv(x, win, wpk, out, counter, P, groups, FW, FH, sh, sw, dh, dw, pt, pl, Vw, nkbr,
+                nchunk):  # pragma: no cover - compiled
+    """Convolve ``x`` (N, C, H, W) into ``out`` (N, K, OH, OW), one image at a time.
+
+    Window tensor, flat: ``win[(c*OH + oh)*Vw*FH + w*FH + fh] = x[c, oh*sh + fh*dh - pt,
+    w - pl]`` (0 outside) for the ``Vw`` padded columns some output reads; the window of
+    output (oh, ow) starts at ``oh*Vw*FH + ow*sw*FH``. ``wpk`` is the packed filter
+    ([g][kb][c][fw][fh][KB]), ``counter``
+    two int64 task counters, ``P`` the thread count. A task is (group, range of k-blocks,
+    range of tiles); tasks are handed out by an atomic counter, so a thread that the OS pauses
+    holds up one task, not a fixed share of the work.
+    """
+    N, C, H, W = x.shape
+    K = out.shape[1]
+    OH = out.shape[2]
+    OW = out.shape[3]
+    KB = wpk.shape[-1]
+    wflat = wpk.reshape(wpk.size)
+    xflat = x.reshape(x.size)
+    Cg = C // groups
+    Kg = K // groups
+    rowlen = Vw * FH
+    cstride = OH * rowlen
+    OHOW = OH * OW
+    nkb = (Kg + KB - 1) // KB
+    ntask = groups * nkbr * nchunk
+    # dilation 1: the (fw, fh) reduction is one contiguous run of FW*FH elements
+    if dw == 1:
+        FWe, FHe = 1, FW * FH
+    else:
+        FWe, FHe = FW, FH
+    # window columns holding input data: pl <= w < pl + W
+    wlo = min(pl, Vw)
+    whi = max(wlo, min(pl + W, Vw))
+    for n in range(N):
+        on = out[n].reshape(K * OHOW)
+        counter[0] = 0
+        for _ in prange(P):
+            while True:
+                t = _fetch_add(counter, 0)
+                if t >= C * OH:
+                    break
+                c = t // OH
+                oh = t - c * OH
+                base = t * rowlen
+                for fh in range(FH):
+                    ih = oh * sh + fh * dh - pt
+                    if ih < 0 or ih >= H:
+                        for w in range(Vw):
+                            win[base + w * FH + fh] = 0
+                    else:
+                        for w in range(wlo):
+                            win[base + w * FH + fh] = 0
+                        _strided_copy(win, base + wlo * FH + fh, FH, xflat,
+                                      (n * C + c) * H * W + ih * W + wlo - pl, whi - wlo)
+                        for w in range(whi, Vw):
+                            win[base + w * FH + fh] = 0
+        counter[1] = 0
+        for _ in prange(P):
+            run_tile_tasks(wflat, win, 0, cstride, FWe, FHe, dw * FH, sw * FH, rowlen, on,
+                           counter, 1, ntask, nchunk, nkbr, nkb, Cg, Kg, KB, FW * FH, OHOW, OW)
+
+
+@njit(parallel=True, cache=True, nogil=True)
+def direct_tiles(xp, wpk, out, counter, P, groups, R, S, nkbr, nchunk):  # pragma: no cover
+    """Direct convolution, stride and dilation 1, of the zero-padded input ``xp``
+    (N, C, Hp, Wp): the window of output (oh, ow) is rows oh .. oh+R-1, columns ow .. ow+S-1
+    of each padded plane (runs of S contiguous elements; ``rowlen`` = Wp, ``cs`` = 1), reduced
+    in (c, r, s) order. ``wpk``: [groups][k-blocks][C/g][R][S][KB]."""
+    N, C, Hp, Wp = xp.shape
+    K = out.shape[1]
+    OH = out.shape[2]
+    OW = out.shape[3]
+    OHOW = OH * OW
+    KB = wpk.shape[-1]
+    wflat = wpk.reshape(wpk.size)
+    xflat = xp.reshape(xp.size)
+    Cg = C // groups
+    Kg = K // groups
+    nkb = (Kg + KB - 1) // KB
+    ntask = groups * nkbr * nchunk
+    for n in range(N):
+        on = out[n].reshape(K * OHOW)
+        counter[0] = 0
+        for _ in prange(P):
+            run_tile_tasks(wflat, xflat, n * C * Hp * Wp, Hp * Wp, R, S, Wp, 1, Wp, on,
+                           counter, 0, ntask, nchunk, nkbr, nkb, Cg, Kg, KB, R * S, OHOW, OW)
+
+
+@njit(cache=True, nogil=True)
+def point_gemms_mk(wpk, V, M, kb0, kb1, Kg):  # pragma: no cover - compiled
+    """Per transform-domain point ``p``: ``M[p, t, k - kb0 KB] = sum_c V[p, t, c] Wt[p, c, k]``
+    for the k-blocks ``kb0 .. kb1 - 1``, on the microkernel (serial; the caller's threads split
+    the tiles or the k-blocks). ``wpk[p, kb, c, l] = Wt[p, c, kb KB + l]`` (zero past ``Kg``);
+    ``V[p]`` is read as one output row of ``T`` pixels ``C`` apart whose channels are adjacent
+    (one run of C), each tile stored pixel by pixel (row stride ``M.shape[2]``). The sum over c runs in
+    order, from zero."""
+    P, T, C = V.shape
+    nkb = wpk.shape[1]
+    KB = wpk.shape[3]
+    nk = M.shape[2]
+    wflat = wpk.reshape(wpk.size)
+    vflat = V.reshape(V.size)
+    mflat = M.reshape(M.size)
+    nfull = T // MR
+    for p in range(P):
+        for kb in range(kb0, kb1):
+            kn = min(KB, Kg - kb * KB)
+            woff = (p * nkb + kb) * C * KB
+            obase = p * T * nk + (kb - kb0) * KB
+            for qt in range(nfull):
+                _microkernel_pm(wflat, woff, vflat, p * T * C, 0, 1, 1, C, 0, C, mflat, obase,
+                                T, T, T * C, T, kn, qt * MR, nk)
+            for q in range(nfull * MR, T, MR_TAIL):
+                _microkernel_pm_tail(wflat, woff, vflat, p * T * C, 0, 1, 1, C, 0, C, mflat,
+                                     obase, T, T, T * C, T, kn, q, nk)

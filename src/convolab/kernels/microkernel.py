@@ -1,0 +1,125 @@
+"""The register-blocked microkernel's geometry, without Numba: one home for what direct, im2win
+and the Winograd/SFC point GEMMs share (the compiled half is `convolab.kernels._microkernel`).
+
+A tile is `MR` consecutive *virtual pixels* x `KB` output channels (``KB = NV * 64 / itemsize``:
+32 in float32, 16 in float64), held in ``MR * NV`` vector accumulators. Virtual pixels number
+the positions of a strided grid that the input is read on: pixel ``v`` reads its window at
+``v * cs`` (``cs``: elements between two neighbouring pixels' windows). Each caller maps its
+output onto such a grid:
+
+* direct (stride 1): the zero-padded plane, ``v = oh * Wp + ow``, ``cs = 1``;
+* im2win: the window tensor, ``v = oh * Vv + ow`` with ``Vv`` window columns per stride step,
+  ``cs = sw * FH``;
+* point GEMMs: ``v`` = tile, ``cs`` = C (one row, no padding).
+
+Grid rows are ``Vv`` pixels wide of which the first ``OW`` are outputs: the ``Vv - OW``
+others (direct: the S - 1 padding columns) are computed and not stored, so a tile never needs
+more than one pointer per three pixels. The last ``vtot % MR`` pixels run as tiles of
+`MR_TAIL` (their last pixel repeated).
+
+Every output is the sum of its products in the reduction's order (channel, then taps), from
+zero, each step a fused multiply-add (``llvm.fma``: one rounding per step, the same on every
+x86-64 CPU; where a CPU lacks FMA units, LLVM calls the correctly rounded libm routine). The
+result therefore depends on neither the thread count, nor the SIMD width, nor the CPU.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+#: virtual pixels per tile
+MR = 12
+#: pixels per tile of the narrow kernel that finishes a row of tiles
+MR_TAIL = 4
+#: 512-bit vectors of output channels per tile
+NV = 2
+#: bytes of input a task's tiles should span when it loops over all k-blocks (half an L2)
+CHUNK_BYTES = 256 * 1024
+
+
+def lanes(itemsize: int) -> int:
+    """Output channels per tile (KB) for a compute dtype of ``itemsize`` bytes."""
+    return NV * (64 // itemsize)
+
+
+def kb(spec) -> int:
+    """KB for the layer's compute dtype."""
+    return lanes(spec.compute_dtype.itemsize)
+
+
+def pixels_computed(vtot: int) -> int:
+    """Virtual pixels the tiles compute for a grid of ``vtot``: whole tiles of `MR`, the rest
+    in tiles of `MR_TAIL`."""
+    rest = vtot % MR
+    return vtot - rest + -(-rest // MR_TAIL) * MR_TAIL
+
+
+def multiplies(spec, vtot: int) -> int:
+    """Multiplications of the tiles over a layer whose images each have ``vtot`` virtual
+    pixels: every lane of every k-block (zero lanes past a group's channels included)."""
+    nkb = -(-spec.Kg // kb(spec))
+    return spec.N * spec.groups * nkb * kb(spec) * pixels_computed(vtot) * spec.reduction_length
+
+
+def pack_filter(spec, w, taps_order: str) -> np.ndarray:
+    """The filter as the tiles read it: [groups][K/groups / KB][C/groups][taps][KB], zero lanes
+    past the group's channels; ``taps_order`` "sr" (im2win: [S][R], the window's column-major
+    taps) or "rs" (direct: [R][S])."""
+    b = kb(spec)
+    G, Kg, Cg, R, S = spec.groups, spec.Kg, spec.Cg, spec.R, spec.S
+    nkb = -(-Kg // b)
+    wg = np.zeros((G, nkb * b, Cg, R, S), dtype=w.dtype)
+    wg[:, :Kg] = w.reshape(G, Kg, Cg, R, S)
+    axes = (0, 1, 3, 5, 4, 2) if taps_order == "sr" else (0, 1, 3, 4, 5, 2)
+    return np.ascontiguousarray(wg.reshape(G, nkb, b, Cg, R, S).transpose(axes))
+
+
+@dataclass(frozen=True)
+class Split:
+    """How a layer's tiles are cut into tasks: ``nkbr`` ranges of k-blocks x ``nchunk``
+    ranges of tiles per group (tasks are handed out by an atomic counter)."""
+
+    nkbr: int
+    nchunk: int
+
+
+def split(spec, vtot: int, bytes_per_pixel: float, nkb: int, threads: int) -> Split:
+    """Tasks per image, at least four per thread.
+
+    A k-block's packed filter (KB (C/g) R S elements) and a range of tiles' input should stay
+    in the L2 cache while the other streams: when the filter block is small, a task runs all
+    k-blocks over one range of tiles whose input fits in `CHUNK_BYTES` (each input read
+    once); otherwise one k-block over many tiles (each filter block read once per task).
+    ``bytes_per_pixel``: input bytes per virtual pixel, all channels of a group.
+    """
+    itemsize = spec.compute_dtype.itemsize
+    panel = spec.reduction_length * kb(spec) * itemsize
+    nq = -(-vtot // MR)
+    per_tile = bytes_per_pixel * MR
+    want = 4 * threads
+    if panel * 2 <= CHUNK_BYTES:
+        nchunk = min(nq, max(-(-int(nq * per_tile) // CHUNK_BYTES), -(-want // spec.groups)))
+        nkbr = min(nkb, max(1, -(-want // (spec.groups * nchunk))))
+        return Split(int(nkbr), int(nchunk))
+    return Split(nkb, min(nq, max(1, -(-want // (spec.groups * nkb)))))
+
+
+def warm_code(algorithm: str, C: int, K: int, R: int, padding: int, dtype: str) -> str:
+    """Python source that compiles an algorithm's microkernel path for one dtype in a child
+    process (see `convolab.kernels.load_from_cache`)."""
+    return (f"import numpy as np, convolab; convolab.conv2d(np.ones((1, {C}, 4, 4), '{dtype}'), "
+            f"np.ones(({K}, {C}, {R}, {R}), '{dtype}'), padding={padding}, "
+            f"algorithm='{algorithm}')")
+
+
+def run(kernel, args, warm: str, dtype) -> None:
+    """Launch a parallel microkernel driver: its machine code loaded from Numba's cache (or
+    compiled in a child process first), under `PARALLEL_LOCK`."""
+    from . import PARALLEL_LOCK, load_from_cache
+
+    name = np.dtype(dtype).name
+    load_from_cache(kernel, args, warm, name)
+    with PARALLEL_LOCK:
+        kernel(*args)
