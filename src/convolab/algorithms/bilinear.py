@@ -57,11 +57,11 @@ import numpy as np
 
 from .._parallel import blas_one_thread, run_threads, worker_count
 from ..kernels import load_from_cache
+from ..kernels.microkernel import kb as _kb
 from ..registry import UNIT_ROUNDOFF, Algorithm, gamma, register
 from ..spec import ConvSpec
 from ..transforms import sfc_2d, winograd_2d
 from ..transforms.forms import Bilinear2D
-from ..kernels.microkernel import kb as _kb
 
 #: target number of tiles per chunk (V and M of a chunk should stay in the caches)
 CHUNK_TILES = 256
