@@ -11,7 +11,7 @@ code generated here changes).
 Microkernel: a tile is ``MR`` consecutive virtual pixels ``v0 .. v0+MR-1`` x ``KB = NV * (64 /
 itemsize)`` output channels, in ``MR * NV`` 512-bit accumulators (LLVM legalises the vector
 type on narrower CPUs). Pixel ``v`` reads its window at ``x[xoff + v*cs + i]`` for reduction
-offsets ``i``: runs of ``FHe`` contiguous elements, ``Cg * FWe`` runs, the next run
+offsets ``i``: runs of ``FHe`` elements ``istep`` apart, ``Cg * FWe`` runs, the next run
 ``fwstep`` further (``jump`` after the ``FWe``-th). Each step loads NV filter vectors,
 broadcasts one input element per pixel and does one fused multiply-add per accumulator
 (``llvm.fma``): each input element loaded serves KB output channels, each filter vector MR
@@ -99,7 +99,8 @@ def fma(typingctx, a, b, c):
     return sig, codegen
 
 
-_ARGS = ("w", "woff", "x", "xoff", "cstride", "Cg", "FWe", "FHe", "fwstep", "cs", "out", "obase",
+_ARGS = ("w", "woff", "x", "xoff", "cstride", "Cg", "FWe", "FHe", "istep", "fwstep", "cs", "out",
+         "obase",
          "OHOW", "OW", "rowlen", "vtot", "kn", "v0")
 
 
@@ -111,14 +112,16 @@ def _make_microkernel(mr: int, pixel_major: bool = False, straight: bool = False
     ``out[obase + k*OHOW + v]``."""
 
     if pixel_major:
-        def microkernel(typingctx, w, woff, x, xoff, cstride, Cg, FWe, FHe, fwstep, cs, out,
+        def microkernel(typingctx, w, woff, x, xoff, cstride, Cg, FWe, FHe, istep, fwstep, cs, out,
                         obase, OHOW, OW, rowlen, vtot, kn, v0, ostride):
-            return _typer(mr, straight, (w, woff, x, xoff, cstride, Cg, FWe, FHe, fwstep, cs, out,
+            return _typer(mr, straight, (w, woff, x, xoff, cstride, Cg, FWe, FHe, istep, fwstep, cs,
+                                         out,
                                          obase, OHOW, OW, rowlen, vtot, kn, v0, ostride))
     else:
-        def microkernel(typingctx, w, woff, x, xoff, cstride, Cg, FWe, FHe, fwstep, cs, out,
+        def microkernel(typingctx, w, woff, x, xoff, cstride, Cg, FWe, FHe, istep, fwstep, cs, out,
                         obase, OHOW, OW, rowlen, vtot, kn, v0):
-            return _typer(mr, straight, (w, woff, x, xoff, cstride, Cg, FWe, FHe, fwstep, cs, out,
+            return _typer(mr, straight, (w, woff, x, xoff, cstride, Cg, FWe, FHe, istep, fwstep, cs,
+                                         out,
                                          obase, OHOW, OW, rowlen, vtot, kn, v0))
 
     microkernel.__name__ = microkernel.__qualname__ = (
@@ -135,7 +138,7 @@ def _typer(mr, straight, tys):
     (v // OW, v % OW) and reads its window from ``(v // OW) * rowlen + (v % OW) * cs``;
     ``vtot``: the pixels that exist.
     """
-    arrays = (0, 2, 10)
+    arrays = (0, 2, 11)
     if not all(isinstance(t, types.Integer) for i, t in enumerate(tys) if i not in arrays):
         return None
     sig = types.void(*tys)
@@ -144,8 +147,8 @@ def _typer(mr, straight, tys):
     def codegen(context, builder, sig, args):
         a = [context.cast(builder, v, t, types.int64) if i not in arrays else v
              for i, (v, t) in enumerate(zip(args, sig.args, strict=True))]
-        (wa, woff, xa, xoff, cstride, Cg, FWe, FHe, fwstep, cs, oa, obase, OHOW, OW, rowlen,
-         vtot, kn, v0) = a[:18]
+        (wa, woff, xa, xoff, cstride, Cg, FWe, FHe, istep, fwstep, cs, oa, obase, OHOW, OW,
+         rowlen, vtot, kn, v0) = a[:19]
         flt = context.get_value_type(sig.args[0].dtype)
         size = context.get_abi_sizeof(flt)
         VL = 64 // size
@@ -155,7 +158,7 @@ def _typer(mr, straight, tys):
         fmaf = _fma_fn(builder, vty)
         wp = builder.gep(context.make_array(sig.args[0])(context, builder, wa).data, [woff])
         xp = builder.gep(context.make_array(sig.args[2])(context, builder, xa).data, [xoff])
-        op = context.make_array(sig.args[10])(context, builder, oa).data
+        op = context.make_array(sig.args[11])(context, builder, oa).data
         if not pixel_major:
             _prefetch_ahead(builder, op, obase, OHOW, vtot, kn, v0, mr)
         # pixel pointers: one per three pixels (offsets 0, cs, 2cs) in a full tile; one per
@@ -193,7 +196,7 @@ def _typer(mr, straight, tys):
         mask = ir.Constant(ir.VectorType(_I32, VL), [0] * VL)
         undef = ir.Constant(vty, ir.Undefined)
         kbc = _i64(KB)
-        # a loop over the Cg*FWe runs of FHe contiguous input elements, an inner one over a run
+        # a loop over the Cg*FWe runs of FHe input elements istep apart, an inner one over a run
         xoff_v = cgutils.alloca_once_value(builder, _i64(0))
         fw_v = cgutils.alloca_once_value(builder, _i64(0))
         jump = builder.sub(cstride, builder.mul(builder.sub(FWe, _i64(1)), fwstep))
@@ -202,7 +205,7 @@ def _typer(mr, straight, tys):
             xs = builder.load(xoff_v)
             ws = builder.gep(wp, [builder.mul(ls.index, runw)])
             with _for_range_rolled(builder, FHe) as lh:
-                xi = builder.add(xs, lh)
+                xi = builder.add(xs, builder.mul(lh, istep))
                 wh = builder.gep(ws, [builder.mul(lh, kbc)])
                 wv = [builder.load(builder.bitcast(builder.gep(wh, [_i64(v * VL)]), vpty),
                                    align=size) for v in range(NV)]
@@ -221,7 +224,7 @@ def _typer(mr, straight, tys):
         n = builder.sub(vtot, v0)
         n = builder.select(builder.icmp_unsigned("<", n, _i64(mr)), n, _i64(mr))
         if pixel_major:
-            _store_pixel_major(builder, accs, vty, size, op, obase, kn, v0, n, a[18])
+            _store_pixel_major(builder, accs, vty, size, op, obase, kn, v0, n, a[19])
         elif VL == 16 and mr <= 16:
             _store_transposed(builder, accs, vty, op, obase, OHOW, kn, v0, n)
         else:
@@ -401,16 +404,17 @@ _microkernel_pm_tail = _make_microkernel(MR_TAIL, pixel_major=True)
 
 
 @njit(inline="always")
-def run_tile_tasks(wflat, src, srcbase, cstride, FWe, FHe, fwstep, cs, rowlen, on, counter,
-                   ci, ntask, nchunk, nkbr, nkb, Cg, Kg, KB, taps, OHOW, OW):
+def run_tile_tasks(wflat, src, srcbase, cstride, Cgk, FWe, FHe, istep, fwstep, cs, rowlen, on,
+                   counter, ci, ntask, nchunk, nkbr, nkb, Cg, Kg, KB, taps, OHOW, OW):
     # pragma: no cover - compiled
     """One thread's share of a layer's tiles, for any input layout the microkernel can
     address: tasks (group, range of k-blocks, range of tiles) are taken from ``counter[ci]``
     until ``ntask`` are handed out. ``srcbase``: the image's first element in ``src``;
-    ``cstride``: elements between its channels; ``rowlen``, ``cs``: between the windows of
-    two output rows, of two neighbouring outputs; ``taps``: filter elements per channel in the
-    packed filter; ``on``: the image's flat output. Tiles within one output row run on the
-    straight kernel, tiles across a row end on the general one."""
+    ``cstride``: elements between its channels; ``Cgk``, ``FWe``, ``FHe``, ``istep``,
+    ``fwstep``: the reduction's runs (see the microkernel); ``rowlen``, ``cs``: elements
+    between the windows of two output rows, of two neighbouring outputs; ``taps``: filter
+    elements per channel in the packed filter; ``on``: the image's flat output. Tiles within
+    one output row run on the straight kernel, tiles across a row end on the general one."""
     nq = (OHOW + MR - 1) // MR
     nfull = OHOW // MR
     while True:
@@ -430,14 +434,15 @@ def run_tile_tasks(wflat, src, srcbase, cstride, FWe, FHe, fwstep, cs, rowlen, o
                 v0 = qt * MR
                 if qt >= nfull:  # the last, partial tile: narrow tiles
                     for v in range(v0, OHOW, MR_TAIL):
-                        _microkernel_tail(wflat, woff, src, xg, cstride, Cg, FWe, FHe, fwstep, cs,
-                                          on, k0 * OHOW, OHOW, OW, rowlen, OHOW, kn, v)
+                        _microkernel_tail(wflat, woff, src, xg, cstride, Cgk, FWe, FHe, istep,
+                                          fwstep, cs, on, k0 * OHOW, OHOW, OW, rowlen, OHOW, kn, v)
                 elif v0 % OW + MR <= OW:
-                    _microkernel_straight(wflat, woff, src, xg, cstride, Cg, FWe, FHe, fwstep, cs,
-                                          on, k0 * OHOW, OHOW, OW, rowlen, OHOW, kn, v0)
+                    _microkernel_straight(wflat, woff, src, xg, cstride, Cgk, FWe, FHe, istep,
+                                          fwstep, cs, on, k0 * OHOW, OHOW, OW, rowlen, OHOW, kn,
+                                          v0)
                 else:
-                    _microkernel(wflat, woff, src, xg, cstride, Cg, FWe, FHe, fwstep, cs, on,
-                                 k0 * OHOW, OHOW, OW, rowlen, OHOW, kn, v0)
+                    _microkernel(wflat, woff, src, xg, cstride, Cgk, FWe, FHe, istep, fwstep, cs,
+                                 on, k0 * OHOW, OHOW, OW, rowlen, OHOW, kn, v0)
 
 
 @njit(parallel=True, cache=True, nogil=True)
@@ -467,11 +472,13 @@ def im2win_conv(x, win, wpk, out, counter, P, groups, FW, FH, sh, sw, dh, dw, pt
     OHOW = OH * OW
     nkb = (Kg + KB - 1) // KB
     ntask = groups * nkbr * nchunk
-    # dilation 1: the (fw, fh) reduction is one contiguous run of FW*FH elements
-    if dw == 1:
+    # dilation 1: the (fw, fh) reduction is one contiguous run of FW*FH elements; 1x1: the
+    # channels are one run, cstride apart
+    Cgk, FWe, FHe, istep = Cg, FW, FH, 1
+    if FW * FH == 1:
+        Cgk, FHe, istep = 1, Cg, cstride
+    elif dw == 1:
         FWe, FHe = 1, FW * FH
-    else:
-        FWe, FHe = FW, FH
     # window columns holding input data: pl <= w < pl + W
     wlo = min(pl, Vw)
     whi = max(wlo, min(pl + W, Vw))
@@ -500,8 +507,8 @@ def im2win_conv(x, win, wpk, out, counter, P, groups, FW, FH, sh, sw, dh, dw, pt
                             win[base + w * FH + fh] = 0
         counter[1] = 0
         for _ in prange(P):
-            run_tile_tasks(wflat, win, 0, cstride, FWe, FHe, dw * FH, sw * FH, rowlen, on,
-                           counter, 1, ntask, nchunk, nkbr, nkb, Cg, Kg, KB, FW * FH, OHOW, OW)
+            run_tile_tasks(wflat, win, 0, cstride, Cgk, FWe, FHe, istep, dw * FH, sw * FH, rowlen,
+                           on, counter, 1, ntask, nchunk, nkbr, nkb, Cg, Kg, KB, FW * FH, OHOW, OW)
 
 
 @njit(parallel=True, cache=True, nogil=True)
@@ -522,12 +529,19 @@ def direct_tiles(xp, wpk, out, counter, P, groups, R, S, nkbr, nchunk):  # pragm
     Kg = K // groups
     nkb = (Kg + KB - 1) // KB
     ntask = groups * nkbr * nchunk
+    # runs of S along a row (order c, r, s); for S = 1 of R down a column; for 1x1 of the
+    # channels
+    Cgk, FWe, FHe, istep, fwstep = Cg, R, S, 1, Wp
+    if R * S == 1:
+        Cgk, FHe, istep = 1, Cg, Hp * Wp
+    elif S == 1:
+        FWe, FHe, istep = 1, R, Wp
     for n in range(N):
         on = out[n].reshape(K * OHOW)
         counter[0] = 0
         for _ in prange(P):
-            run_tile_tasks(wflat, xflat, n * C * Hp * Wp, Hp * Wp, R, S, Wp, 1, Wp, on,
-                           counter, 0, ntask, nchunk, nkbr, nkb, Cg, Kg, KB, R * S, OHOW, OW)
+            run_tile_tasks(wflat, xflat, n * C * Hp * Wp, Hp * Wp, Cgk, FWe, FHe, istep, fwstep,
+                           1, Wp, on, counter, 0, ntask, nchunk, nkbr, nkb, Cg, Kg, KB, R * S, OHOW, OW)
 
 
 @njit(cache=True, nogil=True)
@@ -552,8 +566,8 @@ def point_gemms_mk(wpk, V, M, kb0, kb1, Kg):  # pragma: no cover - compiled
             woff = (p * nkb + kb) * C * KB
             obase = p * T * nk + (kb - kb0) * KB
             for qt in range(nfull):
-                _microkernel_pm(wflat, woff, vflat, p * T * C, 0, 1, 1, C, 0, C, mflat, obase,
+                _microkernel_pm(wflat, woff, vflat, p * T * C, 0, 1, 1, C, 1, 0, C, mflat, obase,
                                 T, T, T * C, T, kn, qt * MR, nk)
             for q in range(nfull * MR, T, MR_TAIL):
-                _microkernel_pm_tail(wflat, woff, vflat, p * T * C, 0, 1, 1, C, 0, C, mflat,
+                _microkernel_pm_tail(wflat, woff, vflat, p * T * C, 0, 1, 1, C, 1, 0, C, mflat,
                                      obase, T, T, T * C, T, kn, q, nk)
