@@ -36,8 +36,13 @@ TILE_MIN_KG = 32
 TILE_MIN_USE = 0.75
 
 
+def _depthwise(spec: ConvSpec) -> bool:
+    """One input channel per group: the depthwise kernel (any stride, dilation, padding)."""
+    return spec.Cg == 1
+
+
 def _tiled(spec: ConvSpec) -> bool:
-    if spec.stride != (1, 1) or spec.dilation != (1, 1) or spec.Kg < TILE_MIN_KG:
+    if _depthwise(spec) or spec.stride != (1, 1) or spec.dilation != (1, 1) or spec.Kg < TILE_MIN_KG:
         return False
     kb = mk.kb(spec)
     return spec.Kg / (-(-spec.Kg // kb) * kb) >= TILE_MIN_USE
@@ -60,6 +65,11 @@ def _phases(spec: ConvSpec) -> tuple[int, int]:
 
 
 def _workspace(spec: ConvSpec) -> int:
+    if _depthwise(spec):  # one padded (phase-split) plane per thread
+        from .._parallel import worker_count
+
+        hq, wq = _phases(spec)
+        return worker_count() * spec.stride[0] * spec.stride[1] * hq * wq * spec.compute_dtype.itemsize
     if spec.stride == (1, 1):
         return padded_bytes(spec)
     hq, wq = _phases(spec)
@@ -73,7 +83,7 @@ def _prepare(spec: ConvSpec, w):
         return spec, None, None, None, None, mk.pack_filter(spec, w, "rs")
     (sh, sw), (dh, dw) = spec.stride, spec.dilation
     hq, wq = _phases(spec)
-    if spec.stride == (1, 1):
+    if spec.stride == (1, 1) and not _depthwise(spec):
         hq, wq = spec.padded_H, spec.padded_W
     c, r, s = np.meshgrid(np.arange(spec.Cg), np.arange(spec.R), np.arange(spec.S), indexing="ij")
     plane = ((r * dh) % sh) * sw + (s * dw) % sw
@@ -110,6 +120,14 @@ def _layout(x, spec: ConvSpec) -> np.ndarray:
 
 def _run(prepared, x, out):
     spec, w, qoff, wrow, cstride, wpk = prepared
+    if _depthwise(spec):
+        from ..kernels._direct import depthwise_nchw
+
+        pl, _, pt, _ = spec.padding
+        hq, wq = _phases(spec)
+        with PARALLEL_LOCK:
+            depthwise_nchw(x, w, out, qoff, *spec.stride, pt, pl, hq, wq)
+        return
     if wpk is not None:
         from numba import get_num_threads
 
@@ -121,7 +139,7 @@ def _run(prepared, x, out):
         counter = np.zeros(1, dtype=np.int64)
         args = (xp, wpk, out, counter, get_num_threads(), spec.groups, spec.R, spec.S, sp.nkbr,
                 sp.nchunk)
-        mk.run(direct_tiles, args, mk.warm_code("direct", 1, 32, 3, 1, x.dtype.name), x.dtype)
+        mk.run(direct_tiles, args, mk.warm_code("direct", 2, 32, 3, 1, x.dtype.name), x.dtype)
         return
     from ..kernels._direct import direct_nchw
 
@@ -138,7 +156,7 @@ register(
         run=_run,
         workspace_bytes=_workspace,
         multiplies=_multiplies,
-        kernel=lambda spec: "" if _tiled(spec) else "loops",
+        kernel=lambda spec: "" if _tiled(spec) else "depthwise" if _depthwise(spec) else "loops",
         deterministic=True,
         summary="Numba over the zero-padded NCHW input (register-blocked microkernel for stride 1); "
         "fixed summation order",

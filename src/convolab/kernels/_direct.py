@@ -166,3 +166,105 @@ def direct_nchw(xf, w, out, qoff, wrow, cstride, groups):  # pragma: no cover - 
             for i in range(rows):
                 for j in range(OW):
                     out[n, k0 + q, oh0 + i, j] = acc[q * width + i * wrow + j]
+
+
+@njit(inline="always")
+def _fill_phases(buf, xflat, src, H, W, sh, sw, pt, pl, hq, wq):  # pragma: no cover - compiled
+    """The zero-padded plane ``xflat[src : src + H*W]`` split into stride phases: padded pixel
+    (i, j) at ``buf[((i % sh) * sw + j % sw) * hq * wq + (i // sh) * wq + j // sw]``."""
+    buf[:] = 0
+    for h in range(H):
+        i = h + pt
+        row = ((i % sh) * sw) * hq * wq + (i // sh) * wq
+        xrow = uint64(src + h * W)
+        for pw in range(sw):
+            # columns j = w + pl with j % sw == pw
+            w0 = (pw - pl) % sw
+            dst = uint64(row + pw * hq * wq + (w0 + pl) // sw)
+            xs = xrow + uint64(w0)
+            if sw == 1:
+                for q in range(W):
+                    buf[dst + uint64(q)] = xflat[xs + uint64(q)]
+            else:
+                for q in range((W - w0 + sw - 1) // sw):
+                    buf[dst + uint64(q)] = xflat[xs + uint64(q * sw)]
+
+
+@njit(parallel=True, cache=True, nogil=True)
+def depthwise_nchw(x, w, out, qoff, sh, sw, pt, pl, hq, wq):  # pragma: no cover - compiled
+    """Depthwise convolution (one input channel per group; K/C outputs per channel), parallel
+    over the (image, channel) planes. Each task pads its input plane (split into stride phases,
+    as `convolab.algorithms.direct._layout` does for the whole input) into a buffer that stays
+    in the cache, then computes each output row as one vectorised loop over its columns:
+    3x3 filters in one pass of 9 fused multiply-adds per output, others 4 taps per pass with
+    the partial sums kept in the output row. ``qoff[t]``: the buffer offset of tap t = (r, s)
+    relative to output (0, 0). Every output is ``fma(w_8, x_8, ... fma(w_0, x_0, 0))`` in (r, s)
+    order: the order of the other direct kernels."""
+    N, C, H, W = x.shape
+    K = w.shape[0]
+    T = w.shape[2] * w.shape[3]
+    Kg = K // C
+    OH = out.shape[2]
+    OW = out.shape[3]
+    wf = w.reshape(K * T)
+    of = out.reshape(out.size)
+    zero = x.dtype.type(0)
+    xflat = x.reshape(x.size)
+    for task in prange(N * C):
+        n = task // C
+        c = task - n * C
+        buf = np.empty(sh * sw * hq * wq, dtype=x.dtype)
+        _fill_phases(buf, xflat, task * H * W, H, W, sh, sw, pt, pl, hq, wq)
+        for kk in range(Kg):
+            k = c * Kg + kk
+            wk = k * T
+            ob = (n * K + k) * OH * OW
+            if T == 9:
+                w0, w1, w2, w3, w4 = wf[wk], wf[wk + 1], wf[wk + 2], wf[wk + 3], wf[wk + 4]
+                w5, w6, w7, w8 = wf[wk + 5], wf[wk + 6], wf[wk + 7], wf[wk + 8]
+                q0, q1, q2 = uint64(qoff[0]), uint64(qoff[1]), uint64(qoff[2])
+                q3, q4, q5 = uint64(qoff[3]), uint64(qoff[4]), uint64(qoff[5])
+                q6, q7, q8 = uint64(qoff[6]), uint64(qoff[7]), uint64(qoff[8])
+                for oh in range(OH):
+                    xb = uint64(oh * wq)
+                    orow = uint64(ob + oh * OW)
+                    for j in range(OW):
+                        b = xb + uint64(j)
+                        v = fma(w0, buf[b + q0], zero)
+                        v = fma(w1, buf[b + q1], v)
+                        v = fma(w2, buf[b + q2], v)
+                        v = fma(w3, buf[b + q3], v)
+                        v = fma(w4, buf[b + q4], v)
+                        v = fma(w5, buf[b + q5], v)
+                        v = fma(w6, buf[b + q6], v)
+                        v = fma(w7, buf[b + q7], v)
+                        v = fma(w8, buf[b + q8], v)
+                        of[orow + uint64(j)] = v
+                continue
+            for oh in range(OH):
+                xb = uint64(oh * wq)
+                orow = uint64(ob + oh * OW)
+                for j in range(OW):
+                    of[orow + uint64(j)] = zero
+                t = 0
+                while t < T:
+                    if t + 4 <= T:
+                        w0, w1, w2, w3 = wf[wk + t], wf[wk + t + 1], wf[wk + t + 2], wf[wk + t + 3]
+                        q0, q1 = xb + uint64(qoff[t]), xb + uint64(qoff[t + 1])
+                        q2, q3 = xb + uint64(qoff[t + 2]), xb + uint64(qoff[t + 3])
+                        for j in range(OW):
+                            jj = uint64(j)
+                            v = of[orow + jj]
+                            v = fma(w0, buf[q0 + jj], v)
+                            v = fma(w1, buf[q1 + jj], v)
+                            v = fma(w2, buf[q2 + jj], v)
+                            v = fma(w3, buf[q3 + jj], v)
+                            of[orow + jj] = v
+                        t += 4
+                    else:
+                        w0 = wf[wk + t]
+                        q0 = xb + uint64(qoff[t])
+                        for j in range(OW):
+                            jj = uint64(j)
+                            of[orow + jj] = fma(w0, buf[q0 + jj], of[orow + jj])
+                        t += 1
