@@ -37,8 +37,23 @@ def test_every_deterministic_algorithm_gives_one_class(measurement):
     assert {(c.source, c.layer) for c in measurement.cases} == expected
     for c in measurement.cases:
         assert len(c.outputs) == 4
-        assert c.n_classes == 1, f"{c.source} on {c.layer}: classes {c.classes}"
-        assert c.min_bits == 23
+        if convolab.registry.get(c.source).cpu_invariant:  # one class over targets and threads
+            assert c.n_classes == 1, f"{c.source} on {c.layer}: classes {c.classes}"
+            assert c.min_bits == 23
+        else:  # one class per target
+            for cpu in ("generic", "host"):
+                outs = [v for k, v in c.outputs.items() if cpu in k]
+                assert len(outs) == 2 and all(np.array_equal(o, outs[0]) for o in outs), cpu
+
+
+def test_stated_invariances():
+    # what each CPU algorithm states (tested above and in test_algorithms); the microkernel
+    # algorithms are the ones that hold across CPUs
+    stated = {a.name: (a.deterministic, a.cpu_invariant, a.batch_invariant) for a in convolab.algorithms()}
+    assert stated["direct"] == stated["im2win"] == (True, True, True)
+    assert stated["fft"] == (False, False, False)
+    assert stated["im2col"] == (False, False, True)
+    assert all(not cpu or det for det, cpu, _ in stated.values())
 
 
 def test_outputs_are_the_convolution(measurement):

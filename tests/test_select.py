@@ -1,5 +1,6 @@
 """Algorithm choice: ranking and reasons, budgets, the autotune cache and its safety."""
 
+import dataclasses
 import json
 import math
 import multiprocessing as mp
@@ -96,6 +97,50 @@ def test_measure_stores_winner_and_auto_uses_the_cache(cache):
     p = convolab.plan(x_shape, w, padding=1)
     assert p.algorithm == slowest
     assert "cache" in p.explain()
+
+
+def test_first_plan_trial_on_an_uncalibrated_machine(cache, monkeypatch):
+    monkeypatch.setenv("CONVOLAB_AUTO_TRIAL", "1")
+    x_shape, w_shape = (1, 16, 10, 10), (16, 16, 3, 3)
+    spec = ConvSpec.from_shapes(x_shape, w_shape, 1, 1, 1, 1, np.float32)
+    model = select.rank(spec)
+    assert select.trial_wanted(model)
+    cands = select._trial_candidates([c for c in model if c.admissible])
+    assert 2 <= len(cands) <= select.TRIAL_CANDIDATES
+    timed = []
+    real = select._measure
+    monkeypatch.setattr(select, "_measure", lambda c, *a, **k: (timed.append([x.name for x in c]),
+                                                                 real(c, *a, **k)))
+    w = np.random.default_rng(0).standard_normal(w_shape).astype(np.float32)
+    p = convolab.plan(x_shape, w, padding=1)
+    assert timed == [[c.name for c in cands]]
+    entry, = json.loads((cache / "autotune.json").read_text())["entries"].values()
+    assert set(entry["seconds"]) == {c.name for c in cands}
+    assert p.algorithm == entry["best"] == min(entry["seconds"], key=entry["seconds"].get)
+    # the untimed candidates rank after every timed one; a second plan reads the cache
+    ranking = select.rank(spec)
+    adm = [c for c in ranking if c.admissible]
+    assert [c.name for c in adm[: len(cands)]] == sorted(entry["seconds"], key=entry["seconds"].get)
+    assert all(c.source == "cache" for c in adm[: len(cands)])
+    assert not select.trial_wanted(ranking)
+    convolab.conv2d(np.ones(x_shape, np.float32), w, padding=1)
+    assert len(timed) == 1
+
+
+def test_no_trial_when_calibrated_switched_off_or_single_candidate(cache, monkeypatch):
+    spec = ConvSpec.from_shapes((1, 16, 10, 10), (16, 16, 3, 3), 1, 1, 1, 1, np.float32)
+    model = select.rank(spec)
+    monkeypatch.setenv("CONVOLAB_AUTO_TRIAL", "0")
+    assert not select.trial_wanted(model)
+    monkeypatch.setenv("CONVOLAB_AUTO_TRIAL", "1")
+    assert select.trial_wanted(model)
+    monkeypatch.setattr(select, "calibrated", lambda: True)
+    assert not select.trial_wanted(model)
+    monkeypatch.setattr(select, "calibrated", lambda: False)
+    assert select.trial_wanted(model)
+    # one admissible algorithm: nothing to compare
+    one = [dataclasses.replace(c, admissible=i == 0) for i, c in enumerate(model)]
+    assert not select.trial_wanted(one)
 
 
 def test_cache_key_changes_with_threads_and_spec():

@@ -98,6 +98,9 @@ def _resolve(
     else:
         stamps = (select.AUTOTUNE.stamp(), select.CALIBRATION.stamp(), len(registry.algorithms()))
         ranking = list(_ranking(spec, memory_limit, max_error, stamps))
+        if select.trial_wanted(ranking):
+            ranking = select.rank(spec, trial=True, memory_limit=memory_limit, max_error=max_error,
+                                  w=w)
     if not ranking or not ranking[0].admissible:
         reasons = "; ".join(f"{c.name}: {c.reason}" for c in ranking)
         raise ConvError(f"no algorithm is admissible for {spec}: {reasons}")
@@ -322,6 +325,6 @@ def conv2d(
         )
     if out is not None and isinstance(out, np.ndarray) and out.dtype != spec.dtype:
         raise ConvError(f"out has dtype {out.dtype}, expected {spec.dtype}")
-    algo, ranking = _resolve(spec, algorithm)
+    algo, ranking = _resolve(spec, algorithm, w=w.astype(spec.dtype, copy=False))
     check_memory(spec, algo)
     return ConvPlan(spec, algo, w, b, ranking)(x.astype(spec.dtype, copy=False), out=out)

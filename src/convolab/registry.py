@@ -67,6 +67,11 @@ class Algorithm:
         Multiplications performed (transform-domain products for fast algorithms).
     deterministic : bool
         Bit-identical output for any thread count and SIMD width.
+    cpu_invariant : bool
+        Bit-identical output on every x86-64 CPU, whatever its vendor and vector ISA: the same
+        operations in the same order, fused multiply-adds through ``llvm.fma`` (exact where the
+        CPU has no FMA unit), no library kernel chosen by CPU (BLAS, FFT). CI checks the part one
+        machine can: Numba's generic x86-64 target against the host's.
     batch_invariant : bool
         An image's output does not depend on its position in the batch or on the other images
         (bit for bit, on one machine). False where images share a BLAS call whose kernel
@@ -97,6 +102,7 @@ class Algorithm:
     kernel: Callable[[ConvSpec], str] = field(default=lambda spec: "")
     device: str = "cpu"
     batch_invariant: bool = True
+    cpu_invariant: bool = False
 
     def cost_key(self, spec: ConvSpec) -> str:
         """The cost model's name for the kernel that runs ``spec``: the algorithm's name, with

@@ -24,6 +24,18 @@ Until this machine is calibrated the model uses the calibration shipped with con
 development machine's; `reference_machine`); without that, rates relative to the GEMM rate
 measured once in the process, which rank algorithms by arithmetic and traffic alone.
 
+Trial on an uncalibrated machine. Until ``convolab calibrate`` has run on this machine, the
+model's constants are another machine's, and its ranking of close candidates can be wrong
+(on an Intel Xeon the shipped calibration put F(2x2,3x3) where SFC-4 was 1.14x faster). So
+the first time ``auto`` plans a convolution there, it times the model's best candidates --
+at most `TRIAL_CANDIDATES`, those predicted within `TRIAL_FACTOR` of the best -- on random
+data (one warm-up call, then the minimum of 3 calls or 10 ms) and stores the times in the
+autotune cache, keyed by the CPU model and thread count like ``measure=True``: later plans of
+that convolution, in any process, rank by these times without timing again. The trial costs
+each candidate's weight preparation plus about five of its calls (a few ms for a ResNet-50
+layer at batch 1) on the first plan only. It is skipped where the best prediction is over
+`TRIAL_MAX_SECONDS` and with ``CONVOLAB_AUTO_TRIAL=0``.
+
 Measured autotuning. ``measure=True`` times the admissible candidates on random data (warm,
 minimum of repeats) and stores the winner in the autotune cache, keyed by the convolution,
 the dtype, the thread count, the CPU model and the convolab version; ``auto`` then uses it.
@@ -442,8 +454,10 @@ def rank(
     max_error: float | None = None,
     repeat: int = 5,
     w=None,
+    trial: bool = False,
 ) -> list[Choice]:
-    """`choose` for a validated spec."""
+    """`choose` for a validated spec; ``trial``: time the model's best candidates only (the
+    first-plan trial of an uncalibrated machine, `trial_wanted`)."""
     if memory_limit is not None and memory_limit < 0:
         raise ConvError(f"memory_limit must be >= 0 bytes, got {memory_limit}")
     if max_error is not None and not max_error > 0:
@@ -469,9 +483,18 @@ def rank(
             )
         elif isinstance(cached, dict) and a.name in cached.get("seconds", {}):
             c.seconds, c.source = float(cached["seconds"][a.name]), "cache"
+        elif isinstance(cached, dict) and "untimed_after" in cached:
+            c.seconds = max(c.seconds, float(cached["untimed_after"]) * 1.001)
         out.append(c)
     if measure:
         _measure([c for c in out if c.admissible], spec, repeat, w)
+    elif trial:
+        adm = sorted((c for c in out if c.admissible), key=lambda c: c.seconds)
+        cands = _trial_candidates(adm)
+        _measure(cands, spec, 3, w, others=[c for c in adm if c not in cands])
+        for c in adm:
+            if c not in cands:
+                c.seconds = max(c.seconds, max(d.seconds for d in cands) * 1.001)
     adm = sorted((c for c in out if c.admissible), key=lambda c: c.seconds)
     for i, c in enumerate(adm):
         if not c.reason:
@@ -479,7 +502,37 @@ def rank(
     return adm + [c for c in out if not c.admissible]
 
 
-def _measure(cands: list[Choice], spec: ConvSpec, repeat: int, w) -> None:
+#: the first-plan trial on an uncalibrated machine (see the module docstring): candidates timed
+TRIAL_CANDIDATES = 3
+#: ... among those predicted within this factor of the best
+TRIAL_FACTOR = 2.5
+#: ... unless the best prediction is longer than this (a trial would cost too much)
+TRIAL_MAX_SECONDS = 0.5
+
+
+def calibrated() -> bool:
+    """Whether ``convolab calibrate`` has stored constants for this machine and thread count."""
+    return isinstance(CALIBRATION.entries().get(machine_key()), dict)
+
+
+def trial_wanted(ranking: list[Choice]) -> bool:
+    """Whether ``auto`` should time its best candidates before planning (see the module
+    docstring): on an uncalibrated machine, for a convolution without autotune entry, when
+    several candidates are admissible."""
+    if os.environ.get("CONVOLAB_AUTO_TRIAL", "1") == "0" or calibrated():
+        return False
+    adm = [c for c in ranking if c.admissible]
+    if len(adm) < 2 or any(c.source != "model" for c in adm):
+        return False
+    return adm[0].seconds <= TRIAL_MAX_SECONDS and adm[1].seconds <= TRIAL_FACTOR * adm[0].seconds
+
+
+def _trial_candidates(adm: list[Choice]) -> list[Choice]:
+    best = adm[0].seconds
+    return [c for c in adm[:TRIAL_CANDIDATES] if c.seconds <= TRIAL_FACTOR * best]
+
+
+def _measure(cands: list[Choice], spec: ConvSpec, repeat: int, w, others=()) -> None:
     from .api import ConvPlan
     from .bench.runner import time_min
 
@@ -492,11 +545,15 @@ def _measure(cands: list[Choice], spec: ConvSpec, repeat: int, w) -> None:
         p = ConvPlan(spec, registry.get(c.name), w, None)
         out = np.empty(spec.out_shape, spec.out_dtype)
         p(x, out=out)  # warm-up (JIT, first touch)
-        c.seconds, c.source = time_min(lambda p=p, out=out: p(x, out=out), repeat, min_total=0.02), "measured"
+        min_total = 0.01 if others else 0.02
+        c.seconds, c.source = time_min(lambda p=p, out=out: p(x, out=out), repeat, min_total), "measured"
         times[c.name] = c.seconds
     if times:
         best = min(times, key=times.get)
-        AUTOTUNE.put(cache_key(spec), {"best": best, "seconds": times, "when": time.time()})
+        entry = {"best": best, "seconds": times, "when": time.time()}
+        if others:  # a trial: the candidates not timed rank after the slowest timed one
+            entry["untimed_after"] = max(times.values())
+        AUTOTUNE.put(cache_key(spec), entry)
 
 
 def choose(

@@ -158,6 +158,7 @@ register(
         multiplies=_multiplies,
         kernel=lambda spec: "" if _tiled(spec) else "depthwise" if _depthwise(spec) else "loops",
         deterministic=True,
+        cpu_invariant=True,
         summary="Numba over the zero-padded NCHW input (register-blocked microkernel for stride 1); "
         "fixed summation order",
         features={

@@ -83,6 +83,7 @@ register(
         workspace_bytes=_workspace,
         multiplies=_multiplies,
         deterministic=True,
+        cpu_invariant=True,
         summary="window tensor [C][OH][W·R] of one image + 12x32 register-blocked Numba kernel",
         features={
             "workspace": "C·OH·W'·R per image, W' = (OW-1)·sw + (S-1)·dw + 1 padded columns "
