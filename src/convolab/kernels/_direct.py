@@ -249,22 +249,11 @@ def depthwise_nchw(x, w, out, qoff, sh, sw, pt, pl, hq, wq):  # pragma: no cover
                 t = 0
                 while t < T:
                     if t + 4 <= T:
-                        w0, w1, w2, w3 = wf[wk + t], wf[wk + t + 1], wf[wk + t + 2], wf[wk + t + 3]
-                        q0, q1 = xb + uint64(qoff[t]), xb + uint64(qoff[t + 1])
-                        q2, q3 = xb + uint64(qoff[t + 2]), xb + uint64(qoff[t + 3])
-                        for j in range(OW):
-                            jj = uint64(j)
-                            v = of[orow + jj]
-                            v = fma(w0, buf[q0 + jj], v)
-                            v = fma(w1, buf[q1 + jj], v)
-                            v = fma(w2, buf[q2 + jj], v)
-                            v = fma(w3, buf[q3 + jj], v)
-                            of[orow + jj] = v
+                        _taps4_k1(of, orow, buf, xb + uint64(qoff[t]), xb + uint64(qoff[t + 1]),
+                                  xb + uint64(qoff[t + 2]), xb + uint64(qoff[t + 3]), wf,
+                                  uint64(wk + t), uint64(OW))
                         t += 4
                     else:
-                        w0 = wf[wk + t]
-                        q0 = xb + uint64(qoff[t])
-                        for j in range(OW):
-                            jj = uint64(j)
-                            of[orow + jj] = fma(w0, buf[q0 + jj], of[orow + jj])
+                        _tap1_k1(of, orow, buf, xb + uint64(qoff[t]), wf, uint64(wk + t),
+                                 uint64(OW))
                         t += 1
