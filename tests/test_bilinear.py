@@ -211,3 +211,18 @@ def test_plan_reuse_bit_identical():
     x, w, _ = make_data((2, 8, 12, 12), (8, 8, 3, 3), bias=False)
     p = convolab.plan(x.shape, w, padding=1, algorithm="winograd_f6x3")
     np.testing.assert_array_equal(p(x), p(x))
+
+
+def test_engines_are_kept_on_disk_for_the_next_process():
+    from convolab.algorithms import bilinear as bl
+
+    eng = bl.engine("sfc4_4x3")
+    path = bl._engine_file()
+    assert path.parent == convolab.select.cache_dir() and path.name.startswith("engines-")
+    stored = bl._load_engines(path)["sfc4_4x3"]
+    assert np.array_equal(stored.G, eng.G) and stored.alpha == eng.alpha
+    assert stored.alg.products == eng.alg.products == 46
+    # an unreadable file is ignored (rebuilt), never an error
+    bad = path.with_name("engines-corrupt.pickle")
+    bad.write_bytes(b"not a pickle")
+    assert bl._load_engines(bad) == {}

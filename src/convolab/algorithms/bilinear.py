@@ -167,9 +167,67 @@ def _alpha(alg: Bilinear2D) -> float:
 
 @cache
 def engine(name: str) -> Engine:
-    """The `Engine` of a registered variant (transforms built exactly, then converted)."""
-    alg = VARIANTS[name][0]()
-    return engine_for(alg)
+    """The `Engine` of a registered variant (transforms built exactly, then converted).
+
+    Building the SFC transforms in exact rational arithmetic takes 0.1-1 s per variant (about
+    2 s of a fresh process's first ``auto`` plan, which states every variant's cost and error
+    bound), so engines are kept on disk in the cache directory (`_engine_file`), keyed by the
+    source of the transforms; a missing, stale or unreadable file is rebuilt.
+    """
+    stored = _stored_engines()
+    if name in stored:
+        return stored[name]
+    eng = engine_for(VARIANTS[name][0]())
+    stored[name] = eng
+    _store_engines(_engine_file(), stored)
+    return eng
+
+
+@cache
+def _stored_engines() -> dict:
+    """The engines on disk, read once per process."""
+    return _load_engines(_engine_file())
+
+
+@cache
+def _engine_file():
+    """``engines-<hash>.pickle`` in convolab's cache directory; the hash covers the source files
+    that define the transforms and the engine (a changed transform never reads a stale file)."""
+    import hashlib
+    from pathlib import Path
+
+    from .. import select, transforms
+
+    h = hashlib.sha256()
+    for f in sorted(Path(transforms.__file__).parent.glob("*.py")) + [Path(__file__)]:
+        h.update(f.read_bytes())
+    return select.cache_dir() / f"engines-{h.hexdigest()[:16]}.pickle"
+
+
+def _load_engines(path) -> dict:
+    import pickle
+
+    try:
+        with open(path, "rb") as f:
+            data = pickle.load(f)
+        return data if isinstance(data, dict) else {}
+    except Exception:  # noqa: BLE001 - missing or unreadable: rebuild
+        return {}
+
+
+def _store_engines(path, engines: dict) -> None:
+    import os
+    import pickle
+    import tempfile
+
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".engines-")
+        with os.fdopen(fd, "wb") as f:
+            pickle.dump({**_load_engines(path), **engines}, f)
+        os.replace(tmp, path)
+    except OSError:  # a read-only cache only costs time
+        pass
 
 
 def engine_for(alg: Bilinear2D) -> Engine:
