@@ -32,9 +32,11 @@ at most `TRIAL_CANDIDATES`, those predicted within `TRIAL_FACTOR` of the best --
 data (one warm-up call, then the minimum of 3 calls or 10 ms) and stores the times in the
 autotune cache, keyed by the CPU model and thread count like ``measure=True``: later plans of
 that convolution, in any process, rank by these times without timing again. The trial costs
-each candidate's weight preparation plus about five of its calls (a few ms for a ResNet-50
-layer at batch 1) on the first plan only. It is skipped where the best prediction is over
-`TRIAL_MAX_SECONDS` and with ``CONVOLAB_AUTO_TRIAL=0``.
+each candidate's weight preparation plus about five of its calls, on the first plan only:
+40-120 ms per ResNet-50 layer at batch 1 on a 2-core Zen 4 VM, 0.45-0.67 s for the first layer
+of a process, which also loads the candidates' kernels (``tools/auto_trial_cost.py``). It
+is skipped where the best prediction is over `TRIAL_MAX_SECONDS` and with
+``CONVOLAB_AUTO_TRIAL=0``.
 
 Measured autotuning. ``measure=True`` times the admissible candidates on random data (warm,
 minimum of repeats) and stores the winner in the autotune cache, keyed by the convolution,

@@ -101,11 +101,11 @@ def fma(typingctx, a, b, c):
 
 _ARGS = ("w", "woff", "x", "xoff", "cstride", "Cg", "FWe", "FHe", "istep", "fwstep", "cs", "out",
          "obase",
-         "OHOW", "OW", "rowlen", "vtot", "kn", "v0")
+         "OHOW", "OW", "rowlen", "kn", "v0")
 
 
 def _make_microkernel(mr: int, pixel_major: bool = False, straight: bool = False):
-    """The microkernel intrinsic for tiles of ``mr`` pixels, pixels past ``vtot - 1`` repeating
+    """The microkernel intrinsic for tiles of ``mr`` pixels, pixels past ``OHOW - 1`` repeating
     it. ``straight``: the tile's pixels lie in one output row (the caller checks), addressed
     from one pointer per three pixels. With ``pixel_major`` it takes one more argument,
     ``ostride``, and stores pixel ``v``'s channels at ``out[obase + v*ostride + k]`` instead of
@@ -113,16 +113,16 @@ def _make_microkernel(mr: int, pixel_major: bool = False, straight: bool = False
 
     if pixel_major:
         def microkernel(typingctx, w, woff, x, xoff, cstride, Cg, FWe, FHe, istep, fwstep, cs, out,
-                        obase, OHOW, OW, rowlen, vtot, kn, v0, ostride):
+                        obase, OHOW, OW, rowlen, kn, v0, ostride):
             return _typer(mr, straight, (w, woff, x, xoff, cstride, Cg, FWe, FHe, istep, fwstep, cs,
                                          out,
-                                         obase, OHOW, OW, rowlen, vtot, kn, v0, ostride))
+                                         obase, OHOW, OW, rowlen, kn, v0, ostride))
     else:
         def microkernel(typingctx, w, woff, x, xoff, cstride, Cg, FWe, FHe, istep, fwstep, cs, out,
-                        obase, OHOW, OW, rowlen, vtot, kn, v0):
+                        obase, OHOW, OW, rowlen, kn, v0):
             return _typer(mr, straight, (w, woff, x, xoff, cstride, Cg, FWe, FHe, istep, fwstep, cs,
                                          out,
-                                         obase, OHOW, OW, rowlen, vtot, kn, v0))
+                                         obase, OHOW, OW, rowlen, kn, v0))
 
     microkernel.__name__ = microkernel.__qualname__ = (
         f"_microkernel_{mr}" + ("_straight" if straight else "")
@@ -136,7 +136,6 @@ def _typer(mr, straight, tys):
     ``woff``: the k-block's packed filter; ``xoff``: the group's first input element;
     ``obase``: the k-block's first output element (NCHW: ``k0 * OHOW``); pixel ``v`` is output
     (v // OW, v % OW) and reads its window from ``(v // OW) * rowlen + (v % OW) * cs``;
-    ``vtot``: the pixels that exist.
     """
     arrays = (0, 2, 11)
     if not all(isinstance(t, types.Integer) for i, t in enumerate(tys) if i not in arrays):
@@ -148,7 +147,7 @@ def _typer(mr, straight, tys):
         a = [context.cast(builder, v, t, types.int64) if i not in arrays else v
              for i, (v, t) in enumerate(zip(args, sig.args, strict=True))]
         (wa, woff, xa, xoff, cstride, Cg, FWe, FHe, istep, fwstep, cs, oa, obase, OHOW, OW,
-         rowlen, vtot, kn, v0) = a[:19]
+         rowlen, kn, v0) = a[:18]
         flt = context.get_value_type(sig.args[0].dtype)
         size = context.get_abi_sizeof(flt)
         VL = 64 // size
@@ -160,7 +159,7 @@ def _typer(mr, straight, tys):
         xp = builder.gep(context.make_array(sig.args[2])(context, builder, xa).data, [xoff])
         op = context.make_array(sig.args[11])(context, builder, oa).data
         if not pixel_major:
-            _prefetch_ahead(builder, op, obase, OHOW, vtot, kn, v0, mr)
+            _prefetch_ahead(builder, op, obase, OHOW, kn, v0, mr)
         # pixel pointers: one per three pixels (offsets 0, cs, 2cs) in a full tile; one per
         # pixel, clamped to the last, in a short one
         if straight:
@@ -174,13 +173,13 @@ def _typer(mr, straight, tys):
         else:
             # one pointer per pixel: pixel v is output (v // OW, v % OW), its window at
             # (v // OW) * rowlen + (v % OW) * cs; pixels past the last repeat it
-            last = builder.sub(vtot, _i64(1))
-            v = builder.select(builder.icmp_unsigned("<", v0, vtot), v0, last)
+            last = builder.sub(OHOW, _i64(1))
+            v = builder.select(builder.icmp_unsigned("<", v0, OHOW), v0, last)
             oh, ow = _divmod(builder, v, OW)
             pix = []
             for j in range(mr):
                 if j:
-                    inside = builder.icmp_unsigned("<", builder.add(v0, _i64(j)), vtot)
+                    inside = builder.icmp_unsigned("<", builder.add(v0, _i64(j)), OHOW)
                     nxt = builder.add(ow, _i64(1))
                     wrap = builder.icmp_unsigned(">=", nxt, OW)
                     oh = builder.select(inside, builder.select(wrap, builder.add(oh, _i64(1)), oh),
@@ -221,10 +220,10 @@ def _typer(mr, straight, tys):
             builder.store(builder.select(wrap, _i64(0), fw), fw_v)
             builder.store(builder.add(builder.load(xoff_v), builder.select(wrap, jump, fwstep)),
                           xoff_v)
-        n = builder.sub(vtot, v0)
+        n = builder.sub(OHOW, v0)
         n = builder.select(builder.icmp_unsigned("<", n, _i64(mr)), n, _i64(mr))
         if pixel_major:
-            _store_pixel_major(builder, accs, vty, size, op, obase, kn, v0, n, a[19])
+            _store_pixel_major(builder, accs, vty, size, op, obase, kn, v0, n, a[18])
         elif VL == 16 and mr <= 16:
             _store_transposed(builder, accs, vty, op, obase, OHOW, kn, v0, n)
         else:
@@ -239,7 +238,7 @@ def _divmod(builder, v, d):
     return q, builder.sub(v, builder.mul(q, d))
 
 
-def _prefetch_ahead(builder, op, obase, OHOW, vtot, kn, v0, mr):
+def _prefetch_ahead(builder, op, obase, OHOW, kn, v0, mr):
     """Prefetch (for writing) the output lines of the first and last pixels two tiles ahead.
 
     A tile writes a short run in each of its KB output-channel planes; without prefetching,
@@ -248,11 +247,11 @@ def _prefetch_ahead(builder, op, obase, OHOW, vtot, kn, v0, mr):
     i8p = ir.IntType(8).as_pointer()
     fnty = ir.FunctionType(ir.VoidType(), [i8p, _I32, _I32, _I32])
     prefetch = cgutils.get_or_insert_function(builder.module, fnty, "llvm.prefetch.p0")
-    last = builder.sub(vtot, _i64(1))
+    last = builder.sub(OHOW, _i64(1))
     offs = []
     for d in (2 * mr, 3 * mr - 1):
         v = builder.add(v0, _i64(d))
-        offs.append(builder.add(obase, builder.select(builder.icmp_unsigned("<", v, vtot), v, last)))
+        offs.append(builder.add(obase, builder.select(builder.icmp_unsigned("<", v, OHOW), v, last)))
     with cgutils.for_range(builder, kn) as lk:
         plane = builder.mul(lk.index, OHOW)
         for off in offs:
@@ -435,14 +434,13 @@ def run_tile_tasks(wflat, src, srcbase, cstride, Cgk, FWe, FHe, istep, fwstep, c
                 if qt >= nfull:  # the last, partial tile: narrow tiles
                     for v in range(v0, OHOW, MR_TAIL):
                         _microkernel_tail(wflat, woff, src, xg, cstride, Cgk, FWe, FHe, istep,
-                                          fwstep, cs, on, k0 * OHOW, OHOW, OW, rowlen, OHOW, kn, v)
+                                          fwstep, cs, on, k0 * OHOW, OHOW, OW, rowlen, kn, v)
                 elif v0 % OW + MR <= OW:
                     _microkernel_straight(wflat, woff, src, xg, cstride, Cgk, FWe, FHe, istep,
-                                          fwstep, cs, on, k0 * OHOW, OHOW, OW, rowlen, OHOW, kn,
-                                          v0)
+                                          fwstep, cs, on, k0 * OHOW, OHOW, OW, rowlen, kn, v0)
                 else:
                     _microkernel(wflat, woff, src, xg, cstride, Cgk, FWe, FHe, istep, fwstep, cs,
-                                 on, k0 * OHOW, OHOW, OW, rowlen, OHOW, kn, v0)
+                                 on, k0 * OHOW, OHOW, OW, rowlen, kn, v0)
 
 
 @njit(parallel=True, cache=True, nogil=True)
@@ -567,7 +565,7 @@ def point_gemms_mk(wpk, V, M, kb0, kb1, Kg):  # pragma: no cover - compiled
             obase = p * T * nk + (kb - kb0) * KB
             for qt in range(nfull):
                 _microkernel_pm(wflat, woff, vflat, p * T * C, 0, 1, 1, C, 1, 0, C, mflat, obase,
-                                T, T, T * C, T, kn, qt * MR, nk)
+                                T, T, T * C, kn, qt * MR, nk)
             for q in range(nfull * MR, T, MR_TAIL):
                 _microkernel_pm_tail(wflat, woff, vflat, p * T * C, 0, 1, 1, C, 1, 0, C, mflat,
-                                     obase, T, T, T * C, T, kn, q, nk)
+                                     obase, T, T, T * C, kn, q, nk)
