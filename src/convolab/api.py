@@ -13,28 +13,13 @@ and returns float16. Integer convolution lives in `convolab.reference` (exact) a
 from __future__ import annotations
 
 import functools
-import os
 
 import numpy as np
 
 from . import registry
+from ._machine import available_memory
 from .errors import ConvError, UnsupportedError
 from .spec import ConvSpec
-
-
-def available_memory() -> int:
-    """Bytes of memory the OS reports as available (MemAvailable), or a large number if unknown."""
-    try:
-        with open("/proc/meminfo") as f:
-            for line in f:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    try:
-        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-    except (ValueError, OSError, AttributeError):
-        return 1 << 62
 
 
 def _mib(n: int) -> str:
@@ -173,6 +158,13 @@ class ConvPlan:
 
     def __repr__(self) -> str:
         return f"ConvPlan({self.spec}, algorithm={self.algorithm!r})"
+
+    def execute(self, x: np.ndarray, out: np.ndarray) -> None:
+        """Run the plan without checks or bias: for runtimes that already guarantee ``x`` is
+        C-contiguous of the planned shape and compute dtype, and ``out`` C-contiguous of the
+        output shape and compute dtype, not overlapping ``x`` (`convolab.runtime` adds the bias
+        in its fused epilogue)."""
+        self._algo.run(self._prepared, x, out)
 
     def __call__(self, x, *, out=None) -> np.ndarray:
         s = self.spec

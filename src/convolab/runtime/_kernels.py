@@ -1,0 +1,246 @@
+"""Compiled kernels of the runtime's non-convolution operators and of the fused epilogue.
+
+Layout NCHW, C-contiguous float32, like the convolution kernels. Every kernel is parallel over
+independent (image, channel) planes only, and each output is computed by one fixed sequence of
+operations: results do not depend on the thread count. No fast-math.
+
+Activation codes (`convolab.runtime.graph.ACTS`): 0 none, 1 relu, 2 clamp(lo, hi) (ReLU6,
+hardtanh), 3 SiLU, 4 Hardswish, 5 Sigmoid, 6 GELU (erf), 7 GELU (tanh approximation),
+8 Hardsigmoid. NaN propagates through every one of them, as in PyTorch.
+"""
+
+import math
+
+import numpy as np
+from numba import njit, prange, uint64
+
+# float32 constants (an integer or float64 literal would promote the arithmetic to float64)
+_F0 = np.float32(0)
+_F1 = np.float32(1)
+_F3 = np.float32(3)
+_F6 = np.float32(6)
+_HALF = np.float32(0.5)
+_SQRT1_2 = np.float32(0.7071067811865476)
+_SQRT_2_PI = np.float32(0.7978845608028654)
+_GELU_C = np.float32(0.044715)
+
+
+@njit(inline="always")
+def _clip6(t):  # pragma: no cover - compiled
+    return _F0 if t < _F0 else (_F6 if t > _F6 else t)
+
+
+@njit(inline="always")
+def _act(v, act, lo, hi):  # pragma: no cover - compiled
+    if act == 1:
+        return _F0 if v < _F0 else v
+    if act == 2:
+        return lo if v < lo else (hi if v > hi else v)
+    if act == 3:
+        return v / (_F1 + math.exp(-v))
+    if act == 4:
+        return v * _clip6(v + _F3) / _F6
+    if act == 5:
+        return _F1 / (_F1 + math.exp(-v))
+    if act == 6:
+        return v * _HALF * (_F1 + math.erf(v * _SQRT1_2))
+    if act == 7:
+        return v * _HALF * (_F1 + math.tanh(_SQRT_2_PI * (v + _GELU_C * v * v * v)))
+    if act == 8:
+        return _clip6(v + _F3) / _F6
+    return v
+
+
+@njit(inline="always")
+def _epilogue_plane(s, d, r, base, P, a, b, mode, act, lo, hi):  # pragma: no cover - compiled
+    """One plane ``[base, base + P)`` of `epilogue` (flat arrays, unsigned indices so that
+    LLVM vectorises the loops; see `convolab.kernels._direct`)."""
+    n = uint64(P)
+    o = uint64(base)
+    if mode & 4:
+        if mode & 1:
+            for i in range(n):
+                d[o + i] = _act(s[o + i] * a + b + r[o + i], act, lo, hi)
+        elif mode & 2:
+            for i in range(n):
+                d[o + i] = _act(s[o + i] + b + r[o + i], act, lo, hi)
+        else:
+            for i in range(n):
+                d[o + i] = _act(s[o + i] + r[o + i], act, lo, hi)
+    elif mode & 1:
+        for i in range(n):
+            d[o + i] = _act(s[o + i] * a + b, act, lo, hi)
+    elif mode & 2:
+        if act == 1:
+            for i in range(n):
+                v = s[o + i] + b
+                d[o + i] = _F0 if v < _F0 else v
+        elif act == 2:
+            for i in range(n):
+                v = s[o + i] + b
+                d[o + i] = lo if v < lo else (hi if v > hi else v)
+        elif act == 0:
+            for i in range(n):
+                d[o + i] = s[o + i] + b
+        else:
+            for i in range(n):
+                d[o + i] = _act(s[o + i] + b, act, lo, hi)
+    else:
+        for i in range(n):
+            d[o + i] = _act(s[o + i], act, lo, hi)
+
+
+@njit(parallel=True, cache=True, nogil=True)
+def epilogue(src, dst, scale, shift, res, mode, act, lo, hi):  # pragma: no cover - compiled
+    """``dst = act(src * scale[k] + shift[k] + res)`` over (N, K, P) planes, in that order.
+
+    ``mode`` bits: 1 multiply by ``scale``, 2 add ``shift``, 4 add ``res`` (same shape as
+    ``dst``). ``src`` may be ``dst`` (in place). With only bit 2 (bias) the sum is ``src +
+    shift[k]``, exactly what adding the bias after the convolution gives. Threads take blocks
+    of whole planes (at least 16 KiB each)."""
+    N, K, P = dst.shape
+    lo32 = np.float32(lo)
+    hi32 = np.float32(hi)
+    s = src.reshape(src.size)
+    d = dst.reshape(dst.size)
+    r = res.reshape(res.size)
+    per = max(1, 4096 // max(P, 1))
+    nt = (N * K + per - 1) // per
+    for task in prange(nt):
+        for t in range(task * per, min(N * K, (task + 1) * per)):
+            k = t % K
+            a = scale[k] if mode & 1 else _F1
+            b = shift[k] if mode & 2 else _F0
+            _epilogue_plane(s, d, r, t * P, P, a, b, mode, act, lo32, hi32)
+
+
+@njit(parallel=True, cache=True, nogil=True)
+def maxpool(x, out, kh, kw, sh, sw, ph, pw, dh, dw):  # pragma: no cover - compiled
+    """PyTorch's max_pool2d over (N, C, H, W): windows clipped to the input (padding never
+    wins), NaN propagating."""
+    N, C, H, W = x.shape
+    OH, OW = out.shape[2], out.shape[3]
+    for t in prange(N * C):
+        n = t // C
+        c = t - n * C
+        xp = x[n, c]
+        op = out[n, c]
+        for oh in range(OH):
+            for ow in range(OW):
+                m = np.float32(-np.inf)
+                nan = False
+                for r in range(kh):
+                    ih = oh * sh - ph + r * dh
+                    if ih < 0 or ih >= H:
+                        continue
+                    for s in range(kw):
+                        iw = ow * sw - pw + s * dw
+                        if iw < 0 or iw >= W:
+                            continue
+                        v = xp[ih, iw]
+                        if v > m:
+                            m = v
+                        elif v != v:
+                            nan = True
+                op[oh, ow] = np.float32(np.nan) if nan else m
+
+
+@njit(parallel=True, cache=True, nogil=True)
+def avgpool(x, out, kh, kw, sh, sw, ph, pw, include_pad, divisor):  # pragma: no cover
+    """PyTorch's avg_pool2d (``divisor`` > 0 overrides the count; ``include_pad`` counts the
+    zero padding but never the ceil-mode overhang)."""
+    N, C, H, W = x.shape
+    OH, OW = out.shape[2], out.shape[3]
+    for t in prange(N * C):
+        n = t // C
+        c = t - n * C
+        xp = x[n, c]
+        op = out[n, c]
+        for oh in range(OH):
+            h0 = oh * sh - ph
+            h1 = min(h0 + kh, H + ph)
+            for ow in range(OW):
+                w0 = ow * sw - pw
+                w1 = min(w0 + kw, W + pw)
+                cnt = (h1 - h0) * (w1 - w0)
+                a0, a1 = max(h0, 0), min(h1, H)
+                b0, b1 = max(w0, 0), min(w1, W)
+                acc = _F0
+                for ih in range(a0, a1):
+                    for iw in range(b0, b1):
+                        acc += xp[ih, iw]
+                if divisor > 0:
+                    d = divisor
+                elif include_pad:
+                    d = cnt
+                else:
+                    d = (a1 - a0) * (b1 - b0)
+                op[oh, ow] = acc / np.float32(d)
+
+
+@njit(parallel=True, cache=True, nogil=True)
+def adaptive_avg(x, out):  # pragma: no cover - compiled
+    """PyTorch's adaptive_avg_pool2d: output (i, j) averages rows floor(i H / OH) ..
+    ceil((i+1) H / OH) - 1 and the same for columns; sums in row-major order in float32."""
+    N, C, H, W = x.shape
+    OH, OW = out.shape[2], out.shape[3]
+    for t in prange(N * C):
+        n = t // C
+        c = t - n * C
+        xp = x[n, c]
+        op = out[n, c]
+        for i in range(OH):
+            h0 = (i * H) // OH
+            h1 = -((-(i + 1) * H) // OH)
+            for j in range(OW):
+                w0 = (j * W) // OW
+                w1 = -((-(j + 1) * W) // OW)
+                acc = _F0
+                for ih in range(h0, h1):
+                    for iw in range(w0, w1):
+                        acc += xp[ih, iw]
+                op[i, j] = acc / np.float32((h1 - h0) * (w1 - w0))
+
+
+#: output features per block of the packed linear weight
+LINEAR_KB = 16
+
+
+def pack_linear(w: np.ndarray) -> np.ndarray:
+    """(K, C) weight -> [ceil(K / 16)][C][16] (zero lanes past K): each block is one
+    contiguous stream, so the kernel reads the weight sequentially (reading 16-feature runs of
+    the (C, K) transpose crossed a page per channel and ran 10x slower from DRAM)."""
+    Kf, C = w.shape
+    nb = -(-Kf // LINEAR_KB)
+    wp = np.zeros((nb * LINEAR_KB, C), dtype=np.float32)
+    wp[:Kf] = w
+    return np.ascontiguousarray(wp.reshape(nb, LINEAR_KB, C).transpose(0, 2, 1))
+
+
+@njit(parallel=True, cache=True, nogil=True)
+def linear(x, wp, b, has_bias, out):  # pragma: no cover - compiled
+    """``out[n, k] = sum_c x[n, c] w[k, c] (+ b[k])`` from the packed weight (`pack_linear`):
+    each output sums its products in channel order from zero, then adds the bias; lanes are
+    output features, threads take blocks of them, so the result does not depend on the
+    thread count."""
+    N, C = x.shape
+    Kf = out.shape[1]
+    nb = wp.shape[0]
+    w = wp.reshape(wp.size)
+    per = max(1, nb // 64)
+    nt = (nb + per - 1) // per
+    for task in prange(nt):
+        acc = np.empty(16, dtype=np.float32)
+        for kb in range(task * per, min(nb, (task + 1) * per)):
+            base = uint64(kb * C * 16)
+            for n in range(N):
+                for j in range(16):
+                    acc[j] = _F0
+                for c in range(C):
+                    v = x[n, c]
+                    row = base + uint64(c * 16)
+                    for j in range(uint64(16)):
+                        acc[j] += v * w[row + j]
+                for j in range(min(16, Kf - kb * 16)):
+                    k = kb * 16 + j
+                    out[n, k] = acc[j] + b[k] if has_bias else acc[j]

@@ -1,0 +1,545 @@
+"""`compile`: a PyTorch CPU model captured once and run by convolab's own runtime.
+
+A `CompiledModel` holds the optimised graph (`convolab.runtime.graph`: BatchNorm folded into
+the convolutions, zero padding folded into their padding, bias + residual add + activation
+fused into their output stage) and, per input shape, the convolution plans (algorithm chosen,
+filters transformed and packed once) and the activation buffers (assigned once by liveness
+and reused on every call, so a call allocates only its result).
+
+Layout. Activations stay NCHW float32 from input to output: the layout convolab's direct,
+im2win and depthwise kernels read in place, so no operator converts layouts between layers.
+
+Threads. A call uses exactly ``threads`` threads: Numba's kernels run with
+``numba.set_num_threads(threads)``; the BLAS is held to one thread for the whole call (the
+algorithms that call it -- im2col, the Winograd/SFC engine below 128 channels, fft -- split
+their work over convolab's own threads, never a BLAS pool beside Numba's); operators run
+through PyTorch (the fallback) run with ``torch.set_num_threads(1)``, so PyTorch's OpenMP pool
+is never awake beside convolab's. The previous settings are restored after the call.
+"""
+
+from __future__ import annotations
+
+import threading
+import warnings
+from dataclasses import dataclass
+
+import numpy as np
+
+from .. import registry, select
+from ..api import plan as _plan
+from ..errors import ConvError
+from ..spec import ConvSpec
+from . import _kernels as K
+from .graph import ACTS, Graph, Node, capture, optimise, reshape_shape
+
+_EMPTY1 = np.zeros(1, dtype=np.float32)
+_EMPTY3 = np.zeros((1, 1, 1), dtype=np.float32)
+
+
+@dataclass
+class Layer:
+    """A convolution of the compiled model at one input shape (for reports)."""
+
+    name: str
+    where: str
+    spec: ConvSpec
+    algorithm: str
+    epilogue: str
+
+
+class _State:
+    """What a compiled model keeps per input shape: plans, buffers, the recorded shapes."""
+
+    def __init__(self):
+        self.plans: dict[int, object] = {}
+        self.shapes: dict[int, tuple] = {}
+        self.buffers: dict[int, np.ndarray] | None = None
+        self.calls = 0
+
+
+class CompiledModel:
+    """A captured model run by convolab; call it like the module.
+
+    Attributes
+    ----------
+    graph : Graph
+        The optimised graph.
+    algorithm : str
+        ``"auto"``, ``"deterministic"`` or a registered algorithm name.
+    threads : int
+        Threads every call uses.
+    """
+
+    def __init__(self, graph: Graph, *, algorithm="auto", memory_limit=None, max_error=None,
+                 threads=None, check_finite=True):
+        from .._parallel import worker_count
+
+        self.graph = graph
+        self.algorithm = algorithm
+        self.memory_limit = memory_limit
+        self.max_error = max_error
+        self.threads = int(threads) if threads is not None else worker_count()
+        if self.threads < 1:
+            raise ConvError(f"threads must be >= 1, got {threads}")
+        self.check_finite = check_finite
+        self._states: dict[tuple, _State] = {}
+        self._lock = threading.Lock()
+        self._example_batch = graph.folded.get("example_batch", 1)
+        self._in_shape = graph.nodes[graph.inputs[0]].shape if graph.inputs else ()
+
+    # ------------------------------------------------------------------ reports
+    @property
+    def fallback_ops(self) -> dict:
+        """ATen operators that run through PyTorch (name -> count)."""
+        return dict(self.graph.fallback)
+
+    def layers(self, shape=None) -> list[Layer]:
+        """The convolutions planned for input ``shape`` (default: the example's)."""
+        st = self._states.get(tuple(shape or self._in_shape))
+        out = []
+        for i, n in enumerate(self.graph.nodes):
+            if n.kind != "conv":
+                continue
+            p = st.plans.get(i) if st else None
+            epi = "+".join(x for x in (
+                "bias" if n.attrs["b"] is not None else "",
+                "residual" if n.attrs["residual"] else "",
+                n.attrs["act"] if n.attrs["act"] != "none" else "") if x)
+            out.append(Layer(n.name, n.where, p.spec if p else None, p.algorithm if p else "-",
+                             epi or "-"))
+        return out
+
+    def summary(self, shape=None) -> str:
+        """The graph after the passes: what was folded and fused, per-layer algorithms."""
+        f = self.graph.folded
+        kinds: dict[str, int] = {}
+        for n in self.graph.nodes:
+            kinds[n.kind] = kinds.get(n.kind, 0) + 1
+        lines = [
+            f"compiled model: {len(self.graph.nodes)} operators "
+            + ", ".join(f"{k} {v}" for k, v in sorted(kinds.items())),
+            "folded: " + ", ".join(f"{k} {v}" for k, v in sorted(f.items()) if k != "example_batch"),
+            f"threads {self.threads}; algorithm {self.algorithm!r}",
+        ]
+        if self.graph.fallback:
+            lines.append("run by PyTorch: " + ", ".join(f"{k} x{v}" for k, v in self.graph.fallback.items()))
+        for L in self.layers(shape):
+            lines.append(f"  {L.name:<40} {L.algorithm:<16} {L.epilogue:<22} {L.spec}")
+        return "\n".join(lines)
+
+    def __repr__(self) -> str:
+        return f"CompiledModel({len(self.graph.nodes)} operators, algorithm={self.algorithm!r}, threads={self.threads})"
+
+    # ------------------------------------------------------------------ calling
+    def __call__(self, *inputs):
+        if len(inputs) != len(self.graph.inputs):
+            raise ConvError(f"the compiled model takes {len(self.graph.inputs)} input(s), got {len(inputs)}")
+        is_torch = [type(x).__module__.startswith("torch") for x in inputs]
+        arrays = [self._input(x, self.graph.nodes[i]) for x, i in zip(inputs, self.graph.inputs, strict=True)]
+        key = tuple(a.shape for a in arrays)
+        with self._lock, _Threads(self.threads):
+            st = self._states.get(key[0] if len(key) == 1 else key)
+            if st is None:
+                st = self._states[key[0] if len(key) == 1 else key] = _State()
+            outs = self._run(arrays, st)
+        if any(is_torch):
+            import torch
+
+            outs = [torch.from_numpy(o) for o in outs]
+        return outs[0] if len(outs) == 1 else tuple(outs)
+
+    def _input(self, x, node: Node) -> np.ndarray:
+        if type(x).__module__.startswith("torch"):
+            if x.device.type != "cpu":
+                raise ConvError(f"input {node.name}: the compiled model runs on the CPU, got a {x.device} tensor")
+            x = x.detach().numpy()
+        a = np.asarray(x)
+        if a.dtype != np.float32:
+            raise ConvError(f"input {node.name}: expected float32, got {a.dtype}")
+        if a.ndim != len(node.shape) or a.shape[1:] != tuple(node.shape[1:]):
+            raise ConvError(f"input {node.name}: expected shape (N, {', '.join(map(str, node.shape[1:]))}), "
+                            f"got {tuple(a.shape)}")
+        if self.check_finite and not np.isfinite(a).all():
+            bad = np.argwhere(~np.isfinite(a))[0]
+            at = tuple(int(i) for i in bad)
+            raise ConvError(f"input {node.name}: non-finite value {a[at]} at index {at} "
+                            "(compile with check_finite=False to let NaN/Inf propagate)")
+        return np.ascontiguousarray(a)
+
+    def _run(self, arrays, st: _State) -> list[np.ndarray]:
+        g = self.graph
+        vals: list = [None] * len(g.nodes)
+        for i, a in zip(g.inputs, arrays, strict=True):
+            vals[i] = a
+        for i, n in enumerate(g.nodes):
+            if n.kind == "input":
+                continue
+            try:
+                vals[i] = _EXEC[n.kind](self, i, n, vals, st)
+            except ConvError as e:
+                raise ConvError(f"layer {n.describe()}: {e}") from None
+        outs = [np.array(vals[i], copy=True) for i in g.outputs]
+        st.calls += 1
+        if st.buffers is None:
+            st.buffers = _assign_buffers(g, st.shapes)
+        return outs
+
+    def _out(self, i: int, st: _State, shape: tuple) -> np.ndarray:
+        if st.buffers is not None:
+            b = st.buffers.get(i)
+            if b is not None and b.shape == shape:
+                return b
+        st.shapes[i] = shape
+        return np.empty(shape, dtype=np.float32)
+
+    # ------------------------------------------------------------------ planning
+    def _conv_plan(self, i: int, n: Node, x_shape, st: _State):
+        p = st.plans.get(i)
+        if p is not None:
+            return p
+        a = n.attrs
+        args = dict(stride=a["stride"], padding=a["padding"], dilation=a["dilation"], groups=a["groups"])
+        try:
+            spec = ConvSpec.from_shapes(x_shape, a["w"].shape, dtype=np.float32, **args)
+        except ConvError as e:
+            raise ConvError(f"input of shape {tuple(x_shape)}: {e}") from None
+        algo = self.algorithm
+        budgets = dict(memory_limit=self.memory_limit, max_error=self.max_error)
+        if algo == "deterministic":
+            ranking = select.rank(spec, **budgets)
+            names = [c.name for c in ranking if c.admissible and registry.get(c.name).deterministic]
+            algo = names[0] if names else "direct"
+            p = _plan(x_shape, a["w"], algorithm=algo, **args)
+        elif algo != "auto" and registry.get(algo).supports(spec) is None:
+            p = _plan(x_shape, a["w"], algorithm=algo, **args)
+        else:  # auto, or a named algorithm that cannot run this layer
+            p = _plan(x_shape, a["w"], algorithm="auto", **args, **budgets)
+        st.plans[i] = p
+        return p
+
+
+class _Threads:
+    """Hold Numba to ``n`` threads, the BLAS to one and PyTorch (if loaded) to one, restoring
+    the previous settings on exit."""
+
+    def __init__(self, n: int):
+        self.n = n
+
+    def __enter__(self):
+        import sys
+
+        import numba
+
+        from .._parallel import blas_one_thread
+
+        self._numba = numba.get_num_threads()
+        numba.set_num_threads(min(self.n, numba.config.NUMBA_NUM_THREADS))
+        self._blas = blas_one_thread()
+        self._blas.__enter__()
+        torch = sys.modules.get("torch")
+        self._torch = None
+        if torch is not None:
+            self._torch = torch.get_num_threads()
+            if self._torch != 1:
+                torch.set_num_threads(1)
+        return self
+
+    def __exit__(self, *exc):
+        import sys
+
+        import numba
+
+        numba.set_num_threads(self._numba)
+        self._blas.__exit__(*exc)
+        torch = sys.modules.get("torch")
+        if torch is not None and self._torch not in (None, 1):
+            torch.set_num_threads(self._torch)
+        return False
+
+
+# ---------------------------------------------------------------------- buffers
+def _assign_buffers(g: Graph, shapes: dict[int, tuple]) -> dict[int, np.ndarray]:
+    """Buffers for the nodes that allocate their output (``shapes``), shared between values
+    whose lifetimes do not overlap: a value lives from its node to the last node that reads
+    it or a view of it (reshape); graph outputs are copied out and may share too."""
+    root = list(range(len(g.nodes)))
+    for i, n in enumerate(g.nodes):
+        if n.kind == "reshape":
+            root[i] = root[n.inputs[0]]
+    last = {}
+    for i, n in enumerate(g.nodes):
+        for j in n.inputs:
+            last[root[j]] = i
+    for j in g.outputs:
+        last[root[j]] = len(g.nodes)
+    free: list[np.ndarray] = []  # flat byte buffers
+    busy: list[tuple[int, np.ndarray]] = []  # (last use, buffer)
+    out = {}
+    for i in range(len(g.nodes)):
+        free += [b for end, b in busy if end < i]
+        busy = [(end, b) for end, b in busy if end >= i]
+        if i not in shapes:
+            continue
+        need = int(np.prod(shapes[i])) * 4
+        fit = [k for k, b in enumerate(free) if b.nbytes >= need]
+        if fit:
+            b = free.pop(min(fit, key=lambda k: free[k].nbytes))
+        else:
+            b = np.empty(max(need, 64), dtype=np.uint8)
+        busy.append((last.get(i, i), b))
+        out[i] = b[:need].view(np.float32).reshape(shapes[i])
+    return out
+
+
+# ---------------------------------------------------------------------- operators
+def _conv(m: CompiledModel, i: int, n: Node, vals, st: _State):
+    x = vals[n.inputs[0]]
+    p = m._conv_plan(i, n, x.shape, st)
+    y = m._out(i, st, p.spec.out_shape)
+    p.execute(x, y)
+    a = n.attrs
+    mode = (2 if a["b"] is not None else 0) | (4 if a["residual"] else 0)
+    act = ACTS[a["act"]]
+    if mode or act:
+        N, Kc = y.shape[0], y.shape[1]
+        y3 = y.reshape(N, Kc, -1)
+        if a["residual"]:
+            r = vals[n.inputs[1]]
+            if r.shape != y.shape:
+                raise ConvError(f"residual of shape {r.shape} does not match the convolution's output {y.shape}")
+            r3 = r.reshape(N, Kc, -1)
+        else:
+            r3 = _EMPTY3
+        K.epilogue(y3, y3, _EMPTY1, a["b"] if a["b"] is not None else _EMPTY1, r3, mode, act,
+                   a["lo"], a["hi"])
+    return y
+
+
+def _nchw(n: Node, x) -> None:
+    if x.ndim != 4:
+        raise ConvError(f"expected an NCHW input, got shape {x.shape}")
+
+
+def _act(m, i, n, vals, st):
+    x = vals[n.inputs[0]]
+    y = m._out(i, st, x.shape)
+    xs = x.reshape(x.shape[0], x.shape[1] if x.ndim > 1 else 1, -1)
+    ys = y.reshape(xs.shape)
+    K.epilogue(xs, ys, _EMPTY1, _EMPTY1, _EMPTY3, 0, ACTS[n.attrs["act"]], n.attrs["lo"], n.attrs["hi"])
+    return y
+
+
+def _affine(m, i, n, vals, st):
+    x = vals[n.inputs[0]]
+    if x.ndim < 2 or x.shape[1] != n.attrs["scale"].shape[0]:
+        raise ConvError(f"expected {n.attrs['scale'].shape[0]} channels, got shape {x.shape}")
+    y = m._out(i, st, x.shape)
+    xs = x.reshape(x.shape[0], x.shape[1], -1)
+    sc = n.attrs.setdefault("scale32", n.attrs["scale"].astype(np.float32))
+    sh = n.attrs.setdefault("shift32", n.attrs["shift"].astype(np.float32))
+    K.epilogue(xs, y.reshape(xs.shape), sc, sh, _EMPTY3, 3, 0, 0.0, 0.0)
+    return y
+
+
+_UFUNC = {"add": np.add, "sub": np.subtract, "mul": np.multiply, "div": np.divide}
+
+
+def _binary(m, i, n, vals, st):
+    a = vals[n.inputs[0]]
+    b = vals[n.inputs[1]] if len(n.inputs) > 1 else np.float32(n.attrs["scalar"])
+    shape = np.broadcast_shapes(a.shape, np.shape(b))
+    y = m._out(i, st, shape)
+    _UFUNC[n.attrs["op"]](a, b, out=y)
+    return y
+
+
+def _pad(m, i, n, vals, st):
+    x = vals[n.inputs[0]]
+    pl, pr, pt, pb = n.attrs["pads"]
+    H, W = x.shape[-2], x.shape[-1]
+    shape = (*x.shape[:-2], H + pt + pb, W + pl + pr)
+    if min(shape) <= 0:
+        raise ConvError(f"padding {n.attrs['pads']} leaves no output for input {x.shape}")
+    y = m._out(i, st, shape)
+    y[...] = n.attrs["value"]
+    src = x[..., max(0, -pt): H - max(0, -pb), max(0, -pl): W - max(0, -pr)]
+    y[..., max(0, pt): max(0, pt) + src.shape[-2], max(0, pl): max(0, pl) + src.shape[-1]] = src
+    return y
+
+
+def _pool_out(size, k, s, p, d, ceil):
+    eff = d * (k - 1) + 1
+    num = size + 2 * p - eff
+    o = (-(-num // s) if ceil else num // s) + 1
+    if ceil and (o - 1) * s >= size + p:
+        o -= 1
+    return o
+
+
+def _maxpool(m, i, n, vals, st):
+    x = vals[n.inputs[0]]
+    _nchw(n, x)
+    a = n.attrs
+    OH = _pool_out(x.shape[2], a["k"][0], a["stride"][0], a["padding"][0], a["dilation"][0], a["ceil"])
+    OW = _pool_out(x.shape[3], a["k"][1], a["stride"][1], a["padding"][1], a["dilation"][1], a["ceil"])
+    y = m._out(i, st, (x.shape[0], x.shape[1], OH, OW))
+    K.maxpool(x, y, *a["k"], *a["stride"], *a["padding"], *a["dilation"])
+    return y
+
+
+def _avgpool(m, i, n, vals, st):
+    x = vals[n.inputs[0]]
+    _nchw(n, x)
+    a = n.attrs
+    OH = _pool_out(x.shape[2], a["k"][0], a["stride"][0], a["padding"][0], 1, a["ceil"])
+    OW = _pool_out(x.shape[3], a["k"][1], a["stride"][1], a["padding"][1], 1, a["ceil"])
+    y = m._out(i, st, (x.shape[0], x.shape[1], OH, OW))
+    K.avgpool(x, y, *a["k"], *a["stride"], *a["padding"], bool(a["include_pad"]), int(a["divisor"] or 0))
+    return y
+
+
+def _adaptive(m, i, n, vals, st):
+    x = vals[n.inputs[0]]
+    _nchw(n, x)
+    OH, OW = n.attrs["size"]
+    y = m._out(i, st, (x.shape[0], x.shape[1], OH, OW))
+    K.adaptive_avg(x, y)
+    if "keepdim" in n.attrs and not n.attrs["keepdim"]:
+        return y.reshape(x.shape[0], x.shape[1])
+    return y
+
+
+def _linear(m, i, n, vals, st):
+    x = vals[n.inputs[0]]
+    w = n.attrs["w"]
+    if x.shape[-1] != w.shape[1]:
+        raise ConvError(f"expected {w.shape[1]} input features, got shape {x.shape}")
+    if "wp" not in n.attrs:
+        n.attrs["wp"] = K.pack_linear(w)
+    wt = n.attrs["wp"]
+    b = n.attrs["b"]
+    x2 = np.ascontiguousarray(x).reshape(-1, x.shape[-1])
+    y = m._out(i, st, (*x.shape[:-1], w.shape[0]))
+    K.linear(x2, wt, b if b is not None else _EMPTY1, b is not None, y.reshape(x2.shape[0], -1))
+    return y
+
+
+def _reshape(m, i, n, vals, st):
+    x = vals[n.inputs[0]]
+    shape = reshape_shape(n, x.shape, m._example_batch)
+    if int(np.prod(shape)) != x.size:
+        raise ConvError(f"cannot reshape {x.shape} to {shape}")
+    return np.ascontiguousarray(x).reshape(shape)
+
+
+def _cat(m, i, n, vals, st):
+    xs = [vals[j] for j in n.inputs]
+    d = n.attrs["dim"] % xs[0].ndim
+    shape = list(xs[0].shape)
+    shape[d] = sum(x.shape[d] for x in xs)
+    y = m._out(i, st, tuple(shape))
+    np.concatenate(xs, axis=d, out=y)
+    return y
+
+
+def _torch(m, i, n, vals, st):
+    import torch
+
+    ins = [torch.from_numpy(vals[j]) for j in n.inputs]
+
+    def unpack(a):
+        if isinstance(a, list):
+            return [unpack(b) for b in a]
+        if isinstance(a, tuple) and len(a) == 2 and a[0] in ("value", "const", "lit"):
+            tag, v = a
+            return ins[v] if tag == "value" else torch.from_numpy(v) if tag == "const" else v
+        if isinstance(a, tuple):
+            return tuple(unpack(b) for b in a)
+        return a
+
+    with torch.no_grad():
+        r = n.attrs["target"](*unpack(n.attrs["args"]), **{k: unpack(v) for k, v in n.attrs["kwargs"].items()})
+    if isinstance(r, (tuple, list)):
+        return [t.numpy() if isinstance(t, torch.Tensor) else t for t in r]
+    if not isinstance(r, torch.Tensor):
+        return r
+    return r.contiguous().numpy()
+
+
+def _getitem(m, i, n, vals, st):
+    return vals[n.inputs[0]][n.attrs["item"]]
+
+
+_EXEC = {
+    "conv": _conv, "act": _act, "affine": _affine, "binary": _binary, "pad": _pad,
+    "maxpool": _maxpool, "avgpool": _avgpool, "adaptive_avg": _adaptive, "linear": _linear,
+    "reshape": _reshape, "cat": _cat, "torch": _torch, "getitem": _getitem,
+}
+
+
+def compile(model, example_input, *, algorithm="auto", memory_limit=None, max_error=None,  # noqa: A001
+            threads=None, check_finite=True) -> CompiledModel:
+    """Capture a PyTorch CPU model and run it in convolab's runtime.
+
+    Parameters
+    ----------
+    model : torch.nn.Module
+        In eval mode (BatchNorm with running statistics, dropout off); float32 parameters.
+    example_input : torch.Tensor or numpy.ndarray
+        An input of the shape the model will mostly see (N, C, H, W): the graph is captured
+        with ``torch.export`` at this shape and its convolutions planned for it. Other batch
+        sizes are planned on their first call and kept.
+    algorithm : str
+        ``"auto"`` (per layer, under ``memory_limit`` and ``max_error``), ``"deterministic"``
+        (the fastest of the algorithms whose results do not depend on threads or SIMD width,
+        per layer), or a registered name (layers it cannot run use ``"auto"``).
+    memory_limit, max_error
+        Budgets of ``"auto"`` per convolution (see `convolab.plan`).
+    threads : int, optional
+        Threads every call uses (default: Numba's thread count).
+    check_finite : bool
+        Refuse inputs holding NaN or Inf with a `ConvError` (default True).
+
+    Returns
+    -------
+    CompiledModel
+        Callable like the module: torch tensors in -> torch tensors out, NumPy in -> NumPy out.
+
+    Notes
+    -----
+    The passes (`convolab.runtime.graph`): BatchNorm folded into convolutions, zero ``F.pad``
+    folded into their padding, bias + residual add + activation (ReLU, ReLU6 / hardtanh /
+    clamp, SiLU, Hardswish, Hardsigmoid, Sigmoid, GELU) applied in the convolution's output
+    stage while its output is in cache. Pooling (max, average, adaptive / global), linear,
+    flatten / view, concat, padding and elementwise operators run as compiled kernels or
+    single-threaded NumPy; any other operator runs through PyTorch, listed once in a warning.
+    """
+    import torch
+
+    if not isinstance(model, torch.nn.Module):
+        raise ConvError(f"compile takes a torch.nn.Module, got {type(model).__name__}")
+    if model.training:
+        raise ConvError("the model is in training mode: call model.eval() before convolab.compile "
+                        "(BatchNorm folding needs its running statistics)")
+    if algorithm not in ("auto", "deterministic"):
+        registry.get(algorithm)  # unknown names raise ConvError listing the registered ones
+    ex = example_input
+    if isinstance(ex, np.ndarray):
+        ex = torch.from_numpy(ex)
+    if not isinstance(ex, torch.Tensor):
+        raise ConvError(f"example_input must be a torch.Tensor or numpy.ndarray, got {type(ex).__name__}")
+    if ex.dtype != torch.float32:
+        raise ConvError(f"example_input must be float32, got {ex.dtype}")
+    if ex.device.type != "cpu":
+        raise ConvError(f"example_input must be a CPU tensor, got {ex.device}")
+    for name, p in model.named_parameters():
+        if p.dtype != torch.float32:
+            raise ConvError(f"parameter {name} is {p.dtype}; the runtime computes in float32")
+    g = optimise(capture(model, ex))
+    if g.fallback:
+        warnings.warn("convolab.compile: these operators run through PyTorch: "
+                      + ", ".join(f"{k} (x{v})" for k, v in g.fallback.items()), stacklevel=2)
+    cm = CompiledModel(g, algorithm=algorithm, memory_limit=memory_limit, max_error=max_error,
+                       threads=threads, check_finite=check_finite)
+    cm(ex)  # plans and buffers for the example's shape
+    return cm
