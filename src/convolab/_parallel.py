@@ -11,24 +11,11 @@ from __future__ import annotations
 import os
 import threading
 
+from ._machine import worker_count  # noqa: F401 - the algorithms take it from here
+
 _pool = None
 _pool_lock = threading.Lock()
 _controller = None
-
-
-def worker_count() -> int:
-    """Threads to use: Numba's thread count (``numba.set_num_threads`` once its pool runs,
-    else ``NUMBA_NUM_THREADS``), at most the CPUs this process may run on."""
-    import numba
-    from numba.np.ufunc import parallel
-
-    # do not start Numba's pool just to ask: use its setting only once it is running
-    n = numba.get_num_threads() if parallel._is_initialized else numba.config.NUMBA_NUM_THREADS
-    try:
-        cpus = len(os.sched_getaffinity(0))
-    except AttributeError:  # pragma: no cover - not Linux
-        cpus = os.cpu_count() or 1
-    return max(1, min(n, cpus))
 
 
 def blas_one_thread():

@@ -73,6 +73,9 @@ from pathlib import Path
 import numpy as np
 
 from . import __version__, registry
+from ._machine import cpu_model, gemm_gflops
+from ._machine import threads as _threads
+from ._timing import SETTLE_SECONDS, time_min
 from .api import _mib
 from .errors import ConvError
 from .registry import summation_bound
@@ -199,19 +202,6 @@ AUTOTUNE = _FileCache("autotune.json", AUTOTUNE_FORMAT)
 CALIBRATION = _FileCache("calibration.json", CALIBRATION_FORMAT)
 
 
-def _threads() -> int:
-    import numba
-
-    return int(numba.get_num_threads())
-
-
-@functools.lru_cache(maxsize=1)
-def _cpu() -> str:
-    from .bench.runner import cpu_model
-
-    return cpu_model()
-
-
 def cache_key(spec: ConvSpec, threads: int | None = None) -> str:
     """Autotune key: the convolution, dtype, thread count, CPU model and convolab version."""
     s = spec
@@ -220,7 +210,7 @@ def cache_key(spec: ConvSpec, threads: int | None = None) -> str:
             "conv": [s.N, s.C, s.H, s.W, s.K, s.R, s.S, list(s.stride), list(s.padding), list(s.dilation), s.groups],
             "dtype": str(s.dtype),
             "threads": _threads() if threads is None else threads,
-            "cpu": _cpu(),
+            "cpu": cpu_model(),
             "version": __version__,
         },
         sort_keys=True,
@@ -229,7 +219,7 @@ def cache_key(spec: ConvSpec, threads: int | None = None) -> str:
 
 def machine_key(threads: int | None = None) -> str:
     return json.dumps(
-        {"threads": _threads() if threads is None else threads, "cpu": _cpu(), "version": __version__},
+        {"threads": _threads() if threads is None else threads, "cpu": cpu_model(), "version": __version__},
         sort_keys=True,
     )
 
@@ -274,8 +264,6 @@ def _uncalibrated() -> Machine:
     global _DEFAULT_MACHINE
     with _DEFAULT_LOCK:
         if _DEFAULT_MACHINE is None:
-            from .bench.runner import gemm_gflops
-
             g = gemm_gflops(n=512, repeat=3)
             _DEFAULT_MACHINE = Machine(g, 10.0, 20e-6, {})
         return _DEFAULT_MACHINE
@@ -536,7 +524,6 @@ def _trial_candidates(adm: list[Choice]) -> list[Choice]:
 
 def _measure(cands: list[Choice], spec: ConvSpec, repeat: int, w, others=()) -> None:
     from .api import ConvPlan
-    from .bench.runner import time_min
 
     rng = np.random.default_rng(0)
     x = rng.standard_normal(spec.x_shape).astype(spec.dtype)
@@ -652,22 +639,55 @@ def _bandwidth_gbs() -> float:
     a = np.ones(32 * 2**20 // 4, np.float32)
     b = np.empty_like(a)
     np.copyto(b, a)
-    from .bench.runner import time_min
-
     t = time_min(lambda: np.copyto(b, a), 5)
     return 2 * a.nbytes / t / 1e9
+
+
+_PREWARM = """
+import json, sys
+import numpy as np
+import convolab
+from convolab.spec import ConvSpec
+for name, shapes in json.loads(sys.argv[1]):
+    for xs, ws, kw in shapes:
+        spec = ConvSpec.from_shapes(xs, ws, **kw)
+        if convolab.registry.get(name).supports(spec) is None:
+            convolab.conv2d(np.ones(xs, np.float32), np.ones(ws, np.float32), algorithm=name, **kw)
+"""
+
+
+def prewarm(algos: list[registry.Algorithm], specs: list[ConvSpec]) -> None:
+    """Compile every algorithm's kernels for these layers' code paths in a subprocess.
+
+    The subprocess fills Numba's on-disk cache, so this process loads the cached machine code
+    instead of compiling: the register-blocked LLVM-IR kernel of ``im2win`` runs about 2x slower
+    when it is JIT-compiled in the process that times it (it spills registers) than when it is
+    loaded from the cache. The layers are shrunk to at most 16x16 pixels and batch 1, which
+    takes the same code paths.
+    """
+    import subprocess
+    import sys
+
+    shapes = []
+    for s in specs:
+        H, W = min(s.H, max(16, s.dilated_R)), min(s.W, max(16, s.dilated_S))
+        kw = {"stride": list(s.stride), "padding": list(s.padding), "dilation": list(s.dilation),
+              "groups": s.groups}
+        spec = ConvSpec.from_shapes((1, s.C, H, W), s.w_shape, **kw)
+        shapes.append(((1, s.C, spec.H, spec.W), list(s.w_shape), kw))
+    job = json.dumps([(a.name, shapes) for a in algos])
+    subprocess.run([sys.executable, "-c", _PREWARM, job], check=True, capture_output=True)
 
 
 def calibrate(progress=None, layers=None) -> Machine:
     """Measure this machine's constants and every algorithm on the calibration layers; store
     them (keyed by CPU, thread count and version) and return them."""
     from .api import ConvPlan
-    from .bench.runner import SETTLE_SECONDS, gemm_gflops, prewarm, time_min
 
     todo = CALIBRATION_LAYERS if layers is None else layers
     specs = [ConvSpec.from_shapes(xs, ws, st, pad, 1, grp, np.float32) for xs, ws, st, pad, grp in todo]
     # compile every kernel in a subprocess first: kernels compiled in the timing process can run
-    # far slower than the cached machine code (see `convolab.bench.runner.prewarm`), which made
+    # far slower than the cached machine code (see `prewarm`), which made
     # im2win measure at half its speed on layers whose code path was new
     prewarm(list(registry.algorithms()), specs)
     g = gemm_gflops(n=1024, repeat=5)

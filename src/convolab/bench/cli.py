@@ -61,8 +61,9 @@ def run(args) -> int:
 
     from ..errors import ConvError
     from ..registry import algorithms, get
+    from ..select import prewarm
     from . import peers as peers_mod
-    from .runner import auto_quality, bench_layer, geomean_ratios, machine_info, prewarm, to_json
+    from .runner import auto_quality, bench_layer, geomean_ratios, machine_info, to_json
     from .suites import suite
 
     if args.repeat < 1:

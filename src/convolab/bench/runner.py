@@ -21,6 +21,8 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 
 from .. import reference
+from .._machine import blas_info, cpu_model, gemm_gflops
+from .._timing import SETTLE_SECONDS, time_min
 from ..api import plan as make_plan
 from ..registry import Algorithm, get
 from ..spec import ConvSpec
@@ -55,43 +57,6 @@ class MachineInfo:
     env: dict = field(default_factory=dict)
 
 
-def cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
-def blas_info() -> str:
-    """BLAS library, version and the core kernel it selected (threadpoolctl)."""
-    from threadpoolctl import threadpool_info
-
-    for info in threadpool_info():
-        if info.get("user_api") == "blas":
-            return (
-                f"{info.get('internal_api')} {info.get('version')} core={info.get('architecture')} "
-                f"threads={info.get('num_threads')}"
-            )
-    return "unknown"
-
-
-def gemm_gflops(n: int = 2048, repeat: int = 3) -> float:
-    """Measured NumPy float32 GEMM rate (n^3, best of at least ``repeat`` calls and 0.3 s):
-    the machine's practical peak. (Five 1024^3 calls take 25 ms, short enough for all of them
-    to fall in one of the host's slow spells: calibrate once read half the rate.)"""
-    rng = np.random.default_rng(0)
-    a = rng.standard_normal((n, n), dtype=np.float32)
-    b = rng.standard_normal((n, n), dtype=np.float32)
-    c = np.empty((n, n), np.float32)
-    np.matmul(a, b, out=c)
-    best = time_min(lambda: np.matmul(a, b, out=c), repeat, min_total=0.3)
-    return 2 * n**3 / best / 1e9
-
-
 def machine_info(threads: int) -> MachineInfo:
     return MachineInfo(
         cpu=cpu_model(),
@@ -102,30 +67,6 @@ def machine_info(threads: int) -> MachineInfo:
         python=platform.python_version(),
         env={k: os.environ[k] for k in ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE") if k in os.environ},
     )
-
-
-#: pause after each implementation's warm-up call: the previous implementation's threads
-#: (OpenBLAS spins for a while after a call) go to sleep before the timed calls start
-SETTLE_SECONDS = 0.1
-
-
-def _once(f: Callable[[], object]) -> float:
-    t0 = time.perf_counter()
-    f()
-    return time.perf_counter() - t0
-
-
-def time_min(f: Callable[[], object], repeat: int, min_total: float = 0.05) -> float:
-    """Minimum time of ``f`` over at least ``repeat`` calls (more while under ``min_total`` s)."""
-    best = math.inf
-    total = 0.0
-    n = 0
-    while n < repeat or (total < min_total and n < 50 * repeat):
-        t = _once(f)
-        best = min(best, t)
-        total += t
-        n += 1
-    return best
 
 
 def peak_allocation(f: Callable[[], object]) -> int:
@@ -147,43 +88,6 @@ def layer_data(spec: ConvSpec, seed: int = 0):
         np.float32
     )
     return x, w
-
-
-_PREWARM = """
-import json, sys
-import numpy as np
-import convolab
-from convolab.spec import ConvSpec
-for name, shapes in json.loads(sys.argv[1]):
-    for xs, ws, kw in shapes:
-        spec = ConvSpec.from_shapes(xs, ws, **kw)
-        if convolab.registry.get(name).supports(spec) is None:
-            convolab.conv2d(np.ones(xs, np.float32), np.ones(ws, np.float32), algorithm=name, **kw)
-"""
-
-
-def prewarm(algos: list[Algorithm], specs: list[ConvSpec]) -> None:
-    """Compile every algorithm's kernels for these layers' code paths in a subprocess.
-
-    The subprocess fills Numba's on-disk cache, so this process loads the cached machine code
-    instead of compiling: the register-blocked LLVM-IR kernel of ``im2win`` runs about 2x slower
-    when it is JIT-compiled in the process that times it (it spills registers) than when it is
-    loaded from the cache. The layers are shrunk to at most 16x16 pixels and batch 1, which
-    takes the same code paths.
-    """
-    import json
-    import subprocess
-    import sys
-
-    shapes = []
-    for s in specs:
-        H, W = min(s.H, max(16, s.dilated_R)), min(s.W, max(16, s.dilated_S))
-        kw = {"stride": list(s.stride), "padding": list(s.padding), "dilation": list(s.dilation),
-              "groups": s.groups}
-        spec = ConvSpec.from_shapes((1, s.C, H, W), s.w_shape, **kw)
-        shapes.append(((1, s.C, spec.H, spec.W), list(s.w_shape), kw))
-    job = json.dumps([(a.name, shapes) for a in algos])
-    subprocess.run([sys.executable, "-c", _PREWARM, job], check=True, capture_output=True)
 
 
 def _conv_args(spec: ConvSpec) -> dict:

@@ -1,0 +1,90 @@
+"""The machine (bottom layer): CPU model, BLAS, available memory, the thread count, the GEMM
+rate.
+
+Everything here is cheap to ask except `gemm_gflops` (a measurement) and `blas_info` (it
+loads threadpoolctl): the chooser keys its caches by `cpu_model` and `threads` on every
+first plan of a process, so neither imports more than the standard library and Numba's
+configuration.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import platform
+
+from ._timing import time_min
+
+
+@functools.lru_cache(maxsize=1)
+def cpu_model() -> str:
+    """The CPU's model name (``/proc/cpuinfo``; elsewhere `platform`'s processor or machine)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def blas_info() -> str:
+    """BLAS library, version and the core kernel it selected (threadpoolctl)."""
+    from threadpoolctl import threadpool_info
+
+    for info in threadpool_info():
+        if info.get("user_api") == "blas":
+            return (
+                f"{info.get('internal_api')} {info.get('version')} core={info.get('architecture')} "
+                f"threads={info.get('num_threads')}"
+            )
+    return "unknown"
+
+
+def available_memory() -> int:
+    """Bytes of memory the OS reports as available (MemAvailable), or a large number if unknown."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return 1 << 62
+
+
+def threads() -> int:
+    """The thread count convolab runs with: Numba's (``numba.set_num_threads`` once its pool
+    runs, else ``NUMBA_NUM_THREADS``). Asking does not start Numba's thread pool."""
+    import numba
+    from numba.np.ufunc import parallel
+
+    return int(numba.get_num_threads() if parallel._is_initialized else numba.config.NUMBA_NUM_THREADS)
+
+
+def worker_count() -> int:
+    """Threads to split work over: `threads`, at most the CPUs this process may run on."""
+    try:
+        cpus = len(os.sched_getaffinity(0))
+    except AttributeError:  # pragma: no cover - not Linux
+        cpus = os.cpu_count() or 1
+    return max(1, min(threads(), cpus))
+
+
+def gemm_gflops(n: int = 2048, repeat: int = 3) -> float:
+    """Measured NumPy float32 GEMM rate (n^3, best of at least ``repeat`` calls and 0.3 s):
+    the machine's practical peak. (Five 1024^3 calls take 25 ms, short enough for all of them
+    to fall in one of the host's slow spells: calibrate once read half the rate.)"""
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    a = rng.standard_normal((n, n), dtype=np.float32)
+    b = rng.standard_normal((n, n), dtype=np.float32)
+    c = np.empty((n, n), np.float32)
+    np.matmul(a, b, out=c)
+    best = time_min(lambda: np.matmul(a, b, out=c), repeat, min_total=0.3)
+    return 2 * n**3 / best / 1e9

@@ -1,0 +1,31 @@
+"""Timers (bottom layer): the minimum of repeated calls, used by the chooser's trial and
+``measure=True``, by ``convolab calibrate`` and by the benchmark runner."""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+
+#: pause after each implementation's warm-up call: the previous implementation's threads
+#: (OpenBLAS spins for a while after a call) go to sleep before the timed calls start
+SETTLE_SECONDS = 0.1
+
+
+def _once(f: Callable[[], object]) -> float:
+    t0 = time.perf_counter()
+    f()
+    return time.perf_counter() - t0
+
+
+def time_min(f: Callable[[], object], repeat: int, min_total: float = 0.05) -> float:
+    """Minimum time of ``f`` over at least ``repeat`` calls (more while under ``min_total`` s)."""
+    best = math.inf
+    total = 0.0
+    n = 0
+    while n < repeat or (total < min_total and n < 50 * repeat):
+        t = _once(f)
+        best = min(best, t)
+        total += t
+        n += 1
+    return best
