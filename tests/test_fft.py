@@ -71,6 +71,14 @@ def check(case, dtype, tile=None, chunk=None, seed=0, kind="normal"):
     return err, bound, prep.tiling
 
 
+def test_tile_lengths_match_scipy_next_fast_len():
+    # fft's own 5-smooth search (no scipy.fft import at plan time) agrees with pocketfft's
+    from scipy.fft import next_fast_len
+
+    assert [fft.next_fast_len(n) for n in range(1, 3001)] == [
+        next_fast_len(n, real=True) for n in range(1, 3001)]
+
+
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("layer", sorted(LAYERS))
 def test_named_layers_default_tiling(layer, dtype):

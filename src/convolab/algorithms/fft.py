@@ -249,13 +249,26 @@ def _cost(spec: ConvSpec, Th: int, Tw: int) -> float:
     return t
 
 
+def next_fast_len(n: int) -> int:
+    """The least 5-smooth integer (2^a 3^b 5^c) >= ``n`` >= 1: what
+    ``scipy.fft.next_fast_len(n, real=True)`` returns, without importing ``scipy.fft`` (about
+    50 ms of a fresh process's first plan, which ranks fft on every layer)."""
+    m = n
+    while True:
+        k = m
+        for p in (2, 3, 5):
+            while k % p == 0:
+                k //= p
+        if k == 1:
+            return m
+        m += 1
+
+
 def _lengths(lo: int, hi: int) -> list[int]:
     """The 5-smooth lengths from ``lo`` up to the first one >= ``hi``."""
-    from scipy.fft import next_fast_len
-
     out, m = [], lo
     while not out or out[-1] < hi:
-        out.append(next_fast_len(m, True))
+        out.append(next_fast_len(m))
         m = out[-1] + 1
     return out
 
@@ -275,8 +288,8 @@ def choose_tile(spec: ConvSpec) -> tuple[int, int]:
 
     Notes
     -----
-    Candidates are the 5-smooth lengths (``scipy.fft.next_fast_len(n, real=True)``) from the
-    dilated kernel size up to the first one covering the padded image (at most `MAX_SIDE`).
+    Candidates are the 5-smooth lengths (`next_fast_len`) from the dilated kernel size up to
+    the first one covering the padded image (at most `MAX_SIDE`).
     Filter spectra over `MAX_FILTER_BYTES` are refused unless nothing smaller exists, and so
     are tiles whose float32 `error_bound` exceeds `MAX_ERROR_FACTOR` times the summation bound
     of direct convolution, unless every tile does. The model (`_COST`) adds the transforms (a
