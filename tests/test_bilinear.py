@@ -216,12 +216,17 @@ def test_plan_reuse_bit_identical():
 def test_engines_are_kept_on_disk_for_the_next_process():
     from convolab.algorithms import bilinear as bl
 
+    bl.engine.cache_clear()  # built in this process under another test's cache directory
     eng = bl.engine("sfc4_4x3")
     path = bl._engine_file()
     assert path.parent == convolab.select.cache_dir() and path.name.startswith("engines-")
     stored = bl._load_engines(path)["sfc4_4x3"]
     assert np.array_equal(stored.G, eng.G) and stored.alpha == eng.alpha
+    # the exact transforms stay pickled until asked for (ranking and kernels need only floats)
+    assert isinstance(stored.exact, bytes) and "alg" not in vars(stored)
+    assert (stored.m, stored.r, stored.P) == (eng.alg.m, eng.alg.r, eng.alg.products) == (4, 3, 46)
     assert stored.alg.products == eng.alg.products == 46
+    assert np.array_equal(stored.alg.G, eng.alg.G)
     # an unreadable file is ignored (rebuilt), never an error
     bad = path.with_name("engines-corrupt.pickle")
     bad.write_bytes(b"not a pickle")

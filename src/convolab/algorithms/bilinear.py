@@ -49,9 +49,10 @@ Q. He et al., "Symbolic Fourier Convolution", ICML 2024.
 from __future__ import annotations
 
 import contextlib
+import pickle
 import threading
-from dataclasses import dataclass
-from functools import cache
+from dataclasses import dataclass, field
+from functools import cache, cached_property
 
 import numpy as np
 
@@ -105,9 +106,17 @@ VARIANTS = {
 
 @dataclass(frozen=True)
 class Engine:
-    """Floating-point form of a `Bilinear2D` for the kernels (built once per algorithm)."""
+    """Floating-point form of a `Bilinear2D` for the kernels and the cost model (built once
+    per algorithm).
 
-    alg: Bilinear2D
+    The exact algorithm (`alg`: `fractions.Fraction` matrices) is kept pickled until it is
+    asked for: neither the ranking nor the kernels need it, and unpickling the Fractions of
+    every variant took a fresh process's first ``auto`` plan about 50 ms.
+    """
+
+    m: int  # output tile side
+    r: int  # kernel side
+    products: int  # P, products per tile
     G: np.ndarray  # (P, r*r) float64
     B1: np.ndarray  # (n1, n) float64
     A1: np.ndarray  # (m, n2) float64
@@ -115,10 +124,22 @@ class Engine:
     s_out: tuple
     alpha: float  # error amplification, see _error_bound
     stage_terms: tuple  # max terms per sum in each transform stage
+    exact: object = field(repr=False)  # the Bilinear2D, or its pickle (bytes)
 
     @property
     def P(self) -> int:
-        return self.alg.products
+        return self.products
+
+    @cached_property
+    def alg(self) -> Bilinear2D:
+        """The exact `Bilinear2D` (unpickled on first use)."""
+        e = self.exact
+        return pickle.loads(e) if isinstance(e, bytes) else e
+
+    def __reduce__(self):
+        exact = self.exact if isinstance(self.exact, bytes) else pickle.dumps(self.exact)
+        return (Engine, (self.m, self.r, self.products, self.G, self.B1, self.A1, self.s_in,
+                         self.s_out, self.alpha, self.stage_terms, exact))
 
 
 def _csr(s) -> tuple:
@@ -183,30 +204,38 @@ def engine(name: str) -> Engine:
     return eng
 
 
-@cache
 def _stored_engines() -> dict:
-    """The engines on disk, read once per process."""
-    return _load_engines(_engine_file())
+    """The engines on disk, read once per process and cache directory."""
+    return _stored_at(_engine_file())
 
 
 @cache
+def _stored_at(path) -> dict:
+    return _load_engines(path)
+
+
 def _engine_file():
     """``engines-<hash>.pickle`` in convolab's cache directory; the hash covers the source files
     that define the transforms and the engine (a changed transform never reads a stale file)."""
+    from .. import select
+
+    return select.cache_dir() / f"engines-{_source_hash()}.pickle"
+
+
+@cache
+def _source_hash() -> str:
     import hashlib
     from pathlib import Path
 
-    from .. import select, transforms
+    from .. import transforms
 
     h = hashlib.sha256()
     for f in sorted(Path(transforms.__file__).parent.glob("*.py")) + [Path(__file__)]:
         h.update(f.read_bytes())
-    return select.cache_dir() / f"engines-{h.hexdigest()[:16]}.pickle"
+    return h.hexdigest()[:16]
 
 
 def _load_engines(path) -> dict:
-    import pickle
-
     try:
         with open(path, "rb") as f:
             data = pickle.load(f)
@@ -217,7 +246,6 @@ def _load_engines(path) -> dict:
 
 def _store_engines(path, engines: dict) -> None:
     import os
-    import pickle
     import tempfile
 
     try:
@@ -239,8 +267,8 @@ def engine_for(alg: Bilinear2D) -> Engine:
         _max_terms(alg.A1),
     )
     return Engine(
-        alg, alg.G.astype(float), alg.B1.astype(float), alg.A1.astype(float),
-        _csr(alg.S_in), _csr(alg.S_out), _alpha(alg), terms,
+        alg.m, alg.r, alg.products, alg.G.astype(float), alg.B1.astype(float),
+        alg.A1.astype(float), _csr(alg.S_in), _csr(alg.S_out), _alpha(alg), terms, alg,
     )
 
 
@@ -249,8 +277,9 @@ def tiles(spec: ConvSpec, m: int) -> tuple[int, int]:
     return -(-spec.OH // m), -(-spec.OW // m)
 
 
-def supports_for(alg: Bilinear2D, spec: ConvSpec):
-    """None when ``alg`` can run ``spec``, else the reason."""
+def supports_for(alg: Bilinear2D | Engine, spec: ConvSpec):
+    """None when ``alg`` (an exact algorithm or its `Engine`) can run ``spec``, else the
+    reason."""
     if spec.stride != (1, 1):
         return f"stride must be 1 (got {spec.stride})"
     if spec.dilation != (1, 1):
@@ -260,7 +289,7 @@ def supports_for(alg: Bilinear2D, spec: ConvSpec):
     return None
 
 
-def workspace_for(alg: Bilinear2D, spec: ConvSpec) -> int:
+def workspace_for(alg: Bilinear2D | Engine, spec: ConvSpec) -> int:
     """Bytes of the NHWC input copy of a block of images and of V and M for a chunk, per
     block in flight or per thread sharing a block (per-thread tile buffers, a few vectors of C
     or K, are not counted)."""
@@ -277,7 +306,7 @@ def workspace_for(alg: Bilinear2D, spec: ConvSpec) -> int:
     return (nbuf * (vm + xh) + (split - 1) * (vm + xh)) * spec.compute_dtype.itemsize
 
 
-def multiplies_for(alg: Bilinear2D, spec: ConvSpec) -> int:
+def multiplies_for(alg: Bilinear2D | Engine, spec: ConvSpec) -> int:
     """Transform-domain products: groups * N * tiles * P * Kg * Cg."""
     TH, TW = tiles(spec, alg.m)
     return spec.groups * spec.N * TH * TW * alg.products * spec.Kg * spec.Cg
@@ -489,8 +518,7 @@ def run_prepared(prepared, x: np.ndarray, out: np.ndarray) -> None:
     )
 
     eng, spec, wt, mk, (B1, A1, sin, sout), layouts = prepared
-    alg = eng.alg
-    m, P, Cg, Kg = alg.m, alg.products, spec.Cg, spec.Kg
+    m, P, Cg, Kg = eng.m, eng.products, spec.Cg, spec.Kg
     cd = spec.compute_dtype
     TH, TW = tiles(spec, m)
     T = worker_count()
@@ -607,7 +635,7 @@ def run_prepared(prepared, x: np.ndarray, out: np.ndarray) -> None:
                     xh = nhwc_buffer()[: len(xs)]
                     if not small:
                         for r0, r1 in sorted({(r0, r1) for _, r0, r1 in mine}):
-                            _to_nhwc_rows(xh, xs, r0, r1, TH, m, alg.r, pt)
+                            _to_nhwc_rows(xh, xs, r0, r1, TH, m, eng.r, pt)
                     for job in mine:
                         one_chunk(xh, xs, outh, vb, mb, *job)
 
@@ -628,17 +656,13 @@ def run_prepared(prepared, x: np.ndarray, out: np.ndarray) -> None:
 
 def _make(name: str) -> Algorithm:
     summary = VARIANTS[name][1]
-
-    def alg() -> Bilinear2D:
-        return engine(name).alg
-
     return Algorithm(
         name=name,
-        supports=lambda spec: supports_for(alg(), spec),
+        supports=lambda spec: supports_for(engine(name), spec),
         prepare=lambda spec, w: prepare_for(engine(name), spec, w),
         run=run_prepared,
-        workspace_bytes=lambda spec: workspace_for(alg(), spec),
-        multiplies=lambda spec: multiplies_for(alg(), spec),
+        workspace_bytes=lambda spec: workspace_for(engine(name), spec),
+        multiplies=lambda spec: multiplies_for(engine(name), spec),
         deterministic=False,
         # the cost model fits the paths apart: microkernel GEMMs, tile-vector transforms (few
         # channels), channel-vector transforms with BLAS GEMMs
