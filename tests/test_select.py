@@ -4,6 +4,9 @@ import dataclasses
 import json
 import math
 import multiprocessing as mp
+import os
+import subprocess
+import sys
 import warnings
 
 import numpy as np
@@ -276,3 +279,28 @@ def test_plane_aliasing_feature_and_five_feature_files(cache):
     assert old.n_features == 5
     assert select.predict_seconds(direct, plain, old) == pytest.approx(direct.multiplies(plain) * 1e-9)
     assert select._from_entry({**entry, "n_features": 6}).n_features == 6
+
+
+_FRESH_PLAN = """
+import sys
+import numpy as np
+import convolab
+from convolab.algorithms import bilinear
+w = np.ones((64, 64, 3, 3), np.float32)
+p = convolab.plan((1, 64, 56, 56), w, padding=1)
+loaded = sorted(m for m in sys.modules if m.startswith(("scipy.fft", "convolab.bench", "convolab.kernels._",
+                                                         "convolab.numerics", "convolab.highdim")))
+exact = [n for n in bilinear.VARIANTS if "alg" in vars(bilinear.engine(n))]
+print(p.algorithm, loaded, exact)
+"""
+
+
+def test_a_fresh_process_plans_without_kernels_scipy_fft_or_exact_transforms(cache):
+    # cold start (tools/cold_start.py): ranking every algorithm and preparing the weights
+    # loads no Numba kernel module, neither scipy.fft nor the benchmark runner, and leaves
+    # the stored Winograd/SFC engines' exact transforms pickled
+    env = dict(os.environ, CONVOLAB_AUTO_TRIAL="0")
+    for _ in range(2):  # the first process may build and store the engines
+        out = subprocess.run([sys.executable, "-c", _FRESH_PLAN], env=env, capture_output=True,
+                             text=True, check=True).stdout.split(" ", 1)
+    assert out[1].strip() == "[] []", out
