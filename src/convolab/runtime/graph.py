@@ -5,7 +5,9 @@ Capture. ``torch.export.export(model, (example,))`` (under ``torch.no_grad``) tr
 at the ATen level with concrete shapes: ``nn.Conv2d`` and its subclasses that override
 ``forward``, models calling ``F.conv2d`` directly, ``F.pad`` / ``nn.ZeroPad2d`` before a
 convolution, BatchNorm in eval mode -- all become the same few ATen operators. Parameters and
-buffers are lifted to graph inputs; their values are read once into NumPy (float32).
+buffers are lifted to graph inputs; their values are read once into NumPy (float32). In-place
+operators are computed out of place; one whose change another alias of the tensor (a view)
+would read afterwards is refused (`_check_inplace`).
 
 IR. One `Node` per ATen call; ``inputs`` are indices of earlier nodes (activations), weights
 are NumPy arrays in ``attrs``. Every node produces one value (``getitem`` of multi-output
@@ -113,7 +115,10 @@ def _aten_table():
         aten.hardswish.default: lambda a: _act("hardswish"),
         aten.hardswish_.default: lambda a: _act("hardswish"),
         aten.hardsigmoid.default: lambda a: _act("hardsigmoid"),
+        aten.hardsigmoid_.default: lambda a: _act("hardsigmoid"),
         aten.sigmoid.default: lambda a: _act("sigmoid"),
+        aten.sigmoid_.default: lambda a: _act("sigmoid"),
+        aten.relu6.default: lambda a: _act("clamp", lo=0.0, hi=6.0),
         aten.hardtanh.default: lambda a: _act("clamp", lo=float(a[1] if len(a) > 1 else -1.0),
                                               hi=float(a[2] if len(a) > 2 else 1.0)),
         aten.hardtanh_.default: lambda a: _act("clamp", lo=float(a[1] if len(a) > 1 else -1.0),
@@ -125,7 +130,8 @@ def _aten_table():
     binaries = {aten.add.Tensor: "add", aten.sub.Tensor: "sub", aten.mul.Tensor: "mul",
                 aten.div.Tensor: "div", aten.add_.Tensor: "add", aten.mul_.Tensor: "mul"}
     reshapes = {aten.view.default, aten.reshape.default, aten._unsafe_view.default,
-                aten.flatten.using_ints}
+                aten.flatten.using_ints, aten.squeeze.default, aten.squeeze.dim, aten.squeeze.dims,
+                aten.unsqueeze.default}
     return aten, acts, identities, binaries, reshapes
 
 
@@ -150,6 +156,7 @@ def capture(model, example) -> Graph:
             t = ep.constants.get(spec.target)
         if isinstance(t, torch.Tensor):
             consts[spec.arg.name] = t.detach().to("cpu").numpy()
+    _check_inplace(ep.graph, consts)
     nodes: list[Node] = []
     index: dict[str, int] = {}  # fx node name -> value index
     tuples: dict[str, list] = {}  # fx node name of a multi-output op -> its per-output indices
@@ -218,7 +225,11 @@ def capture(model, example) -> Graph:
             if src.name in index and nodes[index[src.name]].kind == "torch":
                 add(node, "getitem", [index[src.name]], item=i)
                 continue
+            if not node.users:  # an output nobody reads (the indices of a max pool)
+                continue
             raise ConvError(f"cannot take output {i} of {src.name}")
+        if str(t) == "aten._assert_tensor_metadata.default":  # a check of export's, no value
+            continue
         if t in identities:
             add(node, "identity", [value(a[0])])
         elif t in (aten.conv2d.default, aten.conv2d.padding, aten.convolution.default):
@@ -277,6 +288,9 @@ def capture(model, example) -> Graph:
         elif t is aten.gelu.default:
             approx = node.kwargs.get("approximate", a[1] if len(a) > 1 else "none")
             add(node, "act", [value(a[0])], act="gelu_tanh" if approx == "tanh" else "gelu", lo=0.0, hi=0.0)
+        elif t in (aten.clamp_min.default, aten.clamp_max.default) and not isinstance(a[1], torch.fx.Node):
+            lo, hi = (float(a[1]), math.inf) if t is aten.clamp_min.default else (-math.inf, float(a[1]))
+            add(node, "act", [value(a[0])], act="clamp", lo=lo, hi=hi)
         elif t in (aten.clamp.default, aten.clamp_.default) and isinstance(a[0], torch.fx.Node) and all(
                 not isinstance(v, torch.fx.Node) for v in a[1:]):
             lo = a[1] if len(a) > 1 and a[1] is not None else -math.inf
@@ -305,7 +319,8 @@ def capture(model, example) -> Graph:
                 continue
             pads = pads + [0, 0] * ((4 - len(pads)) // 2)
             add(node, "pad", [value(a[0])], pads=tuple(int(p) for p in pads), value=val)
-        elif t in (aten.max_pool2d.default, aten.max_pool2d_with_indices.default):
+        elif t is aten.max_pool2d.default or (t is aten.max_pool2d_with_indices.default and not any(
+                u.target is operator.getitem and u.args[1] != 0 and u.users for u in node.users)):
             k = _pair(a[1])
             stride = _pair(a[2]) if len(a) > 2 and a[2] else k
             padding = _pair(a[3]) if len(a) > 3 else (0, 0)
@@ -348,6 +363,51 @@ def capture(model, example) -> Graph:
     g = Graph(nodes, outputs, inputs, fallback)
     _check_example_batch(g, ep, example)
     return g
+
+
+def _returns_view(node) -> bool:
+    """Whether an fx node's value is a view of (shares memory with) its first argument."""
+    if node.op != "call_function":
+        return False
+    if node.target is operator.getitem:  # an element of split / chunk / unbind
+        return hasattr(node.args[0], "op") and _returns_view(node.args[0])
+    schema = getattr(node.target, "_schema", None)
+    return schema is not None and any(r.alias_info is not None and not r.alias_info.is_write
+                                      for r in schema.returns)
+
+
+def _writes_first(node) -> bool:
+    schema = getattr(node.target, "_schema", None) if node.op == "call_function" else None
+    return bool(schema and schema.arguments and schema.arguments[0].alias_info is not None
+                and schema.arguments[0].alias_info.is_write)
+
+
+def _check_inplace(graph, consts: dict) -> None:
+    """Refuse an in-place operator whose change the runtime would lose. The runtime computes
+    every operator out of place; ``torch.export`` points the uses that follow an in-place
+    operator at its result, except those through another alias of the changed tensor (a view
+    taken before it, or the base of the view it changes), which would read the old values."""
+    order = {n: k for k, n in enumerate(graph.nodes)}
+    for n in graph.nodes:
+        if not _writes_first(n) or not hasattr(n.args[0], "op") or n.args[0].name in consts:
+            continue
+        group, todo = set(), [n.args[0]]  # every alias of the changed tensor
+        while todo:
+            v = todo.pop()
+            if v in group:
+                continue
+            group.add(v)
+            if _returns_view(v) and hasattr(v.args[0], "op"):
+                todo.append(v.args[0])
+            todo += [u for u in v.users if u is not n and _returns_view(u)]
+        late = sorted({"the output" if u.op == "output" else u.name for v in group for u in v.users
+                       if u is not n and u not in group and order[u] > order[n]}
+                      | {v.name for v in group if order[v] > order[n]})
+        if late:
+            raise ConvError(
+                f"{n.name} ({n.target}{', ' + _where(n) if _where(n) else ''}) changes a tensor in "
+                f"place that {', '.join(late)} read(s) afterwards through another name or view; the "
+                "runtime computes operators out of place: use the out-of-place form in the model")
 
 
 def _check_example_batch(g: Graph, ep, example) -> None:
