@@ -24,11 +24,11 @@ def test_microkernel_and_loops_agree_bit_for_bit(monkeypatch, x_shape, w_shape, 
     x, w, _ = make_data(x_shape, w_shape, bias=False)
     x, w = x.astype(dtype), w.astype(dtype)
     spec = ConvSpec.from_arrays(x, w, None, **kw)
-    assert D._tiled(spec)
+    assert D.tiled(spec)
     tiled = convolab.conv2d(x, w, algorithm="direct", **kw)
     check_against_reference(tiled, x, w, None, kw, convolab.registry.get("direct").error_bound(spec, dtype))
     monkeypatch.setattr(D, "TILE_MIN_KG", 10**9)
-    assert not D._tiled(spec)
+    assert not D.tiled(spec)
     loops = convolab.conv2d(x, w, algorithm="direct", **kw)
     np.testing.assert_array_equal(tiled, loops)
 
@@ -37,10 +37,10 @@ def test_microkernel_only_where_lanes_are_used():
     def spec(k, stride=1, dilation=1):
         return ConvSpec.from_shapes((1, 8, 10, 10), (k, 8, 3, 3), stride, 1, dilation)
 
-    assert D._tiled(spec(64)) and D._tiled(spec(96)) and D._tiled(spec(48))
-    assert not D._tiled(spec(16))  # below TILE_MIN_KG
-    assert not D._tiled(spec(40))  # 40 of 64 lanes
-    assert not D._tiled(spec(64, stride=2)) and not D._tiled(spec(64, dilation=2))
+    assert D.tiled(spec(64)) and D.tiled(spec(96)) and D.tiled(spec(48))
+    assert not D.tiled(spec(16))  # below TILE_MIN_KG
+    assert not D.tiled(spec(40))  # 40 of 64 lanes
+    assert not D.tiled(spec(64, stride=2)) and not D.tiled(spec(64, dilation=2))
     # the count includes the lanes and pixels the microkernel computes past the layer
     s = spec(48)
     assert convolab.registry.get("direct").multiplies(s) == 64 * 100 * 72  # 2 blocks of 32 lanes

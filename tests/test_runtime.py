@@ -611,9 +611,6 @@ def test_unsupported_operator_runs_through_pytorch(op, fn):
     assert op in cm.summary()
 
 
-@pytest.mark.xfail(strict=True, reason="runtime/model.py: a fallback operator's result that is a view "
-                   "of its input (here aten.slice at batch 1) shares that input's activation buffer, which "
-                   "the liveness pass gives to a later layer while the view is still read")
 def test_fallback_result_that_views_its_input_keeps_its_values():
     class Slice(nn.Module):  # GhostNet's `out[:, :self.oup]`
         def __init__(self):
@@ -627,9 +624,6 @@ def test_fallback_result_that_views_its_input_keeps_its_values():
     check(Slice(), torch.randn(1, 3, 8, 8), fallback=True)
 
 
-@pytest.mark.xfail(strict=True, raises=Exception, reason="runtime/model.py: the outputs of a fallback "
-                   "operator that returns several tensors (split, chunk) are passed on as non-contiguous "
-                   "views; the runtime's Numba kernels reject them (TypingError, not a ConvError)")
 def test_fallback_outputs_that_are_not_contiguous():
     class Split(nn.Module):
         def __init__(self):

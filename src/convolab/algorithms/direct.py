@@ -36,20 +36,22 @@ TILE_MIN_KG = 32
 TILE_MIN_USE = 0.75
 
 
-def _depthwise(spec: ConvSpec) -> bool:
+def depthwise(spec: ConvSpec) -> bool:
     """One input channel per group: the depthwise kernel (any stride, dilation, padding)."""
     return spec.Cg == 1
 
 
-def _tiled(spec: ConvSpec) -> bool:
-    if _depthwise(spec) or spec.stride != (1, 1) or spec.dilation != (1, 1) or spec.Kg < TILE_MIN_KG:
+def tiled(spec: ConvSpec) -> bool:
+    """Whether the layer runs on the register-blocked microkernel (stride and dilation 1,
+    enough output channels per group filling enough of the channel lanes)."""
+    if depthwise(spec) or spec.stride != (1, 1) or spec.dilation != (1, 1) or spec.Kg < TILE_MIN_KG:
         return False
     kb = mk.kb(spec)
     return spec.Kg / (-(-spec.Kg // kb) * kb) >= TILE_MIN_USE
 
 
 def _multiplies(spec: ConvSpec) -> int:
-    if not _tiled(spec):
+    if not tiled(spec):
         return spec.direct_multiplies
     return mk.multiplies(spec, spec.OH * spec.OW)
 
@@ -58,38 +60,46 @@ def _supports(spec: ConvSpec):
     return None
 
 
-def _phases(spec: ConvSpec) -> tuple[int, int]:
+def phases(spec: ConvSpec) -> tuple[int, int]:
     """Rows and columns of each stride phase plane: ceil(Hp / sh), ceil(Wp / sw)."""
     (sh, sw) = spec.stride
     return -(-spec.padded_H // sh), -(-spec.padded_W // sw)
 
 
 def _workspace(spec: ConvSpec) -> int:
-    if _depthwise(spec):  # one padded (phase-split) plane per thread
+    if depthwise(spec):  # one padded (phase-split) plane per thread
         from .._parallel import worker_count
 
-        hq, wq = _phases(spec)
+        hq, wq = phases(spec)
         return worker_count() * spec.stride[0] * spec.stride[1] * hq * wq * spec.compute_dtype.itemsize
     if spec.stride == (1, 1):
         return padded_bytes(spec)
-    hq, wq = _phases(spec)
+    hq, wq = phases(spec)
     return spec.N * spec.C * spec.stride[0] * spec.stride[1] * hq * wq * spec.compute_dtype.itemsize
 
 
-def _prepare(spec: ConvSpec, w):
-    """Input offsets of every product (c, r, s) relative to output (0, 0), for the layout
-    `_layout` produces; for the microkernel path the packed filter instead."""
-    if _tiled(spec):
-        return spec, None, None, None, None, mk.pack_filter(spec, w, "rs")
+def tap_offsets(spec: ConvSpec) -> np.ndarray:
+    """Input offsets of every product (c, r, s) of a group relative to output (0, 0), in the
+    layout `_layout` produces (for depthwise layers: one plane's stride phases)."""
     (sh, sw), (dh, dw) = spec.stride, spec.dilation
-    hq, wq = _phases(spec)
-    if spec.stride == (1, 1) and not _depthwise(spec):
+    hq, wq = phases(spec)
+    if spec.stride == (1, 1) and not depthwise(spec):
         hq, wq = spec.padded_H, spec.padded_W
     c, r, s = np.meshgrid(np.arange(spec.Cg), np.arange(spec.R), np.arange(spec.S), indexing="ij")
     plane = ((r * dh) % sh) * sw + (s * dw) % sw
     qoff = c * (sh * sw * hq * wq) + plane * (hq * wq) + ((r * dh) // sh) * wq + (s * dw) // sw
-    qoff = np.ascontiguousarray(qoff.reshape(-1), dtype=np.int64)
-    return spec, w, qoff, wq, sh * sw * hq * wq, None
+    return np.ascontiguousarray(qoff.reshape(-1), dtype=np.int64)
+
+
+def _prepare(spec: ConvSpec, w):
+    """The tap offsets (`tap_offsets`) and the filter; for the microkernel path the packed
+    filter instead."""
+    if tiled(spec):
+        return spec, None, None, None, None, mk.pack_filter(spec, w, "rs")
+    hq, wq = phases(spec)
+    if spec.stride == (1, 1) and not depthwise(spec):
+        hq, wq = spec.padded_H, spec.padded_W
+    return spec, w, tap_offsets(spec), wq, spec.stride[0] * spec.stride[1] * hq * wq, None
 
 
 def _layout(x, spec: ConvSpec) -> np.ndarray:
@@ -98,7 +108,7 @@ def _layout(x, spec: ConvSpec) -> np.ndarray:
     if spec.stride == (1, 1):
         return pad(x, spec)
     (sh, sw) = spec.stride
-    hq, wq = _phases(spec)
+    hq, wq = phases(spec)
     pl, _, pt, _ = spec.padding
     xq = np.zeros((spec.N, spec.C, sh, sw, hq, wq), dtype=x.dtype)
 
@@ -120,11 +130,11 @@ def _layout(x, spec: ConvSpec) -> np.ndarray:
 
 def _run(prepared, x, out):
     spec, w, qoff, wrow, cstride, wpk = prepared
-    if _depthwise(spec):
+    if depthwise(spec):
         from ..kernels._direct import depthwise_nchw
 
         pl, _, pt, _ = spec.padding
-        hq, wq = _phases(spec)
+        hq, wq = phases(spec)
         with PARALLEL_LOCK:
             depthwise_nchw(x, w, out, qoff, *spec.stride, pt, pl, hq, wq)
         return
@@ -156,7 +166,7 @@ register(
         run=_run,
         workspace_bytes=_workspace,
         multiplies=_multiplies,
-        kernel=lambda spec: "" if _tiled(spec) else "depthwise" if _depthwise(spec) else "loops",
+        kernel=lambda spec: "" if tiled(spec) else "depthwise" if depthwise(spec) else "loops",
         deterministic=True,
         cpu_invariant=True,
         summary="Numba over the zero-padded NCHW input (register-blocked microkernel for stride 1); "

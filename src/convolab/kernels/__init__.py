@@ -12,6 +12,12 @@ parallel unfold followed by a BLAS GEMM ran 2-60x slower with it (notes/performa
 The workqueue layer cannot run two parallel regions at once, so every parallel kernel is
 launched under `PARALLEL_LOCK`; parallel kernels launched from several Python threads take
 turns, each using all the cores.
+
+Caching: Numba keys a function's cache entry on its own source file only, but a compiled
+function carries the code of every function it calls or inlines from other files (the
+microkernel, the epilogue, the atomics): after such a file changed, a kernel elsewhere kept
+running its stale copy. For convolab's own files the stamp therefore also covers every source
+file of this package (`_stamp_locators`).
 """
 
 import os
@@ -22,6 +28,46 @@ if "NUMBA_THREADING_LAYER" not in os.environ:
     os.environ["NUMBA_THREADING_LAYER"] = "workqueue"
     if "numba" in sys.modules:  # numba already imported: its config was read from the environment
         sys.modules["numba"].config.THREADING_LAYER = "workqueue"
+
+def _stamp_locators() -> None:
+    """Put cache locators in front of Numba's that, for convolab's source files, add the
+    sizes and modification times of every file in this package to the source stamp."""
+    try:
+        from numba.core import caching
+    except ImportError:  # pragma: no cover - numba is a dependency
+        return
+    here = os.path.dirname(os.path.abspath(__file__))
+    package = os.path.dirname(here)
+
+    def deps():
+        out = []
+        for name in sorted(os.listdir(here)):
+            if name.endswith(".py"):
+                st = os.stat(os.path.join(here, name))
+                out.append((name, st.st_mtime, st.st_size))
+        return tuple(out)
+
+    class _Mixin:
+        @classmethod
+        def from_function(cls, py_func, py_file):
+            if not os.path.abspath(py_file).startswith(package + os.sep):
+                return None
+            return super().from_function(py_func, py_file)
+
+        def get_source_stamp(self):
+            return (super().get_source_stamp(), deps())
+
+    bases = [getattr(caching, n, None) for n in
+             ("UserProvidedCacheLocator", "InTreeCacheLocator", "UserWideCacheLocator")]
+    impl = getattr(caching, "CacheImpl", None) or getattr(caching, "_CacheImpl", None)
+    if impl is None or any(b is None for b in bases) or getattr(impl, "_convolab_stamps", False):
+        return
+    impl._locator_classes[:0] = [type(f"Convolab{b.__name__}", (_Mixin, b), {}) for b in bases]
+    impl._convolab_stamps = True
+
+
+_stamp_locators()
+
 
 class _ParallelLock:
     """A lock held while a Numba parallel kernel runs; the first time it is taken in a process

@@ -22,6 +22,8 @@ disjoint outputs: the result is bit-identical for any thread count, SIMD width a
 import numpy as np
 from numba import njit, prange, uint64
 
+from ._epilogue import F0, F1
+from ._epilogue import run as epilogue_run
 from ._microkernel import fma
 
 # Index arithmetic in the inner loops is unsigned (uint64): Numba adds a negative-index
@@ -190,57 +192,54 @@ def _fill_phases(buf, xflat, src, H, W, sh, sw, pt, pl, hq, wq):  # pragma: no c
                     buf[dst + uint64(q)] = xflat[xs + uint64(q * sw)]
 
 
-@njit(parallel=True, cache=True, nogil=True)
-def depthwise_nchw(x, w, out, qoff, sh, sw, pt, pl, hq, wq):  # pragma: no cover - compiled
-    """Depthwise convolution (one input channel per group; K/C outputs per channel), parallel
-    over the (image, channel) planes. Each task pads its input plane (split into stride phases,
-    as `convolab.algorithms.direct._layout` does for the whole input) into a buffer that stays
-    in the cache, then computes each output row as one vectorised loop over its columns:
-    3x3 filters in one pass of 9 fused multiply-adds per output, others 4 taps per pass with
-    the partial sums kept in the output row. ``qoff[t]``: the buffer offset of tap t = (r, s)
-    relative to output (0, 0). Every output is ``fma(w_8, x_8, ... fma(w_0, x_0, 0))`` in (r, s)
-    order: the order of the other direct kernels."""
-    N, C, H, W = x.shape
-    K = w.shape[0]
-    T = w.shape[2] * w.shape[3]
-    Kg = K // C
-    OH = out.shape[2]
-    OW = out.shape[3]
-    wf = w.reshape(K * T)
-    of = out.reshape(out.size)
-    zero = x.dtype.type(0)
-    xflat = x.reshape(x.size)
-    for task in prange(N * C):
-        n = task // C
-        c = task - n * C
-        buf = np.empty(sh * sw * hq * wq, dtype=x.dtype)
-        _fill_phases(buf, xflat, task * H * W, H, W, sh, sw, pt, pl, hq, wq)
-        for kk in range(Kg):
-            k = c * Kg + kk
-            wk = k * T
-            ob = (n * K + k) * OH * OW
-            if T == 9:
-                w0, w1, w2, w3, w4 = wf[wk], wf[wk + 1], wf[wk + 2], wf[wk + 3], wf[wk + 4]
-                w5, w6, w7, w8 = wf[wk + 5], wf[wk + 6], wf[wk + 7], wf[wk + 8]
-                q0, q1, q2 = uint64(qoff[0]), uint64(qoff[1]), uint64(qoff[2])
-                q3, q4, q5 = uint64(qoff[3]), uint64(qoff[4]), uint64(qoff[5])
-                q6, q7, q8 = uint64(qoff[6]), uint64(qoff[7]), uint64(qoff[8])
-                for oh in range(OH):
-                    xb = uint64(oh * wq)
-                    orow = uint64(ob + oh * OW)
-                    for j in range(OW):
-                        b = xb + uint64(j)
-                        v = fma(w0, buf[b + q0], zero)
-                        v = fma(w1, buf[b + q1], v)
-                        v = fma(w2, buf[b + q2], v)
-                        v = fma(w3, buf[b + q3], v)
-                        v = fma(w4, buf[b + q4], v)
-                        v = fma(w5, buf[b + q5], v)
-                        v = fma(w6, buf[b + q6], v)
-                        v = fma(w7, buf[b + q7], v)
-                        v = fma(w8, buf[b + q8], v)
-                        of[orow + uint64(j)] = v
-                continue
+@njit(inline="always")
+def depthwise_task(task, xflat, xbase, wf, wbase, of, obase, qoff, qbase, C, H, W, Kg, T, OH,
+                   OW, sh, sw, pt, pl, hq, wq, epi):  # pragma: no cover - compiled
+    """Plane ``task`` = (image n, channel c) of a depthwise convolution: pad the input plane
+    (``xflat[xbase + task H W:]``, split into stride phases) into a buffer that stays in the
+    cache, then compute output planes ``c Kg .. c Kg + Kg - 1`` of image n (at ``obase`` in
+    ``of``) row by row, each row one vectorised loop over its columns: 3x3 filters in one pass
+    of 9 fused multiply-adds per output, others 4 taps per pass with the partial sums kept in
+    the output row. ``wf[wbase + k T + t]``: tap t of channel k; ``qoff[qbase + t]``: the
+    buffer offset of tap t = (r, s) relative to output (0, 0). Every output is ``fma(w_8, x_8,
+    ... fma(w_0, x_0, 0))`` in (r, s) order: the order of the other direct kernels. Then the
+    output stage ``epi = (ebias, eres, eoff, emode, ecode, elo, ehi)``
+    (`convolab.kernels._epilogue`; ``emode`` and ``ecode`` 0: none) over each plane while it
+    is in cache, the residual at ``eres[eoff + plane offset]``."""
+    ebias, eres, eoff, emode, ecode, elo, ehi = epi
+    n = task // C
+    c = task - n * C
+    K = C * Kg
+    zero = xflat.dtype.type(0)
+    buf = np.empty(sh * sw * hq * wq, dtype=xflat.dtype)
+    _fill_phases(buf, xflat, xbase + task * H * W, H, W, sh, sw, pt, pl, hq, wq)
+    for kk in range(Kg):
+        k = c * Kg + kk
+        wk = wbase + k * T
+        plane = (n * K + k) * OH * OW
+        ob = obase + plane
+        if T == 9:
+            w0, w1, w2, w3, w4 = wf[wk], wf[wk + 1], wf[wk + 2], wf[wk + 3], wf[wk + 4]
+            w5, w6, w7, w8 = wf[wk + 5], wf[wk + 6], wf[wk + 7], wf[wk + 8]
+            q0, q1, q2 = uint64(qoff[qbase]), uint64(qoff[qbase + 1]), uint64(qoff[qbase + 2])
+            q3, q4, q5 = uint64(qoff[qbase + 3]), uint64(qoff[qbase + 4]), uint64(qoff[qbase + 5])
+            q6, q7, q8 = uint64(qoff[qbase + 6]), uint64(qoff[qbase + 7]), uint64(qoff[qbase + 8])
+            for oh in range(OH):
+                xb = uint64(oh * wq)
+                orow = uint64(ob + oh * OW)
+                for j in range(OW):
+                    b = xb + uint64(j)
+                    v = fma(w0, buf[b + q0], zero)
+                    v = fma(w1, buf[b + q1], v)
+                    v = fma(w2, buf[b + q2], v)
+                    v = fma(w3, buf[b + q3], v)
+                    v = fma(w4, buf[b + q4], v)
+                    v = fma(w5, buf[b + q5], v)
+                    v = fma(w6, buf[b + q6], v)
+                    v = fma(w7, buf[b + q7], v)
+                    v = fma(w8, buf[b + q8], v)
+                    of[orow + uint64(j)] = v
+        else:
             for oh in range(OH):
                 xb = uint64(oh * wq)
                 orow = uint64(ob + oh * OW)
@@ -249,11 +248,31 @@ def depthwise_nchw(x, w, out, qoff, sh, sw, pt, pl, hq, wq):  # pragma: no cover
                 t = 0
                 while t < T:
                     if t + 4 <= T:
-                        _taps4_k1(of, orow, buf, xb + uint64(qoff[t]), xb + uint64(qoff[t + 1]),
-                                  xb + uint64(qoff[t + 2]), xb + uint64(qoff[t + 3]), wf,
-                                  uint64(wk + t), uint64(OW))
+                        _taps4_k1(of, orow, buf, xb + uint64(qoff[qbase + t]),
+                                  xb + uint64(qoff[qbase + t + 1]), xb + uint64(qoff[qbase + t + 2]),
+                                  xb + uint64(qoff[qbase + t + 3]), wf, uint64(wk + t), uint64(OW))
                         t += 4
                     else:
-                        _tap1_k1(of, orow, buf, xb + uint64(qoff[t]), wf, uint64(wk + t),
+                        _tap1_k1(of, orow, buf, xb + uint64(qoff[qbase + t]), wf, uint64(wk + t),
                                  uint64(OW))
                         t += 1
+        if emode != 0 or ecode != 0:
+            epilogue_run(of, ob, eres, eoff + plane, OH * OW, F1,
+                          ebias[k] if emode & 2 else F0, emode, ecode, elo, ehi)
+
+
+@njit(parallel=True, cache=True, nogil=True)
+def depthwise_nchw(x, w, out, qoff, sh, sw, pt, pl, hq, wq):  # pragma: no cover - compiled
+    """Depthwise convolution (one input channel per group; K/C outputs per channel), parallel
+    over the (image, channel) planes (`depthwise_task`)."""
+    N, C, H, W = x.shape
+    K = w.shape[0]
+    T = w.shape[2] * w.shape[3]
+    OH = out.shape[2]
+    OW = out.shape[3]
+    wf = w.reshape(K * T)
+    of = out.reshape(out.size)
+    xflat = x.reshape(x.size)
+    for task in prange(N * C):
+        depthwise_task(task, xflat, 0, wf, 0, of, 0, qoff, 0, C, H, W, K // C, T, OH, OW, sh, sw,
+                       pt, pl, hq, wq, (of, of, 0, 0, 0, F0, F0))

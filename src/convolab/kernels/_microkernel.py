@@ -35,6 +35,9 @@ from numba import njit, prange, types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
+from ._atomics import fetch_add
+from ._epilogue import F0, F1
+from ._epilogue import run as epilogue_run
 from .microkernel import MR, MR_TAIL, NV
 
 _I32 = ir.IntType(32)
@@ -353,21 +356,6 @@ def _store_transposed(builder, accs, vty, op, obase, OHOW, kn, v0, n):
 
 
 @intrinsic
-def _fetch_add(typingctx, arr, i):
-    """``old = arr[i]; arr[i] += 1`` atomically (int64 array): hands out task numbers."""
-    if not (isinstance(arr, types.Array) and arr.dtype == types.int64):
-        return None
-    sig = types.int64(arr, i)
-
-    def codegen(context, builder, sig, args):
-        ptr = context.make_array(sig.args[0])(context, builder, args[0]).data
-        idx = context.cast(builder, args[1], sig.args[1], types.int64)
-        return builder.atomic_rmw("add", builder.gep(ptr, [idx]), _i64(1), "monotonic")
-
-    return sig, codegen
-
-
-@intrinsic
 def _strided_copy(typingctx, dst, doff, stride, src, soff, n):
     """``dst[doff + i*stride] = src[soff + i]`` for ``i < n``: one row into the window.
 
@@ -403,21 +391,29 @@ _microkernel_pm_tail = _make_microkernel(MR_TAIL, pixel_major=True)
 
 
 @njit(inline="always")
-def run_tile_tasks(wflat, src, srcbase, cstride, Cgk, FWe, FHe, istep, fwstep, cs, rowlen, on,
-                   counter, ci, ntask, nchunk, nkbr, nkb, Cg, Kg, KB, taps, OHOW, OW):
-    # pragma: no cover - compiled
+def run_tile_tasks(wflat, wbase, src, srcbase, cstride, Cgk, FWe, FHe, istep, fwstep, cs, rowlen,
+                   on, obase0, counter, ci, ntask, nchunk, nkbr, nkb, Cg, Kg, KB, taps, OHOW, OW,
+                   epi):  # pragma: no cover - compiled
     """One thread's share of a layer's tiles, for any input layout the microkernel can
     address: tasks (group, range of k-blocks, range of tiles) are taken from ``counter[ci]``
-    until ``ntask`` are handed out. ``srcbase``: the image's first element in ``src``;
-    ``cstride``: elements between its channels; ``Cgk``, ``FWe``, ``FHe``, ``istep``,
-    ``fwstep``: the reduction's runs (see the microkernel); ``rowlen``, ``cs``: elements
-    between the windows of two output rows, of two neighbouring outputs; ``taps``: filter
-    elements per channel in the packed filter; ``on``: the image's flat output. Tiles within
-    one output row run on the straight kernel, tiles across a row end on the general one."""
+    until ``ntask`` are handed out. ``wbase``: the packed filter's first element in ``wflat``;
+    ``srcbase``: the image's first element in ``src``; ``cstride``: elements between its
+    channels; ``Cgk``, ``FWe``, ``FHe``, ``istep``, ``fwstep``: the reduction's runs (see the
+    microkernel); ``rowlen``, ``cs``: elements between the windows of two output rows, of two
+    neighbouring outputs; ``taps``: filter elements per channel in the packed filter; ``on``,
+    ``obase0``: the flat output and the image's first element in it. Tiles within one output
+    row run on the straight kernel, tiles across a row end on the general one.
+
+    Output stage ``epi = (ebias, eres, eoff, emode, ecode, elo, ehi)``
+    (`convolab.kernels._epilogue`; ``emode`` and ``ecode`` 0: none): once a task's tiles are
+    stored, each of its channels' pixel run becomes ``act(y + ebias[k] + eres[eoff + k OHOW +
+    v])`` while still in cache. (Calls of more than 30 arguments compile to ``f(*args)``,
+    which Numba cannot inline: hence the tuple.)"""
+    ebias, eres, eoff, emode, ecode, elo, ehi = epi
     nq = (OHOW + MR - 1) // MR
     nfull = OHOW // MR
     while True:
-        t = _fetch_add(counter, ci)
+        t = fetch_add(counter, ci)
         if t >= ntask:
             break
         ch = t % nchunk
@@ -425,22 +421,32 @@ def run_tile_tasks(wflat, src, srcbase, cstride, Cgk, FWe, FHe, istep, fwstep, c
         kr = r % nkbr
         g = r // nkbr
         xg = srcbase + g * Cg * cstride
+        q0 = ch * nq // nchunk
+        q1 = (ch + 1) * nq // nchunk
         for kb in range(kr * nkb // nkbr, (kr + 1) * nkb // nkbr):
             k0 = g * Kg + kb * KB
             kn = min(KB, (g + 1) * Kg - k0)
-            woff = (g * nkb + kb) * Cg * taps * KB
-            for qt in range(ch * nq // nchunk, (ch + 1) * nq // nchunk):
+            woff = wbase + (g * nkb + kb) * Cg * taps * KB
+            ob = obase0 + k0 * OHOW
+            for qt in range(q0, q1):
                 v0 = qt * MR
                 if qt >= nfull:  # the last, partial tile: narrow tiles
                     for v in range(v0, OHOW, MR_TAIL):
                         _microkernel_tail(wflat, woff, src, xg, cstride, Cgk, FWe, FHe, istep,
-                                          fwstep, cs, on, k0 * OHOW, OHOW, OW, rowlen, kn, v)
+                                          fwstep, cs, on, ob, OHOW, OW, rowlen, kn, v)
                 elif v0 % OW + MR <= OW:
                     _microkernel_straight(wflat, woff, src, xg, cstride, Cgk, FWe, FHe, istep,
-                                          fwstep, cs, on, k0 * OHOW, OHOW, OW, rowlen, kn, v0)
+                                          fwstep, cs, on, ob, OHOW, OW, rowlen, kn, v0)
                 else:
                     _microkernel(wflat, woff, src, xg, cstride, Cgk, FWe, FHe, istep, fwstep, cs,
-                                 on, k0 * OHOW, OHOW, OW, rowlen, kn, v0)
+                                 on, ob, OHOW, OW, rowlen, kn, v0)
+            if emode != 0 or ecode != 0:
+                v0 = q0 * MR
+                n = min(OHOW, q1 * MR) - v0
+                for k in range(k0, k0 + kn):
+                    o = obase0 + k * OHOW + v0
+                    epilogue_run(on, o, eres, eoff + k * OHOW + v0, n, F1,
+                                  ebias[k] if emode & 2 else F0, emode, ecode, elo, ehi)
 
 
 @njit(parallel=True, cache=True, nogil=True)
@@ -485,7 +491,7 @@ def im2win_conv(x, win, wpk, out, counter, P, groups, FW, FH, sh, sw, dh, dw, pt
         counter[0] = 0
         for _ in prange(P):
             while True:
-                t = _fetch_add(counter, 0)
+                t = fetch_add(counter, 0)
                 if t >= C * OH:
                     break
                 c = t // OH
@@ -505,8 +511,9 @@ def im2win_conv(x, win, wpk, out, counter, P, groups, FW, FH, sh, sw, dh, dw, pt
                             win[base + w * FH + fh] = 0
         counter[1] = 0
         for _ in prange(P):
-            run_tile_tasks(wflat, win, 0, cstride, Cgk, FWe, FHe, istep, dw * FH, sw * FH, rowlen,
-                           on, counter, 1, ntask, nchunk, nkbr, nkb, Cg, Kg, KB, FW * FH, OHOW, OW)
+            run_tile_tasks(wflat, 0, win, 0, cstride, Cgk, FWe, FHe, istep, dw * FH, sw * FH,
+                           rowlen, on, 0, counter, 1, ntask, nchunk, nkbr, nkb, Cg, Kg, KB,
+                           FW * FH, OHOW, OW, (on, on, 0, 0, 0, F0, F0))
 
 
 @njit(parallel=True, cache=True, nogil=True)
@@ -538,8 +545,9 @@ def direct_tiles(xp, wpk, out, counter, P, groups, R, S, nkbr, nchunk):  # pragm
         on = out[n].reshape(K * OHOW)
         counter[0] = 0
         for _ in prange(P):
-            run_tile_tasks(wflat, xflat, n * C * Hp * Wp, Hp * Wp, Cgk, FWe, FHe, istep, fwstep,
-                           1, Wp, on, counter, 0, ntask, nchunk, nkbr, nkb, Cg, Kg, KB, R * S, OHOW, OW)
+            run_tile_tasks(wflat, 0, xflat, n * C * Hp * Wp, Hp * Wp, Cgk, FWe, FHe, istep,
+                           fwstep, 1, Wp, on, 0, counter, 0, ntask, nchunk, nkbr, nkb, Cg, Kg, KB,
+                           R * S, OHOW, OW, (on, on, 0, 0, 0, F0, F0))
 
 
 @njit(cache=True, nogil=True)

@@ -4,90 +4,14 @@ Layout NCHW, C-contiguous float32, like the convolution kernels. Every kernel is
 independent (image, channel) planes only, and each output is computed by one fixed sequence of
 operations: results do not depend on the thread count. No fast-math.
 
-Activation codes (`convolab.runtime.graph.ACTS`): 0 none, 1 relu, 2 clamp(lo, hi) (ReLU6,
-hardtanh), 3 SiLU, 4 Hardswish, 5 Sigmoid, 6 GELU (erf), 7 GELU (tanh approximation),
-8 Hardsigmoid. NaN propagates through every one of them, as in PyTorch.
+The output stage (scale, bias, residual, activation codes) is `convolab.kernels._epilogue`'s,
+the one the convolution kernels apply per tile.
 """
-
-import math
 
 import numpy as np
 from numba import njit, prange, uint64
 
-# float32 constants (an integer or float64 literal would promote the arithmetic to float64)
-_F0 = np.float32(0)
-_F1 = np.float32(1)
-_F3 = np.float32(3)
-_F6 = np.float32(6)
-_HALF = np.float32(0.5)
-_SQRT1_2 = np.float32(0.7071067811865476)
-_SQRT_2_PI = np.float32(0.7978845608028654)
-_GELU_C = np.float32(0.044715)
-
-
-@njit(inline="always")
-def _clip6(t):  # pragma: no cover - compiled
-    return _F0 if t < _F0 else (_F6 if t > _F6 else t)
-
-
-@njit(inline="always")
-def _act(v, act, lo, hi):  # pragma: no cover - compiled
-    if act == 1:
-        return _F0 if v < _F0 else v
-    if act == 2:
-        return lo if v < lo else (hi if v > hi else v)
-    if act == 3:
-        return v / (_F1 + math.exp(-v))
-    if act == 4:
-        return v * _clip6(v + _F3) / _F6
-    if act == 5:
-        return _F1 / (_F1 + math.exp(-v))
-    if act == 6:
-        return v * _HALF * (_F1 + math.erf(v * _SQRT1_2))
-    if act == 7:
-        return v * _HALF * (_F1 + math.tanh(_SQRT_2_PI * (v + _GELU_C * v * v * v)))
-    if act == 8:
-        return _clip6(v + _F3) / _F6
-    return v
-
-
-@njit(inline="always")
-def _epilogue_plane(s, d, r, base, P, a, b, mode, act, lo, hi):  # pragma: no cover - compiled
-    """One plane ``[base, base + P)`` of `epilogue` (flat arrays, unsigned indices so that
-    LLVM vectorises the loops; see `convolab.kernels._direct`)."""
-    n = uint64(P)
-    o = uint64(base)
-    if mode & 4:
-        if mode & 1:
-            for i in range(n):
-                d[o + i] = _act(s[o + i] * a + b + r[o + i], act, lo, hi)
-        elif mode & 2:
-            for i in range(n):
-                d[o + i] = _act(s[o + i] + b + r[o + i], act, lo, hi)
-        else:
-            for i in range(n):
-                d[o + i] = _act(s[o + i] + r[o + i], act, lo, hi)
-    elif mode & 1:
-        for i in range(n):
-            d[o + i] = _act(s[o + i] * a + b, act, lo, hi)
-    elif mode & 2:
-        if act == 1:
-            for i in range(n):
-                v = s[o + i] + b
-                d[o + i] = _F0 if v < _F0 else v
-        elif act == 2:
-            for i in range(n):
-                v = s[o + i] + b
-                d[o + i] = lo if v < lo else (hi if v > hi else v)
-        elif act == 0:
-            for i in range(n):
-                d[o + i] = s[o + i] + b
-        else:
-            for i in range(n):
-                d[o + i] = _act(s[o + i] + b, act, lo, hi)
-    else:
-        for i in range(n):
-            d[o + i] = _act(s[o + i], act, lo, hi)
+from ..kernels._epilogue import F0, F1, run
 
 
 @njit(parallel=True, cache=True, nogil=True)
@@ -104,14 +28,19 @@ def epilogue(src, dst, scale, shift, res, mode, act, lo, hi):  # pragma: no cove
     s = src.reshape(src.size)
     d = dst.reshape(dst.size)
     r = res.reshape(res.size)
+    same = src.ctypes.data == dst.ctypes.data
     per = max(1, 4096 // max(P, 1))
     nt = (N * K + per - 1) // per
     for task in prange(nt):
         for t in range(task * per, min(N * K, (task + 1) * per)):
             k = t % K
-            a = scale[k] if mode & 1 else _F1
-            b = shift[k] if mode & 2 else _F0
-            _epilogue_plane(s, d, r, t * P, P, a, b, mode, act, lo32, hi32)
+            a = scale[k] if mode & 1 else F1
+            b = shift[k] if mode & 2 else F0
+            if not same:
+                o = uint64(t * P)
+                for i in range(uint64(P)):
+                    d[o + i] = s[o + i]
+            run(d, t * P, r, t * P, P, a, b, mode, act, lo32, hi32)
 
 
 @njit(parallel=True, cache=True, nogil=True)
@@ -165,7 +94,7 @@ def avgpool(x, out, kh, kw, sh, sw, ph, pw, include_pad, divisor):  # pragma: no
                 cnt = (h1 - h0) * (w1 - w0)
                 a0, a1 = max(h0, 0), min(h1, H)
                 b0, b1 = max(w0, 0), min(w1, W)
-                acc = _F0
+                acc = F0
                 for ih in range(a0, a1):
                     for iw in range(b0, b1):
                         acc += xp[ih, iw]
@@ -195,7 +124,7 @@ def adaptive_avg(x, out):  # pragma: no cover - compiled
             for j in range(OW):
                 w0 = (j * W) // OW
                 w1 = -((-(j + 1) * W) // OW)
-                acc = _F0
+                acc = F0
                 for ih in range(h0, h1):
                     for iw in range(w0, w1):
                         acc += xp[ih, iw]
@@ -235,7 +164,7 @@ def linear(x, wp, b, has_bias, out):  # pragma: no cover - compiled
             base = uint64(kb * C * 16)
             for n in range(N):
                 for j in range(16):
-                    acc[j] = _F0
+                    acc[j] = F0
                 for c in range(C):
                     v = x[n, c]
                     row = base + uint64(c * 16)

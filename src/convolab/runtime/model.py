@@ -26,9 +26,11 @@ from dataclasses import dataclass
 import numpy as np
 
 from .. import registry, select
+from ..algorithms import direct
 from ..api import plan as _plan
 from ..errors import ConvError
 from ..spec import ConvSpec
+from . import _executor as _X
 from . import _kernels as K
 from .graph import ACTS, Graph, Node, capture, optimise, reshape_shape
 
@@ -48,12 +50,15 @@ class Layer:
 
 
 class _State:
-    """What a compiled model keeps per input shape: plans, buffers, the recorded shapes."""
+    """What a compiled model keeps per input shape: plans, the recorded shapes, then the arena
+    (every activation's buffer, assigned by liveness) and the run's segments."""
 
     def __init__(self):
         self.plans: dict[int, object] = {}
         self.shapes: dict[int, tuple] = {}
         self.buffers: dict[int, np.ndarray] | None = None
+        self.segments: list | None = None
+        self.arena: np.ndarray | None = None
         self.calls = 0
 
 
@@ -167,25 +172,49 @@ class CompiledModel:
         return np.ascontiguousarray(a)
 
     def _run(self, arrays, st: _State) -> list[np.ndarray]:
+        """The first call at a shape runs operator by operator on fresh arrays and records
+        every output's shape; then the arena and the executor's program are built, and later
+        calls run the program's segments on the arena."""
         g = self.graph
         vals: list = [None] * len(g.nodes)
+        if st.segments is None:
+            for i, a in zip(g.inputs, arrays, strict=True):
+                vals[i] = a
+                st.shapes[i] = a.shape
+            for i, n in enumerate(g.nodes):
+                if n.kind != "input":
+                    self._op(i, n, vals, st)
+            outs = [np.array(vals[i], copy=True) for i in g.outputs]
+            _build(self, st)
+            return outs
         for i, a in zip(g.inputs, arrays, strict=True):
-            vals[i] = a
-        for i, n in enumerate(g.nodes):
-            if n.kind == "input":
-                continue
-            try:
-                vals[i] = _EXEC[n.kind](self, i, n, vals, st)
-            except ConvError as e:
-                raise ConvError(f"layer {n.describe()}: {e}") from None
-        outs = [np.array(vals[i], copy=True) for i in g.outputs]
+            vals[i] = st.buffers[i]
+            vals[i][...] = a
+        for seg in st.segments:
+            if isinstance(seg, _Segment):
+                seg.ctr[:] = 0
+                self._team().run((seg.P, seg.prog, seg.fprm, st.arena, seg.wb, seg.ib, seg.ctr,
+                                  _X.CS_BASE + seg.nmax, 32))
+                for i in seg.nodes:
+                    vals[i] = st.buffers[i]
+            else:
+                self._op(seg, g.nodes[seg], vals, st)
         st.calls += 1
-        if st.buffers is None:
-            st.buffers = _assign_buffers(g, st.shapes)
-        return outs
+        return [np.array(vals[i], copy=True) for i in g.outputs]
+
+    def _op(self, i: int, n: Node, vals, st: _State) -> None:
+        try:
+            vals[i] = _EXEC[n.kind](self, i, n, vals, st)
+        except ConvError as e:
+            raise ConvError(f"layer {n.describe()}: {e}") from None
+
+    def _team(self):
+        if self.__dict__.get("_team_obj") is None:
+            self._team_obj = _X.Team(self.threads)
+        return self._team_obj
 
     def _out(self, i: int, st: _State, shape: tuple) -> np.ndarray:
-        if st.buffers is not None:
+        if st.segments is not None:
             b = st.buffers.get(i)
             if b is not None and b.shape == shape:
                 return b
@@ -205,6 +234,8 @@ class CompiledModel:
             raise ConvError(f"input of shape {tuple(x_shape)}: {e}") from None
         algo = self.algorithm
         budgets = dict(memory_limit=self.memory_limit, max_error=self.max_error)
+        if algo == "auto":
+            algo = _prefer_executor(spec, budgets)
         if algo == "deterministic":
             ranking = select.rank(spec, **budgets)
             names = [c.name for c in ranking if c.admissible and registry.get(c.name).deterministic]
@@ -257,38 +288,175 @@ class _Threads:
         return False
 
 
-# ---------------------------------------------------------------------- buffers
-def _assign_buffers(g: Graph, shapes: dict[int, tuple]) -> dict[int, np.ndarray]:
-    """Buffers for the nodes that allocate their output (``shapes``), shared between values
-    whose lifetimes do not overlap: a value lives from its node to the last node that reads
-    it or a view of it (reshape); graph outputs are copied out and may share too."""
+# ---------------------------------------------------------------------- arena and program
+def _in_executor(spec: ConvSpec) -> bool:
+    """Convolutions the executor runs when their algorithm is ``direct``: stride-1 dense ones on
+    the microkernel (whatever their channel count: direct's own threshold for it weighs a
+    parallel region's start, which the executor does not pay), depthwise ones on direct's
+    depthwise kernel. Both sum in direct's order: the same bits as ``algorithm="direct"``."""
+    return spec.dtype == np.float32 and (direct.depthwise(spec) or (
+        spec.stride == (1, 1) and spec.dilation == (1, 1)))
+
+
+def _prefer_executor(spec: ConvSpec, budgets: dict) -> str:
+    """``"direct"`` where it runs in the executor (no parallel region of its own) and the cost
+    model, less the per-call overhead the executor saves, predicts it no slower than the best
+    admissible algorithm; else ``"auto"``."""
+    if not _in_executor(spec):
+        return "auto"
+    ranking = select.rank(spec, **budgets)
+    adm = [c for c in ranking if c.admissible]
+    d = [c for c in adm if c.name == "direct"]
+    if not adm or not d:
+        return "auto"
+    saved = select.machine().call_seconds
+    return "direct" if d[0].seconds - saved <= adm[0].seconds else "auto"
+
+
+class _Segment:
+    """Consecutive convolutions run by the executor as one parallel job."""
+
+    def __init__(self, P: int):
+        self.P = P
+        self.nodes: list[int] = []
+        self.rows: list[tuple] = []
+        self.nmax = 1
+
+
+def _executable(st: _State, i: int, n: Node) -> bool:
+    if n.kind != "conv":
+        return False
+    p = st.plans.get(i)
+    return p is not None and p.algorithm == "direct" and _in_executor(p.spec)
+
+
+def _roots(g: Graph) -> list[int]:
     root = list(range(len(g.nodes)))
     for i, n in enumerate(g.nodes):
         if n.kind == "reshape":
             root[i] = root[n.inputs[0]]
-    last = {}
+    return root
+
+
+def _build(m: CompiledModel, st: _State) -> None:
+    """Arena offsets for every recorded output (shared between values whose lifetimes do not
+    overlap: a value lives from its node to the last node that reads it or a view of it;
+    graph outputs are copied out), dedicated zero-bordered padded copies, and the segments:
+    runs of executable convolutions whose inputs live in the arena, the rest one by one."""
+    g = m.graph
+    root = _roots(g)
+    last: dict[int, int] = {}
     for i, n in enumerate(g.nodes):
         for j in n.inputs:
             last[root[j]] = i
     for j in g.outputs:
         last[root[j]] = len(g.nodes)
-    free: list[np.ndarray] = []  # flat byte buffers
-    busy: list[tuple[int, np.ndarray]] = []  # (last use, buffer)
-    out = {}
+    free: list[tuple[int, int]] = []  # (offset, size) of released slots
+    busy: list[tuple[int, int, int]] = []  # (last use, offset, size)
+    off: dict[int, int] = {}
+    total = 0
     for i in range(len(g.nodes)):
-        free += [b for end, b in busy if end < i]
-        busy = [(end, b) for end, b in busy if end >= i]
-        if i not in shapes:
+        free += [(o, sz) for end, o, sz in busy if end < i]
+        busy = [b for b in busy if b[0] >= i]
+        if i not in st.shapes:
             continue
-        need = int(np.prod(shapes[i])) * 4
-        fit = [k for k, b in enumerate(free) if b.nbytes >= need]
+        need = -(-int(np.prod(st.shapes[i])) // 16) * 16
+        fit = [k for k, (_, sz) in enumerate(free) if sz >= need]
         if fit:
-            b = free.pop(min(fit, key=lambda k: free[k].nbytes))
+            o, sz = free.pop(min(fit, key=lambda k: free[k][1]))
         else:
-            b = np.empty(max(need, 64), dtype=np.uint8)
-        busy.append((last.get(i, i), b))
-        out[i] = b[:need].view(np.float32).reshape(shapes[i])
-    return out
+            o, sz = total, need
+            total += need
+        busy.append((last.get(i, i), o, sz))
+        off[i] = o
+    # executor operators: padded copies get dedicated space (their borders stay zero)
+    segments: list = []
+    seg = None
+    pads: dict[int, int] = {}
+    for i, n in enumerate(g.nodes):
+        ok = _executable(st, i, n) and all(root[j] in off for j in n.inputs)
+        if ok:
+            spec = st.plans[i].spec
+            if not direct.depthwise(spec) and any(spec.padding):
+                pads[i] = total
+                total += -(-spec.N * spec.C * spec.padded_H * spec.padded_W // 16) * 16
+            if seg is None:
+                seg = _Segment(m.threads)
+                segments.append(seg)
+            seg.nodes.append(i)
+        elif n.kind != "input":
+            seg = None
+            segments.append(i)
+    arena = np.zeros(max(total, 16), dtype=np.float32)
+    st.buffers = {i: arena[o: o + int(np.prod(st.shapes[i]))].reshape(st.shapes[i]) for i, o in off.items()}
+    for s_ in segments:
+        if isinstance(s_, _Segment):
+            _program(m, st, s_, root, off, pads)
+    st.arena = arena
+    st.segments = segments
+
+
+def _program(m: CompiledModel, st: _State, seg: _Segment, root, off, pads) -> None:
+    """The executor's rows for a segment's convolutions, their weights packed once."""
+    from ..kernels import microkernel as mk
+
+    g = m.graph
+    prog, fprm = _X.new_program(len(seg.nodes))
+    wb: list[np.ndarray] = []
+    ib: list[np.ndarray] = []
+    wlen = [0]
+    ilen = [0]
+
+    def put(a, blob, length):
+        a = np.ascontiguousarray(a).reshape(-1)
+        o = length[0]
+        blob.append(a)
+        length[0] += a.size
+        return o
+
+    for r, i in enumerate(seg.nodes):
+        n = g.nodes[i]
+        a = n.attrs
+        spec = st.plans[i].spec
+        row = prog[r]
+        row[_X.F_N], row[_X.F_C], row[_X.F_K] = spec.N, spec.C, spec.K
+        row[_X.F_OH], row[_X.F_OW], row[_X.F_G] = spec.OH, spec.OW, spec.groups
+        row[_X.F_R], row[_X.F_S] = spec.R, spec.S
+        row[_X.F_X] = off[root[n.inputs[0]]]
+        row[_X.F_XIMG] = spec.C * spec.H * spec.W
+        row[_X.F_Y] = off[i]
+        row[_X.F_YIMG] = spec.K * spec.OH * spec.OW
+        row[_X.F_BIAS] = put(a["b"], wb, wlen) if a["b"] is not None else -1
+        row[_X.F_RES] = off[root[n.inputs[1]]] if a["residual"] else -1
+        row[_X.F_ACT] = ACTS[a["act"]]
+        fprm[r] = (a["lo"], a["hi"])
+        w = a["w"]
+        seg.nmax = max(seg.nmax, spec.N)
+        if not direct.depthwise(spec):
+            row[_X.F_KIND] = _X.OP_TILES
+            row[_X.F_H], row[_X.F_W] = spec.padded_H, spec.padded_W
+            wpk = mk.pack_filter(spec, w, "rs")
+            row[_X.F_WOFF] = put(wpk, wb, wlen)
+            per_pixel = spec.Cg * spec.padded_H * spec.padded_W / (spec.OH * spec.OW) * 4
+            sp = mk.split(spec, spec.OH * spec.OW, per_pixel, wpk.shape[1], seg.P)
+            row[_X.F_A], row[_X.F_B] = sp.nkbr, sp.nchunk
+            if i in pads:
+                pl, _, pt, _ = spec.padding
+                row[_X.F_C2], row[_X.F_D], row[_X.F_E], row[_X.F_F] = 1, pt, pl, pads[i]
+                row[_X.F_G2] = spec.H * 65536 + spec.W
+        else:
+            row[_X.F_KIND] = _X.OP_DW
+            row[_X.F_H], row[_X.F_W] = spec.H, spec.W
+            row[_X.F_WOFF] = put(w, wb, wlen)
+            hq, wq = direct.phases(spec)
+            pl, _, pt, _ = spec.padding
+            row[_X.F_A], row[_X.F_B] = spec.stride
+            row[_X.F_C2], row[_X.F_D], row[_X.F_E], row[_X.F_F] = pt, pl, hq, wq
+            row[_X.F_G2] = put(direct.tap_offsets(spec), ib, ilen)
+    seg.prog, seg.fprm = prog, fprm
+    seg.wb = np.concatenate(wb).astype(np.float32) if wb else np.zeros(1, np.float32)
+    seg.ib = np.concatenate(ib).astype(np.int64) if ib else np.zeros(1, np.int64)
+    seg.ctr = np.zeros(len(seg.nodes) * (_X.CS_BASE + seg.nmax), dtype=np.int64)
 
 
 # ---------------------------------------------------------------------- operators
@@ -459,11 +627,13 @@ def _torch(m, i, n, vals, st):
 
     with torch.no_grad():
         r = n.attrs["target"](*unpack(n.attrs["args"]), **{k: unpack(v) for k, v in n.attrs["kwargs"].items()})
+    # results are copied into memory of their own, C-contiguous: a view of an input would share
+    # that input's arena buffer, which the liveness pass hands to a later layer
     if isinstance(r, (tuple, list)):
-        return [t.numpy() if isinstance(t, torch.Tensor) else t for t in r]
+        return [t.detach().contiguous().clone().numpy() if isinstance(t, torch.Tensor) else t for t in r]
     if not isinstance(r, torch.Tensor):
         return r
-    return r.contiguous().numpy()
+    return r.detach().contiguous().clone().numpy()
 
 
 def _getitem(m, i, n, vals, st):

@@ -1,0 +1,223 @@
+"""The runtime's executor: a run of convolutions as ONE parallel job, threads meeting at spin
+barriers between operators instead of starting a parallel region per operator.
+
+Numba's workqueue layer costs about 80 us to start each parallel region on a 2-vCPU KVM guest
+(notes of issue 15), more than a whole batch-1 depthwise or pointwise layer takes; a network
+of 50 such layers lost most of its time there. Here the calling thread and ``P - 1`` team
+threads (`Team`) each run `worker` over the same program: every operator's work is split into
+tasks handed out by an atomic counter (a thread the OS pauses holds up one task, not a share),
+and after each operator the threads wait for each other at a barrier (an atomic counter they
+spin on, with ``pause``, then yielding the CPU). One wake-up per run, then about a microsecond
+per operator.
+
+Data: ``A`` is the float32 arena holding every activation (and padded copies), ``Wb`` the
+float32 blob of packed filters and biases, ``Ib`` the int64 blob of tap offsets, ``prog`` one
+row of int64 fields per operator (`F_*` below), ``fprm`` its float32 parameters (clamp
+bounds), ``ctr`` the counters, `CS` per operator, zeroed before each run.
+
+Operators:
+
+* `OP_TILES`: a stride-1 convolution on the register-blocked microkernel
+  (`convolab.kernels._microkernel.run_tile_tasks`, direct's tiled path: the window of output
+  (oh, ow) is rows oh..oh+R-1, columns ow..ow+S-1 of each zero-padded plane); with padding, a
+  first phase copies the input planes into the interior of a dedicated zero-bordered copy;
+* `OP_DW`: a depthwise convolution (`convolab.kernels._direct.depthwise_task`), any stride.
+
+Both apply the output stage (bias, residual, activation; `convolab.kernels._epilogue`) to each
+task's outputs while they are in cache. Every output is computed by the same code as direct's
+own kernels, in the same order: the results are bit-identical to ``algorithm="direct"`` and do
+not depend on the thread count.
+
+Numba caches compiled code per source file: `worker` inlines the microkernel and the depthwise
+task from `convolab.kernels`; touch this file when their generated code changes.
+"""
+
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+from numba import njit
+
+from ..kernels._atomics import fetch_add, load_acquire, pause, yield_cpu
+from ..kernels._direct import depthwise_task
+from ..kernels._microkernel import run_tile_tasks
+
+OP_TILES = 1
+OP_DW = 2
+
+# fields of a program row
+(F_KIND, F_N, F_C, F_H, F_W, F_K, F_OH, F_OW, F_G, F_R, F_S, F_X, F_XIMG, F_Y, F_YIMG, F_WOFF,
+ F_BIAS, F_RES, F_ACT, F_A, F_B, F_C2, F_D, F_E, F_F, F_G2) = range(26)
+NF = 26
+# OP_TILES extras: F_A nkbr, F_B nchunk, F_C2 padded (1/0), F_D pt, F_E pl, F_F padded copy's
+# offset (its planes Hp x Wp are F_H x F_W then; the input's are F_G2 // ... see `_tiles`),
+# F_G2 input H*W... kept explicit below
+# OP_DW extras: F_A sh, F_B sw, F_C2 pt, F_D pl, F_E hq, F_F wq, F_G2 qoff offset in Ib
+#: counters per operator: [0] barrier, [1] phase-1 tasks, [2] phase barrier, [3 + n] image n
+CS_BASE = 3
+
+
+#: spins at a barrier before a waiting thread starts yielding its CPU
+SPINS = 4000
+
+
+@njit(inline="always")
+def _barrier(ctr, i, P):  # pragma: no cover - compiled
+    """Wait until ``P`` threads have arrived at counter ``i``: spin (``pause``) for a while,
+    then yield the CPU between checks, so a thread the OS descheduled on a busy machine gets
+    to run instead of being waited for a whole time slice."""
+    fetch_add(ctr, i)
+    spins = 0
+    while load_acquire(ctr, i) < P:
+        if spins < SPINS:
+            pause()
+            spins += 1
+        else:
+            yield_cpu()
+
+
+@njit(inline="always")
+def _epi(op, fprm, Wb, A, res_off):  # pragma: no cover - compiled
+    bias = op[F_BIAS]
+    mode = (2 if bias >= 0 else 0) | (4 if op[F_RES] >= 0 else 0)
+    eb = Wb[bias: bias + op[F_K]] if bias >= 0 else Wb[0:1]
+    return (eb, A, res_off, mode, op[F_ACT], fprm[0], fprm[1])
+
+
+@njit(inline="always")
+def _tiles(j, op, fprm, P, A, Wb, ctr, CS, KB):  # pragma: no cover - compiled
+    N, C, Hp, Wp, K = op[F_N], op[F_C], op[F_H], op[F_W], op[F_K]
+    OH, OW, G, R, S = op[F_OH], op[F_OW], op[F_G], op[F_R], op[F_S]
+    nkbr, nchunk = op[F_A], op[F_B]
+    src = op[F_X]
+    ximg = op[F_XIMG]
+    if op[F_C2]:
+        # phase 1: copy each input plane (H x W at op[F_X], images op[F_XIMG] apart) into the
+        # interior of the zero-bordered padded copy at op[F_F]
+        H = op[F_G2] // 65536
+        W = op[F_G2] % 65536
+        pt, pl = op[F_D], op[F_E]
+        dst = op[F_F]
+        while True:
+            t = fetch_add(ctr, j * CS + 1)
+            if t >= N * C:
+                break
+            n = t // C
+            c = t - n * C
+            s0 = op[F_X] + n * ximg + c * H * W
+            d0 = dst + t * Hp * Wp + pt * Wp + pl
+            for h in range(H):
+                A[d0 + h * Wp: d0 + h * Wp + W] = A[s0 + h * W: s0 + h * W + W]
+        _barrier(ctr, j * CS + 2, P)
+        src = dst
+        ximg = C * Hp * Wp
+    Cg = C // G
+    Kg = K // G
+    nkb = (Kg + KB - 1) // KB
+    Cgk, FWe, FHe, istep = Cg, R, S, 1
+    if R * S == 1:
+        Cgk, FHe, istep = 1, Cg, Hp * Wp
+    elif S == 1:
+        FWe, FHe, istep = 1, R, Wp
+    OHOW = OH * OW
+    for n in range(N):
+        epi = _epi(op, fprm, Wb, A, op[F_RES] + n * op[F_YIMG])
+        run_tile_tasks(Wb, op[F_WOFF], A, src + n * ximg, Hp * Wp, Cgk, FWe, FHe, istep, Wp, 1,
+                       Wp, A, op[F_Y] + n * op[F_YIMG], ctr, j * CS + CS_BASE + n,
+                       G * nkbr * nchunk, nchunk, nkbr, nkb, Cg, Kg, KB, R * S, OHOW, OW, epi)
+
+
+@njit(inline="always")
+def _dw(j, op, fprm, A, Wb, Ib, ctr, CS):  # pragma: no cover - compiled
+    N, C, H, W, K = op[F_N], op[F_C], op[F_H], op[F_W], op[F_K]
+    epi = _epi(op, fprm, Wb, A, op[F_RES])
+    while True:
+        t = fetch_add(ctr, j * CS + 1)
+        if t >= N * C:
+            break
+        depthwise_task(t, A, op[F_X], Wb, op[F_WOFF], A, op[F_Y], Ib, op[F_G2], C, H, W, K // C,
+                       op[F_R] * op[F_S], op[F_OH], op[F_OW], op[F_A], op[F_B], op[F_C2], op[F_D],
+                       op[F_E], op[F_F], epi)
+
+
+@njit(nogil=True, cache=True)
+def worker(P, prog, fprm, A, Wb, Ib, ctr, CS, KB):  # pragma: no cover - compiled
+    """Run every operator of ``prog`` with ``P`` threads (this one of them)."""
+    for j in range(prog.shape[0]):
+        op = prog[j]
+        kind = op[F_KIND]
+        if kind == OP_TILES:
+            _tiles(j, op, fprm[j], P, A, Wb, ctr, CS, KB)
+        elif kind == OP_DW:
+            _dw(j, op, fprm[j], A, Wb, Ib, ctr, CS)
+        _barrier(ctr, j * CS, P)
+
+
+WARM_CODE = (
+    "import numpy as np; from convolab.runtime._executor import worker, NF; "
+    "worker(1, np.zeros((0, NF), np.int64), np.zeros((0, 2), np.float32), np.zeros(1, np.float32), "
+    "np.zeros(1, np.float32), np.zeros(1, np.int64), np.zeros(1, np.int64), 4, 32)"
+)
+
+
+class Team:
+    """``P - 1`` threads that run `worker` beside the calling thread, each call once.
+
+    The threads block on an event between runs (no CPU used), and are started on first use.
+    """
+
+    def __init__(self, P: int):
+        self.P = P
+        self._go = [threading.Event() for _ in range(P - 1)]
+        self._done = [threading.Event() for _ in range(P - 1)]
+        self._args = None
+        self._errors: list = []
+        self._threads = []
+
+    def _loop(self, i: int) -> None:
+        while True:
+            self._go[i].wait()
+            self._go[i].clear()
+            args = self._args
+            if args is None:
+                return
+            try:
+                worker(*args)
+            except BaseException as e:  # noqa: BLE001 - reported by run()
+                self._errors.append(e)
+            self._done[i].set()
+
+    def run(self, args) -> None:
+        from ..kernels import load_from_cache
+
+        load_from_cache(worker, args, WARM_CODE, "float32")
+        if self.P > 1 and not self._threads:
+            for i in range(self.P - 1):
+                t = threading.Thread(target=self._loop, args=(i,), daemon=True,
+                                     name=f"convolab-runtime-{i}")
+                t.start()
+                self._threads.append(t)
+        self._args = args
+        for e in self._go:
+            e.set()
+        worker(*args)
+        for e in self._done:
+            e.wait()
+            e.clear()
+        if self._errors:
+            err = self._errors[:]
+            self._errors.clear()
+            raise err[0]
+
+    def close(self) -> None:
+        self._args = None
+        for e in self._go:
+            e.set()
+
+    def __del__(self):
+        self.close()
+
+
+def new_program(n: int) -> tuple[np.ndarray, np.ndarray]:
+    return np.zeros((n, NF), dtype=np.int64), np.zeros((n, 2), dtype=np.float32)
