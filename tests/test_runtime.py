@@ -200,6 +200,40 @@ def test_residual_then_activation_fuses(name, make, act, bounds):
     assert cm.layers()[0].epilogue == f"bias+residual+{act}"
 
 
+class EpilogueChain(nn.Module):
+    """One convolution per activation of `ACTIVATIONS`, every other one with a residual add:
+    every epilogue the runtime fuses, in one network."""
+
+    def __init__(self, c: int, groups: int = 1):
+        super().__init__()
+        self.convs = nn.ModuleList(nn.Conv2d(c, c, 3, padding=1, groups=groups, bias=i % 3 == 0)
+                                   for i in range(len(ACTIVATIONS)))
+        self.bns = nn.ModuleList(bn(c) for _ in ACTIVATIONS)
+        self.acts = nn.ModuleList(make() for _, make, _, _ in ACTIVATIONS)
+
+    def forward(self, x):
+        for i, (conv, norm, act) in enumerate(zip(self.convs, self.bns, self.acts, strict=True)):
+            y = norm(conv(x))
+            x = act(y + x if i % 2 else y)
+        return x
+
+
+@pytest.mark.parametrize("groups", [1, 32], ids=["dense", "depthwise"])
+@pytest.mark.parametrize("algorithm", ["direct", "im2win", "im2col", "winograd_f4x3", "sfc6_6x3", "fft",
+                                       "deterministic", "auto"])
+def test_every_epilogue_on_every_algorithm(algorithm, groups):
+    m = EpilogueChain(32, groups).eval()
+    cm = check(m, 2 * torch.randn(1, 32, 12, 12), tol=2e-5, algorithm=algorithm)
+    assert kinds(cm) == ["input"] + ["conv"] * len(ACTIVATIONS)
+    assert [c.attrs["act"] for c in convs(cm)] == [a[2] for a in ACTIVATIONS]
+    assert [c.attrs["residual"] for c in convs(cm)] == [bool(i % 2) for i in range(len(ACTIVATIONS))]
+    ran = {L.algorithm for L in cm.layers()}
+    if algorithm == "deterministic":
+        assert all(convolab.registry.get(a).deterministic for a in ran)
+    elif algorithm != "auto" and convolab.registry.get(algorithm).supports(cm.layers()[0].spec) is None:
+        assert ran == {algorithm}
+
+
 class Bottleneck(nn.Module):
     """ResNet's downsampling block: the shortcut is computed AFTER the main branch."""
 
