@@ -135,6 +135,7 @@ def _machine(threads: int) -> dict:
         "cpu": cpu_model(), "threads": threads, "torch": torch.__version__,
         "onednn": bool(torch.backends.mkldnn.is_available() and torch.backends.mkldnn.enabled),
         "blas": blas_info(), "blas_core": blas_cores, "env": env,
+        "cpus": os.cpu_count(), "load_average": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
     }
 
 
@@ -439,6 +440,12 @@ def _run_compiled(args, batches) -> int:
         f"convolab compile); PyTorch {machine['torch']} oneDNN={'on' if machine['onednn'] else 'off'}"
         + (f"; [yellow]set: {machine['env']}[/yellow] (slows NumPy's BLAS)" if machine["env"] else "")
     )
+    load = machine["load_average"]
+    if load and load[0] > 0.5 * (machine["cpus"] or 1):
+        console.print(f"[yellow]load average {load[0]:.1f} on {machine['cpus']} CPUs before the run: other "
+                      "processes share the CPUs; PyTorch's OpenMP threads suffer most (each parallel "
+                      "region waits for its slowest thread): --threads 1 or OMP_WAIT_POLICY=PASSIVE "
+                      "give steadier figures[/yellow]")
 
     # ------------------------------------------------------------------ the runtimes
     example = _batch(x, batches[0])
