@@ -148,7 +148,7 @@ def _run(prepared, x, out):
         sp = mk.split(spec, spec.OH * spec.OW, per_pixel, wpk.shape[1], get_num_threads())
         counter = np.zeros(1, dtype=np.int64)
         args = (xp, wpk, out, counter, get_num_threads(), spec.groups, spec.R, spec.S, sp.nkbr,
-                sp.nchunk)
+                sp.nchunk, *spec.stride, *spec.dilation)
         mk.run(direct_tiles, args, mk.warm_code("direct", 2, 32, 3, 1, x.dtype.name), x.dtype)
         return
     from ..kernels._direct import direct_nchw

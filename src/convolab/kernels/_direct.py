@@ -192,26 +192,33 @@ def _fill_phases(buf, xflat, src, H, W, sh, sw, pt, pl, hq, wq):  # pragma: no c
                     buf[dst + uint64(q)] = xflat[xs + uint64(q * sw)]
 
 
+def depthwise_scratch(sh, sw, hq, wq, OH, OW) -> tuple[int, int]:
+    """Elements of the two work buffers of `depthwise_task`: the padded, phase-split plane and
+    the flat run of ``(OH - 1) wq + OW`` outputs."""
+    return sh * sw * hq * wq, (OH - 1) * wq + OW
+
+
 @njit(inline="always")
 def depthwise_task(task, xflat, xbase, wf, wbase, of, obase, qoff, qbase, C, H, W, Kg, T, OH,
-                   OW, sh, sw, pt, pl, hq, wq, epi):  # pragma: no cover - compiled
+                   OW, sh, sw, pt, pl, hq, wq, buf, acc, epi):  # pragma: no cover - compiled
     """Plane ``task`` = (image n, channel c) of a depthwise convolution: pad the input plane
-    (``xflat[xbase + task H W:]``, split into stride phases) into a buffer that stays in the
+    (``xflat[xbase + task H W:]``, split into stride phases) into ``buf``, which stays in the
     cache, then compute output planes ``c Kg .. c Kg + Kg - 1`` of image n (at ``obase`` in
-    ``of``) row by row, each row one vectorised loop over its columns: 3x3 filters in one pass
-    of 9 fused multiply-adds per output, others 4 taps per pass with the partial sums kept in
-    the output row. ``wf[wbase + k T + t]``: tap t of channel k; ``qoff[qbase + t]``: the
-    buffer offset of tap t = (r, s) relative to output (0, 0). Every output is ``fma(w_8, x_8,
-    ... fma(w_0, x_0, 0))`` in (r, s) order: the order of the other direct kernels. Then the
-    output stage ``epi = (ebias, eres, eoff, emode, ecode, elo, ehi)``
-    (`convolab.kernels._epilogue`; ``emode`` and ``ecode`` 0: none) over each plane while it
-    is in cache, the residual at ``eres[eoff + plane offset]``."""
+    ``of``). Output (oh, ow) reads tap t at ``buf[oh wq + ow + qoff[qbase + t]]``, so the
+    outputs are computed as one flat run over ``p = oh wq + ow`` (``acc``; the ``wq - OW``
+    wrapped columns are computed and dropped): one long vectorised loop even for 7x7 planes,
+    whose rows were too short for vectors. 3x3 filters in one pass of 9 fused multiply-adds
+    per output, others 4 taps per pass. ``wf[wbase + k T + t]``: tap t of channel k. Every
+    output is ``fma(w_8, x_8, ... fma(w_0, x_0, 0))`` in (r, s) order: the order of the other
+    direct kernels. Then the output stage ``epi = (ebias, eres, eoff, emode, ecode, elo,
+    ehi)`` (`convolab.kernels._epilogue`; ``emode`` and ``ecode`` 0: none) over each plane
+    while it is in cache, the residual at ``eres[eoff + plane offset]``."""
     ebias, eres, eoff, emode, ecode, elo, ehi = epi
     n = task // C
     c = task - n * C
     K = C * Kg
     zero = xflat.dtype.type(0)
-    buf = np.empty(sh * sw * hq * wq, dtype=xflat.dtype)
+    L = uint64((OH - 1) * wq + OW)
     _fill_phases(buf, xflat, xbase + task * H * W, H, W, sh, sw, pt, pl, hq, wq)
     for kk in range(Kg):
         k = c * Kg + kk
@@ -224,41 +231,38 @@ def depthwise_task(task, xflat, xbase, wf, wbase, of, obase, qoff, qbase, C, H, 
             q0, q1, q2 = uint64(qoff[qbase]), uint64(qoff[qbase + 1]), uint64(qoff[qbase + 2])
             q3, q4, q5 = uint64(qoff[qbase + 3]), uint64(qoff[qbase + 4]), uint64(qoff[qbase + 5])
             q6, q7, q8 = uint64(qoff[qbase + 6]), uint64(qoff[qbase + 7]), uint64(qoff[qbase + 8])
-            for oh in range(OH):
-                xb = uint64(oh * wq)
-                orow = uint64(ob + oh * OW)
-                for j in range(OW):
-                    b = xb + uint64(j)
-                    v = fma(w0, buf[b + q0], zero)
-                    v = fma(w1, buf[b + q1], v)
-                    v = fma(w2, buf[b + q2], v)
-                    v = fma(w3, buf[b + q3], v)
-                    v = fma(w4, buf[b + q4], v)
-                    v = fma(w5, buf[b + q5], v)
-                    v = fma(w6, buf[b + q6], v)
-                    v = fma(w7, buf[b + q7], v)
-                    v = fma(w8, buf[b + q8], v)
-                    of[orow + uint64(j)] = v
+            for b in range(L):
+                v = fma(w0, buf[b + q0], zero)
+                v = fma(w1, buf[b + q1], v)
+                v = fma(w2, buf[b + q2], v)
+                v = fma(w3, buf[b + q3], v)
+                v = fma(w4, buf[b + q4], v)
+                v = fma(w5, buf[b + q5], v)
+                v = fma(w6, buf[b + q6], v)
+                v = fma(w7, buf[b + q7], v)
+                v = fma(w8, buf[b + q8], v)
+                acc[b] = v
         else:
-            for oh in range(OH):
-                xb = uint64(oh * wq)
-                orow = uint64(ob + oh * OW)
-                for j in range(OW):
-                    of[orow + uint64(j)] = zero
-                t = 0
-                while t < T:
-                    if t + 4 <= T:
-                        _taps4_k1(of, orow, buf, xb + uint64(qoff[qbase + t]),
-                                  xb + uint64(qoff[qbase + t + 1]), xb + uint64(qoff[qbase + t + 2]),
-                                  xb + uint64(qoff[qbase + t + 3]), wf, uint64(wk + t), uint64(OW))
-                        t += 4
-                    else:
-                        _tap1_k1(of, orow, buf, xb + uint64(qoff[qbase + t]), wf, uint64(wk + t),
-                                 uint64(OW))
-                        t += 1
+            for b in range(L):
+                acc[b] = zero
+            t = 0
+            while t < T:
+                if t + 4 <= T:
+                    _taps4_k1(acc, uint64(0), buf, uint64(qoff[qbase + t]),
+                              uint64(qoff[qbase + t + 1]), uint64(qoff[qbase + t + 2]),
+                              uint64(qoff[qbase + t + 3]), wf, uint64(wk + t), L)
+                    t += 4
+                else:
+                    _tap1_k1(acc, uint64(0), buf, uint64(qoff[qbase + t]), wf, uint64(wk + t), L)
+                    t += 1
+        for oh in range(OH):
+            src = uint64(oh * wq)
+            dst = uint64(ob + oh * OW)
+            for j in range(uint64(OW)):
+                of[dst + j] = acc[src + j]
         if emode != 0 or ecode != 0:
             epilogue_run(of, ob, eres, eoff + plane, OH * OW, F1,
-                          ebias[k] if emode & 2 else F0, emode, ecode, elo, ehi)
+                         ebias[k] if emode & 2 else F0, emode, ecode, elo, ehi)
 
 
 @njit(parallel=True, cache=True, nogil=True)
@@ -273,6 +277,10 @@ def depthwise_nchw(x, w, out, qoff, sh, sw, pt, pl, hq, wq):  # pragma: no cover
     wf = w.reshape(K * T)
     of = out.reshape(out.size)
     xflat = x.reshape(x.size)
+    nb = sh * sw * hq * wq
+    na = (OH - 1) * wq + OW
     for task in prange(N * C):
+        buf = np.empty(nb, dtype=x.dtype)
+        acc = np.empty(na, dtype=x.dtype)
         depthwise_task(task, xflat, 0, wf, 0, of, 0, qoff, 0, C, H, W, K // C, T, OH, OW, sh, sw,
-                       pt, pl, hq, wq, (of, of, 0, 0, 0, F0, F0))
+                       pt, pl, hq, wq, buf, acc, (of, of, 0, 0, 0, F0, F0))

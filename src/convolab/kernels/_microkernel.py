@@ -516,12 +516,27 @@ def im2win_conv(x, win, wpk, out, counter, P, groups, FW, FH, sh, sw, dh, dw, pt
                            FW * FH, OHOW, OW, (on, on, 0, 0, 0, F0, F0))
 
 
+@njit(inline="always")
+def direct_geometry(Cg, R, S, Hp, Wp, sh, sw, dh, dw):  # pragma: no cover - compiled
+    """The microkernel's reduction runs for direct convolution on zero-padded planes Hp x Wp
+    (order c, r, s): ``(Cgk, FWe, FHe, istep, fwstep, cs, rowlen)``. Runs of S taps ``dw``
+    apart along a row, one per kernel row (``dh`` rows apart); for S = 1 one run of R down a
+    column; for 1x1 one run over the channels. The window of output (oh, ow) starts at
+    ``oh * sh * Wp + ow * sw``: ``rowlen = sh * Wp``, ``cs = sw``."""
+    if R * S == 1:
+        return 1, R, Cg, Hp * Wp, dh * Wp, sw, sh * Wp
+    if S == 1:
+        return Cg, 1, R, dh * Wp, dh * Wp, sw, sh * Wp
+    return Cg, R, S, dw, dh * Wp, sw, sh * Wp
+
+
 @njit(parallel=True, cache=True, nogil=True)
-def direct_tiles(xp, wpk, out, counter, P, groups, R, S, nkbr, nchunk):  # pragma: no cover
-    """Direct convolution, stride and dilation 1, of the zero-padded input ``xp``
-    (N, C, Hp, Wp): the window of output (oh, ow) is rows oh .. oh+R-1, columns ow .. ow+S-1
-    of each padded plane (runs of S contiguous elements; ``rowlen`` = Wp, ``cs`` = 1), reduced
-    in (c, r, s) order. ``wpk``: [groups][k-blocks][C/g][R][S][KB]."""
+def direct_tiles(xp, wpk, out, counter, P, groups, R, S, nkbr, nchunk, sh, sw, dh,
+                 dw):  # pragma: no cover
+    """Direct convolution of the zero-padded input ``xp`` (N, C, Hp, Wp), any stride and
+    dilation: the window of output (oh, ow) is rows oh*sh + r*dh, columns ow*sw + s*dw of
+    each padded plane, reduced in (c, r, s) order (`direct_geometry`). ``wpk``:
+    [groups][k-blocks][C/g][R][S][KB]."""
     N, C, Hp, Wp = xp.shape
     K = out.shape[1]
     OH = out.shape[2]
@@ -534,20 +549,14 @@ def direct_tiles(xp, wpk, out, counter, P, groups, R, S, nkbr, nchunk):  # pragm
     Kg = K // groups
     nkb = (Kg + KB - 1) // KB
     ntask = groups * nkbr * nchunk
-    # runs of S along a row (order c, r, s); for S = 1 of R down a column; for 1x1 of the
-    # channels
-    Cgk, FWe, FHe, istep, fwstep = Cg, R, S, 1, Wp
-    if R * S == 1:
-        Cgk, FHe, istep = 1, Cg, Hp * Wp
-    elif S == 1:
-        FWe, FHe, istep = 1, R, Wp
+    Cgk, FWe, FHe, istep, fwstep, cs, rowlen = direct_geometry(Cg, R, S, Hp, Wp, sh, sw, dh, dw)
     for n in range(N):
         on = out[n].reshape(K * OHOW)
         counter[0] = 0
         for _ in prange(P):
             run_tile_tasks(wflat, 0, xflat, n * C * Hp * Wp, Hp * Wp, Cgk, FWe, FHe, istep,
-                           fwstep, 1, Wp, on, 0, counter, 0, ntask, nchunk, nkbr, nkb, Cg, Kg, KB,
-                           R * S, OHOW, OW, (on, on, 0, 0, 0, F0, F0))
+                           fwstep, cs, rowlen, on, 0, counter, 0, ntask, nchunk, nkbr, nkb, Cg,
+                           Kg, KB, R * S, OHOW, OW, (on, on, 0, 0, 0, F0, F0))
 
 
 @njit(cache=True, nogil=True)

@@ -17,10 +17,11 @@ bounds), ``ctr`` the counters, `CS` per operator, zeroed before each run.
 
 Operators:
 
-* `OP_TILES`: a stride-1 convolution on the register-blocked microkernel
-  (`convolab.kernels._microkernel.run_tile_tasks`, direct's tiled path: the window of output
-  (oh, ow) is rows oh..oh+R-1, columns ow..ow+S-1 of each zero-padded plane); with padding, a
-  first phase copies the input planes into the interior of a dedicated zero-bordered copy;
+* `OP_TILES`: a dense or grouped convolution, any stride and dilation, on the register-blocked
+  microkernel (`convolab.kernels._microkernel.run_tile_tasks`, direct's tiled path: the window
+  of output (oh, ow) is rows oh*sh + r*dh, columns ow*sw + s*dw of each zero-padded plane,
+  `direct_geometry`); with padding, a first phase copies the input planes into the interior
+  of a dedicated zero-bordered copy;
 * `OP_DW`: a depthwise convolution (`convolab.kernels._direct.depthwise_task`), any stride.
 
 Both apply the output stage (bias, residual, activation; `convolab.kernels._epilogue`) to each
@@ -40,16 +41,16 @@ import numpy as np
 from numba import njit
 
 from ..kernels._atomics import fetch_add, load_acquire, pause, yield_cpu
-from ..kernels._direct import depthwise_task
-from ..kernels._microkernel import run_tile_tasks
+from ..kernels._direct import depthwise_scratch, depthwise_task
+from ..kernels._microkernel import direct_geometry, run_tile_tasks
 
 OP_TILES = 1
 OP_DW = 2
 
 # fields of a program row
 (F_KIND, F_N, F_C, F_H, F_W, F_K, F_OH, F_OW, F_G, F_R, F_S, F_X, F_XIMG, F_Y, F_YIMG, F_WOFF,
- F_BIAS, F_RES, F_ACT, F_A, F_B, F_C2, F_D, F_E, F_F, F_G2) = range(26)
-NF = 26
+ F_BIAS, F_RES, F_ACT, F_A, F_B, F_C2, F_D, F_E, F_F, F_G2, F_SH, F_SW, F_DH, F_DW) = range(30)
+NF = 30
 # OP_TILES extras: F_A nkbr, F_B nchunk, F_C2 padded (1/0), F_D pt, F_E pl, F_F padded copy's
 # offset (its planes Hp x Wp are F_H x F_W then; the input's are F_G2 // ... see `_tiles`),
 # F_G2 input H*W... kept explicit below
@@ -115,49 +116,63 @@ def _tiles(j, op, fprm, P, A, Wb, ctr, CS, KB):  # pragma: no cover - compiled
     Cg = C // G
     Kg = K // G
     nkb = (Kg + KB - 1) // KB
-    Cgk, FWe, FHe, istep = Cg, R, S, 1
-    if R * S == 1:
-        Cgk, FHe, istep = 1, Cg, Hp * Wp
-    elif S == 1:
-        FWe, FHe, istep = 1, R, Wp
+    Cgk, FWe, FHe, istep, fwstep, cs, rowlen = direct_geometry(
+        Cg, R, S, Hp, Wp, op[F_SH], op[F_SW], op[F_DH], op[F_DW])
     OHOW = OH * OW
     for n in range(N):
         epi = _epi(op, fprm, Wb, A, op[F_RES] + n * op[F_YIMG])
-        run_tile_tasks(Wb, op[F_WOFF], A, src + n * ximg, Hp * Wp, Cgk, FWe, FHe, istep, Wp, 1,
-                       Wp, A, op[F_Y] + n * op[F_YIMG], ctr, j * CS + CS_BASE + n,
+        run_tile_tasks(Wb, op[F_WOFF], A, src + n * ximg, Hp * Wp, Cgk, FWe, FHe, istep, fwstep,
+                       cs, rowlen, A, op[F_Y] + n * op[F_YIMG], ctr, j * CS + CS_BASE + n,
                        G * nkbr * nchunk, nchunk, nkbr, nkb, Cg, Kg, KB, R * S, OHOW, OW, epi)
 
 
 @njit(inline="always")
-def _dw(j, op, fprm, A, Wb, Ib, ctr, CS):  # pragma: no cover - compiled
+def _dw(j, op, fprm, A, Wb, Ib, ctr, CS, scratch):  # pragma: no cover - compiled
     N, C, H, W, K = op[F_N], op[F_C], op[F_H], op[F_W], op[F_K]
+    OH, OW, sh, sw, hq, wq = op[F_OH], op[F_OW], op[F_A], op[F_B], op[F_E], op[F_F]
     epi = _epi(op, fprm, Wb, A, op[F_RES])
+    nb = sh * sw * hq * wq
+    buf = scratch[:nb]
+    acc = scratch[nb + (-nb) % 16: nb + (-nb) % 16 + (OH - 1) * wq + OW]
     while True:
         t = fetch_add(ctr, j * CS + 1)
         if t >= N * C:
             break
         depthwise_task(t, A, op[F_X], Wb, op[F_WOFF], A, op[F_Y], Ib, op[F_G2], C, H, W, K // C,
-                       op[F_R] * op[F_S], op[F_OH], op[F_OW], op[F_A], op[F_B], op[F_C2], op[F_D],
-                       op[F_E], op[F_F], epi)
+                       op[F_R] * op[F_S], OH, OW, sh, sw, op[F_C2], op[F_D], hq, wq, buf, acc, epi)
 
 
 @njit(nogil=True, cache=True)
-def worker(P, prog, fprm, A, Wb, Ib, ctr, CS, KB):  # pragma: no cover - compiled
-    """Run every operator of ``prog`` with ``P`` threads (this one of them)."""
+def worker(P, prog, fprm, A, Wb, Ib, ctr, CS, KB, scratch):  # pragma: no cover - compiled
+    """Run every operator of ``prog`` with ``P`` threads (this one of them); ``scratch``: this
+    thread's work buffer (the largest depthwise operator's, `scratch_elements`)."""
     for j in range(prog.shape[0]):
         op = prog[j]
         kind = op[F_KIND]
         if kind == OP_TILES:
             _tiles(j, op, fprm[j], P, A, Wb, ctr, CS, KB)
         elif kind == OP_DW:
-            _dw(j, op, fprm[j], A, Wb, Ib, ctr, CS)
+            _dw(j, op, fprm[j], A, Wb, Ib, ctr, CS, scratch)
         _barrier(ctr, j * CS, P)
+
+
+def scratch_elements(prog: np.ndarray) -> int:
+    """Elements of one thread's work buffer for ``prog``: the largest depthwise operator's
+    padded plane and output run (`convolab.kernels._direct.depthwise_scratch`), 64-byte
+    aligned."""
+    need = 16
+    for op in prog:
+        if op[F_KIND] == OP_DW:
+            nb, na = depthwise_scratch(op[F_A], op[F_B], op[F_E], op[F_F], op[F_OH], op[F_OW])
+            need = max(need, nb + (-nb) % 16 + na)
+    return int(need)
 
 
 WARM_CODE = (
     "import numpy as np; from convolab.runtime._executor import worker, NF; "
     "worker(1, np.zeros((0, NF), np.int64), np.zeros((0, 2), np.float32), np.zeros(1, np.float32), "
-    "np.zeros(1, np.float32), np.zeros(1, np.int64), np.zeros(1, np.int64), 4, 32)"
+    "np.zeros(1, np.float32), np.zeros(1, np.int64), np.zeros(1, np.int64), 4, 32, "
+    "np.zeros(16, np.float32))"
 )
 
 
@@ -174,6 +189,7 @@ class Team:
         self._args = None
         self._errors: list = []
         self._threads = []
+        self._scratch: list | None = None
 
     def _loop(self, i: int) -> None:
         while True:
@@ -183,15 +199,19 @@ class Team:
             if args is None:
                 return
             try:
-                worker(*args)
+                worker(*args, self._scratch[i + 1])
             except BaseException as e:  # noqa: BLE001 - reported by run()
                 self._errors.append(e)
             self._done[i].set()
 
-    def run(self, args) -> None:
+    def run(self, args, scratch: int) -> None:
+        """Run `worker` over ``args`` (all but the scratch buffer) on the team; ``scratch``:
+        elements each thread's work buffer needs."""
         from ..kernels import load_from_cache
 
-        load_from_cache(worker, args, WARM_CODE, "float32")
+        if self._scratch is None or self._scratch[0].size < scratch:
+            self._scratch = [np.zeros(scratch + 16, dtype=np.float32)[:scratch] for _ in range(self.P)]
+        load_from_cache(worker, (*args, self._scratch[0]), WARM_CODE, "float32")
         if self.P > 1 and not self._threads:
             for i in range(self.P - 1):
                 t = threading.Thread(target=self._loop, args=(i,), daemon=True,
@@ -201,7 +221,7 @@ class Team:
         self._args = args
         for e in self._go:
             e.set()
-        worker(*args)
+        worker(*args, self._scratch[0])
         for e in self._done:
             e.wait()
             e.clear()

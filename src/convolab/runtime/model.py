@@ -19,6 +19,7 @@ is never awake beside convolab's. The previous settings are restored after the c
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 import warnings
 from dataclasses import dataclass
@@ -194,7 +195,7 @@ class CompiledModel:
             if isinstance(seg, _Segment):
                 seg.ctr[:] = 0
                 self._team().run((seg.P, seg.prog, seg.fprm, st.arena, seg.wb, seg.ib, seg.ctr,
-                                  _X.CS_BASE + seg.nmax, 32))
+                                  _X.CS_BASE + seg.nmax, 32), seg.scratch)
                 for i in seg.nodes:
                     vals[i] = st.buffers[i]
             else:
@@ -237,9 +238,12 @@ class CompiledModel:
         if algo == "auto":
             algo = _prefer_executor(spec, budgets)
         if algo == "deterministic":
-            ranking = select.rank(spec, **budgets)
-            names = [c.name for c in ranking if c.admissible and registry.get(c.name).deterministic]
-            algo = names[0] if names else "direct"
+            if _in_executor(spec):
+                algo = "direct"
+            else:
+                ranking = select.rank(spec, **budgets)
+                names = [c.name for c in ranking if c.admissible and registry.get(c.name).deterministic]
+                algo = names[0] if names else "direct"
             p = _plan(x_shape, a["w"], algorithm=algo, **args)
         elif algo != "auto" and registry.get(algo).supports(spec) is None:
             p = _plan(x_shape, a["w"], algorithm=algo, **args)
@@ -290,27 +294,32 @@ class _Threads:
 
 # ---------------------------------------------------------------------- arena and program
 def _in_executor(spec: ConvSpec) -> bool:
-    """Convolutions the executor runs when their algorithm is ``direct``: stride-1 dense ones on
-    the microkernel (whatever their channel count: direct's own threshold for it weighs a
-    parallel region's start, which the executor does not pay), depthwise ones on direct's
-    depthwise kernel. Both sum in direct's order: the same bits as ``algorithm="direct"``."""
-    return spec.dtype == np.float32 and (direct.depthwise(spec) or (
-        spec.stride == (1, 1) and spec.dilation == (1, 1)))
+    """Convolutions the executor runs when their algorithm is ``direct``: all of them in
+    float32 -- depthwise ones on direct's depthwise kernel, the others on the microkernel,
+    whatever their channel count, stride or dilation (direct's own thresholds for it weigh a
+    parallel region's start, which the executor does not pay). Both sum in direct's order,
+    one fused multiply-add per product: the same bits as ``algorithm="direct"``."""
+    return spec.dtype == np.float32
 
 
 def _prefer_executor(spec: ConvSpec, budgets: dict) -> str:
-    """``"direct"`` where it runs in the executor (no parallel region of its own) and the cost
-    model, less the per-call overhead the executor saves, predicts it no slower than the best
-    admissible algorithm; else ``"auto"``."""
+    """``"direct"`` where the executor runs it and the cost model predicts the executor's
+    kernel (the microkernel, or the depthwise kernel), less the per-call overhead the executor
+    does not pay, no slower than the best admissible algorithm; else ``"auto"``."""
     if not _in_executor(spec):
         return "auto"
     ranking = select.rank(spec, **budgets)
     adm = [c for c in ranking if c.admissible]
-    d = [c for c in adm if c.name == "direct"]
-    if not adm or not d:
+    if not adm or "direct" not in {c.name for c in adm}:
         return "auto"
-    saved = select.machine().call_seconds
-    return "direct" if d[0].seconds - saved <= adm[0].seconds else "auto"
+    if adm[0].name == "direct":
+        return "direct"
+    d = registry.get("direct")
+    if not direct.depthwise(spec):  # predict the microkernel, whatever direct itself would run
+        d = dataclasses.replace(d, kernel=lambda s: "")
+    m = select.machine()
+    mine = select.predict_seconds(d, spec, m) - m.call_seconds
+    return "direct" if mine <= adm[0].seconds else "auto"
 
 
 class _Segment:
@@ -328,6 +337,15 @@ def _executable(st: _State, i: int, n: Node) -> bool:
         return False
     p = st.plans.get(i)
     return p is not None and p.algorithm == "direct" and _in_executor(p.spec)
+
+
+def _aligned(a: np.ndarray) -> np.ndarray:
+    """A copy of the 1-D array ``a`` whose data starts on a 64-byte boundary."""
+    raw = np.empty(a.size * a.itemsize + 64, dtype=np.uint8)
+    start = -raw.ctypes.data % 64
+    out = raw[start: start + a.size * a.itemsize].view(a.dtype)
+    out[:] = a
+    return out
 
 
 def _roots(g: Graph) -> list[int]:
@@ -387,7 +405,7 @@ def _build(m: CompiledModel, st: _State) -> None:
         elif n.kind != "input":
             seg = None
             segments.append(i)
-    arena = np.zeros(max(total, 16), dtype=np.float32)
+    arena = _aligned(np.zeros(max(total, 16), dtype=np.float32))
     st.buffers = {i: arena[o: o + int(np.prod(st.shapes[i]))].reshape(st.shapes[i]) for i, o in off.items()}
     for s_ in segments:
         if isinstance(s_, _Segment):
@@ -408,10 +426,14 @@ def _program(m: CompiledModel, st: _State, seg: _Segment, root, off, pads) -> No
     ilen = [0]
 
     def put(a, blob, length):
+        # each array starts on a 64-byte boundary (misaligned filter vectors split cache lines)
         a = np.ascontiguousarray(a).reshape(-1)
         o = length[0]
         blob.append(a)
-        length[0] += a.size
+        pad = -a.size % 16
+        if pad:
+            blob.append(np.zeros(pad, dtype=a.dtype))
+        length[0] += a.size + pad
         return o
 
     for r, i in enumerate(seg.nodes):
@@ -440,6 +462,8 @@ def _program(m: CompiledModel, st: _State, seg: _Segment, root, off, pads) -> No
             per_pixel = spec.Cg * spec.padded_H * spec.padded_W / (spec.OH * spec.OW) * 4
             sp = mk.split(spec, spec.OH * spec.OW, per_pixel, wpk.shape[1], seg.P)
             row[_X.F_A], row[_X.F_B] = sp.nkbr, sp.nchunk
+            row[_X.F_SH], row[_X.F_SW] = spec.stride
+            row[_X.F_DH], row[_X.F_DW] = spec.dilation
             if i in pads:
                 pl, _, pt, _ = spec.padding
                 row[_X.F_C2], row[_X.F_D], row[_X.F_E], row[_X.F_F] = 1, pt, pl, pads[i]
@@ -454,9 +478,10 @@ def _program(m: CompiledModel, st: _State, seg: _Segment, root, off, pads) -> No
             row[_X.F_C2], row[_X.F_D], row[_X.F_E], row[_X.F_F] = pt, pl, hq, wq
             row[_X.F_G2] = put(direct.tap_offsets(spec), ib, ilen)
     seg.prog, seg.fprm = prog, fprm
-    seg.wb = np.concatenate(wb).astype(np.float32) if wb else np.zeros(1, np.float32)
+    seg.wb = _aligned(np.concatenate(wb).astype(np.float32)) if wb else np.zeros(16, np.float32)
     seg.ib = np.concatenate(ib).astype(np.int64) if ib else np.zeros(1, np.int64)
     seg.ctr = np.zeros(len(seg.nodes) * (_X.CS_BASE + seg.nmax), dtype=np.int64)
+    seg.scratch = _X.scratch_elements(prog)
 
 
 # ---------------------------------------------------------------------- operators

@@ -1,0 +1,94 @@
+"""The runtime's executor (convolab.runtime._executor) gives direct's bits.
+
+Every convolution the executor runs (the microkernel for dense and grouped layers of any
+stride and dilation, the depthwise kernel) must equal ``convolab.conv2d(..., algorithm="direct")``
+followed by the same output stage, bit for bit, and not depend on the thread count.
+"""
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+nn = torch.nn
+
+import convolab  # noqa: E402
+from convolab.runtime import compile  # noqa: E402
+from convolab.runtime import model as M  # noqa: E402
+
+LAYERS = [
+    # C, K, kernel, stride, padding, dilation, groups, H, W
+    (3, 32, 3, 2, 1, 1, 1, 17, 19),  # a stem
+    (16, 24, 1, 1, 0, 1, 1, 9, 7),  # pointwise, fewer channels than a lane block
+    (8, 40, 3, 1, 1, 1, 1, 12, 12),
+    (12, 36, 5, 1, 2, 2, 1, 13, 11),  # dilated
+    (16, 32, 3, 2, 0, 1, 2, 15, 15),  # grouped, strided, no padding
+    (20, 20, 3, 1, 1, 1, 20, 10, 13),  # depthwise 3x3
+    (24, 48, 5, 2, 2, 1, 24, 14, 9),  # depthwise, channel multiplier 2, strided 5x5
+    (16, 16, 7, 1, 3, 1, 16, 7, 7),  # depthwise 7x7 on a 7x7 plane
+    (64, 32, 1, 2, 0, 1, 1, 14, 14),  # strided 1x1 (a downsampling shortcut)
+]
+
+
+def _conv(C, K, k, s, p, d, g):
+    torch.manual_seed(C * 100 + K)
+    c = nn.Conv2d(C, K, k, s, p, d, g, bias=True)
+    with torch.no_grad():
+        c.bias.normal_()
+    return c
+
+
+@pytest.mark.parametrize("layer", LAYERS, ids=lambda v: "x".join(map(str, v)))
+@pytest.mark.parametrize("batch", [1, 3])
+def test_executor_gives_direct_bits(layer, batch):
+    C, K, k, s, p, d, g, H, W = layer
+    conv = _conv(C, K, k, s, p, d, g).eval()
+    net = nn.Sequential(conv, nn.ReLU6()).eval()
+    x = torch.randn(batch, C, H, W)
+    cm = compile(net, x, algorithm="direct", threads=2)
+    y = cm(x).numpy()
+    y = cm(x).numpy()  # the second call runs the executor
+    st = cm._states[tuple(x.shape)]
+    assert any(isinstance(seg, M._Segment) for seg in st.segments), "the layer did not run in the executor"
+    ref = convolab.conv2d(x.numpy(), conv.weight.detach().numpy(), stride=s, padding=p, dilation=d,
+                          groups=g, algorithm="direct")
+    ref = np.minimum(np.maximum(ref + conv.bias.detach().numpy()[None, :, None, None], 0), 6)
+    assert np.array_equal(y, ref)
+    one = compile(net, x, algorithm="direct", threads=1)
+    one(x)
+    assert np.array_equal(one(x).numpy(), y)
+
+
+def test_residual_and_activation_in_the_executor():
+    class Block(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a = nn.Conv2d(8, 8, 3, padding=1)
+            self.b = nn.Conv2d(8, 8, 3, padding=1, groups=8)
+
+        def forward(self, x):
+            y = torch.relu(self.a(x))
+            return torch.nn.functional.silu(self.b(y) + y)
+
+    net = Block().eval()
+    x = torch.randn(2, 8, 11, 11)
+    cm = compile(net, x, algorithm="direct")
+    cm(x)
+    with torch.no_grad():
+        ref = net.double()(x.double()).numpy()
+    y = cm(x).numpy()
+    assert cm.graph.folded.get("residual") == 1
+    assert np.abs(y - ref).max() <= 1e-5 * np.abs(ref).max()
+    st = cm._states[tuple(x.shape)]
+    segs = [seg for seg in st.segments if isinstance(seg, M._Segment)]
+    assert len(segs) == 1 and len(segs[0].nodes) == 2
+
+
+def test_team_threads_are_reused_and_exact():
+    net = nn.Sequential(nn.Conv2d(4, 32, 3, padding=1), nn.ReLU(), nn.Conv2d(32, 32, 3, padding=1, groups=32))
+    net.eval()
+    x = torch.randn(1, 4, 16, 16)
+    cm = compile(net, x, threads=2, algorithm="direct")
+    outs = [cm(x).numpy() for _ in range(5)]
+    assert all(np.array_equal(o, outs[0]) for o in outs)
+    team = cm._team()
+    assert len(team._threads) == 1 and team._threads[0].is_alive()
