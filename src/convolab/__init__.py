@@ -12,6 +12,17 @@ from .registry import Algorithm, algorithms, register
 from .select import choose
 from .spec import ConvSpec
 
+
+def compile(model, example_input, **options):  # noqa: A001 - torch.compile's name, on purpose
+    """Capture a PyTorch CPU model and run it in convolab's runtime (`convolab.runtime.compile`:
+    BatchNorm and padding folded into the convolutions, bias + residual + activation fused into
+    their output stage, every convolution planned once, runs of direct convolutions executed as
+    one parallel job). Imports PyTorch and the runtime's kernels on first use."""
+    from .runtime import compile as _compile
+
+    return _compile(model, example_input, **options)
+
+
 __all__ = [
     "Algorithm",
     "ConvError",
@@ -20,6 +31,7 @@ __all__ = [
     "UnsupportedError",
     "algorithms",
     "choose",
+    "compile",
     "reference",
     "conv2d",
     "plan",
