@@ -765,7 +765,7 @@ def test_other_batch_sizes_are_planned_on_first_call_and_reused(small, monkeypat
         shape = (n, 3, 16, 16)
         xb = torch.randn(shape)
         before = cm.layers(shape)
-        assert all(L.algorithm == "-" for L in before) or n == 1  # not planned yet
+        assert all(L.algorithm == "-" for L in before)  # not planned yet
         y = cm(xb)
         assert rel_err(y, reference(m, xb)) <= TOL
         after = cm.layers(shape)
@@ -848,7 +848,8 @@ def test_one_thread_means_one_thread(algorithm):
     m = _net()
     x = torch.randn(4, 3, 32, 32)
     cm = compile(m, x, threads=1, algorithm=algorithm)
-    assert rel_err(cm(x), reference(m, x)) <= TOL
+    y = cm(x)
+    time.sleep(0.3)  # PyTorch's OpenMP workers (earlier tests) stop spinning
     cpu0, wall0 = time.process_time(), time.perf_counter()
     n = 0
     while time.perf_counter() - wall0 < 0.5 or n < 5:
@@ -858,6 +859,7 @@ def test_one_thread_means_one_thread(algorithm):
     # on a loaded machine CPU time can only fall behind the wall time, never exceed it
     assert cpu <= 1.3 * wall + 0.02, f"{cpu:.3f} s CPU in {wall:.3f} s wall ({n} calls, threads=1)"
     assert numba.get_num_threads() >= 1
+    assert rel_err(y, reference(m, x)) <= TOL
 
 
 def test_thread_settings_are_restored_after_a_call():
