@@ -48,6 +48,8 @@ class Layer:
     spec: ConvSpec
     algorithm: str
     epilogue: str
+    #: "executor" (one job with its neighbours), "alone" (its own call), "-" (not planned yet)
+    runs: str = "-"
 
 
 class _State:
@@ -111,8 +113,11 @@ class CompiledModel:
                 "bias" if n.attrs["b"] is not None else "",
                 "residual" if n.attrs["residual"] else "",
                 n.attrs["act"] if n.attrs["act"] != "none" else "") if x)
+            runs = "-"
+            if st is not None and st.segments is not None:
+                runs = "executor" if any(isinstance(s, _Segment) and i in s.nodes for s in st.segments) else "alone"
             out.append(Layer(n.name, n.where, p.spec if p else None, p.algorithm if p else "-",
-                             epi or "-"))
+                             epi or "-", runs))
         return out
 
     def summary(self, shape=None) -> str:
@@ -129,8 +134,12 @@ class CompiledModel:
         ]
         if self.graph.fallback:
             lines.append("run by PyTorch: " + ", ".join(f"{k} x{v}" for k, v in self.graph.fallback.items()))
-        for L in self.layers(shape):
-            lines.append(f"  {L.name:<40} {L.algorithm:<16} {L.epilogue:<22} {L.spec}")
+        layers = self.layers(shape)
+        if layers:
+            lines.append(f"  {'layer':<34} {'algorithm':<16} {'runs':<9} {'output stage':<22} convolution")
+        for L in layers:
+            name = L.where.split(":")[0] if L.where else L.name
+            lines.append(f"  {name[:34]:<34} {L.algorithm:<16} {L.runs:<9} {L.epilogue:<22} {L.spec}")
         return "\n".join(lines)
 
     def __repr__(self) -> str:
