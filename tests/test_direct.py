@@ -1,5 +1,6 @@
-"""``direct``: its two kernels (the register-blocked microkernel for stride 1 and the flat-run
-loops) sum in the same order, so they agree bit for bit; both match the reference."""
+"""``direct``: its two kernels (the register-blocked microkernel and the flat-run loops) sum in
+the same order, so they agree bit for bit, at any stride and dilation; both match the
+reference."""
 
 import numpy as np
 import pytest
@@ -18,6 +19,11 @@ from convolab.spec import ConvSpec
         ((1, 8, 5, 3), (32, 8, 3, 3), {"padding": 1}, np.float32),  # fewer pixels than a tile
         ((1, 64, 11, 7), (128, 32, 1, 1), {"groups": 2}, np.float32),  # grouped 1x1
         ((2, 12, 10, 10), (48, 12, 5, 5), {"padding": 2}, np.float64),  # float64: 16 lanes
+        ((1, 3, 23, 21), (64, 3, 7, 7), {"stride": 2, "padding": 3}, np.float32),  # a stem
+        ((2, 16, 13, 12), (32, 16, 3, 3), {"stride": (2, 3), "padding": 1, "dilation": (1, 2)},
+         np.float32),  # strided and dilated
+        ((1, 64, 9, 9), (64, 64, 1, 1), {"stride": 2}, np.float32),  # downsampling 1x1
+        ((1, 8, 12, 12), (32, 8, 3, 3), {"stride": 2, "padding": 1}, np.float64),
     ],
 )
 def test_microkernel_and_loops_agree_bit_for_bit(monkeypatch, x_shape, w_shape, kw, dtype):
@@ -40,11 +46,12 @@ def test_microkernel_only_where_lanes_are_used():
     assert D.tiled(spec(64)) and D.tiled(spec(96)) and D.tiled(spec(48))
     assert not D.tiled(spec(16))  # below TILE_MIN_KG
     assert not D.tiled(spec(40))  # 40 of 64 lanes
-    assert not D.tiled(spec(64, stride=2)) and not D.tiled(spec(64, dilation=2))
+    assert D.tiled(spec(64, stride=2)) and D.tiled(spec(64, dilation=2))
+    assert not D.tiled(spec(16, stride=2))
     # the count includes the lanes and pixels the microkernel computes past the layer
     s = spec(48)
     assert convolab.registry.get("direct").multiplies(s) == 64 * 100 * 72  # 2 blocks of 32 lanes
-    assert convolab.registry.get("direct").multiplies(spec(64, stride=2)) == spec(64, stride=2).direct_multiplies
+    assert convolab.registry.get("direct").multiplies(spec(16, stride=2)) == spec(16, stride=2).direct_multiplies
 
 
 def test_microkernel_compiled_in_a_child_and_loaded_from_cache(tmp_path):
