@@ -521,7 +521,8 @@ def _run_compiled(args, batches) -> int:
             cm = compiled[c]
             layers = cm.layers(tuple(x.shape))
             rec["layers"] = [{"name": L.name, "where": L.where, "algorithm": L.algorithm,
-                              "epilogue": L.epilogue, "spec": str(L.spec)} for L in layers]
+                              "epilogue": L.epilogue, "runs": getattr(L, "runs", None),
+                              "spec": str(L.spec)} for L in layers]
             algos = f"{len(layers)}: {_algorithm_counts(layers)}"
             folded = ", ".join(f"{k} {v}" for k, v in sorted(setup[c]["folded"].items()))
             fb = ", ".join(f"{k} x{v}" for k, v in cm.fallback_ops.items())
