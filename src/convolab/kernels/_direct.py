@@ -173,34 +173,21 @@ def direct_nchw(xf, w, out, qoff, wrow, cstride, groups):  # pragma: no cover - 
 @njit(inline="always")
 def _fill_phases(buf, xflat, src, H, W, sh, sw, pt, pl, hq, wq):  # pragma: no cover - compiled
     """The zero-padded plane ``xflat[src : src + H*W]`` split into stride phases: padded pixel
-    (i, j) at ``buf[((i % sh) * sw + j % sw) * hq * wq + (i // sh) * wq + j // sw]``. For
-    ``sw == 2`` each row is read in pairs of columns (one loop writing both phases: LLVM
-    vectorises it as deinterleaving loads; a strided loop per phase stayed scalar)."""
+    (i, j) at ``buf[((i % sh) * sw + j % sw) * hq * wq + (i // sh) * wq + j // sw]``."""
     buf[:] = 0
     for h in range(H):
         i = h + pt
         row = ((i % sh) * sw) * hq * wq + (i // sh) * wq
         xrow = uint64(src + h * W)
-        if sw == 1:
-            dst = uint64(row + pl)
-            for q in range(uint64(W)):
-                buf[dst + q] = xflat[xrow + q]
-        elif sw == 2:
-            # column w goes to phase (pl + w) % 2, position (pl + w) // 2
-            p0 = pl % 2
-            d0 = uint64(row + p0 * hq * wq + pl // 2)
-            d1 = uint64(row + (1 - p0) * hq * wq + (pl + 1) // 2)
-            for q in range(uint64(W // 2)):
-                buf[d0 + q] = xflat[xrow + 2 * q]
-                buf[d1 + q] = xflat[xrow + 2 * q + 1]
-            if W % 2:
-                buf[d0 + uint64(W // 2)] = xflat[xrow + uint64(W - 1)]
-        else:
-            for pw in range(sw):
-                # columns j = w + pl with j % sw == pw
-                w0 = (pw - pl) % sw
-                dst = uint64(row + pw * hq * wq + (w0 + pl) // sw)
-                xs = xrow + uint64(w0)
+        for pw in range(sw):
+            # columns j = w + pl with j % sw == pw
+            w0 = (pw - pl) % sw
+            dst = uint64(row + pw * hq * wq + (w0 + pl) // sw)
+            xs = xrow + uint64(w0)
+            if sw == 1:
+                for q in range(W):
+                    buf[dst + uint64(q)] = xflat[xs + uint64(q)]
+            else:
                 for q in range((W - w0 + sw - 1) // sw):
                     buf[dst + uint64(q)] = xflat[xs + uint64(q * sw)]
 

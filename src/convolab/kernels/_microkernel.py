@@ -42,6 +42,8 @@ from .microkernel import MR, MR_TAIL, NV
 
 _I32 = ir.IntType(32)
 _I64 = ir.IntType(64)
+#: reduction steps from which a tile prefetches its output lines two tiles ahead
+PREFETCH_MIN_STEPS = 64
 
 
 def _i64(v: int):
@@ -162,7 +164,11 @@ def _typer(mr, straight, tys):
         xp = builder.gep(context.make_array(sig.args[2])(context, builder, xa).data, [xoff])
         op = context.make_array(sig.args[11])(context, builder, oa).data
         if not pixel_major:
-            _prefetch_ahead(builder, op, obase, OHOW, kn, v0, mr)
+            # only where the reduction is long enough to hide them: for short ones (a 1x1 layer
+            # of 16 channels) the 2 prefetches per output channel cost more than they save
+            steps = builder.mul(builder.mul(Cg, FWe), FHe)
+            with builder.if_then(builder.icmp_signed(">=", steps, _i64(PREFETCH_MIN_STEPS))):
+                _prefetch_ahead(builder, op, obase, OHOW, kn, v0, mr)
         # pixel pointers: one per three pixels (offsets 0, cs, 2cs) in a full tile; one per
         # pixel, clamped to the last, in a short one
         if straight:

@@ -35,6 +35,7 @@ task from `convolab.kernels`; touch this file when their generated code changes.
 
 from __future__ import annotations
 
+import os
 import threading
 
 import numpy as np
@@ -190,8 +191,33 @@ class Team:
         self._errors: list = []
         self._threads = []
         self._scratch: list | None = None
+        self._tids: dict[int, int] = {}
+        self._affinity: dict[int, frozenset] = {}
+
+    def _keep_off_caller(self) -> None:
+        """Keep the team's threads off the calling thread's CPU: Linux wakes a thread on its
+        waker's CPU and leaves it there, and the two then took turns on one CPU (no speed-up
+        from the second thread, measured); the caller stays free to move."""
+        from .._parallel import _current_cpu
+
+        cpu = _current_cpu()
+        try:
+            allowed = os.sched_getaffinity(0)
+        except (AttributeError, OSError):
+            return
+        others = frozenset(allowed - {cpu}) if cpu is not None else frozenset(allowed)
+        if not others:
+            return
+        for tid in self._tids.values():
+            if self._affinity.get(tid) != others:
+                try:
+                    os.sched_setaffinity(tid, others)
+                    self._affinity[tid] = others
+                except OSError:
+                    self._affinity[tid] = others
 
     def _loop(self, i: int) -> None:
+        self._tids[i] = threading.get_native_id()
         while True:
             self._go[i].wait()
             self._go[i].clear()
@@ -219,6 +245,13 @@ class Team:
                 t.start()
                 self._threads.append(t)
         self._args = args
+        if self.P > 1 and len(self._tids) < self.P - 1:
+            import time
+
+            while len(self._tids) < self.P - 1:  # the threads just started: wait for their ids
+                time.sleep(0)
+        if self.P > 1:
+            self._keep_off_caller()
         for e in self._go:
             e.set()
         worker(*args, self._scratch[0])
