@@ -171,10 +171,10 @@ def direct_nchw(xf, w, out, qoff, wrow, cstride, groups):  # pragma: no cover - 
 
 
 @njit(inline="always")
-def _fill_phases(buf, xflat, src, H, W, sh, sw, pt, pl, hq, wq):  # pragma: no cover - compiled
-    """The zero-padded plane ``xflat[src : src + H*W]`` split into stride phases: padded pixel
-    (i, j) at ``buf[((i % sh) * sw + j % sw) * hq * wq + (i // sh) * wq + j // sw]``."""
-    buf[:] = 0
+def fill_phases(buf, xflat, src, H, W, sh, sw, pt, pl, hq, wq, fill):  # pragma: no cover - compiled
+    """The plane ``xflat[src : src + H*W]`` padded with ``fill`` and split into stride phases:
+    padded pixel (i, j) at ``buf[((i % sh) * sw + j % sw) * hq * wq + (i // sh) * wq + j // sw]``."""
+    buf[:] = fill
     for h in range(H):
         i = h + pt
         row = ((i % sh) * sw) * hq * wq + (i // sh) * wq
@@ -219,7 +219,7 @@ def depthwise_task(task, xflat, xbase, wf, wbase, of, obase, qoff, qbase, C, H, 
     K = C * Kg
     zero = xflat.dtype.type(0)
     L = uint64((OH - 1) * wq + OW)
-    _fill_phases(buf, xflat, xbase + task * H * W, H, W, sh, sw, pt, pl, hq, wq)
+    fill_phases(buf, xflat, xbase + task * H * W, H, W, sh, sw, pt, pl, hq, wq, zero)
     for kk in range(Kg):
         k = c * Kg + kk
         wk = wbase + k * T

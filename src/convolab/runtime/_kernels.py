@@ -11,7 +11,8 @@ the one the convolution kernels apply per tile.
 import numpy as np
 from numba import njit, prange, uint64
 
-from ..kernels._epilogue import F0, F1, run
+from ..kernels._direct import fill_phases
+from ..kernels._epilogue import F0, F1, maximum, run
 
 
 @njit(parallel=True, cache=True, nogil=True)
@@ -45,33 +46,42 @@ def epilogue(src, dst, scale, shift, res, mode, act, lo, hi):  # pragma: no cove
 
 @njit(parallel=True, cache=True, nogil=True)
 def maxpool(x, out, kh, kw, sh, sw, ph, pw, dh, dw):  # pragma: no cover - compiled
-    """PyTorch's max_pool2d over (N, C, H, W): windows clipped to the input (padding never
-    wins), NaN propagating."""
+    """PyTorch's max_pool2d over (N, C, H, W), NaN propagating. Each task pads its plane with
+    -inf (padding and the ceil-mode overhang never win) split into stride phases, as direct's
+    depthwise kernel does, then takes the maximum tap by tap over one flat run of outputs
+    ``p = oh wq + ow`` (vectorised; the wrapped columns are dropped)."""
     N, C, H, W = x.shape
     OH, OW = out.shape[2], out.shape[3]
-    for t in prange(N * C):
-        n = t // C
-        c = t - n * C
-        xp = x[n, c]
-        op = out[n, c]
+    Hp = max(H + 2 * ph, (OH - 1) * sh + (kh - 1) * dh + 1)
+    Wp = max(W + 2 * pw, (OW - 1) * sw + (kw - 1) * dw + 1)
+    hq = (Hp + sh - 1) // sh
+    wq = (Wp + sw - 1) // sw
+    T = kh * kw
+    qoff = np.empty(T, dtype=np.int64)
+    for r in range(kh):
+        for s in range(kw):
+            plane = ((r * dh) % sh) * sw + (s * dw) % sw
+            qoff[r * kw + s] = plane * hq * wq + ((r * dh) // sh) * wq + (s * dw) // sw
+    L = uint64((OH - 1) * wq + OW)
+    xflat = x.reshape(x.size)
+    of = out.reshape(out.size)
+    ninf = np.float32(-np.inf)
+    for task in prange(N * C):
+        buf = np.empty(sh * sw * hq * wq, dtype=np.float32)
+        acc = np.empty((OH - 1) * wq + OW, dtype=np.float32)
+        fill_phases(buf, xflat, task * H * W, H, W, sh, sw, ph, pw, hq, wq, ninf)
+        q = uint64(qoff[0])
+        for b in range(L):
+            acc[b] = buf[b + q]
+        for t in range(1, T):
+            q = uint64(qoff[t])
+            for b in range(L):
+                acc[b] = maximum(acc[b], buf[b + q])
         for oh in range(OH):
-            for ow in range(OW):
-                m = np.float32(-np.inf)
-                nan = False
-                for r in range(kh):
-                    ih = oh * sh - ph + r * dh
-                    if ih < 0 or ih >= H:
-                        continue
-                    for s in range(kw):
-                        iw = ow * sw - pw + s * dw
-                        if iw < 0 or iw >= W:
-                            continue
-                        v = xp[ih, iw]
-                        if v > m:
-                            m = v
-                        elif v != v:
-                            nan = True
-                op[oh, ow] = np.float32(np.nan) if nan else m
+            src = uint64(oh * wq)
+            dst = uint64((task * OH + oh) * OW)
+            for j in range(uint64(OW)):
+                of[dst + j] = acc[src + j]
 
 
 @njit(parallel=True, cache=True, nogil=True)
