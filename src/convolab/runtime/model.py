@@ -245,7 +245,7 @@ class CompiledModel:
         algo = self.algorithm
         budgets = dict(memory_limit=self.memory_limit, max_error=self.max_error)
         if algo == "auto":
-            algo = _prefer_executor(spec, budgets)
+            algo = _prefer_executor(spec, budgets, self.threads)
         if algo == "deterministic":
             if _in_executor(spec):
                 algo = "direct"
@@ -320,7 +320,7 @@ def _in_executor(spec: ConvSpec) -> bool:
 EXECUTOR_FACTOR = 1.5
 
 
-def _prefer_executor(spec: ConvSpec, budgets: dict) -> str:
+def _prefer_executor(spec: ConvSpec, budgets: dict, threads: int = 1) -> str:
     """``"direct"`` where the executor runs it and the cost model predicts the executor's
     kernel (the microkernel, or the depthwise kernel), less the per-call overhead the executor
     does not pay, at most `EXECUTOR_FACTOR` times the best admissible algorithm's time; else
@@ -338,7 +338,11 @@ def _prefer_executor(spec: ConvSpec, budgets: dict) -> str:
         d = dataclasses.replace(d, kernel=lambda s: "")
     m = select.machine()
     mine = select.predict_seconds(d, spec, m) - m.call_seconds
-    return "direct" if mine <= EXECUTOR_FACTOR * adm[0].seconds else "auto"
+    best = adm[0].seconds
+    if adm[0].name == "im2col" and spec.R == spec.S == 1 and spec.stride == (1, 1) and not any(spec.padding):
+        # one GEMM, whose threads are the BLAS's: in the runtime it runs on one
+        best *= threads
+    return "direct" if mine <= EXECUTOR_FACTOR * best else "auto"
 
 
 class _Segment:
