@@ -139,14 +139,27 @@ def _machine(threads: int) -> dict:
     }
 
 
-def run(args) -> int:
-    import copy
-
+def _console_and_threads(threads: int):
+    """The command's console (150 columns when not a terminal) and its thread settings:
+    PyTorch, Numba and the BLAS held to ``threads`` (the BLAS limit is returned to undo)."""
     import numba
     import torch
     from rich.console import Console
-    from rich.table import Table
     from threadpoolctl import threadpool_limits
+
+    console = Console()
+    if not console.is_terminal:
+        console = Console(width=150)
+    torch.set_num_threads(threads)
+    numba.set_num_threads(min(threads, numba.config.NUMBA_NUM_THREADS))
+    return console, threadpool_limits(threads, user_api="blas")
+
+
+def run(args) -> int:
+    import copy
+
+    import torch
+    from rich.table import Table
 
     from ..errors import ConvError
     from ..interop.models import MODELS, load_model
@@ -182,12 +195,7 @@ def run(args) -> int:
     if report_batch not in batches:
         raise ConvError(f"--report-batch {report_batch} is not one of --batches {batches}")
 
-    console = Console()
-    if not console.is_terminal:
-        console = Console(width=150)
-    torch.set_num_threads(args.threads)
-    numba.set_num_threads(min(args.threads, numba.config.NUMBA_NUM_THREADS))
-    blas_limits = threadpool_limits(args.threads, user_api="blas")
+    console, blas_limits = _console_and_threads(args.threads)
 
     model = load_model(args.model)
     info = MODELS[args.model]
@@ -409,11 +417,8 @@ def _algorithm_counts(layers) -> str:
 def _run_compiled(args, batches) -> int:
     import copy
 
-    import numba
     import torch
-    from rich.console import Console
     from rich.table import Table
-    from threadpoolctl import threadpool_limits
 
     from ..interop.models import MODELS, load_model
     from ..registry import get
@@ -423,12 +428,7 @@ def _run_compiled(args, batches) -> int:
     for n in names:
         if n not in ("auto", "deterministic"):
             get(n)  # unknown names raise ConvError listing the registered ones
-    console = Console()
-    if not console.is_terminal:
-        console = Console(width=150)
-    torch.set_num_threads(args.threads)
-    numba.set_num_threads(min(args.threads, numba.config.NUMBA_NUM_THREADS))
-    blas_limits = threadpool_limits(args.threads, user_api="blas")
+    console, blas_limits = _console_and_threads(args.threads)
 
     info = MODELS[args.model]
     model = load_model(args.model)
