@@ -92,3 +92,37 @@ def test_team_threads_are_reused_and_exact():
     assert all(np.array_equal(o, outs[0]) for o in outs)
     team = cm._team()
     assert len(team._threads) == 1 and team._threads[0].is_alive()
+
+
+def test_a_forked_child_runs_the_compiled_model():
+    """A child forked after the team started (multiprocessing, data-loader workers) inherits the
+    team but not its threads; it must start its own instead of waiting for them forever."""
+    import os
+    import time
+
+    net = nn.Sequential(nn.Conv2d(4, 32, 3, padding=1), nn.ReLU(), nn.Conv2d(32, 32, 1)).eval()
+    x = torch.randn(1, 4, 12, 12)
+    cm = compile(net, x, threads=2, algorithm="direct")
+    want = cm(x).numpy()
+    assert cm._team()._threads  # the parent's team is running
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # child
+        try:
+            ok = np.array_equal(cm(x).numpy(), want)
+            os.write(w, b"1" if ok else b"0")
+        finally:
+            os._exit(0)
+    os.close(w)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        done, _ = os.waitpid(pid, os.WNOHANG)
+        if done:
+            break
+        time.sleep(0.05)
+    else:
+        os.kill(pid, 9)
+        os.waitpid(pid, 0)
+        pytest.fail("the forked child hung")
+    assert os.read(r, 1) == b"1"
+    os.close(r)

@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import os
 import threading
+import weakref
 
 import numpy as np
 from numba import njit
@@ -185,12 +186,18 @@ class Team:
 
     def __init__(self, P: int):
         self.P = P
-        self._go = [threading.Event() for _ in range(P - 1)]
-        self._done = [threading.Event() for _ in range(P - 1)]
+        self._scratch: list | None = None
+        self._reset()
+        _TEAMS.add(self)
+
+    def _reset(self) -> None:
+        """No threads yet (also in a forked child, which inherits the team but not its
+        threads: waiting for them at a barrier would never end)."""
+        self._go = [threading.Event() for _ in range(self.P - 1)]
+        self._done = [threading.Event() for _ in range(self.P - 1)]
         self._args = None
         self._errors: list = []
-        self._threads = []
-        self._scratch: list | None = None
+        self._threads: list = []
         self._tids: dict[int, int] = {}
         self._affinity: dict[int, frozenset] = {}
 
@@ -270,6 +277,18 @@ class Team:
 
     def __del__(self):
         self.close()
+
+
+_TEAMS: weakref.WeakSet = weakref.WeakSet()
+
+
+def _after_fork_in_child() -> None:
+    for team in list(_TEAMS):
+        team._reset()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 def new_program(n: int) -> tuple[np.ndarray, np.ndarray]:
