@@ -551,8 +551,10 @@ def _affine(m, i, n, vals, st):
         raise ConvError(f"expected {n.attrs['scale'].shape[0]} channels, got shape {x.shape}")
     y = m._out(i, st, x.shape)
     xs = x.reshape(x.shape[0], x.shape[1], -1)
-    sc = n.attrs.setdefault("scale32", n.attrs["scale"].astype(np.float32))
-    sh = n.attrs.setdefault("shift32", n.attrs["shift"].astype(np.float32))
+    if "scale32" not in n.attrs:  # rounded once, on the first call
+        n.attrs["scale32"] = n.attrs["scale"].astype(np.float32)
+        n.attrs["shift32"] = n.attrs["shift"].astype(np.float32)
+    sc, sh = n.attrs["scale32"], n.attrs["shift32"]
     K.epilogue(xs, y.reshape(xs.shape), sc, sh, _EMPTY3, 3, 0, 0.0, 0.0)
     return y
 
