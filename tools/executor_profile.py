@@ -1,0 +1,86 @@
+"""Where a compiled network's time goes: each executor segment on one and on all threads, each
+of its convolutions on one thread (GFLOP/s), and the operators run on their own.
+
+Per-operator timing on one thread in one process is steadier on a noisy host than whole-network
+minima on two threads (those swing +-20% between processes here).
+
+    env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE python tools/executor_profile.py \
+        --model efficientnet-lite0 --batch 1 --algorithm deterministic
+"""
+
+import argparse
+import time
+import warnings
+
+import numpy as np
+
+
+def best_ms(f, n=5):
+    f()
+    best = float("inf")
+    for _ in range(n):
+        t = time.perf_counter()
+        f()
+        best = min(best, time.perf_counter() - t)
+    return best * 1e3
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--model", default="efficientnet-lite0")
+    ap.add_argument("--batch", type=int, default=1)
+    ap.add_argument("--algorithm", default="deterministic")
+    ap.add_argument("--threads", type=int, default=None)
+    a = ap.parse_args()
+
+    import torch
+
+    import convolab
+    from convolab.interop.models import load_model
+    from convolab.runtime import model as M
+    from convolab.runtime._executor import CS_BASE, worker
+
+    warnings.filterwarnings("ignore")
+    net = load_model(a.model)
+    size = 224
+    x = torch.randn(a.batch, 3, size, size).numpy()
+    cm = convolab.compile(net, torch.from_numpy(x), algorithm=a.algorithm, threads=a.threads)
+    cm(x)
+    st = cm._states[x.shape]
+    team = cm._team()
+    print(f"{a.model}, batch {a.batch}, algorithm {a.algorithm!r}, {cm.threads} threads")
+    for seg in st.segments:
+        if isinstance(seg, M._Segment):
+            cs = CS_BASE + seg.nmax
+            scratch = np.zeros(seg.scratch, np.float32)
+
+            def run(prog, fprm, P, seg=seg, cs=cs, scratch=scratch):
+                seg.ctr[:] = 0
+                if P == 1:
+                    worker(1, prog, fprm, st.arena, seg.wb, seg.ib, seg.ctr, cs, 32, scratch)
+                else:
+                    team.run((P, prog, fprm, st.arena, seg.wb, seg.ib, seg.ctr, cs, 32), seg.scratch)
+
+            one = best_ms(lambda seg=seg, run=run: run(seg.prog, seg.fprm, 1))
+            all_ = best_ms(lambda seg=seg, run=run: run(seg.prog, seg.fprm, seg.P))
+            print(f"executor segment, {len(seg.nodes)} convolutions: {one:.3f} ms on 1 thread, "
+                  f"{all_:.3f} ms on {seg.P}")
+            for r, i in enumerate(seg.nodes):
+                ms = best_ms(lambda r=r, run=run, seg=seg: run(seg.prog[r:r + 1], seg.fprm[r:r + 1], 1))
+                spec = st.plans[i].spec
+                print(f"  {ms:7.3f} ms {2 * spec.direct_multiplies / ms / 1e6:6.1f} GFLOP/s  {spec}")
+        else:
+            n = cm.graph.nodes[seg]
+            vals = [None] * len(cm.graph.nodes)
+            for j in n.inputs:
+                vals[j] = st.buffers.get(j)
+            if any(vals[j] is None for j in n.inputs):
+                continue  # its input is a view: timed within the whole call only
+            ms = best_ms(lambda n=n, seg=seg, vals=vals: M._EXEC[n.kind](cm, seg, n, vals, st))
+            p = st.plans.get(seg)
+            print(f"alone {ms:7.3f} ms  {n.name} {p.algorithm + ' ' + str(p.spec) if p else ''}")
+    print(f"whole call: {best_ms(lambda: cm(x), 10):.3f} ms")
+
+
+if __name__ == "__main__":
+    main()
