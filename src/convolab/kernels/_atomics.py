@@ -12,35 +12,38 @@ _I64 = ir.IntType(64)
 _X86 = platform.machine().lower() in ("x86_64", "amd64", "i386", "i686")
 
 
-@intrinsic
-def fetch_add(typingctx, arr, i):
-    """``old = arr[i]; arr[i] += 1`` atomically (int64 array); returns ``old``."""
-    if not (isinstance(arr, types.Array) and arr.dtype == types.int64):
-        return None
-    sig = types.int64(arr, i)
-
-    def codegen(context, builder, sig, args):
-        ptr = context.make_array(sig.args[0])(context, builder, args[0]).data
-        idx = context.cast(builder, args[1], sig.args[1], types.int64)
-        return builder.atomic_rmw("add", builder.gep(ptr, [idx]), ir.Constant(_I64, 1), "seq_cst")
-
-    return sig, codegen
+def _slot(context, builder, sig, args):
+    """Pointer to ``arr[i]`` of an (int64 array, integer index) argument pair."""
+    ptr = context.make_array(sig.args[0])(context, builder, args[0]).data
+    return builder.gep(ptr, [context.cast(builder, args[1], sig.args[1], types.int64)])
 
 
-@intrinsic
-def load_acquire(typingctx, arr, i):
+def _int64_slot_op(doc, emit):
+    """An intrinsic ``op(arr, i) -> int64`` on an int64 array whose code is ``emit(builder,
+    pointer to arr[i])``."""
+
+    def impl(typingctx, arr, i):
+        if not (isinstance(arr, types.Array) and arr.dtype == types.int64):
+            return None
+        sig = types.int64(arr, i)
+
+        def codegen(context, builder, sig, args):
+            return emit(builder, _slot(context, builder, sig, args))
+
+        return sig, codegen
+
+    impl.__doc__ = doc
+    return intrinsic(impl)
+
+
+fetch_add = _int64_slot_op(
+    """``old = arr[i]; arr[i] += 1`` atomically (int64 array); returns ``old``.""",
+    lambda builder, p: builder.atomic_rmw("add", p, ir.Constant(_I64, 1), "seq_cst"))
+
+load_acquire = _int64_slot_op(
     """``arr[i]`` read atomically with acquire ordering (int64 array): a spin loop re-reads
-    it every time, and sees what the writers wrote before their `fetch_add`."""
-    if not (isinstance(arr, types.Array) and arr.dtype == types.int64):
-        return None
-    sig = types.int64(arr, i)
-
-    def codegen(context, builder, sig, args):
-        ptr = context.make_array(sig.args[0])(context, builder, args[0]).data
-        idx = context.cast(builder, args[1], sig.args[1], types.int64)
-        return builder.load_atomic(builder.gep(ptr, [idx]), "acquire", 8)
-
-    return sig, codegen
+    it every time, and sees what the writers wrote before their `fetch_add`.""",
+    lambda builder, p: builder.load_atomic(p, "acquire", 8))
 
 
 @intrinsic
