@@ -18,8 +18,12 @@ Cases:
   plan            ``p = convolab.plan(x.shape, w, padding=1); p(x)`` (trial on, cached)
   numba           Numba's one-time set-up alone: import numba and SciPy's BLAS, fill the
                   type system's registries (no kernel)
+  direct, im2win  ``convolab.conv2d`` as conv2d, with that algorithm named
+  int8            ``convolab.quant.conv2d_int8(x, w, padding=1)``, int8 (1, 64, 56, 56) and 64x64x3x3
   bilateral       ``convolab.highdim.bilateral_filter(img, 4, 0.1)``, a 256x256 RGB float32 image
                   (a smooth synthetic picture)
+  gaussian        ``convolab.highdim.gaussian_filter(values, positions)``, 20,000 points, 5-D
+                  positions, 3 channels (permutohedral)
 
 ``--cache-dir`` defaults to a new temporary directory (the warm-up run fills it), so the
 user's cache is neither read nor written; Numba's cache is the installation's. The children
@@ -66,6 +70,27 @@ CASES = {
         "convolab.plan(x.shape, w, padding=1)(x)",
         "1",
     ),
+    "direct": (
+        "convolab",
+        "x = np.random.default_rng(0).standard_normal((1, 64, 56, 56), dtype=np.float32)\n"
+        "w = np.random.default_rng(1).standard_normal((64, 64, 3, 3), dtype=np.float32)\n",
+        "convolab.conv2d(x, w, padding=1, algorithm='direct')",
+        "0",
+    ),
+    "im2win": (
+        "convolab",
+        "x = np.random.default_rng(0).standard_normal((1, 64, 56, 56), dtype=np.float32)\n"
+        "w = np.random.default_rng(1).standard_normal((64, 64, 3, 3), dtype=np.float32)\n",
+        "convolab.conv2d(x, w, padding=1, algorithm='im2win')",
+        "0",
+    ),
+    "int8": (
+        "convolab.quant",
+        "x = np.random.default_rng(0).integers(-128, 128, (1, 64, 56, 56), dtype=np.int8)\n"
+        "w = np.random.default_rng(1).integers(-127, 128, (64, 64, 3, 3), dtype=np.int8)\n",
+        "convolab.quant.conv2d_int8(x, w, padding=1)",
+        "0",
+    ),
     "numba": (
         "convolab",
         "",
@@ -78,6 +103,13 @@ CASES = {
         "yy, xx = np.mgrid[0:256, 0:256] / 256.0\n"
         "img = np.stack([xx, yy, 0.5 + 0.5 * np.sin(6 * xx + 3 * yy)], -1).astype(np.float32)\n",
         "convolab.highdim.bilateral_filter(img, 4.0, 0.1)",
+        "0",
+    ),
+    "gaussian": (
+        "convolab.highdim",
+        "pos = np.random.default_rng(0).standard_normal((20000, 5)).astype(np.float32) * 4\n"
+        "val = np.random.default_rng(1).standard_normal((20000, 3)).astype(np.float32)\n",
+        "convolab.highdim.gaussian_filter(val, pos)",
         "0",
     ),
 }

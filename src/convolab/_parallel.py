@@ -23,8 +23,11 @@ def blas_one_thread():
     global _controller
     if _controller is None:
         # Numba's np.dot calls SciPy's BLAS: load it before threadpoolctl takes its inventory
-        import scipy.linalg.cython_blas  # noqa: F401
         from threadpoolctl import ThreadpoolController
+
+        from ._machine import load_scipy_blas
+
+        load_scipy_blas()
 
         _controller = ThreadpoolController()
     return _controller.limit(limits=1, user_api="blas")

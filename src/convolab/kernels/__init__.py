@@ -64,6 +64,42 @@ def _stamp_locators() -> None:
         return
     impl._locator_classes[:0] = [type(f"Convolab{b.__name__}", (_Mixin, b), {}) for b in bases]
     impl._convolab_stamps = True
+    _light_cache_loads(caching, _Mixin)
+
+
+def _light_cache_loads(caching, mixin) -> None:
+    """Load convolab's cached kernels without filling Numba's lowering registries first.
+
+    Numba's ``Cache.load_overload`` refreshes the target context before it reads a cached
+    function: that imports and registers every lowering implementation Numba has (arrays,
+    lists, dicts, random, linalg with SciPy's BLAS...), about 0.15-0.25 s once per process,
+    although machine code read from the cache needs none of them, only the runtime's symbols
+    (`rtsys.initialize`). For functions whose locator is convolab's, the load does just that;
+    when the entry is missing, the full refresh runs before Numba compiles (its compiler
+    refreshes again anyway). Other packages' functions load as before.
+    """
+    cache = getattr(caching, "Cache", None)
+    original = getattr(cache, "load_overload", None)
+    if original is None or getattr(original, "_convolab_light", False):
+        return
+    try:
+        from numba.core.runtime import rtsys
+    except ImportError:  # pragma: no cover - numba internals moved
+        return
+
+    def load_overload(self, sig, target_context):
+        impl = getattr(self, "_impl", None)
+        if not isinstance(getattr(impl, "locator", None), mixin):
+            return original(self, sig, target_context)
+        rtsys.initialize(target_context)
+        with self._guard_against_spurious_io_errors():
+            data = self._load_overload(sig, target_context)
+        if data is None:
+            target_context.refresh()
+        return data
+
+    load_overload._convolab_light = True
+    cache.load_overload = load_overload
 
 
 _stamp_locators()
