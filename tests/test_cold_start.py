@@ -54,3 +54,24 @@ def test_first_call_of_a_fresh_process_loads_kernels_lightly_and_exactly(tmp_pat
     assert registries == "False"  # cached kernels loaded without Numba's lowering registries
     assert lines[1] == "True"
     assert lines[2] == "True True 1.0"
+
+
+_IMPORT = """
+import sys
+import numpy as np
+import convolab
+print(sorted(m for m in ("numba", "scipy", "llvmlite") if m in sys.modules))
+from convolab.kernels import _direct
+from convolab.highdim import _kernels_lattice
+print(sorted({type(f._cache._impl.locator).__name__.startswith("Convolab")
+              for mod in (_direct, _kernels_lattice) for f in vars(mod).values()
+              if hasattr(f, "_cache") and hasattr(f._cache, "_impl")}))
+"""
+
+
+def test_import_loads_no_numba_and_kernels_get_convolabs_cache_stamps(tmp_path):
+    # `import convolab` stays light; Numba's cache locators are convolab's (stamps covering
+    # every kernels/ source) for every kernel, installed when numba.core.caching is imported
+    lines = _fresh(_IMPORT, tmp_path)
+    assert lines[0] == "[]"
+    assert lines[1] == "[True]"

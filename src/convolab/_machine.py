@@ -13,6 +13,7 @@ import functools
 import os
 import platform
 
+from ._imports import after_import
 from ._timing import time_min
 
 
@@ -87,37 +88,16 @@ def load_scipy_blas() -> None:
     except BaseException:
         del sys.modules[_SCIPY_BLAS]
         raise
-    sys.meta_path.insert(0, _AttachScipyBlas())
+    after_import("scipy.linalg", _attach_scipy_blas)
 
 
-class _AttachScipyBlas:
-    """Meta-path finder that, when ``scipy.linalg`` is imported, sets its ``cython_blas``
-    attribute to the module `load_scipy_blas` loaded, then removes itself."""
+def _attach_scipy_blas(linalg) -> None:
+    # what a normal import of scipy.linalg.cython_blas would have left on its package
+    import sys
 
-    def find_spec(self, name, path=None, target=None):
-        if name != "scipy.linalg":
-            return None
-        import importlib.machinery
-        import sys
-
-        sys.meta_path.remove(self)
-        spec = importlib.machinery.PathFinder.find_spec(name, path, target)
-        if spec is None or spec.loader is None:
-            return spec
-        inner = spec.loader
-
-        class _Loader:
-            def create_module(self, s):
-                return inner.create_module(s)
-
-            def exec_module(self, module):
-                inner.exec_module(module)
-                blas = sys.modules.get(_SCIPY_BLAS)
-                if blas is not None and not hasattr(module, "cython_blas"):
-                    module.cython_blas = blas
-
-        spec.loader = _Loader()
-        return spec
+    blas = sys.modules.get(_SCIPY_BLAS)
+    if blas is not None and not hasattr(linalg, "cython_blas"):
+        linalg.cython_blas = blas
 
 
 def available_memory() -> int:

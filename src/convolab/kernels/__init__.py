@@ -24,18 +24,20 @@ import os
 import sys
 import threading
 
+from .._imports import after_import
+
 if "NUMBA_THREADING_LAYER" not in os.environ:
     os.environ["NUMBA_THREADING_LAYER"] = "workqueue"
     if "numba" in sys.modules:  # numba already imported: its config was read from the environment
         sys.modules["numba"].config.THREADING_LAYER = "workqueue"
 
-def _stamp_locators() -> None:
+def _stamp_locators(caching) -> None:
     """Put cache locators in front of Numba's that, for convolab's source files, add the
-    sizes and modification times of every file in this package to the source stamp."""
-    try:
-        from numba.core import caching
-    except ImportError:  # pragma: no cover - numba is a dependency
-        return
+    sizes and modification times of every file in this package to the source stamp.
+
+    Runs as soon as ``numba.core.caching`` is imported (`convolab._imports.after_import`),
+    before any kernel module's ``@njit(cache=True)`` picks its locator, and without importing
+    Numba itself: ``import convolab`` stays free of it."""
     here = os.path.dirname(os.path.abspath(__file__))
     package = os.path.dirname(here)
 
@@ -102,7 +104,7 @@ def _light_cache_loads(caching, mixin) -> None:
     cache.load_overload = load_overload
 
 
-_stamp_locators()
+after_import("numba.core.caching", _stamp_locators)
 
 
 class _ParallelLock:
