@@ -104,38 +104,42 @@ def fma(typingctx, a, b, c):
     return sig, codegen
 
 
-_ARGS = ("w", "woff", "x", "xoff", "cstride", "Cg", "FWe", "FHe", "istep", "fwstep", "cs", "out",
-         "obase",
-         "OHOW", "OW", "rowlen", "kn", "v0")
 
-
-def _make_microkernel(mr: int, pixel_major: bool = False, straight: bool = False):
+def _make_microkernel(mr: int, pixel_major: bool = False, straight: bool = False,
+                      virtual: bool = False):
     """The microkernel intrinsic for tiles of ``mr`` pixels, pixels past ``OHOW - 1`` repeating
     it. ``straight``: the tile's pixels lie in one output row (the caller checks), addressed
     from one pointer per three pixels. With ``pixel_major`` it takes one more argument,
     ``ostride``, and stores pixel ``v``'s channels at ``out[obase + v*ostride + k]`` instead of
-    ``out[obase + k*OHOW + v]``."""
-
-    if pixel_major:
+    ``out[obase + k*OHOW + v]``. With ``virtual`` it takes two more, ``OWr`` and ``OHOWr``:
+    pixels are then virtual, ``OW`` (> ``OWr``) of them per row and ``OHOW`` in all, the
+    columns ``OWr .. OW - 1`` of each row computed but not stored; virtual pixel (oh, ow) is
+    stored at ``out[obase + k*OHOWr + oh*OWr + ow]`` (`_store_virtual`)."""
+    if virtual:
+        def microkernel(typingctx, w, woff, x, xoff, cstride, Cg, FWe, FHe, istep, fwstep, cs, out,
+                        obase, OHOW, OW, rowlen, kn, v0, OWr, OHOWr):
+            return _typer(mr, straight, (w, woff, x, xoff, cstride, Cg, FWe, FHe, istep, fwstep,
+                                         cs, out, obase, OHOW, OW, rowlen, kn, v0, OWr, OHOWr),
+                          virtual=True)
+    elif pixel_major:
         def microkernel(typingctx, w, woff, x, xoff, cstride, Cg, FWe, FHe, istep, fwstep, cs, out,
                         obase, OHOW, OW, rowlen, kn, v0, ostride):
-            return _typer(mr, straight, (w, woff, x, xoff, cstride, Cg, FWe, FHe, istep, fwstep, cs,
-                                         out,
-                                         obase, OHOW, OW, rowlen, kn, v0, ostride))
+            return _typer(mr, straight, (w, woff, x, xoff, cstride, Cg, FWe, FHe, istep, fwstep,
+                                         cs, out, obase, OHOW, OW, rowlen, kn, v0, ostride),
+                          pixel_major=True)
     else:
         def microkernel(typingctx, w, woff, x, xoff, cstride, Cg, FWe, FHe, istep, fwstep, cs, out,
                         obase, OHOW, OW, rowlen, kn, v0):
-            return _typer(mr, straight, (w, woff, x, xoff, cstride, Cg, FWe, FHe, istep, fwstep, cs,
-                                         out,
-                                         obase, OHOW, OW, rowlen, kn, v0))
+            return _typer(mr, straight, (w, woff, x, xoff, cstride, Cg, FWe, FHe, istep, fwstep,
+                                         cs, out, obase, OHOW, OW, rowlen, kn, v0))
 
     microkernel.__name__ = microkernel.__qualname__ = (
         f"_microkernel_{mr}" + ("_straight" if straight else "")
-        + ("_pixel_major" if pixel_major else ""))
+        + ("_pixel_major" if pixel_major else "") + ("_virtual" if virtual else ""))
     return intrinsic(microkernel)
 
 
-def _typer(mr, straight, tys):
+def _typer(mr, straight, tys, pixel_major=False, virtual=False):
     """Signature and code of one tile: pixels ``v0 .. v0+mr-1`` x KB channels (``kn`` real).
 
     ``woff``: the k-block's packed filter; ``xoff``: the group's first input element;
@@ -146,7 +150,6 @@ def _typer(mr, straight, tys):
     if not all(isinstance(t, types.Integer) for i, t in enumerate(tys) if i not in arrays):
         return None
     sig = types.void(*tys)
-    pixel_major = len(tys) == len(_ARGS) + 1
 
     def codegen(context, builder, sig, args):
         a = [context.cast(builder, v, t, types.int64) if i not in arrays else v
@@ -168,7 +171,11 @@ def _typer(mr, straight, tys):
             # of 16 channels) the 2 prefetches per output channel cost more than they save
             steps = builder.mul(builder.mul(Cg, FWe), FHe)
             with builder.if_then(builder.icmp_signed(">=", steps, _i64(PREFETCH_MIN_STEPS))):
-                _prefetch_ahead(builder, op, obase, OHOW, kn, v0, mr)
+                if virtual:  # near enough: virtual pixel v ahead as the real one v OWr / OW
+                    _prefetch_ahead(builder, op, obase, a[19],  kn,
+                                    builder.udiv(builder.mul(v0, a[18]), OW), mr)
+                else:
+                    _prefetch_ahead(builder, op, obase, OHOW, kn, v0, mr)
         # pixel pointers: one per three pixels (offsets 0, cs, 2cs) in a full tile; one per
         # pixel, clamped to the last, in a short one
         if straight:
@@ -233,6 +240,8 @@ def _typer(mr, straight, tys):
         n = builder.select(builder.icmp_unsigned("<", n, _i64(mr)), n, _i64(mr))
         if pixel_major:
             _store_pixel_major(builder, accs, vty, size, op, obase, kn, v0, n, a[18])
+        elif virtual:
+            _store_virtual(context, builder, accs, vty, flt, op, obase, OW, kn, v0, n, a[18], a[19])
         elif VL == 16 and mr <= 16:
             _store_transposed(builder, accs, vty, op, obase, OHOW, kn, v0, n)
         else:
@@ -361,6 +370,70 @@ def _store_transposed(builder, accs, vty, op, obase, OHOW, kn, v0, n):
                 builder.call(mstore, [cols[v][lane], ptr, ir.Constant(_I32, 4), m])
 
 
+def _store_virtual(context, builder, accs, vty, flt, op, obase, OWv, kn, v0, n, OWr, OHOWr):
+    """Store a tile of virtual pixels ``v0 .. v0 + n - 1`` (rows of ``OWv``, the first ``OWr``
+    of each real): the tile is cut into its runs of real pixels within one row, and each
+    output channel's run stored with one masked vector store whose pointer is set back by the
+    run's first lane (float32; float64 and other widths lane by lane)."""
+    VL = vty.count
+    mr = len(accs)
+    if VL == 16 and mr <= 16:
+        mstore, mty = _masked_store(builder, vty, 4)
+        zero = ir.Constant(vty, None)
+        cols = [_transpose16(builder, [builder.load(accs[j][v]) if j < mr else zero
+                                       for j in range(16)]) for v in range(NV)]
+    else:
+        size = context.get_abi_sizeof(flt)
+        tmp = builder.bitcast(cgutils.alloca_once(builder, ir.ArrayType(flt, VL * NV * mr)),
+                              flt.as_pointer())
+        for j in range(mr):
+            for v in range(NV):
+                dst = builder.bitcast(builder.gep(tmp, [_i64((j * NV + v) * VL)]),
+                                      vty.as_pointer())
+                builder.store(builder.load(accs[j][v]), dst, align=size)
+    # runs: j from 0 to n; at each, the virtual pixel's row and column
+    jv = cgutils.alloca_once_value(builder, _i64(0))
+    bbcond = builder.append_basic_block("virt.cond")
+    bbbody = builder.append_basic_block("virt.body")
+    bbend = builder.append_basic_block("virt.end")
+    builder.branch(bbcond)
+    builder.position_at_end(bbcond)
+    j = builder.load(jv)
+    builder.cbranch(builder.icmp_signed("<", j, n), bbbody, bbend)
+    builder.position_at_end(bbbody)
+    oh, ow = _divmod(builder, builder.add(v0, j), OWv)
+    real = builder.icmp_signed("<", ow, OWr)
+    # a run of real pixels: min(OWr - ow, n - j) of them; a run of padding columns: skipped
+    left = builder.sub(n, j)
+    run_real = builder.sub(OWr, ow)
+    run_real = builder.select(builder.icmp_signed("<", run_real, left), run_real, left)
+    run_pad = builder.sub(OWv, ow)
+    run = builder.select(real, run_real, run_pad)
+    with builder.if_then(real):
+        dst = builder.add(obase, builder.add(builder.mul(oh, OWr), ow))
+        if VL == 16 and mr <= 16:
+            bits = builder.shl(builder.sub(builder.shl(_i64(1), run), _i64(1)), j)
+            m = builder.bitcast(builder.trunc(bits, ir.IntType(16)), mty)
+            base = builder.gep(op, [builder.sub(dst, j)])
+            for v in range(NV):
+                for lane in range(16):
+                    kk = v * 16 + lane
+                    with builder.if_then(builder.icmp_unsigned("<", _i64(kk), kn)):
+                        ptr = builder.bitcast(builder.gep(base, [builder.mul(_i64(kk), OHOWr)]),
+                                              vty.as_pointer())
+                        builder.call(mstore, [cols[v][lane], ptr, ir.Constant(_I32, 4), m])
+        else:
+            with cgutils.for_range(builder, run) as lp:
+                src = builder.mul(builder.add(j, lp.index), _i64(NV * VL))
+                ob = builder.gep(op, [builder.add(dst, lp.index)])
+                with cgutils.for_range(builder, kn) as ll:
+                    val = builder.load(builder.gep(tmp, [builder.add(src, ll.index)]))
+                    builder.store(val, builder.gep(ob, [builder.mul(ll.index, OHOWr)]))
+    builder.store(builder.add(j, run), jv)
+    builder.branch(bbcond)
+    builder.position_at_end(bbend)
+
+
 @intrinsic
 def _strided_copy(typingctx, dst, doff, stride, src, soff, n):
     """``dst[doff + i*stride] = src[soff + i]`` for ``i < n``: one row into the window.
@@ -394,6 +467,8 @@ _microkernel_straight = _make_microkernel(MR, straight=True)
 _microkernel_tail = _make_microkernel(MR_TAIL)
 _microkernel_pm = _make_microkernel(MR, pixel_major=True, straight=True)
 _microkernel_pm_tail = _make_microkernel(MR_TAIL, pixel_major=True)
+_microkernel_virtual = _make_microkernel(MR, straight=True, virtual=True)
+_microkernel_virtual_tail = _make_microkernel(MR_TAIL, virtual=True)
 
 
 @njit(inline="always")
@@ -408,7 +483,8 @@ def run_tile_tasks(wflat, wbase, src, srcbase, cstride, Cgk, FWe, FHe, istep, fw
     microkernel); ``rowlen``, ``cs``: elements between the windows of two output rows, of two
     neighbouring outputs; ``taps``: filter elements per channel in the packed filter; ``on``,
     ``obase0``: the flat output and the image's first element in it. Tiles within one output
-    row run on the straight kernel, tiles across a row end on the general one.
+    row run on the straight kernel, tiles across a row end on the general one (unless rows
+    are dense, ``rowlen == OW cs``: then every full tile is straight).
 
     Output stage ``epi = (ebias, eres, eoff, emode, ecode, elo, ehi)``
     (`convolab.kernels._epilogue`; ``emode`` and ``ecode`` 0: none): once a task's tiles are
@@ -416,8 +492,18 @@ def run_tile_tasks(wflat, wbase, src, srcbase, cstride, Cgk, FWe, FHe, istep, fw
     v])`` while still in cache. (Calls of more than 30 arguments compile to ``f(*args)``,
     which Numba cannot inline: hence the tuple.)"""
     ebias, eres, eoff, emode, ecode, elo, ehi = epi
-    nq = (OHOW + MR - 1) // MR
-    nfull = OHOW // MR
+    # Rows of OWv = rowlen / cs virtual pixels: consecutive virtual pixels' windows are cs
+    # apart across row ends too, so every full tile runs on the straight kernel. OWv == OW
+    # (1x1 stride-1 layers): all pixels are real. OW < OWv < 2 OW (stride 1 with padding or a
+    # wider kernel): the padding columns are computed and dropped (`_store_virtual`), which
+    # costs less than the general kernel's tiles across row ends (half the straight kernel's
+    # speed). Else (stride 2 without phases): real pixels, the general kernel across row ends.
+    OWv = rowlen // cs if cs > 0 and rowlen % cs == 0 else 0
+    dense = OWv == OW
+    virt = OWv > OW and OWv < 2 * OW
+    VHW = (OHOW // OW - 1) * OWv + OW if virt else OHOW
+    nq = (VHW + MR - 1) // MR
+    nfull = VHW // MR
     while True:
         t = fetch_add(counter, ci)
         if t >= ntask:
@@ -436,11 +522,21 @@ def run_tile_tasks(wflat, wbase, src, srcbase, cstride, Cgk, FWe, FHe, istep, fw
             ob = obase0 + k0 * OHOW
             for qt in range(q0, q1):
                 v0 = qt * MR
-                if qt >= nfull:  # the last, partial tile: narrow tiles
+                if virt:
+                    if qt >= nfull:
+                        for v in range(v0, VHW, MR_TAIL):
+                            _microkernel_virtual_tail(wflat, woff, src, xg, cstride, Cgk, FWe,
+                                                      FHe, istep, fwstep, cs, on, ob, VHW, OWv,
+                                                      rowlen, kn, v, OW, OHOW)
+                    else:
+                        _microkernel_virtual(wflat, woff, src, xg, cstride, Cgk, FWe, FHe, istep,
+                                             fwstep, cs, on, ob, VHW, OWv, rowlen, kn, v0, OW,
+                                             OHOW)
+                elif qt >= nfull:  # the last, partial tile: narrow tiles
                     for v in range(v0, OHOW, MR_TAIL):
                         _microkernel_tail(wflat, woff, src, xg, cstride, Cgk, FWe, FHe, istep,
                                           fwstep, cs, on, ob, OHOW, OW, rowlen, kn, v)
-                elif v0 % OW + MR <= OW:
+                elif dense or v0 % OW + MR <= OW:
                     _microkernel_straight(wflat, woff, src, xg, cstride, Cgk, FWe, FHe, istep,
                                           fwstep, cs, on, ob, OHOW, OW, rowlen, kn, v0)
                 else:
@@ -449,6 +545,11 @@ def run_tile_tasks(wflat, wbase, src, srcbase, cstride, Cgk, FWe, FHe, istep, fw
             if emode != 0 or ecode != 0:
                 v0 = q0 * MR
                 n = min(OHOW, q1 * MR) - v0
+                if virt:  # the real pixels before virtual pixels q0 MR and q1 MR
+                    va = min(VHW, q0 * MR)
+                    vb = min(VHW, q1 * MR)
+                    v0 = (va // OWv) * OW + min(va % OWv, OW)
+                    n = (vb // OWv) * OW + min(vb % OWv, OW) - v0
                 for k in range(k0, k0 + kn):
                     o = obase0 + k * OHOW + v0
                     epilogue_run(on, o, eres, eoff + k * OHOW + v0, n, F1,
