@@ -25,6 +25,9 @@ LAYERS = [
     (20, 20, 3, 1, 1, 1, 20, 10, 13),  # depthwise 3x3
     (24, 48, 5, 2, 2, 1, 24, 14, 9),  # depthwise, channel multiplier 2, strided 5x5
     (16, 16, 7, 1, 3, 1, 16, 7, 7),  # depthwise 7x7 on a 7x7 plane
+    (40, 40, 3, 2, 1, 1, 40, 15, 14),  # depthwise, strided, a full and a partial lane block
+    (33, 33, 3, 1, 2, 2, 33, 9, 11),  # depthwise, dilated
+    (16, 16, 3, 1, 1, 1, 16, 30, 30),  # depthwise on a plane too large for lane blocks
     (64, 32, 1, 2, 0, 1, 1, 14, 14),  # strided 1x1 (a downsampling shortcut)
 ]
 
@@ -126,3 +129,18 @@ def test_a_forked_child_runs_the_compiled_model():
         pytest.fail("the forked child hung")
     assert os.read(r, 1) == b"1"
     os.close(r)
+
+
+def test_small_depthwise_planes_run_channel_blocked():
+    # one output per channel and at most DW_BLOCK_MAX_PIXELS outputs per plane: OP_DWB
+    net = nn.Sequential(nn.Conv2d(24, 24, 3, padding=1, groups=24), nn.ReLU(),
+                        nn.Conv2d(24, 24, 3, padding=1, groups=24)).eval()
+    kinds = {}
+    for side in (14, 32):
+        x = torch.randn(1, 24, side, side)
+        cm = compile(net, x, algorithm="direct", threads=2)
+        cm(x)
+        st = cm._states[tuple(x.shape)]
+        kinds[side] = {int(k) for seg in st.segments if isinstance(seg, M._Segment)
+                       for k in seg.prog[:, 0]}
+    assert kinds == {14: {M._X.OP_DWB}, 32: {M._X.OP_DW}}

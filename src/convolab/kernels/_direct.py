@@ -252,11 +252,13 @@ def fill_phases(buf, xflat, src, H, W, sh, sw, pt, pl, hq, wq, fill):  # pragma:
 
 def depthwise_scratch(sh, sw, hq, wq, OH, OW) -> tuple[int, int]:
     """Elements of the two work buffers of `depthwise_task`: the padded, phase-split plane and
-    the flat run of ``(OH - 1) wq + OW`` outputs."""
-    return sh * sw * hq * wq, (OH - 1) * wq + OW
+    the flat run of ``(OH - 1) wq + OW`` outputs, rounded up to whole 16-lane vectors (the
+    plane gets the slack those extra, discarded outputs read)."""
+    run = -(-((OH - 1) * wq + OW) // 16) * 16
+    return sh * sw * hq * wq + 16, run
 
 
-@njit(inline="always")
+@njit(nogil=True)
 def depthwise_task(task, xflat, xbase, wf, wbase, of, obase, qoff, qbase, C, H, W, Kg, T, OH,
                    OW, sh, sw, pt, pl, hq, wq, buf, acc, epi):  # pragma: no cover - compiled
     """Plane ``task`` = (image n, channel c) of a depthwise convolution: pad the input plane
@@ -276,7 +278,10 @@ def depthwise_task(task, xflat, xbase, wf, wbase, of, obase, qoff, qbase, C, H, 
     c = task - n * C
     K = C * Kg
     zero = xflat.dtype.type(0)
-    L = uint64((OH - 1) * wq + OW)
+    # the run rounded up to whole 16-lane vectors: no scalar remainder loop (for a 7x7 plane,
+    # 3x3 taps, L = 61 outputs had run entirely in one); the extra outputs read the slack at
+    # the end of buf and are discarded with the wrapped columns
+    L = uint64(((OH - 1) * wq + OW + 15) // 16 * 16)
     fill_phases(buf, xflat, xbase + task * H * W, H, W, sh, sw, pt, pl, hq, wq, zero)
     for kk in range(Kg):
         k = c * Kg + kk
@@ -313,13 +318,170 @@ def depthwise_task(task, xflat, xbase, wf, wbase, of, obase, qoff, qbase, C, H, 
                 else:
                     _tap1_k1(acc, uint64(0), buf, uint64(qoff[qbase + t]), wf, uint64(wk + t), L)
                     t += 1
+        staged = (emode != 0 or ecode != 0) and emode & 4 == 0
+        if staged:  # no residual: the output stage over the whole vectors of the run
+            epilogue_run(acc, 0, eres, 0, L, F1, ebias[k] if emode & 2 else F0, emode, ecode,
+                         elo, ehi)
         for oh in range(OH):
             src = uint64(oh * wq)
             dst = uint64(ob + oh * OW)
             for j in range(uint64(OW)):
                 of[dst + j] = acc[src + j]
-        if emode != 0 or ecode != 0:
+        if (emode != 0 or ecode != 0) and not staged:
             epilogue_run(of, ob, eres, eoff + plane, OH * OW, F1,
+                         ebias[k] if emode & 2 else F0, emode, ecode, elo, ehi)
+
+
+@intrinsic
+def _dw_row(typingctx, buf, obase, xbase, pixstep, tapr, taps, R, S, wf, wbase, OW):
+    """One output row of a channel-blocked depthwise convolution: ``buf[obase + 16 p + l] =
+    sum over taps (r, s) of wf[wbase + 16 (r S + s) + l] * buf[xbase + p pixstep + r tapr +
+    s taps + l]`` for ``p < OW``, each pixel's taps fused multiply-added in (r, s) order from
+    zero. Pixels in blocks of 8, then 4, then single, their accumulators kept in registers
+    over all the taps (one filter vector loaded per tap serves the block)."""
+    ints = (obase, xbase, pixstep, tapr, taps, R, S, wbase, OW)
+    if not all(isinstance(t, types.Integer) for t in ints):
+        return None
+    sig = types.void(buf, obase, xbase, pixstep, tapr, taps, R, S, wf, wbase, OW)
+
+    def codegen(context, builder, sig, args):
+        i64 = ir.IntType(64)
+        flt = context.get_value_type(sig.args[0].dtype)
+        size = context.get_abi_sizeof(flt)
+        vty = ir.VectorType(flt, 16)
+        vp = vty.as_pointer()
+        bp = context.make_array(sig.args[0])(context, builder, args[0]).data
+        wp = context.make_array(sig.args[8])(context, builder, args[8]).data
+        obase, xbase, pixstep, tapr, taps, R, S, wbase, OW = (
+            context.cast(builder, args[k], sig.args[k], types.int64)
+            for k in (1, 2, 3, 4, 5, 6, 7, 9, 10))
+        fmaf = cgutils.get_or_insert_function(
+            builder.module, ir.FunctionType(vty, [vty, vty, vty]),
+            f"llvm.fma.v16{'f32' if size == 4 else 'f64'}")
+        c16 = ir.Constant(i64, 16)
+        pv = cgutils.alloca_once_value(builder, ir.Constant(i64, 0))
+        zero = ir.Constant(vty, None)
+
+        def block(nb):
+            accs = [cgutils.alloca_once(builder, vty) for _ in range(nb)]
+            for a in accs:
+                builder.store(zero, a)
+            p = builder.load(pv)
+            x0 = builder.add(xbase, builder.mul(p, pixstep))
+            with cgutils.for_range(builder, R) as lr:
+                xr = builder.add(x0, builder.mul(lr.index, tapr))
+                wr = builder.add(wbase, builder.mul(builder.mul(lr.index, S), c16))
+                with cgutils.for_range(builder, S) as ls:
+                    xs = builder.add(xr, builder.mul(ls.index, taps))
+                    wv = builder.load(builder.bitcast(
+                        builder.gep(wp, [builder.add(wr, builder.mul(ls.index, c16))]), vp),
+                        align=size)
+                    for q, a in enumerate(accs):
+                        xq = builder.add(xs, builder.mul(ir.Constant(i64, q), pixstep))
+                        xv = builder.load(builder.bitcast(builder.gep(bp, [xq]), vp), align=size)
+                        builder.store(builder.call(fmaf, [wv, xv, builder.load(a)]), a)
+            o = builder.add(obase, builder.mul(p, c16))
+            for q, a in enumerate(accs):
+                ptr = builder.bitcast(builder.gep(bp, [builder.add(o, ir.Constant(i64, 16 * q))]),
+                                      vp)
+                builder.store(builder.load(a), ptr, align=size)
+            builder.store(builder.add(p, ir.Constant(i64, nb)), pv)
+
+        for nb, repeat in ((8, True), (4, False), (1, True)):
+            bbcond = builder.append_basic_block(f"dw{nb}.cond")
+            bbbody = builder.append_basic_block(f"dw{nb}.body")
+            bbend = builder.append_basic_block(f"dw{nb}.end")
+            builder.branch(bbcond)
+            builder.position_at_end(bbcond)
+            more = builder.icmp_signed("<=", builder.add(builder.load(pv), ir.Constant(i64, nb)),
+                                       OW)
+            builder.cbranch(more, bbbody, bbend)
+            builder.position_at_end(bbbody)
+            block(nb)
+            builder.branch(bbcond if repeat else bbend)
+            builder.position_at_end(bbend)
+        return context.get_dummy_value()
+
+    return sig, codegen
+
+
+def depthwise_block_scratch(OH, OW, R, S, sh, sw, dh, dw) -> int:
+    """Elements of `depthwise_block_task`'s work buffer: the block's padded input and its
+    outputs, 16 lanes each."""
+    Hp = (OH - 1) * sh + (R - 1) * dh + 1
+    Wp = (OW - 1) * sw + (S - 1) * dw + 1
+    return 16 * (Hp * Wp + OH * OW)
+
+
+@njit(nogil=True)
+def depthwise_block_task(task, xflat, xbase, wf, wbase, of, obase, C, H, W, R, S, OH, OW, sh, sw,
+                         dh, dw, pt, pl, buf, epi):  # pragma: no cover - compiled
+    """Channels ``16 b .. 16 b + 15`` of image n (``task = n * ceil(C / 16) + b``) of a
+    depthwise convolution with one output per channel, channel-blocked: the block's planes are
+    copied into ``buf`` as one zero-padded plane of 16-lane pixels (lanes are channels; lanes
+    past C stay zero), every output pixel then is one vector, the taps of a few pixels
+    at a time accumulated in registers (`_dw_row`), the block's outputs are copied back
+    to their NCHW planes and the output stage applied plane by plane. For small planes (7x7,
+    14x14), where `depthwise_task`'s per-plane passes over a few dozen outputs cost more than
+    its arithmetic. ``wf[wbase + (b T + t) 16 + l]``: tap t of channel 16 b + l (packed by
+    the plan, zero past C). Every output is ``fma(w_{T-1}, x_{T-1}, ... fma(w_0, x_0, 0))`` in
+    (r, s) order: bit for bit `depthwise_task`'s result."""
+    ebias, eres, eoff, emode, ecode, elo, ehi = epi
+    nbk = (C + 15) // 16
+    n = task // nbk
+    b = task - n * nbk
+    c0 = b * 16
+    cn = min(16, C - c0)
+    T = R * S
+    Hp = (OH - 1) * sh + (R - 1) * dh + 1
+    Wp = (OW - 1) * sw + (S - 1) * dw + 1
+    zero = xflat.dtype.type(0)
+    nin = uint64(16 * Hp * Wp)
+    HW = H * W
+    src0 = xbase + (n * C + c0) * HW
+    h0 = max(0, -pt)
+    h1 = min(H, Hp - pt)
+    w0 = max(0, -pl)
+    w1 = min(W, Wp - pl)
+    if cn < 16 or h1 <= h0 or w1 <= w0:
+        # a partial block (lanes past C stay zero) or no input inside: zero it all
+        for i in range(nin):
+            buf[i] = zero
+        for l in range(cn):
+            src = uint64(src0 + l * HW)
+            for h in range(h0, h1):
+                dst = uint64((h + pt) * Wp * 16 + l)
+                for w in range(w0, w1):
+                    buf[dst + uint64((w + pl) * 16)] = xflat[src + uint64(h * W + w)]
+    else:
+        # zero the border only; each interior pixel's 16 channels gathered into one vector
+        for i in range(uint64((h0 + pt) * Wp * 16)):
+            buf[i] = zero
+        for i in range(uint64((h1 + pt) * Wp * 16), nin):
+            buf[i] = zero
+        for h in range(h0, h1):
+            row = uint64((h + pt) * Wp * 16)
+            for i in range(uint64((w0 + pl) * 16)):
+                buf[row + i] = zero
+            for i in range(uint64((w1 + pl) * 16), uint64(Wp * 16)):
+                buf[row + i] = zero
+            for w in range(w0, w1):
+                dst = row + uint64((w + pl) * 16)
+                src = uint64(src0 + h * W + w)
+                for l in range(16):
+                    buf[dst + uint64(l)] = xflat[src + uint64(l * HW)]
+    wb = uint64(wbase + b * T * 16)
+    for oh in range(OH):
+        _dw_row(buf, nin + uint64(oh * OW * 16), uint64(oh * sh * Wp * 16), uint64(sw * 16),
+                uint64(dh * Wp * 16), uint64(dw * 16), uint64(R), uint64(S), wf, wb, uint64(OW))
+    for l in range(cn):
+        k = c0 + l
+        plane = (n * C + k) * OH * OW
+        dst = uint64(obase + plane)
+        for p in range(uint64(OH * OW)):
+            of[dst + p] = buf[nin + p * uint64(16) + uint64(l)]
+        if emode != 0 or ecode != 0:
+            epilogue_run(of, obase + plane, eres, eoff + plane, OH * OW, F1,
                          ebias[k] if emode & 2 else F0, emode, ecode, elo, ehi)
 
 
@@ -335,8 +497,8 @@ def depthwise_nchw(x, w, out, qoff, sh, sw, pt, pl, hq, wq):  # pragma: no cover
     wf = w.reshape(K * T)
     of = out.reshape(out.size)
     xflat = x.reshape(x.size)
-    nb = sh * sw * hq * wq
-    na = (OH - 1) * wq + OW
+    nb = sh * sw * hq * wq + 16  # as `depthwise_scratch`
+    na = ((OH - 1) * wq + OW + 15) // 16 * 16
     for task in prange(N * C):
         buf = np.empty(nb, dtype=x.dtype)
         acc = np.empty(na, dtype=x.dtype)

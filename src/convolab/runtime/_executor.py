@@ -22,7 +22,9 @@ Operators:
   of output (oh, ow) is rows oh*sh + r*dh, columns ow*sw + s*dw of each zero-padded plane,
   `direct_geometry`); with padding, a first phase copies the input planes into the interior
   of a dedicated zero-bordered copy;
-* `OP_DW`: a depthwise convolution (`convolab.kernels._direct.depthwise_task`), any stride.
+* `OP_DW`: a depthwise convolution (`convolab.kernels._direct.depthwise_task`), any stride;
+* `OP_DWB`: the same, channel-blocked (`convolab.kernels._direct.depthwise_block_task`), for
+  small planes with one output per channel.
 
 Both apply the output stage (bias, residual, activation; `convolab.kernels._epilogue`) to each
 task's outputs while they are in cache. Every output is computed by the same code as direct's
@@ -43,11 +45,17 @@ import numpy as np
 from numba import njit
 
 from ..kernels._atomics import fetch_add, load_acquire, pause, yield_cpu
-from ..kernels._direct import depthwise_scratch, depthwise_task
+from ..kernels._direct import (
+    depthwise_block_scratch,
+    depthwise_block_task,
+    depthwise_scratch,
+    depthwise_task,
+)
 from ..kernels._microkernel import direct_geometry, run_tile_tasks
 
 OP_TILES = 1
 OP_DW = 2
+OP_DWB = 3
 
 # fields of a program row
 (F_KIND, F_N, F_C, F_H, F_W, F_K, F_OH, F_OW, F_G, F_R, F_S, F_X, F_XIMG, F_Y, F_YIMG, F_WOFF,
@@ -57,6 +65,7 @@ NF = 30
 # offset (its planes Hp x Wp are F_H x F_W then; the input's are F_G2 // ... see `_tiles`),
 # F_G2 input H*W... kept explicit below
 # OP_DW extras: F_A sh, F_B sw, F_C2 pt, F_D pl, F_E hq, F_F wq, F_G2 qoff offset in Ib
+# OP_DWB (channel-blocked depthwise, one output per channel): F_C2 pt, F_D pl, F_SH..F_DW
 #: counters per operator: [0] barrier, [1] phase-1 tasks, [2] phase barrier, [3 + n] image n
 CS_BASE = 3
 
@@ -144,6 +153,20 @@ def _dw(j, op, fprm, A, Wb, Ib, ctr, CS, scratch):  # pragma: no cover - compile
                        op[F_R] * op[F_S], OH, OW, sh, sw, op[F_C2], op[F_D], hq, wq, buf, acc, epi)
 
 
+@njit(inline="always")
+def _dwb(j, op, fprm, A, Wb, ctr, CS, scratch):  # pragma: no cover - compiled
+    N, C, H, W = op[F_N], op[F_C], op[F_H], op[F_W]
+    epi = _epi(op, fprm, Wb, A, op[F_RES])
+    ntask = N * ((C + 15) // 16)
+    while True:
+        t = fetch_add(ctr, j * CS + 1)
+        if t >= ntask:
+            break
+        depthwise_block_task(t, A, op[F_X], Wb, op[F_WOFF], A, op[F_Y], C, H, W, op[F_R],
+                             op[F_S], op[F_OH], op[F_OW], op[F_SH], op[F_SW], op[F_DH], op[F_DW],
+                             op[F_C2], op[F_D], scratch, epi)
+
+
 @njit(nogil=True, cache=True)
 def worker(P, prog, fprm, A, Wb, Ib, ctr, CS, KB, scratch):  # pragma: no cover - compiled
     """Run every operator of ``prog`` with ``P`` threads (this one of them); ``scratch``: this
@@ -155,6 +178,8 @@ def worker(P, prog, fprm, A, Wb, Ib, ctr, CS, KB, scratch):  # pragma: no cover 
             _tiles(j, op, fprm[j], P, A, Wb, ctr, CS, KB)
         elif kind == OP_DW:
             _dw(j, op, fprm[j], A, Wb, Ib, ctr, CS, scratch)
+        elif kind == OP_DWB:
+            _dwb(j, op, fprm[j], A, Wb, ctr, CS, scratch)
         _barrier(ctr, j * CS, P)
 
 
@@ -167,6 +192,9 @@ def scratch_elements(prog: np.ndarray) -> int:
         if op[F_KIND] == OP_DW:
             nb, na = depthwise_scratch(op[F_A], op[F_B], op[F_E], op[F_F], op[F_OH], op[F_OW])
             need = max(need, nb + (-nb) % 16 + na)
+        elif op[F_KIND] == OP_DWB:
+            need = max(need, depthwise_block_scratch(op[F_OH], op[F_OW], op[F_R], op[F_S],
+                                                     op[F_SH], op[F_SW], op[F_DH], op[F_DW]))
     return int(need)
 
 
