@@ -114,12 +114,21 @@ def _make_microkernel(mr: int, pixel_major: bool = False, straight: bool = False
     ``out[obase + k*OHOW + v]``. With ``virtual`` it takes two more, ``OWr`` and ``OHOWr``:
     pixels are then virtual, ``OW`` (> ``OWr``) of them per row and ``OHOW`` in all, the
     columns ``OWr .. OW - 1`` of each row computed but not stored; virtual pixel (oh, ow) is
-    stored at ``out[obase + k*OHOWr + oh*OWr + ow]`` (`_store_virtual`)."""
+    stored at ``out[obase + k*OHOWr + oh*OWr + ow]`` (`_store_virtual`).
+
+    Every variant but ``pixel_major`` ends with the output stage's eight arguments, ``eb, eko,
+    er, erd, emode, ecode, elo, ehi``: float32 tiles stored transposed become ``act(y +
+    eb[eko + k] + er[erd + i])`` for output element ``i`` of channel ``k`` of the k-block
+    before they are stored (`_epilogue_vector`; ``emode`` bits 2 bias, 4 residual; ``ecode``
+    0 none, 1 ReLU, 2 clamp(elo, ehi)), the order and rounding of
+    `convolab.kernels._epilogue.run`; other tiles ignore them."""
     if virtual:
         def microkernel(typingctx, w, woff, x, xoff, cstride, Cg, FWe, FHe, istep, fwstep, cs, out,
-                        obase, OHOW, OW, rowlen, kn, v0, OWr, OHOWr):
+                        obase, OHOW, OW, rowlen, kn, v0, OWr, OHOWr, eb, eko, er, erd, emode,
+                        ecode, elo, ehi):
             return _typer(mr, straight, (w, woff, x, xoff, cstride, Cg, FWe, FHe, istep, fwstep,
-                                         cs, out, obase, OHOW, OW, rowlen, kn, v0, OWr, OHOWr),
+                                         cs, out, obase, OHOW, OW, rowlen, kn, v0, OWr, OHOWr,
+                                         eb, eko, er, erd, emode, ecode, elo, ehi),
                           virtual=True)
     elif pixel_major:
         def microkernel(typingctx, w, woff, x, xoff, cstride, Cg, FWe, FHe, istep, fwstep, cs, out,
@@ -129,9 +138,10 @@ def _make_microkernel(mr: int, pixel_major: bool = False, straight: bool = False
                           pixel_major=True)
     else:
         def microkernel(typingctx, w, woff, x, xoff, cstride, Cg, FWe, FHe, istep, fwstep, cs, out,
-                        obase, OHOW, OW, rowlen, kn, v0):
+                        obase, OHOW, OW, rowlen, kn, v0, eb, eko, er, erd, emode, ecode, elo, ehi):
             return _typer(mr, straight, (w, woff, x, xoff, cstride, Cg, FWe, FHe, istep, fwstep,
-                                         cs, out, obase, OHOW, OW, rowlen, kn, v0))
+                                         cs, out, obase, OHOW, OW, rowlen, kn, v0, eb, eko, er,
+                                         erd, emode, ecode, elo, ehi))
 
     microkernel.__name__ = microkernel.__qualname__ = (
         f"_microkernel_{mr}" + ("_straight" if straight else "")
@@ -146,14 +156,20 @@ def _typer(mr, straight, tys, pixel_major=False, virtual=False):
     ``obase``: the k-block's first output element (NCHW: ``k0 * OHOW``); pixel ``v`` is output
     (v // OW, v % OW) and reads its window from ``(v // OW) * rowlen + (v % OW) * cs``;
     """
-    arrays = (0, 2, 11)
-    if not all(isinstance(t, types.Integer) for i, t in enumerate(tys) if i not in arrays):
+    ne = 0 if pixel_major else 8  # the output stage's arguments, last
+    nt = len(tys)
+    arrays = (0, 2, 11) + ((nt - 8, nt - 6) if ne else ())
+    floats = (nt - 2, nt - 1) if ne else ()
+    if not all(isinstance(t, types.Integer) for i, t in enumerate(tys)
+               if i not in arrays and i not in floats):
+        return None
+    if not all(isinstance(tys[i], types.Float) for i in floats):
         return None
     sig = types.void(*tys)
 
     def codegen(context, builder, sig, args):
-        a = [context.cast(builder, v, t, types.int64) if i not in arrays else v
-             for i, (v, t) in enumerate(zip(args, sig.args, strict=True))]
+        a = [context.cast(builder, v, t, types.int64) if i not in arrays and i not in floats
+             else v for i, (v, t) in enumerate(zip(args, sig.args, strict=True))]
         (wa, woff, xa, xoff, cstride, Cg, FWe, FHe, istep, fwstep, cs, oa, obase, OHOW, OW,
          rowlen, kn, v0) = a[:18]
         flt = context.get_value_type(sig.args[0].dtype)
@@ -238,17 +254,72 @@ def _typer(mr, straight, tys, pixel_major=False, virtual=False):
                           xoff_v)
         n = builder.sub(OHOW, v0)
         n = builder.select(builder.icmp_unsigned("<", n, _i64(mr)), n, _i64(mr))
+        epi = None
+        if ne and VL == 16 and mr <= 16:
+            e = nt - 8
+            epi = _Epi(context, builder, sig, a, e, flt, vty)
         if pixel_major:
             _store_pixel_major(builder, accs, vty, size, op, obase, kn, v0, n, a[18])
         elif virtual:
-            _store_virtual(context, builder, accs, vty, flt, op, obase, OW, kn, v0, n, a[18], a[19])
+            _store_virtual(context, builder, accs, vty, flt, op, obase, OW, kn, v0, n, a[18], a[19],
+                           epi)
         elif VL == 16 and mr <= 16:
-            _store_transposed(builder, accs, vty, op, obase, OHOW, kn, v0, n)
+            _store_transposed(builder, accs, vty, op, obase, OHOW, kn, v0, n, epi)
         else:
             _store_scalar(context, builder, accs, vty, flt, op, obase, OHOW, kn, v0, n)
         return context.get_dummy_value()
 
     return sig, codegen
+
+
+class _Epi:
+    """The fused output stage of float32 tiles (see `_make_microkernel`)."""
+
+    def __init__(self, context, builder, sig, a, e, flt, vty):
+        self.eb = context.make_array(sig.args[e])(context, builder, a[e]).data
+        self.er = context.make_array(sig.args[e + 2])(context, builder, a[e + 2]).data
+        self.eko, self.erd, self.mode, self.code = a[e + 1], a[e + 3], a[e + 4], a[e + 5]
+        self.lo = context.cast(builder, a[e + 6], sig.args[e + 6], sig.args[0].dtype)
+        self.hi = context.cast(builder, a[e + 7], sig.args[e + 7], sig.args[0].dtype)
+        self.vty = vty
+        self.cur = cgutils.alloca_once(builder, vty)
+        mty = ir.VectorType(ir.IntType(1), vty.count)
+        self.mload = cgutils.get_or_insert_function(
+            builder.module, ir.FunctionType(vty, [vty.as_pointer(), _I32, mty, vty]),
+            "llvm.masked.load.v16f32.p0")
+        self.vmax = cgutils.get_or_insert_function(
+            builder.module, ir.FunctionType(vty, [vty, vty]), "llvm.maximum.v16f32")
+        self.vmin = cgutils.get_or_insert_function(
+            builder.module, ir.FunctionType(vty, [vty, vty]), "llvm.minimum.v16f32")
+
+    def _splat(self, builder, s):
+        undef = ir.Constant(self.vty, ir.Undefined)
+        return builder.shuffle_vector(builder.insert_element(undef, s, ir.Constant(_I32, 0)),
+                                      undef, ir.Constant(ir.VectorType(_I32, self.vty.count),
+                                                         [0] * self.vty.count))
+
+    def apply(self, builder, v, kk, index, mask):
+        """``act(v + eb[eko + kk] + er[erd + index + lane])`` by mode and code (the residual
+        loaded under ``mask``)."""
+        builder.store(v, self.cur)
+        bits = builder.and_(self.mode, _i64(2))
+        with builder.if_then(builder.icmp_unsigned("!=", bits, _i64(0))):
+            b = builder.load(builder.gep(self.eb, [builder.add(self.eko, _i64(kk))]))
+            builder.store(builder.fadd(builder.load(self.cur), self._splat(builder, b)), self.cur)
+        bits = builder.and_(self.mode, _i64(4))
+        with builder.if_then(builder.icmp_unsigned("!=", bits, _i64(0))):
+            ptr = builder.bitcast(builder.gep(self.er, [builder.add(self.erd, index)]),
+                                  self.vty.as_pointer())
+            r = builder.call(self.mload, [ptr, ir.Constant(_I32, 4), mask,
+                                          ir.Constant(self.vty, None)])
+            builder.store(builder.fadd(builder.load(self.cur), r), self.cur)
+        with builder.if_then(builder.icmp_unsigned("==", self.code, _i64(1))):
+            builder.store(builder.call(self.vmax, [builder.load(self.cur),
+                                                   ir.Constant(self.vty, None)]), self.cur)
+        with builder.if_then(builder.icmp_unsigned("==", self.code, _i64(2))):
+            t = builder.call(self.vmax, [builder.load(self.cur), self._splat(builder, self.lo)])
+            builder.store(builder.call(self.vmin, [t, self._splat(builder, self.hi)]), self.cur)
+        return builder.load(self.cur)
 
 
 def _divmod(builder, v, d):
@@ -350,7 +421,7 @@ def _transpose16(builder, rows):
     return rows
 
 
-def _store_transposed(builder, accs, vty, op, obase, OHOW, kn, v0, n):
+def _store_transposed(builder, accs, vty, op, obase, OHOW, kn, v0, n, epi=None):
     """Transpose the tile in registers (lane j = pixel v0 + j) and store each output channel's
     run of ``n`` pixels with one masked vector store."""
     mstore, mty = _masked_store(builder, vty, 4)
@@ -365,12 +436,16 @@ def _store_transposed(builder, accs, vty, op, obase, OHOW, kn, v0, n):
         for lane in range(16):
             kk = v * 16 + lane
             with builder.if_then(builder.icmp_unsigned("<", _i64(kk), kn)):
-                ptr = builder.bitcast(builder.gep(base, [builder.mul(_i64(kk), OHOW)]),
-                                      vty.as_pointer())
-                builder.call(mstore, [cols[v][lane], ptr, ir.Constant(_I32, 4), m])
+                off = builder.mul(_i64(kk), OHOW)
+                ptr = builder.bitcast(builder.gep(base, [off]), vty.as_pointer())
+                val = cols[v][lane]
+                if epi is not None:
+                    val = epi.apply(builder, val, kk, builder.add(builder.add(obase, v0), off), m)
+                builder.call(mstore, [val, ptr, ir.Constant(_I32, 4), m])
 
 
-def _store_virtual(context, builder, accs, vty, flt, op, obase, OWv, kn, v0, n, OWr, OHOWr):
+def _store_virtual(context, builder, accs, vty, flt, op, obase, OWv, kn, v0, n, OWr, OHOWr,
+                   epi=None):
     """Store a tile of virtual pixels ``v0 .. v0 + n - 1`` (rows of ``OWv``, the first ``OWr``
     of each real): the tile is cut into its runs of real pixels within one row, and each
     output channel's run stored with one masked vector store whose pointer is set back by the
@@ -419,9 +494,13 @@ def _store_virtual(context, builder, accs, vty, flt, op, obase, OWv, kn, v0, n, 
                 for lane in range(16):
                     kk = v * 16 + lane
                     with builder.if_then(builder.icmp_unsigned("<", _i64(kk), kn)):
-                        ptr = builder.bitcast(builder.gep(base, [builder.mul(_i64(kk), OHOWr)]),
-                                              vty.as_pointer())
-                        builder.call(mstore, [cols[v][lane], ptr, ir.Constant(_I32, 4), m])
+                        off = builder.mul(_i64(kk), OHOWr)
+                        ptr = builder.bitcast(builder.gep(base, [off]), vty.as_pointer())
+                        val = cols[v][lane]
+                        if epi is not None:
+                            val = epi.apply(builder, val, kk,
+                                            builder.add(builder.sub(dst, j), off), m)
+                        builder.call(mstore, [val, ptr, ir.Constant(_I32, 4), m])
         else:
             with cgutils.for_range(builder, run) as lp:
                 src = builder.mul(builder.add(j, lp.index), _i64(NV * VL))
@@ -487,10 +566,11 @@ def run_tile_tasks(wflat, wbase, src, srcbase, cstride, Cgk, FWe, FHe, istep, fw
     are dense, ``rowlen == OW cs``: then every full tile is straight).
 
     Output stage ``epi = (ebias, eres, eoff, emode, ecode, elo, ehi)``
-    (`convolab.kernels._epilogue`; ``emode`` and ``ecode`` 0: none): once a task's tiles are
-    stored, each of its channels' pixel run becomes ``act(y + ebias[k] + eres[eoff + k OHOW +
-    v])`` while still in cache. (Calls of more than 30 arguments compile to ``f(*args)``,
-    which Numba cannot inline: hence the tuple.)"""
+    (`convolab.kernels._epilogue`; ``emode`` and ``ecode`` 0: none): float32 tiles apply bias,
+    residual and ReLU / clamp as they are stored (the microkernel's output-stage arguments);
+    otherwise, once a task's tiles are stored, each of its channels' pixel run becomes
+    ``act(y + ebias[k] + eres[eoff + k OHOW + v])`` while still in cache. (Calls of more than
+    30 arguments compile to ``f(*args)``, which Numba cannot inline: hence the tuple.)"""
     ebias, eres, eoff, emode, ecode, elo, ehi = epi
     # Rows of OWv = rowlen / cs virtual pixels: consecutive virtual pixels' windows are cs
     # apart across row ends too, so every full tile runs on the straight kernel. OWv == OW
@@ -502,6 +582,12 @@ def run_tile_tasks(wflat, wbase, src, srcbase, cstride, Cgk, FWe, FHe, istep, fw
     dense = OWv == OW
     virt = OWv > OW and OWv < 2 * OW
     VHW = (OHOW // OW - 1) * OWv + OW if virt else OHOW
+    # bias, residual and ReLU / clamp applied by float32 tiles as they are stored; other
+    # stages (a scale, SiLU...) or float64 by a pass over each task's outputs after
+    fused = ecode <= 2 and emode & 1 == 0 and wflat.itemsize == 4
+    fm = emode if fused else 0
+    fc = ecode if fused else 0
+    erd = eoff - obase0
     nq = (VHW + MR - 1) // MR
     nfull = VHW // MR
     while True:
@@ -527,22 +613,27 @@ def run_tile_tasks(wflat, wbase, src, srcbase, cstride, Cgk, FWe, FHe, istep, fw
                         for v in range(v0, VHW, MR_TAIL):
                             _microkernel_virtual_tail(wflat, woff, src, xg, cstride, Cgk, FWe,
                                                       FHe, istep, fwstep, cs, on, ob, VHW, OWv,
-                                                      rowlen, kn, v, OW, OHOW)
+                                                      rowlen, kn, v, OW, OHOW,
+                             ebias, k0, eres, erd, fm, fc, elo, ehi)
                     else:
                         _microkernel_virtual(wflat, woff, src, xg, cstride, Cgk, FWe, FHe, istep,
                                              fwstep, cs, on, ob, VHW, OWv, rowlen, kn, v0, OW,
-                                             OHOW)
+                                             OHOW,
+                             ebias, k0, eres, erd, fm, fc, elo, ehi)
                 elif qt >= nfull:  # the last, partial tile: narrow tiles
                     for v in range(v0, OHOW, MR_TAIL):
                         _microkernel_tail(wflat, woff, src, xg, cstride, Cgk, FWe, FHe, istep,
-                                          fwstep, cs, on, ob, OHOW, OW, rowlen, kn, v)
+                                          fwstep, cs, on, ob, OHOW, OW, rowlen, kn, v,
+                             ebias, k0, eres, erd, fm, fc, elo, ehi)
                 elif dense or v0 % OW + MR <= OW:
                     _microkernel_straight(wflat, woff, src, xg, cstride, Cgk, FWe, FHe, istep,
-                                          fwstep, cs, on, ob, OHOW, OW, rowlen, kn, v0)
+                                          fwstep, cs, on, ob, OHOW, OW, rowlen, kn, v0,
+                             ebias, k0, eres, erd, fm, fc, elo, ehi)
                 else:
                     _microkernel(wflat, woff, src, xg, cstride, Cgk, FWe, FHe, istep, fwstep, cs,
-                                 on, ob, OHOW, OW, rowlen, kn, v0)
-            if emode != 0 or ecode != 0:
+                                 on, ob, OHOW, OW, rowlen, kn, v0,
+                             ebias, k0, eres, erd, fm, fc, elo, ehi)
+            if (emode != 0 or ecode != 0) and not fused:
                 v0 = q0 * MR
                 n = min(OHOW, q1 * MR) - v0
                 if virt:  # the real pixels before virtual pixels q0 MR and q1 MR
