@@ -27,7 +27,7 @@ LAYERS = [
     (16, 16, 7, 1, 3, 1, 16, 7, 7),  # depthwise 7x7 on a 7x7 plane
     (40, 40, 3, 2, 1, 1, 40, 15, 14),  # depthwise, strided, a full and a partial lane block
     (33, 33, 3, 1, 2, 2, 33, 9, 11),  # depthwise, dilated
-    (16, 16, 3, 1, 1, 1, 16, 30, 30),  # depthwise on a plane too large for lane blocks
+    (16, 16, 3, 1, 1, 1, 16, 113, 113),  # depthwise on a plane too large for lane blocks
     (64, 32, 1, 2, 0, 1, 1, 14, 14),  # strided 1x1 (a downsampling shortcut)
 ]
 
@@ -136,11 +136,11 @@ def test_small_depthwise_planes_run_channel_blocked():
     net = nn.Sequential(nn.Conv2d(24, 24, 3, padding=1, groups=24), nn.ReLU(),
                         nn.Conv2d(24, 24, 3, padding=1, groups=24)).eval()
     kinds = {}
-    for side in (14, 32):
+    for side in (14, 113):
         x = torch.randn(1, 24, side, side)
         cm = compile(net, x, algorithm="direct", threads=2)
         cm(x)
         st = cm._states[tuple(x.shape)]
         kinds[side] = {int(k) for seg in st.segments if isinstance(seg, M._Segment)
                        for k in seg.prog[:, 0]}
-    assert kinds == {14: {M._X.OP_DWB}, 32: {M._X.OP_DW}}
+    assert kinds == {14: {M._X.OP_DWB}, 113: {M._X.OP_DW}}

@@ -27,7 +27,7 @@ from numba.extending import intrinsic
 
 from ._epilogue import F0, F1
 from ._epilogue import run as epilogue_run
-from ._microkernel import fma
+from ._microkernel import _transpose16, fma
 
 # Index arithmetic in the inner loops is unsigned (uint64): Numba adds a negative-index
 # wrap-around select to every signed index, which stops LLVM from vectorising the loop, and
@@ -332,17 +332,122 @@ def depthwise_task(task, xflat, xbase, wf, wbase, of, obase, qoff, qbase, C, H, 
                          ebias[k] if emode & 2 else F0, emode, ecode, elo, ehi)
 
 
+class _VectorStage:
+    """Bias (lanes below ``nb`` of ``eb[ebo:]``) and ReLU / clamp on 16-lane vectors, by
+    ``emode`` (bit 2) and ``ecode`` (1, 2), as `convolab.kernels._epilogue.run` computes them."""
+
+    def __init__(self, builder, vty, size, ebp, ebo, nb, emode, ecode, lo, hi):
+        i32 = ir.IntType(32)
+        i64 = ir.IntType(64)
+        flt = "f32" if size == 4 else "f64"
+        mty = ir.VectorType(ir.IntType(1), 16)
+        mod = builder.module
+        self.vty, self.builder = vty, builder
+        self.vmax = cgutils.get_or_insert_function(mod, ir.FunctionType(vty, [vty, vty]),
+                                                   f"llvm.maximum.v16{flt}")
+        self.vmin = cgutils.get_or_insert_function(mod, ir.FunctionType(vty, [vty, vty]),
+                                                   f"llvm.minimum.v16{flt}")
+        mload = cgutils.get_or_insert_function(
+            mod, ir.FunctionType(vty, [vty.as_pointer(), i32, mty, vty]),
+            f"llvm.masked.load.v16{flt}.p0")
+        lanes = ir.Constant(ir.VectorType(i64, 16), list(range(16)))
+        mask = builder.icmp_signed("<", lanes, self._splat(builder, nb, ir.VectorType(i64, 16)))
+        ptr = builder.bitcast(builder.gep(ebp, [ebo]), vty.as_pointer())
+        zero = ir.Constant(vty, None)
+        bias = cgutils.alloca_once_value(builder, zero)
+        with builder.if_then(builder.icmp_unsigned("!=", builder.and_(emode, ir.Constant(i64, 2)),
+                                                   ir.Constant(i64, 0))):
+            builder.store(builder.call(mload, [ptr, ir.Constant(i32, size), mask, zero]), bias)
+        self.bias = builder.load(bias)
+        self.add = builder.icmp_unsigned("!=", builder.and_(emode, ir.Constant(i64, 2)),
+                                         ir.Constant(i64, 0))
+        self.relu = builder.icmp_unsigned("==", ecode, ir.Constant(i64, 1))
+        self.clamp = builder.icmp_unsigned("==", ecode, ir.Constant(i64, 2))
+        self.lo = self._splat(builder, lo, vty)
+        self.hi = self._splat(builder, hi, vty)
+
+    @staticmethod
+    def _splat(builder, s, ty):
+        undef = ir.Constant(ty, ir.Undefined)
+        return builder.shuffle_vector(builder.insert_element(undef, s, ir.Constant(ir.IntType(32), 0)),
+                                      undef, ir.Constant(ir.VectorType(ir.IntType(32), 16), [0] * 16))
+
+    def apply(self, v):
+        b = self.builder
+        v = b.select(self.add, b.fadd(v, self.bias), v)
+        v = b.select(self.relu, b.call(self.vmax, [v, ir.Constant(self.vty, None)]), v)
+        return b.select(self.clamp, b.call(self.vmin, [b.call(self.vmax, [v, self.lo]), self.hi]), v)
+
+
 @intrinsic
-def _dw_row(typingctx, buf, obase, xbase, pixstep, tapr, taps, R, S, wf, wbase, OW):
+def _t16(typingctx, src, so, ss, nr, nl, dst, do, ds, nd, ml):
+    """Transpose a 16x16 block between two layouts: rows ``i < nr`` are ``src[so + i ss + l]``
+    for lanes ``l < nl`` (other rows and lanes zero); after the transpose, rows ``j < nd`` are
+    stored to ``dst[do + j ds + l]`` for lanes ``l < ml``. Masked loads and stores, so the
+    block may lie at the end of a row or of an array. Between NCHW planes and 16-lane pixels."""
+    if not all(isinstance(t, types.Integer) for t in (so, ss, nr, nl, do, ds, nd, ml)):
+        return None
+    sig = types.void(src, so, ss, nr, nl, dst, do, ds, nd, ml)
+
+    def codegen(context, builder, sig, args):
+        i32 = ir.IntType(32)
+        i64 = ir.IntType(64)
+        flt = context.get_value_type(sig.args[0].dtype)
+        size = context.get_abi_sizeof(flt)
+        fs = "f32" if size == 4 else "f64"
+        vty = ir.VectorType(flt, 16)
+        mty = ir.VectorType(ir.IntType(1), 16)
+        mod = builder.module
+        mload = cgutils.get_or_insert_function(
+            mod, ir.FunctionType(vty, [vty.as_pointer(), i32, mty, vty]), f"llvm.masked.load.v16{fs}.p0")
+        mstore = cgutils.get_or_insert_function(
+            mod, ir.FunctionType(ir.VoidType(), [vty, vty.as_pointer(), i32, mty]),
+            f"llvm.masked.store.v16{fs}.p0")
+        sp = context.make_array(sig.args[0])(context, builder, args[0]).data
+        dp = context.make_array(sig.args[5])(context, builder, args[5]).data
+        so, ss, nr, nl, do, ds, nd, ml = (context.cast(builder, args[k], sig.args[k], types.int64)
+                                          for k in (1, 2, 3, 4, 6, 7, 8, 9))
+        lanes = ir.Constant(ir.VectorType(i64, 16), list(range(16)))
+        lmask = builder.icmp_signed("<", lanes, _VectorStage._splat(builder, nl, ir.VectorType(i64, 16)))
+        smask = builder.icmp_signed("<", lanes, _VectorStage._splat(builder, ml, ir.VectorType(i64, 16)))
+        zero = ir.Constant(vty, None)
+        rows = []
+        for i in range(16):
+            slot = cgutils.alloca_once_value(builder, zero)
+            with builder.if_then(builder.icmp_signed("<", ir.Constant(i64, i), nr)):
+                ptr = builder.bitcast(builder.gep(sp, [builder.add(so, builder.mul(ir.Constant(i64, i), ss))]),
+                                      vty.as_pointer())
+                builder.store(builder.call(mload, [ptr, ir.Constant(i32, size), lmask, zero]), slot)
+            rows.append(builder.load(slot))
+        cols = _transpose16(builder, rows)
+        for j in range(16):
+            with builder.if_then(builder.icmp_signed("<", ir.Constant(i64, j), nd)):
+                ptr = builder.bitcast(builder.gep(dp, [builder.add(do, builder.mul(ir.Constant(i64, j), ds))]),
+                                      vty.as_pointer())
+                builder.call(mstore, [cols[j], ptr, ir.Constant(i32, size), smask])
+        return context.get_dummy_value()
+
+    return sig, codegen
+
+
+@intrinsic
+def _dw_row(typingctx, buf, obase, xbase, pixstep, tapr, taps, R, S, wf, wbase, OW, eb, ebo, nb,
+            emode, ecode, elo, ehi):
     """One output row of a channel-blocked depthwise convolution: ``buf[obase + 16 p + l] =
     sum over taps (r, s) of wf[wbase + 16 (r S + s) + l] * buf[xbase + p pixstep + r tapr +
     s taps + l]`` for ``p < OW``, each pixel's taps fused multiply-added in (r, s) order from
     zero. Pixels in blocks of 8, then 4, then single, their accumulators kept in registers
-    over all the taps (one filter vector loaded per tap serves the block)."""
-    ints = (obase, xbase, pixstep, tapr, taps, R, S, wbase, OW)
+    over all the taps (one filter vector loaded per tap serves the block). Then the output
+    stage, lanes being channels: ``emode`` 2 adds ``eb[ebo + l]`` (lanes below ``nb``),
+    ``ecode`` 1 ReLU, 2 clamp(elo, ehi) -- the order and rounding of
+    `convolab.kernels._epilogue.run` without a residual."""
+    ints = (obase, xbase, pixstep, tapr, taps, R, S, wbase, OW, ebo, nb, emode, ecode)
     if not all(isinstance(t, types.Integer) for t in ints):
         return None
-    sig = types.void(buf, obase, xbase, pixstep, tapr, taps, R, S, wf, wbase, OW)
+    if not (isinstance(elo, types.Float) and isinstance(ehi, types.Float)):
+        return None
+    sig = types.void(buf, obase, xbase, pixstep, tapr, taps, R, S, wf, wbase, OW, eb, ebo, nb,
+                     emode, ecode, elo, ehi)
 
     def codegen(context, builder, sig, args):
         i64 = ir.IntType(64)
@@ -352,9 +457,12 @@ def _dw_row(typingctx, buf, obase, xbase, pixstep, tapr, taps, R, S, wf, wbase, 
         vp = vty.as_pointer()
         bp = context.make_array(sig.args[0])(context, builder, args[0]).data
         wp = context.make_array(sig.args[8])(context, builder, args[8]).data
-        obase, xbase, pixstep, tapr, taps, R, S, wbase, OW = (
+        obase, xbase, pixstep, tapr, taps, R, S, wbase, OW, ebo, nb, emode, ecode = (
             context.cast(builder, args[k], sig.args[k], types.int64)
-            for k in (1, 2, 3, 4, 5, 6, 7, 9, 10))
+            for k in (1, 2, 3, 4, 5, 6, 7, 9, 10, 12, 13, 14, 15))
+        ebp = context.make_array(sig.args[11])(context, builder, args[11]).data
+        lo, hi = (context.cast(builder, args[k], sig.args[k], sig.args[0].dtype) for k in (16, 17))
+        stage = _VectorStage(builder, vty, size, ebp, ebo, nb, emode, ecode, lo, hi)
         fmaf = cgutils.get_or_insert_function(
             builder.module, ir.FunctionType(vty, [vty, vty, vty]),
             f"llvm.fma.v16{'f32' if size == 4 else 'f64'}")
@@ -384,7 +492,7 @@ def _dw_row(typingctx, buf, obase, xbase, pixstep, tapr, taps, R, S, wf, wbase, 
             for q, a in enumerate(accs):
                 ptr = builder.bitcast(builder.gep(bp, [builder.add(o, ir.Constant(i64, 16 * q))]),
                                       vp)
-                builder.store(builder.load(a), ptr, align=size)
+                builder.store(stage.apply(builder.load(a)), ptr, align=size)
             builder.store(builder.add(p, ir.Constant(i64, nb)), pv)
 
         for nb, repeat in ((8, True), (4, False), (1, True)):
@@ -465,23 +573,31 @@ def depthwise_block_task(task, xflat, xbase, wf, wbase, of, obase, C, H, W, R, S
                 buf[row + i] = zero
             for i in range(uint64((w1 + pl) * 16), uint64(Wp * 16)):
                 buf[row + i] = zero
-            for w in range(w0, w1):
-                dst = row + uint64((w + pl) * 16)
-                src = uint64(src0 + h * W + w)
-                for l in range(16):
-                    buf[dst + uint64(l)] = xflat[src + uint64(l * HW)]
+            for w in range(w0, w1, 16):
+                # 16 channels x up to 16 pixels of the row, transposed to pixel vectors
+                cnt = min(16, w1 - w)
+                _t16(xflat, src0 + h * W + w, HW, 16, cnt, buf, row + uint64((w + pl) * 16), 16,
+                     cnt, 16)
     wb = uint64(wbase + b * T * 16)
+    # bias and ReLU / clamp on the pixel vectors (lanes are channels) unless a residual comes
+    # first (then by the pass over each plane below, as the other kernels do)
+    fused = emode & 4 == 0 and emode & 1 == 0 and ecode <= 2
+    fm = emode if fused else 0
+    fc = ecode if fused else 0
     for oh in range(OH):
         _dw_row(buf, nin + uint64(oh * OW * 16), uint64(oh * sh * Wp * 16), uint64(sw * 16),
-                uint64(dh * Wp * 16), uint64(dw * 16), uint64(R), uint64(S), wf, wb, uint64(OW))
-    for l in range(cn):
-        k = c0 + l
-        plane = (n * C + k) * OH * OW
-        dst = uint64(obase + plane)
-        for p in range(uint64(OH * OW)):
-            of[dst + p] = buf[nin + p * uint64(16) + uint64(l)]
-        if emode != 0 or ecode != 0:
-            epilogue_run(of, obase + plane, eres, eoff + plane, OH * OW, F1,
+                uint64(dh * Wp * 16), uint64(dw * 16), uint64(R), uint64(S), wf, wb, uint64(OW),
+                ebias, c0 if emode & 2 else 0, cn, fm, fc, elo, ehi)
+    OHOW = OH * OW
+    ob = obase + (n * C + c0) * OHOW
+    for p0 in range(0, OHOW, 16):
+        nr = min(16, OHOW - p0)
+        _t16(buf, nin + uint64(p0 * 16), 16, nr, 16, of, ob + p0, OHOW, cn, nr)
+    if (emode != 0 or ecode != 0) and not fused:
+        for l in range(cn):
+            k = c0 + l
+            plane = (n * C + k) * OHOW
+            epilogue_run(of, obase + plane, eres, eoff + plane, OHOW, F1,
                          ebias[k] if emode & 2 else F0, emode, ecode, elo, ehi)
 
 

@@ -319,8 +319,11 @@ def _in_executor(spec: ConvSpec) -> bool:
 #: against 104.9 ms; EfficientNet-Lite0: 26.4 against 29.0 ms before the team was pinned)
 EXECUTOR_FACTOR = 1.5
 #: depthwise layers (one output per channel) with at most this many output pixels per plane
-#: run channel-blocked in the executor (`convolab.kernels._direct.depthwise_block_task`)
-DW_BLOCK_MAX_PIXELS = 784
+#: run channel-blocked in the executor (`convolab.kernels._direct.depthwise_block_task`):
+#: faster than the per-plane kernel at every size measured (7x7 to 112x112; one thread, Zen 4:
+#: 3x3 144@56 0.42 -> 0.23 ms, 3x3/2 96@112 0.36 -> 0.25 ms); the cap bounds each thread's
+#: work buffer (16 padded planes and their outputs: 1.6 MiB at 112x112)
+DW_BLOCK_MAX_PIXELS = 112 * 112
 
 
 def _prefer_executor(spec: ConvSpec, budgets: dict, threads: int = 1) -> str:
