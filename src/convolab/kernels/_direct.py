@@ -436,8 +436,9 @@ def _dw_row(typingctx, buf, obase, xbase, pixstep, tapr, taps, R, S, wf, wbase, 
     """One output row of a channel-blocked depthwise convolution: ``buf[obase + 16 p + l] =
     sum over taps (r, s) of wf[wbase + 16 (r S + s) + l] * buf[xbase + p pixstep + r tapr +
     s taps + l]`` for ``p < OW``, each pixel's taps fused multiply-added in (r, s) order from
-    zero. Pixels in blocks of 8, then 4, then single, their accumulators kept in registers
-    over all the taps (one filter vector loaded per tap serves the block). Then the output
+    zero. Pixels in blocks of 8 (the last block of a row reads up to 7 pixels past its end:
+    `depthwise_block_scratch` leaves room), their accumulators kept in registers over all the
+    taps (one filter vector loaded per tap serves the block). Then the output
     stage, lanes being channels: ``emode`` 2 adds ``eb[ebo + l]`` (lanes below ``nb``),
     ``ecode`` 1 ReLU, 2 clamp(elo, ehi) -- the order and rounding of
     `convolab.kernels._epilogue.run` without a residual."""
@@ -470,7 +471,9 @@ def _dw_row(typingctx, buf, obase, xbase, pixstep, tapr, taps, R, S, wf, wbase, 
         pv = cgutils.alloca_once_value(builder, ir.Constant(i64, 0))
         zero = ir.Constant(vty, None)
 
-        def block(nb):
+        def block(nb, keep=None):
+            # keep: how many of the nb pixels are stored (the rest, past the row's end, are
+            # computed from whatever follows in buf and dropped)
             accs = [cgutils.alloca_once(builder, vty) for _ in range(nb)]
             for a in accs:
                 builder.store(zero, a)
@@ -492,22 +495,29 @@ def _dw_row(typingctx, buf, obase, xbase, pixstep, tapr, taps, R, S, wf, wbase, 
             for q, a in enumerate(accs):
                 ptr = builder.bitcast(builder.gep(bp, [builder.add(o, ir.Constant(i64, 16 * q))]),
                                       vp)
-                builder.store(stage.apply(builder.load(a)), ptr, align=size)
+                if keep is None:
+                    builder.store(stage.apply(builder.load(a)), ptr, align=size)
+                else:
+                    with builder.if_then(builder.icmp_signed("<", ir.Constant(i64, q), keep)):
+                        builder.store(stage.apply(builder.load(a)), ptr, align=size)
             builder.store(builder.add(p, ir.Constant(i64, nb)), pv)
 
-        for nb, repeat in ((8, True), (4, False), (1, True)):
-            bbcond = builder.append_basic_block(f"dw{nb}.cond")
-            bbbody = builder.append_basic_block(f"dw{nb}.body")
-            bbend = builder.append_basic_block(f"dw{nb}.end")
-            builder.branch(bbcond)
-            builder.position_at_end(bbcond)
-            more = builder.icmp_signed("<=", builder.add(builder.load(pv), ir.Constant(i64, nb)),
-                                       OW)
-            builder.cbranch(more, bbbody, bbend)
-            builder.position_at_end(bbbody)
-            block(nb)
-            builder.branch(bbcond if repeat else bbend)
-            builder.position_at_end(bbend)
+        bbcond = builder.append_basic_block("dw8.cond")
+        bbbody = builder.append_basic_block("dw8.body")
+        bbend = builder.append_basic_block("dw8.end")
+        builder.branch(bbcond)
+        builder.position_at_end(bbcond)
+        more = builder.icmp_signed("<=", builder.add(builder.load(pv), ir.Constant(i64, 8)), OW)
+        builder.cbranch(more, bbbody, bbend)
+        builder.position_at_end(bbbody)
+        block(8)
+        builder.branch(bbcond)
+        builder.position_at_end(bbend)
+        # the row's last 1-7 pixels as one more block of 8: independent accumulators keep the
+        # FMA pipes busy where single pixels waited on each tap's latency
+        left = builder.sub(OW, builder.load(pv))
+        with builder.if_then(builder.icmp_signed(">", left, ir.Constant(i64, 0))):
+            block(8, left)
         return context.get_dummy_value()
 
     return sig, codegen
@@ -515,10 +525,10 @@ def _dw_row(typingctx, buf, obase, xbase, pixstep, tapr, taps, R, S, wf, wbase, 
 
 def depthwise_block_scratch(OH, OW, R, S, sh, sw, dh, dw) -> int:
     """Elements of `depthwise_block_task`'s work buffer: the block's padded input and its
-    outputs, 16 lanes each."""
+    outputs, 16 lanes each, and room for the reads of `_dw_row`'s last block past the end."""
     Hp = (OH - 1) * sh + (R - 1) * dh + 1
     Wp = (OW - 1) * sw + (S - 1) * dw + 1
-    return 16 * (Hp * Wp + OH * OW)
+    return 16 * (Hp * Wp + OH * OW + 8 * sw)
 
 
 @njit(nogil=True)
