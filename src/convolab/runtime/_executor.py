@@ -61,7 +61,8 @@ OP_DWB = 3
 (F_KIND, F_N, F_C, F_H, F_W, F_K, F_OH, F_OW, F_G, F_R, F_S, F_X, F_XIMG, F_Y, F_YIMG, F_WOFF,
  F_BIAS, F_RES, F_ACT, F_A, F_B, F_C2, F_D, F_E, F_F, F_G2, F_SH, F_SW, F_DH, F_DW) = range(30)
 NF = 30
-# OP_TILES extras: F_A nkbr, F_B nchunk, F_C2 padded (1/0), F_D pt, F_E pl, F_F padded copy's
+# OP_TILES extras: F_A nkbr, F_B nchunk, F_C2 padded (1) or subsampled (2, F_D sh, F_E sw) copy
+# (0: none), F_D pt, F_E pl, F_F padded copy's
 # offset (its planes Hp x Wp are F_H x F_W then; the input's are F_G2 // ... see `_tiles`),
 # F_G2 input H*W... kept explicit below
 # OP_DW extras: F_A sh, F_B sw, F_C2 pt, F_D pl, F_E hq, F_F wq, F_G2 qoff offset in Ib
@@ -106,7 +107,9 @@ def _tiles(j, op, fprm, P, A, Wb, ctr, CS, KB):  # pragma: no cover - compiled
     ximg = op[F_XIMG]
     if op[F_C2]:
         # phase 1: copy each input plane (H x W at op[F_X], images op[F_XIMG] apart) into the
-        # interior of the zero-bordered padded copy at op[F_F]
+        # interior of the zero-bordered padded copy at op[F_F] (F_C2 = 1), or its every
+        # F_D-th row and F_E-th column into compact Hp x Wp planes there (F_C2 = 2: a strided
+        # 1x1, run as a stride-1 one)
         H = op[F_G2] // 65536
         W = op[F_G2] % 65536
         pt, pl = op[F_D], op[F_E]
@@ -118,9 +121,15 @@ def _tiles(j, op, fprm, P, A, Wb, ctr, CS, KB):  # pragma: no cover - compiled
             n = t // C
             c = t - n * C
             s0 = op[F_X] + n * ximg + c * H * W
-            d0 = dst + t * Hp * Wp + pt * Wp + pl
-            for h in range(H):
-                A[d0 + h * Wp: d0 + h * Wp + W] = A[s0 + h * W: s0 + h * W + W]
+            if op[F_C2] == 2:
+                d0 = dst + t * Hp * Wp
+                for h in range(Hp):
+                    for w in range(Wp):
+                        A[d0 + h * Wp + w] = A[s0 + h * pt * W + w * pl]
+            else:
+                d0 = dst + t * Hp * Wp + pt * Wp + pl
+                for h in range(H):
+                    A[d0 + h * Wp: d0 + h * Wp + W] = A[s0 + h * W: s0 + h * W + W]
         _barrier(ctr, j * CS + 2, P)
         src = dst
         ximg = C * Hp * Wp

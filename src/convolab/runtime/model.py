@@ -427,6 +427,9 @@ def _build(m: CompiledModel, st: _State) -> None:
             if not direct.depthwise(spec) and any(spec.padding):
                 pads[i] = total
                 total += -(-spec.N * spec.C * spec.padded_H * spec.padded_W // 16) * 16
+            elif _subsampled(spec):
+                pads[i] = total
+                total += -(-spec.N * spec.C * spec.OH * spec.OW // 16) * 16
             if seg is None:
                 seg = _Segment(m.threads)
                 segments.append(seg)
@@ -441,6 +444,15 @@ def _build(m: CompiledModel, st: _State) -> None:
             _program(m, st, s_, root, off, pads)
     st.arena = arena
     st.segments = segments
+
+
+def _subsampled(spec) -> bool:
+    """A strided 1x1 convolution without padding (a downsampling shortcut): the executor
+    copies the pixels it reads (every sh-th row, sw-th column) into compact planes and runs
+    it as a stride-1 1x1 on them, whose tiles are all straight (strided ones crossed row ends
+    on the general kernel, at half speed). The sum over channels is the same."""
+    return (spec.R == spec.S == 1 and spec.stride != (1, 1) and not any(spec.padding)
+            and spec.groups == 1 and not direct.depthwise(spec))
 
 
 def _program(m: CompiledModel, st: _State, seg: _Segment, root, off, pads) -> None:
@@ -493,7 +505,14 @@ def _program(m: CompiledModel, st: _State, seg: _Segment, root, off, pads) -> No
             row[_X.F_A], row[_X.F_B] = sp.nkbr, sp.nchunk
             row[_X.F_SH], row[_X.F_SW] = spec.stride
             row[_X.F_DH], row[_X.F_DW] = spec.dilation
-            if i in pads:
+            if i in pads and _subsampled(spec):
+                # phase 1 copies every sh-th row, sw-th column into OH x OW planes at pads[i]
+                row[_X.F_H], row[_X.F_W] = spec.OH, spec.OW
+                row[_X.F_SH], row[_X.F_SW] = 1, 1
+                row[_X.F_C2], row[_X.F_D], row[_X.F_E], row[_X.F_F] = 2, spec.stride[0], \
+                    spec.stride[1], pads[i]
+                row[_X.F_G2] = spec.H * 65536 + spec.W
+            elif i in pads:
                 pl, _, pt, _ = spec.padding
                 row[_X.F_C2], row[_X.F_D], row[_X.F_E], row[_X.F_F] = 1, pt, pl, pads[i]
                 row[_X.F_G2] = spec.H * 65536 + spec.W
