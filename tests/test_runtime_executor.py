@@ -29,6 +29,8 @@ LAYERS = [
     (33, 33, 3, 1, 2, 2, 33, 9, 11),  # depthwise, dilated
     (16, 16, 3, 1, 1, 1, 16, 113, 113),  # depthwise on a plane too large for lane blocks
     (64, 32, 1, 2, 0, 1, 1, 14, 14),  # strided 1x1 (a downsampling shortcut)
+    (8, 16, 5, 3, 2, 1, 1, 19, 17),  # stride 3 on stride-phase planes
+    (16, 24, 3, 2, 2, 2, 1, 17, 16),  # strided and dilated
 ]
 
 

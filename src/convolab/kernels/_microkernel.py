@@ -106,7 +106,7 @@ def fma(typingctx, a, b, c):
 
 
 def _make_microkernel(mr: int, pixel_major: bool = False, straight: bool = False,
-                      virtual: bool = False):
+                      virtual: bool = False, table: bool = False):
     """The microkernel intrinsic for tiles of ``mr`` pixels, pixels past ``OHOW - 1`` repeating
     it. ``straight``: the tile's pixels lie in one output row (the caller checks), addressed
     from one pointer per three pixels. With ``pixel_major`` it takes one more argument,
@@ -114,7 +114,10 @@ def _make_microkernel(mr: int, pixel_major: bool = False, straight: bool = False
     ``out[obase + k*OHOW + v]``. With ``virtual`` it takes two more, ``OWr`` and ``OHOWr``:
     pixels are then virtual, ``OW`` (> ``OWr``) of them per row and ``OHOW`` in all, the
     columns ``OWr .. OW - 1`` of each row computed but not stored; virtual pixel (oh, ow) is
-    stored at ``out[obase + k*OHOWr + oh*OWr + ow]`` (`_store_virtual`).
+    stored at ``out[obase + k*OHOWr + oh*OWr + ow]`` (`_store_virtual`). With ``table`` (and
+    ``virtual``) two more, ``tab`` and ``tabo``: the reduction's run of ``FHe`` elements reads
+    element ``i`` at ``tab[tabo + i]`` from the run's start instead of ``i * istep`` (the taps
+    of a strided layer on its stride-phase planes).
 
     Every variant but ``pixel_major`` ends with the output stage's eight arguments, ``eb, eko,
     er, erd, emode, ecode, elo, ehi``: float32 tiles stored transposed become ``act(y +
@@ -122,7 +125,15 @@ def _make_microkernel(mr: int, pixel_major: bool = False, straight: bool = False
     before they are stored (`_epilogue_vector`; ``emode`` bits 2 bias, 4 residual; ``ecode``
     0 none, 1 ReLU, 2 clamp(elo, ehi)), the order and rounding of
     `convolab.kernels._epilogue.run`; other tiles ignore them."""
-    if virtual:
+    if table:
+        def microkernel(typingctx, w, woff, x, xoff, cstride, Cg, FWe, FHe, istep, fwstep, cs, out,
+                        obase, OHOW, OW, rowlen, kn, v0, OWr, OHOWr, tab, tabo, eb, eko, er, erd,
+                        emode, ecode, elo, ehi):
+            return _typer(mr, straight, (w, woff, x, xoff, cstride, Cg, FWe, FHe, istep, fwstep,
+                                         cs, out, obase, OHOW, OW, rowlen, kn, v0, OWr, OHOWr,
+                                         tab, tabo, eb, eko, er, erd, emode, ecode, elo, ehi),
+                          virtual=True, table=True)
+    elif virtual:
         def microkernel(typingctx, w, woff, x, xoff, cstride, Cg, FWe, FHe, istep, fwstep, cs, out,
                         obase, OHOW, OW, rowlen, kn, v0, OWr, OHOWr, eb, eko, er, erd, emode,
                         ecode, elo, ehi):
@@ -145,11 +156,12 @@ def _make_microkernel(mr: int, pixel_major: bool = False, straight: bool = False
 
     microkernel.__name__ = microkernel.__qualname__ = (
         f"_microkernel_{mr}" + ("_straight" if straight else "")
-        + ("_pixel_major" if pixel_major else "") + ("_virtual" if virtual else ""))
+        + ("_pixel_major" if pixel_major else "") + ("_virtual" if virtual else "")
+        + ("_table" if table else ""))
     return intrinsic(microkernel)
 
 
-def _typer(mr, straight, tys, pixel_major=False, virtual=False):
+def _typer(mr, straight, tys, pixel_major=False, virtual=False, table=False):
     """Signature and code of one tile: pixels ``v0 .. v0+mr-1`` x KB channels (``kn`` real).
 
     ``woff``: the k-block's packed filter; ``xoff``: the group's first input element;
@@ -158,7 +170,7 @@ def _typer(mr, straight, tys, pixel_major=False, virtual=False):
     """
     ne = 0 if pixel_major else 8  # the output stage's arguments, last
     nt = len(tys)
-    arrays = (0, 2, 11) + ((nt - 8, nt - 6) if ne else ())
+    arrays = (0, 2, 11) + ((nt - 8, nt - 6) if ne else ()) + ((20,) if table else ())
     floats = (nt - 2, nt - 1) if ne else ()
     if not all(isinstance(t, types.Integer) for i, t in enumerate(tys)
                if i not in arrays and i not in floats):
@@ -182,6 +194,8 @@ def _typer(mr, straight, tys, pixel_major=False, virtual=False):
         wp = builder.gep(context.make_array(sig.args[0])(context, builder, wa).data, [woff])
         xp = builder.gep(context.make_array(sig.args[2])(context, builder, xa).data, [xoff])
         op = context.make_array(sig.args[11])(context, builder, oa).data
+        if table:
+            tabp = context.make_array(sig.args[20])(context, builder, a[20]).data
         if not pixel_major:
             # only where the reduction is long enough to hide them: for short ones (a 1x1 layer
             # of 16 channels) the 2 prefetches per output channel cost more than they save
@@ -236,7 +250,10 @@ def _typer(mr, straight, tys, pixel_major=False, virtual=False):
             xs = builder.load(xoff_v)
             ws = builder.gep(wp, [builder.mul(ls.index, runw)])
             with _for_range_rolled(builder, FHe) as lh:
-                xi = builder.add(xs, builder.mul(lh, istep))
+                if table:
+                    xi = builder.add(xs, builder.load(builder.gep(tabp, [builder.add(a[21], lh)])))
+                else:
+                    xi = builder.add(xs, builder.mul(lh, istep))
                 wh = builder.gep(ws, [builder.mul(lh, kbc)])
                 wv = [builder.load(builder.bitcast(builder.gep(wh, [_i64(v * VL)]), vpty),
                                    align=size) for v in range(NV)]
@@ -548,12 +565,14 @@ _microkernel_pm = _make_microkernel(MR, pixel_major=True, straight=True)
 _microkernel_pm_tail = _make_microkernel(MR_TAIL, pixel_major=True)
 _microkernel_virtual = _make_microkernel(MR, straight=True, virtual=True)
 _microkernel_virtual_tail = _make_microkernel(MR_TAIL, virtual=True)
+_microkernel_table = _make_microkernel(MR, straight=True, virtual=True, table=True)
+_microkernel_table_tail = _make_microkernel(MR_TAIL, virtual=True, table=True)
 
 
 @njit(inline="always")
 def run_tile_tasks(wflat, wbase, src, srcbase, cstride, Cgk, FWe, FHe, istep, fwstep, cs, rowlen,
                    on, obase0, counter, ci, ntask, nchunk, nkbr, nkb, Cg, Kg, KB, taps, OHOW, OW,
-                   epi):  # pragma: no cover - compiled
+                   epi, tab, tabo):  # pragma: no cover - compiled
     """One thread's share of a layer's tiles, for any input layout the microkernel can
     address: tasks (group, range of k-blocks, range of tiles) are taken from ``counter[ci]``
     until ``ntask`` are handed out. ``wbase``: the packed filter's first element in ``wflat``;
@@ -581,6 +600,11 @@ def run_tile_tasks(wflat, wbase, src, srcbase, cstride, Cgk, FWe, FHe, istep, fw
     OWv = rowlen // cs if cs > 0 and rowlen % cs == 0 else 0
     dense = OWv == OW
     virt = OWv > OW and OWv < 2 * OW
+    # a tap table (tabo >= 0): the run's elements at tab[tabo + i] (stride-phase planes,
+    # rowlen >= OW, cs = 1): virtual rows, on the table kernels
+    table = tabo >= 0
+    if table:
+        virt = True
     VHW = (OHOW // OW - 1) * OWv + OW if virt else OHOW
     # bias, residual and ReLU / clamp applied by float32 tiles as they are stored; other
     # stages (a scale, SiLU...) or float64 by a pass over each task's outputs after
@@ -608,7 +632,18 @@ def run_tile_tasks(wflat, wbase, src, srcbase, cstride, Cgk, FWe, FHe, istep, fw
             ob = obase0 + k0 * OHOW
             for qt in range(q0, q1):
                 v0 = qt * MR
-                if virt:
+                if table:
+                    if qt >= nfull:
+                        for v in range(v0, VHW, MR_TAIL):
+                            _microkernel_table_tail(wflat, woff, src, xg, cstride, Cgk, FWe, FHe,
+                                                    istep, fwstep, cs, on, ob, VHW, OWv, rowlen,
+                                                    kn, v, OW, OHOW, tab, tabo, ebias, k0, eres,
+                                                    erd, fm, fc, elo, ehi)
+                    else:
+                        _microkernel_table(wflat, woff, src, xg, cstride, Cgk, FWe, FHe, istep,
+                                           fwstep, cs, on, ob, VHW, OWv, rowlen, kn, v0, OW, OHOW,
+                                           tab, tabo, ebias, k0, eres, erd, fm, fc, elo, ehi)
+                elif virt:
                     if qt >= nfull:
                         for v in range(v0, VHW, MR_TAIL):
                             _microkernel_virtual_tail(wflat, woff, src, xg, cstride, Cgk, FWe,
@@ -711,7 +746,7 @@ def im2win_conv(x, win, wpk, out, counter, P, groups, FW, FH, sh, sw, dh, dw, pt
         for _ in prange(P):
             run_tile_tasks(wflat, 0, win, 0, cstride, Cgk, FWe, FHe, istep, dw * FH, sw * FH,
                            rowlen, on, 0, counter, 1, ntask, nchunk, nkbr, nkb, Cg, Kg, KB,
-                           FW * FH, OHOW, OW, (on, on, 0, 0, 0, F0, F0))
+                           FW * FH, OHOW, OW, (on, on, 0, 0, 0, F0, F0), counter, -1)
 
 
 @njit(inline="always")
@@ -754,7 +789,7 @@ def direct_tiles(xp, wpk, out, counter, P, groups, R, S, nkbr, nchunk, sh, sw, d
         for _ in prange(P):
             run_tile_tasks(wflat, 0, xflat, n * C * Hp * Wp, Hp * Wp, Cgk, FWe, FHe, istep,
                            fwstep, cs, rowlen, on, 0, counter, 0, ntask, nchunk, nkbr, nkb, Cg,
-                           Kg, KB, R * S, OHOW, OW, (on, on, 0, 0, 0, F0, F0))
+                           Kg, KB, R * S, OHOW, OW, (on, on, 0, 0, 0, F0, F0), counter, -1)
 
 
 @njit(cache=True, nogil=True)

@@ -50,6 +50,7 @@ from ..kernels._direct import (
     depthwise_block_task,
     depthwise_scratch,
     depthwise_task,
+    fill_phases,
 )
 from ..kernels._microkernel import direct_geometry, run_tile_tasks
 
@@ -59,10 +60,12 @@ OP_DWB = 3
 
 # fields of a program row
 (F_KIND, F_N, F_C, F_H, F_W, F_K, F_OH, F_OW, F_G, F_R, F_S, F_X, F_XIMG, F_Y, F_YIMG, F_WOFF,
- F_BIAS, F_RES, F_ACT, F_A, F_B, F_C2, F_D, F_E, F_F, F_G2, F_SH, F_SW, F_DH, F_DW) = range(30)
-NF = 30
-# OP_TILES extras: F_A nkbr, F_B nchunk, F_C2 padded (1) or subsampled (2, F_D sh, F_E sw) copy
-# (0: none), F_D pt, F_E pl, F_F padded copy's
+ F_BIAS, F_RES, F_ACT, F_A, F_B, F_C2, F_D, F_E, F_F, F_G2, F_SH, F_SW, F_DH, F_DW,
+ F_TAB) = range(31)
+NF = 31
+# OP_TILES extras: F_A nkbr, F_B nchunk, F_C2 padded (1), subsampled (2, F_D sh, F_E sw) or
+# stride-phase (3: planes F_H = sh sw hq rows of F_W = wq, the taps' offsets at F_TAB in Ib)
+# copy (0: none), F_D pt, F_E pl, F_F padded copy's
 # offset (its planes Hp x Wp are F_H x F_W then; the input's are F_G2 // ... see `_tiles`),
 # F_G2 input H*W... kept explicit below
 # OP_DW extras: F_A sh, F_B sw, F_C2 pt, F_D pl, F_E hq, F_F wq, F_G2 qoff offset in Ib
@@ -99,7 +102,7 @@ def _epi(op, fprm, Wb, A, res_off):  # pragma: no cover - compiled
 
 
 @njit(inline="always")
-def _tiles(j, op, fprm, P, A, Wb, ctr, CS, KB):  # pragma: no cover - compiled
+def _tiles(j, op, fprm, P, A, Wb, Ib, ctr, CS, KB):  # pragma: no cover - compiled
     N, C, Hp, Wp, K = op[F_N], op[F_C], op[F_H], op[F_W], op[F_K]
     OH, OW, G, R, S = op[F_OH], op[F_OW], op[F_G], op[F_R], op[F_S]
     nkbr, nchunk = op[F_A], op[F_B]
@@ -126,6 +129,11 @@ def _tiles(j, op, fprm, P, A, Wb, ctr, CS, KB):  # pragma: no cover - compiled
                 for h in range(Hp):
                     for w in range(Wp):
                         A[d0 + h * Wp + w] = A[s0 + h * pt * W + w * pl]
+            elif op[F_C2] == 3:
+                sh, sw = op[F_SH], op[F_SW]
+                d0 = dst + t * Hp * Wp
+                fill_phases(A[d0: d0 + Hp * Wp], A, s0, H, W, sh, sw, pt, pl, Hp // (sh * sw), Wp,
+                            A.dtype.type(0))
             else:
                 d0 = dst + t * Hp * Wp + pt * Wp + pl
                 for h in range(H):
@@ -136,14 +144,20 @@ def _tiles(j, op, fprm, P, A, Wb, ctr, CS, KB):  # pragma: no cover - compiled
     Cg = C // G
     Kg = K // G
     nkb = (Kg + KB - 1) // KB
-    Cgk, FWe, FHe, istep, fwstep, cs, rowlen = direct_geometry(
-        Cg, R, S, Hp, Wp, op[F_SH], op[F_SW], op[F_DH], op[F_DW])
+    tabo = -1
+    if op[F_C2] == 3:  # stride-phase planes: each tap's offset from the table, rows of wq
+        Cgk, FWe, FHe, istep, fwstep, cs, rowlen = Cg, 1, R * S, 0, 0, 1, Wp
+        tabo = op[F_TAB]
+    else:
+        Cgk, FWe, FHe, istep, fwstep, cs, rowlen = direct_geometry(
+            Cg, R, S, Hp, Wp, op[F_SH], op[F_SW], op[F_DH], op[F_DW])
     OHOW = OH * OW
     for n in range(N):
         epi = _epi(op, fprm, Wb, A, op[F_RES] + n * op[F_YIMG])
         run_tile_tasks(Wb, op[F_WOFF], A, src + n * ximg, Hp * Wp, Cgk, FWe, FHe, istep, fwstep,
                        cs, rowlen, A, op[F_Y] + n * op[F_YIMG], ctr, j * CS + CS_BASE + n,
-                       G * nkbr * nchunk, nchunk, nkbr, nkb, Cg, Kg, KB, R * S, OHOW, OW, epi)
+                       G * nkbr * nchunk, nchunk, nkbr, nkb, Cg, Kg, KB, R * S, OHOW, OW, epi,
+                       Ib, tabo)
 
 
 @njit(inline="always")
@@ -184,7 +198,7 @@ def worker(P, prog, fprm, A, Wb, Ib, ctr, CS, KB, scratch):  # pragma: no cover 
         op = prog[j]
         kind = op[F_KIND]
         if kind == OP_TILES:
-            _tiles(j, op, fprm[j], P, A, Wb, ctr, CS, KB)
+            _tiles(j, op, fprm[j], P, A, Wb, Ib, ctr, CS, KB)
         elif kind == OP_DW:
             _dw(j, op, fprm[j], A, Wb, Ib, ctr, CS, scratch)
         elif kind == OP_DWB:

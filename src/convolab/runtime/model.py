@@ -424,7 +424,12 @@ def _build(m: CompiledModel, st: _State) -> None:
         ok = _executable(st, i, n) and all(root[j] in off for j in n.inputs)
         if ok:
             spec = st.plans[i].spec
-            if not direct.depthwise(spec) and any(spec.padding):
+            if _phased(spec):
+                pads[i] = total
+                hq, wq = direct.phases(spec)
+                sh, sw = spec.stride
+                total += -(-spec.N * spec.C * sh * sw * hq * wq // 16) * 16
+            elif not direct.depthwise(spec) and any(spec.padding):
                 pads[i] = total
                 total += -(-spec.N * spec.C * spec.padded_H * spec.padded_W // 16) * 16
             elif _subsampled(spec):
@@ -453,6 +458,15 @@ def _subsampled(spec) -> bool:
     on the general kernel, at half speed). The sum over channels is the same."""
     return (spec.R == spec.S == 1 and spec.stride != (1, 1) and not any(spec.padding)
             and spec.groups == 1 and not direct.depthwise(spec))
+
+
+def _phased(spec) -> bool:
+    """A strided k x k convolution (not depthwise): the executor splits its padded input into
+    stride-phase planes (`convolab.kernels._direct.fill_phases`), where every tap reads
+    consecutive outputs' inputs contiguously, and runs it on the table microkernel (each tap's
+    offset from a table, tiles over virtual rows of the phase width). Strided tiles crossed row
+    ends on the general kernel, at half speed. The reduction's order, (c, r, s), is unchanged."""
+    return (spec.stride != (1, 1) and spec.R * spec.S > 1 and not direct.depthwise(spec))
 
 
 def _program(m: CompiledModel, st: _State, seg: _Segment, root, off, pads) -> None:
@@ -505,7 +519,18 @@ def _program(m: CompiledModel, st: _State, seg: _Segment, root, off, pads) -> No
             row[_X.F_A], row[_X.F_B] = sp.nkbr, sp.nchunk
             row[_X.F_SH], row[_X.F_SW] = spec.stride
             row[_X.F_DH], row[_X.F_DW] = spec.dilation
-            if i in pads and _subsampled(spec):
+            if i in pads and _phased(spec):
+                hq, wq = direct.phases(spec)
+                sh, sw = spec.stride
+                dh, dw = spec.dilation
+                pl, _, pt, _ = spec.padding
+                row[_X.F_H], row[_X.F_W] = sh * sw * hq, wq
+                row[_X.F_C2], row[_X.F_D], row[_X.F_E], row[_X.F_F] = 3, pt, pl, pads[i]
+                row[_X.F_G2] = spec.H * 65536 + spec.W
+                tab = [(((r * dh) % sh) * sw + (s * dw) % sw) * hq * wq + ((r * dh) // sh) * wq
+                       + (s * dw) // sw for r in range(spec.R) for s in range(spec.S)]
+                row[_X.F_TAB] = put(np.array(tab, np.int64), ib, ilen)
+            elif i in pads and _subsampled(spec):
                 # phase 1 copies every sh-th row, sw-th column into OH x OW planes at pads[i]
                 row[_X.F_H], row[_X.F_W] = spec.OH, spec.OW
                 row[_X.F_SH], row[_X.F_SW] = 1, 1
