@@ -593,16 +593,20 @@ def run_tile_tasks(wflat, wbase, src, srcbase, cstride, Cgk, FWe, FHe, istep, fw
     ebias, eres, eoff, emode, ecode, elo, ehi = epi
     # Rows of OWv = rowlen / cs virtual pixels: consecutive virtual pixels' windows are cs
     # apart across row ends too, so every full tile runs on the straight kernel. OWv == OW
-    # (1x1 stride-1 layers): all pixels are real. OW < OWv < 2 OW (stride 1 with padding or a
-    # wider kernel): the padding columns are computed and dropped (`_store_virtual`), which
-    # costs less than the general kernel's tiles across row ends (half the straight kernel's
-    # speed). Else (stride 2 without phases): real pixels, the general kernel across row ends.
+    # (1x1 stride-1 layers): all pixels are real. OW < OWv < 2 OW (stride 1 with padding):
+    # the padding columns are computed and dropped (`_store_virtual`), which costs less than
+    # the general kernel's tiles across row ends (executor, one thread, Zen 4: 3x3 64@56 78 ->
+    # 105 GFLOP/s, 3x3 512@7 35 -> 85; 1x1 layers ran at half speed on it). Else (stride 2
+    # without phases): real pixels, the general kernel across row ends.
     OWv = rowlen // cs if cs > 0 and rowlen % cs == 0 else 0
     dense = OWv == OW
-    virt = OWv > OW and OWv < 2 * OW
+    # tabo == -2 (direct's own kernel): the general kernel where virtual rows would waste
+    # more than 20% (it runs near the straight kernel's speed in a small compiled function,
+    # at a third of it inside the executor's worker)
+    virt = OWv > OW and (5 * OWv <= 6 * OW if tabo == -2 else OWv < 2 * OW)
     # a tap table (tabo >= 0): the run's elements at tab[tabo + i] (stride-phase planes,
     # rowlen >= OW, cs = 1): virtual rows, on the table kernels
-    table = tabo >= 0
+    table = tabo >= 0  # (-1: none; -2: none, direct_tiles' rule for virtual rows)
     if table:
         virt = True
     VHW = (OHOW // OW - 1) * OWv + OW if virt else OHOW
@@ -789,7 +793,7 @@ def direct_tiles(xp, wpk, out, counter, P, groups, R, S, nkbr, nchunk, sh, sw, d
         for _ in prange(P):
             run_tile_tasks(wflat, 0, xflat, n * C * Hp * Wp, Hp * Wp, Cgk, FWe, FHe, istep,
                            fwstep, cs, rowlen, on, 0, counter, 0, ntask, nchunk, nkbr, nkb, Cg,
-                           Kg, KB, R * S, OHOW, OW, (on, on, 0, 0, 0, F0, F0), counter, -1)
+                           Kg, KB, R * S, OHOW, OW, (on, on, 0, 0, 0, F0, F0), counter, -2)
 
 
 @njit(cache=True, nogil=True)
