@@ -600,13 +600,14 @@ def run_tile_tasks(wflat, wbase, src, srcbase, cstride, Cgk, FWe, FHe, istep, fw
     # without phases): real pixels, the general kernel across row ends.
     OWv = rowlen // cs if cs > 0 and rowlen % cs == 0 else 0
     dense = OWv == OW
-    # tabo == -2 (direct's own kernel): the general kernel where virtual rows would waste
-    # more than 20% (it runs near the straight kernel's speed in a small compiled function,
-    # at a third of it inside the executor's worker)
-    virt = OWv > OW and (5 * OWv <= 6 * OW if tabo == -2 else OWv < 2 * OW)
+    # tabo == -2 (direct's and im2win's own kernels): no virtual rows. The general kernel runs
+    # near the straight kernel's speed in their small compiled functions (bench, im2win12 at
+    # batch 8: virtual rows took direct on L9 64@56 from 201 to 160 GFLOP/s), at a third of it
+    # inlined in the executor's large worker, which therefore computes the padding columns.
+    virt = OWv > OW and OWv < 2 * OW and tabo != -2
     # a tap table (tabo >= 0): the run's elements at tab[tabo + i] (stride-phase planes,
     # rowlen >= OW, cs = 1): virtual rows, on the table kernels
-    table = tabo >= 0  # (-1: none; -2: none, direct_tiles' rule for virtual rows)
+    table = tabo >= 0  # (-1: none; -2: none, the plan kernels' rule for virtual rows)
     if table:
         virt = True
     VHW = (OHOW // OW - 1) * OWv + OW if virt else OHOW
@@ -750,7 +751,7 @@ def im2win_conv(x, win, wpk, out, counter, P, groups, FW, FH, sh, sw, dh, dw, pt
         for _ in prange(P):
             run_tile_tasks(wflat, 0, win, 0, cstride, Cgk, FWe, FHe, istep, dw * FH, sw * FH,
                            rowlen, on, 0, counter, 1, ntask, nchunk, nkbr, nkb, Cg, Kg, KB,
-                           FW * FH, OHOW, OW, (on, on, 0, 0, 0, F0, F0), counter, -1)
+                           FW * FH, OHOW, OW, (on, on, 0, 0, 0, F0, F0), counter, -2)
 
 
 @njit(inline="always")
