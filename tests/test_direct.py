@@ -75,3 +75,30 @@ def test_microkernel_compiled_in_a_child_and_loaded_from_cache(tmp_path):
     assert r.returncode == 0, r.stderr
     hits, misses = map(int, r.stdout.split())
     assert (hits, misses) == (1, 0)
+
+
+@pytest.mark.parametrize(
+    "C, H, W, k, stride, padding, dilation",
+    [
+        (32, 17, 15, 3, 1, 1, 1),
+        (40, 14, 14, 5, 2, 2, 1),  # strided, a partial block of 8 channels
+        (16, 9, 11, 3, 1, (0, 2), 2),  # dilated, asymmetric
+        (24, 7, 7, 7, 1, 3, 1),
+    ],
+)
+def test_blocked_depthwise_equals_the_per_plane_kernel(monkeypatch, C, H, W, k, stride, padding,
+                                                       dilation):
+    # the channel-blocked kernel reorders no arithmetic: bit for bit the per-plane kernel's
+    from convolab.algorithms import direct
+
+    rng = np.random.default_rng(C + H)
+    x = rng.standard_normal((2, C, H, W), dtype=np.float32)
+    w = rng.standard_normal((C, 1, k, k), dtype=np.float32)
+    kw = dict(stride=stride, padding=padding, dilation=dilation, groups=C, algorithm="direct")
+    p = convolab.plan(x.shape, w, **kw)
+    assert direct.blocked_depthwise(p.spec) and p._prepared[-1] is not None  # the packed filter
+    blocked = p(x)
+    monkeypatch.setattr(direct, "DW_BLOCK_MAX_PIXELS", 0)
+    plane = convolab.plan(x.shape, w, **kw)
+    assert plane._prepared[-1] is None  # the per-plane kernel's
+    assert np.array_equal(blocked, plane(x))

@@ -75,6 +75,12 @@ def phases(spec: ConvSpec) -> tuple[int, int]:
 
 
 def _workspace(spec: ConvSpec) -> int:
+    if blocked_depthwise(spec):  # one block's planes and outputs per thread
+        from .._parallel import worker_count
+        from ..kernels._direct import depthwise_block_scratch
+
+        return worker_count() * depthwise_block_scratch(spec.OH, spec.OW, spec.R, spec.S,
+                                                        *spec.stride, *spec.dilation) * 4
     if depthwise(spec):  # one padded (phase-split) plane per thread
         from .._parallel import worker_count
 
@@ -99,11 +105,37 @@ def tap_offsets(spec: ConvSpec) -> np.ndarray:
     return np.ascontiguousarray(qoff.reshape(-1), dtype=np.int64)
 
 
+#: depthwise layers (one output per channel, float32) with at most this many output pixels per
+#: plane run channel-blocked (`convolab.kernels._direct.depthwise_block_task`: 16 channels per
+#: vector, register transposes in and out), as in `convolab.compile`'s executor: faster than the
+#: per-plane kernel at every size measured, 7x7 to 112x112 (executor, one thread, Zen 4: 3x3
+#: 144@56 0.42 -> 0.23 ms, 3x3/2 96@112 0.36 -> 0.25 ms); the cap bounds each thread's work
+#: buffer (16 padded planes and their outputs: 1.6 MiB at 112x112)
+DW_BLOCK_MAX_PIXELS = 112 * 112
+
+
+def blocked_depthwise(spec: ConvSpec) -> bool:
+    """Whether ``spec`` runs on the channel-blocked depthwise kernel."""
+    return (depthwise(spec) and spec.K == spec.C and spec.OH * spec.OW <= DW_BLOCK_MAX_PIXELS
+            and spec.compute_dtype == np.float32)
+
+
+def pack_depthwise(spec: ConvSpec, w) -> np.ndarray:
+    """The filter of a one-output-per-channel depthwise layer as [C / 16][R S][16] (lanes are
+    channels, zero past C), for the channel-blocked kernel."""
+    nbk = -(-spec.C // 16)
+    wp = np.zeros((nbk * 16, spec.R * spec.S), np.float32)
+    wp[: spec.C] = np.asarray(w, np.float32).reshape(spec.C, -1)
+    return np.ascontiguousarray(wp.reshape(nbk, 16, -1).transpose(0, 2, 1))
+
+
 def _prepare(spec: ConvSpec, w):
     """The tap offsets (`tap_offsets`) and the filter; for the microkernel path the packed
-    filter instead."""
+    filter instead, for the channel-blocked depthwise one its packing."""
     if tiled(spec):
         return spec, None, None, None, None, mk.pack_filter(spec, w, "rs")
+    if blocked_depthwise(spec):
+        return spec, None, None, None, None, pack_depthwise(spec, w)
     hq, wq = phases(spec)
     if spec.stride == (1, 1) and not depthwise(spec):
         hq, wq = spec.padded_H, spec.padded_W
@@ -138,6 +170,13 @@ def _layout(x, spec: ConvSpec) -> np.ndarray:
 
 def _run(prepared, x, out):
     spec, w, qoff, wrow, cstride, wpk = prepared
+    if depthwise(spec) and wpk is not None:
+        from ..kernels._direct import depthwise_blocked
+
+        pl, _, pt, _ = spec.padding
+        with PARALLEL_LOCK:
+            depthwise_blocked(x, wpk, out, *spec.stride, *spec.dilation, pt, pl, spec.R, spec.S)
+        return
     if depthwise(spec):
         from ..kernels._direct import depthwise_nchw
 

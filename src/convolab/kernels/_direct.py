@@ -612,6 +612,26 @@ def depthwise_block_task(task, xflat, xbase, wf, wbase, of, obase, C, H, W, R, S
 
 
 @njit(parallel=True, cache=True, nogil=True)
+def depthwise_blocked(x, wpk, out, sh, sw, dh, dw, pt, pl, R, S):  # pragma: no cover - compiled
+    """Depthwise convolution with one output per channel, channel-blocked
+    (`depthwise_block_task`), parallel over (image, block of 16 channels); ``wpk``: the filter
+    packed [C / 16][R S][16], zero past C."""
+    N, C, H, W = x.shape
+    OH = out.shape[2]
+    OW = out.shape[3]
+    of = out.reshape(out.size)
+    xflat = x.reshape(x.size)
+    wf = wpk.reshape(wpk.size)
+    Hp = (OH - 1) * sh + (R - 1) * dh + 1
+    Wp = (OW - 1) * sw + (S - 1) * dw + 1
+    ns = 16 * (Hp * Wp + OH * OW + 8 * sw)  # as `depthwise_block_scratch`
+    for task in prange(N * ((C + 15) // 16)):
+        buf = np.empty(ns, dtype=x.dtype)
+        depthwise_block_task(task, xflat, 0, wf, 0, of, 0, C, H, W, R, S, OH, OW, sh, sw, dh, dw,
+                             pt, pl, buf, (of, of, 0, 0, 0, F0, F0))
+
+
+@njit(parallel=True, cache=True, nogil=True)
 def depthwise_nchw(x, w, out, qoff, sh, sw, pt, pl, hq, wq):  # pragma: no cover - compiled
     """Depthwise convolution (one input channel per group; K/C outputs per channel), parallel
     over the (image, channel) planes (`depthwise_task`)."""

@@ -318,12 +318,6 @@ def _in_executor(spec: ConvSpec) -> bool:
 #: Zen 4 VM ran faster all-executor than with the per-layer choice (ResNet-50 batch 1: 70.7
 #: against 104.9 ms; EfficientNet-Lite0: 26.4 against 29.0 ms before the team was pinned)
 EXECUTOR_FACTOR = 1.5
-#: depthwise layers (one output per channel) with at most this many output pixels per plane
-#: run channel-blocked in the executor (`convolab.kernels._direct.depthwise_block_task`):
-#: faster than the per-plane kernel at every size measured (7x7 to 112x112; one thread, Zen 4:
-#: 3x3 144@56 0.42 -> 0.23 ms, 3x3/2 96@112 0.36 -> 0.25 ms); the cap bounds each thread's
-#: work buffer (16 padded planes and their outputs: 1.6 MiB at 112x112)
-DW_BLOCK_MAX_PIXELS = 112 * 112
 
 
 def _prefer_executor(spec: ConvSpec, budgets: dict, threads: int = 1) -> str:
@@ -541,14 +535,10 @@ def _program(m: CompiledModel, st: _State, seg: _Segment, root, off, pads) -> No
                 pl, _, pt, _ = spec.padding
                 row[_X.F_C2], row[_X.F_D], row[_X.F_E], row[_X.F_F] = 1, pt, pl, pads[i]
                 row[_X.F_G2] = spec.H * 65536 + spec.W
-        elif spec.K == spec.C and spec.OH * spec.OW <= DW_BLOCK_MAX_PIXELS:
+        elif direct.blocked_depthwise(spec):
             row[_X.F_KIND] = _X.OP_DWB
             row[_X.F_H], row[_X.F_W] = spec.H, spec.W
-            # [channel block][tap][16 lanes], zero past C
-            nbk = -(-spec.C // 16)
-            wp = np.zeros((nbk * 16, spec.R * spec.S), np.float32)
-            wp[: spec.C] = np.asarray(w, np.float32).reshape(spec.C, -1)
-            row[_X.F_WOFF] = put(wp.reshape(nbk, 16, -1).transpose(0, 2, 1), wb, wlen)
+            row[_X.F_WOFF] = put(direct.pack_depthwise(spec, w), wb, wlen)
             pl, _, pt, _ = spec.padding
             row[_X.F_C2], row[_X.F_D] = pt, pl
             row[_X.F_SH], row[_X.F_SW] = spec.stride
