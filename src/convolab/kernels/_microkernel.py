@@ -438,27 +438,40 @@ def _transpose16(builder, rows):
     return rows
 
 
-def _store_transposed(builder, accs, vty, op, obase, OHOW, kn, v0, n, epi=None):
-    """Transpose the tile in registers (lane j = pixel v0 + j) and store each output channel's
-    run of ``n`` pixels with one masked vector store."""
-    mstore, mty = _masked_store(builder, vty, 4)
+def _tile_columns(builder, accs, vty):
+    """The float32 tile transposed in registers: per vector of channels, 16 vectors whose lane
+    j is pixel j (zero past the tile's pixels)."""
     zero = ir.Constant(vty, None)
     mr = len(accs)
-    cols = [_transpose16(builder, [builder.load(accs[j][v]) if j < mr else zero
+    return [_transpose16(builder, [builder.load(accs[j][v]) if j < mr else zero
                                    for j in range(16)]) for v in range(NV)]
-    bits = builder.sub(builder.shl(_i64(1), n), _i64(1))
-    m = builder.bitcast(builder.trunc(bits, ir.IntType(16)), mty)
-    base = builder.gep(op, [builder.add(obase, v0)])
+
+
+def _store_channels(builder, cols, vty, op, start, stride, kn, m, epi):
+    """Each real output channel ``kk < kn``: its pixel vector (after the output stage, if any)
+    stored under mask ``m`` at ``op[start + kk stride]``."""
+    mstore, _ = _masked_store(builder, vty, 4)
+    base = builder.gep(op, [start])
     for v in range(NV):
         for lane in range(16):
             kk = v * 16 + lane
             with builder.if_then(builder.icmp_unsigned("<", _i64(kk), kn)):
-                off = builder.mul(_i64(kk), OHOW)
+                off = builder.mul(_i64(kk), stride)
                 ptr = builder.bitcast(builder.gep(base, [off]), vty.as_pointer())
                 val = cols[v][lane]
                 if epi is not None:
-                    val = epi.apply(builder, val, kk, builder.add(builder.add(obase, v0), off), m)
+                    val = epi.apply(builder, val, kk, builder.add(start, off), m)
                 builder.call(mstore, [val, ptr, ir.Constant(_I32, 4), m])
+
+
+def _store_transposed(builder, accs, vty, op, obase, OHOW, kn, v0, n, epi=None):
+    """Transpose the tile in registers (lane j = pixel v0 + j) and store each output channel's
+    run of ``n`` pixels with one masked vector store."""
+    _, mty = _masked_store(builder, vty, 4)
+    cols = _tile_columns(builder, accs, vty)
+    bits = builder.sub(builder.shl(_i64(1), n), _i64(1))
+    m = builder.bitcast(builder.trunc(bits, ir.IntType(16)), mty)
+    _store_channels(builder, cols, vty, op, builder.add(obase, v0), OHOW, kn, m, epi)
 
 
 def _store_virtual(context, builder, accs, vty, flt, op, obase, OWv, kn, v0, n, OWr, OHOWr,
@@ -470,10 +483,8 @@ def _store_virtual(context, builder, accs, vty, flt, op, obase, OWv, kn, v0, n, 
     VL = vty.count
     mr = len(accs)
     if VL == 16 and mr <= 16:
-        mstore, mty = _masked_store(builder, vty, 4)
-        zero = ir.Constant(vty, None)
-        cols = [_transpose16(builder, [builder.load(accs[j][v]) if j < mr else zero
-                                       for j in range(16)]) for v in range(NV)]
+        _, mty = _masked_store(builder, vty, 4)
+        cols = _tile_columns(builder, accs, vty)
     else:
         size = context.get_abi_sizeof(flt)
         tmp = builder.bitcast(cgutils.alloca_once(builder, ir.ArrayType(flt, VL * NV * mr)),
@@ -506,18 +517,7 @@ def _store_virtual(context, builder, accs, vty, flt, op, obase, OWv, kn, v0, n, 
         if VL == 16 and mr <= 16:
             bits = builder.shl(builder.sub(builder.shl(_i64(1), run), _i64(1)), j)
             m = builder.bitcast(builder.trunc(bits, ir.IntType(16)), mty)
-            base = builder.gep(op, [builder.sub(dst, j)])
-            for v in range(NV):
-                for lane in range(16):
-                    kk = v * 16 + lane
-                    with builder.if_then(builder.icmp_unsigned("<", _i64(kk), kn)):
-                        off = builder.mul(_i64(kk), OHOWr)
-                        ptr = builder.bitcast(builder.gep(base, [off]), vty.as_pointer())
-                        val = cols[v][lane]
-                        if epi is not None:
-                            val = epi.apply(builder, val, kk,
-                                            builder.add(builder.sub(dst, j), off), m)
-                        builder.call(mstore, [val, ptr, ir.Constant(_I32, 4), m])
+            _store_channels(builder, cols, vty, op, builder.sub(dst, j), OHOWr, kn, m, epi)
         else:
             with cgutils.for_range(builder, run) as lp:
                 src = builder.mul(builder.add(j, lp.index), _i64(NV * VL))
