@@ -304,3 +304,17 @@ def test_a_fresh_process_plans_without_kernels_scipy_fft_or_exact_transforms(cac
         out = subprocess.run([sys.executable, "-c", _FRESH_PLAN], env=env, capture_output=True,
                              text=True, check=True).stdout.split(" ", 1)
     assert out[1].strip() == "[] []", out
+
+
+def test_trial_times_candidates_taking_turns(monkeypatch):
+    # time_min_interleaved: every function called at least `repeat` times, one call each per
+    # round (so a slow spell of the host falls on all of them), each result its own minimum
+    from convolab import _timing
+
+    order = []
+    clock = iter(range(1000))
+    monkeypatch.setattr(_timing, "_once", lambda f: (f(), next(clock) % 7 + 1)[1] * 1e-3)
+    fs = [lambda i=i: order.append(i) for i in range(3)]
+    best = _timing.time_min_interleaved(fs, 4, min_total=0)
+    assert order[:6] == [0, 1, 2, 0, 1, 2] and len(order) == 12
+    assert best == [1e-3, 1e-3, 2e-3]  # calls 0,3,6,9 / 1,4,7,10 / 2,5,8,11 of the clock
