@@ -146,3 +146,23 @@ def test_small_depthwise_planes_run_channel_blocked():
         kinds[side] = {int(k) for seg in st.segments if isinstance(seg, M._Segment)
                        for k in seg.prog[:, 0]}
     assert kinds == {14: {M._X.OP_DWB}, 113: {M._X.OP_DW}}
+
+
+def test_calls_hold_only_the_thread_pools_they_can_reach(monkeypatch):
+    # a call whose convolutions all run in the executor never reaches the BLAS: it is not held
+    # to one thread (threadpoolctl's limit cost 0.1 ms a call); one run by im2col is
+    import convolab._parallel as par
+
+    net = nn.Sequential(nn.Conv2d(8, 16, 3, padding=1), nn.ReLU(), nn.Conv2d(16, 16, 1)).eval()
+    x = torch.randn(1, 8, 12, 12)
+    held = []
+    real = par.blas_one_thread
+    monkeypatch.setattr(par, "blas_one_thread", lambda: held.append(1) or real())
+    for algorithm, blas in (("direct", False), ("im2col", True)):
+        cm = compile(net, x, algorithm=algorithm, threads=2)
+        cm(x)  # plans, records, builds
+        held.clear()
+        cm(x)
+        st = cm._states[tuple(x.shape)]
+        assert (st.uses_blas, st.uses_torch) == (blas, False)
+        assert bool(held) == blas
