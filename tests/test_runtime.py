@@ -947,3 +947,19 @@ def test_deterministic_algorithm_is_bitwise_across_processes(tmp_path):
     _, err = child.communicate(timeout=300)
     assert child.returncode == 0, err[-3000:]
     assert np.array_equal(np.load(out), y2)
+
+
+def test_adaptive_pool_serial_and_parallel_kernels_agree():
+    # small inputs are pooled on the calling thread (SERIAL_POOL_ELEMENTS), large ones in a
+    # parallel region: the same sums, bit for bit, and PyTorch's windows
+    from convolab.runtime import _kernels as K
+
+    x = torch.randn(2, 5, 13, 11)
+    for size in ((1, 1), (3, 4), (13, 11)):
+        ref = torch.nn.functional.adaptive_avg_pool2d(x, size).numpy()
+        a = np.empty((2, 5, *size), np.float32)
+        b = np.empty_like(a)
+        K.adaptive_avg(x.numpy(), a)
+        K.adaptive_avg_serial(x.numpy(), b)
+        assert np.array_equal(a, b)
+        np.testing.assert_allclose(a, ref, rtol=1e-6, atol=1e-6)

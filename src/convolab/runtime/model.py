@@ -691,7 +691,7 @@ def _adaptive(m, i, n, vals, st):
     _nchw(n, x)
     OH, OW = n.attrs["size"]
     y = m._out(i, st, (x.shape[0], x.shape[1], OH, OW))
-    K.adaptive_avg(x, y)
+    (K.adaptive_avg_serial if x.size <= K.SERIAL_POOL_ELEMENTS else K.adaptive_avg)(x, y)
     if "keepdim" in n.attrs and not n.attrs["keepdim"]:
         return y.reshape(x.shape[0], x.shape[1])
     return y
