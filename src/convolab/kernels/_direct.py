@@ -27,7 +27,16 @@ from numba.extending import intrinsic
 
 from ._epilogue import F0, F1
 from ._epilogue import run as epilogue_run
-from ._microkernel import _transpose16, fma
+from ._microkernel import (
+    _fma_fn,
+    _masked_store,
+    _transpose16,
+    fma,
+    lanes_below,
+    masked_load,
+    nan_max_min,
+    splat,
+)
 
 # Index arithmetic in the inner loops is unsigned (uint64): Numba adds a negative-index
 # wrap-around select to every signed index, which stops LLVM from vectorising the loop, and
@@ -339,38 +348,22 @@ class _VectorStage:
     def __init__(self, builder, vty, size, ebp, ebo, nb, emode, ecode, lo, hi):
         i32 = ir.IntType(32)
         i64 = ir.IntType(64)
-        flt = "f32" if size == 4 else "f64"
-        mty = ir.VectorType(ir.IntType(1), 16)
-        mod = builder.module
         self.vty, self.builder = vty, builder
-        self.vmax = cgutils.get_or_insert_function(mod, ir.FunctionType(vty, [vty, vty]),
-                                                   f"llvm.maximum.v16{flt}")
-        self.vmin = cgutils.get_or_insert_function(mod, ir.FunctionType(vty, [vty, vty]),
-                                                   f"llvm.minimum.v16{flt}")
-        mload = cgutils.get_or_insert_function(
-            mod, ir.FunctionType(vty, [vty.as_pointer(), i32, mty, vty]),
-            f"llvm.masked.load.v16{flt}.p0")
-        lanes = ir.Constant(ir.VectorType(i64, 16), list(range(16)))
-        mask = builder.icmp_signed("<", lanes, self._splat(builder, nb, ir.VectorType(i64, 16)))
+        self.vmax, self.vmin = nan_max_min(builder, vty)
         ptr = builder.bitcast(builder.gep(ebp, [ebo]), vty.as_pointer())
         zero = ir.Constant(vty, None)
         bias = cgutils.alloca_once_value(builder, zero)
-        with builder.if_then(builder.icmp_unsigned("!=", builder.and_(emode, ir.Constant(i64, 2)),
-                                                   ir.Constant(i64, 0))):
-            builder.store(builder.call(mload, [ptr, ir.Constant(i32, size), mask, zero]), bias)
-        self.bias = builder.load(bias)
         self.add = builder.icmp_unsigned("!=", builder.and_(emode, ir.Constant(i64, 2)),
                                          ir.Constant(i64, 0))
+        with builder.if_then(self.add):
+            builder.store(builder.call(masked_load(builder, vty),
+                                       [ptr, ir.Constant(i32, size), lanes_below(builder, nb, 16),
+                                        zero]), bias)
+        self.bias = builder.load(bias)
         self.relu = builder.icmp_unsigned("==", ecode, ir.Constant(i64, 1))
         self.clamp = builder.icmp_unsigned("==", ecode, ir.Constant(i64, 2))
-        self.lo = self._splat(builder, lo, vty)
-        self.hi = self._splat(builder, hi, vty)
-
-    @staticmethod
-    def _splat(builder, s, ty):
-        undef = ir.Constant(ty, ir.Undefined)
-        return builder.shuffle_vector(builder.insert_element(undef, s, ir.Constant(ir.IntType(32), 0)),
-                                      undef, ir.Constant(ir.VectorType(ir.IntType(32), 16), [0] * 16))
+        self.lo = splat(builder, lo, vty)
+        self.hi = splat(builder, hi, vty)
 
     def apply(self, v):
         b = self.builder
@@ -394,22 +387,15 @@ def _t16(typingctx, src, so, ss, nr, nl, dst, do, ds, nd, ml):
         i64 = ir.IntType(64)
         flt = context.get_value_type(sig.args[0].dtype)
         size = context.get_abi_sizeof(flt)
-        fs = "f32" if size == 4 else "f64"
         vty = ir.VectorType(flt, 16)
-        mty = ir.VectorType(ir.IntType(1), 16)
-        mod = builder.module
-        mload = cgutils.get_or_insert_function(
-            mod, ir.FunctionType(vty, [vty.as_pointer(), i32, mty, vty]), f"llvm.masked.load.v16{fs}.p0")
-        mstore = cgutils.get_or_insert_function(
-            mod, ir.FunctionType(ir.VoidType(), [vty, vty.as_pointer(), i32, mty]),
-            f"llvm.masked.store.v16{fs}.p0")
+        mload = masked_load(builder, vty)
+        mstore, _ = _masked_store(builder, vty, size)
         sp = context.make_array(sig.args[0])(context, builder, args[0]).data
         dp = context.make_array(sig.args[5])(context, builder, args[5]).data
         so, ss, nr, nl, do, ds, nd, ml = (context.cast(builder, args[k], sig.args[k], types.int64)
                                           for k in (1, 2, 3, 4, 6, 7, 8, 9))
-        lanes = ir.Constant(ir.VectorType(i64, 16), list(range(16)))
-        lmask = builder.icmp_signed("<", lanes, _VectorStage._splat(builder, nl, ir.VectorType(i64, 16)))
-        smask = builder.icmp_signed("<", lanes, _VectorStage._splat(builder, ml, ir.VectorType(i64, 16)))
+        lmask = lanes_below(builder, nl, 16)
+        smask = lanes_below(builder, ml, 16)
         zero = ir.Constant(vty, None)
         rows = []
         for i in range(16):
@@ -469,9 +455,7 @@ def _dw_row(typingctx, buf, obase, xbase, pixstep, tapr, taps, R, S, wf, wbase, 
         ebp = context.make_array(sig.args[11])(context, builder, args[11]).data
         lo, hi = (context.cast(builder, args[k], sig.args[k], sig.args[0].dtype) for k in (16, 17))
         stage = _VectorStage(builder, vty, size, ebp, ebo, nb, emode, ecode, lo, hi)
-        fmaf = cgutils.get_or_insert_function(
-            builder.module, ir.FunctionType(vty, [vty, vty, vty]),
-            f"llvm.fma.v16{'f32' if size == 4 else 'f64'}")
+        fmaf = _fma_fn(builder, vty)
         c16 = ir.Constant(i64, 16)
         pv = cgutils.alloca_once_value(builder, ir.Constant(i64, 0))
         zero = ir.Constant(vty, None)

@@ -238,8 +238,6 @@ def _typer(mr, straight, tys, pixel_major=False, virtual=False, table=False):
         for row in accs:
             for ptr in row:
                 builder.store(zero, ptr)
-        mask = ir.Constant(ir.VectorType(_I32, VL), [0] * VL)
-        undef = ir.Constant(vty, ir.Undefined)
         kbc = _i64(KB)
         # a loop over the Cg*FWe runs of FHe input elements istep apart, an inner one over a run
         xoff_v = cgutils.alloca_once_value(builder, _i64(0))
@@ -259,8 +257,7 @@ def _typer(mr, straight, tys, pixel_major=False, virtual=False, table=False):
                                    align=size) for v in range(NV)]
                 for j, (base, off) in enumerate(pix):
                     s = builder.load(builder.gep(base, [builder.add(xi, off)]))
-                    b = builder.shuffle_vector(
-                        builder.insert_element(undef, s, ir.Constant(_I32, 0)), undef, mask)
+                    b = splat(builder, s, vty)
                     for v in range(NV):
                         acc = builder.load(accs[j][v])
                         builder.store(builder.call(fmaf, [wv[v], b, acc]), accs[j][v])
@@ -300,20 +297,8 @@ class _Epi:
         self.hi = context.cast(builder, a[e + 7], sig.args[e + 7], sig.args[0].dtype)
         self.vty = vty
         self.cur = cgutils.alloca_once(builder, vty)
-        mty = ir.VectorType(ir.IntType(1), vty.count)
-        self.mload = cgutils.get_or_insert_function(
-            builder.module, ir.FunctionType(vty, [vty.as_pointer(), _I32, mty, vty]),
-            "llvm.masked.load.v16f32.p0")
-        self.vmax = cgutils.get_or_insert_function(
-            builder.module, ir.FunctionType(vty, [vty, vty]), "llvm.maximum.v16f32")
-        self.vmin = cgutils.get_or_insert_function(
-            builder.module, ir.FunctionType(vty, [vty, vty]), "llvm.minimum.v16f32")
-
-    def _splat(self, builder, s):
-        undef = ir.Constant(self.vty, ir.Undefined)
-        return builder.shuffle_vector(builder.insert_element(undef, s, ir.Constant(_I32, 0)),
-                                      undef, ir.Constant(ir.VectorType(_I32, self.vty.count),
-                                                         [0] * self.vty.count))
+        self.mload = masked_load(builder, vty)
+        self.vmax, self.vmin = nan_max_min(builder, vty)
 
     def apply(self, builder, v, kk, index, mask):
         """``act(v + eb[eko + kk] + er[erd + index + lane])`` by mode and code (the residual
@@ -322,7 +307,7 @@ class _Epi:
         bits = builder.and_(self.mode, _i64(2))
         with builder.if_then(builder.icmp_unsigned("!=", bits, _i64(0))):
             b = builder.load(builder.gep(self.eb, [builder.add(self.eko, _i64(kk))]))
-            builder.store(builder.fadd(builder.load(self.cur), self._splat(builder, b)), self.cur)
+            builder.store(builder.fadd(builder.load(self.cur), splat(builder, b, self.vty)), self.cur)
         bits = builder.and_(self.mode, _i64(4))
         with builder.if_then(builder.icmp_unsigned("!=", bits, _i64(0))):
             ptr = builder.bitcast(builder.gep(self.er, [builder.add(self.erd, index)]),
@@ -334,8 +319,8 @@ class _Epi:
             builder.store(builder.call(self.vmax, [builder.load(self.cur),
                                                    ir.Constant(self.vty, None)]), self.cur)
         with builder.if_then(builder.icmp_unsigned("==", self.code, _i64(2))):
-            t = builder.call(self.vmax, [builder.load(self.cur), self._splat(builder, self.lo)])
-            builder.store(builder.call(self.vmin, [t, self._splat(builder, self.hi)]), self.cur)
+            t = builder.call(self.vmax, [builder.load(self.cur), splat(builder, self.lo, self.vty)])
+            builder.store(builder.call(self.vmin, [t, splat(builder, self.hi, self.vty)]), self.cur)
         return builder.load(self.cur)
 
 
@@ -387,25 +372,48 @@ def _store_scalar(context, builder, accs, vty, flt, op, obase, OHOW, kn, v0, n):
 def _lane_masks(builder, vty, kn):
     """Per vector of the tile, the lanes (output channels) below ``kn``."""
     VL = vty.count
-    lanes = ir.Constant(ir.VectorType(_I64, VL), list(range(VL)))
-    masks = []
-    for v in range(NV):
-        left = builder.sub(kn, _i64(v * VL))
-        splat = builder.shuffle_vector(
-            builder.insert_element(ir.Constant(ir.VectorType(_I64, VL), ir.Undefined),
-                                   left, ir.Constant(_I32, 0)),
-            ir.Constant(ir.VectorType(_I64, VL), ir.Undefined),
-            ir.Constant(ir.VectorType(_I32, VL), [0] * VL))
-        masks.append(builder.icmp_signed("<", lanes, splat))
-    return masks
+    return [lanes_below(builder, builder.sub(kn, _i64(v * VL)), VL) for v in range(NV)]
+
+
+def _suffix(vty):
+    return f"v{vty.count}{'f32' if vty.element == ir.FloatType() else 'f64'}"
 
 
 def _masked_store(builder, vty, size):
+    """``llvm.masked.store`` for vectors ``vty``, and the mask's type."""
     mty = ir.VectorType(ir.IntType(1), vty.count)
-    flt = "f32" if size == 4 else "f64"
     fnty = ir.FunctionType(ir.VoidType(), [vty, vty.as_pointer(), _I32, mty])
     return cgutils.get_or_insert_function(builder.module, fnty,
-                                          f"llvm.masked.store.v{vty.count}{flt}.p0"), mty
+                                          f"llvm.masked.store.{_suffix(vty)}.p0"), mty
+
+
+def masked_load(builder, vty):
+    """``llvm.masked.load`` for vectors ``vty`` (pointer, alignment, mask, pass-through)."""
+    mty = ir.VectorType(ir.IntType(1), vty.count)
+    fnty = ir.FunctionType(vty, [vty.as_pointer(), _I32, mty, vty])
+    return cgutils.get_or_insert_function(builder.module, fnty,
+                                          f"llvm.masked.load.{_suffix(vty)}.p0")
+
+
+def nan_max_min(builder, vty):
+    """``llvm.maximum`` and ``llvm.minimum`` for vectors ``vty`` (NaN-propagating, as the
+    output stage's scalar `convolab.kernels._epilogue.maximum` / ``minimum``)."""
+    fnty = ir.FunctionType(vty, [vty, vty])
+    return tuple(cgutils.get_or_insert_function(builder.module, fnty, f"llvm.{op}.{_suffix(vty)}")
+                 for op in ("maximum", "minimum"))
+
+
+def splat(builder, s, ty):
+    """Scalar ``s`` in every lane of vector type ``ty``."""
+    undef = ir.Constant(ty, ir.Undefined)
+    return builder.shuffle_vector(builder.insert_element(undef, s, ir.Constant(_I32, 0)), undef,
+                                  ir.Constant(ir.VectorType(_I32, ty.count), [0] * ty.count))
+
+
+def lanes_below(builder, n, count):
+    """The mask of the lanes ``l < n`` of a ``count``-lane vector (``n`` an i64)."""
+    lanes = ir.Constant(ir.VectorType(_I64, count), list(range(count)))
+    return builder.icmp_signed("<", lanes, splat(builder, n, ir.VectorType(_I64, count)))
 
 
 def _store_pixel_major(builder, accs, vty, size, op, obase, kn, v0, n, ostride):
