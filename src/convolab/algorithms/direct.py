@@ -193,7 +193,7 @@ def _run(prepared, x, out):
         xp = pad(x, spec)
         per_pixel = spec.Cg * spec.padded_H * spec.padded_W / (spec.OH * spec.OW) * x.itemsize
         sp = mk.split(spec, spec.OH * spec.OW, per_pixel, wpk.shape[1], get_num_threads())
-        counter = np.zeros(1, dtype=np.int64)
+        counter = np.zeros(x.shape[0], dtype=np.int64)  # per image
         args = (xp, wpk, out, counter, get_num_threads(), spec.groups, spec.R, spec.S, sp.nkbr,
                 sp.nchunk, *spec.stride, *spec.dilation)
         mk.run(direct_tiles, args, mk.warm_code("direct", 2, 32, 3, 1, x.dtype.name), x.dtype)

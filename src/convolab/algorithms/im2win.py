@@ -13,16 +13,19 @@ Kernel (`convolab.kernels._microkernel`, shared with direct and the Winograd/SFC
 tiles of 12 consecutive output pixels x 32 output channels (16 in float64) in 24 AVX-512
 accumulators; each window element loaded is used for 32 output channels and each filter
 vector for 12 pixels. Parallel over (group, block of output channels, range of pixels) of one
-image at a time: threads share no output, and every output sums its (C/groups) FW FH products
-in (c, fw, fh) order with one fused multiply-add each, so the result is bit-identical for any
-thread count, SIMD width and CPU. An NHWC-style window
+image at a time (a thread done with its share moves on to the next image's window): threads
+share no output, and every output sums its (C/groups) FW FH products in (c, fw, fh) order
+with one fused multiply-add each, so the result is bit-identical for any thread count, SIMD
+width and CPU. An NHWC-style window
 (``win[g, oh, w, fh, c]``, channels innermost: one contiguous run of FW FH C/g per output)
 was tried with the microkernel of the time and ran 11% slower (geomean of the papers' 12
 layers, one thread), so the papers' NCHW window stays.
 
 Workspace: the window tensor of one image, C OH Vw FH elements, where Vw = (OW-1) sw +
 (FW-1) dw + 1 <= W + pl + pr is the number of padded input columns that some output reads
-(about W/(FW OW) of im2col's C R S OH OW), plus two int64 task counters. Multiplications
+(about W/(FW OW) of im2col's C R S OH OW); two of them from batch 2, so that the next image's
+window is built while the last tiles of the current one run (the whole batch runs in one
+parallel region), plus four int64 task counters per image. Multiplications
 include the lanes of a last, partial block of output channels and the repeated pixels of a
 last, partial tile (a short last tile runs as tiles of 4 pixels).
 """
@@ -41,9 +44,15 @@ def _geometry(spec: ConvSpec) -> dict:
     return dict(Vw=Vw, size=spec.C * spec.OH * Vw * spec.R)
 
 
+def _buffers(N: int) -> int:
+    """Window tensors held at once: two from batch 2 (image n+1's window is built while image
+    n's last tiles run), else one."""
+    return min(N, 2)
+
+
 def _workspace(spec: ConvSpec) -> int:
-    # the window tensor and two int64 task counters
-    return _geometry(spec)["size"] * spec.compute_dtype.itemsize + 16
+    # the window tensors and four int64 task counters per image
+    return _buffers(spec.N) * _geometry(spec)["size"] * spec.compute_dtype.itemsize + 32 * spec.N
 
 
 def _multiplies(spec: ConvSpec) -> int:
@@ -62,8 +71,9 @@ def _run(prepared, x, out):
 
     spec, wpk, geo = prepared
     assert wpk.shape[-1] == mk.lanes(x.itemsize)
-    win = np.empty(geo["size"], dtype=x.dtype)
-    counter = np.zeros(2, dtype=np.int64)
+    N = x.shape[0]
+    win = np.empty(_buffers(N) * geo["size"], dtype=x.dtype)
+    counter = np.zeros(4 * N, dtype=np.int64)
     (sh, sw), (dh, dw) = spec.stride, spec.dilation
     pl, _, pt, _ = spec.padding
     # window bytes per output pixel, all channels of a group
@@ -86,8 +96,8 @@ register(
         cpu_invariant=True,
         summary="window tensor [C][OH][W·R] of one image + 12x32 register-blocked Numba kernel",
         features={
-            "workspace": "C·OH·W'·R per image, W' = (OW-1)·sw + (S-1)·dw + 1 padded columns "
-            "read (≈ W/(S·OW) of im2col)",
+            "workspace": "C·OH·W'·R per image (two images from batch 2), W' = (OW-1)·sw + "
+            "(S-1)·dw + 1 padded columns read (≈ W/(S·OW) of im2col)",
             "multiplies": "N·K'·P'·(C/g)·R·S, K' = K rounded up to 32 lanes per group, "
             "P' = OH·OW rounded up to 12-pixel tiles (a short last tile to 4-pixel tiles)",
         },

@@ -1,10 +1,11 @@
 """Atomic operations on int64 arrays for kernels whose threads share work or wait for each
-other: hand out task numbers (`fetch_add`), and spin at a barrier (`load_acquire`, `pause`)."""
+other: hand out task numbers (`fetch_add`), count finished work (`fetch_add_n`), and wait for
+a count (`wait_until`: `load_acquire`, `pause`, `yield_cpu`)."""
 
 import platform
 
 from llvmlite import ir
-from numba import types
+from numba import njit, types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
@@ -40,6 +41,21 @@ fetch_add = _int64_slot_op(
     """``old = arr[i]; arr[i] += 1`` atomically (int64 array); returns ``old``.""",
     lambda builder, p: builder.atomic_rmw("add", p, ir.Constant(_I64, 1), "seq_cst"))
 
+@intrinsic
+def fetch_add_n(typingctx, arr, i, n):
+    """``old = arr[i]; arr[i] += n`` atomically (int64 array); returns ``old``."""
+    if not (isinstance(arr, types.Array) and arr.dtype == types.int64
+            and isinstance(n, types.Integer)):
+        return None
+    sig = types.int64(arr, i, n)
+
+    def codegen(context, builder, sig, args):
+        v = context.cast(builder, args[2], sig.args[2], types.int64)
+        return builder.atomic_rmw("add", _slot(context, builder, sig, args), v, "seq_cst")
+
+    return sig, codegen
+
+
 load_acquire = _int64_slot_op(
     """``arr[i]`` read atomically with acquire ordering (int64 array): a spin loop re-reads
     it every time, and sees what the writers wrote before their `fetch_add`.""",
@@ -74,3 +90,21 @@ def yield_cpu(typingctx):
         return context.get_dummy_value()
 
     return sig, codegen
+
+
+#: spins at a wait before a waiting thread starts yielding its CPU
+SPINS = 4000
+
+
+@njit(inline="always")
+def wait_until(ctr, i, target):  # pragma: no cover - compiled
+    """Wait until ``ctr[i] >= target``: spin (``pause``) for a while, then yield the CPU
+    between checks, so a thread the OS descheduled on a busy machine gets to run instead of
+    being waited for a whole time slice."""
+    spins = 0
+    while load_acquire(ctr, i) < target:
+        if spins < SPINS:
+            pause()
+            spins += 1
+        else:
+            yield_cpu()

@@ -44,7 +44,7 @@ import weakref
 import numpy as np
 from numba import njit
 
-from ..kernels._atomics import fetch_add, load_acquire, pause, yield_cpu
+from ..kernels._atomics import fetch_add, wait_until
 from ..kernels._direct import (
     depthwise_block_scratch,
     depthwise_block_task,
@@ -74,23 +74,11 @@ NF = 31
 CS_BASE = 3
 
 
-#: spins at a barrier before a waiting thread starts yielding its CPU
-SPINS = 4000
-
-
 @njit(inline="always")
 def _barrier(ctr, i, P):  # pragma: no cover - compiled
-    """Wait until ``P`` threads have arrived at counter ``i``: spin (``pause``) for a while,
-    then yield the CPU between checks, so a thread the OS descheduled on a busy machine gets
-    to run instead of being waited for a whole time slice."""
+    """Wait until ``P`` threads have arrived at counter ``i`` (`wait_until`)."""
     fetch_add(ctr, i)
-    spins = 0
-    while load_acquire(ctr, i) < P:
-        if spins < SPINS:
-            pause()
-            spins += 1
-        else:
-            yield_cpu()
+    wait_until(ctr, i, P)
 
 
 @njit(inline="always")
