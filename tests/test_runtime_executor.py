@@ -31,6 +31,10 @@ LAYERS = [
     (64, 32, 1, 2, 0, 1, 1, 14, 14),  # strided 1x1 (a downsampling shortcut)
     (8, 16, 5, 3, 2, 1, 1, 19, 17),  # stride 3 on stride-phase planes
     (16, 24, 3, 2, 2, 2, 1, 17, 16),  # strided and dilated
+    # pointwise with pixels in the lanes (>= PV_MIN_PIXELS outputs): a partial tile of
+    # channels, pixels not a multiple of a tile's
+    (16, 20, 1, 1, 0, 1, 1, 30, 30),
+    (24, 40, 1, 2, 0, 1, 1, 57, 58),  # the same on subsampled planes
 ]
 
 
@@ -166,3 +170,35 @@ def test_calls_hold_only_the_thread_pools_they_can_reach(monkeypatch):
         st = cm._states[tuple(x.shape)]
         assert (st.uses_blas, st.uses_torch) == (blas, False)
         assert bool(held) == blas
+
+
+def test_pointwise_layers_run_with_pixels_in_the_lanes():
+    """1x1 layers from PV_MIN_PIXELS outputs run on the pixel-vector kernel, with a fused
+    residual and ReLU, and with a stage that is not fused (SiLU): the same results on one
+    and two threads, within float32 rounding of float64."""
+
+    class Block(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a = nn.Conv2d(12, 36, 1)
+            self.b = nn.Conv2d(36, 12, 1)
+            self.c = nn.Conv2d(12, 20, 1, stride=2)
+
+        def forward(self, x):
+            y = torch.relu(self.b(torch.relu(self.a(x))) + x)
+            return torch.nn.functional.silu(self.c(y))
+
+    net = Block().eval()
+    x = torch.randn(2, 12, 61, 59)
+    outs = []
+    for threads in (1, 2):
+        cm = compile(net, x, algorithm="direct", threads=threads)
+        cm(x)
+        outs.append(cm(x).numpy())
+        st = cm._states[tuple(x.shape)]
+        (seg,) = [s for s in st.segments if isinstance(s, M._Segment)]
+        assert len(seg.nodes) == 3 and all(seg.prog[:, M._X.F_PV] > 0)
+    assert np.array_equal(outs[0], outs[1])
+    with torch.no_grad():
+        ref = net.double()(x.double()).numpy()
+    assert np.abs(outs[0] - ref).max() <= 1e-5 * np.abs(ref).max()

@@ -53,6 +53,8 @@ from ..kernels._direct import (
     fill_phases,
 )
 from ..kernels._microkernel import direct_geometry, run_tile_tasks
+from ..kernels._pointwise import PX as PV_PX
+from ..kernels._pointwise import pointwise_task
 
 OP_TILES = 1
 OP_DW = 2
@@ -61,13 +63,15 @@ OP_DWB = 3
 # fields of a program row
 (F_KIND, F_N, F_C, F_H, F_W, F_K, F_OH, F_OW, F_G, F_R, F_S, F_X, F_XIMG, F_Y, F_YIMG, F_WOFF,
  F_BIAS, F_RES, F_ACT, F_A, F_B, F_C2, F_D, F_E, F_F, F_G2, F_SH, F_SW, F_DH, F_DW,
- F_TAB) = range(31)
-NF = 31
+ F_TAB, F_PV) = range(32)
+NF = 32
 # OP_TILES extras: F_A nkbr, F_B nchunk, F_C2 padded (1), subsampled (2, F_D sh, F_E sw) or
 # stride-phase (3: planes F_H = sh sw hq rows of F_W = wq, the taps' offsets at F_TAB in Ib)
 # copy (0: none), F_D pt, F_E pl, F_F padded copy's
 # offset (its planes Hp x Wp are F_H x F_W then; the input's are F_G2 // ... see `_tiles`),
 # F_G2 input H*W... kept explicit below
+# OP_TILES of a 1x1 layer, stride 1 on its (copied) planes, one group: F_PV > 0 runs it on the
+# pixel-vector kernel (`convolab.kernels._pointwise`) in F_PV chunks of pixels per k-block
 # OP_DW extras: F_A sh, F_B sw, F_C2 pt, F_D pl, F_E hq, F_F wq, F_G2 qoff offset in Ib
 # OP_DWB (channel-blocked depthwise, one output per channel): F_C2 pt, F_D pl, F_SH..F_DW
 #: counters per operator: [0] barrier, [1] phase-1 tasks, [2] phase barrier, [3 + n] image n
@@ -132,6 +136,25 @@ def _tiles(j, op, fprm, P, A, Wb, Ib, ctr, CS, KB):  # pragma: no cover - compil
     Cg = C // G
     Kg = K // G
     nkb = (Kg + KB - 1) // KB
+    OHOW = OH * OW
+    npc = op[F_PV]
+    if npc > 0:  # 1x1 on planes of OHOW pixels: tasks (k-block, chunk of whole tiles)
+        ntile = (OHOW + PV_PX - 1) // PV_PX
+        for n in range(N):
+            yoff = op[F_Y] + n * op[F_YIMG]
+            # the residual of output A[o] at A[o + erd]
+            epi = _epi(op, fprm, Wb, A, op[F_RES] - op[F_Y])
+            while True:
+                t = fetch_add(ctr, j * CS + CS_BASE + n)
+                if t >= nkb * npc:
+                    break
+                kb = t // npc
+                ch = t - kb * npc
+                p0 = (ch * ntile // npc) * PV_PX
+                p1 = min(OHOW, ((ch + 1) * ntile // npc) * PV_PX)
+                pointwise_task(Wb, op[F_WOFF], KB, A, src + n * ximg, yoff, OHOW, C, K, kb, p0,
+                               p1, epi)
+        return
     tabo = -1
     if op[F_C2] == 3:  # stride-phase planes: each tap's offset from the table, rows of wq
         Cgk, FWe, FHe, istep, fwstep, cs, rowlen = Cg, 1, R * S, 0, 0, 1, Wp
@@ -139,7 +162,6 @@ def _tiles(j, op, fprm, P, A, Wb, Ib, ctr, CS, KB):  # pragma: no cover - compil
     else:
         Cgk, FWe, FHe, istep, fwstep, cs, rowlen = direct_geometry(
             Cg, R, S, Hp, Wp, op[F_SH], op[F_SW], op[F_DH], op[F_DW])
-    OHOW = OH * OW
     for n in range(N):
         epi = _epi(op, fprm, Wb, A, op[F_RES] + n * op[F_YIMG])
         run_tile_tasks(Wb, op[F_WOFF], A, src + n * ximg, Hp * Wp, Cgk, FWe, FHe, istep, fwstep,
