@@ -963,3 +963,28 @@ def test_adaptive_pool_serial_and_parallel_kernels_agree():
         K.adaptive_avg_serial(x.numpy(), b)
         assert np.array_equal(a, b)
         np.testing.assert_allclose(a, ref, rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("shape", [(1, 1000, 1280), (3, 37, 19), (5, 130, 2048)])
+def test_linear_kernel_serial_and_parallel_agree(shape):
+    """The runtime's linear kernel: tiles of 64 features (a partial last one), with and
+    without bias, on the calling thread and in a parallel region: the same bits, within
+    float32 rounding of float64."""
+    from convolab.runtime import _kernels as RK
+
+    N, Kf, C = shape
+    rng = np.random.default_rng(Kf)
+    w = rng.standard_normal((Kf, C)).astype(np.float32)
+    b = rng.standard_normal(Kf).astype(np.float32)
+    x = rng.standard_normal((N, C)).astype(np.float32)
+    wp = RK.pack_linear(w)
+    ref = x.astype(np.float64) @ w.T.astype(np.float64)
+    for bias in (b, None):
+        outs = []
+        for run in (RK.linear, RK.linear_serial):
+            out = np.full((N, Kf), np.nan, np.float32)
+            run(x, wp, b if bias is not None else np.zeros(0, np.float32), bias is not None, out)
+            outs.append(out)
+        assert np.array_equal(outs[0], outs[1])
+        want = ref + b if bias is not None else ref
+        assert np.abs(outs[0] - want).max() <= 1e-5 * np.abs(want).max() * np.sqrt(C)

@@ -152,3 +152,62 @@ def pointwise_task(wflat, woff, KB, A, xoff, yoff, P, C, K, kb, p0, p1,
             o = yoff + k * P + p0
             epilogue_run(A, o, eres, erd + o, p1 - p0, F1, ebias[k] if emode & 2 else F0,
                          emode, ecode, elo, ehi)
+
+
+#: 16-feature blocks of a linear layer's packed weight per tile (independent accumulators)
+LINEAR_NB = 4
+
+
+@intrinsic
+def linear_tile(typingctx, wp, woff, C, x, xoff, out, ooff, kn, b, boff, has_bias):
+    """Up to ``16 LINEAR_NB`` outputs of a linear layer (float32): ``out[ooff + k] = sum_c
+    x[xoff + c] wp[woff + c 16 LINEAR_NB + k] (+ b[boff + k])`` for ``k < kn``; ``wp`` packed
+    as [tile][C][16 LINEAR_NB] (`convolab.runtime._kernels.pack_linear`, zero past the
+    features): one contiguous stream per tile (four streams C 16 apart shared cache sets when
+    C was a power of two: 2048 channels ran 3x slower than 1280). One vector
+    accumulator per block, one fused multiply-add per channel in channel order from zero,
+    then the bias: LINEAR_NB independent chains hide the multiply-add latency (a loop over a
+    16-element array ran at 8 GFLOP/s on EfficientNet-Lite0's classifier, 0.32 ms)."""
+    ints = (woff, C, xoff, ooff, kn, boff)
+    if not all(isinstance(t, types.Integer) for t in ints):
+        return None
+    if not all(isinstance(a, types.Array) and a.dtype == types.float32 for a in (wp, x, out, b)):
+        return None
+    sig = types.void(wp, woff, C, x, xoff, out, ooff, kn, b, boff, has_bias)
+
+    def codegen(context, builder, sig, args):
+        woff, C, xoff, ooff, kn, boff = (context.cast(builder, args[i], sig.args[i], types.int64)
+                                         for i in (1, 2, 4, 6, 7, 9))
+        has_bias = context.cast(builder, args[10], sig.args[10], types.boolean)
+        flt = ir.FloatType()
+        vty = ir.VectorType(flt, 16)
+        vpty = vty.as_pointer()
+        align = ir.Constant(_I32, 4)
+        fmaf = _fma_fn(builder, vty)
+        mload = masked_load(builder, vty)
+        mstore, _ = _masked_store(builder, vty, 4)
+        wbase = builder.gep(context.make_array(sig.args[0])(context, builder, args[0]).data, [woff])
+        xp = builder.gep(context.make_array(sig.args[3])(context, builder, args[3]).data, [xoff])
+        op = builder.gep(context.make_array(sig.args[5])(context, builder, args[5]).data, [ooff])
+        bp = builder.gep(context.make_array(sig.args[8])(context, builder, args[8]).data, [boff])
+        zero = ir.Constant(vty, None)
+        accs = [cgutils.alloca_once_value(builder, zero) for _ in range(LINEAR_NB)]
+        with cgutils.for_range(builder, C) as lp:
+            c = lp.index
+            xv = splat(builder, builder.load(builder.gep(xp, [c])), vty)
+            for i in range(LINEAR_NB):
+                off = builder.add(builder.mul(c, _i64(16 * LINEAR_NB)), _i64(16 * i))
+                wv = builder.load(builder.bitcast(builder.gep(wbase, [off]), vpty), align=4)
+                builder.store(builder.call(fmaf, [xv, wv, builder.load(accs[i])]), accs[i])
+        bias = splat(builder, has_bias, ir.VectorType(ir.IntType(1), 16))
+        for i in range(LINEAR_NB):
+            mask = lanes_below(builder, builder.sub(kn, _i64(16 * i)), 16)
+            v = builder.load(accs[i])
+            bptr = builder.bitcast(builder.gep(bp, [_i64(16 * i)]), vpty)
+            bv = builder.call(mload, [bptr, align, builder.and_(mask, bias), zero])
+            v = builder.select(has_bias, builder.fadd(v, bv), v)
+            optr = builder.bitcast(builder.gep(op, [_i64(16 * i)]), vpty)
+            builder.call(mstore, [v, optr, align, mask])
+        return context.get_dummy_value()
+
+    return sig, codegen

@@ -13,6 +13,7 @@ from numba import njit, prange, uint64
 
 from ..kernels._direct import fill_phases
 from ..kernels._epilogue import F0, F1, maximum, run
+from ..kernels._pointwise import LINEAR_NB, linear_tile
 
 
 @njit(parallel=True, cache=True, nogil=True)
@@ -164,40 +165,48 @@ LINEAR_KB = 16
 
 
 def pack_linear(w: np.ndarray) -> np.ndarray:
-    """(K, C) weight -> [ceil(K / 16)][C][16] (zero lanes past K): each block is one
-    contiguous stream, so the kernel reads the weight sequentially (reading 16-feature runs of
-    the (C, K) transpose crossed a page per channel and ran 10x slower from DRAM)."""
+    """(K, C) weight -> [tiles][C][64]: tiles of `LINEAR_NB` blocks of 16 features (zero past
+    K), each one contiguous stream, so the kernel reads the weight sequentially (reading
+    16-feature runs of the (C, K) transpose crossed a page per channel and ran 10x slower from
+    DRAM)."""
     Kf, C = w.shape
-    nb = -(-Kf // LINEAR_KB)
-    wp = np.zeros((nb * LINEAR_KB, C), dtype=np.float32)
+    tw = LINEAR_NB * LINEAR_KB
+    nt = -(-Kf // tw)
+    wp = np.zeros((nt * tw, C), dtype=np.float32)
     wp[:Kf] = w
-    return np.ascontiguousarray(wp.reshape(nb, LINEAR_KB, C).transpose(0, 2, 1))
+    return np.ascontiguousarray(wp.reshape(nt, tw, C).transpose(0, 2, 1))
+
+
+@njit(inline="always")
+def _linear_task(x, wp, b, has_bias, out, i):  # pragma: no cover - compiled
+    """Features ``64 i .. 64 i + 63`` of every row: the tile's weights (64 C) are read from
+    memory once and from the cache for the other rows."""
+    C = x.shape[1]
+    Kf = out.shape[1]
+    k0 = i * LINEAR_NB * LINEAR_KB
+    for n in range(x.shape[0]):
+        linear_tile(wp.reshape(wp.size), k0 * C, C, x.reshape(x.size), n * C,
+                    out.reshape(out.size), n * Kf + k0, min(LINEAR_NB * LINEAR_KB, Kf - k0), b,
+                    k0, has_bias)
 
 
 @njit(parallel=True, cache=True, nogil=True)
 def linear(x, wp, b, has_bias, out):  # pragma: no cover - compiled
     """``out[n, k] = sum_c x[n, c] w[k, c] (+ b[k])`` from the packed weight (`pack_linear`):
-    each output sums its products in channel order from zero, then adds the bias; lanes are
-    output features, threads take blocks of them, so the result does not depend on the
-    thread count."""
-    N, C = x.shape
-    Kf = out.shape[1]
-    nb = wp.shape[0]
-    w = wp.reshape(wp.size)
-    per = max(1, nb // 64)
-    nt = (nb + per - 1) // per
-    for task in prange(nt):
-        acc = np.empty(16, dtype=np.float32)
-        for kb in range(task * per, min(nb, (task + 1) * per)):
-            base = uint64(kb * C * 16)
-            for n in range(N):
-                for j in range(16):
-                    acc[j] = F0
-                for c in range(C):
-                    v = x[n, c]
-                    row = base + uint64(c * 16)
-                    for j in range(uint64(16)):
-                        acc[j] += v * w[row + j]
-                for j in range(min(16, Kf - kb * 16)):
-                    k = kb * 16 + j
-                    out[n, k] = acc[j] + b[k] if has_bias else acc[j]
+    each output sums its products in channel order from zero, one fused multiply-add each,
+    then adds the bias (`convolab.kernels._pointwise.linear_tile`); threads take tiles of 64
+    features (all rows), so the result does not depend on the thread count."""
+    for i in prange(wp.shape[0]):
+        _linear_task(x, wp, b, has_bias, out, i)
+
+
+@njit(cache=True, nogil=True)
+def linear_serial(x, wp, b, has_bias, out):  # pragma: no cover - compiled
+    """`linear` on the calling thread (the same sums), for layers too small to repay starting
+    a parallel region."""
+    for i in range(wp.shape[0]):
+        _linear_task(x, wp, b, has_bias, out, i)
+
+
+#: linear layers of at most this many multiply-adds run on the calling thread
+SERIAL_LINEAR_MACS = 1 << 22

@@ -741,7 +741,8 @@ def _linear(m, i, n, vals, st):
     b = n.attrs["b"]
     x2 = np.ascontiguousarray(x).reshape(-1, x.shape[-1])
     y = m._out(i, st, (*x.shape[:-1], w.shape[0]))
-    K.linear(x2, wt, b if b is not None else _EMPTY1, b is not None, y.reshape(x2.shape[0], -1))
+    run = K.linear_serial if x2.size * w.shape[0] <= K.SERIAL_LINEAR_MACS else K.linear
+    run(x2, wt, b if b is not None else _EMPTY1, b is not None, y.reshape(x2.shape[0], -1))
     return y
 
 
