@@ -650,8 +650,6 @@ _microkernel_straight = _make_microkernel(MR, straight=True)
 _microkernel_tail = _make_microkernel(MR_TAIL)
 _microkernel_pm = _make_microkernel(MR, pixel_major=True, straight=True)
 _microkernel_pm_tail = _make_microkernel(MR_TAIL, pixel_major=True)
-_microkernel_virtual = _make_microkernel(MR, straight=True, virtual=True)
-_microkernel_virtual_tail = _make_microkernel(MR_TAIL, virtual=True)
 _microkernel_table = _make_microkernel(MR, straight=True, virtual=True, table=True)
 _microkernel_table_tail = _make_microkernel(MR_TAIL, virtual=True, table=True)
 
@@ -678,25 +676,21 @@ def run_tile_tasks(wflat, wbase, src, srcbase, cstride, Cgk, FWe, FHe, istep, fw
     ``act(y + ebias[k] + eres[eoff + k OHOW + v])`` while still in cache. (Calls of more than
     30 arguments compile to ``f(*args)``, which Numba cannot inline: hence the tuple.)"""
     ebias, eres, eoff, emode, ecode, elo, ehi = epi
-    # Rows of OWv = rowlen / cs virtual pixels: consecutive virtual pixels' windows are cs
-    # apart across row ends too, so every full tile runs on the straight kernel. OWv == OW
-    # (1x1 stride-1 layers): all pixels are real. OW < OWv < 2 OW (stride 1 with padding):
-    # the padding columns are computed and dropped (`_store_virtual`), which costs less than
-    # the general kernel's tiles across row ends (executor, one thread, Zen 4: 3x3 64@56 78 ->
-    # 105 GFLOP/s, 3x3 512@7 35 -> 85; 1x1 layers ran at half speed on it). Else (stride 2
-    # without phases): real pixels, the general kernel across row ends.
+    # Tiles of real pixels: within an output row on the straight kernel, across a row end on
+    # the general one. OWv = rowlen / cs (pixels per row of the grid the input is read on)
+    # == OW: rows are dense, every full tile straight. Computing the padding columns instead
+    # ("virtual rows", dropped when stored) cost more once the general kernel ran at the
+    # straight kernel's speed: it did in small compiled functions (direct's and im2win's
+    # kernels; the executor calls this from one out of line), at a third of it when inlined
+    # into the executor's large worker (executor, one thread, Zen 4, 3x3 stride 1 layers of
+    # ResNet-50: 512@7 2.9 -> 2.2 ms, 256@14 2.5 -> 2.0, 128@28 2.4 -> 2.1, 64@56 2.2 -> 2.1).
     OWv = rowlen // cs if cs > 0 and rowlen % cs == 0 else 0
     dense = OWv == OW
-    # tabo == -2 (direct's and im2win's own kernels): no virtual rows. The general kernel runs
-    # near the straight kernel's speed in their small compiled functions (bench, im2win12 at
-    # batch 8: virtual rows took direct on L9 64@56 from 201 to 160 GFLOP/s), at a third of it
-    # inlined in the executor's large worker, which therefore computes the padding columns.
-    virt = OWv > OW and OWv < 2 * OW and tabo != -2
-    # a tap table (tabo >= 0): the run's elements at tab[tabo + i] (stride-phase planes,
-    # rowlen >= OW, cs = 1): virtual rows, on the table kernels
-    table = tabo >= 0  # (-1: none; -2: none, the plan kernels' rule for virtual rows)
-    if table:
-        virt = True
+    # a tap table (tabo >= 0; -1: none): the run's elements at tab[tabo + i] (stride-phase
+    # planes, rowlen >= OW, cs = 1), tiles over virtual rows of the phase width, on the table
+    # kernels (`_store_virtual` drops the wrapped columns)
+    table = tabo >= 0
+    virt = table
     VHW = (OHOW // OW - 1) * OWv + OW if virt else OHOW
     # bias, residual and ReLU / clamp applied by float32 tiles as they are stored; other
     # stages (a scale, SiLU...) or float64 by a pass over each task's outputs after
@@ -736,18 +730,6 @@ def run_tile_tasks(wflat, wbase, src, srcbase, cstride, Cgk, FWe, FHe, istep, fw
                         _microkernel_table(wflat, woff, src, xg, cstride, Cgk, FWe, FHe, istep,
                                            fwstep, cs, on, ob, VHW, OWv, rowlen, kn, v0, OW, OHOW,
                                            tab, tabo, ebias, k0, eres, erd, fm, fc, elo, ehi)
-                elif virt:
-                    if qt >= nfull:
-                        for v in range(v0, VHW, MR_TAIL):
-                            _microkernel_virtual_tail(wflat, woff, src, xg, cstride, Cgk, FWe,
-                                                      FHe, istep, fwstep, cs, on, ob, VHW, OWv,
-                                                      rowlen, kn, v, OW, OHOW,
-                             ebias, k0, eres, erd, fm, fc, elo, ehi)
-                    else:
-                        _microkernel_virtual(wflat, woff, src, xg, cstride, Cgk, FWe, FHe, istep,
-                                             fwstep, cs, on, ob, VHW, OWv, rowlen, kn, v0, OW,
-                                             OHOW,
-                             ebias, k0, eres, erd, fm, fc, elo, ehi)
                 elif qt >= nfull:  # the last, partial tile: narrow tiles
                     for v in range(v0, OHOW, MR_TAIL):
                         _microkernel_tail(wflat, woff, src, xg, cstride, Cgk, FWe, FHe, istep,
@@ -876,7 +858,7 @@ def im2win_conv(x, win, wpk, out, counter, P, groups, FW, FH, sh, sw, dh, dw, pt
             k = run_tile_tasks(wflat, 0, win, b, cstride, Cgk, FWe, FHe, istep, dw * FH,
                                sw * FH, rowlen, on, 0, counter, 4 * n + 2, ntask, nchunk, nkbr,
                                nkb, Cg, Kg, KB, FW * FH, OHOW, OW, (on, on, 0, 0, 0, F0, F0),
-                               counter, -2)
+                               counter, -1)
             if k > 0:
                 fetch_add_n(counter, 4 * n + 3, k)
 
@@ -923,7 +905,7 @@ def direct_tiles(xp, wpk, out, counter, P, groups, R, S, nkbr, nchunk, sh, sw, d
             on = out[n].reshape(K * OHOW)
             run_tile_tasks(wflat, 0, xflat, n * C * Hp * Wp, Hp * Wp, Cgk, FWe, FHe, istep,
                            fwstep, cs, rowlen, on, 0, counter, n, ntask, nchunk, nkbr, nkb, Cg,
-                           Kg, KB, R * S, OHOW, OW, (on, on, 0, 0, 0, F0, F0), counter, -2)
+                           Kg, KB, R * S, OHOW, OW, (on, on, 0, 0, 0, F0, F0), counter, -1)
 
 
 @njit(cache=True, nogil=True)
