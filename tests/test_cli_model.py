@@ -30,7 +30,9 @@ def test_model_compile_writes_every_runtime(tmp_path, capsys):
     assert doc["setup"]["convolab deterministic"]["folded"]["batchnorm"] == 52
     assert doc["setup"]["convolab deterministic"]["fallback_ops"] == {}
     lat = {r["configuration"]: r["batch1"] for r in doc["latency"]}
-    assert set(lat) == set(acc) and all(v["min_ms"] > 0 and len(v["all_ms"]) == 1 for v in lat.values())
+    # ONNX Runtime's default (spinning threads) timed after the interleaved rounds
+    assert set(lat) == set(acc) | {"onnxruntime (spinning)"}
+    assert all(v["min_ms"] > 0 and len(v["all_ms"]) == 1 for v in lat.values())
 
 
 def test_model_compile_accuracy_only_and_bad_arguments(capsys):

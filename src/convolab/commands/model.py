@@ -381,8 +381,14 @@ def run(args) -> int:
 
 
 # ---------------------------------------------------------------------- --compile
-def _onnx_session(model, example, threads: int):
-    """ONNX Runtime on the model exported in memory (TorchScript exporter, batch axis dynamic)."""
+def _onnx_session(model, example, threads: int, spinning: bool = False):
+    """ONNX Runtime on the model exported in memory (TorchScript exporter, batch axis dynamic).
+
+    ``spinning`` False (the interleaved rounds): the intra-op threads block between runs
+    instead of spinning. Spinning, they kept a core busy long after each run (30 ms pauses did
+    not stop it) and took it from whichever configuration ran next: convolab's EfficientNet-
+    Lite0 at batch 1 measured 10.6 instead of 6.5 ms, Zen 4, 2 threads. The spinning session
+    (ONNX Runtime's default, its best latency) is timed in a block of its own after them."""
     import io
     import warnings
 
@@ -399,6 +405,7 @@ def _onnx_session(model, example, threads: int):
     opts.inter_op_num_threads = 1
     opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    opts.add_session_config_entry("session.intra_op.allow_spinning", "1" if spinning else "0")
     sess = ort.InferenceSession(buf.getvalue(), opts, providers=["CPUExecutionProvider"])
 
     def run(x):
@@ -553,6 +560,24 @@ def _run_compiled(args, batches) -> int:
                                      "median_ms": statistics.median(times[c]) * 1e3,
                                      "all_ms": [t * 1e3 for t in times[c]]}
                 console.log(f"batch {b}: timed")
+            if "onnxruntime" in runs:  # last: its spinning threads then slow nothing else
+                spin_name = "onnxruntime (spinning)"
+                spin_run, _ = _onnx_session(model, example, args.threads, spinning=True)
+                configs.append(spin_name)
+                results[spin_name] = {}
+                for b in batches:
+                    xb = _batch(x, b)
+                    spin_run(xb)
+                    ts = []
+                    for _ in range(args.repeat):
+                        t0 = time.perf_counter()
+                        spin_run(xb)
+                        ts.append(time.perf_counter() - t0)
+                    results[spin_name][b] = {"min_ms": min(ts) * 1e3,
+                                             "median_ms": statistics.median(ts) * 1e3,
+                                             "all_ms": [t * 1e3 for t in ts]}
+                del spin_run
+                console.log("onnxruntime with spinning threads: timed in a block of its own")
         lat_table = Table(title=f"End-to-end latency, ms per forward pass (min / median of {args.repeat} "
                           f"interleaved rounds, {args.threads} threads)")
         lat_table.add_column("configuration")
@@ -569,7 +594,9 @@ def _run_compiled(args, batches) -> int:
             latency.append({"configuration": c, **{f"batch{b}": results[c][b] for b in batches}})
         console.print(lat_table)
         console.print("vs torch = min time / PyTorch eager's min time (lower is faster); every "
-                      "configuration runs the same weights in this one process, in rotating order.")
+                      "configuration runs the same weights in this one process, in rotating order; "
+                      "ONNX Runtime's threads block between its runs there, and its default "
+                      "(spinning threads) is timed after the rounds, in a block of its own.")
     blas_limits.restore_original_limits()
 
     if args.json_path:
