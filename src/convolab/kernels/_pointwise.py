@@ -37,6 +37,15 @@ _I32 = ir.IntType(32)
 _I64 = ir.IntType(64)
 
 
+def _vector_ops(builder):
+    """16-lane float32 vectors: the type, its pointer, the alignment operand, ``llvm.fma``,
+    ``llvm.masked.load`` / ``store`` and the mask type."""
+    vty = ir.VectorType(ir.FloatType(), 16)
+    mstore, mty = _masked_store(builder, vty, 4)
+    return (vty, vty.as_pointer(), ir.Constant(_I32, 4), _fma_fn(builder, vty),
+            masked_load(builder, vty), mstore, mty)
+
+
 def _make_tile(full: bool):
     """The tile intrinsic ``tile(w, woff, wstride, x, xoff, P, C, out, ooff, kn, p0, npx, eb,
     eko, er, erd, emode, ecode, elo, ehi)``: for rows ``i < kn`` and pixels ``p0 <= p < p0 +
@@ -65,12 +74,7 @@ def _make_tile(full: bool):
             woff, wstride, xoff, P, C, ooff, kn, p0, npx = (a[i] for i in (1, 2, 4, 5, 6, 8, 9,
                                                                             10, 11))
             flt = ir.FloatType()
-            vty = ir.VectorType(flt, 16)
-            vpty = vty.as_pointer()
-            align = ir.Constant(_I32, 4)
-            fmaf = _fma_fn(builder, vty)
-            mload = masked_load(builder, vty)
-            mstore, mty = _masked_store(builder, vty, 4)
+            vty, vpty, align, fmaf, mload, mstore, mty = _vector_ops(builder)
             wp = builder.gep(context.make_array(sig.args[0])(context, builder, a[0]).data, [woff])
             xp = builder.gep(context.make_array(sig.args[3])(context, builder, a[3]).data,
                              [builder.add(xoff, p0)])
@@ -179,13 +183,7 @@ def linear_tile(typingctx, wp, woff, C, x, xoff, out, ooff, kn, b, boff, has_bia
         woff, C, xoff, ooff, kn, boff = (context.cast(builder, args[i], sig.args[i], types.int64)
                                          for i in (1, 2, 4, 6, 7, 9))
         has_bias = context.cast(builder, args[10], sig.args[10], types.boolean)
-        flt = ir.FloatType()
-        vty = ir.VectorType(flt, 16)
-        vpty = vty.as_pointer()
-        align = ir.Constant(_I32, 4)
-        fmaf = _fma_fn(builder, vty)
-        mload = masked_load(builder, vty)
-        mstore, _ = _masked_store(builder, vty, 4)
+        vty, vpty, align, fmaf, mload, mstore, _ = _vector_ops(builder)
         wbase = builder.gep(context.make_array(sig.args[0])(context, builder, args[0]).data, [woff])
         xp = builder.gep(context.make_array(sig.args[3])(context, builder, args[3]).data, [xoff])
         op = builder.gep(context.make_array(sig.args[5])(context, builder, args[5]).data, [ooff])
