@@ -481,7 +481,7 @@ def rank(
     elif trial:
         adm = sorted((c for c in out if c.admissible), key=lambda c: c.seconds)
         cands = _trial_candidates(adm)
-        _measure(cands, spec, 3, w, others=[c for c in adm if c not in cands])
+        _measure(cands, spec, TRIAL_REPEAT, w, others=[c for c in adm if c not in cands])
         for c in adm:
             if c not in cands:
                 c.seconds = max(c.seconds, max(d.seconds for d in cands) * 1.001)
@@ -498,6 +498,10 @@ TRIAL_CANDIDATES = 3
 TRIAL_FACTOR = 2.5
 #: ... unless the best prediction is longer than this (a trial would cost too much)
 TRIAL_MAX_SECONDS = 0.5
+#: ... each the best of this many calls, taking turns (more while its calls total under
+#: TRIAL_MIN_SECONDS)
+TRIAL_REPEAT = 3
+TRIAL_MIN_SECONDS = 0.01
 
 
 def calibrated() -> bool:
@@ -540,7 +544,7 @@ def _measure(cands: list[Choice], spec: ConvSpec, repeat: int, w, others=()) -> 
             out = np.empty(spec.out_shape, spec.out_dtype)
             p(x, out=out)  # warm-up (JIT, first touch)
             calls.append(lambda p=p, out=out: p(x, out=out))
-        for c, t in zip(cands, time_min_interleaved(calls, repeat, 0.01), strict=True):
+        for c, t in zip(cands, time_min_interleaved(calls, repeat, TRIAL_MIN_SECONDS), strict=True):
             c.seconds, c.source = t, "measured"
             times[c.name] = t
     else:
