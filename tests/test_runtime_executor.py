@@ -202,3 +202,45 @@ def test_pointwise_layers_run_with_pixels_in_the_lanes():
     with torch.no_grad():
         ref = net.double()(x.double()).numpy()
     assert np.abs(outs[0] - ref).max() <= 1e-5 * np.abs(ref).max()
+
+
+def test_image_major_run_gives_the_batch_bits(monkeypatch):
+    """A batch's first layers with large activations run image by image (all of them for
+    image 0, then image 1...): the same bits as layer by layer and as one image at a time,
+    on one and two threads; the values the run reads keep their buffers to its end."""
+
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a = nn.Conv2d(16, 16, 3, padding=1)
+            self.b = nn.Conv2d(16, 16, 3, padding=1, groups=16)
+            self.c = nn.Conv2d(16, 24, 1)
+            self.d = nn.Conv2d(24, 24, 3, stride=2, padding=1)
+            self.e = nn.Conv2d(24, 8, 1)
+
+        def forward(self, x):
+            y = torch.relu(self.a(x))
+            y = torch.nn.functional.relu6(self.b(y) + y)
+            return self.e(torch.relu(self.d(torch.nn.functional.silu(self.c(y)))))
+
+    net = Net().eval()
+    x = torch.randn(3, 16, 130, 126)
+    outs = {}
+    for name, limit in (("image", M.IMAGE_MAJOR_BYTES), ("layer", 1 << 60)):
+        monkeypatch.setattr(M, "IMAGE_MAJOR_BYTES", limit)
+        for threads in (1, 2):
+            cm = compile(net, x, algorithm="direct", threads=threads)
+            cm(x)
+            outs[name, threads] = cm(x).numpy()
+            st = cm._states[tuple(x.shape)]
+            (seg,) = [s for s in st.segments if isinstance(s, M._Segment)]
+            if name == "image":
+                assert len(st.image_major) >= 3 and len(seg.prog) > len(seg.nodes)
+                assert len(seg.row_nodes) == len(seg.prog)
+            else:
+                assert not st.image_major and len(seg.prog) == len(seg.nodes)
+    first = outs["layer", 1]
+    assert all(np.array_equal(first, o) for o in outs.values())
+    one = compile(net, x[:1], algorithm="direct", threads=2)
+    for i in range(3):
+        assert np.array_equal(one(x[i:i + 1]).numpy(), first[i:i + 1])

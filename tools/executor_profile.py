@@ -65,7 +65,7 @@ def main():
             all_ = best_ms(lambda seg=seg, run=run: run(seg.prog, seg.fprm, seg.P))
             print(f"executor segment, {len(seg.nodes)} convolutions: {one:.3f} ms on 1 thread, "
                   f"{all_:.3f} ms on {seg.P}")
-            for r, i in enumerate(seg.nodes):
+            for r, i in enumerate(seg.row_nodes):  # one row per node (per image in an image-major run)
                 ms = best_ms(lambda r=r, run=run, seg=seg: run(seg.prog[r:r + 1], seg.fprm[r:r + 1], 1))
                 spec = st.plans[i].spec
                 print(f"  {ms:7.3f} ms {2 * spec.direct_multiplies / ms / 1e6:6.1f} GFLOP/s  {spec}")
