@@ -57,31 +57,3 @@ def test_run_threads_results_and_errors():
     with pytest.raises(ZeroDivisionError):
         _parallel.run_threads(lambda i: 1 // (i - 2), range(4))
 
-
-def test_run_threads_runs_unstarted_items_in_the_caller():
-    """Items no pool thread has started by the time the caller is free run in the caller,
-    each exactly once: with every pool thread busy the call still completes."""
-    _parallel.run_threads(lambda i: i, range(2))  # the pool exists
-    release = threading.Event()
-    pool = _parallel._pool
-    busy = [pool.submit(release.wait, 30) for _ in range(pool._max_workers)]
-    try:
-        calls = []
-        lock = threading.Lock()
-
-        def work(i):
-            with lock:
-                calls.append((i, threading.get_ident()))
-            return i * i
-
-        assert _parallel.run_threads(work, range(5)) == [0, 1, 4, 9, 16]
-        assert sorted(i for i, _ in calls) == [0, 1, 2, 3, 4]
-        assert {t for _, t in calls} == {threading.get_ident()}
-    finally:
-        release.set()
-        for f in busy:
-            f.result()
-    # a free pool still takes items, each once
-    seen = []
-    assert _parallel.run_threads(lambda i: seen.append(i) or i, range(4)) == [0, 1, 2, 3]
-    assert sorted(seen) == [0, 1, 2, 3]

@@ -102,8 +102,7 @@ def _keep_off(cpu: int | None) -> None:
 
 def run_threads(fn, items) -> list:
     """``[fn(item) for item in items]``: the first in the calling thread, the others on the
-    worker pool (the work must release the GIL to overlap), or in the calling thread too when
-    no pool thread has started them by the time it is free; waits for all, returns results.
+    worker pool (the work must release the GIL to overlap); waits for all, returns results.
     The pool threads are kept off the calling thread's CPU (see `_keep_off`)."""
     global _pool
     items = list(items)
@@ -117,34 +116,9 @@ def run_threads(fn, items) -> list:
                                        initializer=_register_worker)
         pool = _pool
     _keep_off(_current_cpu())
-    n = len(items)
-    claimed = [False] * n
-    results: list = [None] * n
-    lock = threading.Lock()
-    # the work, dropped once the call returns: a cancelled job stays queued in the pool until a
-    # thread pops it, and must not keep the items' arrays alive until then
-    work = {"fn": fn, "items": items}
-
-    def run(i):
-        # an item runs once: in the pool, or in the caller if the pool has not started it
-        with lock:
-            if claimed[i] or not work:
-                return
-            claimed[i] = True
-            f, item = work["fn"], work["items"][i]
-        results[i] = f(item)
-
-    futures = [pool.submit(run, i) for i in range(1, n)]
+    futures = [pool.submit(fn, item) for item in items[1:]]
     try:
-        run(0)
-        # a pool thread the OS has not woken yet (its CPU busy, or not given to this VM for a
-        # scheduler tick: calls of 1.3 ms took 4-9 ms, one in three, on the 2-vCPU VM) holds
-        # up nothing: the caller runs the items no pool thread has started
-        for i in range(1, n):
-            run(i)
+        first = fn(items[0])
     finally:
-        for f in futures:
-            if not f.cancel():  # started in the pool (a queued one has nothing left to do)
-                f.result()
-        work.clear()
-    return results
+        rest = [f.result() for f in futures]
+    return [first, *rest]
