@@ -533,29 +533,25 @@ def _measure(cands: list[Choice], spec: ConvSpec, repeat: int, w, others=()) -> 
     x = rng.standard_normal(spec.x_shape).astype(spec.dtype)
     if w is None:
         w = rng.standard_normal(spec.w_shape).astype(spec.dtype)
-    times = {}
+    def warmed(c: Choice):
+        """A call of the candidate's plan, made and run once (JIT, first touch)."""
+        p = ConvPlan(spec, registry.get(c.name), w, None)
+        out = np.empty(spec.out_shape, spec.out_dtype)
+        p(x, out=out)
+        return lambda: p(x, out=out)
+
     if others:
         # a trial (2-3 candidates): plans made and warmed up first, then timed taking turns, so
         # that a slow spell of the host does not fall on one candidate only (on the development
         # VM a one-by-one trial picked F(2x2,3x3) where SFC-4(4x4,3x3) was 1.3x faster)
-        calls = []
-        for c in cands:
-            p = ConvPlan(spec, registry.get(c.name), w, None)
-            out = np.empty(spec.out_shape, spec.out_dtype)
-            p(x, out=out)  # warm-up (JIT, first touch)
-            calls.append(lambda p=p, out=out: p(x, out=out))
-        for c, t in zip(cands, time_min_interleaved(calls, repeat, TRIAL_MIN_SECONDS), strict=True):
-            c.seconds, c.source = t, "measured"
-            times[c.name] = t
+        seconds = time_min_interleaved([warmed(c) for c in cands], repeat, TRIAL_MIN_SECONDS)
     else:
         # measure=True: every admissible candidate, one plan alive at a time
-        for c in cands:
-            p = ConvPlan(spec, registry.get(c.name), w, None)
-            out = np.empty(spec.out_shape, spec.out_dtype)
-            p(x, out=out)  # warm-up (JIT, first touch)
-            c.seconds = time_min(lambda p=p, out=out: p(x, out=out), repeat, 0.02)
-            c.source = "measured"
-            times[c.name] = c.seconds
+        seconds = [time_min(warmed(c), repeat, 0.02) for c in cands]
+    times = {}
+    for c, t in zip(cands, seconds, strict=True):
+        c.seconds, c.source = t, "measured"
+        times[c.name] = t
     if times:
         best = min(times, key=times.get)
         entry = {"best": best, "seconds": times, "when": time.time()}

@@ -106,18 +106,18 @@ def fma(typingctx, a, b, c):
 
 
 def _make_microkernel(mr: int, pixel_major: bool = False, straight: bool = False,
-                      virtual: bool = False, table: bool = False):
+                      table: bool = False):
     """The microkernel intrinsic for tiles of ``mr`` pixels, pixels past ``OHOW - 1`` repeating
     it. ``straight``: the tile's pixels lie in one output row (the caller checks), addressed
     from one pointer per three pixels. With ``pixel_major`` it takes one more argument,
     ``ostride``, and stores pixel ``v``'s channels at ``out[obase + v*ostride + k]`` instead of
-    ``out[obase + k*OHOW + v]``. With ``virtual`` it takes two more, ``OWr`` and ``OHOWr``:
-    pixels are then virtual, ``OW`` (> ``OWr``) of them per row and ``OHOW`` in all, the
-    columns ``OWr .. OW - 1`` of each row computed but not stored; virtual pixel (oh, ow) is
-    stored at ``out[obase + k*OHOWr + oh*OWr + ow]`` (`_store_virtual`). With ``table`` (and
-    ``virtual``) two more, ``tab`` and ``tabo``: the reduction's run of ``FHe`` elements reads
-    element ``i`` at ``tab[tabo + i]`` from the run's start instead of ``i * istep`` (the taps
-    of a strided layer on its stride-phase planes).
+    ``out[obase + k*OHOW + v]``. With ``table`` (the taps of a strided layer on its
+    stride-phase planes) four more: ``OWr`` and ``OHOWr``: pixels are then virtual, ``OW`` (>
+    ``OWr``) of them per row and ``OHOW`` in all, the columns ``OWr .. OW - 1`` of each row
+    computed but not stored; virtual pixel (oh, ow) is stored at ``out[obase + k*OHOWr +
+    oh*OWr + ow]`` (`_store_virtual`); and ``tab`` and ``tabo``: the reduction's run of
+    ``FHe`` elements reads element ``i`` at ``tab[tabo + i]`` from the run's start instead of
+    ``i * istep``.
 
     Every variant but ``pixel_major`` ends with the output stage's eight arguments, ``eb, eko,
     er, erd, emode, ecode, elo, ehi``: float32 tiles stored transposed become ``act(y +
@@ -132,15 +132,7 @@ def _make_microkernel(mr: int, pixel_major: bool = False, straight: bool = False
             return _typer(mr, straight, (w, woff, x, xoff, cstride, Cg, FWe, FHe, istep, fwstep,
                                          cs, out, obase, OHOW, OW, rowlen, kn, v0, OWr, OHOWr,
                                          tab, tabo, eb, eko, er, erd, emode, ecode, elo, ehi),
-                          virtual=True, table=True)
-    elif virtual:
-        def microkernel(typingctx, w, woff, x, xoff, cstride, Cg, FWe, FHe, istep, fwstep, cs, out,
-                        obase, OHOW, OW, rowlen, kn, v0, OWr, OHOWr, eb, eko, er, erd, emode,
-                        ecode, elo, ehi):
-            return _typer(mr, straight, (w, woff, x, xoff, cstride, Cg, FWe, FHe, istep, fwstep,
-                                         cs, out, obase, OHOW, OW, rowlen, kn, v0, OWr, OHOWr,
-                                         eb, eko, er, erd, emode, ecode, elo, ehi),
-                          virtual=True)
+                          table=True)
     elif pixel_major:
         def microkernel(typingctx, w, woff, x, xoff, cstride, Cg, FWe, FHe, istep, fwstep, cs, out,
                         obase, OHOW, OW, rowlen, kn, v0, ostride):
@@ -156,12 +148,11 @@ def _make_microkernel(mr: int, pixel_major: bool = False, straight: bool = False
 
     microkernel.__name__ = microkernel.__qualname__ = (
         f"_microkernel_{mr}" + ("_straight" if straight else "")
-        + ("_pixel_major" if pixel_major else "") + ("_virtual" if virtual else "")
-        + ("_table" if table else ""))
+        + ("_pixel_major" if pixel_major else "") + ("_table" if table else ""))
     return intrinsic(microkernel)
 
 
-def _typer(mr, straight, tys, pixel_major=False, virtual=False, table=False):
+def _typer(mr, straight, tys, pixel_major=False, table=False):
     """Signature and code of one tile: pixels ``v0 .. v0+mr-1`` x KB channels (``kn`` real).
 
     ``woff``: the k-block's packed filter; ``xoff``: the group's first input element;
@@ -201,7 +192,7 @@ def _typer(mr, straight, tys, pixel_major=False, virtual=False, table=False):
             # of 16 channels) the 2 prefetches per output channel cost more than they save
             steps = builder.mul(builder.mul(Cg, FWe), FHe)
             with builder.if_then(builder.icmp_signed(">=", steps, _i64(PREFETCH_MIN_STEPS))):
-                if virtual:  # near enough: virtual pixel v ahead as the real one v OWr / OW
+                if table:  # near enough: virtual pixel v ahead as the real one v OWr / OW
                     _prefetch_ahead(builder, op, obase, a[19],  kn,
                                     builder.udiv(builder.mul(v0, a[18]), OW), mr)
                 else:
@@ -274,7 +265,7 @@ def _typer(mr, straight, tys, pixel_major=False, virtual=False, table=False):
             epi = _Epi(context, builder, sig, a, e, flt, vty)
         if pixel_major:
             _store_pixel_major(builder, accs, vty, size, op, obase, kn, v0, n, a[18])
-        elif virtual:
+        elif table:
             _store_virtual(context, builder, accs, vty, flt, op, obase, OW, kn, v0, n, a[18], a[19],
                            epi)
         elif VL == 16 and mr <= 16:
@@ -650,8 +641,8 @@ _microkernel_straight = _make_microkernel(MR, straight=True)
 _microkernel_tail = _make_microkernel(MR_TAIL)
 _microkernel_pm = _make_microkernel(MR, pixel_major=True, straight=True)
 _microkernel_pm_tail = _make_microkernel(MR_TAIL, pixel_major=True)
-_microkernel_table = _make_microkernel(MR, straight=True, virtual=True, table=True)
-_microkernel_table_tail = _make_microkernel(MR_TAIL, virtual=True, table=True)
+_microkernel_table = _make_microkernel(MR, straight=True, table=True)
+_microkernel_table_tail = _make_microkernel(MR_TAIL, table=True)
 
 
 @njit(inline="always")
@@ -690,8 +681,7 @@ def run_tile_tasks(wflat, wbase, src, srcbase, cstride, Cgk, FWe, FHe, istep, fw
     # planes, rowlen >= OW, cs = 1), tiles over virtual rows of the phase width, on the table
     # kernels (`_store_virtual` drops the wrapped columns)
     table = tabo >= 0
-    virt = table
-    VHW = (OHOW // OW - 1) * OWv + OW if virt else OHOW
+    VHW = (OHOW // OW - 1) * OWv + OW if table else OHOW
     # bias, residual and ReLU / clamp applied by float32 tiles as they are stored; other
     # stages (a scale, SiLU...) or float64 by a pass over each task's outputs after
     fused = ecode <= 2 and emode & 1 == 0 and wflat.itemsize == 4
@@ -746,7 +736,7 @@ def run_tile_tasks(wflat, wbase, src, srcbase, cstride, Cgk, FWe, FHe, istep, fw
             if (emode != 0 or ecode != 0) and not fused:
                 v0 = q0 * MR
                 n = min(OHOW, q1 * MR) - v0
-                if virt:  # the real pixels before virtual pixels q0 MR and q1 MR
+                if table:  # the real pixels before virtual pixels q0 MR and q1 MR
                     va = min(VHW, q0 * MR)
                     vb = min(VHW, q1 * MR)
                     v0 = (va // OWv) * OW + min(va % OWv, OW)

@@ -26,8 +26,8 @@ Operators:
 * `OP_DWB`: the same, channel-blocked (`convolab.kernels._direct.depthwise_block_task`), for
   small planes with one output per channel.
 
-Both apply the output stage (bias, residual, activation; `convolab.kernels._epilogue`) to each
-task's outputs while they are in cache. Every output is computed by the same code as direct's
+Each applies the output stage (bias, residual, activation; `convolab.kernels._epilogue`) to
+each task's outputs while they are in cache. Every output is computed by the same code as direct's
 own kernels, in the same order: the results are bit-identical to ``algorithm="direct"`` and do
 not depend on the thread count.
 
@@ -140,10 +140,10 @@ def _tiles(j, op, fprm, P, A, Wb, Ib, ctr, CS, KB):  # pragma: no cover - compil
     npc = op[F_PV]
     if npc > 0:  # 1x1 on planes of OHOW pixels: tasks (k-block, chunk of whole tiles)
         ntile = (OHOW + PV_PX - 1) // PV_PX
+        # the residual of output A[o] at A[o + erd], the same offset for every image
+        epi = _epi(op, fprm, Wb, A, op[F_RES] - op[F_Y])
         for n in range(N):
             yoff = op[F_Y] + n * op[F_YIMG]
-            # the residual of output A[o] at A[o + erd]
-            epi = _epi(op, fprm, Wb, A, op[F_RES] - op[F_Y])
             while True:
                 t = fetch_add(ctr, j * CS + CS_BASE + n)
                 if t >= nkb * npc:

@@ -405,12 +405,11 @@ IMAGE_MAJOR_BYTES = 1 << 20
 def _image_major_run(g: Graph, st: _State) -> set[int]:
     """The first run (of two layers or more) of consecutive convolutions for the executor whose
     input and output together take at least `IMAGE_MAJOR_BYTES` per image, when the batch has
-    several images:
-    the executor runs the run image by image (all its layers for image 0, then image 1...),
-    so each image's activations stay in the cache from one layer to the next; layer by layer,
-    a batch of eight 112x112 activations (13 MB each) went to memory between layers
-    (EfficientNet-Lite0 at batch 8, one thread: its 112x112 and 56x56 layers ran 1.5-2x
-    slower per image than at batch 1)."""
+    several images: the executor runs it image by image (all its layers for image 0, then
+    image 1...), so each image's activations stay in the cache from one layer to the next;
+    layer by layer, a batch of eight 112x112 activations (13 MB each) went to memory between
+    layers (EfficientNet-Lite0 at batch 8, one thread: its 112x112 and 56x56 layers ran
+    1.5-2x slower per image than at batch 1)."""
     run: set[int] = set()
     for i, n in enumerate(g.nodes):
         big = False
@@ -644,14 +643,12 @@ def _program(m: CompiledModel, st: _State, seg: _Segment, root, off, pads) -> No
             if i in pads and _phased(spec):
                 hq, wq = direct.phases(spec)
                 sh, sw = spec.stride
-                dh, dw = spec.dilation
                 pl, _, pt, _ = spec.padding
                 row[_X.F_H], row[_X.F_W] = sh * sw * hq, wq
                 row[_X.F_C2], row[_X.F_D], row[_X.F_E], row[_X.F_F] = 3, pt, pl, pads[i]
                 row[_X.F_G2] = spec.H * 65536 + spec.W
-                tab = [(((r * dh) % sh) * sw + (s * dw) % sw) * hq * wq + ((r * dh) // sh) * wq
-                       + (s * dw) // sw for r in range(spec.R) for s in range(spec.S)]
-                row[_X.F_TAB] = put(np.array(tab, np.int64), ib, ilen)
+                # each tap's offset in the phase planes: the first channel's of `tap_offsets`
+                row[_X.F_TAB] = put(direct.tap_offsets(spec)[: spec.R * spec.S], ib, ilen)
             elif i in pads and _subsampled(spec):
                 # phase 1 copies every sh-th row, sw-th column into OH x OW planes at pads[i]
                 row[_X.F_H], row[_X.F_W] = spec.OH, spec.OW
