@@ -1,5 +1,5 @@
-"""Thread placement helpers: Numba's workers pinned one per CPU, pool threads kept off the
-caller's CPU; both leave results unchanged and can be switched off."""
+"""Thread placement and convolab's thread team: Numba's workers pinned one per CPU, team threads
+kept off the caller's CPU, jobs on any number of threads, spinning between jobs then sleeping."""
 
 import os
 import threading
@@ -35,21 +35,29 @@ def test_pinning_can_be_switched_off(monkeypatch):
 
 
 @multi_cpu
-def test_pool_threads_kept_off_the_callers_cpu():
-    cpus = []
+def test_woken_team_threads_kept_off_the_callers_cpu(monkeypatch):
+    """A sleeping team thread woken for a job is moved off the caller's CPU (Linux would wake
+    it there, and the two would take turns on one CPU)."""
+    from convolab.kernels import team as T
 
-    def job(i):
-        cpus.append(_parallel._current_cpu())
-        return i * i
-
-    assert _parallel.run_threads(job, range(4)) == [0, 1, 4, 9]
-    here = _parallel._current_cpu()
-    _parallel._keep_off(here)
-    allowed = os.sched_getaffinity(0)
-    for tid, mask in _parallel._workers:
-        assert mask == allowed - {here}
-        assert os.sched_getaffinity(tid) == allowed - {here}
-    assert all(c is None or c in allowed for c in cpus)
+    monkeypatch.setenv("CONVOLAB_SPIN_US", "0")  # team threads sleep right after each job
+    monkeypatch.setattr(T, "_tsc_per_us", None)
+    t = T.Team(2)
+    try:
+        cpus = []
+        with t.lock:
+            t.run(lambda i: cpus.append((i, _parallel._current_cpu())), (), 2, own=[0, 1])
+        here = _parallel._current_cpu()
+        allowed = os.sched_getaffinity(0)
+        (tid,) = t._tids.values()
+        assert os.sched_getaffinity(tid) <= allowed
+        assert sorted(i for i, _ in cpus) == [0, 1]
+        assert all(c is None or c in allowed for _, c in cpus)
+        if here is not None and len(allowed) > 1:
+            assert t._affinity[tid] == frozenset(allowed - {here}) or t._affinity[tid] == frozenset(
+                allowed)  # the caller may have moved between the wake-up and now
+    finally:
+        t.close()
 
 
 def test_run_threads_results_and_errors():
@@ -57,3 +65,95 @@ def test_run_threads_results_and_errors():
     with pytest.raises(ZeroDivisionError):
         _parallel.run_threads(lambda i: 1 // (i - 2), range(4))
 
+
+
+def test_team_jobs_results_errors_and_thread_counts():
+    from convolab.kernels import team as T
+
+    t = T.Team(3)
+    try:
+        for threads in (1, 2, 3, 5):
+            seen = []
+            with t.lock:
+                n = t.run(lambda i, k, seen=seen: seen.append((i, k)), (), threads,
+                          own=lambda i, k: (i, k))
+            assert n == min(threads, 3)
+            assert sorted(seen) == [(i, n) for i in range(n)]
+        with t.lock, pytest.raises(ValueError, match="thread 1"):
+            def job(i):
+                if i == 1:
+                    raise ValueError(f"thread {i}")
+            t.run(job, (), 2, own=[0, 1])
+        with t.lock:  # the team still runs jobs after an error
+            assert t.run(lambda i: None, (), 2, own=[0, 1]) == 2
+    finally:
+        t.close()
+
+
+def test_a_busy_team_runs_the_job_on_the_caller():
+    from convolab.kernels import team as T
+
+    shared = T.shared()
+    ran = []
+    with shared.lock:  # another Python thread's job holds the team
+        assert T.run(lambda i, k: ran.append((i, k)), (), 2, own=lambda i, k: (i, k)) == 1
+    assert ran == [(0, 1)]
+
+
+@multi_cpu
+def test_team_threads_spin_after_a_job_then_sleep(monkeypatch):
+    import time
+
+    from convolab.kernels import team as T
+
+    monkeypatch.setenv("CONVOLAB_SPIN_US", "300000")
+    monkeypatch.setattr(T, "_tsc_per_us", None)
+    t = T.Team(2)
+    try:
+        with t.lock:
+            t.run(lambda i: None, (), 2, own=[0, 1])
+        if T._cycles_per_microsecond() == 0:
+            pytest.skip("no time-stamp counter")
+        assert t._sleepers == 0  # spinning, ready for the next job without a wake-up
+        deadline = time.monotonic() + 30
+        while t._sleepers == 0 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert t._sleepers == 1  # then asleep, off the CPU
+        with t.lock:  # and woken for the next job
+            assert t.run(lambda i: None, (), 2, own=[0, 1]) == 2
+    finally:
+        t.close()
+
+
+def test_spin_setting_is_checked(monkeypatch):
+    from convolab.kernels import team as T
+
+    monkeypatch.setenv("CONVOLAB_SPIN_US", "fast")
+    with pytest.raises(ValueError, match="'fast'"):
+        T.spin_microseconds()
+    monkeypatch.setenv("CONVOLAB_SPIN_US", "0")
+    assert T.spin_microseconds() == 0
+
+
+def test_team_keeps_nothing_of_a_finished_job():
+    """A job's arguments are released when it ends, not when the next job comes: a team thread
+    that held them kept the FFT's spectra alive (more memory than its stated workspace)."""
+    import gc
+    import weakref
+
+    from convolab.kernels import team as T
+
+    class Big:
+        pass
+
+    t = T.Team(2)
+    try:
+        big = Big()
+        ref = weakref.ref(big)
+        with t.lock:
+            t.run(lambda b, i: None, (big,), 2, own=[0, 1])
+        del big
+        gc.collect()
+        assert ref() is None
+    finally:
+        t.close()

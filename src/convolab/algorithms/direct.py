@@ -23,11 +23,12 @@ planes: N C sh sw ceil(Hp/sh) ceil(Wp/sw) elements).
 
 import numpy as np
 
+from .._machine import worker_count
 from ..kernels import PARALLEL_LOCK
 from ..kernels import microkernel as mk
 from ..registry import Algorithm, register
 from ..spec import ConvSpec
-from ._common import pad, padded_bytes
+from ._common import has_padding, pad, padded_bytes, padded_shape
 
 #: output channels per group from which stride-1 layers use the register-blocked microkernel
 TILE_MIN_KG = 32
@@ -186,17 +187,19 @@ def _run(prepared, x, out):
             depthwise_nchw(x, w, out, qoff, *spec.stride, pt, pl, hq, wq)
         return
     if wpk is not None:
-        from numba import get_num_threads
-
         from ..kernels._microkernel import direct_tiles
 
-        xp = pad(x, spec)
+        # the zero-padded copy is written by the job's threads
+        xp = np.empty(padded_shape(spec), dtype=x.dtype) if has_padding(spec) else x
         per_pixel = spec.Cg * spec.padded_H * spec.padded_W / (spec.OH * spec.OW) * x.itemsize
-        sp = mk.split(spec, spec.OH * spec.OW, per_pixel, wpk.shape[1], get_num_threads())
-        counter = np.zeros(x.shape[0], dtype=np.int64)  # per image
-        args = (xp, wpk, out, counter, get_num_threads(), spec.groups, spec.R, spec.S, sp.nkbr,
-                sp.nchunk, *spec.stride, *spec.dilation)
-        mk.run(direct_tiles, args, mk.warm_code("direct", 2, 32, 3, 1, x.dtype.name), x.dtype)
+        threads = worker_count()
+        sp = mk.split(spec, spec.OH * spec.OW, per_pixel, wpk.shape[1], threads)
+        counter = np.zeros(x.shape[0] + 2, dtype=np.int64)
+        pl, _, pt, _ = spec.padding
+        args = (x, xp, wpk, out, counter, spec.groups, spec.R, spec.S, sp.nkbr, sp.nchunk,
+                *spec.stride, *spec.dilation, pt, pl)
+        mk.run(direct_tiles, args, mk.warm_code("direct", 2, 32, 3, 1, x.dtype.name), x.dtype,
+               threads)
         return
     from ..kernels._direct import direct_nchw
 

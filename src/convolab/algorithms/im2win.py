@@ -32,6 +32,7 @@ last, partial tile (a short last tile runs as tiles of 4 pixels).
 
 import numpy as np
 
+from .._machine import worker_count
 from ..kernels import microkernel as mk
 from ..registry import Algorithm, register
 from ..spec import ConvSpec
@@ -65,8 +66,6 @@ def _prepare(spec: ConvSpec, w):
 
 
 def _run(prepared, x, out):
-    from numba import get_num_threads
-
     from ..kernels._microkernel import im2win_conv
 
     spec, wpk, geo = prepared
@@ -78,10 +77,11 @@ def _run(prepared, x, out):
     pl, _, pt, _ = spec.padding
     # window bytes per output pixel, all channels of a group
     per_pixel = spec.Cg * geo["Vw"] * spec.R * x.itemsize / spec.OW
-    sp = mk.split(spec, spec.OH * spec.OW, per_pixel, wpk.shape[1], get_num_threads())
-    args = (x, win, wpk, out, counter, get_num_threads(), spec.groups, spec.S, spec.R, sh, sw,
-            dh, dw, pt, pl, geo["Vw"], sp.nkbr, sp.nchunk)
-    mk.run(im2win_conv, args, mk.warm_code("im2win", 1, 4, 3, 1, x.dtype.name), x.dtype)
+    threads = worker_count()
+    sp = mk.split(spec, spec.OH * spec.OW, per_pixel, wpk.shape[1], threads)
+    args = (x, win, wpk, out, counter, spec.groups, spec.S, spec.R, sh, sw, dh, dw, pt, pl,
+            geo["Vw"], sp.nkbr, sp.nchunk)
+    mk.run(im2win_conv, args, mk.warm_code("im2win", 1, 4, 3, 1, x.dtype.name), x.dtype, threads)
 
 
 register(

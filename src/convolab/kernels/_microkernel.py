@@ -31,7 +31,7 @@ Architectures" (HPEC 2022).
 from contextlib import contextmanager
 
 from llvmlite import ir
-from numba import njit, prange, types
+from numba import njit, types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
@@ -749,6 +749,21 @@ def run_tile_tasks(wflat, wbase, src, srcbase, cstride, Cgk, FWe, FHe, istep, fw
     return done
 
 
+@njit(nogil=True, cache=True)
+def tile_tasks(wflat, wbase, src, srcbase, cstride, Cgk, FWe, FHe, istep, fwstep, cs, rowlen, on,
+               obase0, counter, ci, ntask, nchunk, nkbr, nkb, Cg, Kg, KB, taps, OHOW, OW, epi,
+               tab, tabo):  # pragma: no cover - compiled
+    """`run_tile_tasks` in a function of its own, for drivers to call, not inline: inlined
+    into a larger function (the runtime's executor, or direct's driver once it was no longer
+    a parallel region's body), the microkernel's general kernel (tiles across row ends) ran
+    at a third to a half of its speed (register allocation over the caller's whole body;
+    executor, one thread, Zen 4: 3x3 512@7 2.9 -> 2.2 ms, strided 3x3 128@56 on phase planes
+    2.7 -> 2.2; direct 3x3 512@7 5.9 -> 2.1 ms)."""
+    return run_tile_tasks(wflat, wbase, src, srcbase, cstride, Cgk, FWe, FHe, istep, fwstep, cs,
+                          rowlen, on, obase0, counter, ci, ntask, nchunk, nkbr, nkb, Cg, Kg, KB,
+                          taps, OHOW, OW, epi, tab, tabo)
+
+
 @njit(nogil=True)
 def _window_rows(win, base0, xflat, xbase, t0, t1, C, H, W, OH, FH, Vw, sh, dh, pt, pl, wlo,
                  whi):  # pragma: no cover - compiled
@@ -781,24 +796,24 @@ def _window_rows(win, base0, xflat, xbase, t0, t1, C, H, W, OH, FH, Vw, sh, dh, 
                     win[base + w * FH + fh] = 0
 
 
-@njit(parallel=True, cache=True, nogil=True)
-def im2win_conv(x, win, wpk, out, counter, P, groups, FW, FH, sh, sw, dh, dw, pt, pl, Vw, nkbr,
+@njit(cache=True, nogil=True)
+def im2win_conv(x, win, wpk, out, counter, groups, FW, FH, sh, sw, dh, dw, pt, pl, Vw, nkbr,
                 nchunk):  # pragma: no cover - compiled
-    """Convolve ``x`` (N, C, H, W) into ``out`` (N, K, OH, OW), image by image, in one
-    parallel region.
+    """One thread's share of convolving ``x`` (N, C, H, W) into ``out`` (N, K, OH, OW), image
+    by image; every thread of a team job calls it (`convolab.kernels.team`).
 
     Window tensor of one image, flat: ``win[(c*OH + oh)*Vw*FH + w*FH + fh] = x[c, oh*sh +
     fh*dh - pt, w - pl]`` (0 outside) for the ``Vw`` padded columns some output reads; the
     window of output (oh, ow) starts at ``oh*Vw*FH + ow*sw*FH``. ``win`` holds one or two
     such windows: with two, image n+1's window is built while the last tiles of image n
-    still run. ``wpk`` is the packed filter ([g][kb][c][fw][fh][KB]), ``P`` the thread
-    count, ``counter`` 4 N zeroed int64 counters: per image, transform tasks handed out and
-    finished, tile tasks handed out and finished. A transform task is a run of window rows,
+    still run. ``wpk`` is the packed filter ([g][kb][c][fw][fh][KB]), ``counter`` 4 N
+    zeroed int64 counters: per image, transform tasks handed out and finished, tile tasks
+    handed out and finished. A transform task is a run of window rows,
     a tile task (group, range of k-blocks, range of tiles); both are handed out by atomic
     counters, so a thread that the OS pauses holds up one task, not a fixed share of the
     work. A thread waits only for work that has been handed out (a window complete before
     its tiles, a window's tiles finished before the buffer is rebuilt), never for a thread to
-    arrive: the region is correct whatever number of threads runs it.
+    arrive: the job is correct whatever number of threads runs it, one included.
     """
     N, C, H, W = x.shape
     K = out.shape[1]
@@ -831,26 +846,24 @@ def im2win_conv(x, win, wpk, out, counter, P, groups, FW, FH, sh, sw, dh, dw, pt
     # (transform 2.0 ms on one thread, 2.0 on two; in tasks of rows 2.3 and 1.4)
     rows = max(1, 8192 // rowlen)
     nrt = (C * OH + rows - 1) // rows
-    for _ in prange(P):
-        for n in range(N):
-            b = (n % nbuf) * wsize
-            if n >= nbuf:  # the buffer's previous image: all its tiles finished
-                wait_until(counter, 4 * (n - nbuf) + 3, ntask)
-            while True:
-                i = fetch_add(counter, 4 * n)
-                if i >= nrt:
-                    break
-                _window_rows(win, b, xflat, n * C * H * W, i * rows, min((i + 1) * rows, C * OH),
-                             C, H, W, OH, FH, Vw, sh, dh, pt, pl, wlo, whi)
-                fetch_add(counter, 4 * n + 1)
-            wait_until(counter, 4 * n + 1, nrt)
-            on = out[n].reshape(K * OHOW)
-            k = run_tile_tasks(wflat, 0, win, b, cstride, Cgk, FWe, FHe, istep, dw * FH,
-                               sw * FH, rowlen, on, 0, counter, 4 * n + 2, ntask, nchunk, nkbr,
-                               nkb, Cg, Kg, KB, FW * FH, OHOW, OW, (on, on, 0, 0, 0, F0, F0),
-                               counter, -1)
-            if k > 0:
-                fetch_add_n(counter, 4 * n + 3, k)
+    for n in range(N):
+        b = (n % nbuf) * wsize
+        if n >= nbuf:  # the buffer's previous image: all its tiles finished
+            wait_until(counter, 4 * (n - nbuf) + 3, ntask)
+        while True:
+            i = fetch_add(counter, 4 * n)
+            if i >= nrt:
+                break
+            _window_rows(win, b, xflat, n * C * H * W, i * rows, min((i + 1) * rows, C * OH),
+                         C, H, W, OH, FH, Vw, sh, dh, pt, pl, wlo, whi)
+            fetch_add(counter, 4 * n + 1)
+        wait_until(counter, 4 * n + 1, nrt)
+        on = out[n].reshape(K * OHOW)
+        k = tile_tasks(wflat, 0, win, b, cstride, Cgk, FWe, FHe, istep, dw * FH, sw * FH,
+                       rowlen, on, 0, counter, 4 * n + 2, ntask, nchunk, nkbr, nkb, Cg, Kg, KB,
+                       FW * FH, OHOW, OW, (on, on, 0, 0, 0, F0, F0), counter, -1)
+        if k > 0:
+            fetch_add_n(counter, 4 * n + 3, k)
 
 
 @njit(inline="always")
@@ -867,14 +880,41 @@ def direct_geometry(Cg, R, S, Hp, Wp, sh, sw, dh, dw):  # pragma: no cover - com
     return Cg, R, S, dw, dh * Wp, sw, sh * Wp
 
 
-@njit(parallel=True, cache=True, nogil=True)
-def direct_tiles(xp, wpk, out, counter, P, groups, R, S, nkbr, nchunk, sh, sw, dh,
-                 dw):  # pragma: no cover
-    """Direct convolution of the zero-padded input ``xp`` (N, C, Hp, Wp), any stride and
+@njit(nogil=True)
+def _padded_rows(xp, xflat, r0, r1, H, W, Hp, Wp, pt, pl):  # pragma: no cover - compiled
+    """Rows ``r0 .. r1 - 1`` (row ``r = plane * Hp + hp`` of all the batch's planes) of the
+    zero-padded copy ``xp`` (flat) of ``xflat``: zeros outside the input, a copy inside."""
+    for r in range(r0, r1):
+        q = r // Hp
+        h = r - q * Hp - pt
+        o = r * Wp
+        if h < 0 or h >= H:
+            xp[o: o + Wp] = 0
+            continue
+        xp[o: o + pl] = 0
+        src = (q * H + h) * W
+        xp[o + pl: o + pl + W] = xflat[src: src + W]
+        xp[o + pl + W: o + Wp] = 0
+
+
+@njit(cache=True, nogil=True)
+def direct_tiles(x, xp, wpk, out, counter, groups, R, S, nkbr, nchunk, sh, sw, dh, dw, pt,
+                 pl):  # pragma: no cover
+    """One thread's share of a direct convolution of ``x`` (N, C, H, W), any stride and
     dilation: the window of output (oh, ow) is rows oh*sh + r*dh, columns ow*sw + s*dw of
-    each padded plane, reduced in (c, r, s) order (`direct_geometry`). ``wpk``:
-    [groups][k-blocks][C/g][R][S][KB]."""
+    each zero-padded plane, reduced in (c, r, s) order (`direct_geometry`). ``wpk``:
+    [groups][k-blocks][C/g][R][S][KB].
+
+    Every thread of a team job calls it (`convolab.kernels.team`), with ``counter`` (N + 2
+    int64) zeroed by the caller. Where ``xp`` (N, C, Hp, Wp) is not ``x`` itself, the threads
+    first write it, the zero-padded copy, in runs of about 32 KiB of rows handed out by
+    ``counter[0]`` (``counter[1]`` counts the finished runs; a serial copy before the job
+    took a tenth of a 3x3 64@56 layer's time on two threads); then image n's tile tasks come
+    from ``counter[2 + n]``, and a thread done with one image's tasks starts on the next. Any
+    number of threads, one included, computes the whole output."""
     N, C, Hp, Wp = xp.shape
+    H = x.shape[2]
+    W = x.shape[3]
     K = out.shape[1]
     OH = out.shape[2]
     OW = out.shape[3]
@@ -882,20 +922,28 @@ def direct_tiles(xp, wpk, out, counter, P, groups, R, S, nkbr, nchunk, sh, sw, d
     KB = wpk.shape[-1]
     wflat = wpk.reshape(wpk.size)
     xflat = xp.reshape(xp.size)
+    if Hp != H or Wp != W:
+        rows = max(1, 8192 // Wp)
+        nrows = N * C * Hp
+        nrt = (nrows + rows - 1) // rows
+        src = x.reshape(x.size)
+        while True:
+            i = fetch_add(counter, 0)
+            if i >= nrt:
+                break
+            _padded_rows(xflat, src, i * rows, min(nrows, (i + 1) * rows), H, W, Hp, Wp, pt, pl)
+            fetch_add(counter, 1)
+        wait_until(counter, 1, nrt)
     Cg = C // groups
     Kg = K // groups
     nkb = (Kg + KB - 1) // KB
     ntask = groups * nkbr * nchunk
     Cgk, FWe, FHe, istep, fwstep, cs, rowlen = direct_geometry(Cg, R, S, Hp, Wp, sh, sw, dh, dw)
-    # one parallel region (a region costs 50-60 us to start on Numba's workqueue layer, as
-    # much as a batch-1 layer of 10 MFLOP); image n's tasks from counter[n], which the
-    # caller zeroed: a thread done with one image's tasks starts on the next
-    for _ in prange(P):
-        for n in range(N):
-            on = out[n].reshape(K * OHOW)
-            run_tile_tasks(wflat, 0, xflat, n * C * Hp * Wp, Hp * Wp, Cgk, FWe, FHe, istep,
-                           fwstep, cs, rowlen, on, 0, counter, n, ntask, nchunk, nkbr, nkb, Cg,
-                           Kg, KB, R * S, OHOW, OW, (on, on, 0, 0, 0, F0, F0), counter, -1)
+    for n in range(N):
+        on = out[n].reshape(K * OHOW)
+        tile_tasks(wflat, 0, xflat, n * C * Hp * Wp, Hp * Wp, Cgk, FWe, FHe, istep, fwstep, cs,
+                   rowlen, on, 0, counter, 2 + n, ntask, nchunk, nkbr, nkb, Cg, Kg, KB, R * S,
+                   OHOW, OW, (on, on, 0, 0, 0, F0, F0), counter, -1)
 
 
 @njit(cache=True, nogil=True)

@@ -25,6 +25,7 @@ result therefore depends on neither the thread count, nor the SIMD width, nor th
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import numpy as np
@@ -85,6 +86,7 @@ class Split:
     nchunk: int
 
 
+@functools.lru_cache(maxsize=512)
 def split(spec, vtot: int, bytes_per_pixel: float, nkb: int, threads: int) -> Split:
     """Tasks per image: at least four per thread (where the layer has that many tiles x
     k-blocks), cut so that the filter and the input are read from memory as few times as
@@ -131,12 +133,10 @@ def warm_code(algorithm: str, C: int, K: int, R: int, padding: int, dtype: str) 
             f"algorithm='{algorithm}')")
 
 
-def run(kernel, args, warm: str, dtype) -> None:
-    """Launch a parallel microkernel driver: its machine code loaded from Numba's cache (or
-    compiled in a child process first), under `PARALLEL_LOCK`."""
-    from . import PARALLEL_LOCK, load_from_cache
+def run(kernel, args, warm: str, dtype, threads: int) -> None:
+    """Run a microkernel driver on ``threads`` threads of the team (`convolab.kernels.team`),
+    its machine code loaded from Numba's cache (or compiled in a child process first)."""
+    from . import load_from_cache, team
 
-    name = np.dtype(dtype).name
-    load_from_cache(kernel, args, warm, name)
-    with PARALLEL_LOCK:
-        kernel(*args)
+    load_from_cache(kernel, args, warm, np.dtype(dtype).name)
+    team.run(kernel, args, threads)

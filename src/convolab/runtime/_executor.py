@@ -3,8 +3,9 @@ barriers between operators instead of starting a parallel region per operator.
 
 Numba's workqueue layer costs about 80 us to start each parallel region on a 2-vCPU KVM guest
 (notes of issue 15), more than a whole batch-1 depthwise or pointwise layer takes; a network
-of 50 such layers lost most of its time there. Here the calling thread and ``P - 1`` team
-threads (`Team`) each run `worker` over the same program: every operator's work is split into
+of 50 such layers lost most of its time there. Here the calling thread and ``P - 1`` threads
+of convolab's thread team (`convolab.kernels.team`, via `Team`) each run `worker` over the same
+program: every operator's work is split into
 tasks handed out by an atomic counter (a thread the OS pauses holds up one task, not a share),
 and after each operator the threads wait for each other at a barrier (an atomic counter they
 spin on, with ``pause``, then yielding the CPU). One wake-up per run, then about a microsecond
@@ -18,7 +19,7 @@ bounds), ``ctr`` the counters, `CS` per operator, zeroed before each run.
 Operators:
 
 * `OP_TILES`: a dense or grouped convolution, any stride and dilation, on the register-blocked
-  microkernel (`convolab.kernels._microkernel.run_tile_tasks`, direct's tiled path: the window
+  microkernel (`convolab.kernels._microkernel.tile_tasks`, direct's tiled path: the window
   of output (oh, ow) is rows oh*sh + r*dh, columns ow*sw + s*dw of each zero-padded plane,
   `direct_geometry`); with padding, a first phase copies the input planes into the interior
   of a dedicated zero-bordered copy;
@@ -37,10 +38,6 @@ the depthwise task from `convolab.kernels` (the cache stamps cover that package'
 
 from __future__ import annotations
 
-import os
-import threading
-import weakref
-
 import numpy as np
 from numba import njit
 
@@ -52,7 +49,7 @@ from ..kernels._direct import (
     depthwise_task,
     fill_phases,
 )
-from ..kernels._microkernel import direct_geometry, run_tile_tasks
+from ..kernels._microkernel import direct_geometry, tile_tasks
 from ..kernels._pointwise import PX as PV_PX
 from ..kernels._pointwise import pointwise_task
 
@@ -164,23 +161,11 @@ def _tiles(j, op, fprm, P, A, Wb, Ib, ctr, CS, KB):  # pragma: no cover - compil
             Cg, R, S, Hp, Wp, op[F_SH], op[F_SW], op[F_DH], op[F_DW])
     for n in range(N):
         epi = _epi(op, fprm, Wb, A, op[F_RES] + n * op[F_YIMG])
-        _tile_tasks(Wb, op[F_WOFF], A, src + n * ximg, Hp * Wp, Cgk, FWe, FHe, istep, fwstep,
-                    cs, rowlen, op[F_Y] + n * op[F_YIMG], ctr, j * CS + CS_BASE + n,
-                    G * nkbr * nchunk, nchunk, nkbr, nkb, Cg, Kg, KB, R * S, OHOW, OW, epi, Ib,
-                    tabo)
-
-
-@njit(nogil=True, cache=True)
-def _tile_tasks(Wb, woff, A, srcbase, cstride, Cgk, FWe, FHe, istep, fwstep, cs, rowlen, obase0,
-                ctr, ci, ntask, nchunk, nkbr, nkb, Cg, Kg, KB, taps, OHOW, OW, epi, Ib,
-                tabo):  # pragma: no cover - compiled
-    """`run_tile_tasks` in a function of its own, called (not inlined) by `worker`: inlined
-    into the worker, the microkernel's general kernel (tiles across row ends) ran at a third of
-    the speed it reaches in direct's small compiled kernel (register allocation over the
-    worker's whole body); out of line it runs at that speed (executor, one thread, Zen 4:
-    3x3 512@7 2.9 -> 2.2 ms, strided 3x3 128@56 on phase planes 2.7 -> 2.2)."""
-    run_tile_tasks(Wb, woff, A, srcbase, cstride, Cgk, FWe, FHe, istep, fwstep, cs, rowlen, A,
-                   obase0, ctr, ci, ntask, nchunk, nkbr, nkb, Cg, Kg, KB, taps, OHOW, OW, epi, Ib,
+        # out of line (`tile_tasks`): inlined into the worker, the general kernel ran at a third
+        # of its speed (3x3 512@7 2.9 -> 2.2 ms, strided 3x3 128@56 on phase planes 2.7 -> 2.2)
+        tile_tasks(Wb, op[F_WOFF], A, src + n * ximg, Hp * Wp, Cgk, FWe, FHe, istep, fwstep,
+                   cs, rowlen, A, op[F_Y] + n * op[F_YIMG], ctr, j * CS + CS_BASE + n,
+                   G * nkbr * nchunk, nchunk, nkbr, nkb, Cg, Kg, KB, R * S, OHOW, OW, epi, Ib,
                    tabo)
 
 
@@ -254,116 +239,39 @@ WARM_CODE = (
 
 
 class Team:
-    """``P - 1`` threads that run `worker` beside the calling thread, each call once.
-
-    The threads block on an event between runs (no CPU used), and are started on first use.
-    """
+    """Runs `worker` on the process's thread team (`convolab.kernels.team`: threads that spin a
+    while between jobs instead of sleeping), each thread with a work buffer of its own. If
+    another Python thread's job holds the team, the program runs on the calling thread alone
+    (its barriers then wait for one thread)."""
 
     def __init__(self, P: int):
         self.P = P
         self._scratch: list | None = None
-        self._reset()
-        _TEAMS.add(self)
 
-    def _reset(self) -> None:
-        """No threads yet (also in a forked child, which inherits the team but not its
-        threads: waiting for them at a barrier would never end)."""
-        self._go = [threading.Event() for _ in range(self.P - 1)]
-        self._done = [threading.Event() for _ in range(self.P - 1)]
-        self._args = None
-        self._errors: list = []
-        self._threads: list = []
-        self._tids: dict[int, int] = {}
-        self._affinity: dict[int, frozenset] = {}
+    @property
+    def _threads(self) -> list:
+        from ..kernels import team
 
-    def _keep_off_caller(self) -> None:
-        """Keep the team's threads off the calling thread's CPU: Linux wakes a thread on its
-        waker's CPU and leaves it there, and the two then took turns on one CPU (no speed-up
-        from the second thread, measured); the caller stays free to move."""
-        from .._parallel import _current_cpu
-
-        cpu = _current_cpu()
-        try:
-            allowed = os.sched_getaffinity(0)
-        except (AttributeError, OSError):
-            return
-        others = frozenset(allowed - {cpu}) if cpu is not None else frozenset(allowed)
-        if not others:
-            return
-        for tid in self._tids.values():
-            if self._affinity.get(tid) != others:
-                try:
-                    os.sched_setaffinity(tid, others)
-                    self._affinity[tid] = others
-                except OSError:
-                    self._affinity[tid] = others
-
-    def _loop(self, i: int) -> None:
-        self._tids[i] = threading.get_native_id()
-        while True:
-            self._go[i].wait()
-            self._go[i].clear()
-            args = self._args
-            if args is None:
-                return
-            try:
-                worker(*args, self._scratch[i + 1])
-            except BaseException as e:  # noqa: BLE001 - reported by run()
-                self._errors.append(e)
-            self._done[i].set()
+        return team.shared()._threads
 
     def run(self, args, scratch: int) -> None:
-        """Run `worker` over ``args`` (all but the scratch buffer) on the team; ``scratch``:
-        elements each thread's work buffer needs."""
-        from ..kernels import load_from_cache
+        """Run `worker` over ``args`` (``P`` first, all but the scratch buffer) on up to ``P``
+        threads; ``scratch``: elements each thread's work buffer needs."""
+        from ..kernels import load_from_cache, team
 
         if self._scratch is None or self._scratch[0].size < scratch:
-            self._scratch = [np.zeros(scratch + 16, dtype=np.float32)[:scratch] for _ in range(self.P)]
+            self._scratch = [np.zeros(scratch + 16, dtype=np.float32)[:scratch]
+                             for _ in range(self.P)]
         load_from_cache(worker, (*args, self._scratch[0]), WARM_CODE, "float32")
-        if self.P > 1 and not self._threads:
-            for i in range(self.P - 1):
-                t = threading.Thread(target=self._loop, args=(i,), daemon=True,
-                                     name=f"convolab-runtime-{i}")
-                t.start()
-                self._threads.append(t)
-        self._args = args
-        if self.P > 1 and len(self._tids) < self.P - 1:
-            import time
-
-            while len(self._tids) < self.P - 1:  # the threads just started: wait for their ids
-                time.sleep(0)
-        if self.P > 1:
-            self._keep_off_caller()
-        for e in self._go:
-            e.set()
-        worker(*args, self._scratch[0])
-        for e in self._done:
-            e.wait()
-            e.clear()
-        if self._errors:
-            err = self._errors[:]
-            self._errors.clear()
-            raise err[0]
-
-    def close(self) -> None:
-        self._args = None
-        for e in self._go:
-            e.set()
-
-    def __del__(self):
-        self.close()
-
-
-_TEAMS: weakref.WeakSet = weakref.WeakSet()
-
-
-def _after_fork_in_child() -> None:
-    for team in list(_TEAMS):
-        team._reset()
-
-
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_after_fork_in_child)
+        t = team.shared()
+        n = max(1, min(args[0], t.size, len(self._scratch)))
+        if n > 1 and t.lock.acquire(blocking=False):
+            try:
+                t.run(worker, (n, *args[1:]), n, own=self._scratch)
+            finally:
+                t.lock.release()
+            return
+        worker(1, *args[1:], self._scratch[0])
 
 
 def new_program(n: int) -> tuple[np.ndarray, np.ndarray]:
