@@ -24,8 +24,8 @@ planes: N C sh sw ceil(Hp/sh) ceil(Wp/sw) elements).
 import numpy as np
 
 from .._machine import worker_count
-from ..kernels import PARALLEL_LOCK
 from ..kernels import microkernel as mk
+from ..kernels import team
 from ..registry import Algorithm, register
 from ..spec import ConvSpec
 from ._common import has_padding, pad, padded_bytes, padded_shape
@@ -175,16 +175,16 @@ def _run(prepared, x, out):
         from ..kernels._direct import depthwise_blocked
 
         pl, _, pt, _ = spec.padding
-        with PARALLEL_LOCK:
-            depthwise_blocked(x, wpk, out, *spec.stride, *spec.dilation, pt, pl, spec.R, spec.S)
+        team.run(depthwise_blocked, (x, wpk, out, *spec.stride, *spec.dilation, pt, pl, spec.R,
+                                     spec.S, np.zeros(1, dtype=np.int64)))
         return
     if depthwise(spec):
         from ..kernels._direct import depthwise_nchw
 
         pl, _, pt, _ = spec.padding
         hq, wq = phases(spec)
-        with PARALLEL_LOCK:
-            depthwise_nchw(x, w, out, qoff, *spec.stride, pt, pl, hq, wq)
+        team.run(depthwise_nchw, (x, w, out, qoff, *spec.stride, pt, pl, hq, wq,
+                                  np.zeros(1, dtype=np.int64)))
         return
     if wpk is not None:
         from ..kernels._microkernel import direct_tiles
@@ -204,8 +204,8 @@ def _run(prepared, x, out):
     from ..kernels._direct import direct_nchw
 
     xf = _layout(x, spec).reshape(spec.N, spec.C * cstride)
-    with PARALLEL_LOCK:
-        direct_nchw(xf, w, out, qoff, wrow, cstride, spec.groups)
+    team.run(direct_nchw, (xf, w, out, qoff, wrow, cstride, spec.groups,
+                           np.zeros(1, dtype=np.int64)))
 
 
 register(

@@ -21,10 +21,11 @@ disjoint outputs: the result is bit-identical for any thread count, SIMD width a
 
 import numpy as np
 from llvmlite import ir
-from numba import njit, prange, types, uint64
+from numba import njit, types, uint64
 from numba.core import cgutils
 from numba.extending import intrinsic
 
+from ._atomics import fetch_add
 from ._epilogue import F0, F1
 from ._epilogue import run as epilogue_run
 from ._microkernel import (
@@ -110,10 +111,12 @@ def _tap1_k1(acc, a0, x, o0, w, k0, L):  # pragma: no cover
         acc[a0 + j] = fma(w00, x[o0 + j], acc[a0 + j])
 
 
-@njit(parallel=True, cache=True, nogil=True)
-def direct_nchw(xf, w, out, qoff, wrow, cstride, groups):  # pragma: no cover - compiled
+@njit(cache=True, nogil=True)
+def direct_nchw(xf, w, out, qoff, wrow, cstride, groups, counter):  # pragma: no cover - compiled
     """``xf``: (N, C*cstride) flat images whose output rows run ``wrow`` elements apart;
-    ``qoff[q]``: input offset of product q = (c, r, s) of a group, relative to output (0, 0)."""
+    ``qoff[q]``: input offset of product q = (c, r, s) of a group, relative to output (0, 0).
+    One thread's share of a team job (`convolab.kernels.team`): tasks (image, group, block of
+    channels, block of rows) from ``counter[0]``, zeroed by the caller."""
     N = xf.shape[0]
     K, Cg, R, S = w.shape
     OH = out.shape[2]
@@ -133,7 +136,11 @@ def direct_nchw(xf, w, out, qoff, wrow, cstride, groups):  # pragma: no cover - 
     qmax = 0
     for q in range(Q):
         qmax = max(qmax, qoff[q])
-    for task in prange(N * groups * nkt * nrb):
+    ntask = N * groups * nkt * nrb
+    while True:
+        task = fetch_add(counter, 0)
+        if task >= ntask:
+            break
         rb = task % nrb
         rest = task // nrb
         kb = rest % nkt
@@ -635,11 +642,13 @@ def depthwise_block_task(task, xflat, xbase, wf, wbase, of, obase, C, H, W, R, S
                          ebias[k] if emode & 2 else F0, emode, ecode, elo, ehi)
 
 
-@njit(parallel=True, cache=True, nogil=True)
-def depthwise_blocked(x, wpk, out, sh, sw, dh, dw, pt, pl, R, S):  # pragma: no cover - compiled
+@njit(cache=True, nogil=True)
+def depthwise_blocked(x, wpk, out, sh, sw, dh, dw, pt, pl, R, S,
+                      counter):  # pragma: no cover - compiled
     """Depthwise convolution with one output per channel, channel-blocked
-    (`depthwise_block_task`), parallel over (image, block of 16 channels); ``wpk``: the filter
-    packed [C / 16][R S][16], zero past C."""
+    (`depthwise_block_task`), tasks (image, block of 16 channels) from ``counter[0]`` (one
+    thread's share of a team job, `convolab.kernels.team`); ``wpk``: the filter packed
+    [C / 16][R S][16], zero past C."""
     N, C, H, W = x.shape
     OH = out.shape[2]
     OW = out.shape[3]
@@ -649,16 +658,21 @@ def depthwise_blocked(x, wpk, out, sh, sw, dh, dw, pt, pl, R, S):  # pragma: no 
     Hp = (OH - 1) * sh + (R - 1) * dh + 1
     Wp = (OW - 1) * sw + (S - 1) * dw + 1
     ns = 16 * (Hp * Wp + OH * OW + 8 * sw)  # as `depthwise_block_scratch`
-    for task in prange(N * ((C + 15) // 16)):
-        buf = np.empty(ns, dtype=x.dtype)
+    buf = np.empty(ns, dtype=x.dtype)
+    ntask = N * ((C + 15) // 16)
+    while True:
+        task = fetch_add(counter, 0)
+        if task >= ntask:
+            break
         depthwise_block_task(task, xflat, 0, wf, 0, of, 0, C, H, W, R, S, OH, OW, sh, sw, dh, dw,
                              pt, pl, buf, (of, of, 0, 0, 0, F0, F0))
 
 
-@njit(parallel=True, cache=True, nogil=True)
-def depthwise_nchw(x, w, out, qoff, sh, sw, pt, pl, hq, wq):  # pragma: no cover - compiled
-    """Depthwise convolution (one input channel per group; K/C outputs per channel), parallel
-    over the (image, channel) planes (`depthwise_task`)."""
+@njit(cache=True, nogil=True)
+def depthwise_nchw(x, w, out, qoff, sh, sw, pt, pl, hq, wq, counter):  # pragma: no cover - compiled
+    """Depthwise convolution (one input channel per group; K/C outputs per channel), tasks
+    (image, channel plane) from ``counter[0]`` (`depthwise_task`; one thread's share of a team
+    job, `convolab.kernels.team`)."""
     N, C, H, W = x.shape
     K = w.shape[0]
     T = w.shape[2] * w.shape[3]
@@ -669,8 +683,11 @@ def depthwise_nchw(x, w, out, qoff, sh, sw, pt, pl, hq, wq):  # pragma: no cover
     xflat = x.reshape(x.size)
     nb = sh * sw * hq * wq + 16  # as `depthwise_scratch`
     na = ((OH - 1) * wq + OW + 15) // 16 * 16
-    for task in prange(N * C):
-        buf = np.empty(nb, dtype=x.dtype)
-        acc = np.empty(na, dtype=x.dtype)
+    buf = np.empty(nb, dtype=x.dtype)
+    acc = np.empty(na, dtype=x.dtype)
+    while True:
+        task = fetch_add(counter, 0)
+        if task >= N * C:
+            break
         depthwise_task(task, xflat, 0, wf, 0, of, 0, qoff, 0, C, H, W, K // C, T, OH, OW, sh, sw,
                        pt, pl, hq, wq, buf, acc, (of, of, 0, 0, 0, F0, F0))
