@@ -949,9 +949,9 @@ def test_deterministic_algorithm_is_bitwise_across_processes(tmp_path):
     assert np.array_equal(np.load(out), y2)
 
 
-def test_adaptive_pool_serial_and_parallel_kernels_agree():
-    # small inputs are pooled on the calling thread (SERIAL_POOL_ELEMENTS), large ones in a
-    # parallel region: the same sums, bit for bit, and PyTorch's windows
+def test_adaptive_pool_on_one_and_two_threads_agree():
+    # small inputs are pooled on the calling thread (SERIAL_POOL_ELEMENTS), large ones on the
+    # team: the same sums, bit for bit, and PyTorch's windows
     from convolab.runtime import _kernels as K
 
     x = torch.randn(2, 5, 13, 11)
@@ -959,16 +959,16 @@ def test_adaptive_pool_serial_and_parallel_kernels_agree():
         ref = torch.nn.functional.adaptive_avg_pool2d(x, size).numpy()
         a = np.empty((2, 5, *size), np.float32)
         b = np.empty_like(a)
-        K.adaptive_avg(x.numpy(), a)
-        K.adaptive_avg_serial(x.numpy(), b)
+        K.launch(K.adaptive_avg, (x.numpy(), a), 2)
+        K.launch(K.adaptive_avg, (x.numpy(), b), 1)
         assert np.array_equal(a, b)
         np.testing.assert_allclose(a, ref, rtol=1e-6, atol=1e-6)
 
 
 @pytest.mark.parametrize("shape", [(1, 1000, 1280), (3, 37, 19), (5, 130, 2048)])
-def test_linear_kernel_serial_and_parallel_agree(shape):
+def test_linear_kernel_on_one_and_two_threads_agree(shape):
     """The runtime's linear kernel: tiles of 64 features (a partial last one), with and
-    without bias, on the calling thread and in a parallel region: the same bits, within
+    without bias, on the calling thread alone and on two team threads: the same bits, within
     float32 rounding of float64."""
     from convolab.runtime import _kernels as RK
 
@@ -981,9 +981,10 @@ def test_linear_kernel_serial_and_parallel_agree(shape):
     ref = x.astype(np.float64) @ w.T.astype(np.float64)
     for bias in (b, None):
         outs = []
-        for run in (RK.linear, RK.linear_serial):
+        for threads in (2, 1):
             out = np.full((N, Kf), np.nan, np.float32)
-            run(x, wp, b if bias is not None else np.zeros(0, np.float32), bias is not None, out)
+            RK.launch(RK.linear, (x, wp, b if bias is not None else np.zeros(0, np.float32),
+                               bias is not None, out), threads)
             outs.append(out)
         assert np.array_equal(outs[0], outs[1])
         want = ref + b if bias is not None else ref

@@ -1,23 +1,26 @@
 """Compiled kernels of the runtime's non-convolution operators and of the fused epilogue.
 
-Layout NCHW, C-contiguous float32, like the convolution kernels. Every kernel is parallel over
-independent (image, channel) planes only, and each output is computed by one fixed sequence of
-operations: results do not depend on the thread count. No fast-math.
+Layout NCHW, C-contiguous float32, like the convolution kernels. Every kernel is one thread's
+share of a job of convolab's thread team (`convolab.kernels.team`, via `launch`): tasks over
+independent (image, channel) planes (or feature tiles) from the counter ``ctr[0]``, and each
+output is computed by one fixed sequence of operations: results do not depend on the thread
+count. No fast-math.
 
 The output stage (scale, bias, residual, activation codes) is `convolab.kernels._epilogue`'s,
 the one the convolution kernels apply per tile.
 """
 
 import numpy as np
-from numba import njit, prange, uint64
+from numba import njit, uint64
 
+from ..kernels._atomics import fetch_add
 from ..kernels._direct import fill_phases
 from ..kernels._epilogue import F0, F1, maximum, run
 from ..kernels._pointwise import LINEAR_NB, linear_tile
 
 
-@njit(parallel=True, cache=True, nogil=True)
-def epilogue(src, dst, scale, shift, res, mode, act, lo, hi):  # pragma: no cover - compiled
+@njit(cache=True, nogil=True)
+def epilogue(src, dst, scale, shift, res, mode, act, lo, hi, ctr):  # pragma: no cover - compiled
     """``dst = act(src * scale[k] + shift[k] + res)`` over (N, K, P) planes, in that order.
 
     ``mode`` bits: 1 multiply by ``scale``, 2 add ``shift``, 4 add ``res`` (same shape as
@@ -33,7 +36,10 @@ def epilogue(src, dst, scale, shift, res, mode, act, lo, hi):  # pragma: no cove
     same = src.ctypes.data == dst.ctypes.data
     per = max(1, 4096 // max(P, 1))
     nt = (N * K + per - 1) // per
-    for task in prange(nt):
+    while True:
+        task = fetch_add(ctr, 0)
+        if task >= nt:
+            break
         for t in range(task * per, min(N * K, (task + 1) * per)):
             k = t % K
             a = scale[k] if mode & 1 else F1
@@ -45,8 +51,8 @@ def epilogue(src, dst, scale, shift, res, mode, act, lo, hi):  # pragma: no cove
             run(d, t * P, r, t * P, P, a, b, mode, act, lo32, hi32)
 
 
-@njit(parallel=True, cache=True, nogil=True)
-def maxpool(x, out, kh, kw, sh, sw, ph, pw, dh, dw):  # pragma: no cover - compiled
+@njit(cache=True, nogil=True)
+def maxpool(x, out, kh, kw, sh, sw, ph, pw, dh, dw, ctr):  # pragma: no cover - compiled
     """PyTorch's max_pool2d over (N, C, H, W), NaN propagating. Each task pads its plane with
     -inf (padding and the ceil-mode overhang never win) split into stride phases, as direct's
     depthwise kernel does, then takes the maximum tap by tap over one flat run of outputs
@@ -67,9 +73,12 @@ def maxpool(x, out, kh, kw, sh, sw, ph, pw, dh, dw):  # pragma: no cover - compi
     xflat = x.reshape(x.size)
     of = out.reshape(out.size)
     ninf = np.float32(-np.inf)
-    for task in prange(N * C):
-        buf = np.empty(sh * sw * hq * wq, dtype=np.float32)
-        acc = np.empty((OH - 1) * wq + OW, dtype=np.float32)
+    buf = np.empty(sh * sw * hq * wq, dtype=np.float32)
+    acc = np.empty((OH - 1) * wq + OW, dtype=np.float32)
+    while True:
+        task = fetch_add(ctr, 0)
+        if task >= N * C:
+            break
         fill_phases(buf, xflat, task * H * W, H, W, sh, sw, ph, pw, hq, wq, ninf)
         q = uint64(qoff[0])
         for b in range(L):
@@ -85,13 +94,16 @@ def maxpool(x, out, kh, kw, sh, sw, ph, pw, dh, dw):  # pragma: no cover - compi
                 of[dst + j] = acc[src + j]
 
 
-@njit(parallel=True, cache=True, nogil=True)
-def avgpool(x, out, kh, kw, sh, sw, ph, pw, include_pad, divisor):  # pragma: no cover
+@njit(cache=True, nogil=True)
+def avgpool(x, out, kh, kw, sh, sw, ph, pw, include_pad, divisor, ctr):  # pragma: no cover
     """PyTorch's avg_pool2d (``divisor`` > 0 overrides the count; ``include_pad`` counts the
     zero padding but never the ceil-mode overhang)."""
     N, C, H, W = x.shape
     OH, OW = out.shape[2], out.shape[3]
-    for t in prange(N * C):
+    while True:
+        t = fetch_add(ctr, 0)
+        if t >= N * C:
+            break
         n = t // C
         c = t - n * C
         xp = x[n, c]
@@ -137,26 +149,20 @@ def _adaptive_plane(x, out, t, C, H, W, OH, OW):  # pragma: no cover - compiled
             op[i, j] = acc / np.float32((h1 - h0) * (w1 - w0))
 
 
-@njit(parallel=True, cache=True, nogil=True)
-def adaptive_avg(x, out):  # pragma: no cover - compiled
+@njit(cache=True, nogil=True)
+def adaptive_avg(x, out, ctr):  # pragma: no cover - compiled
     """PyTorch's adaptive_avg_pool2d: output (i, j) averages rows floor(i H / OH) ..
     ceil((i+1) H / OH) - 1 and the same for columns; sums in row-major order in float32."""
     N, C, H, W = x.shape
-    for t in prange(N * C):
+    while True:
+        t = fetch_add(ctr, 0)
+        if t >= N * C:
+            break
         _adaptive_plane(x, out, t, C, H, W, out.shape[2], out.shape[3])
 
 
-@njit(cache=True, nogil=True)
-def adaptive_avg_serial(x, out):  # pragma: no cover - compiled
-    """`adaptive_avg` on the calling thread, for inputs too small to repay starting a parallel
-    region (about 80 us on the development VM; a batch-1 global pool over 1280 7x7 planes took
-    0.14 ms in one); the same sums."""
-    N, C, H, W = x.shape
-    for t in range(N * C):
-        _adaptive_plane(x, out, t, C, H, W, out.shape[2], out.shape[3])
-
-
-#: inputs of at most this many elements are pooled on the calling thread
+#: inputs of at most this many elements are pooled on the calling thread alone (a batch-1
+#: global pool over 1280 7x7 planes took 0.14 ms with a parallel region's start)
 SERIAL_POOL_ELEMENTS = 1 << 18
 
 
@@ -190,23 +196,25 @@ def _linear_task(x, wp, b, has_bias, out, i):  # pragma: no cover - compiled
                     k0, has_bias)
 
 
-@njit(parallel=True, cache=True, nogil=True)
-def linear(x, wp, b, has_bias, out):  # pragma: no cover - compiled
+@njit(cache=True, nogil=True)
+def linear(x, wp, b, has_bias, out, ctr):  # pragma: no cover - compiled
     """``out[n, k] = sum_c x[n, c] w[k, c] (+ b[k])`` from the packed weight (`pack_linear`):
     each output sums its products in channel order from zero, one fused multiply-add each,
     then adds the bias (`convolab.kernels._pointwise.linear_tile`); threads take tiles of 64
-    features (all rows), so the result does not depend on the thread count."""
-    for i in prange(wp.shape[0]):
-        _linear_task(x, wp, b, has_bias, out, i)
-
-
-@njit(cache=True, nogil=True)
-def linear_serial(x, wp, b, has_bias, out):  # pragma: no cover - compiled
-    """`linear` on the calling thread (the same sums), for layers too small to repay starting
-    a parallel region."""
-    for i in range(wp.shape[0]):
+    features (all rows) from ``ctr[0]``, so the result does not depend on the thread count."""
+    while True:
+        i = fetch_add(ctr, 0)
+        if i >= wp.shape[0]:
+            break
         _linear_task(x, wp, b, has_bias, out, i)
 
 
 #: linear layers of at most this many multiply-adds run on the calling thread
 SERIAL_LINEAR_MACS = 1 << 22
+
+
+def launch(kernel, args: tuple, threads: int) -> None:
+    """``kernel(*args, ctr)`` on ``threads`` threads of the team, ``ctr`` a fresh counter."""
+    from ..kernels import team
+
+    team.run(kernel, (*args, np.zeros(1, dtype=np.int64)), threads)

@@ -704,8 +704,8 @@ def _conv(m: CompiledModel, i: int, n: Node, vals, st: _State):
             r3 = r.reshape(N, Kc, -1)
         else:
             r3 = _EMPTY3
-        K.epilogue(y3, y3, _EMPTY1, a["b"] if a["b"] is not None else _EMPTY1, r3, mode, act,
-                   a["lo"], a["hi"])
+        K.launch(K.epilogue, (y3, y3, _EMPTY1, a["b"] if a["b"] is not None else _EMPTY1, r3, mode,
+                           act, a["lo"], a["hi"]), m.threads)
     return y
 
 
@@ -719,7 +719,8 @@ def _act(m, i, n, vals, st):
     y = m._out(i, st, x.shape)
     xs = x.reshape(x.shape[0], x.shape[1] if x.ndim > 1 else 1, -1)
     ys = y.reshape(xs.shape)
-    K.epilogue(xs, ys, _EMPTY1, _EMPTY1, _EMPTY3, 0, ACTS[n.attrs["act"]], n.attrs["lo"], n.attrs["hi"])
+    K.launch(K.epilogue, (xs, ys, _EMPTY1, _EMPTY1, _EMPTY3, 0, ACTS[n.attrs["act"]], n.attrs["lo"],
+                       n.attrs["hi"]), m.threads)
     return y
 
 
@@ -733,7 +734,7 @@ def _affine(m, i, n, vals, st):
         n.attrs["scale32"] = n.attrs["scale"].astype(np.float32)
         n.attrs["shift32"] = n.attrs["shift"].astype(np.float32)
     sc, sh = n.attrs["scale32"], n.attrs["shift32"]
-    K.epilogue(xs, y.reshape(xs.shape), sc, sh, _EMPTY3, 3, 0, 0.0, 0.0)
+    K.launch(K.epilogue, (xs, y.reshape(xs.shape), sc, sh, _EMPTY3, 3, 0, 0.0, 0.0), m.threads)
     return y
 
 
@@ -779,7 +780,7 @@ def _maxpool(m, i, n, vals, st):
     OH = _pool_out(x.shape[2], a["k"][0], a["stride"][0], a["padding"][0], a["dilation"][0], a["ceil"])
     OW = _pool_out(x.shape[3], a["k"][1], a["stride"][1], a["padding"][1], a["dilation"][1], a["ceil"])
     y = m._out(i, st, (x.shape[0], x.shape[1], OH, OW))
-    K.maxpool(x, y, *a["k"], *a["stride"], *a["padding"], *a["dilation"])
+    K.launch(K.maxpool, (x, y, *a["k"], *a["stride"], *a["padding"], *a["dilation"]), m.threads)
     return y
 
 
@@ -790,7 +791,8 @@ def _avgpool(m, i, n, vals, st):
     OH = _pool_out(x.shape[2], a["k"][0], a["stride"][0], a["padding"][0], 1, a["ceil"])
     OW = _pool_out(x.shape[3], a["k"][1], a["stride"][1], a["padding"][1], 1, a["ceil"])
     y = m._out(i, st, (x.shape[0], x.shape[1], OH, OW))
-    K.avgpool(x, y, *a["k"], *a["stride"], *a["padding"], bool(a["include_pad"]), int(a["divisor"] or 0))
+    K.launch(K.avgpool, (x, y, *a["k"], *a["stride"], *a["padding"], bool(a["include_pad"]),
+                      int(a["divisor"] or 0)), m.threads)
     return y
 
 
@@ -799,7 +801,7 @@ def _adaptive(m, i, n, vals, st):
     _nchw(n, x)
     OH, OW = n.attrs["size"]
     y = m._out(i, st, (x.shape[0], x.shape[1], OH, OW))
-    (K.adaptive_avg_serial if x.size <= K.SERIAL_POOL_ELEMENTS else K.adaptive_avg)(x, y)
+    K.launch(K.adaptive_avg, (x, y), 1 if x.size <= K.SERIAL_POOL_ELEMENTS else m.threads)
     if "keepdim" in n.attrs and not n.attrs["keepdim"]:
         return y.reshape(x.shape[0], x.shape[1])
     return y
@@ -816,8 +818,9 @@ def _linear(m, i, n, vals, st):
     b = n.attrs["b"]
     x2 = np.ascontiguousarray(x).reshape(-1, x.shape[-1])
     y = m._out(i, st, (*x.shape[:-1], w.shape[0]))
-    run = K.linear_serial if x2.size * w.shape[0] <= K.SERIAL_LINEAR_MACS else K.linear
-    run(x2, wt, b if b is not None else _EMPTY1, b is not None, y.reshape(x2.shape[0], -1))
+    K.launch(K.linear, (x2, wt, b if b is not None else _EMPTY1, b is not None,
+                     y.reshape(x2.shape[0], -1)),
+          1 if x2.size * w.shape[0] <= K.SERIAL_LINEAR_MACS else m.threads)
     return y
 
 
