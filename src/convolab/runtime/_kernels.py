@@ -154,6 +154,48 @@ def adaptive_avg(x, out, ctr):  # pragma: no cover - compiled
     """PyTorch's adaptive_avg_pool2d: output (i, j) averages rows floor(i H / OH) ..
     ceil((i+1) H / OH) - 1 and the same for columns; sums in row-major order in float32."""
     N, C, H, W = x.shape
+    if out.shape[2] == 1 and out.shape[3] == 1:
+        # global pooling: 8 planes at a time, one running sum per plane in the same row-major
+        # order, in registers (eight independent chains of adds instead of one: 1280 planes of
+        # 7x7 took 0.062 ms, ONNX Runtime 0.008)
+        HW = H * W
+        xf = x.reshape(x.size)
+        of = out.reshape(out.size)
+        div = np.float32(HW)
+        P = N * C
+        nb = (P + 7) // 8
+        while True:
+            t = fetch_add(ctr, 0)
+            if t >= nb:
+                break
+            p0 = t * 8
+            if p0 + 8 <= P:
+                a0 = a1 = a2 = a3 = a4 = a5 = a6 = a7 = F0
+                b = p0 * HW
+                for i in range(HW):
+                    a0 += xf[b + i]
+                    a1 += xf[b + HW + i]
+                    a2 += xf[b + 2 * HW + i]
+                    a3 += xf[b + 3 * HW + i]
+                    a4 += xf[b + 4 * HW + i]
+                    a5 += xf[b + 5 * HW + i]
+                    a6 += xf[b + 6 * HW + i]
+                    a7 += xf[b + 7 * HW + i]
+                of[p0] = a0 / div
+                of[p0 + 1] = a1 / div
+                of[p0 + 2] = a2 / div
+                of[p0 + 3] = a3 / div
+                of[p0 + 4] = a4 / div
+                of[p0 + 5] = a5 / div
+                of[p0 + 6] = a6 / div
+                of[p0 + 7] = a7 / div
+            else:
+                for p in range(p0, P):
+                    a0 = F0
+                    for i in range(HW):
+                        a0 += xf[p * HW + i]
+                    of[p] = a0 / div
+        return
     while True:
         t = fetch_add(ctr, 0)
         if t >= N * C:
