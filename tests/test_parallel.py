@@ -157,3 +157,28 @@ def test_team_keeps_nothing_of_a_finished_job():
         assert ref() is None
     finally:
         t.close()
+
+
+def test_jobs_submitted_quietly_let_the_team_sleep_at_once(monkeypatch):
+    """Inside `team.quiet()` (PyTorch's interception runs every convolution so) a job tells the
+    team threads to sleep when it ends instead of spinning beside PyTorch's OpenMP threads."""
+    from convolab.kernels import team as T
+
+    monkeypatch.setenv("CONVOLAB_SPIN_US", "300")
+    monkeypatch.setattr(T, "_tsc_per_us", None)
+    t = T.Team(2)
+    budgets = []
+    try:
+        def job(i):
+            if i == 0:
+                budgets.append(t._job[4])
+        with t.lock:
+            t.run(job, (), 2, own=[0, 1])
+            with T.quiet():
+                t.run(job, (), 2, own=[0, 1])
+            t.run(job, (), 2, own=[0, 1])
+        assert budgets == [t._budget, 0, t._budget]
+        if T._cycles_per_microsecond() > 0:
+            assert t._budget > 0
+    finally:
+        t.close()

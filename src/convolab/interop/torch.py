@@ -51,6 +51,7 @@ import torch
 from .. import registry
 from ..api import plan as _plan
 from ..errors import ConvError, UnsupportedError
+from ..kernels.team import quiet as team_quiet
 from ..spec import ConvSpec
 
 __all__ = ["LayerStats", "Session", "patch", "patched", "unpatch", "use"]
@@ -368,7 +369,10 @@ class Session:
                 y = _TORCH_CONV2D(x, w, b, stride, padding, dilation, groups)
                 return y.squeeze(0) if unbatched else y
         t0 = time.perf_counter()
-        y = e.run(x, w, b)
+        # PyTorch's OpenMP threads spin between its operators: convolab's team sleeps right
+        # after each convolution instead of spinning beside them
+        with team_quiet():
+            y = e.run(x, w, b)
         dt = time.perf_counter() - t0
         st = e.stats
         with self._lock:
