@@ -5,13 +5,17 @@ floating-point reassociation or fused multiply-add contraction happens behind ou
 each output's products are summed in the order the source code states, whatever the SIMD
 width the host CPU offers or the thread count.
 
-Threading: unless the user chose one (``NUMBA_THREADING_LAYER``), convolab runs Numba's
-parallel kernels on the ``workqueue`` layer. The OpenMP layer's threads spin after a
-parallel region and fight OpenBLAS's (and PyTorch's) threads for the cores: on two cores a
-parallel unfold followed by a BLAS GEMM ran 2-60x slower with it (notes/performance.md).
-The workqueue layer cannot run two parallel regions at once, so every parallel kernel is
-launched under `PARALLEL_LOCK`; parallel kernels launched from several Python threads take
-turns, each using all the cores.
+Threading: the convolution kernels (direct, im2win, the Winograd / SFC / FFT / im2col
+pieces) and the compiled runtime run as jobs of convolab's own thread team
+(`convolab.kernels.team`: threads that spin a short while between jobs, so a call does not
+pay a 50-60 us wake-up). The remaining Numba parallel kernels (integer loops, the
+high-dimensional filters) run, unless the user chose a layer (``NUMBA_THREADING_LAYER``), on
+the ``workqueue`` layer: the OpenMP layer's threads spin for long after a parallel region and
+fight OpenBLAS's (and PyTorch's) threads for the cores: on two cores a parallel unfold
+followed by a BLAS GEMM ran 2-60x slower with it (notes/performance.md). The workqueue layer
+cannot run two parallel regions at once, so those kernels are launched under
+`PARALLEL_LOCK`; parallel kernels launched from several Python threads take turns, each
+using all the cores.
 
 Caching: Numba keys a function's cache entry on its own source file only, but a compiled
 function carries the code of every function it calls or inlines from other files (the
