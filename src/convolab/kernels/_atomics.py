@@ -3,6 +3,7 @@ other: hand out task numbers (`fetch_add`), count finished work (`fetch_add_n`),
 a count (`wait_until`: `load_acquire`, `pause`, `yield_cpu`)."""
 
 import platform
+import sys
 
 from llvmlite import ir
 from numba import njit, types
@@ -110,31 +111,44 @@ def wait_until(ctr, i, target):  # pragma: no cover - compiled
             yield_cpu()
 
 
+#: clock_gettime's monotonic clock id where this platform has one (Linux 1, macOS 6)
+_MONOTONIC = {"linux": 1, "darwin": 6}.get(sys.platform)
+
+
 @intrinsic
-def cycles(typingctx):
-    """The CPU's time-stamp counter (``llvm.readcyclecounter``: ``rdtsc`` on x86, 0 where a
-    target has none)."""
+def now_ns(typingctx):
+    """``clock_gettime(CLOCK_MONOTONIC)`` in nanoseconds (0 where the platform has none)."""
     sig = types.int64()
 
     def codegen(context, builder, sig, args):
-        fn = cgutils.get_or_insert_function(builder.module, ir.FunctionType(_I64, []),
-                                            "llvm.readcyclecounter")
-        return builder.call(fn, [])
+        if _MONOTONIC is None:
+            return ir.Constant(_I64, 0)
+        ts_ty = ir.LiteralStructType([_I64, _I64])
+        ts = cgutils.alloca_once(builder, ts_ty)
+        fn = cgutils.get_or_insert_function(
+            builder.module, ir.FunctionType(ir.IntType(32), [ir.IntType(32), ts_ty.as_pointer()]),
+            "clock_gettime")
+        builder.call(fn, [ir.Constant(ir.IntType(32), _MONOTONIC), ts])
+        sec = builder.load(builder.gep(ts, [ir.Constant(ir.IntType(32), 0),
+                                            ir.Constant(ir.IntType(32), 0)]))
+        nsec = builder.load(builder.gep(ts, [ir.Constant(ir.IntType(32), 0),
+                                             ir.Constant(ir.IntType(32), 1)]))
+        return builder.add(builder.mul(sec, ir.Constant(_I64, 1_000_000_000)), nsec)
 
     return sig, codegen
 
 
-#: most ``pause`` steps of one `spin_changed` (its bound where the time-stamp counter reads 0)
+#: most ``pause`` steps of one `spin_changed` (its bound where there is no monotonic clock)
 SPIN_STEPS_MAX = 1 << 22
 
 
 @njit(nogil=True, cache=True)
-def spin_changed(ctr, i, seen, budget):  # pragma: no cover - compiled
-    """Spin (``pause``) until ``ctr[i] != seen`` or ``budget`` time-stamp cycles have passed
-    (at most `SPIN_STEPS_MAX` steps); returns ``ctr[i]``. Without the GIL: a team thread
-    waits here for its next job without a wake-up (an idle thread woken by the OS took 50-60
-    us to start on the 2-vCPU KVM guest, as long as a small layer runs)."""
-    t0 = cycles()
+def spin_changed(ctr, i, seen, budget_ns):  # pragma: no cover - compiled
+    """Spin (``pause``) until ``ctr[i] != seen`` or ``budget_ns`` nanoseconds have passed (at
+    most `SPIN_STEPS_MAX` steps); returns ``ctr[i]``. Without the GIL: a team thread waits
+    here for its next job without a wake-up (an idle thread woken by the OS took 50-60 us to
+    start on the 2-vCPU KVM guest, as long as a small layer runs)."""
+    t0 = now_ns()
     steps = 0
     while steps < SPIN_STEPS_MAX:
         v = load_acquire(ctr, i)
@@ -142,24 +156,21 @@ def spin_changed(ctr, i, seen, budget):  # pragma: no cover - compiled
             return v
         pause()
         steps += 1
-        if steps & 63 == 0 and cycles() - t0 > budget:
+        if steps & 63 == 0 and now_ns() - t0 > budget_ns:
             break
     return load_acquire(ctr, i)
 
 
 @njit(nogil=True, cache=True)
-def wait_count(ctr, i, target):  # pragma: no cover - compiled
-    """`wait_until` without the GIL, callable from Python."""
-    wait_until(ctr, i, target)
-
-
-@njit(nogil=True, cache=True)
-def add_one(ctr, i):  # pragma: no cover - compiled
-    """`fetch_add` callable from Python."""
-    return fetch_add(ctr, i)
-
-
-@njit(nogil=True, cache=True)
-def read_cycles():  # pragma: no cover - compiled
-    """`cycles` callable from Python."""
-    return cycles()
+def wait_slots(ctr, i0, step, n, value):  # pragma: no cover - compiled
+    """Wait (`wait_until`'s spin, then yield) until ``ctr[i0 + j step]`` equals ``value`` for
+    every ``j < n``, without the GIL."""
+    for j in range(n):
+        i = i0 + j * step
+        spins = 0
+        while load_acquire(ctr, i) != value:
+            if spins < SPINS:
+                pause()
+                spins += 1
+            else:
+                yield_cpu()

@@ -36,7 +36,8 @@ import numpy as np
 #: spin of a team thread after a job, microseconds (``CONVOLAB_SPIN_US``)
 DEFAULT_SPIN_US = 300
 
-# control words, a cache line apart: the job generation, jobs' finished thread count
+# control words: the job generation; from _DONE, a cache line per team thread: the last
+# generation it finished
 _GEN = 0
 _DONE = 8
 
@@ -53,7 +54,6 @@ def spin_microseconds() -> int:
             from None
 
 
-_tsc_per_us: float | None = None
 _quiet: contextvars.ContextVar[bool] = contextvars.ContextVar("convolab_team_quiet", default=False)
 
 
@@ -66,19 +66,6 @@ def quiet():
         yield
     finally:
         _quiet.reset(token)
-
-
-def _cycles_per_microsecond() -> float:
-    """Time-stamp counter ticks per microsecond, measured once (2 ms)."""
-    global _tsc_per_us
-    if _tsc_per_us is None:
-        from ._atomics import read_cycles
-
-        c0, t0 = read_cycles(), time.perf_counter()
-        time.sleep(0.002)
-        c1, t1 = read_cycles(), time.perf_counter()
-        _tsc_per_us = max(0.0, (c1 - c0) / ((t1 - t0) * 1e6))
-    return _tsc_per_us
 
 
 class Team:
@@ -95,11 +82,10 @@ class Team:
     def _reset(self) -> None:
         """No threads yet (also in a forked child, which inherits the team but not its
         threads)."""
-        self._ctl = np.zeros(16, dtype=np.int64)
+        self._ctl = np.zeros(_DONE + 8 * self.size, dtype=np.int64)
         self._cond = threading.Condition()
         self._sleepers = 0
         self._job = None
-        self._done = 0
         self._errors: list = []
         self._threads: list = []
         self._tids: dict[int, int] = {}
@@ -109,7 +95,7 @@ class Team:
 
     # ----------------------------------------------------------------- team threads
     def _loop(self, i: int) -> None:
-        from ._atomics import add_one, spin_changed
+        from ._atomics import spin_changed
 
         self._tids[i] = threading.get_native_id()
         ctl = self._ctl
@@ -141,11 +127,11 @@ class Team:
                 # hold nothing of the job while waiting for the next (its arrays would stay
                 # alive: the FFT's spectra, measured as workspace)
                 fn = args = own = None
-                add_one(ctl, _DONE)
+                ctl[_DONE + 8 * i] = g  # this thread's own slot: one writer, no atomics
 
     def _start(self, n: int) -> None:
         if not self._budget:
-            self._budget = int(spin_microseconds() * _cycles_per_microsecond())
+            self._budget = spin_microseconds() * 1000  # nanoseconds
         while len(self._threads) < n - 1:
             i = len(self._threads)
             t = threading.Thread(target=self._loop, args=(i,), daemon=True,
@@ -183,7 +169,7 @@ class Team:
         returns how many ran it. The caller holds `lock`. ``own`` gives each thread more
         arguments: a list (thread t: ``fn(*args, own[t])``) or a function (``fn(*args,
         *own(t, n))`` on thread t of the n that run the job)."""
-        from ._atomics import wait_count
+        from ._atomics import wait_slots
 
         n = max(1, min(threads, self.size))
         if n == 1:
@@ -191,18 +177,17 @@ class Team:
             return 1
         self._start(n)
         self._job = (fn, args, own, n, 0 if _quiet.get() else self._budget)
-        target = self._done + n - 1
+        gen = int(self._ctl[_GEN]) + 1
         if self._sleepers:
             self._keep_off_caller()
-        self._ctl[_GEN] += 1
+        self._ctl[_GEN] = gen
         if self._sleepers:
             with self._cond:
                 self._cond.notify_all()
         try:
             fn(*args, *_extra(own, 0, n))
         finally:
-            wait_count(self._ctl, _DONE, target)
-            self._done = target
+            wait_slots(self._ctl, _DONE, 8, n - 1, gen)
             self._job = (None, (), None, 0, self._budget)
         if self._errors:
             err = self._errors[:]
