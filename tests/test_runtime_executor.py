@@ -244,3 +244,26 @@ def test_image_major_run_gives_the_batch_bits(monkeypatch):
     one = compile(net, x[:1], algorithm="direct", threads=2)
     for i in range(3):
         assert np.array_equal(one(x[i:i + 1]).numpy(), first[i:i + 1])
+
+
+def test_worker_clock_stamps_each_operator():
+    """With a ``stamps`` array the executor's worker records the monotonic clock before the
+    first operator and after each operator's barrier (tools/executor_profile.py's in-run
+    times); the outputs are the same as an untimed run's."""
+    from convolab.kernels import _atomics
+    from convolab.runtime import _executor as X
+
+    net = nn.Sequential(nn.Conv2d(4, 32, 3, padding=1), nn.ReLU(), nn.Conv2d(32, 32, 1),
+                        nn.Conv2d(32, 32, 3, padding=1, groups=32)).eval()
+    x = torch.randn(1, 4, 20, 20)
+    cm = compile(net, x, threads=2, algorithm="direct")
+    want = cm(x).numpy()
+    st = cm._states[tuple(x.shape)]
+    (seg,) = [s for s in st.segments if isinstance(s, M._Segment)]
+    stamps = np.zeros(len(seg.prog) + 1, np.int64)
+    seg.ctr[:] = 0
+    cm._team().run((seg.P, seg.prog, seg.fprm, st.arena, seg.wb, seg.ib, seg.ctr,
+                    X.CS_BASE + seg.nmax, 32, stamps), seg.scratch)
+    if _atomics._MONOTONIC is not None:
+        assert stamps[0] > 0 and np.all(np.diff(stamps) >= 0)
+    assert np.array_equal(st.buffers[seg.nodes[-1]].reshape(want.shape), want)

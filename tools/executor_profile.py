@@ -1,5 +1,6 @@
 """Where a compiled network's time goes: each executor segment on one and on all threads, each
-of its convolutions on one thread (GFLOP/s), and the operators run on their own.
+of its convolutions inside the segment's run (the worker's clock stamps, caches as the run
+leaves them) and alone on one thread, and the operators run on their own.
 
 Per-operator timing on one thread in one process is steadier on a noisy host than whole-network
 minima on two threads (those swing +-20% between processes here).
@@ -38,7 +39,7 @@ def main():
     import convolab
     from convolab.interop.models import load_model
     from convolab.runtime import model as M
-    from convolab.runtime._executor import CS_BASE, worker
+    from convolab.runtime._executor import CS_BASE, NO_STAMPS, worker
 
     warnings.filterwarnings("ignore")
     net = load_model(a.model)
@@ -54,21 +55,37 @@ def main():
             cs = CS_BASE + seg.nmax
             scratch = np.zeros(seg.scratch, np.float32)
 
-            def run(prog, fprm, P, seg=seg, cs=cs, scratch=scratch):
+            def run(prog, fprm, P, stamps=NO_STAMPS, seg=seg, cs=cs, scratch=scratch):
                 seg.ctr[:] = 0
                 if P == 1:
-                    worker(1, prog, fprm, st.arena, seg.wb, seg.ib, seg.ctr, cs, 32, scratch)
+                    worker(1, prog, fprm, st.arena, seg.wb, seg.ib, seg.ctr, cs, 32, stamps,
+                           scratch)
                 else:
-                    team.run((P, prog, fprm, st.arena, seg.wb, seg.ib, seg.ctr, cs, 32), seg.scratch)
+                    team.run((P, prog, fprm, st.arena, seg.wb, seg.ib, seg.ctr, cs, 32, stamps),
+                             seg.scratch)
+
+            def in_run(P, seg=seg, run=run, reps=15):
+                """Each operator's minimum time inside whole runs of the segment (ms)."""
+                stamps = np.zeros(len(seg.prog) + 1, np.int64)
+                best = np.full(len(seg.prog), np.inf)
+                for _ in range(reps):
+                    run(seg.prog, seg.fprm, P, stamps)
+                    best = np.minimum(best, np.diff(stamps) / 1e6)
+                return best
 
             one = best_ms(lambda seg=seg, run=run: run(seg.prog, seg.fprm, 1))
             all_ = best_ms(lambda seg=seg, run=run: run(seg.prog, seg.fprm, seg.P))
             print(f"executor segment, {len(seg.nodes)} convolutions: {one:.3f} ms on 1 thread, "
                   f"{all_:.3f} ms on {seg.P}")
+            seq1 = in_run(1)
+            seqp = in_run(seg.P)
+            print(f"  per operator, ms: inside the run on 1 thread (sum {seq1.sum():.3f}) / alone "
+                  f"on 1 thread / inside the run on {seg.P}; GFLOP/s inside the run on 1 thread")
             for r, i in enumerate(seg.row_nodes):  # one row per node (per image in an image-major run)
                 ms = best_ms(lambda r=r, run=run, seg=seg: run(seg.prog[r:r + 1], seg.fprm[r:r + 1], 1))
                 spec = st.plans[i].spec
-                print(f"  {ms:7.3f} ms {2 * spec.direct_multiplies / ms / 1e6:6.1f} GFLOP/s  {spec}")
+                print(f"  {seq1[r]:7.3f} {ms:7.3f} {seqp[r]:7.3f}  "
+                      f"{2 * spec.direct_multiplies / seq1[r] / 1e6:6.1f}  {spec}")
         else:
             n = cm.graph.nodes[seg]
             vals = [None] * len(cm.graph.nodes)

@@ -41,7 +41,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
-from ..kernels._atomics import fetch_add, wait_until
+from ..kernels._atomics import fetch_add, now_ns, wait_until
 from ..kernels._direct import (
     depthwise_block_scratch,
     depthwise_block_task,
@@ -200,9 +200,15 @@ def _dwb(j, op, fprm, A, Wb, ctr, CS, scratch):  # pragma: no cover - compiled
 
 
 @njit(nogil=True, cache=True)
-def worker(P, prog, fprm, A, Wb, Ib, ctr, CS, KB, scratch):  # pragma: no cover - compiled
+def worker(P, prog, fprm, A, Wb, Ib, ctr, CS, KB, stamps, scratch):  # pragma: no cover - compiled
     """Run every operator of ``prog`` with ``P`` threads (this one of them); ``scratch``: this
-    thread's work buffer (the largest depthwise operator's, `scratch_elements`)."""
+    thread's work buffer (the largest depthwise operator's, `scratch_elements`). ``stamps``:
+    empty, or ``len(prog) + 1`` int64 slots that receive the monotonic clock (ns) before the
+    first operator and as each operator's barrier is passed (`tools/executor_profile.py`: each
+    operator's time inside the run, caches as the run leaves them)."""
+    timed = stamps.size > prog.shape[0]
+    if timed:
+        stamps[0] = now_ns()
     for j in range(prog.shape[0]):
         op = prog[j]
         kind = op[F_KIND]
@@ -213,6 +219,12 @@ def worker(P, prog, fprm, A, Wb, Ib, ctr, CS, KB, scratch):  # pragma: no cover 
         elif kind == OP_DWB:
             _dwb(j, op, fprm[j], A, Wb, ctr, CS, scratch)
         _barrier(ctr, j * CS, P)
+        if timed:
+            stamps[j + 1] = now_ns()
+
+
+#: ``stamps`` of an untimed run
+NO_STAMPS = np.zeros(0, dtype=np.int64)
 
 
 def scratch_elements(prog: np.ndarray) -> int:
@@ -234,6 +246,7 @@ WARM_CODE = (
     "import numpy as np; from convolab.runtime._executor import worker, NF; "
     "worker(1, np.zeros((0, NF), np.int64), np.zeros((0, 2), np.float32), np.zeros(1, np.float32), "
     "np.zeros(1, np.float32), np.zeros(1, np.int64), np.zeros(1, np.int64), 4, 32, "
+    "np.zeros(0, np.int64), "
     "np.zeros(16, np.float32))"
 )
 
@@ -255,8 +268,8 @@ class Team:
         return team.shared()._threads
 
     def run(self, args, scratch: int) -> None:
-        """Run `worker` over ``args`` (``P`` first, all but the scratch buffer) on up to ``P``
-        threads; ``scratch``: elements each thread's work buffer needs."""
+        """Run `worker` over ``args`` (``P`` first, all but the scratch buffer, ``stamps``
+        last) on up to ``P`` threads; ``scratch``: elements each thread's work buffer needs."""
         from ..kernels import load_from_cache, team
 
         if self._scratch is None or self._scratch[0].size < scratch:
