@@ -80,8 +80,8 @@ def _workspace(spec: ConvSpec) -> int:
         from .._parallel import worker_count
         from ..kernels._direct import depthwise_block_scratch
 
-        return worker_count() * depthwise_block_scratch(spec.OH, spec.OW, spec.R, spec.S,
-                                                        *spec.stride, *spec.dilation) * 4
+        return worker_count() * int(depthwise_block_scratch(spec.OH, spec.OW, spec.R, spec.S,
+                                                            *spec.stride, *spec.dilation)) * 4
     if depthwise(spec):  # one padded (phase-split) plane per thread
         from .._parallel import worker_count
 

@@ -45,6 +45,7 @@ from ..kernels._atomics import fetch_add, now_ns, wait_until
 from ..kernels._direct import (
     depthwise_block_scratch,
     depthwise_block_task,
+    depthwise_block_tasks,
     depthwise_scratch,
     depthwise_task,
     fill_phases,
@@ -189,7 +190,8 @@ def _dw(j, op, fprm, A, Wb, Ib, ctr, CS, scratch):  # pragma: no cover - compile
 def _dwb(j, op, fprm, A, Wb, ctr, CS, scratch):  # pragma: no cover - compiled
     N, C, H, W = op[F_N], op[F_C], op[F_H], op[F_W]
     epi = _epi(op, fprm, Wb, A, op[F_RES])
-    ntask = N * ((C + 15) // 16)
+    ntask = depthwise_block_tasks(N, C, op[F_OH], op[F_OW], op[F_R], op[F_S], op[F_SH], op[F_SW],
+                                  op[F_DH], op[F_DW])
     while True:
         t = fetch_add(ctr, j * CS + 1)
         if t >= ntask:
