@@ -35,9 +35,10 @@ def test_pinning_can_be_switched_off(monkeypatch):
 
 
 @multi_cpu
-def test_woken_team_threads_kept_off_the_callers_cpu(monkeypatch):
-    """A sleeping team thread woken for a job is moved off the caller's CPU (Linux would wake
-    it there, and the two would take turns on one CPU)."""
+def test_team_threads_kept_off_the_callers_cpu(monkeypatch):
+    """At each job the team's threads are kept off the caller's CPU (Linux would wake a
+    sleeping one there, and a spinning one stays where the caller may have moved to: the two
+    would take turns on one CPU)."""
     from convolab.kernels import team as T
 
     monkeypatch.setenv("CONVOLAB_SPIN_US", "0")  # team threads sleep right after each job
@@ -46,15 +47,15 @@ def test_woken_team_threads_kept_off_the_callers_cpu(monkeypatch):
         cpus = []
         with t.lock:
             t.run(lambda i: cpus.append((i, _parallel._current_cpu())), (), 2, own=[0, 1])
-        here = _parallel._current_cpu()
         allowed = os.sched_getaffinity(0)
         (tid,) = t._tids.values()
         assert os.sched_getaffinity(tid) <= allowed
         assert sorted(i for i, _ in cpus) == [0, 1]
         assert all(c is None or c in allowed for _, c in cpus)
-        if here is not None and len(allowed) > 1:
-            assert t._affinity[tid] == frozenset(allowed - {here}) or t._affinity[tid] == frozenset(
-                allowed)  # the caller may have moved between the wake-up and now
+        caller = t._caller_cpu  # the caller's CPU when it submitted the job
+        if caller is not None:
+            assert t._affinity[tid] == frozenset(allowed - {caller})
+            assert os.sched_getaffinity(tid) == allowed - {caller}
     finally:
         t.close()
 

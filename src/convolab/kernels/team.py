@@ -90,6 +90,7 @@ class Team:
         self._threads: list = []
         self._tids: dict[int, int] = {}
         self._affinity: dict[int, frozenset] = {}
+        self._caller_cpu = None
         self._budget = 0
         self.lock = threading.Lock()
 
@@ -144,10 +145,15 @@ class Team:
     def _keep_off_caller(self) -> None:
         """Keep the team's threads off the calling thread's CPU: Linux wakes a thread on its
         waker's CPU and leaves it there, and the two then took turns on one CPU (measured: no
-        speed-up from the second thread); the caller stays free to move."""
+        speed-up from the second thread); the caller stays free to move. Checked at every job
+        (a spinning team thread, pinned off the caller's previous CPU, would otherwise share
+        the CPU the caller moved to), with work only when the caller's CPU changed."""
         from .._parallel import _current_cpu
 
         cpu = _current_cpu()
+        if cpu is not None and cpu == self._caller_cpu and len(self._affinity) == len(self._tids):
+            return
+        self._caller_cpu = cpu
         try:
             allowed = os.sched_getaffinity(0)
         except (AttributeError, OSError):
@@ -178,8 +184,7 @@ class Team:
         self._start(n)
         self._job = (fn, args, own, n, 0 if _quiet.get() else self._budget)
         gen = int(self._ctl[_GEN]) + 1
-        if self._sleepers:
-            self._keep_off_caller()
+        self._keep_off_caller()
         self._ctl[_GEN] = gen
         if self._sleepers:
             with self._cond:
