@@ -42,6 +42,9 @@ from .microkernel import MR, MR_TAIL, NV
 
 _I32 = ir.IntType(32)
 _I64 = ir.IntType(64)
+#: steps of the reduction ahead of which a tile prefetches the packed filter (a step reads 128
+#: bytes of it: 16 steps are 2 KiB, about a memory latency of multiply-adds)
+WEIGHT_PREFETCH_STEPS = 16
 #: reduction steps from which a tile prefetches its output lines two tiles ahead
 PREFETCH_MIN_STEPS = 64
 
@@ -182,6 +185,10 @@ def _typer(mr, straight, tys, pixel_major=False, table=False):
         vty = ir.VectorType(flt, VL)
         vpty = vty.as_pointer()
         fmaf = _fma_fn(builder, vty)
+        i8p = ir.IntType(8).as_pointer()
+        prefetch = cgutils.get_or_insert_function(
+            builder.module, ir.FunctionType(ir.VoidType(), [i8p, _I32, _I32, _I32]),
+            "llvm.prefetch.p0")
         wp = builder.gep(context.make_array(sig.args[0])(context, builder, wa).data, [woff])
         xp = builder.gep(context.make_array(sig.args[2])(context, builder, xa).data, [xoff])
         op = context.make_array(sig.args[11])(context, builder, oa).data
@@ -246,6 +253,13 @@ def _typer(mr, straight, tys, pixel_major=False, table=False):
                 wh = builder.gep(ws, [builder.mul(lh, kbc)])
                 wv = [builder.load(builder.bitcast(builder.gep(wh, [_i64(v * VL)]), vpty),
                                    align=size) for v in range(NV)]
+                # the packed filter is read in order: fetch the lines WEIGHT_PREFETCH_STEPS
+                # steps ahead (into the next k-block at the end of this one), so a filter
+                # streamed from memory, once per layer, does not stall the first tiles
+                for v in range(NV):
+                    builder.call(prefetch, [builder.bitcast(
+                        builder.gep(wh, [_i64(WEIGHT_PREFETCH_STEPS * KB + v * VL)]), i8p),
+                        ir.Constant(_I32, 0), ir.Constant(_I32, 3), ir.Constant(_I32, 1)])
                 for j, (base, off) in enumerate(pix):
                     s = builder.load(builder.gep(base, [builder.add(xi, off)]))
                     b = splat(builder, s, vty)
