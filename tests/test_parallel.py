@@ -101,7 +101,7 @@ def test_a_busy_team_runs_the_job_on_the_caller():
 
 
 @multi_cpu
-def test_team_threads_spin_after_a_job_then_sleep(monkeypatch):
+def test_team_threads_sleep_after_their_spin_and_wake_for_the_next_job(monkeypatch):
     import time
 
     from convolab.kernels import _atomics
@@ -114,7 +114,8 @@ def test_team_threads_spin_after_a_job_then_sleep(monkeypatch):
     try:
         with t.lock:
             t.run(lambda i: None, (), 2, own=[0, 1])
-        assert t._sleepers == 0  # spinning, ready for the next job without a wake-up
+        # (spinning now, ready for the next job without a wake-up; not asserted: a loaded
+        # machine may pause this thread longer than the spin)
         deadline = time.monotonic() + 30
         while t._sleepers == 0 and time.monotonic() < deadline:
             time.sleep(0.05)
