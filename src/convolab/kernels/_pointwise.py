@@ -88,6 +88,27 @@ def _make_tile(full: bool):
                          for j in range(NPV)]
             accs = [[cgutils.alloca_once_value(builder, zero) for _ in range(NPV)]
                     for _ in range(KR)]
+            if full:
+                # the next tile's output lines (for writing) and, with a residual, its residual
+                # lines: 2 KR NPV streams, more than the hardware prefetcher follows
+                i8p = ir.IntType(8).as_pointer()
+                prefetch = cgutils.get_or_insert_function(
+                    builder.module, ir.FunctionType(ir.VoidType(), [i8p, _I32, _I32, _I32]),
+                    "llvm.prefetch.p0")
+                has_res = builder.icmp_unsigned("!=", builder.and_(a[16], _i64(4)), _i64(0))
+                for i in range(KR):
+                    nxt = builder.add(builder.add(builder.add(ooff, builder.mul(_i64(i), P)), p0),
+                                      _i64(PX))
+                    for j in range(NPV):
+                        at = builder.add(nxt, _i64(16 * j))
+                        builder.call(prefetch, [builder.bitcast(builder.gep(op, [at]), i8p),
+                                                ir.Constant(_I32, 1), ir.Constant(_I32, 3),
+                                                ir.Constant(_I32, 1)])
+                        with builder.if_then(has_res):
+                            rp = builder.gep(epi.er, [builder.add(epi.erd, at)])
+                            builder.call(prefetch, [builder.bitcast(rp, i8p),
+                                                    ir.Constant(_I32, 0), ir.Constant(_I32, 3),
+                                                    ir.Constant(_I32, 1)])
             with cgutils.for_range(builder, C) as lp:
                 c = lp.index
                 xrow = builder.gep(xp, [builder.mul(c, P)])
