@@ -267,3 +267,63 @@ def test_worker_clock_stamps_each_operator():
     if _atomics._MONOTONIC is not None:
         assert stamps[0] > 0 and np.all(np.diff(stamps) >= 0)
     assert np.array_equal(st.buffers[seg.nodes[-1]].reshape(want.shape), want)
+
+
+def _inverted_residual(c=16, e=32):
+    return nn.Sequential(
+        nn.Conv2d(c, e, 1, bias=False), nn.BatchNorm2d(e), nn.ReLU6(),
+        nn.Conv2d(e, e, 3, stride=2, padding=1, groups=e, bias=False), nn.BatchNorm2d(e), nn.ReLU6(),
+        nn.Conv2d(e, c, 1, bias=False), nn.BatchNorm2d(c)).eval()
+
+
+@pytest.mark.parametrize("batch", [1, 3])
+def test_expansion_feeds_depthwise_channel_blocked_with_the_same_bits(batch, monkeypatch):
+    """A 1x1 expansion whose only consumer is a channel-blocked depthwise layer stores its
+    output NCHW16c and the depthwise layer reads it so (`_blocked_pairs`): the same bits as the
+    NCHW path, which is bit-identical to ``algorithm="direct"``."""
+    from convolab.runtime import _executor as X
+
+    torch.manual_seed(0)
+    net = _inverted_residual()
+    for m in net.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            m.running_mean.uniform_(-1, 1)
+            m.running_var.uniform_(0.5, 2)
+    x = torch.randn(batch, 16, 30, 30)
+    cm = compile(net, x, threads=2, algorithm="direct")
+    got = cm(x).numpy()
+    st = cm._states[tuple(x.shape)]
+    (seg,) = [s for s in st.segments if isinstance(s, M._Segment)]
+    # the pair's two rows (per image in an image-major run)
+    assert int(seg.prog[:, X.F_BLK].sum()) in (2, 2 * batch)
+    monkeypatch.setattr(M, "_blocked_pairs", lambda *a: [])
+    plain = compile(net, x, threads=2, algorithm="direct")
+    want = plain(x).numpy()
+    st2 = plain._states[tuple(x.shape)]
+    assert all(int(s.prog[:, X.F_BLK].max()) == 0 for s in st2.segments if isinstance(s, M._Segment))
+    assert np.array_equal(got, want)
+    np.testing.assert_allclose(got, net(x).detach().numpy(), rtol=1e-4, atol=1e-4)
+
+
+def test_an_expansion_read_twice_stays_nchw():
+    """The expansion's output also read by another operator (here a residual add): not
+    channel-blocked."""
+    from convolab.runtime import _executor as X
+
+    class Twice(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.pw = nn.Conv2d(16, 32, 1)
+            self.dw = nn.Conv2d(32, 32, 3, padding=1, groups=32)
+
+        def forward(self, x):
+            y = torch.relu(self.pw(x))
+            return self.dw(y) + y
+
+    net = Twice().eval()
+    x = torch.randn(1, 16, 20, 20)
+    cm = compile(net, x, threads=2, algorithm="direct")
+    got = cm(x).numpy()
+    st = cm._states[tuple(x.shape)]
+    assert all(int(s.prog[:, X.F_BLK].max()) == 0 for s in st.segments if isinstance(s, M._Segment))
+    np.testing.assert_allclose(got, net(x).detach().numpy(), rtol=1e-4, atol=1e-4)

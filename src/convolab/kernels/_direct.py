@@ -593,7 +593,7 @@ def depthwise_block_tasks(N, C, OH, OW, R, S, sh, sw, dh, dw):  # pragma: no cov
 
 @njit(nogil=True)
 def depthwise_block_task(task, xflat, xbase, wf, wbase, of, obase, C, H, W, R, S, OH, OW, sh, sw,
-                         dh, dw, pt, pl, buf, epi):  # pragma: no cover - compiled
+                         dh, dw, pt, pl, buf, epi, xblocked):  # pragma: no cover - compiled
     """Task ``task = (n ceil(C / 16) + b) nbands + band`` of a depthwise convolution with one
     output per channel, channel-blocked: output rows ``band * OB ..`` (`depthwise_band_rows`)
     of channels ``16 b .. 16 b + 15`` of image n. The padded input rows the band reads are
@@ -605,7 +605,9 @@ def depthwise_block_task(task, xflat, xbase, wf, wbase, of, obase, C, H, W, R, S
     bands that stay in the L2 cache). ``wf[wbase + (b T + t) 16 + l]``: tap t of channel
     16 b + l (packed by the plan, zero past C). Every output is ``fma(w_{T-1}, x_{T-1}, ...
     fma(w_0, x_0, 0))`` in (r, s) order: bit for bit `depthwise_task`'s result, whatever the
-    bands."""
+    bands. With ``xblocked`` the input is channel-blocked (NCHW16c: channel ``16 b + l`` of
+    pixel p at ``16 b HW + 16 p + l``, C a multiple of 16): the band's rows are copied, not
+    transposed."""
     ebias, eres, eoff, emode, ecode, elo, ehi = epi
     nbk = (C + 15) // 16
     OB = depthwise_band_rows(OH, OW, R, S, sh, sw, dh, dw)
@@ -648,6 +650,12 @@ def depthwise_block_task(task, xflat, xbase, wf, wbase, of, obase, C, H, W, R, S
             buf[row + i] = zero
         for i in range(uint64((w1 + pl) * 16), uint64(Wp * 16)):
             buf[row + i] = zero
+        if xblocked:  # the row's pixel vectors as they are
+            src = uint64(src0 + (h * W + w0) * 16)
+            dst = row + uint64((w0 + pl) * 16)
+            for i in range(uint64((w1 - w0) * 16)):
+                buf[dst + i] = xflat[src + i]
+            continue
         for w in range(w0, w1, 16):
             # 16 channels x up to 16 pixels of the row, transposed to pixel vectors
             cnt = min(16, w1 - w)
@@ -699,7 +707,7 @@ def depthwise_blocked(x, wpk, out, sh, sw, dh, dw, pt, pl, R, S,
         if task >= ntask:
             break
         depthwise_block_task(task, xflat, 0, wf, 0, of, 0, C, H, W, R, S, OH, OW, sh, sw, dh, dw,
-                             pt, pl, buf, (of, of, 0, 0, 0, F0, F0))
+                             pt, pl, buf, (of, of, 0, 0, 0, F0, F0), False)
 
 
 @njit(cache=True, nogil=True)

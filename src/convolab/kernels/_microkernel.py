@@ -109,7 +109,7 @@ def fma(typingctx, a, b, c):
 
 
 def _make_microkernel(mr: int, pixel_major: bool = False, straight: bool = False,
-                      table: bool = False):
+                      table: bool = False, blocked: bool = False):
     """The microkernel intrinsic for tiles of ``mr`` pixels, pixels past ``OHOW - 1`` repeating
     it. ``straight``: the tile's pixels lie in one output row (the caller checks), addressed
     from one pointer per three pixels. With ``pixel_major`` it takes one more argument,
@@ -121,6 +121,9 @@ def _make_microkernel(mr: int, pixel_major: bool = False, straight: bool = False
     oh*OWr + ow]`` (`_store_virtual`); and ``tab`` and ``tabo``: the reduction's run of
     ``FHe`` elements reads element ``i`` at ``tab[tabo + i]`` from the run's start instead of
     ``i * istep``.
+
+    With ``blocked`` the tile is stored channel-blocked (NCHW16c: 16 channels of a pixel in one
+    vector, `_store_blocked`), with bias and ReLU / clamp but no residual.
 
     Every variant but ``pixel_major`` ends with the output stage's eight arguments, ``eb, eko,
     er, erd, emode, ecode, elo, ehi``: float32 tiles stored transposed become ``act(y +
@@ -147,15 +150,16 @@ def _make_microkernel(mr: int, pixel_major: bool = False, straight: bool = False
                         obase, OHOW, OW, rowlen, kn, v0, eb, eko, er, erd, emode, ecode, elo, ehi):
             return _typer(mr, straight, (w, woff, x, xoff, cstride, Cg, FWe, FHe, istep, fwstep,
                                          cs, out, obase, OHOW, OW, rowlen, kn, v0, eb, eko, er,
-                                         erd, emode, ecode, elo, ehi))
+                                         erd, emode, ecode, elo, ehi), blocked=blocked)
 
     microkernel.__name__ = microkernel.__qualname__ = (
         f"_microkernel_{mr}" + ("_straight" if straight else "")
-        + ("_pixel_major" if pixel_major else "") + ("_table" if table else ""))
+        + ("_pixel_major" if pixel_major else "") + ("_table" if table else "")
+        + ("_blocked" if blocked else ""))
     return intrinsic(microkernel)
 
 
-def _typer(mr, straight, tys, pixel_major=False, table=False):
+def _typer(mr, straight, tys, pixel_major=False, table=False, blocked=False):
     """Signature and code of one tile: pixels ``v0 .. v0+mr-1`` x KB channels (``kn`` real).
 
     ``woff``: the k-block's packed filter; ``xoff``: the group's first input element;
@@ -194,7 +198,7 @@ def _typer(mr, straight, tys, pixel_major=False, table=False):
         op = context.make_array(sig.args[11])(context, builder, oa).data
         if table:
             tabp = context.make_array(sig.args[20])(context, builder, a[20]).data
-        if not pixel_major:
+        if not pixel_major and not blocked:
             # only where the reduction is long enough to hide them: for short ones (a 1x1 layer
             # of 16 channels) the 2 prefetches per output channel cost more than they save
             steps = builder.mul(builder.mul(Cg, FWe), FHe)
@@ -279,6 +283,8 @@ def _typer(mr, straight, tys, pixel_major=False, table=False):
             epi = _Epi(context, builder, sig, a, e, flt, vty)
         if pixel_major:
             _store_pixel_major(builder, accs, vty, size, op, obase, kn, v0, n, a[18])
+        elif blocked:
+            _store_blocked(builder, accs, vty, size, op, obase, OHOW, kn, v0, n, epi)
         elif table:
             _store_virtual(context, builder, accs, vty, flt, op, obase, OW, kn, v0, n, a[18], a[19],
                            epi)
@@ -320,6 +326,25 @@ class _Epi:
             r = builder.call(self.mload, [ptr, ir.Constant(_I32, 4), mask,
                                           ir.Constant(self.vty, None)])
             builder.store(builder.fadd(builder.load(self.cur), r), self.cur)
+        with builder.if_then(builder.icmp_unsigned("==", self.code, _i64(1))):
+            builder.store(builder.call(self.vmax, [builder.load(self.cur),
+                                                   ir.Constant(self.vty, None)]), self.cur)
+        with builder.if_then(builder.icmp_unsigned("==", self.code, _i64(2))):
+            t = builder.call(self.vmax, [builder.load(self.cur), splat(builder, self.lo, self.vty)])
+            builder.store(builder.call(self.vmin, [t, splat(builder, self.hi, self.vty)]), self.cur)
+        return builder.load(self.cur)
+
+    def apply_lanes(self, builder, v, k0, mask):
+        """``act(v + eb[eko + k0 + lane])`` by mode (bias) and code, lanes being output
+        channels (the bias loaded under ``mask``); no residual."""
+        builder.store(v, self.cur)
+        bits = builder.and_(self.mode, _i64(2))
+        with builder.if_then(builder.icmp_unsigned("!=", bits, _i64(0))):
+            ptr = builder.bitcast(builder.gep(self.eb, [builder.add(self.eko, _i64(k0))]),
+                                  self.vty.as_pointer())
+            b = builder.call(self.mload, [ptr, ir.Constant(_I32, 4), mask,
+                                          ir.Constant(self.vty, None)])
+            builder.store(builder.fadd(builder.load(self.cur), b), self.cur)
         with builder.if_then(builder.icmp_unsigned("==", self.code, _i64(1))):
             builder.store(builder.call(self.vmax, [builder.load(self.cur),
                                                    ir.Constant(self.vty, None)]), self.cur)
@@ -435,6 +460,27 @@ def _store_pixel_major(builder, accs, vty, size, op, obase, kn, v0, n, ostride):
                 ptr = builder.bitcast(builder.gep(base, [_i64(i * VL)]), vty.as_pointer())
                 builder.call(mstore, [builder.load(accs[j][i]), ptr, ir.Constant(_I32, size),
                                       masks[i]])
+
+
+def _store_blocked(builder, accs, vty, size, op, obase, OHOW, kn, v0, n, epi):
+    """Store the tile channel-blocked: vector i of real pixel ``v`` (output channels ``16 i ..
+    16 i + 15`` of the k-block, ``kn`` real) at ``op[obase + 16 i OHOW + 16 v]`` -- the NCHW16c
+    layout of a k-block whose NCHW planes start at ``obase`` -- after the output stage's bias
+    and ReLU / clamp (`_Epi.apply_lanes`; ``epi`` None: float64, stored as it is)."""
+    VL = vty.count
+    mstore, _ = _masked_store(builder, vty, size)
+    masks = _lane_masks(builder, vty, kn)
+    for j in range(len(accs)):
+        with builder.if_then(builder.icmp_unsigned("<", _i64(j), n)):
+            v = builder.add(v0, _i64(j))
+            for i in range(NV):
+                at = builder.add(builder.add(obase, builder.mul(_i64(i * VL), OHOW)),
+                                 builder.mul(v, _i64(VL)))
+                val = builder.load(accs[j][i])
+                if epi is not None:
+                    val = epi.apply_lanes(builder, val, i * VL, masks[i])
+                ptr = builder.bitcast(builder.gep(op, [at]), vty.as_pointer())
+                builder.call(mstore, [val, ptr, ir.Constant(_I32, size), masks[i]])
 
 
 def _transpose16(builder, rows):
@@ -657,6 +703,8 @@ _microkernel_pm = _make_microkernel(MR, pixel_major=True, straight=True)
 _microkernel_pm_tail = _make_microkernel(MR_TAIL, pixel_major=True)
 _microkernel_table = _make_microkernel(MR, straight=True, table=True)
 _microkernel_table_tail = _make_microkernel(MR_TAIL, table=True)
+_microkernel_blocked = _make_microkernel(MR, straight=True, blocked=True)
+_microkernel_blocked_tail = _make_microkernel(MR_TAIL, blocked=True)
 
 
 @njit(inline="always")
@@ -695,6 +743,9 @@ def run_tile_tasks(wflat, wbase, src, srcbase, cstride, Cgk, FWe, FHe, istep, fw
     # planes, rowlen >= OW, cs = 1), tiles over virtual rows of the phase width, on the table
     # kernels (`_store_virtual` drops the wrapped columns)
     table = tabo >= 0
+    # tabo == -2: the output is stored channel-blocked (NCHW16c, `_store_blocked`; dense rows
+    # and a fused output stage only, which the caller guarantees)
+    blocked = tabo == -2
     VHW = (OHOW // OW - 1) * OWv + OW if table else OHOW
     # bias, residual and ReLU / clamp applied by float32 tiles as they are stored; other
     # stages (a scale, SiLU...) or float64 by a pass over each task's outputs after
@@ -734,6 +785,17 @@ def run_tile_tasks(wflat, wbase, src, srcbase, cstride, Cgk, FWe, FHe, istep, fw
                         _microkernel_table(wflat, woff, src, xg, cstride, Cgk, FWe, FHe, istep,
                                            fwstep, cs, on, ob, VHW, OWv, rowlen, kn, v0, OW, OHOW,
                                            tab, tabo, ebias, k0, eres, erd, fm, fc, elo, ehi)
+                elif blocked:
+                    if qt >= nfull:
+                        for v in range(v0, OHOW, MR_TAIL):
+                            _microkernel_blocked_tail(wflat, woff, src, xg, cstride, Cgk, FWe,
+                                                      FHe, istep, fwstep, cs, on, ob, OHOW, OW,
+                                                      rowlen, kn, v, ebias, k0, eres, erd, fm,
+                                                      fc, elo, ehi)
+                    else:
+                        _microkernel_blocked(wflat, woff, src, xg, cstride, Cgk, FWe, FHe, istep,
+                                             fwstep, cs, on, ob, OHOW, OW, rowlen, kn, v0,
+                                             ebias, k0, eres, erd, fm, fc, elo, ehi)
                 elif qt >= nfull:  # the last, partial tile: narrow tiles
                     for v in range(v0, OHOW, MR_TAIL):
                         _microkernel_tail(wflat, woff, src, xg, cstride, Cgk, FWe, FHe, istep,
@@ -747,7 +809,7 @@ def run_tile_tasks(wflat, wbase, src, srcbase, cstride, Cgk, FWe, FHe, istep, fw
                     _microkernel(wflat, woff, src, xg, cstride, Cgk, FWe, FHe, istep, fwstep, cs,
                                  on, ob, OHOW, OW, rowlen, kn, v0,
                              ebias, k0, eres, erd, fm, fc, elo, ehi)
-            if (emode != 0 or ecode != 0) and not fused:
+            if (emode != 0 or ecode != 0) and not fused and not blocked:
                 v0 = q0 * MR
                 n = min(OHOW, q1 * MR) - v0
                 if table:  # the real pixels before virtual pixels q0 MR and q1 MR

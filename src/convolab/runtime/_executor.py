@@ -61,8 +61,8 @@ OP_DWB = 3
 # fields of a program row
 (F_KIND, F_N, F_C, F_H, F_W, F_K, F_OH, F_OW, F_G, F_R, F_S, F_X, F_XIMG, F_Y, F_YIMG, F_WOFF,
  F_BIAS, F_RES, F_ACT, F_A, F_B, F_C2, F_D, F_E, F_F, F_G2, F_SH, F_SW, F_DH, F_DW,
- F_TAB, F_PV) = range(32)
-NF = 32
+ F_TAB, F_PV, F_BLK) = range(33)
+NF = 33
 # OP_TILES extras: F_A nkbr, F_B nchunk, F_C2 padded (1), subsampled (2, F_D sh, F_E sw) or
 # stride-phase (3: planes F_H = sh sw hq rows of F_W = wq, the taps' offsets at F_TAB in Ib)
 # copy (0: none), F_D pt, F_E pl, F_F padded copy's
@@ -72,6 +72,10 @@ NF = 32
 # pixel-vector kernel (`convolab.kernels._pointwise`) in F_PV chunks of pixels per k-block
 # OP_DW extras: F_A sh, F_B sw, F_C2 pt, F_D pl, F_E hq, F_F wq, F_G2 qoff offset in Ib
 # OP_DWB (channel-blocked depthwise, one output per channel): F_C2 pt, F_D pl, F_SH..F_DW
+# F_BLK = 1: the operator's output (OP_TILES of a 1x1 layer, on the microkernel) or input
+# (OP_DWB) is channel-blocked, NCHW16c: the 1x1 layer's tiles store their 16-channel pixel
+# vectors as they are and the depthwise operator copies rows of them instead of transposing
+# planes (`model._blocked_pairs` picks such pairs)
 #: counters per operator: [0] barrier, [1] phase-1 tasks, [2] phase barrier, [3 + n] image n
 CS_BASE = 3
 
@@ -153,7 +157,7 @@ def _tiles(j, op, fprm, P, A, Wb, Ib, ctr, CS, KB):  # pragma: no cover - compil
                 pointwise_task(Wb, op[F_WOFF], KB, A, src + n * ximg, yoff, OHOW, C, K, kb, p0,
                                p1, epi)
         return
-    tabo = -1
+    tabo = -2 if op[F_BLK] else -1  # -2: channel-blocked output (`run_tile_tasks`)
     if op[F_C2] == 3:  # stride-phase planes: each tap's offset from the table, rows of wq
         Cgk, FWe, FHe, istep, fwstep, cs, rowlen = Cg, 1, R * S, 0, 0, 1, Wp
         tabo = op[F_TAB]
@@ -198,7 +202,7 @@ def _dwb(j, op, fprm, A, Wb, ctr, CS, scratch):  # pragma: no cover - compiled
             break
         depthwise_block_task(t, A, op[F_X], Wb, op[F_WOFF], A, op[F_Y], C, H, W, op[F_R],
                              op[F_S], op[F_OH], op[F_OW], op[F_SH], op[F_SW], op[F_DH], op[F_DW],
-                             op[F_C2], op[F_D], scratch, epi)
+                             op[F_C2], op[F_D], scratch, epi, op[F_BLK])
 
 
 @njit(nogil=True, cache=True)
