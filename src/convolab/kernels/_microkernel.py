@@ -123,7 +123,7 @@ def _make_microkernel(mr: int, pixel_major: bool = False, straight: bool = False
     ``i * istep``.
 
     With ``blocked`` the tile is stored channel-blocked (NCHW16c: 16 channels of a pixel in one
-    vector, `_store_blocked`), with bias and ReLU / clamp but no residual.
+    vector, `_store_pixel_major`), with bias and ReLU / clamp but no residual.
 
     Every variant but ``pixel_major`` ends with the output stage's eight arguments, ``eb, eko,
     er, erd, emode, ecode, elo, ehi``: float32 tiles stored transposed become ``act(y +
@@ -283,8 +283,9 @@ def _typer(mr, straight, tys, pixel_major=False, table=False, blocked=False):
             epi = _Epi(context, builder, sig, a, e, flt, vty)
         if pixel_major:
             _store_pixel_major(builder, accs, vty, size, op, obase, kn, v0, n, a[18])
-        elif blocked:
-            _store_blocked(builder, accs, vty, size, op, obase, OHOW, kn, v0, n, epi)
+        elif blocked:  # NCHW16c (`_store_pixel_major`)
+            _store_pixel_major(builder, accs, vty, size, op, obase, kn, v0, n, _i64(VL),
+                               builder.mul(_i64(VL), OHOW), epi)
         elif table:
             _store_virtual(context, builder, accs, vty, flt, op, obase, OW, kn, v0, n, a[18], a[19],
                            epi)
@@ -326,6 +327,10 @@ class _Epi:
             r = builder.call(self.mload, [ptr, ir.Constant(_I32, 4), mask,
                                           ir.Constant(self.vty, None)])
             builder.store(builder.fadd(builder.load(self.cur), r), self.cur)
+        return self._activation(builder)
+
+    def _activation(self, builder):
+        """ReLU (code 1) or clamp(lo, hi) (code 2) of the vector in ``cur``; returns it."""
         with builder.if_then(builder.icmp_unsigned("==", self.code, _i64(1))):
             builder.store(builder.call(self.vmax, [builder.load(self.cur),
                                                    ir.Constant(self.vty, None)]), self.cur)
@@ -345,13 +350,7 @@ class _Epi:
             b = builder.call(self.mload, [ptr, ir.Constant(_I32, 4), mask,
                                           ir.Constant(self.vty, None)])
             builder.store(builder.fadd(builder.load(self.cur), b), self.cur)
-        with builder.if_then(builder.icmp_unsigned("==", self.code, _i64(1))):
-            builder.store(builder.call(self.vmax, [builder.load(self.cur),
-                                                   ir.Constant(self.vty, None)]), self.cur)
-        with builder.if_then(builder.icmp_unsigned("==", self.code, _i64(2))):
-            t = builder.call(self.vmax, [builder.load(self.cur), splat(builder, self.lo, self.vty)])
-            builder.store(builder.call(self.vmin, [t, splat(builder, self.hi, self.vty)]), self.cur)
-        return builder.load(self.cur)
+        return self._activation(builder)
 
 
 def _divmod(builder, v, d):
@@ -446,10 +445,17 @@ def lanes_below(builder, n, count):
     return builder.icmp_signed("<", lanes, splat(builder, n, ir.VectorType(_I64, count)))
 
 
-def _store_pixel_major(builder, accs, vty, size, op, obase, kn, v0, n, ostride):
-    """Store each real pixel's KB channels (``kn`` of them real) as NV vectors at
-    ``op[obase + v*ostride]`` (masked where fewer than a vector's lanes are real)."""
+def _store_pixel_major(builder, accs, vty, size, op, obase, kn, v0, n, ostride, vstride=None,
+                       epi=None):
+    """Store each real pixel's KB channels (``kn`` of them real) as NV vectors: vector i of
+    pixel ``v`` at ``op[obase + v*ostride + i*vstride]`` (``vstride`` default: the vector
+    length, the channels contiguous), masked where fewer than a vector's lanes are real, after
+    the output stage's bias and ReLU / clamp on lane vectors when ``epi`` is given
+    (`_Epi.apply_lanes`). The channel-blocked store (NCHW16c: vector i of the k-block at
+    ``16 i OHOW`` from its first plane, pixel ``v`` at ``16 v``) is ``ostride`` 16,
+    ``vstride`` 16 OHOW."""
     VL = vty.count
+    vstride = _i64(VL) if vstride is None else vstride
     mstore, _ = _masked_store(builder, vty, size)
     masks = _lane_masks(builder, vty, kn)
     for j in range(len(accs)):
@@ -457,29 +463,11 @@ def _store_pixel_major(builder, accs, vty, size, op, obase, kn, v0, n, ostride):
             v = builder.add(v0, _i64(j))
             base = builder.gep(op, [builder.add(obase, builder.mul(v, ostride))])
             for i in range(NV):
-                ptr = builder.bitcast(builder.gep(base, [_i64(i * VL)]), vty.as_pointer())
-                builder.call(mstore, [builder.load(accs[j][i]), ptr, ir.Constant(_I32, size),
-                                      masks[i]])
-
-
-def _store_blocked(builder, accs, vty, size, op, obase, OHOW, kn, v0, n, epi):
-    """Store the tile channel-blocked: vector i of real pixel ``v`` (output channels ``16 i ..
-    16 i + 15`` of the k-block, ``kn`` real) at ``op[obase + 16 i OHOW + 16 v]`` -- the NCHW16c
-    layout of a k-block whose NCHW planes start at ``obase`` -- after the output stage's bias
-    and ReLU / clamp (`_Epi.apply_lanes`; ``epi`` None: float64, stored as it is)."""
-    VL = vty.count
-    mstore, _ = _masked_store(builder, vty, size)
-    masks = _lane_masks(builder, vty, kn)
-    for j in range(len(accs)):
-        with builder.if_then(builder.icmp_unsigned("<", _i64(j), n)):
-            v = builder.add(v0, _i64(j))
-            for i in range(NV):
-                at = builder.add(builder.add(obase, builder.mul(_i64(i * VL), OHOW)),
-                                 builder.mul(v, _i64(VL)))
                 val = builder.load(accs[j][i])
                 if epi is not None:
                     val = epi.apply_lanes(builder, val, i * VL, masks[i])
-                ptr = builder.bitcast(builder.gep(op, [at]), vty.as_pointer())
+                ptr = builder.bitcast(builder.gep(base, [builder.mul(_i64(i), vstride)]),
+                                      vty.as_pointer())
                 builder.call(mstore, [val, ptr, ir.Constant(_I32, size), masks[i]])
 
 
@@ -743,7 +731,7 @@ def run_tile_tasks(wflat, wbase, src, srcbase, cstride, Cgk, FWe, FHe, istep, fw
     # planes, rowlen >= OW, cs = 1), tiles over virtual rows of the phase width, on the table
     # kernels (`_store_virtual` drops the wrapped columns)
     table = tabo >= 0
-    # tabo == -2: the output is stored channel-blocked (NCHW16c, `_store_blocked`; dense rows
+    # tabo == -2: the output is stored channel-blocked (NCHW16c, `_store_pixel_major`; dense rows
     # and a fused output stage only, which the caller guarantees)
     blocked = tabo == -2
     VHW = (OHOW // OW - 1) * OWv + OW if table else OHOW
