@@ -605,9 +605,10 @@ def depthwise_block_task(task, xflat, xbase, wf, wbase, of, obase, C, H, W, R, S
     bands that stay in the L2 cache). ``wf[wbase + (b T + t) 16 + l]``: tap t of channel
     16 b + l (packed by the plan, zero past C). Every output is ``fma(w_{T-1}, x_{T-1}, ...
     fma(w_0, x_0, 0))`` in (r, s) order: bit for bit `depthwise_task`'s result, whatever the
-    bands. With ``xblocked`` the input is channel-blocked (NCHW16c: channel ``16 b + l`` of
+    bands. ``xblocked`` bit 2: the input is channel-blocked (NCHW16c: channel ``16 b + l`` of
     pixel p at ``16 b HW + 16 p + l``, C a multiple of 16): the band's rows are copied, not
-    transposed."""
+    transposed; bit 1: so is the output (with a fused output stage: no residual); the bits of
+    the executor's ``F_BLK``."""
     ebias, eres, eoff, emode, ecode, elo, ehi = epi
     nbk = (C + 15) // 16
     OB = depthwise_band_rows(OH, OW, R, S, sh, sw, dh, dw)
@@ -650,7 +651,7 @@ def depthwise_block_task(task, xflat, xbase, wf, wbase, of, obase, C, H, W, R, S
             buf[row + i] = zero
         for i in range(uint64((w1 + pl) * 16), uint64(Wp * 16)):
             buf[row + i] = zero
-        if xblocked:  # the row's pixel vectors as they are
+        if xblocked & 2:  # the row's pixel vectors as they are
             src = uint64(src0 + (h * W + w0) * 16)
             dst = row + uint64((w0 + pl) * 16)
             for i in range(uint64((w1 - w0) * 16)):
@@ -675,6 +676,11 @@ def depthwise_block_task(task, xflat, xbase, wf, wbase, of, obase, C, H, W, R, S
     ob = obase + (n * C + c0) * OHOW
     q0 = oh0 * OW
     q1 = oh1 * OW
+    if xblocked & 1:  # channel-blocked output: the band's pixel vectors as they are
+        dst = uint64(ob + q0 * 16)
+        for i in range(uint64((q1 - q0) * 16)):
+            of[dst + i] = buf[nin + i]
+        return
     for p0 in range(q0, q1, 16):
         nr = min(16, q1 - p0)
         _t16(buf, nin + uint64((p0 - q0) * 16), 16, nr, 16, of, ob + p0, OHOW, cn, nr)
@@ -707,7 +713,7 @@ def depthwise_blocked(x, wpk, out, sh, sw, dh, dw, pt, pl, R, S,
         if task >= ntask:
             break
         depthwise_block_task(task, xflat, 0, wf, 0, of, 0, C, H, W, R, S, OH, OW, sh, sw, dh, dw,
-                             pt, pl, buf, (of, of, 0, 0, 0, F0, F0), False)
+                             pt, pl, buf, (of, of, 0, 0, 0, F0, F0), 0)
 
 
 @njit(cache=True, nogil=True)

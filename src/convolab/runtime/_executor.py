@@ -72,10 +72,10 @@ NF = 33
 # pixel-vector kernel (`convolab.kernels._pointwise`) in F_PV chunks of pixels per k-block
 # OP_DW extras: F_A sh, F_B sw, F_C2 pt, F_D pl, F_E hq, F_F wq, F_G2 qoff offset in Ib
 # OP_DWB (channel-blocked depthwise, one output per channel): F_C2 pt, F_D pl, F_SH..F_DW
-# F_BLK = 1: the operator's output (OP_TILES of a 1x1 layer, on the microkernel) or input
-# (OP_DWB) is channel-blocked, NCHW16c: the 1x1 layer's tiles store their 16-channel pixel
-# vectors as they are and the depthwise operator copies rows of them instead of transposing
-# planes (`model._blocked_pairs` picks such pairs)
+# F_BLK: channel-blocked activations (NCHW16c, `model._blocked_pairs` picks them): bit 1 the
+# operator's output, bit 2 its input. OP_TILES of a 1x1 layer on the microkernel: its tiles
+# store their 16-channel pixel vectors as they are / its reduction reads runs of 16 channels
+# per pixel; OP_DWB: rows of pixel vectors copied instead of planes transposed
 #: counters per operator: [0] barrier, [1] phase-1 tasks, [2] phase barrier, [3 + n] image n
 CS_BASE = 3
 
@@ -157,10 +157,14 @@ def _tiles(j, op, fprm, P, A, Wb, Ib, ctr, CS, KB):  # pragma: no cover - compil
                 pointwise_task(Wb, op[F_WOFF], KB, A, src + n * ximg, yoff, OHOW, C, K, kb, p0,
                                p1, epi)
         return
-    tabo = -2 if op[F_BLK] else -1  # -2: channel-blocked output (`run_tile_tasks`)
+    tabo = -2 if op[F_BLK] & 1 else -1  # -2: channel-blocked output (`run_tile_tasks`)
+    cstride = Hp * Wp
     if op[F_C2] == 3:  # stride-phase planes: each tap's offset from the table, rows of wq
         Cgk, FWe, FHe, istep, fwstep, cs, rowlen = Cg, 1, R * S, 0, 0, 1, Wp
         tabo = op[F_TAB]
+    elif op[F_BLK] & 2:  # a 1x1 layer on channel-blocked input: runs of 16 channels per pixel
+        Cgk, FWe, FHe, istep, fwstep, cs, rowlen = Cg // 16, 1, 16, 1, 0, 16, 16 * Wp
+        cstride = 16 * Hp * Wp
     else:
         Cgk, FWe, FHe, istep, fwstep, cs, rowlen = direct_geometry(
             Cg, R, S, Hp, Wp, op[F_SH], op[F_SW], op[F_DH], op[F_DW])
@@ -168,7 +172,7 @@ def _tiles(j, op, fprm, P, A, Wb, Ib, ctr, CS, KB):  # pragma: no cover - compil
         epi = _epi(op, fprm, Wb, A, op[F_RES] + n * op[F_YIMG])
         # out of line (`tile_tasks`): inlined into the worker, the general kernel ran at a third
         # of its speed (3x3 512@7 2.9 -> 2.2 ms, strided 3x3 128@56 on phase planes 2.7 -> 2.2)
-        tile_tasks(Wb, op[F_WOFF], A, src + n * ximg, Hp * Wp, Cgk, FWe, FHe, istep, fwstep,
+        tile_tasks(Wb, op[F_WOFF], A, src + n * ximg, cstride, Cgk, FWe, FHe, istep, fwstep,
                    cs, rowlen, A, op[F_Y] + n * op[F_YIMG], ctr, j * CS + CS_BASE + n,
                    G * nkbr * nchunk, nchunk, nkbr, nkb, Cg, Kg, KB, R * S, OHOW, OW, epi, Ib,
                    tabo)
