@@ -75,7 +75,6 @@ class Team:
         if size < 1:
             raise ValueError(f"a team needs at least one thread, got {size}")
         self.size = size
-        self.lock = threading.Lock()
         self._reset()
         _TEAMS.add(self)
 
