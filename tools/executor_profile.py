@@ -32,6 +32,9 @@ def main():
     ap.add_argument("--batch", type=int, default=1)
     ap.add_argument("--algorithm", default="deterministic")
     ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--ort", action="store_true",
+                    help="also ONNX Runtime's own per-node profile of the same model (its Conv "
+                         "nodes' minimum times over 30 runs, one thread and --threads)")
     a = ap.parse_args()
 
     import torch
@@ -97,6 +100,47 @@ def main():
             p = st.plans.get(seg)
             print(f"alone {ms:7.3f} ms  {n.name} {p.algorithm + ' ' + str(p.spec) if p else ''}")
     print(f"whole call: {best_ms(lambda: cm(x), 10):.3f} ms")
+    if a.ort:
+        for t in sorted({1, cm.threads}):
+            times = ort_conv_profile(net, x, t)
+            print(f"ONNX Runtime, {t} thread(s): {len(times)} Conv nodes, {sum(times):.3f} ms in "
+                  f"all (per node, in its run's order: {' '.join(f'{v:.3f}' for v in times)})")
+
+
+def ort_conv_profile(net, x, threads, runs=30):
+    """ONNX Runtime's per-node profile of ``net`` (exported with torch.onnx, graph optimisations
+    on): each Conv / FusedConv node's minimum time (ms) over ``runs`` runs, in graph order."""
+    import io
+    import json
+    import os
+    import tempfile
+
+    import onnxruntime as ort
+    import torch
+
+    buf = io.BytesIO()
+    torch.onnx.export(net, (torch.from_numpy(x),), buf, dynamo=False, input_names=["x"],
+                      output_names=["y"])
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = threads
+    so.enable_profiling = True
+    so.profile_file_prefix = os.path.join(tempfile.gettempdir(), "convolab_ort_profile")
+    s = ort.InferenceSession(buf.getvalue(), so, providers=["CPUExecutionProvider"])
+    for _ in range(runs):
+        s.run(None, {"x": x})
+    path = s.end_profiling()
+    try:
+        with open(path) as f:
+            events = json.load(f)
+    finally:
+        os.remove(path)
+    best: dict[str, float] = {}
+    for e in events:
+        if (e.get("cat") == "Node" and e["name"].endswith("_kernel_time")
+                and e.get("args", {}).get("op_name") in ("Conv", "FusedConv")):
+            k = e["name"][: -len("_kernel_time")]
+            best[k] = min(best.get(k, float("inf")), e["dur"] / 1e3)
+    return list(best.values())
 
 
 if __name__ == "__main__":
