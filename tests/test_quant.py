@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from convolab import ConvError, reference
+from convolab.kernels import int8 as mk8
 from convolab.quant import (
     FAST,
     Observer,
@@ -176,6 +177,55 @@ def test_conv2d_int8_overflow_and_dtype_errors():
         conv2d_int8(np.zeros((1, 2, 3, 3), np.int8), np.zeros((1, 2, 3, 3), np.int8), method="fft")
     with pytest.raises(ConvError, match="groups"):
         conv2d_int8(np.zeros((1, 3, 3, 3), np.int8), np.zeros((2, 1, 3, 3), np.int8), groups=2)
+
+
+# the int8 microkernel: >= 8 output channels per group; partial k-blocks, tails of rows,
+# channels per group not a multiple of 4, strides, dilation, asymmetric padding, batches
+MK_SPECS = [
+    dict(x=(2, 13, 9, 17), w=(40, 13, 3, 3), stride=1, padding=1, dilation=1, groups=1),
+    dict(x=(1, 24, 10, 26), w=(48, 8, 3, 3), stride=(2, 1), padding=(1, 2, 0, 1), dilation=(1, 2), groups=3),
+    dict(x=(3, 64, 7, 7), w=(33, 64, 1, 1), stride=1, padding=0, dilation=1, groups=1),
+    dict(x=(1, 3, 23, 23), w=(16, 3, 7, 7), stride=2, padding=3, dilation=1, groups=1),
+    dict(x=(1, 16, 5, 30), w=(32, 8, 5, 5), stride=1, padding=2, dilation=1, groups=2),
+]
+
+
+@pytest.mark.parametrize("path", mk8.available_paths())
+def test_int8_microkernel_every_path_is_bit_exact(path, monkeypatch):
+    monkeypatch.setenv("CONVOLAB_INT8_PATH", path)
+    for case in MK_SPECS:
+        x, w = int8(case["x"]), int8(case["w"])
+        kw = {k: case[k] for k in ("stride", "padding", "dilation", "groups")}
+        spec = ConvSpec.from_arrays(x, w, None, kw["stride"], kw["padding"], kw["dilation"],
+                                    kw["groups"])
+        assert intconv.microkernel_packed(spec, w).path == path
+        np.testing.assert_array_equal(conv2d_int8(x, w, method="direct", **kw),
+                                      reference.conv2d(x, w, **kw), err_msg=f"{path} {case}")
+    # extremes: every product +-128*127 (after the shift 0..255 x -127..127)
+    x = np.where(RNG.random((1, 20, 6, 14)) < 0.5, -128, 127).astype(np.int8)
+    wx = np.full((32, 20, 3, 3), -127, np.int8)
+    wx[1::2] = 127
+    np.testing.assert_array_equal(conv2d_int8(x, wx, padding=1), reference.conv2d(x, wx, padding=1))
+    assert mk8.Packed(wx, 1, path).path == path
+
+
+def test_int8_paths_choice_and_shifted_bound_fallback(monkeypatch):
+    assert "generic" in mk8.available_paths()
+    monkeypatch.setenv("CONVOLAB_INT8_PATH", "avx9000")
+    with pytest.raises(ConvError, match="CONVOLAB_INT8_PATH must be one of"):
+        mk8.best_path()
+    monkeypatch.delenv("CONVOLAB_INT8_PATH")
+    assert mk8.best_path() == mk8.available_paths()[0]
+    # 128 * sum|w| < 2**31 <= 255 * sum|w|: the shifted inputs could overflow -> plain loops
+    w = np.full((8, 8192, 3, 3), 127, np.int8)
+    x = int8((1, 8192, 3, 3))
+    spec = ConvSpec.from_arrays(x, w, None, 1, 0, 1, 1)
+    assert accumulation_bound(w) < 2**31 <= mk8.accumulation_bound_u8(w)
+    assert intconv.microkernel_packed(spec, w) is None
+    np.testing.assert_array_equal(conv2d_int8(x, w), reference.conv2d(x, w))
+    # depthwise stays on the loops too
+    dw = ConvSpec.from_arrays(int8((1, 8, 5, 5)), int8((8, 1, 3, 3)), None, 1, 1, 1, 8)
+    assert intconv.microkernel_packed(dw, int8((8, 1, 3, 3))) is None
 
 
 # ---------------------------------------------------------------------------- integer fast algorithms

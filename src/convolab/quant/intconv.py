@@ -9,8 +9,12 @@ Overflow is impossible by construction. Before anything runs, the weights are ch
 *any* int8 input (|x| <= 128) and *any* summation order. It must be below ``2**31``
 (`ConvError` otherwise; with int8 weights that needs C/groups * R * S >= 131,072 -- no real layer).
 
-- ``"direct"``: Numba kernel with int32 accumulators (`convolab.kernels._quant`; blocked over 4
-  output channels when a group has at least 4).
+- ``"direct"``: the int8 microkernel (`convolab.kernels.int8`): activations shifted to unsigned
+  bytes, channels last, four channels per 32-bit word; ``vpdpbusd`` dot products (AVX512-VNNI,
+  AVX-VNNI) or, on CPUs without VNNI, portable widening multiplies -- the same integers on every
+  path. Layers with fewer than `MICROKERNEL_MIN_KG` output channels per group (depthwise) and
+  weights whose shifted bound ``255 * max_k sum|w[k]|`` reaches ``2**31`` run on the plain
+  Numba loops instead (`convolab.kernels._quant`, int32 accumulators).
 - ``"im2col"``: unfold the int8 input into a float matrix and multiply with BLAS. This is exact:
   every product and every partial sum of the GEMM is an integer of magnitude <= ``bound``; a
   binary float format represents every integer below ``2**p`` (p = 24 for float32, 53 for
@@ -34,6 +38,9 @@ INT32_LIMIT = 2**31
 FLOAT32_EXACT = 2**24
 
 METHODS = ("direct", "im2col")
+#: output channels per group from which "direct" runs on the int8 microkernel (a tile holds
+#: 32 of them: a depthwise layer would fill one lane in 32)
+MICROKERNEL_MIN_KG = 8
 
 
 def accumulation_bound(wq: np.ndarray, xmax: int = 128) -> int:
@@ -103,11 +110,30 @@ def pad_int8(spec: ConvSpec, xq: np.ndarray) -> np.ndarray:
     return np.pad(xq, ((0, 0), (0, 0), (pt, pb), (pl, pr)))
 
 
-def run_direct(spec: ConvSpec, xq: np.ndarray, wq: np.ndarray, out: np.ndarray) -> None:
-    """Direct int8 kernel into ``out`` (int32, spec.out_shape); weights already checked."""
+def microkernel_packed(spec: ConvSpec, wq: np.ndarray):
+    """The filter packed for the int8 microkernel (`convolab.kernels.int8.Packed`), or None
+    where "direct" runs on the plain loops (few output channels per group, or a shifted
+    accumulation bound of ``2**31`` or more)."""
+    from ..kernels import int8 as mk8
+
+    if spec.Kg < MICROKERNEL_MIN_KG or mk8.accumulation_bound_u8(wq) >= INT32_LIMIT:
+        return None
+    return mk8.Packed(wq, spec.groups)
+
+
+def run_direct(spec: ConvSpec, xq: np.ndarray, wq: np.ndarray, out: np.ndarray,
+               packed=False) -> None:
+    """Direct int8 kernel into ``out`` (int32, spec.out_shape); weights already checked.
+    ``packed``: `microkernel_packed`'s result when the caller keeps it (False: pack here)."""
     from ..kernels import PARALLEL_LOCK
+    from ..kernels import int8 as mk8
     from ..kernels._quant import conv_int8_direct, conv_int8_direct_kb
 
+    if packed is False:
+        packed = microkernel_packed(spec, wq)
+    if packed is not None:
+        mk8.conv(spec, np.ascontiguousarray(xq), packed, out)
+        return
     xp = pad_int8(spec, xq)
     (sh, sw), (dh, dw) = spec.stride, spec.dilation
     kernel = conv_int8_direct_kb if spec.Kg >= 4 else conv_int8_direct

@@ -110,6 +110,7 @@ class QuantizedConv:
             if bound >= _ic.INT32_LIMIT:
                 raise ConvError(f"int32 accumulation could overflow: 128 * max_k sum|wq[k]| = {bound}")
             self._wpack = None
+            self._mk = False  # the int8 microkernel's packed filter, made at the first call
             if self.t is None and algo == "im2col":
                 self._wpack_dtype = _ic.gemm_dtype(bound)
         if self.t is not None and self.tbits is not None:
@@ -210,7 +211,9 @@ class QuantizedConv:
         if self.t is None:
             acc = np.empty(spec.out_shape, dtype=np.int32)
             if self.algorithm == "direct":
-                _ic.run_direct(spec, xq, self.wq, acc)
+                if self._mk is False:
+                    self._mk = _ic.microkernel_packed(spec, self.wq)
+                _ic.run_direct(spec, xq, self.wq, acc, self._mk)
             else:
                 if self._wpack is None or self._wpack.shape[0] != spec.groups:
                     self._wpack = _ic.pack_im2col(spec, self.wq, self._wpack_dtype)

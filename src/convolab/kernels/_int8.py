@@ -1,0 +1,325 @@
+"""Compiled half of the int8 microkernel (geometry, paths and packing: `convolab.kernels.int8`).
+
+`conv_int8_tiles` is a team job (`convolab.kernels.team`): its threads first write the
+unsigned, zero-padded, channels-last copy of the int8 input (`_pack_row`, rows handed out by
+an atomic counter), then run tile tasks (image, group, range of k-blocks, range of output
+rows). A tile (`_make_tile`) sums, per output channel and pixel, the taps in (r, s) order and
+within a tap the channels four at a time (one ``vpdpbusd`` per pixel and vector of channels),
+subtracts the shift correction and stores its int32 results in NCHW (transposed in registers
+on 16-lane paths). Integer sums do not depend on their order, so the result is the same on
+every path, thread count and CPU.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from llvmlite import ir
+from numba import njit, types
+from numba.core import cgutils
+from numba.extending import intrinsic
+
+from ._atomics import fetch_add, wait_until
+from ._microkernel import _transpose16, splat
+from .int8 import MR, MR_TAIL, NV
+
+_I8 = ir.IntType(8)
+_I32 = ir.IntType(32)
+_I64 = ir.IntType(64)
+
+
+def _i64(v):
+    return ir.Constant(_I64, v)
+
+
+def _path(tok) -> str:
+    """The path a token array's dtype selects (`convolab.kernels.int8.token`)."""
+    return {types.uint8: "vnni512", types.uint16: "vnni256", types.int16: "generic"}[tok.dtype]
+
+
+def _dot(builder, path, L):
+    """``f(acc, a, w)``: per int32 lane, ``acc + sum_{i<4} u8(a[4l+i]) * s8(w[4l+i])``, ``a``
+    and ``w`` being <L x i32> vectors of four bytes per lane."""
+    vty = ir.VectorType(_I32, L)
+    if path != "generic":
+        fn = cgutils.get_or_insert_function(
+            builder.module, ir.FunctionType(vty, [vty, vty, vty]),
+            f"llvm.x86.avx512.vpdpbusd.{32 * L}")
+        return lambda acc, a, w: builder.call(fn, [acc, a, w])
+    bty = ir.VectorType(_I8, 4 * L)
+    wide = ir.VectorType(_I32, 4 * L)
+
+    def dot(acc, a, w):
+        p = builder.mul(builder.zext(builder.bitcast(a, bty), wide),
+                        builder.sext(builder.bitcast(w, bty), wide))
+        for i in range(4):
+            part = builder.shuffle_vector(p, p, ir.Constant(ir.VectorType(_I32, L),
+                                                            [4 * j + i for j in range(L)]))
+            acc = builder.add(acc, part)
+        return acc
+
+    return dot
+
+
+def _make_tile(mr: int):
+    """The tile intrinsic for ``mr`` pixels (`MR`: a full tile, consecutive pixel addresses;
+    `MR_TAIL`: a row's last ``n <= mr`` pixels, pixels past ``n`` repeating the last).
+
+    ``tile(w, woff, x, xbase, taps, ntap, nq, ps, out, obase, OHOW, kn, n, corr, k0, tok)``:
+    pixel ``j``'s tap ``t`` reads the 4-byte words ``x[xbase + j ps + taps[t] + 4 q]``,
+    ``q < nq``; the filter's k-block starts at ``w[woff]`` ([taps][nq][KB][4]); channel ``k < kn``
+    of pixel ``j < n`` is stored at ``out[obase + k OHOW + j]`` minus ``corr[k0 + k]``."""
+
+    def tile(typingctx, w, woff, x, xbase, taps, ntap, nq, ps, out, obase, OHOW, kn, n, corr, k0,
+             tok):
+        arrays = (0, 2, 4, 8, 13, 15)
+        tys = (w, woff, x, xbase, taps, ntap, nq, ps, out, obase, OHOW, kn, n, corr, k0, tok)
+        if not all(isinstance(t, types.Integer) for i, t in enumerate(tys) if i not in arrays):
+            return None
+        sig = types.void(*tys)
+
+        def codegen(context, builder, sig, args):
+            a = [context.cast(builder, v, t, types.int64) if i not in arrays else v
+                 for i, (v, t) in enumerate(zip(args, sig.args, strict=True))]
+            path = _path(sig.args[15])
+            L = 8 if path == "vnni256" else 16
+            KB = NV * L
+            vty = ir.VectorType(_I32, L)
+            dot = _dot(builder, path, L)
+
+            def data(i):
+                return context.make_array(sig.args[i])(context, builder, a[i]).data
+
+            wp = builder.bitcast(data(0), _I8.as_pointer())
+            xp = builder.bitcast(data(2), _I8.as_pointer())
+            tp = data(4)
+            op = data(8)
+            cp = data(13)
+            woff, xbase, ntap, nq, ps = a[1], a[3], a[5], a[6], a[7]
+            obase, OHOW, kn, n, k0 = a[9], a[10], a[11], a[12], a[14]
+            xb = builder.gep(xp, [xbase])
+            if mr == MR:
+                offs = None
+            else:  # pixels past n repeat the last one
+                last = builder.sub(n, _i64(1))
+                offs = [builder.mul(builder.select(builder.icmp_signed("<", _i64(j), n), _i64(j),
+                                                   last), ps) for j in range(mr)]
+            accs = [[cgutils.alloca_once_value(builder, ir.Constant(vty, None))
+                     for _ in range(NV)] for _ in range(mr)]
+            step = _i64(4 * KB)
+            with cgutils.for_range(builder, ntap) as lt:
+                toff = builder.load(builder.gep(tp, [lt.index]))
+                wt = builder.gep(wp, [builder.add(woff, builder.mul(builder.mul(lt.index, nq),
+                                                                    step))])
+                with cgutils.for_range(builder, nq) as lq:
+                    wq = builder.gep(wt, [builder.mul(lq.index, step)])
+                    wv = [builder.load(builder.bitcast(builder.gep(wq, [_i64(v * 4 * L)]),
+                                                       vty.as_pointer()), align=1)
+                          for v in range(NV)]
+                    p = builder.gep(xb, [builder.add(toff, builder.shl(lq.index, _i64(2)))])
+                    for j in range(mr):
+                        if offs is None:
+                            if j:
+                                p = builder.gep(p, [ps])
+                            pj = p
+                        else:
+                            pj = builder.gep(p, [offs[j]])
+                        word = builder.load(builder.bitcast(pj, _I32.as_pointer()), align=1)
+                        b = splat(builder, word, vty)
+                        for v in range(NV):
+                            builder.store(dot(builder.load(accs[j][v]), b, wv[v]), accs[j][v])
+            # minus the shift correction (corr has KB spare entries at its end)
+            cb = builder.gep(cp, [k0])
+            corr = [builder.load(builder.bitcast(builder.gep(cb, [_i64(v * L)]), vty.as_pointer()),
+                                 align=4) for v in range(NV)]
+            vals = [[builder.sub(builder.load(accs[j][v]), corr[v]) for v in range(NV)]
+                    for j in range(mr)]
+            ob = builder.gep(op, [obase])
+            if L == 16:
+                mty = ir.VectorType(ir.IntType(1), 16)
+                mstore = cgutils.get_or_insert_function(
+                    builder.module, ir.FunctionType(ir.VoidType(), [vty, vty.as_pointer(), _I32,
+                                                                    mty]),
+                    "llvm.masked.store.v16i32.p0")
+                lanes = ir.Constant(ir.VectorType(_I64, 16), list(range(16)))
+                m = builder.icmp_signed("<", lanes, splat(builder, n, ir.VectorType(_I64, 16)))
+                zero = ir.Constant(vty, None)
+                for v in range(NV):
+                    cols = _transpose16(builder, [vals[j][v] if j < mr else zero
+                                                  for j in range(16)])
+                    for lane in range(16):
+                        k = v * 16 + lane
+                        with builder.if_then(builder.icmp_signed("<", _i64(k), kn)):
+                            ptr = builder.gep(ob, [builder.mul(_i64(k), OHOW)])
+                            builder.call(mstore, [cols[lane], builder.bitcast(ptr, vty.as_pointer()),
+                                                  ir.Constant(_I32, 4), m])
+            else:  # through a buffer on the stack, element by element
+                buf = cgutils.alloca_once(builder, ir.ArrayType(_I32, mr * KB))
+                bp = builder.bitcast(buf, _I32.as_pointer())
+                for j in range(mr):
+                    for v in range(NV):
+                        builder.store(vals[j][v], builder.bitcast(
+                            builder.gep(bp, [_i64(j * KB + v * L)]), vty.as_pointer()), align=4)
+                with cgutils.for_range(builder, kn) as lk:
+                    row = builder.gep(ob, [builder.mul(lk.index, OHOW)])
+                    with cgutils.for_range(builder, n) as lj:
+                        e = builder.load(builder.gep(bp, [builder.add(builder.mul(lj.index,
+                                                                                  _i64(KB)),
+                                                                      lk.index)]))
+                        builder.store(e, builder.gep(row, [lj.index]))
+            return context.get_dummy_value()
+
+        return sig, codegen
+
+    tile.__name__ = tile.__qualname__ = f"_int8_tile_{mr}"
+    return intrinsic(tile)
+
+
+_tile = _make_tile(MR)
+_tile_tail = _make_tile(MR_TAIL)
+
+
+@intrinsic
+def _quad_run(typingctx, xu, s, plane, xp, d, stride, count):
+    """For ``w < count``: ``xp[d + w stride] = word(xu[s + w], xu[s + plane + w],
+    xu[s + 2 plane + w], xu[s + 3 plane + w]) ^ 0x80808080`` (little-endian bytes: the four
+    channels of a pixel, shifted to unsigned), 16 pixels at a time: four 16-byte loads
+    interleaved into 16 words by one shuffle, stored word by word."""
+    if not all(isinstance(t, types.Integer) for t in (s, plane, d, stride, count)):
+        return None
+    sig = types.void(xu, s, plane, xp, d, stride, count)
+
+    def codegen(context, builder, sig, args):
+        xa, s, plane, pa, d, stride, count = [
+            context.cast(builder, v, t, types.int64) if i not in (0, 3) else v
+            for i, (v, t) in enumerate(zip(args, sig.args, strict=True))]
+        src = builder.bitcast(context.make_array(sig.args[0])(context, builder, xa).data,
+                              _I8.as_pointer())
+        dst = builder.bitcast(context.make_array(sig.args[3])(context, builder, pa).data,
+                              _I32.as_pointer())
+        b16 = ir.VectorType(_I8, 16)
+        w16 = ir.VectorType(_I32, 16)
+        flip = ir.Constant(w16, [0x80808080 - (1 << 32)] * 16)
+        lo = ir.Constant(ir.VectorType(_I32, 32), [16 * (i % 2) + i // 2 for i in range(32)])
+        quad = ir.Constant(ir.VectorType(_I32, 64),
+                           [(i // 2) % 2 * 32 + (i // 4) * 2 + i % 2 for i in range(64)])
+        nblk = builder.sdiv(count, _i64(16))
+        with cgutils.for_range(builder, nblk) as lb:
+            w0 = builder.mul(lb.index, _i64(16))
+            rows = [builder.load(builder.bitcast(
+                builder.gep(src, [builder.add(builder.add(s, builder.mul(plane, _i64(i))), w0)]),
+                b16.as_pointer()), align=1) for i in range(4)]
+            # (c0, c1) and (c2, c3) byte pairs per pixel, then the pairs of pairs
+            p01 = builder.shuffle_vector(rows[0], rows[1], lo)
+            p23 = builder.shuffle_vector(rows[2], rows[3], lo)
+            words = builder.xor(builder.bitcast(builder.shuffle_vector(p01, p23, quad), w16), flip)
+            base = builder.gep(dst, [builder.add(d, builder.mul(w0, stride))])
+            for j in range(16):
+                builder.store(builder.extract_element(words, ir.Constant(_I32, j)),
+                              builder.gep(base, [builder.mul(_i64(j), stride)]), align=4)
+        with cgutils.for_range_slice(builder, builder.mul(nblk, _i64(16)), count, _i64(1)) as (w, _):
+            v = ir.Constant(_I32, 0)
+            for i in range(4):
+                byte = builder.load(builder.gep(src, [builder.add(builder.add(
+                    s, builder.mul(plane, _i64(i))), w)]))
+                v = builder.or_(v, builder.shl(builder.zext(byte, _I32), ir.Constant(_I32, 8 * i)))
+            builder.store(builder.xor(v, ir.Constant(_I32, 0x80808080 - (1 << 32))),
+                          builder.gep(dst, [builder.add(d, builder.mul(w, stride))]), align=4)
+        return context.get_dummy_value()
+
+    return sig, codegen
+
+
+@njit(nogil=True, inline="always")
+def _pack_row(x, xp, r, C, H, W, Hp, Wp, G, Cg, Cg4, pt, pl):  # pragma: no cover - compiled
+    """Row ``r`` (image ``r // Hp``, padded row ``r % Hp``) of the padded channels-last copy
+    ``xp`` (viewed as 32-bit words: four channels of a pixel per word):
+    ``xp[n, hp, wp, g Cg4 + c] = x[n, g Cg + c, hp - pt, wp - pl] + 128`` inside the input,
+    128 (the shifted zero) elsewhere and in the padding channels. (A word is built from four
+    planes' bytes and stored once: storing byte by byte, 256 -> 64 1x1 at 56x56 spent 0.6 of
+    its 1 ms packing.)"""
+    n = r // Hp
+    h = r - n * Hp - pt
+    Ct4 = G * Cg4 // 4
+    o = r * Wp * Ct4
+    if h < 0 or h >= H:
+        xp[o: o + Wp * Ct4] = 0x80808080
+        return
+    if pl > 0:
+        xp[o: o + pl * Ct4] = 0x80808080
+    if Wp > W + pl:
+        xp[o + (pl + W) * Ct4: o + Wp * Ct4] = 0x80808080
+    HW = H * W
+    nq = Cg4 // 4
+    full = Cg // 4
+    xu = x.view(np.uint8)
+    for g in range(G):
+        src = (n * C + g * Cg) * HW + h * W
+        d = o + pl * Ct4 + g * nq
+        for q in range(full):
+            _quad_run(xu, src + 4 * q * HW, HW, xp, d + q, Ct4, W)
+        if full < nq:
+            for w in range(W):
+                v = np.uint32(0)
+                for i in range(Cg - 4 * full):
+                    v |= np.uint32(xu[src + (4 * full + i) * HW + w]) << (8 * i)
+                xp[d + full + w * Ct4] = v ^ np.uint32(0x80808080)
+
+
+@njit(cache=True, nogil=True)
+def conv_int8_tiles(x, xp, wpk, corr, taps, out, counter, N, C, H, W, K, OH, OW, G, Cg, Hp, Wp,
+                    pt, pl, sh, sw, nkbr, nrowc, tok):  # pragma: no cover - compiled
+    """One thread's share of an int8 convolution (every thread of a team job calls it, with
+    ``counter`` (3 int64) zeroed): ``x`` flat int8 NCHW codes, ``xp`` flat uint8 buffer of
+    ``N Hp Wp G Cg4`` for the shifted padded copy, ``wpk`` / ``corr`` from
+    `convolab.kernels.int8.pack_weights` (``corr`` with KB zeros appended), ``taps`` from
+    `tap_offsets`, ``out`` flat int32 NCHW. Tasks: (image, group, ``nkbr`` ranges of k-blocks,
+    ``nrowc`` ranges of output rows)."""
+    Cg4 = (Cg + 3) // 4 * 4
+    Ct = G * Cg4
+    nrows = N * Hp
+    xp32 = xp.view(np.uint32)
+    while True:
+        r = fetch_add(counter, 0)
+        if r >= nrows:
+            break
+        _pack_row(x, xp32, r, C, H, W, Hp, Wp, G, Cg, Cg4, pt, pl)
+        fetch_add(counter, 1)
+    wait_until(counter, 1, nrows)
+    Kg = K // G
+    ntap = taps.size
+    nq = Cg4 // 4
+    KB = corr.size - K
+    nkb = (Kg + KB - 1) // KB
+    OHOW = OH * OW
+    ps = sw * Ct
+    blk = ntap * Cg4 * KB
+    ntask = N * G * nkbr * nrowc
+    while True:
+        t = fetch_add(counter, 2)
+        if t >= ntask:
+            break
+        rc = t % nrowc
+        u = t // nrowc
+        kr = u % nkbr
+        u //= nkbr
+        g = u % G
+        n = u // G
+        oh0 = rc * OH // nrowc
+        oh1 = (rc + 1) * OH // nrowc
+        for kb in range(kr * nkb // nkbr, (kr + 1) * nkb // nkbr):
+            k0 = g * Kg + kb * KB
+            kn = min(KB, (g + 1) * Kg - k0)
+            woff = (g * nkb + kb) * blk
+            for oh in range(oh0, oh1):
+                xrow = (n * Hp + oh * sh) * Wp * Ct + g * Cg4
+                orow = (n * K + k0) * OHOW + oh * OW
+                ow = 0
+                while ow + MR <= OW:
+                    _tile(wpk, woff, xp, xrow + ow * ps, taps, ntap, nq, ps, out, orow + ow, OHOW,
+                          kn, MR, corr, k0, tok)
+                    ow += MR
+                while ow < OW:
+                    m = min(MR_TAIL, OW - ow)
+                    _tile_tail(wpk, woff, xp, xrow + ow * ps, taps, ntap, nq, ps, out, orow + ow,
+                               OHOW, kn, m, corr, k0, tok)
+                    ow += m

@@ -1,0 +1,192 @@
+"""The int8 microkernel's geometry and paths, without Numba (the compiled half is
+`convolab.kernels._int8`).
+
+A tile is `MR` neighbouring output pixels of one output row x ``KB = NV * L`` output channels
+(``L`` int32 lanes per vector: 16 on 512-bit paths, 8 on 256-bit ones), in ``MR * NV`` int32
+accumulators. The activations are unsigned bytes, channels last (NHWC, each group's channels
+padded to a multiple of 4), so the four channels ``c .. c+3`` of one tap of one pixel are one
+32-bit word: a step broadcasts that word for each of the tile's pixels and multiplies it with
+``NV`` vectors of packed weights, each lane holding the four signed weights of one output
+channel for those four channels (`pack_weights`): ``vpdpbusd`` (AVX512-VNNI, or AVX-VNNI on
+256 bits) adds the four u8 x s8 products to the lane's int32 accumulator.
+
+int8 codes ``x`` (signed) become ``x + 128`` (unsigned; the zero padding becomes 128 too), so
+every output gets ``128 * sum(w[k])`` too much: `pack_weights` returns that correction per
+output channel and the tiles subtract it before they store. Products are at most 255 * 128 and
+``vpdpbusd`` adds four of them to the accumulator without saturating, so nothing rounds or
+clips while ``255 * max_k sum|w[k]| < 2**31`` (`accumulation_bound_u8`; the callers check).
+Every path -- ``vnni512``, ``vnni256`` and ``generic`` (widening multiplies in portable LLVM
+IR, for CPUs without VNNI) -- adds the same integers, so all give the same int32 results,
+equal to `convolab.reference.conv2d` on the codes.
+"""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+
+from ..errors import ConvError
+
+#: output pixels per tile (one output row), and per tile of a row's last pixels
+MR = 12
+MR_TAIL = 4
+#: vectors of output channels per tile
+NV = 2
+#: the paths: instruction set of the dot products
+PATHS = ("vnni512", "vnni256", "generic")
+#: int32 lanes per vector on each path
+LANES = {"vnni512": 16, "vnni256": 8, "generic": 16}
+#: dtype of the zero-length token array that selects a path in the compiled kernels
+_TOKENS = {"vnni512": np.uint8, "vnni256": np.uint16, "generic": np.int16}
+
+
+def _target_features() -> tuple[str, set[str]]:
+    """(CPU name, features) Numba compiles for: ``NUMBA_CPU_NAME`` / ``NUMBA_CPU_FEATURES``
+    when set (e.g. ``generic``), else the host's."""
+    import numba
+    from llvmlite import binding
+
+    name = numba.config.CPU_NAME
+    if name and name != "host":
+        feats = numba.config.CPU_FEATURES or ""
+        return name, {f[1:] for f in feats.split(",") if f.startswith("+")}
+    feats = binding.get_host_cpu_features()
+    return binding.get_host_cpu_name(), {k for k, v in feats.items() if v}
+
+
+def available_paths() -> tuple[str, ...]:
+    """The paths this machine (as Numba targets it) can run, fastest first."""
+    _, f = _target_features()
+    out = []
+    if {"avx512vnni", "avx512bw", "avx512f"} <= f:
+        out.append("vnni512")
+    if ("avx512vnni" in f and "avx512vl" in f) or "avxvnni" in f:
+        out.append("vnni256")
+    out.append("generic")
+    return tuple(out)
+
+
+def best_path() -> str:
+    """The path int8 convolutions take: ``CONVOLAB_INT8_PATH`` if set (it must be available
+    here), else the fastest available."""
+    want = os.environ.get("CONVOLAB_INT8_PATH")
+    have = available_paths()
+    if want:
+        if want not in PATHS:
+            raise ConvError(f"CONVOLAB_INT8_PATH must be one of {', '.join(PATHS)}, got {want!r}")
+        if want not in have:
+            raise ConvError(f"CONVOLAB_INT8_PATH={want} needs CPU features this machine lacks "
+                            f"(available: {', '.join(have)})")
+        return want
+    return have[0]
+
+
+def token(path: str) -> np.ndarray:
+    """The zero-length array whose dtype makes the compiled kernels use ``path``."""
+    return np.zeros(0, dtype=_TOKENS[path])
+
+
+def kb(path: str) -> int:
+    """Output channels per tile on ``path``."""
+    return NV * LANES[path]
+
+
+def accumulation_bound_u8(wq: np.ndarray) -> int:
+    """``255 * max_k sum|wq[k]|``: bounds every partial sum of the shifted (unsigned) inputs."""
+    w = np.abs(np.asarray(wq).astype(np.int64)).reshape(wq.shape[0], -1)
+    return 255 * int(w.sum(axis=1).max()) if w.size else 0
+
+
+def padded_group(Cg: int) -> int:
+    """A group's channels, rounded up to a multiple of 4 (one 32-bit word per tap)."""
+    return -(-Cg // 4) * 4
+
+
+def pack_weights(wq: np.ndarray, groups: int, path: str) -> tuple[np.ndarray, np.ndarray]:
+    """The int8 filter (K, Cg, R, S) as the tiles read it, and the correction per channel.
+
+    Packed: ``[groups][k-blocks][R][S][Cg4 / 4][KB][4]`` int8 (``Cg4``: `padded_group`),
+    zeros past the group's channels and output channels; correction: ``128 * sum(wq[k])``
+    (int32, (K,)), which the tiles subtract (the inputs are shifted by 128)."""
+    K, Cg, R, S = wq.shape
+    G = groups
+    Kg = K // G
+    b = kb(path)
+    nkb = -(-Kg // b)
+    Cg4 = padded_group(Cg)
+    wg = np.zeros((G, nkb * b, Cg4, R, S), dtype=np.int8)
+    wg[:, :Kg, :Cg] = wq.reshape(G, Kg, Cg, R, S)
+    # [G][kb][lane][c4][4][R][S] -> [G][kb][R][S][c4][lane][4]
+    wg = wg.reshape(G, nkb, b, Cg4 // 4, 4, R, S).transpose(0, 1, 5, 6, 3, 2, 4)
+    corr = (128 * wq.astype(np.int64).reshape(K, -1).sum(axis=1)).astype(np.int32)
+    return np.ascontiguousarray(wg).reshape(-1), corr
+
+
+def tap_offsets(R: int, S: int, dh: int, dw: int, row_bytes: int, pixel_bytes: int) -> np.ndarray:
+    """Byte offset of tap (r, s) from a window's first tap in the padded NHWC input, in the
+    packed filter's (r, s) order."""
+    return np.array([r * dh * row_bytes + s * dw * pixel_bytes for r in range(R) for s in range(S)],
+                    dtype=np.int64)
+
+
+def split(N: int, G: int, nkb: int, OH: int, row_bytes: int, threads: int) -> tuple[int, int]:
+    """(``nkbr`` ranges of k-blocks, ``nrowc`` ranges of output rows) per image and group: at
+    least four tasks per thread where the layer has them, rows cut first while a range of
+    rows' input (``row_bytes`` per output row) exceeds 256 KiB (half an L2: it stays cached
+    while the task loops over its k-blocks), then k-blocks."""
+    want = 4 * threads
+    nrowc = min(OH, max(1, -(-OH * row_bytes // (256 * 1024))))
+    nkbr = 1
+    while N * G * nkbr * nrowc < want and nkbr < nkb:
+        nkbr += 1
+    while N * G * nkbr * nrowc < want and nrowc < OH:
+        nrowc += 1
+    return nkbr, nrowc
+
+
+class Packed:
+    """A layer's int8 filter packed for one path (`pack_weights`), made once per plan."""
+
+    def __init__(self, wq: np.ndarray, groups: int, path: str | None = None):
+        self.path = best_path() if path is None else path
+        if self.path not in available_paths():
+            raise ConvError(f"int8 path {self.path!r} needs CPU features this machine lacks "
+                            f"(available: {', '.join(available_paths())})")
+        self.shape = wq.shape
+        self.groups = groups
+        self.w, corr = pack_weights(wq, groups, self.path)
+        self.corr = np.concatenate([corr, np.zeros(kb(self.path), np.int32)])
+        self.token = token(self.path)
+
+
+_WARM = ("import os; os.environ['CONVOLAB_INT8_PATH'] = '{}'; import numpy as np, convolab.quant "
+         "as q; q.conv2d_int8(np.ones((1, 8, 4, 4), np.int8), np.ones((16, 8, 3, 3), np.int8), "
+         "padding=1, method='direct')")
+
+
+def conv(spec, xq: np.ndarray, packed: Packed, out: np.ndarray, threads: int | None = None) -> None:
+    """int8 convolution of ``xq`` (int8 NCHW codes, C-contiguous) into ``out`` (int32,
+    ``spec.out_shape``, C-contiguous) on the team (`convolab.kernels.team`): exact."""
+    from . import load_from_cache, team
+    from ._int8 import conv_int8_tiles
+
+    if threads is None:
+        from .._machine import worker_count
+
+        threads = worker_count()
+    G, Cg = spec.groups, spec.Cg
+    Cg4 = padded_group(Cg)
+    pl, _, pt, _ = spec.padding
+    Hp, Wp = spec.padded_H, spec.padded_W
+    Ct = G * Cg4
+    (sh, sw), (dh, dw) = spec.stride, spec.dilation
+    xp = np.empty(spec.N * Hp * Wp * Ct, dtype=np.uint8)
+    taps = tap_offsets(spec.R, spec.S, dh, dw, Wp * Ct, Ct)
+    nkb = -(-spec.Kg // kb(packed.path))
+    nkbr, nrowc = split(spec.N, G, nkb, spec.OH, sh * Wp * Ct, threads)
+    args = (xq.reshape(-1), xp, packed.w, packed.corr, taps, out.reshape(-1),
+            np.zeros(3, dtype=np.int64), spec.N, spec.C, spec.H, spec.W, spec.K, spec.OH,
+            spec.OW, G, Cg, Hp, Wp, pt, pl, sh, sw, nkbr, nrowc, packed.token)
+    load_from_cache(conv_int8_tiles, args, _WARM.format(packed.path), packed.path)
+    team.run(conv_int8_tiles, args, threads)
