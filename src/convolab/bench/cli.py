@@ -27,6 +27,10 @@ def add_parser(sub) -> None:
     p.add_argument("--threads", type=int, default=None, help="threads for convolab, BLAS, peers (default: all)")
     p.add_argument("--layers", default=None, help="only layers whose name contains one of these (comma-separated)")
     p.add_argument("--json", dest="json_path", default=None, metavar="FILE", help="write all records as JSON")
+    p.add_argument("--dtype", default="float32", metavar="DTYPE",
+                   help="float32 (default): the float algorithms and peers; int8: every method of "
+                        "convolab.quant.conv2d_int8 (exact int32) against ONNX Runtime's QLinearConv and "
+                        "PyTorch's quantized conv on the same int8 codes (CPU; --algorithms names methods)")
     g = p.add_argument_group("GPU (--device cuda: the Triton kernels of convolab.gpu against cuDNN)")
     g.add_argument("--device", default="cpu", choices=("cpu", "cuda"),
                    help="cpu (default) or cuda; with cuda, --suite takes a comma-separated list of name@batch "
@@ -48,22 +52,16 @@ def _mib(b):
     return "" if b is None else f"{b / 2**20:.1f}"
 
 
-def run(args) -> int:
-    if getattr(args, "device", "cpu") == "cuda":
-        from ..gpu import bench as gpu_bench
+#: values of ``--dtype``
+DTYPES = ("float32", "int8")
 
-        return gpu_bench.run(args)
+
+def _threads_and_layers(args):
+    """Checked ``--repeat`` and ``--threads`` (set for Numba), and the suite's layers that
+    ``--layers`` selects."""
     import numba
-    from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-    from rich.table import Table
-    from threadpoolctl import threadpool_limits
 
     from ..errors import ConvError
-    from ..registry import algorithms, get
-    from ..select import prewarm
-    from . import peers as peers_mod
-    from .runner import auto_quality, bench_layer, geomean_ratios, machine_info, to_json
     from .suites import suite
 
     if args.repeat < 1:
@@ -78,6 +76,48 @@ def run(args) -> int:
         layers = [(n, s) for n, s in layers if any(k in n for k in keys)]
         if not layers:
             raise ConvError(f"no layer of suite {args.suite!r} matches --layers {args.layers!r}")
+    return threads, layers
+
+
+def _console():
+    from rich.console import Console
+
+    console = Console()
+    return console if console.is_terminal else Console(width=160)
+
+
+def _write_json(console, path: str, data: dict) -> None:
+    with open(path + ".tmp", "w") as f:
+        json.dump(data, f, indent=1)
+    os.replace(path + ".tmp", path)
+    console.print(f"wrote {path}")
+
+
+def run(args) -> int:
+    from ..errors import ConvError
+
+    dtype = getattr(args, "dtype", "float32")
+    if dtype not in DTYPES:
+        raise ConvError(f"--dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
+    if getattr(args, "device", "cpu") == "cuda":
+        if dtype != "float32":
+            raise ConvError(f"--dtype {dtype} runs on the CPU only (convolab.quant); drop --device cuda "
+                            "(the GPU benchmark's precisions are chosen with --dtypes)")
+        from ..gpu import bench as gpu_bench
+
+        return gpu_bench.run(args)
+    if dtype == "int8":
+        return run_int8(args)
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+    from rich.table import Table
+    from threadpoolctl import threadpool_limits
+
+    from ..registry import algorithms, get
+    from ..select import prewarm
+    from . import peers as peers_mod
+    from .runner import auto_quality, bench_layer, geomean_ratios, machine_info, to_json
+
+    threads, layers = _threads_and_layers(args)
     algos = (
         [get(n.strip()) for n in args.algorithms.split(",") if n.strip()]
         if args.algorithms
@@ -85,9 +125,7 @@ def run(args) -> int:
     )
     peer_list = peers_mod.resolve(args.peers)
     use_auto = args.auto and not args.algorithms
-    console = Console()
-    if not console.is_terminal:
-        console = Console(width=160)
+    console = _console()
     batch = layers[0][1].N
     with threadpool_limits(limits=threads, user_api="blas"):
         info = machine_info(threads)
@@ -158,8 +196,85 @@ def run(args) -> int:
             f"{within25}/{n}; worst: {worst[0]} chose {worst[1]}, {worst[3]:.2f}x {worst[2]}"
         )
     if args.json_path:
-        with open(args.json_path + ".tmp", "w") as f:
-            json.dump(to_json(info, args.suite, batch, records), f, indent=1)
-        os.replace(args.json_path + ".tmp", args.json_path)
-        console.print(f"wrote {args.json_path}")
+        _write_json(console, args.json_path, to_json(info, args.suite, batch, records))
+    return 0
+
+
+def _num(v, fmt: str) -> str:
+    return "" if v is None else format(v, fmt)
+
+
+def run_int8(args) -> int:
+    """``convolab bench --dtype int8``: the int8 methods of `convolab.quant` and the quantized
+    peers per layer (`convolab.bench.int8`)."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+    from rich.table import Table
+    from threadpoolctl import threadpool_limits
+
+    from .int8 import bench_layer_int8, resolve_methods, resolve_peers
+    from .runner import geomean_ratios, machine_info, to_json
+
+    threads, layers = _threads_and_layers(args)
+    methods = resolve_methods(args.algorithms)
+    peer_list, missing = resolve_peers(args.peers)
+    console = _console()
+    batch = layers[0][1].N
+    with threadpool_limits(limits=threads, user_api="blas"):
+        info = machine_info(threads)
+        console.print(f"[bold]convolab bench[/bold] dtype=int8 suite={args.suite} batch={batch} "
+                      f"repeat={args.repeat}")
+        console.print(f"CPU: {info.cpu}; threads: {threads}; BLAS: {info.blas}; "
+                      f"numpy {info.numpy}, python {info.python}")
+        for name, why in missing.items():
+            console.print(f"[dim]peer {name} left out: {why}[/dim]")
+        records = []
+        with Progress(
+            TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+            console=console, transient=True,
+        ) as progress:
+            task = progress.add_task("bench int8", total=len(layers) * (len(methods) + len(peer_list)))
+            for name, spec in layers:
+                progress.update(task, description=f"{name}")
+                records += bench_layer_int8(
+                    name, spec, methods, peer_list, args.repeat, threads,
+                    step=lambda impl, name=name: progress.update(
+                        task, advance=1, description=f"{name}: {impl}"
+                    ),
+                )
+
+    table = Table(title=f"suite {args.suite}, batch {batch}, {threads} threads, int8 x int8")
+    cols = ("layer", "impl", "out", "ms", "GMAC/s", "exact err (int32)", "err / y_scale (uint8 out)")
+    for col in cols:
+        table.add_column(col, justify="left" if col in ("layer", "impl", "out") else "right")
+    last = None
+    for r in records:
+        if r.skipped:
+            continue
+        table.add_row(
+            r.layer if r.layer != last else "",
+            r.impl + (" (peer)" if r.kind == "peer" else ""),
+            r.output,
+            f"{r.ms:.3f}",
+            f"{r.gmacs:.1f}",
+            _num(r.max_abs_err, ".0f"),
+            _num(r.max_err_y_scale, ".3f"),
+        )
+        last = r.layer
+    console.print(table)
+    console.print(
+        "[dim]exact err: max |y - reference.conv2d(xq, wq)| of the int32 result (0 = exact)\n"
+        "err / y_scale: max |dequantised uint8 output - exact result * x_scale * w_scale[k]| / y_scale "
+        "(0.5 = correctly rounded requantisation)[/dim]"
+    )
+    for r in (r for r in records if r.skipped):
+        console.print(f"[dim]{r.impl} skipped on {r.layer}: {r.skipped}[/dim]")
+    by_ref: dict[str, list[str]] = {}
+    for (a, p), (v, n) in geomean_ratios(records).items():
+        by_ref.setdefault(p, []).append(f"{a} {v:.3g}x ({n})")
+    for p, items in by_ref.items():
+        console.print(f"geomean speed-up vs {p} (its time / the method's; layers): " + ", ".join(items))
+    if args.json_path:
+        data = to_json(info, args.suite, batch, records)
+        data["dtype"] = "int8"
+        _write_json(console, args.json_path, data)
     return 0
