@@ -263,7 +263,7 @@ def run_int8(args) -> int:
     console.print(table)
     console.print(
         "[dim]exact err: max |y - reference.conv2d(xq, wq)| of the int32 result (0 = exact)\n"
-        "err / y_scale: max |dequantised uint8 output - exact result * x_scale * w_scale[k]| / y_scale "
+        "err / y_scale: max |dequantised uint8 output - exact result * x_scale * w_scale\\[k]| / y_scale "
         "(0.5 = correctly rounded requantisation)[/dim]"
     )
     for r in (r for r in records if r.skipped):
