@@ -20,7 +20,7 @@ from numba.extending import intrinsic
 
 from ._atomics import fetch_add, wait_until
 from ._microkernel import _transpose16, splat
-from .int8 import MR, MR_TAIL, NV
+from .int8 import MR, NV
 
 _I8 = ir.IntType(8)
 _I32 = ir.IntType(32)
@@ -61,18 +61,21 @@ def _dot(builder, path, L):
 
 
 def _make_tile(mr: int):
-    """The tile intrinsic for ``mr`` pixels (`MR`: a full tile, consecutive pixel addresses;
-    `MR_TAIL`: a row's last ``n <= mr`` pixels, pixels past ``n`` repeating the last).
+    """The tile intrinsic for ``mr`` consecutive output pixels ``v0 ..`` of an image (row after
+    row: a tile may cross row ends), pixels past ``v0 + n - 1`` repeating that one.
 
-    ``tile(w, woff, x, xbase, taps, ntap, nq, ps, out, obase, OHOW, kn, n, corr, k0, tok)``:
-    pixel ``j``'s tap ``t`` reads the 4-byte words ``x[xbase + j ps + taps[t] + 4 q]``,
-    ``q < nq``; the filter's k-block starts at ``w[woff]`` ([taps][nq][KB][4]); channel ``k < kn``
-    of pixel ``j < n`` is stored at ``out[obase + k OHOW + j]`` minus ``corr[k0 + k]``."""
+    ``tile(w, woff, x, xbase, taps, ntap, nq, v0, OW, rowb, ps, out, obase, OHOW, kn, n, corr,
+    k0, tok)``: pixel ``v`` (output ``(v // OW, v % OW)``) reads its tap ``t`` from the 4-byte
+    words ``x[xbase + (v // OW) rowb + (v % OW) ps + taps[t] + 4 q]``, ``q < nq``; the filter's
+    k-block starts at ``w[woff]`` ([taps][nq][KB][4]); channel ``k < kn`` of pixel ``v0 + j``,
+    ``j < n``, is stored at ``out[obase + k OHOW + v0 + j]`` minus ``corr[k0 + k]``. Each pixel's
+    address is computed once per tile (the tap loop keeps the ``mr`` pointers in registers)."""
 
-    def tile(typingctx, w, woff, x, xbase, taps, ntap, nq, ps, out, obase, OHOW, kn, n, corr, k0,
-             tok):
-        arrays = (0, 2, 4, 8, 13, 15)
-        tys = (w, woff, x, xbase, taps, ntap, nq, ps, out, obase, OHOW, kn, n, corr, k0, tok)
+    def tile(typingctx, w, woff, x, xbase, taps, ntap, nq, v0, OW, rowb, ps, out, obase, OHOW,
+             kn, n, corr, k0, tok):
+        arrays = (0, 2, 4, 11, 16, 18)
+        tys = (w, woff, x, xbase, taps, ntap, nq, v0, OW, rowb, ps, out, obase, OHOW, kn, n, corr,
+               k0, tok)
         if not all(isinstance(t, types.Integer) for i, t in enumerate(tys) if i not in arrays):
             return None
         sig = types.void(*tys)
@@ -80,7 +83,7 @@ def _make_tile(mr: int):
         def codegen(context, builder, sig, args):
             a = [context.cast(builder, v, t, types.int64) if i not in arrays else v
                  for i, (v, t) in enumerate(zip(args, sig.args, strict=True))]
-            path = _path(sig.args[15])
+            path = _path(sig.args[18])
             L = 8 if path == "vnni256" else 16
             KB = NV * L
             vty = ir.VectorType(_I32, L)
@@ -92,17 +95,24 @@ def _make_tile(mr: int):
             wp = builder.bitcast(data(0), _I8.as_pointer())
             xp = builder.bitcast(data(2), _I8.as_pointer())
             tp = data(4)
-            op = data(8)
-            cp = data(13)
-            woff, xbase, ntap, nq, ps = a[1], a[3], a[5], a[6], a[7]
-            obase, OHOW, kn, n, k0 = a[9], a[10], a[11], a[12], a[14]
+            op = data(11)
+            cp = data(16)
+            woff, xbase, ntap, nq, v0, OW, rowb, ps = a[1], a[3], a[5], a[6], a[7], a[8], a[9], a[10]
+            obase, OHOW, kn, n, k0 = a[12], a[13], a[14], a[15], a[17]
             xb = builder.gep(xp, [xbase])
-            if mr == MR:
-                offs = None
-            else:  # pixels past n repeat the last one
-                last = builder.sub(n, _i64(1))
-                offs = [builder.mul(builder.select(builder.icmp_signed("<", _i64(j), n), _i64(j),
-                                                   last), ps) for j in range(mr)]
+            # pixel j: output (oh, ow) from v0's, stepping along the row and wrapping
+            oh = builder.udiv(v0, OW)
+            ow = builder.sub(v0, builder.mul(oh, OW))
+            offs = []
+            for j in range(mr):
+                if j:
+                    inside = builder.icmp_signed("<", _i64(j), n)
+                    nxt = builder.add(ow, _i64(1))
+                    wrap = builder.icmp_signed(">=", nxt, OW)
+                    oh = builder.select(inside, builder.select(wrap, builder.add(oh, _i64(1)), oh),
+                                        oh)
+                    ow = builder.select(inside, builder.select(wrap, _i64(0), nxt), ow)
+                offs.append(builder.add(builder.mul(oh, rowb), builder.mul(ow, ps)))
             accs = [[cgutils.alloca_once_value(builder, ir.Constant(vty, None))
                      for _ in range(NV)] for _ in range(mr)]
             step = _i64(4 * KB)
@@ -110,20 +120,16 @@ def _make_tile(mr: int):
                 toff = builder.load(builder.gep(tp, [lt.index]))
                 wt = builder.gep(wp, [builder.add(woff, builder.mul(builder.mul(lt.index, nq),
                                                                     step))])
+                pt = [builder.gep(xb, [builder.add(offs[j], toff)]) for j in range(mr)]
                 with cgutils.for_range(builder, nq) as lq:
                     wq = builder.gep(wt, [builder.mul(lq.index, step)])
                     wv = [builder.load(builder.bitcast(builder.gep(wq, [_i64(v * 4 * L)]),
                                                        vty.as_pointer()), align=1)
                           for v in range(NV)]
-                    p = builder.gep(xb, [builder.add(toff, builder.shl(lq.index, _i64(2)))])
+                    q4 = builder.shl(lq.index, _i64(2))
                     for j in range(mr):
-                        if offs is None:
-                            if j:
-                                p = builder.gep(p, [ps])
-                            pj = p
-                        else:
-                            pj = builder.gep(p, [offs[j]])
-                        word = builder.load(builder.bitcast(pj, _I32.as_pointer()), align=1)
+                        word = builder.load(builder.bitcast(builder.gep(pt[j], [q4]),
+                                                            _I32.as_pointer()), align=1)
                         b = splat(builder, word, vty)
                         for v in range(NV):
                             builder.store(dot(builder.load(accs[j][v]), b, wv[v]), accs[j][v])
@@ -133,7 +139,7 @@ def _make_tile(mr: int):
                                  align=4) for v in range(NV)]
             vals = [[builder.sub(builder.load(accs[j][v]), corr[v]) for v in range(NV)]
                     for j in range(mr)]
-            ob = builder.gep(op, [obase])
+            ob = builder.gep(op, [builder.add(obase, v0)])
             if L == 16:
                 mty = ir.VectorType(ir.IntType(1), 16)
                 mstore = cgutils.get_or_insert_function(
@@ -175,7 +181,6 @@ def _make_tile(mr: int):
 
 
 _tile = _make_tile(MR)
-_tile_tail = _make_tile(MR_TAIL)
 
 
 @intrinsic
@@ -267,13 +272,14 @@ def _pack_row(x, xp, r, C, H, W, Hp, Wp, G, Cg, Cg4, pt, pl):  # pragma: no cove
 
 @njit(cache=True, nogil=True)
 def conv_int8_tiles(x, xp, wpk, corr, taps, out, counter, N, C, H, W, K, OH, OW, G, Cg, Hp, Wp,
-                    pt, pl, sh, sw, nkbr, nrowc, tok):  # pragma: no cover - compiled
+                    pt, pl, sh, sw, nkbr, nchunk, tok):  # pragma: no cover - compiled
     """One thread's share of an int8 convolution (every thread of a team job calls it, with
     ``counter`` (3 int64) zeroed): ``x`` flat int8 NCHW codes, ``xp`` flat uint8 buffer of
     ``N Hp Wp G Cg4`` for the shifted padded copy, ``wpk`` / ``corr`` from
     `convolab.kernels.int8.pack_weights` (``corr`` with KB zeros appended), ``taps`` from
     `tap_offsets`, ``out`` flat int32 NCHW. Tasks: (image, group, ``nkbr`` ranges of k-blocks,
-    ``nrowc`` ranges of output rows)."""
+    ``nchunk`` ranges of tiles); a tile is `MR` consecutive pixels of the image (the last one
+    of an image shorter), crossing row ends."""
     Cg4 = (Cg + 3) // 4 * 4
     Ct = G * Cg4
     nrows = N * Hp
@@ -293,33 +299,28 @@ def conv_int8_tiles(x, xp, wpk, corr, taps, out, counter, N, C, H, W, K, OH, OW,
     OHOW = OH * OW
     ps = sw * Ct
     blk = ntap * Cg4 * KB
-    ntask = N * G * nkbr * nrowc
+    ntile = (OHOW + MR - 1) // MR
+    ntask = N * G * nkbr * nchunk
+    rowb = sh * Wp * Ct
     while True:
         t = fetch_add(counter, 2)
         if t >= ntask:
             break
-        rc = t % nrowc
-        u = t // nrowc
+        rc = t % nchunk
+        u = t // nchunk
         kr = u % nkbr
         u //= nkbr
         g = u % G
         n = u // G
-        oh0 = rc * OH // nrowc
-        oh1 = (rc + 1) * OH // nrowc
+        q0 = rc * ntile // nchunk
+        q1 = (rc + 1) * ntile // nchunk
+        xim = n * Hp * Wp * Ct + g * Cg4
         for kb in range(kr * nkb // nkbr, (kr + 1) * nkb // nkbr):
             k0 = g * Kg + kb * KB
             kn = min(KB, (g + 1) * Kg - k0)
             woff = (g * nkb + kb) * blk
-            for oh in range(oh0, oh1):
-                xrow = (n * Hp + oh * sh) * Wp * Ct + g * Cg4
-                orow = (n * K + k0) * OHOW + oh * OW
-                ow = 0
-                while ow + MR <= OW:
-                    _tile(wpk, woff, xp, xrow + ow * ps, taps, ntap, nq, ps, out, orow + ow, OHOW,
-                          kn, MR, corr, k0, tok)
-                    ow += MR
-                while ow < OW:
-                    m = min(MR_TAIL, OW - ow)
-                    _tile_tail(wpk, woff, xp, xrow + ow * ps, taps, ntap, nq, ps, out, orow + ow,
-                               OHOW, kn, m, corr, k0, tok)
-                    ow += m
+            ob = (n * K + k0) * OHOW
+            for q in range(q0, q1):
+                v0 = q * MR
+                _tile(wpk, woff, xp, xim, taps, ntap, nq, v0, OW, rowb, ps, out, ob, OHOW, kn,
+                      min(MR, OHOW - v0), corr, k0, tok)

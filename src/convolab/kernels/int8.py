@@ -1,7 +1,7 @@
 """The int8 microkernel's geometry and paths, without Numba (the compiled half is
 `convolab.kernels._int8`).
 
-A tile is `MR` neighbouring output pixels of one output row x ``KB = NV * L`` output channels
+A tile is `MR` consecutive output pixels (row after row) x ``KB = NV * L`` output channels
 (``L`` int32 lanes per vector: 16 on 512-bit paths, 8 on 256-bit ones), in ``MR * NV`` int32
 accumulators. The activations are unsigned bytes, channels last (NHWC, each group's channels
 padded to a multiple of 4), so the four channels ``c .. c+3`` of one tap of one pixel are one
@@ -28,9 +28,8 @@ import numpy as np
 
 from ..errors import ConvError
 
-#: output pixels per tile (one output row), and per tile of a row's last pixels
+#: consecutive output pixels per tile (row after row)
 MR = 12
-MR_TAIL = 4
 #: vectors of output channels per tile
 NV = 2
 #: the paths: instruction set of the dot products
@@ -130,19 +129,19 @@ def tap_offsets(R: int, S: int, dh: int, dw: int, row_bytes: int, pixel_bytes: i
                     dtype=np.int64)
 
 
-def split(N: int, G: int, nkb: int, OH: int, row_bytes: int, threads: int) -> tuple[int, int]:
-    """(``nkbr`` ranges of k-blocks, ``nrowc`` ranges of output rows) per image and group: at
-    least four tasks per thread where the layer has them, rows cut first while a range of
-    rows' input (``row_bytes`` per output row) exceeds 256 KiB (half an L2: it stays cached
-    while the task loops over its k-blocks), then k-blocks."""
+def split(N: int, G: int, nkb: int, ntile: int, image_bytes: int, threads: int) -> tuple[int, int]:
+    """(``nkbr`` ranges of k-blocks, ``nchunk`` ranges of tiles) per image and group: at least
+    four tasks per thread where the layer has them; tiles cut first while a range of tiles'
+    input (of ``image_bytes`` per image and group) exceeds 256 KiB (half an L2: it stays cached
+    while the task loops over its k-blocks), then k-blocks, then tiles again."""
     want = 4 * threads
-    nrowc = min(OH, max(1, -(-OH * row_bytes // (256 * 1024))))
+    nchunk = min(ntile, max(1, -(-image_bytes // (256 * 1024))))
     nkbr = 1
-    while N * G * nkbr * nrowc < want and nkbr < nkb:
+    while N * G * nkbr * nchunk < want and nkbr < nkb:
         nkbr += 1
-    while N * G * nkbr * nrowc < want and nrowc < OH:
-        nrowc += 1
-    return nkbr, nrowc
+    while N * G * nkbr * nchunk < want and nchunk < ntile:
+        nchunk += 1
+    return nkbr, nchunk
 
 
 class Packed:
@@ -184,9 +183,9 @@ def conv(spec, xq: np.ndarray, packed: Packed, out: np.ndarray, threads: int | N
     xp = np.empty(spec.N * Hp * Wp * Ct, dtype=np.uint8)
     taps = tap_offsets(spec.R, spec.S, dh, dw, Wp * Ct, Ct)
     nkb = -(-spec.Kg // kb(packed.path))
-    nkbr, nrowc = split(spec.N, G, nkb, spec.OH, sh * Wp * Ct, threads)
+    nkbr, nchunk = split(spec.N, G, nkb, -(-spec.OH * spec.OW // MR), Hp * Wp * Cg4, threads)
     args = (xq.reshape(-1), xp, packed.w, packed.corr, taps, out.reshape(-1),
             np.zeros(3, dtype=np.int64), spec.N, spec.C, spec.H, spec.W, spec.K, spec.OH,
-            spec.OW, G, Cg, Hp, Wp, pt, pl, sh, sw, nkbr, nrowc, packed.token)
+            spec.OW, G, Cg, Hp, Wp, pt, pl, sh, sw, nkbr, nchunk, packed.token)
     load_from_cache(conv_int8_tiles, args, _WARM.format(packed.path), packed.path)
     team.run(conv_int8_tiles, args, threads)
