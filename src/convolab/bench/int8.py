@@ -26,6 +26,11 @@ Per implementation: the minimum time over ``repeat`` calls in interleaved rounds
 `convolab.reference.conv2d` on the codes (exact int64): for the int32 methods ``max |y - ref|``
 (0 for an exact method); for the peers ``max |dequantised y - ref * s_x * s_w[k]| / y_scale``, in
 units of the output step (0.5 for a correctly rounded requantisation).
+
+Two things to read the figures by (docs/quant.md): `conv2d_int8` is one-shot, so its times include
+the weights' accumulation-bound check and packing, which the peers do once at set-up; and with
+full-range uint8 activations PyTorch's fbgemm depthwise kernel can be many output steps off (int16
+saturation of u8 x s8 pairs; PyTorch's x86 / fbgemm qconfig uses 7-bit activations for this).
 """
 
 from __future__ import annotations
