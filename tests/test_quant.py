@@ -16,6 +16,7 @@ from convolab.quant import (
     conv2d_int8,
     dequantize,
     intconv,
+    plan_int8,
     qmax,
     quantize,
     weight_scales,
@@ -207,6 +208,24 @@ def test_int8_microkernel_every_path_is_bit_exact(path, monkeypatch):
     wx[1::2] = 127
     np.testing.assert_array_equal(conv2d_int8(x, wx, padding=1), reference.conv2d(x, wx, padding=1))
     assert mk8.Packed(wx, 1, path).path == path
+
+
+def test_plan_int8_prepares_once_and_checks_its_calls():
+    w = int8((40, 16, 3, 3))
+    p = plan_int8((2, 16, 9, 11), w, padding=1)
+    assert p.path == mk8.best_path() and plan_int8((2, 16, 9, 11), w, method="im2col").path == "im2col"
+    assert plan_int8((1, 8, 5, 5), int8((8, 1, 3, 3)), groups=8).path == "loops"
+    out = np.empty(p.spec.out_shape, np.int32)
+    for _ in range(2):  # the same plan, two inputs
+        x = int8((2, 16, 9, 11))
+        assert p(x, out) is out
+        np.testing.assert_array_equal(out, reference.conv2d(x, w, padding=1))
+    with pytest.raises(ConvError, match=r"input of shape \(1, 16, 9, 11\)"):
+        p(int8((1, 16, 9, 11)))
+    with pytest.raises(ConvError, match="out must be a C-contiguous int32"):
+        p(x, np.empty(p.spec.out_shape, np.float32))
+    with pytest.raises(ConvError, match="method"):
+        plan_int8((2, 16, 9, 11), w, method="winograd")
 
 
 def test_int8_paths_choice_and_shifted_bound_fallback(monkeypatch):

@@ -8,8 +8,9 @@ float32 first, so every implementation is given the same int8 codes and the same
 
 Implementations:
 
-- every method of `convolab.quant.intconv.METHODS`, called as
-  ``conv2d_int8(xq, wq, stride, padding, dilation, groups, method=m)`` (int32 out, exact);
+- every method of `convolab.quant.intconv.METHODS`, through a plan made once,
+  ``plan_int8(xq.shape, wq, stride, padding, dilation, groups, method=m)(xq, out)`` (int32 out,
+  exact);
 - ``onnxruntime-qlinearconv``: ONNX Runtime's CPU ``QLinearConv`` on a one-node model built with
   ``onnx.helper``: uint8 activations ``xq + 128`` with ``x_zero_point = 128``, int8 weights with
   the per-output-channel scales and zero points 0, no bias, uint8 output;
@@ -27,14 +28,15 @@ Per implementation: the minimum time over ``repeat`` calls in interleaved rounds
 (0 for an exact method); for the peers ``max |dequantised y - ref * s_x * s_w[k]| / y_scale``, in
 units of the output step (0.5 for a correctly rounded requantisation).
 
-Two things to read the figures by (docs/quant.md): `conv2d_int8` is one-shot, so its times include
-the weights' accumulation-bound check and packing, which the peers do once at set-up; and with
-full-range uint8 activations PyTorch's fbgemm depthwise kernel can be many output steps off (int16
-saturation of u8 x s8 pairs; PyTorch's x86 / fbgemm qconfig uses 7-bit activations for this).
+Two things to read the figures by (docs/quant.md): convolab's methods return exact int32 results
+(four bytes per output) where the peers requantise to uint8 (one byte); and with full-range uint8
+activations PyTorch's fbgemm depthwise kernel can be many output steps off (int16 saturation of
+u8 x s8 pairs; PyTorch's x86 / fbgemm qconfig uses 7-bit activations for this).
 """
 
 from __future__ import annotations
 
+import functools
 import time
 import warnings
 from collections.abc import Callable
@@ -45,7 +47,7 @@ import numpy as np
 from .. import reference
 from .._timing import SETTLE_SECONDS
 from ..errors import ConvError, UnsupportedError
-from ..quant import conv2d_int8, intconv, qmax, quantize, weight_scales
+from ..quant import intconv, plan_int8, qmax, quantize, weight_scales
 from ..spec import ConvSpec
 from .runner import layer_data, time_interleaved
 
@@ -306,8 +308,10 @@ def bench_layer_int8(
     calls: dict[str, Callable[[], object]] = {}
     for m in methods:
         rec = Int8Record(name, str(spec), m, "algorithm", output="int32", macs=macs)
-        call = lambda m=m: conv2d_int8(d.xq, d.wq, **args, method=m)  # noqa: E731
         try:
+            # weights checked and packed once, as the peers do at set-up
+            call = plan_int8(d.xq.shape, d.wq, **args, method=m)
+            call = functools.partial(call, d.xq, np.empty(spec.out_shape, np.int32))
             y = call()  # JIT warm-up, first touch
         except UnsupportedError as e:
             rec.skipped = e.reason

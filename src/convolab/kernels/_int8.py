@@ -19,7 +19,7 @@ from numba.core import cgutils
 from numba.extending import intrinsic
 
 from ._atomics import fetch_add, wait_until
-from ._microkernel import _transpose16, splat
+from ._microkernel import _transpose16, fma, splat
 from .int8 import MR, NV
 
 _I8 = ir.IntType(8)
@@ -72,17 +72,19 @@ def _make_tile(mr: int):
     address is computed once per tile (the tap loop keeps the ``mr`` pointers in registers)."""
 
     def tile(typingctx, w, woff, x, xbase, taps, ntap, nq, v0, OW, rowb, ps, out, obase, OHOW,
-             kn, n, corr, k0, tok):
-        arrays = (0, 2, 4, 11, 16, 18)
+             kn, n, corr, k0, tok, fout, scale, bias, act, lo, hi):
+        arrays = (0, 2, 4, 11, 16, 18, 19, 20, 21)
+        floats = (23, 24)
         tys = (w, woff, x, xbase, taps, ntap, nq, v0, OW, rowb, ps, out, obase, OHOW, kn, n, corr,
-               k0, tok)
-        if not all(isinstance(t, types.Integer) for i, t in enumerate(tys) if i not in arrays):
+               k0, tok, fout, scale, bias, act, lo, hi)
+        if not all(isinstance(t, types.Integer) for i, t in enumerate(tys)
+                   if i not in arrays and i not in floats):
             return None
         sig = types.void(*tys)
 
         def codegen(context, builder, sig, args):
-            a = [context.cast(builder, v, t, types.int64) if i not in arrays else v
-                 for i, (v, t) in enumerate(zip(args, sig.args, strict=True))]
+            a = [context.cast(builder, v, t, types.int64) if i not in arrays and i not in floats
+                 else v for i, (v, t) in enumerate(zip(args, sig.args, strict=True))]
             path = _path(sig.args[18])
             L = 8 if path == "vnni256" else 16
             KB = NV * L
@@ -139,45 +141,90 @@ def _make_tile(mr: int):
                                  align=4) for v in range(NV)]
             vals = [[builder.sub(builder.load(accs[j][v]), corr[v]) for v in range(NV)]
                     for j in range(mr)]
-            ob = builder.gep(op, [builder.add(obase, v0)])
-            if L == 16:
-                mty = ir.VectorType(ir.IntType(1), 16)
-                mstore = cgutils.get_or_insert_function(
-                    builder.module, ir.FunctionType(ir.VoidType(), [vty, vty.as_pointer(), _I32,
-                                                                    mty]),
-                    "llvm.masked.store.v16i32.p0")
-                lanes = ir.Constant(ir.VectorType(_I64, 16), list(range(16)))
-                m = builder.icmp_signed("<", lanes, splat(builder, n, ir.VectorType(_I64, 16)))
-                zero = ir.Constant(vty, None)
-                for v in range(NV):
-                    cols = _transpose16(builder, [vals[j][v] if j < mr else zero
-                                                  for j in range(16)])
-                    for lane in range(16):
-                        k = v * 16 + lane
-                        with builder.if_then(builder.icmp_signed("<", _i64(k), kn)):
-                            ptr = builder.gep(ob, [builder.mul(_i64(k), OHOW)])
-                            builder.call(mstore, [cols[lane], builder.bitcast(ptr, vty.as_pointer()),
-                                                  ir.Constant(_I32, 4), m])
-            else:  # through a buffer on the stack, element by element
-                buf = cgutils.alloca_once(builder, ir.ArrayType(_I32, mr * KB))
-                bp = builder.bitcast(buf, _I32.as_pointer())
-                for j in range(mr):
-                    for v in range(NV):
-                        builder.store(vals[j][v], builder.bitcast(
-                            builder.gep(bp, [_i64(j * KB + v * L)]), vty.as_pointer()), align=4)
-                with cgutils.for_range(builder, kn) as lk:
-                    row = builder.gep(ob, [builder.mul(lk.index, OHOW)])
-                    with cgutils.for_range(builder, n) as lj:
-                        e = builder.load(builder.gep(bp, [builder.add(builder.mul(lj.index,
-                                                                                  _i64(KB)),
-                                                                      lk.index)]))
-                        builder.store(e, builder.gep(row, [lj.index]))
+            # a float output array: the output stage (`_requant`), else int32 results
+            floaty = builder.icmp_signed(
+                ">", context.make_array(sig.args[19])(context, builder, a[19]).nitems, _i64(0))
+            with builder.if_else(floaty) as (as_float, as_int):
+                with as_float:
+                    fty = ir.VectorType(ir.FloatType(), L)
+                    _store_tile(builder, [[_requant(context, builder, sig, a, vals[j][v], v, L, k0)
+                                           for v in range(NV)] for j in range(mr)],
+                                fty, builder.bitcast(data(19), ir.FloatType().as_pointer()),
+                                obase, v0, OHOW, kn, n, mr, L)
+                with as_int:
+                    _store_tile(builder, vals, vty, op, obase, v0, OHOW, kn, n, mr, L)
             return context.get_dummy_value()
 
         return sig, codegen
 
     tile.__name__ = tile.__qualname__ = f"_int8_tile_{mr}"
     return intrinsic(tile)
+
+
+def _requant(context, builder, sig, a, v, vi, L, k0):
+    """``act(float(v) * scale[k] + bias[k])`` for the lanes (output channels ``k0 + vi L ..``) of
+    int32 vector ``v``, one rounding in the multiply-add (``llvm.fma``); ``act`` 0 none, 1 ReLU,
+    2 clamp(lo, hi) (`requant_float` does the same element by element)."""
+    from ._microkernel import _fma_fn, nan_max_min
+
+    fty = ir.VectorType(ir.FloatType(), L)
+    sp = context.make_array(sig.args[20])(context, builder, a[20]).data
+    bp = context.make_array(sig.args[21])(context, builder, a[21]).data
+    off = builder.add(k0, _i64(vi * L))
+    sc = builder.load(builder.bitcast(builder.gep(sp, [off]), fty.as_pointer()), align=4)
+    bi = builder.load(builder.bitcast(builder.gep(bp, [off]), fty.as_pointer()), align=4)
+    y = builder.call(_fma_fn(builder, fty), [builder.sitofp(v, fty), sc, bi])
+    vmax, vmin = nan_max_min(builder, fty)
+    act = a[22]
+    lo = context.cast(builder, a[23], sig.args[23], types.float32)
+    hi = context.cast(builder, a[24], sig.args[24], types.float32)
+    relu = builder.call(vmax, [y, ir.Constant(fty, None)])
+    clamp = builder.call(vmin, [builder.call(vmax, [y, splat(builder, lo, fty)]),
+                                splat(builder, hi, fty)])
+    y = builder.select(builder.icmp_signed("==", act, _i64(1)), relu, y)
+    return builder.select(builder.icmp_signed("==", act, _i64(2)), clamp, y)
+
+
+def _store_tile(builder, vals, vty, op, obase, v0, OHOW, kn, n, mr, L):
+    """Store tile ``vals[j][v]`` (pixel j, lanes = channels ``v L ..``) in NCHW: channel
+    ``k < kn`` of pixel ``v0 + j``, ``j < n``, at ``op[obase + k OHOW + v0 + j]``: on 16 lanes
+    transposed in registers and stored channel by channel under a mask, on 8 through a buffer
+    on the stack."""
+    KB = NV * L
+    ob = builder.gep(op, [builder.add(obase, v0)])
+    if L == 16:
+        mty = ir.VectorType(ir.IntType(1), 16)
+        ename = "f32" if vty.element == ir.FloatType() else "i32"
+        mstore = cgutils.get_or_insert_function(
+            builder.module, ir.FunctionType(ir.VoidType(), [vty, vty.as_pointer(), _I32,
+                                                            mty]),
+            f"llvm.masked.store.v16{ename}.p0")
+        lanes = ir.Constant(ir.VectorType(_I64, 16), list(range(16)))
+        m = builder.icmp_signed("<", lanes, splat(builder, n, ir.VectorType(_I64, 16)))
+        zero = ir.Constant(vty, None)
+        for v in range(NV):
+            cols = _transpose16(builder, [vals[j][v] if j < mr else zero
+                                          for j in range(16)])
+            for lane in range(16):
+                k = v * 16 + lane
+                with builder.if_then(builder.icmp_signed("<", _i64(k), kn)):
+                    ptr = builder.gep(ob, [builder.mul(_i64(k), OHOW)])
+                    builder.call(mstore, [cols[lane], builder.bitcast(ptr, vty.as_pointer()),
+                                          ir.Constant(_I32, 4), m])
+    else:  # through a buffer on the stack, element by element
+        buf = cgutils.alloca_once(builder, ir.ArrayType(vty.element, mr * KB))
+        bp = builder.bitcast(buf, vty.element.as_pointer())
+        for j in range(mr):
+            for v in range(NV):
+                builder.store(vals[j][v], builder.bitcast(
+                    builder.gep(bp, [_i64(j * KB + v * L)]), vty.as_pointer()), align=4)
+        with cgutils.for_range(builder, kn) as lk:
+            row = builder.gep(ob, [builder.mul(lk.index, OHOW)])
+            with cgutils.for_range(builder, n) as lj:
+                e = builder.load(builder.gep(bp, [builder.add(builder.mul(lj.index,
+                                                                          _i64(KB)),
+                                                              lk.index)]))
+                builder.store(e, builder.gep(row, [lj.index]))
 
 
 _tile = _make_tile(MR)
@@ -272,14 +319,16 @@ def _pack_row(x, xp, r, C, H, W, Hp, Wp, G, Cg, Cg4, pt, pl):  # pragma: no cove
 
 @njit(cache=True, nogil=True)
 def conv_int8_tiles(x, xp, wpk, corr, taps, out, counter, N, C, H, W, K, OH, OW, G, Cg, Hp, Wp,
-                    pt, pl, sh, sw, nkbr, nchunk, tok):  # pragma: no cover - compiled
+                    pt, pl, sh, sw, nkbr, nchunk, tok, fout, stage):  # pragma: no cover - compiled
     """One thread's share of an int8 convolution (every thread of a team job calls it, with
     ``counter`` (3 int64) zeroed): ``x`` flat int8 NCHW codes, ``xp`` flat uint8 buffer of
     ``N Hp Wp G Cg4`` for the shifted padded copy, ``wpk`` / ``corr`` from
     `convolab.kernels.int8.pack_weights` (``corr`` with KB zeros appended), ``taps`` from
     `tap_offsets`, ``out`` flat int32 NCHW. Tasks: (image, group, ``nkbr`` ranges of k-blocks,
     ``nchunk`` ranges of tiles); a tile is `MR` consecutive pixels of the image (the last one
-    of an image shorter), crossing row ends."""
+    of an image shorter), crossing row ends. With a non-empty ``fout`` (float32, flat NCHW) the
+    tiles store ``act(float(y) * scale[k] + bias[k])`` there instead (``stage = (scale, bias,
+    act, lo, hi)``: float32 arrays of K + KB entries, act 0 none, 1 ReLU, 2 clamp(lo, hi))."""
     Cg4 = (Cg + 3) // 4 * 4
     Ct = G * Cg4
     nrows = N * Hp
@@ -299,6 +348,7 @@ def conv_int8_tiles(x, xp, wpk, corr, taps, out, counter, N, C, H, W, K, OH, OW,
     OHOW = OH * OW
     ps = sw * Ct
     blk = ntap * Cg4 * KB
+    scale, bias, act, lo, hi = stage
     ntile = (OHOW + MR - 1) // MR
     ntask = N * G * nkbr * nchunk
     rowb = sh * Wp * Ct
@@ -323,4 +373,30 @@ def conv_int8_tiles(x, xp, wpk, corr, taps, out, counter, N, C, H, W, K, OH, OW,
             for q in range(q0, q1):
                 v0 = q * MR
                 _tile(wpk, woff, xp, xim, taps, ntap, nq, v0, OW, rowb, ps, out, ob, OHOW, kn,
-                      min(MR, OHOW - v0), corr, k0, tok)
+                      min(MR, OHOW - v0), corr, k0, tok, fout, scale, bias, act, lo, hi)
+
+
+@njit(cache=True, nogil=True)
+def requant_float(acc, out, K, HW, scale, bias, act, lo, hi, counter):  # pragma: no cover
+    """``out = act(float32(acc) * scale[k] + bias[k])`` with one rounding (fma), element by
+    element, for int32 results computed elsewhere (the same arithmetic as the tiles' output
+    stage, so every int8 method gives the same floats); planes handed out by ``counter[0]``
+    (a team job)."""
+    n = acc.size // HW
+    while True:
+        p = fetch_add(counter, 0)
+        if p >= n:
+            break
+        k = p % K
+        s = scale[k]
+        b = bias[k]
+        o = p * HW
+        for i in range(HW):
+            y = fma(np.float32(acc[o + i]), s, b)
+            # as llvm.maximum / minimum (the tiles' vector code): +0 above -0
+            if act == 1:
+                y = y if y > 0 else np.float32(0)
+            elif act == 2:
+                y = y if y > lo else lo
+                y = y if y < hi else hi
+            out[o + i] = y

@@ -164,9 +164,40 @@ _WARM = ("import os; os.environ['CONVOLAB_INT8_PATH'] = '{}'; import numpy as np
          "padding=1, method='direct')")
 
 
-def conv(spec, xq: np.ndarray, packed: Packed, out: np.ndarray, threads: int | None = None) -> None:
-    """int8 convolution of ``xq`` (int8 NCHW codes, C-contiguous) into ``out`` (int32,
-    ``spec.out_shape``, C-contiguous) on the team (`convolab.kernels.team`): exact."""
+_F32 = np.zeros(0, dtype=np.float32)
+_I32 = np.zeros(0, dtype=np.int32)
+
+
+def stage(K: int, scale, bias=None, act: int = 0, lo: float = 0.0, hi: float = 0.0,
+          spare: int = 32) -> tuple:
+    """The float output stage ``act(float32(y) * scale[k] + bias[k])`` as the kernels take it:
+    float32 arrays with ``spare`` zeros appended (a tile reads a whole k-block), ``act`` 0
+    none, 1 ReLU, 2 clamp(lo, hi)."""
+    s = np.zeros(K + spare, np.float32)
+    s[:K] = np.broadcast_to(np.asarray(scale, np.float32), (K,))
+    b = np.zeros(K + spare, np.float32)
+    if bias is not None:
+        b[:K] = np.asarray(bias, np.float32)
+    return (s, b, int(act), np.float32(lo), np.float32(hi))
+
+
+def requant(acc: np.ndarray, out: np.ndarray, st: tuple, threads: int | None = None) -> None:
+    """``out`` (float32 NCHW) = the output stage ``st`` (`stage`) of int32 results ``acc``
+    computed by another method, with the tiles' arithmetic (one fma per element)."""
+    from . import team
+    from ._int8 import requant_float
+
+    N, K = acc.shape[:2]
+    HW = int(np.prod(acc.shape[2:]))
+    team.run(requant_float, (acc.reshape(-1), out.reshape(-1), K, HW, *st,
+                             np.zeros(1, dtype=np.int64)), threads)
+
+
+def conv(spec, xq: np.ndarray, packed: Packed, out: np.ndarray, threads: int | None = None,
+         stage: tuple | None = None) -> None:
+    """int8 convolution of ``xq`` (int8 NCHW codes, C-contiguous) into ``out`` on the team
+    (`convolab.kernels.team`): int32 results, exact, or with ``stage`` (`stage`) float32
+    ``act(y * scale + bias)`` (``out`` C-contiguous, ``spec.out_shape``)."""
     from . import load_from_cache, team
     from ._int8 import conv_int8_tiles
 
@@ -187,5 +218,11 @@ def conv(spec, xq: np.ndarray, packed: Packed, out: np.ndarray, threads: int | N
     args = (xq.reshape(-1), xp, packed.w, packed.corr, taps, out.reshape(-1),
             np.zeros(3, dtype=np.int64), spec.N, spec.C, spec.H, spec.W, spec.K, spec.OH,
             spec.OW, G, Cg, Hp, Wp, pt, pl, sh, sw, nkbr, nchunk, packed.token)
+    if stage is None:
+        args += (_F32, (_F32, _F32, 0, np.float32(0), np.float32(0)))
+    else:
+        if out.dtype != np.float32:
+            raise ConvError(f"the float output stage writes float32, got out of dtype {out.dtype}")
+        args = args[:5] + (_I32,) + args[6:] + (out.reshape(-1), stage)
     load_from_cache(conv_int8_tiles, args, _WARM.format(packed.path), packed.path)
     team.run(conv_int8_tiles, args, threads)

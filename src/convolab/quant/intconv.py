@@ -62,6 +62,67 @@ def gemm_dtype(bound: int) -> np.dtype:
     return np.dtype(np.float32) if bound < FLOAT32_EXACT else np.dtype(np.float64)
 
 
+class Int8Plan:
+    """`conv2d_int8` for one layer: weights checked and prepared once (packed for the int8
+    microkernel, or as an exact GEMM matrix), then called on inputs of one shape.
+
+    ``plan(xq, out=None)`` returns the int32 result (``out``: a C-contiguous int32 array of the
+    output shape to write it to). Build it with `plan_int8`."""
+
+    def __init__(self, x_shape, wq, stride=1, padding=0, dilation=1, groups=1,
+                 method: str = "direct"):
+        wq = check_int8(wq, "weight")
+        if method not in METHODS:
+            raise ConvError(f"method must be one of {', '.join(METHODS)}; got {method!r}")
+        spec = ConvSpec.from_shapes(tuple(x_shape), wq.shape, stride, padding, dilation, groups,
+                                    np.int8)
+        bound = accumulation_bound(wq)
+        if bound >= INT32_LIMIT:
+            raise ConvError(
+                f"int32 accumulation could overflow: 128 * max_k sum|w[k]| = {bound} >= 2**31 "
+                f"(reduction length {spec.reduction_length})"
+            )
+        self.spec = spec
+        self.method = method
+        self.wq = np.ascontiguousarray(wq)
+        if method == "direct":
+            self._prep = microkernel_packed(spec, self.wq)
+        else:
+            self._prep = pack_im2col(spec, self.wq, gemm_dtype(bound))
+
+    @property
+    def path(self) -> str:
+        """What computes it: the int8 microkernel's path (``vnni512``, ``vnni256``,
+        ``generic``), ``loops`` or ``im2col``."""
+        if self.method == "im2col":
+            return "im2col"
+        return "loops" if self._prep is None else self._prep.path
+
+    def __call__(self, xq, out=None) -> np.ndarray:
+        xq = check_int8(xq, "input")
+        if xq.shape != self.spec.x_shape:
+            raise ConvError(f"input of shape {xq.shape}; this plan takes {self.spec.x_shape}")
+        if out is None:
+            out = np.empty(self.spec.out_shape, dtype=np.int32)
+        elif (out.shape != self.spec.out_shape or out.dtype != np.int32
+              or not out.flags.c_contiguous):
+            raise ConvError(f"out must be a C-contiguous int32 array of shape "
+                            f"{self.spec.out_shape}, got {out.dtype} {out.shape}")
+        xq = np.ascontiguousarray(xq)
+        if self.method == "direct":
+            run_direct(self.spec, xq, self.wq, out, self._prep)
+        else:
+            run_im2col(self.spec, xq, self._prep, out)
+        return out
+
+
+def plan_int8(x_shape, wq, stride=1, padding=0, dilation=1, groups=1,
+              method: str = "direct") -> Int8Plan:
+    """An `Int8Plan`: `conv2d_int8` for inputs of shape ``x_shape`` with the weights prepared
+    once (what a network or a benchmark calls repeatedly)."""
+    return Int8Plan(x_shape, wq, stride, padding, dilation, groups, method)
+
+
 def conv2d_int8(xq, wq, stride=1, padding=0, dilation=1, groups=1, method: str = "direct") -> np.ndarray:
     """Exact integer convolution of int8 codes with int32 accumulation.
 
@@ -83,24 +144,15 @@ def conv2d_int8(xq, wq, stride=1, padding=0, dilation=1, groups=1, method: str =
     ConvError
         Non-int8 arrays, bad shapes or hyper-parameters, an unknown method, or weights whose
         accumulation bound reaches ``2**31``.
+
+    One call prepares the weights (checks their bound, packs them); `plan_int8` does that once
+    for repeated calls.
     """
     xq = check_int8(xq, "input")
     wq = check_int8(wq, "weight")
     if method not in METHODS:
         raise ConvError(f"method must be one of {', '.join(METHODS)}; got {method!r}")
-    spec = ConvSpec.from_arrays(xq, wq, None, stride, padding, dilation, groups)
-    bound = accumulation_bound(wq)
-    if bound >= INT32_LIMIT:
-        raise ConvError(
-            f"int32 accumulation could overflow: 128 * max_k sum|w[k]| = {bound} >= 2**31 "
-            f"(reduction length {spec.reduction_length})"
-        )
-    out = np.empty(spec.out_shape, dtype=np.int32)
-    if method == "direct":
-        run_direct(spec, np.ascontiguousarray(xq), np.ascontiguousarray(wq), out)
-    else:
-        run_im2col(spec, np.ascontiguousarray(xq), pack_im2col(spec, wq, gemm_dtype(bound)), out)
-    return out
+    return Int8Plan(xq.shape, wq, stride, padding, dilation, groups, method)(xq)
 
 
 def pad_int8(spec: ConvSpec, xq: np.ndarray) -> np.ndarray:
