@@ -318,13 +318,14 @@ def _pack_row(x, xp, r, C, H, W, Hp, Wp, G, Cg, Cg4, pt, pl):  # pragma: no cove
 
 
 @njit(cache=True, nogil=True)
-def conv_int8_tiles(x, xp, wpk, corr, taps, out, counter, N, C, H, W, K, OH, OW, G, Cg, Hp, Wp,
-                    pt, pl, sh, sw, nkbr, nchunk, tok, fout, stage):  # pragma: no cover - compiled
+def conv_int8_tiles(x, xp, wpk, corr, taps, nq, out, counter, N, C, H, W, K, OH, OW, G, Cg, Hp,
+                    Wp, pt, pl, sh, sw, nkbr, nchunk, tok, fout, stage):  # pragma: no cover
     """One thread's share of an int8 convolution (every thread of a team job calls it, with
     ``counter`` (3 int64) zeroed): ``x`` flat int8 NCHW codes, ``xp`` flat uint8 buffer of
     ``N Hp Wp G Cg4`` for the shifted padded copy, ``wpk`` / ``corr`` from
     `convolab.kernels.int8.pack_weights` (``corr`` with KB zeros appended), ``taps`` from
-    `tap_offsets`, ``out`` flat int32 NCHW. Tasks: (image, group, ``nkbr`` ranges of k-blocks,
+    `tap_offsets`: each a run of ``nq`` 4-byte words (a tap's ``Cg4`` channels, or a whole filter
+    row's ``S Cg4`` where those lie side by side), ``out`` flat int32 NCHW. Tasks: (image, group, ``nkbr`` ranges of k-blocks,
     ``nchunk`` ranges of tiles); a tile is `MR` consecutive pixels of the image (the last one
     of an image shorter), crossing row ends. With a non-empty ``fout`` (float32, flat NCHW) the
     tiles store ``act(float(y) * scale[k] + bias[k])`` there instead (``stage = (scale, bias,
@@ -342,12 +343,11 @@ def conv_int8_tiles(x, xp, wpk, corr, taps, out, counter, N, C, H, W, K, OH, OW,
     wait_until(counter, 1, nrows)
     Kg = K // G
     ntap = taps.size
-    nq = Cg4 // 4
     KB = corr.size - K
     nkb = (Kg + KB - 1) // KB
     OHOW = OH * OW
     ps = sw * Ct
-    blk = ntap * Cg4 * KB
+    blk = ntap * nq * 4 * KB
     scale, bias, act, lo, hi = stage
     ntile = (OHOW + MR - 1) // MR
     ntask = N * G * nkbr * nchunk

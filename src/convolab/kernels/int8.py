@@ -212,10 +212,18 @@ def conv(spec, xq: np.ndarray, packed: Packed, out: np.ndarray, threads: int | N
     Ct = G * Cg4
     (sh, sw), (dh, dw) = spec.stride, spec.dilation
     xp = np.empty(spec.N * Hp * Wp * Ct, dtype=np.uint8)
-    taps = tap_offsets(spec.R, spec.S, dh, dw, Wp * Ct, Ct)
+    if G == 1 and (dw == 1 or spec.S == 1):
+        # a filter row's S taps are S Cg4 adjacent bytes: one run per row, the packed filter's
+        # [R][S][Cg4] order read as [R][S Cg4] (the stem, 3 -> 64 7x7: 49 runs of one word
+        # became 7 of 7)
+        taps = tap_offsets(spec.R, 1, dh, dw, Wp * Ct, Ct)
+        nq = spec.S * Cg4 // 4
+    else:
+        taps = tap_offsets(spec.R, spec.S, dh, dw, Wp * Ct, Ct)
+        nq = Cg4 // 4
     nkb = -(-spec.Kg // kb(packed.path))
     nkbr, nchunk = split(spec.N, G, nkb, -(-spec.OH * spec.OW // MR), Hp * Wp * Cg4, threads)
-    args = (xq.reshape(-1), xp, packed.w, packed.corr, taps, out.reshape(-1),
+    args = (xq.reshape(-1), xp, packed.w, packed.corr, taps, nq, out.reshape(-1),
             np.zeros(3, dtype=np.int64), spec.N, spec.C, spec.H, spec.W, spec.K, spec.OH,
             spec.OW, G, Cg, Hp, Wp, pt, pl, sh, sw, nkbr, nchunk, packed.token)
     if stage is None:
@@ -223,6 +231,6 @@ def conv(spec, xq: np.ndarray, packed: Packed, out: np.ndarray, threads: int | N
     else:
         if out.dtype != np.float32:
             raise ConvError(f"the float output stage writes float32, got out of dtype {out.dtype}")
-        args = args[:5] + (_I32,) + args[6:] + (out.reshape(-1), stage)
+        args = args[:6] + (_I32,) + args[7:] + (out.reshape(-1), stage)
     load_from_cache(conv_int8_tiles, args, _WARM.format(packed.path), packed.path)
     team.run(conv_int8_tiles, args, threads)
