@@ -228,6 +228,46 @@ def test_plan_int8_prepares_once_and_checks_its_calls():
         plan_int8((2, 16, 9, 11), w, method="winograd")
 
 
+@pytest.mark.parametrize("activation", [None, "relu", "relu6"])
+def test_plan_int8_output_stages_same_on_every_method(activation):
+    rng = np.random.default_rng(3)
+    x, w = int8((2, 16, 9, 11)), int8((40, 16, 3, 3))
+    sc, b = rng.random(40) * 2e-3, rng.standard_normal(40) * 3
+    exact = reference.conv2d(x, w, padding=1) * sc[None, :, None, None] + b[None, :, None, None]
+    if activation:
+        exact = np.clip(exact, 0, 6 if activation == "relu6" else np.inf)
+    got = {}
+    for m in ("direct", "im2col"):
+        f = plan_int8(x.shape, w, padding=1, method=m, output="float32", scale=sc, bias=b,
+                      activation=activation)(x)
+        q = plan_int8(x.shape, w, padding=1, method=m, output="int8", scale=sc, bias=b,
+                      activation=activation, out_scale=0.04)(x)
+        assert f.dtype == np.float32 and q.dtype == np.int8
+        np.testing.assert_allclose(f, exact, rtol=1e-6, atol=1e-5)
+        inside = np.abs(exact) < 126 * 0.04  # not saturated: within half a step
+        assert np.abs(q * 0.04 - exact)[inside].max() <= 0.02 * (1 + 1e-5)
+        assert np.all(q[exact >= 127.5 * 0.04] == 127) and q.min() >= -127
+        got[m] = (f, q)
+    np.testing.assert_array_equal(got["direct"][0], got["im2col"][0])
+    np.testing.assert_array_equal(got["direct"][1], got["im2col"][1])
+
+
+def test_plan_int8_output_stage_errors():
+    w = int8((8, 4, 1, 1))
+    with pytest.raises(ConvError, match="output must be one of"):
+        plan_int8((1, 4, 3, 3), w, output="uint8")
+    with pytest.raises(ConvError, match="needs scale"):
+        plan_int8((1, 4, 3, 3), w, output="float32")
+    with pytest.raises(ConvError, match="scale must be a finite float or 8"):
+        plan_int8((1, 4, 3, 3), w, output="float32", scale=np.ones(3))
+    with pytest.raises(ConvError, match="out_scale > 0"):
+        plan_int8((1, 4, 3, 3), w, output="int8", scale=1.0, out_scale=0.0)
+    with pytest.raises(ConvError, match="activation must be"):
+        plan_int8((1, 4, 3, 3), w, output="float32", scale=1.0, activation="gelu")
+    with pytest.raises(ConvError, match="need output='float32' or 'int8'"):
+        plan_int8((1, 4, 3, 3), w, bias=np.zeros(8))
+
+
 def test_int8_paths_choice_and_shifted_bound_fallback(monkeypatch):
     assert "generic" in mk8.available_paths()
     monkeypatch.setenv("CONVOLAB_INT8_PATH", "avx9000")

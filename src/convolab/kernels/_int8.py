@@ -19,7 +19,7 @@ from numba.core import cgutils
 from numba.extending import intrinsic
 
 from ._atomics import fetch_add, wait_until
-from ._microkernel import _transpose16, fma, splat
+from ._microkernel import _fma_fn, _transpose16, fma, nan_max_min, splat
 from .int8 import MR, NV
 
 _I8 = ir.IntType(8)
@@ -147,10 +147,24 @@ def _make_tile(mr: int):
             with builder.if_else(floaty) as (as_float, as_int):
                 with as_float:
                     fty = ir.VectorType(ir.FloatType(), L)
-                    _store_tile(builder, [[_requant(context, builder, sig, a, vals[j][v], v, L, k0)
-                                           for v in range(NV)] for j in range(mr)],
-                                fty, builder.bitcast(data(19), ir.FloatType().as_pointer()),
-                                obase, v0, OHOW, kn, n, mr, L)
+                    ys = [[_requant(context, builder, sig, a, vals[j][v], v, L, k0)
+                           for v in range(NV)] for j in range(mr)]
+                    if sig.args[19].dtype == types.int8:
+                        # int8 codes: rint (half to even), saturated to +-127
+                        rint = cgutils.get_or_insert_function(
+                            builder.module, ir.FunctionType(fty, [fty]), f"llvm.rint.v{L}f32")
+                        vmax, vmin = nan_max_min(builder, fty)
+                        top = ir.Constant(fty, [127.0] * L)
+                        bot = ir.Constant(fty, [-127.0] * L)
+                        ys = [[builder.fptosi(builder.call(vmin, [builder.call(vmax, [
+                            builder.call(rint, [y]), bot]), top]), vty) for y in row]
+                              for row in ys]
+                        _store_tile(builder, ys, vty, builder.bitcast(data(19), _I8.as_pointer()),
+                                    obase, v0, OHOW, kn, n, mr, L, narrow=True)
+                    else:
+                        _store_tile(builder, ys, fty,
+                                    builder.bitcast(data(19), ir.FloatType().as_pointer()),
+                                    obase, v0, OHOW, kn, n, mr, L)
                 with as_int:
                     _store_tile(builder, vals, vty, op, obase, v0, OHOW, kn, n, mr, L)
             return context.get_dummy_value()
@@ -165,7 +179,6 @@ def _requant(context, builder, sig, a, v, vi, L, k0):
     """``act(float(v) * scale[k] + bias[k])`` for the lanes (output channels ``k0 + vi L ..``) of
     int32 vector ``v``, one rounding in the multiply-add (``llvm.fma``); ``act`` 0 none, 1 ReLU,
     2 clamp(lo, hi) (`requant_float` does the same element by element)."""
-    from ._microkernel import _fma_fn, nan_max_min
 
     fty = ir.VectorType(ir.FloatType(), L)
     sp = context.make_array(sig.args[20])(context, builder, a[20]).data
@@ -185,18 +198,19 @@ def _requant(context, builder, sig, a, v, vi, L, k0):
     return builder.select(builder.icmp_signed("==", act, _i64(2)), clamp, y)
 
 
-def _store_tile(builder, vals, vty, op, obase, v0, OHOW, kn, n, mr, L):
+def _store_tile(builder, vals, vty, op, obase, v0, OHOW, kn, n, mr, L, narrow=False):
     """Store tile ``vals[j][v]`` (pixel j, lanes = channels ``v L ..``) in NCHW: channel
     ``k < kn`` of pixel ``v0 + j``, ``j < n``, at ``op[obase + k OHOW + v0 + j]``: on 16 lanes
     transposed in registers and stored channel by channel under a mask, on 8 through a buffer
-    on the stack."""
+    on the stack. ``narrow``: int32 ``vals`` stored as int8 (``op`` an i8 pointer)."""
     KB = NV * L
     ob = builder.gep(op, [builder.add(obase, v0)])
     if L == 16:
         mty = ir.VectorType(ir.IntType(1), 16)
-        ename = "f32" if vty.element == ir.FloatType() else "i32"
+        sty = ir.VectorType(_I8, 16) if narrow else vty
+        ename = "i8" if narrow else ("f32" if vty.element == ir.FloatType() else "i32")
         mstore = cgutils.get_or_insert_function(
-            builder.module, ir.FunctionType(ir.VoidType(), [vty, vty.as_pointer(), _I32,
+            builder.module, ir.FunctionType(ir.VoidType(), [sty, sty.as_pointer(), _I32,
                                                             mty]),
             f"llvm.masked.store.v16{ename}.p0")
         lanes = ir.Constant(ir.VectorType(_I64, 16), list(range(16)))
@@ -209,8 +223,9 @@ def _store_tile(builder, vals, vty, op, obase, v0, OHOW, kn, n, mr, L):
                 k = v * 16 + lane
                 with builder.if_then(builder.icmp_signed("<", _i64(k), kn)):
                     ptr = builder.gep(ob, [builder.mul(_i64(k), OHOW)])
-                    builder.call(mstore, [cols[lane], builder.bitcast(ptr, vty.as_pointer()),
-                                          ir.Constant(_I32, 4), m])
+                    col = builder.trunc(cols[lane], sty) if narrow else cols[lane]
+                    builder.call(mstore, [col, builder.bitcast(ptr, sty.as_pointer()),
+                                          ir.Constant(_I32, 1 if narrow else 4), m])
     else:  # through a buffer on the stack, element by element
         buf = cgutils.alloca_once(builder, ir.ArrayType(vty.element, mr * KB))
         bp = builder.bitcast(buf, vty.element.as_pointer())
@@ -224,7 +239,8 @@ def _store_tile(builder, vals, vty, op, obase, v0, OHOW, kn, n, mr, L):
                 e = builder.load(builder.gep(bp, [builder.add(builder.mul(lj.index,
                                                                           _i64(KB)),
                                                               lk.index)]))
-                builder.store(e, builder.gep(row, [lj.index]))
+                builder.store(builder.trunc(e, _I8) if narrow else e,
+                              builder.gep(row, [lj.index]))
 
 
 _tile = _make_tile(MR)
@@ -327,12 +343,14 @@ def conv_int8_tiles(x, xp, wpk, corr, taps, nq, out, counter, N, C, H, W, K, OH,
     ``counter`` (3 int64) zeroed): ``x`` flat int8 NCHW codes, ``xp`` flat uint8 buffer of
     ``N Hp Wp G Cg4`` for the shifted padded copy, ``wpk`` / ``corr`` from
     `convolab.kernels.int8.pack_weights` (``corr`` with KB zeros appended), ``taps`` from
-    `tap_offsets`: each a run of ``nq`` 4-byte words (a tap's ``Cg4`` channels, or a whole filter
-    row's ``S Cg4`` where those lie side by side), ``out`` flat int32 NCHW. Tasks: (image, group, ``nkbr`` ranges of k-blocks,
-    ``nchunk`` ranges of tiles); a tile is `MR` consecutive pixels of the image (the last one
-    of an image shorter), crossing row ends. With a non-empty ``fout`` (float32, flat NCHW) the
-    tiles store ``act(float(y) * scale[k] + bias[k])`` there instead (``stage = (scale, bias,
-    act, lo, hi)``: float32 arrays of K + KB entries, act 0 none, 1 ReLU, 2 clamp(lo, hi))."""
+    `tap_offsets`: each a run of ``nq`` 4-byte words (a tap's ``Cg4`` channels, or a whole
+    filter row's ``S Cg4`` where those lie side by side), ``out`` flat int32 NCHW. Tasks:
+    (image, group, ``nkbr`` ranges of k-blocks, ``nchunk`` ranges of tiles); a tile is `MR`
+    consecutive pixels of the image (the last one of an image shorter), crossing row ends.
+    With a non-empty ``fout`` (float32 or int8, flat NCHW) the tiles store the output stage
+    there instead: ``act(float(y) * scale[k] + bias[k])`` (``stage = (scale, bias, act, lo,
+    hi)``: float32 arrays of K + KB entries, act 0 none, 1 ReLU, 2 clamp(lo, hi)), for int8
+    then ``clip(rint(.), -127, 127)``."""
     Cg4 = (Cg + 3) // 4 * 4
     Ct = G * Cg4
     nrows = N * Hp
@@ -403,3 +421,29 @@ def requant_float(acc, out, K, HW, scale, bias, act, lo, hi, counter):  # pragma
                 y = y if y > lo else lo
                 y = y if y < hi else hi
             out[o + i] = y
+
+
+@njit(cache=True, nogil=True)
+def requant_int8(acc, out, K, HW, scale, bias, act, lo, hi, counter):  # pragma: no cover
+    """`requant_float`, then the int8 code ``clip(rint(y), -127, 127)`` (half to even): the
+    tiles' int8 output stage, element by element."""
+    n = acc.size // HW
+    while True:
+        p = fetch_add(counter, 0)
+        if p >= n:
+            break
+        k = p % K
+        s = scale[k]
+        b = bias[k]
+        o = p * HW
+        for i in range(HW):
+            y = fma(np.float32(acc[o + i]), s, b)
+            if act == 1:
+                y = y if y > 0 else np.float32(0)
+            elif act == 2:
+                y = y if y > lo else lo
+                y = y if y < hi else hi
+            y = np.rint(y)
+            y = y if y > -127 else np.float32(-127)
+            y = y if y < 127 else np.float32(127)
+            out[o + i] = np.int8(y)

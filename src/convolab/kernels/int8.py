@@ -23,6 +23,7 @@ equal to `convolab.reference.conv2d` on the codes.
 from __future__ import annotations
 
 import os
+import threading
 
 import numpy as np
 
@@ -157,6 +158,8 @@ class Packed:
         self.w, corr = pack_weights(wq, groups, self.path)
         self.corr = np.concatenate([corr, np.zeros(kb(self.path), np.int32)])
         self.token = token(self.path)
+        #: per (input ConvSpec, threads): `_Geometry`
+        self.geometry: dict = {}
 
 
 _WARM = ("import os; os.environ['CONVOLAB_INT8_PATH'] = '{}'; import numpy as np, convolab.quant "
@@ -166,6 +169,7 @@ _WARM = ("import os; os.environ['CONVOLAB_INT8_PATH'] = '{}'; import numpy as np
 
 _F32 = np.zeros(0, dtype=np.float32)
 _I32 = np.zeros(0, dtype=np.int32)
+_STAGE0 = (_F32, _F32, 0, np.float32(0), np.float32(0))
 
 
 def stage(K: int, scale, bias=None, act: int = 0, lo: float = 0.0, hi: float = 0.0,
@@ -182,22 +186,56 @@ def stage(K: int, scale, bias=None, act: int = 0, lo: float = 0.0, hi: float = 0
 
 
 def requant(acc: np.ndarray, out: np.ndarray, st: tuple, threads: int | None = None) -> None:
-    """``out`` (float32 NCHW) = the output stage ``st`` (`stage`) of int32 results ``acc``
-    computed by another method, with the tiles' arithmetic (one fma per element)."""
+    """``out`` (float32, or int8 codes) = the output stage ``st`` (`stage`) of int32 results
+    ``acc`` computed by another method, with the tiles' arithmetic (one fma per element; for
+    int8, ``clip(rint(y), -127, 127)``)."""
     from . import team
-    from ._int8 import requant_float
+    from ._int8 import requant_float, requant_int8
 
     N, K = acc.shape[:2]
     HW = int(np.prod(acc.shape[2:]))
-    team.run(requant_float, (acc.reshape(-1), out.reshape(-1), K, HW, *st,
-                             np.zeros(1, dtype=np.int64)), threads)
+    fn = requant_int8 if out.dtype == np.int8 else requant_float
+    team.run(fn, (acc.reshape(-1), out.reshape(-1), K, HW, *st, np.zeros(1, dtype=np.int64)),
+             threads)
+
+
+class _Geometry:
+    """What a packed layer's call needs for one input shape and thread count, made once: the
+    buffer of the shifted channels-last copy (reused by one call at a time: a fresh mmap-ed
+    buffer per call cost page faults on every call), the runs of the taps, the task split."""
+
+    def __init__(self, spec, packed: Packed, threads: int):
+        G, Cg = spec.groups, spec.Cg
+        Cg4 = padded_group(Cg)
+        Hp, Wp = spec.padded_H, spec.padded_W
+        Ct = G * Cg4
+        dh, dw = spec.dilation
+        self.size = spec.N * Hp * Wp * Ct
+        self.xp = np.empty(self.size, dtype=np.uint8)
+        self.lock = threading.Lock()
+        if G == 1 and (dw == 1 or spec.S == 1):
+            # a filter row's S taps are S Cg4 adjacent bytes: one run per row, the packed
+            # filter's [R][S][Cg4] order read as [R][S Cg4] (the stem, 3 -> 64 7x7: 49 runs of
+            # one word became 7 of 7)
+            self.taps = tap_offsets(spec.R, 1, dh, dw, Wp * Ct, Ct)
+            self.nq = spec.S * Cg4 // 4
+        else:
+            self.taps = tap_offsets(spec.R, spec.S, dh, dw, Wp * Ct, Ct)
+            self.nq = Cg4 // 4
+        nkb = -(-spec.Kg // kb(packed.path))
+        self.nkbr, self.nchunk = split(spec.N, G, nkb, -(-spec.OH * spec.OW // MR),
+                                       Hp * Wp * Cg4, threads)
+        pl, _, pt, _ = spec.padding
+        self.rest = (spec.N, spec.C, spec.H, spec.W, spec.K, spec.OH, spec.OW, G, Cg, Hp, Wp, pt,
+                     pl, *spec.stride, self.nkbr, self.nchunk, packed.token)
 
 
 def conv(spec, xq: np.ndarray, packed: Packed, out: np.ndarray, threads: int | None = None,
          stage: tuple | None = None) -> None:
     """int8 convolution of ``xq`` (int8 NCHW codes, C-contiguous) into ``out`` on the team
     (`convolab.kernels.team`): int32 results, exact, or with ``stage`` (`stage`) float32
-    ``act(y * scale + bias)`` (``out`` C-contiguous, ``spec.out_shape``)."""
+    ``act(y * scale + bias)``, or int8 codes ``clip(rint(that), -127, 127)`` when ``out`` is
+    int8 (``out`` C-contiguous, ``spec.out_shape``)."""
     from . import load_from_cache, team
     from ._int8 import conv_int8_tiles
 
@@ -205,32 +243,22 @@ def conv(spec, xq: np.ndarray, packed: Packed, out: np.ndarray, threads: int | N
         from .._machine import worker_count
 
         threads = worker_count()
-    G, Cg = spec.groups, spec.Cg
-    Cg4 = padded_group(Cg)
-    pl, _, pt, _ = spec.padding
-    Hp, Wp = spec.padded_H, spec.padded_W
-    Ct = G * Cg4
-    (sh, sw), (dh, dw) = spec.stride, spec.dilation
-    xp = np.empty(spec.N * Hp * Wp * Ct, dtype=np.uint8)
-    if G == 1 and (dw == 1 or spec.S == 1):
-        # a filter row's S taps are S Cg4 adjacent bytes: one run per row, the packed filter's
-        # [R][S][Cg4] order read as [R][S Cg4] (the stem, 3 -> 64 7x7: 49 runs of one word
-        # became 7 of 7)
-        taps = tap_offsets(spec.R, 1, dh, dw, Wp * Ct, Ct)
-        nq = spec.S * Cg4 // 4
-    else:
-        taps = tap_offsets(spec.R, spec.S, dh, dw, Wp * Ct, Ct)
-        nq = Cg4 // 4
-    nkb = -(-spec.Kg // kb(packed.path))
-    nkbr, nchunk = split(spec.N, G, nkb, -(-spec.OH * spec.OW // MR), Hp * Wp * Cg4, threads)
-    args = (xq.reshape(-1), xp, packed.w, packed.corr, taps, nq, out.reshape(-1),
-            np.zeros(3, dtype=np.int64), spec.N, spec.C, spec.H, spec.W, spec.K, spec.OH,
-            spec.OW, G, Cg, Hp, Wp, pt, pl, sh, sw, nkbr, nchunk, packed.token)
+    geo = packed.geometry.get((spec, threads))
+    if geo is None:
+        geo = packed.geometry[(spec, threads)] = _Geometry(spec, packed, threads)
     if stage is None:
-        args += (_F32, (_F32, _F32, 0, np.float32(0), np.float32(0)))
+        tail = (out.reshape(-1), geo.rest, _F32, _STAGE0)
     else:
-        if out.dtype != np.float32:
-            raise ConvError(f"the float output stage writes float32, got out of dtype {out.dtype}")
-        args = args[:6] + (_I32,) + args[7:] + (out.reshape(-1), stage)
-    load_from_cache(conv_int8_tiles, args, _WARM.format(packed.path), packed.path)
-    team.run(conv_int8_tiles, args, threads)
+        if out.dtype not in (np.float32, np.int8):
+            raise ConvError(f"the output stage writes float32 or int8, got out of dtype {out.dtype}")
+        tail = (_I32, geo.rest, out.reshape(-1), stage)
+    own = geo.lock.acquire(blocking=False)
+    try:
+        xp = geo.xp if own else np.empty(geo.size, dtype=np.uint8)
+        args = (xq.reshape(-1), xp, packed.w, packed.corr, geo.taps, geo.nq, tail[0],
+                np.zeros(3, dtype=np.int64), *tail[1], tail[2], tail[3])
+        load_from_cache(conv_int8_tiles, args, _WARM.format(packed.path), packed.path)
+        team.run(conv_int8_tiles, args, threads)
+    finally:
+        if own:
+            geo.lock.release()

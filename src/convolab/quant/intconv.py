@@ -62,18 +62,39 @@ def gemm_dtype(bound: int) -> np.dtype:
     return np.dtype(np.float32) if bound < FLOAT32_EXACT else np.dtype(np.float64)
 
 
+#: what an `Int8Plan` returns
+OUTPUTS = ("int32", "float32", "int8")
+#: output-stage activations: name -> (code, lo, hi) of `convolab.kernels.int8.stage`
+ACTIVATIONS = {None: (0, 0.0, 0.0), "relu": (1, 0.0, 0.0), "relu6": (2, 0.0, 6.0)}
+
+
 class Int8Plan:
     """`conv2d_int8` for one layer: weights checked and prepared once (packed for the int8
     microkernel, or as an exact GEMM matrix), then called on inputs of one shape.
 
-    ``plan(xq, out=None)`` returns the int32 result (``out``: a C-contiguous int32 array of the
-    output shape to write it to). Build it with `plan_int8`."""
+    ``plan(xq, out=None)`` returns the result (``out``: a C-contiguous array of the output shape
+    and dtype to write it to). Build it with `plan_int8`. Outputs:
+
+    - ``"int32"``: the exact integer sums (default);
+    - ``"float32"``: ``act(float32(y) * scale[k] + bias[k])``, one rounding (fma);
+    - ``"int8"``: requantised codes ``clip(rint(act(...) / out_scale), -127, 127)``, computed
+      as ``rint(fma(float32(y), float32(scale[k] / out_scale), float32(bias[k] / out_scale)))``
+      (half to even; the activation's bounds divided by ``out_scale`` too).
+
+    On the int8 microkernel the output stage runs as the tiles store (a quarter of int32's
+    bytes for int8); the other methods apply the same arithmetic to their int32 results, so
+    every method gives the same floats and codes."""
 
     def __init__(self, x_shape, wq, stride=1, padding=0, dilation=1, groups=1,
-                 method: str = "direct"):
+                 method: str = "direct", output: str = "int32", scale=None, bias=None,
+                 activation: str | None = None, out_scale: float | None = None):
         wq = check_int8(wq, "weight")
         if method not in METHODS:
             raise ConvError(f"method must be one of {', '.join(METHODS)}; got {method!r}")
+        if output not in OUTPUTS:
+            raise ConvError(f"output must be one of {', '.join(OUTPUTS)}; got {output!r}")
+        if activation not in ACTIVATIONS:
+            raise ConvError(f"activation must be None, 'relu' or 'relu6'; got {activation!r}")
         spec = ConvSpec.from_shapes(tuple(x_shape), wq.shape, stride, padding, dilation, groups,
                                     np.int8)
         bound = accumulation_bound(wq)
@@ -84,11 +105,40 @@ class Int8Plan:
             )
         self.spec = spec
         self.method = method
+        self.output = output
+        self.stage = self._stage(spec.K, output, scale, bias, activation, out_scale)
         self.wq = np.ascontiguousarray(wq)
         if method == "direct":
             self._prep = microkernel_packed(spec, self.wq)
         else:
             self._prep = pack_im2col(spec, self.wq, gemm_dtype(bound))
+
+    @staticmethod
+    def _stage(K, output, scale, bias, activation, out_scale):
+        from ..kernels import int8 as mk8
+
+        if output == "int32":
+            if scale is not None or bias is not None or activation or out_scale is not None:
+                raise ConvError("scale, bias, activation and out_scale need output='float32' or "
+                                "'int8' (int32 results are the exact sums)")
+            return None
+        if scale is None:
+            raise ConvError(f"output={output!r} needs scale (a float or one per output channel)")
+        sc = np.asarray(scale, dtype=np.float64)
+        if sc.ndim > 1 or (sc.ndim == 1 and sc.shape != (K,)) or not np.all(np.isfinite(sc)):
+            raise ConvError(f"scale must be a finite float or {K} of them, got {scale!r}")
+        b = np.zeros(K) if bias is None else np.asarray(bias, dtype=np.float64)
+        if b.shape != (K,) or not np.all(np.isfinite(b)):
+            raise ConvError(f"bias must be {K} finite floats, got shape {b.shape}")
+        act, lo, hi = ACTIVATIONS[activation]
+        d = 1.0
+        if output == "int8":
+            if out_scale is None or not np.isfinite(out_scale) or out_scale <= 0:
+                raise ConvError(f"output='int8' needs out_scale > 0, got {out_scale!r}")
+            d = float(out_scale)
+        elif out_scale is not None:
+            raise ConvError("out_scale is for output='int8'")
+        return mk8.stage(K, np.broadcast_to(sc, (K,)) / d, b / d, act, lo / d, hi / d)
 
     @property
     def path(self) -> str:
@@ -103,24 +153,37 @@ class Int8Plan:
         if xq.shape != self.spec.x_shape:
             raise ConvError(f"input of shape {xq.shape}; this plan takes {self.spec.x_shape}")
         if out is None:
-            out = np.empty(self.spec.out_shape, dtype=np.int32)
-        elif (out.shape != self.spec.out_shape or out.dtype != np.int32
+            out = np.empty(self.spec.out_shape, dtype=self.output)
+        elif (out.shape != self.spec.out_shape or out.dtype != self.output
               or not out.flags.c_contiguous):
-            raise ConvError(f"out must be a C-contiguous int32 array of shape "
+            raise ConvError(f"out must be a C-contiguous {self.output} array of shape "
                             f"{self.spec.out_shape}, got {out.dtype} {out.shape}")
         xq = np.ascontiguousarray(xq)
+        if self.method == "direct" and self._prep is not None:
+            from ..kernels import int8 as mk8
+
+            mk8.conv(self.spec, xq, self._prep, out, stage=self.stage)
+            return out
+        acc = out if self.stage is None else np.empty(self.spec.out_shape, dtype=np.int32)
         if self.method == "direct":
-            run_direct(self.spec, xq, self.wq, out, self._prep)
+            run_direct(self.spec, xq, self.wq, acc, None)
         else:
-            run_im2col(self.spec, xq, self._prep, out)
+            run_im2col(self.spec, xq, self._prep, acc)
+        if self.stage is not None:
+            from ..kernels import int8 as mk8
+
+            mk8.requant(acc, out, self.stage)
         return out
 
 
 def plan_int8(x_shape, wq, stride=1, padding=0, dilation=1, groups=1,
-              method: str = "direct") -> Int8Plan:
+              method: str = "direct", output: str = "int32", scale=None, bias=None,
+              activation: str | None = None, out_scale: float | None = None) -> Int8Plan:
     """An `Int8Plan`: `conv2d_int8` for inputs of shape ``x_shape`` with the weights prepared
-    once (what a network or a benchmark calls repeatedly)."""
-    return Int8Plan(x_shape, wq, stride, padding, dilation, groups, method)
+    once (what a network or a benchmark calls repeatedly), returning the exact int32 sums or,
+    with ``output="float32"`` / ``"int8"``, their output stage (see `Int8Plan`)."""
+    return Int8Plan(x_shape, wq, stride, padding, dilation, groups, method, output, scale, bias,
+                    activation, out_scale)
 
 
 def conv2d_int8(xq, wq, stride=1, padding=0, dilation=1, groups=1, method: str = "direct") -> np.ndarray:
