@@ -321,6 +321,24 @@ def bench_layer_int8(
         records.append(rec)
         step(m)
     real = d.real
+    for m in methods:
+        # requantised int8 output at the peers' y_scale: what a network passes on, one byte
+        # per output like the peers' uint8 (error in output steps, as theirs)
+        impl = f"{m} > int8"
+        rec = Int8Record(name, str(spec), impl, "algorithm", output="int8", macs=macs,
+                         y_scale=d.y_scale)
+        try:
+            plan = plan_int8(d.xq.shape, d.wq, **args, method=m, output="int8",
+                             scale=d.x_scale * d.w_scales, out_scale=d.y_scale)
+            call = functools.partial(plan, d.xq, np.empty(spec.out_shape, np.int8))
+            y = call().astype(np.float64) * d.y_scale
+        except UnsupportedError as e:
+            rec.skipped = e.reason
+        else:
+            rec.max_err_y_scale = float(np.abs(y - real).max() / d.y_scale) if y.size else 0.0
+            calls[impl] = call
+        records.append(rec)
+        step(impl)
     for peer in peers:
         rec = Int8Record(name, str(spec), peer.name, "peer", output="uint8", macs=macs, y_scale=d.y_scale)
         try:
