@@ -188,6 +188,8 @@ MK_SPECS = [
     dict(x=(3, 64, 7, 7), w=(33, 64, 1, 1), stride=1, padding=0, dilation=1, groups=1),
     dict(x=(1, 3, 23, 23), w=(16, 3, 7, 7), stride=2, padding=3, dilation=1, groups=1),
     dict(x=(1, 16, 5, 30), w=(32, 8, 5, 5), stride=1, padding=2, dilation=1, groups=2),
+    # 1x1 on planes of >= 784 pixels: the pointwise tiles (pixels in the lanes), C % 4 != 0
+    dict(x=(2, 22, 28, 30), w=(20, 22, 1, 1), stride=1, padding=0, dilation=1, groups=1),
 ]
 
 
@@ -199,9 +201,19 @@ def test_int8_microkernel_every_path_is_bit_exact(path, monkeypatch):
         kw = {k: case[k] for k in ("stride", "padding", "dilation", "groups")}
         spec = ConvSpec.from_arrays(x, w, None, kw["stride"], kw["padding"], kw["dilation"],
                                     kw["groups"])
-        assert intconv.microkernel_packed(spec, w).path == path
-        np.testing.assert_array_equal(conv2d_int8(x, w, method="direct", **kw),
-                                      reference.conv2d(x, w, **kw), err_msg=f"{path} {case}")
+        packed = intconv.microkernel_packed(spec, w)
+        assert packed.path == path and packed.pointwise == (case["w"][2:] == (1, 1) and x.shape[2] == 28)
+        ref = reference.conv2d(x, w, **kw)
+        np.testing.assert_array_equal(conv2d_int8(x, w, method="direct", **kw), ref,
+                                      err_msg=f"{path} {case}")
+        # the fused output stages equal the same stage applied to the exact sums
+        sc = np.linspace(1e-3, 3e-3, w.shape[0])
+        for output, extra in (("float32", {}), ("int8", {"out_scale": 0.5})):
+            got = plan_int8(x.shape, w, **kw, output=output, scale=sc, activation="relu6",
+                            **extra)(x)
+            want = plan_int8(x.shape, w, **kw, method="im2col", output=output, scale=sc,
+                             activation="relu6", **extra)(x)
+            np.testing.assert_array_equal(got, want, err_msg=f"{path} {output} {case}")
     # extremes: every product +-128*127 (after the shift 0..255 x -127..127)
     x = np.where(RNG.random((1, 20, 6, 14)) < 0.5, -128, 127).astype(np.int8)
     wx = np.full((32, 20, 3, 3), -127, np.int8)

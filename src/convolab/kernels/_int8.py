@@ -20,7 +20,7 @@ from numba.extending import intrinsic
 
 from ._atomics import fetch_add, wait_until
 from ._microkernel import _fma_fn, _transpose16, fma, nan_max_min, splat
-from .int8 import MR, NV
+from .int8 import MR, NV, PW_MK, PW_NV
 
 _I8 = ir.IntType(8)
 _I32 = ir.IntType(32)
@@ -291,10 +291,17 @@ def _quad_run(typingctx, xu, s, plane, xp, d, stride, count):
             p23 = builder.shuffle_vector(rows[2], rows[3], lo)
             words = builder.xor(builder.bitcast(builder.shuffle_vector(p01, p23, quad), w16), flip)
             base = builder.gep(dst, [builder.add(d, builder.mul(w0, stride))])
-            for j in range(16):
-                with builder.if_then(builder.icmp_signed("<", _i64(j), rem), likely=True):
-                    builder.store(builder.extract_element(words, ir.Constant(_I32, j)),
-                                  builder.gep(base, [builder.mul(_i64(j), stride)]), align=4)
+            dense = builder.and_(builder.icmp_signed("==", stride, _i64(1)),
+                                 builder.icmp_signed(">=", rem, _i64(16)))
+            with builder.if_else(dense, likely=True) as (whole, words1):
+                with whole:  # quad planes (the pointwise layout): 16 adjacent words
+                    builder.store(words, builder.bitcast(base, w16.as_pointer()), align=4)
+                with words1:
+                    for j in range(16):
+                        with builder.if_then(builder.icmp_signed("<", _i64(j), rem), likely=True):
+                            builder.store(builder.extract_element(words, ir.Constant(_I32, j)),
+                                          builder.gep(base, [builder.mul(_i64(j), stride)]),
+                                          align=4)
         return context.get_dummy_value()
 
     return sig, codegen
@@ -447,3 +454,185 @@ def requant_int8(acc, out, K, HW, scale, bias, act, lo, hi, counter):  # pragma:
             y = y if y > -127 else np.float32(-127)
             y = y if y < 127 else np.float32(127)
             out[o + i] = np.int8(y)
+
+
+def _make_pw_tile(mk: int, npv: int):
+    """The pointwise tile: ``mk`` output channels x ``npv`` vectors of pixels (pixels in the
+    lanes), for a 1x1 layer of stride 1 on quad planes ``[C4 / 4][HW][4]`` (unsigned, shifted):
+    a step loads each pixel vector's four channels (one 64-byte load on 16 lanes) and
+    broadcasts each output channel's four weights, one ``vpdpbusd`` per (channel, vector), so
+    its results are stored as whole rows of pixels (no transposes).
+
+    ``pw(w, woff, x, xbase, qstride, nq, out, obase, OHOW, kn, npx, corr, k0, tok, fout, scale,
+    bias, act, lo, hi)``: step ``q < nq`` reads vector ``j`` at byte ``xbase + q qstride + j
+    4L`` of ``x`` and channel ``k``'s word at ``w[woff + 4 (q mk + k)]``; channel ``k < kn``,
+    pixel ``i < npx`` is stored at ``out[obase + k OHOW + i]`` (int32 minus ``corr[k0 + k]``),
+    or the output stage's float32 / int8 at ``fout[...]`` when ``fout`` is not empty."""
+
+    def pw(typingctx, w, woff, x, xbase, qstride, nq, out, obase, OHOW, kn, npx, corr, k0, tok,
+           fout, scale, bias, act, lo, hi):
+        arrays = (0, 2, 6, 11, 13, 14, 15, 16)
+        floats = (18, 19)
+        tys = (w, woff, x, xbase, qstride, nq, out, obase, OHOW, kn, npx, corr, k0, tok, fout,
+               scale, bias, act, lo, hi)
+        if not all(isinstance(t, types.Integer) for i, t in enumerate(tys)
+                   if i not in arrays and i not in floats):
+            return None
+        sig = types.void(*tys)
+
+        def codegen(context, builder, sig, args):
+            a = [context.cast(builder, v, t, types.int64) if i not in arrays and i not in floats
+                 else v for i, (v, t) in enumerate(zip(args, sig.args, strict=True))]
+            path = _path(sig.args[13])
+            L = 8 if path == "vnni256" else 16
+            vty = ir.VectorType(_I32, L)
+            fty = ir.VectorType(ir.FloatType(), L)
+            dot = _dot(builder, path, L)
+
+            def data(i):
+                return context.make_array(sig.args[i])(context, builder, a[i]).data
+
+            wp = builder.bitcast(data(0), _I32.as_pointer())
+            xp = builder.bitcast(data(2), _I8.as_pointer())
+            woff, xbase, qstride, nq = a[1], a[3], a[4], a[5]
+            obase, OHOW, kn, npx, k0 = a[7], a[8], a[9], a[10], a[12]
+            accs = [[cgutils.alloca_once_value(builder, ir.Constant(vty, None))
+                     for _ in range(npv)] for _ in range(mk)]
+            xb = builder.gep(xp, [xbase])
+            wb = builder.gep(wp, [builder.sdiv(woff, _i64(4))])
+            with cgutils.for_range(builder, nq) as lq:
+                xq = builder.gep(xb, [builder.mul(lq.index, qstride)])
+                xv = [builder.load(builder.bitcast(builder.gep(xq, [_i64(4 * L * j)]),
+                                                   vty.as_pointer()), align=4)
+                      for j in range(npv)]
+                wq = builder.gep(wb, [builder.mul(lq.index, _i64(mk))])
+                for k in range(mk):
+                    b = splat(builder, builder.load(builder.gep(wq, [_i64(k)]), align=4), vty)
+                    for j in range(npv):
+                        builder.store(dot(builder.load(accs[k][j]), xv[j], b), accs[k][j])
+            cp = data(11)
+            lanes = ir.Constant(ir.VectorType(_I64, L), list(range(L)))
+            masks = [builder.icmp_signed("<", lanes, splat(builder, builder.sub(
+                npx, _i64(j * L)), ir.VectorType(_I64, L))) for j in range(npv)]
+            fo = context.make_array(sig.args[14])(context, builder, a[14])
+            staged = builder.icmp_signed(">", fo.nitems, _i64(0))
+            narrow = sig.args[14].dtype == types.int8
+            ety = _I8 if narrow else ir.FloatType()
+            sty = ir.VectorType(ety, L)
+            ename = "i8" if narrow else "f32"
+            fstore = cgutils.get_or_insert_function(
+                builder.module, ir.FunctionType(ir.VoidType(), [sty, sty.as_pointer(), _I32,
+                                                                ir.VectorType(ir.IntType(1), L)]),
+                f"llvm.masked.store.v{L}{ename}.p0")
+            istore = cgutils.get_or_insert_function(
+                builder.module, ir.FunctionType(ir.VoidType(), [vty, vty.as_pointer(), _I32,
+                                                                ir.VectorType(ir.IntType(1), L)]),
+                f"llvm.masked.store.v{L}i32.p0")
+            op = data(6)
+            fp = builder.bitcast(fo.data, ety.as_pointer())
+            sp = data(15)
+            bp = data(16)
+            fma_v = _fma_fn(builder, fty)
+            vmax, vmin = nan_max_min(builder, fty)
+            rint = cgutils.get_or_insert_function(builder.module, ir.FunctionType(fty, [fty]),
+                                                  f"llvm.rint.v{L}f32")
+            act = a[17]
+            lo = splat(builder, context.cast(builder, a[18], sig.args[18], types.float32), fty)
+            hi = splat(builder, context.cast(builder, a[19], sig.args[19], types.float32), fty)
+            for k in range(mk):
+                with builder.if_then(builder.icmp_signed("<", _i64(k), kn)):
+                    kk = builder.add(k0, _i64(k))
+                    c = splat(builder, builder.load(builder.gep(cp, [kk])), vty)
+                    row = builder.add(obase, builder.mul(_i64(k), OHOW))
+                    with builder.if_else(staged) as (st, raw):
+                        with st:
+                            sc = splat(builder, builder.load(builder.gep(sp, [kk])), fty)
+                            bi = splat(builder, builder.load(builder.gep(bp, [kk])), fty)
+                            for j in range(npv):
+                                y = builder.call(fma_v, [builder.sitofp(builder.sub(
+                                    builder.load(accs[k][j]), c), fty), sc, bi])
+                                relu = builder.call(vmax, [y, ir.Constant(fty, None)])
+                                clamp = builder.call(vmin, [builder.call(vmax, [y, lo]), hi])
+                                y = builder.select(builder.icmp_signed("==", act, _i64(1)), relu,
+                                                   y)
+                                y = builder.select(builder.icmp_signed("==", act, _i64(2)),
+                                                   clamp, y)
+                                if narrow:
+                                    y = builder.call(vmin, [builder.call(vmax, [
+                                        builder.call(rint, [y]),
+                                        ir.Constant(fty, [-127.0] * L)]),
+                                        ir.Constant(fty, [127.0] * L)])
+                                    y = builder.trunc(builder.fptosi(y, vty), sty)
+                                ptr = builder.gep(fp, [builder.add(row, _i64(j * L))])
+                                builder.call(fstore, [y, builder.bitcast(ptr, sty.as_pointer()),
+                                                      ir.Constant(_I32, 1), masks[j]])
+                        with raw:
+                            for j in range(npv):
+                                ptr = builder.gep(op, [builder.add(row, _i64(j * L))])
+                                builder.call(istore, [builder.sub(builder.load(accs[k][j]), c),
+                                                      builder.bitcast(ptr, vty.as_pointer()),
+                                                      ir.Constant(_I32, 4), masks[j]])
+            return context.get_dummy_value()
+
+        return sig, codegen
+
+    pw.__name__ = pw.__qualname__ = f"_int8_pw_{mk}x{npv}"
+    return intrinsic(pw)
+
+
+_pw = _make_pw_tile(PW_MK, PW_NV)
+
+
+@njit(cache=True, nogil=True)
+def conv_int8_pw(x, xp, wpk, corr, out, counter, N, C, HW, K, nkbr, nchunk, TP, tok, fout,
+                 stage):  # pragma: no cover - compiled
+    """One thread's share of a 1x1 int8 layer of stride 1, one group, with pixels in the lanes
+    (`_make_pw_tile`; every thread of a team job calls it, ``counter`` (3 int64) zeroed): the
+    threads first write the quad planes ``xp`` (``[N][C4 / 4][HW][4]`` bytes, shifted; handed
+    out plane by plane), then tasks (image, ``nchunk`` ranges of pixel tiles of ``TP`` pixels,
+    ``nkbr`` ranges of k-blocks of `PW_MK` channels) from ``counter[2]``. ``wpk``: [k-blocks][C4 / 4][PW_MK][4]
+    int8; ``corr``: the shift correction per channel, PW_MK spare entries; output as
+    `conv_int8_tiles`."""
+    nq = (C + 3) // 4
+    full = C // 4
+    xu = x.view(np.uint8)
+    xp32 = xp.view(np.uint32)
+    while True:
+        t = fetch_add(counter, 0)
+        if t >= N * nq:
+            break
+        n = t // nq
+        q = t - n * nq
+        src = (n * C + 4 * q) * HW
+        d = t * HW
+        if q < full:
+            _quad_run(xu, src, HW, xp32, d, 1, HW)
+        else:
+            for i in range(HW):
+                v = np.uint32(0)
+                for c in range(C - 4 * full):
+                    v |= np.uint32(xu[src + c * HW + i]) << (8 * c)
+                xp32[d + i] = v ^ np.uint32(0x80808080)
+        fetch_add(counter, 1)
+    wait_until(counter, 1, N * nq)
+    scale, bias, act, lo, hi = stage
+    nkb = (K + PW_MK - 1) // PW_MK
+    ntile = (HW + TP - 1) // TP
+    ntask = N * nkbr * nchunk
+    while True:
+        t = fetch_add(counter, 2)
+        if t >= ntask:
+            break
+        kr = t % nkbr
+        u = t // nkbr
+        ch = u % nchunk
+        n = u // nchunk
+        # a chunk of tiles' input stays in the L1 cache while the task runs its k-blocks
+        for kb in range(kr * nkb // nkbr, (kr + 1) * nkb // nkbr):
+            k0 = kb * PW_MK
+            kn = min(PW_MK, K - k0)
+            for tt in range(ch * ntile // nchunk, (ch + 1) * ntile // nchunk):
+                p0 = tt * TP
+                _pw(wpk, kb * nq * PW_MK * 4, xp, (n * nq * HW + p0) * 4, HW * 4, nq, out,
+                    (n * K + k0) * HW + p0, HW, kn, min(TP, HW - p0), corr, k0, tok, fout,
+                    scale, bias, act, lo, hi)

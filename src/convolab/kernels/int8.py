@@ -33,6 +33,11 @@ from ..errors import ConvError
 MR = 12
 #: vectors of output channels per tile
 NV = 2
+#: pointwise tiles (pixels in the lanes, `pack_weights_pw`): output channels x pixel vectors
+PW_MK = 8
+PW_NV = 3
+#: output pixels per image from which a 1x1 layer (stride 1, one group) runs on pointwise tiles
+PW_MIN_PIXELS = 784
 #: the paths: instruction set of the dot products
 PATHS = ("vnni512", "vnni256", "generic")
 #: int32 lanes per vector on each path
@@ -145,17 +150,43 @@ def split(N: int, G: int, nkb: int, ntile: int, image_bytes: int, threads: int) 
     return nkbr, nchunk
 
 
-class Packed:
-    """A layer's int8 filter packed for one path (`pack_weights`), made once per plan."""
+def pointwise(spec) -> bool:
+    """Whether a layer runs on the pointwise tiles (pixels in the lanes): 1x1, stride 1, no
+    padding, one group, at least `PW_MIN_PIXELS` output pixels per image (on small planes the
+    channel tiles waste fewer lanes: 7x7 is 49 pixels, four vectors of 16)."""
+    return ((spec.R, spec.S) == (1, 1) and spec.stride == (1, 1) and not any(spec.padding)
+            and spec.groups == 1 and spec.OH * spec.OW >= PW_MIN_PIXELS)
 
-    def __init__(self, wq: np.ndarray, groups: int, path: str | None = None):
+
+def pack_weights_pw(wq: np.ndarray) -> np.ndarray:
+    """A 1x1 filter (K, C, 1, 1) for the pointwise tiles: ``[K-blocks of PW_MK][C4 / 4][PW_MK]
+    [4]`` int8, zeros past K and C."""
+    K, C = wq.shape[:2]
+    nkb = -(-K // PW_MK)
+    C4 = padded_group(C)
+    wg = np.zeros((nkb * PW_MK, C4), dtype=np.int8)
+    wg[:K, :C] = wq.reshape(K, C)
+    return np.ascontiguousarray(wg.reshape(nkb, PW_MK, C4 // 4, 4).transpose(0, 2, 1, 3)).reshape(-1)
+
+
+class Packed:
+    """A layer's int8 filter packed for one path (`pack_weights`, or `pack_weights_pw` for the
+    pointwise tiles), made once per plan."""
+
+    def __init__(self, wq: np.ndarray, groups: int, path: str | None = None,
+                 pointwise: bool = False):
         self.path = best_path() if path is None else path
         if self.path not in available_paths():
             raise ConvError(f"int8 path {self.path!r} needs CPU features this machine lacks "
                             f"(available: {', '.join(available_paths())})")
         self.shape = wq.shape
         self.groups = groups
-        self.w, corr = pack_weights(wq, groups, self.path)
+        self.pointwise = pointwise
+        if pointwise:
+            self.w = pack_weights_pw(wq)
+            corr = (128 * wq.astype(np.int64).reshape(wq.shape[0], -1).sum(axis=1)).astype(np.int32)
+        else:
+            self.w, corr = pack_weights(wq, groups, self.path)
         self.corr = np.concatenate([corr, np.zeros(kb(self.path), np.int32)])
         self.token = token(self.path)
         #: per (input ConvSpec, threads): `_Geometry`
@@ -243,6 +274,9 @@ def conv(spec, xq: np.ndarray, packed: Packed, out: np.ndarray, threads: int | N
         from .._machine import worker_count
 
         threads = worker_count()
+    if packed.pointwise:
+        _conv_pw(spec, xq, packed, out, threads, stage)
+        return
     geo = packed.geometry.get((spec, threads))
     if geo is None:
         geo = packed.geometry[(spec, threads)] = _Geometry(spec, packed, threads)
@@ -262,3 +296,48 @@ def conv(spec, xq: np.ndarray, packed: Packed, out: np.ndarray, threads: int | N
     finally:
         if own:
             geo.lock.release()
+
+
+_WARM_PW = ("import os; os.environ['CONVOLAB_INT8_PATH'] = '{}'; import numpy as np, convolab.quant "
+            "as q; q.conv2d_int8(np.ones((1, 8, 28, 28), np.int8), np.ones((16, 8, 1, 1), np.int8))")
+
+
+def _conv_pw(spec, xq, packed: Packed, out, threads: int, stage) -> None:
+    """`conv` of a pointwise layer (`pointwise`) on the pointwise tiles."""
+    from . import load_from_cache, team
+    from ._int8 import conv_int8_pw
+
+    HW = spec.OH * spec.OW
+    TP = PW_NV * LANES[packed.path]
+    key = (spec, threads)
+    geo = packed.geometry.get(key)
+    if geo is None:
+        ntile = -(-HW // TP)
+        nkb = -(-spec.K // PW_MK)
+        # chunks of tiles whose input (quad planes: C4 bytes a pixel) fits half the L1 cache,
+        # each task running all its k-blocks over them; k-blocks split only for parallelism
+        per_tile = TP * padded_group(spec.C)
+        nchunk = min(ntile, max(1, -(-ntile * per_tile // (16 * 1024))))
+        nkbr = 1
+        while spec.N * nkbr * nchunk < 4 * threads and nkbr < nkb:
+            nkbr += 1
+        # the quad planes, and a tile's worth of slack: the last tile's vectors read past HW
+        geo = packed.geometry[key] = (np.empty(spec.N * padded_group(spec.C) * HW + 4 * TP,
+                                               dtype=np.uint8), threading.Lock(), nkbr, nchunk)
+    buf, lock, nkbr, nchunk = geo
+    if stage is None:
+        o, f, st = out.reshape(-1), _F32, _STAGE0
+    else:
+        if out.dtype not in (np.float32, np.int8):
+            raise ConvError(f"the output stage writes float32 or int8, got out of dtype {out.dtype}")
+        o, f, st = _I32, out.reshape(-1), stage
+    own = lock.acquire(blocking=False)
+    try:
+        xp = buf if own else np.empty(buf.size, dtype=np.uint8)
+        args = (xq.reshape(-1), xp, packed.w, packed.corr, o, np.zeros(3, dtype=np.int64),
+                spec.N, spec.C, HW, spec.K, nkbr, nchunk, TP, packed.token, f, st)
+        load_from_cache(conv_int8_pw, args, _WARM_PW.format(packed.path), (packed.path, "pw"))
+        team.run(conv_int8_pw, args, threads)
+    finally:
+        if own:
+            lock.release()

@@ -233,7 +233,7 @@ def microkernel_packed(spec: ConvSpec, wq: np.ndarray):
 
     if spec.Kg < MICROKERNEL_MIN_KG or mk8.accumulation_bound_u8(wq) >= INT32_LIMIT:
         return None
-    return mk8.Packed(wq, spec.groups)
+    return mk8.Packed(wq, spec.groups, pointwise=mk8.pointwise(spec))
 
 
 def run_direct(spec: ConvSpec, xq: np.ndarray, wq: np.ndarray, out: np.ndarray,
