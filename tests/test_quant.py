@@ -222,6 +222,31 @@ def test_int8_microkernel_every_path_is_bit_exact(path, monkeypatch):
     assert mk8.Packed(wx, 1, path).path == path
 
 
+@pytest.mark.parametrize("case", [
+    dict(x=(2, 6, 11, 13), w=(12, 1, 3, 3), stride=(2, 1), padding=(1, 2, 0, 1), dilation=(1, 2)),
+    dict(x=(1, 5, 9, 9), w=(5, 1, 5, 5), stride=1, padding=2, dilation=1),
+    dict(x=(1, 3, 8, 20), w=(3, 1, 3, 3), stride=2, padding=0, dilation=2),
+])
+def test_depthwise_int8_exact(case):
+    x, w = int8(case["x"]), int8(case["w"])
+    kw = {k: case[k] for k in ("stride", "padding", "dilation")}
+    G = case["x"][1]
+    np.testing.assert_array_equal(conv2d_int8(x, w, groups=G, **kw),
+                                  reference.conv2d(x, w, groups=G, **kw))
+    # extremes: every product -128 * -128
+    xe = np.full(case["x"], -128, np.int8)
+    we = np.full(case["w"], -128, np.int8)
+    np.testing.assert_array_equal(conv2d_int8(xe, we, groups=G, **kw),
+                                  reference.conv2d(xe, we, groups=G, **kw))
+    # its fused output stages: the same floats and codes as im2col's int32 sums staged after
+    sc = np.linspace(1e-2, 3e-2, w.shape[0])
+    for output, extra in (("float32", {}), ("int8", {"out_scale": 0.25})):
+        got, want = (plan_int8(x.shape, w, groups=G, **kw, method=m, output=output, scale=sc,
+                               bias=np.arange(w.shape[0]) - 2.0, activation="relu6", **extra)(x)
+                     for m in ("direct", "im2col"))
+        np.testing.assert_array_equal(got, want)
+
+
 def test_plan_int8_prepares_once_and_checks_its_calls():
     w = int8((40, 16, 3, 3))
     p = plan_int8((2, 16, 9, 11), w, padding=1)

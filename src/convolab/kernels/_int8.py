@@ -636,3 +636,98 @@ def conv_int8_pw(x, xp, wpk, corr, out, counter, N, C, HW, K, nkbr, nchunk, TP, 
                 _pw(wpk, kb * nq * PW_MK * 4, xp, (n * nq * HW + p0) * 4, HW * 4, nq, out,
                     (n * K + k0) * HW + p0, HW, kn, min(TP, HW - p0), corr, k0, tok, fout,
                     scale, bias, act, lo, hi)
+
+
+@njit(cache=True, nogil=True)
+def depthwise_int8(x, w, out, counter, K, OH, OW, R, S, sh, sw, dh, dw, pt, pl, f32, q8, stage,
+                   plane):  # pragma: no cover - compiled
+    """One thread's share of a depthwise int8 convolution (groups = C, K = m C; a team job,
+    ``counter`` (1 int64) zeroed, ``plane`` this thread's float32 work buffer of at least
+    `depthwise_int8_buffer` elements): the exact int32 sums, computed in float32. Each
+    input plane is converted once into a zero-padded float32 plane; every product (at most
+    128 x 128) and every partial sum (at most 128 * sum|w[k]| < 2**24 for kernels up to 32x32
+    taps of int8 weights) is an integer float32 holds exactly, so the additions' order does not
+    matter and the result equals the integer reference; the loops over output columns
+    vectorise. Tasks: (image, input channel), from ``counter[0]``. With a non-empty ``f32``
+    (float32) or ``q8`` (int8) of the output's shape, the output stage ``stage`` (as
+    `conv_int8_tiles`) is stored there instead of the int32 sums in ``out``."""
+    scale, bias, act, lo, hi = stage
+    N, C, H, W = x.shape
+    m = K // C
+    Hp = (OH - 1) * sh + (R - 1) * dh + 1
+    Wp = (OW - 1) * sw + (S - 1) * dw + 1
+    xp = plane[:Hp * Wp]
+    acc = plane[Hp * Wp: Hp * Wp + OW]
+    while True:
+        t = fetch_add(counter, 0)
+        if t >= N * C:
+            break
+        n = t // C
+        c = t - n * C
+        for hp in range(Hp):
+            h = hp - pt
+            row = xp[hp * Wp: (hp + 1) * Wp]
+            if h < 0 or h >= H:
+                row[:] = 0
+                continue
+            w0 = min(max(pl, 0), Wp)
+            w1 = min(max(pl + W, 0), Wp)
+            row[:w0] = 0
+            row[w1:] = 0
+            src = x[n, c, h, w0 - pl: w1 - pl]
+            dst = row[w0:w1]
+            for j in range(w1 - w0):
+                dst[j] = np.float32(src[j])
+        for j in range(m):
+            k = c * m + j
+            for oh in range(OH):
+                acc[:] = 0
+                for r in range(R):
+                    base = (oh * sh + r * dh) * Wp
+                    for s in range(S):
+                        wv = np.float32(w[k, 0, r, s])
+                        o = base + s * dw
+                        # indices from 0 into views (no negative-index wrap-around, no
+                        # temporaries): the loops vectorise
+                        if sw == 1:
+                            xs = xp[o: o + OW]
+                            for ow in range(OW):
+                                acc[ow] += wv * xs[ow]
+                        else:
+                            xs = xp[o: o + (OW - 1) * sw + 1]
+                            for ow in range(OW):
+                                acc[ow] += wv * xs[ow * sw]
+                if f32.size:
+                    _stage_row(f32[n, k, oh], acc, scale[k], bias[k], act, lo, hi, False)
+                elif q8.size:
+                    _stage_row(q8[n, k, oh], acc, scale[k], bias[k], act, lo, hi, True)
+                else:
+                    dst = out[n, k, oh]
+                    for ow in range(OW):
+                        dst[ow] = np.int32(acc[ow])
+
+
+@njit(nogil=True, inline="always")
+def _stage_row(dst, acc, s, b, act, lo, hi, code):  # pragma: no cover - compiled
+    """``dst = act(fma(acc, s, b))`` (then ``clip(rint(.), -127, 127)`` with ``code``) for a
+    row of exact integer sums held in float32: the tiles' output stage."""
+    for i in range(acc.size):
+        y = fma(acc[i], s, b)
+        if act == 1:
+            y = y if y > 0 else np.float32(0)
+        elif act == 2:
+            y = y if y > lo else lo
+            y = y if y < hi else hi
+        if code:
+            y = np.rint(y)
+            y = y if y > -127 else np.float32(-127)
+            y = y if y < 127 else np.float32(127)
+        dst[i] = y
+
+
+def depthwise_int8_buffer(spec) -> int:
+    """float32 elements of `depthwise_int8`'s work buffer per thread: the padded plane it reads
+    and one output row."""
+    Hp = (spec.OH - 1) * spec.stride[0] + (spec.R - 1) * spec.dilation[0] + 1
+    Wp = (spec.OW - 1) * spec.stride[1] + (spec.S - 1) * spec.dilation[1] + 1
+    return Hp * Wp + spec.OW

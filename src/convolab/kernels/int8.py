@@ -38,6 +38,10 @@ PW_MK = 8
 PW_NV = 3
 #: output pixels per image from which a 1x1 layer (stride 1, one group) runs on pointwise tiles
 PW_MIN_PIXELS = 784
+#: tasks per thread a layer is cut into (where it has that many tiles x k-blocks): a team
+#: thread starts a job 7-30 us after its caller, who takes more of the tasks meanwhile; coarse
+#: tasks left one thread finishing alone
+TASKS_PER_THREAD = 4
 #: the paths: instruction set of the dot products
 PATHS = ("vnni512", "vnni256", "generic")
 #: int32 lanes per vector on each path
@@ -140,7 +144,7 @@ def split(N: int, G: int, nkb: int, ntile: int, image_bytes: int, threads: int) 
     four tasks per thread where the layer has them; tiles cut first while a range of tiles'
     input (of ``image_bytes`` per image and group) exceeds 256 KiB (half an L2: it stays cached
     while the task loops over its k-blocks), then k-blocks, then tiles again."""
-    want = 4 * threads
+    want = TASKS_PER_THREAD * threads
     nchunk = min(ntile, max(1, -(-image_bytes // (256 * 1024))))
     nkbr = 1
     while N * G * nkbr * nchunk < want and nkbr < nkb:
@@ -319,7 +323,7 @@ def _conv_pw(spec, xq, packed: Packed, out, threads: int, stage) -> None:
         per_tile = TP * padded_group(spec.C)
         nchunk = min(ntile, max(1, -(-ntile * per_tile // (16 * 1024))))
         nkbr = 1
-        while spec.N * nkbr * nchunk < 4 * threads and nkbr < nkb:
+        while spec.N * nkbr * nchunk < TASKS_PER_THREAD * threads and nkbr < nkb:
             nkbr += 1
         # the quad planes, and a tile's worth of slack: the last tile's vectors read past HW
         geo = packed.geometry[key] = (np.empty(spec.N * padded_group(spec.C) * HW + 4 * TP,
@@ -341,3 +345,37 @@ def _conv_pw(spec, xq, packed: Packed, out, threads: int, stage) -> None:
     finally:
         if own:
             lock.release()
+
+
+_F32_4 = np.zeros((0, 0, 0, 0), dtype=np.float32)
+_I8_4 = np.zeros((0, 0, 0, 0), dtype=np.int8)
+_I32_4 = np.zeros((0, 0, 0, 0), dtype=np.int32)
+
+
+def depthwise(spec, xq: np.ndarray, wq: np.ndarray, out: np.ndarray,
+              threads: int | None = None, stage: tuple | None = None) -> None:
+    """Depthwise convolution (groups = C, K = m C) of int8 codes into ``out`` on the team
+    (`convolab.kernels._int8.depthwise_int8`: integer sums in float32, exact): the int32 sums,
+    or with ``stage`` the float32 / int8 output stage (by ``out``'s dtype, as `conv`)."""
+    from . import team
+    from ._int8 import depthwise_int8, depthwise_int8_buffer
+
+    if threads is None:
+        from .._machine import worker_count
+
+        threads = worker_count()
+    n = depthwise_int8_buffer(spec)
+    pl, _, pt, _ = spec.padding
+    bufs = [np.empty(n, dtype=np.float32) for _ in range(max(1, threads))]
+    if stage is None:
+        outs = (out, _F32_4, _I8_4, _STAGE0)
+    elif out.dtype == np.float32:
+        outs = (_I32_4, out, _I8_4, stage)
+    elif out.dtype == np.int8:
+        outs = (_I32_4, _F32_4, out, stage)
+    else:
+        raise ConvError(f"the output stage writes float32 or int8, got out of dtype {out.dtype}")
+    team.run(depthwise_int8, (xq, wq, outs[0], np.zeros(1, dtype=np.int64), spec.K, spec.OH,
+                              spec.OW, spec.R, spec.S,
+                              *spec.stride, *spec.dilation, pt, pl, *outs[1:]), threads,
+             own=bufs)

@@ -12,9 +12,10 @@ Overflow is impossible by construction. Before anything runs, the weights are ch
 - ``"direct"``: the int8 microkernel (`convolab.kernels.int8`): activations shifted to unsigned
   bytes, channels last, four channels per 32-bit word; ``vpdpbusd`` dot products (AVX512-VNNI,
   AVX-VNNI) or, on CPUs without VNNI, portable widening multiplies -- the same integers on every
-  path. Layers with fewer than `MICROKERNEL_MIN_KG` output channels per group (depthwise) and
-  weights whose shifted bound ``255 * max_k sum|w[k]|`` reaches ``2**31`` run on the plain
-  Numba loops instead (`convolab.kernels._quant`, int32 accumulators).
+  path. Depthwise layers run on `convolab.kernels.int8.depthwise` (exact integer sums in
+  float32, vectorised over output columns); other layers with fewer than `MICROKERNEL_MIN_KG`
+  output channels per group, and weights whose shifted bound ``255 * max_k sum|w[k]|`` reaches
+  ``2**31``, run on the plain Numba loops (`convolab.kernels._quant`, int32 accumulators).
 - ``"im2col"``: unfold the int8 input into a float matrix and multiply with BLAS. This is exact:
   every product and every partial sum of the GEMM is an integer of magnitude <= ``bound``; a
   binary float format represents every integer below ``2**p`` (p = 24 for float32, 53 for
@@ -164,6 +165,11 @@ class Int8Plan:
 
             mk8.conv(self.spec, xq, self._prep, out, stage=self.stage)
             return out
+        if self.method == "direct" and _depthwise_kernel(self.spec):
+            from ..kernels import int8 as mk8
+
+            mk8.depthwise(self.spec, xq, self.wq, out, stage=self.stage)
+            return out
         acc = out if self.stage is None else np.empty(self.spec.out_shape, dtype=np.int32)
         if self.method == "direct":
             run_direct(self.spec, xq, self.wq, acc, None)
@@ -236,6 +242,12 @@ def microkernel_packed(spec: ConvSpec, wq: np.ndarray):
     return mk8.Packed(wq, spec.groups, pointwise=mk8.pointwise(spec))
 
 
+def _depthwise_kernel(spec: ConvSpec) -> bool:
+    """Depthwise layers (one input channel per group) with at most 1024 taps run on
+    `convolab.kernels.int8.depthwise` (its float32 sums are exact up to that size)."""
+    return spec.groups == spec.C and spec.Cg == 1 and spec.R * spec.S <= 1024
+
+
 def run_direct(spec: ConvSpec, xq: np.ndarray, wq: np.ndarray, out: np.ndarray,
                packed=False) -> None:
     """Direct int8 kernel into ``out`` (int32, spec.out_shape); weights already checked.
@@ -248,6 +260,9 @@ def run_direct(spec: ConvSpec, xq: np.ndarray, wq: np.ndarray, out: np.ndarray,
         packed = microkernel_packed(spec, wq)
     if packed is not None:
         mk8.conv(spec, np.ascontiguousarray(xq), packed, out)
+        return
+    if _depthwise_kernel(spec):
+        mk8.depthwise(spec, np.ascontiguousarray(xq), np.ascontiguousarray(wq), out)
         return
     xp = pad_int8(spec, xq)
     (sh, sw), (dh, dw) = spec.stride, spec.dilation

@@ -11,10 +11,10 @@ accumulation. The life cycle is post-training quantisation:
 3. call it: ``y = layer(x)``.
 
 Per call (spatial algorithms, ``"direct"`` / ``"im2col"``):
-``y[n,k] = s_x s_w[k] * conv_int32(quantize(x, s_x), quantize(w, s_w)) + b[k]``: for float32
-and float16 inputs in float32, ``fma(float32(conv_int32), float32(s_x s_w[k]), float32(b[k]))``
-(one rounding; the int8 microkernel applies it as its tiles store, other methods after), for
-float64 inputs in float64.
+``y[n,k] = s_x s_w[k] * conv_int32(quantize(x, s_x), quantize(w, s_w)) + b[k]`` in float64,
+rounded once to the output dtype (the exact int32 sums from the int8 microkernel, the depthwise
+kernel or im2col; `convolab.quant.plan_int8` has the float32 / int8 output stages that run as
+the tiles store).
 Fast algorithms: see `convolab.quant.fast` (the stages and where they round).
 """
 
@@ -194,12 +194,9 @@ class QuantizedConv:
         if not self.calibrated:
             raise ConvError("QuantizedConv is not calibrated: call calibrate(samples) first")
         x, spec = self._check_x(x)
-        if (self.t is None or self.tbits is None) and x.dtype != np.float64:
-            y = self._run_float32(spec, x)
-        else:
-            y = self._run(spec, x)
-            if self.bias is not None:
-                y += self.bias.reshape(1, -1, 1, 1)
+        y = self._run(spec, x)
+        if self.bias is not None:
+            y += self.bias.reshape(1, -1, 1, 1)
         odt = np.float64 if x.dtype == np.float64 else np.float32
         if out is None:
             return y.astype(odt)
@@ -232,40 +229,6 @@ class QuantizedConv:
         M = _fast.channel_reduce(spec, self.Uq, Vq, self._gemm)  # exact integers
         scale = (self.s_u * self.s_v[None, :])[:, None, None, :]  # (K, 1, 1, P)
         return _fast.output_transform(spec, M.astype(np.float64) * scale, self.t)
-
-    def _run_float32(self, spec: ConvSpec, x: np.ndarray) -> np.ndarray:
-        """Spatial algorithms (and fast ones in exact mode) on float32 / float16 inputs: the
-        int32 results become
-        ``float32(y) * float32(s_x s_w[k]) + float32(b[k])`` with one rounding (the int8
-        microkernel's output stage, fused into its tiles; `convolab.kernels.int8.requant` after
-        the other methods: the same floats whichever method ran)."""
-        from ..kernels import int8 as mk8
-
-        xq = np.ascontiguousarray(self.codes(x))
-        key = (self.s_x, spec.groups)
-        if getattr(self, "_stage_key", None) != key:
-            self._stage = mk8.stage(spec.K, self.s_x * self.s_w, self.bias)
-            self._stage_key = key
-        y = np.empty(spec.out_shape, dtype=np.float32)
-        if self.t is not None:  # a fast algorithm in exact mode: the int8 direct integers
-            acc = _fast.exact_fast_conv(spec, xq, self.wq, self.t).astype(np.int32)
-            mk8.requant(acc, y, self._stage)
-            return y
-        if self.algorithm == "direct":
-            if self._mk is False:
-                self._mk = _ic.microkernel_packed(spec, self.wq)
-            if self._mk is not None:
-                mk8.conv(spec, xq, self._mk, y, stage=self._stage)
-                return y
-        acc = np.empty(spec.out_shape, dtype=np.int32)
-        if self.algorithm == "direct":
-            _ic.run_direct(spec, xq, self.wq, acc, None)
-        else:
-            if self._wpack is None or self._wpack.shape[0] != spec.groups:
-                self._wpack = _ic.pack_im2col(spec, self.wq, self._wpack_dtype)
-            _ic.run_im2col(spec, xq, self._wpack, acc)
-        mk8.requant(acc, y, self._stage)
-        return y
 
     def _transform_codes(self, spec: ConvSpec, xq: np.ndarray) -> np.ndarray:
         """Stages 2-3: exact integer transform of the codes, requantised per frequency."""
