@@ -20,7 +20,7 @@ from numba.extending import intrinsic
 
 from ._atomics import fetch_add, wait_until
 from ._microkernel import _fma_fn, _transpose16, fma, nan_max_min, splat
-from .int8 import MR, NV, PW_MK, PW_NV
+from .int8 import MR, MR_TAIL, NV, PW_MK, PW_NV
 
 _I8 = ir.IntType(8)
 _I32 = ir.IntType(32)
@@ -244,6 +244,9 @@ def _store_tile(builder, vals, vty, op, obase, v0, OHOW, kn, n, mr, L, narrow=Fa
 
 
 _tile = _make_tile(MR)
+#: the image's last tile when it has at most `MR_TAIL` pixels (7x7: 49 = 4 x 12 + 1 pixels
+#: computed as 52, not 60)
+_tile_tail = _make_tile(MR_TAIL)
 
 
 @intrinsic
@@ -400,8 +403,13 @@ def conv_int8_tiles(x, xp, wpk, corr, taps, nq, out, counter, N, C, H, W, K, OH,
             ob = (n * K + k0) * OHOW
             for q in range(q0, q1):
                 v0 = q * MR
-                _tile(wpk, woff, xp, xim, taps, ntap, nq, v0, OW, rowb, ps, out, ob, OHOW, kn,
-                      min(MR, OHOW - v0), corr, k0, tok, fout, scale, bias, act, lo, hi)
+                npx = min(MR, OHOW - v0)
+                if npx <= MR_TAIL:
+                    _tile_tail(wpk, woff, xp, xim, taps, ntap, nq, v0, OW, rowb, ps, out, ob,
+                               OHOW, kn, npx, corr, k0, tok, fout, scale, bias, act, lo, hi)
+                else:
+                    _tile(wpk, woff, xp, xim, taps, ntap, nq, v0, OW, rowb, ps, out, ob, OHOW,
+                          kn, npx, corr, k0, tok, fout, scale, bias, act, lo, hi)
 
 
 @njit(cache=True, nogil=True)

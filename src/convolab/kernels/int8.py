@@ -29,8 +29,9 @@ import numpy as np
 
 from ..errors import ConvError
 
-#: consecutive output pixels per tile (row after row)
+#: consecutive output pixels per tile (row after row), and per tile of an image's last <= 4
 MR = 12
+MR_TAIL = 4
 #: vectors of output channels per tile
 NV = 2
 #: pointwise tiles (pixels in the lanes, `pack_weights_pw`): output channels x pixel vectors
