@@ -190,6 +190,8 @@ MK_SPECS = [
     dict(x=(1, 16, 5, 30), w=(32, 8, 5, 5), stride=1, padding=2, dilation=1, groups=2),
     # 1x1 on planes of >= 784 pixels: the pointwise tiles (pixels in the lanes), C % 4 != 0
     dict(x=(2, 22, 28, 30), w=(20, 22, 1, 1), stride=1, padding=0, dilation=1, groups=1),
+    # a strided 1x1 (ResNet's downsampling): the pointwise tiles on every other pixel
+    dict(x=(1, 13, 56, 57), w=(24, 13, 1, 1), stride=2, padding=0, dilation=1, groups=1),
 ]
 
 
@@ -202,7 +204,8 @@ def test_int8_microkernel_every_path_is_bit_exact(path, monkeypatch):
         spec = ConvSpec.from_arrays(x, w, None, kw["stride"], kw["padding"], kw["dilation"],
                                     kw["groups"])
         packed = intconv.microkernel_packed(spec, w)
-        assert packed.path == path and packed.pointwise == (case["w"][2:] == (1, 1) and x.shape[2] == 28)
+        assert packed.path == path and packed.pointwise == (case["w"][2:] == (1, 1)
+                                                            and spec.OH * spec.OW >= 784)
         ref = reference.conv2d(x, w, **kw)
         np.testing.assert_array_equal(conv2d_int8(x, w, method="direct", **kw), ref,
                                       err_msg=f"{path} {case}")

@@ -249,65 +249,85 @@ _tile = _make_tile(MR)
 _tile_tail = _make_tile(MR_TAIL)
 
 
-@intrinsic
-def _quad_run(typingctx, xu, s, plane, xp, d, stride, count):
-    """For ``w < count``: ``xp[d + w stride] = word(xu[s + w], xu[s + plane + w],
-    xu[s + 2 plane + w], xu[s + 3 plane + w]) ^ 0x80808080`` (little-endian bytes: the four
-    channels of a pixel, shifted to unsigned), 16 pixels at a time: four 16-byte loads (masked
-    in a last, partial block) interleaved into 16 words by two shuffles, stored word by word.
-    (Bound by the cache's bandwidth on large planes: 256 channels at 56x56, 0.09 ms, about
-    18 GB/s; byte by byte it took 0.54.)"""
-    if not all(isinstance(t, types.Integer) for t in (s, plane, d, stride, count)):
-        return None
-    sig = types.void(xu, s, plane, xp, d, stride, count)
+def _make_quad_run(step: int):
+    """``quad_run(xu, s, plane, xp, d, stride, count)``: for ``w < count``, ``xp[d + w stride] =
+    word(xu[s + w step], xu[s + plane + w step], xu[s + 2 plane + w step], xu[s + 3 plane + w
+    step]) ^ 0x80808080`` (little-endian bytes: the four channels of a pixel, shifted to
+    unsigned), 16 pixels at a time: four loads of ``16 step`` bytes (masked in a last, partial
+    block; every ``step``-th byte kept), interleaved into 16 words by two shuffles, stored as one
+    vector where ``stride`` is 1, else word by word. (Bound by the cache's bandwidth on large
+    planes: 256 channels at 56x56, 0.09 ms, about 18 GB/s; byte by byte it took 0.54.)"""
 
-    def codegen(context, builder, sig, args):
-        xa, s, plane, pa, d, stride, count = [
-            context.cast(builder, v, t, types.int64) if i not in (0, 3) else v
-            for i, (v, t) in enumerate(zip(args, sig.args, strict=True))]
-        src = builder.bitcast(context.make_array(sig.args[0])(context, builder, xa).data,
-                              _I8.as_pointer())
-        dst = builder.bitcast(context.make_array(sig.args[3])(context, builder, pa).data,
-                              _I32.as_pointer())
-        b16 = ir.VectorType(_I8, 16)
-        w16 = ir.VectorType(_I32, 16)
-        m16 = ir.VectorType(ir.IntType(1), 16)
-        mload = cgutils.get_or_insert_function(
-            builder.module, ir.FunctionType(b16, [b16.as_pointer(), _I32, m16, b16]),
-            "llvm.masked.load.v16i8.p0")
-        flip = ir.Constant(w16, [0x80808080 - (1 << 32)] * 16)
-        lo = ir.Constant(ir.VectorType(_I32, 32), [16 * (i % 2) + i // 2 for i in range(32)])
-        quad = ir.Constant(ir.VectorType(_I32, 64),
-                           [(i // 2) % 2 * 32 + (i // 4) * 2 + i % 2 for i in range(64)])
-        lanes = ir.Constant(ir.VectorType(_I64, 16), list(range(16)))
-        nblk = builder.sdiv(builder.add(count, _i64(15)), _i64(16))
-        with cgutils.for_range(builder, nblk) as lb:
-            w0 = builder.mul(lb.index, _i64(16))
-            rem = builder.sub(count, w0)
-            m = builder.icmp_signed("<", lanes, splat(builder, rem, ir.VectorType(_I64, 16)))
-            rows = [builder.call(mload, [builder.bitcast(
-                builder.gep(src, [builder.add(builder.add(s, builder.mul(plane, _i64(i))), w0)]),
-                b16.as_pointer()), ir.Constant(_I32, 1), m, ir.Constant(b16, None)])
-                for i in range(4)]
-            # (c0, c1) and (c2, c3) byte pairs per pixel, then the pairs of pairs
-            p01 = builder.shuffle_vector(rows[0], rows[1], lo)
-            p23 = builder.shuffle_vector(rows[2], rows[3], lo)
-            words = builder.xor(builder.bitcast(builder.shuffle_vector(p01, p23, quad), w16), flip)
-            base = builder.gep(dst, [builder.add(d, builder.mul(w0, stride))])
-            dense = builder.and_(builder.icmp_signed("==", stride, _i64(1)),
-                                 builder.icmp_signed(">=", rem, _i64(16)))
-            with builder.if_else(dense, likely=True) as (whole, words1):
-                with whole:  # quad planes (the pointwise layout): 16 adjacent words
-                    builder.store(words, builder.bitcast(base, w16.as_pointer()), align=4)
-                with words1:
-                    for j in range(16):
-                        with builder.if_then(builder.icmp_signed("<", _i64(j), rem), likely=True):
-                            builder.store(builder.extract_element(words, ir.Constant(_I32, j)),
-                                          builder.gep(base, [builder.mul(_i64(j), stride)]),
-                                          align=4)
-        return context.get_dummy_value()
+    def quad_run(typingctx, xu, s, plane, xp, d, stride, count):
+        if not all(isinstance(t, types.Integer) for t in (s, plane, d, stride, count)):
+            return None
+        sig = types.void(xu, s, plane, xp, d, stride, count)
 
-    return sig, codegen
+        def codegen(context, builder, sig, args):
+            xa, s, plane, pa, d, stride, count = [
+                context.cast(builder, v, t, types.int64) if i not in (0, 3) else v
+                for i, (v, t) in enumerate(zip(args, sig.args, strict=True))]
+            src = builder.bitcast(context.make_array(sig.args[0])(context, builder, xa).data,
+                                  _I8.as_pointer())
+            dst = builder.bitcast(context.make_array(sig.args[3])(context, builder, pa).data,
+                                  _I32.as_pointer())
+            nb = 16 * step
+            bty = ir.VectorType(_I8, nb)
+            w16 = ir.VectorType(_I32, 16)
+            mload = cgutils.get_or_insert_function(
+                builder.module, ir.FunctionType(bty, [bty.as_pointer(), _I32,
+                                                      ir.VectorType(ir.IntType(1), nb), bty]),
+                f"llvm.masked.load.v{nb}i8.p0")
+            flip = ir.Constant(w16, [0x80808080 - (1 << 32)] * 16)
+            lo = ir.Constant(ir.VectorType(_I32, 32), [16 * (i % 2) + i // 2 for i in range(32)])
+            quad = ir.Constant(ir.VectorType(_I32, 64),
+                               [(i // 2) % 2 * 32 + (i // 4) * 2 + i % 2 for i in range(64)])
+            keep = ir.Constant(ir.VectorType(_I32, 16), [step * i for i in range(16)])
+            lanes = ir.Constant(ir.VectorType(_I64, nb), list(range(nb)))
+            nblk = builder.sdiv(builder.add(count, _i64(15)), _i64(16))
+            with cgutils.for_range(builder, nblk) as lb:
+                w0 = builder.mul(lb.index, _i64(16))
+                rem = builder.sub(count, w0)
+                # the bytes up to the last pixel's: lanes < step (rem - 1) + 1
+                m = builder.icmp_signed("<", lanes, splat(builder, builder.add(
+                    builder.mul(builder.sub(rem, _i64(1)), _i64(step)), _i64(1)),
+                    ir.VectorType(_I64, nb)))
+                rows = []
+                for i in range(4):
+                    ptr = builder.gep(src, [builder.add(builder.add(s, builder.mul(plane, _i64(i))),
+                                                        builder.mul(w0, _i64(step)))])
+                    r = builder.call(mload, [builder.bitcast(ptr, bty.as_pointer()),
+                                             ir.Constant(_I32, 1), m, ir.Constant(bty, None)])
+                    rows.append(builder.shuffle_vector(r, r, keep) if step > 1 else r)
+                # (c0, c1) and (c2, c3) byte pairs per pixel, then the pairs of pairs
+                p01 = builder.shuffle_vector(rows[0], rows[1], lo)
+                p23 = builder.shuffle_vector(rows[2], rows[3], lo)
+                words = builder.xor(builder.bitcast(builder.shuffle_vector(p01, p23, quad), w16),
+                                    flip)
+                base = builder.gep(dst, [builder.add(d, builder.mul(w0, stride))])
+                dense = builder.and_(builder.icmp_signed("==", stride, _i64(1)),
+                                     builder.icmp_signed(">=", rem, _i64(16)))
+                with builder.if_else(dense, likely=True) as (whole, words1):
+                    with whole:  # quad planes (the pointwise layout): 16 adjacent words
+                        builder.store(words, builder.bitcast(base, w16.as_pointer()), align=4)
+                    with words1:
+                        for j in range(16):
+                            with builder.if_then(builder.icmp_signed("<", _i64(j), rem),
+                                                 likely=True):
+                                builder.store(builder.extract_element(words,
+                                                                      ir.Constant(_I32, j)),
+                                              builder.gep(base, [builder.mul(_i64(j), stride)]),
+                                              align=4)
+            return context.get_dummy_value()
+
+        return sig, codegen
+
+    quad_run.__name__ = quad_run.__qualname__ = f"_quad_run_{step}"
+    return intrinsic(quad_run)
+
+
+_quad_run = _make_quad_run(1)
+_quad_run2 = _make_quad_run(2)
 
 
 @njit(nogil=True, inline="always")
@@ -592,34 +612,51 @@ _pw = _make_pw_tile(PW_MK, PW_NV)
 
 
 @njit(cache=True, nogil=True)
-def conv_int8_pw(x, xp, wpk, corr, out, counter, N, C, HW, K, nkbr, nchunk, TP, tok, fout,
-                 stage):  # pragma: no cover - compiled
-    """One thread's share of a 1x1 int8 layer of stride 1, one group, with pixels in the lanes
+def conv_int8_pw(x, xp, wpk, corr, out, counter, N, C, H, W, OH, OW, sh, sw, K, nkbr, nchunk,
+                 TP, tok, fout, stage):  # pragma: no cover - compiled
+    """One thread's share of a 1x1 int8 layer (one group, no padding) with pixels in the lanes
     (`_make_pw_tile`; every thread of a team job calls it, ``counter`` (3 int64) zeroed): the
-    threads first write the quad planes ``xp`` (``[N][C4 / 4][HW][4]`` bytes, shifted; handed
-    out plane by plane), then tasks (image, ``nchunk`` ranges of pixel tiles of ``TP`` pixels,
-    ``nkbr`` ranges of k-blocks of `PW_MK` channels) from ``counter[2]``. ``wpk``: [k-blocks][C4 / 4][PW_MK][4]
-    int8; ``corr``: the shift correction per channel, PW_MK spare entries; output as
+    threads first write the quad planes ``xp`` (``[N][C4 / 4][OH OW][4]`` bytes, shifted, every
+    ``sh``-th row and ``sw``-th column of the input; handed out plane by plane), then tasks
+    (image, ``nchunk`` ranges of pixel tiles of ``TP`` pixels, ``nkbr`` ranges of k-blocks of
+    `PW_MK` channels) from ``counter[2]``. ``wpk``: [k-blocks][C4 / 4][PW_MK][4] int8;
+    ``corr``: the shift correction per channel, PW_MK spare entries; output as
     `conv_int8_tiles`."""
     nq = (C + 3) // 4
     full = C // 4
     xu = x.view(np.uint8)
     xp32 = xp.view(np.uint32)
+    HWi = H * W
+    HW = OH * OW
     while True:
         t = fetch_add(counter, 0)
         if t >= N * nq:
             break
         n = t // nq
         q = t - n * nq
-        src = (n * C + 4 * q) * HW
+        src = (n * C + 4 * q) * HWi
         d = t * HW
-        if q < full:
-            _quad_run(xu, src, HW, xp32, d, 1, HW)
+        if q < full and sh == 1 and sw == 1:
+            _quad_run(xu, src, HWi, xp32, d, 1, HW)
+        elif q < full:  # a strided 1x1: output pixel (oh, ow) reads (oh sh, ow sw)
+            for oh in range(OH):
+                if sw == 1:
+                    _quad_run(xu, src + oh * sh * W, HWi, xp32, d + oh * OW, 1, OW)
+                elif sw == 2:
+                    _quad_run2(xu, src + oh * sh * W, HWi, xp32, d + oh * OW, 1, OW)
+                else:
+                    for ow in range(OW):
+                        o = src + oh * sh * W + ow * sw
+                        v = (np.uint32(xu[o]) | (np.uint32(xu[o + HWi]) << 8)
+                             | (np.uint32(xu[o + 2 * HWi]) << 16)
+                             | (np.uint32(xu[o + 3 * HWi]) << 24))
+                        xp32[d + oh * OW + ow] = v ^ np.uint32(0x80808080)
         else:
             for i in range(HW):
+                o = src + (i // OW) * sh * W + (i % OW) * sw
                 v = np.uint32(0)
                 for c in range(C - 4 * full):
-                    v |= np.uint32(xu[src + c * HW + i]) << (8 * c)
+                    v |= np.uint32(xu[o + c * HWi]) << (8 * c)
                 xp32[d + i] = v ^ np.uint32(0x80808080)
         fetch_add(counter, 1)
     wait_until(counter, 1, N * nq)

@@ -156,10 +156,11 @@ def split(N: int, G: int, nkb: int, ntile: int, image_bytes: int, threads: int) 
 
 
 def pointwise(spec) -> bool:
-    """Whether a layer runs on the pointwise tiles (pixels in the lanes): 1x1, stride 1, no
-    padding, one group, at least `PW_MIN_PIXELS` output pixels per image (on small planes the
-    channel tiles waste fewer lanes: 7x7 is 49 pixels, four vectors of 16)."""
-    return ((spec.R, spec.S) == (1, 1) and spec.stride == (1, 1) and not any(spec.padding)
+    """Whether a layer runs on the pointwise tiles (pixels in the lanes): 1x1, no padding, one
+    group, at least `PW_MIN_PIXELS` output pixels per image (on small planes the channel tiles
+    waste fewer lanes: 7x7 is 49 pixels, four vectors of 16). A strided 1x1 packs only the
+    pixels it reads (a 2-strided downsampling layer: a quarter of its input)."""
+    return ((spec.R, spec.S) == (1, 1) and not any(spec.padding)
             and spec.groups == 1 and spec.OH * spec.OW >= PW_MIN_PIXELS)
 
 
@@ -340,7 +341,8 @@ def _conv_pw(spec, xq, packed: Packed, out, threads: int, stage) -> None:
     try:
         xp = buf if own else np.empty(buf.size, dtype=np.uint8)
         args = (xq.reshape(-1), xp, packed.w, packed.corr, o, np.zeros(3, dtype=np.int64),
-                spec.N, spec.C, HW, spec.K, nkbr, nchunk, TP, packed.token, f, st)
+                spec.N, spec.C, spec.H, spec.W, spec.OH, spec.OW, *spec.stride, spec.K, nkbr,
+                nchunk, TP, packed.token, f, st)
         load_from_cache(conv_int8_pw, args, _WARM_PW.format(packed.path), (packed.path, "pw"))
         team.run(conv_int8_pw, args, threads)
     finally:
