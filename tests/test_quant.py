@@ -192,6 +192,8 @@ MK_SPECS = [
     dict(x=(2, 22, 28, 30), w=(20, 22, 1, 1), stride=1, padding=0, dilation=1, groups=1),
     # a strided 1x1 (ResNet's downsampling): the pointwise tiles on every other pixel
     dict(x=(1, 13, 56, 57), w=(24, 13, 1, 1), stride=2, padding=0, dilation=1, groups=1),
+    # a strided 1x1 on the channel tiles: packed alone, every (2, 3)-th pixel
+    dict(x=(1, 24, 15, 17), w=(32, 12, 1, 1), stride=(2, 3), padding=0, dilation=1, groups=2),
 ]
 
 

@@ -331,13 +331,16 @@ _quad_run2 = _make_quad_run(2)
 
 
 @njit(nogil=True, inline="always")
-def _pack_row(x, xp, r, C, H, W, Hp, Wp, G, Cg, Cg4, pt, pl):  # pragma: no cover - compiled
+def _pack_row(x, xp, r, C, H, W, Hp, Wp, G, Cg, Cg4, pt, pl, ssh, ssw, HWi,
+              Wi):  # pragma: no cover - compiled
     """Row ``r`` (image ``r // Hp``, padded row ``r % Hp``) of the padded channels-last copy
     ``xp`` (viewed as 32-bit words: four channels of a pixel per word):
     ``xp[n, hp, wp, g Cg4 + c] = x[n, g Cg + c, hp - pt, wp - pl] + 128`` inside the input,
     128 (the shifted zero) elsewhere and in the padding channels. (A word is built from four
     planes' bytes and stored once: storing byte by byte, 256 -> 64 1x1 at 56x56 spent 0.6 of
-    its 1 ms packing.)"""
+    its 1 ms packing.) With ``ssh``, ``ssw`` > 1 (a strided 1x1 layer, run as a stride-1 one)
+    the H x W input read is every ``ssh``-th row and ``ssw``-th column of the real input's
+    planes (``HWi`` elements, rows of ``Wi``)."""
     n = r // Hp
     h = r - n * Hp - pt
     Ct4 = G * Cg4 // 4
@@ -349,26 +352,34 @@ def _pack_row(x, xp, r, C, H, W, Hp, Wp, G, Cg, Cg4, pt, pl):  # pragma: no cove
         xp[o: o + pl * Ct4] = 0x80808080
     if Wp > W + pl:
         xp[o + (pl + W) * Ct4: o + Wp * Ct4] = 0x80808080
-    HW = H * W
     nq = Cg4 // 4
     full = Cg // 4
     xu = x.view(np.uint8)
     for g in range(G):
-        src = (n * C + g * Cg) * HW + h * W
+        src = (n * C + g * Cg) * HWi + h * ssh * Wi
         d = o + pl * Ct4 + g * nq
         for q in range(full):
-            _quad_run(xu, src + 4 * q * HW, HW, xp, d + q, Ct4, W)
+            if ssw == 1:
+                _quad_run(xu, src + 4 * q * HWi, HWi, xp, d + q, Ct4, W)
+            elif ssw == 2:
+                _quad_run2(xu, src + 4 * q * HWi, HWi, xp, d + q, Ct4, W)
+            else:
+                for w in range(W):
+                    b = src + 4 * q * HWi + w * ssw
+                    v = (np.uint32(xu[b]) | (np.uint32(xu[b + HWi]) << 8)
+                         | (np.uint32(xu[b + 2 * HWi]) << 16) | (np.uint32(xu[b + 3 * HWi]) << 24))
+                    xp[d + q + w * Ct4] = v ^ np.uint32(0x80808080)
         if full < nq:
             for w in range(W):
                 v = np.uint32(0)
                 for i in range(Cg - 4 * full):
-                    v |= np.uint32(xu[src + (4 * full + i) * HW + w]) << (8 * i)
+                    v |= np.uint32(xu[src + (4 * full + i) * HWi + w * ssw]) << (8 * i)
                 xp[d + full + w * Ct4] = v ^ np.uint32(0x80808080)
 
 
 @njit(cache=True, nogil=True)
 def conv_int8_tiles(x, xp, wpk, corr, taps, nq, out, counter, N, C, H, W, K, OH, OW, G, Cg, Hp,
-                    Wp, pt, pl, sh, sw, nkbr, nchunk, tok, fout, stage):  # pragma: no cover
+                    Wp, pt, pl, sh, sw, nkbr, nchunk, tok, fout, stage, sub):  # pragma: no cover
     """One thread's share of an int8 convolution (every thread of a team job calls it, with
     ``counter`` (3 int64) zeroed): ``x`` flat int8 NCHW codes, ``xp`` flat uint8 buffer of
     ``N Hp Wp G Cg4`` for the shifted padded copy, ``wpk`` / ``corr`` from
@@ -385,11 +396,15 @@ def conv_int8_tiles(x, xp, wpk, corr, taps, nq, out, counter, N, C, H, W, K, OH,
     Ct = G * Cg4
     nrows = N * Hp
     xp32 = xp.view(np.uint32)
+    # a strided 1x1 layer runs as a stride-1 one on every ssh-th row, ssw-th column: sub =
+    # (ssh, ssw, real input H, real input W); (1, 1, H, W) otherwise
+    ssh, ssw, Hi, Wi = sub
+    HWi = Hi * Wi
     while True:
         r = fetch_add(counter, 0)
         if r >= nrows:
             break
-        _pack_row(x, xp32, r, C, H, W, Hp, Wp, G, Cg, Cg4, pt, pl)
+        _pack_row(x, xp32, r, C, H, W, Hp, Wp, G, Cg, Cg4, pt, pl, ssh, ssw, HWi, Wi)
         fetch_add(counter, 1)
     wait_until(counter, 1, nrows)
     Kg = K // G

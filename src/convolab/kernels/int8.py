@@ -28,6 +28,7 @@ import threading
 import numpy as np
 
 from ..errors import ConvError
+from ..spec import ConvSpec
 
 #: consecutive output pixels per tile (row after row), and per tile of an image's last <= 4
 MR = 12
@@ -242,6 +243,12 @@ class _Geometry:
     buffer per call cost page faults on every call), the runs of the taps, the task split."""
 
     def __init__(self, spec, packed: Packed, threads: int):
+        self.sub = (1, 1, spec.H, spec.W)
+        if (spec.R, spec.S) == (1, 1) and not any(spec.padding) and spec.stride != (1, 1):
+            # a strided 1x1 layer: a stride-1 one on the pixels it reads, packed alone
+            self.sub = (*spec.stride, spec.H, spec.W)
+            spec = ConvSpec.from_shapes((spec.N, spec.C, spec.OH, spec.OW), spec.w_shape, 1, 0,
+                                        1, spec.groups, np.int8)
         G, Cg = spec.groups, spec.Cg
         Cg4 = padded_group(Cg)
         Hp, Wp = spec.padded_H, spec.padded_W
@@ -265,6 +272,7 @@ class _Geometry:
         pl, _, pt, _ = spec.padding
         self.rest = (spec.N, spec.C, spec.H, spec.W, spec.K, spec.OH, spec.OW, G, Cg, Hp, Wp, pt,
                      pl, *spec.stride, self.nkbr, self.nchunk, packed.token)
+        self.sub = tuple(int(v) for v in self.sub)
 
 
 def conv(spec, xq: np.ndarray, packed: Packed, out: np.ndarray, threads: int | None = None,
@@ -296,7 +304,7 @@ def conv(spec, xq: np.ndarray, packed: Packed, out: np.ndarray, threads: int | N
     try:
         xp = geo.xp if own else np.empty(geo.size, dtype=np.uint8)
         args = (xq.reshape(-1), xp, packed.w, packed.corr, geo.taps, geo.nq, tail[0],
-                np.zeros(3, dtype=np.int64), *tail[1], tail[2], tail[3])
+                np.zeros(3, dtype=np.int64), *tail[1], tail[2], tail[3], geo.sub)
         load_from_cache(conv_int8_tiles, args, _WARM.format(packed.path), packed.path)
         team.run(conv_int8_tiles, args, threads)
     finally:
