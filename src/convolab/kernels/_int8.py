@@ -716,8 +716,13 @@ def depthwise_int8(x, w, out, counter, K, OH, OW, R, S, sh, sw, dh, dw, pt, pl, 
     m = K // C
     Hp = (OH - 1) * sh + (R - 1) * dh + 1
     Wp = (OW - 1) * sw + (S - 1) * dw + 1
-    xp = plane[:Hp * Wp]
-    acc = plane[Hp * Wp: Hp * Wp + OW]
+    slack = (S - 1) * dw
+    xp = plane[:Hp * Wp + slack]
+    xp[Hp * Wp:] = 0
+    dense = sh == 1 and sw == 1
+    # stride 1: the sums over whole planes of Wp columns (the S - 1 last of each row dropped
+    # when stored), one run of OH Wp per tap; else row by row
+    acc = plane[Hp * Wp + slack: Hp * Wp + slack + (OH * Wp if dense else OW)]
     while True:
         t = fetch_add(counter, 0)
         if t >= N * C:
@@ -740,6 +745,25 @@ def depthwise_int8(x, w, out, counter, K, OH, OW, R, S, sh, sw, dh, dw, pt, pl, 
                 dst[j] = np.float32(src[j])
         for j in range(m):
             k = c * m + j
+            if dense:
+                acc[:] = 0
+                for r in range(R):
+                    for s in range(S):
+                        wv = np.float32(w[k, 0, r, s])
+                        xs = xp[r * dh * Wp + s * dw: r * dh * Wp + s * dw + OH * Wp]
+                        for i in range(OH * Wp):
+                            acc[i] += wv * xs[i]
+                for oh in range(OH):
+                    row = acc[oh * Wp: oh * Wp + OW]
+                    if f32.size:
+                        _stage_row(f32[n, k, oh], row, scale[k], bias[k], act, lo, hi, False)
+                    elif q8.size:
+                        _stage_row(q8[n, k, oh], row, scale[k], bias[k], act, lo, hi, True)
+                    else:
+                        dst = out[n, k, oh]
+                        for ow in range(OW):
+                            dst[ow] = np.int32(row[ow])
+                continue
             for oh in range(OH):
                 acc[:] = 0
                 for r in range(R):
@@ -787,7 +811,7 @@ def _stage_row(dst, acc, s, b, act, lo, hi, code):  # pragma: no cover - compile
 
 def depthwise_int8_buffer(spec) -> int:
     """float32 elements of `depthwise_int8`'s work buffer per thread: the padded plane it reads
-    and one output row."""
+    and the sums (a plane of Wp columns at stride 1, else one output row)."""
     Hp = (spec.OH - 1) * spec.stride[0] + (spec.R - 1) * spec.dilation[0] + 1
     Wp = (spec.OW - 1) * spec.stride[1] + (spec.S - 1) * spec.dilation[1] + 1
-    return Hp * Wp + spec.OW
+    return Hp * Wp + (spec.S - 1) * spec.dilation[1] + max(spec.OH * Wp, spec.OW)
