@@ -698,6 +698,58 @@ def conv_int8_pw(x, xp, wpk, corr, out, counter, N, C, H, W, OH, OW, sh, sw, K, 
                     scale, bias, act, lo, hi)
 
 
+@intrinsic
+def _dw_run(typingctx, acc, xp, xoff, offs, wts, ntap, count):
+    """``acc[i] = sum_t wts[t] * xp[xoff + offs[t] + i]`` for ``i < count`` (float32, taps in
+    order, each a fused multiply-add), 64 sums at a time in four 16-lane registers (masked in
+    the last block): each sum is loaded and stored once, not once per tap."""
+    if not all(isinstance(t, types.Integer) for t in (xoff, ntap, count)):
+        return None
+    sig = types.void(acc, xp, xoff, offs, wts, ntap, count)
+
+    def codegen(context, builder, sig, args):
+        aa, xa, xoff, oa, wa, ntap, count = [
+            context.cast(builder, v, t, types.int64) if i in (2, 5, 6) else v
+            for i, (v, t) in enumerate(zip(args, sig.args, strict=True))]
+        ap = context.make_array(sig.args[0])(context, builder, aa).data
+        xp = context.make_array(sig.args[1])(context, builder, xa).data
+        op = context.make_array(sig.args[3])(context, builder, oa).data
+        wp = context.make_array(sig.args[4])(context, builder, wa).data
+        fty = ir.VectorType(ir.FloatType(), 16)
+        mty = ir.VectorType(ir.IntType(1), 16)
+        mload = cgutils.get_or_insert_function(
+            builder.module, ir.FunctionType(fty, [fty.as_pointer(), _I32, mty, fty]),
+            "llvm.masked.load.v16f32.p0")
+        mstore = cgutils.get_or_insert_function(
+            builder.module, ir.FunctionType(ir.VoidType(), [fty, fty.as_pointer(), _I32, mty]),
+            "llvm.masked.store.v16f32.p0")
+        fma = _fma_fn(builder, fty)
+        lanes = ir.Constant(ir.VectorType(_I64, 16), list(range(16)))
+        nblk = builder.sdiv(builder.add(count, _i64(63)), _i64(64))
+        xb = builder.gep(xp, [xoff])
+        with cgutils.for_range(builder, nblk) as lb:
+            i0 = builder.mul(lb.index, _i64(64))
+            masks = [builder.icmp_signed("<", lanes, splat(builder, builder.sub(
+                count, builder.add(i0, _i64(16 * j))), ir.VectorType(_I64, 16))) for j in range(4)]
+            accs = [cgutils.alloca_once_value(builder, ir.Constant(fty, None)) for _ in range(4)]
+            with cgutils.for_range(builder, ntap) as lt:
+                o = builder.add(builder.load(builder.gep(op, [lt.index])), i0)
+                wv = splat(builder, builder.load(builder.gep(wp, [lt.index])), fty)
+                for j in range(4):
+                    ptr = builder.bitcast(builder.gep(xb, [builder.add(o, _i64(16 * j))]),
+                                          fty.as_pointer())
+                    v = builder.call(mload, [ptr, ir.Constant(_I32, 4), masks[j],
+                                             ir.Constant(fty, None)])
+                    builder.store(builder.call(fma, [wv, v, builder.load(accs[j])]), accs[j])
+            for j in range(4):
+                ptr = builder.bitcast(builder.gep(ap, [builder.add(i0, _i64(16 * j))]),
+                                      fty.as_pointer())
+                builder.call(mstore, [builder.load(accs[j]), ptr, ir.Constant(_I32, 4), masks[j]])
+        return context.get_dummy_value()
+
+    return sig, codegen
+
+
 @njit(cache=True, nogil=True)
 def depthwise_int8(x, w, out, counter, K, OH, OW, R, S, sh, sw, dh, dw, pt, pl, f32, q8, stage,
                    plane):  # pragma: no cover - compiled
@@ -720,6 +772,10 @@ def depthwise_int8(x, w, out, counter, K, OH, OW, R, S, sh, sw, dh, dw, pt, pl, 
     xp = plane[:Hp * Wp + slack]
     xp[Hp * Wp:] = 0
     dense = sh == 1 and sw == 1
+    offs = np.empty(R * S, dtype=np.int64)
+    wts = np.empty(R * S, dtype=np.float32)
+    for t in range(R * S):
+        offs[t] = (t // S) * dh * Wp + (t % S) * dw
     # stride 1: the sums over whole planes of Wp columns (the S - 1 last of each row dropped
     # when stored), one run of OH Wp per tap; else row by row
     acc = plane[Hp * Wp + slack: Hp * Wp + slack + (OH * Wp if dense else OW)]
@@ -746,13 +802,9 @@ def depthwise_int8(x, w, out, counter, K, OH, OW, R, S, sh, sw, dh, dw, pt, pl, 
         for j in range(m):
             k = c * m + j
             if dense:
-                acc[:] = 0
-                for r in range(R):
-                    for s in range(S):
-                        wv = np.float32(w[k, 0, r, s])
-                        xs = xp[r * dh * Wp + s * dw: r * dh * Wp + s * dw + OH * Wp]
-                        for i in range(OH * Wp):
-                            acc[i] += wv * xs[i]
+                for t in range(R * S):
+                    wts[t] = np.float32(w[k, 0, t // S, t % S])
+                _dw_run(acc, xp, 0, offs, wts, R * S, OH * Wp)
                 for oh in range(OH):
                     row = acc[oh * Wp: oh * Wp + OW]
                     if f32.size:
