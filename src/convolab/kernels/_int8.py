@@ -178,7 +178,7 @@ def _make_tile(mr: int):
 def _requant(context, builder, sig, a, v, vi, L, k0):
     """``act(float(v) * scale[k] + bias[k])`` for the lanes (output channels ``k0 + vi L ..``) of
     int32 vector ``v``, one rounding in the multiply-add (``llvm.fma``); ``act`` 0 none, 1 ReLU,
-    2 clamp(lo, hi) (`requant_float` does the same element by element)."""
+    2 clamp(lo, hi) (`requant` does the same element by element)."""
 
     fty = ir.VectorType(ir.FloatType(), L)
     sp = context.make_array(sig.args[20])(context, builder, a[20]).data
@@ -447,56 +447,39 @@ def conv_int8_tiles(x, xp, wpk, corr, taps, nq, out, counter, N, C, H, W, K, OH,
                           kn, npx, corr, k0, tok, fout, scale, bias, act, lo, hi)
 
 
-@njit(cache=True, nogil=True)
-def requant_float(acc, out, K, HW, scale, bias, act, lo, hi, counter):  # pragma: no cover
-    """``out = act(float32(acc) * scale[k] + bias[k])`` with one rounding (fma), element by
-    element, for int32 results computed elsewhere (the same arithmetic as the tiles' output
-    stage, so every int8 method gives the same floats); planes handed out by ``counter[0]``
-    (a team job)."""
-    n = acc.size // HW
-    while True:
-        p = fetch_add(counter, 0)
-        if p >= n:
-            break
-        k = p % K
-        s = scale[k]
-        b = bias[k]
-        o = p * HW
-        for i in range(HW):
-            y = fma(np.float32(acc[o + i]), s, b)
-            # as llvm.maximum / minimum (the tiles' vector code): +0 above -0
-            if act == 1:
-                y = y if y > 0 else np.float32(0)
-            elif act == 2:
-                y = y if y > lo else lo
-                y = y if y < hi else hi
-            out[o + i] = y
-
-
-@njit(cache=True, nogil=True)
-def requant_int8(acc, out, K, HW, scale, bias, act, lo, hi, counter):  # pragma: no cover
-    """`requant_float`, then the int8 code ``clip(rint(y), -127, 127)`` (half to even): the
-    tiles' int8 output stage, element by element."""
-    n = acc.size // HW
-    while True:
-        p = fetch_add(counter, 0)
-        if p >= n:
-            break
-        k = p % K
-        s = scale[k]
-        b = bias[k]
-        o = p * HW
-        for i in range(HW):
-            y = fma(np.float32(acc[o + i]), s, b)
-            if act == 1:
-                y = y if y > 0 else np.float32(0)
-            elif act == 2:
-                y = y if y > lo else lo
-                y = y if y < hi else hi
+@njit(nogil=True, inline="always")
+def _stage_row(dst, acc, s, b, act, lo, hi, code):  # pragma: no cover - compiled
+    """``dst = act(fma(acc, s, b))`` (then ``clip(rint(.), -127, 127)`` with ``code``) for a
+    row of exact integer sums held in float32: the tiles' output stage."""
+    for i in range(acc.size):
+        y = fma(np.float32(acc[i]), s, b)
+        if act == 1:
+            y = y if y > 0 else np.float32(0)
+        elif act == 2:
+            y = y if y > lo else lo
+            y = y if y < hi else hi
+        if code:
             y = np.rint(y)
             y = y if y > -127 else np.float32(-127)
             y = y if y < 127 else np.float32(127)
-            out[o + i] = np.int8(y)
+        dst[i] = y
+
+
+@njit(cache=True, nogil=True)
+def requant(acc, out, K, HW, scale, bias, act, lo, hi, counter, code):  # pragma: no cover
+    """``out = act(float32(acc) * scale[k] + bias[k])`` with one rounding (fma), then with
+    ``code`` the int8 code ``clip(rint(.), -127, 127)`` (half to even), for int32 results
+    computed elsewhere: the tiles' output stage element by element (`_stage_row`), so every
+    int8 method gives the same floats and codes; planes handed out by ``counter[0]`` (a team
+    job)."""
+    n = acc.size // HW
+    while True:
+        p = fetch_add(counter, 0)
+        if p >= n:
+            break
+        k = p % K
+        o = p * HW
+        _stage_row(out[o: o + HW], acc[o: o + HW], scale[k], bias[k], act, lo, hi, code)
 
 
 def _make_pw_tile(mk: int, npv: int):
@@ -841,24 +824,6 @@ def depthwise_int8(x, w, out, counter, K, OH, OW, R, S, sh, sw, dh, dw, pt, pl, 
                     dst = out[n, k, oh]
                     for ow in range(OW):
                         dst[ow] = np.int32(acc[ow])
-
-
-@njit(nogil=True, inline="always")
-def _stage_row(dst, acc, s, b, act, lo, hi, code):  # pragma: no cover - compiled
-    """``dst = act(fma(acc, s, b))`` (then ``clip(rint(.), -127, 127)`` with ``code``) for a
-    row of exact integer sums held in float32: the tiles' output stage."""
-    for i in range(acc.size):
-        y = fma(acc[i], s, b)
-        if act == 1:
-            y = y if y > 0 else np.float32(0)
-        elif act == 2:
-            y = y if y > lo else lo
-            y = y if y < hi else hi
-        if code:
-            y = np.rint(y)
-            y = y if y > -127 else np.float32(-127)
-            y = y if y < 127 else np.float32(127)
-        dst[i] = y
 
 
 def depthwise_int8_buffer(spec) -> int:

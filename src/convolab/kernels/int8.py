@@ -228,13 +228,12 @@ def requant(acc: np.ndarray, out: np.ndarray, st: tuple, threads: int | None = N
     ``acc`` computed by another method, with the tiles' arithmetic (one fma per element; for
     int8, ``clip(rint(y), -127, 127)``)."""
     from . import team
-    from ._int8 import requant_float, requant_int8
+    from ._int8 import requant as requant_planes
 
     N, K = acc.shape[:2]
     HW = int(np.prod(acc.shape[2:]))
-    fn = requant_int8 if out.dtype == np.int8 else requant_float
-    team.run(fn, (acc.reshape(-1), out.reshape(-1), K, HW, *st, np.zeros(1, dtype=np.int64)),
-             threads)
+    team.run(requant_planes, (acc.reshape(-1), out.reshape(-1), K, HW, *st,
+                              np.zeros(1, dtype=np.int64), out.dtype == np.int8), threads)
 
 
 class _Geometry:
