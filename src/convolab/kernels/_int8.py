@@ -733,6 +733,56 @@ def _dw_run(typingctx, acc, xp, xoff, offs, wts, ntap, count):
     return sig, codegen
 
 
+@intrinsic
+def _cvt_run(typingctx, dst, doff, src, soff, count):
+    """``dst[doff + i] = src[soff + i]`` for ``i < count``, converted (int8 -> float32, exact;
+    float32 -> int32, of integer values), 16 at a time (masked in the last block): the depthwise
+    kernel's plane conversions without per-row slices."""
+    if not all(isinstance(t, types.Integer) for t in (doff, soff, count)):
+        return None
+    pair = (src.dtype, dst.dtype)
+    if pair not in ((types.int8, types.float32), (types.float32, types.int32)):
+        return None
+    sig = types.void(dst, doff, src, soff, count)
+
+    def codegen(context, builder, sig, args):
+        da, doff, sa, soff, count = [
+            context.cast(builder, v, t, types.int64) if i in (1, 3, 4) else v
+            for i, (v, t) in enumerate(zip(args, sig.args, strict=True))]
+        dp = context.make_array(sig.args[0])(context, builder, da).data
+        sp = context.make_array(sig.args[2])(context, builder, sa).data
+        sety = context.get_value_type(sig.args[2].dtype)
+        dety = context.get_value_type(sig.args[0].dtype)
+        svt = ir.VectorType(sety, 16)
+        dvt = ir.VectorType(dety, 16)
+        mty = ir.VectorType(ir.IntType(1), 16)
+
+        def suffix(t):
+            return "f32" if t == ir.FloatType() else f"i{t.width}"
+
+        mload = cgutils.get_or_insert_function(
+            builder.module, ir.FunctionType(svt, [svt.as_pointer(), _I32, mty, svt]),
+            f"llvm.masked.load.v16{suffix(sety)}.p0")
+        mstore = cgutils.get_or_insert_function(
+            builder.module, ir.FunctionType(ir.VoidType(), [dvt, dvt.as_pointer(), _I32, mty]),
+            f"llvm.masked.store.v16{suffix(dety)}.p0")
+        lanes = ir.Constant(ir.VectorType(_I64, 16), list(range(16)))
+        nblk = builder.sdiv(builder.add(count, _i64(15)), _i64(16))
+        with cgutils.for_range(builder, nblk) as lb:
+            i0 = builder.mul(lb.index, _i64(16))
+            m = builder.icmp_signed("<", lanes, splat(builder, builder.sub(count, i0),
+                                                        ir.VectorType(_I64, 16)))
+            v = builder.call(mload, [builder.bitcast(builder.gep(sp, [builder.add(soff, i0)]),
+                                                     svt.as_pointer()),
+                                     ir.Constant(_I32, 1), m, ir.Constant(svt, None)])
+            v = builder.sitofp(v, dvt) if dety == ir.FloatType() else builder.fptosi(v, dvt)
+            builder.call(mstore, [v, builder.bitcast(builder.gep(dp, [builder.add(doff, i0)]),
+                                                     dvt.as_pointer()), ir.Constant(_I32, 4), m])
+        return context.get_dummy_value()
+
+    return sig, codegen
+
+
 @njit(cache=True, nogil=True)
 def depthwise_int8(x, w, out, counter, K, OH, OW, R, S, sh, sw, dh, dw, pt, pl, f32, q8, stage,
                    plane):  # pragma: no cover - compiled
@@ -762,26 +812,21 @@ def depthwise_int8(x, w, out, counter, K, OH, OW, R, S, sh, sw, dh, dw, pt, pl, 
     # stride 1: the sums over whole planes of Wp columns (the S - 1 last of each row dropped
     # when stored), one run of OH Wp per tap; else row by row
     acc = plane[Hp * Wp + slack: Hp * Wp + slack + (OH * Wp if dense else OW)]
+    xf = x.reshape(x.size)
+    of = out.reshape(out.size)
+    h1 = min(H, Hp - pt)
+    w1 = min(W, Wp - pl)
     while True:
         t = fetch_add(counter, 0)
         if t >= N * C:
             break
         n = t // C
         c = t - n * C
-        for hp in range(Hp):
-            h = hp - pt
-            row = xp[hp * Wp: (hp + 1) * Wp]
-            if h < 0 or h >= H:
-                row[:] = 0
-                continue
-            w0 = min(max(pl, 0), Wp)
-            w1 = min(max(pl + W, 0), Wp)
-            row[:w0] = 0
-            row[w1:] = 0
-            src = x[n, c, h, w0 - pl: w1 - pl]
-            dst = row[w0:w1]
-            for j in range(w1 - w0):
-                dst[j] = np.float32(src[j])
+        # the zero-padded float32 plane: zeros, then the rows converted (`_cvt_run`; slicing
+        # row by row cost more than the conversion)
+        xp[:Hp * Wp] = 0
+        for h in range(h1):
+            _cvt_run(xp, (h + pt) * Wp + pl, xf, ((n * C + c) * H + h) * W, w1)
         for j in range(m):
             k = c * m + j
             if dense:
@@ -795,9 +840,7 @@ def depthwise_int8(x, w, out, counter, K, OH, OW, R, S, sh, sw, dh, dw, pt, pl, 
                     elif q8.size:
                         _stage_row(q8[n, k, oh], row, scale[k], bias[k], act, lo, hi, True)
                     else:
-                        dst = out[n, k, oh]
-                        for ow in range(OW):
-                            dst[ow] = np.int32(row[ow])
+                        _cvt_run(of, ((n * K + k) * OH + oh) * OW, acc, oh * Wp, OW)
                 continue
             for oh in range(OH):
                 acc[:] = 0
