@@ -227,13 +227,29 @@ def requant(acc: np.ndarray, out: np.ndarray, st: tuple, threads: int | None = N
     """``out`` (float32, or int8 codes) = the output stage ``st`` (`stage`) of int32 results
     ``acc`` computed by another method, with the tiles' arithmetic (one fma per element; for
     int8, ``clip(rint(y), -127, 127)``)."""
-    from . import team
-    from ._int8 import requant as requant_planes
-
+    rt = _RUNTIME or _runtime()
     N, K = acc.shape[:2]
     HW = int(np.prod(acc.shape[2:]))
-    team.run(requant_planes, (acc.reshape(-1), out.reshape(-1), K, HW, *st,
-                              np.zeros(1, dtype=np.int64), out.dtype == np.int8), threads)
+    rt["team"].run(rt["requant"], (acc.reshape(-1), out.reshape(-1), K, HW, *st,
+                                   np.zeros(1, dtype=np.int64), out.dtype == np.int8), threads)
+
+
+_RUNTIME: dict = {}
+
+
+def _runtime() -> dict:
+    """The compiled kernels and the team, imported at the first call and kept (an import
+    statement in the call path cost about 5 us per call, against 100-400 us layers)."""
+    if not _RUNTIME:
+        from .._machine import worker_count
+        from . import load_from_cache, team
+        from ._int8 import conv_int8_pw, conv_int8_tiles, depthwise_int8, depthwise_int8_buffer
+        from ._int8 import requant as requant_planes
+
+        _RUNTIME.update(load_from_cache=load_from_cache, team=team, tiles=conv_int8_tiles,
+                        pw=conv_int8_pw, dw=depthwise_int8, dw_buffer=depthwise_int8_buffer,
+                        requant=requant_planes, worker_count=worker_count)
+    return _RUNTIME
 
 
 class _Geometry:
@@ -242,6 +258,7 @@ class _Geometry:
     buffer per call cost page faults on every call), the runs of the taps, the task split."""
 
     def __init__(self, spec, packed: Packed, threads: int):
+        self.spec = spec
         self.sub = (1, 1, spec.H, spec.W)
         if (spec.R, spec.S) == (1, 1) and not any(spec.padding) and spec.stride != (1, 1):
             # a strided 1x1 layer: a stride-1 one on the pixels it reads, packed alone
@@ -280,19 +297,17 @@ def conv(spec, xq: np.ndarray, packed: Packed, out: np.ndarray, threads: int | N
     (`convolab.kernels.team`): int32 results, exact, or with ``stage`` (`stage`) float32
     ``act(y * scale + bias)``, or int8 codes ``clip(rint(that), -127, 127)`` when ``out`` is
     int8 (``out`` C-contiguous, ``spec.out_shape``)."""
-    from . import load_from_cache, team
-    from ._int8 import conv_int8_tiles
-
+    rt = _RUNTIME or _runtime()
     if threads is None:
-        from .._machine import worker_count
-
-        threads = worker_count()
+        threads = rt["worker_count"]()
     if packed.pointwise:
         _conv_pw(spec, xq, packed, out, threads, stage)
         return
-    geo = packed.geometry.get((spec, threads))
-    if geo is None:
-        geo = packed.geometry[(spec, threads)] = _Geometry(spec, packed, threads)
+    # keyed by the spec object (a plan keeps its own; hashing a ConvSpec took 0.5 us)
+    key = (id(spec), threads)
+    geo = packed.geometry.get(key)
+    if geo is None or geo.spec is not spec:
+        geo = packed.geometry[key] = _Geometry(spec, packed, threads)
     if stage is None:
         tail = (out.reshape(-1), geo.rest, _F32, _STAGE0)
     else:
@@ -304,8 +319,8 @@ def conv(spec, xq: np.ndarray, packed: Packed, out: np.ndarray, threads: int | N
         xp = geo.xp if own else np.empty(geo.size, dtype=np.uint8)
         args = (xq.reshape(-1), xp, packed.w, packed.corr, geo.taps, geo.nq, tail[0],
                 np.zeros(3, dtype=np.int64), *tail[1], tail[2], tail[3], geo.sub)
-        load_from_cache(conv_int8_tiles, args, _WARM.format(packed.path), packed.path)
-        team.run(conv_int8_tiles, args, threads)
+        rt["load_from_cache"](rt["tiles"], args, _WARM.format(packed.path), packed.path)
+        rt["team"].run(rt["tiles"], args, threads)
     finally:
         if own:
             geo.lock.release()
@@ -317,14 +332,12 @@ _WARM_PW = ("import os; os.environ['CONVOLAB_INT8_PATH'] = '{}'; import numpy as
 
 def _conv_pw(spec, xq, packed: Packed, out, threads: int, stage) -> None:
     """`conv` of a pointwise layer (`pointwise`) on the pointwise tiles."""
-    from . import load_from_cache, team
-    from ._int8 import conv_int8_pw
-
+    rt = _RUNTIME or _runtime()
     HW = spec.OH * spec.OW
     TP = PW_NV * LANES[packed.path]
-    key = (spec, threads)
+    key = (id(spec), threads)
     geo = packed.geometry.get(key)
-    if geo is None:
+    if geo is None or geo[0] is not spec:
         ntile = -(-HW // TP)
         nkb = -(-spec.K // PW_MK)
         # chunks of tiles whose input (quad planes: C4 bytes a pixel) fits half the L1 cache,
@@ -335,9 +348,10 @@ def _conv_pw(spec, xq, packed: Packed, out, threads: int, stage) -> None:
         while spec.N * nkbr * nchunk < TASKS_PER_THREAD * threads and nkbr < nkb:
             nkbr += 1
         # the quad planes, and a tile's worth of slack: the last tile's vectors read past HW
-        geo = packed.geometry[key] = (np.empty(spec.N * padded_group(spec.C) * HW + 4 * TP,
-                                               dtype=np.uint8), threading.Lock(), nkbr, nchunk)
-    buf, lock, nkbr, nchunk = geo
+        geo = packed.geometry[key] = (spec, np.empty(spec.N * padded_group(spec.C) * HW + 4 * TP,
+                                                     dtype=np.uint8), threading.Lock(), nkbr,
+                                      nchunk)
+    _, buf, lock, nkbr, nchunk = geo
     if stage is None:
         o, f, st = out.reshape(-1), _F32, _STAGE0
     else:
@@ -350,8 +364,8 @@ def _conv_pw(spec, xq, packed: Packed, out, threads: int, stage) -> None:
         args = (xq.reshape(-1), xp, packed.w, packed.corr, o, np.zeros(3, dtype=np.int64),
                 spec.N, spec.C, spec.H, spec.W, spec.OH, spec.OW, *spec.stride, spec.K, nkbr,
                 nchunk, TP, packed.token, f, st)
-        load_from_cache(conv_int8_pw, args, _WARM_PW.format(packed.path), (packed.path, "pw"))
-        team.run(conv_int8_pw, args, threads)
+        rt["load_from_cache"](rt["pw"], args, _WARM_PW.format(packed.path), (packed.path, "pw"))
+        rt["team"].run(rt["pw"], args, threads)
     finally:
         if own:
             lock.release()
@@ -367,14 +381,10 @@ def depthwise(spec, xq: np.ndarray, wq: np.ndarray, out: np.ndarray,
     """Depthwise convolution (groups = C, K = m C) of int8 codes into ``out`` on the team
     (`convolab.kernels._int8.depthwise_int8`: integer sums in float32, exact): the int32 sums,
     or with ``stage`` the float32 / int8 output stage (by ``out``'s dtype, as `conv`)."""
-    from . import team
-    from ._int8 import depthwise_int8, depthwise_int8_buffer
-
+    rt = _RUNTIME or _runtime()
     if threads is None:
-        from .._machine import worker_count
-
-        threads = worker_count()
-    n = depthwise_int8_buffer(spec)
+        threads = rt["worker_count"]()
+    n = rt["dw_buffer"](spec)
     pl, _, pt, _ = spec.padding
     bufs = [np.empty(n, dtype=np.float32) for _ in range(max(1, threads))]
     if stage is None:
@@ -385,7 +395,7 @@ def depthwise(spec, xq: np.ndarray, wq: np.ndarray, out: np.ndarray,
         outs = (_I32_4, _F32_4, out, stage)
     else:
         raise ConvError(f"the output stage writes float32 or int8, got out of dtype {out.dtype}")
-    team.run(depthwise_int8, (xq, wq, outs[0], np.zeros(1, dtype=np.int64), spec.K, spec.OH,
+    rt["team"].run(rt["dw"], (xq, wq, outs[0], np.zeros(1, dtype=np.int64), spec.K, spec.OH,
                               spec.OW, spec.R, spec.S,
                               *spec.stride, *spec.dilation, pt, pl, *outs[1:]), threads,
              own=bufs)

@@ -104,6 +104,10 @@ class Int8Plan:
                 f"int32 accumulation could overflow: 128 * max_k sum|w[k]| = {bound} >= 2**31 "
                 f"(reduction length {spec.reduction_length})"
             )
+        from ..kernels import int8 as mk8
+
+        self._mk8 = mk8  # kept: an import statement per call cost microseconds
+        self._dw = _depthwise_kernel(spec)
         self.spec = spec
         self.method = method
         self.output = output
@@ -161,14 +165,10 @@ class Int8Plan:
                             f"{self.spec.out_shape}, got {out.dtype} {out.shape}")
         xq = np.ascontiguousarray(xq)
         if self.method == "direct" and self._prep is not None:
-            from ..kernels import int8 as mk8
-
-            mk8.conv(self.spec, xq, self._prep, out, stage=self.stage)
+            self._mk8.conv(self.spec, xq, self._prep, out, stage=self.stage)
             return out
-        if self.method == "direct" and _depthwise_kernel(self.spec):
-            from ..kernels import int8 as mk8
-
-            mk8.depthwise(self.spec, xq, self.wq, out, stage=self.stage)
+        if self.method == "direct" and self._dw:
+            self._mk8.depthwise(self.spec, xq, self.wq, out, stage=self.stage)
             return out
         acc = out if self.stage is None else np.empty(self.spec.out_shape, dtype=np.int32)
         if self.method == "direct":
