@@ -90,6 +90,37 @@ def test_team_jobs_results_errors_and_thread_counts():
         t.close()
 
 
+def test_complete_jobs_return_without_the_team_threads_report():
+    """``complete=True`` jobs (they count their finished tasks and wait for the count) return
+    as soon as the caller's own call does; back to back with ordinary jobs, on every thread
+    count, every task runs exactly once and late team threads touch nothing."""
+    from numba import njit
+
+    from convolab.kernels import team as T
+    from convolab.kernels._atomics import fetch_add, wait_until
+
+    @njit(nogil=True)
+    def job(counter, out, ntask):
+        while True:
+            t = fetch_add(counter, 0)
+            if t >= ntask:
+                break
+            out[t] += t + 1
+            fetch_add(counter, 1)
+        wait_until(counter, 1, ntask)
+
+    t = T.Team(2)
+    try:
+        for k in range(300):
+            for threads in (1, 2):
+                out = np.zeros(64, np.int64)
+                with t.lock:
+                    t.run(job, (np.zeros(2, np.int64), out, 64), threads, complete=k % 3 != 0)
+                np.testing.assert_array_equal(out, np.arange(1, 65))
+    finally:
+        t.close()
+
+
 def test_a_busy_team_runs_the_job_on_the_caller():
     from convolab.kernels import team as T
 

@@ -381,7 +381,7 @@ def _pack_row(x, xp, r, C, H, W, Hp, Wp, G, Cg, Cg4, pt, pl, ssh, ssw, HWi,
 def conv_int8_tiles(x, xp, wpk, corr, taps, nq, out, counter, N, C, H, W, K, OH, OW, G, Cg, Hp,
                     Wp, pt, pl, sh, sw, nkbr, nchunk, tok, fout, stage, sub):  # pragma: no cover
     """One thread's share of an int8 convolution (every thread of a team job calls it, with
-    ``counter`` (3 int64) zeroed): ``x`` flat int8 NCHW codes, ``xp`` flat uint8 buffer of
+    ``counter`` (4 int64) zeroed): ``x`` flat int8 NCHW codes, ``xp`` flat uint8 buffer of
     ``N Hp Wp G Cg4`` for the shifted padded copy, ``wpk`` / ``corr`` from
     `convolab.kernels.int8.pack_weights` (``corr`` with KB zeros appended), ``taps`` from
     `tap_offsets`: each a run of ``nq`` 4-byte words (a tap's ``Cg4`` channels, or a whole
@@ -445,6 +445,9 @@ def conv_int8_tiles(x, xp, wpk, corr, taps, nq, out, counter, N, C, H, W, K, OH,
                 else:
                     _tile(wpk, woff, xp, xim, taps, ntap, nq, v0, OW, rowb, ps, out, ob, OHOW,
                           kn, npx, corr, k0, tok, fout, scale, bias, act, lo, hi)
+        fetch_add(counter, 3)
+    # every task finished before any thread returns (`team.run(..., complete=True)`)
+    wait_until(counter, 3, ntask)
 
 
 @njit(nogil=True, inline="always")
@@ -470,8 +473,8 @@ def requant(acc, out, K, HW, scale, bias, act, lo, hi, counter, code):  # pragma
     """``out = act(float32(acc) * scale[k] + bias[k])`` with one rounding (fma), then with
     ``code`` the int8 code ``clip(rint(.), -127, 127)`` (half to even), for int32 results
     computed elsewhere: the tiles' output stage element by element (`_stage_row`), so every
-    int8 method gives the same floats and codes; planes handed out by ``counter[0]`` (a team
-    job)."""
+    int8 method gives the same floats and codes; planes handed out by ``counter[0]``, counted
+    done in ``counter[1]`` (a team job that returns once all are done)."""
     n = acc.size // HW
     while True:
         p = fetch_add(counter, 0)
@@ -480,6 +483,8 @@ def requant(acc, out, K, HW, scale, bias, act, lo, hi, counter, code):  # pragma
         k = p % K
         o = p * HW
         _stage_row(out[o: o + HW], acc[o: o + HW], scale[k], bias[k], act, lo, hi, code)
+        fetch_add(counter, 1)
+    wait_until(counter, 1, n)
 
 
 def _make_pw_tile(mk: int, npv: int):
@@ -613,7 +618,7 @@ _pw = _make_pw_tile(PW_MK, PW_NV)
 def conv_int8_pw(x, xp, wpk, corr, out, counter, N, C, H, W, OH, OW, sh, sw, K, nkbr, nchunk,
                  TP, tok, fout, stage):  # pragma: no cover - compiled
     """One thread's share of a 1x1 int8 layer (one group, no padding) with pixels in the lanes
-    (`_make_pw_tile`; every thread of a team job calls it, ``counter`` (3 int64) zeroed): the
+    (`_make_pw_tile`; every thread of a team job calls it, ``counter`` (4 int64) zeroed): the
     threads first write the quad planes ``xp`` (``[N][C4 / 4][OH OW][4]`` bytes, shifted, every
     ``sh``-th row and ``sw``-th column of the input; handed out plane by plane), then tasks
     (image, ``nchunk`` ranges of pixel tiles of ``TP`` pixels, ``nkbr`` ranges of k-blocks of
@@ -679,6 +684,8 @@ def conv_int8_pw(x, xp, wpk, corr, out, counter, N, C, H, W, OH, OW, sh, sw, K, 
                 _pw(wpk, kb * nq * PW_MK * 4, xp, (n * nq * HW + p0) * 4, HW * 4, nq, out,
                     (n * K + k0) * HW + p0, HW, kn, min(TP, HW - p0), corr, k0, tok, fout,
                     scale, bias, act, lo, hi)
+        fetch_add(counter, 3)
+    wait_until(counter, 3, ntask)
 
 
 @intrinsic
@@ -787,7 +794,7 @@ def _cvt_run(typingctx, dst, doff, src, soff, count):
 def depthwise_int8(x, w, out, counter, K, OH, OW, R, S, sh, sw, dh, dw, pt, pl, f32, q8, stage,
                    plane):  # pragma: no cover - compiled
     """One thread's share of a depthwise int8 convolution (groups = C, K = m C; a team job,
-    ``counter`` (1 int64) zeroed, ``plane`` this thread's float32 work buffer of at least
+    ``counter`` (2 int64) zeroed, ``plane`` this thread's float32 work buffer of at least
     `depthwise_int8_buffer` elements): the exact int32 sums, computed in float32. Each
     input plane is converted once into a zero-padded float32 plane; every product (at most
     128 x 128) and every partial sum (at most 128 * sum|w[k]| < 2**24 for kernels up to 32x32
@@ -867,6 +874,9 @@ def depthwise_int8(x, w, out, counter, K, OH, OW, R, S, sh, sw, dh, dw, pt, pl, 
                     dst = out[n, k, oh]
                     for ow in range(OW):
                         dst[ow] = np.int32(acc[ow])
+        fetch_add(counter, 1)
+    # every plane finished before any thread returns (`team.run(..., complete=True)`)
+    wait_until(counter, 1, N * C)
 
 
 def depthwise_int8_buffer(spec) -> int:

@@ -231,7 +231,8 @@ def requant(acc: np.ndarray, out: np.ndarray, st: tuple, threads: int | None = N
     N, K = acc.shape[:2]
     HW = int(np.prod(acc.shape[2:]))
     rt["team"].run(rt["requant"], (acc.reshape(-1), out.reshape(-1), K, HW, *st,
-                                   np.zeros(1, dtype=np.int64), out.dtype == np.int8), threads)
+                                   np.zeros(2, dtype=np.int64), out.dtype == np.int8), threads,
+                   complete=True)
 
 
 _RUNTIME: dict = {}
@@ -318,9 +319,9 @@ def conv(spec, xq: np.ndarray, packed: Packed, out: np.ndarray, threads: int | N
     try:
         xp = geo.xp if own else np.empty(geo.size, dtype=np.uint8)
         args = (xq.reshape(-1), xp, packed.w, packed.corr, geo.taps, geo.nq, tail[0],
-                np.zeros(3, dtype=np.int64), *tail[1], tail[2], tail[3], geo.sub)
+                np.zeros(4, dtype=np.int64), *tail[1], tail[2], tail[3], geo.sub)
         rt["load_from_cache"](rt["tiles"], args, _WARM.format(packed.path), packed.path)
-        rt["team"].run(rt["tiles"], args, threads)
+        rt["team"].run(rt["tiles"], args, threads, complete=True)
     finally:
         if own:
             geo.lock.release()
@@ -361,11 +362,11 @@ def _conv_pw(spec, xq, packed: Packed, out, threads: int, stage) -> None:
     own = lock.acquire(blocking=False)
     try:
         xp = buf if own else np.empty(buf.size, dtype=np.uint8)
-        args = (xq.reshape(-1), xp, packed.w, packed.corr, o, np.zeros(3, dtype=np.int64),
+        args = (xq.reshape(-1), xp, packed.w, packed.corr, o, np.zeros(4, dtype=np.int64),
                 spec.N, spec.C, spec.H, spec.W, spec.OH, spec.OW, *spec.stride, spec.K, nkbr,
                 nchunk, TP, packed.token, f, st)
         rt["load_from_cache"](rt["pw"], args, _WARM_PW.format(packed.path), (packed.path, "pw"))
-        rt["team"].run(rt["pw"], args, threads)
+        rt["team"].run(rt["pw"], args, threads, complete=True)
     finally:
         if own:
             lock.release()
@@ -395,7 +396,7 @@ def depthwise(spec, xq: np.ndarray, wq: np.ndarray, out: np.ndarray,
         outs = (_I32_4, _F32_4, out, stage)
     else:
         raise ConvError(f"the output stage writes float32 or int8, got out of dtype {out.dtype}")
-    rt["team"].run(rt["dw"], (xq, wq, outs[0], np.zeros(1, dtype=np.int64), spec.K, spec.OH,
+    rt["team"].run(rt["dw"], (xq, wq, outs[0], np.zeros(2, dtype=np.int64), spec.K, spec.OH,
                               spec.OW, spec.R, spec.S,
                               *spec.stride, *spec.dilation, pt, pl, *outs[1:]), threads,
-             own=bufs)
+             own=bufs, complete=True)

@@ -169,11 +169,19 @@ class Team:
                 self._affinity[tid] = others
 
     # ----------------------------------------------------------------- the caller
-    def run(self, fn, args: tuple, threads: int, own=None) -> int:
+    def run(self, fn, args: tuple, threads: int, own=None, complete: bool = False) -> int:
         """``fn(*args)`` on ``threads`` threads, this one included (at most the team's size);
         returns how many ran it. The caller holds `lock`. ``own`` gives each thread more
         arguments: a list (thread t: ``fn(*args, own[t])``) or a function (``fn(*args,
-        *own(t, n))`` on thread t of the n that run the job)."""
+        *own(t, n))`` on thread t of the n that run the job).
+
+        ``complete``: the job itself returns only once all its work is done, on every thread
+        that runs it (it counts finished tasks and waits for the count, compiled), and a thread
+        that starts it late finds nothing left and touches nothing. The caller then returns as
+        soon as its own call does, without waiting for the team threads to report back: their
+        report takes the GIL, and handing it over and back cost 10-20 us per job on the 2-vCPU
+        development VM (a team thread that has not finished its report, or not even started the
+        job, when the next job comes goes straight on to that one)."""
         from ._atomics import wait_slots
 
         n = max(1, min(threads, self.size))
@@ -191,7 +199,8 @@ class Team:
         try:
             fn(*args, *_extra(own, 0, n))
         finally:
-            wait_slots(self._ctl, _DONE, 8, n - 1, gen)
+            if not complete:
+                wait_slots(self._ctl, _DONE, 8, n - 1, gen)
             self._job = (None, (), None, 0, self._budget)
         if self._errors:
             err = self._errors[:]
@@ -241,10 +250,10 @@ def shared() -> Team:
     return _shared
 
 
-def run(fn, args: tuple, threads: int | None = None, own=None) -> int:
+def run(fn, args: tuple, threads: int | None = None, own=None, complete: bool = False) -> int:
     """Run a job on the shared team with ``threads`` threads (default: convolab's thread
     count, `convolab._machine.worker_count`); if another Python thread's job holds the team,
-    on this thread alone. Returns how many threads ran it."""
+    on this thread alone. Returns how many threads ran it. ``complete``: see `Team.run`."""
     if threads is None:
         from .._machine import worker_count
 
@@ -252,7 +261,7 @@ def run(fn, args: tuple, threads: int | None = None, own=None) -> int:
     team = shared()
     if threads > 1 and team.lock.acquire(blocking=False):
         try:
-            return team.run(fn, args, threads, own)
+            return team.run(fn, args, threads, own, complete)
         finally:
             team.lock.release()
     fn(*args, *_extra(own, 0, 1))
