@@ -147,18 +147,11 @@ def _make_tile(mr: int):
             with builder.if_else(floaty) as (as_float, as_int):
                 with as_float:
                     fty = ir.VectorType(ir.FloatType(), L)
-                    ys = [[_requant(context, builder, sig, a, vals[j][v], v, L, k0)
-                           for v in range(NV)] for j in range(mr)]
-                    if sig.args[19].dtype == types.int8:
-                        # int8 codes: rint (half to even), saturated to +-127
-                        rint = cgutils.get_or_insert_function(
-                            builder.module, ir.FunctionType(fty, [fty]), f"llvm.rint.v{L}f32")
-                        vmax, vmin = nan_max_min(builder, fty)
-                        top = ir.Constant(fty, [127.0] * L)
-                        bot = ir.Constant(fty, [-127.0] * L)
-                        ys = [[builder.fptosi(builder.call(vmin, [builder.call(vmax, [
-                            builder.call(rint, [y]), bot]), top]), vty) for y in row]
-                              for row in ys]
+                    narrow = sig.args[19].dtype == types.int8
+                    st = _Stage(context, builder, sig, a, L, k0, narrow)
+                    ys = [[st.apply(vals[j][v], v) for v in range(NV)] for j in range(mr)]
+                    if narrow:
+                        ys = [[builder.fptosi(y, vty) for y in row] for row in ys]
                         _store_tile(builder, ys, vty, builder.bitcast(data(19), _I8.as_pointer()),
                                     obase, v0, OHOW, kn, n, mr, L, narrow=True)
                     else:
@@ -175,27 +168,54 @@ def _make_tile(mr: int):
     return intrinsic(tile)
 
 
-def _requant(context, builder, sig, a, v, vi, L, k0):
-    """``act(float(v) * scale[k] + bias[k])`` for the lanes (output channels ``k0 + vi L ..``) of
-    int32 vector ``v``, one rounding in the multiply-add (``llvm.fma``); ``act`` 0 none, 1 ReLU,
-    2 clamp(lo, hi) (`requant` does the same element by element)."""
+class _Stage:
+    """The output stage of a tile, its activation turned into two bounds once per tile:
+    ``min(max(fma(float(v), scale[k], bias[k]), lo'), hi')`` with ``lo'``, ``hi'`` = -inf,
+    +inf (none), 0, +inf (ReLU) or lo, hi (clamp); for int8 codes ``min(max(rint(fma(...)),
+    L), H)`` with ``L = max(-127, rint(lo'))``, ``H = min(127, rint(hi'))`` -- the same values
+    as the activation followed by ``clip(rint(.), -127, 127)`` (`_stage_row`, element by
+    element), rint being monotonic; two min / max per vector instead of six operations."""
 
-    fty = ir.VectorType(ir.FloatType(), L)
-    sp = context.make_array(sig.args[20])(context, builder, a[20]).data
-    bp = context.make_array(sig.args[21])(context, builder, a[21]).data
-    off = builder.add(k0, _i64(vi * L))
-    sc = builder.load(builder.bitcast(builder.gep(sp, [off]), fty.as_pointer()), align=4)
-    bi = builder.load(builder.bitcast(builder.gep(bp, [off]), fty.as_pointer()), align=4)
-    y = builder.call(_fma_fn(builder, fty), [builder.sitofp(v, fty), sc, bi])
-    vmax, vmin = nan_max_min(builder, fty)
-    act = a[22]
-    lo = context.cast(builder, a[23], sig.args[23], types.float32)
-    hi = context.cast(builder, a[24], sig.args[24], types.float32)
-    relu = builder.call(vmax, [y, ir.Constant(fty, None)])
-    clamp = builder.call(vmin, [builder.call(vmax, [y, splat(builder, lo, fty)]),
-                                splat(builder, hi, fty)])
-    y = builder.select(builder.icmp_signed("==", act, _i64(1)), relu, y)
-    return builder.select(builder.icmp_signed("==", act, _i64(2)), clamp, y)
+    def __init__(self, context, builder, sig, a, L, k0, narrow):
+        self.builder = builder
+        self.fty = fty = ir.VectorType(ir.FloatType(), L)
+        self.L, self.k0, self.narrow = L, k0, narrow
+        self.sp = context.make_array(sig.args[20])(context, builder, a[20]).data
+        self.bp = context.make_array(sig.args[21])(context, builder, a[21]).data
+        self.fma = _fma_fn(builder, fty)
+        self.vmax, self.vmin = nan_max_min(builder, fty)
+        flt = ir.FloatType()
+        act = a[22]
+        lo = context.cast(builder, a[23], sig.args[23], types.float32)
+        hi = context.cast(builder, a[24], sig.args[24], types.float32)
+        inf = ir.Constant(flt, float("inf"))
+        lo = builder.select(builder.icmp_signed("==", act, _i64(0)), ir.Constant(flt, float("-inf")),
+                            builder.select(builder.icmp_signed("==", act, _i64(1)),
+                                           ir.Constant(flt, 0.0), lo))
+        hi = builder.select(builder.icmp_signed("==", act, _i64(2)), hi, inf)
+        if narrow:
+            rint = cgutils.get_or_insert_function(builder.module, ir.FunctionType(flt, [flt]),
+                                                  "llvm.rint.f32")
+            smax, smin = (cgutils.get_or_insert_function(
+                builder.module, ir.FunctionType(flt, [flt, flt]), f"llvm.{op}.f32")
+                for op in ("maximum", "minimum"))
+            lo = builder.call(smax, [builder.call(rint, [lo]), ir.Constant(flt, -127.0)])
+            hi = builder.call(smin, [builder.call(rint, [hi]), ir.Constant(flt, 127.0)])
+            self.rint = cgutils.get_or_insert_function(builder.module,
+                                                       ir.FunctionType(fty, [fty]),
+                                                       f"llvm.rint.v{L}f32")
+        self.lo, self.hi = splat(builder, lo, fty), splat(builder, hi, fty)
+
+    def apply(self, v, vi):
+        """The stage of int32 vector ``v`` whose lanes are channels ``k0 + vi L ..``."""
+        b, fty = self.builder, self.fty
+        off = b.add(self.k0, _i64(vi * self.L))
+        sc = b.load(b.bitcast(b.gep(self.sp, [off]), fty.as_pointer()), align=4)
+        bi = b.load(b.bitcast(b.gep(self.bp, [off]), fty.as_pointer()), align=4)
+        y = b.call(self.fma, [b.sitofp(v, fty), sc, bi])
+        if self.narrow:
+            y = b.call(self.rint, [y])
+        return b.call(self.vmin, [b.call(self.vmax, [y, self.lo]), self.hi])
 
 
 def _store_tile(builder, vals, vty, op, obase, v0, OHOW, kn, n, mr, L, narrow=False):
@@ -568,8 +588,25 @@ def _make_pw_tile(mk: int, npv: int):
             rint = cgutils.get_or_insert_function(builder.module, ir.FunctionType(fty, [fty]),
                                                   f"llvm.rint.v{L}f32")
             act = a[17]
-            lo = splat(builder, context.cast(builder, a[18], sig.args[18], types.float32), fty)
-            hi = splat(builder, context.cast(builder, a[19], sig.args[19], types.float32), fty)
+            # the activation as two bounds (see `_Stage`), once per tile
+            fl = ir.FloatType()
+            lo_s = context.cast(builder, a[18], sig.args[18], types.float32)
+            hi_s = context.cast(builder, a[19], sig.args[19], types.float32)
+            lo_s = builder.select(builder.icmp_signed("==", act, _i64(0)),
+                                  ir.Constant(fl, float("-inf")),
+                                  builder.select(builder.icmp_signed("==", act, _i64(1)),
+                                                 ir.Constant(fl, 0.0), lo_s))
+            hi_s = builder.select(builder.icmp_signed("==", act, _i64(2)), hi_s,
+                                  ir.Constant(fl, float("inf")))
+            if narrow:
+                rint_s = cgutils.get_or_insert_function(builder.module,
+                                                        ir.FunctionType(fl, [fl]), "llvm.rint.f32")
+                smax, smin = (cgutils.get_or_insert_function(
+                    builder.module, ir.FunctionType(fl, [fl, fl]), f"llvm.{op}.f32")
+                    for op in ("maximum", "minimum"))
+                lo_s = builder.call(smax, [builder.call(rint_s, [lo_s]), ir.Constant(fl, -127.0)])
+                hi_s = builder.call(smin, [builder.call(rint_s, [hi_s]), ir.Constant(fl, 127.0)])
+            lo, hi = splat(builder, lo_s, fty), splat(builder, hi_s, fty)
             for k in range(mk):
                 with builder.if_then(builder.icmp_signed("<", _i64(k), kn)):
                     kk = builder.add(k0, _i64(k))
@@ -582,17 +619,10 @@ def _make_pw_tile(mk: int, npv: int):
                             for j in range(npv):
                                 y = builder.call(fma_v, [builder.sitofp(builder.sub(
                                     builder.load(accs[k][j]), c), fty), sc, bi])
-                                relu = builder.call(vmax, [y, ir.Constant(fty, None)])
-                                clamp = builder.call(vmin, [builder.call(vmax, [y, lo]), hi])
-                                y = builder.select(builder.icmp_signed("==", act, _i64(1)), relu,
-                                                   y)
-                                y = builder.select(builder.icmp_signed("==", act, _i64(2)),
-                                                   clamp, y)
                                 if narrow:
-                                    y = builder.call(vmin, [builder.call(vmax, [
-                                        builder.call(rint, [y]),
-                                        ir.Constant(fty, [-127.0] * L)]),
-                                        ir.Constant(fty, [127.0] * L)])
+                                    y = builder.call(rint, [y])
+                                y = builder.call(vmin, [builder.call(vmax, [y, lo]), hi])
+                                if narrow:
                                     y = builder.trunc(builder.fptosi(y, vty), sty)
                                 ptr = builder.gep(fp, [builder.add(row, _i64(j * L))])
                                 builder.call(fstore, [y, builder.bitcast(ptr, sty.as_pointer()),
