@@ -19,7 +19,7 @@ from numba.core import cgutils
 from numba.extending import intrinsic
 
 from ._atomics import fetch_add, wait_until
-from ._microkernel import _fma_fn, _transpose16, fma, nan_max_min, splat
+from ._microkernel import _fma_fn, _transpose16, nan_max_min, splat
 from .int8 import MR, MR_TAIL, NV, PW_MK, PW_NV
 
 _I8 = ir.IntType(8)
@@ -173,8 +173,8 @@ class _Stage:
     ``min(max(fma(float(v), scale[k], bias[k]), lo'), hi')`` with ``lo'``, ``hi'`` = -inf,
     +inf (none), 0, +inf (ReLU) or lo, hi (clamp); for int8 codes ``min(max(rint(fma(...)),
     L), H)`` with ``L = max(-127, rint(lo'))``, ``H = min(127, rint(hi'))`` -- the same values
-    as the activation followed by ``clip(rint(.), -127, 127)`` (`_stage_row`, element by
-    element), rint being monotonic; two min / max per vector instead of six operations."""
+    as the activation followed by ``clip(rint(.), -127, 127)``, rint being monotonic; two
+    min / max per vector instead of six operations (`_stage_run` applies the same to runs)."""
 
     def __init__(self, context, builder, sig, a, L, k0, narrow):
         self.builder = builder
@@ -470,29 +470,89 @@ def conv_int8_tiles(x, xp, wpk, corr, taps, nq, out, counter, N, C, H, W, K, OH,
     wait_until(counter, 3, ntask)
 
 
-@njit(nogil=True, inline="always")
-def _stage_row(dst, acc, s, b, act, lo, hi, code):  # pragma: no cover - compiled
-    """``dst = act(fma(acc, s, b))`` (then ``clip(rint(.), -127, 127)`` with ``code``) for a
-    row of exact integer sums held in float32: the tiles' output stage."""
-    for i in range(acc.size):
-        y = fma(np.float32(acc[i]), s, b)
-        if act == 1:
-            y = y if y > 0 else np.float32(0)
-        elif act == 2:
-            y = y if y > lo else lo
-            y = y if y < hi else hi
-        if code:
-            y = np.rint(y)
-            y = y if y > -127 else np.float32(-127)
-            y = y if y < 127 else np.float32(127)
-        dst[i] = y
+@intrinsic
+def _stage_run(typingctx, dst, doff, src, soff, count, s, b, act, lo, hi):
+    """The output stage of a run of sums: ``dst[doff + i] = min(max(fma(float(src[soff + i]),
+    s, b), lo'), hi')`` for ``i < count`` (``src`` int32 or float32 holding integers), and for
+    an int8 ``dst`` ``min(max(rint(fma(...)), L), H)`` -- the tiles' stage (`_Stage`, the same
+    bounds), 16 at a time, masked in the last block."""
+    if not all(isinstance(t, types.Integer) for t in (doff, soff, count, act)):
+        return None
+    if src.dtype not in (types.int32, types.float32) or dst.dtype not in (types.float32,
+                                                                          types.int8):
+        return None
+    sig = types.void(dst, doff, src, soff, count, s, b, act, lo, hi)
+
+    def codegen(context, builder, sig, args):
+        da, doff, sa, soff, count, sv, bv, act, lo, hi = [
+            context.cast(builder, v, t, types.int64) if i in (1, 3, 4, 7)
+            else (context.cast(builder, v, t, types.float32) if i in (5, 6, 8, 9) else v)
+            for i, (v, t) in enumerate(zip(args, sig.args, strict=True))]
+        narrow = sig.args[0].dtype == types.int8
+        dp = context.make_array(sig.args[0])(context, builder, da).data
+        sp = context.make_array(sig.args[2])(context, builder, sa).data
+        fl = ir.FloatType()
+        fty = ir.VectorType(fl, 16)
+        sety = context.get_value_type(sig.args[2].dtype)
+        svt = ir.VectorType(sety, 16)
+        dvt = ir.VectorType(_I8, 16) if narrow else fty
+        mty = ir.VectorType(ir.IntType(1), 16)
+        ssuf = "f32" if sety == fl else "i32"
+        mload = cgutils.get_or_insert_function(
+            builder.module, ir.FunctionType(svt, [svt.as_pointer(), _I32, mty, svt]),
+            f"llvm.masked.load.v16{ssuf}.p0")
+        mstore = cgutils.get_or_insert_function(
+            builder.module, ir.FunctionType(ir.VoidType(), [dvt, dvt.as_pointer(), _I32, mty]),
+            f"llvm.masked.store.v16{'i8' if narrow else 'f32'}.p0")
+        vmax, vmin = nan_max_min(builder, fty)
+        fma = _fma_fn(builder, fty)
+        lo = builder.select(builder.icmp_signed("==", act, _i64(0)), ir.Constant(fl, float("-inf")),
+                            builder.select(builder.icmp_signed("==", act, _i64(1)),
+                                           ir.Constant(fl, 0.0), lo))
+        hi = builder.select(builder.icmp_signed("==", act, _i64(2)), hi,
+                            ir.Constant(fl, float("inf")))
+        rint = cgutils.get_or_insert_function(builder.module, ir.FunctionType(fty, [fty]),
+                                              "llvm.rint.v16f32")
+        if narrow:
+            rint1 = cgutils.get_or_insert_function(builder.module, ir.FunctionType(fl, [fl]),
+                                                   "llvm.rint.f32")
+            smax, smin = (cgutils.get_or_insert_function(
+                builder.module, ir.FunctionType(fl, [fl, fl]), f"llvm.{op}.f32")
+                for op in ("maximum", "minimum"))
+            lo = builder.call(smax, [builder.call(rint1, [lo]), ir.Constant(fl, -127.0)])
+            hi = builder.call(smin, [builder.call(rint1, [hi]), ir.Constant(fl, 127.0)])
+        lo, hi = splat(builder, lo, fty), splat(builder, hi, fty)
+        sv, bv = splat(builder, sv, fty), splat(builder, bv, fty)
+        lanes = ir.Constant(ir.VectorType(_I64, 16), list(range(16)))
+        nblk = builder.sdiv(builder.add(count, _i64(15)), _i64(16))
+        with cgutils.for_range(builder, nblk) as lb:
+            i0 = builder.mul(lb.index, _i64(16))
+            m = builder.icmp_signed("<", lanes, splat(builder, builder.sub(count, i0),
+                                                        ir.VectorType(_I64, 16)))
+            v = builder.call(mload, [builder.bitcast(builder.gep(sp, [builder.add(soff, i0)]),
+                                                     svt.as_pointer()),
+                                     ir.Constant(_I32, 4), m, ir.Constant(svt, None)])
+            if sety != fl:
+                v = builder.sitofp(v, fty)
+            y = builder.call(fma, [v, sv, bv])
+            if narrow:
+                y = builder.call(rint, [y])
+            y = builder.call(vmin, [builder.call(vmax, [y, lo]), hi])
+            if narrow:
+                y = builder.trunc(builder.fptosi(y, ir.VectorType(_I32, 16)), dvt)
+            builder.call(mstore, [y, builder.bitcast(builder.gep(dp, [builder.add(doff, i0)]),
+                                                     dvt.as_pointer()),
+                                  ir.Constant(_I32, 1 if narrow else 4), m])
+        return context.get_dummy_value()
+
+    return sig, codegen
 
 
 @njit(cache=True, nogil=True)
-def requant(acc, out, K, HW, scale, bias, act, lo, hi, counter, code):  # pragma: no cover
+def requant(acc, out, K, HW, scale, bias, act, lo, hi, counter):  # pragma: no cover
     """``out = act(float32(acc) * scale[k] + bias[k])`` with one rounding (fma), then with
     ``code`` the int8 code ``clip(rint(.), -127, 127)`` (half to even), for int32 results
-    computed elsewhere: the tiles' output stage element by element (`_stage_row`), so every
+    computed elsewhere: the tiles' output stage (`_stage_run`, the same bounds), so every
     int8 method gives the same floats and codes; planes handed out by ``counter[0]``, counted
     done in ``counter[1]`` (a team job that returns once all are done)."""
     n = acc.size // HW
@@ -502,7 +562,7 @@ def requant(acc, out, K, HW, scale, bias, act, lo, hi, counter, code):  # pragma
             break
         k = p % K
         o = p * HW
-        _stage_row(out[o: o + HW], acc[o: o + HW], scale[k], bias[k], act, lo, hi, code)
+        _stage_run(out, o, acc, o, HW, scale[k], bias[k], act, lo, hi)
         fetch_add(counter, 1)
     wait_until(counter, 1, n)
 
@@ -851,6 +911,8 @@ def depthwise_int8(x, w, out, counter, K, OH, OW, R, S, sh, sw, dh, dw, pt, pl, 
     acc = plane[Hp * Wp + slack: Hp * Wp + slack + (OH * Wp if dense else OW)]
     xf = x.reshape(x.size)
     of = out.reshape(out.size)
+    f32f = f32.reshape(f32.size)
+    q8f = q8.reshape(q8.size)
     h1 = min(H, Hp - pt)
     w1 = min(W, Wp - pl)
     while True:
@@ -871,13 +933,13 @@ def depthwise_int8(x, w, out, counter, K, OH, OW, R, S, sh, sw, dh, dw, pt, pl, 
                     wts[t] = np.float32(w[k, 0, t // S, t % S])
                 _dw_run(acc, xp, 0, offs, wts, R * S, OH * Wp)
                 for oh in range(OH):
-                    row = acc[oh * Wp: oh * Wp + OW]
+                    o = ((n * K + k) * OH + oh) * OW
                     if f32.size:
-                        _stage_row(f32[n, k, oh], row, scale[k], bias[k], act, lo, hi, False)
+                        _stage_run(f32f, o, acc, oh * Wp, OW, scale[k], bias[k], act, lo, hi)
                     elif q8.size:
-                        _stage_row(q8[n, k, oh], row, scale[k], bias[k], act, lo, hi, True)
+                        _stage_run(q8f, o, acc, oh * Wp, OW, scale[k], bias[k], act, lo, hi)
                     else:
-                        _cvt_run(of, ((n * K + k) * OH + oh) * OW, acc, oh * Wp, OW)
+                        _cvt_run(of, o, acc, oh * Wp, OW)
                 continue
             for oh in range(OH):
                 acc[:] = 0
@@ -896,10 +958,11 @@ def depthwise_int8(x, w, out, counter, K, OH, OW, R, S, sh, sw, dh, dw, pt, pl, 
                             xs = xp[o: o + (OW - 1) * sw + 1]
                             for ow in range(OW):
                                 acc[ow] += wv * xs[ow * sw]
+                o = ((n * K + k) * OH + oh) * OW
                 if f32.size:
-                    _stage_row(f32[n, k, oh], acc, scale[k], bias[k], act, lo, hi, False)
+                    _stage_run(f32f, o, acc, 0, OW, scale[k], bias[k], act, lo, hi)
                 elif q8.size:
-                    _stage_row(q8[n, k, oh], acc, scale[k], bias[k], act, lo, hi, True)
+                    _stage_run(q8f, o, acc, 0, OW, scale[k], bias[k], act, lo, hi)
                 else:
                     dst = out[n, k, oh]
                     for ow in range(OW):

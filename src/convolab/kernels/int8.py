@@ -231,7 +231,7 @@ def requant(acc: np.ndarray, out: np.ndarray, st: tuple, threads: int | None = N
     N, K = acc.shape[:2]
     HW = int(np.prod(acc.shape[2:]))
     rt["team"].run(rt["requant"], (acc.reshape(-1), out.reshape(-1), K, HW, *st,
-                                   np.zeros(2, dtype=np.int64), out.dtype == np.int8), threads,
+                                   np.zeros(2, dtype=np.int64)), threads,
                    complete=True)
 
 
