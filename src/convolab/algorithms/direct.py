@@ -194,7 +194,7 @@ def _run(prepared, x, out):
         per_pixel = spec.Cg * spec.padded_H * spec.padded_W / (spec.OH * spec.OW) * x.itemsize
         threads = worker_count()
         sp = mk.split(spec, spec.OH * spec.OW, per_pixel, wpk.shape[1], threads)
-        counter = np.zeros(x.shape[0] + 2, dtype=np.int64)
+        counter = np.zeros(x.shape[0] + 3, dtype=np.int64)
         pl, _, pt, _ = spec.padding
         args = (x, xp, wpk, out, counter, spec.groups, spec.R, spec.S, sp.nkbr, sp.nchunk,
                 *spec.stride, *spec.dilation, pt, pl)

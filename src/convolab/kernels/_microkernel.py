@@ -928,6 +928,9 @@ def im2win_conv(x, win, wpk, out, counter, groups, FW, FH, sh, sw, dh, dw, pt, p
                        FW * FH, OHOW, OW, (on, on, 0, 0, 0, F0, F0), counter, -1)
         if k > 0:
             fetch_add_n(counter, 4 * n + 3, k)
+    # every image's tiles finished before any thread returns (`team.run(..., complete=True)`)
+    for n in range(N):
+        wait_until(counter, 4 * n + 3, ntask)
 
 
 @njit(inline="always")
@@ -974,8 +977,9 @@ def direct_tiles(x, xp, wpk, out, counter, groups, R, S, nkbr, nchunk, sh, sw, d
     first write it, the zero-padded copy, in runs of about 32 KiB of rows handed out by
     ``counter[0]`` (``counter[1]`` counts the finished runs; a serial copy before the job
     took a tenth of a 3x3 64@56 layer's time on two threads); then image n's tile tasks come
-    from ``counter[2 + n]``, and a thread done with one image's tasks starts on the next. Any
-    number of threads, one included, computes the whole output."""
+    from ``counter[2 + n]``, and a thread done with one image's tasks starts on the next;
+    ``counter[N + 2]`` counts the finished tasks, and no thread returns before all are (a
+    `complete` team job). Any number of threads, one included, computes the whole output."""
     N, C, Hp, Wp = xp.shape
     H = x.shape[2]
     W = x.shape[3]
@@ -1005,9 +1009,13 @@ def direct_tiles(x, xp, wpk, out, counter, groups, R, S, nkbr, nchunk, sh, sw, d
     Cgk, FWe, FHe, istep, fwstep, cs, rowlen = direct_geometry(Cg, R, S, Hp, Wp, sh, sw, dh, dw)
     for n in range(N):
         on = out[n].reshape(K * OHOW)
-        tile_tasks(wflat, 0, xflat, n * C * Hp * Wp, Hp * Wp, Cgk, FWe, FHe, istep, fwstep, cs,
-                   rowlen, on, 0, counter, 2 + n, ntask, nchunk, nkbr, nkb, Cg, Kg, KB, R * S,
-                   OHOW, OW, (on, on, 0, 0, 0, F0, F0), counter, -1)
+        k = tile_tasks(wflat, 0, xflat, n * C * Hp * Wp, Hp * Wp, Cgk, FWe, FHe, istep, fwstep,
+                       cs, rowlen, on, 0, counter, 2 + n, ntask, nchunk, nkbr, nkb, Cg, Kg, KB,
+                       R * S, OHOW, OW, (on, on, 0, 0, 0, F0, F0), counter, -1)
+        if k > 0:
+            fetch_add_n(counter, N + 2, k)
+    # every tile finished before any thread returns (`team.run(..., complete=True)`)
+    wait_until(counter, N + 2, N * ntask)
 
 
 @njit(cache=True, nogil=True)

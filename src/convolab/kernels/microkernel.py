@@ -139,4 +139,5 @@ def run(kernel, args, warm: str, dtype, threads: int) -> None:
     from . import load_from_cache, team
 
     load_from_cache(kernel, args, warm, np.dtype(dtype).name)
-    team.run(kernel, args, threads)
+    # the drivers return once all their tiles are done (`team.Team.run`'s ``complete``)
+    team.run(kernel, args, threads, complete=True)
