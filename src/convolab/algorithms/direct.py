@@ -176,7 +176,7 @@ def _run(prepared, x, out):
 
         pl, _, pt, _ = spec.padding
         team.run(depthwise_blocked, (x, wpk, out, *spec.stride, *spec.dilation, pt, pl, spec.R,
-                                     spec.S, np.zeros(1, dtype=np.int64)))
+                                     spec.S, np.zeros(2, dtype=np.int64)), complete=True)
         return
     if depthwise(spec):
         from ..kernels._direct import depthwise_nchw
@@ -184,7 +184,7 @@ def _run(prepared, x, out):
         pl, _, pt, _ = spec.padding
         hq, wq = phases(spec)
         team.run(depthwise_nchw, (x, w, out, qoff, *spec.stride, pt, pl, hq, wq,
-                                  np.zeros(1, dtype=np.int64)))
+                                  np.zeros(2, dtype=np.int64)), complete=True)
         return
     if wpk is not None:
         from ..kernels._microkernel import direct_tiles
@@ -205,7 +205,7 @@ def _run(prepared, x, out):
 
     xf = _layout(x, spec).reshape(spec.N, spec.C * cstride)
     team.run(direct_nchw, (xf, w, out, qoff, wrow, cstride, spec.groups,
-                           np.zeros(1, dtype=np.int64)))
+                           np.zeros(2, dtype=np.int64)), complete=True)
 
 
 register(

@@ -25,7 +25,7 @@ from numba import njit, types, uint64
 from numba.core import cgutils
 from numba.extending import intrinsic
 
-from ._atomics import fetch_add
+from ._atomics import fetch_add, wait_until
 from ._epilogue import F0, F1
 from ._epilogue import run as epilogue_run
 from ._microkernel import (
@@ -116,7 +116,8 @@ def direct_nchw(xf, w, out, qoff, wrow, cstride, groups, counter):  # pragma: no
     """``xf``: (N, C*cstride) flat images whose output rows run ``wrow`` elements apart;
     ``qoff[q]``: input offset of product q = (c, r, s) of a group, relative to output (0, 0).
     One thread's share of a team job (`convolab.kernels.team`): tasks (image, group, block of
-    channels, block of rows) from ``counter[0]``, zeroed by the caller."""
+    channels, block of rows) from ``counter[0]``, finished ones counted in ``counter[1]`` (zeroed
+    by the caller; a complete team job)."""
     N = xf.shape[0]
     K, Cg, R, S = w.shape
     OH = out.shape[2]
@@ -187,6 +188,8 @@ def direct_nchw(xf, w, out, qoff, wrow, cstride, groups, counter):  # pragma: no
             for i in range(rows):
                 for j in range(OW):
                     out[n, k0 + q, oh0 + i, j] = acc[q * width + i * wrow + j]
+        fetch_add(counter, 1)
+    wait_until(counter, 1, ntask)  # all tasks done before any thread returns (complete job)
 
 
 @intrinsic
@@ -697,9 +700,9 @@ def depthwise_blocked(x, wpk, out, sh, sw, dh, dw, pt, pl, R, S,
                       counter):  # pragma: no cover - compiled
     """Depthwise convolution with one output per channel, channel-blocked
     (`depthwise_block_task`), tasks (image, block of 16 channels, band of rows) from
-    ``counter[0]`` (one
-    thread's share of a team job, `convolab.kernels.team`); ``wpk``: the filter packed
-    [C / 16][R S][16], zero past C."""
+    ``counter[0]``, finished ones counted in ``counter[1]`` (one thread's share of a complete
+    team job, `convolab.kernels.team`); ``wpk``: the filter packed [C / 16][R S][16], zero past
+    C."""
     N, C, H, W = x.shape
     OH = out.shape[2]
     OW = out.shape[3]
@@ -714,13 +717,15 @@ def depthwise_blocked(x, wpk, out, sh, sw, dh, dw, pt, pl, R, S,
             break
         depthwise_block_task(task, xflat, 0, wf, 0, of, 0, C, H, W, R, S, OH, OW, sh, sw, dh, dw,
                              pt, pl, buf, (of, of, 0, 0, 0, F0, F0), 0)
+        fetch_add(counter, 1)
+    wait_until(counter, 1, ntask)  # all tasks done before any thread returns (complete job)
 
 
 @njit(cache=True, nogil=True)
 def depthwise_nchw(x, w, out, qoff, sh, sw, pt, pl, hq, wq, counter):  # pragma: no cover - compiled
     """Depthwise convolution (one input channel per group; K/C outputs per channel), tasks
-    (image, channel plane) from ``counter[0]`` (`depthwise_task`; one thread's share of a team
-    job, `convolab.kernels.team`)."""
+    (image, channel plane) from ``counter[0]``, finished ones counted in ``counter[1]``
+    (`depthwise_task`; one thread's share of a complete team job, `convolab.kernels.team`)."""
     N, C, H, W = x.shape
     K = w.shape[0]
     T = w.shape[2] * w.shape[3]
@@ -739,3 +744,5 @@ def depthwise_nchw(x, w, out, qoff, sh, sw, pt, pl, hq, wq, counter):  # pragma:
             break
         depthwise_task(task, xflat, 0, wf, 0, of, 0, qoff, 0, C, H, W, K // C, T, OH, OW, sh, sw,
                        pt, pl, hq, wq, buf, acc, (of, of, 0, 0, 0, F0, F0))
+        fetch_add(counter, 1)
+    wait_until(counter, 1, N * C)  # all tasks done before any thread returns (complete job)
