@@ -168,6 +168,27 @@ def _make_tile(mr: int):
     return intrinsic(tile)
 
 
+def _bounds(builder, act, lo, hi, narrow, L):
+    """The activation code ``act`` (0 none, 1 ReLU, 2 clamp) with float32 ``lo``, ``hi`` as two
+    splatted bounds of ``L`` lanes: -inf / +inf, 0 / +inf or lo / hi; for int8 codes rounded
+    (rint) and kept within +-127 (see `_Stage`)."""
+    fl = ir.FloatType()
+    lo = builder.select(builder.icmp_signed("==", act, _i64(0)), ir.Constant(fl, float("-inf")),
+                        builder.select(builder.icmp_signed("==", act, _i64(1)),
+                                       ir.Constant(fl, 0.0), lo))
+    hi = builder.select(builder.icmp_signed("==", act, _i64(2)), hi, ir.Constant(fl, float("inf")))
+    if narrow:
+        rint = cgutils.get_or_insert_function(builder.module, ir.FunctionType(fl, [fl]),
+                                              "llvm.rint.f32")
+        smax, smin = (cgutils.get_or_insert_function(
+            builder.module, ir.FunctionType(fl, [fl, fl]), f"llvm.{op}.f32")
+            for op in ("maximum", "minimum"))
+        lo = builder.call(smax, [builder.call(rint, [lo]), ir.Constant(fl, -127.0)])
+        hi = builder.call(smin, [builder.call(rint, [hi]), ir.Constant(fl, 127.0)])
+    fty = ir.VectorType(fl, L)
+    return splat(builder, lo, fty), splat(builder, hi, fty)
+
+
 class _Stage:
     """The output stage of a tile, its activation turned into two bounds once per tile:
     ``min(max(fma(float(v), scale[k], bias[k]), lo'), hi')`` with ``lo'``, ``hi'`` = -inf,
@@ -184,27 +205,11 @@ class _Stage:
         self.bp = context.make_array(sig.args[21])(context, builder, a[21]).data
         self.fma = _fma_fn(builder, fty)
         self.vmax, self.vmin = nan_max_min(builder, fty)
-        flt = ir.FloatType()
-        act = a[22]
         lo = context.cast(builder, a[23], sig.args[23], types.float32)
         hi = context.cast(builder, a[24], sig.args[24], types.float32)
-        inf = ir.Constant(flt, float("inf"))
-        lo = builder.select(builder.icmp_signed("==", act, _i64(0)), ir.Constant(flt, float("-inf")),
-                            builder.select(builder.icmp_signed("==", act, _i64(1)),
-                                           ir.Constant(flt, 0.0), lo))
-        hi = builder.select(builder.icmp_signed("==", act, _i64(2)), hi, inf)
-        if narrow:
-            rint = cgutils.get_or_insert_function(builder.module, ir.FunctionType(flt, [flt]),
-                                                  "llvm.rint.f32")
-            smax, smin = (cgutils.get_or_insert_function(
-                builder.module, ir.FunctionType(flt, [flt, flt]), f"llvm.{op}.f32")
-                for op in ("maximum", "minimum"))
-            lo = builder.call(smax, [builder.call(rint, [lo]), ir.Constant(flt, -127.0)])
-            hi = builder.call(smin, [builder.call(rint, [hi]), ir.Constant(flt, 127.0)])
-            self.rint = cgutils.get_or_insert_function(builder.module,
-                                                       ir.FunctionType(fty, [fty]),
-                                                       f"llvm.rint.v{L}f32")
-        self.lo, self.hi = splat(builder, lo, fty), splat(builder, hi, fty)
+        self.lo, self.hi = _bounds(builder, a[22], lo, hi, narrow, L)
+        self.rint = cgutils.get_or_insert_function(builder.module, ir.FunctionType(fty, [fty]),
+                                                   f"llvm.rint.v{L}f32")
 
     def apply(self, v, vi):
         """The stage of int32 vector ``v`` whose lanes are channels ``k0 + vi L ..``."""
@@ -506,22 +511,9 @@ def _stage_run(typingctx, dst, doff, src, soff, count, s, b, act, lo, hi):
             f"llvm.masked.store.v16{'i8' if narrow else 'f32'}.p0")
         vmax, vmin = nan_max_min(builder, fty)
         fma = _fma_fn(builder, fty)
-        lo = builder.select(builder.icmp_signed("==", act, _i64(0)), ir.Constant(fl, float("-inf")),
-                            builder.select(builder.icmp_signed("==", act, _i64(1)),
-                                           ir.Constant(fl, 0.0), lo))
-        hi = builder.select(builder.icmp_signed("==", act, _i64(2)), hi,
-                            ir.Constant(fl, float("inf")))
         rint = cgutils.get_or_insert_function(builder.module, ir.FunctionType(fty, [fty]),
                                               "llvm.rint.v16f32")
-        if narrow:
-            rint1 = cgutils.get_or_insert_function(builder.module, ir.FunctionType(fl, [fl]),
-                                                   "llvm.rint.f32")
-            smax, smin = (cgutils.get_or_insert_function(
-                builder.module, ir.FunctionType(fl, [fl, fl]), f"llvm.{op}.f32")
-                for op in ("maximum", "minimum"))
-            lo = builder.call(smax, [builder.call(rint1, [lo]), ir.Constant(fl, -127.0)])
-            hi = builder.call(smin, [builder.call(rint1, [hi]), ir.Constant(fl, 127.0)])
-        lo, hi = splat(builder, lo, fty), splat(builder, hi, fty)
+        lo, hi = _bounds(builder, act, lo, hi, narrow, 16)
         sv, bv = splat(builder, sv, fty), splat(builder, bv, fty)
         lanes = ir.Constant(ir.VectorType(_I64, 16), list(range(16)))
         nblk = builder.sdiv(builder.add(count, _i64(15)), _i64(16))
@@ -649,24 +641,8 @@ def _make_pw_tile(mk: int, npv: int):
                                                   f"llvm.rint.v{L}f32")
             act = a[17]
             # the activation as two bounds (see `_Stage`), once per tile
-            fl = ir.FloatType()
-            lo_s = context.cast(builder, a[18], sig.args[18], types.float32)
-            hi_s = context.cast(builder, a[19], sig.args[19], types.float32)
-            lo_s = builder.select(builder.icmp_signed("==", act, _i64(0)),
-                                  ir.Constant(fl, float("-inf")),
-                                  builder.select(builder.icmp_signed("==", act, _i64(1)),
-                                                 ir.Constant(fl, 0.0), lo_s))
-            hi_s = builder.select(builder.icmp_signed("==", act, _i64(2)), hi_s,
-                                  ir.Constant(fl, float("inf")))
-            if narrow:
-                rint_s = cgutils.get_or_insert_function(builder.module,
-                                                        ir.FunctionType(fl, [fl]), "llvm.rint.f32")
-                smax, smin = (cgutils.get_or_insert_function(
-                    builder.module, ir.FunctionType(fl, [fl, fl]), f"llvm.{op}.f32")
-                    for op in ("maximum", "minimum"))
-                lo_s = builder.call(smax, [builder.call(rint_s, [lo_s]), ir.Constant(fl, -127.0)])
-                hi_s = builder.call(smin, [builder.call(rint_s, [hi_s]), ir.Constant(fl, 127.0)])
-            lo, hi = splat(builder, lo_s, fty), splat(builder, hi_s, fty)
+            lo, hi = _bounds(builder, act, context.cast(builder, a[18], sig.args[18], types.float32),
+                             context.cast(builder, a[19], sig.args[19], types.float32), narrow, L)
             for k in range(mk):
                 with builder.if_then(builder.icmp_signed("<", _i64(k), kn)):
                     kk = builder.add(k0, _i64(k))
