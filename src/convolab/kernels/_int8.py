@@ -60,6 +60,21 @@ def _dot(builder, path, L):
     return dot
 
 
+def _signature(tys, arrays, floats):
+    """``void(*tys)`` when every argument but the ``arrays`` and ``floats`` positions is an
+    integer (else None: Numba tries other typings)."""
+    if not all(isinstance(t, types.Integer) for i, t in enumerate(tys)
+               if i not in arrays and i not in floats):
+        return None
+    return types.void(*tys)
+
+
+def _int64_args(context, builder, sig, args, arrays, floats):
+    """The intrinsic's arguments, integers cast to int64 (arrays and floats as they are)."""
+    return [context.cast(builder, v, t, types.int64) if i not in arrays and i not in floats
+            else v for i, (v, t) in enumerate(zip(args, sig.args, strict=True))]
+
+
 def _make_tile(mr: int):
     """The tile intrinsic for ``mr`` consecutive output pixels ``v0 ..`` of an image (row after
     row: a tile may cross row ends), pixels past ``v0 + n - 1`` repeating that one.
@@ -75,16 +90,13 @@ def _make_tile(mr: int):
              kn, n, corr, k0, tok, fout, scale, bias, act, lo, hi):
         arrays = (0, 2, 4, 11, 16, 18, 19, 20, 21)
         floats = (23, 24)
-        tys = (w, woff, x, xbase, taps, ntap, nq, v0, OW, rowb, ps, out, obase, OHOW, kn, n, corr,
-               k0, tok, fout, scale, bias, act, lo, hi)
-        if not all(isinstance(t, types.Integer) for i, t in enumerate(tys)
-                   if i not in arrays and i not in floats):
+        sig = _signature((w, woff, x, xbase, taps, ntap, nq, v0, OW, rowb, ps, out, obase, OHOW,
+                          kn, n, corr, k0, tok, fout, scale, bias, act, lo, hi), arrays, floats)
+        if sig is None:
             return None
-        sig = types.void(*tys)
 
         def codegen(context, builder, sig, args):
-            a = [context.cast(builder, v, t, types.int64) if i not in arrays and i not in floats
-                 else v for i, (v, t) in enumerate(zip(args, sig.args, strict=True))]
+            a = _int64_args(context, builder, sig, args, arrays, floats)
             path = _path(sig.args[18])
             L = 8 if path == "vnni256" else 16
             KB = NV * L
@@ -576,16 +588,13 @@ def _make_pw_tile(mk: int, npv: int):
            fout, scale, bias, act, lo, hi):
         arrays = (0, 2, 6, 11, 13, 14, 15, 16)
         floats = (18, 19)
-        tys = (w, woff, x, xbase, qstride, nq, out, obase, OHOW, kn, npx, corr, k0, tok, fout,
-               scale, bias, act, lo, hi)
-        if not all(isinstance(t, types.Integer) for i, t in enumerate(tys)
-                   if i not in arrays and i not in floats):
+        sig = _signature((w, woff, x, xbase, qstride, nq, out, obase, OHOW, kn, npx, corr, k0,
+                          tok, fout, scale, bias, act, lo, hi), arrays, floats)
+        if sig is None:
             return None
-        sig = types.void(*tys)
 
         def codegen(context, builder, sig, args):
-            a = [context.cast(builder, v, t, types.int64) if i not in arrays and i not in floats
-                 else v for i, (v, t) in enumerate(zip(args, sig.args, strict=True))]
+            a = _int64_args(context, builder, sig, args, arrays, floats)
             path = _path(sig.args[13])
             L = 8 if path == "vnni256" else 16
             vty = ir.VectorType(_I32, L)
