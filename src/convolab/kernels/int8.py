@@ -200,9 +200,15 @@ class Packed:
         self.geometry: dict = {}
 
 
-_WARM = ("import os; os.environ['CONVOLAB_INT8_PATH'] = '{}'; import numpy as np, convolab.quant "
-         "as q; q.conv2d_int8(np.ones((1, 8, 4, 4), np.int8), np.ones((16, 8, 3, 3), np.int8), "
-         "padding=1, method='direct')")
+def _warm(path: str, x_shape, w_shape, padding: int, groups: int = 1) -> str:
+    """Python source that compiles, in a child process (`convolab.kernels.load_from_cache`), one
+    kind of int8 job on ``path`` with each of its outputs: int32, float32 and int8."""
+    return (f"import os; os.environ['CONVOLAB_INT8_PATH'] = '{path}'; import numpy as np; "
+            f"from convolab.quant import plan_int8; x = np.ones({x_shape}, np.int8); "
+            f"w = np.ones({w_shape}, np.int8); "
+            f"[plan_int8(x.shape, w, padding={padding}, groups={groups}, **k)(x) for k in "
+            "({}, dict(output='float32', scale=1.0), "
+            "dict(output='int8', scale=1.0, out_scale=1.0))]")
 
 
 _F32 = np.zeros(0, dtype=np.float32)
@@ -320,15 +326,13 @@ def conv(spec, xq: np.ndarray, packed: Packed, out: np.ndarray, threads: int | N
         xp = geo.xp if own else np.empty(geo.size, dtype=np.uint8)
         args = (xq.reshape(-1), xp, packed.w, packed.corr, geo.taps, geo.nq, tail[0],
                 np.zeros(4, dtype=np.int64), *tail[1], tail[2], tail[3], geo.sub)
-        rt["load_from_cache"](rt["tiles"], args, _WARM.format(packed.path), packed.path)
+        rt["load_from_cache"](rt["tiles"], args,
+                              _warm(packed.path, (1, 8, 4, 4), (16, 8, 3, 3), 1),
+                              (packed.path, out.dtype.name))
         rt["team"].run(rt["tiles"], args, threads, complete=True)
     finally:
         if own:
             geo.lock.release()
-
-
-_WARM_PW = ("import os; os.environ['CONVOLAB_INT8_PATH'] = '{}'; import numpy as np, convolab.quant "
-            "as q; q.conv2d_int8(np.ones((1, 8, 28, 28), np.int8), np.ones((16, 8, 1, 1), np.int8))")
 
 
 def _conv_pw(spec, xq, packed: Packed, out, threads: int, stage) -> None:
@@ -365,7 +369,8 @@ def _conv_pw(spec, xq, packed: Packed, out, threads: int, stage) -> None:
         args = (xq.reshape(-1), xp, packed.w, packed.corr, o, np.zeros(4, dtype=np.int64),
                 spec.N, spec.C, spec.H, spec.W, spec.OH, spec.OW, *spec.stride, spec.K, nkbr,
                 nchunk, TP, packed.token, f, st)
-        rt["load_from_cache"](rt["pw"], args, _WARM_PW.format(packed.path), (packed.path, "pw"))
+        rt["load_from_cache"](rt["pw"], args, _warm(packed.path, (1, 8, 28, 28), (16, 8, 1, 1), 0),
+                              (packed.path, "pw", out.dtype.name))
         rt["team"].run(rt["pw"], args, threads, complete=True)
     finally:
         if own:
@@ -396,7 +401,9 @@ def depthwise(spec, xq: np.ndarray, wq: np.ndarray, out: np.ndarray,
         outs = (_I32_4, _F32_4, out, stage)
     else:
         raise ConvError(f"the output stage writes float32 or int8, got out of dtype {out.dtype}")
-    rt["team"].run(rt["dw"], (xq, wq, outs[0], np.zeros(2, dtype=np.int64), spec.K, spec.OH,
-                              spec.OW, spec.R, spec.S,
-                              *spec.stride, *spec.dilation, pt, pl, *outs[1:]), threads,
-             own=bufs, complete=True)
+    args = (xq, wq, outs[0], np.zeros(2, dtype=np.int64), spec.K, spec.OH, spec.OW, spec.R,
+            spec.S, *spec.stride, *spec.dilation, pt, pl, *outs[1:])
+    rt["load_from_cache"](rt["dw"], args + (bufs[0],),
+                          _warm("generic", (1, 8, 6, 6), (8, 1, 3, 3), 1, groups=8),
+                          ("dw", out.dtype.name))
+    rt["team"].run(rt["dw"], args, threads, own=bufs, complete=True)
