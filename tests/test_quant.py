@@ -231,6 +231,9 @@ def test_int8_microkernel_every_path_is_bit_exact(path, monkeypatch):
     dict(x=(2, 6, 11, 13), w=(12, 1, 3, 3), stride=(2, 1), padding=(1, 2, 0, 1), dilation=(1, 2)),
     dict(x=(1, 5, 9, 9), w=(5, 1, 5, 5), stride=1, padding=2, dilation=1),
     dict(x=(1, 3, 8, 20), w=(3, 1, 3, 3), stride=2, padding=0, dilation=2),
+    # the 2-strided layers of inverted-residual networks (3x3 and 5x5), odd sizes, > 64 columns
+    dict(x=(2, 5, 13, 151), w=(5, 1, 3, 3), stride=2, padding=1, dilation=1),
+    dict(x=(1, 4, 9, 17), w=(8, 1, 5, 5), stride=2, padding=2, dilation=1),
 ])
 def test_depthwise_int8_exact(case):
     x, w = int8(case["x"]), int8(case["w"])

@@ -763,56 +763,85 @@ def conv_int8_pw(x, xp, wpk, corr, out, counter, N, C, H, W, OH, OW, sh, sw, K, 
     wait_until(counter, 3, ntask)
 
 
-@intrinsic
-def _dw_run(typingctx, acc, xp, xoff, offs, wts, ntap, count):
-    """``acc[i] = sum_t wts[t] * xp[xoff + offs[t] + i]`` for ``i < count`` (float32, taps in
-    order, each a fused multiply-add), 64 sums at a time in four 16-lane registers (masked in
-    the last block): each sum is loaded and stored once, not once per tap."""
-    if not all(isinstance(t, types.Integer) for t in (xoff, ntap, count)):
-        return None
-    sig = types.void(acc, xp, xoff, offs, wts, ntap, count)
+def _make_dw_run(step: int):
+    """``dw_run(acc, xp, xoff, offs, wts, ntap, count)``: ``acc[i] = sum_t wts[t] * xp[xoff +
+    offs[t] + step i]`` for ``i < count`` (float32, taps in order, each a fused multiply-add),
+    64 sums at a time in four 16-lane registers (masked in the last block): each sum is loaded
+    and stored once, not once per tap. With ``step`` 2 (a 2-strided layer) each vector of 16
+    inputs comes from two loads, their even lanes kept."""
 
-    def codegen(context, builder, sig, args):
-        aa, xa, xoff, oa, wa, ntap, count = [
-            context.cast(builder, v, t, types.int64) if i in (2, 5, 6) else v
-            for i, (v, t) in enumerate(zip(args, sig.args, strict=True))]
-        ap = context.make_array(sig.args[0])(context, builder, aa).data
-        xp = context.make_array(sig.args[1])(context, builder, xa).data
-        op = context.make_array(sig.args[3])(context, builder, oa).data
-        wp = context.make_array(sig.args[4])(context, builder, wa).data
-        fty = ir.VectorType(ir.FloatType(), 16)
-        mty = ir.VectorType(ir.IntType(1), 16)
-        mload = cgutils.get_or_insert_function(
-            builder.module, ir.FunctionType(fty, [fty.as_pointer(), _I32, mty, fty]),
-            "llvm.masked.load.v16f32.p0")
-        mstore = cgutils.get_or_insert_function(
-            builder.module, ir.FunctionType(ir.VoidType(), [fty, fty.as_pointer(), _I32, mty]),
-            "llvm.masked.store.v16f32.p0")
-        fma = _fma_fn(builder, fty)
-        lanes = ir.Constant(ir.VectorType(_I64, 16), list(range(16)))
-        nblk = builder.sdiv(builder.add(count, _i64(63)), _i64(64))
-        xb = builder.gep(xp, [xoff])
-        with cgutils.for_range(builder, nblk) as lb:
-            i0 = builder.mul(lb.index, _i64(64))
-            masks = [builder.icmp_signed("<", lanes, splat(builder, builder.sub(
-                count, builder.add(i0, _i64(16 * j))), ir.VectorType(_I64, 16))) for j in range(4)]
-            accs = [cgutils.alloca_once_value(builder, ir.Constant(fty, None)) for _ in range(4)]
-            with cgutils.for_range(builder, ntap) as lt:
-                o = builder.add(builder.load(builder.gep(op, [lt.index])), i0)
-                wv = splat(builder, builder.load(builder.gep(wp, [lt.index])), fty)
+    def dw_run(typingctx, acc, xp, xoff, offs, wts, ntap, count):
+        if not all(isinstance(t, types.Integer) for t in (xoff, ntap, count)):
+            return None
+        sig = types.void(acc, xp, xoff, offs, wts, ntap, count)
+
+        def codegen(context, builder, sig, args):
+            aa, xa, xoff, oa, wa, ntap, count = [
+                context.cast(builder, v, t, types.int64) if i in (2, 5, 6) else v
+                for i, (v, t) in enumerate(zip(args, sig.args, strict=True))]
+            ap = context.make_array(sig.args[0])(context, builder, aa).data
+            xp = context.make_array(sig.args[1])(context, builder, xa).data
+            op = context.make_array(sig.args[3])(context, builder, oa).data
+            wp = context.make_array(sig.args[4])(context, builder, wa).data
+            fty = ir.VectorType(ir.FloatType(), 16)
+            vty64 = ir.VectorType(_I64, 16)
+            mty = ir.VectorType(ir.IntType(1), 16)
+            mload = cgutils.get_or_insert_function(
+                builder.module, ir.FunctionType(fty, [fty.as_pointer(), _I32, mty, fty]),
+                "llvm.masked.load.v16f32.p0")
+            mstore = cgutils.get_or_insert_function(
+                builder.module, ir.FunctionType(ir.VoidType(), [fty, fty.as_pointer(), _I32,
+                                                                mty]),
+                "llvm.masked.store.v16f32.p0")
+            fma = _fma_fn(builder, fty)
+            lanes = ir.Constant(vty64, list(range(16)))
+            even = ir.Constant(ir.VectorType(_I32, 16), [2 * i for i in range(16)])
+            nblk = builder.sdiv(builder.add(count, _i64(63)), _i64(64))
+            xb = builder.gep(xp, [xoff])
+            with cgutils.for_range(builder, nblk) as lb:
+                i0 = builder.mul(lb.index, _i64(64))
+                masks, lmasks = [], []
                 for j in range(4):
-                    ptr = builder.bitcast(builder.gep(xb, [builder.add(o, _i64(16 * j))]),
+                    rem = builder.sub(count, builder.add(i0, _i64(16 * j)))
+                    masks.append(builder.icmp_signed("<", lanes, splat(builder, rem, vty64)))
+                    # the inputs read: elements up to step (rem - 1), in step vectors of 16
+                    last = builder.mul(builder.sub(rem, _i64(1)), _i64(step))
+                    lmasks.append([builder.icmp_signed(
+                        "<=", builder.add(lanes, ir.Constant(vty64, [16 * h] * 16)),
+                        splat(builder, last, vty64)) for h in range(step)])
+                accs = [cgutils.alloca_once_value(builder, ir.Constant(fty, None))
+                        for _ in range(4)]
+                with cgutils.for_range(builder, ntap) as lt:
+                    o = builder.add(builder.load(builder.gep(op, [lt.index])),
+                                    builder.mul(i0, _i64(step)))
+                    wv = splat(builder, builder.load(builder.gep(wp, [lt.index])), fty)
+                    for j in range(4):
+                        parts = []
+                        for h in range(step):
+                            ptr = builder.bitcast(builder.gep(xb, [builder.add(
+                                o, _i64(16 * (step * j + h)))]), fty.as_pointer())
+                            parts.append(builder.call(mload, [ptr, ir.Constant(_I32, 4),
+                                                              lmasks[j][h],
+                                                              ir.Constant(fty, None)]))
+                        v = parts[0] if step == 1 else builder.shuffle_vector(parts[0], parts[1],
+                                                                              even)
+                        builder.store(builder.call(fma, [wv, v, builder.load(accs[j])]),
+                                      accs[j])
+                for j in range(4):
+                    ptr = builder.bitcast(builder.gep(ap, [builder.add(i0, _i64(16 * j))]),
                                           fty.as_pointer())
-                    v = builder.call(mload, [ptr, ir.Constant(_I32, 4), masks[j],
-                                             ir.Constant(fty, None)])
-                    builder.store(builder.call(fma, [wv, v, builder.load(accs[j])]), accs[j])
-            for j in range(4):
-                ptr = builder.bitcast(builder.gep(ap, [builder.add(i0, _i64(16 * j))]),
-                                      fty.as_pointer())
-                builder.call(mstore, [builder.load(accs[j]), ptr, ir.Constant(_I32, 4), masks[j]])
-        return context.get_dummy_value()
+                    builder.call(mstore, [builder.load(accs[j]), ptr, ir.Constant(_I32, 4),
+                                          masks[j]])
+            return context.get_dummy_value()
 
-    return sig, codegen
+        return sig, codegen
+
+    dw_run.__name__ = dw_run.__qualname__ = f"_dw_run_{step}"
+    return intrinsic(dw_run)
+
+
+_dw_run = _make_dw_run(1)
+_dw_run2 = _make_dw_run(2)
 
 
 @intrinsic
@@ -925,6 +954,19 @@ def depthwise_int8(x, w, out, counter, K, OH, OW, R, S, sh, sw, dh, dw, pt, pl, 
                         _stage_run(q8f, o, acc, oh * Wp, OW, scale[k], bias[k], act, lo, hi)
                     else:
                         _cvt_run(of, o, acc, oh * Wp, OW)
+                continue
+            if sw == 2:  # 2-strided columns: a vector's inputs from two loads (`_dw_run2`)
+                for t in range(R * S):
+                    wts[t] = np.float32(w[k, 0, t // S, t % S])
+                for oh in range(OH):
+                    _dw_run2(acc, xp, oh * sh * Wp, offs, wts, R * S, OW)
+                    o = ((n * K + k) * OH + oh) * OW
+                    if f32.size:
+                        _stage_run(f32f, o, acc, 0, OW, scale[k], bias[k], act, lo, hi)
+                    elif q8.size:
+                        _stage_run(q8f, o, acc, 0, OW, scale[k], bias[k], act, lo, hi)
+                    else:
+                        _cvt_run(of, o, acc, 0, OW)
                 continue
             for oh in range(OH):
                 acc[:] = 0
