@@ -60,6 +60,28 @@ def _dot(builder, path, L):
     return dot
 
 
+def _vsuffix(vty) -> str:
+    """LLVM's name of a vector type in intrinsic names: ``v16f32``, ``v16i8``..."""
+    e = vty.element
+    return f"v{vty.count}{'f32' if e == ir.FloatType() else f'i{e.width}'}"
+
+
+def _mload(builder, vty):
+    """``llvm.masked.load`` of vectors ``vty`` (pointer, alignment, mask, pass-through)."""
+    mty = ir.VectorType(ir.IntType(1), vty.count)
+    return cgutils.get_or_insert_function(
+        builder.module, ir.FunctionType(vty, [vty.as_pointer(), _I32, mty, vty]),
+        f"llvm.masked.load.{_vsuffix(vty)}.p0")
+
+
+def _mstore(builder, vty):
+    """``llvm.masked.store`` of vectors ``vty`` (value, pointer, alignment, mask)."""
+    mty = ir.VectorType(ir.IntType(1), vty.count)
+    return cgutils.get_or_insert_function(
+        builder.module, ir.FunctionType(ir.VoidType(), [vty, vty.as_pointer(), _I32, mty]),
+        f"llvm.masked.store.{_vsuffix(vty)}.p0")
+
+
 def _signature(tys, arrays, floats):
     """``void(*tys)`` when every argument but the ``arrays`` and ``floats`` positions is an
     integer (else None: Numba tries other typings)."""
@@ -243,13 +265,8 @@ def _store_tile(builder, vals, vty, op, obase, v0, OHOW, kn, n, mr, L, narrow=Fa
     KB = NV * L
     ob = builder.gep(op, [builder.add(obase, v0)])
     if L == 16:
-        mty = ir.VectorType(ir.IntType(1), 16)
         sty = ir.VectorType(_I8, 16) if narrow else vty
-        ename = "i8" if narrow else ("f32" if vty.element == ir.FloatType() else "i32")
-        mstore = cgutils.get_or_insert_function(
-            builder.module, ir.FunctionType(ir.VoidType(), [sty, sty.as_pointer(), _I32,
-                                                            mty]),
-            f"llvm.masked.store.v16{ename}.p0")
+        mstore = _mstore(builder, sty)
         lanes = ir.Constant(ir.VectorType(_I64, 16), list(range(16)))
         m = builder.icmp_signed("<", lanes, splat(builder, n, ir.VectorType(_I64, 16)))
         zero = ir.Constant(vty, None)
@@ -311,10 +328,7 @@ def _make_quad_run(step: int):
             nb = 16 * step
             bty = ir.VectorType(_I8, nb)
             w16 = ir.VectorType(_I32, 16)
-            mload = cgutils.get_or_insert_function(
-                builder.module, ir.FunctionType(bty, [bty.as_pointer(), _I32,
-                                                      ir.VectorType(ir.IntType(1), nb), bty]),
-                f"llvm.masked.load.v{nb}i8.p0")
+            mload = _mload(builder, bty)
             flip = ir.Constant(w16, [0x80808080 - (1 << 32)] * 16)
             lo = ir.Constant(ir.VectorType(_I32, 32), [16 * (i % 2) + i // 2 for i in range(32)])
             quad = ir.Constant(ir.VectorType(_I32, 64),
@@ -513,14 +527,7 @@ def _stage_run(typingctx, dst, doff, src, soff, count, s, b, act, lo, hi):
         sety = context.get_value_type(sig.args[2].dtype)
         svt = ir.VectorType(sety, 16)
         dvt = ir.VectorType(_I8, 16) if narrow else fty
-        mty = ir.VectorType(ir.IntType(1), 16)
-        ssuf = "f32" if sety == fl else "i32"
-        mload = cgutils.get_or_insert_function(
-            builder.module, ir.FunctionType(svt, [svt.as_pointer(), _I32, mty, svt]),
-            f"llvm.masked.load.v16{ssuf}.p0")
-        mstore = cgutils.get_or_insert_function(
-            builder.module, ir.FunctionType(ir.VoidType(), [dvt, dvt.as_pointer(), _I32, mty]),
-            f"llvm.masked.store.v16{'i8' if narrow else 'f32'}.p0")
+        mload, mstore = _mload(builder, svt), _mstore(builder, dvt)
         vmax, vmin = nan_max_min(builder, fty)
         fma = _fma_fn(builder, fty)
         rint = cgutils.get_or_insert_function(builder.module, ir.FunctionType(fty, [fty]),
@@ -631,15 +638,7 @@ def _make_pw_tile(mk: int, npv: int):
             narrow = sig.args[14].dtype == types.int8
             ety = _I8 if narrow else ir.FloatType()
             sty = ir.VectorType(ety, L)
-            ename = "i8" if narrow else "f32"
-            fstore = cgutils.get_or_insert_function(
-                builder.module, ir.FunctionType(ir.VoidType(), [sty, sty.as_pointer(), _I32,
-                                                                ir.VectorType(ir.IntType(1), L)]),
-                f"llvm.masked.store.v{L}{ename}.p0")
-            istore = cgutils.get_or_insert_function(
-                builder.module, ir.FunctionType(ir.VoidType(), [vty, vty.as_pointer(), _I32,
-                                                                ir.VectorType(ir.IntType(1), L)]),
-                f"llvm.masked.store.v{L}i32.p0")
+            fstore, istore = _mstore(builder, sty), _mstore(builder, vty)
             op = data(6)
             fp = builder.bitcast(fo.data, ety.as_pointer())
             sp = data(15)
@@ -785,14 +784,7 @@ def _make_dw_run(step: int):
             wp = context.make_array(sig.args[4])(context, builder, wa).data
             fty = ir.VectorType(ir.FloatType(), 16)
             vty64 = ir.VectorType(_I64, 16)
-            mty = ir.VectorType(ir.IntType(1), 16)
-            mload = cgutils.get_or_insert_function(
-                builder.module, ir.FunctionType(fty, [fty.as_pointer(), _I32, mty, fty]),
-                "llvm.masked.load.v16f32.p0")
-            mstore = cgutils.get_or_insert_function(
-                builder.module, ir.FunctionType(ir.VoidType(), [fty, fty.as_pointer(), _I32,
-                                                                mty]),
-                "llvm.masked.store.v16f32.p0")
+            mload, mstore = _mload(builder, fty), _mstore(builder, fty)
             fma = _fma_fn(builder, fty)
             lanes = ir.Constant(vty64, list(range(16)))
             even = ir.Constant(ir.VectorType(_I32, 16), [2 * i for i in range(16)])
@@ -866,17 +858,8 @@ def _cvt_run(typingctx, dst, doff, src, soff, count):
         dety = context.get_value_type(sig.args[0].dtype)
         svt = ir.VectorType(sety, 16)
         dvt = ir.VectorType(dety, 16)
-        mty = ir.VectorType(ir.IntType(1), 16)
 
-        def suffix(t):
-            return "f32" if t == ir.FloatType() else f"i{t.width}"
-
-        mload = cgutils.get_or_insert_function(
-            builder.module, ir.FunctionType(svt, [svt.as_pointer(), _I32, mty, svt]),
-            f"llvm.masked.load.v16{suffix(sety)}.p0")
-        mstore = cgutils.get_or_insert_function(
-            builder.module, ir.FunctionType(ir.VoidType(), [dvt, dvt.as_pointer(), _I32, mty]),
-            f"llvm.masked.store.v16{suffix(dety)}.p0")
+        mload, mstore = _mload(builder, svt), _mstore(builder, dvt)
         lanes = ir.Constant(ir.VectorType(_I64, 16), list(range(16)))
         nblk = builder.sdiv(builder.add(count, _i64(15)), _i64(16))
         with cgutils.for_range(builder, nblk) as lb:
