@@ -329,3 +329,63 @@ def test_an_expansion_read_twice_stays_nchw():
     st = cm._states[tuple(x.shape)]
     assert all(int(s.prog[:, X.F_BLK].max()) == 0 for s in st.segments if isinstance(s, M._Segment))
     np.testing.assert_allclose(got, net(x).detach().numpy(), rtol=1e-4, atol=1e-4)
+
+
+class _Head(nn.Module):
+    """A stem, max pooling (padding, dilation, ceil mode), adaptive average pooling to a grid,
+    flatten and two linear layers (one without bias)."""
+
+    def __init__(self, pool, grid):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 16, 3, padding=1)
+        self.pool = pool
+        self.avg = nn.AdaptiveAvgPool2d(grid)
+        self.fc = nn.Linear(16 * grid[0] * grid[1], 70)
+        self.fc2 = nn.Linear(70, 10, bias=False)
+
+    def forward(self, x):
+        y = self.avg(self.pool(torch.relu(self.conv(x))))
+        return self.fc2(self.fc(torch.flatten(y, 1)))
+
+
+@pytest.mark.parametrize("pool, grid", [
+    (nn.MaxPool2d(3, 2, 1), (1, 1)),
+    (nn.MaxPool2d(3, 2, 1, dilation=2, ceil_mode=True), (2, 3)),
+    (nn.MaxPool2d((2, 3), (1, 2)), (3, 1)),
+])
+@pytest.mark.parametrize("batch", [1, 3])
+def test_pooling_and_linear_run_in_the_executor(pool, grid, batch):
+    """Max pooling, adaptive average pooling, flatten and linear layers join the executor's
+    job (one segment, the flatten a view) and give the bits of the same kernels run one by one
+    (the first call), on one and on two threads."""
+    net = _Head(pool, grid).eval()
+    x = torch.randn(batch, 3, 23, 21)
+    outs = []
+    for threads in (1, 2):
+        cm = compile(net, x, algorithm="direct", threads=threads)
+        first = cm(x.numpy())  # operator by operator, fresh arrays
+        st = cm._states[tuple(x.shape)]
+        assert len(st.segments) == 1 and isinstance(st.segments[0], M._Segment)
+        seg = st.segments[0]
+        assert [cm.graph.nodes[i].kind for i in seg.views] == ["reshape"]
+        kinds = {int(r[M._X.F_KIND]) for r in seg.prog}
+        assert {M._X.OP_MAXPOOL, M._X.OP_ADAPTIVE, M._X.OP_LINEAR} <= kinds
+        y = cm(x.numpy())
+        np.testing.assert_array_equal(y, first)
+        with torch.no_grad():
+            np.testing.assert_allclose(y, net(x).numpy(), rtol=1e-4, atol=1e-5)
+        outs.append(y)
+    np.testing.assert_array_equal(outs[0], outs[1])
+
+
+def test_max_pooling_in_the_executor_propagates_nan():
+    net = nn.Sequential(nn.Conv2d(3, 8, 1), nn.MaxPool2d(3, 2, 1)).eval()
+    x = torch.randn(1, 3, 9, 9)
+    cm = compile(net, x, algorithm="direct", threads=2, check_finite=False)
+    cm(x.numpy())
+    x[0, 1, 4, 4] = float("nan")
+    y = cm(x.numpy())
+    with torch.no_grad():
+        r = net(x).numpy()
+    np.testing.assert_array_equal(np.isnan(y), np.isnan(r))
+    assert np.isnan(y).any()

@@ -78,7 +78,7 @@ def main():
 
             one = best_ms(lambda seg=seg, run=run: run(seg.prog, seg.fprm, 1))
             all_ = best_ms(lambda seg=seg, run=run: run(seg.prog, seg.fprm, seg.P))
-            print(f"executor segment, {len(seg.nodes)} convolutions: {one:.3f} ms on 1 thread, "
+            print(f"executor segment, {len(seg.nodes)} operators: {one:.3f} ms on 1 thread, "
                   f"{all_:.3f} ms on {seg.P}")
             seq1 = in_run(1)
             seqp = in_run(seg.P)
@@ -86,7 +86,12 @@ def main():
                   f"on 1 thread / inside the run on {seg.P}; GFLOP/s inside the run on 1 thread")
             for r, i in enumerate(seg.row_nodes):  # one row per node (per image in an image-major run)
                 ms = best_ms(lambda r=r, run=run, seg=seg: run(seg.prog[r:r + 1], seg.fprm[r:r + 1], 1))
-                spec = st.plans[i].spec
+                p = st.plans.get(i)
+                if p is None:  # pooling or linear (`model._executor_op`)
+                    print(f"  {seq1[r]:7.3f} {ms:7.3f} {seqp[r]:7.3f}          "
+                          f"{cm.graph.nodes[i].kind} {cm.graph.nodes[i].name}")
+                    continue
+                spec = p.spec
                 print(f"  {seq1[r]:7.3f} {ms:7.3f} {seqp[r]:7.3f}  "
                       f"{2 * spec.direct_multiplies / seq1[r] / 1e6:6.1f}  {spec}")
         else:

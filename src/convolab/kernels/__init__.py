@@ -37,7 +37,8 @@ if "NUMBA_THREADING_LAYER" not in os.environ:
 
 def _stamp_locators(caching) -> None:
     """Put cache locators in front of Numba's that, for convolab's source files, add the
-    sizes and modification times of every file in this package to the source stamp.
+    sizes and modification times of every file in this package (and of the runtime's compiled
+    operators, `convolab.runtime._executor` / `_kernels`) to the source stamp.
 
     Runs as soon as ``numba.core.caching`` is imported (`convolab._imports.after_import`),
     before any kernel module's ``@njit(cache=True)`` picks its locator, and without importing
@@ -45,12 +46,15 @@ def _stamp_locators(caching) -> None:
     here = os.path.dirname(os.path.abspath(__file__))
     package = os.path.dirname(here)
 
+    # the runtime's compiled operators are inlined into its executor with this package's code
+    extra = [os.path.join(package, "runtime", n) for n in ("_executor.py", "_kernels.py")]
+
     def deps():
         out = []
-        for name in sorted(os.listdir(here)):
-            if name.endswith(".py"):
-                st = os.stat(os.path.join(here, name))
-                out.append((name, st.st_mtime, st.st_size))
+        for path in sorted(os.path.join(here, n) for n in os.listdir(here)) + extra:
+            if path.endswith(".py") and os.path.exists(path):
+                st = os.stat(path)
+                out.append((os.path.basename(path), st.st_mtime, st.st_size))
         return tuple(out)
 
     class _Mixin:

@@ -25,7 +25,11 @@ Operators:
   of a dedicated zero-bordered copy;
 * `OP_DW`: a depthwise convolution (`convolab.kernels._direct.depthwise_task`), any stride;
 * `OP_DWB`: the same, channel-blocked (`convolab.kernels._direct.depthwise_block_task`), for
-  small planes with one output per channel.
+  small planes with one output per channel;
+* `OP_MAXPOOL`, `OP_ADAPTIVE`, `OP_LINEAR`: max pooling, adaptive (global) average pooling and
+  a linear layer, the runtime's own kernels (`convolab.runtime._kernels`) on the arena, so a
+  network's head and a stem's pooling do not leave the job (each had cost a return to Python,
+  a team wake-up and 0.05-0.15 ms of cold interpreter after a long run; ResNet-50 batch 1).
 
 Each applies the output stage (bias, residual, activation; `convolab.kernels._epilogue`) to
 each task's outputs while they are in cache. Every output is computed by the same code as direct's
@@ -51,12 +55,18 @@ from ..kernels._direct import (
     fill_phases,
 )
 from ..kernels._microkernel import direct_geometry, tile_tasks
+from ..kernels._pointwise import LINEAR_NB, pointwise_task
 from ..kernels._pointwise import PX as PV_PX
-from ..kernels._pointwise import pointwise_task
+from ._kernels import LINEAR_KB, adaptive_avg_tasks, linear_tasks, maxpool_scratch, maxpool_tasks
 
 OP_TILES = 1
 OP_DW = 2
 OP_DWB = 3
+OP_MAXPOOL = 4
+OP_ADAPTIVE = 5
+OP_LINEAR = 6
+#: output features per tile of a packed linear weight
+LINEAR_TILE = LINEAR_NB * LINEAR_KB
 
 # fields of a program row
 (F_KIND, F_N, F_C, F_H, F_W, F_K, F_OH, F_OW, F_G, F_R, F_S, F_X, F_XIMG, F_Y, F_YIMG, F_WOFF,
@@ -72,6 +82,10 @@ NF = 33
 # pixel-vector kernel (`convolab.kernels._pointwise`) in F_PV chunks of pixels per k-block
 # OP_DW extras: F_A sh, F_B sw, F_C2 pt, F_D pl, F_E hq, F_F wq, F_G2 qoff offset in Ib
 # OP_DWB (channel-blocked depthwise, one output per channel): F_C2 pt, F_D pl, F_SH..F_DW
+# OP_MAXPOOL: F_R x F_S window, F_SH, F_SW stride, F_DH, F_DW dilation, F_A, F_B padding
+# (`convolab.runtime._kernels.maxpool`); OP_ADAPTIVE: adaptive average pooling to F_OH x F_OW;
+# OP_LINEAR: F_N rows of F_C features at F_X -> F_K outputs at F_Y, the packed weight at F_WOFF
+# (`_kernels.pack_linear`, F_A tiles), bias at F_BIAS (-1: none)
 # F_BLK: channel-blocked activations (NCHW16c, `model._blocked_pairs` picks them): bit 1 the
 # operator's output, bit 2 its input. OP_TILES of a 1x1 layer on the microkernel: its tiles
 # store their 16-channel pixel vectors as they are / its reduction reads runs of 16 channels
@@ -209,6 +223,30 @@ def _dwb(j, op, fprm, A, Wb, ctr, CS, scratch):  # pragma: no cover - compiled
                              op[F_C2], op[F_D], scratch, epi, op[F_BLK])
 
 
+@njit(inline="always")
+def _pool(j, op, A, ctr, CS, scratch):  # pragma: no cover - compiled
+    N, C, H, W, OH, OW = op[F_N], op[F_C], op[F_H], op[F_W], op[F_OH], op[F_OW]
+    x = A[op[F_X]: op[F_X] + N * C * H * W].reshape((N, C, H, W))
+    y = A[op[F_Y]: op[F_Y] + N * C * OH * OW].reshape((N, C, OH, OW))
+    if op[F_KIND] == OP_MAXPOOL:
+        maxpool_tasks(x, y, op[F_R], op[F_S], op[F_SH], op[F_SW], op[F_A], op[F_B], op[F_DH],
+                      op[F_DW], ctr, j * CS + 1, scratch)
+    else:
+        adaptive_avg_tasks(x, y, ctr, j * CS + 1)
+
+
+@njit(inline="always")
+def _linear(j, op, A, Wb, ctr, CS):  # pragma: no cover - compiled
+    N, C, K = op[F_N], op[F_C], op[F_K]
+    x = A[op[F_X]: op[F_X] + N * C].reshape((N, C))
+    y = A[op[F_Y]: op[F_Y] + N * K].reshape((N, K))
+    nt = op[F_A]
+    wp = Wb[op[F_WOFF]: op[F_WOFF] + nt * C * LINEAR_TILE].reshape((nt, C, LINEAR_TILE))
+    bias = op[F_BIAS]
+    b = Wb[bias: bias + K] if bias >= 0 else Wb[0:1]
+    linear_tasks(x, wp, b, bias >= 0, y, ctr, j * CS + 1)
+
+
 @njit(nogil=True, cache=True)
 def worker(P, prog, fprm, A, Wb, Ib, ctr, CS, KB, stamps, scratch):  # pragma: no cover - compiled
     """Run every operator of ``prog`` with ``P`` threads (this one of them); ``scratch``: this
@@ -228,6 +266,10 @@ def worker(P, prog, fprm, A, Wb, Ib, ctr, CS, KB, stamps, scratch):  # pragma: n
             _dw(j, op, fprm[j], A, Wb, Ib, ctr, CS, scratch)
         elif kind == OP_DWB:
             _dwb(j, op, fprm[j], A, Wb, ctr, CS, scratch)
+        elif kind == OP_MAXPOOL or kind == OP_ADAPTIVE:
+            _pool(j, op, A, ctr, CS, scratch)
+        elif kind == OP_LINEAR:
+            _linear(j, op, A, Wb, ctr, CS)
         _barrier(ctr, j * CS, P)
         if timed:
             stamps[j + 1] = now_ns()
@@ -238,9 +280,9 @@ NO_STAMPS = np.zeros(0, dtype=np.int64)
 
 
 def scratch_elements(prog: np.ndarray) -> int:
-    """Elements of one thread's work buffer for ``prog``: the largest depthwise operator's
-    padded plane and output run (`convolab.kernels._direct.depthwise_scratch`), 64-byte
-    aligned."""
+    """Elements of one thread's work buffer for ``prog``: the largest depthwise or max-pooling
+    operator's padded plane and output run (`convolab.kernels._direct.depthwise_scratch`,
+    `convolab.runtime._kernels.maxpool_scratch`), 64-byte aligned."""
     need = 16
     for op in prog:
         if op[F_KIND] == OP_DW:
@@ -249,6 +291,10 @@ def scratch_elements(prog: np.ndarray) -> int:
         elif op[F_KIND] == OP_DWB:
             need = max(need, depthwise_block_scratch(op[F_OH], op[F_OW], op[F_R], op[F_S],
                                                      op[F_SH], op[F_SW], op[F_DH], op[F_DW]))
+        elif op[F_KIND] == OP_MAXPOOL:
+            need = max(need, maxpool_scratch(op[F_H], op[F_W], op[F_OH], op[F_OW], op[F_R],
+                                             op[F_S], op[F_SH], op[F_SW], op[F_A], op[F_B],
+                                             op[F_DH], op[F_DW]))
     return int(need)
 
 

@@ -57,12 +57,32 @@ def maxpool(x, out, kh, kw, sh, sw, ph, pw, dh, dw, ctr):  # pragma: no cover - 
     -inf (padding and the ceil-mode overhang never win) split into stride phases, as direct's
     depthwise kernel does, then takes the maximum tap by tap over one flat run of outputs
     ``p = oh wq + ow`` (vectorised; the wrapped columns are dropped)."""
-    N, C, H, W = x.shape
-    OH, OW = out.shape[2], out.shape[3]
+    maxpool_tasks(x, out, kh, kw, sh, sw, ph, pw, dh, dw, ctr, 0)
+
+
+@njit(inline="always")
+def maxpool_phases(H, W, OH, OW, kh, kw, sh, sw, ph, pw, dh, dw):  # pragma: no cover - compiled
+    """The stride-phase planes of a max-pooling task: ``(hq, wq)``, each ``hq x wq``."""
     Hp = max(H + 2 * ph, (OH - 1) * sh + (kh - 1) * dh + 1)
     Wp = max(W + 2 * pw, (OW - 1) * sw + (kw - 1) * dw + 1)
-    hq = (Hp + sh - 1) // sh
-    wq = (Wp + sw - 1) // sw
+    return (Hp + sh - 1) // sh, (Wp + sw - 1) // sw
+
+
+def maxpool_scratch(H, W, OH, OW, kh, kw, sh, sw, ph, pw, dh, dw) -> int:
+    """Elements of one thread's work buffer for `maxpool_tasks` (phase planes, then the output
+    run, 64-byte aligned)."""
+    hq, wq = maxpool_phases(H, W, OH, OW, kh, kw, sh, sw, ph, pw, dh, dw)
+    nb = sh * sw * hq * wq
+    return int(nb + (-nb) % 16 + (OH - 1) * wq + OW)
+
+
+@njit(inline="always")
+def maxpool_tasks(x, out, kh, kw, sh, sw, ph, pw, dh, dw, ctr, ci, scratch=None):  # pragma: no cover
+    """`maxpool`'s planes, taken from ``ctr[ci]``; ``scratch``: a work buffer of at least
+    `maxpool_scratch` elements (allocated here if None)."""
+    N, C, H, W = x.shape
+    OH, OW = out.shape[2], out.shape[3]
+    hq, wq = maxpool_phases(H, W, OH, OW, kh, kw, sh, sw, ph, pw, dh, dw)
     T = kh * kw
     qoff = np.empty(T, dtype=np.int64)
     for r in range(kh):
@@ -73,10 +93,15 @@ def maxpool(x, out, kh, kw, sh, sw, ph, pw, dh, dw, ctr):  # pragma: no cover - 
     xflat = x.reshape(x.size)
     of = out.reshape(out.size)
     ninf = np.float32(-np.inf)
-    buf = np.empty(sh * sw * hq * wq, dtype=np.float32)
-    acc = np.empty((OH - 1) * wq + OW, dtype=np.float32)
+    nb = sh * sw * hq * wq
+    if scratch is None:
+        work = np.empty(nb + (-nb) % 16 + (OH - 1) * wq + OW, dtype=np.float32)
+    else:
+        work = scratch
+    buf = work[:nb]
+    acc = work[nb + (-nb) % 16: nb + (-nb) % 16 + (OH - 1) * wq + OW]
     while True:
-        task = fetch_add(ctr, 0)
+        task = fetch_add(ctr, ci)
         if task >= N * C:
             break
         fill_phases(buf, xflat, task * H * W, H, W, sh, sw, ph, pw, hq, wq, ninf)
@@ -153,6 +178,12 @@ def _adaptive_plane(x, out, t, C, H, W, OH, OW):  # pragma: no cover - compiled
 def adaptive_avg(x, out, ctr):  # pragma: no cover - compiled
     """PyTorch's adaptive_avg_pool2d: output (i, j) averages rows floor(i H / OH) ..
     ceil((i+1) H / OH) - 1 and the same for columns; sums in row-major order in float32."""
+    adaptive_avg_tasks(x, out, ctr, 0)
+
+
+@njit(inline="always")
+def adaptive_avg_tasks(x, out, ctr, ci):  # pragma: no cover - compiled
+    """`adaptive_avg`'s tasks, taken from ``ctr[ci]``."""
     N, C, H, W = x.shape
     if out.shape[2] == 1 and out.shape[3] == 1:
         # global pooling: 8 planes at a time, one running sum per plane in the same row-major
@@ -165,7 +196,7 @@ def adaptive_avg(x, out, ctr):  # pragma: no cover - compiled
         P = N * C
         nb = (P + 7) // 8
         while True:
-            t = fetch_add(ctr, 0)
+            t = fetch_add(ctr, ci)
             if t >= nb:
                 break
             p0 = t * 8
@@ -197,7 +228,7 @@ def adaptive_avg(x, out, ctr):  # pragma: no cover - compiled
                     of[p] = a0 / div
         return
     while True:
-        t = fetch_add(ctr, 0)
+        t = fetch_add(ctr, ci)
         if t >= N * C:
             break
         _adaptive_plane(x, out, t, C, H, W, out.shape[2], out.shape[3])
@@ -244,8 +275,14 @@ def linear(x, wp, b, has_bias, out, ctr):  # pragma: no cover - compiled
     each output sums its products in channel order from zero, one fused multiply-add each,
     then adds the bias (`convolab.kernels._pointwise.linear_tile`); threads take tiles of 64
     features (all rows) from ``ctr[0]``, so the result does not depend on the thread count."""
+    linear_tasks(x, wp, b, has_bias, out, ctr, 0)
+
+
+@njit(inline="always")
+def linear_tasks(x, wp, b, has_bias, out, ctr, ci):  # pragma: no cover - compiled
+    """`linear`'s tiles, taken from ``ctr[ci]``."""
     while True:
-        i = fetch_add(ctr, 0)
+        i = fetch_add(ctr, ci)
         if i >= wp.shape[0]:
             break
         _linear_task(x, wp, b, has_bias, out, i)

@@ -214,6 +214,8 @@ class CompiledModel:
                                   _X.CS_BASE + seg.nmax, 32, _X.NO_STAMPS), seg.scratch)
                 for i in seg.nodes:
                     vals[i] = st.buffers[i]
+                for i in seg.views:
+                    vals[i] = st.buffers[i]
             else:
                 self._op(seg, g.nodes[seg], vals, st)
         st.calls += 1
@@ -371,6 +373,8 @@ class _Segment:
         #: the node of each executor row (one per node, or per image and node in an
         #: image-major run)
         self.row_nodes: list[int] = []
+        #: reshape nodes inside the segment: views of their input's arena slot, no row
+        self.views: list[int] = []
         self.nmax = 1
 
 
@@ -379,6 +383,24 @@ def _executable(st: _State, i: int, n: Node) -> bool:
         return False
     p = st.plans.get(i)
     return p is not None and p.algorithm == "direct" and _in_executor(p.spec)
+
+
+def _executor_op(g: Graph, st: _State, i: int, n: Node) -> bool:
+    """Operators other than convolutions that the executor runs (`_X.OP_MAXPOOL`,
+    `_X.OP_ADAPTIVE`, `_X.OP_LINEAR`), on the arena, at the shapes of the first call: max
+    pooling and adaptive average pooling of NCHW values (keeping their dimensions), a linear
+    layer on (N, features) rows."""
+    if i not in st.shapes or not n.inputs:
+        return False
+    x = st.shapes.get(n.inputs[0])
+    if n.kind == "maxpool":
+        return x is not None and len(x) == 4
+    if n.kind == "adaptive_avg":
+        return x is not None and len(x) == 4 and n.attrs.get("keepdim", True)
+    if n.kind == "linear":
+        return (x is not None and len(x) == 2 and len(st.shapes[i]) == 2
+                and x[1] == n.attrs["w"].shape[1])
+    return False
 
 
 def _aligned(a: np.ndarray) -> np.ndarray:
@@ -453,8 +475,8 @@ def _build(m: CompiledModel, st: _State) -> None:
     for i in range(len(g.nodes)):
         free += [(o, sz) for end, o, sz in busy if end < i]
         busy = [b for b in busy if b[0] >= i]
-        if i not in st.shapes:
-            continue
+        if i not in st.shapes or root[i] != i:
+            continue  # no value of its own, or a view (reshape) of its input's slot
         need = -(-int(np.prod(st.shapes[i])) // 16) * 16
         fit = [k for k, (_, sz) in enumerate(free) if sz >= need]
         if fit:
@@ -469,7 +491,17 @@ def _build(m: CompiledModel, st: _State) -> None:
     seg = None
     pads: dict[int, int] = {}
     for i, n in enumerate(g.nodes):
-        ok = _executable(st, i, n) and all(root[j] in off for j in n.inputs)
+        inside = all(root[j] in off for j in n.inputs)
+        if n.kind == "reshape" and seg is not None and inside and root[i] in off:
+            seg.views.append(i)  # a view of its input's slot: nothing to run
+            continue
+        if inside and _executor_op(g, st, i, n):
+            if seg is None:
+                seg = _Segment(m.threads)
+                segments.append(seg)
+            seg.nodes.append(i)
+            continue
+        ok = _executable(st, i, n) and inside
         if ok:
             spec = st.plans[i].spec
             if _phased(spec):
@@ -492,6 +524,9 @@ def _build(m: CompiledModel, st: _State) -> None:
             segments.append(i)
     arena = _aligned(np.zeros(max(total, 16), dtype=np.float32))
     st.buffers = {i: arena[o: o + int(np.prod(st.shapes[i]))].reshape(st.shapes[i]) for i, o in off.items()}
+    for i in range(len(g.nodes)):  # reshape nodes: views of their input's slot
+        if root[i] != i and root[i] in off and i in st.shapes:
+            st.buffers[i] = st.buffers[root[i]].reshape(st.shapes[i])
     for s_ in segments:
         if isinstance(s_, _Segment):
             _program(m, st, s_, root, off, pads)
@@ -619,7 +654,8 @@ def _blocked_pairs(g: Graph, st: _State, seg: _Segment, root, pads) -> dict[int,
     for i in seg.nodes:
         a = g.nodes[i].attrs
         us = users.get(i, [])
-        if (len(us) != 1 or us[0] not in in_seg or g.nodes[us[0]].inputs[0] != i
+        if (g.nodes[i].kind != "conv" or len(us) != 1 or us[0] not in in_seg
+                or g.nodes[us[0]].kind != "conv" or g.nodes[us[0]].inputs[0] != i
                 or st.plans[i].spec.K % 16 or a["residual"] or ACTS[a["act"]] > 2
                 or i in g.outputs or i in viewed or root[i] != i):
             continue
@@ -658,6 +694,9 @@ def _program(m: CompiledModel, st: _State, seg: _Segment, root, off, pads) -> No
     for r, i in enumerate(seg.nodes):
         n = g.nodes[i]
         a = n.attrs
+        if n.kind != "conv":
+            _op_row(n, st, prog[r], off[root[n.inputs[0]]], off[i], put, wb, wlen)
+            continue
         spec = st.plans[i].spec
         row = prog[r]
         row[_X.F_N], row[_X.F_C], row[_X.F_K] = spec.N, spec.C, spec.K
@@ -732,6 +771,39 @@ def _program(m: CompiledModel, st: _State, seg: _Segment, root, off, pads) -> No
     seg.ib = np.concatenate(ib).astype(np.int64) if ib else np.zeros(1, np.int64)
     seg.ctr = np.zeros(len(seg.prog) * (_X.CS_BASE + seg.nmax), dtype=np.int64)
     seg.scratch = _X.scratch_elements(prog)
+
+
+def _op_row(n: Node, st: _State, row: np.ndarray, x_off: int, y_off: int, put, wb, wlen) -> None:
+    """The executor's row of a pooling or linear operator (`_executor_op`)."""
+    a = n.attrs
+    xs = st.shapes[n.inputs[0]]
+    row[_X.F_X], row[_X.F_Y] = x_off, y_off
+    if n.kind == "linear":
+        row[_X.F_KIND] = _X.OP_LINEAR
+        if "wp" not in a:
+            a["wp"] = K.pack_linear(a["w"])
+        row[_X.F_N], row[_X.F_C], row[_X.F_K] = xs[0], xs[1], a["w"].shape[0]
+        row[_X.F_WOFF] = put(a["wp"], wb, wlen)
+        row[_X.F_A] = a["wp"].shape[0]
+        row[_X.F_BIAS] = put(a["b"].astype(np.float32), wb, wlen) if a["b"] is not None else -1
+        return
+    N, C, H, W = xs
+    row[_X.F_N], row[_X.F_C], row[_X.F_H], row[_X.F_W] = N, C, H, W
+    row[_X.F_K] = C
+    row[_X.F_XIMG] = C * H * W
+    row[_X.F_BIAS] = row[_X.F_RES] = -1
+    if n.kind == "maxpool":
+        row[_X.F_KIND] = _X.OP_MAXPOOL
+        row[_X.F_R], row[_X.F_S] = a["k"]
+        row[_X.F_SH], row[_X.F_SW] = a["stride"]
+        row[_X.F_A], row[_X.F_B] = a["padding"]
+        row[_X.F_DH], row[_X.F_DW] = a["dilation"]
+        row[_X.F_OH] = _pool_out(H, a["k"][0], a["stride"][0], a["padding"][0], a["dilation"][0], a["ceil"])
+        row[_X.F_OW] = _pool_out(W, a["k"][1], a["stride"][1], a["padding"][1], a["dilation"][1], a["ceil"])
+    else:
+        row[_X.F_KIND] = _X.OP_ADAPTIVE
+        row[_X.F_OH], row[_X.F_OW] = a["size"]
+    row[_X.F_YIMG] = C * row[_X.F_OH] * row[_X.F_OW]
 
 
 # ---------------------------------------------------------------------- operators
@@ -878,7 +950,9 @@ def _reshape(m, i, n, vals, st):
     shape = reshape_shape(n, x.shape, m._example_batch)
     if int(np.prod(shape)) != x.size:
         raise ConvError(f"cannot reshape {x.shape} to {shape}")
-    return np.ascontiguousarray(x).reshape(shape)
+    y = np.ascontiguousarray(x).reshape(shape)
+    st.shapes[i] = y.shape  # a view of its input's arena slot (`_build`)
+    return y
 
 
 def _cat(m, i, n, vals, st):
