@@ -709,6 +709,22 @@ def test_non_finite_input_is_refused(small, value):
     assert torch.isfinite(y[0]).all()
 
 
+@pytest.mark.parametrize("value", [float("nan"), float("inf")])
+@pytest.mark.parametrize("batch", [2, 3], ids=["planned-shape", "first-call-at-a-shape"])
+def test_non_finite_input_is_found_wherever_it_is(small, value, batch):
+    """The check runs in the copy into the arena on later calls (`copy_finite`, blocks of 4096
+    elements) and on the input itself at a shape's first call: the first bad element is named,
+    and a refused call leaves the model working."""
+    m, x, cm = small
+    good = torch.randn(batch, *x.shape[1:])
+    bad = good.clone()
+    bad.view(-1)[-1] = value  # the last element, past the first block
+    bad[batch - 1, 2, 15, 14] = value
+    with pytest.raises(convolab.ConvError, match=rf"non-finite.*\({batch - 1}, 2, 15, 14\)"):
+        cm(bad)
+    np.testing.assert_allclose(cm(good).numpy(), m(good).detach().numpy(), rtol=1e-4, atol=1e-5)
+
+
 def test_compile_refusals(small):
     m, x, _ = small
     with pytest.raises(convolab.ConvError, match="training"):

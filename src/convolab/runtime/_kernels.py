@@ -52,6 +52,27 @@ def epilogue(src, dst, scale, shift, res, mode, act, lo, hi, ctr):  # pragma: no
 
 
 @njit(cache=True, nogil=True)
+def copy_finite(src, dst):  # pragma: no cover - compiled
+    """``dst[:] = src`` (flat float32) in one pass that also looks for NaN and Inf (``v - v``
+    is NaN for both, 0 for finite values): returns the first non-finite element's index, or
+    -1. (``np.isfinite(x).all()`` and a copy took 0.07 + 0.03 ms for a 224x224 RGB image, a
+    percent of EfficientNet-Lite0's batch-1 call.)"""
+    n = src.size
+    for b0 in range(0, n, 4096):
+        b1 = min(n, b0 + 4096)
+        bad = False
+        for i in range(b0, b1):
+            v = src[i]
+            dst[i] = v
+            bad |= (v - v) != F0
+        if bad:
+            for i in range(b0, b1):
+                if not np.isfinite(src[i]):
+                    return i
+    return -1
+
+
+@njit(cache=True, nogil=True)
 def maxpool(x, out, kh, kw, sh, sw, ph, pw, dh, dw, ctr):  # pragma: no cover - compiled
     """PyTorch's max_pool2d over (N, C, H, W), NaN propagating. Each task pads its plane with
     -inf (padding and the ceil-mode overhang never win) split into stride phases, as direct's

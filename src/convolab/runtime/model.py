@@ -157,6 +157,8 @@ class CompiledModel:
             raise ConvError(f"the compiled model takes {len(self.graph.inputs)} input(s), got {len(inputs)}")
         is_torch = [type(x).__module__.startswith("torch") for x in inputs]
         arrays = [self._input(x, self.graph.nodes[i]) for x, i in zip(inputs, self.graph.inputs, strict=True)]
+        # NaN / Inf are looked for here on a shape's first call, later while the input is
+        # copied into the arena (`_run`)
         key = tuple(a.shape for a in arrays)
         with self._lock:
             st = self._states.get(key[0] if len(key) == 1 else key)
@@ -181,12 +183,12 @@ class CompiledModel:
         if a.ndim != len(node.shape) or a.shape[1:] != tuple(node.shape[1:]):
             raise ConvError(f"input {node.name}: expected shape (N, {', '.join(map(str, node.shape[1:]))}), "
                             f"got {tuple(a.shape)}")
-        if self.check_finite and not np.isfinite(a).all():
-            bad = np.argwhere(~np.isfinite(a))[0]
-            at = tuple(int(i) for i in bad)
-            raise ConvError(f"input {node.name}: non-finite value {a[at]} at index {at} "
-                            "(compile with check_finite=False to let NaN/Inf propagate)")
         return np.ascontiguousarray(a)
+
+    def _not_finite(self, a: np.ndarray, node: Node, flat: int) -> ConvError:
+        at = tuple(int(i) for i in np.unravel_index(flat, a.shape))
+        return ConvError(f"input {node.name}: non-finite value {a[at]} at index {at} "
+                         "(compile with check_finite=False to let NaN/Inf propagate)")
 
     def _run(self, arrays, st: _State) -> list[np.ndarray]:
         """The first call at a shape runs operator by operator on fresh arrays and records
@@ -195,6 +197,10 @@ class CompiledModel:
         g = self.graph
         vals: list = [None] * len(g.nodes)
         if st.segments is None:
+            if self.check_finite:
+                for i, a in zip(g.inputs, arrays, strict=True):
+                    if not np.isfinite(a).all():
+                        raise self._not_finite(a, g.nodes[i], int(np.argmax(~np.isfinite(a))))
             for i, a in zip(g.inputs, arrays, strict=True):
                 vals[i] = a
                 st.shapes[i] = a.shape
@@ -206,7 +212,12 @@ class CompiledModel:
             return outs
         for i, a in zip(g.inputs, arrays, strict=True):
             vals[i] = st.buffers[i]
-            vals[i][...] = a
+            if self.check_finite:
+                bad = K.copy_finite(a.reshape(-1), vals[i].reshape(-1))
+                if bad >= 0:
+                    raise self._not_finite(a, g.nodes[i], bad)
+            else:
+                vals[i][...] = a
         for seg in st.segments:
             if isinstance(seg, _Segment):
                 seg.ctr[:] = 0
