@@ -159,17 +159,22 @@ def test_calls_hold_only_the_thread_pools_they_can_reach(monkeypatch):
 
     net = nn.Sequential(nn.Conv2d(8, 16, 3, padding=1), nn.ReLU(), nn.Conv2d(16, 16, 1)).eval()
     x = torch.randn(1, 8, 12, 12)
-    held = []
+    held, entered = [], []
     real = par.blas_one_thread
     monkeypatch.setattr(par, "blas_one_thread", lambda: held.append(1) or real())
+    enter = M._Threads.__enter__
+    monkeypatch.setattr(M._Threads, "__enter__", lambda self: entered.append(1) or enter(self))
     for algorithm, blas in (("direct", False), ("im2col", True)):
         cm = compile(net, x, algorithm=algorithm, threads=2)
         cm(x)  # plans, records, builds
         held.clear()
+        entered.clear()
         cm(x)
         st = cm._states[tuple(x.shape)]
         assert (st.uses_blas, st.uses_torch) == (blas, False)
         assert bool(held) == blas
+        # all in the executor: Numba's, the BLAS's and PyTorch's pools are not touched at all
+        assert st.outside == blas and bool(entered) == blas
 
 
 def test_pointwise_layers_run_with_pixels_in_the_lanes():

@@ -67,6 +67,9 @@ class _State:
         #: PyTorch (an operator run through it): unknown (True) until the segments are built
         self.uses_blas = True
         self.uses_torch = True
+        #: whether any operator runs outside the executor's segments (unknown: True); if none
+        #: does, a call touches no thread pool but the executor's team
+        self.outside = True
         #: nodes the executor runs image by image (`_image_major_run`)
         self.image_major: set[int] = set()
 
@@ -164,7 +167,10 @@ class CompiledModel:
             st = self._states.get(key[0] if len(key) == 1 else key)
             if st is None:
                 st = self._states[key[0] if len(key) == 1 else key] = _State()
-            with _Threads(self.threads, st.uses_blas, st.uses_torch):
+            if st.outside:
+                with _Threads(self.threads, st.uses_blas, st.uses_torch):
+                    outs = self._run(arrays, st)
+            else:  # all in the executor's job, on the team: no pool to hold or restore
                 outs = self._run(arrays, st)
         if any(is_torch):
             import torch
@@ -546,6 +552,7 @@ def _build(m: CompiledModel, st: _State) -> None:
     outside = [g.nodes[s_].kind for s_ in segments if not isinstance(s_, _Segment)]
     st.uses_blas = "conv" in outside
     st.uses_torch = "torch" in outside
+    st.outside = bool(outside)
 
 
 def _subsampled(spec) -> bool:
