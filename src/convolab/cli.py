@@ -25,6 +25,9 @@ COMMAND_MODULES = [
     "convolab.commands.quantize_eval",
 ]
 
+#: the dask extra's modules (`convolab.dask`: the sweep commands' --scheduler / --dask)
+DASK_MODULES = ("dask", "distributed", "zarr")
+
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
@@ -50,6 +53,12 @@ def main(argv: list[str] | None = None) -> int:
         return int(args.func(args) or 0)
     except ConvError as e:
         print(f"convolab: error: {e}", file=sys.stderr)
+        return 2
+    except ModuleNotFoundError as e:
+        if e.name not in DASK_MODULES:
+            raise
+        print(f"convolab: error: --scheduler / --dask need the dask extra (pip install "
+              f"'convolab[dask]'): no module {e.name!r}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("convolab: interrupted", file=sys.stderr)

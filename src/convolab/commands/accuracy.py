@@ -19,6 +19,9 @@ def add_parser(sub) -> None:
     p.add_argument("--bits", type=int, nargs="+", default=[8, 6, 4], help="integer widths")
     p.add_argument("--seed", type=int, default=0, help="data seed (default 0)")
     p.add_argument("--json", metavar="PATH", help="also write the results as JSON")
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--scheduler", metavar="ADDRESS", help="run the cases as tasks on this Dask scheduler")
+    g.add_argument("--dask", action="store_true", help="run the cases as tasks on a local Dask cluster")
     p.set_defaults(func=run)
 
 
@@ -36,8 +39,16 @@ def run(args) -> int:
             raise ConvError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
     if any(b < 2 or b > 16 for b in args.bits):
         raise ConvError(f"--bits must be between 2 and 16, got {args.bits}")
-    rows = study(args.batch, args.channels, args.out_channels, args.size, tuple(args.bits),
-                 args.seed)
+    if args.scheduler or args.dask:
+        from ..dask import sweeps
+
+        with sweeps.client(args.scheduler, args.dask) as c:
+            Console(stderr=True).print(sweeps.describe(c))
+            rows = sweeps.accuracy_study(c, args.batch, args.channels, args.out_channels, args.size,
+                                         tuple(args.bits), args.seed)
+    else:
+        rows = study(args.batch, args.channels, args.out_channels, args.size, tuple(args.bits),
+                     args.seed)
     settings = ["fp32", "fp16"] + [f"int{b}" for b in args.bits]
     table = Table(
         title=f"relative RMSE vs float64: N{args.batch} C{args.channels} K{args.out_channels} "

@@ -9,6 +9,11 @@ def add_parser(sub) -> None:
         help="measure GEMM rate, memory bandwidth, call overhead and each algorithm's rate for algorithm='auto'",
     )
     p.add_argument("--threads", type=int, default=None, help="thread count to calibrate for (default: all)")
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--scheduler", metavar="ADDRESS",
+                   help="time the layers as tasks on this Dask scheduler's workers (one per machine)")
+    g.add_argument("--dask", action="store_true",
+                   help="time the layers as tasks on a local Dask cluster (workers of --threads threads)")
     p.set_defaults(func=run)
 
 
@@ -21,17 +26,29 @@ def run(args) -> int:
     from .. import select
     from ..errors import ConvError
 
-    if args.threads is not None:
-        if not 1 <= args.threads <= numba.config.NUMBA_NUM_THREADS:
-            raise ConvError(f"--threads must be in 1..{numba.config.NUMBA_NUM_THREADS}, got {args.threads}")
-        numba.set_num_threads(args.threads)
     console = Console()
-    with Progress(console=console, transient=True) as progress:
-        task = progress.add_task("calibrating", total=len(select.CALIBRATION_LAYERS) * select.CALIBRATION_PASSES)
-        m = select.calibrate(progress=lambda what: progress.update(task, advance=1, description=what))
+    if args.scheduler or args.dask:
+        from ..dask import sweeps
+
+        with sweeps.client(args.scheduler, args.dask, threads_per_worker=args.threads or 1) as c:
+            Console(stderr=True).print(sweeps.describe(c))
+            with Progress(console=console, transient=True) as progress:
+                task = progress.add_task("calibrating", total=len(select.CALIBRATION_LAYERS))
+                m, threads = sweeps.calibrate(c, threads=args.threads if args.scheduler else None,
+                                              progress=lambda i, n: progress.update(task, completed=i))
+        where = " and on every worker"
+    else:
+        if args.threads is not None:
+            if not 1 <= args.threads <= numba.config.NUMBA_NUM_THREADS:
+                raise ConvError(f"--threads must be in 1..{numba.config.NUMBA_NUM_THREADS}, got {args.threads}")
+            numba.set_num_threads(args.threads)
+        with Progress(console=console, transient=True) as progress:
+            task = progress.add_task("calibrating", total=len(select.CALIBRATION_LAYERS) * select.CALIBRATION_PASSES)
+            m = select.calibrate(progress=lambda what: progress.update(task, advance=1, description=what))
+        threads, where = numba.get_num_threads(), ""
     console.print(
         f"GEMM {m.gemm_gflops:.0f} GFLOP/s, copy bandwidth {m.bandwidth_gbs:.1f} GB/s, "
-        f"call overhead {m.call_seconds * 1e6:.1f} us, threads {numba.get_num_threads()}"
+        f"call overhead {m.call_seconds * 1e6:.1f} us, threads {threads}"
     )
     table = Table(title="rate of each algorithm's multiplications on the calibration layers (2 flops each)")
     table.add_column("algorithm")
@@ -41,5 +58,5 @@ def run(args) -> int:
     for name, med, best, n in select.calibration_report(m):
         table.add_row(name, f"{med:.0f}", f"{best:.0f}", str(n))
     console.print(table)
-    console.print(f"stored in {select.CALIBRATION.path}")
+    console.print(f"stored in {select.CALIBRATION.path}{where}")
     return 0

@@ -56,6 +56,9 @@ def add_parser(sub) -> None:
                    help="oneDNN ISA limits for PyTorch, each at 1 and 2 threads")
     s.add_argument("--json", metavar="PATH", help="write per-layer results as JSON")
     s.add_argument("--layers", action="store_true", help="print every layer, not just the summary")
+    g = s.add_mutually_exclusive_group()
+    g.add_argument("--scheduler", metavar="ADDRESS", help="run the layers as tasks on this Dask scheduler")
+    g.add_argument("--dask", action="store_true", help="run the layers as tasks on a local Dask cluster")
     s.set_defaults(func=run_sweep)
 
     d = dsub.add_parser("determinism", help="PyTorch's classes vs convolab's on common layers")
@@ -106,11 +109,17 @@ def run_sweep(args) -> int:
                       "subprocess each")
     with Progress(console=console, transient=True) as prog:
         task = prog.add_task("layers", total=len(layers))
-        results = dev.sweep(
-            layers, orders=orders, algorithms=args.algorithms, torch=not args.no_torch,
-            isas=tuple(args.isas.split(",")),
-            progress=lambda i, n: prog.update(task, completed=i),
-        )
+        kwargs = dict(orders=orders, algorithms=args.algorithms, torch=not args.no_torch,
+                      isas=tuple(args.isas.split(",")),
+                      progress=lambda i, n: prog.update(task, completed=i))
+        if args.scheduler or args.dask:
+            from ..dask import sweeps
+
+            with sweeps.client(args.scheduler, args.dask) as c:
+                Console(stderr=True).print(sweeps.describe(c))
+                results = sweeps.deviations_sweep(c, layers, **kwargs)
+        else:
+            results = dev.sweep(layers, **kwargs)
     summary = dev.summarize(results)
     if args.layers:
         t = Table(title="classes per layer")
