@@ -205,3 +205,37 @@ def test_threads_give_identical_results_to_serial_calls():
             t.join()
         for i in range(4):
             np.testing.assert_array_equal(res2[i], serial[i])
+
+
+def test_torch_in_torch_out_without_copies():
+    """Arrays in, the same arrays out: a CPU tensor gives a tensor holding the result's memory;
+    tensors are read through their NumPy views; ``out`` tensors are filled and returned."""
+    rng = np.random.default_rng(3)
+    x = torch.from_numpy(rng.standard_normal((2, 4, 9, 8)).astype(np.float32))
+    w = torch.from_numpy(rng.standard_normal((6, 4, 3, 3)).astype(np.float32))
+    b = torch.from_numpy(rng.standard_normal(6).astype(np.float32))
+    ref = torch.nn.functional.conv2d(x, w, b, padding=1)
+    y = convolab.conv2d(x, w, b, padding=1, algorithm="direct")
+    assert isinstance(y, torch.Tensor) and y.dtype == torch.float32
+    torch.testing.assert_close(y, ref, rtol=1e-5, atol=1e-5)
+    yn = convolab.conv2d(x.numpy(), w.numpy(), b.numpy(), padding=1, algorithm="direct")
+    assert isinstance(yn, np.ndarray)
+    np.testing.assert_array_equal(y.numpy(), yn)
+    # a plan: the same rule; its out= may be a tensor, filled in place and returned
+    p = convolab.plan(x.shape, w, b, padding=1, algorithm="direct")
+    out = torch.empty(2, 6, 9, 8)
+    r = p(x, out=out)
+    assert r is out
+    np.testing.assert_array_equal(out.numpy(), yn)
+    assert isinstance(p(x.numpy()), np.ndarray)
+    # autograd is detached; a strided (channels-last) tensor is read as it is
+    xg = x.clone().requires_grad_()
+    assert not convolab.conv2d(xg, w, b, padding=1).requires_grad
+    xc = x.contiguous(memory_format=torch.channels_last)
+    torch.testing.assert_close(convolab.conv2d(xc, w, b, padding=1, algorithm="direct"), y, rtol=0, atol=0)
+
+
+def test_torch_dtype_numpy_cannot_hold_is_refused():
+    x = torch.zeros(1, 2, 5, 5, dtype=torch.bfloat16)
+    with pytest.raises(convolab.ConvError, match="x has dtype torch.bfloat16"):
+        convolab.conv2d(x, np.ones((2, 2, 3, 3), np.float32))

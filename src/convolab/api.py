@@ -167,6 +167,15 @@ class ConvPlan:
         self._algo.run(self._prepared, x, out)
 
     def __call__(self, x, *, out=None) -> np.ndarray:
+        """Convolve ``x`` (the planned shape and dtype). Arrays in, the same arrays out: NumPy
+        -> NumPy; a CPU torch tensor -> a torch tensor sharing the result's memory (``out``,
+        NumPy array or torch tensor, is filled and returned)."""
+        if _is_torch(x) or _is_torch(out):
+            y = self._call(_from_torch(x, "x"), _from_torch(out, "out"))
+            return _to_torch(y, x, out)
+        return self._call(x, out)
+
+    def _call(self, x, out) -> np.ndarray:
         s = self.spec
         x = np.asarray(x)
         if x.shape != s.x_shape:
@@ -259,6 +268,35 @@ def plan(
     return ConvPlan(spec, algo, w, b, ranking)
 
 
+def _is_torch(a) -> bool:
+    return type(a).__module__.startswith("torch") and hasattr(a, "detach")
+
+
+def _from_torch(a, what: str):
+    """A CPU torch tensor's data as a NumPy array sharing its memory (strides kept, autograd
+    detached: convolab computes values, not gradients); anything else unchanged."""
+    if not _is_torch(a):
+        return a
+    if a.device.type != "cpu":
+        raise ConvError(f"{what} is a {a.device} tensor; the CPU algorithms take CPU tensors")
+    try:
+        return a.detach().numpy()
+    except (TypeError, RuntimeError) as e:  # bfloat16, complex...: no NumPy dtype
+        raise ConvError(f"{what} has dtype {a.dtype}, which NumPy cannot hold ({e})") from None
+
+
+def _to_torch(y, like_x, out):
+    """The result as the caller gave the input: a torch tensor for a torch input (the ``out``
+    tensor itself if one was given, else ``torch.from_numpy`` of the result: no copy)."""
+    if not _is_torch(like_x):
+        return y
+    if _is_torch(out):
+        return out
+    import torch
+
+    return torch.from_numpy(y)
+
+
 def _device_of(x) -> str | None:
     """'cuda' for a CUDA torch tensor, 'cpu' for a CPU one, None for anything else."""
     dev = getattr(x, "device", None)
@@ -268,7 +306,7 @@ def _device_of(x) -> str | None:
 
 def conv2d(
     x, w, bias=None, stride=1, padding=0, dilation=1, groups=1, *, algorithm="auto", out=None
-) -> np.ndarray:
+):
     """2D convolution (cross-correlation) with PyTorch's ``conv2d`` semantics.
 
     Parameters
@@ -287,10 +325,13 @@ def conv2d(
 
     Returns
     -------
-    numpy.ndarray
-        (N, K, OH, OW) in the promoted dtype of ``x`` and ``w``. A CUDA torch tensor ``x`` is
-        handed to `convolab.gpu.conv2d` (once `convolab.gpu` is imported), which returns a
-        CUDA tensor.
+    numpy.ndarray or torch.Tensor
+        (N, K, OH, OW) in the promoted dtype of ``x`` and ``w``. Arrays in, the same arrays out:
+        NumPy in, NumPy out; a CPU torch tensor ``x`` gives a torch tensor that shares the
+        result's memory (``torch.from_numpy``, no copy; tensors are read through their NumPy
+        views, also without a copy where their strides allow, and detached: no autograd). A
+        CUDA torch tensor ``x`` is handed to `convolab.gpu.conv2d` (once `convolab.gpu` is
+        imported), which returns a CUDA tensor.
 
     Notes
     -----
@@ -306,6 +347,10 @@ def conv2d(
                 f"(pip install 'convolab[gpu]', then import convolab.gpu)"
             )
         return run(x, w, bias, stride, padding, dilation, groups, algorithm=algorithm, out=out)
+    if _is_torch(x) or _is_torch(w) or _is_torch(bias) or _is_torch(out):
+        y = conv2d(_from_torch(x, "x"), _from_torch(w, "w"), _from_torch(bias, "bias"), stride,
+                   padding, dilation, groups, algorithm=algorithm, out=_from_torch(out, "out"))
+        return _to_torch(y, x, out)
     x = np.asarray(x)
     w = np.asarray(w)
     b = None if bias is None else np.asarray(bias)
