@@ -161,9 +161,11 @@ def merge_calibrations(layers: list, groups: list[list[int]], machines: list):
     """One `convolab.select.Machine` from calibrations of groups of ``layers``.
 
     Each of ``machines`` is what `convolab.select.calibrate` returned for the layers
-    ``groups[i]``; its samples give each (algorithm, layer) time back as
-    ``2^(log2 seconds per multiply) multiplies + call overhead``. The machine constants are the
-    parts' medians; the per-kernel fit is `convolab.select.calibrate`'s, over all layers.
+    ``groups[i]``; its samples give each (algorithm, layer) time back as ``2^(log2 measured /
+    fitted) x fitted`` from the group's fit (or, where that fit is not positive, as
+    ``2^(log2 seconds per multiply) multiplies + call overhead``, which loses the times below
+    the call overhead). The machine constants are the parts' medians; the per-kernel fit is
+    `convolab.select.calibrate`'s, over all layers.
     """
     from .. import registry, select
     from ..spec import ConvSpec
@@ -177,8 +179,13 @@ def merge_calibrations(layers: list, groups: list[list[int]], machines: list):
             mine = [i for i in idx if a.supports(specs[i]) is None and a.cost_key(specs[i]) == key]
             if len(mine) != len(rows):
                 raise ConvError(f"calibration samples of {key} do not match its layers ({len(rows)} vs {len(mine)})")
+            coef = np.asarray(m.linear.get(key, []), dtype=float)
             for i, row in zip(mine, rows, strict=True):
-                seconds[key, i] = 2.0 ** row[m.n_features] * a.multiplies(specs[i]) + m.call_seconds
+                fitted = float(np.asarray(select.cost_terms(a, specs[i])) @ coef) if coef.size else 0.0
+                if fitted > 0 and len(row) > m.n_features + 1:
+                    seconds[key, i] = 2.0 ** row[m.n_features + 1] * fitted
+                else:
+                    seconds[key, i] = 2.0 ** row[m.n_features] * a.multiplies(specs[i]) + m.call_seconds
     samples, linear = {}, {}
     for key in sorted({k for k, _ in seconds}):
         a = registry.get(key.split("/")[0])
