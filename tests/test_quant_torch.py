@@ -1,4 +1,4 @@
-"""convolab.quant.torch (quantised PyTorch models) and the quantize-eval command."""
+"""convolab.interop.quantized (quantised PyTorch models) and the quantize-eval command."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ torch = pytest.importorskip("torch")
 from convolab import ConvError  # noqa: E402
 from convolab.cli import main  # noqa: E402
 from convolab.quant import QuantConfig, QuantizedConv  # noqa: E402
-from convolab.quant.torch import QuantSession, use  # noqa: E402
+from convolab.interop.quantized import QuantSession, use  # noqa: E402
 
 
 class FunctionalConv(torch.nn.Module):
@@ -143,7 +143,7 @@ def test_quantize_eval_on_the_real_network(tmp_path):
 def test_interop_use_with_quantize_is_the_quantised_session():
     import convolab.interop.torch as ct
     from convolab.quant import QuantConfig
-    from convolab.quant.torch import QuantSession
+    from convolab.interop.quantized import QuantSession
 
     conv = torch.nn.Conv2d(4, 6, 3, padding=1)
     x = torch.randn(2, 4, 10, 10)

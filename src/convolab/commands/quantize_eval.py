@@ -172,7 +172,7 @@ def run(args) -> int:
     from ..interop.models import MODELS, load_model
     from ..quant.core import QuantConfig
     from ..quant.layer import QuantizedConv
-    from ..quant.torch import QuantSession, torch_conv
+    from ..interop.quantized import QuantSession, torch_conv
 
     algos, bits, rows = _parse(args)
     console = Console()

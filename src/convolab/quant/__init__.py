@@ -8,7 +8,8 @@
 - `fast`: integer Winograd F(2x2,3x3), F(4x4,3x3) and SFC-4(4x4,3x3), SFC-6(6x6,3x3),
   SFC-6(7x7,3x3) (and more) with the transform domain quantised per frequency (8, 6, 4 bits);
 - `layer`: `QuantizedConv`, a calibrated float-in / float-out convolution on any of these;
-- `torch` (imported on demand): run a PyTorch model quantised, `convolab.quant.torch.use`.
+Running a PyTorch model quantised is interop's job: `convolab.interop.torch.use(quantize=...)`
+(`convolab.interop.quantized`; interop builds on quant, never the other way).
 
 The data path and where rounding happens are in each module's notes; ``convolab quantize-eval``
 measures the accuracy of every algorithm and bit width on a real pretrained network.

@@ -1,6 +1,6 @@
 """Run a PyTorch model's convolutions quantised (post-training), through convolab.
 
-Builds on `convolab.interop.torch`: a `QuantSession` is an interop `Session` whose per-layer
+Builds on `convolab.interop.session`: a `QuantSession` is an interop `Session` whose per-layer
 plan is a `convolab.quant.QuantizedConv` instead of a float `ConvPlan`, so every
 ``nn.Conv2d``, subclass and direct ``F.conv2d`` call on CPU is intercepted exactly as there
 (see that module for what is and is not intercepted). Everything else in the model (batch norm
@@ -11,10 +11,10 @@ fast algorithm's transform domain).
 Usage::
 
     from convolab.quant import QuantConfig
-    from convolab.quant.torch import use
+    from convolab.interop.torch import use
 
     cfg = QuantConfig(algorithm="sfc6_6x3", bits=8, transform_bits=8)
-    with torch.no_grad(), use(cfg, model=net, calibration=sample_images) as s:
+    with torch.no_grad(), use(quantize=cfg, model=net, calibration=sample_images) as s:
         logits = net(images)
     rich.print(s.table())
 
@@ -32,10 +32,10 @@ import numpy as np
 import torch
 
 from ..errors import ConvError
-from ..interop.torch import _TORCH_CONV2D, Session, _tkey
+from ..quant.core import QuantConfig
+from ..quant.layer import QuantizedConv
 from ..spec import ConvSpec
-from .core import QuantConfig
-from .layer import QuantizedConv
+from .session import TORCH_CONV2D, Session, tensor_key
 
 __all__ = ["QuantSession", "use"]
 
@@ -47,7 +47,7 @@ def torch_conv(spec: ConvSpec, x: np.ndarray, w: np.ndarray, b: np.ndarray | Non
         xt = torch.nn.functional.pad(xt, spec.padding)  # (left, right, top, bottom)
     wt = torch.from_numpy(np.ascontiguousarray(w, dtype=x.dtype))
     bt = None if b is None else torch.from_numpy(np.ascontiguousarray(b, dtype=x.dtype))
-    return _TORCH_CONV2D(xt, wt, bt, spec.stride, 0, spec.dilation, spec.groups).numpy()
+    return TORCH_CONV2D(xt, wt, bt, spec.stride, 0, spec.dilation, spec.groups).numpy()
 
 
 class _QuantPlan:
@@ -111,7 +111,7 @@ class QuantSession(Session):
 
     def make_plan(self, name, spec, w, b, algorithm):
         """A `QuantizedConv` plan for the layer (one per weight, shared across input shapes)."""
-        key = (name, id(w), _tkey(w), None if b is None else (id(b), _tkey(b)))
+        key = (name, id(w), tensor_key(w), None if b is None else (id(b), tensor_key(b)))
         if key not in self._layers:
             cfg = self.config_for(name, spec)
             layer = None if cfg is None else QuantizedConv(
