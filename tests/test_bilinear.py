@@ -118,7 +118,7 @@ def test_generic_non_separable_matrices():
     x, w, _ = make_data((2, 3, 9, 10), (2, 3, 3, 3), bias=False)
     y, spec = _run(eng, x, w, padding=1)
     check_against_reference(y, x, w, None, {"padding": 1},
-                            bilinear.error_bound_for(eng, spec, np.float32))
+                            bilinear.error_bound(eng, spec, np.float32))
 
 
 @pytest.mark.parametrize("small_c,gemm", [(1, "blas"), (1000, "blas"), (1, "microkernel"),
@@ -143,7 +143,7 @@ def test_chunking_threads_and_layouts(monkeypatch, threads, chunk_tiles, small_c
     eng = bilinear.engine("sfc6_6x3")
     y, spec = _run(eng, x, w, padding=1, groups=2)
     check_against_reference(y, x, w, None, {"padding": 1, "groups": 2},
-                            bilinear.error_bound_for(eng, spec, np.float32))
+                            bilinear.error_bound(eng, spec, np.float32))
 
 
 @pytest.mark.parametrize("name", ["winograd_f2x3", "winograd_f6x3", "sfc4_4x3"])
@@ -159,7 +159,7 @@ def test_output_planes_aliasing_in_l1(monkeypatch, name, threads, chunk_tiles):
     eng = bilinear.engine(name)
     y, spec = _run(eng, x, w)
     assert spec.OH * spec.OW * 4 % 4096 == 0
-    check_against_reference(y, x, w, None, {}, bilinear.error_bound_for(eng, spec, np.float32))
+    check_against_reference(y, x, w, None, {}, bilinear.error_bound(eng, spec, np.float32))
 
 
 @pytest.mark.parametrize("threads", [2, 3])
@@ -199,7 +199,7 @@ def test_microkernel_gemms_match_blas(monkeypatch, dtype, threads, split_channel
     assert bilinear._microkernel_gemms(spec)
     eng = bilinear.engine("winograd_f4x3")
     assert bool(bilinear._channel_split(spec, eng.alg.m, eng.P)) == split_channels
-    bound = bilinear.error_bound_for(eng, spec, dtype)
+    bound = bilinear.error_bound(eng, spec, dtype)
     y, _ = _run(eng, x, w, padding=1)
     check_against_reference(y, x, w, None, {"padding": 1}, bound)
     monkeypatch.setattr(bilinear, "MK_MIN_CG", 1 << 30)

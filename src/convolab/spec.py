@@ -24,7 +24,6 @@ import numpy as np
 from .errors import ConvError
 
 #: dtypes a floating-point convolution accepts; float16 computes in float32.
-FLOAT_DTYPES = (np.dtype(np.float16), np.dtype(np.float32), np.dtype(np.float64))
 
 
 def _is_int(v) -> bool:
@@ -286,11 +285,6 @@ class ConvSpec:
         from dataclasses import replace
 
         return replace(self, dtype=np.dtype(dtype))
-
-    def with_batch(self, n: int) -> ConvSpec:
-        from dataclasses import replace
-
-        return replace(self, N=int(n))
 
     def __str__(self) -> str:
         pl, pr, pt, pb = self.padding

@@ -39,7 +39,7 @@ and V and M of a chunk, per block in flight; these buffers are kept per thread a
 later calls (allocating them afresh page-faulted on every call). The transformed weights held
 by the plan are P / (r r) times the weights.
 
-Error: `error_bound` is derived (see `_error_bound`); not deterministic across CPUs because the
+Error: the bound is derived (`error_bound`); not deterministic across CPUs because the
 BLAS picks its kernel (and summation order) by SIMD width.
 
 Sources: A. Lavin, S. Gray, "Fast Algorithms for Convolutional Neural Networks", CVPR 2016;
@@ -122,7 +122,7 @@ class Engine:
     A1: np.ndarray  # (m, n2) float64
     s_in: tuple  # CSR (indptr, indices, values float64), empty arrays for the identity
     s_out: tuple
-    alpha: float  # error amplification, see _error_bound
+    alpha: float  # error amplification, see error_bound
     stage_terms: tuple  # max terms per sum in each transform stage
     exact: object = field(repr=False)  # the Bilinear2D, or its pickle (bytes)
 
@@ -312,12 +312,7 @@ def multiplies_for(alg: Bilinear2D | Engine, spec: ConvSpec) -> int:
     return spec.groups * spec.N * TH * TW * alg.products * spec.Kg * spec.Cg
 
 
-def error_bound_for(eng: Engine, spec: ConvSpec, dtype) -> float:
-    """Derived bound on the normwise error (see `_error_bound`)."""
-    return _error_bound(eng, spec, dtype)
-
-
-def _error_bound(eng: Engine, spec: ConvSpec, dtype) -> float:
+def error_bound(eng: Engine, spec: ConvSpec, dtype) -> float:
     """Worst-case normwise error, derived from the rounding of every stage.
 
     Each computed stage ``s = S v`` with at most k terms per row is within
@@ -668,7 +663,7 @@ def _make(name: str) -> Algorithm:
         # channels), channel-vector transforms with BLAS GEMMs
         kernel=lambda spec: "microkernel" if _microkernel_gemms(spec) else (
             "tiles" if spec.Cg < SMALL_C else ""),
-        error_bound=lambda spec, dtype: _error_bound(engine(name), spec, dtype),
+        error_bound=lambda spec, dtype: error_bound(engine(name), spec, dtype),
         summary=summary + "; stride 1",
         features={
             "workspace": "(P·(C/g + K/g)·(tiles per chunk) + N_block·C·H·W)·(blocks in flight "

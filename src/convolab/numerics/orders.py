@@ -189,11 +189,6 @@ STANDARD_ORDERS = (
 )
 
 
-def standard_orders() -> list[Order]:
-    """`STANDARD_ORDERS` parsed."""
-    return [parse_order(o) for o in STANDARD_ORDERS]
-
-
 def candidate_orders() -> list[Order]:
     """A wider family for `identify`: loop order x lanes/pairwise x fma x split x bias (450)."""
     out = []

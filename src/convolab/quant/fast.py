@@ -119,11 +119,6 @@ class IntTransforms:
         return np.abs(self.BT).sum(axis=1)
 
     @property
-    def input_transform_integer(self) -> bool:
-        """Whether ``BT`` maps integer tiles to integers (true for every shipped algorithm)."""
-        return self.d_b == 1
-
-    @property
     def unit_transforms(self) -> bool:
         """Whether every input- and filter-transform entry is in {0, +1, -1} (SFC; not Winograd)."""
         return (self.d_b == 1 and self.d_g == 1 and np.abs(self.BT_int).max() <= 1
