@@ -65,3 +65,53 @@ def test_calibrate_command(tmp_path, monkeypatch, capsys):
     assert main(["calibrate"]) == 0
     out = capsys.readouterr().out
     assert "GEMM" in out and "direct" in out and (tmp_path / "calibration.json").exists()
+
+
+def test_bench_plot_from_the_run_and_from_its_json(tmp_path, capsys):
+    pytest.importorskip("matplotlib")
+    js, png, png2 = tmp_path / "b.json", tmp_path / "b.png", tmp_path / "again.png"
+    rc = main(["bench", "--layers", "dw 3x3", "--algorithms", "direct,im2col", "--repeat", "1",
+               "--json", str(js), "--plot", str(png)])
+    assert rc == 0 and f"wrote {png}" in capsys.readouterr().out
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert main(["bench", "--from-json", str(js), "--plot", str(png2)]) == 0
+    assert png2.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # the chart's content: one row per layer, auto labelled with its pick, the peers' bars
+    from convolab.bench import plot as P
+
+    data = {"suite": "t", "batch": 1, "machine": {"cpu": "X", "threads": 2, "gemm_gflops": 100.0},
+            "records": [
+                {"layer": "L1", "impl": "direct", "kind": "algorithm", "gflops": 50.0},
+                {"layer": "L1", "impl": "im2col", "kind": "algorithm", "gflops": 80.0},
+                {"layer": "L1", "impl": "auto", "kind": "algorithm", "gflops": 79.0, "chosen": "im2col"},
+                {"layer": "L1", "impl": "onnxruntime", "kind": "peer", "gflops": 70.0},
+                {"layer": "L2", "impl": "direct", "kind": "algorithm", "gflops": 40.0},
+                {"layer": "L2", "impl": "fft", "kind": "algorithm", "skipped": "no"},
+            ]}
+    drawn = {}
+    import matplotlib.axes
+
+    real = matplotlib.axes.Axes.barh
+
+    def barh(self, y, width, **kw):
+        drawn.setdefault(kw.get("color"), []).append(width)
+        return real(self, y, width, **kw)
+
+    mp = pytest.MonkeyPatch()
+    mp.setattr(matplotlib.axes.Axes, "barh", barh)
+    try:
+        P.plot(data, str(tmp_path / "c.png"))
+    finally:
+        mp.undo()
+    assert drawn[P._AUTO] == [79.0] and sorted(drawn[P._BEST]) == [40.0, 80.0]
+    assert drawn[P._PEERS[0]] == [70.0]
+
+
+def test_bench_plot_errors(tmp_path, capsys):
+    assert main(["bench", "--from-json", str(tmp_path / "x.json")]) == 2
+    assert "give --plot" in capsys.readouterr().err
+    assert main(["bench", "--from-json", str(tmp_path / "missing.json"), "--plot", str(tmp_path / "p.png")]) == 2
+    assert "cannot read the benchmark file" in capsys.readouterr().err
+    (tmp_path / "e.json").write_text('{"records": []}')
+    assert main(["bench", "--from-json", str(tmp_path / "e.json"), "--plot", str(tmp_path / "p.png")]) == 2
+    assert "nothing to plot" in capsys.readouterr().err

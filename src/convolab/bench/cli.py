@@ -27,6 +27,11 @@ def add_parser(sub) -> None:
     p.add_argument("--threads", type=int, default=None, help="threads for convolab, BLAS, peers (default: all)")
     p.add_argument("--layers", default=None, help="only layers whose name contains one of these (comma-separated)")
     p.add_argument("--json", dest="json_path", default=None, metavar="FILE", help="write all records as JSON")
+    p.add_argument("--plot", default=None, metavar="FILE.png",
+                   help="a chart of the run: GFLOP/s per layer, auto, the fastest algorithm, the peers "
+                        "and the GEMM rate (needs the plot extra, matplotlib)")
+    p.add_argument("--from-json", default=None, metavar="FILE",
+                   help="with --plot: chart an earlier run's --json file instead of running")
     p.add_argument("--dtype", default="float32", metavar="DTYPE",
                    help="float32 (default): the float algorithms and peers; int8: every method of "
                         "convolab.quant.conv2d_int8 (exact int32) against ONNX Runtime's QLinearConv and "
@@ -106,6 +111,15 @@ def run(args) -> int:
         from ..gpu import bench as gpu_bench
 
         return gpu_bench.run(args)
+    if getattr(args, "from_json", None):
+        if not args.plot:
+            raise ConvError("--from-json charts an earlier run: give --plot FILE.png too")
+        from .plot import from_json
+
+        _console().print(f"wrote {from_json(args.from_json, args.plot)}")
+        return 0
+    if getattr(args, "plot", None) and dtype != "float32":
+        raise ConvError(f"--plot charts float32 runs; --dtype {dtype} has no chart yet")
     if dtype == "int8":
         return run_int8(args)
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -197,6 +211,10 @@ def run(args) -> int:
         )
     if args.json_path:
         _write_json(console, args.json_path, to_json(info, args.suite, batch, records))
+    if args.plot:
+        from .plot import plot
+
+        console.print(f"wrote {plot(to_json(info, args.suite, batch, records), args.plot)}")
     return 0
 
 
