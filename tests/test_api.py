@@ -239,3 +239,16 @@ def test_torch_dtype_numpy_cannot_hold_is_refused():
     x = torch.zeros(1, 2, 5, 5, dtype=torch.bfloat16)
     with pytest.raises(convolab.ConvError, match="x has dtype torch.bfloat16"):
         convolab.conv2d(x, np.ones((2, 2, 3, 3), np.float32))
+
+
+def test_plan_names_the_kernel_that_runs():
+    w = np.ones((64, 64, 3, 3), np.float32)
+    d = convolab.plan((1, 64, 20, 20), w, padding=1, algorithm="direct")
+    assert "microkernel" in d.kernel and f"kernel: {d.kernel}" in d.explain()
+    dw = convolab.plan((1, 64, 20, 20), np.ones((64, 1, 3, 3), np.float32), padding=1, groups=64,
+                       algorithm="direct")
+    assert dw.kernel.startswith("depthwise kernel")
+    s = convolab.plan((1, 64, 20, 20), w, padding=1, algorithm="sfc6_6x3")
+    assert "GEMMs" in s.kernel and any(f", {m}: " in s.kernel for m in ("blocks", "dealt", "phases",
+                                                                        "channels", "serial"))
+    assert "GEMM" in convolab.plan((1, 64, 20, 20), w, padding=1, algorithm="im2col").kernel

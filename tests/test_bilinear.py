@@ -231,3 +231,38 @@ def test_engines_are_kept_on_disk_for_the_next_process():
     bad = path.with_name("engines-corrupt.pickle")
     bad.write_bytes(b"not a pickle")
     assert bl._load_engines(bad) == {}
+
+
+@pytest.mark.parametrize("mode", sorted(bilinear.MODES))
+@pytest.mark.parametrize("threads", [1, 3])
+@pytest.mark.parametrize("mk", [False, True], ids=["blas", "microkernel"])
+def test_each_threading_mode_alone(monkeypatch, mode, threads, mk):
+    """Each named mode (`bilinear.MODES`), forced on the same layer, gives the reference's
+    result within the bound; `Prepared.kernel` names the GEMMs and the mode that runs."""
+    if mode == "channels" and not mk:
+        pytest.skip("the k-block split is the microkernel GEMMs' mode")
+    if mode == "phases" and mk:
+        pytest.skip("with microkernel GEMMs the threads split the k-blocks instead (channels)")
+    monkeypatch.setattr(bilinear, "CHUNK_TILES", 6)  # several blocks and chunks
+    if mk:
+        monkeypatch.setattr(bilinear, "SMALL_C", 1)
+        monkeypatch.setattr(bilinear, "MK_MIN_CG", 1)
+        monkeypatch.setattr(bilinear, "MK_MIN_USE", 0)
+    x, w, _ = make_data((3, 4, 11, 9), (6, 2, 3, 3), bias=False)
+    eng = bilinear.engine("sfc6_6x3")
+    spec = ConvSpec.from_arrays(x, w, padding=1, groups=2)
+    prep = bilinear.prepare_for(eng, spec, w)
+    assert prep.mk == mk
+    lay = prep.layout(threads)
+    forced = lay._replace(nbuf=max(2, lay.nbuf) if mode == "blocks" else 1,
+                          split=max(2, threads) if mode == "dealt" else 1,
+                          ks=threads if mode == "channels" else 0)
+    prep.layouts[threads] = forced
+    run = bilinear._Run(prep, x, out := np.full(spec.out_shape, np.nan, np.float32), threads)
+    monkeypatch.setattr(bilinear, "worker_count", lambda: threads)
+    bilinear._MODE_RUN[mode](run)
+    check_against_reference(out, x, w, None, {"padding": 1, "groups": 2},
+                            bilinear.error_bound(eng, spec, np.float32))
+    said = "serial" if threads == 1 and forced.mode == "phases" else forced.mode
+    assert f", {said}: " in prep.kernel(threads) and (mode == said or mode in ("serial", "phases"))
+    assert prep.kernel(threads).startswith("microkernel GEMMs" if prep.mk else "BLAS GEMMs")

@@ -17,7 +17,7 @@ import functools
 import numpy as np
 
 from . import registry
-from ._machine import available_memory
+from ._machine import available_memory, worker_count
 from .errors import ConvError, UnsupportedError
 from .spec import ConvSpec
 
@@ -147,7 +147,7 @@ class ConvPlan:
         how = "chosen by name" if not self._ranking else "chosen by algorithm='auto'"
         lines = [
             f"convolution {s} ({s.dtype}), output {s.out_shape}",
-            f"algorithm: {self.algorithm} ({how})",
+            f"algorithm: {self.algorithm} ({how}); kernel: {self.kernel}",
             f"workspace: {_mib(self.workspace_bytes)}; multiplications: {self.multiplies:,} "
             f"(direct: {s.direct_multiplies:,})",
             f"deterministic: {self.deterministic}; error bound (normwise): {self.error_bound:.2e}",
@@ -158,6 +158,19 @@ class ConvPlan:
 
     def __repr__(self) -> str:
         return f"ConvPlan({self.spec}, algorithm={self.algorithm!r})"
+
+    @property
+    def kernel(self) -> str:
+        """The kernel that runs this plan, in words: the algorithm's prepared state says it
+        where it depends on the thread count (a bilinear plan's GEMMs and threading mode),
+        else the algorithm's name for the kernel its `kernel` key selects (its summary where
+        it has one kernel)."""
+        describe = getattr(self._prepared, "kernel", None)
+        if callable(describe):
+            return describe(worker_count())
+        key = self._algo.kernel(self.spec)
+        a = self._algo
+        return a.kernel_names.get(key) or key or a.summary or f"{self.algorithm}'s kernel"
 
     def execute(self, x: np.ndarray, out: np.ndarray) -> None:
         """Run the plan without checks or bias: for runtimes that already guarantee ``x`` is

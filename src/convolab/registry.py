@@ -100,6 +100,8 @@ class Algorithm:
     summary: str = ""
     features: dict = field(default_factory=dict)
     kernel: Callable[[ConvSpec], str] = field(default=lambda spec: "")
+    #: what each `kernel` key runs, in words (`ConvPlan.kernel`); "" is the main kernel
+    kernel_names: dict = field(default_factory=dict)
     device: str = "cpu"
     batch_invariant: bool = True
     cpu_invariant: bool = False

@@ -53,6 +53,7 @@ import pickle
 import threading
 from dataclasses import dataclass, field
 from functools import cache, cached_property
+from typing import NamedTuple
 
 import numpy as np
 
@@ -358,10 +359,71 @@ def prepare_for(eng: Engine, spec: ConvSpec, w: np.ndarray):
         wpk = np.zeros((spec.groups, eng.P, spec.Cg, nkb * kb))
         wpk[..., : spec.Kg] = wt
         wt = wpk.reshape(spec.groups, eng.P, spec.Cg, nkb, kb).transpose(0, 1, 3, 2, 4)
-    consts = (eng.B1.astype(cd), eng.A1.astype(cd), (eng.s_in[0], eng.s_in[1], eng.s_in[2].astype(cd)),
-              (eng.s_out[0], eng.s_out[1], eng.s_out[2].astype(cd)))
-    # the block plan per thread count, filled by `run_prepared`
-    return (eng, spec, np.ascontiguousarray(wt, dtype=cd), mk, consts, {})
+    consts = Transforms(eng.B1.astype(cd), eng.A1.astype(cd),
+                        (eng.s_in[0], eng.s_in[1], eng.s_in[2].astype(cd)),
+                        (eng.s_out[0], eng.s_out[1], eng.s_out[2].astype(cd)))
+    return Prepared(eng, spec, np.ascontiguousarray(wt, dtype=cd), mk, consts)
+
+
+class Transforms(NamedTuple):
+    """The compute-dtype transform matrices the compiled kernels take: the 1D input and output
+    transforms ``B1``, ``A1`` and the sparse 2D stages ``s_in``, ``s_out`` (index arrays and
+    coefficients, `Engine`)."""
+
+    B1: np.ndarray
+    A1: np.ndarray
+    s_in: tuple
+    s_out: tuple
+
+
+class Layout(NamedTuple):
+    """How a layer runs on a given number of threads (`_plan_blocks`, `_channel_split`)."""
+
+    nimg: int  # images per block
+    cr: int  # tile rows per chunk
+    nbuf: int  # blocks in flight (> 1: whole blocks per thread)
+    split: int  # threads per block (> 1: a block's chunks dealt out)
+    ks: int  # threads splitting the k-blocks of the microkernel GEMMs (0: not used)
+
+    @property
+    def mode(self) -> str:
+        """The threading mode (`MODES`)."""
+        if self.ks:
+            return "channels"
+        if self.nbuf > 1:
+            return "blocks"
+        if self.split > 1:
+            return "dealt"
+        return "phases"
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """A prepared bilinear convolution: its engine and layer, the transformed (and for the
+    microkernel GEMMs packed) filter, whether the GEMMs run on the microkernel, the transforms;
+    `layout` caches the `Layout` per thread count."""
+
+    eng: Engine
+    spec: ConvSpec
+    wt: np.ndarray
+    mk: bool
+    consts: Transforms
+    layouts: dict = field(default_factory=dict, compare=False)
+
+    def layout(self, threads: int) -> Layout:
+        lay = self.layouts.get(threads)
+        if lay is None:
+            m, P = self.eng.m, self.eng.products
+            lay = self.layouts[threads] = Layout(
+                *_plan_blocks(self.spec, m, P), _channel_split(self.spec, m, P) if self.mk else 0)
+        return lay
+
+    def kernel(self, threads: int) -> str:
+        """Which kernels run, on ``threads`` threads: the GEMMs' and the threading mode."""
+        lay = self.layout(threads)
+        mode = "serial" if threads == 1 and lay.mode == "phases" else lay.mode
+        gemm = "microkernel GEMMs" if self.mk else "BLAS GEMMs"
+        return f"{gemm}, {mode}: {MODES[mode]}"
 
 
 _local = threading.local()
@@ -492,19 +554,153 @@ def _to_nhwc_rows(dst, src, r0: int, r1: int, TH: int, m: int, r: int, pt: int) 
             np.copyto(dst[n, h0:h1], src[n, :, h0:h1].transpose(1, 2, 0))
 
 
-def run_prepared(prepared, x: np.ndarray, out: np.ndarray) -> None:
-    """Run a prepared bilinear convolution of ``x`` into ``out`` (see the module docstring).
+#: the threading modes of `run_prepared`, by `Layout.mode` (and "serial" on one thread)
+MODES = {
+    "channels": "each thread every chunk of a block, its share of the k-blocks",
+    "blocks": "whole blocks of images per thread",
+    "dealt": "one block at a time, its chunks dealt out to the threads",
+    "phases": "one block at a time, every phase of every chunk split over the threads",
+    "serial": "one thread, block after block",
+}
 
-    Images are processed in blocks (`_plan_blocks`): a block's input is copied to NHWC
-    (unless C/groups is small), and its tiles go through the three phases chunk by chunk, the
-    output transform writing ``out`` directly. Threads (Python, GIL released, BLAS held to
-    one thread): whole blocks per thread when there are at least two per thread, else every
-    step split over the threads (copies by rows, transforms by tile, GEMMs by point).
-    """
+
+class _Run:
+    """One call of a prepared convolution: the layer's geometry and the steps every mode is
+    built from (buffers, a chunk's three phases, the chunks of a block)."""
+
+    def __init__(self, prepared: Prepared, x: np.ndarray, out: np.ndarray, threads: int):
+        self.p = prepared
+        self.x, self.out, self.T = x, out, threads
+        eng, spec = prepared.eng, prepared.spec
+        self.m, self.P, self.Cg, self.Kg = eng.m, eng.products, spec.Cg, spec.Kg
+        self.cd = spec.compute_dtype
+        self.TH, self.TW = tiles(spec, eng.m)
+        self.lay = prepared.layout(threads)
+        self.pl, _, self.pt, _ = spec.padding
+        nimg = self.lay.nimg
+        self.blocks = [(n0, min(spec.N, n0 + nimg)) for n0 in range(0, spec.N, nimg)]
+        # too few channels for channel vectors: vectorise along the tiles
+        self.small = spec.Cg < SMALL_C
+
+    def tile_buffers(self):
+        P, Cg, Kg, n = self.P, self.Cg, self.Kg, self.lay.cr * self.TW
+        return _scratch(0, P * Cg * n, self.cd), _scratch(1, P * Kg * n, self.cd)
+
+    def nhwc_buffer(self):
+        spec = self.p.spec
+        n = 0 if self.small else self.lay.nimg
+        return _scratch(2, n * spec.H * spec.W * spec.C, self.cd).reshape(-1, spec.H, spec.W, spec.C)
+
+    def chunk_jobs(self, n0, n1):
+        rows = (n1 - n0) * self.TH
+        return [(g, r0, r1) for g in range(self.p.spec.groups)
+                for r0, r1 in _chunk_rows(rows, self.lay.cr, self.lay.split)]
+
+    def mk_chunk(self, xh, outh, wpk, V, M, g, kb0, kb1, r0):
+        from ..kernels._bilinear import chunk_mk
+
+        c = self.p.consts
+        args = (xh, outh, wpk, V, M, g, self.Kg, kb0, kb1, r0, self.TH, self.TW, self.m, self.pt,
+                self.pl, c.B1, *c.s_in, c.A1, *c.s_out)
+        dtname = np.dtype(self.cd).name
+        load_from_cache(chunk_mk, args, _WARM.format(dtype=dtname), dtname)
+        chunk_mk(*args)
+
+    def one_chunk(self, xh, xs, outh, vb, mb, g, r0, r1):
+        """All three phases of the tiles in rows r0..r1 of a block, on this thread."""
+        from ..kernels._bilinear import chunk, chunk_tiles
+
+        P, Cg, Kg, wt, c = self.P, self.Cg, self.Kg, self.p.wt, self.p.consts
+        tc = (r1 - r0) * self.TW
+        M = mb[: P * Kg * tc].reshape(P, tc, Kg)
+        if self.p.mk:
+            self.mk_chunk(xh, outh, wt[g], vb[: P * Cg * tc].reshape(P, tc, Cg), M, g, 0,
+                          wt.shape[2], r0)
+        elif self.small:
+            V = vb[: P * Cg * tc].reshape(P, Cg, tc)
+            chunk_tiles(xs, outh, wt[g], V, M, g, r0, r1, self.TH, self.TW, self.m, self.pt,
+                        self.pl, c.B1, *c.s_in, c.A1, *c.s_out)
+        else:
+            V = vb[: P * Cg * tc].reshape(P, tc, Cg)
+            chunk(xh, outh, wt[g], V, M, g, r0, self.TH, self.TW, self.m, self.pt, self.pl, c.B1,
+                  *c.s_in, c.A1, *c.s_out)
+
+    def whole_block(self, n0, n1, vb, mb, xh_all):
+        """Every chunk of a block on this thread (its NHWC copy first)."""
+        xh, xs, outh = xh_all[: n1 - n0], self.x[n0:n1], self.out[n0:n1]
+        if not self.small:
+            _to_nhwc(xh, xs, 1)
+        for job in self.chunk_jobs(n0, n1):
+            self.one_chunk(xh, xs, outh, vb, mb, *job)
+
+
+def _mode_channels(r: _Run) -> None:
+    """Each thread: every chunk of a block, its share of the k-blocks (microkernel GEMMs)."""
+    wt, KB, P, Cg, Kg = r.p.wt, r.p.wt.shape[-1], r.P, r.Cg, r.Kg
+    kparts = _split(wt.shape[2], r.lay.ks)
+
+    def channels(i, n0, n1):
+        kb0, kb1 = kparts[i]
+        nk = min(Kg, kb1 * KB) - kb0 * KB
+        xh = r.nhwc_buffer()[: n1 - n0]
+        xs, outh = r.x[n0:n1], r.out[n0:n1]
+        _to_nhwc(xh, xs, 1)
+        for g, r0, r1 in r.chunk_jobs(n0, n1):
+            tc = (r1 - r0) * r.TW
+            V = _scratch(0, P * Cg * tc, r.cd).reshape(P, tc, Cg)
+            M = _scratch(1, P * nk * tc, r.cd).reshape(P, tc, nk)
+            r.mk_chunk(xh, outh, wt[g], V, M, g, kb0, kb1, r0)
+
+    for n0, n1 in r.blocks:
+        run_threads(lambda i, n0=n0, n1=n1: channels(i, n0, n1), range(len(kparts)))
+
+
+def _mode_blocks(r: _Run) -> None:
+    """Whole blocks per thread (at least two blocks per thread)."""
+    nbuf = r.lay.nbuf
+
+    def worker(i):
+        vb, mb = r.tile_buffers()
+        xh_all = r.nhwc_buffer()
+        for n0, n1 in r.blocks[i::nbuf]:
+            r.whole_block(n0, n1, vb, mb, xh_all)
+
+    run_threads(worker, range(nbuf))
+
+
+def _mode_dealt(r: _Run) -> None:
+    """One block at a time, its chunks dealt out to the threads; each thread copies the input
+    rows its chunks read to its own NHWC buffer: one hand-off per block."""
+    split = r.lay.split
+    for n0, n1 in r.blocks:
+        xs, outh = r.x[n0:n1], r.out[n0:n1]
+        jobs = r.chunk_jobs(n0, n1)
+
+        def dealt(i, xs=xs, outh=outh, jobs=jobs):
+            vb, mb = r.tile_buffers()
+            mine = jobs[i::split]
+            xh = r.nhwc_buffer()[: len(xs)]
+            if not r.small:
+                for r0, r1 in sorted({(r0, r1) for _, r0, r1 in mine}):
+                    _to_nhwc_rows(xh, xs, r0, r1, r.TH, r.m, r.p.eng.r, r.pt)
+            for job in mine:
+                r.one_chunk(xh, xs, outh, vb, mb, *job)
+
+        run_threads(dealt, range(split))
+
+
+def _mode_serial(r: _Run) -> None:
+    """One thread, block after block."""
+    vb, mb = r.tile_buffers()
+    xh_all = r.nhwc_buffer()
+    for n0, n1 in r.blocks:
+        r.whole_block(n0, n1, vb, mb, xh_all)
+
+
+def _mode_phases(r: _Run) -> None:
+    """One block at a time, every phase of every chunk split over all threads (a single tile
+    row, or transformed weights too large for every thread to read all of them)."""
     from ..kernels._bilinear import (
-        chunk,
-        chunk_mk,
-        chunk_tiles,
         input_transform,
         input_transform_tiles,
         output_transform,
@@ -512,141 +708,57 @@ def run_prepared(prepared, x: np.ndarray, out: np.ndarray) -> None:
         point_gemms_tiles,
     )
 
-    eng, spec, wt, mk, (B1, A1, sin, sout), layouts = prepared
-    m, P, Cg, Kg = eng.m, eng.products, spec.Cg, spec.Kg
-    cd = spec.compute_dtype
-    TH, TW = tiles(spec, m)
-    T = worker_count()
-    if T not in layouts:
-        layouts[T] = (_plan_blocks(spec, m, P), _channel_split(spec, m, P) if mk else 0)
-    (nimg, cr, nbuf, split), ks = layouts[T]
-    pl, _, pt, _ = spec.padding
-    blocks = [(n0, min(spec.N, n0 + nimg)) for n0 in range(0, spec.N, nimg)]
-    small = Cg < SMALL_C  # too few channels for channel vectors: vectorise along the tiles
-
-    def tile_buffers():
-        return _scratch(0, P * Cg * cr * TW, cd), _scratch(1, P * Kg * cr * TW, cd)
-
-    def nhwc_buffer():
-        return _scratch(2, (0 if small else nimg) * spec.H * spec.W * spec.C, cd).reshape(
-            -1, spec.H, spec.W, spec.C)
-
-    def one_chunk(xh, xs, outh, vb, mb, g, r0, r1):
-        """All three phases of the tiles in rows r0..r1 of a block, on this thread."""
-        tc = (r1 - r0) * TW
-        if mk:
-            V = vb[: P * Cg * tc].reshape(P, tc, Cg)
-            M = mb[: P * Kg * tc].reshape(P, tc, Kg)
-            mk_chunk(xh, outh, wt[g], V, M, g, 0, wt.shape[2], r0)
-            return
-        M = mb[: P * Kg * tc].reshape(P, tc, Kg)
-        if small:
-            V = vb[: P * Cg * tc].reshape(P, Cg, tc)
-            chunk_tiles(xs, outh, wt[g], V, M, g, r0, r1, TH, TW, m, pt, pl, B1, *sin, A1, *sout)
-        else:
-            V = vb[: P * Cg * tc].reshape(P, tc, Cg)
-            chunk(xh, outh, wt[g], V, M, g, r0, TH, TW, m, pt, pl, B1, *sin, A1, *sout)
-
-    dtname = np.dtype(cd).name
-
-    def mk_chunk(xh, outh, wpk, V, M, g, kb0, kb1, r0):
-        args = (xh, outh, wpk, V, M, g, Kg, kb0, kb1, r0, TH, TW, m, pt, pl, B1, *sin, A1, *sout)
-        load_from_cache(chunk_mk, args, _WARM.format(dtype=dtname), dtname)
-        chunk_mk(*args)
-
-    def chunk_jobs(n0, n1):
-        rows = (n1 - n0) * TH
-        return [(g, r0, r1) for g in range(spec.groups) for r0, r1 in _chunk_rows(rows, cr, split)]
-
-    def block_split_phases(n0, n1, vb, mb, xh_all):
-        """One block, every phase of every chunk split over all threads (a single tile row)."""
-        xh, xs, outh = xh_all[: n1 - n0], x[n0:n1], out[n0:n1]
-        if not small:
+    # (the microkernel GEMMs split the k-blocks instead: `_channel_split`)
+    assert not r.p.mk, "the phases mode runs BLAS GEMMs"
+    P, Cg, Kg, T, TH, TW, m, pt, pl = r.P, r.Cg, r.Kg, r.T, r.TH, r.TW, r.m, r.pt, r.pl
+    wt, c = r.p.wt, r.p.consts
+    vb, mb = r.tile_buffers()
+    xh_all = r.nhwc_buffer()
+    for n0, n1 in r.blocks:
+        xh, xs, outh = xh_all[: n1 - n0], r.x[n0:n1], r.out[n0:n1]
+        if not r.small:
             _to_nhwc(xh, xs, T)
-        for g, r0, r1 in chunk_jobs(n0, n1):
+        for g, r0, r1 in r.chunk_jobs(n0, n1):
             tc = (r1 - r0) * TW
             M = mb[: P * Kg * tc].reshape(P, tc, Kg)
-            if small:
+            if r.small:
                 V = vb[: P * Cg * tc].reshape(P, Cg, tc)
-                run_threads(lambda c, V=V, g=g, r0=r0, r1=r1: input_transform_tiles(
-                    xs, V, g, r0, r1, TH, TW, m, pt, pl, B1, *sin, *c), _split(Cg, T))
+                run_threads(lambda ch, V=V, g=g, r0=r0, r1=r1, xs=xs: input_transform_tiles(
+                    xs, V, g, r0, r1, TH, TW, m, pt, pl, c.B1, *c.s_in, *ch), _split(Cg, T))
                 run_threads(lambda pr, V=V, M=M, g=g: point_gemms_tiles(wt[g], V, M, *pr),
                             _split(P, T))
             else:
                 V = vb[: P * Cg * tc].reshape(P, tc, Cg)
-                run_threads(lambda r, V=V, g=g, r0=r0: input_transform(
-                    xh, V, g, r0, TH, TW, m, pt, pl, B1, *sin, *r), _split(tc, T))
+                run_threads(lambda rr, V=V, g=g, r0=r0, xh=xh: input_transform(
+                    xh, V, g, r0, TH, TW, m, pt, pl, c.B1, *c.s_in, *rr), _split(tc, T))
                 run_threads(lambda pr, V=V, M=M, g=g: point_gemms(wt[g], V, M, *pr),
                             _split(P, T))
-            run_threads(lambda r, M=M, g=g, r0=r0: output_transform(
-                M, outh, g * Kg, r0, TH, TW, m, A1, *sout, *r), _split(tc, T))
+            run_threads(lambda rr, M=M, g=g, r0=r0, outh=outh: output_transform(
+                M, outh, g * Kg, r0, TH, TW, m, c.A1, *c.s_out, *rr), _split(tc, T))
 
-    if ks:
-        # each thread: every chunk of the block, its share of the k-blocks
-        KB = wt.shape[-1]
-        kparts = _split(wt.shape[2], ks)
 
-        def channels(i, n0, n1):
-            kb0, kb1 = kparts[i]
-            nk = min(Kg, kb1 * KB) - kb0 * KB
-            xh = nhwc_buffer()[: n1 - n0]
-            xs, outh = x[n0:n1], out[n0:n1]
-            _to_nhwc(xh, xs, 1)
-            for g, r0, r1 in chunk_jobs(n0, n1):
-                tc = (r1 - r0) * TW
-                V = _scratch(0, P * Cg * tc, cd).reshape(P, tc, Cg)
-                M = _scratch(1, P * nk * tc, cd).reshape(P, tc, nk)
-                mk_chunk(xh, outh, wt[g], V, M, g, kb0, kb1, r0)
+_MODE_RUN = {"channels": _mode_channels, "blocks": _mode_blocks, "dealt": _mode_dealt,
+             "phases": _mode_phases, "serial": _mode_serial}
 
-        for n0, n1 in blocks:
-            run_threads(lambda i, n0=n0, n1=n1: channels(i, n0, n1), range(len(kparts)))
-        return
 
+def run_prepared(prepared: Prepared, x: np.ndarray, out: np.ndarray) -> None:
+    """Run a prepared bilinear convolution of ``x`` into ``out`` (see the module docstring).
+
+    Images are processed in blocks (`_plan_blocks`): a block's input is copied to NHWC
+    (unless C/groups is small), and its tiles go through the three phases chunk by chunk, the
+    output transform writing ``out`` directly. Threads (Python, GIL released, BLAS held to
+    one thread unless the GEMMs run on the microkernel) by the layout's mode (`MODES`): the
+    k-blocks split per thread, whole blocks per thread when there are at least two per thread,
+    a block's chunks dealt out, or every step split over the threads (copies by rows,
+    transforms by tile, GEMMs by point)."""
+    T = worker_count()
+    r = _Run(prepared, x, out, T)
+    mode = r.lay.mode
+    if mode == "phases" and T == 1:
+        mode = "serial"
     # the microkernel GEMMs call no BLAS: no need to hold it to one thread
-    with contextlib.nullcontext() if mk else blas_one_thread():
-        if nbuf > 1:
-            # whole blocks per thread
-            def worker(i):
-                vb, mb = tile_buffers()
-                xh_all = nhwc_buffer()
-                for n0, n1 in blocks[i::nbuf]:
-                    xh, xs, outh = xh_all[: n1 - n0], x[n0:n1], out[n0:n1]
-                    if not small:
-                        _to_nhwc(xh, xs, 1)
-                    for job in chunk_jobs(n0, n1):
-                        one_chunk(xh, xs, outh, vb, mb, *job)
-
-            run_threads(worker, range(nbuf))
-        elif split > 1:
-            # one block at a time, its chunks dealt out to the threads; each thread copies the
-            # input rows its chunks read to its own NHWC buffer: one hand-off per block
-            for n0, n1 in blocks:
-                xs, outh = x[n0:n1], out[n0:n1]
-                jobs = chunk_jobs(n0, n1)
-
-                def dealt(i, xs=xs, outh=outh, jobs=jobs):
-                    vb, mb = tile_buffers()
-                    mine = jobs[i::split]
-                    xh = nhwc_buffer()[: len(xs)]
-                    if not small:
-                        for r0, r1 in sorted({(r0, r1) for _, r0, r1 in mine}):
-                            _to_nhwc_rows(xh, xs, r0, r1, TH, m, eng.r, pt)
-                    for job in mine:
-                        one_chunk(xh, xs, outh, vb, mb, *job)
-
-                run_threads(dealt, range(split))
-        else:
-            vb, mb = tile_buffers()
-            xh_all = nhwc_buffer()
-            for n0, n1 in blocks:
-                if T == 1:
-                    xh, xs, outh = xh_all[: n1 - n0], x[n0:n1], out[n0:n1]
-                    if not small:
-                        _to_nhwc(xh, xs, 1)
-                    for job in chunk_jobs(n0, n1):
-                        one_chunk(xh, xs, outh, vb, mb, *job)
-                else:
-                    block_split_phases(n0, n1, vb, mb, xh_all)
+    with contextlib.nullcontext() if prepared.mk or mode == "channels" else blas_one_thread():
+        _MODE_RUN[mode](r)
 
 
 def _make(name: str) -> Algorithm:

@@ -217,6 +217,10 @@ register(
         workspace_bytes=_workspace,
         multiplies=_multiplies,
         kernel=lambda spec: "" if tiled(spec) else "depthwise" if depthwise(spec) else "loops",
+        kernel_names={"": "register-blocked microkernel (tiles of 12 pixels x 32 channels)",
+                      "depthwise": "depthwise kernel (channel-blocked on small planes, else per "
+                                   "plane)",
+                      "loops": "loops over the padded input (fewer than 32 channels per group)"},
         deterministic=True,
         cpu_invariant=True,
         summary="Numba over the zero-padded NCHW input (register-blocked microkernel for stride 1); "
