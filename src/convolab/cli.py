@@ -23,6 +23,7 @@ COMMAND_MODULES = [
     "convolab.he.cli",
     "convolab.commands.accuracy",
     "convolab.commands.quantize_eval",
+    "convolab.graph.cli",
 ]
 
 #: the dask extra's modules (`convolab.dask`: the sweep commands' --scheduler / --dask)

@@ -1,0 +1,269 @@
+"""``convolab hsi``: train and evaluate the MGRNet-like model and its ablations on a scene.
+
+``convolab hsi`` builds the semi-synthetic scene (`convolab.graph.scene.make_scene`), its
+superpixel scales, and for each split (stratified random, spatially disjoint) and seed trains
+every method (pixel-wise SVM, CNN only, single-scale GCN + CNN, multi-scale without fusion,
+full) and prints OA / AA / kappa as mean +- std over the seeds, a table per split and the
+drop from the random to the disjoint split. ``--out DIR`` writes the figures as JSON and a PNG
+of the full model's classification map beside the ground truth (matplotlib).
+
+``convolab hsi --bench`` times preprocessing (PCA, SLIC scales, graphs), training (one epoch
+and ``--epochs`` epochs of the full model) and full-scene inference (the compiled model
+through `convolab.conv2d`, and torch for comparison), with ``--threads`` threads.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import ConvError
+
+METHODS = ("svm", "cnn", "single", "multi", "full")
+LABELS = {"svm": "SVM (pixel-wise)", "cnn": "CNN only", "single": "single-scale GCN + CNN",
+          "multi": "multi-scale, no fusion", "full": "MGRNet-like (full)"}
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser(
+        "hsi",
+        help="multi-scale graph convolution on a hyperspectral scene (train + evaluate, or --bench)",
+        description="Train and evaluate the MGRNet-like model and its ablations on the semi-synthetic "
+        "Indian Pines scene over several seeds, on a random and a spatially disjoint split "
+        "(convolab.graph; needs the graph extra).",
+    )
+    p.add_argument("--layout", choices=("indian_pines", "fields"), default="indian_pines")
+    p.add_argument("--scene-seed", type=int, default=0, help="seed of the scene (default 0)")
+    p.add_argument("--seeds", type=int, default=5, help="training seeds per method and split (default 5)")
+    p.add_argument("--epochs", type=int, default=300)
+    p.add_argument("--per-class", type=int, default=15, help="training labels per class (default 15)")
+    p.add_argument("--methods", default=",".join(METHODS), help=f"comma-separated, of {', '.join(METHODS)}")
+    p.add_argument("--splits", default="random,disjoint", help="comma-separated, of random, disjoint")
+    p.add_argument("--radius", type=int, default=5, help="disjoint split: exclusion radius in pixels")
+    p.add_argument("--segments", default="400,200,100", help="SLIC segment counts, finest first")
+    p.add_argument("--single-scale", type=int, default=0, help="the scale of the single-scale method")
+    p.add_argument("--width", type=int, default=64)
+    p.add_argument("--threads", type=int, default=None, help="torch and Numba threads (default: all)")
+    p.add_argument("--out", help="folder for results.json and the classification map PNG")
+    p.add_argument("--bench", action="store_true", help="time preprocessing, training and inference instead")
+    p.set_defaults(func=run)
+
+
+def _ints(text: str, what: str) -> tuple[int, ...]:
+    try:
+        v = tuple(int(s) for s in text.split(",") if s.strip())
+    except ValueError:
+        raise ConvError(f"--{what} must be comma-separated integers, got {text!r}") from None
+    if not v or min(v) < 1:
+        raise ConvError(f"--{what} must be positive integers, got {text!r}")
+    return v
+
+
+def _names(text: str, allowed, what: str) -> list[str]:
+    v = [s.strip() for s in text.split(",") if s.strip()]
+    bad = [s for s in v if s not in allowed]
+    if bad or not v:
+        raise ConvError(f"--{what}: unknown {bad or text!r}; choose from {', '.join(allowed)}")
+    return v
+
+
+def _threads(n):
+    import numba
+    import torch
+
+    if n is not None:
+        if n < 1:
+            raise ConvError(f"--threads must be >= 1, got {n}")
+        torch.set_num_threads(n)
+        numba.set_num_threads(min(n, numba.config.NUMBA_NUM_THREADS))
+    return torch.get_num_threads()
+
+
+def _pm(v) -> str:
+    v = np.asarray(v, dtype=float) * 100
+    return f"{v.mean():5.1f} ± {v.std():3.1f}"
+
+
+def run(args) -> int:
+    try:
+        import skimage  # noqa: F401
+        import torch  # noqa: F401
+    except ImportError as e:
+        raise ConvError(f"convolab hsi needs the graph extra (pip install 'convolab[graph]'): {e}") from None
+    from . import splits as sp
+    from . import train
+    from .scene import make_scene
+
+    methods = _names(args.methods, METHODS, "methods")
+    split_names = _names(args.splits, ("random", "disjoint"), "splits")
+    segs = _ints(args.segments, "segments")
+    for v, what in ((args.seeds, "seeds"), (args.epochs, "epochs"), (args.per_class, "per-class")):
+        if v < 1:
+            raise ConvError(f"--{what} must be >= 1, got {v}")
+    threads = _threads(args.threads)
+    t0 = time.perf_counter()
+    scene = make_scene(args.layout, seed=args.scene_seed)
+    prep = train.prepare(scene, n_segments=segs)
+    if args.bench:
+        return _bench(args, prep, threads)
+    print(f"scene {scene.layout} (seed {scene.seed}, "
+          f"{scene.library} spectra): {scene.cube.shape[0]}x{scene.cube.shape[1]}x{scene.cube.shape[2]}, "
+          f"{int((scene.labels > 0).sum())} labelled pixels, {scene.n_classes} classes; superpixels "
+          f"{prep.graph.sizes}; {args.per_class} labels per class; {args.seeds} seeds; {args.epochs} epochs; "
+          f"{threads} threads")
+    results: dict = {}
+    maps = {}
+    for split in split_names:
+        for seed in range(args.seeds):
+            if split == "random":
+                tr, te = sp.random_split(scene.labels, args.per_class, seed)
+            else:
+                tr, te = sp.disjoint_split(scene.labels, args.per_class, seed, args.radius, prep.graph.labels[0])
+            for m in methods:
+                if m == "svm":
+                    res = _svm(prep, tr, te, seed)
+                else:
+                    res = train.run(prep, m, tr, te, seed, args.epochs, args.width, args.single_scale)
+                sc = res.scores
+                results.setdefault(split, {}).setdefault(m, []).append(
+                    {"seed": seed, "oa": sc["oa"], "aa": sc["aa"], "kappa": sc["kappa"],
+                     "per_class": [None if np.isnan(v) else float(v) for v in sc["per_class"]],
+                     "train_seconds": res.train_seconds, "n_train": int(tr.sum()), "n_test": int(te.sum())})
+                if seed == 0:
+                    maps[(split, m)] = res.prediction
+                print(f"  {split:8s} seed {seed} {m:6s} OA {sc['oa'] * 100:5.1f}  AA {sc['aa'] * 100:5.1f}  "
+                      f"kappa {sc['kappa'] * 100:5.1f}  ({res.train_seconds:.1f} s)", flush=True)
+    print()
+    for split in split_names:
+        r0 = results[split][methods[0]][0]
+        print(f"{split} split ({r0['n_train']} training, {r0['n_test']} test pixels), mean ± std over "
+              f"{args.seeds} seeds, %:")
+        print(f"  {'method':26s} {'OA':>11s} {'AA':>11s} {'kappa':>11s} {'train s':>8s}")
+        for m in methods:
+            rs = results[split][m]
+            print(f"  {LABELS[m]:26s} {_pm([r['oa'] for r in rs])} {_pm([r['aa'] for r in rs])} "
+                  f"{_pm([r['kappa'] for r in rs])} {np.mean([r['train_seconds'] for r in rs]):8.1f}")
+        print()
+    if set(split_names) == {"random", "disjoint"}:
+        print("drop from the random to the disjoint split (OA points, mean over seeds):")
+        for m in methods:
+            a = np.mean([r["oa"] for r in results["random"][m]]) * 100
+            b = np.mean([r["oa"] for r in results["disjoint"][m]]) * 100
+            print(f"  {LABELS[m]:26s} {a:5.1f} -> {b:5.1f}  ({b - a:+5.1f})")
+    total = time.perf_counter() - t0
+    print(f"\ntotal {total:.0f} s")
+    if args.out:
+        out = Path(args.out)
+        out.mkdir(parents=True, exist_ok=True)
+        meta = {"layout": args.layout, "scene_seed": args.scene_seed, "library": scene.library,
+                "seeds": args.seeds, "epochs": args.epochs, "per_class": args.per_class,
+                "segments": list(prep.graph.sizes), "radius": args.radius, "threads": threads,
+                "total_seconds": total}
+        (out / "results.json").write_text(json.dumps({"meta": meta, "results": results}, indent=1))
+        key = ("random", "full") if ("random", "full") in maps else next(iter(maps))
+        png = out / f"classification_{key[0]}_{key[1]}.png"
+        save_map(scene, maps[key], png, f"{LABELS[key[1]]}, {key[0]} split, seed 0")
+        print(f"wrote {out / 'results.json'} and {png}")
+    return 0
+
+
+def _svm(prep, tr, te, seed):
+    from .svm import fit_svm
+    from .train import Result, evaluate
+
+    scene = prep.scene
+    x = scene.cube.reshape(-1, scene.cube.shape[2])
+    y = scene.labels.ravel()
+    t = time.perf_counter()
+    model = fit_svm(x[tr.ravel()], y[tr.ravel()], seed=seed)
+    secs = time.perf_counter() - t
+    pred = model.predict(x).reshape(scene.labels.shape).astype(np.int32)
+    return Result("svm", seed, evaluate(pred, scene.labels, te, scene.n_classes), pred, secs)
+
+
+def save_map(scene, prediction, path, title: str) -> None:
+    """The ground truth and a classification map side by side (PNG, matplotlib)."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+        from matplotlib.colors import ListedColormap
+    except ImportError:
+        raise ConvError("the classification map needs matplotlib (pip install 'convolab[plot]')") from None
+    colors = np.vstack([[0, 0, 0, 1], plt.get_cmap("tab20")(np.arange(scene.n_classes))])
+    cmap = ListedColormap(colors)
+    fig, ax = plt.subplots(1, 2, figsize=(10, 5.4))
+    ax[0].imshow(scene.labels, cmap=cmap, vmin=0, vmax=scene.n_classes, interpolation="nearest")
+    ax[0].set_title("ground truth (black: unlabelled)")
+    ax[1].imshow(np.where(scene.labels > 0, prediction, 0), cmap=cmap, vmin=0, vmax=scene.n_classes,
+                 interpolation="nearest")
+    ax[1].set_title(title, fontsize=10)
+    for a in ax:
+        a.set_xticks([])
+        a.set_yticks([])
+    handles = [plt.Rectangle((0, 0), 1, 1, color=colors[i + 1]) for i in range(scene.n_classes)]
+    fig.legend(handles, [f"{i + 1} {n}" for i, n in enumerate(scene.class_names)], loc="lower center", ncol=4,
+               fontsize=7, frameon=False)
+    fig.tight_layout(rect=(0, 0.12, 1, 1))
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def _best(fn, repeat):
+    ts = []
+    for _ in range(repeat):
+        t = time.perf_counter()
+        fn()
+        ts.append(time.perf_counter() - t)
+    return min(ts), float(np.median(ts))
+
+
+def _bench(args, prep, threads) -> int:
+    import torch
+
+    from . import splits as sp
+    from . import train
+    from .infer import compile_model
+    from .model import MGRNet
+
+    scene = prep.scene
+    segs = _ints(args.segments, "segments")
+    train.prepare(scene, n_segments=segs)  # warm: Numba compiled, SLIC loaded
+    pre = _best(lambda: train.prepare(scene, n_segments=segs), 5)
+    tr, _ = sp.random_split(scene.labels, args.per_class, 0)
+    torch.manual_seed(0)
+    model = MGRNet(prep.x.shape[1], scene.n_classes, len(prep.graph.segments), "full", args.width)
+    train.fit(model, prep, tr, epochs=2)
+    step = _best(lambda: train.fit(model, prep, tr, epochs=1), 5)
+    torch.manual_seed(0)
+    model = MGRNet(prep.x.shape[1], scene.n_classes, len(prep.graph.segments), "full", args.width)
+    secs, _ = train.fit(model, prep, tr, epochs=args.epochs)
+    comp = compile_model(model, prep.graph, prep.x.shape)
+    xn = prep.x.numpy()
+    comp(xn)
+    inf = _best(lambda: comp(xn), 10)
+    model.eval()
+    with torch.no_grad():
+        model(prep.x, prep.graph)
+        tinf = _best(lambda: model(prep.x, prep.graph), 10)
+    agree = float((comp(xn) == train.predict(model, prep)).mean())
+    print(f"convolab hsi --bench: {scene.layout} scene {scene.cube.shape}, superpixels {prep.graph.sizes}, "
+          f"{threads} threads")
+    print(f"  preprocessing (PCA 30, SLIC x{len(segs)}, nesting, graphs)  best {pre[0]:.3f} s  median {pre[1]:.3f} s")
+    print(f"  training step (full model, forward + backward + Adam)  best {step[0]:.3f} s  median {step[1]:.3f} s")
+    print(f"  {args.epochs} training epochs (full model)                   {secs:.1f} s")
+    print(f"  full-scene inference, convolab.conv2d + graph kernels  best {inf[0]:.4f} s  median {inf[1]:.4f} s")
+    print(f"  full-scene inference, torch (for comparison)           best {tinf[0]:.4f} s  median {tinf[1]:.4f} s")
+    print(f"  compiled vs torch class maps: {agree * 100:.2f} % of pixels agree")
+    if args.out:
+        out = Path(args.out)
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "bench.json").write_text(json.dumps({
+            "threads": threads, "superpixels": prep.graph.sizes, "preprocess_s": pre, "train_step_s": step,
+            "epochs": args.epochs, "train_s": secs, "inference_s": inf, "torch_inference_s": tinf,
+            "agreement": agree}, indent=1))
+    return 0
