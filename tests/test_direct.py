@@ -96,9 +96,9 @@ def test_blocked_depthwise_equals_the_per_plane_kernel(monkeypatch, C, H, W, k, 
     w = rng.standard_normal((C, 1, k, k), dtype=np.float32)
     kw = dict(stride=stride, padding=padding, dilation=dilation, groups=C, algorithm="direct")
     p = convolab.plan(x.shape, w, **kw)
-    assert direct.blocked_depthwise(p.spec) and p._prepared[-1] is not None  # the packed filter
+    assert direct.blocked_depthwise(p.spec) and p._prepared.packed is not None  # the packed filter
     blocked = p(x)
     monkeypatch.setattr(direct, "DW_BLOCK_MAX_PIXELS", 0)
     plane = convolab.plan(x.shape, w, **kw)
-    assert plane._prepared[-1] is None  # the per-plane kernel's
+    assert plane._prepared.packed is None  # the per-plane kernel's
     assert np.array_equal(blocked, plane(x))

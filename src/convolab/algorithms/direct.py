@@ -21,6 +21,8 @@ lanes of its last channel block and tile: counted); workspace = the zero-padded 
 planes: N C sh sw ceil(Hp/sh) ceil(Wp/sw) elements).
 """
 
+from typing import NamedTuple
+
 import numpy as np
 
 from .._machine import worker_count
@@ -130,17 +132,31 @@ def pack_depthwise(spec: ConvSpec, w) -> np.ndarray:
     return np.ascontiguousarray(wp.reshape(nbk, 16, -1).transpose(0, 2, 1))
 
 
-def _prepare(spec: ConvSpec, w):
+class Prepared(NamedTuple):
+    """A prepared direct convolution. The microkernel and the channel-blocked depthwise kernel
+    take only ``packed`` (their filter packing); the per-plane depthwise kernel and the loops
+    take the filter ``w``, the tap offsets ``qoff`` (`tap_offsets`), the (phase) plane's row
+    length ``wrow`` and the input elements per channel ``cstride``."""
+
+    spec: ConvSpec
+    w: np.ndarray | None = None
+    qoff: np.ndarray | None = None
+    wrow: int = 0
+    cstride: int = 0
+    packed: np.ndarray | None = None
+
+
+def _prepare(spec: ConvSpec, w) -> Prepared:
     """The tap offsets (`tap_offsets`) and the filter; for the microkernel path the packed
     filter instead, for the channel-blocked depthwise one its packing."""
     if tiled(spec):
-        return spec, None, None, None, None, mk.pack_filter(spec, w, "rs")
+        return Prepared(spec, packed=mk.pack_filter(spec, w, "rs"))
     if blocked_depthwise(spec):
-        return spec, None, None, None, None, pack_depthwise(spec, w)
+        return Prepared(spec, packed=pack_depthwise(spec, w))
     hq, wq = phases(spec)
     if spec.stride == (1, 1) and not depthwise(spec):
         hq, wq = spec.padded_H, spec.padded_W
-    return spec, w, tap_offsets(spec), wq, spec.stride[0] * spec.stride[1] * hq * wq, None
+    return Prepared(spec, w, tap_offsets(spec), wq, spec.stride[0] * spec.stride[1] * hq * wq)
 
 
 def _layout(x, spec: ConvSpec) -> np.ndarray:
@@ -169,7 +185,7 @@ def _layout(x, spec: ConvSpec) -> np.ndarray:
     return xq
 
 
-def _run(prepared, x, out):
+def _run(prepared: Prepared, x, out):
     spec, w, qoff, wrow, cstride, wpk = prepared
     if depthwise(spec) and wpk is not None:
         from ..kernels._direct import depthwise_blocked

@@ -15,6 +15,7 @@ SIMD width of the host.
 """
 
 import contextlib
+from typing import NamedTuple
 
 import numpy as np
 
@@ -34,8 +35,15 @@ def _workspace(spec: ConvSpec) -> int:
     return spec.C * spec.R * spec.S * spec.OH * spec.OW * spec.compute_dtype.itemsize
 
 
-def _prepare(spec: ConvSpec, w):
-    return (spec, np.ascontiguousarray(w.reshape(spec.groups, spec.Kg, spec.Cg * spec.R * spec.S)))
+class Prepared(NamedTuple):
+    """The filter as one (K/groups) x (C/groups R S) matrix per group."""
+
+    spec: ConvSpec
+    wm: np.ndarray
+
+
+def _prepare(spec: ConvSpec, w) -> Prepared:
+    return Prepared(spec, np.ascontiguousarray(w.reshape(spec.groups, spec.Kg, spec.Cg * spec.R * spec.S)))
 
 
 #: fewest output pixels per thread for which an image is split between threads

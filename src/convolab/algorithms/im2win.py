@@ -30,6 +30,8 @@ include the lanes of a last, partial block of output channels and the repeated p
 last, partial tile (a short last tile runs as tiles of 4 pixels).
 """
 
+from typing import NamedTuple
+
 import numpy as np
 
 from .._machine import worker_count
@@ -60,9 +62,17 @@ def _multiplies(spec: ConvSpec) -> int:
     return mk.multiplies(spec, spec.OH * spec.OW)
 
 
-def _prepare(spec: ConvSpec, w):
-    """Pack the filter as [groups][K/groups / KB][C/groups][FW][FH][KB] (zero-filled lanes)."""
-    return spec, mk.pack_filter(spec, w, "sr"), _geometry(spec)
+class Prepared(NamedTuple):
+    """The packed filter [groups][K/groups / KB][C/groups][FW][FH][KB] (zero-filled lanes) and
+    the window tensor's geometry (`_geometry`)."""
+
+    spec: ConvSpec
+    wpk: np.ndarray
+    geo: dict
+
+
+def _prepare(spec: ConvSpec, w) -> Prepared:
+    return Prepared(spec, mk.pack_filter(spec, w, "sr"), _geometry(spec))
 
 
 def _run(prepared, x, out):
