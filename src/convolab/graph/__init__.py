@@ -2,7 +2,7 @@
 
 NumPy-level names are here: the semi-synthetic scene (`make_scene`, on the real Indian Pines
 layout with earthlib spectra), superpixel scales and their graphs (`build_scales`), the
-deterministic propagation kernels (`normalized_adjacency`, `propagate`, `segment_mean`,
+deterministic propagation kernels (`normalized_adjacency`, `csr_matmul`, `segment_mean`,
 `broadcast`), splits, metrics and the pixel-wise SVM baseline. The torch parts are imported
 from their modules: `convolab.graph.model` (MGRNet and its ablations), `convolab.graph.autograd`
 (the kernels as autograd functions), `convolab.graph.train` (fit / evaluate) and
@@ -11,7 +11,7 @@ from their modules: `convolab.graph.model` (MGRNet and its ablations), `convolab
 """
 
 from .metrics import average_accuracy, confusion, kappa, overall_accuracy, scores
-from .propagate import CSR, Segments, broadcast, normalized_adjacency, propagate, segment_mean, segment_sum
+from .propagate import CSR, Segments, broadcast, csr_matmul, normalized_adjacency, segment_mean, segment_sum
 from .scene import CLASS_NAMES, Scene, indian_pines_gt, indian_pines_segments, make_scene
 from .splits import disjoint_split, random_split
 from .superpixels import SuperpixelScales, build_scales, khop, nest, pca, region_adjacency, slic
@@ -27,6 +27,7 @@ __all__ = [
     "broadcast",
     "build_scales",
     "confusion",
+    "csr_matmul",
     "disjoint_split",
     "fit_svm",
     "indian_pines_gt",
@@ -38,7 +39,6 @@ __all__ = [
     "normalized_adjacency",
     "overall_accuracy",
     "pca",
-    "propagate",
     "random_split",
     "region_adjacency",
     "scores",

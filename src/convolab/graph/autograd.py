@@ -29,11 +29,11 @@ class PropagateFn(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, a, at):
         ctx.at = at
-        return torch.from_numpy(_p.propagate(a, _np(x)))
+        return torch.from_numpy(_p.csr_matmul(a, _np(x)))
 
     @staticmethod
     def backward(ctx, g):
-        return torch.from_numpy(_p.propagate(ctx.at, _np(g))), None, None
+        return torch.from_numpy(_p.csr_matmul(ctx.at, _np(g))), None, None
 
 
 class SegmentMeanFn(torch.autograd.Function):

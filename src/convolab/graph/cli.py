@@ -163,7 +163,7 @@ def run(args) -> int:
                 "segments": list(prep.graph.sizes), "radius": args.radius, "threads": threads,
                 "total_seconds": total}
         (out / "results.json").write_text(json.dumps({"meta": meta, "results": results}, indent=1))
-        key = ("random", "full") if ("random", "full") in maps else next(iter(maps))
+        key = (split_names[0], methods[-1])
         png = out / f"classification_{key[0]}_{key[1]}.png"
         save_map(scene, maps[key], png, f"{LABELS[key[1]]}, {key[0]} split, seed 0")
         print(f"wrote {out / 'results.json'} and {png}")

@@ -69,18 +69,18 @@ class CompiledMGRNet:
         for i, s in enumerate(sc):
             w1, b1 = self.gc1[i]
             h0 = gp.segment_mean(g.segments[s], pc)
-            h.append(_act(gp.propagate(g.a_hat[s], h0 @ w1 + b1)))
+            h.append(_act(gp.csr_matmul(g.a_hat[s], h0 @ w1 + b1)))
         if self.cross is not None and len(sc) > 1:
             fused = []
             for i, s in enumerate(sc):
-                acc = sum(gp.propagate(g.cross[(s, t)][0], h[j]) for j, t in enumerate(sc) if t != s)
+                acc = sum(gp.csr_matmul(g.cross[(s, t)][0], h[j]) for j, t in enumerate(sc) if t != s)
                 wx, bx = self.cross[i]
                 fused.append(h[i] + _act(acc / (len(sc) - 1) @ wx + bx))
             h = fused
         out = []
         for i, s in enumerate(sc):
             w2, b2 = self.gc2[i]
-            out.append(gp.broadcast(g.segments[s], _act(gp.propagate(g.a_hat[s], h[i] @ w2 + b2))))
+            out.append(gp.broadcast(g.segments[s], _act(gp.csr_matmul(g.a_hat[s], h[i] @ w2 + b2))))
         return out
 
     def logits(self, x) -> np.ndarray:

@@ -7,7 +7,7 @@ sorted within each row).
 - ``normalized_adjacency(A)`` = D^-1/2 (A + I) D^-1/2 with D the row sums of A + I: the
   renormalised propagation matrix of Kipf & Welling (ICLR 2017), used by CEGCN (Liu et al.,
   IEEE TGRS 2021) and MSSGU (Liu et al., IEEE TGRS 2022) on superpixel graphs.
-- ``propagate(A, x)`` = A @ x by a Numba kernel that computes each row in stored order with
+- ``csr_matmul(A, x)`` = A @ x by a Numba kernel that computes each row in stored order with
   fused multiply-adds: bit-identical for any thread count (see `convolab.graph._kernels`).
 - ``Segments``: a segmentation's pixel index. ``segment_mean`` (pixels -> nodes, the mean of
   each segment's pixels, in pixel order) and ``broadcast`` (nodes -> pixels) are the
@@ -96,7 +96,7 @@ def normalized_adjacency(a, dtype=np.float32) -> CSR:
     return CSR.from_scipy(s @ a @ s, dtype=dtype)
 
 
-def propagate(a: CSR, x, out=None) -> np.ndarray:
+def csr_matmul(a: CSR, x, out=None) -> np.ndarray:
     """``a @ x`` for a `CSR` ``a`` (n, m) and dense ``x`` (m, c), deterministic.
 
     Notes
