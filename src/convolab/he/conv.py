@@ -3,8 +3,10 @@
 Packs each image of ``x`` (N, C, H, W) into the input layout of the chosen scheme, encrypts
 it, runs the schedule on the backend (`schedules`), decrypts and unpacks the result, and
 reports the operations and the evaluation time. Schemes: ``"ca"`` (CAConv, CA in / RA out),
-``"ra"`` (RAConv, RA in / CA out) -- both from HyPHEN (Kim et al., IEEE Access 2023) -- and
-``"multiplexed"`` (Lee et al., ICML 2022). "Same" padding, 1x1 or 3x3 kernels, stride 1 or 2.
+``"ra"`` (RAConv, RA in / CA out) -- both from HyPHEN (Kim et al., IEEE Access 2023), with the
+replicated CA layout of ``distinct`` channels per ciphertext -- and ``"multiplexed"`` (Lee
+et al., ICML 2022, counted as its authors' code runs or with the earlier ``"doubling"``
+counting). "Same" padding, 1x1 or 3x3 kernels, stride 1 or 2.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ import numpy as np
 from ..errors import ConvError
 from .backend import Backend, get_backend
 from .layout import Layout, make_layout, pack, unpack
-from .schedules import EncTensor, ca_conv, check_kernel, mp_conv, ra_conv
+from .schedules import EncTensor, ca_conv, check_kernel, check_variant, mp_conv, ra_conv
 
 #: scheme name -> (input layout kind, schedule)
 SCHEMES = {"ca": ("CA", ca_conv), "ra": ("RA", ra_conv), "multiplexed": ("MP", mp_conv)}
@@ -34,6 +36,8 @@ class HEConvResult:
     rotations, pmults, cmults : int
         Key-switching rotations, plaintext and ciphertext multiplications executed (summed
         over the N images).
+    hoisted : int
+        Rotations counted as members of a hoisted group (``hoist=True``), not in ``rotations``.
     depth : int
         Multiplicative depth consumed (rescales on the longest path).
     seconds : float
@@ -51,6 +55,7 @@ class HEConvResult:
     rotations: int
     pmults: int
     cmults: int
+    hoisted: int
     depth: int
     seconds: float
     encode_seconds: float
@@ -62,6 +67,7 @@ class HEConvResult:
 
 def conv2d(x, w, scheme: str = "ca", backend: str | Backend = "simulated",
            slots: int | None = None, stride: int = 1, gap: int = 1,
+           distinct: int | None = None, variant: str = "authors", hoist: bool = False,
            **backend_options) -> HEConvResult:
     """Convolution of encrypted images with plaintext weights, "same" padding.
 
@@ -83,6 +89,15 @@ def conv2d(x, w, scheme: str = "ca", backend: str | Backend = "simulated",
     gap : int
         Spatial gap of the input packing (CA/RA) or its multiplexing factor k (multiplexed):
         1 for an image, 2**m after m stride-2 layers.
+    distinct : int, optional
+        Distinct channels per CA ciphertext ``m`` (a power of two): the input layout of
+        ``"ca"``, the output layout of ``"ra"``; above the number of blocks the channels go
+        to gap cells (2D gap packing, ``gap >= 2``). Default: dense.
+    variant : {"authors", "doubling"}
+        ``"multiplexed"`` only: counting as the authors' code runs, or convolab's earlier
+        counting (see `convolab.he.schedules`).
+    hoist : bool
+        ``"ca"`` only: count each input ciphertext's tap rotations as one hoisted group.
     **backend_options
         Passed to the backend constructor (tenseal: ``depth``, ``scale_bits``).
 
@@ -93,8 +108,10 @@ def conv2d(x, w, scheme: str = "ca", backend: str | Backend = "simulated",
     Raises
     ------
     ConvError
-        Unknown scheme or backend, unsupported kernel or stride, mismatched channels, a
-        channel grid (CA/RA) or the channels (multiplexed) not fitting the slots.
+        Unknown scheme, variant or backend, unsupported kernel or stride, mismatched channels,
+        a channel grid (CA/RA) or the channels (multiplexed) not fitting the slots, a
+        ``distinct`` that is not a power of two or needs more gap cells than the gap has, or
+        ``distinct`` given to the multiplexed scheme.
 
     Notes
     -----
@@ -109,7 +126,10 @@ def conv2d(x, w, scheme: str = "ca", backend: str | Backend = "simulated",
     if x.ndim != 4:
         raise ConvError(f"x must be 4-D (N, C, H, W), got shape {x.shape}")
     check_kernel(w, stride, x.shape[1])
+    check_variant(variant)
     kind, schedule = SCHEMES[scheme]
+    if distinct is not None and scheme == "multiplexed":
+        raise ConvError(f"distinct={distinct} applies to the 'ca' and 'ra' schemes only")
     N, C, H, W = x.shape
     if N < 1:
         raise ConvError(f"x must hold at least one image, got N={N}")
@@ -117,7 +137,16 @@ def conv2d(x, w, scheme: str = "ca", backend: str | Backend = "simulated",
         if slots < 1 or slots & (slots - 1):
             raise ConvError(f"slots must be a power of two, got slots={slots!r}")
     be = get_backend(backend, slots, **backend_options)
-    lay = make_layout(kind, C, H, W, be.slots, gap)
+    if scheme == "ca":
+        lay = make_layout(kind, C, H, W, be.slots, gap, distinct=distinct)
+        opts = dict(hoist=hoist)
+    elif scheme == "ra":
+        lay = make_layout(kind, C, H, W, be.slots, gap)
+        opts = dict(distinct=distinct)
+    else:
+        exact = -(-C // gap**2) if variant == "authors" else None
+        lay = make_layout(kind, C, H, W, be.slots, gap, sub_blocks=exact)
+        opts = dict(variant=variant)
     if kind == "MP" and stride == 2 and (H % 2 or W % 2):
         raise ConvError(f"multiplexed stride-2 convolution needs an even map, got {H}x{W}")
 
@@ -128,7 +157,7 @@ def conv2d(x, w, scheme: str = "ca", backend: str | Backend = "simulated",
         cts = [be.encrypt(v) for v in pack(lay, x[b])]
         kg0, enc0 = be.keygen_seconds, be.encode_seconds
         t0 = time.perf_counter()
-        res = schedule(be, EncTensor(lay, cts), w, stride)
+        res = schedule(be, EncTensor(lay, cts), w, stride, **opts)
         seconds += time.perf_counter() - t0 - (be.keygen_seconds - kg0)
         enc_seconds += be.encode_seconds - enc0
         out_lay = res.layout
@@ -140,6 +169,7 @@ def conv2d(x, w, scheme: str = "ca", backend: str | Backend = "simulated",
         rotations=used.rotations,
         pmults=used.pmults,
         cmults=used.cmults,
+        hoisted=used.hoisted,
         depth=depth,
         seconds=seconds,
         encode_seconds=enc_seconds,
