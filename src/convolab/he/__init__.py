@@ -5,9 +5,11 @@ rotations moved to the output side; the replicated CA layout of ``distinct = m``
 ciphertext and 2D gap packing; Kim et al., IEEE Access 2023, arXiv 2302.02407) and the
 multiplexed parallel convolution baseline (Lee et al., ICML 2022) counted as its authors' code
 runs, written against a small CKKS backend interface with two backends: ``simulated`` (exact
-float64 slot vectors that count every operation by level) and ``tenseal`` (real CKKS through
-SEAL, the ``he`` extra). `plan_resnet20` lays out ResNet-20 on CIFAR-10 with alternating RA/CA
-convolutions and a degree-2 polynomial activation, and compares its costs with the baseline.
+float64 slot vectors that count every operation by level, with levels and bootstrapping) and
+``tenseal`` (real CKKS through SEAL, the ``he`` extra). `plan_resnet20` executes ResNet-20 on
+CIFAR-10 both ways with levels and bootstraps, chooses each tensor's layout by modelled latency
+(`choose_distinct`) and prices the plans (`latency`, with per-operation costs measured by
+``convolab he-bench``).
 
 >>> from convolab import he
 >>> r = he.conv2d(x, w, scheme="ca", distinct=16, backend="simulated", slots=2**15)  # doctest: +SKIP
@@ -17,8 +19,10 @@ convolutions and a degree-2 polynomial activation, and compares its costs with t
 from .activation import RELU_FIT, composite_relu, eval_odd, poly2, sign_polys
 from .backend import OPERATIONS, Backend, Counts, SimulatedBackend, get_backend
 from .conv import SCHEMES, HEConvResult, conv2d
+from .latency import CostTable, latency
 from .layout import Layout, make_layout, pack, unpack, with_distinct
-from .planner import ConvLayer, PlanRow, ResNetPlan, plan_resnet20, resnet20_convs
+from .network import ConvLayer, LayerRecord, LevelBudget, NetworkRun, resnet20_convs, run_baseline, run_hyphen
+from .planner import ResNetPlan, choose_distinct, model_run, plan_resnet20
 from .schedules import EncTensor, ca_conv, ca_relayout, mp_conv, mp_downsample, ra_conv
 
 __all__ = [
@@ -27,20 +31,26 @@ __all__ = [
     "SCHEMES",
     "Backend",
     "ConvLayer",
+    "CostTable",
     "Counts",
     "EncTensor",
     "HEConvResult",
+    "LayerRecord",
     "Layout",
-    "PlanRow",
+    "LevelBudget",
+    "NetworkRun",
     "ResNetPlan",
     "SimulatedBackend",
     "ca_conv",
     "ca_relayout",
+    "choose_distinct",
     "composite_relu",
     "conv2d",
     "eval_odd",
     "get_backend",
+    "latency",
     "make_layout",
+    "model_run",
     "mp_conv",
     "mp_downsample",
     "pack",
@@ -48,6 +58,8 @@ __all__ = [
     "poly2",
     "ra_conv",
     "resnet20_convs",
+    "run_baseline",
+    "run_hyphen",
     "sign_polys",
     "unpack",
     "with_distinct",
