@@ -58,10 +58,10 @@ def test_algorithms_markdown_probes_capabilities(capsys):
 
 
 def test_calibrate_command(tmp_path, monkeypatch, capsys):
-    from convolab import select
+    from convolab import costmodel
 
     monkeypatch.setenv("CONVOLAB_CACHE_DIR", str(tmp_path))
-    monkeypatch.setattr(select, "CALIBRATION_LAYERS", [select._layer(1, 8, 10, 8, 3)])
+    monkeypatch.setattr(costmodel, "CALIBRATION_LAYERS", [costmodel._layer(1, 8, 10, 8, 3)])
     assert main(["calibrate"]) == 0
     out = capsys.readouterr().out
     assert "GEMM" in out and "direct" in out and (tmp_path / "calibration.json").exists()

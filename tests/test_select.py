@@ -13,7 +13,8 @@ import numpy as np
 import pytest
 
 import convolab
-from convolab import ConvError, select
+from convolab import ConvError, costmodel, select
+from convolab import cache as cachemod
 from convolab.spec import ConvSpec
 
 
@@ -95,7 +96,7 @@ def test_measure_stores_winner_and_auto_uses_the_cache(cache):
     slowest = adm[-1].name
     entry["seconds"][slowest] = 1e-9
     entry["best"] = slowest
-    select._update_json(cache / "autotune.json", select.AUTOTUNE_FORMAT, key, entry)
+    cachemod._update_json(cache / "autotune.json", cachemod.AUTOTUNE_FORMAT, key, entry)
     w = np.ones(w_shape, np.float32)
     p = convolab.plan(x_shape, w, padding=1)
     assert p.algorithm == slowest
@@ -173,10 +174,10 @@ def test_corrupt_or_foreign_cache_is_ignored_with_warning_and_rewritten(cache, c
 
 def _writer(args):
     path, i, n = args
-    from convolab import select as sel
+    from convolab import cache as c
 
     for j in range(n):
-        sel._update_json(path, sel.AUTOTUNE_FORMAT, f"w{i}-{j}", {"best": "direct", "seconds": {"direct": j}})
+        c._update_json(path, c.AUTOTUNE_FORMAT, f"w{i}-{j}", {"best": "direct", "seconds": {"direct": j}})
     return i
 
 
@@ -201,7 +202,7 @@ def test_plan_explain_shows_ranking(cache):
 def test_calibrate_stores_constants_used_by_the_model(cache, monkeypatch):
     # direct runs the first layer on its microkernel (32 output channels), the others on its
     # loops: the model fits the two kernels separately
-    layers = [select._layer(1, 16, 12, 32, 3), select._layer(1, 16, 12, 16, 3), select._layer(1, 8, 10, 8, 1)]
+    layers = [costmodel._layer(1, 16, 12, 32, 3), costmodel._layer(1, 16, 12, 16, 3), costmodel._layer(1, 8, 10, 8, 1)]
     m = select.calibrate(layers=layers)
     assert m.gemm_gflops > 0 and m.bandwidth_gbs > 0 and m.call_seconds > 0
     assert len(m.samples["direct"]) == 1 and len(m.samples["direct/loops"]) == 2
@@ -213,7 +214,7 @@ def test_calibrate_stores_constants_used_by_the_model(cache, monkeypatch):
     for xs, ws, *_ in layers[:2]:
         spec = ConvSpec.from_shapes(xs, ws, 1, 1)
         row = m.samples[direct.cost_key(spec)][0]
-        measured = stored.call_seconds + direct.multiplies(spec) * 2.0 ** row[select.N_FEATURES]
+        measured = stored.call_seconds + direct.multiplies(spec) * 2.0 ** row[costmodel.N_FEATURES]
         assert select.predict_seconds(direct, spec, stored) == pytest.approx(measured, rel=0.5)
     rows = select.calibration_report(stored)
     assert {r[0] for r in rows} >= {"direct", "direct/loops", "im2col"} and all(r[1] > 0 for r in rows)
@@ -268,17 +269,17 @@ def test_plane_aliasing_feature_and_five_feature_files(cache):
     feature; a calibration entry written with five features still predicts from them."""
     aliased = ConvSpec.from_shapes((8, 3, 226, 226), (64, 3, 3, 3), 1, 0)  # 224 x 224 planes
     plain = ConvSpec.from_shapes((8, 3, 224, 224), (64, 3, 3, 3), 1, 0)  # 222 x 222
-    assert select.plane_aliasing(aliased) and not select.plane_aliasing(plain)
-    assert select.features(aliased)[-1] == select.ALIAS_DISTANCE and select.features(plain)[-1] == 0
+    assert costmodel.plane_aliasing(aliased) and not costmodel.plane_aliasing(plain)
+    assert costmodel.features(aliased)[-1] == costmodel.ALIAS_DISTANCE and costmodel.features(plain)[-1] == 0
     direct = convolab.registry.get("direct")
     key = direct.cost_key(plain)
     row = [*select.features(plain)[:5], math.log2(1e-9), 0.0]
     entry = {"gemm_gflops": 100.0, "bandwidth_gbs": 10.0, "call_seconds": 1e-5,
              "samples": {key: [row]}, "linear": {key: [0, 1e-9, 0, 0, 0, 0]}}
-    old = select._from_entry(entry)
+    old = costmodel._from_entry(entry)
     assert old.n_features == 5
     assert select.predict_seconds(direct, plain, old) == pytest.approx(direct.multiplies(plain) * 1e-9)
-    assert select._from_entry({**entry, "n_features": 6}).n_features == 6
+    assert costmodel._from_entry({**entry, "n_features": 6}).n_features == 6
 
 
 _FRESH_PLAN = """

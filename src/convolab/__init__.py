@@ -1,11 +1,10 @@
 """convolab: convolution algorithms for CNN inference, behind one PyTorch-compatible call."""
 
-__version__ = "0.1.0"
-
 # the subpackage registers the built-in algorithms; the name `algorithms` is then rebound
 # to the registry function below, so `convolab.algorithms()` lists them
 from . import algorithms as _builtin_algorithms  # noqa: F401
 from . import reference
+from ._version import __version__
 from .api import ConvPlan, conv2d, plan
 from .errors import ConvError, UnsupportedError
 from .registry import Algorithm, algorithms, register
@@ -24,6 +23,7 @@ def compile(model, example_input, **options):  # noqa: A001 - torch.compile's na
 
 
 __all__ = [
+    "__version__",
     "Algorithm",
     "ConvError",
     "ConvPlan",

@@ -146,3 +146,12 @@ def gemm_gflops(n: int = 2048, repeat: int = 3) -> float:
     np.matmul(a, b, out=c)
     best = time_min(lambda: np.matmul(a, b, out=c), repeat, min_total=0.3)
     return 2 * n**3 / best / 1e9
+
+
+def mib(n: int) -> str:
+    """Bytes for messages: MiB with one decimal, exact bytes below 1 KiB."""
+    if n < 1024:
+        return f"{n} B"
+    if n < 2**20:
+        return f"{n / 1024:.1f} KiB"
+    return f"{n / 2**20:.1f} MiB"

@@ -16,19 +16,11 @@ import functools
 
 import numpy as np
 
-from . import registry
+from . import registry, select
 from ._machine import available_memory, worker_count
+from ._machine import mib as _mib
 from .errors import ConvError, UnsupportedError
 from .spec import ConvSpec
-
-
-def _mib(n: int) -> str:
-    """Bytes for messages: MiB with one decimal, exact bytes below 1 KiB."""
-    if n < 1024:
-        return f"{n} B"
-    if n < 2**20:
-        return f"{n / 1024:.1f} KiB"
-    return f"{n / 2**20:.1f} MiB"
 
 
 def check_memory(spec: ConvSpec, algo: registry.Algorithm, extra: int = 0) -> None:
@@ -55,8 +47,6 @@ def check_memory(spec: ConvSpec, algo: registry.Algorithm, extra: int = 0) -> No
 
 @functools.lru_cache(maxsize=256)
 def _ranking(spec: ConvSpec, memory_limit, max_error, stamps):
-    from . import select
-
     return tuple(select.rank(spec, memory_limit=memory_limit, max_error=max_error))
 
 
@@ -76,8 +66,6 @@ def _resolve(
         if reason is not None:
             raise UnsupportedError(algo.name, reason, registry.capable(spec))
         return algo, []
-    from . import select
-
     if measure:
         ranking = select.rank(spec, measure=True, memory_limit=memory_limit, max_error=max_error, w=w)
     else:
@@ -141,8 +129,6 @@ class ConvPlan:
 
     def explain(self) -> str:
         """What was chosen and why: the plan, then the ranking of every algorithm."""
-        from . import select
-
         s = self.spec
         how = "chosen by name" if not self._ranking else "chosen by algorithm='auto'"
         lines = [

@@ -10,7 +10,7 @@ import argparse
 import importlib
 import sys
 
-from . import __version__
+from ._version import __version__
 
 #: modules that each add one or more sub-commands
 COMMAND_MODULES = [

@@ -58,6 +58,7 @@ from typing import NamedTuple
 import numpy as np
 
 from .._parallel import blas_one_thread, run_threads, worker_count
+from ..cache import cache_dir
 from ..kernels import load_from_cache
 from ..kernels.microkernel import kb as _kb
 from ..registry import UNIT_ROUNDOFF, Algorithm, gamma, register
@@ -218,9 +219,7 @@ def _stored_at(path) -> dict:
 def _engine_file():
     """``engines-<hash>.pickle`` in convolab's cache directory; the hash covers the source files
     that define the transforms and the engine (a changed transform never reads a stale file)."""
-    from .. import select
-
-    return select.cache_dir() / f"engines-{_source_hash()}.pickle"
+    return cache_dir() / f"engines-{_source_hash()}.pickle"
 
 
 @cache

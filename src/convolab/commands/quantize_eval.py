@@ -170,9 +170,9 @@ def run(args) -> int:
     from threadpoolctl import threadpool_limits
 
     from ..interop.models import MODELS, load_model
+    from ..interop.quantized import QuantSession, torch_conv
     from ..quant.core import QuantConfig
     from ..quant.layer import QuantizedConv
-    from ..interop.quantized import QuantSession, torch_conv
 
     algos, bits, rows = _parse(args)
     console = Console()

@@ -25,7 +25,7 @@ import time
 import numpy as np
 import torch
 
-from .. import __version__
+from .._version import __version__
 from ..errors import ConvError, UnsupportedError
 from ..registry import Algorithm, capable, get, register, register_device
 from ..select import _FileCache

@@ -382,7 +382,7 @@ def markdown(info: dict, entries: list[Entry], summary: dict, deviations: list) 
 
 
 def machine_info() -> dict:
-    from .. import __version__
+    from .._version import __version__
 
     return {
         "gpu": device_info().name,

@@ -19,8 +19,8 @@ from numba.core import cgutils
 from numba.extending import intrinsic
 
 from ._atomics import fetch_add, wait_until
+from ._int8_shape import MR, MR_TAIL, NV, PW_MK, PW_NV
 from ._microkernel import _fma_fn, _transpose16, nan_max_min, splat
-from .int8 import MR, MR_TAIL, NV, PW_MK, PW_NV
 
 _I8 = ir.IntType(8)
 _I32 = ir.IntType(32)

@@ -29,15 +29,8 @@ import numpy as np
 
 from ..errors import ConvError
 from ..spec import ConvSpec
+from ._int8_shape import MR, MR_TAIL, NV, PW_MK, PW_NV  # noqa: F401 - public here too
 
-#: consecutive output pixels per tile (row after row), and per tile of an image's last <= 4
-MR = 12
-MR_TAIL = 4
-#: vectors of output channels per tile
-NV = 2
-#: pointwise tiles (pixels in the lanes, `pack_weights_pw`): output channels x pixel vectors
-PW_MK = 8
-PW_NV = 3
 #: output pixels per image from which a 1x1 layer (stride 1, one group) runs on pointwise tiles
 PW_MIN_PIXELS = 784
 #: tasks per thread a layer is cut into (where it has that many tiles x k-blocks): a team
