@@ -8,7 +8,7 @@ from hypothesis import HealthCheck, given, settings
 import convolab
 from convolab.spec import ConvSpec
 
-ALGOS = [a.name for a in convolab.algorithms()]
+ALGOS = [a.name for a in convolab.list_algorithms()]
 
 
 def run_case(name, case, dtype=np.float32, seed=0):

@@ -144,9 +144,9 @@ def test_unsupported_error_names_reason_and_alternatives(picky_algorithm):
 def test_duplicate_registration_refused(picky_algorithm):
     with pytest.raises(ConvError, match="already registered"):
         register(picky_algorithm)
-    names = [a.name for a in convolab.algorithms()]
+    names = [a.name for a in convolab.list_algorithms()]
     assert names.count("test_picky") == 1 and {"direct", "im2col"} <= set(names)
-    assert all(isinstance(a.deterministic, bool) for a in convolab.algorithms())
+    assert all(isinstance(a.deterministic, bool) for a in convolab.list_algorithms())
 
 
 def test_workspace_larger_than_memory_is_refused(monkeypatch):
@@ -172,7 +172,7 @@ def test_plan_attributes_and_explain():
     text = p.explain()
     assert "im2col" in text and "workspace" in text and "direct" in text
     auto = convolab.plan(x.shape, w, padding=1)
-    assert auto.algorithm in {a.name for a in convolab.algorithms()}
+    assert auto.algorithm in {a.name for a in convolab.list_algorithms()}
     assert "algorithm='auto'" in auto.explain()
 
 
@@ -252,3 +252,16 @@ def test_plan_names_the_kernel_that_runs():
     assert "GEMMs" in s.kernel and any(f", {m}: " in s.kernel for m in ("blocks", "dealt", "phases",
                                                                         "channels", "serial"))
     assert "GEMM" in convolab.plan((1, 64, 20, 20), w, padding=1, algorithm="im2col").kernel
+
+
+def test_algorithms_is_the_subpackage_and_list_algorithms_lists():
+    import subprocess
+    import sys
+    import types
+
+    assert isinstance(convolab.algorithms, types.ModuleType)
+    names = [a.name for a in convolab.list_algorithms()]
+    assert {"direct", "im2col", "im2win", "fft", "winograd_f2x3", "sfc6_6x3"} <= set(names)
+    r = subprocess.run([sys.executable, "-c", "import convolab.algorithms.fft as f; print(f.__name__)"],
+                       capture_output=True, text=True, check=True)
+    assert r.stdout.strip() == "convolab.algorithms.fft"

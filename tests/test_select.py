@@ -26,7 +26,7 @@ def cache(tmp_path, monkeypatch):
 
 def test_choose_lists_every_algorithm_admissible_first_fastest_first(cache):
     ch = select.choose((1, 16, 20, 20), (16, 16, 3, 3), padding=1)
-    assert {c.name for c in ch} == {a.name for a in convolab.algorithms()}
+    assert {c.name for c in ch} == {a.name for a in convolab.list_algorithms()}
     adm = [c for c in ch if c.admissible]
     assert adm and all(c.admissible for c in ch[: len(adm)])
     assert [c.seconds for c in adm] == sorted(c.seconds for c in adm)
@@ -38,7 +38,7 @@ def test_choose_lists_every_algorithm_admissible_first_fastest_first(cache):
 def test_unsupported_reason_is_given(cache):
     ch = select.choose((1, 4, 20, 20), (4, 4, 3, 3), padding=1, stride=2)
     by = {c.name: c for c in ch}
-    for a in convolab.algorithms():
+    for a in convolab.list_algorithms():
         why = a.supports(ConvSpec.from_shapes((1, 4, 20, 20), (4, 4, 3, 3), 2, 1))
         if why is not None:
             assert not by[a.name].admissible and by[a.name].reason == f"unsupported: {why}"
@@ -195,7 +195,7 @@ def test_plan_explain_shows_ranking(cache):
     w = np.ones((8, 8, 3, 3), np.float32)
     text = convolab.plan((1, 8, 12, 12), w, padding=1).explain()
     assert "ranking" in text and "fastest admissible" in text
-    for a in convolab.algorithms():
+    for a in convolab.list_algorithms():
         assert a.name in text
 
 
@@ -256,7 +256,7 @@ def test_uncalibrated_machine_uses_the_shipped_reference(cache):
     assert not (cache / "calibration.json").exists()
     ref = select.reference_machine()
     assert ref is not None and select.machine() is ref
-    names = {a.name for a in convolab.algorithms()}
+    names = {a.name for a in convolab.list_algorithms()}
     assert {k.split("/")[0] for k in ref.samples} == names and set(ref.linear) == set(ref.samples)
     dw = select.choose((1, 128, 56, 56), (128, 1, 3, 3), padding=1, groups=128)
     assert dw[0].name == "direct"

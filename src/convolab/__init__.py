@@ -1,13 +1,12 @@
 """convolab: convolution algorithms for CNN inference, behind one PyTorch-compatible call."""
 
-# the subpackage registers the built-in algorithms; the name `algorithms` is then rebound
-# to the registry function below, so `convolab.algorithms()` lists them
-from . import algorithms as _builtin_algorithms  # noqa: F401
-from . import reference
+# the subpackage (`convolab.algorithms`, one module per algorithm) registers the built-in
+# algorithms; `convolab.list_algorithms()` lists the registered ones
+from . import algorithms, reference
 from ._version import __version__
 from .api import ConvPlan, conv2d, plan
 from .errors import ConvError, UnsupportedError
-from .registry import Algorithm, algorithms, register
+from .registry import Algorithm, list_algorithms, register
 from .select import choose
 from .spec import ConvSpec
 
@@ -31,6 +30,7 @@ __all__ = [
     "UnsupportedError",
     "algorithms",
     "choose",
+    "list_algorithms",
     "compile",
     "reference",
     "conv2d",

@@ -31,7 +31,7 @@ def check_memory(spec: ConvSpec, algo: registry.Algorithm, extra: int = 0) -> No
         return
     smaller = sorted(
         (a.workspace_bytes(spec), a.name)
-        for a in registry.algorithms()
+        for a in registry.list_algorithms()
         if a.name != algo.name and a.supports(spec) is None
     )
     hint = (
@@ -69,7 +69,7 @@ def _resolve(
     if measure:
         ranking = select.rank(spec, measure=True, memory_limit=memory_limit, max_error=max_error, w=w)
     else:
-        stamps = (select.AUTOTUNE.stamp(), select.CALIBRATION.stamp(), len(registry.algorithms()))
+        stamps = (select.AUTOTUNE.stamp(), select.CALIBRATION.stamp(), len(registry.list_algorithms()))
         ranking = list(_ranking(spec, memory_limit, max_error, stamps))
         if select.trial_wanted(ranking):
             ranking = select.rank(spec, trial=True, memory_limit=memory_limit, max_error=max_error,
@@ -318,7 +318,7 @@ def conv2d(
     padding : int, (pad_h, pad_w), (left, right, top, bottom), "same" or "valid"
     groups : int
     algorithm : str
-        ``"auto"`` or a registered name (``convolab.algorithms()``).
+        ``"auto"`` or a registered name (``convolab.list_algorithms()``).
     out : numpy.ndarray, optional
         Output of shape (N, K, OH, OW) and the result dtype; untouched if the call fails.
 

@@ -336,7 +336,7 @@ def calibrate(progress=None, layers=None) -> Machine:
     # compile every kernel in a subprocess first: kernels compiled in the timing process can run
     # far slower than the cached machine code (see `prewarm`), which made
     # im2win measure at half its speed on layers whose code path was new
-    prewarm(list(registry.algorithms()), specs)
+    prewarm(list(registry.list_algorithms()), specs)
     g = gemm_gflops(n=1024, repeat=5)
     bw = _bandwidth_gbs()
     x1 = np.ones((1, 1, 4, 4), np.float32)
@@ -347,7 +347,7 @@ def calibrate(progress=None, layers=None) -> Machine:
     call = time_min(lambda: p1(x1, o1), 20)
     samples: dict[str, list] = {}
     linear: dict[str, list] = {}
-    algos = list(registry.algorithms())
+    algos = list(registry.list_algorithms())
     best: dict[tuple[str, int], float] = {}
     # the passes go over all layers in turn, each layer's algorithms taking turns within a
     # pass, and every (algorithm, layer) keeps its fastest time: a single pass measured some

@@ -150,7 +150,7 @@ def get(name: str) -> Algorithm:
         ) from None
 
 
-def algorithms(device: str | None = "cpu") -> list[Algorithm]:
+def list_algorithms(device: str | None = "cpu") -> list[Algorithm]:
     """The registered algorithm records of ``device`` ("cpu", "cuda"; None: all), in registration
     order. GPU records exist once `convolab.gpu` is imported."""
     _load()
@@ -159,7 +159,7 @@ def algorithms(device: str | None = "cpu") -> list[Algorithm]:
 
 def capable(spec: ConvSpec, device: str = "cpu") -> list[str]:
     """Names of the registered algorithms of ``device`` that support ``spec``."""
-    return [a.name for a in algorithms(device) if a.supports(spec) is None]
+    return [a.name for a in list_algorithms(device) if a.supports(spec) is None]
 
 
 #: device name -> the conv2d that takes that device's tensors (registered by its subpackage)

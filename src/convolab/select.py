@@ -118,7 +118,7 @@ def rank(
     m = machine()
     cached = AUTOTUNE.entries().get(cache_key(spec))
     out = []
-    for a in registry.algorithms():
+    for a in registry.list_algorithms():
         why = a.supports(spec)
         if why is not None:
             out.append(Choice(a.name, False, f"unsupported: {why}", None))

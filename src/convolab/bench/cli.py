@@ -126,7 +126,7 @@ def run(args) -> int:
     from rich.table import Table
     from threadpoolctl import threadpool_limits
 
-    from ..registry import algorithms, get
+    from ..registry import get, list_algorithms
     from ..select import prewarm
     from . import peers as peers_mod
     from .runner import auto_quality, bench_layer, geomean_ratios, machine_info, to_json
@@ -135,7 +135,7 @@ def run(args) -> int:
     algos = (
         [get(n.strip()) for n in args.algorithms.split(",") if n.strip()]
         if args.algorithms
-        else algorithms()
+        else list_algorithms()
     )
     peer_list = peers_mod.resolve(args.peers)
     use_auto = args.auto and not args.algorithms

@@ -48,9 +48,9 @@ def add_parser(sub) -> None:
 
 
 def run(args) -> int:
-    from ..registry import algorithms
+    from ..registry import list_algorithms
 
-    rows = [(a.name, capabilities(a)) for a in algorithms()]
+    rows = [(a.name, capabilities(a)) for a in list_algorithms()]
     if args.markdown:
         print("| algorithm | " + " | ".join(COLUMNS) + " |")
         print("|" + "---|" * (len(COLUMNS) + 1))

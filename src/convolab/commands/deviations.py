@@ -197,7 +197,7 @@ def run_determinism(args) -> int:
 
     console = Console()
     layers = det.SMALL_LAYERS if args.small else det.COMMON_LAYERS
-    names = [a.name for a in convolab.algorithms() if a.deterministic or args.all_algorithms]
+    names = [a.name for a in convolab.list_algorithms() if a.deterministic or args.all_algorithms]
     console.print(f"convolab: {', '.join(names)} under {len(det.convolab_configs())} "
                   "configurations (NUMBA_NUM_THREADS 1, 2 x NUMBA_CPU_NAME generic, host)")
     conv = det.measure_convolab(layers, names)

@@ -164,7 +164,7 @@ def run(args) -> int:
     from ..errors import ConvError
     from ..interop.models import MODELS, load_model
     from ..interop.torch import Session
-    from ..registry import algorithms, get
+    from ..registry import get, list_algorithms
 
     if args.repeat < 1:
         raise ConvError(f"--repeat must be >= 1, got {args.repeat}")
@@ -186,7 +186,7 @@ def run(args) -> int:
             if n != "auto":
                 get(n)
     else:
-        names = [a.name for a in algorithms()] + ["auto"]
+        names = [a.name for a in list_algorithms()] + ["auto"]
     if args.report not in names:
         names.append(args.report)
         if args.report != "auto":

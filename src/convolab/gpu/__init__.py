@@ -1,6 +1,6 @@
 """convolab.gpu: convolution kernels in Triton for CUDA torch tensors (optional extra ``gpu``).
 
-Three algorithms, registered with ``device="cuda"`` (`convolab.algorithms("cuda")`):
+Three algorithms, registered with ``device="cuda"`` (`convolab.list_algorithms("cuda")`):
 
 - ``implicit_gemm_gpu``: channels-last implicit GEMM (`convolab.gpu.implicit_gemm`);
 - ``im2win_gpu``: the im2win window tensor built on the GPU, then a GEMM over its contiguous

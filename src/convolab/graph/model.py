@@ -13,6 +13,8 @@ the graph branches are row-major ``(P, c)`` with ``P = H * W`` in raster order; 
     h_s = act(A_s h_s W2_s)            second graph convolution
     z   = [F, broadcast_1(h_1), ...]   back to pixels, concatenated with the CNN features
     y   = softmax(head(z))             1x1 conv, a residual block of two 1x1 convs, 1x1 conv
+                                       (pointwise: training evaluates it at the labelled
+                                       pixels only, inference at every pixel)
 
 Variants (the ablations of the issue): ``"cnn"`` (stem and head only), ``"single"`` (one
 scale's graph branch + CNN: CEGCN-like, Liu et al. 2021), ``"multi"`` (all scales, no cross
@@ -78,7 +80,7 @@ class MGRNet(nn.Module):
         return u + sum(_act(c(u)) for c in self.stem_dw)
 
     def graph_features(self, f, g: SuperpixelScales):
-        """The graph branches: pixel features (P, c) of each used scale, after broadcast."""
+        """The graph branches: node features (S_s, c) of each used scale after the last layer."""
         pc = f[0].reshape(self.width, -1).t().contiguous()
         h = []
         for i, s in enumerate(self.scales):
@@ -95,25 +97,33 @@ class MGRNet(nn.Module):
                         acc = acc + ag.propagate(m, mt, h[j])
                 fused.append(h[i] + _act(self.cross[i](acc / (len(self.scales) - 1))))
             h = fused
-        out = []
-        for i, s in enumerate(self.scales):
-            a = g.a_hat[s]
-            out.append(ag.broadcast(g.segments[s], _act(ag.propagate(a, a, self.gc2[i](h[i])))))
-        return out
+        return [_act(ag.propagate(g.a_hat[s], g.a_hat[s], self.gc2[i](h[i]))) for i, s in enumerate(self.scales)]
 
     def head(self, z):
-        z = _act(self.head_in(z))
-        z = z + self.res2(_act(self.res1(z)))
-        return self.head_out(_act(z))
+        """The pointwise head on pixel rows z (n, c): its 1x1 convolutions as matrix products."""
+        def conv1x1(conv, v):
+            return torch.nn.functional.linear(v, conv.weight[:, :, 0, 0], conv.bias)
 
-    def forward(self, x, g: SuperpixelScales | None = None):
-        """Class logits (1, n_classes, H, W) for the image ``x`` (1, C, H, W)."""
+        z = _act(conv1x1(self.head_in, z))
+        z = z + conv1x1(self.res2, _act(conv1x1(self.res1, z)))
+        return conv1x1(self.head_out, _act(z))
+
+    def forward(self, x, g: SuperpixelScales | None = None, pixels=None):
+        """Class logits (n, n_classes) of the pixels ``pixels`` (raster indices, a LongTensor;
+        default all pixels, n = H * W) of the image ``x`` (1, C, H, W).
+
+        The head is pointwise, so training evaluates it at the training pixels only; the stem
+        and the graph branches always see the whole image.
+        """
         f = self.stem(x)
-        parts = [f]
+        rows = f[0].reshape(self.width, -1)
+        parts = [rows.t() if pixels is None else rows[:, pixels].t()]
         if self.scales:
             if g is None:
                 raise ConvError(f"variant {self.variant!r} needs the superpixel graph")
-            _, _, hh, ww = f.shape
-            for p in self.graph_features(f, g):
-                parts.append(p.t().reshape(1, self.width, hh, ww))
+            for s, h in zip(self.scales, self.graph_features(f, g), strict=True):
+                if pixels is None:
+                    parts.append(ag.broadcast(g.segments[s], h))
+                else:
+                    parts.append(h.index_select(0, torch.from_numpy(g.segments[s].labels)[pixels]))
         return self.head(torch.cat(parts, dim=1))

@@ -63,14 +63,13 @@ def fit(model: MGRNet, prep: Prepared, train, epochs: int = 300, lr: float = 5e-
         ) -> tuple[float, list]:
     """Train ``model`` on the pixels of the boolean mask ``train``; returns (seconds, losses)."""
     idx, y = _targets(prep.scene.labels, train)
-    n_classes = prep.scene.n_classes
     opt = torch.optim.Adam(model.parameters(), lr=lr, weight_decay=weight_decay)
     losses = []
     model.train()
     t = time.perf_counter()
     for _ in range(epochs):
         opt.zero_grad(set_to_none=True)
-        logits = model(prep.x, prep.graph).reshape(n_classes, -1)[:, idx].t()
+        logits = model(prep.x, prep.graph, idx)
         loss = torch.nn.functional.cross_entropy(logits, y)
         loss.backward()
         opt.step()
@@ -82,8 +81,8 @@ def predict(model: MGRNet, prep: Prepared) -> np.ndarray:
     """Class map (H, W), classes 1..n, with torch (the training framework)."""
     model.eval()
     with torch.no_grad():
-        logits = model(prep.x, prep.graph)[0]
-    return logits.argmax(0).numpy().astype(np.int32) + 1
+        logits = model(prep.x, prep.graph)
+    return logits.argmax(1).numpy().astype(np.int32).reshape(prep.scene.labels.shape) + 1
 
 
 def evaluate(prediction, labels, test, n_classes: int) -> dict:

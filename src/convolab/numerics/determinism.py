@@ -117,7 +117,7 @@ def _child_convolab(layers: dict, algos: list[str] | None) -> tuple[dict, dict]:
     for lname, case in layers.items():
         x, w, kw = layer_data(case)
         spec = ConvSpec.from_arrays(x, w, None, **kw)
-        for a in convolab.algorithms():
+        for a in convolab.list_algorithms():
             if (algos is not None and a.name not in algos) or a.supports(spec) is not None:
                 continue
             outs[f"{a.name}\t{lname}"] = convolab.conv2d(x, w, algorithm=a.name, **kw)

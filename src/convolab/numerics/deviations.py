@@ -125,7 +125,7 @@ def sweep(
     import convolab
 
     layers = sweep_layers() if layers is None else layers
-    names = [a.name for a in convolab.algorithms()] if algorithms is None else list(algorithms)
+    names = [a.name for a in convolab.list_algorithms()] if algorithms is None else list(algorithms)
     torch_m = measure_torch(layers, configs=torch_configs(isas)) if torch else None
     extra = [o for o in ONEDNN_CANDIDATES if parse_order(o).name not in
              {parse_order(p).name for p in orders}]

@@ -235,7 +235,7 @@ def propagate(
     elif images is not None:
         names = list(images)
     names, x = models.load_photos(names)
-    algos = [a.name for a in convolab.algorithms()] if algorithms is None else list(algorithms)
+    algos = [a.name for a in convolab.list_algorithms()] if algorithms is None else list(algorithms)
     if "direct" in algos:
         algos.remove("direct")
 
