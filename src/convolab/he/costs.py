@@ -30,7 +30,7 @@ from .activation import RELU_FIT, poly2
 from .backend import SimCiphertext, SimulatedBackend
 from .layout import Layout, log2, with_distinct
 from .network import LevelBudget, resnet20_convs
-from .schedules import _strided, relayout_plan
+from .schedules import output_layout, relayout_plan
 
 
 @dataclass(frozen=True)
@@ -82,7 +82,7 @@ class Model:
     def ra_conv(self, t: Sym, i: int, distinct):
         la = self.layers[i]
         r = self.remaining(t)
-        out = with_distinct(_strided(t.layout, "CA", la.cout, la.stride), distinct)
+        out = with_distinct(output_layout(t.layout, "CA", la.cout, la.stride), distinct)
         cin = sum(v is not None for v in t.levels)
         P, cells = out.blocks_per_copy, out.cells
         G = -(-la.cout // P)
@@ -116,7 +116,7 @@ class Model:
         a("rotation", cout * L, r - 1)
         a("add", cout * L, r - 1)
         self.levels_log.append((la.name, r, r - 1))
-        return Sym(_strided(lay, "RA", cout, la.stride), (r - 1,) * cout)
+        return Sym(output_layout(lay, "RA", cout, la.stride), (r - 1,) * cout)
 
     def act(self, t: Sym, name):
         out = []

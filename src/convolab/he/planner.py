@@ -18,6 +18,7 @@ planner's choice without gap packing, and prices all of them.
 
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import dataclass, field
 
 from ..errors import ConvError
@@ -163,8 +164,6 @@ class ResNetPlan:
 
 def _at_level(by_level, level: int):
     """The counts with every operation moved to one level (bootstraps kept)."""
-    from collections import Counter
-
     out = Counter()
     for (cat, layer, op, lv), n in by_level.items():
         out[(cat, layer, op, lv if op == "bootstrap" else level)] += n

@@ -114,7 +114,8 @@ def _taps(lay: Layout, R: int, p: int, stride: int, out_off: np.ndarray):
     return taps
 
 
-def _strided(lay: Layout, kind: str, channels: int, stride: int) -> Layout:
+def output_layout(lay: Layout, kind: str, channels: int, stride: int) -> Layout:
+    """The layout of a convolution's output: same grid, gap times the stride, dense."""
     return Layout(
         kind, channels, _out_size(lay.height, stride), _out_size(lay.width, stride),
         lay.gap * stride, lay.grid_h, lay.grid_w, lay.slots,
@@ -129,7 +130,7 @@ def _setup(name: str, x: EncTensor, w, stride: int, kind_in: str, kind_out: str)
         raise ConvError(f"{name} needs a {kind_in}-packed input, got {lay.kind}")
     w = np.asarray(w, dtype=np.float64)
     R, p = check_kernel(w, stride, lay.channels)
-    out_lay = _strided(lay, kind_out, w.shape[0], stride)
+    out_lay = output_layout(lay, kind_out, w.shape[0], stride)
     return lay, w, R, out_lay, _taps(lay, R, p, stride, out_lay.pixel_offsets())
 
 

@@ -237,8 +237,6 @@ def measure_operations(be: TenSEALBackend, levels=None, repeat: int = 3, seed: i
     dict
         ``{operation: {level: seconds}}``.
     """
-    import time
-
     s, ev = be._s, be._evaluator
     rng = np.random.default_rng(seed)
     values = rng.uniform(-1, 1, be.slots).tolist()
