@@ -17,7 +17,8 @@ CIFAR-10 both ways with levels and bootstraps, chooses each tensor's layout by m
 """
 
 from .activation import RELU_FIT, composite_relu, eval_odd, poly2, sign_polys
-from .backend import OPERATIONS, Backend, Counts, SimulatedBackend, get_backend
+from .backend import OPERATIONS, Backend, Counts, SimulatedBackend
+from .backends import get_backend
 from .conv import SCHEMES, HEConvResult, conv2d
 from .latency import CostTable, latency
 from .layout import Layout, make_layout, pack, unpack, with_distinct

@@ -215,7 +215,7 @@ def _bench_ops(args) -> int:
 
     from .._machine import cpu_model
     from ..errors import ConvError
-    from .backend import get_backend
+    from .backends import get_backend
     from .latency import CostTable
     from .tenseal_backend import measure_operations
 
@@ -272,7 +272,7 @@ def _bench_layers(args) -> int:
 
     from .. import reference
     from ..errors import ConvError
-    from .backend import get_backend
+    from .backends import get_backend
     from .conv import SCHEMES, conv2d
 
     schemes = [s.strip() for s in args.schemes.split(",") if s.strip()]

@@ -17,7 +17,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..errors import ConvError
-from .backend import Backend, get_backend
+from .backend import Backend
+from .backends import get_backend
 from .layout import Layout, make_layout, pack, unpack
 from .schedules import EncTensor, ca_conv, check_kernel, check_variant, mp_conv, ra_conv
 
