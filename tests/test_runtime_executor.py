@@ -14,6 +14,7 @@ nn = torch.nn
 import convolab  # noqa: E402
 from convolab.runtime import compile  # noqa: E402
 from convolab.runtime import model as M  # noqa: E402
+from convolab.runtime import program as P  # noqa: E402
 
 LAYERS = [
     # C, K, kernel, stride, padding, dilation, groups, H, W
@@ -231,8 +232,8 @@ def test_image_major_run_gives_the_batch_bits(monkeypatch):
     net = Net().eval()
     x = torch.randn(3, 16, 130, 126)
     outs = {}
-    for name, limit in (("image", M.IMAGE_MAJOR_BYTES), ("layer", 1 << 60)):
-        monkeypatch.setattr(M, "IMAGE_MAJOR_BYTES", limit)
+    for name, limit in (("image", P.IMAGE_MAJOR_BYTES), ("layer", 1 << 60)):
+        monkeypatch.setattr(P, "IMAGE_MAJOR_BYTES", limit)
         for threads in (1, 2):
             cm = compile(net, x, algorithm="direct", threads=threads)
             cm(x)
@@ -303,7 +304,7 @@ def test_expansion_feeds_depthwise_channel_blocked_with_the_same_bits(batch, mon
     # outputs: on the microkernel): input (2) -- per image in an image-major run
     bits = [int(b) for b in seg.prog[:, X.F_BLK]]
     assert bits in ([1, 3, 2], [1, 3, 2] * batch, [1] * batch + [3] * batch + [2] * batch)
-    monkeypatch.setattr(M, "_blocked_pairs", lambda *a: {})
+    monkeypatch.setattr(P, "_blocked_pairs", lambda *a: {})
     plain = compile(net, x, threads=2, algorithm="direct")
     want = plain(x).numpy()
     st2 = plain._states[tuple(x.shape)]

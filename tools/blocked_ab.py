@@ -25,22 +25,22 @@ def main():
 
     import convolab
     from convolab.interop.models import load_model
-    from convolab.runtime import model as M
+    from convolab.runtime import program as P
 
     warnings.filterwarnings("ignore")
     net = load_model(a.model).eval()
     x = torch.randn(a.batch, 3, 224, 224)
     xn = x.numpy()
     cms, outs = {}, {}
-    pairs = M._blocked_pairs
+    pairs = P._blocked_pairs
     for blocked in (True, False):
-        M._blocked_pairs = pairs if blocked else (lambda *args: {})
+        P._blocked_pairs = pairs if blocked else (lambda *args: {})
         try:
             cm = convolab.compile(net, x, algorithm="deterministic", threads=a.threads)
             cm(xn)
             outs[blocked] = np.asarray(cm(xn))
         finally:
-            M._blocked_pairs = pairs
+            P._blocked_pairs = pairs
         cms[blocked] = cm
     times = {True: [], False: []}
     for _ in range(a.rounds or (30 if a.batch == 1 else 8)):

@@ -1,0 +1,516 @@
+"""The compiled model's arena and executor program: where every activation lives, which
+operators run inside the executor's job (`convolab.runtime._executor`) and the rows that tell
+it what to do.
+
+`_build` assigns arena offsets by liveness (values whose lifetimes do not overlap share
+space; reshapes are views of their input's slot; padded copies get dedicated, zero-bordered
+space), cuts the graph into segments (runs of operators the executor runs as one job: direct
+convolutions on the microkernel or the depthwise kernels, max / adaptive average pooling, linear
+layers) and the operators run one by one, then `_program` writes each segment's rows: packed
+filters and biases in one blob, the tap tables in another, the layout choices (pixel-vector
+1x1 kernels, channel-blocked pairs, image-major runs at batch > 1).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from .. import registry, select
+from ..algorithms import direct
+from ..spec import ConvSpec
+from . import _executor as _X
+from . import _kernels as K
+from .graph import ACTS, Graph, Node
+from .ops import pool_out
+
+if TYPE_CHECKING:
+    from .model import CompiledModel, _State
+
+
+def _in_executor(spec: ConvSpec) -> bool:
+    """Convolutions the executor runs when their algorithm is ``direct``: all of them in
+    float32 -- depthwise ones on direct's depthwise kernel, the others on the microkernel,
+    whatever their channel count, stride or dilation (direct's own thresholds for it weigh a
+    parallel region's start, which the executor does not pay). Both sum in direct's order,
+    one fused multiply-add per product: the same bits as ``algorithm="direct"``."""
+    return spec.dtype == np.float32
+
+
+#: the runtime's ``auto`` keeps a convolution in the executor unless another algorithm is
+#: predicted this much faster than the executor's kernel. Outside the executor a layer pays its
+#: own parallel region, an extra pass for its output stage, a second wake-up of the team, and
+#: the BLAS-based algorithms run with the BLAS held to one thread; whole networks on the 2-core
+#: Zen 4 VM ran faster all-executor than with the per-layer choice (ResNet-50 batch 1: 70.7
+#: against 104.9 ms; EfficientNet-Lite0: 26.4 against 29.0 ms before the team was pinned)
+EXECUTOR_FACTOR = 1.5
+
+
+def _prefer_executor(spec: ConvSpec, budgets: dict, threads: int = 1) -> str:
+    """``"direct"`` where the executor runs it and the cost model predicts the executor's
+    kernel (the microkernel, or the depthwise kernel), less the per-call overhead the executor
+    does not pay, at most `EXECUTOR_FACTOR` times the best admissible algorithm's time; else
+    ``"auto"``."""
+    if not _in_executor(spec):
+        return "auto"
+    ranking = select.rank(spec, **budgets)
+    adm = [c for c in ranking if c.admissible]
+    if not adm or "direct" not in {c.name for c in adm}:
+        return "auto"
+    if adm[0].name == "direct":
+        return "direct"
+    d = registry.get("direct")
+    if not direct.depthwise(spec):  # predict the microkernel, whatever direct itself would run
+        d = dataclasses.replace(d, kernel=lambda s: "")
+    m = select.machine()
+    mine = select.predict_seconds(d, spec, m) - m.call_seconds
+    best = adm[0].seconds
+    if adm[0].name == "im2col" and spec.R == spec.S == 1 and spec.stride == (1, 1) and not any(spec.padding):
+        # one GEMM, whose threads are the BLAS's: in the runtime it runs on one
+        best *= threads
+    return "direct" if mine <= EXECUTOR_FACTOR * best else "auto"
+
+
+class _Segment:
+    """Consecutive convolutions run by the executor as one parallel job."""
+
+    def __init__(self, P: int):
+        self.P = P
+        self.nodes: list[int] = []
+        #: the node of each executor row (one per node, or per image and node in an
+        #: image-major run)
+        self.row_nodes: list[int] = []
+        #: reshape nodes inside the segment: views of their input's arena slot, no row
+        self.views: list[int] = []
+        self.nmax = 1
+
+
+def _executable(st: _State, i: int, n: Node) -> bool:
+    if n.kind != "conv":
+        return False
+    p = st.plans.get(i)
+    return p is not None and p.algorithm == "direct" and _in_executor(p.spec)
+
+
+def _executor_op(g: Graph, st: _State, i: int, n: Node) -> bool:
+    """Operators other than convolutions that the executor runs (`_X.OP_MAXPOOL`,
+    `_X.OP_ADAPTIVE`, `_X.OP_LINEAR`), on the arena, at the shapes of the first call: max
+    pooling and adaptive average pooling of NCHW values (keeping their dimensions), a linear
+    layer on (N, features) rows."""
+    if i not in st.shapes or not n.inputs:
+        return False
+    x = st.shapes.get(n.inputs[0])
+    if n.kind == "maxpool":
+        return x is not None and len(x) == 4
+    if n.kind == "adaptive_avg":
+        return x is not None and len(x) == 4 and n.attrs.get("keepdim", True)
+    if n.kind == "linear":
+        return (x is not None and len(x) == 2 and len(st.shapes[i]) == 2
+                and x[1] == n.attrs["w"].shape[1])
+    return False
+
+
+def _aligned(a: np.ndarray) -> np.ndarray:
+    """A copy of the 1-D array ``a`` whose data starts on a 64-byte boundary."""
+    raw = np.empty(a.size * a.itemsize + 64, dtype=np.uint8)
+    start = -raw.ctypes.data % 64
+    out = raw[start: start + a.size * a.itemsize].view(a.dtype)
+    out[:] = a
+    return out
+
+
+def _roots(g: Graph) -> list[int]:
+    root = list(range(len(g.nodes)))
+    for i, n in enumerate(g.nodes):
+        if n.kind == "reshape":
+            root[i] = root[n.inputs[0]]
+    return root
+
+
+#: bytes per image of a convolution's input and output from which a batch runs it image by image
+IMAGE_MAJOR_BYTES = 1 << 20
+
+
+def _image_major_run(g: Graph, st: _State) -> set[int]:
+    """The first run (of two layers or more) of consecutive convolutions for the executor whose
+    input and output together take at least `IMAGE_MAJOR_BYTES` per image, when the batch has
+    several images: the executor runs it image by image (all its layers for image 0, then
+    image 1...), so each image's activations stay in the cache from one layer to the next;
+    layer by layer, a batch of eight 112x112 activations (13 MB each) went to memory between
+    layers (EfficientNet-Lite0 at batch 8, one thread: its 112x112 and 56x56 layers ran
+    1.5-2x slower per image than at batch 1)."""
+    run: set[int] = set()
+    for i, n in enumerate(g.nodes):
+        big = False
+        if n.kind == "conv" and _executable(st, i, n):
+            sp = st.plans[i].spec
+            big = sp.N > 1 and (sp.C * sp.H * sp.W + sp.K * sp.OH * sp.OW) * 4 >= IMAGE_MAJOR_BYTES
+        if big:
+            run.add(i)
+        elif len(run) > 1:
+            break
+        else:
+            run = set()  # a single layer gains nothing: look further
+    return run if len(run) > 1 else set()
+
+
+def _build(m: CompiledModel, st: _State) -> None:
+    """Arena offsets for every recorded output (shared between values whose lifetimes do not
+    overlap: a value lives from its node to the last node that reads it or a view of it;
+    graph outputs are copied out), dedicated zero-bordered padded copies, and the segments:
+    runs of executable convolutions whose inputs live in the arena, the rest one by one."""
+    g = m.graph
+    root = _roots(g)
+    last: dict[int, int] = {}
+    for i, n in enumerate(g.nodes):
+        for j in n.inputs:
+            last[root[j]] = i
+    for j in g.outputs:
+        last[root[j]] = len(g.nodes)
+    st.image_major = _image_major_run(g, st)
+    if st.image_major:
+        # its nodes run image by image: every value it writes or reads stays live to its end
+        b = max(st.image_major)
+        for i in st.image_major:
+            last[i] = max(last.get(i, i), b)
+            for j in g.nodes[i].inputs:
+                last[root[j]] = max(last.get(root[j], root[j]), b)
+    free: list[tuple[int, int]] = []  # (offset, size) of released slots
+    busy: list[tuple[int, int, int]] = []  # (last use, offset, size)
+    off: dict[int, int] = {}
+    total = 0
+    for i in range(len(g.nodes)):
+        free += [(o, sz) for end, o, sz in busy if end < i]
+        busy = [b for b in busy if b[0] >= i]
+        if i not in st.shapes or root[i] != i:
+            continue  # no value of its own, or a view (reshape) of its input's slot
+        need = -(-int(np.prod(st.shapes[i])) // 16) * 16
+        fit = [k for k, (_, sz) in enumerate(free) if sz >= need]
+        if fit:
+            o, sz = free.pop(min(fit, key=lambda k: free[k][1]))
+        else:
+            o, sz = total, need
+            total += need
+        busy.append((last.get(i, i), o, sz))
+        off[i] = o
+    # executor operators: padded copies get dedicated space (their borders stay zero)
+    segments: list = []
+    seg = None
+    pads: dict[int, int] = {}
+    for i, n in enumerate(g.nodes):
+        inside = all(root[j] in off for j in n.inputs)
+        if n.kind == "reshape" and seg is not None and inside and root[i] in off:
+            seg.views.append(i)  # a view of its input's slot: nothing to run
+            continue
+        if inside and _executor_op(g, st, i, n):
+            if seg is None:
+                seg = _Segment(m.threads)
+                segments.append(seg)
+            seg.nodes.append(i)
+            continue
+        ok = _executable(st, i, n) and inside
+        if ok:
+            spec = st.plans[i].spec
+            if _phased(spec):
+                pads[i] = total
+                hq, wq = direct.phases(spec)
+                sh, sw = spec.stride
+                total += -(-spec.N * spec.C * sh * sw * hq * wq // 16) * 16
+            elif not direct.depthwise(spec) and any(spec.padding):
+                pads[i] = total
+                total += -(-spec.N * spec.C * spec.padded_H * spec.padded_W // 16) * 16
+            elif _subsampled(spec):
+                pads[i] = total
+                total += -(-spec.N * spec.C * spec.OH * spec.OW // 16) * 16
+            if seg is None:
+                seg = _Segment(m.threads)
+                segments.append(seg)
+            seg.nodes.append(i)
+        elif n.kind != "input":
+            seg = None
+            segments.append(i)
+    arena = _aligned(np.zeros(max(total, 16), dtype=np.float32))
+    st.buffers = {i: arena[o: o + int(np.prod(st.shapes[i]))].reshape(st.shapes[i]) for i, o in off.items()}
+    for i in range(len(g.nodes)):  # reshape nodes: views of their input's slot
+        if root[i] != i and root[i] in off and i in st.shapes:
+            st.buffers[i] = st.buffers[root[i]].reshape(st.shapes[i])
+    for s_ in segments:
+        if isinstance(s_, _Segment):
+            _program(m, st, s_, root, off, pads)
+    st.arena = arena
+    st.segments = segments
+    outside = [g.nodes[s_].kind for s_ in segments if not isinstance(s_, _Segment)]
+    st.uses_blas = "conv" in outside
+    st.uses_torch = "torch" in outside
+    st.outside = bool(outside)
+
+
+def _subsampled(spec) -> bool:
+    """A strided 1x1 convolution without padding (a downsampling shortcut): the executor
+    copies the pixels it reads (every sh-th row, sw-th column) into compact planes and runs
+    it as a stride-1 1x1 on them, whose tiles are all straight (strided ones crossed row ends
+    on the general kernel, at half speed). The sum over channels is the same."""
+    return (spec.R == spec.S == 1 and spec.stride != (1, 1) and not any(spec.padding)
+            and spec.groups == 1 and not direct.depthwise(spec))
+
+
+def _phased(spec) -> bool:
+    """A strided k x k convolution (not depthwise): the executor splits its padded input into
+    stride-phase planes (`convolab.kernels._direct.fill_phases`), where every tap reads
+    consecutive outputs' inputs contiguously, and runs it on the table microkernel (each tap's
+    offset from a table, tiles over virtual rows of the phase width). Strided tiles crossed row
+    ends on the general kernel, at half speed. The reduction's order, (c, r, s), is unchanged."""
+    return (spec.stride != (1, 1) and spec.R * spec.S > 1 and not direct.depthwise(spec))
+
+
+#: output pixels per image from which a 1x1 layer runs on the pixel-vector kernel
+PV_MIN_PIXELS = 28 * 28
+#: input channels up to which it does (a tile's input, C x 48 pixels, then stays in the L1
+#: cache across the k-block's four row tiles; 512 -> 128 at 28x28 ran 3% slower on it)
+PV_MAX_CHANNELS = 256
+
+
+def _pixel_vectors(spec, copied: bool) -> bool:
+    """A 1x1 layer read as plain planes (stride 1 without padding, or a subsampled stride,
+    `_subsampled`), one group, at least `PV_MIN_PIXELS` outputs per image: the executor runs
+    it with pixels in the vector lanes (`convolab.kernels._pointwise`). Executor, one thread,
+    Zen 4, ms (pixel-vector / microkernel): 32 -> 16 at 112x112 0.155 / 0.303, 16 -> 96 at
+    112x112 0.58 / 0.82, 24 -> 144 at 56x56 0.28 / 0.35, 240 -> 40 at 28x28 0.145 / 0.237;
+    80 -> 480 at 14x14 0.188 / 0.184 (from 14x14 the microkernel's transposes no longer cost
+    more than the multiply-adds); ResNet-50's 64 -> 256 at 56x56 0.97 / 1.09, 256 -> 64 0.92 /
+    0.95. Same bits either way."""
+    if (spec.R != 1 or spec.S != 1 or spec.groups != 1 or spec.OH * spec.OW < PV_MIN_PIXELS
+            or spec.C > PV_MAX_CHANNELS):
+        return False
+    if spec.stride == (1, 1):
+        return not any(spec.padding)
+    return copied and _subsampled(spec)
+
+
+def _pv_chunks(spec, nkb: int, threads: int) -> int:
+    """Chunks of pixels per k-block: at least four tasks per thread, and each chunk's input
+    (all channels) within `convolab.kernels.microkernel.CHUNK_BYTES`."""
+    from ..kernels import microkernel as mk
+    from ..kernels._pointwise import PX
+
+    P = spec.OH * spec.OW
+    ntile = -(-P // PX)
+    want = max(-(-4 * threads // nkb), -(-spec.C * P * 4 // mk.CHUNK_BYTES))
+    return int(min(ntile, max(1, want)))
+
+
+def _image_major_rows(prog, fprm, nodes, image_major):
+    """The segment's rows with its image-major run (`_image_major_run`) replaced by one row per
+    image and layer, image after image: each a one-image copy of the layer's row, its input,
+    output, residual and padded copy moved to that image. Returns the rows, their parameters
+    and the node of each row."""
+    rs = [r for r, i in enumerate(nodes) if i in image_major]
+    if not rs:
+        return prog, fprm, list(nodes)
+    r0, r1 = rs[0], rs[-1] + 1
+    if r1 - r0 != len(rs):  # not one run of rows: layer by layer (the lifetimes allow both)
+        return prog, fprm, list(nodes)
+    N = int(prog[r0, _X.F_N])
+    rows, prms, owners = [], [], []
+    for n in range(N):
+        for r in range(r0, r1):
+            row = prog[r].copy()
+            row[_X.F_N] = 1
+            row[_X.F_X] += n * row[_X.F_XIMG]
+            row[_X.F_Y] += n * row[_X.F_YIMG]
+            if row[_X.F_RES] >= 0:
+                row[_X.F_RES] += n * row[_X.F_YIMG]
+            if row[_X.F_KIND] == _X.OP_TILES and row[_X.F_C2]:
+                # a padded / subsampled / phase copy: its planes, F_H x F_W, per image
+                row[_X.F_F] += n * row[_X.F_C] * row[_X.F_H] * row[_X.F_W]
+            rows.append(row)
+            prms.append(fprm[r])
+            owners.append(nodes[r])
+    prog = np.concatenate([prog[:r0], np.array(rows), prog[r1:]])
+    fprm = np.concatenate([fprm[:r0], np.array(prms), fprm[r1:]])
+    return prog, fprm, list(nodes[:r0]) + owners + list(nodes[r1:])
+
+
+def _blocked_pairs(g: Graph, st: _State, seg: _Segment, root, pads) -> dict[int, int]:
+    """The segment's activations that stay channel-blocked (NCHW16c): ``{node: F_BLK bits}``
+    (bit 1 output blocked, bit 2 input blocked; see `_X.F_BLK`). A 1x1 layer (one group,
+    stride 1, no padding) and a channel-blocked depthwise layer hand their activation over
+    blocked when one of them is the only reader of the other's output (a 1x1 expansion into a
+    depthwise layer; a depthwise layer into its 1x1 projection, unless that projection runs with
+    pixels in the vector lanes, `_pixel_vectors`), the channels are a multiple of
+    16, the producer's output stage is one the tiles apply (bias, ReLU, clamp; no residual),
+    and the value is nobody's view and no graph output. Blocked, the 1x1 tiles store or read
+    16-channel pixel vectors as they are and the depthwise operator copies rows of them instead
+    of transposing planes; each value is computed by the same code as before, so the bits do not
+    change."""
+    in_seg = set(seg.nodes)
+    users: dict[int, list[int]] = {}
+    for k, n in enumerate(g.nodes):
+        for j in n.inputs:
+            users.setdefault(j, []).append(k)
+    viewed = {root[v] for v in range(len(g.nodes)) if root[v] != v}
+
+    def pointwise(i):
+        spec = st.plans[i].spec
+        return (not direct.depthwise(spec) and (spec.R, spec.S) == (1, 1) and spec.groups == 1
+                and spec.stride == (1, 1) and i not in pads)
+
+    def blocked_dw(i):
+        return direct.blocked_depthwise(st.plans[i].spec)
+
+    flags: dict[int, int] = {}
+    for i in seg.nodes:
+        a = g.nodes[i].attrs
+        us = users.get(i, [])
+        if (g.nodes[i].kind != "conv" or len(us) != 1 or us[0] not in in_seg
+                or g.nodes[us[0]].kind != "conv" or g.nodes[us[0]].inputs[0] != i
+                or st.plans[i].spec.K % 16 or a["residual"] or ACTS[a["act"]] > 2
+                or i in g.outputs or i in viewed or root[i] != i):
+            continue
+        d = us[0]
+        # a projection that would run with pixels in the lanes stays there (on the microkernel
+        # its few output channels fill few lanes: MobileNetV2 b8 37.7 -> 38.5 ms with them)
+        if (pointwise(i) and blocked_dw(d)) or (
+                blocked_dw(i) and pointwise(d) and not _pixel_vectors(st.plans[d].spec, False)):
+            flags[i] = flags.get(i, 0) | 1
+            flags[d] = flags.get(d, 0) | 2
+    return flags
+
+
+def _program(m: CompiledModel, st: _State, seg: _Segment, root, off, pads) -> None:
+    """The executor's rows for a segment's convolutions, their weights packed once."""
+    from ..kernels import microkernel as mk
+
+    g = m.graph
+    prog, fprm = _X.new_program(len(seg.nodes))
+    wb: list[np.ndarray] = []
+    ib: list[np.ndarray] = []
+    wlen = [0]
+    ilen = [0]
+
+    def put(a, blob, length):
+        # each array starts on a 64-byte boundary (misaligned filter vectors split cache lines)
+        a = np.ascontiguousarray(a).reshape(-1)
+        o = length[0]
+        blob.append(a)
+        pad = -a.size % 16
+        if pad:
+            blob.append(np.zeros(pad, dtype=a.dtype))
+        length[0] += a.size + pad
+        return o
+
+    for r, i in enumerate(seg.nodes):
+        n = g.nodes[i]
+        a = n.attrs
+        if n.kind != "conv":
+            _op_row(n, st, prog[r], off[root[n.inputs[0]]], off[i], put, wb, wlen)
+            continue
+        spec = st.plans[i].spec
+        row = prog[r]
+        row[_X.F_N], row[_X.F_C], row[_X.F_K] = spec.N, spec.C, spec.K
+        row[_X.F_OH], row[_X.F_OW], row[_X.F_G] = spec.OH, spec.OW, spec.groups
+        row[_X.F_R], row[_X.F_S] = spec.R, spec.S
+        row[_X.F_X] = off[root[n.inputs[0]]]
+        row[_X.F_XIMG] = spec.C * spec.H * spec.W
+        row[_X.F_Y] = off[i]
+        row[_X.F_YIMG] = spec.K * spec.OH * spec.OW
+        row[_X.F_BIAS] = put(a["b"], wb, wlen) if a["b"] is not None else -1
+        row[_X.F_RES] = off[root[n.inputs[1]]] if a["residual"] else -1
+        row[_X.F_ACT] = ACTS[a["act"]]
+        fprm[r] = (a["lo"], a["hi"])
+        w = a["w"]
+        seg.nmax = max(seg.nmax, spec.N)
+        if not direct.depthwise(spec):
+            row[_X.F_KIND] = _X.OP_TILES
+            row[_X.F_H], row[_X.F_W] = spec.padded_H, spec.padded_W
+            wpk = mk.pack_filter(spec, w, "rs")
+            row[_X.F_WOFF] = put(wpk, wb, wlen)
+            per_pixel = spec.Cg * spec.padded_H * spec.padded_W / (spec.OH * spec.OW) * 4
+            sp = mk.split(spec, spec.OH * spec.OW, per_pixel, wpk.shape[1], seg.P)
+            row[_X.F_A], row[_X.F_B] = sp.nkbr, sp.nchunk
+            row[_X.F_SH], row[_X.F_SW] = spec.stride
+            row[_X.F_DH], row[_X.F_DW] = spec.dilation
+            if _pixel_vectors(spec, i in pads):
+                row[_X.F_PV] = _pv_chunks(spec, wpk.shape[1], seg.P)
+            if i in pads and _phased(spec):
+                hq, wq = direct.phases(spec)
+                sh, sw = spec.stride
+                pl, _, pt, _ = spec.padding
+                row[_X.F_H], row[_X.F_W] = sh * sw * hq, wq
+                row[_X.F_C2], row[_X.F_D], row[_X.F_E], row[_X.F_F] = 3, pt, pl, pads[i]
+                row[_X.F_G2] = spec.H * 65536 + spec.W
+                # each tap's offset in the phase planes: the first channel's of `tap_offsets`
+                row[_X.F_TAB] = put(direct.tap_offsets(spec)[: spec.R * spec.S], ib, ilen)
+            elif i in pads and _subsampled(spec):
+                # phase 1 copies every sh-th row, sw-th column into OH x OW planes at pads[i]
+                row[_X.F_H], row[_X.F_W] = spec.OH, spec.OW
+                row[_X.F_SH], row[_X.F_SW] = 1, 1
+                row[_X.F_C2], row[_X.F_D], row[_X.F_E], row[_X.F_F] = 2, spec.stride[0], \
+                    spec.stride[1], pads[i]
+                row[_X.F_G2] = spec.H * 65536 + spec.W
+            elif i in pads:
+                pl, _, pt, _ = spec.padding
+                row[_X.F_C2], row[_X.F_D], row[_X.F_E], row[_X.F_F] = 1, pt, pl, pads[i]
+                row[_X.F_G2] = spec.H * 65536 + spec.W
+        elif direct.blocked_depthwise(spec):
+            row[_X.F_KIND] = _X.OP_DWB
+            row[_X.F_H], row[_X.F_W] = spec.H, spec.W
+            row[_X.F_WOFF] = put(direct.pack_depthwise(spec, w), wb, wlen)
+            pl, _, pt, _ = spec.padding
+            row[_X.F_C2], row[_X.F_D] = pt, pl
+            row[_X.F_SH], row[_X.F_SW] = spec.stride
+            row[_X.F_DH], row[_X.F_DW] = spec.dilation
+        else:
+            row[_X.F_KIND] = _X.OP_DW
+            row[_X.F_H], row[_X.F_W] = spec.H, spec.W
+            row[_X.F_WOFF] = put(w, wb, wlen)
+            hq, wq = direct.phases(spec)
+            pl, _, pt, _ = spec.padding
+            row[_X.F_A], row[_X.F_B] = spec.stride
+            row[_X.F_C2], row[_X.F_D], row[_X.F_E], row[_X.F_F] = pt, pl, hq, wq
+            row[_X.F_G2] = put(direct.tap_offsets(spec), ib, ilen)
+    rows = {i: r for r, i in enumerate(seg.nodes)}
+    for i, bits in _blocked_pairs(g, st, seg, root, pads).items():
+        prog[rows[i], _X.F_BLK] = bits
+        prog[rows[i], _X.F_PV] = 0  # 1x1 layers on the microkernel: 16-channel pixel vectors
+    prog, fprm, seg.row_nodes = _image_major_rows(prog, fprm, seg.nodes, st.image_major)
+    seg.prog, seg.fprm = prog, fprm
+    seg.wb = _aligned(np.concatenate(wb).astype(np.float32)) if wb else np.zeros(16, np.float32)
+    seg.ib = np.concatenate(ib).astype(np.int64) if ib else np.zeros(1, np.int64)
+    seg.ctr = np.zeros(len(seg.prog) * (_X.CS_BASE + seg.nmax), dtype=np.int64)
+    seg.scratch = _X.scratch_elements(prog)
+
+
+def _op_row(n: Node, st: _State, row: np.ndarray, x_off: int, y_off: int, put, wb, wlen) -> None:
+    """The executor's row of a pooling or linear operator (`_executor_op`)."""
+    a = n.attrs
+    xs = st.shapes[n.inputs[0]]
+    row[_X.F_X], row[_X.F_Y] = x_off, y_off
+    if n.kind == "linear":
+        row[_X.F_KIND] = _X.OP_LINEAR
+        if "wp" not in a:
+            a["wp"] = K.pack_linear(a["w"])
+        row[_X.F_N], row[_X.F_C], row[_X.F_K] = xs[0], xs[1], a["w"].shape[0]
+        row[_X.F_WOFF] = put(a["wp"], wb, wlen)
+        row[_X.F_A] = a["wp"].shape[0]
+        row[_X.F_BIAS] = put(a["b"].astype(np.float32), wb, wlen) if a["b"] is not None else -1
+        return
+    N, C, H, W = xs
+    row[_X.F_N], row[_X.F_C], row[_X.F_H], row[_X.F_W] = N, C, H, W
+    row[_X.F_K] = C
+    row[_X.F_XIMG] = C * H * W
+    row[_X.F_BIAS] = row[_X.F_RES] = -1
+    if n.kind == "maxpool":
+        row[_X.F_KIND] = _X.OP_MAXPOOL
+        row[_X.F_R], row[_X.F_S] = a["k"]
+        row[_X.F_SH], row[_X.F_SW] = a["stride"]
+        row[_X.F_A], row[_X.F_B] = a["padding"]
+        row[_X.F_DH], row[_X.F_DW] = a["dilation"]
+        row[_X.F_OH] = pool_out(H, a["k"][0], a["stride"][0], a["padding"][0], a["dilation"][0], a["ceil"])
+        row[_X.F_OW] = pool_out(W, a["k"][1], a["stride"][1], a["padding"][1], a["dilation"][1], a["ceil"])
+    else:
+        row[_X.F_KIND] = _X.OP_ADAPTIVE
+        row[_X.F_OH], row[_X.F_OW] = a["size"]
+    row[_X.F_YIMG] = C * row[_X.F_OH] * row[_X.F_OW]
