@@ -2,7 +2,7 @@
 
 Reads every module's imports of convolab modules with `ast` (nothing is imported) and
 builds two graphs: the imports at module level, and all imports (also those inside functions,
-which run later). Reports
+which run later; imports under ``if TYPE_CHECKING:`` never run and are left out). Reports
 
 - cycles among module-level imports (Python would fail or see half-initialised modules);
 - function-level imports that close a cycle with the others (a lazy import dodging a cycle),
@@ -45,12 +45,17 @@ def imports(path: Path, modules: set[str]) -> list[tuple[str, bool, int]]:
     mod = module_name(path)
     is_pkg = path.name == "__init__.py"
     tree = ast.parse(path.read_text())
-    top = set()
+    top, typing_only = set(), set()
     for node in tree.body:
+        if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test):
+            typing_only.update(id(sub) for sub in ast.walk(node))  # never runs: annotations
+            continue
         for sub in ast.walk(node) if isinstance(node, (ast.If, ast.Try)) else [node]:
             top.add(id(sub))
     out = []
     for node in ast.walk(tree):
+        if id(node) in typing_only:
+            continue
         targets = []
         if isinstance(node, ast.Import):
             targets = [a.name for a in node.names]
