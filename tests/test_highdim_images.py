@@ -13,8 +13,8 @@ from skimage import data, img_as_float
 
 from convolab import ConvError
 from convolab.cli import main
+from convolab.cli import main as cli_main
 from convolab.highdim import bilateral_filter, fit_sbs
-from convolab.highdim.bench import main as bench_main
 from convolab.highdim.bench import psnr
 from convolab.highdim.exact import exact_bilateral, exact_filter
 from convolab.highdim.learned import LearnedSBS, gaussian_sbs, rmse
@@ -145,7 +145,7 @@ def test_cli_errors(tmp_path, capsys):
 
 def test_bench_quick_accuracy(tmp_path):
     out = tmp_path / "b.json"
-    assert bench_main(["--quick", "--sections", "accuracy", "--exact-step", "8",
+    assert cli_main(["bilateral-bench", "--quick", "--sections", "accuracy", "--exact-step", "8",
                        "--json", str(out)]) == 0
     rows = json.loads(out.read_text())["accuracy"]
     assert len(rows) == 4

@@ -1,7 +1,9 @@
 """The ``convolab`` command.
 
-Sub-commands live in their own modules; each exposes ``add_parser(subparsers)`` which adds
-its parser and sets ``func`` (called with the parsed arguments, returns an exit code).
+Every subcommand lives in ``convolab.commands`` (one module each; what they share, the console,
+``--json FILE`` and argument types, is `convolab.commands._common`); each exposes
+``add_parser(subparsers)``, which adds its parser and sets ``func`` (called with the parsed
+arguments, returns an exit code).
 """
 
 from __future__ import annotations
@@ -15,12 +17,12 @@ from ._version import __version__
 #: modules that each add one or more sub-commands
 COMMAND_MODULES = [
     "convolab.commands.algorithms",
-    "convolab.bench.cli",
+    "convolab.commands.bench",
     "convolab.commands.model",
     "convolab.commands.deviations",
     "convolab.commands.calibrate",
-    "convolab.highdim.cli",
-    "convolab.he.cli",
+    "convolab.commands.highdim",
+    "convolab.commands.he",
     "convolab.commands.accuracy",
     "convolab.commands.quantize_eval",
     "convolab.graph.cli",

@@ -3,6 +3,9 @@
 
 from __future__ import annotations
 
+from ._common import add_json, write_json
+from ._common import console as make_console
+
 
 def add_parser(sub) -> None:
     p = sub.add_parser(
@@ -18,7 +21,7 @@ def add_parser(sub) -> None:
     p.add_argument("--size", type=int, default=28, help="image height and width (default 28)")
     p.add_argument("--bits", type=int, nargs="+", default=[8, 6, 4], help="integer widths")
     p.add_argument("--seed", type=int, default=0, help="data seed (default 0)")
-    p.add_argument("--json", metavar="PATH", help="also write the results as JSON")
+    add_json(p, "the results")
     g = p.add_mutually_exclusive_group()
     g.add_argument("--scheduler", metavar="ADDRESS", help="run the cases as tasks on this Dask scheduler")
     g.add_argument("--dask", action="store_true", help="run the cases as tasks on a local Dask cluster")
@@ -26,9 +29,7 @@ def add_parser(sub) -> None:
 
 
 def run(args) -> int:
-    import json
 
-    from rich.console import Console
     from rich.table import Table
 
     from ..accuracy import study, targets
@@ -43,7 +44,7 @@ def run(args) -> int:
         from ..dask import sweeps
 
         with sweeps.client(args.scheduler, args.dask) as c:
-            Console(stderr=True).print(sweeps.describe(c))
+            make_console(stderr=True).print(sweeps.describe(c))
             rows = sweeps.accuracy_study(c, args.batch, args.channels, args.out_channels, args.size,
                                          tuple(args.bits), args.seed)
     else:
@@ -62,9 +63,7 @@ def run(args) -> int:
     for row in rows:
         table.add_row(row.name, f"{row.kernel}x{row.kernel}", f"{row.products_per_output:.2f}",
                       *(f"{row.errors[s]:.2e}" for s in settings))
-    console = Console()
-    if not console.is_terminal:  # a file or pipe: print the table unwrapped
-        console = Console(width=max(console.width, 120))
+    console = make_console()
     console.print(table)
     goal = targets(rows, [s for s in ("fp16", "int8") if s in settings])
     for s, v in goal.items():
@@ -74,8 +73,7 @@ def run(args) -> int:
             f"/ F(4x4,3x3) = {v['vs_f4x3']:.2f} (goal <= 0.35): {'met' if ok else 'NOT met'}"
         )
     if args.json:
-        with open(args.json, "w") as f:
-            json.dump({"config": {k: getattr(args, k) for k in
+        write_json(args.json, {"config": {k: getattr(args, k) for k in
                                   ("batch", "channels", "out_channels", "size", "bits", "seed")},
-                       "rows": [row.__dict__ for row in rows], "targets": goal}, f, indent=1)
+                       "rows": [row.__dict__ for row in rows], "targets": goal}, console)
     return 0

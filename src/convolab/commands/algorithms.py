@@ -8,6 +8,8 @@ of it, made with ``--markdown``) says what the code actually accepts.
 from __future__ import annotations
 
 from ..spec import ConvSpec
+from ._common import add_json, write_json
+from ._common import console as make_console
 
 _KERNELS = (1, 3, 5, 7, 11)
 #: probe convolutions, for a k x k kernel the algorithm supports
@@ -44,6 +46,7 @@ COLUMNS = ["kernels", *_PROBES, "dtypes", "deterministic", "batch-invariant", "w
 def add_parser(sub) -> None:
     p = sub.add_parser("algorithms", help="list the registered convolution algorithms and what they support")
     p.add_argument("--markdown", action="store_true", help="print a Markdown table (the README's feature table)")
+    add_json(p, "every algorithm's capabilities")
     p.set_defaults(func=run)
 
 
@@ -51,18 +54,17 @@ def run(args) -> int:
     from ..registry import list_algorithms
 
     rows = [(a.name, capabilities(a)) for a in list_algorithms()]
+    if args.json:
+        write_json(args.json, {name: row for name, row in rows}, make_console(stderr=True))
     if args.markdown:
         print("| algorithm | " + " | ".join(COLUMNS) + " |")
         print("|" + "---|" * (len(COLUMNS) + 1))
         for name, row in rows:
             print(f"| `{name}` | " + " | ".join(row[c] for c in COLUMNS) + " |")
         return 0
-    from rich.console import Console
     from rich.table import Table
 
-    console = Console()
-    if not console.is_terminal:
-        console = Console(width=200)
+    console = make_console(width=200)  # fourteen columns
     table = Table(title="convolab algorithms (capabilities probed from each algorithm's supports())")
     table.add_column("algorithm")
     for c in COLUMNS:

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from ._common import add_json, write_json
+from ._common import console as make_console
+
 
 def add_parser(sub) -> None:
     p = sub.add_parser(
@@ -14,26 +17,26 @@ def add_parser(sub) -> None:
                    help="time the layers as tasks on this Dask scheduler's workers (one per machine)")
     g.add_argument("--dask", action="store_true",
                    help="time the layers as tasks on a local Dask cluster (workers of --threads threads)")
+    add_json(p, "the measured constants and each algorithm's rates")
     p.set_defaults(func=run)
 
 
 def run(args) -> int:
     import numba
-    from rich.console import Console
     from rich.progress import Progress
     from rich.table import Table
 
-    from .. import select
+    from .. import costmodel, select
     from ..errors import ConvError
 
-    console = Console()
+    console = make_console()
     if args.scheduler or args.dask:
         from ..dask import sweeps
 
         with sweeps.client(args.scheduler, args.dask, threads_per_worker=args.threads or 1) as c:
-            Console(stderr=True).print(sweeps.describe(c))
+            make_console(stderr=True).print(sweeps.describe(c))
             with Progress(console=console, transient=True) as progress:
-                task = progress.add_task("calibrating", total=len(select.CALIBRATION_LAYERS))
+                task = progress.add_task("calibrating", total=len(costmodel.CALIBRATION_LAYERS))
                 m, threads = sweeps.calibrate(c, threads=args.threads if args.scheduler else None,
                                               progress=lambda i, n: progress.update(task, completed=i))
         where = " and on every worker"
@@ -43,7 +46,8 @@ def run(args) -> int:
                 raise ConvError(f"--threads must be in 1..{numba.config.NUMBA_NUM_THREADS}, got {args.threads}")
             numba.set_num_threads(args.threads)
         with Progress(console=console, transient=True) as progress:
-            task = progress.add_task("calibrating", total=len(select.CALIBRATION_LAYERS) * select.CALIBRATION_PASSES)
+            steps = len(costmodel.CALIBRATION_LAYERS) * costmodel.CALIBRATION_PASSES
+            task = progress.add_task("calibrating", total=steps)
             m = select.calibrate(progress=lambda what: progress.update(task, advance=1, description=what))
         threads, where = numba.get_num_threads(), ""
     console.print(
@@ -59,4 +63,7 @@ def run(args) -> int:
         table.add_row(name, f"{med:.0f}", f"{best:.0f}", str(n))
     console.print(table)
     console.print(f"stored in {select.CALIBRATION.path}{where}")
+    write_json(args.json, {"threads": threads, "machine": m.to_json(),
+                           "rates": [dict(algorithm=n, median_gflops=med, best_gflops=b, layers=k)
+                                     for n, med, b, k in select.calibration_report(m)]}, console)
     return 0

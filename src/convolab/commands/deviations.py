@@ -13,10 +13,11 @@ Sub-commands:
 
 from __future__ import annotations
 
-import json
 import sys
 
 from ..errors import ConvError
+from ._common import add_json, write_json
+from ._common import console as make_console
 
 
 def _int_list(text: str) -> tuple[int, ...]:
@@ -54,7 +55,7 @@ def add_parser(sub) -> None:
     s.add_argument("--no-torch", action="store_true", help="skip the PyTorch configurations")
     s.add_argument("--isas", default="SSE41,AVX,AVX2,AVX512_CORE",
                    help="oneDNN ISA limits for PyTorch, each at 1 and 2 threads")
-    s.add_argument("--json", metavar="PATH", help="write per-layer results as JSON")
+    add_json(s, "per-layer results")
     s.add_argument("--layers", action="store_true", help="print every layer, not just the summary")
     g = s.add_mutually_exclusive_group()
     g.add_argument("--scheduler", metavar="ADDRESS", help="run the layers as tasks on this Dask scheduler")
@@ -67,6 +68,7 @@ def add_parser(sub) -> None:
     d.add_argument("--markdown", action="store_true", help="print a Markdown table")
     d.add_argument("--all-algorithms", action="store_true",
                    help="also the algorithms not registered deterministic")
+    add_json(d, "the classes per layer")
     d.set_defaults(func=run_determinism)
 
     n = dsub.add_parser("network", help="propagation through a pretrained CNN on real photos")
@@ -80,21 +82,20 @@ def add_parser(sub) -> None:
     n.add_argument("--isas", default="AVX2,AVX512_CORE",
                    help="oneDNN ISA limits for the PyTorch runs, each at 1 and 2 threads ('' for none)")
     n.add_argument("--plot", metavar="PNG", help="plot remaining bits per layer (plot extra)")
-    n.add_argument("--json", metavar="PATH", help="write per-layer results as JSON")
+    add_json(n, "per-layer results")
     n.set_defaults(func=run_network)
 
     p.set_defaults(func=lambda args: (p.print_help(), 2)[1])
 
 
 def run_sweep(args) -> int:
-    from rich.console import Console
     from rich.progress import Progress
     from rich.table import Table
 
     from ..numerics import deviations as dev
     from ..numerics.orders import STANDARD_ORDERS, parse_order
 
-    console = Console()
+    console = make_console()
     orders = tuple(args.orders) if args.orders else STANDARD_ORDERS
     for o in orders:
         parse_order(o)
@@ -116,7 +117,7 @@ def run_sweep(args) -> int:
             from ..dask import sweeps
 
             with sweeps.client(args.scheduler, args.dask) as c:
-                Console(stderr=True).print(sweeps.describe(c))
+                make_console(stderr=True).print(sweeps.describe(c))
                 results = sweeps.deviations_sweep(c, layers, **kwargs)
         else:
             results = dev.sweep(layers, **kwargs)
@@ -181,21 +182,18 @@ def run_sweep(args) -> int:
             t.add_row(labels, order, str(n))
         console.print(t)
     if args.json:
-        with open(args.json, "w") as f:
-            json.dump({"summary": summary, "layers": dev.to_json(results)}, f, indent=1)
-        console.print(f"wrote {args.json}")
+        write_json(args.json, {"summary": summary, "layers": dev.to_json(results)}, console)
     return 0
 
 
 def run_determinism(args) -> int:
-    from rich.console import Console
     from rich.table import Table
 
     import convolab
 
     from ..numerics import determinism as det
 
-    console = Console()
+    console = make_console()
     layers = det.SMALL_LAYERS if args.small else det.COMMON_LAYERS
     names = [a.name for a in convolab.list_algorithms() if a.deterministic or args.all_algorithms]
     console.print(f"convolab: {', '.join(names)} under {len(det.convolab_configs())} "
@@ -239,14 +237,77 @@ def run_determinism(args) -> int:
         for row in rows:
             t.add_row(*row)
         console.print(t)
+    write_json(args.json, {"header": header, "rows": rows}, console)
     return 0
 
 
 def run_network(args) -> int:
-    from ..numerics import propagation
-
     try:
-        return propagation.main(args)
+        return _network(args)
     except ImportError as e:
         print(f"convolab: error: {e}", file=sys.stderr)
         return 2
+
+
+def _network(args) -> int:
+    """``convolab deviations network``: run `propagation.propagate`, print the tables."""
+    from rich.table import Table
+
+    from ..numerics.propagation import DEFAULT_ORDERS, plot, propagate, result_json
+
+    console = make_console()
+    isas = tuple(i for i in args.isas.split(",") if i) if args.isas else ()
+    res = propagate(
+        args.images, algorithms=args.algorithms,
+        orders=tuple(args.orders) if args.orders is not None else DEFAULT_ORDERS, isas=isas,
+        float64=not args.no_float64,
+        progress=lambda s: console.print(f"  running {s}", style="dim"),
+    )
+    base = res.variants[0]
+    t = Table(title=f"EfficientNet-Lite0 on {len(res.images)} photographs: each variant vs "
+              "convolab direct")
+    for col in ("variant", "layers run", "last conv mean bits", "logits least/mean bits",
+                "top-1 flips"):
+        t.add_column(col)
+    last = res.layers[-1][0]
+    for v in res.variants:
+        t.add_row(
+            v.name.replace("algorithm:", ""), v.ran.replace(" layers", ""),
+            f"{v.layers[last].mean_bits:.1f}", f"{v.logits_min_bits} / {v.logits_mean_bits:.1f}",
+            str(res.flips(v)) if v is not base else "-",
+        )
+    console.print(t)
+    console.print(f"photographs: {', '.join(res.images)}; top-1 ImageNet classes with direct: "
+                  f"{' '.join(map(str, base.labels))}")
+    for v in res.variants[1:]:
+        if res.flips(v):
+            console.print(f"  {v.name}: {' '.join(map(str, v.labels))}")
+    console.print("layers run: convolutions the variant computed itself (the others: direct).")
+    console.print(
+        "bitwise classes of the logits: "
+        + ", ".join(f"{k} {res.logits_classes(p)}" for k, p in (
+            ("algorithms", "algorithm:"), ("orders", "order:"), ("torch", "torch:"), ("all", "")))
+    )
+    t = Table(title="per layer: bitwise classes (algorithms/orders/torch/all) and remaining bits "
+              "vs direct (least/mean over the variants of each kind)")
+    for col in ("#", "layer", "terms", "classes", "algorithms", "orders", "torch", "float64"):
+        t.add_column(col)
+
+    def bits(prefix, ln):
+        vs = [v.layers[ln] for v in res.variants[1:] if v.name.startswith(prefix)]
+        if not vs:
+            return "-"
+        return f"{min(s.min_bits for s in vs)}/{min(s.mean_bits for s in vs):.1f}"
+
+    for i, (ln, _shape, terms) in enumerate(res.layers):
+        cls = "/".join(str(res.classes(ln, p) or "-") for p in ("algorithm:", "order:", "torch:", ""))
+        t.add_row(
+            str(i), ln.replace("_blocks.", "b").replace("_conv", ""), str(terms), cls,
+            bits("algorithm:", ln), bits("order:", ln), bits("torch:", ln), bits("float64", ln),
+        )
+    console.print(t)
+    if args.plot:
+        plot(res, args.plot)
+        console.print(f"wrote {args.plot}")
+    write_json(args.json, result_json(res), console)
+    return 0

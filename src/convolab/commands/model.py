@@ -29,10 +29,12 @@ PyTorch is what is measured, not accuracy.
 
 from __future__ import annotations
 
-import json
 import os
 import statistics
 import time
+
+from ._common import add_json, write_json
+from ._common import console as make_console
 
 
 def add_parser(sub) -> None:
@@ -74,8 +76,7 @@ def add_parser(sub) -> None:
     p.add_argument("--report-batch", type=int, default=None,
                    help="batch size of the per-layer report (default: the largest)")
     p.add_argument("--no-latency", action="store_true", help="accuracy only")
-    p.add_argument("--json", dest="json_path", default=None, metavar="FILE",
-                   help="write every figure as JSON")
+    add_json(p, "every figure")
     p.set_defaults(func=run)
 
 
@@ -144,12 +145,9 @@ def _console_and_threads(threads: int):
     PyTorch, Numba and the BLAS held to ``threads`` (the BLAS limit is returned to undo)."""
     import numba
     import torch
-    from rich.console import Console
     from threadpoolctl import threadpool_limits
 
-    console = Console()
-    if not console.is_terminal:
-        console = Console(width=150)
+    console = make_console()
     torch.set_num_threads(threads)
     numba.set_num_threads(min(threads, numba.config.NUMBA_NUM_THREADS))
     return console, threadpool_limits(threads, user_api="blas")
@@ -361,7 +359,7 @@ def run(args) -> int:
         console.print(lt)
     blas_limits.restore_original_limits()
 
-    if args.json_path:
+    if args.json:
         doc = {
             "model": args.model, "photographs": photos, "machine": machine,
             "repeat": args.repeat, "batches": batches, "fallback": args.fallback,
@@ -374,9 +372,7 @@ def run(args) -> int:
                 for n, sts in (layer_stats.items() if not args.no_latency else [])
             },
         }
-        with open(args.json_path, "w") as f:
-            json.dump(doc, f, indent=1)
-        console.print(f"wrote {args.json_path}")
+        write_json(args.json, doc, console)
     return 0
 
 
@@ -599,14 +595,12 @@ def _run_compiled(args, batches) -> int:
                       "(spinning threads) is timed after the rounds, in a block of its own.")
     blas_limits.restore_original_limits()
 
-    if args.json_path:
+    if args.json:
         doc = {
             "model": args.model, "mode": "compile", "random_weights": info.random_weights,
             "inputs": labels, "machine": machine, "repeat": args.repeat, "batches": batches,
             "algorithms": names, "torch_top1": [int(c) for c in ref_top],
             "setup": setup, "accuracy": accuracy, "latency": latency,
         }
-        with open(args.json_path, "w") as f:
-            json.dump(doc, f, indent=1)
-        console.print(f"wrote {args.json_path}")
+        write_json(args.json, doc, console)
     return 0

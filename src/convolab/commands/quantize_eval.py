@@ -24,9 +24,11 @@ output against the float64 convolution (geometric mean and max over the target l
 
 from __future__ import annotations
 
-import json
 import math
 import time
+
+from ._common import add_json, write_json
+from ._common import console as make_console
 
 #: evaluation views: (label, shorter side after resize, crop position (fx, fy), mirrored)
 VIEWS = (
@@ -77,7 +79,7 @@ def add_parser(sub) -> None:
                    help=f"calibration crops per photograph, 1-{len(CALIBRATION_VIEWS)} (default: %(default)s)")
     p.add_argument("--batch", type=int, default=8, help="images per forward pass (default: %(default)s)")
     p.add_argument("--threads", type=int, default=2, help="threads for PyTorch and Numba (default: %(default)s)")
-    p.add_argument("--json", dest="json_path", default=None, metavar="FILE", help="write every figure as JSON")
+    add_json(p, "every figure")
     p.set_defaults(func=run)
 
 
@@ -165,7 +167,6 @@ def run(args) -> int:
     import numba
     import numpy as np
     import torch
-    from rich.console import Console
     from rich.table import Table
     from threadpoolctl import threadpool_limits
 
@@ -175,9 +176,7 @@ def run(args) -> int:
     from ..quant.layer import QuantizedConv
 
     algos, bits, rows = _parse(args)
-    console = Console()
-    if not console.is_terminal:
-        console = Console(width=160)
+    console = make_console()
     torch.set_num_threads(args.threads)
     numba.set_num_threads(min(args.threads, numba.config.NUMBA_NUM_THREADS))
     # BLAS on one thread: the integer GEMMs run between PyTorch ops, whose pool would fight it
@@ -351,14 +350,12 @@ def run(args) -> int:
         lt.add_row(f"{a}/{b}", *[f"{layer_err[n][f'{a}/{b}']:.2e}" for n in tnames])
     console.print(lt)
     console.print(f"total {time.perf_counter() - t_start:.0f} s")
-    if args.json_path:
+    if args.json:
         doc = {"model": args.model, "kernel": k, "calibration": args.calibration,
                "percentile": args.percentile, "photographs": photos, "images": labels,
                "calibration_images": int(xc.shape[0]),
                "target_layers": {n: str(session.variants[n]["spec"]) for n in tnames},
                "rows": results, "layer_errors": layer_err,
                "fp32_top1": [int(c) for c in ref_top]}
-        with open(args.json_path, "w") as f:
-            json.dump(doc, f, indent=1)
-        console.print(f"wrote {args.json_path}")
+        write_json(args.json, doc, console)
     return 0

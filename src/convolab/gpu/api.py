@@ -26,9 +26,9 @@ import numpy as np
 import torch
 
 from .._version import __version__
+from ..cache import _FileCache
 from ..errors import ConvError, UnsupportedError
 from ..registry import Algorithm, capable, get, register, register_device
-from ..select import _FileCache
 from ..spec import ConvSpec
 from . import cuconv, im2win, implicit_gemm
 from ._common import (

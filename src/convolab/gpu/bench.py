@@ -439,7 +439,7 @@ def run(args) -> int:
         data = {"machine": info, "modes": modes, "entries": [dataclasses.asdict(e) for e in entries],
                 "summary": summary, "deviations": deviations, "skipped_layers": skipped,
                 "seconds": time.perf_counter() - t0}
-        _write(args.json_path, json.dumps(data, indent=1))
+        _write(args.json, json.dumps(data, indent=1))
         _write(args.markdown, markdown(info, entries, summary, deviations))
         return summary
 

@@ -6,7 +6,7 @@ permutohedral lattice (Adams, Baek & Davis, Eurographics 2010; any d <= 16, O(d^
 bilateral grid (Paris & Durand 2006, Chen et al. 2007; d <= 4). ``bilateral_filter`` and
 ``joint_bilateral_filter`` apply it to grey and colour images (scikit-image conventions).
 ``convolab.highdim.learned`` fits splat / blur / slice operators to other kernels in the spirit
-of AccNet (Dai et al., NeurIPS 2018). The benchmark is ``python -m convolab.highdim.bench``.
+of AccNet (Dai et al., NeurIPS 2018). The benchmark is ``convolab bilateral-bench``.
 """
 
 from .filters import METHODS, bilateral_filter, gaussian_filter, joint_bilateral_filter

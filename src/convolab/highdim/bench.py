@@ -1,6 +1,6 @@
 """Figures of ``convolab.highdim``: accuracy, speed against peers, scaling, learned SBS.
 
-Run ``python -m convolab.highdim.bench`` (or ``convolab bilateral-bench``); ``--quick`` uses small
+Run ``convolab bilateral-bench`` (its CLI: `convolab.commands.highdim`); ``--quick`` uses small
 crops, ``--sections`` picks a subset, ``--json PATH`` writes every number. Needs scikit-image
 (its bundled photographs and ``denoise_bilateral``); OpenCV (``opencv-python-headless``) is
 timed when installed.
@@ -24,8 +24,6 @@ timed when installed.
 
 from __future__ import annotations
 
-import argparse
-import json
 import time
 
 import numpy as np
@@ -34,18 +32,6 @@ SIGMAS = [(2.0, 0.05), (4.0, 0.1), (8.0, 0.1), (16.0, 0.2)]
 COLOUR_IMAGES = ["astronaut", "coffee", "chelsea"]
 GREY_IMAGES = ["camera", "coins"]
 SECTIONS = ("accuracy", "speed", "scaling", "learned")
-
-
-def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--quick", action="store_true", help="small crops and fewer cases")
-    p.add_argument(
-        "--sections", default=",".join(SECTIONS), help=f"comma list from {','.join(SECTIONS)}"
-    )
-    p.add_argument("--repeats", type=int, default=3, help="timing repeats (minimum is kept)")
-    p.add_argument(
-        "--exact-step", type=int, default=4, help="evaluate the exact filter every k pixels"
-    )
-    p.add_argument("--json", help="write all measured numbers to this JSON file")
 
 
 def psnr(a, b) -> float:
@@ -359,50 +345,3 @@ def learned(args, console) -> list[dict]:
                           f"{t_fit:.1f}")
     console.print(table)
     return rows
-
-
-def run(args) -> int:
-    from rich.console import Console
-
-    from ..errors import ConvError
-
-    try:
-        import skimage  # noqa: F401
-    except ImportError:  # pragma: no cover - depends on the environment
-        raise ConvError("the benchmark needs scikit-image (pip install scikit-image)") from None
-    sections = [s.strip() for s in args.sections.split(",") if s.strip()]
-    bad = [s for s in sections if s not in SECTIONS]
-    if bad:
-        raise ConvError(f"unknown section(s) {bad}; choose from {', '.join(SECTIONS)}")
-    console = Console()
-    if not console.is_terminal:  # files and pipes: keep the tables' columns readable
-        console = Console(width=160)
-    funcs = {"accuracy": accuracy, "speed": speed, "scaling": scaling, "learned": learned}
-    results = {"quick": bool(args.quick), "exact_step": args.exact_step,
-               "repeats": args.repeats}
-    for s in sections:
-        t0 = time.perf_counter()
-        results[s] = funcs[s](args, console)
-        console.print(f"[dim]{s}: {time.perf_counter() - t0:.1f} s[/dim]")
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(results, f, indent=1)
-    return 0
-
-
-def main(argv=None) -> int:
-    """Entry point of ``python -m convolab.highdim.bench``."""
-    p = argparse.ArgumentParser(prog="python -m convolab.highdim.bench", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_arguments(p)
-    args = p.parse_args(argv)
-    from ..errors import ConvError
-
-    try:
-        return run(args)
-    except ConvError as e:
-        p.error(str(e))
-
-
-if __name__ == "__main__":  # pragma: no cover
-    raise SystemExit(main())

@@ -103,7 +103,7 @@ def gaussian_filter(values, positions, method: str = "permutohedral"):
     The lattice methods approximate the Gaussian: on scikit-image's photographs the
     permutohedral lattice measured 44-54 dB PSNR against ``"exact"`` (bilateral filters,
     sigma_spatial 2-16, sigma_color 0.05-0.2) and the grid (cell size 0.5 standard deviations,
-    grey images, d = 3) 59-69 dB; ``python -m convolab.highdim.bench`` measures it. On sparse
+    grey images, d = 3) 59-69 dB; ``convolab bilateral-bench`` measures it. On sparse
     high-dimensional point clouds the lattice is less accurate (its kernel is short-tailed).
 
     Examples

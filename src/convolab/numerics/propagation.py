@@ -351,71 +351,10 @@ def plot(result: NetworkResult, path: str) -> None:
     plt.close(fig)
 
 
-def main(args) -> int:
-    """``convolab deviations network``: run `propagate` and print the tables."""
-    from rich.console import Console
-    from rich.table import Table
-
-    console = Console()
-    isas = tuple(i for i in args.isas.split(",") if i) if args.isas else ()
-    res = propagate(
-        args.images, algorithms=args.algorithms,
-        orders=tuple(args.orders) if args.orders is not None else DEFAULT_ORDERS, isas=isas,
-        float64=not args.no_float64,
-        progress=lambda s: console.print(f"  running {s}", style="dim"),
-    )
-    base = res.variants[0]
-    t = Table(title=f"EfficientNet-Lite0 on {len(res.images)} photographs: each variant vs "
-              "convolab direct")
-    for col in ("variant", "layers run", "last conv mean bits", "logits least/mean bits",
-                "top-1 flips"):
-        t.add_column(col)
-    last = res.layers[-1][0]
-    for v in res.variants:
-        t.add_row(
-            v.name.replace("algorithm:", ""), v.ran.replace(" layers", ""),
-            f"{v.layers[last].mean_bits:.1f}", f"{v.logits_min_bits} / {v.logits_mean_bits:.1f}",
-            str(res.flips(v)) if v is not base else "-",
-        )
-    console.print(t)
-    console.print(f"photographs: {', '.join(res.images)}; top-1 ImageNet classes with direct: "
-                  f"{' '.join(map(str, base.labels))}")
-    for v in res.variants[1:]:
-        if res.flips(v):
-            console.print(f"  {v.name}: {' '.join(map(str, v.labels))}")
-    console.print("layers run: convolutions the variant computed itself (the others: direct).")
-    console.print(
-        "bitwise classes of the logits: "
-        + ", ".join(f"{k} {res.logits_classes(p)}" for k, p in (
-            ("algorithms", "algorithm:"), ("orders", "order:"), ("torch", "torch:"), ("all", "")))
-    )
-    t = Table(title="per layer: bitwise classes (algorithms/orders/torch/all) and remaining bits "
-              "vs direct (least/mean over the variants of each kind)")
-    for col in ("#", "layer", "terms", "classes", "algorithms", "orders", "torch", "float64"):
-        t.add_column(col)
-
-    def bits(prefix, ln):
-        vs = [v.layers[ln] for v in res.variants[1:] if v.name.startswith(prefix)]
-        if not vs:
-            return "-"
-        return f"{min(s.min_bits for s in vs)}/{min(s.mean_bits for s in vs):.1f}"
-
-    for i, (ln, _shape, terms) in enumerate(res.layers):
-        cls = "/".join(str(res.classes(ln, p) or "-") for p in ("algorithm:", "order:", "torch:", ""))
-        t.add_row(
-            str(i), ln.replace("_blocks.", "b").replace("_conv", ""), str(terms), cls,
-            bits("algorithm:", ln), bits("order:", ln), bits("torch:", ln), bits("float64", ln),
-        )
-    console.print(t)
-    if args.plot:
-        plot(res, args.plot)
-        console.print(f"wrote {args.plot}")
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump({"images": res.images, "layers": res.layers,
-                       "variants": [_to_json(v) for v in res.variants]}, f)
-        console.print(f"wrote {args.json}")
-    return 0
+def result_json(res) -> dict:
+    """The JSON form of a `propagate` result (``convolab deviations network --json``)."""
+    return {"images": res.images, "layers": res.layers,
+            "variants": [_to_json(v) for v in res.variants]}
 
 
 if __name__ == "__main__":  # pragma: no cover - the PyTorch subprocess entry point

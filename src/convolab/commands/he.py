@@ -14,6 +14,9 @@ from __future__ import annotations
 import json
 import time
 
+from ._common import add_json, write_json
+from ._common import console as make_console
+
 #: the six ResNet-20 layer types: (label, Cin, Cout, size, stride, gap/k of the input)
 LAYER_TYPES = [
     ("32^2 3->16 (first conv)", 3, 16, 32, 1, 1),
@@ -44,7 +47,7 @@ def add_parser(sub) -> None:
     p.add_argument("--costs", metavar="PATH",
                    help="cost table from `convolab he-bench --json` (default: the shipped one)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--json", metavar="PATH", help="also write the plan as JSON")
+    add_json(p, "the plan")
     p.set_defaults(func=run_plan)
 
     b = sub.add_parser(
@@ -69,18 +72,8 @@ def add_parser(sub) -> None:
     b.add_argument("--repeat", type=int, default=3,
                    help="timed runs per operation or layer; the fastest is reported")
     b.add_argument("--seed", type=int, default=0)
-    b.add_argument("--json", metavar="PATH", help="also write the results as JSON (ops: a cost "
-                   "table for `convolab he-plan --costs`)")
+    add_json(b, "the results (ops: a cost table for `convolab he-plan --costs`)")
     b.set_defaults(func=run_bench)
-
-
-def _console():
-    import sys
-
-    from rich.console import Console
-
-    # piped output: do not squeeze the tables into 80 columns
-    return Console() if sys.stdout.isatty() else Console(width=140)
 
 
 def _lv(r) -> str:
@@ -90,11 +83,11 @@ def _lv(r) -> str:
 def run_plan(args) -> int:
     from rich.table import Table
 
-    from . import planner
-    from .activation import composite_depth, sign_polys
-    from .latency import CATEGORIES, CostTable
-    from .network import LevelBudget
-    from .planner import BASELINE_AS_RUN
+    from ..he import planner
+    from ..he.activation import composite_depth, sign_polys
+    from ..he.latency import CATEGORIES, CostTable
+    from ..he.network import LevelBudget
+    from ..he.planner import BASELINE_AS_RUN
 
     t0 = time.perf_counter()
     costs = CostTable.load(args.costs)
@@ -102,7 +95,7 @@ def run_plan(args) -> int:
                          points=args.points, m=args.m, costs=costs, seed=args.seed)
     elapsed = time.perf_counter() - t0
     base, fixed, chosen, ng = plan.baseline, plan.fixed, plan.chosen, plan.chosen_no_gap
-    con = _console()
+    con = make_console()
     table = Table(title=f"ResNet-20 (CIFAR-10) convolutions on CKKS, {plan.slots} slots, executed "
                         "on the simulated backend: rotations (hoisted included) / PMults / levels")
     cols = ["layer", "type", "MP rot", "MP PMult", "MP lvl", f"m={args.m}", "rot", "PMult",
@@ -182,13 +175,12 @@ def run_plan(args) -> int:
                                      pmults=x.pmults, level_in=x.level_in, level_out=x.level_out,
                                      max_rel_error=x.max_rel_error) for x in r.records])
 
-        with open(args.json, "w") as f:
-            json.dump(dict(slots=plan.slots, fresh=plan.budget.fresh, usable=plan.budget.usable,
+        write_json(args.json, dict(slots=plan.slots, fresh=plan.budget.fresh, usable=plan.budget.usable,
                            points=plan.points, runs=[run_dict(r) for r in (base, fixed, chosen, ng)],
                            other_points=plan.other_points, latency=plan.latencies,
                            sensitivity=plan.sensitivity, common_level_conv=plan.common_level,
                            cost_source=plan.table.source,
-                           bootstrap_source=plan.table.bootstrap_source), f, indent=2)
+                           bootstrap_source=plan.table.bootstrap_source), con)
     return 0
 
 
@@ -215,9 +207,9 @@ def _bench_ops(args) -> int:
 
     from .._machine import cpu_model
     from ..errors import ConvError
-    from .backends import get_backend
-    from .latency import CostTable
-    from .tenseal_backend import measure_operations
+    from ..he.backends import get_backend
+    from ..he.latency import CostTable
+    from ..he.tenseal_backend import measure_operations
 
     if args.backend != "tenseal":
         raise ConvError("--mode ops times real CKKS operations: it needs --backend tenseal")
@@ -225,7 +217,7 @@ def _bench_ops(args) -> int:
     if args.levels < 1:
         raise ConvError(f"--levels must be >= 1, got {args.levels}")
     bits = [OPS_FIRST] + [OPS_PRIME] * args.levels + [OPS_SPECIAL]
-    con = _console()
+    con = make_console()
     t0 = time.perf_counter()
     be = get_backend("tenseal", slots, modulus_bits=bits, scale_bits=OPS_PRIME)
     con.print(f"[dim]{be.describe()}: keys in {time.perf_counter() - t0:.1f} s; timing levels "
@@ -261,8 +253,7 @@ def _bench_ops(args) -> int:
               f"{costs.transform() * 1e3:.2f} ms); pmult / cmult / rescale are not defined at "
               "level 0.")
     if args.json:
-        with open(args.json, "w") as f:
-            json.dump(table_data, f, indent=1)
+        write_json(args.json, table_data, con)
     return 0
 
 
@@ -272,8 +263,8 @@ def _bench_layers(args) -> int:
 
     from .. import reference
     from ..errors import ConvError
-    from .backends import get_backend
-    from .conv import SCHEMES, conv2d
+    from ..he.backends import get_backend
+    from ..he.conv import SCHEMES, conv2d
 
     schemes = [s.strip() for s in args.schemes.split(",") if s.strip()]
     for s in schemes:
@@ -287,7 +278,7 @@ def _bench_layers(args) -> int:
         if not 1 <= v <= len(LAYER_TYPES):
             raise ConvError(f"layer type {v} out of range 1-{len(LAYER_TYPES)}")
     slots = 2**14 if args.slots is None else args.slots
-    con = _console()
+    con = make_console()
     rng = np.random.default_rng(args.seed)
     results = []
     desc = None
@@ -329,6 +320,5 @@ def _bench_layers(args) -> int:
               "beforehand (an untimed first run encodes them); key generation, encryption and "
               f"decryption excluded; fastest of {args.repeat} interleaved run(s), one thread (SEAL)")
     if args.json:
-        with open(args.json, "w") as f:
-            json.dump(dict(backend=desc, slots=slots, results=results), f, indent=2)
+        write_json(args.json, dict(backend=desc, slots=slots, results=results), con)
     return 0

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import json
-import os
+from ._common import add_json, write_json
+from ._common import console as make_console
 
 
 def add_parser(sub) -> None:
-    from .suites import SUITES
+    from ..bench.suites import SUITES
 
     p = sub.add_parser(
         "bench",
@@ -26,7 +26,7 @@ def add_parser(sub) -> None:
     p.add_argument("--repeat", type=int, default=5, help="timed calls per measurement; the minimum is kept")
     p.add_argument("--threads", type=int, default=None, help="threads for convolab, BLAS, peers (default: all)")
     p.add_argument("--layers", default=None, help="only layers whose name contains one of these (comma-separated)")
-    p.add_argument("--json", dest="json_path", default=None, metavar="FILE", help="write all records as JSON")
+    add_json(p, "all records")
     p.add_argument("--plot", default=None, metavar="FILE.png",
                    help="a chart of the run: GFLOP/s per layer, auto, the fastest algorithm, the peers "
                         "and the GEMM rate (needs the plot extra, matplotlib)")
@@ -66,8 +66,8 @@ def _threads_and_layers(args):
     ``--layers`` selects."""
     import numba
 
+    from ..bench.suites import suite
     from ..errors import ConvError
-    from .suites import suite
 
     if args.repeat < 1:
         raise ConvError(f"--repeat must be >= 1, got {args.repeat}")
@@ -82,20 +82,6 @@ def _threads_and_layers(args):
         if not layers:
             raise ConvError(f"no layer of suite {args.suite!r} matches --layers {args.layers!r}")
     return threads, layers
-
-
-def _console():
-    from rich.console import Console
-
-    console = Console()
-    return console if console.is_terminal else Console(width=160)
-
-
-def _write_json(console, path: str, data: dict) -> None:
-    with open(path + ".tmp", "w") as f:
-        json.dump(data, f, indent=1)
-    os.replace(path + ".tmp", path)
-    console.print(f"wrote {path}")
 
 
 def run(args) -> int:
@@ -114,9 +100,9 @@ def run(args) -> int:
     if getattr(args, "from_json", None):
         if not args.plot:
             raise ConvError("--from-json charts an earlier run: give --plot FILE.png too")
-        from .plot import from_json
+        from ..bench.plot import from_json
 
-        _console().print(f"wrote {from_json(args.from_json, args.plot)}")
+        make_console().print(f"wrote {from_json(args.from_json, args.plot)}")
         return 0
     if getattr(args, "plot", None) and dtype != "float32":
         raise ConvError(f"--plot charts float32 runs; --dtype {dtype} has no chart yet")
@@ -126,10 +112,10 @@ def run(args) -> int:
     from rich.table import Table
     from threadpoolctl import threadpool_limits
 
+    from ..bench import peers as peers_mod
+    from ..bench.runner import auto_quality, bench_layer, geomean_ratios, machine_info, to_json
     from ..registry import get, list_algorithms
     from ..select import prewarm
-    from . import peers as peers_mod
-    from .runner import auto_quality, bench_layer, geomean_ratios, machine_info, to_json
 
     threads, layers = _threads_and_layers(args)
     algos = (
@@ -139,7 +125,7 @@ def run(args) -> int:
     )
     peer_list = peers_mod.resolve(args.peers)
     use_auto = args.auto and not args.algorithms
-    console = _console()
+    console = make_console()
     batch = layers[0][1].N
     with threadpool_limits(limits=threads, user_api="blas"):
         info = machine_info(threads)
@@ -209,10 +195,9 @@ def run(args) -> int:
             f"auto picked an algorithm within 10% of the fastest on {within10}/{n} layers, within 25% on "
             f"{within25}/{n}; worst: {worst[0]} chose {worst[1]}, {worst[3]:.2f}x {worst[2]}"
         )
-    if args.json_path:
-        _write_json(console, args.json_path, to_json(info, args.suite, batch, records))
+    write_json(args.json, to_json(info, args.suite, batch, records), console)
     if args.plot:
-        from .plot import plot
+        from ..bench.plot import plot
 
         console.print(f"wrote {plot(to_json(info, args.suite, batch, records), args.plot)}")
     return 0
@@ -229,13 +214,13 @@ def run_int8(args) -> int:
     from rich.table import Table
     from threadpoolctl import threadpool_limits
 
-    from .int8 import bench_layer_int8, resolve_methods, resolve_peers
-    from .runner import geomean_ratios, machine_info, to_json
+    from ..bench.int8 import bench_layer_int8, resolve_methods, resolve_peers
+    from ..bench.runner import geomean_ratios, machine_info, to_json
 
     threads, layers = _threads_and_layers(args)
     methods = resolve_methods(args.algorithms)
     peer_list, missing = resolve_peers(args.peers)
-    console = _console()
+    console = make_console()
     batch = layers[0][1].N
     with threadpool_limits(limits=threads, user_api="blas"):
         info = machine_info(threads)
@@ -291,8 +276,8 @@ def run_int8(args) -> int:
         by_ref.setdefault(p, []).append(f"{a} {v:.3g}x ({n})")
     for p, items in by_ref.items():
         console.print(f"geomean speed-up vs {p} (its time / the method's; layers): " + ", ".join(items))
-    if args.json_path:
+    if args.json:
         data = to_json(info, args.suite, batch, records)
         data["dtype"] = "int8"
-        _write_json(console, args.json_path, data)
+        write_json(args.json, data, console)
     return 0

@@ -15,12 +15,14 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import ConvError
+from ._common import add_json, write_json
+from ._common import console as make_console
 
 FLOAT_SUFFIXES = {".tif", ".tiff", ".npy"}
 
 
 def add_parser(sub) -> None:
-    from .filters import METHODS
+    from ..highdim.filters import METHODS
 
     p = sub.add_parser(
         "bilateral",
@@ -36,17 +38,15 @@ def add_parser(sub) -> None:
     )
     p.add_argument("--method", choices=METHODS, default="permutohedral")
     p.add_argument("--guide", help="guide image for a joint bilateral filter (same H x W)")
+    add_json(p, "what ran (files, shape, method, sigmas, seconds)")
     p.set_defaults(func=run)
 
     b = sub.add_parser(
         "bilateral-bench",
         help="accuracy / speed / scaling / learned-SBS figures of convolab.highdim",
-        description="Measures the figures of convolab.highdim (same as "
-        "`python -m convolab.highdim.bench`).",
+        description="Measures the figures of convolab.highdim (convolab.highdim.bench).",
     )
-    from .bench import add_arguments
-
-    add_arguments(b)
+    _bench_arguments(b)
     b.set_defaults(func=run_bench)
 
 
@@ -97,7 +97,7 @@ def write_image(path: str, image: np.ndarray) -> None:
 
 def filter_image(image, sigma_spatial, sigma_color, method="permutohedral", guide=None):
     """Filter an image as read from a file: alpha passed through, result in [0, 1] floats."""
-    from .filters import as_float_image, joint_bilateral_filter
+    from ..highdim.filters import as_float_image, joint_bilateral_filter
 
     img = as_float_image(image)
     alpha = None
@@ -120,15 +120,51 @@ def run(args) -> int:
     dt = time.perf_counter() - t0
     write_image(args.output, to_output_dtype(out, img, Path(args.output).suffix.lower()))
     shape = "x".join(str(s) for s in img.shape)
-    print(
+    console = make_console()
+    console.print(
         f"{args.input} ({shape}, {img.dtype}) -> {args.output}: {args.method}, "
         f"sigma_spatial={args.sigma_spatial:g}, sigma_color={args.sigma_color:g}, {dt:.3f} s "
-        "(wall time, including loading the compiled kernels)"
+        "(wall time, including loading the compiled kernels)", highlight=False
     )
+    write_json(args.json, {"input": args.input, "output": args.output, "shape": list(img.shape),
+                           "dtype": str(img.dtype), "method": args.method,
+                           "sigma_spatial": args.sigma_spatial, "sigma_color": args.sigma_color,
+                           "guide": args.guide, "seconds": dt}, console)
     return 0
 
 
-def run_bench(args) -> int:
-    from .bench import run
+def _bench_arguments(p) -> None:
+    from ..highdim.bench import SECTIONS
 
-    return run(args)
+    p.add_argument("--quick", action="store_true", help="small crops and fewer cases")
+    p.add_argument("--sections", default=",".join(SECTIONS), help=f"comma list from {','.join(SECTIONS)}")
+    p.add_argument("--repeats", type=int, default=3, help="timing repeats (minimum is kept)")
+    p.add_argument("--exact-step", type=int, default=4, help="evaluate the exact filter every k pixels")
+    add_json(p, "all measured numbers")
+
+
+def run_bench(args) -> int:
+    """Parse the sections, compute each (`convolab.highdim.bench`: each section prints its
+    table as it goes), write the numbers."""
+    import time
+
+    from ..highdim import bench
+
+    try:
+        import skimage  # noqa: F401
+    except ImportError:  # pragma: no cover - depends on the environment
+        raise ConvError("the benchmark needs scikit-image (pip install scikit-image)") from None
+    sections = [s.strip() for s in args.sections.split(",") if s.strip()]
+    bad = [s for s in sections if s not in bench.SECTIONS]
+    if bad:
+        raise ConvError(f"unknown section(s) {bad}; choose from {', '.join(bench.SECTIONS)}")
+    console = make_console()
+    funcs = {"accuracy": bench.accuracy, "speed": bench.speed, "scaling": bench.scaling,
+             "learned": bench.learned}
+    results = {"quick": bool(args.quick), "exact_step": args.exact_step, "repeats": args.repeats}
+    for s in sections:
+        t0 = time.perf_counter()
+        results[s] = funcs[s](args, console)
+        console.print(f"[dim]{s}: {time.perf_counter() - t0:.1f} s[/dim]")
+    write_json(args.json, results, console)
+    return 0

@@ -1,0 +1,84 @@
+"""What every ``convolab`` subcommand shares: one console set-up, one ``--json FILE``
+convention, argument types.
+
+A subcommand module has ``add_parser(sub)`` (parse: its options, ``set_defaults(func=run)``)
+and ``run(args)``, which computes a result (a plain dictionary of what was measured or
+derived), renders it for people on the console, and with ``--json FILE`` writes the same
+dictionary as JSON (`write_json`: atomically, then says so).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+
+import numpy as np
+
+from ..errors import ConvError
+
+#: console width when the output is not a terminal (files, pipes, CI logs): wide tables stay whole
+PIPE_WIDTH = 160
+
+
+def console(stderr: bool = False, width: int | None = None):
+    """The console a command prints to: the terminal's width there, `PIPE_WIDTH` (or
+    ``width``) when redirected."""
+    from rich.console import Console
+
+    c = Console(stderr=stderr)
+    if not c.is_terminal:
+        c = Console(stderr=stderr, width=width or PIPE_WIDTH)
+    return c
+
+
+def add_json(parser: argparse.ArgumentParser, what: str = "the results") -> None:
+    """``--json FILE`` (``args.json``): also write ``what`` as JSON."""
+    parser.add_argument("--json", metavar="FILE", default=None, help=f"also write {what} as JSON")
+
+
+def _plain(o):
+    if isinstance(o, np.generic):
+        return o.item()
+    if isinstance(o, np.ndarray):
+        return o.tolist()
+    if hasattr(o, "to_json"):
+        return o.to_json()
+    raise TypeError(f"{type(o).__name__} is not JSON serialisable")
+
+
+def write_json(path: str | None, data, out=None) -> None:
+    """Write ``data`` to ``path`` as JSON (NumPy values converted), through a temporary file
+    replaced at the end (a failed write leaves no half file), and print ``wrote PATH``; nothing
+    when ``path`` is None."""
+    if not path:
+        return
+    tmp = f"{path}.tmp"
+    try:
+        with open(tmp, "w") as f:
+            json.dump(data, f, indent=1, default=_plain)
+        os.replace(tmp, path)
+    except OSError as e:
+        raise ConvError(f"cannot write {path}: {e}") from None
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+    (out or console()).print(f"wrote {path}")
+
+
+def positive_int(text: str) -> int:
+    """An argument type: an integer >= 1."""
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if v < 1:
+        raise argparse.ArgumentTypeError(f"expected a number >= 1, got {v}")
+    return v
+
+
+def comma_list(text: str) -> list[str]:
+    """An argument type: comma-separated names (blanks dropped)."""
+    return [t.strip() for t in text.split(",") if t.strip()]
+
+
