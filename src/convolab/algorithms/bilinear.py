@@ -44,6 +44,10 @@ BLAS picks its kernel (and summation order) by SIMD width.
 
 Sources: A. Lavin, S. Gray, "Fast Algorithms for Convolutional Neural Networks", CVPR 2016;
 Q. He et al., "Symbolic Fourier Convolution", ICML 2024.
+
+Size: one engine for every Winograd and SFC variant (engine construction, filter transform, the
+threading modes, the error bound, the registrations); each part is short and the parts share
+the engine's types.
 """
 
 from __future__ import annotations

@@ -57,6 +57,9 @@ Oppenheim & Schafer, *Discrete-Time Signal Processing*, ch. 8); FFT convolution 
 (Mathieu, Henaff, LeCun, "Fast training of convolutional networks through FFTs", ICLR 2014;
 Vasilache et al., "Fast convolutional nets with fbfft", ICLR 2015); FFT error analysis
 (Higham, *Accuracy and Stability of Numerical Algorithms*, 2nd ed., sec. 24.1).
+
+Size: one algorithm; the tile chooser, its error bound and the run are tied by the `Tiling`
+they share.
 """
 
 from __future__ import annotations

@@ -26,6 +26,9 @@ deterministic modes x memory formats), the GPU half of the deviation lab.
 Results: one JSON file and one markdown table (``--json``, ``--markdown``), with the summary
 the GPU issue asks for (geomean speed vs the best cuDNN per layer class and dtype, the im2win
 workspace ratio, the batch-1 wins).
+
+Size: one command's measurement (the Triton kernels against cuDNN, deviation rows, the markdown
+report), GPU-only and imported only by it.
 """
 
 from __future__ import annotations

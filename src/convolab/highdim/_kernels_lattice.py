@@ -13,6 +13,9 @@ simplex's edges give for free), ``neighbours`` (parallel hash look-ups for the r
 d + 1 lattice directions), ``blur`` (parallel over lattice points, one pass per direction with a
 symmetric tap vector) and ``slice`` (parallel gather). No fast-math: every sum
 runs in the order written, so the result is the same for any thread count.
+
+Size: the permutohedral lattice's compiled stages (splat, blur, slice, hash table) share its
+data layout and are compiled together.
 """
 
 import numpy as np

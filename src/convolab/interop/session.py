@@ -2,7 +2,11 @@
 PyTorch's CPU 2D convolutions to convolab plans, its per-layer report, and `patch` /
 `unpatch`. Public names other modules build on: `Session`, `TORCH_CONV2D` (PyTorch's own
 ``conv2d``, for calls that stay on PyTorch) and `tensor_key` (a tensor's identity and
-version). See `convolab.interop.torch` for the data path and what is intercepted."""
+version). See `convolab.interop.torch` for the data path and what is intercepted.
+
+Size: the `Session` (interception, planning, the per-layer report) is one class; the rest are
+its small helpers.
+"""
 
 from __future__ import annotations
 

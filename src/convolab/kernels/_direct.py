@@ -17,6 +17,10 @@ x_0, 0)))`` over its products in (c, r, s) lexicographic order -- one fused mult
 product (``llvm.fma``, exact on every CPU), no fast-math -- the order and rounding of the
 microkernel (`convolab.kernels._microkernel`). Vector lanes are different outputs, threads own
 disjoint outputs: the result is bit-identical for any thread count, SIMD width and CPU.
+
+Size: the depthwise kernels (blocked and per plane), the small-channel loops and the phase-
+plane fill share their row helpers and are inlined into the runtime's executor together; one
+compiled unit.
 """
 
 import numpy as np

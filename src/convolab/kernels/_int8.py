@@ -8,6 +8,10 @@ within a tap the channels four at a time (one ``vpdpbusd`` per pixel and vector 
 subtracts the shift correction and stores its int32 results in NCHW (transposed in registers
 on 16-lane paths). Integer sums do not depend on their order, so the result is the same on
 every path, thread count and CPU.
+
+Size: one module for the same reason as `_microkernel`: the int8 tile, pointwise, depthwise and
+output-stage intrinsics share one code generator (masked loads and stores, the VNNI / widening-
+multiply paths) and their drivers inline them.
 """
 
 from __future__ import annotations

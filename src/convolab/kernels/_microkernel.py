@@ -26,6 +26,10 @@ pixel (``out[obase + v*ostride + k]``).
 
 Source of the layout: Lu, Chu, Liu, "Im2win: Memory Efficient Convolution On SIMD
 Architectures" (HPEC 2022).
+
+Size: one module because its variants (straight, general, table, blocked, pixel-major, tails)
+are built by the same code generator and the drivers that inline them must be compiled from the
+same source (Numba caches per file); split, each file would repeat the generator.
 """
 
 from contextlib import contextmanager

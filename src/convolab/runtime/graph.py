@@ -28,6 +28,9 @@ Passes, in order (`optimise`):
 4. epilogues: a convolution whose only user adds another tensor of its shape (the residual)
    and/or whose (sum's) only user is an activation takes them into its output stage:
    ``y = act(conv(x) + b + residual)``, evaluated in that order as PyTorch does.
+
+Size: the capture (ATen operator by operator) and the passes over the same `Graph`; the
+operator table is most of it.
 """
 
 from __future__ import annotations

@@ -9,6 +9,10 @@ convolutions on the microkernel or the depthwise kernels, max / adaptive average
 layers) and the operators run one by one, then `_program` writes each segment's rows: packed
 filters and biases in one blob, the tap tables in another, the layout choices (pixel-vector
 1x1 kernels, channel-blocked pairs, image-major runs at batch > 1).
+
+Size: every layout decision of the executor (padded copies, phases, pixel vectors, channel-
+blocked pairs, image-major runs) writes the same program rows; they are kept beside `_program`,
+which fills them.
 """
 
 from __future__ import annotations
