@@ -37,7 +37,6 @@ u8 x s8 pairs; PyTorch's x86 / fbgemm qconfig uses 7-bit activations for this).
 from __future__ import annotations
 
 import functools
-import time
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -45,11 +44,11 @@ from dataclasses import dataclass
 import numpy as np
 
 from .. import reference
-from .._timing import SETTLE_SECONDS
 from ..errors import ConvError, UnsupportedError
 from ..quant import intconv, plan_int8, qmax, quantize, weight_scales
 from ..spec import ConvSpec
-from .runner import layer_data, time_interleaved
+from .peers import ort_session
+from .runner import layer_data, time_records
 
 #: zero point of the uint8 activations and outputs handed to the peers
 ZERO_POINT = 128
@@ -134,7 +133,6 @@ def _ort_missing() -> str | None:
 
 
 def _ort_make(spec: ConvSpec, d: Int8Data, threads: int):
-    import onnxruntime as ort
     from onnx import TensorProto, helper, numpy_helper
 
     pl, pr, pt, pb = spec.padding
@@ -160,13 +158,7 @@ def _ort_make(spec: ConvSpec, d: Int8Data, threads: int):
         [helper.make_tensor_value_info("y", TensorProto.UINT8, list(spec.out_shape))],
         initializer=inits,
     )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = min(model.ir_version, 9)
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = threads
-    opts.inter_op_num_threads = 1
-    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    sess = ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+    sess = ort_session(graph, threads)
     feed = {"x": d.xu}
     return (lambda: sess.run(None, feed)[0]), (
         lambda y: (y.astype(np.float64) - ZERO_POINT) * np.float64(np.float32(d.y_scale))
@@ -353,10 +345,4 @@ def bench_layer_int8(
             calls[peer.name] = call
         records.append(rec)
         step(peer.name)
-    time.sleep(SETTLE_SECONDS)
-    times = time_interleaved(calls, repeat)
-    for rec in records:
-        if rec.impl in times:
-            rec.ms = times[rec.impl] * 1e3
-            rec.gmacs = macs / times[rec.impl] / 1e9
-    return records
+    return time_records(records, calls, repeat, "gmacs", macs)

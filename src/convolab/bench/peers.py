@@ -29,6 +29,21 @@ class Peer:
     make: Callable[[ConvSpec, np.ndarray, np.ndarray, int], Callable[[], np.ndarray]]
 
 
+
+def ort_session(graph, threads: int):
+    """An ONNX Runtime session of a one-graph model (opset 17), ``threads`` intra-op threads,
+    one inter-op thread, every graph optimisation on."""
+    import onnxruntime as ort
+    from onnx import helper
+
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = min(model.ir_version, 9)
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = threads
+    opts.inter_op_num_threads = 1
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    return ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+
 def _torch_missing():
     try:
         import torch  # noqa: F401
@@ -79,7 +94,6 @@ def _ort_missing():
 
 
 def _ort_make(spec: ConvSpec, x, w, threads: int):
-    import onnxruntime as ort
     from onnx import TensorProto, helper, numpy_helper
 
     pl, pr, pt, pb = spec.padding
@@ -93,13 +107,7 @@ def _ort_make(spec: ConvSpec, x, w, threads: int):
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, list(spec.out_shape))],
         initializer=[numpy_helper.from_array(np.ascontiguousarray(w, dtype=np.float32), "w")],
     )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = min(model.ir_version, 9)
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = threads
-    opts.inter_op_num_threads = 1
-    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    sess = ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+    sess = ort_session(graph, threads)
     feed = {"x": np.ascontiguousarray(x, dtype=np.float32)}
     return lambda: sess.run(None, feed)[0]
 

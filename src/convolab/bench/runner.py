@@ -172,12 +172,18 @@ def bench_layer(
         calls[peer.name] = f
         records.append(rec)
         step(peer.name)
+    return time_records(records, calls, repeat, "gflops", spec.flops)
+
+
+def time_records(records: list, calls: dict, repeat: int, rate: str, work: float) -> list:
+    """Time ``calls`` (name -> callable) together (`time_interleaved`, after the settle pause)
+    and fill each record's ``ms`` and its ``rate`` attribute (``work / seconds / 1e9``)."""
     time.sleep(SETTLE_SECONDS)
     times = time_interleaved(calls, repeat)
     for rec in records:
         if rec.impl in times:
             rec.ms = times[rec.impl] * 1e3
-            rec.gflops = spec.flops / times[rec.impl] / 1e9
+            setattr(rec, rate, work / times[rec.impl] / 1e9)
     return records
 
 
