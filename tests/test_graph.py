@@ -343,5 +343,7 @@ def test_cli_hsi_runs_and_writes_map(tmp_path):
     assert code == 0
     res = json.loads((tmp_path / "results.json").read_text())
     assert set(res["results"]) == {"random", "disjoint"} and len(res["results"]["random"]["cnn"]) == 1
-    assert (tmp_path / "classification_random_single.png").stat().st_size > 1000
+    assert set(res["results"]["random"]) == {"cnn", "single0", "single1"}
+    assert (tmp_path / "classification_random_single1.png").stat().st_size > 1000
     assert main(["hsi", "--methods", "cnn,gat"]) == 2
+    assert main(["hsi", "--single-scale", "5", "--segments", "100,50"]) == 2

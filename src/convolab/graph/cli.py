@@ -44,8 +44,10 @@ def add_parser(sub) -> None:
     p.add_argument("--splits", default="random,disjoint", help="comma-separated, of random, disjoint")
     p.add_argument("--radius", type=int, default=5, help="disjoint split: exclusion radius in pixels")
     p.add_argument("--segments", default="400,200,100", help="SLIC segment counts, finest first")
-    p.add_argument("--single-scale", type=int, default=0, help="the scale of the single-scale method")
+    p.add_argument("--single-scale", default="all",
+                   help="the scales of the single-scale method: 'all' (one row each) or indices, finest 0")
     p.add_argument("--width", type=int, default=64)
+    p.add_argument("--dropout", type=float, default=0.5, help="dropout before the head (default 0.5)")
     p.add_argument("--threads", type=int, default=None, help="torch and Numba threads (default: all)")
     p.add_argument("--out", help="folder for results.json and the classification map PNG")
     p.add_argument("--bench", action="store_true", help="time preprocessing, training and inference instead")
@@ -59,6 +61,18 @@ def _ints(text: str, what: str) -> tuple[int, ...]:
         raise ConvError(f"--{what} must be comma-separated integers, got {text!r}") from None
     if not v or min(v) < 1:
         raise ConvError(f"--{what} must be positive integers, got {text!r}")
+    return v
+
+
+def _scales(text: str, n: int) -> list[int]:
+    if text == "all":
+        return list(range(n))
+    try:
+        v = [int(s) for s in text.split(",") if s.strip()]
+    except ValueError:
+        v = []
+    if not v or min(v) < 0 or max(v) >= n:
+        raise ConvError(f"--single-scale: 'all' or scales in 0..{n - 1}, got {text!r}")
     return v
 
 
@@ -109,6 +123,17 @@ def run(args) -> int:
     prep = train.prepare(scene, n_segments=segs)
     if args.bench:
         return _bench(args, prep, threads)
+    sizes = prep.graph.sizes
+    singles = _scales(args.single_scale, len(sizes))
+    runs = []  # (key, method, scale)
+    labels = dict(LABELS)
+    for m in methods:
+        if m == "single":
+            for s_ in singles:
+                runs.append((f"single{s_}", m, s_))
+                labels[f"single{s_}"] = f"single-scale ({sizes[s_]} sp)"
+        else:
+            runs.append((m, m, 0))
     print(f"scene {scene.layout} (seed {scene.seed}, "
           f"{scene.library} spectra): {scene.cube.shape[0]}x{scene.cube.shape[1]}x{scene.cube.shape[2]}, "
           f"{int((scene.labels > 0).sum())} labelled pixels, {scene.n_classes} classes; superpixels "
@@ -122,37 +147,43 @@ def run(args) -> int:
                 tr, te = sp.random_split(scene.labels, args.per_class, seed)
             else:
                 tr, te = sp.disjoint_split(scene.labels, args.per_class, seed, args.radius, prep.graph.labels[0])
-            for m in methods:
+            for key, m, scale in runs:
                 if m == "svm":
                     res = _svm(prep, tr, te, seed)
                 else:
-                    res = train.run(prep, m, tr, te, seed, args.epochs, args.width, args.single_scale)
+                    res = train.run(prep, m, tr, te, seed, args.epochs, args.width, scale, dropout=args.dropout)
                 sc = res.scores
-                results.setdefault(split, {}).setdefault(m, []).append(
+                results.setdefault(split, {}).setdefault(key, []).append(
                     {"seed": seed, "oa": sc["oa"], "aa": sc["aa"], "kappa": sc["kappa"],
                      "per_class": [None if np.isnan(v) else float(v) for v in sc["per_class"]],
                      "train_seconds": res.train_seconds, "n_train": int(tr.sum()), "n_test": int(te.sum())})
                 if seed == 0:
-                    maps[(split, m)] = res.prediction
-                print(f"  {split:8s} seed {seed} {m:6s} OA {sc['oa'] * 100:5.1f}  AA {sc['aa'] * 100:5.1f}  "
+                    maps[(split, key)] = res.prediction
+                print(f"  {split:8s} seed {seed} {key:7s} OA {sc['oa'] * 100:5.1f}  AA {sc['aa'] * 100:5.1f}  "
                       f"kappa {sc['kappa'] * 100:5.1f}  ({res.train_seconds:.1f} s)", flush=True)
     print()
     for split in split_names:
-        r0 = results[split][methods[0]][0]
+        r0 = results[split][runs[0][0]][0]
         print(f"{split} split ({r0['n_train']} training, {r0['n_test']} test pixels), mean ± std over "
               f"{args.seeds} seeds, %:")
         print(f"  {'method':26s} {'OA':>11s} {'AA':>11s} {'kappa':>11s} {'train s':>8s}")
-        for m in methods:
-            rs = results[split][m]
-            print(f"  {LABELS[m]:26s} {_pm([r['oa'] for r in rs])} {_pm([r['aa'] for r in rs])} "
+        for key, _, _ in runs:
+            rs = results[split][key]
+            print(f"  {labels[key]:26s} {_pm([r['oa'] for r in rs])} {_pm([r['aa'] for r in rs])} "
                   f"{_pm([r['kappa'] for r in rs])} {np.mean([r['train_seconds'] for r in rs]):8.1f}")
         print()
     if set(split_names) == {"random", "disjoint"}:
         print("drop from the random to the disjoint split (OA points, mean over seeds):")
-        for m in methods:
-            a = np.mean([r["oa"] for r in results["random"][m]]) * 100
-            b = np.mean([r["oa"] for r in results["disjoint"][m]]) * 100
-            print(f"  {LABELS[m]:26s} {a:5.1f} -> {b:5.1f}  ({b - a:+5.1f})")
+        for key, _, _ in runs:
+            a = np.mean([r["oa"] for r in results["random"][key]]) * 100
+            b = np.mean([r["oa"] for r in results["disjoint"][key]]) * 100
+            print(f"  {labels[key]:26s} {a:5.1f} -> {b:5.1f}  ({b - a:+5.1f})")
+    if "full" in methods:
+        for split in split_names:
+            oa = {k: np.mean([r["oa"] for r in v]) * 100 for k, v in results[split].items()}
+            others = {k: v for k, v in oa.items() if k != "full"}
+            diffs = ", ".join(f"{labels[k]} {oa['full'] - v:+.1f}" for k, v in others.items())
+            print(f"{split}: full model OA {oa['full']:.1f}; full minus {diffs} (points)")
     total = time.perf_counter() - t0
     print(f"\ntotal {total:.0f} s")
     if args.out:
@@ -160,12 +191,12 @@ def run(args) -> int:
         out.mkdir(parents=True, exist_ok=True)
         meta = {"layout": args.layout, "scene_seed": args.scene_seed, "library": scene.library,
                 "seeds": args.seeds, "epochs": args.epochs, "per_class": args.per_class,
-                "segments": list(prep.graph.sizes), "radius": args.radius, "threads": threads,
+                "segments": list(prep.graph.sizes), "labels": labels, "radius": args.radius, "threads": threads,
                 "total_seconds": total}
         (out / "results.json").write_text(json.dumps({"meta": meta, "results": results}, indent=1))
-        key = (split_names[0], methods[-1])
+        key = (split_names[0], runs[-1][0])
         png = out / f"classification_{key[0]}_{key[1]}.png"
-        save_map(scene, maps[key], png, f"{LABELS[key[1]]}, {key[0]} split, seed 0")
+        save_map(scene, maps[key], png, f"{labels[key[1]]}, {key[0]} split, seed 0")
         print(f"wrote {out / 'results.json'} and {png}")
     return 0
 
@@ -236,11 +267,13 @@ def _bench(args, prep, threads) -> int:
     pre = _best(lambda: train.prepare(scene, n_segments=segs), 5)
     tr, _ = sp.random_split(scene.labels, args.per_class, 0)
     torch.manual_seed(0)
-    model = MGRNet(prep.x.shape[1], scene.n_classes, len(prep.graph.segments), "full", args.width)
+    model = MGRNet(prep.x.shape[1], scene.n_classes, len(prep.graph.segments), "full", args.width,
+                   dropout=args.dropout)
     train.fit(model, prep, tr, epochs=2)
     step = _best(lambda: train.fit(model, prep, tr, epochs=1), 5)
     torch.manual_seed(0)
-    model = MGRNet(prep.x.shape[1], scene.n_classes, len(prep.graph.segments), "full", args.width)
+    model = MGRNet(prep.x.shape[1], scene.n_classes, len(prep.graph.segments), "full", args.width,
+                   dropout=args.dropout)
     secs, _ = train.fit(model, prep, tr, epochs=args.epochs)
     comp = compile_model(model, prep.graph, prep.x.shape)
     xn = prep.x.numpy()

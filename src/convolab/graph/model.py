@@ -52,16 +52,21 @@ class MGRNet(nn.Module):
         Channels of every layer.
     single_scale : int
         The scale used by ``"single"``.
+    dropout : float
+        Dropout on the concatenated pixel features before the head (training only).
     """
 
     def __init__(self, in_channels: int, n_classes: int, n_scales: int, variant: str = "full", width: int = 64,
-                 single_scale: int = 0):
+                 single_scale: int = 0, dropout: float = 0.5):
         super().__init__()
         if variant not in VARIANTS:
             raise ConvError(f"variant must be one of {VARIANTS}, got {variant!r}")
         if variant != "cnn" and not 0 <= single_scale < n_scales:
             raise ConvError(f"single_scale must be in 0..{n_scales - 1}, got {single_scale}")
+        if not 0 <= dropout < 1:
+            raise ConvError(f"dropout must be in [0, 1), got {dropout}")
         self.variant = variant
+        self.dropout = dropout
         self.width = width
         self.scales = [] if variant == "cnn" else [single_scale] if variant == "single" else list(range(n_scales))
         self.stem_in = nn.Conv2d(in_channels, width, 1)
@@ -126,4 +131,5 @@ class MGRNet(nn.Module):
                     parts.append(ag.broadcast(g.segments[s], h))
                 else:
                     parts.append(h.index_select(0, torch.from_numpy(g.segments[s].labels)[pixels]))
-        return self.head(torch.cat(parts, dim=1))
+        z = torch.cat(parts, dim=1)
+        return self.head(torch.nn.functional.dropout(z, self.dropout, self.training))

@@ -93,10 +93,11 @@ def evaluate(prediction, labels, test, n_classes: int) -> dict:
 
 
 def run(prep: Prepared, method: str, train, test, seed: int = 0, epochs: int = 300, width: int = 64,
-        single_scale: int = 0, lr: float = 5e-3) -> Result:
+        single_scale: int = 0, lr: float = 5e-3, dropout: float = 0.5) -> Result:
     """Train one method from seed ``seed`` and score it on ``test``."""
     torch.manual_seed(seed)
-    model = MGRNet(prep.x.shape[1], prep.scene.n_classes, len(prep.graph.segments), method, width, single_scale)
+    model = MGRNet(prep.x.shape[1], prep.scene.n_classes, len(prep.graph.segments), method, width, single_scale,
+                   dropout)
     secs, losses = fit(model, prep, train, epochs, lr)
     pred = predict(model, prep)
     res = Result(method, seed, evaluate(pred, prep.scene.labels, test, prep.scene.n_classes), pred, secs, losses)
