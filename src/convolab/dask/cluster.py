@@ -93,7 +93,7 @@ def check_task_bytes(need: int, budget: int | None, what: str, advice: str) -> N
     if budget is not None and need > budget:
         raise ConvError(
             f"{what} needs about {_mib(need)} per task but a task may use {_mib(budget)} "
-            f"(half of a worker's memory limit per thread): {advice}"
+            f"(memory_limit, or half of a worker's memory limit per thread): {advice}"
         )
 
 
