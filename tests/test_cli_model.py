@@ -2,6 +2,7 @@
 and the per-algorithm path, on MobileNetV2 (random weights) at a small input size."""
 
 import json
+import re
 
 import pytest
 
@@ -50,3 +51,18 @@ def test_model_per_algorithm_path_on_random_weights(capsys):
     assert main(["model", *SMALL, "--algorithms", "direct", "--no-latency"]) == 0
     out = capsys.readouterr().out
     assert "2 random 64x64 images" in out and "direct" in out and "52/52" in out
+
+
+def test_model_per_algorithm_latency_and_json(tmp_path, capsys):
+    out = tmp_path / "m.json"
+    assert main(["model", *SMALL, "--algorithms", "direct", "--report", "direct", "--repeat", "1",
+                 "--json", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert re.search(r"End-to-end\s+latency", text) and re.search(r"Per-layer\s+report:\s+direct", text)
+    doc = json.loads(out.read_text())
+    (acc,) = doc["accuracy"]
+    assert acc["algorithm"] == "direct" and acc["top1_agree"] == acc["images"]
+    configs = [r["configuration"] for r in doc["latency"]]
+    assert configs == ["torch", "direct", "torch (per layer)"]
+    assert all(r["batch1"]["min_ms"] > 0 for r in doc["latency"])
+    assert doc["layers"]["direct"] and all(L["calls"] == 1 for L in doc["layers"]["direct"])

@@ -153,15 +153,11 @@ def _console_and_threads(threads: int):
     return console, threadpool_limits(threads, user_api="blas")
 
 
-def run(args) -> int:
-    import copy
-
-    import torch
-    from rich.table import Table
-
+def _parse(args):
+    """Checked options: ``(batches, names, report_batch)`` (names and report_batch only without
+    --compile)."""
     from ..errors import ConvError
-    from ..interop.models import MODELS, load_model
-    from ..interop.torch import Session
+    from ..interop.models import MODELS
     from ..registry import get, list_algorithms
 
     if args.repeat < 1:
@@ -177,7 +173,7 @@ def run(args) -> int:
     if args.model not in MODELS:
         raise ConvError(f"unknown model {args.model!r}; bundled: {', '.join(MODELS)}")
     if args.compile:
-        return _run_compiled(args, batches)
+        return batches, None, None
     if args.algorithms:
         names = [n.strip() for n in args.algorithms.split(",") if n.strip()]
         for n in names:
@@ -192,188 +188,228 @@ def run(args) -> int:
     report_batch = args.report_batch or max(batches)
     if report_batch not in batches:
         raise ConvError(f"--report-batch {report_batch} is not one of --batches {batches}")
+    return batches, names, report_batch
+
+
+def run(args) -> int:
+    """Parse, compute (accuracy, then latency), render, write the JSON."""
+    batches, names, report_batch = _parse(args)
+    if args.compile:
+        return _run_compiled(args, batches)
+    from ..interop.models import MODELS, load_model
 
     console, blas_limits = _console_and_threads(args.threads)
+    try:
+        model = load_model(args.model)
+        info = MODELS[args.model]
+        photos, x, what = _inputs(info, args.images, args.size)
+        machine = _machine(args.threads)
+        env = machine["env"]
+        console.print(f"[bold]convolab model[/bold]: {args.model} ({info.notes}) on {what}")
+        console.print(
+            f"CPU {machine['cpu']}; {args.threads} threads (PyTorch, BLAS, Numba); PyTorch "
+            f"{machine['torch']} oneDNN={'on' if machine['onednn'] else 'off'}; BLAS {machine['blas']}"
+            + (f"; [yellow]set: {env}[/yellow] (slows NumPy's BLAS)" if env else "")
+        )
+        acc, sessions = _accuracy(console, model, x, photos, names, args.fallback)
+        _render_accuracy(console, acc, what)
+        names = [n for n in names if n not in acc["failed"]]
+        lat = None
+        if not args.no_latency:
+            lat = _latency(console, model, x, names, sessions, batches, args.repeat, report_batch)
+            _render_latency(console, lat, batches, args.report, report_batch, args.repeat)
+    finally:
+        blas_limits.restore_original_limits()
+    write_json(args.json, {
+        "model": args.model, "photographs": photos, "machine": machine,
+        "repeat": args.repeat, "batches": batches, "fallback": args.fallback,
+        "torch_top1": acc["torch_top1"], "torch_vs_float64": acc["torch_vs_float64"],
+        "accuracy": acc["records"], "latency": lat["records"] if lat else [],
+        "layers": {
+            n: [{"name": st.name, "shape": st.shape, "algorithm": st.algorithm,
+                 "note": st.note, "calls": st.calls, "total_ms": st.seconds * 1e3}
+                for st in sts]
+            for n, sts in (lat["layer_stats"].items() if lat else [])
+        },
+    }, console)
+    return 0
 
-    model = load_model(args.model)
-    info = MODELS[args.model]
-    photos, x, what = _inputs(info, args.images, args.size)
-    machine = _machine(args.threads)
-    env = machine["env"]
-    console.print(f"[bold]convolab model[/bold]: {args.model} ({info.notes}) on {what}")
-    console.print(
-        f"CPU {machine['cpu']}; {args.threads} threads (PyTorch, BLAS, Numba); PyTorch "
-        f"{machine['torch']} oneDNN={'on' if machine['onednn'] else 'off'}; BLAS {machine['blas']}"
-        + (f"; [yellow]set: {env}[/yellow] (slows NumPy's BLAS)" if env else "")
-    )
 
-    # ------------------------------------------------------------------ accuracy
+def _accuracy(console, model, x, photos, names, fallback) -> tuple[dict, dict]:
+    """Each algorithm's pass over the inputs against PyTorch fp32 and float64; returns the
+    figures and the sessions (their plans reused by the latency runs)."""
+    import copy
+
+    import torch
+
+    from ..interop.torch import Session
+
     with torch.inference_mode():
         ref = model(x)
         ref64 = copy.deepcopy(model).double()(x.double())
     ref_top = ref.argmax(1)
     top2 = ref.softmax(1).topk(2, 1)
-    accuracy = []
-    acc_table = Table(title=f"Accuracy on {what.split(':')[0]} (one batch), against PyTorch")
-    for col, j in (("algorithm", "left"), ("layers on it", "right"), ("top-1 = torch", "right"),
-                   ("max |Δlogit| vs torch fp32", "right"), ("vs float64", "right"),
-                   ("fallback layers", "left")):
-        acc_table.add_column(col, justify=j)
-    dev_torch64 = float((ref.double() - ref64).abs().max())
-    top_torch64 = int((ref_top == ref64.argmax(1)).sum())
-    acc_table.add_row("torch fp32 (oneDNN)", "all", f"{top_torch64}/{len(photos)} vs fp64", "0",
-                      f"{dev_torch64:.2e}", "")
-    per_image = {}
-    failed = {}
-    sessions = {}  # kept for the latency runs: plans made once
+    acc = {"photos": photos, "records": [], "per_image": {}, "failed": {},
+           "torch_top1": [int(c) for c in ref_top],
+           "torch_vs_float64": float((ref.double() - ref64).abs().max()),
+           "torch_top1_vs_float64": int((ref_top == ref64.argmax(1)).sum()),
+           "top2": [(int(top2.indices[i, 0]), float(top2.values[i, 0]), int(top2.indices[i, 1]),
+                     float(top2.values[i, 1])) for i in range(len(photos))]}
+    sessions = {}
     for n in names:
-        s = sessions[n] = Session(n, args.fallback, model=model)
+        s = sessions[n] = Session(n, fallback, model=model)
         t0 = time.perf_counter()
         try:
             with torch.inference_mode(), s:
                 y = model(x)
         except Exception as e:  # an algorithm that breaks is reported, not fatal
-            failed[n] = f"{type(e).__name__}: {e}"
-            accuracy.append({"algorithm": n, "error": failed[n]})
-            acc_table.add_row(n, "", "[red]failed", "", "", failed[n][:80])
-            console.log(f"{n}: [red]failed[/red]: {failed[n]}")
+            acc["failed"][n] = f"{type(e).__name__}: {e}"
+            acc["records"].append({"algorithm": n, "error": acc["failed"][n]})
+            console.log(f"{n}: [red]failed[/red]: {acc['failed'][n]}")
             continue
         wall = time.perf_counter() - t0
         console.log(f"{n}: first pass (plans, compilation) {wall:.1f} s")
         rep = s.report()
-        own = sum(r.algorithm == n for r in rep) if n != "auto" else len(rep)
         fb = sorted({r.algorithm for r in rep if r.note})
         agree = (y.argmax(1) == ref_top)
-        per_image[n] = [int(c) for c in y.argmax(1)]
-        rec = {
-            "algorithm": n, "layers": len(rep), "layers_on_algorithm": own,
-            "fallback_to": fb, "top1_agree": int(agree.sum()), "images": len(photos),
+        acc["per_image"][n] = [int(c) for c in y.argmax(1)]
+        acc["records"].append({
+            "algorithm": n, "layers": len(rep),
+            "layers_on_algorithm": sum(r.algorithm == n for r in rep) if n != "auto" else len(rep),
+            "fallback_to": fb,
+            "fallback_layers": {a: sum(r.algorithm == a and bool(r.note) for r in rep) for a in fb},
+            "top1_agree": int(agree.sum()), "images": len(photos),
             "disagree": [photos[i] for i in range(len(photos)) if not agree[i]],
             "max_abs_dev_vs_torch": float((y - ref).abs().max()),
             "max_abs_dev_vs_float64": float((y.double() - ref64).abs().max()),
             "first_pass_s": wall,
-        }
-        accuracy.append(rec)
-        acc_table.add_row(
-            n, f"{own}/{len(rep)}",
+        })
+    return acc, {n: s for n, s in sessions.items() if n not in acc["failed"]}
+
+
+def _render_accuracy(console, acc, what) -> None:
+    from rich.table import Table
+
+    photos = acc["photos"]
+    t = Table(title=f"Accuracy on {what.split(':')[0]} (one batch), against PyTorch")
+    for col, j in (("algorithm", "left"), ("layers on it", "right"), ("top-1 = torch", "right"),
+                   ("max |Δlogit| vs torch fp32", "right"), ("vs float64", "right"),
+                   ("fallback layers", "left")):
+        t.add_column(col, justify=j)
+    t.add_row("torch fp32 (oneDNN)", "all", f"{acc['torch_top1_vs_float64']}/{len(photos)} vs fp64",
+              "0", f"{acc['torch_vs_float64']:.2e}", "")
+    for rec in acc["records"]:
+        if "error" in rec:
+            t.add_row(rec["algorithm"], "", "[red]failed", "", "", rec["error"][:80])
+            continue
+        t.add_row(
+            rec["algorithm"], f"{rec['layers_on_algorithm']}/{rec['layers']}",
             f"{rec['top1_agree']}/{len(photos)}"
             + (f" ({', '.join(rec['disagree'])})" if rec["disagree"] else ""),
             f"{rec['max_abs_dev_vs_torch']:.2e}", f"{rec['max_abs_dev_vs_float64']:.2e}",
-            ", ".join(f"{a} ({sum(r.algorithm == a and bool(r.note) for r in rep)})" for a in fb),
+            ", ".join(f"{a} ({k})" for a, k in rec["fallback_layers"].items()),
         )
-    names = [n for n in names if n not in failed]
-    console.print(acc_table)
-    img_table = Table(title="Top-1 per input (ImageNet class index; = same as PyTorch)")
-    img_table.add_column("")
+    console.print(t)
+    img = Table(title="Top-1 per input (ImageNet class index; = same as PyTorch)")
+    img.add_column("")
     for ph in photos:
-        img_table.add_column(ph, justify="right")
-    img_table.add_row("torch top-1 (p)", *[
-        f"{int(top2.indices[i, 0])} ({float(top2.values[i, 0]):.2f})" for i in range(len(photos))])
-    img_table.add_row("runner-up (p)", *[
-        f"{int(top2.indices[i, 1])} ({float(top2.values[i, 1]):.2f})" for i in range(len(photos))],
-        end_section=True)
-    for n in names:
-        img_table.add_row(n, *[
-            ("= " if c == int(ref_top[i]) else "[red]≠ ") + str(c) for i, c in enumerate(per_image[n])])
-    console.print(img_table)
+        img.add_column(ph, justify="right")
+    img.add_row("torch top-1 (p)", *[f"{c} ({p:.2f})" for c, p, _, _ in acc["top2"]])
+    img.add_row("runner-up (p)", *[f"{c} ({p:.2f})" for _, _, c, p in acc["top2"]], end_section=True)
+    for n, classes in acc["per_image"].items():
+        img.add_row(n, *[("= " if c == acc["torch_top1"][i] else "[red]≠ ") + str(c)
+                         for i, c in enumerate(classes)])
+    console.print(img)
 
-    # ------------------------------------------------------------------ latency
-    latency = []
-    sessions = {n: sessions[n] for n in names}
-    if not args.no_latency:
-        sessions["torch (per layer)"] = Session("torch", model=model)
-        configs = [("torch", None)] + [(n, sessions[n]) for n in names] + [
-            ("torch (per layer)", sessions["torch (per layer)"])]
-        lat_table = Table(
-            title=f"End-to-end latency, ms per forward pass (min / median of {args.repeat} "
-            f"interleaved rounds; conv = convolution time inside the pass)"
-        )
-        lat_table.add_column("configuration")
+
+def _latency(console, model, x, names, sessions, batches, repeat, report_batch) -> dict:
+    """End-to-end latency per configuration and batch, interleaved round-robin; the per-layer
+    statistics of ``report_batch``."""
+    import torch
+
+    from ..interop.torch import Session
+
+    sessions = dict(sessions)
+    sessions["torch (per layer)"] = Session("torch", model=model)
+    configs = [("torch", None)] + [(n, sessions[n]) for n in names] + [
+        ("torch (per layer)", sessions["torch (per layer)"])]
+    results = {c: {} for c, _ in configs}
+    layer_stats = {}
+    with torch.inference_mode():
         for b in batches:
-            for col in (f"b{b} min", f"b{b} median", f"b{b} vs torch", f"b{b} conv"):
-                lat_table.add_column(col, justify="right")
-        results = {c: {} for c, _ in configs}
-        with torch.inference_mode():
-            for b in batches:
-                xb = _batch(x, b)
-                for _, s in configs:  # warm: plans made, kernels compiled
+            xb = _batch(x, b)
+            for _, s in configs:  # warm: plans made, kernels compiled
+                _forward(model, xb, s)
+            for s in sessions.values():
+                s.reset_stats()
+            times = {c: [] for c, _ in configs}
+            for r in range(repeat):
+                k = r % len(configs)
+                for c, s in configs[k:] + configs[:k]:
+                    t0 = time.perf_counter()
                     _forward(model, xb, s)
-                for s in sessions.values():
-                    s.reset_stats()
-                times = {c: [] for c, _ in configs}
-                for r in range(args.repeat):
-                    k = r % len(configs)
-                    for c, s in configs[k:] + configs[:k]:
-                        t0 = time.perf_counter()
-                        _forward(model, xb, s)
-                        times[c].append(time.perf_counter() - t0)
-                for c, s in configs:
-                    conv = None
-                    if s is not None:
-                        conv = sum(st.seconds for st in s.report() if st.spec.N == b) / args.repeat
-                    results[c][b] = {"min_ms": min(times[c]) * 1e3,
-                                     "median_ms": statistics.median(times[c]) * 1e3,
-                                     "conv_ms": None if conv is None else conv * 1e3,
-                                     "all_ms": [t * 1e3 for t in times[c]]}
-                console.log(f"batch {b}: timed")
-                if b == report_batch:
-                    layer_stats = {n: [st for st in s.report() if st.spec.N == b]
-                                   for n, s in sessions.items()}
-        for c, _ in configs:
-            row = [c]
-            for b in batches:
-                m = results[c][b]
-                base = results["torch"][b]["min_ms"]
-                row += [f"{m['min_ms']:.1f}", f"{m['median_ms']:.1f}",
-                        f"{m['min_ms'] / base:.2f}x",
-                        "" if m["conv_ms"] is None else f"{m['conv_ms']:.1f}"]
-            lat_table.add_row(*row)
-            latency.append({"configuration": c, **{f"batch{b}": results[c][b] for b in batches}})
-        console.print(lat_table)
-        console.print(
-            "torch = plain PyTorch (oneDNN), no interception; torch (per layer) = PyTorch's own "
-            "kernels called through convolab.interop (its overhead and PyTorch's per-layer times)."
-        )
+                    times[c].append(time.perf_counter() - t0)
+            for c, s in configs:
+                conv = None
+                if s is not None:
+                    conv = sum(st.seconds for st in s.report() if st.spec.N == b) / repeat
+                results[c][b] = {"min_ms": min(times[c]) * 1e3,
+                                 "median_ms": statistics.median(times[c]) * 1e3,
+                                 "conv_ms": None if conv is None else conv * 1e3,
+                                 "all_ms": [t * 1e3 for t in times[c]]}
+            console.log(f"batch {b}: timed")
+            if b == report_batch:
+                layer_stats = {n: [st for st in s.report() if st.spec.N == b]
+                               for n, s in sessions.items()}
+    records = [{"configuration": c, **{f"batch{b}": results[c][b] for b in batches}}
+               for c, _ in configs]
+    return {"results": results, "configs": [c for c, _ in configs], "records": records,
+            "layer_stats": layer_stats}
 
-        # -------------------------------------------------------------- per-layer report
-        mine = layer_stats.get(args.report, [])
-        theirs = {st.name: st for st in layer_stats["torch (per layer)"]}
-        lt = Table(title=f"Per-layer report: {args.report}, batch {report_batch} "
-                   f"({args.repeat} calls per layer)")
-        for col, j in (("layer", "left"), ("shape", "left"), ("algorithm", "left"),
-                       ("calls", "right"), ("total ms", "right"), ("ms/call", "right"),
-                       ("torch ms/call", "right"), ("vs torch", "right")):
-            lt.add_column(col, justify=j)
-        tot = tot_t = 0.0
-        for st in mine:
-            t = theirs.get(st.name)
-            mc = st.seconds * 1e3 / max(st.calls, 1)
-            tc = None if t is None else t.seconds * 1e3 / max(t.calls, 1)
-            tot += st.seconds * 1e3 / max(st.calls, 1)
-            tot_t += tc or 0.0
-            lt.add_row(st.name, st.shape, st.algorithm + (f" ({st.note})" if st.note else ""),
-                       str(st.calls), f"{st.seconds * 1e3:.2f}", f"{mc:.3f}",
-                       "" if tc is None else f"{tc:.3f}", "" if not tc else f"{mc / tc:.2f}x")
-        lt.add_row("all layers", "", "", "", "", f"{tot:.2f}", f"{tot_t:.2f}",
-                   f"{tot / tot_t:.2f}x" if tot_t else "", style="bold")
-        console.print(lt)
-    blas_limits.restore_original_limits()
 
-    if args.json:
-        doc = {
-            "model": args.model, "photographs": photos, "machine": machine,
-            "repeat": args.repeat, "batches": batches, "fallback": args.fallback,
-            "torch_top1": [int(c) for c in ref_top], "torch_vs_float64": dev_torch64,
-            "accuracy": accuracy, "latency": latency,
-            "layers": {
-                n: [{"name": st.name, "shape": st.shape, "algorithm": st.algorithm,
-                     "note": st.note, "calls": st.calls, "total_ms": st.seconds * 1e3}
-                    for st in sts]
-                for n, sts in (layer_stats.items() if not args.no_latency else [])
-            },
-        }
-        write_json(args.json, doc, console)
-    return 0
+def _render_latency(console, lat, batches, report, report_batch, repeat) -> None:
+    from rich.table import Table
+
+    results = lat["results"]
+    t = Table(title=f"End-to-end latency, ms per forward pass (min / median of {repeat} "
+              f"interleaved rounds; conv = convolution time inside the pass)")
+    t.add_column("configuration")
+    for b in batches:
+        for col in (f"b{b} min", f"b{b} median", f"b{b} vs torch", f"b{b} conv"):
+            t.add_column(col, justify="right")
+    for c in lat["configs"]:
+        row = [c]
+        for b in batches:
+            m = results[c][b]
+            base = results["torch"][b]["min_ms"]
+            row += [f"{m['min_ms']:.1f}", f"{m['median_ms']:.1f}", f"{m['min_ms'] / base:.2f}x",
+                    "" if m["conv_ms"] is None else f"{m['conv_ms']:.1f}"]
+        t.add_row(*row)
+    console.print(t)
+    console.print(
+        "torch = plain PyTorch (oneDNN), no interception; torch (per layer) = PyTorch's own "
+        "kernels called through convolab.interop (its overhead and PyTorch's per-layer times)."
+    )
+    mine = lat["layer_stats"].get(report, [])
+    theirs = {st.name: st for st in lat["layer_stats"]["torch (per layer)"]}
+    lt = Table(title=f"Per-layer report: {report}, batch {report_batch} ({repeat} calls per layer)")
+    for col, j in (("layer", "left"), ("shape", "left"), ("algorithm", "left"),
+                   ("calls", "right"), ("total ms", "right"), ("ms/call", "right"),
+                   ("torch ms/call", "right"), ("vs torch", "right")):
+        lt.add_column(col, justify=j)
+    tot = tot_t = 0.0
+    for st in mine:
+        other = theirs.get(st.name)
+        mc = st.seconds * 1e3 / max(st.calls, 1)
+        tc = None if other is None else other.seconds * 1e3 / max(other.calls, 1)
+        tot += mc
+        tot_t += tc or 0.0
+        lt.add_row(st.name, st.shape, st.algorithm + (f" ({st.note})" if st.note else ""),
+                   str(st.calls), f"{st.seconds * 1e3:.2f}", f"{mc:.3f}",
+                   "" if tc is None else f"{tc:.3f}", "" if not tc else f"{mc / tc:.2f}x")
+    lt.add_row("all layers", "", "", "", "", f"{tot:.2f}", f"{tot_t:.2f}",
+               f"{tot / tot_t:.2f}x" if tot_t else "", style="bold")
+    console.print(lt)
 
 
 # ---------------------------------------------------------------------- --compile
