@@ -164,16 +164,10 @@ def _parse(args):
 
 
 def run(args) -> int:
+    """Parse, compute (`_evaluate`: figures only), render (`_render`), write the JSON."""
     import numba
-    import numpy as np
     import torch
-    from rich.table import Table
     from threadpoolctl import threadpool_limits
-
-    from ..interop.models import MODELS, load_model
-    from ..interop.quantized import QuantSession, torch_conv
-    from ..quant.core import QuantConfig
-    from ..quant.layer import QuantizedConv
 
     algos, bits, rows = _parse(args)
     console = make_console()
@@ -182,13 +176,26 @@ def run(args) -> int:
     # BLAS on one thread: the integer GEMMs run between PyTorch ops, whose pool would fight it
     blas = threadpool_limits(1, user_api="blas")
     t_start = time.perf_counter()
+    try:
+        doc = _evaluate(args, rows, console)
+    finally:
+        blas.restore_original_limits()
+    _render(console, args, doc, rows)
+    console.print(f"total {time.perf_counter() - t_start:.0f} s")
+    write_json(args.json, doc, console)
+    return 0
 
-    model = load_model(args.model)
-    info = MODELS[args.model]
-    photos, labels, xe, xc = image_sets(info, args.photos, args.views, args.calibration_views)
+
+def _eval_session(model, rows, args):
+    """An interop session whose target layers (stride-1 ``--kernel`` x ``--kernel``) hold one
+    `QuantizedConv` per row and run the current one (None: float32); every other layer int8
+    (im2col, or direct for depthwise ones: bit-identical, im2col's one tiny GEMM per channel is
+    the slower way there) or float32 (``--others``)."""
+    from ..interop.quantized import QuantSession, torch_conv
+    from ..quant.core import QuantConfig
+    from ..quant.layer import QuantizedConv
+
     k = args.kernel
-    # the other layers: int8 im2col, or int8 direct for depthwise ones (bit-identical results;
-    # im2col's one tiny GEMM per channel is the slower way there)
     base = {m: QuantConfig(m, 8, calibration=args.calibration, percentile=args.percentile)
             for m in ("im2col", "direct")}
 
@@ -200,36 +207,7 @@ def run(args) -> int:
     def target(spec) -> bool:
         return (spec.R, spec.S) == (k, k) and spec.stride == (1, 1) and spec.dilation == (1, 1)
 
-    class EvalSession(QuantSession):
-        """Target layers hold one QuantizedConv per row and run the current one."""
-
-        def __init__(self):
-            super().__init__(base_cfg, model=model)
-            self.current = None  # None: target layers in fp32
-            self.variants: dict[str, dict] = {}
-            self.capture: dict[str, list] | None = None
-
-        def make_plan(self, name, spec, w, b, algorithm):
-            if not target(spec):
-                return super().make_plan(name, spec, w, b, algorithm)
-            if name not in self.variants:
-                wn = w.detach().numpy()
-                bn = None if b is None else b.detach().numpy()
-                self.variants[name] = {
-                    "w": wn, "b": bn, "spec": spec,
-                    "layers": {(a, bb): QuantizedConv(wn, bn, spec.stride, spec.padding, spec.dilation,
-                                                      spec.groups, config=cfg) for a, bb, cfg in rows},
-                }
-            return _Switch(self, name, spec)
-
-        def calibrate(self, model, inputs):
-            super().calibrate(model, inputs)
-            for v in self.variants.values():
-                for layer in v["layers"].values():
-                    layer.freeze()
-            return self
-
-    class _Switch:
+    class Switch:
         algorithm = "variants"
 
         def __init__(self, session, name, spec):
@@ -247,10 +225,54 @@ def run(args) -> int:
                 return out
             return v["layers"][self.s.current](x, out=out)
 
+    class EvalSession(QuantSession):
+        def __init__(self):
+            super().__init__(base_cfg, model=model)
+            self.current = None  # None: target layers in fp32
+            self.variants: dict[str, dict] = {}
+            self.capture: dict[str, list] | None = None
+
+        def make_plan(self, name, spec, w, b, algorithm):
+            if not target(spec):
+                return super().make_plan(name, spec, w, b, algorithm)
+            if name not in self.variants:
+                wn = w.detach().numpy()
+                bn = None if b is None else b.detach().numpy()
+                self.variants[name] = {
+                    "w": wn, "b": bn, "spec": spec,
+                    "layers": {(a, bb): QuantizedConv(wn, bn, spec.stride, spec.padding, spec.dilation,
+                                                      spec.groups, config=cfg) for a, bb, cfg in rows},
+                }
+            return Switch(self, name, spec)
+
+        def calibrate(self, model, inputs):
+            super().calibrate(model, inputs)
+            for v in self.variants.values():
+                for layer in v["layers"].values():
+                    layer.freeze()
+            return self
+
+    return EvalSession()
+
+
+def _evaluate(args, rows, console) -> dict:
+    """Calibrate, then run the evaluation images with every row on the target layers (logit
+    agreement with fp32) and each target layer alone on the float inputs it sees (error vs
+    float64). Figures only; progress on the console."""
+    import numpy as np
+    import torch
+
+    from ..interop.models import MODELS, load_model
+    from ..interop.quantized import torch_conv
+
+    model = load_model(args.model)
+    info = MODELS[args.model]
+    photos, labels, xe, xc = image_sets(info, args.photos, args.views, args.calibration_views)
+    session = _eval_session(model, rows, args)
+
     def batches(x):
         return [x[i : i + args.batch] for i in range(0, x.shape[0], args.batch)]
 
-    session = EvalSession()
     console.print(
         f"[bold]convolab quantize-eval[/bold]: {args.model}; {len(photos)} photographs x {args.views} views "
         f"= {xe.shape[0]} evaluation images; calibration: {xc.shape[0]} other views "
@@ -263,7 +285,7 @@ def run(args) -> int:
         console.log(f"calibrated every layer and {len(rows)} variants of each target layer "
                     f"in {time.perf_counter() - t0:.1f} s")
         tnames = list(session.variants)
-        console.print(f"target layers (stride-1 {k}x{k}): {len(tnames)} of "
+        console.print(f"target layers (stride-1 {args.kernel}x{args.kernel}): {len(tnames)} of "
                       f"{len(session.report())}: " + ", ".join(
                           f"{n} ({session.variants[n]['spec']})" for n in tnames))
 
@@ -271,10 +293,8 @@ def run(args) -> int:
             session.current = current
             session.capture = {} if capture else None
             with session:
-                y = torch.cat([model(xb) for xb in batches(xe)]).double()
-            return y
+                return torch.cat([model(xb) for xb in batches(xe)]).double()
 
-        results = []
         ref_top = ref.argmax(1)
         ref_norm = ref.norm(dim=1)
 
@@ -286,7 +306,7 @@ def run(args) -> int:
                     "rel_logit_err_mean": float(rel.mean()), "rel_logit_err_max": float(rel.max()),
                     "disagree": [labels[i] for i in range(len(labels)) if not agree[i]]}
 
-        t0 = time.perf_counter()
+        results = []
         y = forward(None, capture=True)
         captured = {n: np.concatenate(v) for n, v in session.capture.items()}
         session.capture = None
@@ -312,22 +332,36 @@ def run(args) -> int:
             for a, b, _ in rows:
                 yq = v["layers"][(a, b)](x).astype(np.float64)
                 layer_err[n][f"{a}/{b}"] = float(np.sqrt(np.mean((yq - yref) ** 2))) / den
-    blas.restore_original_limits()
+    for r in results:
+        if r["bits"] is not None:
+            errs = [layer_err[n][f"{r['algorithm']}/{r['bits']}"] for n in tnames]
+            r["layer_rel_rmse_geomean"] = math.exp(sum(math.log(e) for e in errs) / len(errs))
+            r["layer_rel_rmse_max"] = max(errs)
+    return {"model": args.model, "kernel": args.kernel, "calibration": args.calibration,
+            "percentile": args.percentile, "photographs": photos, "images": labels,
+            "calibration_images": int(xc.shape[0]),
+            "target_layers": {n: str(session.variants[n]["spec"]) for n in tnames},
+            "rows": results, "layer_errors": layer_err,
+            "fp32_top1": [int(c) for c in ref_top]}
 
+
+def _render(console, args, doc, rows) -> None:
+    from rich.table import Table
+
+    tnames = list(doc["target_layers"])
+    layer_err = doc["layer_errors"]
+    n_images = doc["rows"][0]["images"]
     others = "int8 (im2col; direct if depthwise)" if args.others == "int8" else "fp32"
-    table = Table(title=f"{args.model}: {xe.shape[0]} images; target layers: {len(tnames)} stride-1 {k}x{k} "
+    k = doc["kernel"]
+    table = Table(title=f"{args.model}: {n_images} images; target layers: {len(tnames)} stride-1 {k}x{k} "
                   f"convolutions; all other layers {others} in every row")
     for col, j in (("algorithm (target layers)", "left"), ("bits", "right"), ("top-1 = fp32", "right"),
                    ("rel. logit err mean", "right"), ("max", "right"), ("layer rel. RMSE geomean", "right"),
                    ("layer max", "right")):
         table.add_column(col, justify=j)
-    for r in results:
-        if r["bits"] is None:
-            lg = lm = ""
-        else:
-            errs = [layer_err[n][f"{r['algorithm']}/{r['bits']}"] for n in tnames]
-            r["layer_rel_rmse_geomean"] = math.exp(sum(math.log(e) for e in errs) / len(errs))
-            r["layer_rel_rmse_max"] = max(errs)
+    for r in doc["rows"]:
+        lg = lm = ""
+        if r["bits"] is not None:
             lg, lm = f"{r['layer_rel_rmse_geomean']:.2e}", f"{r['layer_rel_rmse_max']:.2e}"
         kind = "" if r["bits"] is None else ("spatial" if r["algorithm"] == "direct" else "transform")
         table.add_row(
@@ -349,13 +383,3 @@ def run(args) -> int:
     for a, b, _ in rows:
         lt.add_row(f"{a}/{b}", *[f"{layer_err[n][f'{a}/{b}']:.2e}" for n in tnames])
     console.print(lt)
-    console.print(f"total {time.perf_counter() - t_start:.0f} s")
-    if args.json:
-        doc = {"model": args.model, "kernel": k, "calibration": args.calibration,
-               "percentile": args.percentile, "photographs": photos, "images": labels,
-               "calibration_images": int(xc.shape[0]),
-               "target_layers": {n: str(session.variants[n]["spec"]) for n in tnames},
-               "rows": results, "layer_errors": layer_err,
-               "fp32_top1": [int(c) for c in ref_top]}
-        write_json(args.json, doc, console)
-    return 0
