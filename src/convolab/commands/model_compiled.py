@@ -265,9 +265,10 @@ def _render_compiled_latency(console, lat, batches, repeat, threads) -> None:
     results = lat["results"]
     t = Table(title=f"End-to-end latency, ms per forward pass (min / median of {repeat} "
               f"interleaved rounds, {threads} threads)")
+    ort = "onnxruntime" in results
     t.add_column("configuration")
     for b in batches:
-        for col in (f"b{b} min", f"b{b} median", f"b{b} vs torch"):
+        for col in (f"b{b} min", f"b{b} median", f"b{b} vs torch") + ((f"b{b} vs ORT",) if ort else ()):
             t.add_column(col, justify="right")
     for c in lat["configs"]:
         row = [c]
@@ -275,9 +276,12 @@ def _render_compiled_latency(console, lat, batches, repeat, threads) -> None:
             m = results[c][b]
             row += [f"{m['min_ms']:.1f}", f"{m['median_ms']:.1f}",
                     f"{m['min_ms'] / results['torch eager'][b]['min_ms']:.2f}x"]
+            if ort:
+                row.append(f"{m['min_ms'] / results['onnxruntime'][b]['min_ms']:.2f}x")
         t.add_row(*row)
     console.print(t)
-    console.print("vs torch = min time / PyTorch eager's min time (lower is faster); every "
+    console.print("vs torch / vs ORT = min time / PyTorch eager's / ONNX Runtime's (blocking "
+                  "threads) min time (lower is faster); every "
                   "configuration runs the same weights in this one process, in rotating order; "
                   "ONNX Runtime's threads block between its runs there, and its default "
                   "(spinning threads) is timed after the rounds, in a block of its own.")
