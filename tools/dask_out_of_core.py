@@ -7,9 +7,12 @@ a zarr store to a zarr store, with the workers' peak memory and a spot check aga
 Steps:
   1. the input, float32 N(0, 1) from a seeded `dask.array.random` generator, written chunk by
      chunk to ``DIR/x.zarr`` by the workers (skipped when it is there with the same shape);
-  2. the workers restarted (their peak memory starts again), then
+  2. the workers restarted (their peak memory starts again) and warmed up on a small
+     convolution (Numba's kernels loaded: a worker holds about 200 MiB before any data); their
+     resident memory then is the baseline, refused when above 60% of ``--memory-limit`` (a
+     worker pauses at 80% and would never resume); then
      ``convolab.dask.conv2d(x, w, padding=1, algorithm="direct")`` (3x3, ``--out-channels``)
-     read from ``DIR/x.zarr`` and written to ``DIR/y.zarr``, timed;
+     read from ``DIR/x.zarr`` and written to ``DIR/y.zarr``, timed (``--timeout``);
   3. each worker's peak resident memory (``ru_maxrss`` of its process) against its
      ``memory_limit``, what it spilled to disk, and whether a worker was restarted;
   4. ``--tiles`` output tiles (two corners, the rest at random, 64 x 64, across chunk borders)
@@ -49,6 +52,13 @@ def spilled(dask_worker) -> int:
     return int(getattr(total, "disk", 0) or 0)
 
 
+def rss() -> int:
+    """This process's resident memory in bytes."""
+    import psutil
+
+    return psutil.Process().memory_info().rss
+
+
 def crop_conv(xz, w, ty, tx, T):
     """One-process convolution of output tile (ty, tx, T x T) from the input crop it reads
     (stride 1, padding 1, 3x3): the crop with a one-pixel border, zeros outside the image."""
@@ -72,11 +82,12 @@ def main(argv=None) -> int:
     ap.add_argument("--keep", action="store_true", help="keep the stores")
     ap.add_argument("--tiles", type=int, default=6, help="output tiles spot-checked (default 6)")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--timeout", type=float, default=None, help="seconds the convolution may take (default none)")
     args = ap.parse_args(argv)
 
     import dask.array as da
     import zarr
-    from distributed import Client
+    from distributed import Client, wait
 
     import convolab
     import convolab.dask as cd
@@ -93,7 +104,7 @@ def main(argv=None) -> int:
     w = (rng.standard_normal((K, C, 3, 3)) * np.sqrt(2.0 / (9 * C))).astype(np.float32)
     print(f"input  {args.shape} float32 = {in_bytes / 2**30:.2f} GiB in chunks {args.chunks}; "
           f"output {K} channels; workers {args.workers} x {args.memory_limit} "
-          f"(input / total limit = {in_bytes / (args.workers * limit):.1f}x); stores in {workdir}")
+          f"(input / total limit = {in_bytes / (args.workers * limit):.1f}x); stores in {workdir}", flush=True)
     ok = True
     with cd.local_cluster(n_workers=args.workers, threads_per_worker=1, memory_limit=limit) as cluster, \
             Client(cluster) as client:
@@ -108,15 +119,29 @@ def main(argv=None) -> int:
             x = da.random.default_rng(args.seed).standard_normal(
                 args.shape, chunks=(1, C, *args.chunks), dtype=np.float32)
             da.to_zarr(x, xpath, overwrite=True)
-            print(f"wrote the input in {time.perf_counter() - t:.1f} s")
+            print(f"wrote the input in {time.perf_counter() - t:.1f} s", flush=True)
         client.restart()
         before = set(client.scheduler_info()["workers"])
+        small = da.ones((1, C, 2 * args.chunks[0], 2 * args.chunks[1]), chunks=(1, C, *args.chunks),
+                        dtype=np.float32)
+        client.compute(cd.conv2d(small, w, padding=1, algorithm="direct").sum(), sync=True)
+        base = client.run(rss)
+        print("worker baseline (imports, kernels loaded): "
+              + ", ".join(f"{v / 2**20:.0f} MiB" for v in base.values()), flush=True)
+        if max(base.values()) > 0.6 * limit:
+            print(f"out-of-core check: the workers hold {max(base.values()) / 2**20:.0f} MiB before any data, "
+                  f"over 60% of --memory-limit {args.memory_limit}: raise it")
+            return 1
         x = cd.open_array(xpath)
         y = cd.conv2d(x, w, padding=1, algorithm="direct")
-        print(f"graph: {y.npartitions} block tasks, output chunks {y.chunksize}")
+        print(f"graph: {y.npartitions} block tasks, output chunks {y.chunksize}", flush=True)
         t = time.perf_counter()
-        cd.save_array(y, ypath)
+        done = wait(client.compute(cd.save_array(y, ypath, compute=False)), timeout=args.timeout,
+                    return_when="ALL_COMPLETED")
         sec = time.perf_counter() - t
+        if done.not_done:
+            print(f"out-of-core check: FAILED, not done after {args.timeout} s (paused workers?)")
+            return 1
         flops = 2 * N * K * H * W * C * 9
         print(f"convolution zarr -> zarr: {sec:.1f} s ({flops / sec / 1e9:.1f} GFLOP/s)")
         peaks = cd.worker_peak_memory(client)
