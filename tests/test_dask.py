@@ -290,7 +290,7 @@ def test_calibration_through_the_cluster(client, tmp_path, monkeypatch):
     """Groups of layers timed on the workers, fitted over all of them, stored everywhere."""
     import os
 
-    from convolab import registry, select
+    from convolab import cache, registry
 
     layers = [((1, 4, 12, 12), (4, 4, 3, 3), 1, 1, 1), ((1, 8, 10, 10), (8, 8, 1, 1), 1, 0, 1)]
     monkeypatch.setenv("CONVOLAB_CACHE_DIR", str(tmp_path / "client"))
@@ -298,7 +298,7 @@ def test_calibration_through_the_cluster(client, tmp_path, monkeypatch):
     client.run(os.environ.__setitem__, "CONVOLAB_CACHE_DIR", str(tmp_path / "workers"))
     try:
         m, threads = sweeps.calibrate(client, layers=layers)
-        stored = client.run(lambda: select.CALIBRATION.entries())
+        stored = client.run(lambda: cache.CALIBRATION.entries())
     finally:
         for addr, value in before.items():
             client.run(os.environ.__setitem__, "CONVOLAB_CACHE_DIR", value, workers=[addr])
@@ -310,10 +310,10 @@ def test_calibration_through_the_cluster(client, tmp_path, monkeypatch):
             if a.supports(s) is None:
                 want[a.cost_key(s)] = want.get(a.cost_key(s), 0) + 1
     assert {k: len(v) for k, v in m.samples.items()} == want
-    (key,) = select.CALIBRATION.entries()
+    (key,) = cache.CALIBRATION.entries()
     assert json.loads(key)["threads"] == 1
-    assert select.CALIBRATION.entries()[key] == json.loads(json.dumps(m.to_json()))
-    assert all(list(e) == [key] and e[key] == select.CALIBRATION.entries()[key] for e in stored.values())
+    assert cache.CALIBRATION.entries()[key] == json.loads(json.dumps(m.to_json()))
+    assert all(list(e) == [key] and e[key] == cache.CALIBRATION.entries()[key] for e in stored.values())
     # the times recovered from a calibration's samples give its fit back
     again = sweeps.merge_calibrations(layers, [[0, 1]], [m])
     for k in m.linear:

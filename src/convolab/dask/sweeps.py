@@ -11,7 +11,7 @@ commands print the same tables as the serial run:
 * ``convolab accuracy``: one task per (kernel size, algorithm) (`convolab.accuracy.study`
   with that one variant); seeded, so the same table.
 * ``convolab calibrate``: the calibration layers in groups, each group timed by
-  `convolab.select.calibrate` on a worker; the client recovers every (algorithm, layer) time
+  `convolab.costmodel.calibrate` on a worker; the client recovers every (algorithm, layer) time
   from the group's samples, fits the cost model over all layers as ``calibrate`` does, and
   stores the result under the workers' machine key (CPU, thread count) on the client and on
   every worker. Timings are not reproducible, serial or not: the table has the same rows, not
@@ -138,36 +138,36 @@ def accuracy_study(c, batch: int, channels: int, out_channels: int, size: int, b
 
 # --------------------------------------------------------------------------- calibration
 def _calibrate_group(layers: list, threads: int | None):
-    """Time ``layers`` on this worker (`convolab.select.calibrate`); its machine key and
+    """Time ``layers`` on this worker (`convolab.costmodel.calibrate`); its machine key and
     thread count with the result."""
     import numba
 
-    from .. import select
+    from .. import cache, costmodel
 
     if threads is not None:
         if not 1 <= threads <= numba.config.NUMBA_NUM_THREADS:
             raise ConvError(f"threads must be in 1..{numba.config.NUMBA_NUM_THREADS} on worker, got {threads}")
         numba.set_num_threads(threads)
-    return select.calibrate(layers=layers), select.machine_key(), numba.get_num_threads()
+    return costmodel.calibrate(layers=layers), cache.machine_key(), numba.get_num_threads()
 
 
 def _store_calibration(key: str, entry: dict) -> None:
-    from .. import select
+    from .. import cache
 
-    select.CALIBRATION.put(key, entry)
+    cache.CALIBRATION.put(key, entry)
 
 
 def merge_calibrations(layers: list, groups: list[list[int]], machines: list):
-    """One `convolab.select.Machine` from calibrations of groups of ``layers``.
+    """One `convolab.costmodel.Machine` from calibrations of groups of ``layers``.
 
-    Each of ``machines`` is what `convolab.select.calibrate` returned for the layers
+    Each of ``machines`` is what `convolab.costmodel.calibrate` returned for the layers
     ``groups[i]``; its samples give each (algorithm, layer) time back as ``2^(log2 measured /
     fitted) x fitted`` from the group's fit (or, where that fit is not positive, as
     ``2^(log2 seconds per multiply) multiplies + call overhead``, which loses the times below
     the call overhead). The machine constants are the parts' medians; the per-kernel fit is
-    `convolab.select.calibrate`'s, over all layers.
+    `convolab.costmodel.calibrate`'s, over all layers.
     """
-    from .. import registry, select
+    from .. import costmodel, registry
     from ..spec import ConvSpec
 
     specs = [ConvSpec.from_shapes(xs, ws, st, pad, 1, grp, np.float32) for xs, ws, st, pad, grp in layers]
@@ -181,7 +181,7 @@ def merge_calibrations(layers: list, groups: list[list[int]], machines: list):
                 raise ConvError(f"calibration samples of {key} do not match its layers ({len(rows)} vs {len(mine)})")
             coef = np.asarray(m.linear.get(key, []), dtype=float)
             for i, row in zip(mine, rows, strict=True):
-                fitted = float(np.asarray(select.cost_terms(a, specs[i])) @ coef) if coef.size else 0.0
+                fitted = float(np.asarray(costmodel.cost_terms(a, specs[i])) @ coef) if coef.size else 0.0
                 if fitted > 0 and len(row) > m.n_features + 1:
                     seconds[key, i] = 2.0 ** row[m.n_features + 1] * fitted
                 else:
@@ -191,30 +191,30 @@ def merge_calibrations(layers: list, groups: list[list[int]], machines: list):
         a = registry.get(key.split("/")[0])
         mine = sorted(i for k, i in seconds if k == key)
         t = np.array([seconds[key, i] for i in mine])
-        terms = np.array([select.cost_terms(a, specs[i]) for i in mine])
-        coef = select.fit_terms(terms, t)
+        terms = np.array([costmodel.cost_terms(a, specs[i]) for i in mine])
+        coef = costmodel.fit_terms(terms, t)
         fitted = terms @ coef
         samples[key] = [
-            [*select.features(specs[i]), math.log2(max(ti - call, 1e-9) / a.multiplies(specs[i])),
+            [*costmodel.features(specs[i]), math.log2(max(ti - call, 1e-9) / a.multiplies(specs[i])),
              math.log2(ti / ft) if ft > 0 else 0.0]
             for i, ti, ft in zip(mine, t, fitted, strict=True)
         ]
         linear[key] = [float(x) for x in coef]
     gemm = float(np.median([m.gemm_gflops for m in machines]))
     bw = float(np.median([m.bandwidth_gbs for m in machines]))
-    return select.Machine(gemm, bw, call, samples, linear)
+    return costmodel.Machine(gemm, bw, call, samples, linear)
 
 
 def calibrate(c, layers: list | None = None, threads: int | None = None, progress=None):
-    """`convolab.select.calibrate` with its layers timed in groups on ``c``'s workers.
+    """`convolab.costmodel.calibrate` with its layers timed in groups on ``c``'s workers.
 
-    Returns ``(machine, threads)``: the merged `convolab.select.Machine` (stored under the
+    Returns ``(machine, threads)``: the merged `convolab.costmodel.Machine` (stored under the
     workers' machine key on the client and on every worker) and the workers' thread count.
     Refuses workers of different CPUs or thread counts (calibrate each kind on its own).
     """
-    from .. import select
+    from .. import cache, costmodel
 
-    todo = list(select.CALIBRATION_LAYERS if layers is None else layers)
+    todo = list(costmodel.CALIBRATION_LAYERS if layers is None else layers)
     # round-robin groups: the layer list is ordered by kind, so each group gets a mix
     k = min(len(todo), 2 * total_threads(c))
     groups = [list(range(i, len(todo), k)) for i in range(k)]
@@ -227,6 +227,6 @@ def calibrate(c, layers: list | None = None, threads: int | None = None, progres
                         "each kind of worker with a cluster of its own")
     m = merge_calibrations(todo, groups, [part for part, _, _ in out])
     key = keys.pop()
-    select.CALIBRATION.put(key, m.to_json())
+    cache.CALIBRATION.put(key, m.to_json())
     c.run(_store_calibration, key, m.to_json())
     return m, out[0][2]
