@@ -108,8 +108,6 @@ def run(args) -> int:
         raise ConvError(f"--plot charts float32 runs; --dtype {dtype} has no chart yet")
     if dtype == "int8":
         return run_int8(args)
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-    from rich.table import Table
     from threadpoolctl import threadpool_limits
 
     from ..bench import peers as peers_mod
@@ -138,42 +136,16 @@ def run(args) -> int:
         )
         with console.status("compiling kernels (in a subprocess, so this process loads the cache)"):
             prewarm(algos, [s for _, s in layers])
-        records = []
-        total = len(layers) * (len(algos) + len(peer_list) + use_auto)
-        with Progress(
-            TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-            console=console, transient=True,
-        ) as progress:
-            task = progress.add_task("bench", total=total)
-            for name, spec in layers:
-                progress.update(task, description=f"{name}")
-                records += bench_layer(
-                    name, spec, algos, peer_list, args.repeat, threads, auto=use_auto,
-                    step=lambda impl, name=name: progress.update(
-                        task, advance=1, description=f"{name}: {impl}"
-                    ),
-                )
-
-    table = Table(title=f"suite {args.suite}, batch {batch}, {threads} threads")
-    for col in ("layer", "impl", "ms", "GFLOP/s", "% peak", "workspace MiB", "peak MiB", "max rel err"):
-        table.add_column(col, justify="left" if col in ("layer", "impl") else "right")
-    last = None
-    for r in records:
-        if r.skipped:
-            continue
-        table.add_row(
-            r.layer if r.layer != last else "",
-            r.impl + (" (peer)" if r.kind == "peer" else "") + (f" -> {r.chosen}" if r.chosen else ""),
-            f"{r.ms:.3f}",
-            f"{r.gflops:.1f}",
-            f"{100 * r.gflops / info.gemm_gflops:.0f}",
-            _mib(r.workspace_bytes),
-            _mib(r.peak_bytes),
-            f"{r.max_rel_err:.1e}",
-            end_section=False,
-        )
-        last = r.layer
-    console.print(table)
+        records = _run_layers(
+            console, layers, len(algos) + len(peer_list) + use_auto,
+            lambda name, spec, step: bench_layer(name, spec, algos, peer_list, args.repeat,
+                                                 threads, auto=use_auto, step=step))
+    _render_table(
+        console, f"suite {args.suite}, batch {batch}, {threads} threads", records,
+        ("ms", "GFLOP/s", "% peak", "workspace MiB", "peak MiB", "max rel err"),
+        lambda r: (r.impl + (" (peer)" if r.kind == "peer" else "") + (f" -> {r.chosen}" if r.chosen else ""),
+                   f"{r.ms:.3f}", f"{r.gflops:.1f}", f"{100 * r.gflops / info.gemm_gflops:.0f}",
+                   _mib(r.workspace_bytes), _mib(r.peak_bytes), f"{r.max_rel_err:.1e}"))
     skipped = [r for r in records if r.skipped]
     if skipped:
         console.print(f"[dim]{len(skipped)} algorithm/layer pairs not supported (e.g. {skipped[0].impl} on "
@@ -203,6 +175,41 @@ def run(args) -> int:
     return 0
 
 
+def _run_layers(console, layers, per_layer: int, bench_one) -> list:
+    """Compute: ``bench_one(name, spec, step)`` for each layer of the suite under a progress bar
+    (``per_layer`` steps each); the records of all layers."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    records = []
+    with Progress(
+        TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+        console=console, transient=True,
+    ) as progress:
+        task = progress.add_task("bench", total=len(layers) * per_layer)
+        for name, spec in layers:
+            progress.update(task, description=f"{name}")
+            records += bench_one(name, spec, lambda impl, name=name: progress.update(
+                task, advance=1, description=f"{name}: {impl}"))
+    return records
+
+
+def _render_table(console, title: str, records: list, columns: tuple, cells) -> None:
+    """Render: one row per timed record (``cells(record)`` after the layer name, which is
+    shown once per layer)."""
+    from rich.table import Table
+
+    table = Table(title=title)
+    for col in ("layer", "impl", *columns):
+        table.add_column(col, justify="left" if col in ("layer", "impl", "out") else "right")
+    last = None
+    for r in records:
+        if r.skipped:
+            continue
+        table.add_row(r.layer if r.layer != last else "", *cells(r))
+        last = r.layer
+    console.print(table)
+
+
 def _num(v, fmt: str) -> str:
     return "" if v is None else format(v, fmt)
 
@@ -210,8 +217,6 @@ def _num(v, fmt: str) -> str:
 def run_int8(args) -> int:
     """``convolab bench --dtype int8``: the int8 methods of `convolab.quant` and the quantized
     peers per layer (`convolab.bench.int8`)."""
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-    from rich.table import Table
     from threadpoolctl import threadpool_limits
 
     from ..bench.int8 import bench_layer_int8, resolve_methods, resolve_peers
@@ -230,40 +235,15 @@ def run_int8(args) -> int:
                       f"numpy {info.numpy}, python {info.python}")
         for name, why in missing.items():
             console.print(f"[dim]peer {name} left out: {why}[/dim]")
-        records = []
-        with Progress(
-            TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-            console=console, transient=True,
-        ) as progress:
-            task = progress.add_task("bench int8", total=len(layers) * (len(methods) + len(peer_list)))
-            for name, spec in layers:
-                progress.update(task, description=f"{name}")
-                records += bench_layer_int8(
-                    name, spec, methods, peer_list, args.repeat, threads,
-                    step=lambda impl, name=name: progress.update(
-                        task, advance=1, description=f"{name}: {impl}"
-                    ),
-                )
-
-    table = Table(title=f"suite {args.suite}, batch {batch}, {threads} threads, int8 x int8")
-    cols = ("layer", "impl", "out", "ms", "GMAC/s", "exact err (int32)", "err / y_scale (uint8 out)")
-    for col in cols:
-        table.add_column(col, justify="left" if col in ("layer", "impl", "out") else "right")
-    last = None
-    for r in records:
-        if r.skipped:
-            continue
-        table.add_row(
-            r.layer if r.layer != last else "",
-            r.impl + (" (peer)" if r.kind == "peer" else ""),
-            r.output,
-            f"{r.ms:.3f}",
-            f"{r.gmacs:.1f}",
-            _num(r.max_abs_err, ".0f"),
-            _num(r.max_err_y_scale, ".3f"),
-        )
-        last = r.layer
-    console.print(table)
+        records = _run_layers(
+            console, layers, len(methods) + len(peer_list),
+            lambda name, spec, step: bench_layer_int8(name, spec, methods, peer_list, args.repeat,
+                                                      threads, step=step))
+    _render_table(
+        console, f"suite {args.suite}, batch {batch}, {threads} threads, int8 x int8", records,
+        ("out", "ms", "GMAC/s", "exact err (int32)", "err / y_scale (uint8 out)"),
+        lambda r: (r.impl + (" (peer)" if r.kind == "peer" else ""), r.output, f"{r.ms:.3f}",
+                   f"{r.gmacs:.1f}", _num(r.max_abs_err, ".0f"), _num(r.max_err_y_scale, ".3f")))
     console.print(
         "[dim]exact err: max |y - reference.conv2d(xq, wq)| of the int32 result (0 = exact)\n"
         "err / y_scale: max |dequantised uint8 output - exact result * x_scale * w_scale\\[k]| / y_scale "
