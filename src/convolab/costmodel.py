@@ -370,23 +370,36 @@ def calibrate(progress=None, layers=None) -> Machine:
                 best[a.name, i] = min(t, best.get((a.name, i), math.inf))
             if progress:
                 progress(f"pass {k + 1}/{CALIBRATION_PASSES}, layer {i + 1}/{len(specs)}")
+    seconds = {}
     for a in algos:
-        idx = [i for i in range(len(specs)) if (a.name, i) in best]
-        for key in sorted({a.cost_key(specs[i]) for i in idx}):
-            mine = [i for i in idx if a.cost_key(specs[i]) == key]
-            seconds = np.array([best[a.name, i] for i in mine])
-            terms = np.array([cost_terms(a, specs[i]) for i in mine])
-            coef = fit_terms(terms, seconds)
-            fitted = terms @ coef
-            rows = []
-            for i, t, ft in zip(mine, seconds, fitted, strict=True):
-                spm = max(t - call, 1e-9) / a.multiplies(specs[i])
-                rows.append([*features(specs[i]), math.log2(spm), math.log2(t / ft) if ft > 0 else 0.0])
-            samples[key] = rows
-            linear[key] = [float(c) for c in coef]
+        for i in range(len(specs)):
+            if (a.name, i) in best:
+                seconds[a.cost_key(specs[i]), i] = best[a.name, i]
+    samples, linear = fit_kernels(specs, seconds, call)
     m = Machine(g, bw, call, samples, linear)
     CALIBRATION.put(machine_key(), m.to_json())
     return m
+
+
+def fit_kernels(specs: list[ConvSpec], seconds: dict, call: float) -> tuple[dict, dict]:
+    """The cost model's fit from measured times: ``seconds[(cost key, i)]`` the time of that
+    kernel (`Algorithm.cost_key`) on ``specs[i]``; returns ``(samples, linear)`` of a `Machine`:
+    per kernel, each layer's `features` with its log2 seconds per multiply (beyond the call
+    overhead ``call``) and log2 measured / fitted, and the `fit_terms` coefficients."""
+    samples, linear = {}, {}
+    for key in sorted({k for k, _ in seconds}):
+        a = registry.get(key.split("/")[0])
+        mine = sorted(i for k, i in seconds if k == key)
+        t = np.array([seconds[key, i] for i in mine])
+        terms = np.array([cost_terms(a, specs[i]) for i in mine])
+        coef = fit_terms(terms, t)
+        fitted = terms @ coef
+        samples[key] = [
+            [*features(specs[i]), math.log2(max(ti - call, 1e-9) / a.multiplies(specs[i])),
+             math.log2(ti / ft) if ft > 0 else 0.0]
+            for i, ti, ft in zip(mine, t, fitted, strict=True)]
+        linear[key] = [float(c) for c in coef]
+    return samples, linear
 
 
 def calibration_report(m: Machine) -> list[tuple[str, float, float, int]]:

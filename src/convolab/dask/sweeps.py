@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import math
 
 import numpy as np
 
@@ -186,20 +185,7 @@ def merge_calibrations(layers: list, groups: list[list[int]], machines: list):
                     seconds[key, i] = 2.0 ** row[m.n_features + 1] * fitted
                 else:
                     seconds[key, i] = 2.0 ** row[m.n_features] * a.multiplies(specs[i]) + m.call_seconds
-    samples, linear = {}, {}
-    for key in sorted({k for k, _ in seconds}):
-        a = registry.get(key.split("/")[0])
-        mine = sorted(i for k, i in seconds if k == key)
-        t = np.array([seconds[key, i] for i in mine])
-        terms = np.array([costmodel.cost_terms(a, specs[i]) for i in mine])
-        coef = costmodel.fit_terms(terms, t)
-        fitted = terms @ coef
-        samples[key] = [
-            [*costmodel.features(specs[i]), math.log2(max(ti - call, 1e-9) / a.multiplies(specs[i])),
-             math.log2(ti / ft) if ft > 0 else 0.0]
-            for i, ti, ft in zip(mine, t, fitted, strict=True)
-        ]
-        linear[key] = [float(x) for x in coef]
+    samples, linear = costmodel.fit_kernels(specs, seconds, call)
     gemm = float(np.median([m.gemm_gflops for m in machines]))
     bw = float(np.median([m.bandwidth_gbs for m in machines]))
     return costmodel.Machine(gemm, bw, call, samples, linear)
