@@ -86,3 +86,13 @@ def adjacent_pairs(labels, n_segments):  # pragma: no cover - compiled
                     adj[a, b] = True
                     adj[b, a] = True
     return adj
+
+
+@njit(cache=True, nogil=True, parallel=True)
+def broadcast_add_t(labels, h, out):  # pragma: no cover - compiled
+    """``out[j, p] += h[labels[p], j]``: node rows added to a channel-major (c, P) pixel array."""
+    n = labels.size
+    c = h.shape[1]
+    for j in prange(c):
+        for p in range(n):
+            out[j, p] += h[labels[p], j]

@@ -239,7 +239,7 @@ def save_map(scene, prediction, path, title: str) -> None:
     handles = [plt.Rectangle((0, 0), 1, 1, color=colors[i + 1]) for i in range(scene.n_classes)]
     fig.legend(handles, [f"{i + 1} {n}" for i, n in enumerate(scene.class_names)], loc="lower center", ncol=4,
                fontsize=7, frameon=False)
-    fig.tight_layout(rect=(0, 0.12, 1, 1))
+    fig.tight_layout(rect=(0, 0.12, 1, 0.96))
     fig.savefig(path, dpi=110)
     plt.close(fig)
 

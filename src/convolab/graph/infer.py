@@ -6,6 +6,11 @@ with `convolab.plan` for the image's shape; the graph branches run the determini
 of `convolab.graph.propagate` (segment mean, A @ x, broadcast) and NumPy matrix products for
 the per-node linear layers. The result is the logits of the torch model up to float32
 rounding (the tests compare them).
+
+The head's first 1x1 convolution is linear and pointwise, so on the broadcast graph features
+it commutes with the broadcast: ``W_s broadcast_s(h_s) = broadcast_s(h_s W_s^T)``. The graph
+part of it is therefore computed on the nodes (hundreds of rows instead of H * W) and added
+to the convolution of the CNN features, with no concatenation of pixel features.
 """
 
 from __future__ import annotations
@@ -14,6 +19,7 @@ import numpy as np
 
 from .. import api
 from ..errors import ConvError
+from . import _kernels
 from . import propagate as gp
 from .model import SLOPE, MGRNet
 from .superpixels import SuperpixelScales
@@ -50,7 +56,9 @@ class CompiledMGRNet:
 
         self.stem_in = conv_plan(model.stem_in, c)
         self.stem_dw = [conv_plan(m, wd) for m in model.stem_dw]
-        self.head_in = conv_plan(model.head_in, model.head_in.in_channels)
+        w_in = _np(model.head_in.weight)[:, :, 0, 0]
+        self.head_in = api.plan((1, wd, h, w), w_in[:, :wd, None, None].copy(), _np(model.head_in.bias))
+        self.head_nodes = [w_in[:, wd * (i + 1): wd * (i + 2)].T.copy() for i in range(len(model.scales))]
         self.res1 = conv_plan(model.res1, wd)
         self.res2 = conv_plan(model.res2, wd)
         self.head_out = conv_plan(model.head_out, wd)
@@ -63,6 +71,7 @@ class CompiledMGRNet:
         self.cross = [lin(m) for m in model.cross] if model.cross is not None else None
 
     def graph_features(self, f: np.ndarray) -> list[np.ndarray]:
+        """Node features (S_s, c) of each used scale after the last graph convolution."""
         g, sc = self.graph, self.model.scales
         pc = np.ascontiguousarray(f[0].reshape(self.width, -1).T)
         h = []
@@ -80,7 +89,7 @@ class CompiledMGRNet:
         out = []
         for i, s in enumerate(sc):
             w2, b2 = self.gc2[i]
-            out.append(gp.broadcast(g.segments[s], _act(gp.csr_matmul(g.a_hat[s], h[i] @ w2 + b2))))
+            out.append(_act(gp.csr_matmul(g.a_hat[s], h[i] @ w2 + b2)))
         return out
 
     def logits(self, x) -> np.ndarray:
@@ -94,9 +103,11 @@ class CompiledMGRNet:
         f = u.copy()
         for p in self.stem_dw:
             f += _act(p(u))
-        _, _, hh, ww = self.shape
-        parts = [f] + [p.T.reshape(1, self.width, hh, ww) for p in self.graph_features(f)]
-        z = _act(self.head_in(np.concatenate(parts, axis=1)))
+        z = np.ascontiguousarray(self.head_in(f))
+        zr = z[0].reshape(self.width, -1)  # a view: the graph parts are added in place
+        for s, h, wn in zip(self.model.scales, self.graph_features(f), self.head_nodes, strict=True):
+            _kernels.broadcast_add_t(self.graph.segments[s].labels, h @ wn, zr)
+        z = _act(z)
         z += self.res2(_act(self.res1(z)))
         return self.head_out(_act(z))
 
