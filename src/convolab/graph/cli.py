@@ -37,6 +37,8 @@ def add_parser(sub) -> None:
     )
     p.add_argument("--layout", choices=("indian_pines", "fields"), default="indian_pines")
     p.add_argument("--scene-seed", type=int, default=0, help="seed of the scene (default 0)")
+    p.add_argument("--library", choices=("auto", "earthlib", "synthetic"), default="auto",
+                   help="spectra: earthlib's, or the analytic fallback (auto: earthlib if installed)")
     p.add_argument("--seeds", type=int, default=5, help="training seeds per method and split (default 5)")
     p.add_argument("--epochs", type=int, default=300)
     p.add_argument("--per-class", type=int, default=15, help="training labels per class (default 15)")
@@ -44,6 +46,7 @@ def add_parser(sub) -> None:
     p.add_argument("--splits", default="random,disjoint", help="comma-separated, of random, disjoint")
     p.add_argument("--radius", type=int, default=5, help="disjoint split: exclusion radius in pixels")
     p.add_argument("--segments", default="400,200,100", help="SLIC segment counts, finest first")
+    p.add_argument("--hops", help="k-hop scales on the finest SLIC graph instead of SLIC scales, e.g. 1,2,3")
     p.add_argument("--single-scale", default="all",
                    help="the scales of the single-scale method: 'all' (one row each) or indices, finest 0")
     p.add_argument("--width", type=int, default=64)
@@ -119,8 +122,9 @@ def run(args) -> int:
             raise ConvError(f"--{what} must be >= 1, got {v}")
     threads = _threads(args.threads)
     t0 = time.perf_counter()
-    scene = make_scene(args.layout, seed=args.scene_seed)
-    prep = train.prepare(scene, n_segments=segs)
+    scene = make_scene(args.layout, seed=args.scene_seed, library=args.library)
+    hops = _ints(args.hops, "hops") if args.hops else None
+    prep = train.prepare(scene, n_segments=segs, hops=hops)
     if args.bench:
         return _bench(args, prep, threads)
     sizes = prep.graph.sizes
@@ -131,14 +135,15 @@ def run(args) -> int:
         if m == "single":
             for s_ in singles:
                 runs.append((f"single{s_}", m, s_))
-                labels[f"single{s_}"] = f"single-scale ({sizes[s_]} sp)"
+                labels[f"single{s_}"] = f"single-scale ({hops[s_]}-hop)" if hops else \
+                    f"single-scale ({sizes[s_]} sp)"
         else:
             runs.append((m, m, 0))
     print(f"scene {scene.layout} (seed {scene.seed}, "
           f"{scene.library} spectra): {scene.cube.shape[0]}x{scene.cube.shape[1]}x{scene.cube.shape[2]}, "
           f"{int((scene.labels > 0).sum())} labelled pixels, {scene.n_classes} classes; superpixels "
-          f"{prep.graph.sizes}; {args.per_class} labels per class; {args.seeds} seeds; {args.epochs} epochs; "
-          f"{threads} threads")
+          f"{prep.graph.sizes}{f', hops {list(hops)}' if hops else ''}; {args.per_class} labels per class; "
+          f"{args.seeds} seeds; {args.epochs} epochs; {threads} threads")
     results: dict = {}
     maps = {}
     for split in split_names:
