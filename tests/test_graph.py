@@ -339,11 +339,12 @@ def test_cli_hsi_runs_and_writes_map(tmp_path):
     from convolab.cli import main
 
     code = main(["hsi", "--seeds", "1", "--epochs", "2", "--methods", "cnn,single", "--splits", "random,disjoint",
-                 "--segments", "100,50", "--width", "8", "--threads", "1", "--out", str(tmp_path)])
+                 "--segments", "100,50", "--width", "8", "--threads", "1", "--json", str(tmp_path / "r.json"),
+                 "--map", str(tmp_path / "map.png")])
     assert code == 0
-    res = json.loads((tmp_path / "results.json").read_text())
+    res = json.loads((tmp_path / "r.json").read_text())
     assert set(res["results"]) == {"random", "disjoint"} and len(res["results"]["random"]["cnn"]) == 1
     assert set(res["results"]["random"]) == {"cnn", "single0", "single1"}
-    assert (tmp_path / "classification_random_single1.png").stat().st_size > 1000
+    assert (tmp_path / "map.png").stat().st_size > 1000
     assert main(["hsi", "--methods", "cnn,gat"]) == 2
     assert main(["hsi", "--single-scale", "5", "--segments", "100,50"]) == 2

@@ -25,7 +25,7 @@ COMMAND_MODULES = [
     "convolab.commands.he",
     "convolab.commands.accuracy",
     "convolab.commands.quantize_eval",
-    "convolab.graph.cli",
+    "convolab.commands.hsi",
 ]
 
 #: the dask extra's modules (`convolab.dask`: the sweep commands' --scheduler / --dask)

@@ -7,7 +7,7 @@ deterministic propagation kernels (`normalized_adjacency`, `csr_matmul`, `segmen
 from their modules: `convolab.graph.model` (MGRNet and its ablations), `convolab.graph.autograd`
 (the kernels as autograd functions), `convolab.graph.train` (fit / evaluate) and
 `convolab.graph.infer` (a trained model's inference through `convolab.conv2d`). The command is
-``convolab hsi``; docs/graph.md has the measured figures.
+``convolab hsi`` (`convolab.commands.hsi`); docs/graph.md has the measured figures.
 """
 
 from .metrics import average_accuracy, confusion, kappa, overall_accuracy, scores

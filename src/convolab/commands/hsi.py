@@ -4,8 +4,9 @@
 superpixel scales, and for each split (stratified random, spatially disjoint) and seed trains
 every method (pixel-wise SVM, CNN only, single-scale GCN + CNN, multi-scale without fusion,
 full) and prints OA / AA / kappa as mean +- std over the seeds, a table per split and the
-drop from the random to the disjoint split. ``--out DIR`` writes the figures as JSON and a PNG
-of the full model's classification map beside the ground truth (matplotlib).
+drop from the random to the disjoint split. ``--json FILE`` writes the figures as JSON,
+``--map FILE.png`` the last method's classification map (seed 0, first split) beside the
+ground truth (matplotlib). The work is `convolab.graph`'s; this module parses and renders.
 
 ``convolab hsi --bench`` times preprocessing (PCA, SLIC scales, graphs), training (one epoch
 and ``--epochs`` epochs of the full model) and full-scene inference (the compiled model
@@ -14,13 +15,13 @@ through `convolab.conv2d`, and torch for comparison), with ``--threads`` threads
 
 from __future__ import annotations
 
-import json
 import time
-from pathlib import Path
 
 import numpy as np
 
 from ..errors import ConvError
+from ._common import add_json, write_json
+from ._common import console as make_console
 
 METHODS = ("svm", "cnn", "single", "multi", "full")
 LABELS = {"svm": "SVM (pixel-wise)", "cnn": "CNN only", "single": "single-scale GCN + CNN",
@@ -52,7 +53,8 @@ def add_parser(sub) -> None:
     p.add_argument("--width", type=int, default=64)
     p.add_argument("--dropout", type=float, default=0.5, help="dropout before the head (default 0.5)")
     p.add_argument("--threads", type=int, default=None, help="torch and Numba threads (default: all)")
-    p.add_argument("--out", help="folder for results.json and the classification map PNG")
+    p.add_argument("--map", metavar="FILE", help="write the classification map beside the ground truth (PNG)")
+    add_json(p, "the figures (per split, method and seed; or the --bench timings)")
     p.add_argument("--bench", action="store_true", help="time preprocessing, training and inference instead")
     p.set_defaults(func=run)
 
@@ -99,6 +101,16 @@ def _threads(n):
     return torch.get_num_threads()
 
 
+def _printer():
+    """Plain lines on the command's console (no markup, no wrapping: the tables stay whole)."""
+    con = make_console()
+
+    def say(text: str = "") -> None:
+        con.print(text, markup=False, highlight=False, soft_wrap=True)
+
+    return say
+
+
 def _pm(v) -> str:
     v = np.asarray(v, dtype=float) * 100
     return f"{v.mean():5.1f} ± {v.std():3.1f}"
@@ -110,9 +122,9 @@ def run(args) -> int:
         import torch  # noqa: F401
     except ImportError as e:
         raise ConvError(f"convolab hsi needs the graph extra (pip install 'convolab[graph]'): {e}") from None
-    from . import splits as sp
-    from . import train
-    from .scene import make_scene
+    from ..graph import splits as sp
+    from ..graph import train
+    from ..graph.scene import make_scene
 
     methods = _names(args.methods, METHODS, "methods")
     split_names = _names(args.splits, ("random", "disjoint"), "splits")
@@ -121,12 +133,13 @@ def run(args) -> int:
         if v < 1:
             raise ConvError(f"--{what} must be >= 1, got {v}")
     threads = _threads(args.threads)
+    say = _printer()
     t0 = time.perf_counter()
     scene = make_scene(args.layout, seed=args.scene_seed, library=args.library)
     hops = _ints(args.hops, "hops") if args.hops else None
     prep = train.prepare(scene, n_segments=segs, hops=hops)
     if args.bench:
-        return _bench(args, prep, threads)
+        return _bench(args, prep, threads, say)
     sizes = prep.graph.sizes
     singles = _scales(args.single_scale, len(sizes))
     runs = []  # (key, method, scale)
@@ -139,7 +152,7 @@ def run(args) -> int:
                     f"single-scale ({sizes[s_]} sp)"
         else:
             runs.append((m, m, 0))
-    print(f"scene {scene.layout} (seed {scene.seed}, "
+    say(f"scene {scene.layout} (seed {scene.seed}, "
           f"{scene.library} spectra): {scene.cube.shape[0]}x{scene.cube.shape[1]}x{scene.cube.shape[2]}, "
           f"{int((scene.labels > 0).sum())} labelled pixels, {scene.n_classes} classes; superpixels "
           f"{prep.graph.sizes}{f', hops {list(hops)}' if hops else ''}; {args.per_class} labels per class; "
@@ -164,51 +177,48 @@ def run(args) -> int:
                      "train_seconds": res.train_seconds, "n_train": int(tr.sum()), "n_test": int(te.sum())})
                 if seed == 0:
                     maps[(split, key)] = res.prediction
-                print(f"  {split:8s} seed {seed} {key:7s} OA {sc['oa'] * 100:5.1f}  AA {sc['aa'] * 100:5.1f}  "
-                      f"kappa {sc['kappa'] * 100:5.1f}  ({res.train_seconds:.1f} s)", flush=True)
-    print()
+                say(f"  {split:8s} seed {seed} {key:7s} OA {sc['oa'] * 100:5.1f}  AA {sc['aa'] * 100:5.1f}  "
+                      f"kappa {sc['kappa'] * 100:5.1f}  ({res.train_seconds:.1f} s)")
+    say("")
     for split in split_names:
         r0 = results[split][runs[0][0]][0]
-        print(f"{split} split ({r0['n_train']} training, {r0['n_test']} test pixels), mean ± std over "
+        say(f"{split} split ({r0['n_train']} training, {r0['n_test']} test pixels), mean ± std over "
               f"{args.seeds} seeds, %:")
-        print(f"  {'method':26s} {'OA':>11s} {'AA':>11s} {'kappa':>11s} {'train s':>8s}")
+        say(f"  {'method':26s} {'OA':>11s} {'AA':>11s} {'kappa':>11s} {'train s':>8s}")
         for key, _, _ in runs:
             rs = results[split][key]
-            print(f"  {labels[key]:26s} {_pm([r['oa'] for r in rs])} {_pm([r['aa'] for r in rs])} "
+            say(f"  {labels[key]:26s} {_pm([r['oa'] for r in rs])} {_pm([r['aa'] for r in rs])} "
                   f"{_pm([r['kappa'] for r in rs])} {np.mean([r['train_seconds'] for r in rs]):8.1f}")
-        print()
+        say("")
     if set(split_names) == {"random", "disjoint"}:
-        print("drop from the random to the disjoint split (OA points, mean over seeds):")
+        say("drop from the random to the disjoint split (OA points, mean over seeds):")
         for key, _, _ in runs:
             a = np.mean([r["oa"] for r in results["random"][key]]) * 100
             b = np.mean([r["oa"] for r in results["disjoint"][key]]) * 100
-            print(f"  {labels[key]:26s} {a:5.1f} -> {b:5.1f}  ({b - a:+5.1f})")
+            say(f"  {labels[key]:26s} {a:5.1f} -> {b:5.1f}  ({b - a:+5.1f})")
     if "full" in methods:
         for split in split_names:
             oa = {k: np.mean([r["oa"] for r in v]) * 100 for k, v in results[split].items()}
             others = {k: v for k, v in oa.items() if k != "full"}
             diffs = ", ".join(f"{labels[k]} {oa['full'] - v:+.1f}" for k, v in others.items())
-            print(f"{split}: full model OA {oa['full']:.1f}; full minus {diffs} (points)")
+            say(f"{split}: full model OA {oa['full']:.1f}; full minus {diffs} (points)")
     total = time.perf_counter() - t0
-    print(f"\ntotal {total:.0f} s")
-    if args.out:
-        out = Path(args.out)
-        out.mkdir(parents=True, exist_ok=True)
-        meta = {"layout": args.layout, "scene_seed": args.scene_seed, "library": scene.library,
-                "seeds": args.seeds, "epochs": args.epochs, "per_class": args.per_class,
-                "segments": list(prep.graph.sizes), "labels": labels, "radius": args.radius, "threads": threads,
-                "total_seconds": total}
-        (out / "results.json").write_text(json.dumps({"meta": meta, "results": results}, indent=1))
+    say(f"\ntotal {total:.0f} s")
+    meta = {"layout": args.layout, "scene_seed": args.scene_seed, "library": scene.library,
+            "seeds": args.seeds, "epochs": args.epochs, "per_class": args.per_class,
+            "segments": list(prep.graph.sizes), "hops": list(hops) if hops else None, "labels": labels,
+            "radius": args.radius, "threads": threads, "total_seconds": total}
+    write_json(args.json, {"meta": meta, "results": results})
+    if args.map:
         key = (split_names[0], runs[-1][0])
-        png = out / f"classification_{key[0]}_{key[1]}.png"
-        save_map(scene, maps[key], png, f"{labels[key[1]]}, {key[0]} split, seed 0")
-        print(f"wrote {out / 'results.json'} and {png}")
+        save_map(scene, maps[key], args.map, f"{labels[key[1]]}, {key[0]} split, seed 0")
+        say(f"wrote {args.map}")
     return 0
 
 
 def _svm(prep, tr, te, seed):
-    from .svm import fit_svm
-    from .train import Result, evaluate
+    from ..graph.svm import fit_svm
+    from ..graph.train import Result, evaluate
 
     scene = prep.scene
     x = scene.cube.reshape(-1, scene.cube.shape[2])
@@ -258,13 +268,13 @@ def _best(fn, repeat):
     return min(ts), float(np.median(ts))
 
 
-def _bench(args, prep, threads) -> int:
+def _bench(args, prep, threads, say) -> int:
     import torch
 
-    from . import splits as sp
-    from . import train
-    from .infer import compile_model
-    from .model import MGRNet
+    from ..graph import splits as sp
+    from ..graph import train
+    from ..graph.infer import compile_model
+    from ..graph.model import MGRNet
 
     scene = prep.scene
     segs = _ints(args.segments, "segments")
@@ -289,19 +299,16 @@ def _bench(args, prep, threads) -> int:
         model(prep.x, prep.graph)
         tinf = _best(lambda: model(prep.x, prep.graph), 10)
     agree = float((comp(xn) == train.predict(model, prep)).mean())
-    print(f"convolab hsi --bench: {scene.layout} scene {scene.cube.shape}, superpixels {prep.graph.sizes}, "
+    say(f"convolab hsi --bench: {scene.layout} scene {scene.cube.shape}, superpixels {prep.graph.sizes}, "
           f"{threads} threads")
-    print(f"  preprocessing (PCA 30, SLIC x{len(segs)}, nesting, graphs)  best {pre[0]:.3f} s  median {pre[1]:.3f} s")
-    print(f"  training step (full model, forward + backward + Adam)  best {step[0]:.3f} s  median {step[1]:.3f} s")
-    print(f"  {args.epochs} training epochs (full model)                   {secs:.1f} s")
-    print(f"  full-scene inference, convolab.conv2d + graph kernels  best {inf[0]:.4f} s  median {inf[1]:.4f} s")
-    print(f"  full-scene inference, torch (for comparison)           best {tinf[0]:.4f} s  median {tinf[1]:.4f} s")
-    print(f"  compiled vs torch class maps: {agree * 100:.2f} % of pixels agree")
-    if args.out:
-        out = Path(args.out)
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "bench.json").write_text(json.dumps({
-            "threads": threads, "superpixels": prep.graph.sizes, "preprocess_s": pre, "train_step_s": step,
-            "epochs": args.epochs, "train_s": secs, "inference_s": inf, "torch_inference_s": tinf,
-            "agreement": agree}, indent=1))
+    say(f"  preprocessing (PCA 30, SLIC x{len(segs)}, nesting, graphs)  best {pre[0]:.3f} s  median {pre[1]:.3f} s")
+    say(f"  training step (full model, forward + backward + Adam)  best {step[0]:.3f} s  median {step[1]:.3f} s")
+    say(f"  {args.epochs} training epochs (full model)                   {secs:.1f} s")
+    say(f"  full-scene inference, convolab.conv2d + graph kernels  best {inf[0]:.4f} s  median {inf[1]:.4f} s")
+    say(f"  full-scene inference, torch (for comparison)           best {tinf[0]:.4f} s  median {tinf[1]:.4f} s")
+    say(f"  compiled vs torch class maps: {agree * 100:.2f} % of pixels agree")
+    write_json(args.json, {
+        "threads": threads, "superpixels": prep.graph.sizes, "preprocess_s": pre, "train_step_s": step,
+        "epochs": args.epochs, "train_s": secs, "inference_s": inf, "torch_inference_s": tinf,
+        "agreement": agree})
     return 0
