@@ -21,14 +21,15 @@ from ..errors import ConvError
 PIPE_WIDTH = 160
 
 
-def console(stderr: bool = False, width: int | None = None):
+def console(stderr: bool = False, width: int | None = None, soft_wrap: bool = False):
     """The console a command prints to: the terminal's width there, `PIPE_WIDTH` (or
-    ``width``) when redirected."""
+    ``width``) when redirected. ``soft_wrap``: long lines of text are printed whole (tables
+    still fit the width), for reports whose sentences are read or searched as lines."""
     from rich.console import Console
 
-    c = Console(stderr=stderr)
+    c = Console(stderr=stderr, soft_wrap=soft_wrap)
     if not c.is_terminal:
-        c = Console(stderr=stderr, width=width or PIPE_WIDTH)
+        c = Console(stderr=stderr, width=width or PIPE_WIDTH, soft_wrap=soft_wrap)
     return c
 
 

@@ -95,7 +95,7 @@ def run_plan(args) -> int:
                          points=args.points, m=args.m, costs=costs, seed=args.seed)
     elapsed = time.perf_counter() - t0
     base, fixed, chosen, ng = plan.baseline, plan.fixed, plan.chosen, plan.chosen_no_gap
-    con = make_console()
+    con = make_console(soft_wrap=True)
     table = Table(title=f"ResNet-20 (CIFAR-10) convolutions on CKKS, {plan.slots} slots, executed "
                         "on the simulated backend: rotations (hoisted included) / PMults / levels")
     cols = ["layer", "type", "MP rot", "MP PMult", "MP lvl", f"m={args.m}", "rot", "PMult",
@@ -217,7 +217,7 @@ def _bench_ops(args) -> int:
     if args.levels < 1:
         raise ConvError(f"--levels must be >= 1, got {args.levels}")
     bits = [OPS_FIRST] + [OPS_PRIME] * args.levels + [OPS_SPECIAL]
-    con = make_console()
+    con = make_console(soft_wrap=True)
     t0 = time.perf_counter()
     be = get_backend("tenseal", slots, modulus_bits=bits, scale_bits=OPS_PRIME)
     con.print(f"[dim]{be.describe()}: keys in {time.perf_counter() - t0:.1f} s; timing levels "
@@ -278,7 +278,7 @@ def _bench_layers(args) -> int:
         if not 1 <= v <= len(LAYER_TYPES):
             raise ConvError(f"layer type {v} out of range 1-{len(LAYER_TYPES)}")
     slots = 2**14 if args.slots is None else args.slots
-    con = make_console()
+    con = make_console(soft_wrap=True)
     rng = np.random.default_rng(args.seed)
     results = []
     desc = None
