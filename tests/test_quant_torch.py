@@ -11,8 +11,8 @@ torch = pytest.importorskip("torch")
 
 from convolab import ConvError  # noqa: E402
 from convolab.cli import main  # noqa: E402
-from convolab.quant import QuantConfig, QuantizedConv  # noqa: E402
 from convolab.interop.quantized import QuantSession, use  # noqa: E402
+from convolab.quant import QuantConfig, QuantizedConv  # noqa: E402
 
 
 class FunctionalConv(torch.nn.Module):
@@ -142,8 +142,8 @@ def test_quantize_eval_on_the_real_network(tmp_path):
 
 def test_interop_use_with_quantize_is_the_quantised_session():
     import convolab.interop.torch as ct
-    from convolab.quant import QuantConfig
     from convolab.interop.quantized import QuantSession
+    from convolab.quant import QuantConfig
 
     conv = torch.nn.Conv2d(4, 6, 3, padding=1)
     x = torch.randn(2, 4, 10, 10)
