@@ -17,9 +17,6 @@ import threading
 import warnings
 from pathlib import Path
 
-import filelock
-import platformdirs
-
 from ._machine import cpu_model
 from ._machine import threads as _threads
 from ._version import __version__
@@ -37,12 +34,16 @@ def cache_dir() -> Path:
     env = os.environ.get("CONVOLAB_CACHE_DIR")
     if env:
         return Path(env)
+    import platformdirs  # here, not at import: `import convolab` stays light (3 ms)
+
     return Path(platformdirs.user_cache_dir("convolab", appauthor=False))
 
 
 @contextlib.contextmanager
 def _locked(path: Path):
     """Inter-process lock on ``path.lock`` (`filelock`: fcntl / msvcrt, every OS)."""
+    import filelock  # on a write only: importing it took 27 ms of `import convolab`
+
     path.parent.mkdir(parents=True, exist_ok=True)
     with filelock.FileLock(str(path) + ".lock"):
         yield
