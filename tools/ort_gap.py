@@ -48,7 +48,7 @@ def main():
     import convolab
     from convolab.interop.models import load_model
     from convolab.runtime import model as M
-    from convolab.runtime._executor import CS_BASE, NO_STAMPS, worker
+    from convolab.runtime._executor import CS_BASE, worker
 
     warnings.filterwarnings("ignore")
     net = load_model(a.model).eval()
