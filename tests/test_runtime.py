@@ -275,6 +275,70 @@ def test_two_residual_blocks_in_a_row():
     assert all(c.attrs["residual"] for c in convs(cm))
 
 
+def _residual_slots(cm, x) -> list[bool]:
+    """Per fused residual convolution: whether its output took its residual's arena slot."""
+    st = cm._states[tuple(x.shape)]
+    return [np.shares_memory(st.buffers[i], st.buffers[n.inputs[1]])
+            for i, n in enumerate(cm.graph.nodes) if n.kind == "conv" and n.attrs["residual"]]
+
+
+class IdentityBottleneck(nn.Module):
+    """ResNet's block with the identity shortcut: ``relu(bn3(conv3(...)) + x)``."""
+
+    def __init__(self, c, mid, act=None):
+        super().__init__()
+        self.body = nn.Sequential(nn.Conv2d(c, mid, 1, bias=False), bn(mid), nn.ReLU(),
+                                  nn.Conv2d(mid, mid, 3, padding=1, bias=False), bn(mid), nn.ReLU(),
+                                  nn.Conv2d(mid, c, 1, bias=False), bn(c))
+        self.act = act if act is not None else nn.ReLU()
+
+    def forward(self, x):
+        return self.act(self.body(x) + x)
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_residual_output_takes_the_residuals_slot_where_nothing_reads_it_later(threads):
+    """The fused add reads each residual element in the tile that then writes the output
+    element at the same place: where the residual is dead after the add, the output overwrites
+    it (one memory stream instead of two), with the same values."""
+    for model, xin, n in [
+        (nn.Sequential(IdentityBottleneck(32, 16), IdentityBottleneck(32, 16)),
+         torch.randn(2, 32, 28, 28), 2),
+        (Bottleneck(16, 8, 32, 1), torch.randn(2, 16, 28, 28), 1),
+        (Bottleneck(16, 8, 32, 2), torch.randn(1, 16, 28, 28), 1),
+    ]:
+        cm = check(model, xin, algorithm="deterministic", threads=threads)
+        first = cm(xin)  # the operator-by-operator call ran in check; these run the executor
+        assert torch.equal(cm(xin), first) and torch.equal(cm(xin), first)
+        assert cm._states[tuple(xin.shape)].segments and _residual_slots(cm, xin) == [True] * n
+
+
+class ReadAgain(nn.Module):
+    """``block(x) + x``: the block's residual, x, is read once more after the block."""
+
+    def __init__(self):
+        super().__init__()
+        self.block = IdentityBottleneck(8, 8)
+
+    def forward(self, x):
+        return self.block(x) + x
+
+
+@pytest.mark.parametrize("case", ["input_is_residual", "silu", "residual_read_later"])
+def test_residual_keeps_its_slot_when_the_output_may_not_overwrite_it(case):
+    x = torch.randn(1, 8, 12, 12)
+    if case == "input_is_residual":  # y = conv(x) + x: other tiles still read x
+        model = Residual(8, nn.ReLU())
+    elif case == "silu":  # SiLU runs as a pass after the tiles: it would read the output as residual
+        model = IdentityBottleneck(8, 8, nn.SiLU())
+    else:  # the block's input is read again after the block's add
+        model = ReadAgain()
+    cm = check(model, x, algorithm="deterministic")
+    first = cm(x)
+    assert torch.equal(cm(x), first)
+    assert not any(_residual_slots(cm, x))
+
+
 def test_a_convolution_read_twice_is_not_fused():
     class Twice(nn.Module):
         def __init__(self):

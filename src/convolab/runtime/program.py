@@ -191,6 +191,12 @@ def _build(m: CompiledModel, st: _State) -> None:
         if i not in st.shapes or root[i] != i:
             continue  # no value of its own, or a view (reshape) of its input's slot
         need = -(-int(np.prod(st.shapes[i])) // 16) * 16
+        r = _in_place_residual(g, st, root, last, off, i)
+        if r is not None:  # the output overwrites its residual, element by element
+            end = last.get(i, i)
+            busy = [(max(e, end), o, sz) if o == off[r] else (e, o, sz) for e, o, sz in busy]
+            off[i] = off[r]
+            continue
         fit = [k for k, (_, sz) in enumerate(free) if sz >= need]
         if fit:
             o, sz = free.pop(min(fit, key=lambda k: free[k][1]))
@@ -249,6 +255,33 @@ def _build(m: CompiledModel, st: _State) -> None:
     st.uses_blas = "conv" in outside
     st.uses_torch = "torch" in outside
     st.outside = bool(outside)
+
+
+def _in_place_residual(g: Graph, st: _State, root, last, off, i: int) -> int | None:
+    """The residual whose arena slot convolution ``i`` may write its output into, or None.
+
+    A residual add fused into a convolution reads each residual element once, in the tile
+    that then stores the output element at the same place (the microkernel's and the
+    pixel-vector kernel's fused output stage: bias, residual, ReLU / clamp). Where nothing
+    reads the residual afterwards, the output can take its slot: the add then reads and
+    writes the same cache lines, one stream instead of a read stream and a write stream
+    whose lines must first be fetched (as ONNX Runtime's Conv with a fused Sum does). Not for
+    output stages the tiles leave to a later pass over the output (it would read the
+    residual after the output overwrote it), depthwise layers (likewise), nor where the
+    residual is also the convolution's input (other tiles still read it)."""
+    n = g.nodes[i]
+    a = n.attrs
+    if n.kind != "conv" or not a["residual"] or ACTS[a["act"]] > 2 or len(n.inputs) != 2:
+        return None
+    p = st.plans.get(i)
+    if p is None or not _executable(st, i, n) or direct.depthwise(p.spec):
+        return None
+    x, r = root[n.inputs[0]], root[n.inputs[1]]
+    if r == x or r not in off or x not in off or last.get(r) != i or r in g.outputs:
+        return None
+    if st.shapes.get(r) != st.shapes.get(i):
+        return None
+    return r
 
 
 def _subsampled(spec) -> bool:
