@@ -197,7 +197,7 @@ def direct_nchw(xf, w, out, qoff, wrow, cstride, groups, counter):  # pragma: no
 
 
 @intrinsic
-def _deinterleave2(typingctx, d0, o0, d1, o1, src, so, n):
+def deinterleave2(typingctx, d0, o0, d1, o1, src, so, n):
     """``d0[o0 + j] = src[so + 2j]``, ``d1[o1 + j] = src[so + 2j + 1]`` for ``j < n``: whole
     vectors of pairs loaded at once and split by two shuffles (a strided scalar loop moved 2
     elements per nanosecond and was most of a stride-2 depthwise layer's time), then a scalar
@@ -256,7 +256,7 @@ def fill_phases(buf, xflat, src, H, W, sh, sw, pt, pl, hq, wq, fill):  # pragma:
             p0 = pl % 2
             d0 = row + p0 * hq * wq + pl // 2
             d1 = row + (1 - p0) * hq * wq + (pl + 1) // 2
-            _deinterleave2(buf, d0, buf, d1, xflat, xrow, W // 2)
+            deinterleave2(buf, d0, buf, d1, xflat, xrow, W // 2)
             if W % 2:
                 buf[d0 + W // 2] = xflat[xrow + uint64(W - 1)]
             continue
