@@ -436,15 +436,16 @@ DW_ROW_SHAPES = ((3, 1), (5, 1), (3, 2), (5, 2))
 
 
 @intrinsic
-def _dw_row(typingctx, buf, obase, xbase, pixstep, tapr, taps, R, S, wf, wbase, OW, eb, ebo, nb,
-            emode, ecode, elo, ehi):
-    """One output row of a channel-blocked depthwise convolution: ``buf[obase + 16 p + l] =
+def _dw_row(typingctx, buf, out, obase, xbase, pixstep, tapr, taps, R, S, wf, wbase, OW, eb, ebo,
+            nb, emode, ecode, elo, ehi):
+    """One output row of a channel-blocked depthwise convolution: ``out[obase + 16 p + l] =
     sum over taps (r, s) of wf[wbase + 16 (r S + s) + l] * buf[xbase + p pixstep + r tapr +
-    s taps + l]`` for ``p < OW``, each pixel's taps fused multiply-added in (r, s) order from
-    zero. Pixels in blocks of 8 (the last block of a row reads up to 7 pixels past its end:
-    `depthwise_block_scratch` leaves room), their accumulators kept in registers over all the
-    taps (one filter vector loaded per tap serves the block). Then the output
-    stage, lanes being channels: ``emode`` 2 adds ``eb[ebo + l]`` (lanes below ``nb``),
+    s taps + l]`` for ``p < OW`` (``out``: the work buffer itself, or a channel-blocked
+    output), each pixel's taps fused multiply-added in (r, s) order from zero. Pixels in
+    blocks of 8 (the last block of a row reads up to 7 pixels past its end:
+    `depthwise_block_scratch` leaves room; only the row's pixels are stored), their
+    accumulators kept in registers over all the taps (one filter vector loaded per tap serves
+    the block). Then the output stage, lanes being channels: ``emode`` 2 adds ``eb[ebo + l]`` (lanes below ``nb``),
     ``ecode`` 1 ReLU, 2 clamp(elo, ehi) -- the order and rounding of
     `convolab.kernels._epilogue.run` without a residual."""
     ints = (obase, xbase, pixstep, tapr, taps, R, S, wbase, OW, ebo, nb, emode, ecode)
@@ -452,8 +453,10 @@ def _dw_row(typingctx, buf, obase, xbase, pixstep, tapr, taps, R, S, wf, wbase, 
         return None
     if not (isinstance(elo, types.Float) and isinstance(ehi, types.Float)):
         return None
-    sig = types.void(buf, obase, xbase, pixstep, tapr, taps, R, S, wf, wbase, OW, eb, ebo, nb,
-                     emode, ecode, elo, ehi)
+    if not (isinstance(out, types.Array) and out.dtype == buf.dtype):
+        return None
+    sig = types.void(buf, out, obase, xbase, pixstep, tapr, taps, R, S, wf, wbase, OW, eb, ebo,
+                     nb, emode, ecode, elo, ehi)
 
     def codegen(context, builder, sig, args):
         i64 = ir.IntType(64)
@@ -462,12 +465,13 @@ def _dw_row(typingctx, buf, obase, xbase, pixstep, tapr, taps, R, S, wf, wbase, 
         vty = ir.VectorType(flt, 16)
         vp = vty.as_pointer()
         bp = context.make_array(sig.args[0])(context, builder, args[0]).data
-        wp = context.make_array(sig.args[8])(context, builder, args[8]).data
+        outp = context.make_array(sig.args[1])(context, builder, args[1]).data
+        wp = context.make_array(sig.args[9])(context, builder, args[9]).data
         obase, xbase, pixstep, tapr, taps, R, S, wbase, OW, ebo, nb, emode, ecode = (
             context.cast(builder, args[k], sig.args[k], types.int64)
-            for k in (1, 2, 3, 4, 5, 6, 7, 9, 10, 12, 13, 14, 15))
-        ebp = context.make_array(sig.args[11])(context, builder, args[11]).data
-        lo, hi = (context.cast(builder, args[k], sig.args[k], sig.args[0].dtype) for k in (16, 17))
+            for k in (2, 3, 4, 5, 6, 7, 8, 10, 11, 13, 14, 15, 16))
+        ebp = context.make_array(sig.args[12])(context, builder, args[12]).data
+        lo, hi = (context.cast(builder, args[k], sig.args[k], sig.args[0].dtype) for k in (17, 18))
         stage = _VectorStage(builder, vty, size, ebp, ebo, nb, emode, ecode, lo, hi)
         fmaf = _fma_fn(builder, vty)
         c16 = ir.Constant(i64, 16)
@@ -512,8 +516,8 @@ def _dw_row(typingctx, buf, obase, xbase, pixstep, tapr, taps, R, S, wf, wbase, 
                             builder.store(builder.call(fmaf, [wv, xv, builder.load(a)]), a)
             o = builder.add(obase, builder.mul(p, c16))
             for q, a in enumerate(accs):
-                ptr = builder.bitcast(builder.gep(bp, [builder.add(o, ir.Constant(i64, 16 * q))]),
-                                      vp)
+                at = builder.add(o, ir.Constant(i64, 16 * q))
+                ptr = builder.bitcast(builder.gep(outp, [at]), vp)
                 if keep is None:
                     builder.store(stage.apply(builder.load(a)), ptr, align=size)
                 else:
@@ -675,19 +679,20 @@ def depthwise_block_task(task, xflat, xbase, wf, wbase, of, obase, C, H, W, R, S
     fused = emode & 4 == 0 and emode & 1 == 0 and ecode <= 2
     fm = emode if fused else 0
     fc = ecode if fused else 0
-    for oh in range(oh0, oh1):
-        _dw_row(buf, nin + uint64((oh - oh0) * OW * 16), uint64((oh * sh - hp0) * Wp * 16),
-                uint64(sw * 16), uint64(dh * Wp * 16), uint64(dw * 16), uint64(R), uint64(S),
-                wf, wb, uint64(OW), ebias, c0 if emode & 2 else 0, cn, fm, fc, elo, ehi)
     OHOW = OH * OW
     ob = obase + (n * C + c0) * OHOW
+    # a channel-blocked output (its stage is fused: bias, ReLU / clamp) takes the rows' pixel
+    # vectors where they belong; an NCHW one gets them transposed from the work buffer
+    direct_out = xblocked & 1 != 0
+    for oh in range(oh0, oh1):
+        o = uint64(ob + oh * OW * 16) if direct_out else nin + uint64((oh - oh0) * OW * 16)
+        _dw_row(buf, of if direct_out else buf, o, uint64((oh * sh - hp0) * Wp * 16),
+                uint64(sw * 16), uint64(dh * Wp * 16), uint64(dw * 16), uint64(R), uint64(S),
+                wf, wb, uint64(OW), ebias, c0 if emode & 2 else 0, cn, fm, fc, elo, ehi)
+    if direct_out:
+        return
     q0 = oh0 * OW
     q1 = oh1 * OW
-    if xblocked & 1:  # channel-blocked output: the band's pixel vectors as they are
-        dst = uint64(ob + q0 * 16)
-        for i in range(uint64((q1 - q0) * 16)):
-            of[dst + i] = buf[nin + i]
-        return
     for p0 in range(q0, q1, 16):
         nr = min(16, q1 - p0)
         _t16(buf, nin + uint64((p0 - q0) * 16), 16, nr, 16, of, ob + p0, OHOW, cn, nr)
