@@ -1070,3 +1070,23 @@ def test_linear_kernel_on_one_and_two_threads_agree(shape):
         assert np.array_equal(outs[0], outs[1])
         want = ref + b if bias is not None else ref
         assert np.abs(outs[0] - want).max() <= 1e-5 * np.abs(want).max() * np.sqrt(C)
+
+
+def test_auto_decides_once_per_layer_shape(monkeypatch):
+    """Identical layers get one executor-or-not decision: a later one must not compare the
+    first one's measured (cached) trial times against the model's prediction and decide
+    otherwise."""
+    from convolab.runtime import model as rm
+
+    calls = []
+
+    def alternating(spec, budgets, threads=1):
+        calls.append(spec)
+        return "direct" if len(calls) % 2 else "im2col"
+
+    monkeypatch.setattr(rm, "_prefer_executor", alternating)
+    m = nn.Sequential(*[nn.Sequential(nn.Conv2d(8, 8, 3, padding=1), nn.ReLU()) for _ in range(4)])
+    cm = check(m, torch.randn(1, 8, 10, 10))
+    st = cm._states[(1, 8, 10, 10)]
+    assert len(calls) == 1
+    assert {p.algorithm for p in st.plans.values()} == {"direct"}

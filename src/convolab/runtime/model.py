@@ -97,6 +97,8 @@ class CompiledModel:
             raise ConvError(f"threads must be >= 1, got {threads}")
         self.check_finite = check_finite
         self._states: dict[tuple, _State] = {}
+        #: ``auto``'s executor-or-not decision per layer shape: identical layers share it
+        self._auto_choice: dict[ConvSpec, str] = {}
         self._lock = threading.Lock()
         self._example_batch = graph.folded.get("example_batch", 1)
         self._in_shape = graph.nodes[graph.inputs[0]].shape if graph.inputs else ()
@@ -268,7 +270,13 @@ class CompiledModel:
         algo = self.algorithm
         budgets = dict(memory_limit=self.memory_limit, max_error=self.max_error)
         if algo == "auto":
-            algo = _prefer_executor(spec, budgets, self.threads)
+            # once per shape: a later identical layer would compare the first one's measured
+            # times (the planner's trial, now cached) with the cost model's prediction for the
+            # executor, and could decide otherwise (ResNet-50 batch 8: one of its three
+            # 128@28 3x3 layers left the executor, the other two stayed)
+            if spec not in self._auto_choice:
+                self._auto_choice[spec] = _prefer_executor(spec, budgets, self.threads)
+            algo = self._auto_choice[spec]
         if algo == "deterministic":
             if _in_executor(spec):
                 algo = "direct"
