@@ -33,6 +33,10 @@ KR = 8
 NPV = 3
 #: pixels per tile
 PX = 16 * NPV
+#: input channels below which a tile prefetches its successor's output lines without a residual
+#: (a short reduction leaves the store misses exposed; a long one hides them, and the
+#: prefetches then only cost: see `_make_tile`)
+PREFETCH_MAX_CHANNELS = 192
 _I32 = ir.IntType(32)
 _I64 = ir.IntType(64)
 
@@ -89,26 +93,30 @@ def _make_tile(full: bool):
             accs = [[cgutils.alloca_once_value(builder, zero) for _ in range(NPV)]
                     for _ in range(KR)]
             if full:
-                # with a residual, the next tile's output lines (for writing) and residual lines:
-                # 2 KR NPV streams, more than the hardware prefetcher follows. Without one, no
-                # prefetch: inside ResNet-50 (batch 1, one thread, Zen 4) its 256 -> 64 layers
-                # at 56x56 ran at 1.20x ONNX Runtime's time with the output lines prefetched and
-                # 1.07x without; its 64 -> 256 layers with the residual at 1.17-1.27x with both
-                # prefetches, 1.24-1.40x with neither
+                # the next tile's output lines (for writing) where its reduction is short or a
+                # residual is added, and then its residual lines: 2 KR NPV streams, more than
+                # the hardware prefetcher follows. Executor, one thread, Zen 4, inside the
+                # networks' runs: with the prefetch, EfficientNet-Lite0's 32 -> 16 at 112x112
+                # (batch 8) 1.23 ms against 1.58 without, 96 -> 24 at 56x56 1.19 / 1.29;
+                # without it, ResNet-50's 256 -> 64 at 56x56 ran at 1.07x ONNX Runtime's time
+                # against 1.20x with it, 512 -> 128 at 28x28 1.01x / 1.09x; its 64 -> 256 + the
+                # residual at 1.17-1.27x with the prefetches, 1.24-1.40x without
                 i8p = ir.IntType(8).as_pointer()
                 prefetch = cgutils.get_or_insert_function(
                     builder.module, ir.FunctionType(ir.VoidType(), [i8p, _I32, _I32, _I32]),
                     "llvm.prefetch.p0")
                 has_res = builder.icmp_unsigned("!=", builder.and_(a[16], _i64(4)), _i64(0))
+                short = builder.icmp_signed("<", C, _i64(PREFETCH_MAX_CHANNELS))
                 for i in range(KR):
                     nxt = builder.add(builder.add(builder.add(ooff, builder.mul(_i64(i), P)), p0),
                                       _i64(PX))
                     for j in range(NPV):
                         at = builder.add(nxt, _i64(16 * j))
-                        with builder.if_then(has_res):
+                        with builder.if_then(builder.or_(has_res, short)):
                             builder.call(prefetch, [builder.bitcast(builder.gep(op, [at]), i8p),
                                                     ir.Constant(_I32, 1), ir.Constant(_I32, 3),
                                                     ir.Constant(_I32, 1)])
+                        with builder.if_then(has_res):
                             rp = builder.gep(epi.er, [builder.add(epi.erd, at)])
                             builder.call(prefetch, [builder.bitcast(rp, i8p),
                                                     ir.Constant(_I32, 0), ir.Constant(_I32, 3),
