@@ -70,3 +70,16 @@ def test_cli_accuracy(tmp_path, capsys):
     data = json.loads(path.read_text())
     assert {r["name"] for r in data["rows"]} >= {"direct", "winograd_f4x3", "sfc6_6x5"}
     assert main(["accuracy", "--size", "0"]) == 2
+
+
+def test_accuracy_command_compute_returns_rows_and_targets():
+    # the command's compute step alone: figures, nothing printed
+    from convolab.commands import accuracy as cmd
+
+    cfg = cmd.AccuracyConfig(batch=1, channels=4, out_channels=2, size=8, bits=(8,), seed=1)
+    assert cfg.settings == ["fp32", "fp16", "int8"]
+    res = cmd.compute(cfg)
+    assert set(res) == {"rows", "targets"}
+    assert len(res["rows"]) == 2 + sum(len(v) for v in accuracy.VARIANTS.values())
+    assert all(set(r.errors) == set(cfg.settings) for r in res["rows"])
+    assert set(res["targets"]) == {"fp16", "int8"} and res["targets"]["int8"]["vs_f4x3"] < 1

@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from ._common import add_json, write_json
 from ._common import console as make_console
 
@@ -28,11 +30,27 @@ def add_parser(sub) -> None:
     p.set_defaults(func=run)
 
 
-def run(args) -> int:
+@dataclass(frozen=True)
+class AccuracyConfig:
+    """The checked options of ``convolab accuracy``."""
 
-    from rich.table import Table
+    batch: int = 2
+    channels: int = 32
+    out_channels: int = 32
+    size: int = 28
+    bits: tuple[int, ...] = (8, 6, 4)
+    seed: int = 0
+    scheduler: str | None = None
+    dask: bool = False
 
-    from ..accuracy import study, targets
+    @property
+    def settings(self) -> list[str]:
+        """The table's error columns: fp32, fp16, then one per integer width."""
+        return ["fp32", "fp16"] + [f"int{b}" for b in self.bits]
+
+
+def _parse(args) -> AccuracyConfig:
+    """Checked options (sizes >= 1, integer widths 2-16)."""
     from ..errors import ConvError
 
     for name in ("batch", "channels", "out_channels", "size"):
@@ -40,40 +58,64 @@ def run(args) -> int:
             raise ConvError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
     if any(b < 2 or b > 16 for b in args.bits):
         raise ConvError(f"--bits must be between 2 and 16, got {args.bits}")
-    if args.scheduler or args.dask:
+    return AccuracyConfig(args.batch, args.channels, args.out_channels, args.size, tuple(args.bits),
+                          args.seed, args.scheduler, args.dask)
+
+
+def compute(cfg: AccuracyConfig) -> dict:
+    """The study's rows (`convolab.accuracy.Row`: one per algorithm and kernel size, locally or
+    as tasks on Dask) and the SFC-6 vs Winograd ratios (``targets``) for fp16 and int8 where
+    measured. Figures only (with Dask: the cluster's one-line description on stderr)."""
+    from ..accuracy import study, targets
+
+    if cfg.scheduler or cfg.dask:
         from ..dask import sweeps
 
-        with sweeps.client(args.scheduler, args.dask) as c:
+        with sweeps.client(cfg.scheduler, cfg.dask) as c:
             make_console(stderr=True).print(sweeps.describe(c))
-            rows = sweeps.accuracy_study(c, args.batch, args.channels, args.out_channels, args.size,
-                                         tuple(args.bits), args.seed)
+            rows = sweeps.accuracy_study(c, cfg.batch, cfg.channels, cfg.out_channels, cfg.size,
+                                         cfg.bits, cfg.seed)
     else:
-        rows = study(args.batch, args.channels, args.out_channels, args.size, tuple(args.bits),
-                     args.seed)
-    settings = ["fp32", "fp16"] + [f"int{b}" for b in args.bits]
+        rows = study(cfg.batch, cfg.channels, cfg.out_channels, cfg.size, cfg.bits, cfg.seed)
+    goal = targets(rows, [s for s in ("fp16", "int8") if s in cfg.settings])
+    return {"rows": rows, "targets": goal}
+
+
+def _render(console, cfg: AccuracyConfig, result: dict) -> None:
+    """The table of relative RMSEs and one line per target (met or not)."""
+    from rich.table import Table
+
+    settings = cfg.settings
     table = Table(
-        title=f"relative RMSE vs float64: N{args.batch} C{args.channels} K{args.out_channels} "
-        f"{args.size}x{args.size}, ReLU-like inputs, seed {args.seed}"
+        title=f"relative RMSE vs float64: N{cfg.batch} C{cfg.channels} K{cfg.out_channels} "
+        f"{cfg.size}x{cfg.size}, ReLU-like inputs, seed {cfg.seed}"
     )
     table.add_column("algorithm")
     table.add_column("kernel")
     table.add_column("products/output", justify="right")
     for s in settings:
         table.add_column(s, justify="right")
-    for row in rows:
+    for row in result["rows"]:
         table.add_row(row.name, f"{row.kernel}x{row.kernel}", f"{row.products_per_output:.2f}",
                       *(f"{row.errors[s]:.2e}" for s in settings))
-    console = make_console()
     console.print(table)
-    goal = targets(rows, [s for s in ("fp16", "int8") if s in settings])
-    for s, v in goal.items():
+    for s, v in result["targets"].items():
         ok = v["vs_f2x3"] <= 1.3 and v["vs_f4x3"] <= 0.35
         console.print(
             f"{s}: SFC-6(6x6,3x3) / F(2x2,3x3) = {v['vs_f2x3']:.2f} (goal <= 1.3), "
             f"/ F(4x4,3x3) = {v['vs_f4x3']:.2f} (goal <= 0.35): {'met' if ok else 'NOT met'}"
         )
+
+
+def run(args) -> int:
+    """Parse, compute (`compute`: rows and targets), render (`_render`), write the JSON."""
+    cfg = _parse(args)
+    result = compute(cfg)
+    console = make_console()
+    _render(console, cfg, result)
     if args.json:
         write_json(args.json, {"config": {k: getattr(args, k) for k in
-                                  ("batch", "channels", "out_channels", "size", "bits", "seed")},
-                       "rows": [row.__dict__ for row in rows], "targets": goal}, console)
+                                          ("batch", "channels", "out_channels", "size", "bits", "seed")},
+                               "rows": [row.__dict__ for row in result["rows"]],
+                               "targets": result["targets"]}, console)
     return 0
