@@ -67,6 +67,23 @@ def test_calibrate_command(tmp_path, monkeypatch, capsys):
     assert "GEMM" in out and "direct" in out and (tmp_path / "calibration.json").exists()
 
 
+def test_calibrate_compute_returns_the_constants(tmp_path, monkeypatch, capsys):
+    # the command's compute step alone: the figures and where they went, nothing printed
+    from convolab import costmodel
+    from convolab.commands import calibrate as cmd
+
+    monkeypatch.setenv("CONVOLAB_CACHE_DIR", str(tmp_path))
+    monkeypatch.setattr(costmodel, "CALIBRATION_LAYERS", [costmodel._layer(1, 8, 10, 8, 3)])
+    res = cmd.compute(cmd.CalibrateConfig())
+    assert capsys.readouterr().out == ""
+    assert res["machine"].gemm_gflops > 0 and res["threads"] >= 1 and res["workers"] is False
+    assert res["stored"] == str(tmp_path / "calibration.json") and (tmp_path / "calibration.json").exists()
+    names = [r[0] for r in res["rates"]]
+    assert any(n.startswith("direct") for n in names) and all(r[3] == 1 for r in res["rates"])
+    assert main(["calibrate", "--threads", "0"]) == 2
+    assert "--threads must be in 1.." in capsys.readouterr().err
+
+
 def test_bench_plot_from_the_run_and_from_its_json(tmp_path, capsys):
     pytest.importorskip("matplotlib")
     js, png, png2 = tmp_path / "b.json", tmp_path / "b.png", tmp_path / "again.png"

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from contextlib import contextmanager
+from dataclasses import dataclass
+
 from ._common import add_json, write_json
 from ._common import console as make_console
 
@@ -21,49 +24,98 @@ def add_parser(sub) -> None:
     p.set_defaults(func=run)
 
 
-def run(args) -> int:
-    import numba
-    from rich.progress import Progress
-    from rich.table import Table
+@dataclass(frozen=True)
+class CalibrateConfig:
+    """The checked options of ``convolab calibrate``."""
 
-    from .. import costmodel, select
+    threads: int | None = None
+    scheduler: str | None = None
+    dask: bool = False
+
+
+def _parse(args) -> CalibrateConfig:
+    """Checked options: a local ``--threads`` within Numba's thread count (a Dask run's workers
+    check their own)."""
+    import numba
+
     from ..errors import ConvError
 
-    console = make_console()
-    if args.scheduler or args.dask:
+    if not (args.scheduler or args.dask) and args.threads is not None:
+        if not 1 <= args.threads <= numba.config.NUMBA_NUM_THREADS:
+            raise ConvError(f"--threads must be in 1..{numba.config.NUMBA_NUM_THREADS}, got {args.threads}")
+    return CalibrateConfig(args.threads, args.scheduler, args.dask)
+
+
+@contextmanager
+def _bar(console, total: int):
+    """A transient progress bar on ``console`` (None: none); yields its ``update(**kw)``."""
+    if console is None:
+        yield lambda **kw: None
+        return
+    from rich.progress import Progress
+
+    with Progress(console=console, transient=True) as progress:
+        task = progress.add_task("calibrating", total=total)
+        yield lambda **kw: progress.update(task, **kw)
+
+
+def compute(cfg: CalibrateConfig, console=None) -> dict:
+    """Calibrate (locally, or the layers timed as tasks on Dask's workers) and store the
+    constants: the `convolab.costmodel.Machine` (``machine``), the thread count, each
+    algorithm's rates (``rates``: name, median and best GFLOP/s, layers), where they were stored
+    (``stored``) and whether on the workers too (``workers``). Figures only; with ``console`` a
+    progress bar there (with Dask: the cluster's one-line description on stderr)."""
+    import numba
+
+    from .. import costmodel, select
+
+    if cfg.scheduler or cfg.dask:
         from ..dask import sweeps
 
-        with sweeps.client(args.scheduler, args.dask, threads_per_worker=args.threads or 1) as c:
+        with sweeps.client(cfg.scheduler, cfg.dask, threads_per_worker=cfg.threads or 1) as c:
             make_console(stderr=True).print(sweeps.describe(c))
-            with Progress(console=console, transient=True) as progress:
-                task = progress.add_task("calibrating", total=len(costmodel.CALIBRATION_LAYERS))
-                m, threads = sweeps.calibrate(c, threads=args.threads if args.scheduler else None,
-                                              progress=lambda i, n: progress.update(task, completed=i))
-        where = " and on every worker"
+            with _bar(console, len(costmodel.CALIBRATION_LAYERS)) as update:
+                m, threads = sweeps.calibrate(c, threads=cfg.threads if cfg.scheduler else None,
+                                              progress=lambda i, n: update(completed=i))
+        workers = True
     else:
-        if args.threads is not None:
-            if not 1 <= args.threads <= numba.config.NUMBA_NUM_THREADS:
-                raise ConvError(f"--threads must be in 1..{numba.config.NUMBA_NUM_THREADS}, got {args.threads}")
-            numba.set_num_threads(args.threads)
-        with Progress(console=console, transient=True) as progress:
-            steps = len(costmodel.CALIBRATION_LAYERS) * costmodel.CALIBRATION_PASSES
-            task = progress.add_task("calibrating", total=steps)
-            m = select.calibrate(progress=lambda what: progress.update(task, advance=1, description=what))
-        threads, where = numba.get_num_threads(), ""
+        if cfg.threads is not None:
+            numba.set_num_threads(cfg.threads)
+        steps = len(costmodel.CALIBRATION_LAYERS) * costmodel.CALIBRATION_PASSES
+        with _bar(console, steps) as update:
+            m = select.calibrate(progress=lambda what: update(advance=1, description=what))
+        threads, workers = numba.get_num_threads(), False
+    return {"machine": m, "threads": threads, "rates": select.calibration_report(m),
+            "stored": str(select.CALIBRATION.path), "workers": workers}
+
+
+def _render(console, result: dict) -> None:
+    """The machine constants, the table of each algorithm's rates, where they were stored."""
+    from rich.table import Table
+
+    m = result["machine"]
     console.print(
         f"GEMM {m.gemm_gflops:.0f} GFLOP/s, copy bandwidth {m.bandwidth_gbs:.1f} GB/s, "
-        f"call overhead {m.call_seconds * 1e6:.1f} us, threads {threads}"
+        f"call overhead {m.call_seconds * 1e6:.1f} us, threads {result['threads']}"
     )
     table = Table(title="rate of each algorithm's multiplications on the calibration layers (2 flops each)")
     table.add_column("algorithm")
     table.add_column("median GFLOP/s", justify="right")
     table.add_column("best GFLOP/s", justify="right")
     table.add_column("layers", justify="right")
-    for name, med, best, n in select.calibration_report(m):
+    for name, med, best, n in result["rates"]:
         table.add_row(name, f"{med:.0f}", f"{best:.0f}", str(n))
     console.print(table)
-    console.print(f"stored in {select.CALIBRATION.path}{where}")
-    write_json(args.json, {"threads": threads, "machine": m.to_json(),
+    console.print(f"stored in {result['stored']}{' and on every worker' if result['workers'] else ''}")
+
+
+def run(args) -> int:
+    """Parse, compute (`compute`: calibrate and store), render (`_render`), write the JSON."""
+    cfg = _parse(args)
+    console = make_console()
+    result = compute(cfg, console)
+    _render(console, result)
+    write_json(args.json, {"threads": result["threads"], "machine": result["machine"].to_json(),
                            "rates": [dict(algorithm=n, median_gflops=med, best_gflops=b, layers=k)
-                                     for n, med, b, k in select.calibration_report(m)]}, console)
+                                     for n, med, b, k in result["rates"]]}, console)
     return 0
