@@ -262,3 +262,53 @@ def test_propagation_plot_and_result_helpers(tmp_path):
     pytest.importorskip("matplotlib")
     P.plot(res, str(tmp_path / "bits.png"))
     assert (tmp_path / "bits.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_deviations_sweep_compute_returns_the_tables_data(capsys):
+    # the command's compute step alone: results, summary, by-terms rows; nothing printed
+    from convolab.commands import deviations as cmd
+    from convolab.numerics.orders import STANDARD_ORDERS
+
+    cfg = cmd.SweepConfig(filters=(1,), kernels=(2, 3), channels=(2,), sizes=(6,),
+                          algorithms=["direct", "im2col"], torch=False)
+    assert cfg.orders == STANDARD_ORDERS
+    res = cmd.compute_sweep(cfg)
+    assert capsys.readouterr().out == ""
+    assert [r.layer for r in res["results"]] == ["f1 k2 c2 6x6", "f1 k3 c2 6x6"]
+    assert res["summary"]["orders"]["layers"] == 2 and "torch_orders" not in res["summary"]
+    assert set(res["by_terms"]) == {"orders", "algorithms", "torch"}
+    assert sum(n for _, n, _, _ in res["by_terms"]["orders"]) == 2
+
+
+def test_deviations_determinism_and_network_compute(monkeypatch):
+    # determinism's compute on stand-in measurements (no subprocesses): the table's cells;
+    # network's compute passes the parsed options to propagate
+    from convolab.cli import build_parser
+    from convolab.commands import deviations as cmd
+    from convolab.numerics import determinism as det
+    from convolab.numerics import propagation
+
+    layers = {"tiny": dict(x=(1, 2, 5, 5), w=(2, 2, 3, 3), padding=1)}
+    x, w, kw = det.layer_data(layers["tiny"])
+    y = {o: orders.conv2d(x, w, None, **kw, order=orders.parse_order(o)) for o in ("seq", "cb8+fma")}
+    monkeypatch.setattr(det, "SMALL_LAYERS", layers)
+    monkeypatch.setattr(det, "measure_convolab", lambda ls, names: det.Measurement(
+        [det.CaseResult("direct", "tiny", {"a": y["seq"], "b": y["seq"].copy()})], {}))
+    monkeypatch.setattr(det, "measure_torch", lambda ls: det.Measurement(
+        [det.CaseResult("torch", "tiny", {"torch AVX2 T=1": y["seq"], "torch AVX2 T=2": y["cb8+fma"]})], {}))
+    said = []
+    res = cmd.compute_determinism(cmd.DeterminismConfig(small=True), say=said.append)
+    assert len(said) == 2 and said[1].startswith("PyTorch:")
+    assert res["header"][:2] == ["layer", "PyTorch classes"] and "convolab direct classes" in res["header"]
+    (row,) = res["rows"]
+    assert row[:2] == ["tiny", "2"] and row[2].startswith("AVX2 T=1: seq; AVX2 T=2: ")
+    assert not row[2].endswith("?")  # both classes named by an emulated order
+    assert row[res["header"].index("convolab direct classes")] == "1"
+    assert cmd.compute_determinism(cmd.DeterminismConfig(small=True, torch=False))["rows"][0][1:4] == ["-"] * 3
+
+    got = {}
+    monkeypatch.setattr(propagation, "propagate", lambda images, **kw: got.update(images=images, **kw) or "res")
+    args = build_parser().parse_args(["deviations", "network", "--images", "2", "--orders", "--isas", "",
+                                      "--no-float64"])
+    assert cmd.compute_network(cmd._parse_network(args)) == "res"
+    assert got == dict(images=2, algorithms=None, orders=(), isas=(), float64=False, progress=None)

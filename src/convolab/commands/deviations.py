@@ -14,6 +14,8 @@ Sub-commands:
 from __future__ import annotations
 
 import sys
+from contextlib import contextmanager
+from dataclasses import dataclass
 
 from ..errors import ConvError
 from ._common import add_json, write_json
@@ -88,41 +90,106 @@ def add_parser(sub) -> None:
     p.set_defaults(func=lambda args: (p.print_help(), 2)[1])
 
 
-def run_sweep(args) -> int:
+@contextmanager
+def _bar(console, description: str, total: int):
+    """A transient progress bar on ``console`` (None: none); yields its ``update(**kw)``."""
+    if console is None:
+        yield lambda **kw: None
+        return
     from rich.progress import Progress
-    from rich.table import Table
 
-    from ..numerics import deviations as dev
+    with Progress(console=console, transient=True) as progress:
+        task = progress.add_task(description, total=total)
+        yield lambda **kw: progress.update(task, **kw)
+
+
+# -- sweep -----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SweepConfig:
+    """The checked options of ``convolab deviations sweep``."""
+
+    filters: tuple[int, ...] = (1, 2, 3, 4)
+    kernels: tuple[int, ...] = (2, 3, 4, 5, 6, 7)
+    channels: tuple[int, ...] = (1, 2, 3)
+    sizes: tuple[int, ...] = (8, 16, 32)
+    orders: tuple[str, ...] | None = None  # None: the standard orders (numerics.orders)
+    algorithms: list[str] | None = None  # None: every registered one
+    torch: bool = True
+    isas: str = "SSE41,AVX,AVX2,AVX512_CORE"
+    scheduler: str | None = None
+    dask: bool = False
+
+    def __post_init__(self):
+        if self.orders is None:
+            from ..numerics.orders import STANDARD_ORDERS
+
+            object.__setattr__(self, "orders", STANDARD_ORDERS)
+
+    def sweep_layers(self) -> dict[str, dict]:
+        """The layer grid (`convolab.numerics.deviations.sweep_layers`)."""
+        from ..numerics import deviations as dev
+
+        return dev.sweep_layers(self.filters, self.kernels, self.channels, self.sizes)
+
+
+def _parse_sweep(args) -> SweepConfig:
+    """Checked options: every ``--orders`` name parses (the standard orders by default)."""
     from ..numerics.orders import STANDARD_ORDERS, parse_order
 
-    console = make_console()
     orders = tuple(args.orders) if args.orders else STANDARD_ORDERS
     for o in orders:
         parse_order(o)
-    layers = dev.sweep_layers(args.filters, args.kernels, args.channels, args.sizes)
-    console.print(
-        f"{len(layers)} layers: filters {list(args.filters)}, kernels {list(args.kernels)}, "
-        f"channels {list(args.channels)}, inputs {list(args.sizes)}; float32 N(0,1) data, "
-        f"no bias, stride 1, no padding"
-    )
-    if not args.no_torch:
-        console.print(f"PyTorch: {{1, 2}} threads x ONEDNN_MAX_CPU_ISA {{{args.isas}}}, one "
-                      "subprocess each")
-    with Progress(console=console, transient=True) as prog:
-        task = prog.add_task("layers", total=len(layers))
-        kwargs = dict(orders=orders, algorithms=args.algorithms, torch=not args.no_torch,
-                      isas=tuple(args.isas.split(",")),
-                      progress=lambda i, n: prog.update(task, completed=i))
-        if args.scheduler or args.dask:
+    return SweepConfig(args.filters, args.kernels, args.channels, args.sizes, orders, args.algorithms,
+                       not args.no_torch, args.isas, args.scheduler, args.dask)
+
+
+def compute_sweep(cfg: SweepConfig, layers: dict | None = None, console=None) -> dict:
+    """The sweep over ``layers`` (default: ``cfg``'s grid), locally or as tasks on Dask:
+    ``results`` (`convolab.numerics.deviations.LayerResult` per layer), ``summary`` (per
+    source) and ``by_terms`` (per source: classes against products per output). Figures only;
+    with ``console`` a progress bar there (with Dask: the cluster's one-line description on
+    stderr)."""
+    from ..numerics import deviations as dev
+
+    layers = cfg.sweep_layers() if layers is None else layers
+    with _bar(console, "layers", len(layers)) as update:
+        kwargs = dict(orders=cfg.orders, algorithms=cfg.algorithms, torch=cfg.torch,
+                      isas=tuple(cfg.isas.split(",")),
+                      progress=lambda i, n: update(completed=i))
+        if cfg.scheduler or cfg.dask:
             from ..dask import sweeps
 
-            with sweeps.client(args.scheduler, args.dask) as c:
+            with sweeps.client(cfg.scheduler, cfg.dask) as c:
                 make_console(stderr=True).print(sweeps.describe(c))
                 results = sweeps.deviations_sweep(c, layers, **kwargs)
         else:
             results = dev.sweep(layers, **kwargs)
-    summary = dev.summarize(results)
-    if args.layers:
+    return {"results": results, "summary": dev.summarize(results),
+            "by_terms": {s: dev.by_terms(results, s) for s in dev.SOURCES}}
+
+
+def _render_sweep_header(console, cfg: SweepConfig, n_layers: int) -> None:
+    """What is about to run: the layer grid and PyTorch's configurations."""
+    console.print(
+        f"{n_layers} layers: filters {list(cfg.filters)}, kernels {list(cfg.kernels)}, "
+        f"channels {list(cfg.channels)}, inputs {list(cfg.sizes)}; float32 N(0,1) data, "
+        f"no bias, stride 1, no padding"
+    )
+    if cfg.torch:
+        console.print(f"PyTorch: {{1, 2}} threads x ONEDNN_MAX_CPU_ISA {{{cfg.isas}}}, one "
+                      "subprocess each")
+
+
+def _render_sweep(console, cfg: SweepConfig, result: dict, layers: bool = False) -> None:
+    """The summary tables (``layers``: first one row per layer)."""
+    from rich.table import Table
+
+    from ..numerics import deviations as dev
+
+    results, summary, orders = result["results"], result["summary"], cfg.orders
+    if layers:
         t = Table(title="classes per layer")
         for col in ("layer", "terms", "orders", "algorithms", "torch", "all", "torch = order"):
             t.add_column(col)
@@ -162,8 +229,8 @@ def run_sweep(args) -> int:
     t = Table(title="classes vs products per output (C R S)")
     for col in ("terms", "layers", *(f"{s} mean/max" for s in dev.SOURCES)):
         t.add_column(col)
-    rows = {s: {r[0]: r for r in dev.by_terms(results, s)} for s in dev.SOURCES}
-    for label, n, _, _ in dev.by_terms(results, "orders"):
+    rows = {s: {r[0]: r for r in result["by_terms"][s]} for s in dev.SOURCES}
+    for label, n, _, _ in result["by_terms"]["orders"]:
         t.add_row(
             label, str(n),
             *(f"{rows[s][label][2]:.2f} / {rows[s][label][3]}" if label in rows[s] else "-"
@@ -181,28 +248,45 @@ def run_sweep(args) -> int:
         for labels, order, n in summary["torch_classes"][:12]:
             t.add_row(labels, order, str(n))
         console.print(t)
+
+
+def run_sweep(args) -> int:
+    """Parse, say what runs, compute (`compute_sweep`), render (`_render_sweep`), write the JSON."""
+    from ..numerics import deviations as dev
+
+    console = make_console()
+    cfg = _parse_sweep(args)
+    layers = cfg.sweep_layers()
+    _render_sweep_header(console, cfg, len(layers))
+    result = compute_sweep(cfg, layers, console)
+    _render_sweep(console, cfg, result, layers=args.layers)
     if args.json:
-        write_json(args.json, {"summary": summary, "layers": dev.to_json(results)}, console)
+        write_json(args.json, {"summary": result["summary"], "layers": dev.to_json(result["results"])},
+                   console)
     return 0
 
 
-def run_determinism(args) -> int:
-    from rich.table import Table
+# -- determinism -----------------------------------------------------------------------------
 
-    import convolab
 
+@dataclass(frozen=True)
+class DeterminismConfig:
+    """The options of ``convolab deviations determinism``."""
+
+    small: bool = False  # the small test layers instead of the common ones
+    torch: bool = True
+    all_algorithms: bool = False  # also the algorithms not registered deterministic
+
+
+def _parse_determinism(args) -> DeterminismConfig:
+    return DeterminismConfig(args.small, not args.no_torch, args.all_algorithms)
+
+
+def determinism_table(layers, names: list[str], conv, torch_m=None) -> tuple[list[str], list[list[str]]]:
+    """The table of ``convolab deviations determinism`` from the measurements (``conv``:
+    convolab's, ``torch_m``: PyTorch's or None): ``(header, rows)``, cells as text."""
     from ..numerics import determinism as det
 
-    console = make_console()
-    layers = det.SMALL_LAYERS if args.small else det.COMMON_LAYERS
-    names = [a.name for a in convolab.list_algorithms() if a.deterministic or args.all_algorithms]
-    console.print(f"convolab: {', '.join(names)} under {len(det.convolab_configs())} "
-                  "configurations (NUMBA_NUM_THREADS 1, 2 x NUMBA_CPU_NAME generic, host)")
-    conv = det.measure_convolab(layers, names)
-    torch_m = None
-    if not args.no_torch:
-        console.print("PyTorch: torch.set_num_threads 1, 2 x ONEDNN_MAX_CPU_ISA AVX2, AVX512_CORE")
-        torch_m = det.measure_torch(layers)
     header = ["layer", "PyTorch classes", "PyTorch classes: configs = emulated order",
               "PyTorch worst bits"]
     header += [f"convolab {n} classes" for n in names]
@@ -225,7 +309,37 @@ def run_determinism(args) -> int:
             except KeyError:
                 row.append("n/a")
         rows.append(row)
-    if args.markdown:
+    return header, rows
+
+
+def compute_determinism(cfg: DeterminismConfig, say=None) -> dict:
+    """Measure convolab's algorithms (and PyTorch) on the layers under every configuration (one
+    subprocess each): ``{"header", "rows"}`` (`determinism_table`). ``say(text)``: told what
+    runs before each measurement."""
+    import convolab
+
+    from ..numerics import determinism as det
+
+    say = say or (lambda text: None)
+    layers = det.SMALL_LAYERS if cfg.small else det.COMMON_LAYERS
+    names = [a.name for a in convolab.list_algorithms() if a.deterministic or cfg.all_algorithms]
+    say(f"convolab: {', '.join(names)} under {len(det.convolab_configs())} "
+        "configurations (NUMBA_NUM_THREADS 1, 2 x NUMBA_CPU_NAME generic, host)")
+    conv = det.measure_convolab(layers, names)
+    torch_m = None
+    if cfg.torch:
+        say("PyTorch: torch.set_num_threads 1, 2 x ONEDNN_MAX_CPU_ISA AVX2, AVX512_CORE")
+        torch_m = det.measure_torch(layers)
+    header, rows = determinism_table(layers, names, conv, torch_m)
+    return {"header": header, "rows": rows}
+
+
+def _render_determinism(console, result: dict, markdown: bool = False) -> None:
+    """The table: a rich table on the console, or Markdown on stdout."""
+    from rich.table import Table
+
+    header, rows = result["header"], result["rows"]
+    if markdown:
         print("| " + " | ".join(header) + " |")
         print("|" + "---|" * len(header))
         for row in rows:
@@ -237,8 +351,48 @@ def run_determinism(args) -> int:
         for row in rows:
             t.add_row(*row)
         console.print(t)
-    write_json(args.json, {"header": header, "rows": rows}, console)
+
+
+def run_determinism(args) -> int:
+    """Parse, compute (`compute_determinism`), render (`_render_determinism`), write the JSON."""
+    console = make_console()
+    result = compute_determinism(_parse_determinism(args), say=console.print)
+    _render_determinism(console, result, markdown=args.markdown)
+    write_json(args.json, {"header": result["header"], "rows": result["rows"]}, console)
     return 0
+
+
+# -- network ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class NetworkConfig:
+    """The checked options of ``convolab deviations network``."""
+
+    images: int | None = None  # None: every photograph
+    algorithms: list[str] | None = None  # None: every registered one
+    orders: tuple[str, ...] | None = None  # None: propagation.DEFAULT_ORDERS
+    isas: tuple[str, ...] = ("AVX2", "AVX512_CORE")
+    float64: bool = True
+
+
+def _parse_network(args) -> NetworkConfig:
+    isas = tuple(i for i in args.isas.split(",") if i) if args.isas else ()
+    return NetworkConfig(args.images, args.algorithms,
+                         tuple(args.orders) if args.orders is not None else None, isas,
+                         not args.no_float64)
+
+
+def compute_network(cfg: NetworkConfig, progress=None):
+    """`convolab.numerics.propagation.propagate` with ``cfg``: the `NetworkResult`.
+    ``progress(name)``: called before each variant runs."""
+    from ..numerics.propagation import DEFAULT_ORDERS, propagate
+
+    return propagate(
+        cfg.images, algorithms=cfg.algorithms,
+        orders=cfg.orders if cfg.orders is not None else DEFAULT_ORDERS, isas=cfg.isas,
+        float64=cfg.float64, progress=progress,
+    )
 
 
 def run_network(args) -> int:
@@ -250,19 +404,25 @@ def run_network(args) -> int:
 
 
 def _network(args) -> int:
-    """``convolab deviations network``: run `propagation.propagate`, print the tables."""
-    from rich.table import Table
-
-    from ..numerics.propagation import DEFAULT_ORDERS, plot, propagate, result_json
+    """``convolab deviations network``: parse, compute (`compute_network`), render
+    (`_render_network`), the plot and the JSON."""
+    from ..numerics.propagation import plot, result_json
 
     console = make_console()
-    isas = tuple(i for i in args.isas.split(",") if i) if args.isas else ()
-    res = propagate(
-        args.images, algorithms=args.algorithms,
-        orders=tuple(args.orders) if args.orders is not None else DEFAULT_ORDERS, isas=isas,
-        float64=not args.no_float64,
-        progress=lambda s: console.print(f"  running {s}", style="dim"),
-    )
+    res = compute_network(_parse_network(args),
+                          progress=lambda s: console.print(f"  running {s}", style="dim"))
+    _render_network(console, res)
+    if args.plot:
+        plot(res, args.plot)
+        console.print(f"wrote {args.plot}")
+    write_json(args.json, result_json(res), console)
+    return 0
+
+
+def _render_network(console, res) -> None:
+    """The variants' table, the photographs' labels, the per-layer table."""
+    from rich.table import Table
+
     base = res.variants[0]
     t = Table(title=f"EfficientNet-Lite0 on {len(res.images)} photographs: each variant vs "
               "convolab direct")
@@ -306,8 +466,3 @@ def _network(args) -> int:
             bits("algorithm:", ln), bits("order:", ln), bits("torch:", ln), bits("float64", ln),
         )
     console.print(t)
-    if args.plot:
-        plot(res, args.plot)
-        console.print(f"wrote {args.plot}")
-    write_json(args.json, result_json(res), console)
-    return 0
