@@ -220,6 +220,41 @@ def test_cli_he_plan(plan, tmp_path, capsys, monkeypatch):
     assert "measured at 32768 slots" in capsys.readouterr().err
 
 
+def test_he_plan_compute_and_json(plan, monkeypatch, capsys):
+    """he-plan's compute step alone (the planner stood in by the fixture's plan): the parsed
+    options reach the planner, nothing is printed; the JSON's runs from the plan."""
+    from convolab.commands import he as cmd
+
+    calls = []
+    monkeypatch.setattr(he.planner, "plan_resnet20", lambda **kw: calls.append(kw) or plan)
+    res = cmd.compute_plan(cmd.PlanConfig(m=8, points="block", fresh=17, usable=15, seed=2))
+    assert capsys.readouterr().out == ""
+    assert res["plan"] is plan and res["seconds"] >= 0
+    (kw,) = calls
+    assert kw["m"] == 8 and kw["points"] == "block" and kw["budget"] == LevelBudget(17, 15)
+    assert kw["seed"] == 2 and kw["slots"] == 2**15 and isinstance(kw["costs"], CostTable)
+    data = cmd.plan_json(plan)
+    assert [r["name"] for r in data["runs"]] == [r.name for r in (plan.baseline, plan.fixed, plan.chosen,
+                                                                    plan.chosen_no_gap)]
+    assert data["runs"][1]["totals"]["rotations"] == 1664
+
+
+def test_he_bench_layers_compute_simulated(capsys):
+    """he-bench --mode layers' compute step alone: one dictionary per layer and scheme."""
+    from convolab.commands import he as cmd
+
+    cfg = cmd.BenchConfig(mode="layers", slots=2**14, schemes=("ca", "ra"), layers=(1,),
+                          backend="simulated", repeat=1)
+    said = []
+    res = cmd.compute_bench_layers(cfg, say=said.append)
+    assert capsys.readouterr().out == "" and len(said) == 4
+    assert "simulated" in res["backend"]
+    assert [(r["layer"], r["scheme"]) for r in res["results"]] == [(1, "ca"), (1, "ra")]
+    for r in res["results"]:
+        assert len(r["runs"]) == 1 and r["seconds"] == r["runs"][0] and r["max_rel_error"] < 1e-9
+        assert r["rotations"] > 0 and r["pmults"] > 0 and r["depth"] >= 1
+
+
 def test_cli_he_bench_layers_simulated(tmp_path, capsys):
     path = tmp_path / "bench.json"
     rc = main(["he-bench", "--mode", "layers", "--backend", "simulated", "--slots", "16384",
