@@ -1,10 +1,12 @@
 """What every ``convolab`` subcommand shares: one console set-up, one ``--json FILE``
 convention, argument types.
 
-A subcommand module has ``add_parser(sub)`` (parse: its options, ``set_defaults(func=run)``)
-and ``run(args)``, which computes a result (a plain dictionary of what was measured or
-derived), renders it for people on the console, and with ``--json FILE`` writes the same
-dictionary as JSON (`write_json`: atomically, then says so).
+A subcommand module has ``add_parser(sub)`` (its options, ``set_defaults(func=run)``) and
+``run(args)`` in three steps: parse (the arguments into a small config, every check made up
+front with an error naming the bad value), compute (a plain dictionary or dataclass of what was
+measured or derived, nothing printed but progress through `progress_bar`) and render (tables
+for people on the console; with ``--json FILE`` the same data as JSON, `write_json`: atomically,
+then says so).
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+from contextlib import contextmanager
 
 import numpy as np
 
@@ -83,3 +86,14 @@ def comma_list(text: str) -> list[str]:
     return [t.strip() for t in text.split(",") if t.strip()]
 
 
+@contextmanager
+def progress_bar(console, description: str, total: int):
+    """A transient progress bar on ``console`` (None: none); yields its ``update(**kw)``."""
+    if console is None:
+        yield lambda **kw: None
+        return
+    from rich.progress import Progress
+
+    with Progress(console=console, transient=True) as progress:
+        task = progress.add_task(description, total=total)
+        yield lambda **kw: progress.update(task, **kw)

@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-from contextlib import contextmanager
 from dataclasses import dataclass
 
-from ._common import add_json, write_json
+from ._common import add_json, progress_bar, write_json
 from ._common import console as make_console
 
 
@@ -46,19 +45,6 @@ def _parse(args) -> CalibrateConfig:
     return CalibrateConfig(args.threads, args.scheduler, args.dask)
 
 
-@contextmanager
-def _bar(console, total: int):
-    """A transient progress bar on ``console`` (None: none); yields its ``update(**kw)``."""
-    if console is None:
-        yield lambda **kw: None
-        return
-    from rich.progress import Progress
-
-    with Progress(console=console, transient=True) as progress:
-        task = progress.add_task("calibrating", total=total)
-        yield lambda **kw: progress.update(task, **kw)
-
-
 def compute(cfg: CalibrateConfig, console=None) -> dict:
     """Calibrate (locally, or the layers timed as tasks on Dask's workers) and store the
     constants: the `convolab.costmodel.Machine` (``machine``), the thread count, each
@@ -74,7 +60,7 @@ def compute(cfg: CalibrateConfig, console=None) -> dict:
 
         with sweeps.client(cfg.scheduler, cfg.dask, threads_per_worker=cfg.threads or 1) as c:
             make_console(stderr=True).print(sweeps.describe(c))
-            with _bar(console, len(costmodel.CALIBRATION_LAYERS)) as update:
+            with progress_bar(console, "calibrating", len(costmodel.CALIBRATION_LAYERS)) as update:
                 m, threads = sweeps.calibrate(c, threads=cfg.threads if cfg.scheduler else None,
                                               progress=lambda i, n: update(completed=i))
         workers = True
@@ -82,7 +68,7 @@ def compute(cfg: CalibrateConfig, console=None) -> dict:
         if cfg.threads is not None:
             numba.set_num_threads(cfg.threads)
         steps = len(costmodel.CALIBRATION_LAYERS) * costmodel.CALIBRATION_PASSES
-        with _bar(console, steps) as update:
+        with progress_bar(console, "calibrating", steps) as update:
             m = select.calibrate(progress=lambda what: update(advance=1, description=what))
         threads, workers = numba.get_num_threads(), False
     return {"machine": m, "threads": threads, "rates": select.calibration_report(m),

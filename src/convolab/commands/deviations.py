@@ -14,11 +14,10 @@ Sub-commands:
 from __future__ import annotations
 
 import sys
-from contextlib import contextmanager
 from dataclasses import dataclass
 
 from ..errors import ConvError
-from ._common import add_json, write_json
+from ._common import add_json, progress_bar, write_json
 from ._common import console as make_console
 
 
@@ -90,19 +89,6 @@ def add_parser(sub) -> None:
     p.set_defaults(func=lambda args: (p.print_help(), 2)[1])
 
 
-@contextmanager
-def _bar(console, description: str, total: int):
-    """A transient progress bar on ``console`` (None: none); yields its ``update(**kw)``."""
-    if console is None:
-        yield lambda **kw: None
-        return
-    from rich.progress import Progress
-
-    with Progress(console=console, transient=True) as progress:
-        task = progress.add_task(description, total=total)
-        yield lambda **kw: progress.update(task, **kw)
-
-
 # -- sweep -----------------------------------------------------------------------------------
 
 
@@ -154,7 +140,7 @@ def compute_sweep(cfg: SweepConfig, layers: dict | None = None, console=None) ->
     from ..numerics import deviations as dev
 
     layers = cfg.sweep_layers() if layers is None else layers
-    with _bar(console, "layers", len(layers)) as update:
+    with progress_bar(console, "layers", len(layers)) as update:
         kwargs = dict(orders=cfg.orders, algorithms=cfg.algorithms, torch=cfg.torch,
                       isas=tuple(cfg.isas.split(",")),
                       progress=lambda i, n: update(completed=i))
