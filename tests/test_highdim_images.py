@@ -143,6 +143,22 @@ def test_cli_errors(tmp_path, capsys):
     assert rc == 2 and "sigma_spatial" in capsys.readouterr().err
 
 
+def test_bilateral_compute_returns_the_image_and_writes_nothing(tmp_path, capsys):
+    from convolab.commands import highdim
+
+    rgb8 = (np.random.default_rng(1).random((10, 12, 3)) * 255).astype(np.uint8)
+    np.save(tmp_path / "in.npy", rgb8)
+    cfg = highdim.BilateralConfig(str(tmp_path / "in.npy"), str(tmp_path / "out.png"), 2.0, 0.1)
+    res = highdim.compute(cfg)
+    assert capsys.readouterr().out == "" and not (tmp_path / "out.png").exists()
+    np.testing.assert_array_equal(res.image, rgb8)
+    want = np.clip(np.rint(bilateral_filter(rgb8, 2.0, 0.1) * 255), 0, 255).astype(np.uint8)
+    np.testing.assert_array_equal(res.filtered, want)
+    assert res.seconds > 0
+    doc = highdim.bilateral_json(cfg, res)
+    assert doc["shape"] == [10, 12, 3] and doc["dtype"] == "uint8" and doc["method"] == "permutohedral"
+
+
 def test_bench_quick_accuracy(tmp_path):
     out = tmp_path / "b.json"
     assert cli_main(["bilateral-bench", "--quick", "--sections", "accuracy", "--exact-step", "8",

@@ -10,6 +10,7 @@ as float32 TIFF/NPY, or as 8-bit for formats that have no float type. An alpha c
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -112,24 +113,80 @@ def filter_image(image, sigma_spatial, sigma_color, method="permutohedral", guid
     return out
 
 
-def run(args) -> int:
-    img = read_image(args.input)
-    guide = read_image(args.guide) if args.guide else None
+@dataclass(frozen=True)
+class BilateralConfig:
+    """The checked options of ``convolab bilateral``."""
+
+    input: str
+    output: str
+    sigma_spatial: float
+    sigma_color: float
+    method: str = "permutohedral"
+    guide: str | None = None
+
+
+def _parse(args) -> BilateralConfig:
+    """Checked options: the input (and guide) files exist, the sigmas are positive and finite
+    (the filter's own checks and messages)."""
+    from ..highdim.filters import _check_sigma
+
+    for path in (args.input, args.guide):
+        if path is not None and not Path(path).is_file():
+            raise ConvError(f"input file {path!r} does not exist")
+    _check_sigma(args.sigma_spatial, "sigma_spatial")
+    _check_sigma(args.sigma_color, "sigma_color")
+    return BilateralConfig(args.input, args.output, args.sigma_spatial, args.sigma_color, args.method,
+                           args.guide)
+
+
+@dataclass
+class BilateralResult:
+    """``image``: the input as read; ``filtered``: the result in the type written for
+    ``cfg.output`` (`to_output_dtype`); ``seconds``: the filter's wall time."""
+
+    image: np.ndarray
+    filtered: np.ndarray
+    seconds: float
+
+
+def compute(cfg: BilateralConfig) -> BilateralResult:
+    """Read the input (and guide), filter it (`filter_image`, timed); nothing written or printed."""
+    img = read_image(cfg.input)
+    guide = read_image(cfg.guide) if cfg.guide else None
     t0 = time.perf_counter()
-    out = filter_image(img, args.sigma_spatial, args.sigma_color, args.method, guide)
+    out = filter_image(img, cfg.sigma_spatial, cfg.sigma_color, cfg.method, guide)
     dt = time.perf_counter() - t0
-    write_image(args.output, to_output_dtype(out, img, Path(args.output).suffix.lower()))
+    return BilateralResult(img, to_output_dtype(out, img, Path(cfg.output).suffix.lower()), dt)
+
+
+def bilateral_json(cfg: BilateralConfig, result: BilateralResult) -> dict:
+    """The ``--json`` document: files, shape, dtype, method, sigmas, guide, seconds."""
+    img = result.image
+    return {"input": cfg.input, "output": cfg.output, "shape": list(img.shape),
+            "dtype": str(img.dtype), "method": cfg.method,
+            "sigma_spatial": cfg.sigma_spatial, "sigma_color": cfg.sigma_color,
+            "guide": cfg.guide, "seconds": result.seconds}
+
+
+def _render(console, cfg: BilateralConfig, result: BilateralResult) -> None:
+    """One line: files, shape and dtype, method, sigmas, seconds."""
+    img = result.image
     shape = "x".join(str(s) for s in img.shape)
-    console = make_console()
     console.print(
-        f"{args.input} ({shape}, {img.dtype}) -> {args.output}: {args.method}, "
-        f"sigma_spatial={args.sigma_spatial:g}, sigma_color={args.sigma_color:g}, {dt:.3f} s "
+        f"{cfg.input} ({shape}, {img.dtype}) -> {cfg.output}: {cfg.method}, "
+        f"sigma_spatial={cfg.sigma_spatial:g}, sigma_color={cfg.sigma_color:g}, {result.seconds:.3f} s "
         "(wall time, including loading the compiled kernels)", highlight=False
     )
-    write_json(args.json, {"input": args.input, "output": args.output, "shape": list(img.shape),
-                           "dtype": str(img.dtype), "method": args.method,
-                           "sigma_spatial": args.sigma_spatial, "sigma_color": args.sigma_color,
-                           "guide": args.guide, "seconds": dt}, console)
+
+
+def run(args) -> int:
+    """Parse (`_parse`), compute (`compute`), write the image, render (`_render`), write the JSON."""
+    cfg = _parse(args)
+    result = compute(cfg)
+    write_image(cfg.output, result.filtered)
+    console = make_console()
+    _render(console, cfg, result)
+    write_json(args.json, bilateral_json(cfg, result), console)
     return 0
 
 
