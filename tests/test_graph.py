@@ -348,3 +348,22 @@ def test_cli_hsi_runs_and_writes_map(tmp_path):
     assert (tmp_path / "map.png").stat().st_size > 1000
     assert main(["hsi", "--methods", "cnn,gat"]) == 2
     assert main(["hsi", "--single-scale", "5", "--segments", "100,50"]) == 2
+
+
+def test_hsi_compute_returns_the_figures_and_prints_nothing(capsys):
+    from convolab.commands import hsi
+
+    cfg = hsi.HsiConfig(seeds=1, epochs=2, per_class=3, methods=("svm", "single", "full"), splits=("random",),
+                        segments=(100, 50), single_scale="1", width=8, dropout=0.0)
+    prep = hsi.prepare_scene(cfg)
+    res = hsi.compute(cfg, prep=prep)
+    assert capsys.readouterr().out == ""
+    assert [k for k, _, _ in res.runs] == ["svm", "single1", "full"]
+    assert res.labels["single1"] == f"single-scale ({prep.graph.sizes[1]} sp)"
+    assert set(res.results) == {"random"} and set(res.results["random"]) == {"svm", "single1", "full"}
+    for rows in res.results["random"].values():
+        (r,) = rows
+        assert r["seed"] == 0 and 0 <= r["oa"] <= 1 and r["n_train"] > 0 and r["n_test"] > 0
+    assert res.maps[("random", "full")].shape == prep.scene.labels.shape
+    doc = hsi.hsi_json(cfg, res)
+    assert doc["meta"]["segments"] == list(prep.graph.sizes) and doc["results"] is res.results

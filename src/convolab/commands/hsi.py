@@ -6,7 +6,8 @@ every method (pixel-wise SVM, CNN only, single-scale GCN + CNN, multi-scale with
 full) and prints OA / AA / kappa as mean +- std over the seeds, a table per split and the
 drop from the random to the disjoint split. ``--json FILE`` writes the figures as JSON,
 ``--map FILE.png`` the last method's classification map (seed 0, first split) beside the
-ground truth (matplotlib). The work is `convolab.graph`'s; this module parses and renders.
+ground truth (matplotlib). The work is `convolab.graph`'s; this module parses (`_parse`), drives
+it (`compute`, `compute_bench`: plain data, nothing printed) and renders.
 
 ``convolab hsi --bench`` times preprocessing (PCA, SLIC scales, graphs), training (one epoch
 and ``--epochs`` epochs of the full model) and full-scene inference (the compiled model
@@ -16,6 +17,7 @@ through `convolab.conv2d`, and torch for comparison), with ``--threads`` threads
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -89,6 +91,46 @@ def _names(text: str, allowed, what: str) -> list[str]:
     return v
 
 
+@dataclass(frozen=True)
+class HsiConfig:
+    """The checked options of ``convolab hsi``."""
+
+    layout: str = "indian_pines"
+    scene_seed: int = 0
+    library: str = "auto"
+    seeds: int = 5
+    epochs: int = 300
+    per_class: int = 15
+    methods: tuple[str, ...] = METHODS
+    splits: tuple[str, ...] = ("random", "disjoint")
+    radius: int = 5
+    segments: tuple[int, ...] = (400, 200, 100)
+    hops: tuple[int, ...] | None = None
+    single_scale: str = "all"
+    width: int = 64
+    dropout: float = 0.5
+    threads: int | None = None
+    bench: bool = False
+
+
+def _parse(args) -> HsiConfig:
+    """Checked options: method and split names, segment counts and hops (positive integers),
+    seeds / epochs / labels per class (>= 1), --single-scale (within the scales), --threads."""
+    methods = _names(args.methods, METHODS, "methods")
+    split_names = _names(args.splits, ("random", "disjoint"), "splits")
+    segs = _ints(args.segments, "segments")
+    for v, what in ((args.seeds, "seeds"), (args.epochs, "epochs"), (args.per_class, "per-class")):
+        if v < 1:
+            raise ConvError(f"--{what} must be >= 1, got {v}")
+    if args.threads is not None and args.threads < 1:
+        raise ConvError(f"--threads must be >= 1, got {args.threads}")
+    hops = _ints(args.hops, "hops") if args.hops else None
+    _scales(args.single_scale, len(hops) if hops else len(segs))
+    return HsiConfig(args.layout, args.scene_seed, args.library, args.seeds, args.epochs, args.per_class,
+                     tuple(methods), tuple(split_names), args.radius, segs, hops, args.single_scale,
+                     args.width, args.dropout, args.threads, bool(args.bench))
+
+
 def _threads(n):
     import numba
     import torch
@@ -111,40 +153,65 @@ def _printer():
     return say
 
 
+def _quiet(text: str = "") -> None:
+    pass
+
+
 def _pm(v) -> str:
     v = np.asarray(v, dtype=float) * 100
     return f"{v.mean():5.1f} ± {v.std():3.1f}"
 
 
-def run(args) -> int:
+def _needs_graph_extra() -> None:
     try:
         import skimage  # noqa: F401
         import torch  # noqa: F401
     except ImportError as e:
         raise ConvError(f"convolab hsi needs the graph extra (pip install 'convolab[graph]'): {e}") from None
-    from ..graph import splits as sp
+
+
+def prepare_scene(cfg: HsiConfig):
+    """The scene (`make_scene`) and its superpixel scales (`train.prepare`): a `train.Prepared`."""
     from ..graph import train
     from ..graph.scene import make_scene
 
-    methods = _names(args.methods, METHODS, "methods")
-    split_names = _names(args.splits, ("random", "disjoint"), "splits")
-    segs = _ints(args.segments, "segments")
-    for v, what in ((args.seeds, "seeds"), (args.epochs, "epochs"), (args.per_class, "per-class")):
-        if v < 1:
-            raise ConvError(f"--{what} must be >= 1, got {v}")
-    threads = _threads(args.threads)
-    say = _printer()
+    _needs_graph_extra()
+    scene = make_scene(cfg.layout, seed=cfg.scene_seed, library=cfg.library)
+    return train.prepare(scene, n_segments=cfg.segments, hops=cfg.hops)
+
+
+@dataclass
+class HsiResult:
+    """What ``convolab hsi`` measured: ``runs`` (key, method, scale) in table order, ``labels``
+    (key -> row label), ``results[split][key]``: one dictionary per seed (oa, aa, kappa,
+    per_class, train_seconds, n_train, n_test), ``maps[(split, key)]``: seed 0's class map."""
+
+    prep: object
+    threads: int
+    runs: list
+    labels: dict
+    results: dict
+    maps: dict
+    total_seconds: float = 0.0
+
+
+def compute(cfg: HsiConfig, prep=None, say=_quiet) -> HsiResult:
+    """Train and score every method on every split and seed (``prep``: the prepared scene, else
+    `prepare_scene`). Nothing printed but ``say``: the scene's line, then one line per run."""
+    from ..graph import splits as sp
+    from ..graph import train
+
+    _needs_graph_extra()
+    threads = _threads(cfg.threads)
     t0 = time.perf_counter()
-    scene = make_scene(args.layout, seed=args.scene_seed, library=args.library)
-    hops = _ints(args.hops, "hops") if args.hops else None
-    prep = train.prepare(scene, n_segments=segs, hops=hops)
-    if args.bench:
-        return _bench(args, prep, threads, say)
+    if prep is None:
+        prep = prepare_scene(cfg)
+    scene, hops = prep.scene, cfg.hops
     sizes = prep.graph.sizes
-    singles = _scales(args.single_scale, len(sizes))
+    singles = _scales(cfg.single_scale, len(sizes))
     runs = []  # (key, method, scale)
     labels = dict(LABELS)
-    for m in methods:
+    for m in cfg.methods:
         if m == "single":
             for s_ in singles:
                 runs.append((f"single{s_}", m, s_))
@@ -155,21 +222,21 @@ def run(args) -> int:
     say(f"scene {scene.layout} (seed {scene.seed}, "
           f"{scene.library} spectra): {scene.cube.shape[0]}x{scene.cube.shape[1]}x{scene.cube.shape[2]}, "
           f"{int((scene.labels > 0).sum())} labelled pixels, {scene.n_classes} classes; superpixels "
-          f"{prep.graph.sizes}{f', hops {list(hops)}' if hops else ''}; {args.per_class} labels per class; "
-          f"{args.seeds} seeds; {args.epochs} epochs; {threads} threads")
+          f"{prep.graph.sizes}{f', hops {list(hops)}' if hops else ''}; {cfg.per_class} labels per class; "
+          f"{cfg.seeds} seeds; {cfg.epochs} epochs; {threads} threads")
     results: dict = {}
     maps = {}
-    for split in split_names:
-        for seed in range(args.seeds):
+    for split in cfg.splits:
+        for seed in range(cfg.seeds):
             if split == "random":
-                tr, te = sp.random_split(scene.labels, args.per_class, seed)
+                tr, te = sp.random_split(scene.labels, cfg.per_class, seed)
             else:
-                tr, te = sp.disjoint_split(scene.labels, args.per_class, seed, args.radius, prep.graph.labels[0])
+                tr, te = sp.disjoint_split(scene.labels, cfg.per_class, seed, cfg.radius, prep.graph.labels[0])
             for key, m, scale in runs:
                 if m == "svm":
                     res = _svm(prep, tr, te, seed)
                 else:
-                    res = train.run(prep, m, tr, te, seed, args.epochs, args.width, scale, dropout=args.dropout)
+                    res = train.run(prep, m, tr, te, seed, cfg.epochs, cfg.width, scale, dropout=cfg.dropout)
                 sc = res.scores
                 results.setdefault(split, {}).setdefault(key, []).append(
                     {"seed": seed, "oa": sc["oa"], "aa": sc["aa"], "kappa": sc["kappa"],
@@ -179,11 +246,28 @@ def run(args) -> int:
                     maps[(split, key)] = res.prediction
                 say(f"  {split:8s} seed {seed} {key:7s} OA {sc['oa'] * 100:5.1f}  AA {sc['aa'] * 100:5.1f}  "
                       f"kappa {sc['kappa'] * 100:5.1f}  ({res.train_seconds:.1f} s)")
+    return HsiResult(prep, threads, runs, labels, results, maps, time.perf_counter() - t0)
+
+
+def hsi_json(cfg: HsiConfig, result: HsiResult) -> dict:
+    """The ``--json`` document: ``meta`` (the settings, row labels, total seconds) and ``results``."""
+    prep, hops = result.prep, cfg.hops
+    meta = {"layout": cfg.layout, "scene_seed": cfg.scene_seed, "library": prep.scene.library,
+            "seeds": cfg.seeds, "epochs": cfg.epochs, "per_class": cfg.per_class,
+            "segments": list(prep.graph.sizes), "hops": list(hops) if hops else None, "labels": result.labels,
+            "radius": cfg.radius, "threads": result.threads, "total_seconds": result.total_seconds}
+    return {"meta": meta, "results": result.results}
+
+
+def _render(say, cfg: HsiConfig, result: HsiResult) -> None:
+    """A table per split (mean ± std over the seeds), the drop from the random to the disjoint
+    split, the full model against the others, the total time."""
+    runs, labels, results, split_names = result.runs, result.labels, result.results, cfg.splits
     say("")
     for split in split_names:
         r0 = results[split][runs[0][0]][0]
         say(f"{split} split ({r0['n_train']} training, {r0['n_test']} test pixels), mean ± std over "
-              f"{args.seeds} seeds, %:")
+              f"{cfg.seeds} seeds, %:")
         say(f"  {'method':26s} {'OA':>11s} {'AA':>11s} {'kappa':>11s} {'train s':>8s}")
         for key, _, _ in runs:
             rs = results[split][key]
@@ -196,22 +280,34 @@ def run(args) -> int:
             a = np.mean([r["oa"] for r in results["random"][key]]) * 100
             b = np.mean([r["oa"] for r in results["disjoint"][key]]) * 100
             say(f"  {labels[key]:26s} {a:5.1f} -> {b:5.1f}  ({b - a:+5.1f})")
-    if "full" in methods:
+    if "full" in cfg.methods:
         for split in split_names:
             oa = {k: np.mean([r["oa"] for r in v]) * 100 for k, v in results[split].items()}
             others = {k: v for k, v in oa.items() if k != "full"}
             diffs = ", ".join(f"{labels[k]} {oa['full'] - v:+.1f}" for k, v in others.items())
             say(f"{split}: full model OA {oa['full']:.1f}; full minus {diffs} (points)")
-    total = time.perf_counter() - t0
-    say(f"\ntotal {total:.0f} s")
-    meta = {"layout": args.layout, "scene_seed": args.scene_seed, "library": scene.library,
-            "seeds": args.seeds, "epochs": args.epochs, "per_class": args.per_class,
-            "segments": list(prep.graph.sizes), "hops": list(hops) if hops else None, "labels": labels,
-            "radius": args.radius, "threads": threads, "total_seconds": total}
-    write_json(args.json, {"meta": meta, "results": results})
+    say(f"\ntotal {result.total_seconds:.0f} s")
+
+
+def run(args) -> int:
+    """Parse (`_parse`), compute (`compute`, or `compute_bench` with --bench), render (`_render`,
+    `_render_bench`), write the JSON and the --map PNG."""
+    cfg = _parse(args)
+    _needs_graph_extra()
+    say = _printer()
+    if cfg.bench:
+        _threads(cfg.threads)  # before the scene's superpixels, as for the study
+        prep = prepare_scene(cfg)
+        bench = compute_bench(cfg, prep)
+        _render_bench(say, cfg, prep.scene, bench)
+        write_json(args.json, bench)
+        return 0
+    result = compute(cfg, say=say)
+    _render(say, cfg, result)
+    write_json(args.json, hsi_json(cfg, result))
     if args.map:
-        key = (split_names[0], runs[-1][0])
-        save_map(scene, maps[key], args.map, f"{labels[key[1]]}, {key[0]} split, seed 0")
+        key = (cfg.splits[0], result.runs[-1][0])
+        save_map(result.prep.scene, result.maps[key], args.map, f"{result.labels[key[1]]}, {key[0]} split, seed 0")
         say(f"wrote {args.map}")
     return 0
 
@@ -268,7 +364,11 @@ def _best(fn, repeat):
     return min(ts), float(np.median(ts))
 
 
-def _bench(args, prep, threads, say) -> int:
+def compute_bench(cfg: HsiConfig, prep=None) -> dict:
+    """The ``--bench`` timings (best and median seconds) on the prepared scene ``prep`` (else
+    `prepare_scene`): threads, preprocessing, one training step, ``cfg.epochs`` epochs,
+    full-scene inference compiled and in torch, and the fraction of pixels on which the two class
+    maps agree (the ``--json`` document). Nothing printed."""
     import torch
 
     from ..graph import splits as sp
@@ -276,20 +376,24 @@ def _bench(args, prep, threads, say) -> int:
     from ..graph.infer import compile_model
     from ..graph.model import MGRNet
 
+    _needs_graph_extra()
+    threads = _threads(cfg.threads)
+    if prep is None:
+        prep = prepare_scene(cfg)
     scene = prep.scene
-    segs = _ints(args.segments, "segments")
+    segs = cfg.segments
     train.prepare(scene, n_segments=segs)  # warm: Numba compiled, SLIC loaded
     pre = _best(lambda: train.prepare(scene, n_segments=segs), 5)
-    tr, _ = sp.random_split(scene.labels, args.per_class, 0)
+    tr, _ = sp.random_split(scene.labels, cfg.per_class, 0)
     torch.manual_seed(0)
-    model = MGRNet(prep.x.shape[1], scene.n_classes, len(prep.graph.segments), "full", args.width,
-                   dropout=args.dropout)
+    model = MGRNet(prep.x.shape[1], scene.n_classes, len(prep.graph.segments), "full", cfg.width,
+                   dropout=cfg.dropout)
     train.fit(model, prep, tr, epochs=2)
     step = _best(lambda: train.fit(model, prep, tr, epochs=1), 5)
     torch.manual_seed(0)
-    model = MGRNet(prep.x.shape[1], scene.n_classes, len(prep.graph.segments), "full", args.width,
-                   dropout=args.dropout)
-    secs, _ = train.fit(model, prep, tr, epochs=args.epochs)
+    model = MGRNet(prep.x.shape[1], scene.n_classes, len(prep.graph.segments), "full", cfg.width,
+                   dropout=cfg.dropout)
+    secs, _ = train.fit(model, prep, tr, epochs=cfg.epochs)
     comp = compile_model(model, prep.graph, prep.x.shape)
     xn = prep.x.numpy()
     comp(xn)
@@ -299,16 +403,20 @@ def _bench(args, prep, threads, say) -> int:
         model(prep.x, prep.graph)
         tinf = _best(lambda: model(prep.x, prep.graph), 10)
     agree = float((comp(xn) == train.predict(model, prep)).mean())
-    say(f"convolab hsi --bench: {scene.layout} scene {scene.cube.shape}, superpixels {prep.graph.sizes}, "
-          f"{threads} threads")
-    say(f"  preprocessing (PCA 30, SLIC x{len(segs)}, nesting, graphs)  best {pre[0]:.3f} s  median {pre[1]:.3f} s")
+    return {"threads": threads, "superpixels": prep.graph.sizes, "preprocess_s": pre, "train_step_s": step,
+            "epochs": cfg.epochs, "train_s": secs, "inference_s": inf, "torch_inference_s": tinf,
+            "agreement": agree}
+
+
+def _render_bench(say, cfg: HsiConfig, scene, b: dict) -> None:
+    """The ``--bench`` lines: each timing, and the agreement of the class maps."""
+    pre, step, inf, tinf = b["preprocess_s"], b["train_step_s"], b["inference_s"], b["torch_inference_s"]
+    say(f"convolab hsi --bench: {scene.layout} scene {scene.cube.shape}, superpixels {b['superpixels']}, "
+          f"{b['threads']} threads")
+    say(f"  preprocessing (PCA 30, SLIC x{len(cfg.segments)}, nesting, graphs)  best {pre[0]:.3f} s  "
+        f"median {pre[1]:.3f} s")
     say(f"  training step (full model, forward + backward + Adam)  best {step[0]:.3f} s  median {step[1]:.3f} s")
-    say(f"  {args.epochs} training epochs (full model)                   {secs:.1f} s")
+    say(f"  {cfg.epochs} training epochs (full model)                   {b['train_s']:.1f} s")
     say(f"  full-scene inference, convolab.conv2d + graph kernels  best {inf[0]:.4f} s  median {inf[1]:.4f} s")
     say(f"  full-scene inference, torch (for comparison)           best {tinf[0]:.4f} s  median {tinf[1]:.4f} s")
-    say(f"  compiled vs torch class maps: {agree * 100:.2f} % of pixels agree")
-    write_json(args.json, {
-        "threads": threads, "superpixels": prep.graph.sizes, "preprocess_s": pre, "train_step_s": step,
-        "epochs": args.epochs, "train_s": secs, "inference_s": inf, "torch_inference_s": tinf,
-        "agreement": agree})
-    return 0
+    say(f"  compiled vs torch class maps: {b['agreement'] * 100:.2f} % of pixels agree")
