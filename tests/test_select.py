@@ -103,6 +103,24 @@ def test_measure_stores_winner_and_auto_uses_the_cache(cache):
     assert "cache" in p.explain()
 
 
+@pytest.mark.parametrize("bad", [0.0, -1.0, float("nan"), float("inf"), "fast", None])
+def test_cached_times_that_cannot_be_times_are_ignored(cache, bad):
+    """A cache entry holding 0 s (written under a stubbed clock), a negative, NaN, infinite or
+    non-numeric time is not used: the model's prediction stands, and the ranking does not
+    divide by zero."""
+    x_shape, w_shape = (1, 8, 12, 12), (8, 8, 3, 3)
+    spec = ConvSpec.from_shapes(x_shape, w_shape, padding=1)
+    before = {c.name: c.seconds for c in select.rank(spec) if c.admissible}
+    key = select.cache_key(spec)
+    entry = {"best": "direct", "seconds": {"direct": bad, "im2col": bad}, "untimed_after": bad}
+    cachemod._update_json(cache / "autotune.json", cachemod.AUTOTUNE_FORMAT, key, entry)
+    ranked = select.rank(spec)
+    adm = [c for c in ranked if c.admissible]
+    assert all(c.source == "model" for c in adm)
+    assert {c.name: c.seconds for c in adm} == before
+    assert adm[0].reason == "fastest admissible"
+
+
 def test_first_plan_trial_on_an_uncalibrated_machine(cache, monkeypatch):
     monkeypatch.setenv("CONVOLAB_AUTO_TRIAL", "1")
     x_shape, w_shape = (1, 16, 10, 10), (16, 16, 3, 3)

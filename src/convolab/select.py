@@ -36,6 +36,7 @@ every algorithm.
 
 from __future__ import annotations
 
+import math
 import os
 import time
 from dataclasses import dataclass
@@ -133,9 +134,9 @@ def rank(
             c.reason = f"error bound {eb:.1e} > max_error {budget:.1e}" + (
                 " (default)" if max_error is None else ""
             )
-        elif isinstance(cached, dict) and a.name in cached.get("seconds", {}):
+        elif isinstance(cached, dict) and _valid_seconds(cached.get("seconds", {}).get(a.name)):
             c.seconds, c.source = float(cached["seconds"][a.name]), "cache"
-        elif isinstance(cached, dict) and "untimed_after" in cached:
+        elif isinstance(cached, dict) and _valid_seconds(cached.get("untimed_after")):
             c.seconds = max(c.seconds, float(cached["untimed_after"]) * 1.001)
         out.append(c)
     if measure:
@@ -152,6 +153,15 @@ def rank(
         if not c.reason:
             c.reason = "fastest admissible" if i == 0 else f"{c.seconds / adm[0].seconds:.2f}x the fastest"
     return adm + [c for c in out if not c.admissible]
+
+
+def _valid_seconds(t) -> bool:
+    """A cached time that can be used: a finite number > 0 (an entry written with a stubbed
+    clock held 0 s and made the ranking divide by zero; a hand-edited file may hold anything)."""
+    try:
+        return math.isfinite(float(t)) and float(t) > 0
+    except (TypeError, ValueError):
+        return False
 
 
 #: the first-plan trial on an uncalibrated machine (see the module docstring): candidates timed
