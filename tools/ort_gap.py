@@ -18,19 +18,10 @@ import io
 import json
 import os
 import tempfile
-import time
 import warnings
 
 import numpy as np
-
-
-def best_ms(f, n=20):
-    best = float("inf")
-    for _ in range(n):
-        t = time.perf_counter()
-        f()
-        best = min(best, time.perf_counter() - t)
-    return best * 1e3
+from executor_profile import best_ms  # this directory's tool: python tools/ort_gap.py
 
 
 def main():
