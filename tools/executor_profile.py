@@ -116,7 +116,6 @@ def ort_conv_profile(net, x, threads, runs=30):
     """ONNX Runtime's per-node profile of ``net`` (exported with torch.onnx, graph optimisations
     on): each Conv / FusedConv node's minimum time (ms) over ``runs`` runs, in graph order."""
     import io
-    import json
     import os
     import tempfile
 
@@ -133,20 +132,29 @@ def ort_conv_profile(net, x, threads, runs=30):
     s = ort.InferenceSession(buf.getvalue(), so, providers=["CPUExecutionProvider"])
     for _ in range(runs):
         s.run(None, {"x": x})
-    path = s.end_profiling()
+    best = profile_minima(s)
+    return [ms for ms, op in best.values() if op in ("Conv", "FusedConv")]
+
+
+def profile_minima(session) -> dict[str, tuple[float, str]]:
+    """End ``session``'s ONNX Runtime profile: each node's minimum kernel time (ms) and its
+    operator type, in the order the nodes first ran; the profile file is removed."""
+    import json
+    import os
+
+    path = session.end_profiling()
     try:
         with open(path) as f:
             events = json.load(f)
     finally:
         os.remove(path)
-    best: dict[str, float] = {}
+    best: dict[str, tuple[float, str]] = {}
     for e in events:
-        if (e.get("cat") == "Node" and e["name"].endswith("_kernel_time")
-                and e.get("args", {}).get("op_name") in ("Conv", "FusedConv")):
+        if e.get("cat") == "Node" and e["name"].endswith("_kernel_time"):
             k = e["name"][: -len("_kernel_time")]
-            best[k] = min(best.get(k, float("inf")), e["dur"] / 1e3)
-    return list(best.values())
-
+            ms = min(best.get(k, (float("inf"), ""))[0], e["dur"] / 1e3)
+            best[k] = (ms, e.get("args", {}).get("op_name", ""))
+    return best
 
 if __name__ == "__main__":
     main()

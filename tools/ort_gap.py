@@ -15,13 +15,12 @@ executor's convolutions in graph order.
 
 import argparse
 import io
-import json
 import os
 import tempfile
 import warnings
 
 import numpy as np
-from executor_profile import best_ms  # this directory's tool: python tools/ort_gap.py
+from executor_profile import best_ms, profile_minima  # this directory's tool
 
 
 def main():
@@ -90,19 +89,9 @@ def main():
             prof.run(None, {"x": x})
         whole_c.append(best_ms(lambda: cm(x), 5))
         whole_o.append(best_ms(lambda: plain.run(None, {"x": x}), 5))
-    path = prof.end_profiling()
-    try:
-        with open(path) as f:
-            events = json.load(f)
-    finally:
-        os.remove(path)
-    ort_ms: dict[str, float] = {}
-    kind: dict[str, str] = {}
-    for e in events:
-        if e.get("cat") == "Node" and e["name"].endswith("_kernel_time"):
-            k = e["name"][: -len("_kernel_time")]
-            ort_ms[k] = min(ort_ms.get(k, float("inf")), e["dur"] / 1e3)
-            kind[k] = e.get("args", {}).get("op_name", "")
+    minima = profile_minima(prof)
+    ort_ms = {k: ms for k, (ms, _) in minima.items()}
+    kind = {k: op for k, (_, op) in minima.items()}
     convs = [k for k in ort_ms if kind[k] in ("Conv", "FusedConv")]
     other = sum(v for k, v in ort_ms.items() if k not in convs)
     mine: dict[int, float] = {}  # per node (summed over its images in an image-major run)
