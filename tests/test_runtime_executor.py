@@ -275,10 +275,11 @@ def test_worker_clock_stamps_each_operator():
     assert np.array_equal(st.buffers[seg.nodes[-1]].reshape(want.shape), want)
 
 
-def _inverted_residual(c=16, e=32):
+def _inverted_residual(c=16, e=32, k=3, stride=2, padding=1, dilation=1):
     return nn.Sequential(
         nn.Conv2d(c, e, 1, bias=False), nn.BatchNorm2d(e), nn.ReLU6(),
-        nn.Conv2d(e, e, 3, stride=2, padding=1, groups=e, bias=False), nn.BatchNorm2d(e), nn.ReLU6(),
+        nn.Conv2d(e, e, k, stride=stride, padding=padding, dilation=dilation, groups=e,
+                  bias=False), nn.BatchNorm2d(e), nn.ReLU6(),
         nn.Conv2d(e, c, 1, bias=False), nn.BatchNorm2d(c)).eval()
 
 
@@ -309,6 +310,38 @@ def test_expansion_feeds_depthwise_channel_blocked_with_the_same_bits(batch, mon
     want = plain(x).numpy()
     st2 = plain._states[tuple(x.shape)]
     assert all(int(s.prog[:, X.F_BLK].max()) == 0 for s in st2.segments if isinstance(s, M._Segment))
+    assert np.array_equal(got, want)
+    np.testing.assert_allclose(got, net(x).detach().numpy(), rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("k, stride, padding, dilation, H, W", [
+    (3, 1, 1, 1, 40, 37),  # rows of several blocks of 8: unchecked middle blocks
+    (5, 1, 2, 1, 19, 26),
+    (3, 2, 1, 1, 41, 40),
+    (5, 2, 2, 1, 30, 33),
+    (3, 2, 0, 1, 30, 30),  # the last input row and column read by no window
+    (7, 1, 3, 1, 12, 20),  # no shape of its own: the general loop
+    (3, 1, 2, 2, 16, 21),  # dilated
+    (5, 1, 2, 1, 7, 7),  # every block a border block
+])
+def test_blocked_depthwise_reads_its_input_where_it_lies(k, stride, padding, dilation, H, W,
+                                                         monkeypatch):
+    """A channel-blocked depthwise layer reads its channel-blocked input in the arena itself,
+    the padding as zeros of its own (`convolab.kernels._direct._dw_row`): the bits of the NCHW
+    path, which copies padded rows first, for every geometry."""
+    from convolab.runtime import _executor as X
+
+    torch.manual_seed(k + H)
+    net = _inverted_residual(k=k, stride=stride, padding=padding, dilation=dilation)
+    x = torch.randn(2, 16, H, W) * 3  # ReLU6 clamps some of the expansion's outputs
+    cm = compile(net, x, threads=2, algorithm="direct")
+    got = cm(x).numpy()
+    st = cm._states[tuple(x.shape)]
+    dw = [int(b) for s in st.segments if isinstance(s, M._Segment)
+          for b, kind in zip(s.prog[:, X.F_BLK], s.prog[:, X.F_KIND]) if kind == X.OP_DWB]
+    assert dw and all(b & 2 for b in dw)  # its input channel-blocked
+    monkeypatch.setattr(P, "_blocked_pairs", lambda *a: {})
+    want = compile(net, x, threads=2, algorithm="direct")(x).numpy()
     assert np.array_equal(got, want)
     np.testing.assert_allclose(got, net(x).detach().numpy(), rtol=1e-4, atol=1e-4)
 

@@ -436,71 +436,101 @@ DW_ROW_SHAPES = ((3, 1), (5, 1), (3, 2), (5, 2))
 
 
 @intrinsic
-def _dw_row(typingctx, buf, out, obase, xbase, pixstep, tapr, taps, R, S, wf, wbase, OW, eb, ebo,
-            nb, emode, ecode, elo, ehi):
+def _dw_row(typingctx, x, buf, out, obase, xbase, rstride, ih0, H, W, col0, zbase, sw, dh, dw, R,
+            S, wf, wbase, OW, eb, ebo, nb, emode, ecode, elo, ehi):
     """One output row of a channel-blocked depthwise convolution: ``out[obase + 16 p + l] =
-    sum over taps (r, s) of wf[wbase + 16 (r S + s) + l] * buf[xbase + p pixstep + r tapr +
-    s taps + l]`` for ``p < OW`` (``out``: the work buffer itself, or a channel-blocked
-    output), each pixel's taps fused multiply-added in (r, s) order from zero. Pixels in
-    blocks of 8 (the last block of a row reads up to 7 pixels past its end:
-    `depthwise_block_scratch` leaves room; only the row's pixels are stored), their
-    accumulators kept in registers over all the taps (one filter vector loaded per tap serves
-    the block). Then the output stage, lanes being channels: ``emode`` 2 adds ``eb[ebo + l]`` (lanes below ``nb``),
-    ``ecode`` 1 ReLU, 2 clamp(elo, ehi) -- the order and rounding of
-    `convolab.kernels._epilogue.run` without a residual."""
-    ints = (obase, xbase, pixstep, tapr, taps, R, S, wbase, OW, ebo, nb, emode, ecode)
+    sum over taps (r, s) of wf[wbase + 16 (r S + s) + l] * X(ih0 + r dh, col0 + p sw + s dw)``
+    for ``p < OW`` (``out``: the work buffer ``buf`` itself, or a channel-blocked output),
+    each pixel's taps fused multiply-added in (r, s) order from zero. ``X(i, j)`` is the
+    16-lane pixel ``x[xbase + i rstride + 16 j:]`` where ``0 <= i < H`` and ``0 <= j < W``,
+    and zero elsewhere (the padding), read as the 16 zeros at ``buf[zbase:]``: so the rows may
+    be a band copied into ``buf`` or the channel-blocked input itself, read where it lies.
+    Pixels in blocks of 8, their accumulators kept in registers over all the taps (one filter
+    vector loaded per tap serves the block); blocks whose columns all lie inside the rows load
+    them without a check, the others (the row's first and last, and every block of a small
+    plane) choose each column's pointer (the pixel or the zero vector) first. Pixels of the
+    row's last block past its end are computed and dropped. Then the output stage, lanes being
+    channels: ``emode`` 2 adds ``eb[ebo + l]`` (lanes below ``nb``), ``ecode`` 1 ReLU, 2
+    clamp(elo, ehi) -- the order and rounding of `convolab.kernels._epilogue.run` without a
+    residual."""
+    ints = (obase, xbase, rstride, ih0, H, W, col0, zbase, sw, dh, dw, R, S, wbase, OW, ebo, nb,
+            emode, ecode)
     if not all(isinstance(t, types.Integer) for t in ints):
         return None
     if not (isinstance(elo, types.Float) and isinstance(ehi, types.Float)):
         return None
-    if not (isinstance(out, types.Array) and out.dtype == buf.dtype):
+    if not all(isinstance(a, types.Array) and a.dtype == buf.dtype for a in (x, out)):
         return None
-    sig = types.void(buf, out, obase, xbase, pixstep, tapr, taps, R, S, wf, wbase, OW, eb, ebo,
-                     nb, emode, ecode, elo, ehi)
+    sig = types.void(x, buf, out, obase, xbase, rstride, ih0, H, W, col0, zbase, sw, dh, dw, R,
+                     S, wf, wbase, OW, eb, ebo, nb, emode, ecode, elo, ehi)
 
     def codegen(context, builder, sig, args):
         i64 = ir.IntType(64)
-        flt = context.get_value_type(sig.args[0].dtype)
+        flt = context.get_value_type(sig.args[1].dtype)
         size = context.get_abi_sizeof(flt)
         vty = ir.VectorType(flt, 16)
         vp = vty.as_pointer()
-        bp = context.make_array(sig.args[0])(context, builder, args[0]).data
-        outp = context.make_array(sig.args[1])(context, builder, args[1]).data
-        wp = context.make_array(sig.args[9])(context, builder, args[9]).data
-        obase, xbase, pixstep, tapr, taps, R, S, wbase, OW, ebo, nb, emode, ecode = (
-            context.cast(builder, args[k], sig.args[k], types.int64)
-            for k in (2, 3, 4, 5, 6, 7, 8, 10, 11, 13, 14, 15, 16))
-        ebp = context.make_array(sig.args[12])(context, builder, args[12]).data
-        lo, hi = (context.cast(builder, args[k], sig.args[k], sig.args[0].dtype) for k in (17, 18))
+        xp = context.make_array(sig.args[0])(context, builder, args[0]).data
+        bp = context.make_array(sig.args[1])(context, builder, args[1]).data
+        outp = context.make_array(sig.args[2])(context, builder, args[2]).data
+        wp = context.make_array(sig.args[16])(context, builder, args[16]).data
+        ebp = context.make_array(sig.args[19])(context, builder, args[19]).data
+        (obase, xbase, rstride, ih0, H, W, col0, zbase, sw, dh, dw, R, S, wbase, OW, ebo, nb,
+         emode, ecode) = (context.cast(builder, args[k], sig.args[k], types.int64)
+                          for k in (3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 17, 18, 20, 21,
+                                    22, 23))
+        lo, hi = (context.cast(builder, args[k], sig.args[k], sig.args[1].dtype) for k in (24, 25))
         stage = _VectorStage(builder, vty, size, ebp, ebo, nb, emode, ecode, lo, hi)
         fmaf = _fma_fn(builder, vty)
         c16 = ir.Constant(i64, 16)
         pv = cgutils.alloca_once_value(builder, ir.Constant(i64, 0))
         zero = ir.Constant(vty, None)
+        zp = builder.gep(bp, [zbase])
 
-        def vload(ptr, off):
-            return builder.load(builder.bitcast(builder.gep(ptr, [off]), vp), align=size)
+        def c(v):
+            return ir.Constant(i64, v)
 
-        def block(nb, keep=None, shape=None):
-            # keep: how many of the nb pixels are stored (the rest, past the row's end, are
-            # computed from whatever follows in buf and dropped). shape (S, sw) with unit
-            # dilation, known when the code is generated: each input vector of a kernel row is
-            # loaded once and serves every (pixel, tap) that reads it (3x3: 10 loads for 24
-            # fused multiply-adds instead of 24; the loads, not the FMAs, bounded the loop);
-            # each pixel still receives its taps in (r, s) order.
+        def vload(ptr):
+            return builder.load(builder.bitcast(ptr, vp), align=size)
+
+        def row_ptr(r):
+            # kernel row r's input row, or the zero vector's row where it is padding
+            ih = builder.add(ih0, builder.mul(r, dh))
+            ok = builder.icmp_unsigned("<", ih, H)
+            return builder.select(ok, builder.gep(xp, [builder.add(xbase, builder.mul(ih, rstride))]), zp)
+
+        def pixel(rowp, col, colok):
+            # the 16-lane input pixel at column col of the row; where colok (0 <= col < W) is
+            # given and false, the zero vector (a padding row's pointer is the zero row's, as
+            # wide as the input rows)
+            ptr = builder.gep(rowp, [builder.mul(col, c16)])
+            if colok is not None:
+                ptr = builder.select(colok, ptr, zp)
+            return vload(ptr)
+
+        def block(nb, keep, shape, checked):
+            # keep: how many of the nb pixels are stored. shape (S, sw) with unit dilation,
+            # known when the code is generated: each input vector of a kernel row is loaded
+            # once and serves every (pixel, tap) that reads it (3x3: 10 loads for 24 fused
+            # multiply-adds instead of 24; the loads, not the FMAs, bounded the loop); each
+            # pixel still receives its taps in (r, s) order.
             accs = [cgutils.alloca_once(builder, vty) for _ in range(nb)]
             for a in accs:
                 builder.store(zero, a)
             p = builder.load(pv)
-            x0 = builder.add(xbase, builder.mul(p, pixstep))
+            cp = builder.add(col0, builder.mul(p, sw))  # the block's first input column
+            oks = None
+            if shape is not None and checked:  # each column's check, once for all rows
+                oks = [builder.icmp_unsigned("<", builder.add(cp, c(jj)), W)
+                       for jj in range((nb - 1) * shape[1] + shape[0])]
             with cgutils.for_range(builder, R) as lr:
-                xr = builder.add(x0, builder.mul(lr.index, tapr))
+                rowp = row_ptr(lr.index)
                 wr = builder.add(wbase, builder.mul(builder.mul(lr.index, S), c16))
                 if shape is not None:
                     Sc, swc = shape
-                    wvs = [vload(wp, builder.add(wr, ir.Constant(i64, 16 * s_))) for s_ in range(Sc)]
+                    wvs = [vload(builder.gep(wp, [builder.add(wr, c(16 * s_))])) for s_ in range(Sc)]
                     for jj in range((nb - 1) * swc + Sc):
-                        xv = vload(bp, builder.add(xr, ir.Constant(i64, 16 * jj)))
+                        xv = pixel(rowp, builder.add(cp, c(jj)), oks[jj] if oks else None)
                         for s_ in range(Sc):
                             q, rem = divmod(jj - s_, swc)
                             if rem == 0 and 0 <= q < nb:
@@ -508,22 +538,39 @@ def _dw_row(typingctx, buf, out, obase, xbase, pixstep, tapr, taps, R, S, wf, wb
                                                                   builder.load(accs[q])]), accs[q])
                 else:
                     with cgutils.for_range(builder, S) as ls:
-                        xs = builder.add(xr, builder.mul(ls.index, taps))
-                        wv = vload(wp, builder.add(wr, builder.mul(ls.index, c16)))
+                        cs = builder.add(cp, builder.mul(ls.index, dw))
+                        wv = vload(builder.gep(wp, [builder.add(wr, builder.mul(ls.index, c16))]))
                         for q, a in enumerate(accs):
-                            xq = builder.add(xs, builder.mul(ir.Constant(i64, q), pixstep))
-                            xv = vload(bp, xq)
+                            col = builder.add(cs, builder.mul(c(q), sw))
+                            xv = pixel(rowp, col, builder.icmp_unsigned("<", col, W))
                             builder.store(builder.call(fmaf, [wv, xv, builder.load(a)]), a)
             o = builder.add(obase, builder.mul(p, c16))
             for q, a in enumerate(accs):
-                at = builder.add(o, ir.Constant(i64, 16 * q))
-                ptr = builder.bitcast(builder.gep(outp, [at]), vp)
+                ptr = builder.bitcast(builder.gep(outp, [builder.add(o, c(16 * q))]), vp)
                 if keep is None:
                     builder.store(stage.apply(builder.load(a)), ptr, align=size)
                 else:
-                    with builder.if_then(builder.icmp_signed("<", ir.Constant(i64, q), keep)):
+                    with builder.if_then(builder.icmp_signed("<", c(q), keep)):
                         builder.store(stage.apply(builder.load(a)), ptr, align=size)
-            builder.store(builder.add(p, ir.Constant(i64, nb)), pv)
+            builder.store(builder.add(p, c(nb)), pv)
+
+        def checked_block(keep, shape):
+            # the block's columns, first to last, all inside the rows: no per-column check
+            # (rows that are padding read the zero row, as long as the rows are)
+            p = builder.load(pv)
+            first = builder.add(col0, builder.mul(p, sw))
+            last = builder.add(builder.add(first, builder.mul(c(7), sw)),
+                               builder.mul(builder.sub(S, c(1)), dw))
+            inside = builder.and_(builder.icmp_signed(">=", first, c(0)),
+                                  builder.icmp_signed("<", last, W))
+            if shape is None:
+                block(8, keep, shape, True)
+                return
+            with builder.if_else(inside) as (then, otherwise):
+                with then:
+                    block(8, keep, shape, False)
+                with otherwise:
+                    block(8, keep, shape, True)
 
         def row(shape):
             bbcond = builder.append_basic_block("dw8.cond")
@@ -531,18 +578,17 @@ def _dw_row(typingctx, buf, out, obase, xbase, pixstep, tapr, taps, R, S, wf, wb
             bbend = builder.append_basic_block("dw8.end")
             builder.branch(bbcond)
             builder.position_at_end(bbcond)
-            more = builder.icmp_signed("<=", builder.add(builder.load(pv), ir.Constant(i64, 8)),
-                                       OW)
+            more = builder.icmp_signed("<=", builder.add(builder.load(pv), c(8)), OW)
             builder.cbranch(more, bbbody, bbend)
             builder.position_at_end(bbbody)
-            block(8, shape=shape)
+            checked_block(None, shape)
             builder.branch(bbcond)
             builder.position_at_end(bbend)
             # the row's last 1-7 pixels as one more block of 8: independent accumulators keep
             # the FMA pipes busy where single pixels waited on each tap's latency
             left = builder.sub(OW, builder.load(pv))
-            with builder.if_then(builder.icmp_signed(">", left, ir.Constant(i64, 0))):
-                block(8, left, shape)
+            with builder.if_then(builder.icmp_signed(">", left, c(0))):
+                checked_block(left, shape)
 
         def dispatch(shapes):
             if not shapes:
@@ -550,9 +596,8 @@ def _dw_row(typingctx, buf, out, obase, xbase, pixstep, tapr, taps, R, S, wf, wb
                 return
             Sc, swc = shapes[0]
             match = builder.and_(builder.and_(
-                builder.icmp_signed("==", S, ir.Constant(i64, Sc)),
-                builder.icmp_signed("==", pixstep, ir.Constant(i64, 16 * swc))),
-                builder.icmp_signed("==", taps, c16))
+                builder.icmp_signed("==", S, c(Sc)), builder.icmp_signed("==", sw, c(swc))),
+                builder.icmp_signed("==", dw, c(1)))
             with builder.if_else(match) as (then, otherwise):
                 with then:
                     row((Sc, swc))
@@ -587,12 +632,15 @@ def depthwise_band_rows(OH, OW, R, S, sh, sw, dh, dw):  # pragma: no cover - com
 
 @njit(cache=True, nogil=True)
 def depthwise_block_scratch(OH, OW, R, S, sh, sw, dh, dw):  # pragma: no cover - compiled
-    """Elements of `depthwise_block_task`'s work buffer: a band's padded input rows and its
-    outputs, 16 lanes each, and room for the reads of `_dw_row`'s last block past the end."""
+    """Elements of `depthwise_block_task`'s work buffer: a band's padded input rows, its
+    outputs and a row of zeros as wide as the input (`_dw_row` reads the padding there), 16
+    lanes each."""
     ob = depthwise_band_rows(OH, OW, R, S, sh, sw, dh, dw)
     Wp = (OW - 1) * sw + (S - 1) * dw + 1
     rows = (ob - 1) * sh + (R - 1) * dh + 1
-    return 16 * (rows * Wp + ob * OW + 8 * sw)
+    # the zero row: the input is at most Wp + sw - 1 wide; then room for the reads of a row's
+    # last block past the band's end
+    return 16 * (rows * Wp + ob * OW + Wp + sw + 8 * sw)
 
 
 @njit(inline="always")
@@ -608,17 +656,18 @@ def depthwise_block_task(task, xflat, xbase, wf, wbase, of, obase, C, H, W, R, S
     """Task ``task = (n ceil(C / 16) + b) nbands + band`` of a depthwise convolution with one
     output per channel, channel-blocked: output rows ``band * OB ..`` (`depthwise_band_rows`)
     of channels ``16 b .. 16 b + 15`` of image n. The padded input rows the band reads are
-    copied into ``buf`` as 16-lane pixels (lanes are channels; lanes past C stay zero), every
-    output pixel then is one vector, the taps of a few pixels at a time accumulated in
-    registers (`_dw_row`), the band's outputs are copied back to their NCHW planes and the
-    output stage applied plane by plane. For planes from 7x7 (where `depthwise_task`'s
+    copied into ``buf`` as 16-lane pixels (lanes are channels; lanes past C stay zero) unless
+    the input is channel-blocked already (then `_dw_row` reads it where it lies, the padding
+    from a row of zeros in ``buf``: the copy had cost up to 0.9x the arithmetic, Zen 4, 96
+    channels 3x3/2 at 112x112), every output pixel then is one vector, the taps of a few
+    pixels at a time accumulated in registers (`_dw_row`), the band's outputs are copied back
+    to their NCHW planes and the output stage applied plane by plane. For planes from 7x7 (where `depthwise_task`'s
     per-plane passes over a few dozen outputs cost more than its arithmetic) to 112x112 (in
     bands that stay in the L2 cache). ``wf[wbase + (b T + t) 16 + l]``: tap t of channel
     16 b + l (packed by the plan, zero past C). Every output is ``fma(w_{T-1}, x_{T-1}, ...
     fma(w_0, x_0, 0))`` in (r, s) order: bit for bit `depthwise_task`'s result, whatever the
     bands. ``xblocked`` bit 2: the input is channel-blocked (NCHW16c: channel ``16 b + l`` of
-    pixel p at ``16 b HW + 16 p + l``, C a multiple of 16): the band's rows are copied, not
-    transposed; bit 1: so is the output (with a fused output stage: no residual); the bits of
+    pixel p at ``16 b HW + 16 p + l``, C a multiple of 16): read in place, nothing copied; bit 1: so is the output (with a fused output stage: no residual); the bits of
     the executor's ``F_BLK``."""
     ebias, eres, eoff, emode, ecode, elo, ehi = epi
     nbk = (C + 15) // 16
@@ -638,41 +687,42 @@ def depthwise_block_task(task, xflat, xbase, wf, wbase, of, obase, C, H, W, R, S
     Wp = (OW - 1) * sw + (S - 1) * dw + 1
     zero = xflat.dtype.type(0)
     nin = uint64(16 * rows * Wp)
+    zrow = nin + uint64(16 * OB * OW)  # the zero row `_dw_row` reads the padding from
     HW = H * W
     src0 = xbase + (n * C + c0) * HW
-    w0 = max(0, -pl)
-    w1 = min(W, Wp - pl)
-    for r in range(rows):
-        h = hp0 + r - pt
-        row = uint64(r * Wp * 16)
-        if h < 0 or h >= H or w1 <= w0 or cn < 16:
-            for i in range(uint64(Wp * 16)):
+    # a channel-blocked input is read where it lies (16-lane pixels, rows of W); an NCHW one
+    # is first copied into buf: the band's padded rows as 16-lane pixels (lanes past C zero)
+    inplace = xblocked & 2 != 0
+    if inplace:
+        for i in range(uint64(16 * (Wp + sw))):
+            buf[zrow + i] = zero
+    else:
+        w0 = max(0, -pl)
+        w1 = min(W, Wp - pl)
+        for r in range(rows):
+            h = hp0 + r - pt
+            row = uint64(r * Wp * 16)
+            if h < 0 or h >= H or w1 <= w0 or cn < 16:
+                for i in range(uint64(Wp * 16)):
+                    buf[row + i] = zero
+                if h < 0 or h >= H:
+                    continue
+                if cn < 16:  # a partial block: lanes past C stay zero
+                    for l in range(cn):
+                        src = uint64(src0 + l * HW + h * W)
+                        for w in range(w0, w1):
+                            buf[row + uint64((w + pl) * 16 + l)] = xflat[src + uint64(w)]
+                continue
+            # zero the row's borders; each interior pixel's 16 channels gathered into one vector
+            for i in range(uint64((w0 + pl) * 16)):
                 buf[row + i] = zero
-            if h < 0 or h >= H:
-                continue
-            if cn < 16:  # a partial block: lanes past C stay zero
-                for l in range(cn):
-                    src = uint64(src0 + l * HW + h * W)
-                    for w in range(w0, w1):
-                        buf[row + uint64((w + pl) * 16 + l)] = xflat[src + uint64(w)]
-                continue
-            continue
-        # zero the row's borders; each interior pixel's 16 channels gathered into one vector
-        for i in range(uint64((w0 + pl) * 16)):
-            buf[row + i] = zero
-        for i in range(uint64((w1 + pl) * 16), uint64(Wp * 16)):
-            buf[row + i] = zero
-        if xblocked & 2:  # the row's pixel vectors as they are
-            src = uint64(src0 + (h * W + w0) * 16)
-            dst = row + uint64((w0 + pl) * 16)
-            for i in range(uint64((w1 - w0) * 16)):
-                buf[dst + i] = xflat[src + i]
-            continue
-        for w in range(w0, w1, 16):
-            # 16 channels x up to 16 pixels of the row, transposed to pixel vectors
-            cnt = min(16, w1 - w)
-            _t16(xflat, src0 + h * W + w, HW, 16, cnt, buf, row + uint64((w + pl) * 16), 16,
-                 cnt, 16)
+            for i in range(uint64((w1 + pl) * 16), uint64(Wp * 16)):
+                buf[row + i] = zero
+            for w in range(w0, w1, 16):
+                # 16 channels x up to 16 pixels of the row, transposed to pixel vectors
+                cnt = min(16, w1 - w)
+                _t16(xflat, src0 + h * W + w, HW, 16, cnt, buf, row + uint64((w + pl) * 16), 16,
+                     cnt, 16)
     wb = uint64(wbase + b * T * 16)
     # bias and ReLU / clamp on the pixel vectors (lanes are channels) unless a residual comes
     # first (then by the pass over each plane below, as the other kernels do)
@@ -686,9 +736,16 @@ def depthwise_block_task(task, xflat, xbase, wf, wbase, of, obase, C, H, W, R, S
     direct_out = xblocked & 1 != 0
     for oh in range(oh0, oh1):
         o = uint64(ob + oh * OW * 16) if direct_out else nin + uint64((oh - oh0) * OW * 16)
-        _dw_row(buf, of if direct_out else buf, o, uint64((oh * sh - hp0) * Wp * 16),
-                uint64(sw * 16), uint64(dh * Wp * 16), uint64(dw * 16), uint64(R), uint64(S),
-                wf, wb, uint64(OW), ebias, c0 if emode & 2 else 0, cn, fm, fc, elo, ehi)
+        if inplace:
+            _dw_row(xflat, buf, of if direct_out else buf, o, src0, 16 * W, oh * sh - pt, H, W,
+                    -pl, zrow, sw, dh, dw, R, S, wf, wb, OW, ebias, c0 if emode & 2 else 0, cn,
+                    fm, fc, elo, ehi)
+        else:
+            # the copied rows are padded: no check (a row's last block reads on past its end,
+            # into the next row or the slack, for outputs it drops)
+            _dw_row(buf, buf, of if direct_out else buf, o, 0, 16 * Wp, oh * sh - hp0, rows,
+                    Wp + 8 * sw, 0, zrow, sw, dh, dw, R, S, wf, wb, OW, ebias,
+                    c0 if emode & 2 else 0, cn, fm, fc, elo, ehi)
     if direct_out:
         return
     q0 = oh0 * OW

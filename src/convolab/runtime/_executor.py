@@ -90,7 +90,7 @@ NF = 33
 # F_BLK: channel-blocked activations (NCHW16c, `model._blocked_pairs` picks them): bit 1 the
 # operator's output, bit 2 its input. OP_TILES of a 1x1 layer on the microkernel: its tiles
 # store their 16-channel pixel vectors as they are / its reduction reads runs of 16 channels
-# per pixel; OP_DWB: rows of pixel vectors copied instead of planes transposed
+# per pixel; OP_DWB: the pixel vectors read where they lie instead of planes transposed
 #: counters per operator: [0] barrier, [1] phase-1 tasks, [2] phase barrier, [3 + n] image n
 CS_BASE = 3
 

@@ -379,8 +379,8 @@ def _blocked_pairs(g: Graph, st: _State, seg: _Segment, root, pads) -> dict[int,
     pixels in the vector lanes, `_pixel_vectors`), the channels are a multiple of
     16, the producer's output stage is one the tiles apply (bias, ReLU, clamp; no residual),
     and the value is nobody's view and no graph output. Blocked, the 1x1 tiles store or read
-    16-channel pixel vectors as they are and the depthwise operator copies rows of them instead
-    of transposing planes; each value is computed by the same code as before, so the bits do not
+    16-channel pixel vectors as they are and the depthwise operator reads them where they lie
+    instead of transposing planes; each value is computed by the same code as before, so the bits do not
     change."""
     in_seg = set(seg.nodes)
     users: dict[int, list[int]] = {}
