@@ -24,6 +24,11 @@ from convolab.spec import ConvSpec
          np.float32),  # strided and dilated
         ((1, 64, 9, 9), (64, 64, 1, 1), {"stride": 2}, np.float32),  # downsampling 1x1
         ((1, 8, 12, 12), (32, 8, 3, 3), {"stride": 2, "padding": 1}, np.float64),
+        # a last k-block of one vector of channels (16 float32, 8 float64 lanes), on rows
+        # crossed by tiles and on dense ones, a fused residual: the one-vector tiles
+        ((2, 24, 9, 11), (48, 24, 3, 3), {"padding": 1}, np.float32),
+        ((1, 40, 7, 7), (80, 40, 1, 1), {}, np.float32),
+        ((1, 12, 6, 9), (40, 12, 1, 1), {}, np.float64),
     ],
 )
 def test_microkernel_and_loops_agree_bit_for_bit(monkeypatch, x_shape, w_shape, kw, dtype):
@@ -45,12 +50,14 @@ def test_microkernel_only_where_lanes_are_used():
 
     assert D.tiled(spec(64)) and D.tiled(spec(96)) and D.tiled(spec(48))
     assert not D.tiled(spec(16))  # below TILE_MIN_KG
-    assert not D.tiled(spec(40))  # 40 of 64 lanes
+    assert D.tiled(spec(40))  # 40 of 48 lanes: a last k-block of 8 channels computes 16
+    assert not D.tiled(spec(34))  # 34 of 64 lanes
     assert D.tiled(spec(64, stride=2)) and D.tiled(spec(64, dilation=2))
     assert not D.tiled(spec(16, stride=2))
     # the count includes the lanes and pixels the microkernel computes past the layer
     s = spec(48)
-    assert convolab.registry.get("direct").multiplies(s) == 64 * 100 * 72  # 2 blocks of 32 lanes
+    assert convolab.registry.get("direct").multiplies(s) == 48 * 100 * 72  # 32 + 16 lanes
+    assert convolab.registry.get("direct").multiplies(spec(50)) == 64 * 100 * 72
     assert convolab.registry.get("direct").multiplies(spec(16, stride=2)) == spec(16, stride=2).direct_multiplies
 
 

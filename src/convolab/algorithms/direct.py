@@ -57,8 +57,7 @@ def tiled(spec: ConvSpec) -> bool:
         return False
     if not TILE_STRIDED and (spec.stride != (1, 1) or spec.dilation != (1, 1)):
         return False
-    kb = mk.kb(spec)
-    return spec.Kg / (-(-spec.Kg // kb) * kb) >= TILE_MIN_USE
+    return spec.Kg / mk.lanes_computed(spec) >= TILE_MIN_USE
 
 
 def _multiplies(spec: ConvSpec) -> int:

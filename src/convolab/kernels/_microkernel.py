@@ -117,7 +117,7 @@ def fma(typingctx, a, b, c):
 
 
 def _make_microkernel(mr: int, pixel_major: bool = False, straight: bool = False,
-                      table: bool = False, blocked: bool = False):
+                      table: bool = False, blocked: bool = False, nv: int = NV):
     """The microkernel intrinsic for tiles of ``mr`` pixels, pixels past ``OHOW - 1`` repeating
     it. ``straight``: the tile's pixels lie in one output row (the caller checks), addressed
     from one pointer per three pixels. With ``pixel_major`` it takes one more argument,
@@ -158,16 +158,16 @@ def _make_microkernel(mr: int, pixel_major: bool = False, straight: bool = False
                         obase, OHOW, OW, rowlen, kn, v0, eb, eko, er, erd, emode, ecode, elo, ehi):
             return _typer(mr, straight, (w, woff, x, xoff, cstride, Cg, FWe, FHe, istep, fwstep,
                                          cs, out, obase, OHOW, OW, rowlen, kn, v0, eb, eko, er,
-                                         erd, emode, ecode, elo, ehi), blocked=blocked)
+                                         erd, emode, ecode, elo, ehi), blocked=blocked, nv=nv)
 
     microkernel.__name__ = microkernel.__qualname__ = (
         f"_microkernel_{mr}" + ("_straight" if straight else "")
         + ("_pixel_major" if pixel_major else "") + ("_table" if table else "")
-        + ("_blocked" if blocked else ""))
+        + ("_blocked" if blocked else "") + ("" if nv == NV else f"_nv{nv}"))
     return intrinsic(microkernel)
 
 
-def _typer(mr, straight, tys, pixel_major=False, table=False, blocked=False):
+def _typer(mr, straight, tys, pixel_major=False, table=False, blocked=False, nv=NV):
     """Signature and code of one tile: pixels ``v0 .. v0+mr-1`` x KB channels (``kn`` real).
 
     ``woff``: the k-block's packed filter; ``xoff``: the group's first input element;
@@ -233,7 +233,9 @@ def _typer(mr, straight, tys, pixel_major=False, table=False, blocked=False):
                     ow = builder.select(inside, builder.select(wrap, _i64(0), nxt), ow)
                 off = builder.add(builder.mul(oh, rowlen), builder.mul(ow, cs))
                 pix.append((builder.gep(xp, [off]), _i64(0)))
-        accs = [[cgutils.alloca_once(builder, vty) for _ in range(NV)] for _ in range(mr)]
+        # nv < NV: the tile's first nv vectors of channels only (a last k-block of at most
+        # nv VL real channels; the filter is packed KB wide all the same)
+        accs = [[cgutils.alloca_once(builder, vty) for _ in range(nv)] for _ in range(mr)]
         zero = ir.Constant(vty, None)
         for row in accs:
             for ptr in row:
@@ -254,18 +256,18 @@ def _typer(mr, straight, tys, pixel_major=False, table=False, blocked=False):
                     xi = builder.add(xs, builder.mul(lh, istep))
                 wh = builder.gep(ws, [builder.mul(lh, kbc)])
                 wv = [builder.load(builder.bitcast(builder.gep(wh, [_i64(v * VL)]), vpty),
-                                   align=size) for v in range(NV)]
+                                   align=size) for v in range(nv)]
                 # the packed filter is read in order: fetch the lines WEIGHT_PREFETCH_STEPS
                 # steps ahead (into the next k-block at the end of this one), so a filter
                 # streamed from memory, once per layer, does not stall the first tiles
-                for v in range(NV):
+                for v in range(nv):
                     builder.call(prefetch, [builder.bitcast(
                         builder.gep(wh, [_i64(WEIGHT_PREFETCH_STEPS * KB + v * VL)]), i8p),
                         ir.Constant(_I32, 0), ir.Constant(_I32, 3), ir.Constant(_I32, 1)])
                 for j, (base, off) in enumerate(pix):
                     s = builder.load(builder.gep(base, [builder.add(xi, off)]))
                     b = splat(builder, s, vty)
-                    for v in range(NV):
+                    for v in range(nv):
                         acc = builder.load(accs[j][v])
                         builder.store(builder.call(fmaf, [wv[v], b, acc]), accs[j][v])
             fw = builder.add(builder.load(fw_v), _i64(1))
@@ -365,11 +367,11 @@ def _store_scalar(context, builder, accs, vty, flt, op, obase, OHOW, kn, v0, n):
                           flt.as_pointer())
     for j in range(len(accs)):
         with builder.if_then(builder.icmp_unsigned("<", _i64(j), n)):
-            for v in range(NV):
+            for v in range(len(accs[j])):
                 dst = builder.bitcast(builder.gep(tmp, [_i64(v * VL)]), vpty)
                 builder.store(builder.load(accs[j][v]), dst, align=size)
             ob = builder.gep(op, [builder.add(obase, builder.add(v0, _i64(j)))])
-            with cgutils.for_range(builder, kn) as ll:
+            with cgutils.for_range(builder, kn) as ll:  # kn <= nv VL
                 val = builder.load(builder.gep(tmp, [ll.index]))
                 builder.store(val, builder.gep(ob, [builder.mul(ll.index, OHOW)]))
 
@@ -438,7 +440,7 @@ def _store_pixel_major(builder, accs, vty, size, op, obase, kn, v0, n, ostride, 
         with builder.if_then(builder.icmp_unsigned("<", _i64(j), n)):
             v = builder.add(v0, _i64(j))
             base = builder.gep(op, [builder.add(obase, builder.mul(v, ostride))])
-            for i in range(NV):
+            for i in range(len(accs[j])):
                 val = builder.load(accs[j][i])
                 if epi is not None:
                     val = epi.apply_lanes(builder, val, i * VL, masks[i])
@@ -467,7 +469,7 @@ def _tile_columns(builder, accs, vty):
     zero = ir.Constant(vty, None)
     mr = len(accs)
     return [_transpose16(builder, [builder.load(accs[j][v]) if j < mr else zero
-                                   for j in range(16)]) for v in range(NV)]
+                                   for j in range(16)]) for v in range(len(accs[0]))]
 
 
 def _store_channels(builder, cols, vty, op, start, stride, kn, m, epi):
@@ -475,7 +477,7 @@ def _store_channels(builder, cols, vty, op, start, stride, kn, m, epi):
     stored under mask ``m`` at ``op[start + kk stride]``."""
     mstore, _ = _masked_store(builder, vty, 4)
     base = builder.gep(op, [start])
-    for v in range(NV):
+    for v in range(len(cols)):
         for lane in range(16):
             kk = v * 16 + lane
             with builder.if_then(builder.icmp_unsigned("<", _i64(kk), kn)):
@@ -513,7 +515,7 @@ def _store_virtual(context, builder, accs, vty, flt, op, obase, OWv, kn, v0, n, 
         tmp = builder.bitcast(cgutils.alloca_once(builder, ir.ArrayType(flt, VL * NV * mr)),
                               flt.as_pointer())
         for j in range(mr):
-            for v in range(NV):
+            for v in range(len(accs[j])):
                 dst = builder.bitcast(builder.gep(tmp, [_i64((j * NV + v) * VL)]),
                                       vty.as_pointer())
                 builder.store(builder.load(accs[j][v]), dst, align=size)
@@ -669,6 +671,9 @@ _microkernel_table = _make_microkernel(MR, straight=True, table=True)
 _microkernel_table_tail = _make_microkernel(MR_TAIL, table=True)
 _microkernel_blocked = _make_microkernel(MR, straight=True, blocked=True)
 _microkernel_blocked_tail = _make_microkernel(MR_TAIL, blocked=True)
+# a last k-block of at most 16 float32 channels (K = 80, 112 ...: half its lanes had run empty)
+_microkernel_straight_nv1 = _make_microkernel(MR, straight=True, nv=1)
+_microkernel_tail_nv1 = _make_microkernel(MR_TAIL, nv=1)
 
 
 @njit(inline="always")
@@ -736,6 +741,8 @@ def run_tile_tasks(wflat, wbase, src, srcbase, cstride, Cgk, FWe, FHe, istep, fw
             kn = min(KB, (g + 1) * Kg - k0)
             woff = wbase + (g * nkb + kb) * Cg * taps * KB
             ob = obase0 + k0 * OHOW
+            # a last k-block of one vector of real channels: tiles of that vector only
+            half = kn * wflat.itemsize <= 64
             for qt in range(q0, q1):
                 v0 = qt * MR
                 if table:
@@ -762,13 +769,23 @@ def run_tile_tasks(wflat, wbase, src, srcbase, cstride, Cgk, FWe, FHe, istep, fw
                                              ebias, k0, eres, erd, fm, fc, elo, ehi)
                 elif qt >= nfull:  # the last, partial tile: narrow tiles
                     for v in range(v0, OHOW, MR_TAIL):
-                        _microkernel_tail(wflat, woff, src, xg, cstride, Cgk, FWe, FHe, istep,
-                                          fwstep, cs, on, ob, OHOW, OW, rowlen, kn, v,
-                             ebias, k0, eres, erd, fm, fc, elo, ehi)
+                        if half:
+                            _microkernel_tail_nv1(wflat, woff, src, xg, cstride, Cgk, FWe, FHe,
+                                                  istep, fwstep, cs, on, ob, OHOW, OW, rowlen,
+                                                  kn, v, ebias, k0, eres, erd, fm, fc, elo, ehi)
+                        else:
+                            _microkernel_tail(wflat, woff, src, xg, cstride, Cgk, FWe, FHe,
+                                              istep, fwstep, cs, on, ob, OHOW, OW, rowlen, kn, v,
+                                              ebias, k0, eres, erd, fm, fc, elo, ehi)
                 elif dense or v0 % OW + MR <= OW:
-                    _microkernel_straight(wflat, woff, src, xg, cstride, Cgk, FWe, FHe, istep,
-                                          fwstep, cs, on, ob, OHOW, OW, rowlen, kn, v0,
-                             ebias, k0, eres, erd, fm, fc, elo, ehi)
+                    if half:
+                        _microkernel_straight_nv1(wflat, woff, src, xg, cstride, Cgk, FWe, FHe,
+                                                  istep, fwstep, cs, on, ob, OHOW, OW, rowlen,
+                                                  kn, v0, ebias, k0, eres, erd, fm, fc, elo, ehi)
+                    else:
+                        _microkernel_straight(wflat, woff, src, xg, cstride, Cgk, FWe, FHe, istep,
+                                              fwstep, cs, on, ob, OHOW, OW, rowlen, kn, v0,
+                                              ebias, k0, eres, erd, fm, fc, elo, ehi)
                 else:
                     _microkernel(wflat, woff, src, xg, cstride, Cgk, FWe, FHe, istep, fwstep, cs,
                                  on, ob, OHOW, OW, rowlen, kn, v0,

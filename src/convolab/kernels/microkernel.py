@@ -57,11 +57,22 @@ def pixels_computed(vtot: int) -> int:
     return vtot - rest + -(-rest // MR_TAIL) * MR_TAIL
 
 
+def lanes_computed(spec) -> int:
+    """Output channels the tiles compute per group: every lane of every k-block (zero lanes
+    past the group's channels included), except in a last k-block of at most one vector of
+    real channels, whose tiles compute that vector only (the straight and tail tiles; tiles
+    across a row end compute all `NV`)."""
+    b = kb(spec)
+    vl = b // NV
+    full, rest = divmod(spec.Kg, b)
+    return full * b + (0 if rest == 0 else vl if rest <= vl else b)
+
+
 def multiplies(spec, vtot: int) -> int:
     """Multiplications of the tiles over a layer whose images each have ``vtot`` virtual
-    pixels: every lane of every k-block (zero lanes past a group's channels included)."""
-    nkb = -(-spec.Kg // kb(spec))
-    return spec.N * spec.groups * nkb * kb(spec) * pixels_computed(vtot) * spec.reduction_length
+    pixels (`lanes_computed` channels per group)."""
+    return (spec.N * spec.groups * lanes_computed(spec) * pixels_computed(vtot)
+            * spec.reduction_length)
 
 
 def pack_filter(spec, w, taps_order: str) -> np.ndarray:
