@@ -346,6 +346,50 @@ def test_blocked_depthwise_reads_its_input_where_it_lies(k, stride, padding, dil
     np.testing.assert_allclose(got, net(x).detach().numpy(), rtol=1e-4, atol=1e-4)
 
 
+class _Stem(nn.Module):
+    """A strided 3x3 stem (TF-'same' padding by ``F.pad`` when ``same``) into a depthwise
+    layer and a 1x1 projection."""
+
+    def __init__(self, same: bool, k: int = 3):
+        super().__init__()
+        self.same = same
+        self.stem = nn.Sequential(nn.Conv2d(3, 32, k, stride=2, padding=0 if same else k // 2),
+                                  nn.BatchNorm2d(32), nn.ReLU6())
+        self.dw = nn.Sequential(nn.Conv2d(32, 32, 3, padding=1, groups=32), nn.ReLU())
+        self.pw = nn.Conv2d(32, 16, 1)
+
+    def forward(self, x):
+        if self.same:
+            x = nn.functional.pad(x, (0, 1, 0, 1))
+        return self.pw(self.dw(self.stem(x)))
+
+
+@pytest.mark.parametrize("same, H, W, k", [(False, 32, 30, 3), (True, 17, 9, 3), (False, 11, 40, 5)])
+def test_strided_stem_hands_its_output_to_depthwise_channel_blocked(same, H, W, k, monkeypatch):
+    """A strided layer on stride-phase planes feeding a depthwise layer stores its tiles'
+    pixel vectors channel-blocked (virtual rows: the phase width's extra columns dropped, tiles
+    across row ends on narrow planes) and the depthwise layer reads them in place: the bits of
+    the NCHW path."""
+    from convolab.runtime import _executor as X
+
+    torch.manual_seed(H + W)
+    net = _Stem(same, k).eval()
+    net.stem[1].running_mean.uniform_(-1, 1)
+    x = torch.randn(2, 3, H, W)
+    cm = compile(net, x, threads=2, algorithm="direct")
+    got = cm(x).numpy()
+    st = cm._states[tuple(x.shape)]
+    (seg,) = [s for s in st.segments if isinstance(s, M._Segment)]
+    rows = [(int(k_), int(c2), int(b)) for k_, c2, b in
+            zip(seg.prog[:, X.F_KIND], seg.prog[:, X.F_C2], seg.prog[:, X.F_BLK])]
+    assert (X.OP_TILES, 3, 1) in rows  # the stem on phase planes, its output blocked
+    assert any(k_ == X.OP_DWB and b & 2 for k_, _, b in rows)
+    monkeypatch.setattr(P, "_blocked_pairs", lambda *a: {})
+    want = compile(net, x, threads=2, algorithm="direct")(x).numpy()
+    assert np.array_equal(got, want)
+    np.testing.assert_allclose(got, net(x).detach().numpy(), rtol=1e-4, atol=1e-4)
+
+
 def test_an_expansion_read_twice_stays_nchw():
     """The expansion's output also read by another operator (here a residual add): not
     channel-blocked."""

@@ -146,7 +146,7 @@ def _make_microkernel(mr: int, pixel_major: bool = False, straight: bool = False
             return _typer(mr, straight, (w, woff, x, xoff, cstride, Cg, FWe, FHe, istep, fwstep,
                                          cs, out, obase, OHOW, OW, rowlen, kn, v0, OWr, OHOWr,
                                          tab, tabo, eb, eko, er, erd, emode, ecode, elo, ehi),
-                          table=True)
+                          table=True, blocked=blocked)
     elif pixel_major:
         def microkernel(typingctx, w, woff, x, xoff, cstride, Cg, FWe, FHe, istep, fwstep, cs, out,
                         obase, OHOW, OW, rowlen, kn, v0, ostride):
@@ -283,6 +283,9 @@ def _typer(mr, straight, tys, pixel_major=False, table=False, blocked=False, nv=
             epi = _Epi(context, builder, sig, a, e, flt, vty)
         if pixel_major:
             _store_pixel_major(builder, accs, vty, size, op, obase, kn, v0, n, a[18])
+        elif table and blocked:  # NCHW16c, the real pixels of the virtual ones
+            _store_virtual_blocked(builder, accs, vty, size, op, obase, OW, kn, v0, n, a[18],
+                                   a[19], epi)
         elif blocked:  # NCHW16c (`_store_pixel_major`)
             _store_pixel_major(builder, accs, vty, size, op, obase, kn, v0, n, _i64(VL),
                                builder.mul(_i64(VL), OHOW), epi)
@@ -499,6 +502,35 @@ def _store_transposed(builder, accs, vty, op, obase, OHOW, kn, v0, n, epi=None):
     _store_channels(builder, cols, vty, op, builder.add(obase, v0), OHOW, kn, m, epi)
 
 
+def _store_virtual_blocked(builder, accs, vty, size, op, obase, OWv, kn, v0, n, OWr, OHOWr, epi):
+    """Store a tile of virtual pixels ``v0 .. v0 + n - 1`` (rows of ``OWv``, the first ``OWr``
+    of each real) channel-blocked: real pixel (oh, ow)'s vector i at ``op[obase + 16 (oh OWr
+    + ow) + i 16 OHOWr]`` (`_store_pixel_major`'s layout over the real pixels), after the
+    output stage's bias and ReLU / clamp on lane vectors."""
+    VL = vty.count
+    mstore, _ = _masked_store(builder, vty, size)
+    masks = _lane_masks(builder, vty, kn)
+    oh, ow = _divmod(builder, v0, OWv)
+    for j in range(len(accs)):
+        if j:  # the next virtual pixel: one column on, or the next row's first
+            nxt = builder.add(ow, _i64(1))
+            wrap = builder.icmp_unsigned(">=", nxt, OWv)
+            oh = builder.select(wrap, builder.add(oh, _i64(1)), oh)
+            ow = builder.select(wrap, _i64(0), nxt)
+        real = builder.and_(builder.icmp_unsigned("<", _i64(j), n),
+                            builder.icmp_unsigned("<", ow, OWr))
+        with builder.if_then(real):
+            p = builder.add(builder.mul(oh, OWr), ow)
+            base = builder.gep(op, [builder.add(obase, builder.mul(p, _i64(VL)))])
+            for i in range(len(accs[j])):
+                val = builder.load(accs[j][i])
+                if epi is not None:
+                    val = epi.apply_lanes(builder, val, i * VL, masks[i])
+                ptr = builder.bitcast(builder.gep(base, [builder.mul(_i64(i * VL), OHOWr)]),
+                                      vty.as_pointer())
+                builder.call(mstore, [val, ptr, ir.Constant(_I32, size), masks[i]])
+
+
 def _store_virtual(context, builder, accs, vty, flt, op, obase, OWv, kn, v0, n, OWr, OHOWr,
                    epi=None):
     """Store a tile of virtual pixels ``v0 .. v0 + n - 1`` (rows of ``OWv``, the first ``OWr``
@@ -671,6 +703,8 @@ _microkernel_table = _make_microkernel(MR, straight=True, table=True)
 _microkernel_table_tail = _make_microkernel(MR_TAIL, table=True)
 _microkernel_blocked = _make_microkernel(MR, straight=True, blocked=True)
 _microkernel_blocked_tail = _make_microkernel(MR_TAIL, blocked=True)
+_microkernel_table_blocked = _make_microkernel(MR, straight=True, table=True, blocked=True)
+_microkernel_table_blocked_tail = _make_microkernel(MR_TAIL, table=True, blocked=True)
 # a last k-block of at most 16 float32 channels (K = 80, 112 ...: half its lanes had run empty)
 _microkernel_straight_nv1 = _make_microkernel(MR, straight=True, nv=1)
 _microkernel_tail_nv1 = _make_microkernel(MR_TAIL, nv=1)
@@ -679,7 +713,7 @@ _microkernel_tail_nv1 = _make_microkernel(MR_TAIL, nv=1)
 @njit(inline="always")
 def run_tile_tasks(wflat, wbase, src, srcbase, cstride, Cgk, FWe, FHe, istep, fwstep, cs, rowlen,
                    on, obase0, counter, ci, ntask, nchunk, nkbr, nkb, Cg, Kg, KB, taps, OHOW, OW,
-                   epi, tab, tabo):  # pragma: no cover - compiled
+                   epi, tab, tabo, oblk):  # pragma: no cover - compiled
     """One thread's share of a layer's tiles, for any input layout the microkernel can address: tasks
     (group, range of k-blocks, range of tiles) are taken from ``counter[ci]`` until ``ntask``
     are handed out; returns how many this thread ran. ``wbase``: the packed filter's first
@@ -712,9 +746,10 @@ def run_tile_tasks(wflat, wbase, src, srcbase, cstride, Cgk, FWe, FHe, istep, fw
     # planes, rowlen >= OW, cs = 1), tiles over virtual rows of the phase width, on the table
     # kernels (`_store_virtual` drops the wrapped columns)
     table = tabo >= 0
-    # tabo == -2: the output is stored channel-blocked (NCHW16c, `_store_pixel_major`; dense rows
-    # and a fused output stage only, which the caller guarantees)
-    blocked = tabo == -2
+    # oblk != 0: the output is stored channel-blocked (NCHW16c, `_store_pixel_major`; dense rows
+    # or a tap table, K a multiple of 16 and a fused output stage only, which the caller
+    # guarantees)
+    blocked = oblk != 0
     VHW = (OHOW // OW - 1) * OWv + OW if table else OHOW
     # bias, residual and ReLU / clamp applied by float32 tiles as they are stored; other
     # stages (a scale, SiLU...) or float64 by a pass over each task's outputs after
@@ -745,7 +780,19 @@ def run_tile_tasks(wflat, wbase, src, srcbase, cstride, Cgk, FWe, FHe, istep, fw
             half = kn * wflat.itemsize <= 64
             for qt in range(q0, q1):
                 v0 = qt * MR
-                if table:
+                if table and blocked:
+                    if qt >= nfull:
+                        for v in range(v0, VHW, MR_TAIL):
+                            _microkernel_table_blocked_tail(
+                                wflat, woff, src, xg, cstride, Cgk, FWe, FHe, istep, fwstep, cs,
+                                on, ob, VHW, OWv, rowlen, kn, v, OW, OHOW, tab, tabo, ebias, k0,
+                                eres, erd, fm, fc, elo, ehi)
+                    else:
+                        _microkernel_table_blocked(
+                            wflat, woff, src, xg, cstride, Cgk, FWe, FHe, istep, fwstep, cs, on,
+                            ob, VHW, OWv, rowlen, kn, v0, OW, OHOW, tab, tabo, ebias, k0, eres,
+                            erd, fm, fc, elo, ehi)
+                elif table:
                     if qt >= nfull:
                         for v in range(v0, VHW, MR_TAIL):
                             _microkernel_table_tail(wflat, woff, src, xg, cstride, Cgk, FWe, FHe,
@@ -809,7 +856,7 @@ def run_tile_tasks(wflat, wbase, src, srcbase, cstride, Cgk, FWe, FHe, istep, fw
 @njit(nogil=True, cache=True)
 def tile_tasks(wflat, wbase, src, srcbase, cstride, Cgk, FWe, FHe, istep, fwstep, cs, rowlen, on,
                obase0, counter, ci, ntask, nchunk, nkbr, nkb, Cg, Kg, KB, taps, OHOW, OW, epi,
-               tab, tabo):  # pragma: no cover - compiled
+               tab, tabo, oblk):  # pragma: no cover - compiled
     """`run_tile_tasks` in a function of its own, for drivers to call, not inline: inlined
     into a larger function (the runtime's executor, or direct's driver once it was no longer
     a parallel region's body), the microkernel's general kernel (tiles across row ends) ran
@@ -818,7 +865,7 @@ def tile_tasks(wflat, wbase, src, srcbase, cstride, Cgk, FWe, FHe, istep, fwstep
     2.7 -> 2.2; direct 3x3 512@7 5.9 -> 2.1 ms)."""
     return run_tile_tasks(wflat, wbase, src, srcbase, cstride, Cgk, FWe, FHe, istep, fwstep, cs,
                           rowlen, on, obase0, counter, ci, ntask, nchunk, nkbr, nkb, Cg, Kg, KB,
-                          taps, OHOW, OW, epi, tab, tabo)
+                          taps, OHOW, OW, epi, tab, tabo, oblk)
 
 
 @njit(nogil=True)
@@ -918,7 +965,7 @@ def im2win_conv(x, win, wpk, out, counter, groups, FW, FH, sh, sw, dh, dw, pt, p
         on = out[n].reshape(K * OHOW)
         k = tile_tasks(wflat, 0, win, b, cstride, Cgk, FWe, FHe, istep, dw * FH, sw * FH,
                        rowlen, on, 0, counter, 4 * n + 2, ntask, nchunk, nkbr, nkb, Cg, Kg, KB,
-                       FW * FH, OHOW, OW, (on, on, 0, 0, 0, F0, F0), counter, -1)
+                       FW * FH, OHOW, OW, (on, on, 0, 0, 0, F0, F0), counter, -1, 0)
         if k > 0:
             fetch_add_n(counter, 4 * n + 3, k)
     # every image's tiles finished before any thread returns (`team.run(..., complete=True)`)
@@ -1004,7 +1051,7 @@ def direct_tiles(x, xp, wpk, out, counter, groups, R, S, nkbr, nchunk, sh, sw, d
         on = out[n].reshape(K * OHOW)
         k = tile_tasks(wflat, 0, xflat, n * C * Hp * Wp, Hp * Wp, Cgk, FWe, FHe, istep, fwstep,
                        cs, rowlen, on, 0, counter, 2 + n, ntask, nchunk, nkbr, nkb, Cg, Kg, KB,
-                       R * S, OHOW, OW, (on, on, 0, 0, 0, F0, F0), counter, -1)
+                       R * S, OHOW, OW, (on, on, 0, 0, 0, F0, F0), counter, -1, 0)
         if k > 0:
             fetch_add_n(counter, N + 2, k)
     # every tile finished before any thread returns (`team.run(..., complete=True)`)

@@ -179,7 +179,7 @@ def _tiles(j, op, fprm, P, A, Wb, Ib, ctr, CS, KB):  # pragma: no cover - compil
                 pointwise_task(Wb, op[F_WOFF], KB, A, src + n * ximg, yoff, OHOW, C, K, kb, p0,
                                p1, epi)
         return
-    tabo = -2 if op[F_BLK] & 1 else -1  # -2: channel-blocked output (`run_tile_tasks`)
+    tabo = -1  # no tap table
     cstride = Hp * Wp
     if op[F_C2] == 3:  # stride-phase planes: each tap's offset from the table, rows of wq
         Cgk, FWe, FHe, istep, fwstep, cs, rowlen = Cg, 1, R * S, 0, 0, 1, Wp
@@ -197,7 +197,7 @@ def _tiles(j, op, fprm, P, A, Wb, Ib, ctr, CS, KB):  # pragma: no cover - compil
         tile_tasks(Wb, op[F_WOFF], A, src + n * ximg, cstride, Cgk, FWe, FHe, istep, fwstep,
                    cs, rowlen, A, op[F_Y] + n * op[F_YIMG], ctr, j * CS + CS_BASE + n,
                    G * nkbr * nchunk, nchunk, nkbr, nkb, Cg, Kg, KB, R * S, OHOW, OW, epi, Ib,
-                   tabo)
+                   tabo, op[F_BLK] & 1)
 
 
 @njit(inline="always")

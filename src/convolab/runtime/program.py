@@ -378,10 +378,11 @@ def _blocked_pairs(g: Graph, st: _State, seg: _Segment, root, pads) -> dict[int,
     depthwise layer; a depthwise layer into its 1x1 projection, unless that projection runs with
     pixels in the vector lanes, `_pixel_vectors`), the channels are a multiple of
     16, the producer's output stage is one the tiles apply (bias, ReLU, clamp; no residual),
-    and the value is nobody's view and no graph output. Blocked, the 1x1 tiles store or read
-    16-channel pixel vectors as they are and the depthwise operator reads them where they lie
-    instead of transposing planes; each value is computed by the same code as before, so the bits do not
-    change."""
+    and the value is nobody's view and no graph output. So does a strided k x k layer on
+    stride-phase planes (`_phased`: a stem) into a depthwise layer. Blocked, the tiles store or
+    read 16-channel pixel vectors as they are and the depthwise operator reads them where they
+    lie instead of transposing planes; each value is computed by the same code as before, so
+    the bits do not change."""
     in_seg = set(seg.nodes)
     users: dict[int, list[int]] = {}
     for k, n in enumerate(g.nodes):
@@ -393,6 +394,9 @@ def _blocked_pairs(g: Graph, st: _State, seg: _Segment, root, pads) -> dict[int,
         spec = st.plans[i].spec
         return (not direct.depthwise(spec) and (spec.R, spec.S) == (1, 1) and spec.groups == 1
                 and spec.stride == (1, 1) and i not in pads)
+
+    def phased(i):  # stores its tiles' pixel vectors too (`_store_virtual_blocked`)
+        return i in pads and _phased(st.plans[i].spec)
 
     def blocked_dw(i):
         return direct.blocked_depthwise(st.plans[i].spec)
@@ -409,7 +413,7 @@ def _blocked_pairs(g: Graph, st: _State, seg: _Segment, root, pads) -> dict[int,
         d = us[0]
         # a projection that would run with pixels in the lanes stays there (on the microkernel
         # its few output channels fill few lanes: MobileNetV2 b8 37.7 -> 38.5 ms with them)
-        if (pointwise(i) and blocked_dw(d)) or (
+        if ((pointwise(i) or phased(i)) and blocked_dw(d)) or (
                 blocked_dw(i) and pointwise(d) and not _pixel_vectors(st.plans[d].spec, False)):
             flags[i] = flags.get(i, 0) | 1
             flags[d] = flags.get(d, 0) | 2
