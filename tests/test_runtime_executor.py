@@ -390,6 +390,33 @@ def test_strided_stem_hands_its_output_to_depthwise_channel_blocked(same, H, W, 
     np.testing.assert_allclose(got, net(x).detach().numpy(), rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.parametrize("K, batch, blocked", [(16, 1, True), (24, 1, False), (24, 2, True),
+                                               (40, 2, False)])
+def test_narrow_projection_reads_the_depthwise_output_channel_blocked(K, batch, blocked,
+                                                                     monkeypatch):
+    """A projection to few channels at a large plane (a pixel-vector layer) reads the
+    depthwise layer's output channel-blocked on the microkernel up to
+    `BLOCKED_PROJECTION_MAX_K` channels: the same bits either way."""
+    from convolab.runtime import _executor as X
+
+    torch.manual_seed(K)
+    net = nn.Sequential(nn.Conv2d(16, 32, 1), nn.ReLU6(),
+                        nn.Conv2d(32, 32, 3, padding=1, groups=32), nn.ReLU6(),
+                        nn.Conv2d(32, K, 1)).eval()
+    x = torch.randn(batch, 16, 30, 29)  # 870 pixels: at least PV_MIN_PIXELS
+    assert 30 * 29 >= P.PV_MIN_PIXELS
+    cm = compile(net, x, threads=2, algorithm="direct")
+    got = cm(x).numpy()
+    st = cm._states[tuple(x.shape)]
+    (seg,) = [s for s in st.segments if isinstance(s, M._Segment)]
+    last = [r for r, i in enumerate(seg.row_nodes) if i == seg.nodes[-1]]
+    assert all(bool(seg.prog[r, X.F_BLK] & 2) == blocked for r in last)
+    assert all((seg.prog[r, X.F_PV] > 0) != blocked for r in last)
+    monkeypatch.setattr(P, "_blocked_pairs", lambda *a: {})
+    want = compile(net, x, threads=2, algorithm="direct")(x).numpy()
+    assert np.array_equal(got, want)
+
+
 def test_an_expansion_read_twice_stays_nchw():
     """The expansion's output also read by another operator (here a residual add): not
     channel-blocked."""

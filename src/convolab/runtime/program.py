@@ -370,13 +370,35 @@ def _image_major_rows(prog, fprm, nodes, image_major):
     return prog, fprm, list(nodes[:r0]) + owners + list(nodes[r1:])
 
 
+#: output channels up to which a 1x1 projection that would run with pixels in the vector
+#: lanes (`_pixel_vectors`) reads a depthwise layer's output channel-blocked on the microkernel
+#: instead (the depthwise layer then skips the transposition to planes), at batch 1 / at
+#: larger batches. Its tiles of one vector of 16 channels fill their lanes; 24 channels fill
+#: 24 of 32. Executor, 2 threads, Zen 4, the pair's time (depthwise + projection) with
+#: against without (interleaved, ms): b8 32@112 -> 16: 1.73 -> 1.33 (MobileNetV2), 1.77 ->
+#: 1.34 (EfficientNet-Lite0); 144@56 -> 24: 2.07 -> 1.98, 2.12 -> 1.97; b1 32@112 -> 16: 0.201
+#: -> 0.190; 144@56 -> 24: 0.241 -> 0.251 (MobileNetV2). Before, with every last k-block 32
+#: lanes wide, all such projections stayed on pixel vectors (MobileNetV2 b8 37.7 -> 38.5 ms
+#: with them blocked).
+BLOCKED_PROJECTION_MAX_K = (16, 24)
+
+
+def _blocked_projection(spec) -> bool:
+    """A 1x1 layer fed by a channel-blocked depthwise layer reads its output channel-blocked
+    (on the microkernel), unless it runs with pixels in the vector lanes: then only up to
+    `BLOCKED_PROJECTION_MAX_K` output channels."""
+    if not _pixel_vectors(spec, False):
+        return True
+    return spec.K <= BLOCKED_PROJECTION_MAX_K[spec.N > 1]
+
+
 def _blocked_pairs(g: Graph, st: _State, seg: _Segment, root, pads) -> dict[int, int]:
     """The segment's activations that stay channel-blocked (NCHW16c): ``{node: F_BLK bits}``
     (bit 1 output blocked, bit 2 input blocked; see `_X.F_BLK`). A 1x1 layer (one group,
     stride 1, no padding) and a channel-blocked depthwise layer hand their activation over
     blocked when one of them is the only reader of the other's output (a 1x1 expansion into a
-    depthwise layer; a depthwise layer into its 1x1 projection, unless that projection runs with
-    pixels in the vector lanes, `_pixel_vectors`), the channels are a multiple of
+    depthwise layer; a depthwise layer into its 1x1 projection, `_blocked_projection`), the
+    channels are a multiple of
     16, the producer's output stage is one the tiles apply (bias, ReLU, clamp; no residual),
     and the value is nobody's view and no graph output. So does a strided k x k layer on
     stride-phase planes (`_phased`: a stem) into a depthwise layer. Blocked, the tiles store or
@@ -411,10 +433,8 @@ def _blocked_pairs(g: Graph, st: _State, seg: _Segment, root, pads) -> dict[int,
                 or i in g.outputs or i in viewed or root[i] != i):
             continue
         d = us[0]
-        # a projection that would run with pixels in the lanes stays there (on the microkernel
-        # its few output channels fill few lanes: MobileNetV2 b8 37.7 -> 38.5 ms with them)
         if ((pointwise(i) or phased(i)) and blocked_dw(d)) or (
-                blocked_dw(i) and pointwise(d) and not _pixel_vectors(st.plans[d].spec, False)):
+                blocked_dw(i) and pointwise(d) and _blocked_projection(st.plans[d].spec)):
             flags[i] = flags.get(i, 0) | 1
             flags[d] = flags.get(d, 0) | 2
     return flags
