@@ -93,6 +93,11 @@ NF = 33
 # per pixel; OP_DWB: the pixel vectors read where they lie instead of planes transposed
 #: counters per operator: [0] barrier, [1] phase-1 tasks, [2] phase barrier, [3 + n] image n
 CS_BASE = 3
+#: a thread takes small tasks in runs of consecutive ones, about this many runs per thread: a
+#: 7x7 layer's channel-blocked depthwise task (16 channels of one image) or copy of a plane
+#: takes a few hundred nanoseconds or less, as long as a fetch-and-add on a counter both
+#: threads hit
+GRABS = 32
 
 
 @njit(inline="always")
@@ -126,34 +131,39 @@ def _tiles(j, op, fprm, P, A, Wb, Ib, ctr, CS, KB):  # pragma: no cover - compil
         W = op[F_G2] % 65536
         pt, pl = op[F_D], op[F_E]
         dst = op[F_F]
+        # planes in runs of consecutive ones, about GRABS per thread (copying a 7x7 plane
+        # takes about as long as a fetch-and-add on a counter both threads hit)
+        run = max(1, N * C // (GRABS * P))
         while True:
-            t = fetch_add(ctr, j * CS + 1)
-            if t >= N * C:
+            t0 = fetch_add(ctr, j * CS + 1) * run
+            if t0 >= N * C:
                 break
-            n = t // C
-            c = t - n * C
-            s0 = op[F_X] + n * ximg + c * H * W
-            if op[F_C2] == 2:
-                d0 = dst + t * Hp * Wp
-                for h in range(Hp):
-                    if pl == 2 and W == 2 * Wp and h + 1 < Hp:
-                        # whole vectors of pairs split by shuffles; the odd columns land in the
-                        # next compact row, which its own copy then overwrites (the strided
-                        # scalar loop took 9% of a 1x1 stride-2 layer: 256 -> 512 at 56x56)
-                        deinterleave2(A, d0 + h * Wp, A, d0 + (h + 1) * Wp, A,
-                                       s0 + h * pt * W, Wp)
-                        continue
-                    for w in range(Wp):
-                        A[d0 + h * Wp + w] = A[s0 + h * pt * W + w * pl]
-            elif op[F_C2] == 3:
-                sh, sw = op[F_SH], op[F_SW]
-                d0 = dst + t * Hp * Wp
-                fill_phases(A[d0: d0 + Hp * Wp], A, s0, H, W, sh, sw, pt, pl, Hp // (sh * sw), Wp,
-                            A.dtype.type(0))
-            else:
-                d0 = dst + t * Hp * Wp + pt * Wp + pl
-                for h in range(H):
-                    A[d0 + h * Wp: d0 + h * Wp + W] = A[s0 + h * W: s0 + h * W + W]
+            for t in range(t0, min(N * C, t0 + run)):
+                n = t // C
+                c = t - n * C
+                s0 = op[F_X] + n * ximg + c * H * W
+                if op[F_C2] == 2:
+                    d0 = dst + t * Hp * Wp
+                    for h in range(Hp):
+                        if pl == 2 and W == 2 * Wp and h + 1 < Hp:
+                            # whole vectors of pairs split by shuffles; the odd columns land in
+                            # the next compact row, which its own copy then overwrites (the
+                            # strided scalar loop took 9% of a 1x1 stride-2 layer: 256 -> 512
+                            # at 56x56)
+                            deinterleave2(A, d0 + h * Wp, A, d0 + (h + 1) * Wp, A,
+                                           s0 + h * pt * W, Wp)
+                            continue
+                        for w in range(Wp):
+                            A[d0 + h * Wp + w] = A[s0 + h * pt * W + w * pl]
+                elif op[F_C2] == 3:
+                    sh, sw = op[F_SH], op[F_SW]
+                    d0 = dst + t * Hp * Wp
+                    fill_phases(A[d0: d0 + Hp * Wp], A, s0, H, W, sh, sw, pt, pl,
+                                Hp // (sh * sw), Wp, A.dtype.type(0))
+                else:
+                    d0 = dst + t * Hp * Wp + pt * Wp + pl
+                    for h in range(H):
+                        A[d0 + h * Wp: d0 + h * Wp + W] = A[s0 + h * W: s0 + h * W + W]
         _barrier(ctr, j * CS + 2, P)
         src = dst
         ximg = C * Hp * Wp
@@ -216,10 +226,6 @@ def _dw(j, op, fprm, A, Wb, Ib, ctr, CS, scratch):  # pragma: no cover - compile
                        op[F_R] * op[F_S], OH, OW, sh, sw, op[F_C2], op[F_D], hq, wq, buf, acc, epi)
 
 
-#: a thread takes the tasks of a channel-blocked depthwise operator in runs of consecutive
-#: ones, about this many runs per thread: a 7x7 layer's task (16 channels of one image) takes
-#: a few hundred nanoseconds, as long as a fetch-and-add on a counter both threads hit
-DWB_GRABS = 32
 
 
 @njit(inline="always")
@@ -228,7 +234,7 @@ def _dwb(j, op, fprm, P, A, Wb, ctr, CS, scratch):  # pragma: no cover - compile
     epi = _epi(op, fprm, Wb, A, op[F_RES])
     ntask = depthwise_block_tasks(N, C, op[F_OH], op[F_OW], op[F_R], op[F_S], op[F_SH], op[F_SW],
                                   op[F_DH], op[F_DW])
-    run = max(1, ntask // (DWB_GRABS * P))
+    run = max(1, ntask // (GRABS * P))
     while True:
         t0 = fetch_add(ctr, j * CS + 1) * run
         if t0 >= ntask:
