@@ -338,7 +338,8 @@ def test_blocked_depthwise_reads_its_input_where_it_lies(k, stride, padding, dil
     got = cm(x).numpy()
     st = cm._states[tuple(x.shape)]
     dw = [int(b) for s in st.segments if isinstance(s, M._Segment)
-          for b, kind in zip(s.prog[:, X.F_BLK], s.prog[:, X.F_KIND]) if kind == X.OP_DWB]
+          for b, kind in zip(s.prog[:, X.F_BLK], s.prog[:, X.F_KIND], strict=True)
+          if kind == X.OP_DWB]
     assert dw and all(b & 2 for b in dw)  # its input channel-blocked
     monkeypatch.setattr(P, "_blocked_pairs", lambda *a: {})
     want = compile(net, x, threads=2, algorithm="direct")(x).numpy()
@@ -381,7 +382,7 @@ def test_strided_stem_hands_its_output_to_depthwise_channel_blocked(same, H, W, 
     st = cm._states[tuple(x.shape)]
     (seg,) = [s for s in st.segments if isinstance(s, M._Segment)]
     rows = [(int(k_), int(c2), int(b)) for k_, c2, b in
-            zip(seg.prog[:, X.F_KIND], seg.prog[:, X.F_C2], seg.prog[:, X.F_BLK])]
+            zip(seg.prog[:, X.F_KIND], seg.prog[:, X.F_C2], seg.prog[:, X.F_BLK], strict=True)]
     assert (X.OP_TILES, 3, 1) in rows  # the stem on phase planes, its output blocked
     assert any(k_ == X.OP_DWB and b & 2 for k_, _, b in rows)
     monkeypatch.setattr(P, "_blocked_pairs", lambda *a: {})
@@ -499,3 +500,4 @@ def test_max_pooling_in_the_executor_propagates_nan():
         r = net(x).numpy()
     np.testing.assert_array_equal(np.isnan(y), np.isnan(r))
     assert np.isnan(y).any()
+

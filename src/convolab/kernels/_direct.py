@@ -667,8 +667,9 @@ def depthwise_block_task(task, xflat, xbase, wf, wbase, of, obase, C, H, W, R, S
     16 b + l (packed by the plan, zero past C). Every output is ``fma(w_{T-1}, x_{T-1}, ...
     fma(w_0, x_0, 0))`` in (r, s) order: bit for bit `depthwise_task`'s result, whatever the
     bands. ``xblocked`` bit 2: the input is channel-blocked (NCHW16c: channel ``16 b + l`` of
-    pixel p at ``16 b HW + 16 p + l``, C a multiple of 16): read in place, nothing copied; bit 1: so is the output (with a fused output stage: no residual); the bits of
-    the executor's ``F_BLK``."""
+    pixel p at ``16 b HW + 16 p + l``, C a multiple of 16): read in place, nothing copied;
+    bit 1: so is the output (with a fused output stage: no residual); the bits of the
+    executor's ``F_BLK``."""
     ebias, eres, eoff, emode, ecode, elo, ehi = epi
     nbk = (C + 15) // 16
     OB = depthwise_band_rows(OH, OW, R, S, sh, sw, dh, dw)
