@@ -87,11 +87,12 @@ NF = 33
 # (`convolab.runtime._kernels.maxpool`); OP_ADAPTIVE: adaptive average pooling to F_OH x F_OW;
 # OP_LINEAR: F_N rows of F_C features at F_X -> F_K outputs at F_Y, the packed weight at F_WOFF
 # (`_kernels.pack_linear`, F_A tiles), bias at F_BIAS (-1: none)
-# F_BLK: channel-blocked activations (NCHW16c, `model._blocked_pairs` picks them): bit 1 the
+# F_BLK: channel-blocked activations (NCHW16c, `program._blocked_pairs` picks them): bit 1 the
 # operator's output, bit 2 its input. OP_TILES of a 1x1 layer on the microkernel: its tiles
 # store their 16-channel pixel vectors as they are / its reduction reads runs of 16 channels
 # per pixel; OP_DWB: the pixel vectors read where they lie instead of planes transposed
-#: counters per operator: [0] barrier, [1] phase-1 tasks, [2] phase barrier, [3 + n] image n
+#: counters per operator: [0] barrier, [1] phase-1 tasks, [2] phase barrier, [3 + n] image n;
+#: after all operators' one more: the threads that have left the run (`worker`, `Team.run`)
 CS_BASE = 3
 #: a thread takes small tasks in runs of consecutive ones, about this many runs per thread: a
 #: 7x7 layer's channel-blocked depthwise task (16 channels of one image) or copy of a plane
@@ -224,8 +225,6 @@ def _dw(j, op, fprm, A, Wb, Ib, ctr, CS, scratch):  # pragma: no cover - compile
             break
         depthwise_task(t, A, op[F_X], Wb, op[F_WOFF], A, op[F_Y], Ib, op[F_G2], C, H, W, K // C,
                        op[F_R] * op[F_S], OH, OW, sh, sw, op[F_C2], op[F_D], hq, wq, buf, acc, epi)
-
-
 
 
 @njit(inline="always")
