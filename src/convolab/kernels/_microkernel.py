@@ -131,7 +131,10 @@ def _make_microkernel(mr: int, pixel_major: bool = False, straight: bool = False
     ``i * istep``.
 
     With ``blocked`` the tile is stored channel-blocked (NCHW16c: 16 channels of a pixel in one
-    vector, `_store_pixel_major`), with bias and ReLU / clamp but no residual.
+    vector, `_store_pixel_major`; with ``table`` its real pixels only,
+    `_store_virtual_blocked`), with bias and ReLU / clamp but no residual. ``nv`` < `NV`: the
+    tile computes its first ``nv`` vectors of channels only (a last k-block with at most ``nv``
+    vectors of real channels; the filter keeps its KB-wide packing).
 
     Every variant but ``pixel_major`` ends with the output stage's eight arguments, ``eb, eko,
     er, erd, emode, ecode, elo, ehi``: float32 tiles stored transposed become ``act(y +
@@ -721,7 +724,9 @@ def run_tile_tasks(wflat, wbase, src, srcbase, cstride, Cgk, FWe, FHe, istep, fw
     elements between its channels; ``Cgk``, ``FWe``, ``FHe``, ``istep``, ``fwstep``: the
     reduction's runs (see the microkernel); ``rowlen``, ``cs``: elements between the windows of
     two output rows, of two neighbouring outputs; ``taps``: filter elements per channel in the
-    packed filter; ``on``, ``obase0``: the flat output and the image's first element in it.
+    packed filter; ``on``, ``obase0``: the flat output and the image's first element in it;
+    ``tab``, ``tabo``: a tap table (``tabo`` >= 0) or none (-1); ``oblk`` != 0: the output is
+    stored channel-blocked.
     Tiles within one output row run on the straight kernel, tiles across a row end on the
     general one (unless rows are dense, ``rowlen == OW cs``: then every full tile is straight).
 
