@@ -167,3 +167,64 @@ def test_bench_quick_accuracy(tmp_path):
     assert len(rows) == 4
     assert all(r["psnr_permutohedral"] >= 40 for r in rows)
     assert all(r["psnr_grid"] >= 50 for r in rows if r["d"] == 3)
+
+
+def test_bench_compute_accuracy_returns_rows_and_prints_nothing(capsys):
+    from convolab.highdim import bench
+
+    rows = bench.compute_accuracy(quick=True, exact_step=16, images=["camera"],
+                                  sigma_pairs=[(4.0, 0.1)])
+    assert capsys.readouterr().out == ""
+    assert len(rows) == 1
+    (r,) = rows
+    assert r["image"] == "camera" and r["shape"] == [128, 128] and r["d"] == 3
+    assert (r["sigma_spatial"], r["sigma_color"]) == (4.0, 0.1)
+    # measured 46.9 dB (permutohedral) and 67 dB (grid) on this crop
+    assert 40 <= r["psnr_permutohedral"] < 80 and r["psnr_grid"] >= 55
+    assert r["exact_s"] > 0 and r["permutohedral_s"] > 0
+
+
+def test_bench_compute_speed_returns_rows_and_prints_nothing(capsys):
+    from convolab.highdim import bench
+
+    img = bench.speed_image(True)[:40, :40]
+    rows = bench.compute_speed(img, repeats=1, exact_step=4, sigma_pairs=[(2.0, 0.1)])
+    assert capsys.readouterr().out == ""
+    assert len(rows) == 1
+    (r,) = rows
+    assert r["window"] == 2 * 6 + 1 and r["threads"] >= 1
+    assert r["skimage_over_permutohedral"] == r["skimage_s"] / r["permutohedral_s"]
+    # the lattice approximates the exact filter far better than scikit-image's zero-padded one
+    assert r["psnr_permutohedral"] >= 35 and r["psnr_permutohedral"] > r["psnr_skimage"]
+    assert r["psnr_interior_permutohedral"] >= 35
+
+
+def test_bench_compute_scaling_returns_tables_and_prints_nothing(capsys):
+    from convolab.highdim import bench
+
+    out = bench.compute_scaling(repeats=1, sides=[16, 32], side=24, dims=[2, 3, 5])
+    assert capsys.readouterr().out == ""
+    assert [r["n"] for r in out["vs_n"]] == [256, 1024]
+    assert [r["d"] for r in out["vs_d"]] == [2, 3, 5]
+    # each point splats onto d + 1 lattice vertices: 1 <= m <= n (d + 1)
+    assert all(1 <= r["lattice"] <= r["n"] * 6 for r in out["vs_n"])
+    assert all(1 <= r["lattice"] <= 24 * 24 * (r["d"] + 1) for r in out["vs_d"])
+    assert all(r["seconds"] > 0 for r in out["vs_n"] + out["vs_d"])
+    assert all(np.isfinite(out[k]) for k in ("slope_n", "slope_d", "slope_d_per_point"))
+
+
+def test_bench_compute_learned_returns_rows_and_prints_nothing(capsys):
+    from convolab.highdim import bench
+
+    rows = bench.compute_learned(size=16, plane_n=150)
+    assert capsys.readouterr().out == ""
+    # exponential and Cauchy at radius 2 and 3, then the Gaussian at d = 8 and 16; train, test
+    assert len(rows) == 12
+    assert [(r["kernel"], r["set"]) for r in rows[:2]] == [("exponential", "train"),
+                                                             ("exponential", "test")]
+    assert [(r["d"], r["set"]) for r in rows[8:]] == [(8, "train"), (8, "test"), (16, "train"),
+                                                     (16, "test")]
+    for r in rows:
+        assert len(r["taps"]) == r["radius"] + 1 and r["taps"][0] == pytest.approx(1.0)
+        if r["set"] == "train":  # fitted on these points: no worse than the Gaussian taps
+            assert r["rmse_learned"] <= r["rmse_gaussian"] + 1e-9

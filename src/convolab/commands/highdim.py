@@ -200,11 +200,18 @@ def _bench_arguments(p) -> None:
     add_json(p, "all measured numbers")
 
 
-def run_bench(args) -> int:
-    """Parse the sections, compute each (`convolab.highdim.bench`: each section prints its
-    table as it goes), write the numbers."""
-    import time
+@dataclass(frozen=True)
+class BenchConfig:
+    """The checked options of ``convolab bilateral-bench``."""
 
+    sections: tuple[str, ...]
+    quick: bool = False
+    repeats: int = 3
+    exact_step: int = 4
+
+
+def _parse_bench(args) -> BenchConfig:
+    """Checked options: scikit-image is installed, the section names are known."""
     from ..highdim import bench
 
     try:
@@ -215,13 +222,46 @@ def run_bench(args) -> int:
     bad = [s for s in sections if s not in bench.SECTIONS]
     if bad:
         raise ConvError(f"unknown section(s) {bad}; choose from {', '.join(bench.SECTIONS)}")
+    return BenchConfig(tuple(sections), bool(args.quick), args.repeats, args.exact_step)
+
+
+def _bench_section(name: str, cfg: BenchConfig, console):
+    """Compute one section (`convolab.highdim.bench`'s ``compute_<name>``), render it
+    (``render_<name>``) and return its data."""
+    from ..highdim import bench
+
+    if name == "accuracy":
+        rows = bench.compute_accuracy(quick=cfg.quick, exact_step=cfg.exact_step)
+        bench.render_accuracy(rows, console, exact_step=cfg.exact_step)
+        return rows
+    if name == "speed":
+        img = bench.speed_image(cfg.quick)
+        rows = bench.compute_speed(img, quick=cfg.quick, repeats=cfg.repeats,
+                                   exact_step=cfg.exact_step)
+        bench.render_speed(rows, console, shape=img.shape, repeats=cfg.repeats)
+        return rows
+    if name == "scaling":
+        side = bench.scaling_side(cfg.quick)
+        out = bench.compute_scaling(quick=cfg.quick, repeats=cfg.repeats, side=side)
+        bench.render_scaling(out, console, side=side)
+        return out
+    if name == "learned":
+        size = bench.learned_size(cfg.quick)
+        rows = bench.compute_learned(quick=cfg.quick, size=size)
+        bench.render_learned(rows, console, size=size)
+        return rows
+    raise ConvError(f"unknown section {name!r}")  # pragma: no cover - _parse_bench checks
+
+
+def run_bench(args) -> int:
+    """Parse (`_parse_bench`), then compute and render each section in turn (`_bench_section`)
+    with its time, and write the numbers."""
+    cfg = _parse_bench(args)
     console = make_console()
-    funcs = {"accuracy": bench.accuracy, "speed": bench.speed, "scaling": bench.scaling,
-             "learned": bench.learned}
-    results = {"quick": bool(args.quick), "exact_step": args.exact_step, "repeats": args.repeats}
-    for s in sections:
+    results = {"quick": cfg.quick, "exact_step": cfg.exact_step, "repeats": cfg.repeats}
+    for s in cfg.sections:
         t0 = time.perf_counter()
-        results[s] = funcs[s](args, console)
+        results[s] = _bench_section(s, cfg, console)
         console.print(f"[dim]{s}: {time.perf_counter() - t0:.1f} s[/dim]")
     write_json(args.json, results, console)
     return 0

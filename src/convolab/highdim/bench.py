@@ -1,7 +1,9 @@
 """Figures of ``convolab.highdim``: accuracy, speed against peers, scaling, learned SBS.
 
 Run ``convolab bilateral-bench`` (its CLI: `convolab.commands.highdim`); ``--quick`` uses small
-crops, ``--sections`` picks a subset, ``--json PATH`` writes every number. Needs scikit-image
+crops, ``--sections`` picks a subset, ``--json PATH`` writes every number. Each section is a
+``compute_<section>`` (plain rows or a dictionary, what ``--json`` holds; nothing printed) and a
+``render_<section>`` (its tables and notes on a rich console). Needs scikit-image
 (its bundled photographs and ``denoise_bilateral``); OpenCV (``opencv-python-headless``) is
 timed when installed.
 
@@ -56,24 +58,29 @@ def _timed(fn, *a, **k):
     return time.perf_counter() - t0, r
 
 
-def accuracy(args, console) -> list[dict]:
-    from rich.table import Table
+def sigmas(quick: bool) -> list[tuple[float, float]]:
+    """The (sigma_spatial, sigma_color) pairs of the accuracy and speed sections."""
+    return SIGMAS[1:3] if quick else SIGMAS
 
+
+def compute_accuracy(*, quick: bool = False, exact_step: int = 4, images=None,
+                     sigma_pairs=None) -> list[dict]:
+    """PSNR of the permutohedral lattice (and of the grid, grey images) against the exact filter
+    evaluated every ``exact_step``-th pixel; one row per image and sigma pair. ``images``:
+    scikit-image photograph names (default: by ``quick``), loaded with `load`; ``sigma_pairs``:
+    default `sigmas` (``quick``). Nothing printed."""
     from .exact import exact_bilateral
     from .filters import bilateral_filter
 
+    if images is None:
+        images = (COLOUR_IMAGES[:1] + GREY_IMAGES[:1]) if quick else COLOUR_IMAGES + GREY_IMAGES
+    pairs = sigmas(quick) if sigma_pairs is None else sigma_pairs
+    step = exact_step
     rows = []
-    sigmas = SIGMAS[1:3] if args.quick else SIGMAS
-    images = (COLOUR_IMAGES[:1] + GREY_IMAGES[:1]) if args.quick else COLOUR_IMAGES + GREY_IMAGES
-    step = args.exact_step
-    table = Table(title=f"accuracy: PSNR (dB) against the exact filter (every {step}th pixel)")
-    for col in ("image", "d", "sigma_s", "sigma_r", "permutohedral", "grid", "exact s",
-                "perm s"):
-        table.add_column(col, justify="right")
     for name in images:
-        img = load(name, args.quick)
+        img = load(name, quick)
         g = img.reshape(*img.shape[:2], -1)
-        for ss, sr in sigmas:
+        for ss, sr in pairs:
             t_ex, ex = _timed(exact_bilateral, g, g / sr, ss, step)
             t_p, perm = _timed(bilateral_filter, img, ss, sr)
             perm = perm.reshape(g.shape)[::step, ::step]
@@ -84,17 +91,41 @@ def accuracy(args, console) -> list[dict]:
                 grid = bilateral_filter(img, ss, sr, method="grid").reshape(g.shape)
                 row["psnr_grid"] = psnr(grid[::step, ::step], ex)
             rows.append(row)
-            table.add_row(name, str(row["d"]), f"{ss:g}", f"{sr:g}",
-                          f"{row['psnr_permutohedral']:.1f}",
-                          f"{row['psnr_grid']:.1f}" if "psnr_grid" in row else "-",
-                          f"{t_ex:.2f}", f"{t_p:.3f}")
-    console.print(table)
     return rows
 
 
-def speed(args, console) -> list[dict]:
-    import numba
+def render_accuracy(rows: list[dict], console, *, exact_step: int) -> None:
+    """The accuracy table of `compute_accuracy`'s rows."""
     from rich.table import Table
+
+    table = Table(title=f"accuracy: PSNR (dB) against the exact filter (every {exact_step}th pixel)")
+    for col in ("image", "d", "sigma_s", "sigma_r", "permutohedral", "grid", "exact s",
+                "perm s"):
+        table.add_column(col, justify="right")
+    for row in rows:
+        table.add_row(row["image"], str(row["d"]), f"{row['sigma_spatial']:g}",
+                      f"{row['sigma_color']:g}", f"{row['psnr_permutohedral']:.1f}",
+                      f"{row['psnr_grid']:.1f}" if "psnr_grid" in row else "-",
+                      f"{row['exact_s']:.2f}", f"{row['permutohedral_s']:.3f}")
+    console.print(table)
+
+
+#: the photograph of the speed section (`speed_image`)
+SPEED_IMAGE = "astronaut"
+
+
+def speed_image(quick: bool) -> np.ndarray:
+    """The colour photograph `compute_speed` times (a 128 x 128 crop with ``quick``)."""
+    return load(SPEED_IMAGE, quick)
+
+
+def compute_speed(image=None, *, quick: bool = False, repeats: int = 3, exact_step: int = 4,
+                  sigma_pairs=None) -> list[dict]:
+    """Time ``bilateral_filter`` (all Numba threads and one), scikit-image's and OpenCV's
+    bilateral filters (when installed) on ``image`` (default `speed_image`), interleaved, warm,
+    minimum of up to ``repeats``; PSNR against the exact filter (every ``exact_step``-th pixel),
+    whole and interior. One row per sigma pair (default `sigmas`). Nothing printed."""
+    import numba
     from skimage.restoration import denoise_bilateral
 
     from .exact import exact_bilateral
@@ -104,18 +135,11 @@ def speed(args, console) -> list[dict]:
         import cv2
     except ImportError:  # pragma: no cover - optional peer
         cv2 = None
-    img = load("astronaut", args.quick)
+    img = speed_image(quick) if image is None else image
     f32 = img.astype(np.float32)
     nthreads = numba.get_num_threads()
     rows = []
-    sigmas = SIGMAS[1:3] if args.quick else SIGMAS
-    table = Table(title=f"speed: {img.shape[0]}x{img.shape[1]} colour (d = 5), seconds "
-                  f"(min of up to {args.repeats}; Numba threads {nthreads})")
-    for col in ("sigma_s", "sigma_r", "permutohedral", "perm 1 thread", "skimage", "cv2",
-                "skimage / perm", "cv2 / perm", "PSNR perm", "PSNR skimage", "PSNR cv2",
-                "interior PSNR perm / skimage / cv2"):
-        table.add_column(col, justify="right")
-    for ss, sr in sigmas:
+    for ss, sr in sigmas(quick) if sigma_pairs is None else sigma_pairs:
         win = 2 * int(np.ceil(3 * ss)) + 1
 
         def perm_all(ss=ss, sr=sr):
@@ -138,13 +162,13 @@ def speed(args, console) -> list[dict]:
         perm_all()  # warm (JIT)
         best = {k: float("inf") for k in runs}
         outs = {}
-        for rep in range(args.repeats):
+        for rep in range(repeats):
             for k, fn in runs.items():
                 if rep > 0 and best[k] > 10.0:
                     continue  # one run of a > 10 s peer is enough
                 t, outs[k] = _timed(fn)
                 best[k] = min(best[k], t)
-        step = args.exact_step
+        step = exact_step
         ex = exact_bilateral(img, img / sr, ss, step)
         row = {"sigma_spatial": ss, "sigma_color": sr, "window": win, "threads": nthreads}
         row.update({f"{k}_s": v for k, v in best.items()})
@@ -158,10 +182,30 @@ def speed(args, console) -> list[dict]:
         if cv2 is not None:
             row["cv2_over_permutohedral"] = best["cv2"] / best["permutohedral"]
         rows.append(row)
+    return rows
+
+
+def render_speed(rows: list[dict], console, *, shape, repeats: int) -> None:
+    """The speed table of `compute_speed`'s rows (``shape``: the image's, ``repeats`` as timed),
+    then a note on how the peers define the filter."""
+    from rich.table import Table
+
+    nthreads = rows[0]["threads"] if rows else None
+    table = Table(title=f"speed: {shape[0]}x{shape[1]} colour (d = 5), seconds "
+                  f"(min of up to {repeats}; Numba threads {nthreads})")
+    for col in ("sigma_s", "sigma_r", "permutohedral", "perm 1 thread", "skimage", "cv2",
+                "skimage / perm", "cv2 / perm", "PSNR perm", "PSNR skimage", "PSNR cv2",
+                "interior PSNR perm / skimage / cv2"):
+        table.add_column(col, justify="right")
+    for row in rows:
+        cv2 = "cv2_s" in row
+        # the runs in the order timed: permutohedral, its 1-thread run, skimage, cv2
+        runs = [k[len("psnr_interior_"):] for k in row if k.startswith("psnr_interior_")]
         table.add_row(
-            f"{ss:g}", f"{sr:g}", f"{best['permutohedral']:.3f}",
-            f"{best['permutohedral_1thread']:.3f}", f"{best['skimage']:.3f}",
-            f"{best['cv2']:.3f}" if cv2 else "-", f"{row['skimage_over_permutohedral']:.1f}x",
+            f"{row['sigma_spatial']:g}", f"{row['sigma_color']:g}",
+            f"{row['permutohedral_s']:.3f}",
+            f"{row['permutohedral_1thread_s']:.3f}", f"{row['skimage_s']:.3f}",
+            f"{row['cv2_s']:.3f}" if cv2 else "-", f"{row['skimage_over_permutohedral']:.1f}x",
             f"{row['cv2_over_permutohedral']:.1f}x" if cv2 else "-",
             f"{row['psnr_permutohedral']:.1f}", f"{row['psnr_skimage']:.1f}",
             f"{row['psnr_cv2']:.1f}" if cv2 else "-",
@@ -175,7 +219,6 @@ def speed(args, console) -> list[dict]:
         "2 ceil(3 sigma_s) + 1, scikit-image pads with zeros (mode='constant') and tabulates "
         "range weights; OpenCV reflects the border and uses the L1 colour distance."
     )
-    return rows
 
 
 def patch_features(img: np.ndarray, k: int, ncomp: int) -> np.ndarray:
@@ -194,9 +237,22 @@ def _fit_slope(x, y) -> float:
     return float(np.polyfit(np.log(x), np.log(y), 1)[0])
 
 
-def scaling(args, console) -> dict:
-    from rich.table import Table
+#: sigma_spatial, sigma_color of the scaling section's time-against-n cases
+SCALING_SIGMAS = (8.0, 0.1)
 
+
+def scaling_side(quick: bool) -> int:
+    """The side of the (square) grey crop of the scaling section's time-against-d cases."""
+    return 128 if quick else 256
+
+
+def compute_scaling(*, quick: bool = False, repeats: int = 3, sides=None, side=None,
+                    dims=None) -> dict:
+    """Permutohedral time (minimum of ``repeats``, interleaved) against n (square crops of
+    ``sides`` pixels of a photograph, d = 5) and against d (``dims``, on a ``side`` x ``side``
+    grey crop: position and patch PCA features), with the log-log slopes. Defaults by
+    ``quick``. Returns ``{"vs_n": [{n, lattice, seconds}], "slope_n", "vs_d": [{d, lattice,
+    seconds}], "slope_d", "slope_d_per_point"}``; nothing printed."""
     from .permutohedral import PermutohedralLattice
 
     def time_cases(cases):
@@ -204,7 +260,7 @@ def scaling(args, console) -> dict:
         cases, so a burst of load on the (shared) machine touches all of them alike."""
         PermutohedralLattice(cases[0][0][:64]).filter(cases[0][1][:64])
         best, size = [float("inf")] * len(cases), [0] * len(cases)
-        for _ in range(args.repeats):
+        for _ in range(repeats):
             for i, (pos, vals) in enumerate(cases):
                 t0 = time.perf_counter()
                 lat = PermutohedralLattice(pos)
@@ -215,11 +271,9 @@ def scaling(args, console) -> dict:
 
     out = {"vs_n": [], "vs_d": []}
     img = load("astronaut", False)
-    ss, sr = 8.0, 0.1
-    sides = [64, 128, 256] if args.quick else [64, 128, 256, 512]
-    t_n = Table(title=f"time vs n: d = 5, sigma_s = {ss:g}, sigma_r = {sr:g}")
-    for col in ("n", "lattice points", "seconds", "ns / point"):
-        t_n.add_column(col, justify="right")
+    ss, sr = SCALING_SIGMAS
+    if sides is None:
+        sides = [64, 128, 256] if quick else [64, 128, 256, 512]
     cases = []
     for s in sides:
         crop = img[:s, :s]
@@ -228,46 +282,72 @@ def scaling(args, console) -> dict:
         cases.append((pos.reshape(-1, 5), np.ascontiguousarray(crop.reshape(-1, 3))))
     for s, (t, m) in zip(sides, time_cases(cases), strict=True):
         out["vs_n"].append({"n": s * s, "lattice": m, "seconds": t})
-        t_n.add_row(str(s * s), str(m), f"{t:.4f}", f"{1e9 * t / (s * s):.0f}")
     ns = [r["n"] for r in out["vs_n"]]
     out["slope_n"] = _fit_slope(ns, [r["seconds"] for r in out["vs_n"]])
-    console.print(t_n)
-    console.print(f"log-log slope of time against n: {out['slope_n']:.2f} (1 = linear)")
 
-    side = 128 if args.quick else 256
+    side = scaling_side(quick) if side is None else side
     grey = load("camera", False)[:side, :side]
-    dims = [2, 3, 4, 6, 8, 12, 16] if args.quick else [2, 3, 4, 5, 6, 8, 10, 12, 14, 16]
+    if dims is None:
+        dims = [2, 3, 4, 6, 8, 12, 16] if quick else [2, 3, 4, 5, 6, 8, 10, 12, 14, 16]
     feats = patch_features(grey, 7, max(dims) - 2)
     yy, xx = np.mgrid[:side, :side]
     vals = np.ascontiguousarray(grey.reshape(-1, 1))
-    t_d = Table(title=f"time vs d: {side}x{side} pixels, (y, x) / 8 and d - 2 patch PCA "
-                "components / 0.2")
-    for col in ("d", "lattice points m", "m / n", "seconds", "ns / point",
-                "ns / (point (d+1)^2)", "ns / ((n+m) (d+1)^2)"):
-        t_d.add_column(col, justify="right")
     n = side * side
     cases = [(np.concatenate([yy[..., None] / 8.0, xx[..., None] / 8.0,
                               feats[..., : d - 2] / 0.2], -1).reshape(n, d), vals)
              for d in dims]
     for d, (t, m) in zip(dims, time_cases(cases), strict=True):
         out["vs_d"].append({"d": d, "lattice": m, "seconds": t})
-        t_d.add_row(str(d), str(m), f"{m / n:.2f}", f"{t:.4f}", f"{1e9 * t / n:.0f}",
-                    f"{1e9 * t / n / (d + 1) ** 2:.1f}",
-                    f"{1e9 * t / (n + m) / (d + 1) ** 2:.1f}")
     d1 = [r["d"] + 1 for r in out["vs_d"]]
     out["slope_d"] = _fit_slope(d1, [r["seconds"] for r in out["vs_d"]])
     out["slope_d_per_point"] = _fit_slope(
         d1, [r["seconds"] / (n + r["lattice"]) for r in out["vs_d"]])
+    return out
+
+
+def render_scaling(out: dict, console, *, side: int) -> None:
+    """The time-against-n and time-against-d tables of `compute_scaling`'s result (``side``:
+    that of its time-against-d crop), each with its slopes."""
+    from rich.table import Table
+
+    ss, sr = SCALING_SIGMAS
+    t_n = Table(title=f"time vs n: d = 5, sigma_s = {ss:g}, sigma_r = {sr:g}")
+    for col in ("n", "lattice points", "seconds", "ns / point"):
+        t_n.add_column(col, justify="right")
+    for r in out["vs_n"]:
+        t, m, npix = r["seconds"], r["lattice"], r["n"]
+        t_n.add_row(str(npix), str(m), f"{t:.4f}", f"{1e9 * t / npix:.0f}")
+    console.print(t_n)
+    console.print(f"log-log slope of time against n: {out['slope_n']:.2f} (1 = linear)")
+
+    t_d = Table(title=f"time vs d: {side}x{side} pixels, (y, x) / 8 and d - 2 patch PCA "
+                "components / 0.2")
+    for col in ("d", "lattice points m", "m / n", "seconds", "ns / point",
+                "ns / (point (d+1)^2)", "ns / ((n+m) (d+1)^2)"):
+        t_d.add_column(col, justify="right")
+    n = side * side
+    for r in out["vs_d"]:
+        d, t, m = r["d"], r["seconds"], r["lattice"]
+        t_d.add_row(str(d), str(m), f"{m / n:.2f}", f"{t:.4f}", f"{1e9 * t / n:.0f}",
+                    f"{1e9 * t / n / (d + 1) ** 2:.1f}",
+                    f"{1e9 * t / (n + m) / (d + 1) ** 2:.1f}")
     console.print(t_d)
     console.print(
         f"log-log slope against d + 1 of the time: {out['slope_d']:.2f}; of the time per input "
         f"or lattice point: {out['slope_d_per_point']:.2f} (2 = O(d^2 (n + m)))")
-    return out
 
 
-def learned(args, console) -> list[dict]:
-    from rich.table import Table
+def learned_size(quick: bool) -> int:
+    """The side of the learned section's train and test crops."""
+    return 32 if quick else 64
 
+
+def compute_learned(*, quick: bool = False, size=None, plane_n=None) -> list[dict]:
+    """``fit_sbs`` on an exponential and a Cauchy kernel (radius 2 and 3; trained on a
+    ``size`` x ``size`` crop of one photograph, tested on another), then on the Gaussian at
+    d = 8 and 16 (``plane_n`` points near a plane). One row per kernel, radius (or d) and set
+    (train, test): RMSE of the Gaussian SBS, scales fitted (photographs only), taps and scales
+    fitted; the taps, scales and fit time. Defaults by ``quick``; nothing printed."""
     from .exact import exact_filter
     from .learned import fit_sbs, gaussian_sbs, rmse
 
@@ -277,7 +357,7 @@ def learned(args, console) -> list[dict]:
         pos = np.concatenate([yy[..., None] / ss, xx[..., None] / ss, img / sr], -1)
         return pos.reshape(-1, 5), np.ascontiguousarray(img.reshape(-1, 3))
 
-    size = 32 if args.quick else 64
+    size = learned_size(quick) if size is None else size
     # every 4th pixel of the photographs: textured 64 x 64 samples of modest n
     train = load("astronaut", False)[::4, ::4][40 : 40 + size, 40 : 40 + size]
     test = load("coffee", False)[::4, ::4][20 : 20 + size, 40 : 40 + size]
@@ -285,11 +365,6 @@ def learned(args, console) -> list[dict]:
     ptr, vtr = feats(train, ss, sr)
     pte, vte = feats(test, ss, sr)
     rows = []
-    table = Table(title=f"learned SBS: RMSE against the exact filter with the target kernel "
-                  f"(train astronaut, test coffee; {size}x{size}, d = 5)")
-    for col in ("kernel", "radius", "set", "Gaussian SBS", "scales fitted", "taps + scales",
-                "taps", "scales (space, colour)", "fit s"):
-        table.add_column(col, justify="right")
     for kernel in ("exponential", "cauchy"):
         ytr = exact_filter(vtr, ptr, kernel)
         yte = exact_filter(vte, pte, kernel)
@@ -308,24 +383,17 @@ def learned(args, console) -> list[dict]:
                      "taps": full.taps.tolist(), "scales": full.scale.tolist(),
                      "fit_s": t_fit}
                 rows.append(r)
-                table.add_row(kernel, str(radius), name, f"{r['rmse_gaussian']:.4f}",
-                              f"{r['rmse_scales']:.4f}", f"{r['rmse_learned']:.4f}",
-                              ", ".join(f"{t:.3f}" for t in full.taps),
-                              f"{full.scale[0]:.3f}, {full.scale[2]:.3f}", f"{t_fit:.1f}")
-    console.print(table)
 
     # the Gaussian itself at high d: points near a 2-D plane in R^d (image-like data)
-    def plane(d, seed, n=400 if args.quick else 800):
+    n = (400 if quick else 800) if plane_n is None else plane_n
+
+    def plane(d, seed):
         rng = np.random.default_rng(seed)
         q = rng.uniform(0, 6, size=(n, 2))
         basis, _ = np.linalg.qr(rng.normal(size=(d, 2)))
         p = q @ basis.T + 0.1 * rng.normal(size=(n, d))
         return p, np.stack([np.sin(q.sum(1)), np.cos(q[:, 0])], axis=1)
 
-    table = Table(title="learned SBS for the Gaussian itself: points near a plane in R^d "
-                  "(train seed 1, test seed 2), one shared scale, radius 2")
-    for col in ("d", "set", "Gaussian SBS", "learned", "taps", "scale", "fit s"):
-        table.add_column(col, justify="right")
     for d in (8, 16):
         ptr, vtr = plane(d, 1)
         pte, vte = plane(d, 2)
@@ -340,8 +408,36 @@ def learned(args, console) -> list[dict]:
                  "rmse_learned": rmse(model.filter(v, p), y),
                  "taps": model.taps.tolist(), "scales": model.scale.tolist(), "fit_s": t_fit}
             rows.append(r)
-            table.add_row(str(d), name, f"{r['rmse_gaussian']:.4f}", f"{r['rmse_learned']:.4f}",
-                          ", ".join(f"{t:.3f}" for t in model.taps), f"{model.scale[0]:.3f}",
-                          f"{t_fit:.1f}")
-    console.print(table)
     return rows
+
+
+def render_learned(rows: list[dict], console, *, size: int) -> None:
+    """The two tables of `compute_learned`'s rows: the photographs' kernels (``size``: the
+    crops' side), then the Gaussian at high d (the rows with a ``d``)."""
+    from rich.table import Table
+
+    def taps(r):
+        return ", ".join(f"{t:.3f}" for t in r["taps"])
+
+    table = Table(title=f"learned SBS: RMSE against the exact filter with the target kernel "
+                  f"(train astronaut, test coffee; {size}x{size}, d = 5)")
+    for col in ("kernel", "radius", "set", "Gaussian SBS", "scales fitted", "taps + scales",
+                "taps", "scales (space, colour)", "fit s"):
+        table.add_column(col, justify="right")
+    for r in rows:
+        if "d" not in r:
+            table.add_row(r["kernel"], str(r["radius"]), r["set"], f"{r['rmse_gaussian']:.4f}",
+                          f"{r['rmse_scales']:.4f}", f"{r['rmse_learned']:.4f}", taps(r),
+                          f"{r['scales'][0]:.3f}, {r['scales'][2]:.3f}", f"{r['fit_s']:.1f}")
+    console.print(table)
+
+    table = Table(title="learned SBS for the Gaussian itself: points near a plane in R^d "
+                  "(train seed 1, test seed 2), one shared scale, radius 2")
+    for col in ("d", "set", "Gaussian SBS", "learned", "taps", "scale", "fit s"):
+        table.add_column(col, justify="right")
+    for r in rows:
+        if "d" in r:
+            table.add_row(str(r["d"]), r["set"], f"{r['rmse_gaussian']:.4f}",
+                          f"{r['rmse_learned']:.4f}", taps(r), f"{r['scales'][0]:.3f}",
+                          f"{r['fit_s']:.1f}")
+    console.print(table)
