@@ -169,6 +169,14 @@ def test_bench_quick_accuracy(tmp_path):
     assert all(r["psnr_grid"] >= 50 for r in rows if r["d"] == 3)
 
 
+@pytest.mark.parametrize("opt, value", [("--repeats", "0"), ("--exact-step", "-2")])
+def test_bench_refuses_bad_counts_before_computing(opt, value, capsys):
+    rc = cli_main(["bilateral-bench", "--quick", "--sections", "accuracy", opt, value])
+    captured = capsys.readouterr()
+    assert rc == 2 and opt in captured.err and value in captured.err
+    assert "accuracy:" not in captured.out  # no section ran
+
+
 def test_bench_compute_accuracy_returns_rows_and_prints_nothing(capsys):
     from convolab.highdim import bench
 

@@ -211,7 +211,8 @@ class BenchConfig:
 
 
 def _parse_bench(args) -> BenchConfig:
-    """Checked options: scikit-image is installed, the section names are known."""
+    """Checked options: scikit-image is installed, the section names are known, the repeats
+    and the exact filter's step are positive."""
     from ..highdim import bench
 
     try:
@@ -222,6 +223,10 @@ def _parse_bench(args) -> BenchConfig:
     bad = [s for s in sections if s not in bench.SECTIONS]
     if bad:
         raise ConvError(f"unknown section(s) {bad}; choose from {', '.join(bench.SECTIONS)}")
+    if args.repeats < 1:
+        raise ConvError(f"--repeats must be at least 1, got {args.repeats}")
+    if args.exact_step < 1:
+        raise ConvError(f"--exact-step must be at least 1, got {args.exact_step}")
     return BenchConfig(tuple(sections), bool(args.quick), args.repeats, args.exact_step)
 
 
