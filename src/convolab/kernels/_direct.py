@@ -197,6 +197,28 @@ def direct_nchw(xf, w, out, qoff, wrow, cstride, groups, counter):  # pragma: no
 
 
 @intrinsic
+def copy_run(typingctx, dst, doff, src, soff, n):
+    """``dst[doff + i] = src[soff + i]`` for ``i < n``, the two runs not overlapping (the
+    caller's promise): one ``llvm.memcpy``. Numba's slice assignment within one array (the
+    executor's arena) must allow for overlap and copied element by element: 3% of a 3x3
+    layer's time (64 -> 64 at 56x56, one thread, Zen 4) went to copying its planes into the
+    padded copy."""
+    if not all(isinstance(t, types.Integer) for t in (doff, soff, n)):
+        return None
+    sig = types.void(dst, doff, src, soff, n)
+
+    def codegen(context, builder, sig, args):
+        d = context.make_array(sig.args[0])(context, builder, args[0]).data
+        s = context.make_array(sig.args[2])(context, builder, args[2]).data
+        doff, soff, n = (context.cast(builder, args[k], sig.args[k], types.int64) for k in (1, 3, 4))
+        size = context.get_abi_sizeof(context.get_value_type(sig.args[0].dtype))
+        cgutils.raw_memcpy(builder, builder.gep(d, [doff]), builder.gep(s, [soff]), n, size, 4)
+        return context.get_dummy_value()
+
+    return sig, codegen
+
+
+@intrinsic
 def deinterleave2(typingctx, d0, o0, d1, o1, src, so, n):
     """``d0[o0 + j] = src[so + 2j]``, ``d1[o1 + j] = src[so + 2j + 1]`` for ``j < n``: whole
     vectors of pairs loaded at once and split by two shuffles (a strided scalar loop moved 2

@@ -47,6 +47,7 @@ from numba import njit
 
 from ..kernels._atomics import fetch_add, now_ns, wait_until
 from ..kernels._direct import (
+    copy_run,
     deinterleave2,
     depthwise_block_scratch,
     depthwise_block_task,
@@ -164,7 +165,7 @@ def _tiles(j, op, fprm, P, A, Wb, Ib, ctr, CS, KB):  # pragma: no cover - compil
                 else:
                     d0 = dst + t * Hp * Wp + pt * Wp + pl
                     for h in range(H):
-                        A[d0 + h * Wp: d0 + h * Wp + W] = A[s0 + h * W: s0 + h * W + W]
+                        copy_run(A, d0 + h * Wp, A, s0 + h * W, W)
         _barrier(ctr, j * CS + 2, P)
         src = dst
         ximg = C * Hp * Wp
