@@ -213,7 +213,8 @@ def test_pointwise_layers_run_with_pixels_in_the_lanes():
 def test_image_major_run_gives_the_batch_bits(monkeypatch):
     """A batch's first layers with large activations run image by image (all of them for
     image 0, then image 1...): the same bits as layer by layer and as one image at a time,
-    on one and two threads; the values the run reads keep their buffers to its end."""
+    on one and two threads; the values the run reads keep their buffers to its end, those
+    only its own layers read have one image's space."""
 
     class Net(nn.Module):
         def __init__(self):
@@ -243,6 +244,9 @@ def test_image_major_run_gives_the_batch_bits(monkeypatch):
             if name == "image":
                 assert len(st.image_major) >= 3 and len(seg.prog) > len(seg.nodes)
                 assert len(seg.row_nodes) == len(seg.prog)
+                # values only the run reads take one image's space, reused image after image
+                assert st.run_internal and st.run_internal < st.image_major
+                assert all(st.buffers[i].shape[0] == 1 for i in st.run_internal)
             else:
                 assert not st.image_major and len(seg.prog) == len(seg.nodes)
     first = outs["layer", 1]

@@ -69,6 +69,8 @@ class _State:
         self.outside = True
         #: nodes the executor runs image by image (`_image_major_run`)
         self.image_major: set[int] = set()
+        #: its values that only its own layers read: one image's space (`_run_internal`)
+        self.run_internal: set[int] = set()
 
 
 class CompiledModel:

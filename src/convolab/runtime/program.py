@@ -134,23 +134,32 @@ def _roots(g: Graph) -> list[int]:
 
 
 #: bytes per image of a convolution's input and output from which a batch runs it image by image
-IMAGE_MAJOR_BYTES = 1 << 20
+IMAGE_MAJOR_BYTES = 1 << 18
+#: ... provided they are at least this fraction of its filter's bytes, which the run reads once
+#: per image instead of once
+IMAGE_MAJOR_FILTER_SHARE = 1 / 8
 
 
 def _image_major_run(g: Graph, st: _State) -> set[int]:
     """The first run (of two layers or more) of consecutive convolutions for the executor whose
-    input and output together take at least `IMAGE_MAJOR_BYTES` per image, when the batch has
-    several images: the executor runs it image by image (all its layers for image 0, then
-    image 1...), so each image's activations stay in the cache from one layer to the next;
-    layer by layer, a batch of eight 112x112 activations (13 MB each) went to memory between
-    layers (EfficientNet-Lite0 at batch 8, one thread: its 112x112 and 56x56 layers ran
-    1.5-2x slower per image than at batch 1)."""
+    input and output together take at least `IMAGE_MAJOR_BYTES` per image and at least
+    `IMAGE_MAJOR_FILTER_SHARE` of the filter's bytes, when the batch has several images: the
+    executor runs it image by image (all its layers for image 0, then image 1...), so each
+    image's activations stay in the cache from one layer to the next; layer by layer, a batch
+    of eight 112x112 activations (13 MB each) went to memory between layers (EfficientNet-Lite0
+    at batch 8, one thread: its 112x112 and 56x56 layers ran 1.5-2x slower per image than at
+    batch 1). Its filters are then read once per image: ResNet-50 at batch 8 (two threads, Zen
+    4, each layer's time inside the run, interleaved) gained from 256 KiB instead of 1 MiB in
+    its 28x28 and 14x14 stages (the 1x1 layers 4-20% faster, the 3x3 ones the same), and lost
+    6-10% in its 7x7 stage, whose 4-8 MB filters are 8-16 times an image's activations."""
     run: set[int] = set()
     for i, n in enumerate(g.nodes):
         big = False
         if n.kind == "conv" and _executable(st, i, n):
             sp = st.plans[i].spec
-            big = sp.N > 1 and (sp.C * sp.H * sp.W + sp.K * sp.OH * sp.OW) * 4 >= IMAGE_MAJOR_BYTES
+            act = (sp.C * sp.H * sp.W + sp.K * sp.OH * sp.OW) * 4
+            big = (sp.N > 1 and act >= IMAGE_MAJOR_BYTES
+                   and act >= IMAGE_MAJOR_FILTER_SHARE * sp.K * sp.Cg * sp.R * sp.S * 4)
         if big:
             run.add(i)
         elif len(run) > 1:
@@ -160,7 +169,21 @@ def _image_major_run(g: Graph, st: _State) -> set[int]:
     return run if len(run) > 1 else set()
 
 
-def _build(m: CompiledModel, st: _State) -> None:
+def _run_internal(g: Graph, run: set[int]) -> set[int]:
+    """The values of an image-major run (`_image_major_run`) that only its own layers read (no
+    view of them, no graph output): the run finishes each image before the next one starts, so
+    such a value needs the space of one image, reused image after image. Given a batch's
+    space, each image's activations went to fresh memory: every layer wrote lines that were in
+    no cache (ResNet-50 at batch 8, two threads, Zen 4: its 56x56 layers ran 8-11% slower per
+    image than with every image on image 0's space)."""
+    users: dict[int, set[int]] = {}
+    for k, n in enumerate(g.nodes):
+        for j in n.inputs:
+            users.setdefault(j, set()).add(k)
+    return {i for i in run if i not in g.outputs and users.get(i) and users[i] <= run}
+
+
+def _build(m: CompiledModel, st: _State, image_major: bool = True) -> None:
     """Arena offsets for every recorded output (shared between values whose lifetimes do not
     overlap: a value lives from its node to the last node that reads it or a view of it;
     graph outputs are copied out), dedicated zero-bordered padded copies, and the segments:
@@ -173,24 +196,34 @@ def _build(m: CompiledModel, st: _State) -> None:
             last[root[j]] = i
     for j in g.outputs:
         last[root[j]] = len(g.nodes)
-    st.image_major = _image_major_run(g, st)
-    if st.image_major:
-        # its nodes run image by image: every value it writes or reads stays live to its end
-        b = max(st.image_major)
-        for i in st.image_major:
-            last[i] = max(last.get(i, i), b)
+    st.image_major = run = _image_major_run(g, st) if image_major else set()
+    st.run_internal = internal = _run_internal(g, run)
+    if run:
+        # its nodes run image by image: every batch-sized value it writes or reads stays live
+        # to its end (its one-image values only as long as in a layer-by-layer run)
+        b = max(run)
+        for i in run:
+            if i not in internal:
+                last[i] = max(last.get(i, i), b)
             for j in g.nodes[i].inputs:
-                last[root[j]] = max(last.get(root[j], root[j]), b)
+                if root[j] not in internal:
+                    last[root[j]] = max(last.get(root[j], root[j]), b)
     free: list[tuple[int, int]] = []  # (offset, size) of released slots
     busy: list[tuple[int, int, int]] = []  # (last use, offset, size)
     off: dict[int, int] = {}
     total = 0
-    for i in range(len(g.nodes)):
-        free += [(o, sz) for end, o, sz in busy if end < i]
-        busy = [b for b in busy if b[0] >= i]
+    # the run's batch-sized values take their space at its start: a one-image value's space,
+    # freed within the run, is written again for the next image
+    r0 = min(run, default=len(g.nodes))
+    order = [(i, i) for i in range(r0)] + [(i, r0) for i in sorted(run - internal)] + [
+        (i, i) for i in range(r0, len(g.nodes)) if i not in run or i in internal]
+    for i, t in order:
+        free += [(o, sz) for end, o, sz in busy if end < t]
+        busy = [b for b in busy if b[0] >= t]
         if i not in st.shapes or root[i] != i:
             continue  # no value of its own, or a view (reshape) of its input's slot
-        need = -(-int(np.prod(st.shapes[i])) // 16) * 16
+        need = -(-int(np.prod(st.shapes[i])) // (st.shapes[i][0] if i in internal else 1)
+                 // 16) * 16
         r = _in_place_residual(g, st, root, last, off, i)
         if r is not None:  # the output overwrites its residual, element by element
             end = last.get(i, i)
@@ -223,17 +256,18 @@ def _build(m: CompiledModel, st: _State) -> None:
         ok = _executable(st, i, n) and inside
         if ok:
             spec = st.plans[i].spec
+            nc = (1 if i in run else spec.N) * spec.C  # image-major: one image's copy
             if _phased(spec):
                 pads[i] = total
                 hq, wq = direct.phases(spec)
                 sh, sw = spec.stride
-                total += -(-spec.N * spec.C * sh * sw * hq * wq // 16) * 16
+                total += -(-nc * sh * sw * hq * wq // 16) * 16
             elif not direct.depthwise(spec) and any(spec.padding):
                 pads[i] = total
-                total += -(-spec.N * spec.C * spec.padded_H * spec.padded_W // 16) * 16
+                total += -(-nc * spec.padded_H * spec.padded_W // 16) * 16
             elif _subsampled(spec):
                 pads[i] = total
-                total += -(-spec.N * spec.C * spec.OH * spec.OW // 16) * 16
+                total += -(-nc * spec.OH * spec.OW // 16) * 16
             if seg is None:
                 seg = _Segment(m.threads)
                 segments.append(seg)
@@ -241,8 +275,16 @@ def _build(m: CompiledModel, st: _State) -> None:
         elif n.kind != "input":
             seg = None
             segments.append(i)
+    if run and not any(isinstance(s_, _Segment) and run <= set(s_.nodes) for s_ in segments):
+        # not one run of rows (its one-image spaces assume one): layer by layer
+        return _build(m, st, image_major=False)
     arena = _aligned(np.zeros(max(total, 16), dtype=np.float32))
-    st.buffers = {i: arena[o: o + int(np.prod(st.shapes[i]))].reshape(st.shapes[i]) for i, o in off.items()}
+    st.buffers = {}
+    for i, o in off.items():
+        shape = st.shapes[i]
+        if i in internal:  # its last image's values (one image's space)
+            shape = (1, *shape[1:])
+        st.buffers[i] = arena[o: o + int(np.prod(shape))].reshape(shape)
     for i in range(len(g.nodes)):  # reshape nodes: views of their input's slot
         if root[i] != i and root[i] in off and i in st.shapes:
             st.buffers[i] = st.buffers[root[i]].reshape(st.shapes[i])
@@ -278,6 +320,8 @@ def _in_place_residual(g: Graph, st: _State, root, last, off, i: int) -> int | N
         return None
     x, r = root[n.inputs[0]], root[n.inputs[1]]
     if r == x or r not in off or x not in off or last.get(r) != i or r in g.outputs:
+        return None
+    if (r in st.run_internal) != (i in st.run_internal):  # one image's space and a batch's
         return None
     if st.shapes.get(r) != st.shapes.get(i):
         return None
@@ -338,30 +382,28 @@ def _pv_chunks(spec, nkb: int, threads: int) -> int:
     return int(min(ntile, max(1, want)))
 
 
-def _image_major_rows(prog, fprm, nodes, image_major):
+def _image_major_rows(prog, fprm, nodes, per_image):
     """The segment's rows with its image-major run (`_image_major_run`) replaced by one row per
     image and layer, image after image: each a one-image copy of the layer's row, its input,
-    output, residual and padded copy moved to that image. Returns the rows, their parameters
-    and the node of each row."""
-    rs = [r for r, i in enumerate(nodes) if i in image_major]
+    output and residual moved to that image where they have a batch's space (``per_image[node]``:
+    three flags), left in place where they have one image's (`_run_internal`), like the padded
+    copy. Returns the rows, their parameters and the node of each row."""
+    rs = [r for r, i in enumerate(nodes) if i in per_image]
     if not rs:
         return prog, fprm, list(nodes)
     r0, r1 = rs[0], rs[-1] + 1
-    if r1 - r0 != len(rs):  # not one run of rows: layer by layer (the lifetimes allow both)
-        return prog, fprm, list(nodes)
+    assert r1 - r0 == len(rs), "an image-major run is one run of rows (`_build`)"
     N = int(prog[r0, _X.F_N])
     rows, prms, owners = [], [], []
     for n in range(N):
         for r in range(r0, r1):
             row = prog[r].copy()
+            x, y, res = per_image[nodes[r]]
             row[_X.F_N] = 1
-            row[_X.F_X] += n * row[_X.F_XIMG]
-            row[_X.F_Y] += n * row[_X.F_YIMG]
+            row[_X.F_X] += n * row[_X.F_XIMG] * x
+            row[_X.F_Y] += n * row[_X.F_YIMG] * y
             if row[_X.F_RES] >= 0:
-                row[_X.F_RES] += n * row[_X.F_YIMG]
-            if row[_X.F_KIND] == _X.OP_TILES and row[_X.F_C2]:
-                # a padded / subsampled / phase copy: its planes, F_H x F_W, per image
-                row[_X.F_F] += n * row[_X.F_C] * row[_X.F_H] * row[_X.F_W]
+                row[_X.F_RES] += n * row[_X.F_YIMG] * res
             rows.append(row)
             prms.append(fprm[r])
             owners.append(nodes[r])
@@ -536,7 +578,14 @@ def _program(m: CompiledModel, st: _State, seg: _Segment, root, off, pads) -> No
     for i, bits in _blocked_pairs(g, st, seg, root, pads).items():
         prog[rows[i], _X.F_BLK] = bits
         prog[rows[i], _X.F_PV] = 0  # 1x1 layers on the microkernel: 16-channel pixel vectors
-    prog, fprm, seg.row_nodes = _image_major_rows(prog, fprm, seg.nodes, st.image_major)
+    per_image = {}  # the image strides of an image-major row's input, output and residual
+    for i in seg.nodes:
+        if i in st.image_major:
+            n = g.nodes[i]
+            res = n.attrs["residual"] and root[n.inputs[1]] not in st.run_internal
+            per_image[i] = (root[n.inputs[0]] not in st.run_internal, i not in st.run_internal,
+                            res)
+    prog, fprm, seg.row_nodes = _image_major_rows(prog, fprm, seg.nodes, per_image)
     seg.prog, seg.fprm = prog, fprm
     seg.wb = _aligned(np.concatenate(wb).astype(np.float32)) if wb else np.zeros(16, np.float32)
     seg.ib = np.concatenate(ib).astype(np.int64) if ib else np.zeros(1, np.int64)
