@@ -256,6 +256,48 @@ def test_image_major_run_gives_the_batch_bits(monkeypatch):
         assert np.array_equal(one(x[i:i + 1]).numpy(), first[i:i + 1])
 
 
+def test_image_major_run_takes_a_stem_and_its_pooling(monkeypatch):
+    """A stem, its max pooling and the residual block after it run image by image together
+    (the stem's output, read only by the pooling, has one image's space): the same bits as
+    layer by layer, on one and two threads."""
+
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.stem = nn.Conv2d(3, 16, 7, stride=2, padding=3)
+            self.pool = nn.MaxPool2d(3, stride=2, padding=1)
+            self.a = nn.Conv2d(16, 16, 3, padding=1)
+            self.b = nn.Conv2d(16, 32, 1)
+            self.c = nn.Conv2d(32, 8, 1)
+
+        def forward(self, x):
+            y = self.pool(torch.relu(self.stem(x)))
+            return self.c(torch.relu(self.b(torch.relu(self.a(y) + y))))
+
+    net = Net().eval()
+    x = torch.randn(3, 3, 132, 124)
+    outs = {}
+    for name, limit in (("image", 1 << 14), ("layer", 1 << 60)):
+        monkeypatch.setattr(P, "IMAGE_MAJOR_BYTES", limit)
+        for threads in (1, 2):
+            cm = compile(net, x, algorithm="direct", threads=threads)
+            cm(x)
+            outs[name, threads] = cm(x).numpy()
+            st = cm._states[tuple(x.shape)]
+            kinds = {cm.graph.nodes[i].kind for i in st.image_major}
+            if name == "image":
+                assert kinds == {"conv", "maxpool"} and len(st.image_major) >= 4
+                stem = min(st.image_major)
+                assert stem in st.run_internal and st.buffers[stem].shape[0] == 1
+            else:
+                assert not st.image_major
+    first = outs["layer", 1]
+    assert all(np.array_equal(first, o) for o in outs.values())
+    with torch.no_grad():
+        ref = net.double()(x.double()).numpy()
+    assert np.abs(first - ref).max() <= 1e-5 * np.abs(ref).max()
+
+
 def test_worker_clock_stamps_each_operator():
     """With a ``stamps`` array the executor's worker records the monotonic clock before the
     first operator and after each operator's barrier (tools/executor_profile.py's in-run
