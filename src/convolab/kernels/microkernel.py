@@ -38,6 +38,8 @@ MR_TAIL = 4
 NV = 2
 #: bytes of input a task's tiles should span when it loops over all k-blocks (half an L2)
 CHUNK_BYTES = 256 * 1024
+#: tasks per thread a layer's split aims at (where it has that many tiles x k-blocks)
+TASKS_PER_THREAD = 4
 
 
 def lanes(itemsize: int) -> int:
@@ -119,7 +121,7 @@ def split(spec, vtot: int, bytes_per_pixel: float, nkb: int, threads: int) -> Sp
     nq = -(-vtot // MR)
     filt = panel * nkb
     inp = bytes_per_pixel * MR * nq
-    want = min(4 * threads, G * nkb * nq)
+    want = min(TASKS_PER_THREAD * threads, G * nkb * nq)
     best = None
     for nchunk in range(1, nq + 1):
         nkbr = min(nkb, max(1, -(-want // (G * nchunk))))

@@ -385,7 +385,7 @@ def _pv_chunks(spec, nkb: int, threads: int) -> int:
 
     P = spec.OH * spec.OW
     ntile = -(-P // PX)
-    want = max(-(-4 * threads // nkb), -(-spec.C * P * 4 // mk.CHUNK_BYTES))
+    want = max(-(-mk.TASKS_PER_THREAD * threads // nkb), -(-spec.C * P * 4 // mk.CHUNK_BYTES))
     return int(min(ntile, max(1, want)))
 
 
