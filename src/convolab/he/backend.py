@@ -302,12 +302,14 @@ class Backend:
         return f"{self.name}, {self.slots} slots{lv}"
 
 
-class SimCiphertext:
-    """A simulated ciphertext: the exact slot vector, its level and scale state."""
+class Ciphertext:
+    """A backend's ciphertext: its ``data`` (the exact slot vector for the simulated backend, a
+    SEAL ciphertext for TenSEAL), its level (rescales applied) and scale state (``pending``:
+    multiplied, not yet rescaled)."""
 
     __slots__ = ("data", "level", "pending")
 
-    def __init__(self, data: np.ndarray, level: int = 0, pending: bool = False):
+    def __init__(self, data, level: int = 0, pending: bool = False):
         self.data = data
         self.level = level
         self.pending = pending
@@ -336,7 +338,7 @@ class SimulatedBackend(Backend):
     name = "simulated"
 
     def _encrypt(self, v):
-        return SimCiphertext(v.copy())
+        return Ciphertext(v.copy())
 
     def _decrypt(self, ct):
         return ct.data.copy()
@@ -345,22 +347,22 @@ class SimulatedBackend(Backend):
         return v
 
     def _add(self, a, b):
-        return SimCiphertext(a.data + b.data, max(a.level, b.level), a.pending)
+        return Ciphertext(a.data + b.data, max(a.level, b.level), a.pending)
 
     def _add_plain(self, ct, pt):
-        return SimCiphertext(ct.data + pt, ct.level, ct.pending)
+        return Ciphertext(ct.data + pt, ct.level, ct.pending)
 
     def _multiply_plain(self, ct, pt):
-        return SimCiphertext(ct.data * pt, ct.level, True)
+        return Ciphertext(ct.data * pt, ct.level, True)
 
     def _multiply(self, a, b):
-        return SimCiphertext(a.data * b.data, max(a.level, b.level), True)
+        return Ciphertext(a.data * b.data, max(a.level, b.level), True)
 
     def _rotate(self, ct, step):
-        return SimCiphertext(np.roll(ct.data, -step), ct.level, ct.pending)
+        return Ciphertext(np.roll(ct.data, -step), ct.level, ct.pending)
 
     def _rescale(self, ct):
-        return SimCiphertext(ct.data, ct.level + 1, False)
+        return Ciphertext(ct.data, ct.level + 1, False)
 
     def _bootstrap(self, ct):
-        return SimCiphertext(ct.data.copy(), self.levels - self.usable, False)
+        return Ciphertext(ct.data.copy(), self.levels - self.usable, False)

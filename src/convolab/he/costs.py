@@ -27,7 +27,7 @@ from collections import Counter
 from dataclasses import dataclass
 
 from .activation import RELU_FIT, poly2
-from .backend import SimCiphertext, SimulatedBackend
+from .backend import Ciphertext, SimulatedBackend
 from .layout import Layout, log2, with_distinct
 from .network import LevelBudget, resnet20_convs
 from .schedules import output_layout, relayout_plan
@@ -50,7 +50,7 @@ def _act_pattern(level: int, budget: LevelBudget, coeffs) -> Counter:
     key = (level, budget, tuple(coeffs))
     if key not in _ACT_CACHE:
         be = SimulatedBackend(8, levels=budget.fresh, usable=budget.usable)
-        poly2(be, SimCiphertext(be._check_vector([0.5] * 8), budget.fresh - level), coeffs)
+        poly2(be, Ciphertext(be._check_vector([0.5] * 8), budget.fresh - level), coeffs)
         _ACT_CACHE[key] = Counter({(op, lv): v for (_, _, op, lv), v in be.counts.by_level.items()})
     return _ACT_CACHE[key]
 

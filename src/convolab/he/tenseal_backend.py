@@ -26,18 +26,7 @@ import time
 import numpy as np
 
 from ..errors import ConvError
-from .backend import Backend
-
-
-class TSCiphertext:
-    """A SEAL ciphertext with its level (rescales applied) and scale state."""
-
-    __slots__ = ("ct", "level", "pending")
-
-    def __init__(self, ct, level: int = 0, pending: bool = False):
-        self.ct = ct
-        self.level = level
-        self.pending = pending
+from .backend import Backend, Ciphertext
 
 
 class TenSEALBackend(Backend):
@@ -138,13 +127,11 @@ class TenSEALBackend(Backend):
     def _encrypt(self, v):
         pt = self._s.Plaintext()
         self._encoder.encode(v.tolist(), self.scale, pt)
-        ct = self._s.Ciphertext()
-        self._encryptor.encrypt(pt, ct)
-        return TSCiphertext(ct)
+        return Ciphertext(self._new(self._encryptor.encrypt, pt))
 
     def _decrypt(self, ct):
         pt = self._s.Plaintext()
-        self._decryptor.decrypt(ct.ct, pt)
+        self._decryptor.decrypt(ct.data, pt)
         return np.array(self._encoder.decode_double(pt), dtype=np.float64)
 
     def _encode(self, v, like, for_add):
@@ -153,64 +140,53 @@ class TenSEALBackend(Backend):
                 "an all-zero plaintext would make the product transparent; skip the product"
             )
         pt = self._s.Plaintext()
-        scale = like.ct.scale if for_add else self.scale
-        self._encoder.encode(v.tolist(), like.ct.parms_id(), scale, pt)
+        scale = like.data.scale if for_add else self.scale
+        self._encoder.encode(v.tolist(), like.data.parms_id(), scale, pt)
         return pt
+
+    def _new(self, op, *args, what: str = "SEAL", where: str = ""):
+        """A new SEAL ciphertext ``out`` written by ``op(*args, out)``; SEAL's refusal
+        (ValueError) raised as `ConvError` ``f"{what}: {error}{where}"``."""
+        out = self._s.Ciphertext()
+        try:
+            op(*args, out)
+        except ValueError as e:  # e.g. "scale out of bounds" once the chain is used up
+            raise ConvError(f"{what}: {e}{where}") from None
+        return out
 
     def _aligned(self, a, b):
         """Modulus-switch the higher-level of two ciphertexts down to the other's level."""
         if a.level == b.level:
-            return a.ct, b.ct
-        ev = self._evaluator
+            return a.data, b.data
         if a.level < b.level:
-            ct = self._s.Ciphertext()
-            ev.mod_switch_to(a.ct, b.ct.parms_id(), ct)
-            return ct, b.ct
-        ct = self._s.Ciphertext()
-        ev.mod_switch_to(b.ct, a.ct.parms_id(), ct)
-        return a.ct, ct
+            return self._new(self._evaluator.mod_switch_to, a.data, b.data.parms_id()), b.data
+        return a.data, self._new(self._evaluator.mod_switch_to, b.data, a.data.parms_id())
 
     def _add(self, a, b):
-        x, y = self._aligned(a, b)
-        out = self._s.Ciphertext()
-        try:
-            self._evaluator.add(x, y, out)
-        except ValueError as e:
-            raise ConvError(f"SEAL cannot add these ciphertexts: {e}") from None
-        return TSCiphertext(out, max(a.level, b.level), a.pending)
+        out = self._new(self._evaluator.add, *self._aligned(a, b),
+                        what="SEAL cannot add these ciphertexts")
+        return Ciphertext(out, max(a.level, b.level), a.pending)
 
     def _add_plain(self, ct, pt):
-        out = self._s.Ciphertext()
-        self._evaluator.add_plain(ct.ct, pt, out)
-        return TSCiphertext(out, ct.level, ct.pending)
+        return Ciphertext(self._new(self._evaluator.add_plain, ct.data, pt), ct.level, ct.pending)
 
     def _multiply_plain(self, ct, pt):
-        out = self._s.Ciphertext()
-        try:
-            self._evaluator.multiply_plain(ct.ct, pt, out)
-        except ValueError as e:  # e.g. "scale out of bounds" once the chain is used up
-            raise ConvError(f"SEAL: {e} (level {ct.level} of depth={self.depth})") from None
-        return TSCiphertext(out, ct.level, True)
+        out = self._new(self._evaluator.multiply_plain, ct.data, pt,
+                        where=f" (level {ct.level} of depth={self.depth})")
+        return Ciphertext(out, ct.level, True)
 
     def _multiply(self, a, b):
-        x, y = self._aligned(a, b)
-        out = self._s.Ciphertext()
-        try:
-            self._evaluator.multiply(x, y, out)
-        except ValueError as e:
-            raise ConvError(f"SEAL: {e} (levels {a.level}, {b.level} of depth={self.depth})") from None
+        out = self._new(self._evaluator.multiply, *self._aligned(a, b),
+                        where=f" (levels {a.level}, {b.level} of depth={self.depth})")
         self._evaluator.relinearize_inplace(out, self._relin)
-        return TSCiphertext(out, max(a.level, b.level), True)
+        return Ciphertext(out, max(a.level, b.level), True)
 
     def _rotate(self, ct, step):
-        out = self._s.Ciphertext()
-        self._evaluator.rotate_vector(ct.ct, step, self._galois_key(step), out)
-        return TSCiphertext(out, ct.level, ct.pending)
+        out = self._new(self._evaluator.rotate_vector, ct.data, step, self._galois_key(step))
+        return Ciphertext(out, ct.level, ct.pending)
 
     def _rescale(self, ct):
-        out = self._s.Ciphertext()
-        self._evaluator.rescale_to_next(ct.ct, out)
-        return TSCiphertext(out, ct.level + 1, False)
+        return Ciphertext(self._new(self._evaluator.rescale_to_next, ct.data), ct.level + 1, False)
 
 
 #: operations `measure_operations` times (seconds per operation, per remaining level)
@@ -250,7 +226,7 @@ def measure_operations(be: TenSEALBackend, levels=None, repeat: int = 3, seed: i
     state = {}
     for r in levels:
         ct = s.Ciphertext()
-        ev.mod_switch_to(top.ct, top.ct.parms_id(), ct)
+        ev.mod_switch_to(top.data, top.data.parms_id(), ct)
         for _ in range(be.depth - r):
             ev.mod_switch_to_next_inplace(ct)
         pt = s.Plaintext()
