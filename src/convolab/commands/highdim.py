@@ -128,13 +128,13 @@ class BilateralConfig:
 def _parse(args) -> BilateralConfig:
     """Checked options: the input (and guide) files exist, the sigmas are positive and finite
     (the filter's own checks and messages)."""
-    from ..highdim.filters import _check_sigma
+    from ..highdim.filters import check_sigma
 
     for path in (args.input, args.guide):
         if path is not None and not Path(path).is_file():
             raise ConvError(f"input file {path!r} does not exist")
-    _check_sigma(args.sigma_spatial, "sigma_spatial")
-    _check_sigma(args.sigma_color, "sigma_color")
+    check_sigma(args.sigma_spatial, "sigma_spatial")
+    check_sigma(args.sigma_color, "sigma_color")
     return BilateralConfig(args.input, args.output, args.sigma_spatial, args.sigma_color, args.method,
                            args.guide)
 

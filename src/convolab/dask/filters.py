@@ -50,7 +50,7 @@ from dask.highlevelgraph import HighLevelGraph
 from ..errors import ConvError
 from ..highdim import gaussian_filter as _points_filter
 from ..highdim.exact import CUTOFF, exact_bilateral
-from ..highdim.filters import as_float_image
+from ..highdim.filters import as_float_image, check_sigma
 from ..highdim.permutohedral import LATTICE_SCALE
 from ..highdim.permutohedral import MAX_D as LATTICE_MAX_D
 from .cluster import check_task_bytes, task_budget
@@ -175,16 +175,6 @@ def _image(x, what: str):
     return x
 
 
-def _sigma(s, name: str) -> float:
-    try:
-        f = float(s)
-    except (TypeError, ValueError):
-        raise ConvError(f"{name} must be a positive number; got {s!r}") from None
-    if not (math.isfinite(f) and f > 0):
-        raise ConvError(f"{name} must be a positive finite number; got {s!r}")
-    return f
-
-
 def _to_float(a, image: bool) -> np.ndarray:
     """Pixels as the one-process filter takes them: scikit-image's convention for images
     (`convolab.highdim.filters.as_float_image`), values as they are for `gaussian_filter`."""
@@ -231,7 +221,7 @@ def _filter(image, guide, sigma_spatial, sigma_color, method, memory_limit, radi
         )
     if method not in METHODS:
         raise ConvError(f"unknown method {method!r}; choose from {', '.join(METHODS)}")
-    ss = _sigma(sigma_spatial, "sigma_spatial")
+    ss = check_sigma(sigma_spatial, "sigma_spatial")
     g = 0 if guide is None else (guide.shape[2] if guide.ndim == 3 else 1)
     d = 2 + g
     if method == "permutohedral" and d > LATTICE_MAX_D:
@@ -244,7 +234,7 @@ def _filter(image, guide, sigma_spatial, sigma_color, method, memory_limit, radi
         sigma_color = float(da.std(gf).compute())
         if sigma_color == 0:
             raise ConvError("sigma_color=None takes the guide's standard deviation, which is 0")
-    sr = 1.0 if guide is None else _sigma(sigma_color, "sigma_color")
+    sr = 1.0 if guide is None else check_sigma(sigma_color, "sigma_color")
     origin = None
     if method == "permutohedral" and guide is not None:
         mins = da.min(gf.reshape(gf.shape[0], gf.shape[1], -1), axis=(0, 1)).compute()

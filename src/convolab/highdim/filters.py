@@ -59,7 +59,8 @@ def _check_finite(a: np.ndarray, name: str) -> None:
         raise ConvError(f"{name} contains {bad} non-finite value(s) (NaN or inf)")
 
 
-def _check_sigma(s, name: str) -> float:
+def check_sigma(s, name: str) -> float:
+    """``s`` as a float; `ConvError` naming ``name`` unless it is a positive finite number."""
     try:
         f = float(s)
     except (TypeError, ValueError):
@@ -233,12 +234,12 @@ def joint_bilateral_filter(
         raise ConvError(
             f"guide must have the image's height and width {img.shape[:2]}; got {gd.shape[:2]}"
         )
-    ss = _check_sigma(sigma_spatial, "sigma_spatial")
+    ss = check_sigma(sigma_spatial, "sigma_spatial")
     if sigma_color is None:
         sigma_color = float(np.std(gd))
         if sigma_color == 0:
             raise ConvError("sigma_color=None takes the guide's standard deviation, which is 0")
-    sr = _check_sigma(sigma_color, "sigma_color")
+    sr = check_sigma(sigma_color, "sigma_color")
     H, W = img.shape[:2]
     vals = img.reshape(H, W, -1)
     feats = gd.reshape(H, W, -1)
