@@ -113,8 +113,38 @@ def is_exact(AT: np.ndarray, G: np.ndarray, BT: np.ndarray, target: np.ndarray) 
     return bool(np.array_equal(got, target * (da * dg * db)))
 
 
+def correlation_tensor_2d(m: int, r: int) -> np.ndarray:
+    """The 2D correlation as a tensor over row-major flattened output/filter/input tiles."""
+    t1 = correlation_tensor_1d(m, r)
+    n = m + r - 1
+    return np.einsum("ikl,jqs->ijkqls", t1, t1).reshape(m * m, r * r, n * n)
+
+
 @dataclass(frozen=True)
-class Bilinear1D:
+class _Bilinear:
+    """What the 1D and 2D forms share: ``m`` outputs and ``r`` taps per dimension, and the
+    exactness check of their full matrices ``AT``, ``G``, ``BT`` against ``_correlation``."""
+
+    name: str
+    m: int
+    r: int
+
+    @property
+    def n(self) -> int:
+        return self.m + self.r - 1
+
+    @property
+    def products(self) -> int:
+        """Products per tile (per input channel and output channel pair)."""
+        return self.BT.shape[0]
+
+    def is_exact(self) -> bool:
+        """Whether the full transforms compute the correlation exactly for every input."""
+        return is_exact(self.AT, self.G, self.BT, self._correlation(self.m, self.r))
+
+
+@dataclass(frozen=True)
+class Bilinear1D(_Bilinear):
     """A 1D bilinear correlation algorithm ``y = AT ((G w) * (BT x))`` with exact entries.
 
     Attributes
@@ -126,35 +156,15 @@ class Bilinear1D:
         Shapes (m, P), (P, r), (P, n).
     """
 
-    name: str
-    m: int
-    r: int
     AT: np.ndarray
     G: np.ndarray
     BT: np.ndarray
 
-    @property
-    def n(self) -> int:
-        return self.m + self.r - 1
-
-    @property
-    def products(self) -> int:
-        return self.BT.shape[0]
-
-    def is_exact(self) -> bool:
-        """Whether the algorithm computes the correlation exactly for every input."""
-        return is_exact(self.AT, self.G, self.BT, correlation_tensor_1d(self.m, self.r))
-
-
-def correlation_tensor_2d(m: int, r: int) -> np.ndarray:
-    """The 2D correlation as a tensor over row-major flattened output/filter/input tiles."""
-    t1 = correlation_tensor_1d(m, r)
-    n = m + r - 1
-    return np.einsum("ikl,jqs->ijkqls", t1, t1).reshape(m * m, r * r, n * n)
+    _correlation = staticmethod(correlation_tensor_1d)
 
 
 @dataclass(frozen=True)
-class Bilinear2D:
+class Bilinear2D(_Bilinear):
     """A 2D bilinear algorithm on an ``n x n`` tile, with its fast factorisation.
 
     Attributes
@@ -172,9 +182,6 @@ class Bilinear2D:
         True for nested algorithms (``S_in`` and ``S_out`` are None).
     """
 
-    name: str
-    m: int
-    r: int
     BT: np.ndarray
     G: np.ndarray
     AT: np.ndarray
@@ -183,22 +190,11 @@ class Bilinear2D:
     S_in: np.ndarray | None = None
     S_out: np.ndarray | None = None
 
-    @property
-    def n(self) -> int:
-        return self.m + self.r - 1
-
-    @property
-    def products(self) -> int:
-        """Products per tile (per input channel and output channel pair)."""
-        return self.BT.shape[0]
+    _correlation = staticmethod(correlation_tensor_2d)
 
     @property
     def separable(self) -> bool:
         return self.S_in is None and self.S_out is None
-
-    def is_exact(self) -> bool:
-        """Whether the full transforms compute the 2D correlation exactly for every input."""
-        return is_exact(self.AT, self.G, self.BT, correlation_tensor_2d(self.m, self.r))
 
     def factorisation_matches(self) -> bool:
         """Whether the fast factorisation multiplies out to the full transforms exactly."""
