@@ -97,21 +97,11 @@ class IntTransforms:
     G: np.ndarray
     AT: np.ndarray
 
-    @property
-    def m(self) -> int:
-        return self.alg.m
-
-    @property
-    def r(self) -> int:
-        return self.alg.r
-
-    @property
-    def n(self) -> int:
-        return self.alg.n
-
-    @property
-    def P(self) -> int:
-        return self.alg.products
+    #: the exact algorithm's output tile, taps, input tile (per dimension) and products per tile
+    m = property(lambda self: self.alg.m)
+    r = property(lambda self: self.alg.r)
+    n = property(lambda self: self.alg.n)
+    P = property(lambda self: self.alg.products)
 
     @property
     def bt_norms(self) -> np.ndarray:
