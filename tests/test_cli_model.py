@@ -51,6 +51,7 @@ def test_model_per_algorithm_path_on_random_weights(capsys):
     assert main(["model", *SMALL, "--algorithms", "direct", "--no-latency"]) == 0
     out = capsys.readouterr().out
     assert "2 random 64x64 images" in out and "direct" in out and "52/52" in out
+    assert "direct: first pass (plans, compilation)" in out  # compute_accuracy's say, logged
 
 
 def test_model_per_algorithm_latency_and_json(tmp_path, capsys):
@@ -59,6 +60,7 @@ def test_model_per_algorithm_latency_and_json(tmp_path, capsys):
                  "--json", str(out)]) == 0
     text = capsys.readouterr().out
     assert re.search(r"End-to-end\s+latency", text) and re.search(r"Per-layer\s+report:\s+direct", text)
+    assert "batch 1: timed" in text  # compute_latency's say, logged
     doc = json.loads(out.read_text())
     (acc,) = doc["accuracy"]
     assert acc["algorithm"] == "direct" and acc["top1_agree"] == acc["images"]

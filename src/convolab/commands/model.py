@@ -119,7 +119,8 @@ def _parse(args):
 
 
 def run(args) -> int:
-    """Parse, compute (accuracy, then latency), render, write the JSON."""
+    """Parse, compute (`compute_accuracy`, then `compute_latency`), render (`_render_accuracy`,
+    `_render_latency`), write the JSON."""
     batches, names, report_batch = _parse(args)
     if args.compile:
         return model_compiled.run(args, batches)
@@ -138,12 +139,13 @@ def run(args) -> int:
             f"{machine['torch']} oneDNN={'on' if machine['onednn'] else 'off'}; BLAS {machine['blas']}"
             + (f"; [yellow]set: {env}[/yellow] (slows NumPy's BLAS)" if env else "")
         )
-        acc, sessions = _accuracy(console, model, x, photos, names, args.fallback)
+        acc, sessions = compute_accuracy(model, x, photos, names, args.fallback, say=console.log)
         _render_accuracy(console, acc, what)
         names = [n for n in names if n not in acc["failed"]]
         lat = None
         if not args.no_latency:
-            lat = _latency(console, model, x, names, sessions, batches, args.repeat, report_batch)
+            lat = compute_latency(model, x, names, sessions, batches, args.repeat, report_batch,
+                                  say=console.log)
             _render_latency(console, lat, batches, args.report, report_batch, args.repeat)
     finally:
         blas_limits.restore_original_limits()
@@ -162,15 +164,17 @@ def run(args) -> int:
     return 0
 
 
-def _accuracy(console, model, x, photos, names, fallback) -> tuple[dict, dict]:
+def compute_accuracy(model, x, photos, names, fallback, say=None) -> tuple[dict, dict]:
     """Each algorithm's pass over the inputs against PyTorch fp32 and float64; returns the
-    figures and the sessions (their plans reused by the latency runs)."""
+    figures and the sessions (their plans reused by the latency runs). Nothing printed:
+    ``say(text)`` is told each algorithm's first pass (its time, or that it failed)."""
     import copy
 
     import torch
 
     from ..interop.torch import Session
 
+    say = say or (lambda text: None)
     with torch.inference_mode():
         ref = model(x)
         ref64 = copy.deepcopy(model).double()(x.double())
@@ -192,10 +196,10 @@ def _accuracy(console, model, x, photos, names, fallback) -> tuple[dict, dict]:
         except Exception as e:  # an algorithm that breaks is reported, not fatal
             acc["failed"][n] = f"{type(e).__name__}: {e}"
             acc["records"].append({"algorithm": n, "error": acc["failed"][n]})
-            console.log(f"{n}: [red]failed[/red]: {acc['failed'][n]}")
+            say(f"{n}: [red]failed[/red]: {acc['failed'][n]}")
             continue
         wall = time.perf_counter() - t0
-        console.log(f"{n}: first pass (plans, compilation) {wall:.1f} s")
+        say(f"{n}: first pass (plans, compilation) {wall:.1f} s")
         rep = s.report()
         fb = sorted({r.algorithm for r in rep if r.note})
         agree = (y.argmax(1) == ref_top)
@@ -249,13 +253,15 @@ def _render_accuracy(console, acc, what) -> None:
     console.print(img)
 
 
-def _latency(console, model, x, names, sessions, batches, repeat, report_batch) -> dict:
+def compute_latency(model, x, names, sessions, batches, repeat, report_batch, say=None) -> dict:
     """End-to-end latency per configuration and batch, interleaved round-robin; the per-layer
-    statistics of ``report_batch``."""
+    statistics of ``report_batch``. Nothing printed: ``say(text)`` is told each batch size
+    timed."""
     import torch
 
     from ..interop.torch import Session
 
+    say = say or (lambda text: None)
     sessions = dict(sessions)
     sessions["torch (per layer)"] = Session("torch", model=model)
     configs = [("torch", None)] + [(n, sessions[n]) for n in names] + [
@@ -284,7 +290,7 @@ def _latency(console, model, x, names, sessions, batches, repeat, report_batch) 
                                  "median_ms": statistics.median(times[c]) * 1e3,
                                  "conv_ms": None if conv is None else conv * 1e3,
                                  "all_ms": [t * 1e3 for t in times[c]]}
-            console.log(f"batch {b}: timed")
+            say(f"batch {b}: timed")
             if b == report_batch:
                 layer_stats = {n: [st for st in s.report() if st.spec.N == b]
                                for n, s in sessions.items()}

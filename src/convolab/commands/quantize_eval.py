@@ -164,7 +164,8 @@ def _parse(args):
 
 
 def run(args) -> int:
-    """Parse, compute (`_evaluate`: figures only), render (`_render`), write the JSON."""
+    """Parse, compute (`compute_evaluation`: figures only), render (`_render`), write the
+    JSON."""
     import numba
     import torch
     from threadpoolctl import threadpool_limits
@@ -176,8 +177,9 @@ def run(args) -> int:
     # BLAS on one thread: the integer GEMMs run between PyTorch ops, whose pool would fight it
     blas = threadpool_limits(1, user_api="blas")
     t_start = time.perf_counter()
+    _render_header(console, args)
     try:
-        doc = _evaluate(args, rows, console)
+        doc = compute_evaluation(args, rows, say=console.log)
     finally:
         blas.restore_original_limits()
     _render(console, args, doc, rows)
@@ -255,10 +257,22 @@ def _eval_session(model, rows, args):
     return EvalSession()
 
 
-def _evaluate(args, rows, console) -> dict:
+def _render_header(console, args) -> None:
+    """What is about to run: the network, the evaluation and the calibration images (counts as
+    `image_sets` makes them from the checked options)."""
+    pct = f" {args.percentile}" if args.calibration == "percentile" else ""
+    console.print(
+        f"[bold]convolab quantize-eval[/bold]: {args.model}; {args.photos} photographs x "
+        f"{args.views} views = {args.photos * args.views} evaluation images; calibration: "
+        f"{args.photos * args.calibration_views} other views ({args.calibration}{pct})"
+    )
+
+
+def compute_evaluation(args, rows, say=None) -> dict:
     """Calibrate, then run the evaluation images with every row on the target layers (logit
     agreement with fp32) and each target layer alone on the float inputs it sees (error vs
-    float64). Figures only; progress on the console."""
+    float64). Figures only, nothing printed: ``say(text)`` is told the calibration's time, the
+    target layers and each row's result as it is done."""
     import numpy as np
     import torch
 
@@ -269,25 +283,21 @@ def _evaluate(args, rows, console) -> dict:
     info = MODELS[args.model]
     photos, labels, xe, xc = image_sets(info, args.photos, args.views, args.calibration_views)
     session = _eval_session(model, rows, args)
+    say = say or (lambda text: None)
 
     def batches(x):
         return [x[i : i + args.batch] for i in range(0, x.shape[0], args.batch)]
 
-    console.print(
-        f"[bold]convolab quantize-eval[/bold]: {args.model}; {len(photos)} photographs x {args.views} views "
-        f"= {xe.shape[0]} evaluation images; calibration: {xc.shape[0]} other views "
-        f"({args.calibration}{f' {args.percentile}' if args.calibration == 'percentile' else ''})"
-    )
     with torch.no_grad():
         ref = torch.cat([model(xb) for xb in batches(xe)]).double()
         t0 = time.perf_counter()
         session.calibrate(model, batches(xc))
-        console.log(f"calibrated every layer and {len(rows)} variants of each target layer "
-                    f"in {time.perf_counter() - t0:.1f} s")
+        say(f"calibrated every layer and {len(rows)} variants of each target layer "
+            f"in {time.perf_counter() - t0:.1f} s")
         tnames = list(session.variants)
-        console.print(f"target layers (stride-1 {args.kernel}x{args.kernel}): {len(tnames)} of "
-                      f"{len(session.report())}: " + ", ".join(
-                          f"{n} ({session.variants[n]['spec']})" for n in tnames))
+        say(f"target layers (stride-1 {args.kernel}x{args.kernel}): {len(tnames)} of "
+            f"{len(session.report())}: " + ", ".join(
+                f"{n} ({session.variants[n]['spec']})" for n in tnames))
 
         def forward(current, capture=False):
             session.current = current
@@ -316,9 +326,9 @@ def _evaluate(args, rows, console) -> dict:
             y = forward((a, b))
             results.append({"algorithm": a, "bits": b, "label": cfg.label(), **metrics(y),
                             "seconds": time.perf_counter() - t1})
-            console.log(f"{cfg.label():28s} top-1 {results[-1]['top1_agree']}/{results[-1]['images']}, "
-                        f"rel. logit error {results[-1]['rel_logit_err_mean']:.4f} "
-                        f"({time.perf_counter() - t1:.1f} s)")
+            say(f"{cfg.label():28s} top-1 {results[-1]['top1_agree']}/{results[-1]['images']}, "
+                f"rel. logit error {results[-1]['rel_logit_err_mean']:.4f} "
+                f"({time.perf_counter() - t1:.1f} s)")
 
         # isolated target layers: each variant on the float inputs, vs the float64 convolution
         layer_err = {}
