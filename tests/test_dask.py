@@ -279,6 +279,28 @@ def test_deviation_sweep_through_the_cluster(client, tmp_path, capsys):
     assert json.loads(out["dask"][1])["summary"]["algorithms"]["layers"] == 8
 
 
+def test_compute_steps_print_nothing_on_the_cluster(client, capsys):
+    """With Dask the compute steps hand the cluster's line to ``say``; run prints it (stderr)."""
+    from convolab import cli
+    from convolab.commands import accuracy, deviations
+
+    said = []
+    cfg = accuracy.AccuracyConfig(batch=1, channels=4, out_channels=4, size=12, bits=(8,),
+                                  scheduler=client.scheduler.address)
+    rows = accuracy.compute(cfg, say=said.append)["rows"]
+    sweep = deviations.SweepConfig(filters=(1,), kernels=(2,), channels=(1,), sizes=(6,),
+                                   algorithms=["direct"], torch=False,
+                                   scheduler=client.scheduler.address)
+    assert len(deviations.compute_sweep(sweep, say=said.append)["results"]) == 1
+    assert capsys.readouterr() == ("", "")
+    assert said == [sweeps.describe(client)] * 2 and "2 workers, 2 threads" in said[0]
+    assert rows and accuracy.compute(cfg)["rows"] == rows  # say is optional
+    assert cli.main(["accuracy", "--batch", "1", "--channels", "4", "--out-channels", "4",
+                     "--size", "12", "--bits", "8", "--scheduler", client.scheduler.address]) == 0
+    out, err = capsys.readouterr()
+    assert "relative RMSE vs float64" in out and "2 workers, 2 threads" in err
+
+
 def test_accuracy_study_through_the_cluster(client):
     from convolab.accuracy import study
 

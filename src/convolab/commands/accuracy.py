@@ -62,17 +62,19 @@ def _parse(args) -> AccuracyConfig:
                           args.seed, args.scheduler, args.dask)
 
 
-def compute(cfg: AccuracyConfig) -> dict:
+def compute(cfg: AccuracyConfig, say=None) -> dict:
     """The study's rows (`convolab.accuracy.Row`: one per algorithm and kernel size, locally or
     as tasks on Dask) and the SFC-6 vs Winograd ratios (``targets``) for fp16 and int8 where
-    measured. Figures only (with Dask: the cluster's one-line description on stderr)."""
+    measured. Figures only, nothing printed: with Dask ``say(text)`` is told the cluster's
+    one-line description once it is up."""
     from ..accuracy import study, targets
 
     if cfg.scheduler or cfg.dask:
         from ..dask import sweeps
 
         with sweeps.client(cfg.scheduler, cfg.dask) as c:
-            make_console(stderr=True).print(sweeps.describe(c))
+            if say is not None:
+                say(sweeps.describe(c))
             rows = sweeps.accuracy_study(c, cfg.batch, cfg.channels, cfg.out_channels, cfg.size,
                                          cfg.bits, cfg.seed)
     else:
@@ -110,7 +112,7 @@ def _render(console, cfg: AccuracyConfig, result: dict) -> None:
 def run(args) -> int:
     """Parse, compute (`compute`: rows and targets), render (`_render`), write the JSON."""
     cfg = _parse(args)
-    result = compute(cfg)
+    result = compute(cfg, say=make_console(stderr=True).print)
     console = make_console()
     _render(console, cfg, result)
     if args.json:

@@ -45,12 +45,13 @@ def _parse(args) -> CalibrateConfig:
     return CalibrateConfig(args.threads, args.scheduler, args.dask)
 
 
-def compute(cfg: CalibrateConfig, console=None) -> dict:
+def compute(cfg: CalibrateConfig, console=None, say=None) -> dict:
     """Calibrate (locally, or the layers timed as tasks on Dask's workers) and store the
     constants: the `convolab.costmodel.Machine` (``machine``), the thread count, each
     algorithm's rates (``rates``: name, median and best GFLOP/s, layers), where they were stored
     (``stored``) and whether on the workers too (``workers``). Figures only; with ``console`` a
-    progress bar there (with Dask: the cluster's one-line description on stderr)."""
+    progress bar there; with Dask ``say(text)`` is told the cluster's one-line description once
+    it is up."""
     import numba
 
     from .. import costmodel, select
@@ -59,7 +60,8 @@ def compute(cfg: CalibrateConfig, console=None) -> dict:
         from ..dask import sweeps
 
         with sweeps.client(cfg.scheduler, cfg.dask, threads_per_worker=cfg.threads or 1) as c:
-            make_console(stderr=True).print(sweeps.describe(c))
+            if say is not None:
+                say(sweeps.describe(c))
             with progress_bar(console, "calibrating", len(costmodel.CALIBRATION_LAYERS)) as update:
                 m, threads = sweeps.calibrate(c, threads=cfg.threads if cfg.scheduler else None,
                                               progress=lambda i, n: update(completed=i))
@@ -99,7 +101,7 @@ def run(args) -> int:
     """Parse, compute (`compute`: calibrate and store), render (`_render`), write the JSON."""
     cfg = _parse(args)
     console = make_console()
-    result = compute(cfg, console)
+    result = compute(cfg, console, say=make_console(stderr=True).print)
     _render(console, result)
     write_json(args.json, {"threads": result["threads"], "machine": result["machine"].to_json(),
                            "rates": [dict(algorithm=n, median_gflops=med, best_gflops=b, layers=k)

@@ -137,12 +137,12 @@ def _parse_sweep(args) -> SweepConfig:
                        not args.no_torch, args.isas, args.scheduler, args.dask)
 
 
-def compute_sweep(cfg: SweepConfig, layers: dict | None = None, console=None) -> dict:
+def compute_sweep(cfg: SweepConfig, layers: dict | None = None, console=None, say=None) -> dict:
     """The sweep over ``layers`` (default: ``cfg``'s grid), locally or as tasks on Dask:
     ``results`` (`convolab.numerics.deviations.LayerResult` per layer), ``summary`` (per
     source) and ``by_terms`` (per source: classes against products per output). Figures only;
-    with ``console`` a progress bar there (with Dask: the cluster's one-line description on
-    stderr)."""
+    with ``console`` a progress bar there; with Dask ``say(text)`` is told the cluster's
+    one-line description once it is up."""
     from ..numerics import deviations as dev
 
     layers = cfg.sweep_layers() if layers is None else layers
@@ -154,7 +154,8 @@ def compute_sweep(cfg: SweepConfig, layers: dict | None = None, console=None) ->
             from ..dask import sweeps
 
             with sweeps.client(cfg.scheduler, cfg.dask) as c:
-                make_console(stderr=True).print(sweeps.describe(c))
+                if say is not None:
+                    say(sweeps.describe(c))
                 results = sweeps.deviations_sweep(c, layers, **kwargs)
         else:
             results = dev.sweep(layers, **kwargs)
@@ -250,7 +251,7 @@ def run_sweep(args) -> int:
     cfg = _parse_sweep(args)
     layers = cfg.sweep_layers()
     _render_sweep_header(console, cfg, len(layers))
-    result = compute_sweep(cfg, layers, console)
+    result = compute_sweep(cfg, layers, console, say=make_console(stderr=True).print)
     _render_sweep(console, cfg, result, layers=args.layers)
     if args.json:
         write_json(args.json, {"summary": result["summary"], "layers": dev.to_json(result["results"])},
