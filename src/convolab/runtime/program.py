@@ -335,6 +335,17 @@ def _in_place_residual(g: Graph, st: _State, root, last, off, i: int) -> int | N
     return r
 
 
+def _bytes_per_pixel(spec, copied: bool) -> float:
+    """Input bytes the tiles read per output pixel (all channels of a group), for
+    `microkernel.split`: the padded planes' share, or one pixel's channels where a strided 1x1
+    layer reads its compact copy (`_subsampled`; counted at its strided input, the split had cut
+    ResNet-50's 1024 -> 2048 / 2 at 14x14 into 4 ranges of tiles that each read the 8 MB
+    filter, in tasks of unequal size)."""
+    if copied and _subsampled(spec):
+        return spec.Cg * 4.0
+    return spec.Cg * spec.padded_H * spec.padded_W / (spec.OH * spec.OW) * 4
+
+
 def _subsampled(spec) -> bool:
     """A strided 1x1 convolution without padding (a downsampling shortcut): the executor
     copies the pixels it reads (every sh-th row, sw-th column) into compact planes and runs
@@ -537,8 +548,8 @@ def _program(m: CompiledModel, st: _State, seg: _Segment, root, off, pads) -> No
             row[_X.F_H], row[_X.F_W] = spec.padded_H, spec.padded_W
             wpk = mk.pack_filter(spec, w, "rs")
             row[_X.F_WOFF] = put(wpk, wb, wlen)
-            per_pixel = spec.Cg * spec.padded_H * spec.padded_W / (spec.OH * spec.OW) * 4
-            sp = mk.split(spec, spec.OH * spec.OW, per_pixel, wpk.shape[1], seg.P)
+            sp = mk.split(spec, spec.OH * spec.OW, _bytes_per_pixel(spec, i in pads),
+                          wpk.shape[1], seg.P)
             row[_X.F_A], row[_X.F_B] = sp.nkbr, sp.nchunk
             row[_X.F_SH], row[_X.F_SW] = spec.stride
             row[_X.F_DH], row[_X.F_DW] = spec.dilation
