@@ -124,15 +124,18 @@ def split(spec, vtot: int, bytes_per_pixel: float, nkb: int, threads: int) -> Sp
     want = min(TASKS_PER_THREAD * threads, G * nkb * nq)
     best = None
     for nchunk in range(1, nq + 1):
-        nkbr = min(nkb, max(1, -(-want // (G * nchunk))))
-        if G * nkbr * nchunk < want:
-            continue
-        if nkbr < nkb and inp / nchunk > CHUNK_BYTES and nchunk < nq:
-            continue  # several k-blocks per task over a range of tiles too large for the L2
-        cost = nchunk * filt + nkbr * inp
-        if best is None or cost < best[0]:
-            best = (cost, nkbr, nchunk)
-        if nkbr == 1 and inp / nchunk <= CHUNK_BYTES:
+        least = min(nkb, max(1, -(-want // (G * nchunk))))
+        # the fewest ranges of k-blocks that make enough tasks, or one k-block per task (its
+        # input then need not stay in the L2 from one k-block to the next)
+        for nkbr in (least, nkb) if least < nkb else (least,):
+            if G * nkbr * nchunk < want:
+                continue
+            if nkbr < nkb and inp / nchunk > CHUNK_BYTES and nchunk < nq:
+                continue  # several k-blocks per task over a range of tiles too large for the L2
+            cost = nchunk * filt + nkbr * inp
+            if best is None or cost < best[0]:
+                best = (cost, nkbr, nchunk)
+        if least == 1 and inp / nchunk <= CHUNK_BYTES and G * nchunk >= want:
             break  # more chunks only read the filter more often
     _, nkbr, nchunk = best
     return Split(int(nkbr), int(nchunk))
