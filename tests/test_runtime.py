@@ -1090,3 +1090,27 @@ def test_auto_decides_once_per_layer_shape(monkeypatch):
     st = cm._states[(1, 8, 10, 10)]
     assert len(calls) == 1
     assert {p.algorithm for p in st.plans.values()} == {"direct"}
+
+
+def test_a_layer_leaves_the_executor_only_for_more_than_its_leaving_costs(monkeypatch):
+    """`auto` keeps a convolution in the executor unless another algorithm is predicted more
+    than `EXECUTOR_FACTOR` times faster *and* by more than the cost of leaving it (a few
+    per-call overheads): ResNet-50's 256@14 3x3 layers at batch 1 (predicted 1.42 ms direct,
+    0.90 ms F(2x2,3x3)) ran slower outside; at batch 8 (10.85 against 6.49 ms) faster."""
+    import dataclasses
+
+    from convolab import select
+    from convolab.runtime import program as P
+    from convolab.spec import ConvSpec
+
+    spec = ConvSpec.from_shapes((1, 256, 14, 14), (256, 256, 3, 3), padding=1, dtype=np.float32)
+    machine = dataclasses.replace(select.machine(), call_seconds=0.106e-3)
+    monkeypatch.setattr(select, "machine", lambda: machine)
+    for direct_s, best_s, want in ((1.42e-3, 0.903e-3, "direct"), (10.85e-3, 6.49e-3, "auto"),
+                                   (1.42e-3, 0.5e-3, "auto")):
+        ranking = [select.Choice("winograd_f2x3", True, "", best_s),
+                   select.Choice("direct", True, "", direct_s)]
+        monkeypatch.setattr(select, "rank", lambda spec, **kw: ranking)
+        monkeypatch.setattr(select, "predict_seconds",
+                            lambda algo, spec, m, t=direct_s: t + m.call_seconds)
+        assert P._prefer_executor(spec, {}, 2) == want, (direct_s, best_s)

@@ -50,6 +50,14 @@ def _in_executor(spec: ConvSpec) -> bool:
 #: Zen 4 VM ran faster all-executor than with the per-layer choice (ResNet-50 batch 1: 70.7
 #: against 104.9 ms; EfficientNet-Lite0: 26.4 against 29.0 ms before the team was pinned)
 EXECUTOR_FACTOR = 1.5
+#: ... plus this many of the machine's per-call overheads (`costmodel.Machine.call_seconds`):
+#: a layer that leaves the executor ends its job and starts the next (two wake-ups of the
+#: team), runs its own parallel region and an extra pass for its output stage, and reads its
+#: transformed filter from memory (cold after the rest of the network). ResNet-50 batch 1, 2
+#: threads, Zen 4: its 256@14 3x3 layers predicted 1.57x faster on F(2x2,3x3) / SFC-4 (alone,
+#: hot: 0.70 against 1.13 ms) took 1.33 ms each outside the executor against 1.06 inside, the
+#: network 41.9 against 40.2 ms; at batch 8 the fast algorithms still win (1.67-2.10x)
+EXECUTOR_LEAVE_CALLS = 5
 
 
 def _prefer_executor(spec: ConvSpec, budgets: dict, threads: int = 1) -> str:
@@ -74,7 +82,8 @@ def _prefer_executor(spec: ConvSpec, budgets: dict, threads: int = 1) -> str:
     if adm[0].name == "im2col" and spec.R == spec.S == 1 and spec.stride == (1, 1) and not any(spec.padding):
         # one GEMM, whose threads are the BLAS's: in the runtime it runs on one
         best *= threads
-    return "direct" if mine <= EXECUTOR_FACTOR * best else "auto"
+    return "direct" if mine <= EXECUTOR_FACTOR * best + EXECUTOR_LEAVE_CALLS * m.call_seconds \
+        else "auto"
 
 
 class _Segment:
