@@ -547,3 +547,36 @@ def test_max_pooling_in_the_executor_propagates_nan():
     np.testing.assert_array_equal(np.isnan(y), np.isnan(r))
     assert np.isnan(y).any()
 
+
+
+def test_team_thread_resident_between_runs_of_one_program(monkeypatch):
+    """With `RESIDENT`, the team thread runs a compiled model's next call from its resident
+    loop (`_executor.serve`, no return to Python between calls): the same bits as without,
+    call after call, also when other jobs of the team (another model, a plain conv2d) come in
+    between and the loop has to hand back to Python."""
+    from convolab.kernels import team as KT
+    from convolab.runtime import _executor as X
+
+    net = nn.Sequential(nn.Conv2d(8, 16, 3, padding=1), nn.ReLU(), nn.Conv2d(16, 16, 1),
+                        nn.Conv2d(16, 16, 3, padding=1, groups=16)).eval()
+    other = nn.Sequential(nn.Conv2d(8, 8, 3, padding=1)).eval()
+    x = torch.randn(1, 8, 24, 24)
+    monkeypatch.setattr(X, "RESIDENT", False)
+    a = compile(net, x, threads=2, algorithm="direct")
+    want = a(x).numpy()
+    want_other = compile(other, x, threads=2, algorithm="direct")(x).numpy()
+    monkeypatch.setattr(X, "RESIDENT", True)
+    b = compile(net, x, threads=2, algorithm="direct")
+    c = compile(other, x, threads=2, algorithm="direct")
+    w = np.random.rand(4, 8, 3, 3).astype(np.float32)
+    ref = convolab.conv2d(x.numpy(), w, padding=1, algorithm="direct")
+    for k in range(6):
+        assert np.array_equal(b(x).numpy(), want)
+        assert np.array_equal(b(x).numpy(), want)  # back to back: the resident loop's run
+        if k % 2:
+            assert np.array_equal(c(x).numpy(), want_other)
+        else:
+            out = convolab.conv2d(x.numpy(), w, padding=1, algorithm="direct")
+            assert np.array_equal(out, ref)
+    assert int(KT.shared()._ctl[KT._KEY]) in (0, id(b._states[tuple(x.shape)].segments[0].prog),
+                                              id(c._states[tuple(x.shape)].segments[0].prog))

@@ -36,9 +36,10 @@ import numpy as np
 #: spin of a team thread after a job, microseconds (``CONVOLAB_SPIN_US``)
 DEFAULT_SPIN_US = 300
 
-# control words: the job generation; from _DONE, a cache line per team thread: the last
-# generation it finished
+# control words: the job generation, the job's resident key (`Team.run`'s ``resident``; 0:
+# none); from _DONE, a cache line per team thread: the last generation it finished
 _GEN = 0
+_KEY = 1
 _DONE = 8
 
 
@@ -101,8 +102,12 @@ class Team:
         ctl = self._ctl
         seen = int(ctl[_GEN])
         budget = self._budget
+        pending = None  # a generation a resident loop returned on: its job, without a wait
         while True:
-            g = spin_changed(ctl, _GEN, seen, budget) if budget else seen
+            if pending is not None:
+                g, pending = pending, None
+            else:
+                g = spin_changed(ctl, _GEN, seen, budget) if budget else seen
             if g == seen:
                 with self._cond:
                     self._sleepers += 1
@@ -114,19 +119,27 @@ class Team:
             job = self._job
             if job is None:
                 return
-            fn, args, own, n, budget = job
+            fn, args, own, n, budget, resident = job
             job = None
             if i + 1 >= n:
-                fn = args = own = None
+                fn = args = own = resident = None
                 continue  # not needed for this job
             try:
-                fn(*args, *_extra(own, i + 1, n))
+                if resident is None:
+                    fn(*args, *_extra(own, i + 1, n))
+                else:
+                    # this job and the next ones of the same key, in compiled code: the thread
+                    # returns here (and needs the GIL) only for another job or to sleep
+                    loop, key = resident
+                    g = seen = int(loop(ctl, i, g, budget, key, *args, *_extra(own, i + 1, n)))
+                    # another job came (run it now), or the loop spun its budget (sleep)
+                    pending = int(ctl[_GEN])
             except BaseException as e:  # noqa: BLE001 - raised by run()
                 self._errors.append(e)
             finally:
                 # hold nothing of the job while waiting for the next (its arrays would stay
                 # alive: the FFT's spectra, measured as workspace)
-                fn = args = own = None
+                fn = args = own = resident = None
                 ctl[_DONE + 8 * i] = g  # this thread's own slot: one writer, no atomics
 
     def _start(self, n: int) -> None:
@@ -169,7 +182,8 @@ class Team:
                 self._affinity[tid] = others
 
     # ----------------------------------------------------------------- the caller
-    def run(self, fn, args: tuple, threads: int, own=None, complete: bool = False) -> int:
+    def run(self, fn, args: tuple, threads: int, own=None, complete: bool = False,
+            resident=None) -> int:
         """``fn(*args)`` on ``threads`` threads, this one included (at most the team's size);
         returns how many ran it. The caller holds `lock`. ``own`` gives each thread more
         arguments: a list (thread t: ``fn(*args, own[t])``) or a function (``fn(*args,
@@ -181,7 +195,16 @@ class Team:
         soon as its own call does, without waiting for the team threads to report back: their
         report takes the GIL, and handing it over and back cost 10-20 us per job on the 2-vCPU
         development VM (a team thread that has not finished its report, or not even started the
-        job, when the next job comes goes straight on to that one)."""
+        job, when the next job comes goes straight on to that one).
+
+        ``resident = (loop, key)`` (``key`` > 0): a team thread runs the job as ``loop(ctl, i,
+        gen, budget_ns, key, *args, *own)``, a compiled function that runs ``fn`` for this
+        generation and then, without returning, for every later generation whose
+        ``ctl[_KEY]`` is ``key`` (with the same arguments; `convolab.runtime._executor.serve`)
+        until another job comes or its spin budget runs out, marking each done; it returns the
+        last generation it ran. A team thread that returns to Python between jobs waits for
+        the GIL, which the caller holds until it enters its own call of ``fn``: on the 2-vCPU
+        VM the team thread then started 0.1-0.16 ms late, every call."""
         from ._atomics import wait_slots
 
         n = max(1, min(threads, self.size))
@@ -189,9 +212,11 @@ class Team:
             fn(*args, *_extra(own, 0, 1))
             return 1
         self._start(n)
-        self._job = (fn, args, own, n, 0 if _quiet.get() else self._budget)
+        budget = 0 if _quiet.get() else self._budget
+        self._job = (fn, args, own, n, budget, resident if budget else None)
         gen = int(self._ctl[_GEN]) + 1
         self._keep_off_caller()
+        self._ctl[_KEY] = resident[1] if resident is not None and budget else 0
         self._ctl[_GEN] = gen
         if self._sleepers:
             with self._cond:
@@ -201,7 +226,7 @@ class Team:
         finally:
             if not complete:
                 wait_slots(self._ctl, _DONE, 8, n - 1, gen)
-            self._job = (None, (), None, 0, self._budget)
+            self._job = (None, (), None, 0, self._budget, None)
         if self._errors:
             err = self._errors[:]
             self._errors.clear()
@@ -212,6 +237,7 @@ class Team:
         """Let the threads end (a later job starts new ones)."""
         with self._cond:
             self._job = None
+            self._ctl[_KEY] = 0
             self._ctl[_GEN] += 1
             self._cond.notify_all()
 

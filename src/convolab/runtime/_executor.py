@@ -45,7 +45,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
-from ..kernels._atomics import fetch_add, now_ns, wait_until
+from ..kernels._atomics import fetch_add, load_acquire, now_ns, spin_changed, wait_until
 from ..kernels._direct import (
     copy_run,
     deinterleave2,
@@ -57,6 +57,9 @@ from ..kernels._direct import (
     fill_phases,
 )
 from ..kernels._microkernel import direct_geometry, tile_tasks
+from ..kernels.team import _DONE as TEAM_DONE
+from ..kernels.team import _GEN as TEAM_GEN
+from ..kernels.team import _KEY as TEAM_KEY
 from ..kernels._pointwise import LINEAR_NB, pointwise_task
 from ..kernels._pointwise import PX as PV_PX
 from ._kernels import LINEAR_KB, adaptive_avg_tasks, linear_tasks, maxpool_scratch, maxpool_tasks
@@ -301,6 +304,24 @@ def worker(P, prog, fprm, A, Wb, Ib, ctr, CS, KB, stamps, scratch):  # pragma: n
 
 
 @njit(nogil=True, cache=True)
+def serve(ctl, i, gen, budget, key, P, prog, fprm, A, Wb, Ib, ctr, CS, KB, stamps,
+          scratch):  # pragma: no cover - compiled
+    """A team thread's resident loop (`convolab.kernels.team.Team.run`'s ``resident``): run
+    `worker` for generation ``gen``, mark it done in the team's control words (``ctl``, thread
+    ``i``), then spin for the next generation and run it too while its key (``ctl[1]``) is
+    ``key`` -- the same program on the same arrays: a compiled model called again -- without
+    returning to Python, whose GIL the caller holds until it enters its own `worker`. Returns
+    the last generation run, when another job comes or ``budget`` ns pass without one."""
+    while True:
+        worker(P, prog, fprm, A, Wb, Ib, ctr, CS, KB, stamps, scratch)
+        ctl[TEAM_DONE + 8 * i] = gen
+        nxt = spin_changed(ctl, TEAM_GEN, gen, budget)
+        if nxt == gen or load_acquire(ctl, TEAM_KEY) != key:
+            return gen
+        gen = nxt
+
+
+@njit(nogil=True, cache=True)
 def _left(ctr, n):  # pragma: no cover - compiled
     """Wait until ``n`` threads have left `worker` (its last counter)."""
     wait_until(ctr, ctr.size - 1, n)
@@ -338,6 +359,10 @@ WARM_CODE = (
 )
 
 
+#: team threads stay in `serve` between runs of the same program (see `Team.run`)
+RESIDENT = True
+
+
 class Team:
     """Runs `worker` on the process's thread team (`convolab.kernels.team`: threads that spin a
     while between jobs instead of sleeping), each thread with a work buffer of its own. If
@@ -371,7 +396,11 @@ class Team:
                 # GIL's hand-over took 80-120 us a run, median, ResNet-50 and EfficientNet-
                 # Lite0 batch 1, 2 vCPUs); the counters' last slot says when they are past
                 # every barrier instead
-                t.run(worker, (n, *args[1:]), n, own=self._scratch, complete=True)
+                # a resident loop on the team thread (`serve`) unless the run is timed: the
+                # next call of the same program then starts it without a GIL hand-over
+                resident = (serve, id(args[1])) if args[-1].size == 0 and RESIDENT else None
+                t.run(worker, (n, *args[1:]), n, own=self._scratch, complete=True,
+                      resident=resident)
                 _left(args[6], n)
             finally:
                 t.lock.release()
