@@ -118,7 +118,10 @@ def _make_tile(full: bool, stage: tuple[int, int] | None = None):
                             builder.call(prefetch, [builder.bitcast(builder.gep(op, [at]), i8p),
                                                     ir.Constant(_I32, 1), ir.Constant(_I32, 3),
                                                     ir.Constant(_I32, 1)])
-                        with builder.if_then(has_res):
+                        # the residual's own lines, unless the output overwrites it (the same
+                        # lines, prefetched for writing above)
+                        apart = builder.icmp_unsigned("!=", epi.erd, _i64(0))
+                        with builder.if_then(builder.and_(has_res, apart)):
                             rp = builder.gep(epi.er, [builder.add(epi.erd, at)])
                             builder.call(prefetch, [builder.bitcast(rp, i8p),
                                                     ir.Constant(_I32, 0), ir.Constant(_I32, 3),
