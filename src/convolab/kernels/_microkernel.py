@@ -117,7 +117,8 @@ def fma(typingctx, a, b, c):
 
 
 def _make_microkernel(mr: int, pixel_major: bool = False, straight: bool = False,
-                      table: bool = False, blocked: bool = False, nv: int = NV):
+                      table: bool = False, blocked: bool = False, nv: int = NV,
+                      stage: tuple[int, int] | None = None):
     """The microkernel intrinsic for tiles of ``mr`` pixels, pixels past ``OHOW - 1`` repeating
     it. ``straight``: the tile's pixels lie in one output row (the caller checks), addressed
     from one pointer per three pixels. With ``pixel_major`` it takes one more argument,
@@ -161,16 +162,18 @@ def _make_microkernel(mr: int, pixel_major: bool = False, straight: bool = False
                         obase, OHOW, OW, rowlen, kn, v0, eb, eko, er, erd, emode, ecode, elo, ehi):
             return _typer(mr, straight, (w, woff, x, xoff, cstride, Cg, FWe, FHe, istep, fwstep,
                                          cs, out, obase, OHOW, OW, rowlen, kn, v0, eb, eko, er,
-                                         erd, emode, ecode, elo, ehi), blocked=blocked, nv=nv)
+                                         erd, emode, ecode, elo, ehi), blocked=blocked, nv=nv,
+                          stage=stage)
 
     microkernel.__name__ = microkernel.__qualname__ = (
         f"_microkernel_{mr}" + ("_straight" if straight else "")
         + ("_pixel_major" if pixel_major else "") + ("_table" if table else "")
-        + ("_blocked" if blocked else "") + ("" if nv == NV else f"_nv{nv}"))
+        + ("_blocked" if blocked else "") + ("" if nv == NV else f"_nv{nv}")
+        + ("" if stage is None else f"_m{stage[0]}_c{stage[1]}"))
     return intrinsic(microkernel)
 
 
-def _typer(mr, straight, tys, pixel_major=False, table=False, blocked=False, nv=NV):
+def _typer(mr, straight, tys, pixel_major=False, table=False, blocked=False, nv=NV, stage=None):
     """Signature and code of one tile: pixels ``v0 .. v0+mr-1`` x KB channels (``kn`` real).
 
     ``woff``: the k-block's packed filter; ``xoff``: the group's first input element;
@@ -191,6 +194,8 @@ def _typer(mr, straight, tys, pixel_major=False, table=False, blocked=False, nv=
     def codegen(context, builder, sig, args):
         a = [context.cast(builder, v, t, types.int64) if i not in arrays and i not in floats
              else v for i, (v, t) in enumerate(zip(args, sig.args, strict=True))]
+        if stage is not None:  # the output stage known when compiled: no tests per vector
+            a[nt - 4], a[nt - 3] = _i64(stage[0]), _i64(stage[1])
         (wa, woff, xa, xoff, cstride, Cg, FWe, FHe, istep, fwstep, cs, oa, obase, OHOW, OW,
          rowlen, kn, v0) = a[:18]
         flt = context.get_value_type(sig.args[0].dtype)
@@ -710,6 +715,8 @@ _microkernel_table_blocked = _make_microkernel(MR, straight=True, table=True, bl
 _microkernel_table_blocked_tail = _make_microkernel(MR_TAIL, table=True, blocked=True)
 # a last k-block of at most 16 float32 channels (K = 80, 112 ...: half its lanes had run empty)
 _microkernel_straight_nv1 = _make_microkernel(MR, straight=True, nv=1)
+# straight tiles of bias + ReLU compiled for that output stage (ResNet-style 3x3 and 1x1 layers)
+_microkernel_straight_br = _make_microkernel(MR, straight=True, stage=(2, 1))
 _microkernel_tail_nv1 = _make_microkernel(MR_TAIL, nv=1)
 
 
@@ -834,6 +841,10 @@ def run_tile_tasks(wflat, wbase, src, srcbase, cstride, Cgk, FWe, FHe, istep, fw
                         _microkernel_straight_nv1(wflat, woff, src, xg, cstride, Cgk, FWe, FHe,
                                                   istep, fwstep, cs, on, ob, OHOW, OW, rowlen,
                                                   kn, v0, ebias, k0, eres, erd, fm, fc, elo, ehi)
+                    elif fm == 2 and fc == 1:
+                        _microkernel_straight_br(wflat, woff, src, xg, cstride, Cgk, FWe, FHe,
+                                                 istep, fwstep, cs, on, ob, OHOW, OW, rowlen, kn,
+                                                 v0, ebias, k0, eres, erd, fm, fc, elo, ehi)
                     else:
                         _microkernel_straight(wflat, woff, src, xg, cstride, Cgk, FWe, FHe, istep,
                                               fwstep, cs, on, ob, OHOW, OW, rowlen, kn, v0,
