@@ -1110,7 +1110,7 @@ def test_a_layer_leaves_the_executor_only_for_more_than_its_leaving_costs(monkey
                                    (1.42e-3, 0.5e-3, "auto")):
         ranking = [select.Choice("winograd_f2x3", True, "", best_s),
                    select.Choice("direct", True, "", direct_s)]
-        monkeypatch.setattr(select, "rank", lambda spec, **kw: ranking)
+        monkeypatch.setattr(select, "rank", lambda spec, r=ranking, **kw: r)
         monkeypatch.setattr(select, "predict_seconds",
                             lambda algo, spec, m, t=direct_s: t + m.call_seconds)
         assert P._prefer_executor(spec, {}, 2) == want, (direct_s, best_s)

@@ -210,6 +210,19 @@ def test_pointwise_layers_run_with_pixels_in_the_lanes():
     assert np.abs(outs[0] - ref).max() <= 1e-5 * np.abs(ref).max()
 
 
+def _image_and_layer_runs(monkeypatch, net, x, image_bytes, outs):
+    """``net`` compiled with image-major runs from ``image_bytes`` ("image") and without them
+    ("layer"), on one and two threads: yields (name, model, state) after a second call, whose
+    output goes to ``outs[name, threads]``."""
+    for name, limit in (("image", image_bytes), ("layer", 1 << 60)):
+        monkeypatch.setattr(P, "IMAGE_MAJOR_BYTES", limit)
+        for threads in (1, 2):
+            cm = compile(net, x, algorithm="direct", threads=threads)
+            cm(x)
+            outs[name, threads] = cm(x).numpy()
+            yield name, cm, cm._states[tuple(x.shape)]
+
+
 def test_image_major_run_gives_the_batch_bits(monkeypatch):
     """A batch's first layers with large activations run image by image (all of them for
     image 0, then image 1...): the same bits as layer by layer and as one image at a time,
@@ -233,22 +246,16 @@ def test_image_major_run_gives_the_batch_bits(monkeypatch):
     net = Net().eval()
     x = torch.randn(3, 16, 130, 126)
     outs = {}
-    for name, limit in (("image", P.IMAGE_MAJOR_BYTES), ("layer", 1 << 60)):
-        monkeypatch.setattr(P, "IMAGE_MAJOR_BYTES", limit)
-        for threads in (1, 2):
-            cm = compile(net, x, algorithm="direct", threads=threads)
-            cm(x)
-            outs[name, threads] = cm(x).numpy()
-            st = cm._states[tuple(x.shape)]
-            (seg,) = [s for s in st.segments if isinstance(s, M._Segment)]
-            if name == "image":
-                assert len(st.image_major) >= 3 and len(seg.prog) > len(seg.nodes)
-                assert len(seg.row_nodes) == len(seg.prog)
-                # values only the run reads take one image's space, reused image after image
-                assert st.run_internal and st.run_internal < st.image_major
-                assert all(st.buffers[i].shape[0] == 1 for i in st.run_internal)
-            else:
-                assert not st.image_major and len(seg.prog) == len(seg.nodes)
+    for name, _, st in _image_and_layer_runs(monkeypatch, net, x, P.IMAGE_MAJOR_BYTES, outs):
+        (seg,) = [s for s in st.segments if isinstance(s, M._Segment)]
+        if name == "image":
+            assert len(st.image_major) >= 3 and len(seg.prog) > len(seg.nodes)
+            assert len(seg.row_nodes) == len(seg.prog)
+            # values only the run reads take one image's space, reused image after image
+            assert st.run_internal and st.run_internal < st.image_major
+            assert all(st.buffers[i].shape[0] == 1 for i in st.run_internal)
+        else:
+            assert not st.image_major and len(seg.prog) == len(seg.nodes)
     first = outs["layer", 1]
     assert all(np.array_equal(first, o) for o in outs.values())
     one = compile(net, x[:1], algorithm="direct", threads=2)
@@ -277,20 +284,14 @@ def test_image_major_run_takes_a_stem_and_its_pooling(monkeypatch):
     net = Net().eval()
     x = torch.randn(3, 3, 132, 124)
     outs = {}
-    for name, limit in (("image", 1 << 14), ("layer", 1 << 60)):
-        monkeypatch.setattr(P, "IMAGE_MAJOR_BYTES", limit)
-        for threads in (1, 2):
-            cm = compile(net, x, algorithm="direct", threads=threads)
-            cm(x)
-            outs[name, threads] = cm(x).numpy()
-            st = cm._states[tuple(x.shape)]
-            kinds = {cm.graph.nodes[i].kind for i in st.image_major}
-            if name == "image":
-                assert kinds == {"conv", "maxpool"} and len(st.image_major) >= 4
-                stem = min(st.image_major)
-                assert stem in st.run_internal and st.buffers[stem].shape[0] == 1
-            else:
-                assert not st.image_major
+    for name, cm, st in _image_and_layer_runs(monkeypatch, net, x, 1 << 14, outs):
+        kinds = {cm.graph.nodes[i].kind for i in st.image_major}
+        if name == "image":
+            assert kinds == {"conv", "maxpool"} and len(st.image_major) >= 4
+            stem = min(st.image_major)
+            assert stem in st.run_internal and st.buffers[stem].shape[0] == 1
+        else:
+            assert not st.image_major
     first = outs["layer", 1]
     assert all(np.array_equal(first, o) for o in outs.values())
     with torch.no_grad():

@@ -57,11 +57,11 @@ from ..kernels._direct import (
     fill_phases,
 )
 from ..kernels._microkernel import direct_geometry, tile_tasks
+from ..kernels._pointwise import LINEAR_NB, pointwise_task
+from ..kernels._pointwise import PX as PV_PX
 from ..kernels.team import _DONE as TEAM_DONE
 from ..kernels.team import _GEN as TEAM_GEN
 from ..kernels.team import _KEY as TEAM_KEY
-from ..kernels._pointwise import LINEAR_NB, pointwise_task
-from ..kernels._pointwise import PX as PV_PX
 from ._kernels import LINEAR_KB, adaptive_avg_tasks, linear_tasks, maxpool_scratch, maxpool_tasks
 
 OP_TILES = 1
