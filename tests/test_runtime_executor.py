@@ -581,3 +581,85 @@ def test_team_thread_resident_between_runs_of_one_program(monkeypatch):
             assert np.array_equal(out, ref)
     assert int(KT.shared()._ctl[KT._KEY]) in (0, id(b._states[tuple(x.shape)].segments[0].prog),
                                               id(c._states[tuple(x.shape)].segments[0].prog))
+
+
+class _WinogradBlock(nn.Module):
+    """1x1 (direct, in the executor) -> 3x3 + ReLU -> 3x3 + residual (the 1x1's output, read
+    last by it) -> ReLU: the two 3x3 layers planned for a bilinear algorithm."""
+
+    def __init__(self, C):
+        super().__init__()
+        torch.manual_seed(C)
+        self.a = nn.Conv2d(C, C, 1)
+        self.b = nn.Conv2d(C, C, 3, padding=1)
+        self.c = nn.Conv2d(C, C, 3, padding=1)
+
+    def forward(self, x):
+        y = torch.relu(self.a(x))
+        return torch.relu(self.c(torch.relu(self.b(y))) + y)
+
+
+@pytest.mark.parametrize("algorithm", ["winograd_f2x3", "sfc4_4x3", "sfc6_6x3"])
+@pytest.mark.parametrize("batch,H", [(1, 14), (3, 13), (9, 7)])
+def test_bilinear_layers_run_in_the_executor_with_the_algorithms_bits(algorithm, batch, H):
+    """A layer planned for a Winograd / SFC algorithm whose point GEMMs run on the microkernel
+    runs as an executor operator (`_executor.OP_BIL`: NHWC copy, chunks of tiles and shares of
+    the k-blocks as tasks, the output stage on each task's outputs): the same bits as the
+    algorithm called alone followed by the output stage, on 1 and 2 threads; uneven tiles
+    (13x13), chunks dealt out (batch 3 and 9) and k-blocks shared (batch 1); the residual's
+    slot is not overwritten in place (the output transform would write it before the add)."""
+    C = 128
+    net = _WinogradBlock(C).eval()
+    x = torch.randn(batch, C, H, H)
+    xn = x.numpy()
+    outs = []
+    for T in (1, 2):
+        cm = compile(net, x, algorithm=algorithm, threads=T)
+        cm(x)
+        outs.append(cm(x).numpy())
+        st = cm._states[tuple(x.shape)]
+        segs = [s for s in st.segments if isinstance(s, M._Segment)]
+        # (the 1x1 layer, which the named algorithm cannot run, is planned by `auto`)
+        assert len(segs) == 1, "the 3x3 layers in one executor job"
+        bil = [r for r in segs[0].prog if r[P._X.F_KIND] == P._X.OP_BIL]
+        assert len(bil) == 2
+        if T == 2 and batch == 1:
+            assert max(int(r[P._X.F_SH]) for r in bil) == 2, "k-blocks shared"
+        if batch > 1:
+            assert min(int(r[P._X.F_SH]) for r in bil) == 1, "chunks dealt out"
+        pa = next(p for p in st.plans.values() if p.spec.R == 1)
+    w = {k: getattr(net, k).weight.detach().numpy() for k in "abc"}
+    b = {k: getattr(net, k).bias.detach().numpy()[None, :, None, None] for k in "abc"}
+    y = np.maximum(convolab.conv2d(xn, w["a"], algorithm=pa.algorithm) + b["a"], 0)
+    z = np.maximum(convolab.conv2d(y, w["b"], padding=1, algorithm=algorithm) + b["b"], 0)
+    ref = np.maximum(convolab.conv2d(z, w["c"], padding=1, algorithm=algorithm) + b["c"] + y, 0)
+    assert np.array_equal(outs[0], ref)
+    assert np.array_equal(outs[1], ref)
+
+
+def test_auto_runs_a_bilinear_layer_in_the_executor_where_predicted_faster(monkeypatch):
+    """`auto` names a Winograd / SFC algorithm the executor runs (`program._bilinear_inside`)
+    where it is predicted `BILINEAR_FACTOR` times faster than the executor's direct kernel (no
+    cost of leaving counted); narrower layers (point GEMMs not on the microkernel) still weigh
+    the cost of leaving."""
+    import dataclasses
+
+    from convolab import select
+    from convolab.spec import ConvSpec
+
+    machine = dataclasses.replace(select.machine(), call_seconds=0.1e-3)
+    monkeypatch.setattr(select, "machine", lambda: machine)
+    wide = ConvSpec.from_shapes((1, 256, 14, 14), (256, 256, 3, 3), padding=1, dtype=np.float32)
+    narrow = ConvSpec.from_shapes((1, 32, 14, 14), (32, 32, 3, 3), padding=1, dtype=np.float32)
+    assert P._bilinear_inside("winograd_f2x3", wide) and not P._bilinear_inside("winograd_f2x3", narrow)
+    for spec, direct_s, best_s, want in (
+            (wide, 1.42e-3, 0.90e-3, "winograd_f2x3"),  # 1.15 x 0.80 < 1.42
+            (wide, 1.42e-3, 1.35e-3, "direct"),  # 1.15 x 1.25 > 1.42
+            (narrow, 1.42e-3, 0.90e-3, "direct"),  # leaving costs more than it saves
+            (narrow, 1.42e-3, 0.40e-3, "auto")):
+        ranking = [select.Choice("winograd_f2x3", True, "", best_s),
+                   select.Choice("direct", True, "", direct_s)]
+        monkeypatch.setattr(select, "rank", lambda spec, r=ranking, **kw: r)
+        monkeypatch.setattr(select, "predict_seconds",
+                            lambda algo, spec, m, t=direct_s: t + m.call_seconds)
+        assert P._prefer_executor(spec, {}, 2) == want, (spec, best_s)

@@ -30,6 +30,9 @@ over disjoint tiles, points or chunks (no OpenMP pool to fight the BLAS's or PyT
 import numpy as np
 from numba import njit
 
+from ._direct import _t16
+from ._epilogue import F0, F1
+from ._epilogue import run as epilogue_run
 from ._microkernel import point_gemms_mk
 
 
@@ -301,3 +304,52 @@ def chunk_mk(xh, out, wpk, V, M, g, Kg, kb0, kb1, r0, TH, TW, m, pt, pl, B1, ip,
     input_transform(xh, V, g, r0, TH, TW, m, pt, pl, B1, ip, ii, iv, 0, tc)
     point_gemms_mk(wpk, V, M, kb0, kb1, Kg)
     output_transform(M, out, g * Kg + kb0 * wpk.shape[3], r0, TH, TW, m, A1, op, oi, ov, 0, tc)
+
+
+# ------------------------------------------------------------------ inside the runtime's executor
+# `convolab.runtime._executor` runs a layer planned for a bilinear algorithm (microkernel GEMMs,
+# one group) as one of its operators: its input copied to NHWC by rows, then chunks of tiles
+# (and, with few chunks, shares of the k-blocks) handed out as tasks, each running `chunk_mk`
+# and the output stage on the outputs it wrote while they are in cache. Same kernels as the
+# standalone algorithm, the output stage in the runtime's order: the same bits.
+
+
+@njit(cache=True, nogil=True)
+def nhwc_row(src, s0, dst, d0, C, H, W, h):  # pragma: no cover - compiled
+    """Input row ``h`` of one NCHW image at ``src[s0]`` into the NHWC copy at ``dst[d0]``:
+    ``dst[d0 + (h W + w) C + c] = src[s0 + (c H + h) W + w]``, 16 x 16 blocks transposed in
+    registers (`convolab.kernels._direct._t16`)."""
+    HW = H * W
+    for c0 in range(0, C, 16):
+        ml = min(16, C - c0)
+        for w0 in range(0, W, 16):
+            nl = min(16, W - w0)
+            _t16(src, s0 + c0 * HW + h * W + w0, HW, ml, nl, dst, d0 + (h * W + w0) * C + c0, C,
+                 nl, ml)
+
+
+@njit(cache=True, nogil=True)
+def chunk_mk_stage(xh, out, wpk, V, M, Kg, kb0, kb1, r0, TH, TW, m, pt, pl, B1, ip, ii, iv, A1,
+                   op, oi, ov, y, yoff, eb, roff, mode, code, lo, hi):  # pragma: no cover
+    """`chunk_mk` (one group) for tile rows ``r0 ..`` and k-blocks ``kb0 .. kb1 - 1``, then the
+    output stage (`convolab.kernels._epilogue.run`, ``mode`` bits 2 bias ``eb``, 4 residual at
+    ``y[o + roff]``) over the rows of those channels it wrote; ``y`` is ``out`` flat from
+    ``yoff``."""
+    chunk_mk(xh, out, wpk, V, M, 0, Kg, kb0, kb1, r0, TH, TW, m, pt, pl, B1, ip, ii, iv, A1, op,
+             oi, ov)
+    if mode == 0 and code == 0:
+        return
+    N, K, OH, OW = out.shape
+    KB = wpk.shape[3]
+    k0 = kb0 * KB
+    k1 = min(Kg, kb1 * KB)
+    r1 = r0 + V.shape[1] // TW
+    for img in range(r0 // TH, (r1 - 1) // TH + 1):
+        oh0 = (max(r0, img * TH) - img * TH) * m
+        oh1 = min(OH, (min(r1, (img + 1) * TH) - img * TH) * m)
+        if oh1 <= oh0:
+            continue
+        for k in range(k0, k1):
+            o = yoff + ((img * K + k) * OH + oh0) * OW
+            b = eb[k] if mode & 2 else F0
+            epilogue_run(y, o, y, o + roff, (oh1 - oh0) * OW, F1, b, mode, code, lo, hi)

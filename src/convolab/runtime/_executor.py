@@ -46,6 +46,7 @@ import numpy as np
 from numba import njit
 
 from ..kernels._atomics import fetch_add, load_acquire, now_ns, spin_changed, wait_until
+from ..kernels._bilinear import chunk_mk_stage, nhwc_row
 from ..kernels._direct import (
     copy_run,
     deinterleave2,
@@ -70,6 +71,7 @@ OP_DWB = 3
 OP_MAXPOOL = 4
 OP_ADAPTIVE = 5
 OP_LINEAR = 6
+OP_BIL = 7
 #: output features per tile of a packed linear weight
 LINEAR_TILE = LINEAR_NB * LINEAR_KB
 
@@ -91,6 +93,12 @@ NF = 33
 # (`convolab.runtime._kernels.maxpool`); OP_ADAPTIVE: adaptive average pooling to F_OH x F_OW;
 # OP_LINEAR: F_N rows of F_C features at F_X -> F_K outputs at F_Y, the packed weight at F_WOFF
 # (`_kernels.pack_linear`, F_A tiles), bias at F_BIAS (-1: none)
+# OP_BIL (a layer planned for a bilinear algorithm, `convolab.algorithms.bilinear`, whose
+# point GEMMs run on the microkernel; one group): F_A m (output tile), F_B TH, F_C2 TW (tiles
+# per image), F_D pt, F_E pl, F_F the NHWC copy's offset, F_G2 tile rows per chunk, F_SH shares
+# of the k-blocks per chunk, F_DH transform points, F_DW the packed filter's k-block width, F_TAB
+# the transforms' header in Ib ([n1, n, n2, len ip, len ii, len op, len oi, 0], then ip, ii,
+# op, oi), F_SW their coefficients in Wb (B1, A1, iv, ov)
 # F_BLK: channel-blocked activations (NCHW16c, `program._blocked_pairs` picks them): bit 1 the
 # operator's output, bit 2 its input. OP_TILES of a 1x1 layer on the microkernel: its tiles
 # store their 16-channel pixel vectors as they are / its reduction reads runs of 16 channels
@@ -249,6 +257,62 @@ def _dwb(j, op, fprm, P, A, Wb, ctr, CS, scratch):  # pragma: no cover - compile
 
 
 @njit(inline="always")
+def _bil(j, op, fprm, P, A, Wb, Ib, ctr, CS, scratch):  # pragma: no cover - compiled
+    N, C, H, W, K, OH, OW = op[F_N], op[F_C], op[F_H], op[F_W], op[F_K], op[F_OH], op[F_OW]
+    m, TH, TW, pt, pl, xo = op[F_A], op[F_B], op[F_C2], op[F_D], op[F_E], op[F_F]
+    cr, ks, npt, KB = op[F_G2], op[F_SH], op[F_DH], op[F_DW]
+    # phase 1: the input to NHWC, by rows
+    nrow = N * H
+    run = max(1, nrow // (GRABS * P))
+    while True:
+        t0 = fetch_add(ctr, j * CS + 1) * run
+        if t0 >= nrow:
+            break
+        for t in range(t0, min(nrow, t0 + run)):
+            n = t // H
+            nhwc_row(A, op[F_X] + n * op[F_XIMG], A, xo + n * H * W * C, C, H, W, t - n * H)
+    _barrier(ctr, j * CS + 2, P)
+    tb = op[F_TAB]
+    n1, n, n2 = Ib[tb], Ib[tb + 1], Ib[tb + 2]
+    o1 = tb + 8
+    o2 = o1 + Ib[tb + 3]
+    o3 = o2 + Ib[tb + 4]
+    o4 = o3 + Ib[tb + 5]
+    ip, ii, opp, oi = Ib[o1:o2], Ib[o2:o3], Ib[o3:o4], Ib[o4:o4 + Ib[tb + 6]]
+    f1 = op[F_SW] + n1 * n
+    f2 = f1 + m * n2
+    f3 = f2 + Ib[tb + 4]
+    B1 = Wb[op[F_SW]:f1].reshape((n1, n))
+    A1 = Wb[f1:f2].reshape((m, n2))
+    iv, ov = Wb[f2:f3], Wb[f3:f3 + Ib[tb + 6]]
+    nkb = (K + KB - 1) // KB
+    wpk = Wb[op[F_WOFF]: op[F_WOFF] + npt * nkb * C * KB].reshape((npt, nkb, C, KB))
+    xh = A[xo: xo + N * H * W * C].reshape((N, H, W, C))
+    out = A[op[F_Y]: op[F_Y] + N * K * OH * OW].reshape((N, K, OH, OW))
+    eb, _, _, mode, code, lo, hi = _epi(op, fprm, Wb, A, 0)
+    roff = op[F_RES] - op[F_Y]
+    vsz = npt * cr * TW * C
+    vsz += (-vsz) % 16
+    rows = N * TH
+    nch = (rows + cr - 1) // cr
+    while True:
+        t = fetch_add(ctr, j * CS + CS_BASE)
+        if t >= nch * ks:
+            break
+        ch = t // ks
+        kp = t - ch * ks
+        kb0 = kp * nkb // ks
+        kb1 = (kp + 1) * nkb // ks
+        r0 = ch * cr
+        tc = (min(rows, r0 + cr) - r0) * TW
+        nk = min(K, kb1 * KB) - kb0 * KB
+        V = scratch[:npt * tc * C].reshape((npt, tc, C))
+        M = scratch[vsz: vsz + npt * tc * nk].reshape((npt, tc, nk))
+        chunk_mk_stage(xh, out, wpk, V, M, K, kb0, kb1, r0, TH, TW, m, pt, pl, B1, ip, ii, iv, A1,
+                       opp, oi, ov, A, op[F_Y], eb, roff, mode, code, lo, hi)
+
+
+@njit(inline="always")
 def _pool(j, op, A, ctr, CS, scratch):  # pragma: no cover - compiled
     N, C, H, W, OH, OW = op[F_N], op[F_C], op[F_H], op[F_W], op[F_OH], op[F_OW]
     x = A[op[F_X]: op[F_X] + N * C * H * W].reshape((N, C, H, W))
@@ -295,6 +359,8 @@ def worker(P, prog, fprm, A, Wb, Ib, ctr, CS, KB, stamps, scratch):  # pragma: n
             _pool(j, op, A, ctr, CS, scratch)
         elif kind == OP_LINEAR:
             _linear(j, op, A, Wb, ctr, CS)
+        elif kind == OP_BIL:
+            _bil(j, op, fprm[j], P, A, Wb, Ib, ctr, CS, scratch)
         _barrier(ctr, j * CS, P)
         if timed:
             stamps[j + 1] = now_ns()
@@ -347,6 +413,10 @@ def scratch_elements(prog: np.ndarray) -> int:
             need = max(need, maxpool_scratch(op[F_H], op[F_W], op[F_OH], op[F_OW], op[F_R],
                                              op[F_S], op[F_SH], op[F_SW], op[F_A], op[F_B],
                                              op[F_DH], op[F_DW]))
+        elif op[F_KIND] == OP_BIL:  # a chunk's transformed input and products (`_bil`)
+            tc = op[F_G2] * op[F_C2]
+            vsz = op[F_DH] * tc * op[F_C]
+            need = max(need, vsz + (-vsz) % 16 + op[F_DH] * tc * op[F_K])
     return int(need)
 
 

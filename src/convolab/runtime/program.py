@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from .. import registry, select
-from ..algorithms import direct
+from ..algorithms import bilinear, direct
 from ..spec import ConvSpec
 from . import _executor as _X
 from . import _kernels as K
@@ -60,11 +60,31 @@ EXECUTOR_FACTOR = 1.5
 EXECUTOR_LEAVE_CALLS = 5
 
 
+def _bilinear_inside(name: str, spec: ConvSpec) -> bool:
+    """Whether the executor runs ``spec`` planned for algorithm ``name`` as a bilinear operator
+    (`_X.OP_BIL`): a Winograd / SFC algorithm that supports it, float32, one group, its point
+    GEMMs on the microkernel (`convolab.algorithms.bilinear._microkernel_gemms`)."""
+    return (name in bilinear.VARIANTS and spec.dtype == np.float32 and spec.groups == 1
+            and registry.get(name).supports(spec) is None and bilinear._microkernel_gemms(spec))
+
+
+def _bilinear_op(st: _State, i: int) -> bool:
+    p = st.plans.get(i)
+    return p is not None and _bilinear_inside(p.algorithm, p.spec)
+
+
+#: the runtime's ``auto`` runs a layer on a bilinear algorithm inside the executor
+#: (`_bilinear_inside`) where the cost model predicts it this much faster than the executor's
+#: direct kernel (both without the per-call overhead the executor does not pay)
+BILINEAR_FACTOR = 1.15
+
+
 def _prefer_executor(spec: ConvSpec, budgets: dict, threads: int = 1) -> str:
     """``"direct"`` where the executor runs it and the cost model predicts the executor's
     kernel (the microkernel, or the depthwise kernel), less the per-call overhead the executor
-    does not pay, at most `EXECUTOR_FACTOR` times the best admissible algorithm's time; else
-    ``"auto"``."""
+    does not pay, at most `EXECUTOR_FACTOR` times the best admissible algorithm's time; the
+    best admissible algorithm's name where the executor runs that too (`_bilinear_inside`) and
+    it is predicted `BILINEAR_FACTOR` times faster; else ``"auto"``."""
     if not _in_executor(spec):
         return "auto"
     ranking = select.rank(spec, **budgets)
@@ -79,6 +99,8 @@ def _prefer_executor(spec: ConvSpec, budgets: dict, threads: int = 1) -> str:
     m = select.machine()
     mine = select.predict_seconds(d, spec, m) - m.call_seconds
     best = adm[0].seconds
+    if _bilinear_inside(adm[0].name, spec):  # no cost of leaving the executor
+        return adm[0].name if BILINEAR_FACTOR * (best - m.call_seconds) < mine else "direct"
     if adm[0].name == "im2col" and spec.R == spec.S == 1 and spec.stride == (1, 1) and not any(spec.padding):
         # one GEMM, whose threads are the BLAS's: in the runtime it runs on one
         best *= threads
@@ -104,7 +126,8 @@ def _executable(st: _State, i: int, n: Node) -> bool:
     if n.kind != "conv":
         return False
     p = st.plans.get(i)
-    return p is not None and p.algorithm == "direct" and _in_executor(p.spec)
+    return p is not None and (p.algorithm == "direct" and _in_executor(p.spec)
+                              or _bilinear_inside(p.algorithm, p.spec))
 
 
 def _executor_op(g: Graph, st: _State, i: int, n: Node) -> bool:
@@ -167,7 +190,8 @@ def _image_major_run(g: Graph, st: _State) -> set[int]:
     run: set[int] = set()
     for i, n in enumerate(g.nodes):
         big = False
-        if n.kind == "conv" and _executable(st, i, n):
+        if n.kind == "conv" and _executable(st, i, n) and not _bilinear_op(st, i):
+            # (a bilinear operator reads its transformed filter once for the whole batch)
             sp = st.plans[i].spec
             act = (sp.C * sp.H * sp.W + sp.K * sp.OH * sp.OW) * 4
             big = (sp.N > 1 and act >= IMAGE_MAJOR_BYTES
@@ -273,7 +297,10 @@ def _build(m: CompiledModel, st: _State, image_major: bool = True) -> None:
         if ok:
             spec = st.plans[i].spec
             nc = (1 if i in run else spec.N) * spec.C  # image-major: one image's copy
-            if _phased(spec):
+            if _bilinear_op(st, i):  # its input's NHWC copy
+                pads[i] = total
+                total += -(-nc * spec.H * spec.W // 16) * 16
+            elif _phased(spec):
                 pads[i] = total
                 hq, wq = direct.phases(spec)
                 sh, sw = spec.stride
@@ -332,7 +359,7 @@ def _in_place_residual(g: Graph, st: _State, root, last, off, i: int) -> int | N
     if n.kind != "conv" or not a["residual"] or ACTS[a["act"]] > 2 or len(n.inputs) != 2:
         return None
     p = st.plans.get(i)
-    if p is None or not _executable(st, i, n) or direct.depthwise(p.spec):
+    if p is None or not _executable(st, i, n) or direct.depthwise(p.spec) or _bilinear_op(st, i):
         return None
     x, r = root[n.inputs[0]], root[n.inputs[1]]
     if r == x or r not in off or x not in off or last.get(r) != i or r in g.outputs:
@@ -552,7 +579,9 @@ def _program(m: CompiledModel, st: _State, seg: _Segment, root, off, pads) -> No
         fprm[r] = (a["lo"], a["hi"])
         w = a["w"]
         seg.nmax = max(seg.nmax, spec.N)
-        if not direct.depthwise(spec):
+        if _bilinear_op(st, i):
+            _bilinear_row(st.plans[i], row, pads[i], seg.P, put, wb, wlen, ib, ilen)
+        elif not direct.depthwise(spec):
             row[_X.F_KIND] = _X.OP_TILES
             row[_X.F_H], row[_X.F_W] = spec.padded_H, spec.padded_W
             wpk = mk.pack_filter(spec, w, "rs")
@@ -619,6 +648,46 @@ def _program(m: CompiledModel, st: _State, seg: _Segment, root, off, pads) -> No
     # the counters per operator, and one more: threads that have left the run (`_X.worker`)
     seg.ctr = np.zeros(len(seg.prog) * (_X.CS_BASE + seg.nmax) + 1, dtype=np.int64)
     seg.scratch = _X.scratch_elements(prog)
+
+
+#: tile rows per thread from which a bilinear operator hands out whole chunks of tiles (a
+#: multiple of the threads); with fewer, every thread runs every chunk for its share of the
+#: k-blocks (its input transform done by each)
+BILINEAR_DEAL_ROWS = 4
+
+
+def _bilinear_split(spec: ConvSpec, TH: int, TW: int, nkb: int, P: int) -> tuple[int, int]:
+    """(tile rows per chunk, shares of the k-blocks) of a bilinear operator on ``P`` threads."""
+    rows = spec.N * TH
+    cr = max(1, min(rows, bilinear.CHUNK_TILES // TW))
+    if rows >= BILINEAR_DEAL_ROWS * P:
+        nch0 = -(-rows // cr)
+        nch = -(-nch0 // P) * P
+        return -(-rows // nch), 1
+    return cr, min(P, nkb)
+
+
+def _bilinear_row(p, row: np.ndarray, nhwc: int, P: int, put, wb, wlen, ib, ilen) -> None:
+    """The executor's row of a layer planned for a bilinear algorithm (`_X.OP_BIL`)."""
+    spec, prep = p.spec, p._prepared
+    wt = prep.wt[0]  # (points, k-blocks, C, KB)
+    m = prep.eng.m
+    TH, TW = bilinear.tiles(spec, m)
+    pl, _, pt, _ = spec.padding
+    row[_X.F_KIND] = _X.OP_BIL
+    row[_X.F_H], row[_X.F_W] = spec.H, spec.W
+    row[_X.F_WOFF] = put(wt, wb, wlen)
+    row[_X.F_A], row[_X.F_B], row[_X.F_C2], row[_X.F_D], row[_X.F_E] = m, TH, TW, pt, pl
+    row[_X.F_F] = nhwc
+    row[_X.F_G2], row[_X.F_SH] = _bilinear_split(spec, TH, TW, wt.shape[1], P)
+    row[_X.F_DH], row[_X.F_DW] = wt.shape[0], wt.shape[3]
+    c = prep.consts
+    (ip, ii, iv), (op, oi, ov) = c.s_in, c.s_out
+    head = np.array([c.B1.shape[0], c.B1.shape[1], c.A1.shape[1], ip.size, ii.size, op.size,
+                     oi.size, 0], np.int64)
+    row[_X.F_TAB] = put(np.concatenate([head, ip, ii, op, oi]).astype(np.int64), ib, ilen)
+    row[_X.F_SW] = put(np.concatenate([c.B1.ravel(), c.A1.ravel(), iv, ov]).astype(np.float32),
+                       wb, wlen)
 
 
 def _op_row(n: Node, st: _State, row: np.ndarray, x_off: int, y_off: int, put, wb, wlen) -> None:
