@@ -600,14 +600,20 @@ class _WinogradBlock(nn.Module):
 
 
 @pytest.mark.parametrize("algorithm", ["winograd_f2x3", "sfc4_4x3", "sfc6_6x3"])
-@pytest.mark.parametrize("batch,H", [(1, 14), (3, 13), (9, 7)])
-def test_bilinear_layers_run_in_the_executor_with_the_algorithms_bits(algorithm, batch, H):
+@pytest.mark.parametrize("batch,H,image", [(1, 14, False), (3, 13, False), (9, 7, False),
+                                           (3, 13, True)])
+def test_bilinear_layers_run_in_the_executor_with_the_algorithms_bits(algorithm, batch, H, image,
+                                                                      monkeypatch):
     """A layer planned for a Winograd / SFC algorithm whose point GEMMs run on the microkernel
     runs as an executor operator (`_executor.OP_BIL`: NHWC copy, chunks of tiles and shares of
     the k-blocks as tasks, the output stage on each task's outputs): the same bits as the
     algorithm called alone followed by the output stage, on 1 and 2 threads; uneven tiles
-    (13x13), chunks dealt out (batch 3 and 9) and k-blocks shared (batch 1); the residual's
-    slot is not overwritten in place (the output transform would write it before the add)."""
+    (13x13), chunks dealt out (batch 3 and 9) and k-blocks shared (batch 1), image by image in
+    an image-major run; the residual's slot is not overwritten in place (the output transform
+    would write it before the add)."""
+    if image:  # every layer's activations large enough for an image-major run
+        monkeypatch.setattr(P, "IMAGE_MAJOR_BYTES", 0)
+        monkeypatch.setattr(P, "IMAGE_MAJOR_FILTER_SHARE", 0)
     C = 128
     net = _WinogradBlock(C).eval()
     x = torch.randn(batch, C, H, H)
@@ -622,11 +628,15 @@ def test_bilinear_layers_run_in_the_executor_with_the_algorithms_bits(algorithm,
         # (the 1x1 layer, which the named algorithm cannot run, is planned by `auto`)
         assert len(segs) == 1, "the 3x3 layers in one executor job"
         bil = [r for r in segs[0].prog if r[P._X.F_KIND] == P._X.OP_BIL]
-        assert len(bil) == 2
         if T == 2 and batch == 1:
             assert max(int(r[P._X.F_SH]) for r in bil) == 2, "k-blocks shared"
-        if batch > 1:
-            assert min(int(r[P._X.F_SH]) for r in bil) == 1, "chunks dealt out"
+        if image:
+            assert len(st.image_major) >= 2 and len(bil) == 2 * batch
+            assert all(r[P._X.F_N] == 1 for r in bil)
+        else:
+            assert len(bil) == 2 and not st.image_major
+            if batch > 1:
+                assert min(int(r[P._X.F_SH]) for r in bil) == 1, "chunks dealt out"
         pa = next(p for p in st.plans.values() if p.spec.R == 1)
     w = {k: getattr(net, k).weight.detach().numpy() for k in "abc"}
     b = {k: getattr(net, k).bias.detach().numpy()[None, :, None, None] for k in "abc"}

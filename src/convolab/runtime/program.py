@@ -190,8 +190,7 @@ def _image_major_run(g: Graph, st: _State) -> set[int]:
     run: set[int] = set()
     for i, n in enumerate(g.nodes):
         big = False
-        if n.kind == "conv" and _executable(st, i, n) and not _bilinear_op(st, i):
-            # (a bilinear operator reads its transformed filter once for the whole batch)
+        if n.kind == "conv" and _executable(st, i, n):
             sp = st.plans[i].spec
             act = (sp.C * sp.H * sp.W + sp.K * sp.OH * sp.OW) * 4
             big = (sp.N > 1 and act >= IMAGE_MAJOR_BYTES
@@ -580,7 +579,8 @@ def _program(m: CompiledModel, st: _State, seg: _Segment, root, off, pads) -> No
         w = a["w"]
         seg.nmax = max(seg.nmax, spec.N)
         if _bilinear_op(st, i):
-            _bilinear_row(st.plans[i], row, pads[i], seg.P, put, wb, wlen, ib, ilen)
+            _bilinear_row(st.plans[i], row, pads[i], seg.P, put, wb, wlen, ib, ilen,
+                          1 if i in st.image_major else spec.N)
         elif not direct.depthwise(spec):
             row[_X.F_KIND] = _X.OP_TILES
             row[_X.F_H], row[_X.F_W] = spec.padded_H, spec.padded_W
@@ -656,9 +656,10 @@ def _program(m: CompiledModel, st: _State, seg: _Segment, root, off, pads) -> No
 BILINEAR_DEAL_ROWS = 4
 
 
-def _bilinear_split(spec: ConvSpec, TH: int, TW: int, nkb: int, P: int) -> tuple[int, int]:
-    """(tile rows per chunk, shares of the k-blocks) of a bilinear operator on ``P`` threads."""
-    rows = spec.N * TH
+def _bilinear_split(N: int, TH: int, TW: int, nkb: int, P: int) -> tuple[int, int]:
+    """(tile rows per chunk, shares of the k-blocks) of a bilinear operator on ``N`` images
+    and ``P`` threads."""
+    rows = N * TH
     cr = max(1, min(rows, bilinear.CHUNK_TILES // TW))
     if rows >= BILINEAR_DEAL_ROWS * P:
         nch0 = -(-rows // cr)
@@ -667,8 +668,9 @@ def _bilinear_split(spec: ConvSpec, TH: int, TW: int, nkb: int, P: int) -> tuple
     return cr, min(P, nkb)
 
 
-def _bilinear_row(p, row: np.ndarray, nhwc: int, P: int, put, wb, wlen, ib, ilen) -> None:
-    """The executor's row of a layer planned for a bilinear algorithm (`_X.OP_BIL`)."""
+def _bilinear_row(p, row: np.ndarray, nhwc: int, P: int, put, wb, wlen, ib, ilen, N: int) -> None:
+    """The executor's row of a layer planned for a bilinear algorithm (`_X.OP_BIL`), its work
+    split for ``N`` images at a time (one in an image-major run)."""
     spec, prep = p.spec, p._prepared
     wt = prep.wt[0]  # (points, k-blocks, C, KB)
     m = prep.eng.m
@@ -679,7 +681,7 @@ def _bilinear_row(p, row: np.ndarray, nhwc: int, P: int, put, wb, wlen, ib, ilen
     row[_X.F_WOFF] = put(wt, wb, wlen)
     row[_X.F_A], row[_X.F_B], row[_X.F_C2], row[_X.F_D], row[_X.F_E] = m, TH, TW, pt, pl
     row[_X.F_F] = nhwc
-    row[_X.F_G2], row[_X.F_SH] = _bilinear_split(spec, TH, TW, wt.shape[1], P)
+    row[_X.F_G2], row[_X.F_SH] = _bilinear_split(N, TH, TW, wt.shape[1], P)
     row[_X.F_DH], row[_X.F_DW] = wt.shape[0], wt.shape[3]
     c = prep.consts
     (ip, ii, iv), (op, oi, ov) = c.s_in, c.s_out
