@@ -98,9 +98,17 @@ def _prefer_executor(spec: ConvSpec, budgets: dict, threads: int = 1) -> str:
         d = dataclasses.replace(d, kernel=lambda s: "")
     m = select.machine()
     mine = select.predict_seconds(d, spec, m) - m.call_seconds
-    best = adm[0].seconds
     if _bilinear_inside(adm[0].name, spec):  # no cost of leaving the executor
+        if select.trial_wanted(ranking):
+            # an uncalibrated machine, whose model constants are another CPU's: time the best
+            # candidates as `auto` alone would
+            ranking = select.rank(spec, trial=True, **budgets)
+            adm = [c for c in ranking if c.admissible]
+            if adm[0].name == "direct" or not _bilinear_inside(adm[0].name, spec):
+                return "direct"
+        best = adm[0].seconds
         return adm[0].name if BILINEAR_FACTOR * (best - m.call_seconds) < mine else "direct"
+    best = adm[0].seconds
     if adm[0].name == "im2col" and spec.R == spec.S == 1 and spec.stride == (1, 1) and not any(spec.padding):
         # one GEMM, whose threads are the BLAS's: in the runtime it runs on one
         best *= threads
@@ -172,6 +180,14 @@ IMAGE_MAJOR_BYTES = 1 << 18
 IMAGE_MAJOR_FILTER_SHARE = 1 / 8
 
 
+#: ... and a bilinear operator (`_X.OP_BIL`) joins it if its transformed filter, read once per
+#: image there, takes at most this many bytes. ResNet-50 batch 8, 2 threads, Zen 4, each layer
+#: inside the run against the batch at once: F(2x2,3x3) 256@14 (4 MiB) 4.9-5.0 against 4.95
+#: ms, SFC-4 128@28 (2.9 MiB) 5.5 against 5.9; SFC-4 256@14 (11.5 MiB) 5.6-5.9 against 5.1,
+#: SFC-6(7x3) 256@14 (33 MiB) 9.7-10.7 against 4.1-4.2
+IMAGE_MAJOR_BILINEAR_BYTES = 8 << 20
+
+
 def _image_major_run(g: Graph, st: _State) -> set[int]:
     """The first run (of two layers or more) of consecutive convolutions for the executor (and
     max pooling between them) whose input and output together take at least
@@ -195,6 +211,8 @@ def _image_major_run(g: Graph, st: _State) -> set[int]:
             act = (sp.C * sp.H * sp.W + sp.K * sp.OH * sp.OW) * 4
             big = (sp.N > 1 and act >= IMAGE_MAJOR_BYTES
                    and act >= IMAGE_MAJOR_FILTER_SHARE * sp.K * sp.Cg * sp.R * sp.S * 4)
+            if big and _bilinear_op(st, i):
+                big = st.plans[i]._prepared.wt.nbytes <= IMAGE_MAJOR_BILINEAR_BYTES
         elif n.kind == "maxpool" and _executor_op(g, st, i, n):
             # a stem's pooling: the stem and the layers after it run image by image together
             xs, ys = st.shapes[n.inputs[0]], st.shapes[i]
