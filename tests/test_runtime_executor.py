@@ -673,3 +673,48 @@ def test_auto_runs_a_bilinear_layer_in_the_executor_where_predicted_faster(monke
         monkeypatch.setattr(select, "predict_seconds",
                             lambda algo, spec, m, t=direct_s: t + m.call_seconds)
         assert P._prefer_executor(spec, {}, 2) == want, (spec, best_s)
+
+
+def test_a_bilinear_layer_with_a_large_transformed_filter_stays_out_of_image_major_runs(monkeypatch):
+    """Inside an image-major run a bilinear operator reads its transformed filter once per image:
+    only filters up to `IMAGE_MAJOR_BILINEAR_BYTES` join (the run then ends before it)."""
+    monkeypatch.setattr(P, "IMAGE_MAJOR_BYTES", 0)
+    monkeypatch.setattr(P, "IMAGE_MAJOR_FILTER_SHARE", 0)
+    net = _WinogradBlock(128).eval()
+    x = torch.randn(2, 128, 9, 9)
+    runs = {}
+    for limit in (1 << 30, 0):
+        monkeypatch.setattr(P, "IMAGE_MAJOR_BILINEAR_BYTES", limit)
+        cm = compile(net, x, algorithm="winograd_f2x3", threads=2)
+        cm(x)
+        st = cm._states[tuple(x.shape)]
+        runs[limit] = {i for i in st.image_major if P._bilinear_op(st, i)}
+        y = cm(x).numpy()
+        runs[limit, "y"] = y
+    assert len(runs[1 << 30]) == 2 and not runs[0]
+    assert np.array_equal(runs[1 << 30, "y"], runs[0, "y"])
+
+
+def test_an_uncalibrated_machine_times_the_bilinear_candidates(monkeypatch):
+    """Without calibration (`select.trial_wanted`), `auto` times the best candidates before it
+    runs a layer bilinear in the executor, and follows the timing."""
+    import dataclasses
+
+    from convolab import select
+    from convolab.spec import ConvSpec
+
+    machine = dataclasses.replace(select.machine(), call_seconds=0.1e-3)
+    monkeypatch.setattr(select, "machine", lambda: machine)
+    monkeypatch.setattr(select, "predict_seconds", lambda algo, spec, m: 1.5e-3 + m.call_seconds)
+    monkeypatch.setattr(select, "trial_wanted", lambda ranking: True)
+    spec = ConvSpec.from_shapes((8, 256, 14, 14), (256, 256, 3, 3), padding=1, dtype=np.float32)
+    model = [select.Choice("sfc6_7x3", True, "", 0.6e-3), select.Choice("winograd_f2x3", True, "", 0.8e-3),
+             select.Choice("direct", True, "", 1.5e-3)]
+    for timed, want in ((["winograd_f2x3", "sfc6_7x3", "direct"], "winograd_f2x3"),
+                        (["direct", "winograd_f2x3", "sfc6_7x3"], "direct")):
+        def rank(spec, trial=False, timed=timed, **kw):
+            if not trial:
+                return model
+            return [select.Choice(n, True, "", (0.5 + k) * 1e-3) for k, n in enumerate(timed)]
+        monkeypatch.setattr(select, "rank", rank)
+        assert P._prefer_executor(spec, {}, 2) == want
