@@ -30,6 +30,8 @@ def main():
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--algorithm", default="deterministic")
     ap.add_argument("--rounds", type=int, default=4)
+    ap.add_argument("--spin", action="store_true",
+                    help="ONNX Runtime's threads spin between runs and nodes (its default)")
     a = ap.parse_args()
 
     import onnxruntime as ort
@@ -71,7 +73,7 @@ def main():
     def session(profile):
         so = ort.SessionOptions()
         so.intra_op_num_threads = T
-        so.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        so.add_session_config_entry("session.intra_op.allow_spinning", "1" if a.spin else "0")
         if profile:
             so.enable_profiling = True
             so.profile_file_prefix = os.path.join(tempfile.gettempdir(), "convolab_ort_gap")

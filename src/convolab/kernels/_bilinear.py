@@ -30,6 +30,7 @@ over disjoint tiles, points or chunks (no OpenMP pool to fight the BLAS's or PyT
 import numpy as np
 from numba import njit
 
+from ._atomics import fetch_add
 from ._direct import _t16
 from ._epilogue import F0, F1
 from ._epilogue import run as epilogue_run
@@ -326,6 +327,19 @@ def nhwc_row(src, s0, dst, d0, C, H, W, h):  # pragma: no cover - compiled
             nl = min(16, W - w0)
             _t16(src, s0 + c0 * HW + h * W + w0, HW, ml, nl, dst, d0 + (h * W + w0) * C + c0, C,
                  nl, ml)
+
+
+@njit(cache=True, nogil=True)
+def nhwc_rows(src, s0, ximg, dst, d0, N, C, H, W, ctr, slot, run):  # pragma: no cover - compiled
+    """The NHWC copy (`nhwc_row`) of ``N`` images ``ximg`` apart, as tasks of ``run``
+    consecutive input rows taken from counter ``ctr[slot]``."""
+    nrow = N * H
+    t0 = fetch_add(ctr, slot) * run
+    while t0 < nrow:
+        for t in range(t0, min(nrow, t0 + run)):
+            n = t // H
+            nhwc_row(src, s0 + n * ximg, dst, d0 + n * H * W * C, C, H, W, t - n * H)
+        t0 = fetch_add(ctr, slot) * run
 
 
 @njit(cache=True, nogil=True)

@@ -46,7 +46,7 @@ import numpy as np
 from numba import njit
 
 from ..kernels._atomics import fetch_add, load_acquire, now_ns, spin_changed, wait_until
-from ..kernels._bilinear import chunk_mk_stage, nhwc_row
+from ..kernels._bilinear import chunk_mk_stage, nhwc_rows
 from ..kernels._direct import (
     copy_run,
     deinterleave2,
@@ -261,16 +261,9 @@ def _bil(j, op, fprm, P, A, Wb, Ib, ctr, CS, scratch):  # pragma: no cover - com
     N, C, H, W, K, OH, OW = op[F_N], op[F_C], op[F_H], op[F_W], op[F_K], op[F_OH], op[F_OW]
     m, TH, TW, pt, pl, xo = op[F_A], op[F_B], op[F_C2], op[F_D], op[F_E], op[F_F]
     cr, ks, npt, KB = op[F_G2], op[F_SH], op[F_DH], op[F_DW]
-    # phase 1: the input to NHWC, by rows
-    nrow = N * H
-    run = max(1, nrow // (GRABS * P))
-    while True:
-        t0 = fetch_add(ctr, j * CS + 1) * run
-        if t0 >= nrow:
-            break
-        for t in range(t0, min(nrow, t0 + run)):
-            n = t // H
-            nhwc_row(A, op[F_X] + n * op[F_XIMG], A, xo + n * H * W * C, C, H, W, t - n * H)
+    # phase 1: the input to NHWC, rows in runs of consecutive ones
+    nhwc_rows(A, op[F_X], op[F_XIMG], A, xo, N, C, H, W, ctr, j * CS + 1,
+              max(1, N * H // (GRABS * P)))
     _barrier(ctr, j * CS + 2, P)
     tb = op[F_TAB]
     n1, n, n2 = Ib[tb], Ib[tb + 1], Ib[tb + 2]
