@@ -29,12 +29,17 @@ Operators:
 * `OP_MAXPOOL`, `OP_ADAPTIVE`, `OP_LINEAR`: max pooling, adaptive (global) average pooling and
   a linear layer, the runtime's own kernels (`convolab.runtime._kernels`) on the arena, so a
   network's head and a stem's pooling do not leave the job (each had cost a return to Python,
-  a team wake-up and 0.05-0.15 ms of cold interpreter after a long run; ResNet-50 batch 1).
+  a team wake-up and 0.05-0.15 ms of cold interpreter after a long run; ResNet-50 batch 1);
+* `OP_BIL`: a convolution planned for a Winograd / SFC algorithm whose point GEMMs run on the
+  microkernel (`convolab.algorithms.bilinear`): its input copied to NHWC, then chunks of tiles
+  (and shares of the k-blocks) as tasks, each the algorithm's own chunk kernel
+  (`convolab.kernels._bilinear.chunk_mk_stage`).
 
 Each applies the output stage (bias, residual, activation; `convolab.kernels._epilogue`) to
-each task's outputs while they are in cache. Every output is computed by the same code as direct's
-own kernels, in the same order: the results are bit-identical to ``algorithm="direct"`` and do
-not depend on the thread count.
+each task's outputs while they are in cache. Every output is computed by the same code as the
+layer's algorithm alone (direct's kernels, or the bilinear algorithm's), in the same order: the
+results are bit-identical to that algorithm followed by the output stage and do not depend on
+the thread count.
 
 Numba caches compiled code per source file: `worker` carries the code of the microkernel and
 the depthwise task from `convolab.kernels` (the cache stamps cover that package's files).

@@ -5,10 +5,11 @@ it what to do.
 `_build` assigns arena offsets by liveness (values whose lifetimes do not overlap share
 space; reshapes are views of their input's slot; padded copies get dedicated, zero-bordered
 space), cuts the graph into segments (runs of operators the executor runs as one job: direct
-convolutions on the microkernel or the depthwise kernels, max / adaptive average pooling, linear
-layers) and the operators run one by one, then `_program` writes each segment's rows: packed
-filters and biases in one blob, the tap tables in another, the layout choices (pixel-vector
-1x1 kernels, channel-blocked pairs, image-major runs at batch > 1).
+convolutions on the microkernel or the depthwise kernels, Winograd / SFC convolutions whose
+point GEMMs run on the microkernel, max / adaptive average pooling, linear layers) and the
+operators run one by one, then `_program` writes each segment's rows: packed filters and
+biases in one blob, the tap tables in another, the layout choices (pixel-vector 1x1 kernels,
+channel-blocked pairs, image-major runs at batch > 1).
 
 Size: every layout decision of the executor (padded copies, phases, pixel vectors, channel-
 blocked pairs, image-major runs) writes the same program rows; they are kept beside `_program`,
