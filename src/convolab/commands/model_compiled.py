@@ -2,7 +2,8 @@
 Runtime (the model exported by the command in memory) and `convolab.runtime.compile` (one per
 ``--algorithms`` choice) -- accuracy against PyTorch fp32 and float64, then latency,
 interleaved round-robin in one process. Parse (`run`), compute (`_runtimes`,
-`_compiled_accuracy`, `_compiled_latency`: figures only), render (`_render_*`), JSON."""
+`_compiled_accuracy`, `_compiled_latency`: figures only, nothing printed; ``say(text)`` is told
+their progress), render (`_render_*`), JSON."""
 
 from __future__ import annotations
 
@@ -71,13 +72,13 @@ def run(args, batches) -> int:
         machine = _machine(args.threads)
         _render_compiled_header(console, args, info, what, machine)
         example = _batch(x, batches[0])
-        runs, setup, compiled = _runtimes(console, model, example, names, args.threads, batches[0])
+        runs, setup, compiled = _runtimes(model, example, names, args.threads, say=console.log)
         acc = _compiled_accuracy(model, x, labels, runs, setup, compiled)
         _render_compiled_accuracy(console, acc, labels, what, setup, compiled)
         lat = None
         if not args.no_latency:
-            lat = _compiled_latency(console, model, x, example, runs, batches, args.repeat,
-                                    args.threads)
+            lat = _compiled_latency(model, x, example, runs, batches, args.repeat, args.threads,
+                                    say=console.log)
             _render_compiled_latency(console, lat, batches, args.repeat, args.threads)
     finally:
         blas_limits.restore_original_limits()
@@ -105,13 +106,15 @@ def _render_compiled_header(console, args, info, what, machine) -> None:
                       "give steadier figures[/yellow]")
 
 
-def _runtimes(console, model, example, names, threads, batch) -> tuple[dict, dict, dict]:
+def _runtimes(model, example, names, threads, say=None) -> tuple[dict, dict, dict]:
     """The configurations to compare: ``runs`` (name -> callable on a torch tensor), what
-    building each took (``setup``), and the compiled models."""
+    building each took (``setup``), and the compiled models (planned at ``example``'s batch).
+    Nothing printed: ``say(text)`` is told each configuration as it is built (or skipped)."""
     import torch
 
     from ..runtime import compile as compile_model
 
+    say = say or (lambda text: None)
     runs: dict = {}
     setup: dict = {}
 
@@ -127,11 +130,11 @@ def _runtimes(console, model, example, names, threads, batch) -> tuple[dict, dic
         runs["onnxruntime"] = ort_run
         setup["onnxruntime"] = {"kind": "onnxruntime", "export_and_session_s": time.perf_counter() - t0,
                                 "onnx_bytes": nbytes}
-        console.log(f"onnxruntime: exported ({nbytes / 1e6:.1f} MB) and session made in "
+        say(f"onnxruntime: exported ({nbytes / 1e6:.1f} MB) and session made in "
                     f"{setup['onnxruntime']['export_and_session_s']:.1f} s")
     except Exception as e:  # not installed, or the export failed: reported, not fatal
         setup["onnxruntime"] = {"kind": "onnxruntime", "error": f"{type(e).__name__}: {e}"}
-        console.log(f"onnxruntime: [yellow]skipped[/yellow]: {setup['onnxruntime']['error'][:200]}")
+        say(f"onnxruntime: [yellow]skipped[/yellow]: {setup['onnxruntime']['error'][:200]}")
     compiled = {}
     for n in names:
         c = f"convolab {n}"
@@ -141,14 +144,14 @@ def _runtimes(console, model, example, names, threads, batch) -> tuple[dict, dic
             wall = time.perf_counter() - t0
         except Exception as e:  # a configuration that breaks is reported, not fatal
             setup[c] = {"kind": "convolab", "algorithm": n, "error": f"{type(e).__name__}: {e}"}
-            console.log(f"{c}: [red]failed[/red]: {setup[c]['error']}")
+            say(f"{c}: [red]failed[/red]: {setup[c]['error']}")
             continue
         compiled[c] = cm
         runs[c] = cm
         setup[c] = {"kind": "convolab", "algorithm": n, "compile_s": wall,
                     "fallback_ops": cm.fallback_ops,
                     "folded": {k: v for k, v in cm.graph.folded.items() if k != "example_batch"}}
-        console.log(f"{c}: compiled (capture, passes, plans at batch {batch}) in {wall:.1f} s")
+        say(f"{c}: compiled (capture, passes, plans at batch {example.shape[0]}) in {wall:.1f} s")
     return runs, setup, compiled
 
 
@@ -212,11 +215,19 @@ def _render_compiled_accuracy(console, acc, labels, what, setup, compiled) -> No
     console.print(t)
 
 
-def _compiled_latency(console, model, x, example, runs, batches, repeat, threads) -> dict:
+def _ms(seconds: list[float]) -> dict:
+    """One configuration's times at one batch size, in ms: minimum, median, every call."""
+    return {"min_ms": min(seconds) * 1e3, "median_ms": statistics.median(seconds) * 1e3,
+            "all_ms": [t * 1e3 for t in seconds]}
+
+
+def _compiled_latency(model, x, example, runs, batches, repeat, threads, say=None) -> dict:
     """Every configuration timed in rotating order, one call each per round; ONNX Runtime with
-    spinning threads (its default) last, in a block of its own."""
+    spinning threads (its default) last, in a block of its own. Nothing printed: ``say(text)``
+    is told each batch size timed, then the spinning block."""
     import torch
 
+    say = say or (lambda text: None)
     configs = list(runs)
     results = {c: {} for c in configs}
     with torch.no_grad():
@@ -232,10 +243,8 @@ def _compiled_latency(console, model, x, example, runs, batches, repeat, threads
                     runs[c](xb)
                     times[c].append(time.perf_counter() - t0)
             for c in configs:
-                results[c][b] = {"min_ms": min(times[c]) * 1e3,
-                                 "median_ms": statistics.median(times[c]) * 1e3,
-                                 "all_ms": [t * 1e3 for t in times[c]]}
-            console.log(f"batch {b}: timed")
+                results[c][b] = _ms(times[c])
+            say(f"batch {b}: timed")
         if "onnxruntime" in runs:  # last: its spinning threads then slow nothing else
             spin_name = "onnxruntime (spinning)"
             spin_run, _ = _onnx_session(model, example, threads, spinning=True)
@@ -249,11 +258,9 @@ def _compiled_latency(console, model, x, example, runs, batches, repeat, threads
                     t0 = time.perf_counter()
                     spin_run(xb)
                     ts.append(time.perf_counter() - t0)
-                results[spin_name][b] = {"min_ms": min(ts) * 1e3,
-                                         "median_ms": statistics.median(ts) * 1e3,
-                                         "all_ms": [t * 1e3 for t in ts]}
+                results[spin_name][b] = _ms(ts)
             del spin_run
-            console.log("onnxruntime with spinning threads: timed in a block of its own")
+            say("onnxruntime with spinning threads: timed in a block of its own")
     records = [{"configuration": c, **{f"batch{b}": results[c][b] for b in batches}}
                for c in configs]
     return {"configs": configs, "results": results, "records": records}
