@@ -1,5 +1,6 @@
 """What every ``convolab`` subcommand shares: one console set-up, one ``--json FILE``
-convention, argument types.
+convention, the options several commands take (``--threads``, ``--scheduler`` / ``--dask``),
+argument types.
 
 A subcommand module has ``add_parser(sub)`` (its options, ``set_defaults(func=run)``) and
 ``run(args)`` in three steps: parse (the arguments into a small config, every check made up
@@ -39,6 +40,22 @@ def console(stderr: bool = False, width: int | None = None, soft_wrap: bool = Fa
 def add_json(parser: argparse.ArgumentParser, what: str = "the results") -> None:
     """``--json FILE`` (``args.json``): also write ``what`` as JSON."""
     parser.add_argument("--json", metavar="FILE", default=None, help=f"also write {what} as JSON")
+
+
+def add_threads(parser: argparse.ArgumentParser, what: str, default: int | None = None) -> None:
+    """``--threads N`` (``args.threads``), described as ``what``; a ``default`` of None is shown
+    as "all". The command checks the value (it knows its range)."""
+    shown = "all" if default is None else default
+    parser.add_argument("--threads", type=int, default=default, help=f"{what} (default: {shown})")
+
+
+def add_dask(parser: argparse.ArgumentParser, tasks: str) -> None:
+    """``--scheduler ADDRESS`` or ``--dask`` (``args.scheduler``, ``args.dask``; at most one):
+    ``tasks`` (e.g. "run the cases") as tasks on that Dask scheduler or on a local Dask cluster
+    (the dask extra, `convolab.dask.sweeps.client`)."""
+    g = parser.add_mutually_exclusive_group()
+    g.add_argument("--scheduler", metavar="ADDRESS", help=f"{tasks} as tasks on this Dask scheduler")
+    g.add_argument("--dask", action="store_true", help=f"{tasks} as tasks on a local Dask cluster")
 
 
 def _plain(o):

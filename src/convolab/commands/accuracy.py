@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ._common import add_json, write_json
+from ._common import add_dask, add_json, write_json
 from ._common import console as make_console
 
 
@@ -24,9 +24,7 @@ def add_parser(sub) -> None:
     p.add_argument("--bits", type=int, nargs="+", default=[8, 6, 4], help="integer widths")
     p.add_argument("--seed", type=int, default=0, help="data seed (default 0)")
     add_json(p, "the results")
-    g = p.add_mutually_exclusive_group()
-    g.add_argument("--scheduler", metavar="ADDRESS", help="run the cases as tasks on this Dask scheduler")
-    g.add_argument("--dask", action="store_true", help="run the cases as tasks on a local Dask cluster")
+    add_dask(p, "run the cases")
     p.set_defaults(func=run)
 
 

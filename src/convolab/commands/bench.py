@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from ._common import add_json, write_json
+from ._common import add_json, add_threads, write_json
 from ._common import console as make_console
 
 
@@ -24,7 +24,7 @@ def add_parser(sub) -> None:
     p.add_argument("--no-auto", dest="auto", action="store_false",
                    help="do not time algorithm='auto' (on by default when --algorithms is not given)")
     p.add_argument("--repeat", type=int, default=5, help="timed calls per measurement; the minimum is kept")
-    p.add_argument("--threads", type=int, default=None, help="threads for convolab, BLAS, peers (default: all)")
+    add_threads(p, "threads for convolab, BLAS, peers")
     p.add_argument("--layers", default=None, help="only layers whose name contains one of these (comma-separated)")
     add_json(p, "all records")
     p.add_argument("--plot", default=None, metavar="FILE.png",

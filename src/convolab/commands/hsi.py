@@ -22,7 +22,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..errors import ConvError
-from ._common import add_json, write_json
+from ._common import add_json, add_threads, write_json
 from ._common import console as make_console
 
 METHODS = ("svm", "cnn", "single", "multi", "full")
@@ -54,7 +54,7 @@ def add_parser(sub) -> None:
                    help="the scales of the single-scale method: 'all' (one row each) or indices, finest 0")
     p.add_argument("--width", type=int, default=64)
     p.add_argument("--dropout", type=float, default=0.5, help="dropout before the head (default 0.5)")
-    p.add_argument("--threads", type=int, default=None, help="torch and Numba threads (default: all)")
+    add_threads(p, "torch and Numba threads")
     p.add_argument("--map", metavar="FILE", help="write the classification map beside the ground truth (PNG)")
     add_json(p, "the figures (per split, method and seed; or the --bench timings)")
     p.add_argument("--bench", action="store_true", help="time preprocessing, training and inference instead")

@@ -33,7 +33,7 @@ import statistics
 import time
 
 from . import model_compiled
-from ._common import add_json, write_json
+from ._common import add_json, add_threads, write_json
 from ._models import _batch, _console_and_threads, _forward, _inputs, _machine
 
 
@@ -70,8 +70,7 @@ def add_parser(sub) -> None:
                    help="for layers an algorithm cannot run: auto, torch or a name (default: auto)")
     p.add_argument("--batches", default="1,8", help="batch sizes for latency (default: 1,8)")
     p.add_argument("--repeat", type=int, default=7, help="timed rounds per batch size (default: 7)")
-    p.add_argument("--threads", type=int, default=2,
-                   help="threads for PyTorch, BLAS and Numba (default: 2)")
+    add_threads(p, "threads for PyTorch, BLAS and Numba", default=2)
     p.add_argument("--report", default="auto", help="algorithm whose per-layer report is printed")
     p.add_argument("--report-batch", type=int, default=None,
                    help="batch size of the per-layer report (default: the largest)")

@@ -28,7 +28,7 @@ import math
 import time
 from dataclasses import dataclass, field
 
-from ._common import add_json, write_json
+from ._common import add_json, add_threads, write_json
 from ._common import console as make_console
 
 #: evaluation views: (label, shorter side after resize, crop position (fx, fy), mirrored)
@@ -116,7 +116,7 @@ def add_parser(sub) -> None:
     p.add_argument("--calibration-views", type=int, default=2,
                    help=f"calibration crops per photograph, 1-{len(CALIBRATION_VIEWS)} (default: %(default)s)")
     p.add_argument("--batch", type=int, default=8, help="images per forward pass (default: %(default)s)")
-    p.add_argument("--threads", type=int, default=2, help="threads for PyTorch and Numba (default: %(default)s)")
+    add_threads(p, "threads for PyTorch and Numba", default=2)
     add_json(p, "every figure")
     p.set_defaults(func=run)
 
