@@ -226,18 +226,8 @@ def _measure(cands: list[Choice], spec: ConvSpec, repeat: int, w, others=()) -> 
 
 
 def choose(
-    x_shape,
-    w_shape,
-    stride=1,
-    padding=0,
-    dilation=1,
-    groups=1,
-    dtype=np.float32,
-    *,
-    measure: bool = False,
-    memory_limit: int | None = None,
-    max_error: float | None = None,
-    repeat: int = 5,
+    x_shape, w_shape, stride=1, padding=0, dilation=1, groups=1, dtype=np.float32, *,
+    measure: bool = False, memory_limit: int | None = None, max_error: float | None = None, repeat: int = 5,
 ) -> list[Choice]:
     """Rank every registered algorithm for a convolution.
 
