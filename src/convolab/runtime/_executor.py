@@ -458,7 +458,9 @@ class Team:
         load_from_cache(worker, (*args, self._scratch[0]), WARM_CODE, "float32")
         t = team.shared()
         n = max(1, min(args[0], t.size, len(self._scratch)))
-        if n > 1 and t.lock.acquire(blocking=False):
+        # (a program without rows has no barrier: the caller would finish and withdraw the
+        # job before a team thread took it, then wait in `_left` for that thread forever)
+        if n > 1 and args[1].shape[0] and t.lock.acquire(blocking=False):
             try:
                 # complete: no wait for the team threads to report back from Python (the
                 # GIL's hand-over took 80-120 us a run, median, ResNet-50 and EfficientNet-
