@@ -159,19 +159,21 @@ def test_plan_once_per_block_shape_and_one_weights_key():
     with dask.config.set(scheduler="sync"):
         out = y.compute()
     info = cd.plan_cache_info()
-    # 16 blocks per image, 2 images: the first and last block rows / columns are padded on one
-    # side, so 3 x 3 block shapes, each planned once
-    assert info["built"] == 9 and info["hits"] == 32 - 9
+    # 16 blocks per image, 2 images: each gathers its 5x5 share with a halo or the array's
+    # zero padding around it, so all are 7x7 blocks convolved without padding: one plan
+    assert info["built"] == 1 and info["hits"] == 32 - 1
     assert same_bits(out, convolab.conv2d(x, w, b, padding=1, algorithm="direct"))
 
 
 def block_shapes(xd, w_shape, kw) -> set:
-    """The distinct (rows, columns, padding) of the blocks conv2d makes for ``xd``."""
+    """The distinct shapes of the blocks conv2d convolves for ``xd``: its images, rows and
+    columns with their halo and the array's padding (gathered into one array, no padding of
+    its own)."""
     spec = ConvSpec.from_shapes(xd.shape, w_shape, **kw)
     pl, pr, pt, pb = spec.padding
     hb = halo.window_blocks(xd.chunks[2], (pt, pb), spec.stride[0], spec.dilated_R)
     wb = halo.window_blocks(xd.chunks[3], (pl, pr), spec.stride[1], spec.dilated_S)
-    return {(n, bh.rows[1] - bh.rows[0], bw.rows[1] - bw.rows[0], bh.pad, bw.pad)
+    return {(n, bh.rows[1] - bh.rows[0] + sum(bh.pad), bw.rows[1] - bw.rows[0] + sum(bw.pad))
             for n in set(xd.chunks[0]) for bh, bw in itertools.product(hb, wb)}
 
 

@@ -4,8 +4,9 @@ Layout: NCHW, chunked along the batch (N) and the image (H, W), channels whole i
 The output block of input chunk ``(n, h, w)`` holds the outputs at its rows and columns divided
 by the stride (`convolab.dask.halo.window_blocks`); its task gathers the rows and columns its
 windows read -- its share of the chunk plus a halo of ``dilation (R - 1)`` rows and columns
-from the chunks around it, however many that takes -- and convolves them with the whole
-convolution's padding on the sides that touch the array's border, none elsewhere.
+from the chunks around it, however many that takes (each such slice a task of its own, run
+where its chunk lives: `halo.piece`), with the whole convolution's zero padding on the sides
+that touch the array's border, into one array it reuses, and convolves that without padding.
 
 Each output element is then computed once, from the same input values, the same weights and
 the same zero padding as in `convolab.conv2d` on the whole array, so an algorithm whose
@@ -22,7 +23,6 @@ along H and W, the uneven last chunk).
 
 from __future__ import annotations
 
-import operator
 import threading
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -37,7 +37,7 @@ from ..api import plan as make_plan
 from ..errors import ConvError, UnsupportedError
 from ..spec import ConvSpec
 from .cluster import check_task_bytes, task_budget
-from .halo import Block, out_chunks, window_blocks
+from .halo import Block, out_chunks, piece, window_blocks
 
 #: plans a worker process keeps (least recently used dropped first)
 PLAN_CACHE_SIZE = 64
@@ -98,26 +98,48 @@ def _block_plan(weights: _Weights, cfg: _Config, shape: tuple, pads: tuple):
         return p
 
 
-def _gather(grid) -> np.ndarray:
-    """Rows of pieces (each a list of NCHW arrays side by side along W) -> one array."""
-    if len(grid) == 1 and len(grid[0]) == 1:
-        return grid[0][0]
-    return np.block(grid)
+_local = threading.local()
+
+
+def _gather(grid, pads: tuple, dtype) -> np.ndarray:
+    """Rows of pieces (each a list of NCHW arrays side by side along W) -> one array of
+    ``dtype`` with the zero padding ``pads`` (left, right, top, bottom) around them, in a
+    buffer this thread reuses from block to block: the block's convolution then needs no
+    padded copy of its own, and no fresh block-sized array is faulted in for every task (a 64
+    MiB block: 13 ms for `np.block` into a fresh array, 6 ms into a reused one, then direct's
+    padded copy at the array's borders)."""
+    pl, pr, pt, pb = pads
+    h = sum(row[0].shape[2] for row in grid) + pt + pb
+    w = sum(p.shape[3] for p in grid[0]) + pl + pr
+    shape = (grid[0][0].shape[0], grid[0][0].shape[1], h, w)
+    size = int(np.prod(shape))
+    buf = getattr(_local, "buf", None)
+    if buf is None or buf.dtype != dtype or buf.size < size:
+        buf = _local.buf = np.empty(size, dtype=dtype)
+    x = buf[:size].reshape(shape)
+    x[:, :, :pt] = 0
+    x[:, :, h - pb:] = 0
+    x[:, :, :, :pl] = 0
+    x[:, :, :, w - pr:] = 0
+    r0 = pt
+    for row in grid:
+        c0 = pl
+        for p in row:
+            x[:, :, r0:r0 + p.shape[2], c0:c0 + p.shape[3]] = p
+            c0 += p.shape[3]
+        r0 += row[0].shape[2]
+    return x
 
 
 def _conv_block(weights: _Weights, cfg: _Config, grid, pads) -> np.ndarray:
-    x = _gather(grid).astype(cfg.dtype, copy=False)
-    return _block_plan(weights, cfg, x.shape, pads)(x)
+    x = _gather(grid, pads, np.dtype(cfg.dtype))
+    return _block_plan(weights, cfg, x.shape, (0, 0, 0, 0))(x)
 
 
-def _piece(name, idx: tuple, chunk_shape: tuple, rows: tuple, cols: tuple):
-    """The task that takes rows ``rows`` and columns ``cols`` of chunk ``idx`` (the chunk itself
-    when that is all of it)."""
+def _piece(dsk: dict, name: str, x_name, idx: tuple, chunk_shape: tuple, rows: tuple, cols: tuple):
+    """The key of rows ``rows`` and columns ``cols`` of chunk ``idx`` (`halo.piece`)."""
     (_, r0, r1), (_, c0, c1) = rows, cols
-    key = (name, *idx)
-    if (r0, r1) == (0, chunk_shape[0]) and (c0, c1) == (0, chunk_shape[1]):
-        return key
-    return (operator.getitem, key, (slice(None), slice(None), slice(r0, r1), slice(c0, c1)))
+    return piece(dsk, name, (x_name, *idx), 2, ((r0, r1), (c0, c1)), chunk_shape)
 
 
 def _block_spec(spec: ConvSpec, n: int, bh: Block, bw: Block) -> ConvSpec:
@@ -219,7 +241,8 @@ def conv2d(x, w, bias=None, stride=1, padding=0, dilation=1, groups=1, *, algori
         for p, bh in enumerate(bhs):
             for q, bw in enumerate(bws):
                 grid = [
-                    [_piece(x.name, (i, 0, rh[0], cw[0]), (hb[0][rh[0]], hb[1][cw[0]]), rh, cw)
+                    [_piece(dsk, name, x.name, (i, 0, rh[0], cw[0]), (hb[0][rh[0]], hb[1][cw[0]]),
+                            rh, cw)
                      for cw in bw.pieces]
                     for rh in bh.pieces
                 ]

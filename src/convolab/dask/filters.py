@@ -39,7 +39,6 @@ one-process filter on ``(h + 2 r)(w + 2 r)`` pixels.
 from __future__ import annotations
 
 import math
-import operator
 from dataclasses import dataclass
 
 import dask.array as da
@@ -55,7 +54,7 @@ from ..highdim.permutohedral import LATTICE_SCALE
 from ..highdim.permutohedral import MAX_D as LATTICE_MAX_D
 from .cluster import check_task_bytes, task_budget
 from .conv import check_input
-from .halo import Block, centred_blocks, out_chunks
+from .halo import Block, centred_blocks, out_chunks, piece
 
 #: the methods a dask image filter offers
 METHODS = ("permutohedral", "exact")
@@ -257,8 +256,8 @@ def _filter(image, guide, sigma_spatial, sigma_color, method, memory_limit, radi
     dsk = {}
     for p, bh in enumerate(bhs):
         for q, bw in enumerate(bws):
-            img_grid = _grid(image, bh, bw)
-            guide_grid = None if guide is None else _grid(guide, bh, bw)
+            img_grid = _grid(dsk, name, image, bh, bw)
+            guide_grid = None if guide is None else _grid(dsk, f"{name}-guide", guide, bh, bw)
             core = ((bh.out[0] - bh.rows[0], bh.out[1] - bh.rows[0]),
                     (bw.out[0] - bw.rows[0], bw.out[1] - bw.rows[0]))
             idx = (p, q) + ((0,) if image.ndim == 3 else ())
@@ -270,17 +269,15 @@ def _filter(image, guide, sigma_spatial, sigma_color, method, memory_limit, radi
     return da.Array(graph, name, chunks, meta=np.empty((0,) * image.ndim, dtype=dt))
 
 
-def _grid(x, bh: Block, bw: Block):
-    """The pieces of ``x`` block (bh, bw) reads, as rows of tasks."""
+def _grid(dsk: dict, name: str, x, bh: Block, bw: Block):
+    """The pieces of ``x`` block (bh, bw) reads, as rows of keys (`halo.piece`)."""
     rows = []
     for jh, r0, r1 in bh.pieces:
         row = []
         for jw, c0, c1 in bw.pieces:
             key = (x.name, jh, jw) + ((0,) if x.ndim == 3 else ())
-            if (r0, r1) == (0, x.chunks[0][jh]) and (c0, c1) == (0, x.chunks[1][jw]):
-                row.append(key)
-            else:
-                row.append((operator.getitem, key, (slice(r0, r1), slice(c0, c1))))
+            row.append(piece(dsk, name, key, 0, ((r0, r1), (c0, c1)),
+                             (x.chunks[0][jh], x.chunks[1][jw])))
         rows.append(row)
     return rows
 
