@@ -49,13 +49,16 @@ def add_threads(parser: argparse.ArgumentParser, what: str, default: int | None 
     parser.add_argument("--threads", type=int, default=default, help=f"{what} (default: {shown})")
 
 
-def add_dask(parser: argparse.ArgumentParser, tasks: str) -> None:
+def add_dask(parser: argparse.ArgumentParser, tasks: str, scheduler_note: str = "",
+             local_note: str = "") -> None:
     """``--scheduler ADDRESS`` or ``--dask`` (``args.scheduler``, ``args.dask``; at most one):
     ``tasks`` (e.g. "run the cases") as tasks on that Dask scheduler or on a local Dask cluster
-    (the dask extra, `convolab.dask.sweeps.client`)."""
+    (the dask extra, `convolab.dask.sweeps.client`); the notes follow each option's help."""
     g = parser.add_mutually_exclusive_group()
-    g.add_argument("--scheduler", metavar="ADDRESS", help=f"{tasks} as tasks on this Dask scheduler")
-    g.add_argument("--dask", action="store_true", help=f"{tasks} as tasks on a local Dask cluster")
+    g.add_argument("--scheduler", metavar="ADDRESS",
+                   help=f"{tasks} as tasks on this Dask scheduler{scheduler_note}")
+    g.add_argument("--dask", action="store_true",
+                   help=f"{tasks} as tasks on a local Dask cluster{local_note}")
 
 
 def _plain(o):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ._common import add_json, progress_bar, write_json
+from ._common import add_dask, add_json, add_threads, progress_bar, write_json
 from ._common import console as make_console
 
 
@@ -13,12 +13,8 @@ def add_parser(sub) -> None:
         "calibrate",
         help="measure GEMM rate, memory bandwidth, call overhead and each algorithm's rate for algorithm='auto'",
     )
-    p.add_argument("--threads", type=int, default=None, help="thread count to calibrate for (default: all)")
-    g = p.add_mutually_exclusive_group()
-    g.add_argument("--scheduler", metavar="ADDRESS",
-                   help="time the layers as tasks on this Dask scheduler's workers (one per machine)")
-    g.add_argument("--dask", action="store_true",
-                   help="time the layers as tasks on a local Dask cluster (workers of --threads threads)")
+    add_threads(p, "thread count to calibrate for")
+    add_dask(p, "time the layers", "'s workers (one per machine)", " (workers of --threads threads)")
     add_json(p, "the measured constants and each algorithm's rates")
     p.set_defaults(func=run)
 

@@ -17,7 +17,7 @@ import sys
 from dataclasses import dataclass
 
 from ..errors import ConvError
-from ._common import add_json, progress_bar, write_json
+from ._common import add_dask, add_json, progress_bar, write_json
 from ._common import console as make_console
 
 
@@ -58,9 +58,7 @@ def add_parser(sub) -> None:
                    help="oneDNN ISA limits for PyTorch, each at 1 and 2 threads")
     add_json(s, "per-layer results")
     s.add_argument("--layers", action="store_true", help="print every layer, not just the summary")
-    g = s.add_mutually_exclusive_group()
-    g.add_argument("--scheduler", metavar="ADDRESS", help="run the layers as tasks on this Dask scheduler")
-    g.add_argument("--dask", action="store_true", help="run the layers as tasks on a local Dask cluster")
+    add_dask(s, "run the layers")
     s.set_defaults(func=run_sweep)
 
     d = dsub.add_parser("determinism", help="PyTorch's classes vs convolab's on common layers")
