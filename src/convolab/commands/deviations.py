@@ -9,6 +9,9 @@ Sub-commands:
   with PyTorch's classes named by the emulated orders that reproduce them.
 - ``network``: propagation through a real pretrained CNN on real photographs
   (`convolab.numerics.propagation`).
+
+Size: the three sub-commands of one command, each parse -> compute -> render, sharing their
+option parsers and the JSON output.
 """
 
 from __future__ import annotations

@@ -7,6 +7,9 @@ levels, ciphertext-bootstraps, the modelled latency split (`convolab.he.latency`
 sensitivity to the bootstrap cost. ``he-bench`` measures the per-operation costs the latency
 model uses (TenSEAL, N = 2^16, each remaining level, weights encoded beforehand), or with
 ``--mode layers`` times one layer of each ResNet-20 type for each scheme.
+
+Size: the two HE commands (``he-plan``, ``he-bench``), each parse -> compute -> render,
+sharing the level and layer-type helpers.
 """
 
 from __future__ import annotations

@@ -12,6 +12,9 @@ it (`compute`, `compute_bench`: plain data, nothing printed) and renders.
 ``convolab hsi --bench`` times preprocessing (PCA, SLIC scales, graphs), training (one epoch
 and ``--epochs`` epochs of the full model) and full-scene inference (the compiled model
 through `convolab.conv2d`, and torch for comparison), with ``--threads`` threads.
+
+Size: one command's parse, compute and render, and its ``bench`` mode, which share the scene
+set-up (`prepare_scene`) and the configuration.
 """
 
 from __future__ import annotations

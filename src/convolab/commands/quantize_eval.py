@@ -20,6 +20,8 @@ For each row: top-1 agreement with the float32 network and the relative logit er
 ``||l_q - l_fp32||_2 / ||l_fp32||_2`` (mean and max over images). A second table isolates the
 target layers: each variant on the float inputs those layers see, relative RMS error of its
 output against the float64 convolution (geometric mean and max over the target layers).
+
+Size: one command's parse, image sets, compute and render.
 """
 
 from __future__ import annotations

@@ -42,6 +42,9 @@ every convolution's decrypted output against `convolab.reference.conv2d` of its 
 input, and the final feature map against the plaintext network with the same polynomial
 activations. `convolab.he.costs` predicts the same operation counts from formulas (for the
 planner's search) and the tests check both agree.
+
+Size: the HyPHEN-style network and the baseline share the layer list, the level budget, the
+bootstrap placement and one `Runner`; kept together, their counts are made the same way.
 """
 
 from __future__ import annotations

@@ -48,6 +48,10 @@ a 0/1 mask folded into the weight plaintexts. Costs for a 3x3 layer (8 non-centr
 A product whose plaintext is all zero (e.g. a vertical tap of a one-row map) is skipped and
 not counted, and a rotation is only done when its result is used; in a ciphertext list,
 None stands for a ciphertext of zeros.
+
+Size: the four schedules share the tap geometry (`_taps`, `_setup`), the layouts' slot
+indices and the cost formulas their tests check them against; split by schedule, each would
+re-derive them.
 """
 
 from __future__ import annotations

@@ -43,6 +43,11 @@ the thread count.
 
 Numba caches compiled code per source file: `worker` carries the code of the microkernel and
 the depthwise task from `convolab.kernels` (the cache stamps cover that package's files).
+
+Size: the worker and its operators are one module on purpose: Numba inlines the operators
+(``inline="always"``) into `worker` and caches its compiled code per source file; the row
+fields (``F_*``) that `convolab.runtime.program` writes and the `Team` that runs the worker
+belong with them.
 """
 
 from __future__ import annotations
