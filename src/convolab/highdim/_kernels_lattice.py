@@ -59,32 +59,6 @@ def vertex(base, rank, r, key):  # pragma: no cover - compiled
         key[i] = base[i] + r - (d + 1) * (rank[i] > d - r)
 
 
-@njit(cache=True, nogil=True, inline="always")
-def _same_key(lat_keys, e, key, d):  # pragma: no cover - compiled
-    """Whether lattice point ``e`` is keyed ``key``."""
-    for i in range(d):
-        if lat_keys[e, i] != key[i]:
-            return False
-    return True
-
-
-@njit(cache=True, nogil=True, inline="always")
-def _find_or_add(key, table, lat_keys, d, h, m):  # pragma: no cover - compiled
-    """Index of ``key`` probing from slot ``h`` on; a key not in the table becomes lattice
-    point ``m``. Returns ``(index, m)``, ``m`` one more when the key was added."""
-    mask = np.uint64(table.size - 1)
-    while True:
-        e = table[h]
-        if e < 0:
-            table[h] = m
-            for i in range(d):
-                lat_keys[m, i] = key[i]
-            return m, m + 1
-        if _same_key(lat_keys, e, key, d):
-            return e, m
-        h = (h + np.uint64(1)) & mask
-
-
 @njit(parallel=True, cache=True, nogil=True)
 def embed(pos, shift, factor, base, rank_out, bary, hashes, dirs):  # pragma: no cover - compiled
     """Simplex of each point of ``(pos - shift) * factor``.
@@ -211,8 +185,25 @@ def insert(base, rank, hashes, table, lat_keys, offsets, start, m, sink):  # pra
                 if same:
                     offsets[t, r] = offsets[t - 1, r]
                     continue
-            e, m = _find_or_add(key, table, lat_keys, d, hashes[t, r] & mask, m)
-            offsets[t, r] = e
+            h = hashes[t, r] & mask
+            while True:
+                e = table[h]
+                if e < 0:
+                    table[h] = m
+                    for i in range(d):
+                        lat_keys[m, i] = key[i]
+                    offsets[t, r] = m
+                    m += 1
+                    break
+                same = True
+                for i in range(d):
+                    if lat_keys[e, i] != key[i]:
+                        same = False
+                        break
+                if same:
+                    offsets[t, r] = e
+                    break
+                h = (h + np.uint64(1)) & mask
     sink[0] += acc
     return n, m
 
@@ -244,8 +235,25 @@ def merge(keys, start, table, lat_keys, m, remap, sink):  # pragma: no cover - c
             if f >= 0:
                 acc += lat_keys[f, 0]
         for e in range(e0, e1):
-            f, m = _find_or_add(keys[e], table, lat_keys, d, hs[e - e0], m)
-            remap[e] = f
+            h = hs[e - e0]
+            while True:
+                f = table[h]
+                if f < 0:
+                    table[h] = m
+                    for i in range(d):
+                        lat_keys[m, i] = keys[e, i]
+                    remap[e] = m
+                    m += 1
+                    break
+                same = True
+                for i in range(d):
+                    if lat_keys[f, i] != keys[e, i]:
+                        same = False
+                        break
+                if same:
+                    remap[e] = f
+                    break
+                h = (h + np.uint64(1)) & mask
     sink[0] += acc
     return mb, m
 
@@ -291,7 +299,12 @@ def _find_from(key, table, lat_keys, d, h):  # pragma: no cover - compiled
         e = table[h]
         if e < 0:
             return -1
-        if _same_key(lat_keys, e, key, d):
+        same = True
+        for i in range(d):
+            if lat_keys[e, i] != key[i]:
+                same = False
+                break
+        if same:
             return e
         h = (h + np.uint64(1)) & mask
 
@@ -350,8 +363,12 @@ def neighbours(table, lat_keys, m, radius, nbr):  # pragma: no cover - compiled
                 cand[a] = table[hs[a]]
             for a in range(nq):
                 f = cand[a]
-                if f >= 0 and not _same_key(lat_keys, f, keys[a], d):
-                    f = _find_from(keys[a], table, lat_keys, d, (hs[a] + np.uint64(1)) & mask)
+                if f >= 0:
+                    for i in range(d):
+                        if lat_keys[f, i] != keys[a, i]:
+                            f = _find_from(keys[a], table, lat_keys, d,
+                                           (hs[a] + np.uint64(1)) & mask)
+                            break
                 if f >= 0:
                     u = todo[a]
                     j = u // radius
