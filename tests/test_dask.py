@@ -364,3 +364,11 @@ def test_graph_estimate():
     rows = estimate.scaling(s, [1, 2, 4, 16, 32], rate_gflops=10, bandwidth_gbs=100, overhead_s=0)
     assert [r["waves"] for r in rows] == [16, 8, 4, 1, 1]
     assert rows[-1]["speedup"] == rows[-2]["speedup"] == pytest.approx(16)
+
+
+def test_local_cluster_work_stealing_off_unless_asked():
+    """`local_cluster` starts its scheduler without work stealing (a stolen block takes its
+    input chunk along) unless ``work_stealing=True``."""
+    for ws in (False, True):
+        with cd.local_cluster(n_workers=1, memory_limit="1GiB", work_stealing=ws) as cluster:
+            assert ("stealing" in cluster.scheduler.extensions) is ws

@@ -26,7 +26,7 @@ def _mib(n: float) -> str:
 
 
 def local_cluster(n_workers: int | None = None, threads_per_worker: int = 1, memory_limit="auto",
-                  **kwargs):
+                  work_stealing: bool = False, **kwargs):
     """A `distributed.LocalCluster` of worker processes whose convolutions run on
     ``threads_per_worker`` threads each.
 
@@ -38,6 +38,11 @@ def local_cluster(n_workers: int | None = None, threads_per_worker: int = 1, mem
         Tasks a worker runs at once, and the thread count of each task's convolution.
     memory_limit : str, int or float
         Per worker, as `distributed.LocalCluster` takes it (``"512MiB"``, bytes, ``"auto"``).
+    work_stealing : bool
+        Let the scheduler move queued tasks to idle workers (Dask's default is on). Off by
+        default here: a block of `convolab.dask.conv2d` is placed with its input chunk, and a
+        stolen one takes that chunk along (64 MiB for a 512 x 512 x 64 block: 2 s of transfers
+        in one of three runs of the 4096 x 4096 overhead benchmark on two workers).
     **kwargs
         Passed to `distributed.LocalCluster` (``dashboard_address`` defaults to None: none).
 
@@ -55,8 +60,11 @@ def local_cluster(n_workers: int | None = None, threads_per_worker: int = 1, mem
     env = dict(kwargs.pop("env", {}))
     env.setdefault("NUMBA_NUM_THREADS", str(threads_per_worker))
     kwargs.setdefault("dashboard_address", None)
-    return LocalCluster(n_workers=n_workers, threads_per_worker=threads_per_worker, processes=True,
-                        memory_limit=memory_limit, env=env, **kwargs)
+    import dask
+
+    with dask.config.set({"distributed.scheduler.work-stealing": bool(work_stealing)}):
+        return LocalCluster(n_workers=n_workers, threads_per_worker=threads_per_worker,
+                            processes=True, memory_limit=memory_limit, env=env, **kwargs)
 
 
 def current_client():
