@@ -1108,11 +1108,42 @@ def test_a_layer_leaves_the_executor_only_for_more_than_its_leaving_costs(monkey
     monkeypatch.setattr(select, "machine", lambda: machine)
     for direct_s, best_s, want in ((1.42e-3, 0.903e-3, "direct"), (10.85e-3, 6.49e-3, "auto"),
                                    (1.42e-3, 0.5e-3, "auto")):
-        # (an algorithm the executor does not run: Winograd / SFC may run inside it,
-        # `test_auto_runs_a_bilinear_layer_in_the_executor_where_predicted_faster`)
-        ranking = [select.Choice("im2win", True, "", best_s),
-                   select.Choice("direct", True, "", direct_s)]
-        monkeypatch.setattr(select, "rank", lambda spec, r=ranking, **kw: r)
-        monkeypatch.setattr(select, "predict_seconds",
-                            lambda algo, spec, m, t=direct_s: t + m.call_seconds)
+        # (an algorithm the executor does not run: Winograd / SFC may run inside it, below)
+        _predict(monkeypatch, "im2win", best_s, direct_s)
         assert P._prefer_executor(spec, {}, 2) == want, (direct_s, best_s)
+
+
+def _predict(monkeypatch, best: str, best_s: float, direct_s: float) -> None:
+    """`select.rank` ranks ``best`` (``best_s`` seconds) before direct (``direct_s``), and
+    `select.predict_seconds` gives the executor's direct kernel ``direct_s`` plus one call."""
+    from convolab import select
+
+    ranking = [select.Choice(best, True, "", best_s), select.Choice("direct", True, "", direct_s)]
+    monkeypatch.setattr(select, "rank", lambda spec, r=ranking, **kw: r)
+    monkeypatch.setattr(select, "predict_seconds",
+                        lambda algo, spec, m, t=direct_s: t + m.call_seconds)
+
+
+def test_auto_runs_a_bilinear_layer_in_the_executor_where_predicted_faster(monkeypatch):
+    """`auto` names a Winograd / SFC algorithm the executor runs (`program._bilinear_inside`)
+    where it is predicted `BILINEAR_FACTOR` times faster than the executor's direct kernel (no
+    cost of leaving counted); narrower layers (point GEMMs not on the microkernel) still weigh
+    the cost of leaving."""
+    import dataclasses
+
+    from convolab import select
+    from convolab.runtime import program as P
+    from convolab.spec import ConvSpec
+
+    machine = dataclasses.replace(select.machine(), call_seconds=0.1e-3)
+    monkeypatch.setattr(select, "machine", lambda: machine)
+    wide = ConvSpec.from_shapes((1, 256, 14, 14), (256, 256, 3, 3), padding=1, dtype=np.float32)
+    narrow = ConvSpec.from_shapes((1, 32, 14, 14), (32, 32, 3, 3), padding=1, dtype=np.float32)
+    assert P._bilinear_inside("winograd_f2x3", wide) and not P._bilinear_inside("winograd_f2x3", narrow)
+    for spec, direct_s, best_s, want in (
+            (wide, 1.42e-3, 0.90e-3, "winograd_f2x3"),  # 1.15 x 0.80 < 1.42
+            (wide, 1.42e-3, 1.35e-3, "direct"),  # 1.15 x 1.25 > 1.42
+            (narrow, 1.42e-3, 0.90e-3, "direct"),  # leaving costs more than it saves
+            (narrow, 1.42e-3, 0.40e-3, "auto")):
+        _predict(monkeypatch, "winograd_f2x3", best_s, direct_s)
+        assert P._prefer_executor(spec, {}, 2) == want, (spec, best_s)

@@ -647,34 +647,6 @@ def test_bilinear_layers_run_in_the_executor_with_the_algorithms_bits(algorithm,
     assert np.array_equal(outs[1], ref)
 
 
-def test_auto_runs_a_bilinear_layer_in_the_executor_where_predicted_faster(monkeypatch):
-    """`auto` names a Winograd / SFC algorithm the executor runs (`program._bilinear_inside`)
-    where it is predicted `BILINEAR_FACTOR` times faster than the executor's direct kernel (no
-    cost of leaving counted); narrower layers (point GEMMs not on the microkernel) still weigh
-    the cost of leaving."""
-    import dataclasses
-
-    from convolab import select
-    from convolab.spec import ConvSpec
-
-    machine = dataclasses.replace(select.machine(), call_seconds=0.1e-3)
-    monkeypatch.setattr(select, "machine", lambda: machine)
-    wide = ConvSpec.from_shapes((1, 256, 14, 14), (256, 256, 3, 3), padding=1, dtype=np.float32)
-    narrow = ConvSpec.from_shapes((1, 32, 14, 14), (32, 32, 3, 3), padding=1, dtype=np.float32)
-    assert P._bilinear_inside("winograd_f2x3", wide) and not P._bilinear_inside("winograd_f2x3", narrow)
-    for spec, direct_s, best_s, want in (
-            (wide, 1.42e-3, 0.90e-3, "winograd_f2x3"),  # 1.15 x 0.80 < 1.42
-            (wide, 1.42e-3, 1.35e-3, "direct"),  # 1.15 x 1.25 > 1.42
-            (narrow, 1.42e-3, 0.90e-3, "direct"),  # leaving costs more than it saves
-            (narrow, 1.42e-3, 0.40e-3, "auto")):
-        ranking = [select.Choice("winograd_f2x3", True, "", best_s),
-                   select.Choice("direct", True, "", direct_s)]
-        monkeypatch.setattr(select, "rank", lambda spec, r=ranking, **kw: r)
-        monkeypatch.setattr(select, "predict_seconds",
-                            lambda algo, spec, m, t=direct_s: t + m.call_seconds)
-        assert P._prefer_executor(spec, {}, 2) == want, (spec, best_s)
-
-
 def test_a_bilinear_layer_with_a_large_transformed_filter_stays_out_of_image_major_runs(monkeypatch):
     """Inside an image-major run a bilinear operator reads its transformed filter once per image:
     only filters up to `IMAGE_MAJOR_BILINEAR_BYTES` join (the run then ends before it)."""
