@@ -671,16 +671,23 @@ def _program(m: CompiledModel, st: _State, seg: _Segment, root, off, pads) -> No
 
 #: tile rows per thread from which a bilinear operator hands out whole chunks of tiles (a
 #: multiple of the threads); with fewer, every thread runs every chunk for its share of the
-#: k-blocks (its input transform done by each)
+#: k-blocks (its input transform done by each) ...
 BILINEAR_DEAL_ROWS = 4
+#: ... unless there are at least this many tiles per output channel: dealt out, each thread
+#: reads the whole transformed filter (P C K floats), split by k-blocks each repeats the input
+#: transform (P C floats per tile). ResNet-50 batch 1, 2 threads, each layer inside the run:
+#: SFC-4 128@28 (49 tiles, K 128) 0.61-0.74 ms dealt from single tile rows against 0.70-0.85
+#: split by k-blocks; F(2x2,3x3) 512@7 (16 tiles, K 512) 1.10-1.16 dealt against 0.77-0.83;
+#: 256@14 (49 tiles, K 256) within 3%
+BILINEAR_DEAL_TILES_PER_K = 0.25
 
 
-def _bilinear_split(N: int, TH: int, TW: int, nkb: int, P: int) -> tuple[int, int]:
+def _bilinear_split(N: int, TH: int, TW: int, nkb: int, P: int, K: int) -> tuple[int, int]:
     """(tile rows per chunk, shares of the k-blocks) of a bilinear operator on ``N`` images
-    and ``P`` threads."""
+    and ``P`` threads, ``K`` output channels."""
     rows = N * TH
     cr = max(1, min(rows, bilinear.CHUNK_TILES // TW))
-    if rows >= BILINEAR_DEAL_ROWS * P:
+    if rows >= BILINEAR_DEAL_ROWS * P or (rows >= P and rows * TW >= BILINEAR_DEAL_TILES_PER_K * K):
         nch0 = -(-rows // cr)
         nch = -(-nch0 // P) * P
         return -(-rows // nch), 1
@@ -700,7 +707,7 @@ def _bilinear_row(p, row: np.ndarray, nhwc: int, P: int, put, wb, wlen, ib, ilen
     row[_X.F_WOFF] = put(wt, wb, wlen)
     row[_X.F_A], row[_X.F_B], row[_X.F_C2], row[_X.F_D], row[_X.F_E] = m, TH, TW, pt, pl
     row[_X.F_F] = nhwc
-    row[_X.F_G2], row[_X.F_SH] = _bilinear_split(N, TH, TW, wt.shape[1], P)
+    row[_X.F_G2], row[_X.F_SH] = _bilinear_split(N, TH, TW, wt.shape[1], P, spec.K)
     row[_X.F_DH], row[_X.F_DW] = wt.shape[0], wt.shape[3]
     c = prep.consts
     (ip, ii, iv), (op, oi, ov) = c.s_in, c.s_out
