@@ -266,3 +266,12 @@ def test_each_threading_mode_alone(monkeypatch, mode, threads, mk):
     said = "serial" if threads == 1 and forced.mode == "phases" else forced.mode
     assert f", {said}: " in prep.kernel(threads) and (mode == said or mode in ("serial", "phases"))
     assert prep.kernel(threads).startswith("microkernel GEMMs" if prep.mk else "BLAS GEMMs")
+
+
+def test_variants_state_their_engines_kernel_size():
+    """`VARIANTS` names each variant's kernel size, which answers ``supports`` without building
+    the exact transforms: it must be the engine's."""
+    for name, (_, _, r) in bilinear.VARIANTS.items():
+        assert bilinear.engine(name).r == r, name
+        spec = ConvSpec.from_shapes((1, 4, 9, 9), (4, 4, r + 2, r + 2), padding=1)
+        assert "kernel must be" in convolab.registry.get(name).supports(spec)

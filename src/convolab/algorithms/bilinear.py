@@ -93,20 +93,22 @@ MK_MIN_USE = 0.75
 _WARM = ("import numpy as np, convolab; convolab.conv2d(np.ones((1, 128, 4, 4), '{dtype}'), "
          "np.ones((32, 128, 3, 3), '{dtype}'), padding=1, algorithm='winograd_f2x3')")
 
-#: registered variants: name -> (factory of the exact algorithm, summary)
+#: registered variants: name -> (factory of the exact algorithm, summary, kernel size): the
+#: kernel size answers ``supports`` without building the exact transforms (SFC-6(6x6,5x5)'s
+#: took 0.5 s of a first ``auto`` plan of 3x3 layers, which it cannot run)
 VARIANTS = {
-    "winograd_f2x3": (lambda: winograd_2d(2, 3), "Winograd F(2x2,3x3): 16 products per 2x2 tile"),
-    "winograd_f4x3": (lambda: winograd_2d(4, 3), "Winograd F(4x4,3x3): 36 products per 4x4 tile"),
-    "winograd_f6x3": (lambda: winograd_2d(6, 3), "Winograd F(6x6,3x3): 64 products per 6x6 tile"),
-    "winograd_f2x5": (lambda: winograd_2d(2, 5), "Winograd F(2x2,5x5): 36 products per 2x2 tile"),
-    "sfc4_4x3": (lambda: sfc_2d(4, 4, 3), "SFC-4(4x4,3x3) native: 46 products per 4x4 tile"),
-    "sfc6_6x3": (lambda: sfc_2d(6, 6, 3), "SFC-6(6x6,3x3) native: 88 products per 6x6 tile"),
+    "winograd_f2x3": (lambda: winograd_2d(2, 3), "Winograd F(2x2,3x3): 16 products per 2x2 tile", 3),
+    "winograd_f4x3": (lambda: winograd_2d(4, 3), "Winograd F(4x4,3x3): 36 products per 4x4 tile", 3),
+    "winograd_f6x3": (lambda: winograd_2d(6, 3), "Winograd F(6x6,3x3): 64 products per 6x6 tile", 3),
+    "winograd_f2x5": (lambda: winograd_2d(2, 5), "Winograd F(2x2,5x5): 36 products per 2x2 tile", 5),
+    "sfc4_4x3": (lambda: sfc_2d(4, 4, 3), "SFC-4(4x4,3x3) native: 46 products per 4x4 tile", 3),
+    "sfc6_6x3": (lambda: sfc_2d(6, 6, 3), "SFC-6(6x6,3x3) native: 88 products per 6x6 tile", 3),
     "sfc6_6x3_nested": (
         lambda: sfc_2d(6, 6, 3, native=False),
-        "SFC-6(6x6,3x3) nested: 100 products per 6x6 tile",
+        "SFC-6(6x6,3x3) nested: 100 products per 6x6 tile", 3,
     ),
-    "sfc6_7x3": (lambda: sfc_2d(6, 7, 3), "SFC-6(7x7,3x3) native: 132 products per 7x7 tile"),
-    "sfc6_6x5": (lambda: sfc_2d(6, 6, 5), "SFC-6(6x6,5x5) native: 184 products per 6x6 tile"),
+    "sfc6_7x3": (lambda: sfc_2d(6, 7, 3), "SFC-6(7x7,3x3) native: 132 products per 7x7 tile", 3),
+    "sfc6_6x5": (lambda: sfc_2d(6, 6, 5), "SFC-6(6x6,5x5) native: 184 products per 6x6 tile", 5),
 }
 
 
@@ -281,7 +283,13 @@ def tiles(spec: ConvSpec, m: int) -> tuple[int, int]:
     return -(-spec.OH // m), -(-spec.OW // m)
 
 
-def supports_for(alg: Bilinear2D | Engine, spec: ConvSpec):
+class _KernelSize(NamedTuple):
+    """What `supports_for` reads of an algorithm: its kernel size."""
+
+    r: int
+
+
+def supports_for(alg: Bilinear2D | Engine | _KernelSize, spec: ConvSpec):
     """None when ``alg`` (an exact algorithm or its `Engine`) can run ``spec``, else the
     reason."""
     if spec.stride != (1, 1):
@@ -772,7 +780,7 @@ def _make(name: str) -> Algorithm:
     summary = VARIANTS[name][1]
     return Algorithm(
         name=name,
-        supports=lambda spec: supports_for(engine(name), spec),
+        supports=lambda spec: supports_for(_KernelSize(VARIANTS[name][2]), spec),
         prepare=lambda spec, w: prepare_for(engine(name), spec, w),
         run=run_prepared,
         workspace_bytes=lambda spec: workspace_for(engine(name), spec),
