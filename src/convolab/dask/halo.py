@@ -32,6 +32,8 @@ from __future__ import annotations
 import operator
 from dataclasses import dataclass
 
+import numpy as np
+
 from ..errors import ConvError
 
 
@@ -175,18 +177,39 @@ def halo_rows(blocks) -> int:
 
 
 
+@dataclass
+class _Strips:
+    """The parts of one chunk that blocks read as halo: ``lead`` whole leading axes, then one
+    ``((lo, hi), ...)`` per part (filled while the graph is built; opaque to Dask)."""
+
+    lead: int
+    bounds: list
+
+
+def _cut(chunk, strips: _Strips) -> tuple:
+    """Contiguous copies of a chunk's halo parts, in ``strips.bounds`` order."""
+    return tuple(np.ascontiguousarray(chunk[(slice(None),) * strips.lead
+                                            + tuple(slice(lo, hi) for lo, hi in b)])
+                 for b in strips.bounds)
+
+
 def piece(dsk: dict, name: str, key: tuple, lead: int, bounds: tuple, full: tuple):
-    """The key of chunk ``key``'s part that a block task reads: ``lead`` whole leading axes,
-    then ``[lo, hi)`` of each following axis (``bounds``, the chunk's extents ``full``); the
-    chunk's own key when that is all of it. A part is a task of its own in ``dsk``, named after
-    ``name`` and its bounds and shared by every block that reads it: Dask then slices where the
-    chunk lives and moves only the part between workers. Written inline in the block's task,
-    the whole chunk went to the block's worker -- for a 3x3 convolution of 64 x 512 x 512
-    chunks, up to eight 64 MiB chunks for 0.4 MiB of halo (a 2048 x 2048 image on two
-    workers: 1.1-4.0 s of transfers per run, `tools/dask_overhead.py`)."""
+    """What a block task reads of chunk ``key``: ``lead`` whole leading axes, then ``[lo, hi)``
+    of each following axis (``bounds``, the chunk's extents ``full``); the chunk's own key when
+    that is all of it. Else one task per chunk (named after ``name`` and the chunk) cuts every
+    part any block reads of it, where the chunk lives, and a block takes its part out of that
+    task's small result: Dask then moves only halo strips between workers. Written inline in the
+    block's task, a slice had moved the whole chunk to the block's worker -- for a 3x3
+    convolution of 64 x 512 x 512 chunks, up to eight 64 MiB chunks for 0.4 MiB of halo (a 2048 x
+    2048 image on two workers: 1.1-4.0 s of transfers per run, `tools/dask_overhead.py`); a task
+    per slice instead made 549 tasks of the 4096 x 4096 benchmark's 64 blocks, now 193."""
     if all(lo == 0 and hi == n for (lo, hi), n in zip(bounds, full, strict=True)):
         return key
-    k = (f"{name}-halo", *key[1:], *(v for b in bounds for v in b))
-    dsk.setdefault(k, (operator.getitem, key,
-                       (slice(None),) * lead + tuple(slice(lo, hi) for lo, hi in bounds)))
-    return k
+    k = (f"{name}-halo", *key[1:])
+    if k not in dsk:
+        dsk[k] = (_cut, key, _Strips(lead, []))
+    strips = dsk[k][2]
+    b = tuple(tuple(v) for v in bounds)
+    if b not in strips.bounds:
+        strips.bounds.append(b)
+    return (operator.getitem, k, strips.bounds.index(b))
