@@ -109,3 +109,23 @@ def test_blocked_depthwise_equals_the_per_plane_kernel(monkeypatch, C, H, W, k, 
     plane = convolab.plan(x.shape, w, **kw)
     assert plane._prepared.packed is None  # the per-plane kernel's
     assert np.array_equal(blocked, plane(x))
+
+
+def test_split_gives_threads_even_shares():
+    # 160 -> 960 at 7x7 on 2 threads: 30 k-blocks x 5 tiles. Cut by bytes alone it ran as 8
+    # ranges of 3 or 4 k-blocks (one thread idle for the last task's difference); the split
+    # now weighs that idle time and cuts 30 into ranges the threads share evenly
+    from convolab.kernels import microkernel as mk
+
+    spec = ConvSpec(1, 160, 7, 7, 960, 1, 1)
+    nkb = -(-spec.K // mk.kb(spec))
+    sp = mk.split(spec, 49, spec.C * 4.0, nkb, 2)
+    assert sp.nkbr * sp.nchunk >= mk.TASKS_PER_THREAD * 2
+    ends = mk._ends(nkb, sp.nkbr)
+    sizes = [e - s for s, e in zip([0] + ends[:-1], ends, strict=True)]
+    assert mk._makespan(sizes * sp.nchunk, 2) * 2 == sum(sizes) * sp.nchunk
+    # the makespan model: tasks taken in order by whichever thread is free first
+    assert mk._makespan([3, 4, 3, 4, 3, 4, 4, 4], 2) == 16 and mk._makespan([5, 1, 1], 1) == 7
+    # a large plane with a small filter is still cut by pixels (the filter read once per chunk)
+    big = ConvSpec(1, 16, 112, 112, 96, 1, 1)
+    assert mk.split(big, 112 * 112, 16 * 4.0, 3, 2).nkbr == 1

@@ -136,9 +136,10 @@ def ort_conv_profile(net, x, threads, runs=30):
     return [ms for ms, op in best.values() if op in ("Conv", "FusedConv")]
 
 
-def profile_minima(session) -> dict[str, tuple[float, str]]:
-    """End ``session``'s ONNX Runtime profile: each node's minimum kernel time (ms) and its
-    operator type, in the order the nodes first ran; the profile file is removed."""
+def profile_minima(session, stat=min) -> dict[str, tuple[float, str]]:
+    """End ``session``'s ONNX Runtime profile: each node's minimum kernel time (ms) (or
+    ``stat`` of its times) and its operator type, in the order the nodes first ran; the
+    profile file is removed."""
     import json
     import os
 
@@ -148,13 +149,14 @@ def profile_minima(session) -> dict[str, tuple[float, str]]:
             events = json.load(f)
     finally:
         os.remove(path)
-    best: dict[str, tuple[float, str]] = {}
+    times: dict[str, list[float]] = {}
+    ops: dict[str, str] = {}
     for e in events:
         if e.get("cat") == "Node" and e["name"].endswith("_kernel_time"):
             k = e["name"][: -len("_kernel_time")]
-            ms = min(best.get(k, (float("inf"), ""))[0], e["dur"] / 1e3)
-            best[k] = (ms, e.get("args", {}).get("op_name", ""))
-    return best
+            times.setdefault(k, []).append(e["dur"] / 1e3)
+            ops[k] = e.get("args", {}).get("op_name", "")
+    return {k: (float(stat(v)), ops[k]) for k, v in times.items()}
 
 if __name__ == "__main__":
     main()
