@@ -11,6 +11,7 @@ from convolab.bench import int8, runner
 from convolab.bench.suites import layer
 from convolab.cli import build_parser, main
 from convolab.errors import ConvError
+from convolab.kernels._int8_fast import ALGORITHMS as FAST
 from convolab.quant import intconv
 
 
@@ -47,7 +48,8 @@ def test_bench_int8_cli_writes_records(tmp_path, monkeypatch, capsys):
     for r in recs.values():
         assert r["dtype"] == "int8" and r["layer"] == "dw 3x3 128@56"
         if r["skipped"]:
-            assert r["impl"] == "torch-quantized"  # the only peer that may refuse a layer
+            # the only peer that may refuse a layer; the fast algorithms skip depthwise
+            assert r["impl"] == "torch-quantized" or r["impl"] in FAST
             continue
         assert r["ms"] > 0 and r["gmacs"] > 0 and r["macs"] == 128 * 56 * 56 * 9
     for m in intconv.METHODS:
@@ -83,11 +85,27 @@ def test_bench_dtype_bad_values():
         _run(["bench", "--dtype", "float16"])
     with pytest.raises(ConvError, match="CPU only"):
         _run(["bench", "--dtype", "int8", "--device", "cuda"])
-    with pytest.raises(ConvError, match="unknown int8 method 'winograd_f2x3'"):
-        int8.resolve_methods("direct,winograd_f2x3")
+    with pytest.raises(ConvError, match="unknown int8 method 'winograd_f4x3'"):
+        int8.resolve_methods("direct,winograd_f4x3")
     with pytest.raises(ConvError, match="unknown int8 peer 'tvm'"):
         int8.resolve_peers("tvm")
-    assert int8.resolve_methods(None) == list(intconv.METHODS)
+    assert int8.resolve_methods(None) == [*intconv.METHODS, *FAST]
+    assert int8.resolve_methods("sfc6_6x3,direct") == ["sfc6_6x3", "direct"]
+
+
+def test_bench_int8_fast_algorithms_rows():
+    # a 3x3 stride-1 layer: each compiled fast algorithm timed, float32 out, its error in
+    # output steps (the transform domain's requantisation: more than the 0.5 of a correctly
+    # rounded int8 output, a few steps); a strided layer: skipped with the reason
+    _, spec = layer("t", 24, 20, 12, 3, 1, 1, N=2)
+    recs = {r.impl: r for r in int8.bench_layer_int8("t", spec, list(FAST), [], 1, 2)}
+    for m in FAST:
+        r = recs[m]
+        assert r.skipped is None and r.output == "float32" and r.ms > 0
+        assert 0.1 < r.max_err_y_scale < 8
+    _, strided = layer("s", 8, 12, 8, 3, 2, 1)
+    recs = int8.bench_layer_int8("s", strided, ["sfc4_4x3"], [], 1, 1)
+    assert recs[0].skipped == "stride must be 1 (got (2, 2))"
 
 
 def test_bench_dtype_bad_value_exit_code(capsys):

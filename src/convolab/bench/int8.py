@@ -11,6 +11,11 @@ Implementations:
 - every method of `convolab.quant.intconv.METHODS`, through a plan made once,
   ``plan_int8(xq.shape, wq, stride, padding, dilation, groups, method=m)(xq, out)`` (int32 out,
   exact);
+- the compiled int8 fast algorithms (`convolab.quant.fastint8`: ``winograd_f2x3``,
+  ``sfc4_4x3``, ``sfc6_6x3``; 3x3 stride-1 layers, one group): the filter ``wq s_w``
+  transformed and quantised per (output channel, frequency), the transform domain calibrated
+  on the layer's own input (min / max), float32 output; their error, like the peers', in
+  output steps against the exact result (the transform domain's requantisation costs a few);
 - ``onnxruntime-qlinearconv``: ONNX Runtime's CPU ``QLinearConv`` on a one-node model built with
   ``onnx.helper``: uint8 activations ``xq + 128`` with ``x_zero_point = 128``, int8 weights with
   the per-output-channel scales and zero points 0, no bias, uint8 output;
@@ -263,17 +268,47 @@ def resolve_peers(names: str | None) -> tuple[list[Int8Peer], dict[str, str]]:
     return out, {}
 
 
+def _all_methods() -> tuple[str, ...]:
+    from ..kernels._int8_fast import ALGORITHMS
+
+    return (*intconv.METHODS, *ALGORITHMS)
+
+
 def resolve_methods(names: str | None) -> list[str]:
-    """Methods of `convolab.quant.intconv.METHODS` named in a comma-separated list (all when None)."""
+    """Methods named in a comma-separated list (all when None): those of
+    `convolab.quant.intconv.METHODS` and the compiled int8 fast algorithms
+    (`convolab.quant.fastint8`)."""
+    known = _all_methods()
     if not names:
-        return list(intconv.METHODS)
+        return list(known)
     out = []
     for n in (s.strip() for s in names.split(",") if s.strip()):
-        if n not in intconv.METHODS:
-            raise ConvError(f"unknown int8 method {n!r}; available: {', '.join(intconv.METHODS)}")
+        if n not in known:
+            raise ConvError(f"unknown int8 method {n!r}; available: {', '.join(known)}")
         if n not in out:
             out.append(n)
     return out
+
+
+def _fast_call(spec: ConvSpec, d: Int8Data, name: str, threads: int) -> Callable[[], object]:
+    """A compiled int8 fast algorithm (`convolab.quant.fastint8`) on the layer: the filter the
+    int8 weights stand for (``wq s_w``), its transform quantised per (output channel,
+    frequency), the transform domain calibrated on the layer's own input (min / max per
+    frequency), the activations' codes; float32 output."""
+    from ..quant import QuantConfig, QuantizedConv
+    from ..quant.fastint8 import FastInt8Plan
+
+    w = d.wq.astype(np.float64) * d.w_scales[:, None, None, None]
+    q = QuantizedConv(w, None, **_conv_args(spec), config=QuantConfig(name))
+    if q.t is None:
+        raise UnsupportedError(name, q.note.split(": ", 1)[-1], list(intconv.METHODS))
+    if spec.groups != 1:
+        raise UnsupportedError(name, "the compiled int8 fast path runs one group",
+                               list(intconv.METHODS))
+    x = d.xq.astype(np.float32) * np.float32(d.x_scale)
+    q.calibrate(x)
+    plan = FastInt8Plan(spec, name, q.Uq.astype(np.int8), q.s_u, q.s_v, q.s_x, threads=threads)
+    return functools.partial(plan, q.codes(x), np.empty(spec.out_shape, np.float32))
 
 
 # ---------------------------------------------------------------------------- one layer
@@ -298,6 +333,8 @@ def bench_layer_int8(
     macs = spec.direct_multiplies
     records: list[Int8Record] = []
     calls: dict[str, Callable[[], object]] = {}
+    fast = [m for m in methods if m not in intconv.METHODS]
+    methods = [m for m in methods if m in intconv.METHODS]
     for m in methods:
         rec = Int8Record(name, str(spec), m, "algorithm", output="int32", macs=macs)
         try:
@@ -331,6 +368,19 @@ def bench_layer_int8(
             calls[impl] = call
         records.append(rec)
         step(impl)
+    for m in fast:
+        rec = Int8Record(name, str(spec), m, "algorithm", output="float32", macs=macs,
+                         y_scale=d.y_scale)
+        try:
+            call = _fast_call(spec, d, m, threads)
+            y = call().astype(np.float64)
+        except UnsupportedError as e:
+            rec.skipped = e.reason
+        else:
+            rec.max_err_y_scale = float(np.abs(y - real).max() / d.y_scale) if y.size else 0.0
+            calls[m] = call
+        records.append(rec)
+        step(m)
     for peer in peers:
         rec = Int8Record(name, str(spec), peer.name, "peer", output="uint8", macs=macs, y_scale=d.y_scale)
         try:

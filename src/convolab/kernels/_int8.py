@@ -24,7 +24,7 @@ from numba.extending import intrinsic
 
 from ._atomics import fetch_add, wait_until
 from ._int8_shape import MR, MR_TAIL, NV, PW_MK, PW_NV
-from ._microkernel import _fma_fn, _transpose16, nan_max_min, splat
+from ._microkernel import _fma_fn, _transpose16, lanes_below, nan_max_min, splat
 
 _I8 = ir.IntType(8)
 _I32 = ir.IntType(32)
@@ -193,9 +193,15 @@ def _make_tile(mr: int):
                         _store_tile(builder, ys, vty, builder.bitcast(data(19), _I8.as_pointer()),
                                     obase, v0, OHOW, kn, n, mr, L, narrow=True)
                     else:
-                        _store_tile(builder, ys, fty,
-                                    builder.bitcast(data(19), ir.FloatType().as_pointer()),
-                                    obase, v0, OHOW, kn, n, mr, L)
+                        fp = builder.bitcast(data(19), ir.FloatType().as_pointer())
+                        # OHOW < 0: channels last, pixel v's channels at obase + v (-OHOW)
+                        cl = builder.icmp_signed("<", OHOW, _i64(0))
+                        with builder.if_else(cl) as (last, planes):
+                            with last:
+                                _store_tile_cl(builder, ys, fty, fp, obase, v0,
+                                               builder.neg(OHOW), kn, n, mr, L)
+                            with planes:
+                                _store_tile(builder, ys, fty, fp, obase, v0, OHOW, kn, n, mr, L)
                 with as_int:
                     _store_tile(builder, vals, vty, op, obase, v0, OHOW, kn, n, mr, L)
             return context.get_dummy_value()
@@ -299,6 +305,23 @@ def _store_tile(builder, vals, vty, op, obase, v0, OHOW, kn, n, mr, L, narrow=Fa
                                                               lk.index)]))
                 builder.store(builder.trunc(e, _I8) if narrow else e,
                               builder.gep(row, [lj.index]))
+
+
+def _store_tile_cl(builder, vals, vty, op, obase, v0, ps, kn, n, mr, L):
+    """Store tile ``vals[j][v]`` channels last: vector ``v`` of pixel ``v0 + j``, ``j < n``, at
+    ``op[obase + (v0 + j) ps + v L]``, its lanes past ``kn`` masked (the transform-domain
+    products of `convolab.kernels._int8_fast`, which its output transform reads as vectors of
+    channels)."""
+    mstore = _mstore(builder, vty)
+    for v in range(NV):
+        m = lanes_below(builder, builder.sub(kn, _i64(v * L)), L)
+        for j in range(mr):
+            with builder.if_then(builder.icmp_signed("<", _i64(j), n)):
+                off = builder.add(obase, builder.add(builder.mul(builder.add(v0, _i64(j)), ps),
+                                                     _i64(v * L)))
+                builder.call(mstore, [vals[j][v], builder.bitcast(builder.gep(op, [off]),
+                                                                  vty.as_pointer()),
+                                      ir.Constant(_I32, 4), m])
 
 
 _tile = _make_tile(MR)

@@ -168,6 +168,7 @@ class QuantizedConv:
 
     def freeze(self) -> None:
         """Turn the observed statistics into scales (s_x, and s_v for the transform domain)."""
+        self.__dict__.pop("_fast_plans", None)  # made with the old scales
         self.s_x = float(self._obs_x.scales(self.bits)[0])
         if self._obs_v is not None:
             self.s_v = self._obs_v.scales(self.tbits)
@@ -225,10 +226,27 @@ class QuantizedConv:
         if self.tbits is None:
             acc = _fast.exact_fast_conv(spec, xq, self.wq, self.t)
             return acc * (self.s_x * self.s_w).reshape(1, -1, 1, 1)
+        if x.dtype != np.float64 and self._compiled_fast(spec):
+            return self._fast_plans[spec](xq)
         Vq = self._transform_codes(spec, xq)
         M = _fast.channel_reduce(spec, self.Uq, Vq, self._gemm)  # exact integers
         scale = (self.s_u * self.s_v[None, :])[:, None, None, :]  # (K, 1, 1, P)
         return _fast.output_transform(spec, M.astype(np.float64) * scale, self.t)
+
+    def _compiled_fast(self, spec: ConvSpec) -> bool:
+        """Whether float32 data runs on the compiled int8 fast path
+        (`convolab.quant.fastint8`: the same codes and integer sums, VNNI GEMMs, the
+        dequantisation and output transform in float32), its plan made for ``spec`` if so."""
+        from ..kernels._int8_fast import ALGORITHMS
+        from .fastint8 import FastInt8Plan
+
+        if self.t.name not in ALGORITHMS or spec.groups != 1:
+            return False
+        plans = self.__dict__.setdefault("_fast_plans", {})
+        if spec not in plans:
+            plans[spec] = FastInt8Plan(spec, self.t.name, self.Uq.astype(np.int8), self.s_u,
+                                       self.s_v, self.s_x, self.tbits)
+        return True
 
     def _transform_codes(self, spec: ConvSpec, xq: np.ndarray) -> np.ndarray:
         """Stages 2-3: exact integer transform of the codes, requantised per frequency."""
