@@ -94,3 +94,18 @@ def test_recalibration_rebuilds_the_compiled_plan():
     assert not any(p is before.get(k) for k, p in q._fast_plans.items())
     np.testing.assert_allclose(y, q((x * 2).astype(np.float64)), rtol=0,
                                atol=2e-6 * np.abs(y).max())
+
+
+@pytest.mark.parametrize("name", ALGORITHMS)
+def test_transform_domain_codes_are_the_numpy_pipelines(name):
+    # the compiled input transform and requantisation write exactly the NumPy pipeline's
+    # codes (shifted by 128), tile by tile, frequency by frequency
+    x, q, spec = layer(CASES[1], name, seed=2)
+    p = plan_fast_int8(spec, name, q.Uq.astype(np.int8), q.s_u, q.s_v, q.s_x)
+    xq = q.codes(x)
+    p(xq)
+    Vq = q._transform_codes(spec, xq)  # (N, C, TH, TW, P)
+    N, C, TH, TW, P = Vq.shape
+    C4 = -(-C // 4) * 4
+    got = p._xu[: N * TH * TW * P * C4].reshape(N, TH, TW, P, C4)[..., :C].astype(np.int16) - 128
+    np.testing.assert_array_equal(got, Vq.transpose(0, 2, 3, 4, 1))

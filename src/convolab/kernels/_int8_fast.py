@@ -9,7 +9,7 @@ One job per layer call, run by every thread of a team job (`convolab.kernels.tea
 
    * each tile's input transform, ``V = S_in (B1 x B1) X`` (coefficients in {0, +-1}: exact
      integers in float32), requantised per frequency, ``Vq = clip(rint(V * mult[p]), -q, q)``
-     with the float64 product of the reference pipeline, shifted to unsigned bytes for
+     with the float32 multiplier and product of the reference pipeline, shifted to unsigned bytes for
      ``vpdpbusd`` and laid out as the int8 tiles read a grouped 1x1 layer's input: tile
      ``t``, frequency ``p``, channels (LLVM IR generated per algorithm from its
      transforms, `_make_in`);
@@ -44,11 +44,9 @@ from ._microkernel import lanes_below, splat
 #: the algorithms with compiled transforms, in the order of the job's ``alg`` code
 ALGORITHMS = ("winograd_f2x3", "sfc4_4x3", "sfc6_6x3")
 _F32 = ir.FloatType()
-_F64 = ir.DoubleType()
 _V8 = ir.VectorType(ir.IntType(8), 16)
 _V32 = ir.VectorType(ir.IntType(32), 16)
 _VF = ir.VectorType(_F32, 16)
-_VD = ir.VectorType(_F64, 16)
 
 
 def _csr_rows(s) -> list:
@@ -95,7 +93,8 @@ def _make_in(name: str):
     (those below ``C4``) of the tile whose first input pixel is ``xp[base:]`` (unsigned codes
     shifted by 128, channels last, pixels ``C4`` bytes apart, rows ``rowb``) through the input
     transform -- 16-lane float32 vectors, the row pass, the column pass, the sparse stage --
-    each frequency p then requantised, ``clip(rint(float64(V[p]) * mult[p]), -q, q)``, and
+    each frequency p then requantised, ``clip(rint(V[p] * mult[p]), -q, q)`` (float32
+    ``mult``), and
     stored shifted at ``xu[obase + p C4 + c]``."""
     P, B1, _, s_in, _ = _stages(name)
     n1, n = B1.shape
@@ -135,17 +134,17 @@ def _make_in(name: str):
                 y[qq] = _lin(builder, [(B1[b, j], z[a, j]) for j in range(n) if B1[b, j] != 0])
             V = ([y[p] for p in range(P)] if s_in is None
                  else [_lin(builder, [(c, y[qq]) for c, qq in s_in[p]]) for p in range(P)])
-            rint = cgutils.get_or_insert_function(builder.module, ir.FunctionType(_VD, [_VD]),
-                                                  "llvm.rint.v16f64")
+            rint = cgutils.get_or_insert_function(builder.module, ir.FunctionType(_VF, [_VF]),
+                                                  "llvm.rint.v16f32")
             mx, mn = (cgutils.get_or_insert_function(builder.module,
-                                                     ir.FunctionType(_VD, [_VD, _VD]),
-                                                     f"llvm.{op}num.v16f64")
+                                                     ir.FunctionType(_VF, [_VF, _VF]),
+                                                     f"llvm.{op}num.v16f32")
                       for op in ("max", "min"))
-            hi = splat(builder, q, _VD)
+            hi = splat(builder, builder.fptrunc(q, _F32), _VF)
             lo = builder.fneg(hi)
             for p in range(P):
-                mul = splat(builder, builder.load(builder.gep(mp, [_i64(p)])), _VD)
-                d = builder.call(rint, [builder.fmul(builder.fpext(V[p], _VD), mul)])
+                mul = splat(builder, builder.load(builder.gep(mp, [_i64(p)])), _VF)
+                d = builder.call(rint, [builder.fmul(V[p], mul)])
                 d = builder.call(mn, [builder.call(mx, [d, lo]), hi])
                 b8 = builder.trunc(builder.add(builder.fptosi(d, _V32), shift32), _V8)
                 off = builder.add(obase, builder.add(builder.mul(_i64(p), C4), c0))
@@ -160,29 +159,29 @@ def _make_in(name: str):
 
 
 def _make_out(name: str):
-    """``out_tile(M, mbase, ps, K, k0, Y, ybase, rs)``: output channels ``k0 .. k0 + 15``
-    (those below ``K``) of the tile's products ``M[mbase + p ps + k]`` through the output
-    transform (the sparse stage, ``A1`` twice; 16-lane float32 vectors), output (i, j) of
-    channel k stored at ``Y[ybase + i rs + j K + k]``."""
+    """``out_tile(M, mbase, ps, kn, Y, ybase, rs, ys)``: ``kn`` <= 16 output channels of the
+    tile's products ``M[mbase + p ps + l]`` (lane l a channel) through the output transform
+    (the sparse stage, ``A1`` twice; 16-lane float32 vectors), output (i, j) stored at
+    ``Y[ybase + i rs + j ys + l]``."""
     P, _, A1, _, s_out = _stages(name)
     m, n2 = A1.shape
 
-    def out_tile(typingctx, M, mbase, ps, K, k0, Y, ybase, rs):
-        if not all(isinstance(t, types.Integer) for t in (mbase, ps, K, k0, ybase, rs)):
+    def out_tile(typingctx, M, mbase, ps, kn, Y, ybase, rs, ys):
+        if not all(isinstance(t, types.Integer) for t in (mbase, ps, kn, ybase, rs, ys)):
             return None
-        sig = types.void(M, mbase, ps, K, k0, Y, ybase, rs)
+        sig = types.void(M, mbase, ps, kn, Y, ybase, rs, ys)
 
         def codegen(context, builder, sig, args):
-            mbase, ps, K, k0, ybase, rs = (context.cast(builder, args[k], sig.args[k], types.int64)
-                                           for k in (1, 2, 3, 4, 6, 7))
+            mbase, ps, kn, ybase, rs, ys = (context.cast(builder, args[k], sig.args[k], types.int64)
+                                            for k in (1, 2, 3, 5, 6, 7))
             Mp = context.make_array(sig.args[0])(context, builder, args[0]).data
-            Yp = context.make_array(sig.args[5])(context, builder, args[5]).data
-            mask = lanes_below(builder, builder.sub(K, k0), 16)
+            Yp = context.make_array(sig.args[4])(context, builder, args[4]).data
+            mask = lanes_below(builder, kn, 16)
             loadf, storef = _mload(builder, _VF), _mstore(builder, _VF)
             zero = ir.Constant(_VF, None)
             mv = []
             for p in range(P):
-                off = builder.add(mbase, builder.add(builder.mul(_i64(p), ps), k0))
+                off = builder.add(mbase, builder.mul(_i64(p), ps))
                 mv.append(builder.call(loadf, [builder.bitcast(builder.gep(Mp, [off]), _VF.as_pointer()),
                                                ir.Constant(ir.IntType(32), 4), mask, zero]))
             src = (mv if s_out is None
@@ -192,8 +191,8 @@ def _make_out(name: str):
             for i in range(m):
                 for j in range(m):
                     yv = _lin(builder, [(A1[i, a], u[a, j]) for a in range(n2) if A1[i, a] != 0])
-                    off = builder.add(ybase, builder.add(builder.add(builder.mul(_i64(i), rs),
-                                                                     builder.mul(_i64(j), K)), k0))
+                    off = builder.add(ybase, builder.add(builder.mul(_i64(i), rs),
+                                                         builder.mul(_i64(j), ys)))
                     builder.call(storef, [yv, builder.bitcast(builder.gep(Yp, [off]), _VF.as_pointer()),
                                           ir.Constant(ir.IntType(32), 4), mask])
             return context.get_dummy_value()
@@ -220,14 +219,15 @@ def _in_tile(alg, xp, base, rowb, C4, mult, q, xu, obase):  # pragma: no cover -
 
 
 @njit(inline="always")
-def _out_tile(alg, M, mbase, ps, K, Y, ybase, rs):  # pragma: no cover - compiled
-    for k0 in range(0, K, 16):
+def _out_tile(alg, M, mbase, ps, kn, Y, ybase, rs, ys):  # pragma: no cover - compiled
+    for k0 in range(0, kn, 16):
+        nk = min(16, kn - k0)
         if alg == 0:
-            _out_f2(M, mbase, ps, K, k0, Y, ybase, rs)
+            _out_f2(M, mbase + k0, ps, nk, Y, ybase + k0, rs, ys)
         elif alg == 1:
-            _out_s4(M, mbase, ps, K, k0, Y, ybase, rs)
+            _out_s4(M, mbase + k0, ps, nk, Y, ybase + k0, rs, ys)
         else:
-            _out_s6(M, mbase, ps, K, k0, Y, ybase, rs)
+            _out_s6(M, mbase + k0, ps, nk, Y, ybase + k0, rs, ys)
 
 
 @njit(cache=True, nogil=True)
@@ -239,11 +239,12 @@ def fast_int8(alg, xq, xp, wpk, corr, scale, zero, out, counter, bias, act, lo, 
     TW m + r - 1, C4), ``wpk`` / ``corr`` the transform-domain filter packed as a 1x1 layer
     with P groups (`convolab.kernels.int8.pack_weights`; ``corr`` with KB zeros appended),
     ``scale`` float32 (P K + KB) the dequantisation per (frequency, output channel), ``zero``
-    float32 zeros as long, ``out`` float32 (N, K, OH, OW), ``counter`` 4 zeroed int64; ``bias``
-    float32 (K) or empty, ``act`` 0 none / 1 ReLU / 2 clamp(lo, hi); ``mult`` float64 (P)
+    float32 zeros as long, ``out`` float32 (N, K, OH, OW), ``counter`` 6 zeroed int64; ``bias``
+    float32 (K) or empty, ``act`` 0 none / 1 ReLU / 2 clamp(lo, hi); ``mult`` float32 (P)
     ``s_x / s_v``, ``qmax`` the transform codes' bound; ``m``, ``r`` the output tile and the
     kernel, ``pt``, ``pl`` the padding, ``cr`` tile rows per chunk; ``xu``, ``M``, ``Yb``: this
-    thread's buffers (cr TW P C4 uint8, P cr TW K float32, cr m TW m K float32)."""
+    thread's buffers (P cr TW KB float32, cr m TW m KB float32); ``xu`` uint8 (N TH TW P
+    C4) the transform-domain codes, shared."""
     N, C, H, W = xq.shape
     K = out.shape[1]
     OH = out.shape[2]
@@ -264,58 +265,69 @@ def fast_int8(alg, xq, xp, wpk, corr, scale, zero, out, counter, bias, act, lo, 
         _pack_row(xf, xp32, row, C, H, W, Hp, Wp, 1, C, C4, pt, pl, 1, 1, H * W, W)
         fetch_add(counter, 1)
     wait_until(counter, 1, nrows)
+    # every tile's input transform, tile rows as tasks, into the layer's transform-domain
+    # codes ``xu`` (tile t, frequency p, channels)
+    rows = N * TH
+    rowb = Wp * C4
+    while True:
+        row = fetch_add(counter, 2)
+        if row >= rows:
+            break
+        img = row // TH
+        th = row - img * TH
+        for tw in range(TW):
+            _in_tile(alg, xp, ((img * Hp + th * m) * Wp + tw * m) * C4, rowb, C4, mult, qmax,
+                     xu, (row * TW + tw) * P * C4)
+        fetch_add(counter, 3)
+    wait_until(counter, 3, rows)
     nq = C4 // 4
     KB = corr.size - P * K
     nkb = (K + KB - 1) // KB
     blk = nq * 4 * KB
-    rows = N * TH
     nch = (rows + cr - 1) // cr
     taps = np.zeros(1, dtype=np.int64)
     iout = np.zeros(0, dtype=np.int32)
     Mf = M.reshape(M.size)
-    rowb = Wp * C4
-    rs = TW * m * K
+    rs = TW * m * KB
     OHOW = OH * OW
     of = out.reshape(out.size)
+    # tasks (chunk of tile rows, k-block): the chunk's products of KB channels at every
+    # frequency (each packed weight read once per task), their output transform and their
+    # rows of the NCHW planes
+    ntask = nch * nkb
     while True:
-        ch = fetch_add(counter, 2)
-        if ch >= nch:
+        task = fetch_add(counter, 4)
+        if task >= ntask:
             break
+        ch = task // nkb
+        kb = task - ch * nkb
         r0 = ch * cr
         nr = min(rows, r0 + cr) - r0
         tc = nr * TW
-        for t in range(tc):
-            rr = t // TW
-            tw = t - rr * TW
-            row = r0 + rr
-            img = row // TH
-            th = row - img * TH
-            _in_tile(alg, xp, ((img * Hp + th * m) * Wp + tw * m) * C4, rowb, C4, mult, qmax,
-                     xu, t * P * C4)
+        xb = r0 * TW * P * C4
         ntile = (tc + MR - 1) // MR
+        k0 = kb * KB
+        kn = min(KB, K - k0)
         for p in range(P):
-            for kb in range(nkb):
-                k0 = kb * KB
-                kn = min(KB, K - k0)
-                woff = (p * nkb + kb) * blk
-                ob = p * tc * K + k0
-                for qt in range(ntile):
-                    v0 = qt * MR
-                    npx = min(MR, tc - v0)
-                    if npx <= MR_TAIL:
-                        _tile_tail(wpk, woff, xu, p * C4, taps, 1, nq, v0, tc, 0, P * C4, iout,
-                                   ob, -K, kn, npx, corr, p * K + k0, tok, Mf, scale, zero, 0,
-                                   np.float32(0), np.float32(0))
-                    else:
-                        _tile(wpk, woff, xu, p * C4, taps, 1, nq, v0, tc, 0, P * C4, iout, ob,
-                              -K, kn, npx, corr, p * K + k0, tok, Mf, scale, zero, 0,
-                              np.float32(0), np.float32(0))
+            woff = (p * nkb + kb) * blk
+            ob = p * tc * KB
+            for qt in range(ntile):
+                v0 = qt * MR
+                npx = min(MR, tc - v0)
+                if npx <= MR_TAIL:
+                    _tile_tail(wpk, woff, xu, xb + p * C4, taps, 1, nq, v0, tc, 0, P * C4, iout,
+                               ob, -KB, kn, npx, corr, p * K + k0, tok, Mf, scale, zero, 0,
+                               np.float32(0), np.float32(0))
+                else:
+                    _tile(wpk, woff, xu, xb + p * C4, taps, 1, nq, v0, tc, 0, P * C4, iout, ob,
+                          -KB, kn, npx, corr, p * K + k0, tok, Mf, scale, zero, 0,
+                          np.float32(0), np.float32(0))
         for t in range(tc):
             rr = t // TW
             tw = t - rr * TW
-            _out_tile(alg, Mf, t * K, tc * K, K, Yb, (rr * m * TW + tw) * m * K, rs)
-        # the chunk's output rows from channels last (Yb) to the NCHW planes, 16 x 16 blocks
-        # transposed in registers, then bias and activation along the rows
+            _out_tile(alg, Mf, t * KB, tc * KB, kn, Yb, (rr * m * TW + tw) * m * KB, rs, KB)
+        # the chunk's output rows of these channels from channels last (Yb) to the NCHW
+        # planes, 16 x 16 blocks transposed in registers, then bias and activation
         for rr in range(nr):
             row = r0 + rr
             img = row // TH
@@ -325,12 +337,12 @@ def fast_int8(alg, xq, xp, wpk, corr, scale, zero, out, counter, bias, act, lo, 
                 src = (rr * m + i) * rs
                 for w0 in range(0, OW, 16):
                     nw = min(16, OW - w0)
-                    for k0 in range(0, K, 16):
-                        nk = min(16, K - k0)
-                        _t16(Yb, src + w0 * K + k0, K, nw, nk, of,
-                             ((img * K + k0) * OH + h) * OW + w0, OHOW, nk, nw)
+                    for c0 in range(0, kn, 16):
+                        nk = min(16, kn - c0)
+                        _t16(Yb, src + w0 * KB + c0, KB, nw, nk, of,
+                             ((img * K + k0 + c0) * OH + h) * OW + w0, OHOW, nk, nw)
                 if bias.size or act:
-                    for k in range(K):
+                    for k in range(k0, k0 + kn):
                         b = bias[k] if bias.size else np.float32(0)
                         o = ((img * K + k) * OH + h) * OW
                         for w in range(OW):
@@ -340,6 +352,6 @@ def fast_int8(alg, xq, xp, wpk, corr, scale, zero, out, counter, bias, act, lo, 
                             elif act == 2:
                                 y = min(max(y, lo), hi)
                             of[o + w] = y
-        fetch_add(counter, 3)
-    # every chunk finished before any thread returns (`team.run(..., complete=True)`)
-    wait_until(counter, 3, nch)
+        fetch_add(counter, 5)
+    # every task finished before any thread returns (`team.run(..., complete=True)`)
+    wait_until(counter, 5, ntask)

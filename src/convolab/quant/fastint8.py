@@ -20,11 +20,28 @@ from ..errors import ConvError
 from ..spec import ConvSpec
 from . import fast as _fast
 
-#: bytes of one chunk's transform-domain buffers (V, the unsigned codes, the products) per
-#: thread: a chunk's tiles stay in the L2 cache from the input transform to the output one
-CHUNK_BYTES = 384 * 1024
+#: bytes of a task's buffers (one k-block's products and outputs for a chunk of tiles), at
+#: most: they stay in the L2 cache from the GEMMs to the NCHW planes
+CHUNK_BYTES = 640 * 1024
 #: activation codes of the output stage
 ACTS = {None: 0, "relu": 1, "clamp": 2}
+
+
+def _chunk_rows(rows: int, most: int, nkb: int, threads: int) -> int:
+    """Tile rows per task (at most ``most``): the threads' last finish (tasks of a chunk's rows
+    x ``nkb`` k-blocks taken in order, `convolab.kernels.microkernel._makespan`) as early as
+    possible, then the fewest tasks. 64 -> 64 at 56x56 on SFC-4 (14 tile rows, 2 k-blocks):
+    chunks of 4, 4, 4, 2 rows left a thread idle for a quarter of the second phase; 7 chunks
+    of 2 do not."""
+    from ..kernels.microkernel import _makespan
+
+    best = None
+    for cr in range(most, 0, -1):
+        sizes = [min(cr, rows - r0) for r0 in range(0, rows, cr) for _ in range(nkb)]
+        key = (_makespan(sizes, threads), len(sizes))
+        if best is None or key < best[0]:
+            best = (key, cr)
+    return best[1]
 
 
 class FastInt8Plan:
@@ -68,7 +85,7 @@ class FastInt8Plan:
         self.scale = np.zeros(P * K + kbw, np.float32)
         self.scale[: P * K] = sc.reshape(-1)
         self.zero = np.zeros(P * K + kbw, np.float32)
-        self.mult = (float(s_x) / np.asarray(s_v, np.float64)).astype(np.float64)
+        self.mult = (float(s_x) / np.asarray(s_v, np.float64)).astype(np.float32)
         self.qmax = q
         self.bias = (np.zeros(0, np.float32) if bias is None
                      else np.asarray(bias, np.float32).reshape(K))
@@ -78,19 +95,25 @@ class FastInt8Plan:
         self.pt, self.pl = pt, pl
         TH, TW = bilinear.tiles(spec, t.m)
         C4 = -(-C // 4) * 4
-        # a tile's transformed codes and products, and its outputs
-        per_tile = P * (C4 + 4 * K) + 4 * t.m * t.m * K
-        self.cr = max(1, min(spec.N * TH, CHUNK_BYTES // (per_tile * TW)))
-        tc = self.cr * TW
         from .._machine import worker_count
 
         self.threads = worker_count() if threads is None else int(threads)
         n = max(1, self.threads)
-        self._own = [(np.zeros(tc * P * C4 + 64, np.uint8), np.zeros(P * tc * K + 16, np.float32),
-                      np.zeros(self.cr * t.m * TW * t.m * K + 16, np.float32)) for _ in range(n)]
+        # tile rows per task: one k-block's products and outputs of a chunk's tiles within
+        # CHUNK_BYTES, and at least four tasks (chunks x k-blocks) per thread where the layer
+        # has them
+        rows = spec.N * TH
+        nkb = -(-K // kbw)
+        per_tile = 4 * kbw * (P + t.m * t.m)
+        most = max(1, min(rows, CHUNK_BYTES // (per_tile * TW)))
+        self.cr = cr = _chunk_rows(rows, most, nkb, n)
+        tc = cr * TW
+        self._own = [(np.zeros(P * tc * kbw + 16, np.float32),
+                      np.zeros(cr * t.m * TW * t.m * kbw + 16, np.float32)) for _ in range(n)]
         Hp, Wp = TH * t.m + t.r - 1, TW * t.m + t.r - 1
         self._xp = np.zeros(spec.N * Hp * Wp * C4 + 64, np.uint8)
-        self._ctr = np.zeros(4, np.int64)
+        self._xu = np.zeros(rows * TW * P * C4 + 64, np.uint8)
+        self._ctr = np.zeros(6, np.int64)
 
     def __call__(self, xq: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
         """The layer on int8 codes ``xq`` (N, C, H, W): float32 (N, K, OH, OW)."""
@@ -108,7 +131,7 @@ class FastInt8Plan:
         p = self.packed
         args = (self.alg, xq, self._xp, p.w, p.corr, self.scale, self.zero, out, self._ctr,
                 self.bias, self.act, self.lo, self.hi, self.mult, self.qmax, self.m, self.r,
-                self.pt, self.pl, self.cr, p.token)
+                self.pt, self.pl, self.cr, p.token, self._xu)
         team.run(fast_int8, args, self.threads, own=lambda i, n: self._own[i], complete=True)
         return out
 
