@@ -9,7 +9,7 @@ One job per layer call, run by every thread of a team job (`convolab.kernels.tea
 
    * each tile's input transform, ``V = S_in (B1 x B1) X`` (coefficients in {0, +-1}: exact
      integers in float32), requantised per frequency, ``Vq = clip(rint(V * mult[p]), -q, q)``
-     with the float32 multiplier and product of the reference pipeline, shifted to unsigned bytes for
+     with the float64 product of the reference pipeline, shifted to unsigned bytes for
      ``vpdpbusd`` and laid out as the int8 tiles read a grouped 1x1 layer's input: tile
      ``t``, frequency ``p``, channels (LLVM IR generated per algorithm from its
      transforms, `_make_in`);
@@ -47,6 +47,7 @@ _F32 = ir.FloatType()
 _V8 = ir.VectorType(ir.IntType(8), 16)
 _V32 = ir.VectorType(ir.IntType(32), 16)
 _VF = ir.VectorType(_F32, 16)
+_VD = ir.VectorType(ir.DoubleType(), 16)
 
 
 def _csr_rows(s) -> list:
@@ -93,8 +94,7 @@ def _make_in(name: str):
     (those below ``C4``) of the tile whose first input pixel is ``xp[base:]`` (unsigned codes
     shifted by 128, channels last, pixels ``C4`` bytes apart, rows ``rowb``) through the input
     transform -- 16-lane float32 vectors, the row pass, the column pass, the sparse stage --
-    each frequency p then requantised, ``clip(rint(V[p] * mult[p]), -q, q)`` (float32
-    ``mult``), and
+    each frequency p then requantised, ``clip(rint(float64(V[p]) * mult[p]), -q, q)``, and
     stored shifted at ``xu[obase + p C4 + c]``."""
     P, B1, _, s_in, _ = _stages(name)
     n1, n = B1.shape
@@ -134,17 +134,17 @@ def _make_in(name: str):
                 y[qq] = _lin(builder, [(B1[b, j], z[a, j]) for j in range(n) if B1[b, j] != 0])
             V = ([y[p] for p in range(P)] if s_in is None
                  else [_lin(builder, [(c, y[qq]) for c, qq in s_in[p]]) for p in range(P)])
-            rint = cgutils.get_or_insert_function(builder.module, ir.FunctionType(_VF, [_VF]),
-                                                  "llvm.rint.v16f32")
+            rint = cgutils.get_or_insert_function(builder.module, ir.FunctionType(_VD, [_VD]),
+                                                  "llvm.rint.v16f64")
             mx, mn = (cgutils.get_or_insert_function(builder.module,
-                                                     ir.FunctionType(_VF, [_VF, _VF]),
-                                                     f"llvm.{op}num.v16f32")
+                                                     ir.FunctionType(_VD, [_VD, _VD]),
+                                                     f"llvm.{op}num.v16f64")
                       for op in ("max", "min"))
-            hi = splat(builder, builder.fptrunc(q, _F32), _VF)
+            hi = splat(builder, q, _VD)
             lo = builder.fneg(hi)
             for p in range(P):
-                mul = splat(builder, builder.load(builder.gep(mp, [_i64(p)])), _VF)
-                d = builder.call(rint, [builder.fmul(V[p], mul)])
+                mul = splat(builder, builder.load(builder.gep(mp, [_i64(p)])), _VD)
+                d = builder.call(rint, [builder.fmul(builder.fpext(V[p], _VD), mul)])
                 d = builder.call(mn, [builder.call(mx, [d, lo]), hi])
                 b8 = builder.trunc(builder.add(builder.fptosi(d, _V32), shift32), _V8)
                 off = builder.add(obase, builder.add(builder.mul(_i64(p), C4), c0))
@@ -240,7 +240,7 @@ def fast_int8(alg, xq, xp, wpk, corr, scale, zero, out, counter, bias, act, lo, 
     with P groups (`convolab.kernels.int8.pack_weights`; ``corr`` with KB zeros appended),
     ``scale`` float32 (P K + KB) the dequantisation per (frequency, output channel), ``zero``
     float32 zeros as long, ``out`` float32 (N, K, OH, OW), ``counter`` 6 zeroed int64; ``bias``
-    float32 (K) or empty, ``act`` 0 none / 1 ReLU / 2 clamp(lo, hi); ``mult`` float32 (P)
+    float32 (K) or empty, ``act`` 0 none / 1 ReLU / 2 clamp(lo, hi); ``mult`` float64 (P)
     ``s_x / s_v``, ``qmax`` the transform codes' bound; ``m``, ``r`` the output tile and the
     kernel, ``pt``, ``pl`` the padding, ``cr`` tile rows per chunk; ``xu``, ``M``, ``Yb``: this
     thread's buffers (P cr TW KB float32, cr m TW m KB float32); ``xu`` uint8 (N TH TW P

@@ -85,7 +85,7 @@ class FastInt8Plan:
         self.scale = np.zeros(P * K + kbw, np.float32)
         self.scale[: P * K] = sc.reshape(-1)
         self.zero = np.zeros(P * K + kbw, np.float32)
-        self.mult = (float(s_x) / np.asarray(s_v, np.float64)).astype(np.float32)
+        self.mult = float(s_x) / np.asarray(s_v, np.float64)
         self.qmax = q
         self.bias = (np.zeros(0, np.float32) if bias is None
                      else np.asarray(bias, np.float32).reshape(K))

@@ -252,9 +252,7 @@ class QuantizedConv:
         """Stages 2-3: exact integer transform of the codes, requantised per frequency."""
         q = qmax(self.tbits)
         V = _fast.input_transform(spec, xq, self.t, np.float32)  # exact integers
-        # the multiplier in float32, as the compiled path's vectors apply it
-        mult = (self.s_x / self.s_v).astype(np.float32)
-        return np.clip(np.rint(V * mult), -q, q).astype(self._gemm)
+        return np.clip(np.rint(V * (self.s_x / self.s_v)), -q, q).astype(self._gemm)
 
     # ------------------------------------------------------------------ analysis
     def error_bound(self, x) -> np.ndarray:
