@@ -290,6 +290,18 @@ def resolve_methods(names: str | None) -> list[str]:
     return out
 
 
+def _set_up(rec: Int8Record, make, real: np.ndarray, y_scale: float, calls: dict) -> None:
+    """One implementation with a requantised or float output: ``make()`` -> (its call, its
+    first result as real values); the error in output steps, or the reason it is skipped."""
+    try:
+        call, y = make()
+    except UnsupportedError as e:
+        rec.skipped = e.reason
+    else:
+        rec.max_err_y_scale = float(np.abs(y - real).max() / y_scale) if y.size else 0.0
+        calls[rec.impl] = call
+
+
 def _fast_call(spec: ConvSpec, d: Int8Data, name: str, threads: int) -> Callable[[], object]:
     """A compiled int8 fast algorithm (`convolab.quant.fastint8`) on the layer: the filter the
     int8 weights stand for (``wq s_w``), its transform quantised per (output channel,
@@ -356,29 +368,23 @@ def bench_layer_int8(
         impl = f"{m} > int8"
         rec = Int8Record(name, str(spec), impl, "algorithm", output="int8", macs=macs,
                          y_scale=d.y_scale)
-        try:
+        def make(m=m):
             plan = plan_int8(d.xq.shape, d.wq, **args, method=m, output="int8",
                              scale=d.x_scale * d.w_scales, out_scale=d.y_scale)
             call = functools.partial(plan, d.xq, np.empty(spec.out_shape, np.int8))
-            y = call().astype(np.float64) * d.y_scale
-        except UnsupportedError as e:
-            rec.skipped = e.reason
-        else:
-            rec.max_err_y_scale = float(np.abs(y - real).max() / d.y_scale) if y.size else 0.0
-            calls[impl] = call
+            return call, call().astype(np.float64) * d.y_scale
+
+        _set_up(rec, make, real, d.y_scale, calls)
         records.append(rec)
         step(impl)
     for m in fast:
         rec = Int8Record(name, str(spec), m, "algorithm", output="float32", macs=macs,
                          y_scale=d.y_scale)
-        try:
+        def make(m=m):
             call = _fast_call(spec, d, m, threads)
-            y = call().astype(np.float64)
-        except UnsupportedError as e:
-            rec.skipped = e.reason
-        else:
-            rec.max_err_y_scale = float(np.abs(y - real).max() / d.y_scale) if y.size else 0.0
-            calls[m] = call
+            return call, call().astype(np.float64)
+
+        _set_up(rec, make, real, d.y_scale, calls)
         records.append(rec)
         step(m)
     for peer in peers:

@@ -73,6 +73,12 @@ def _lin(builder, terms):
     return ir.Constant(_VF, None) if acc is None else acc
 
 
+def _masked(builder, store, base, off, v, mask, align):
+    """``store`` (a masked store of ``v``'s type) of ``v`` at ``base + off`` under ``mask``."""
+    builder.call(store, [v, builder.bitcast(builder.gep(base, [off]), v.type.as_pointer()),
+                         ir.Constant(ir.IntType(32), align), mask])
+
+
 def _stages(name):
     """The float engine's stages of ``name`` (`convolab.algorithms.bilinear.engine`), float32
     coefficients as Python floats."""
@@ -147,9 +153,8 @@ def _make_in(name: str):
                 d = builder.call(rint, [builder.fmul(builder.fpext(V[p], _VD), mul)])
                 d = builder.call(mn, [builder.call(mx, [d, lo]), hi])
                 b8 = builder.trunc(builder.add(builder.fptosi(d, _V32), shift32), _V8)
-                off = builder.add(obase, builder.add(builder.mul(_i64(p), C4), c0))
-                builder.call(store8, [b8, builder.bitcast(builder.gep(xu, [off]), _V8.as_pointer()),
-                                      ir.Constant(ir.IntType(32), 1), mask])
+                _masked(builder, store8, xu, builder.add(obase, builder.add(builder.mul(_i64(p), C4), c0)),
+                        b8, mask, 1)
             return context.get_dummy_value()
 
         return sig, codegen
@@ -191,10 +196,8 @@ def _make_out(name: str):
             for i in range(m):
                 for j in range(m):
                     yv = _lin(builder, [(A1[i, a], u[a, j]) for a in range(n2) if A1[i, a] != 0])
-                    off = builder.add(ybase, builder.add(builder.mul(_i64(i), rs),
-                                                         builder.mul(_i64(j), ys)))
-                    builder.call(storef, [yv, builder.bitcast(builder.gep(Yp, [off]), _VF.as_pointer()),
-                                          ir.Constant(ir.IntType(32), 4), mask])
+                    _masked(builder, storef, Yp, builder.add(ybase, builder.add(
+                        builder.mul(_i64(i), rs), builder.mul(_i64(j), ys))), yv, mask, 4)
             return context.get_dummy_value()
 
         return sig, codegen
