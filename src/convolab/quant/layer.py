@@ -15,7 +15,10 @@ Per call (spatial algorithms, ``"direct"`` / ``"im2col"``):
 rounded once to the output dtype (the exact int32 sums from the int8 microkernel, the depthwise
 kernel or im2col; `convolab.quant.plan_int8` has the float32 / int8 output stages that run as
 the tiles store).
-Fast algorithms: see `convolab.quant.fast` (the stages and where they round).
+Fast algorithms: see `convolab.quant.fast` (the stages and where they round). Float32 (or
+float16) data on Winograd F(2x2,3x3), SFC-4 or SFC-6 with one group runs compiled
+(`convolab.quant.fastint8`: the same codes and integer sums, the dequantisation and output
+transform in float32); float64 data keeps the NumPy pipeline (float64 throughout).
 """
 
 from __future__ import annotations
