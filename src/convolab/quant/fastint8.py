@@ -114,12 +114,14 @@ class FastInt8Plan:
         self._xp = np.zeros(spec.N * Hp * Wp * C4 + 64, np.uint8)
         self._xu = np.zeros(rows * TW * P * C4 + 64, np.uint8)
         self._ctr = np.zeros(6, np.int64)
-
-    def __call__(self, xq: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
-        """The layer on int8 codes ``xq`` (N, C, H, W): float32 (N, K, OH, OW)."""
+        # the job and the team, looked up once (an import in the call path costs microseconds)
         from ..kernels import team
         from ..kernels._int8_fast import fast_int8
 
+        self._job, self._team = fast_int8, team
+
+    def __call__(self, xq: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+        """The layer on int8 codes ``xq`` (N, C, H, W): float32 (N, K, OH, OW)."""
         s = self.spec
         xq = np.ascontiguousarray(xq)
         shape = (s.N, s.C, s.H, s.W)
@@ -132,7 +134,8 @@ class FastInt8Plan:
         args = (self.alg, xq, self._xp, p.w, p.corr, self.scale, self.zero, out, self._ctr,
                 self.bias, self.act, self.lo, self.hi, self.mult, self.qmax, self.m, self.r,
                 self.pt, self.pl, self.cr, p.token, self._xu)
-        team.run(fast_int8, args, self.threads, own=lambda i, n: self._own[i], complete=True)
+        self._team.run(self._job, args, self.threads, own=lambda i, n: self._own[i],
+                       complete=True)
         return out
 
 
