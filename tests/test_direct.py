@@ -123,9 +123,9 @@ def test_split_gives_threads_even_shares():
     assert sp.nkbr * sp.nchunk >= mk.TASKS_PER_THREAD * 2
     ends = mk._ends(nkb, sp.nkbr)
     sizes = [e - s for s, e in zip([0] + ends[:-1], ends, strict=True)]
-    assert mk._makespan(sizes * sp.nchunk, 2) * 2 == sum(sizes) * sp.nchunk
+    assert mk.makespan(sizes * sp.nchunk, 2) * 2 == sum(sizes) * sp.nchunk
     # the makespan model: tasks taken in order by whichever thread is free first
-    assert mk._makespan([3, 4, 3, 4, 3, 4, 4, 4], 2) == 16 and mk._makespan([5, 1, 1], 1) == 7
+    assert mk.makespan([3, 4, 3, 4, 3, 4, 4, 4], 2) == 16 and mk.makespan([5, 1, 1], 1) == 7
     # a large plane with a small filter is still cut by pixels (the filter read once per chunk)
     big = ConvSpec(1, 16, 112, 112, 96, 1, 1)
     assert mk.split(big, 112 * 112, 16 * 4.0, 3, 2).nkbr == 1

@@ -115,7 +115,7 @@ def _ends(n: int, parts: int) -> list[int]:
     return [(i + 1) * n // parts for i in range(parts)]
 
 
-def _makespan(sizes: list[float], threads: int) -> float:
+def makespan(sizes: list[float], threads: int) -> float:
     """When the last of ``threads`` equally fast threads finishes, each taking the next task
     (in order) when it is free, as the atomic counter hands them out."""
     if threads <= 1:
@@ -140,7 +140,7 @@ def split(spec, vtot: int, bytes_per_pixel: float, nkb: int, threads: int) -> Sp
     with small filters, k-blocks on small planes with large filters. (A rule that cut pixels
     first sent EfficientNet-Lite0's 320 -> 1280 1x1 head at 7x7, 5 tiles, as 2 x 5 tasks that
     each streamed half the 1.6 MB filter for one tile.) Each split's estimated time is its
-    multiply-adds, stretched by the time the threads wait for the last task (`_makespan`: the
+    multiply-adds, stretched by the time the threads wait for the last task (`makespan`: the
     tasks' real pixels and lanes, handed out in order), plus `FMAS_PER_BYTE` per byte read;
     the least wins. Uneven tasks had cost 6-7% of a small layer's time on 2 threads: 160 ->
     960 at 7x7 cut its 30 k-blocks into 8 ranges of 3 or 4 (0.081 ms, 1.87x one thread), into
@@ -186,7 +186,7 @@ def split(spec, vtot: int, bytes_per_pixel: float, nkb: int, threads: int) -> Sp
             ke = _ends(nkb, nkbr)
             kr = [lane_sum[e] - lane_sum[s] for s, e in zip([0] + ke[:-1], ke, strict=True)]
             sizes = [k * c for _ in range(G) for k in kr for c in chunk]  # task order
-            stretch = _makespan(sizes, threads) * threads / sum(sizes)
+            stretch = makespan(sizes, threads) * threads / sum(sizes)
             cost = work * stretch + FMAS_PER_BYTE * (nchunk * filt + nkbr * inp)
             if best is None or cost < best[0]:
                 best = (cost, nkbr, nchunk)

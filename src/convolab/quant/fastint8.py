@@ -29,16 +29,16 @@ ACTS = {None: 0, "relu": 1, "clamp": 2}
 
 def _chunk_rows(rows: int, most: int, nkb: int, threads: int) -> int:
     """Tile rows per task (at most ``most``): the threads' last finish (tasks of a chunk's rows
-    x ``nkb`` k-blocks taken in order, `convolab.kernels.microkernel._makespan`) as early as
+    x ``nkb`` k-blocks taken in order, `convolab.kernels.microkernel.makespan`) as early as
     possible, then the fewest tasks. 64 -> 64 at 56x56 on SFC-4 (14 tile rows, 2 k-blocks):
     chunks of 4, 4, 4, 2 rows left a thread idle for a quarter of the second phase; 7 chunks
     of 2 do not."""
-    from ..kernels.microkernel import _makespan
+    from ..kernels.microkernel import makespan
 
     best = None
     for cr in range(most, 0, -1):
         sizes = [min(cr, rows - r0) for r0 in range(0, rows, cr) for _ in range(nkb)]
-        key = (_makespan(sizes, threads), len(sizes))
+        key = (makespan(sizes, threads), len(sizes))
         if best is None or key < best[0]:
             best = (key, cr)
     return best[1]
