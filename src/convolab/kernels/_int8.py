@@ -187,20 +187,25 @@ def _make_tile(mr: int):
                     fty = ir.VectorType(ir.FloatType(), L)
                     narrow = sig.args[19].dtype == types.int8
                     st = _Stage(context, builder, sig, a, L, k0, narrow)
-                    ys = [[st.apply(vals[j][v], v) for v in range(NV)] for j in range(mr)]
                     if narrow:
-                        ys = [[builder.fptosi(y, vty) for y in row] for row in ys]
+                        ys = [[builder.fptosi(st.apply(vals[j][v], v), vty) for v in range(NV)]
+                              for j in range(mr)]
                         _store_tile(builder, ys, vty, builder.bitcast(data(19), _I8.as_pointer()),
                                     obase, v0, OHOW, kn, n, mr, L, narrow=True)
                     else:
                         fp = builder.bitcast(data(19), ir.FloatType().as_pointer())
-                        # OHOW < 0: channels last, pixel v's channels at obase + v (-OHOW)
+                        # OHOW < 0: channels last, pixel v's channels at obase + v (-OHOW),
+                        # the scale only (`_Stage.scaled`: the int8 fast algorithms' products)
                         cl = builder.icmp_signed("<", OHOW, _i64(0))
                         with builder.if_else(cl) as (last, planes):
                             with last:
+                                ys = [[st.scaled(vals[j][v], v) for v in range(NV)]
+                                      for j in range(mr)]
                                 _store_tile_cl(builder, ys, fty, fp, obase, v0,
                                                builder.neg(OHOW), kn, n, mr, L)
                             with planes:
+                                ys = [[st.apply(vals[j][v], v) for v in range(NV)]
+                                      for j in range(mr)]
                                 _store_tile(builder, ys, fty, fp, obase, v0, OHOW, kn, n, mr, L)
                 with as_int:
                     _store_tile(builder, vals, vty, op, obase, v0, OHOW, kn, n, mr, L)
@@ -254,6 +259,14 @@ class _Stage:
         self.lo, self.hi = _bounds(builder, a[22], lo, hi, narrow, L)
         self.rint = cgutils.get_or_insert_function(builder.module, ir.FunctionType(fty, [fty]),
                                                    f"llvm.rint.v{L}f32")
+
+    def scaled(self, v, vi):
+        """``float32(v) * scale[k]`` only: no bias, no bounds (the channels-last store of
+        `_store_tile_cl`, whose callers pass no bias or activation)."""
+        b, fty = self.builder, self.fty
+        off = b.add(self.k0, _i64(vi * self.L))
+        sc = b.load(b.bitcast(b.gep(self.sp, [off]), fty.as_pointer()), align=4)
+        return b.fmul(b.sitofp(v, fty), sc)
 
     def apply(self, v, vi):
         """The stage of int32 vector ``v`` whose lanes are channels ``k0 + vi L ..``."""
