@@ -129,3 +129,8 @@ def test_split_gives_threads_even_shares():
     # a large plane with a small filter is still cut by pixels (the filter read once per chunk)
     big = ConvSpec(1, 16, 112, 112, 96, 1, 1)
     assert mk.split(big, 112 * 112, 16 * 4.0, 3, 2).nkbr == 1
+    # however many chunks it takes to keep a chunk's input within CHUNK_BYTES (52 MB here)
+    huge = ConvSpec(1, 64, 448, 448, 64, 3, 3, padding=(1, 1, 1, 1))
+    per_pixel = 64 * 450 * 450 / (448 * 448) * 4
+    sp = mk.split(huge, 448 * 448, per_pixel, 2, 2)
+    assert sp.nkbr == 1 and per_pixel * 448 * 448 / sp.nchunk <= mk.CHUNK_BYTES

@@ -169,8 +169,6 @@ def split(spec, vtot: int, bytes_per_pixel: float, nkb: int, threads: int) -> Sp
     best = None
     enough = 0  # chunks from which more only read the filter again (see below)
     for nchunk in range(1, nq + 1):
-        if G * nchunk > most:
-            break
         least = min(nkb, max(1, -(-want // (G * nchunk))))
         # k-block ranges from the fewest that make enough tasks up to a few more (even
         # ranges), or one k-block per task (its input then need not stay in the L2 from one
@@ -179,7 +177,7 @@ def split(spec, vtot: int, bytes_per_pixel: float, nkb: int, threads: int) -> Sp
         ce = _ends(len(pix), nchunk)
         chunk = [pix_sum[e] - pix_sum[s] for s, e in zip([0] + ce[:-1], ce, strict=True)]
         for nkbr in sorted(cands):
-            if G * nkbr * nchunk < want or (nkbr != nkb and G * nkbr * nchunk > most):
+            if G * nkbr * nchunk < want or (least < nkbr < nkb and G * nkbr * nchunk > most):
                 continue
             if nkbr < nkb and inp / nchunk > CHUNK_BYTES and nchunk < nq:
                 continue  # several k-blocks per task over a range of tiles too large for the L2
