@@ -234,6 +234,10 @@ def test_int8_microkernel_every_path_is_bit_exact(path, monkeypatch):
     # the 2-strided layers of inverted-residual networks (3x3 and 5x5), odd sizes, > 64 columns
     dict(x=(2, 5, 13, 151), w=(5, 1, 3, 3), stride=2, padding=1, dilation=1),
     dict(x=(1, 4, 9, 17), w=(8, 1, 5, 5), stride=2, padding=2, dilation=1),
+    # one output per channel, more than a block of 16 and a partial one: the blocked kernel
+    dict(x=(2, 40, 14, 15), w=(40, 1, 3, 3), stride=1, padding=1, dilation=1),
+    dict(x=(1, 36, 17, 12), w=(36, 1, 5, 5), stride=2, padding=(1, 2, 1, 2), dilation=1),
+    dict(x=(1, 20, 9, 9), w=(20, 1, 3, 3), stride=1, padding=2, dilation=2),
 ])
 def test_depthwise_int8_exact(case):
     x, w = int8(case["x"]), int8(case["w"])
@@ -253,6 +257,21 @@ def test_depthwise_int8_exact(case):
                                bias=np.arange(w.shape[0]) - 2.0, activation="relu6", **extra)(x)
                      for m in ("direct", "im2col"))
         np.testing.assert_array_equal(got, want)
+
+
+def test_depthwise_int8_blocked_equals_per_plane(monkeypatch):
+    # the channel-blocked kernel and the per-plane one: the same int32 sums and stages
+    x, w = int8((2, 40, 13, 11)), int8((40, 1, 3, 3))
+    kw = dict(groups=40, stride=2, padding=1)
+    sc = np.linspace(1e-2, 3e-2, 40)
+    outs = []
+    for blocked in (True, False):
+        monkeypatch.setattr(mk8, "DW_BLOCKED", blocked)
+        outs.append([conv2d_int8(x, w, **kw)] + [
+            plan_int8(x.shape, w, **kw, output=o, scale=sc, activation="relu", **e)(x)
+            for o, e in (("float32", {}), ("int8", {"out_scale": 0.5}))])
+    for a, b in zip(*outs, strict=True):
+        np.testing.assert_array_equal(a, b)
 
 
 def test_plan_int8_prepares_once_and_checks_its_calls():

@@ -23,6 +23,7 @@ from numba.core import cgutils
 from numba.extending import intrinsic
 
 from ._atomics import fetch_add, wait_until
+from ._direct import depthwise_block_scratch, depthwise_block_task, depthwise_block_tasks
 from ._int8_shape import MR, MR_TAIL, NV, PW_MK, PW_NV
 from ._microkernel import _fma_fn, _transpose16, lanes_below, nan_max_min, splat
 
@@ -1020,6 +1021,74 @@ def depthwise_int8(x, w, out, counter, K, OH, OW, R, S, sh, sw, dh, dw, pt, pl, 
         fetch_add(counter, 1)
     # every plane finished before any thread returns (`team.run(..., complete=True)`)
     wait_until(counter, 1, N * C)
+
+
+@njit(cache=True, nogil=True)
+def depthwise_int8_blocked(x, w, out, counter, OH, OW, R, S, sh, sw, dh, dw, pt, pl, f32, q8,
+                           stage, buf):  # pragma: no cover - compiled
+    """`depthwise_int8` for one output per channel on the float kernels' channel-blocked
+    depthwise task (`convolab.kernels._direct.depthwise_block_task`: 16 channels per vector,
+    register transposes in and out, bands in the L2): tasks (image, block of 16 channels), each
+    converting its 16 input planes to float32 (exact), running the blocked kernel on them into
+    16 float32 planes (every product and partial sum an integer float32 holds exactly: the
+    integer reference's sums, whatever the order), then storing them as `depthwise_int8` does
+    (int32, or the output stage). ``buf``: this thread's work buffer of
+    `depthwise_int8_blocked_buffer` elements. The per-plane kernel took 1.1-1.8x as long (the
+    fp32 runtime's measurements of the same kernels; int8 3x3 128@56, 2 threads: see
+    docs/quant.md)."""
+    scale, bias, act, lo, hi = stage
+    N, C, H, W = x.shape
+    T = R * S
+    nbk = (C + 15) // 16
+    HW = H * W
+    OHOW = OH * OW
+    need = depthwise_block_scratch(OH, OW, R, S, sh, sw, dh, dw)
+    o1 = need + (-need) % 16  # the block's input planes, float32
+    o2 = o1 + 16 * HW + (-(16 * HW)) % 16  # its output planes
+    o3 = o2 + 16 * OHOW + (-(16 * OHOW)) % 16  # its packed taps [T][16]
+    nband = depthwise_block_tasks(1, 16, OH, OW, R, S, sh, sw, dh, dw)
+    xf = x.reshape(x.size)
+    of = out.reshape(out.size)
+    f32f = f32.reshape(f32.size)
+    q8f = q8.reshape(q8.size)
+    epi = (buf, buf, 0, 0, 0, np.float32(0), np.float32(0))
+    while True:
+        task = fetch_add(counter, 0)
+        if task >= N * nbk:
+            break
+        n = task // nbk
+        b = task - n * nbk
+        c0 = b * 16
+        cn = min(16, C - c0)
+        for li in range(cn):
+            _cvt_run(buf, o1 + li * HW, xf, (n * C + c0 + li) * HW, HW)
+        for t in range(T):
+            for li in range(16):
+                buf[o3 + t * 16 + li] = np.float32(w[c0 + li, 0, t // S, t % S]) if li < cn else 0
+        for band in range(nband):
+            depthwise_block_task(band, buf, o1, buf, o3, buf, o2, cn, H, W, R, S, OH, OW, sh,
+                                 sw, dh, dw, pt, pl, buf, epi, 0)
+        for li in range(cn):
+            k = c0 + li
+            o = (n * C + k) * OHOW
+            if f32.size:
+                _stage_run(f32f, o, buf, o2 + li * OHOW, OHOW, scale[k], bias[k], act, lo, hi)
+            elif q8.size:
+                _stage_run(q8f, o, buf, o2 + li * OHOW, OHOW, scale[k], bias[k], act, lo, hi)
+            else:
+                _cvt_run(of, o, buf, o2 + li * OHOW, OHOW)
+        fetch_add(counter, 1)
+    wait_until(counter, 1, N * nbk)
+
+
+def depthwise_int8_blocked_buffer(spec) -> int:
+    """float32 elements of `depthwise_int8_blocked`'s work buffer per thread: the blocked
+    task's own, then 16 input planes, 16 output planes and the taps, each 64-byte aligned."""
+    from ._direct import depthwise_block_scratch as scratch
+
+    need = int(scratch(spec.OH, spec.OW, spec.R, spec.S, *spec.stride, *spec.dilation))
+    parts = [need, 16 * spec.H * spec.W, 16 * spec.OH * spec.OW, 16 * spec.R * spec.S]
+    return sum(p + (-p) % 16 for p in parts)
 
 
 def depthwise_int8_buffer(spec) -> int:

@@ -243,11 +243,19 @@ def _runtime() -> dict:
     if not _RUNTIME:
         from .._machine import worker_count
         from . import load_from_cache, team
-        from ._int8 import conv_int8_pw, conv_int8_tiles, depthwise_int8, depthwise_int8_buffer
+        from ._int8 import (
+            conv_int8_pw,
+            conv_int8_tiles,
+            depthwise_int8,
+            depthwise_int8_blocked,
+            depthwise_int8_blocked_buffer,
+            depthwise_int8_buffer,
+        )
         from ._int8 import requant as requant_planes
 
         _RUNTIME.update(load_from_cache=load_from_cache, team=team, tiles=conv_int8_tiles,
                         pw=conv_int8_pw, dw=depthwise_int8, dw_buffer=depthwise_int8_buffer,
+                        dwb=depthwise_int8_blocked, dwb_buffer=depthwise_int8_blocked_buffer,
                         requant=requant_planes, worker_count=worker_count)
     return _RUNTIME
 
@@ -375,6 +383,11 @@ _I8_4 = np.zeros((0, 0, 0, 0), dtype=np.int8)
 _I32_4 = np.zeros((0, 0, 0, 0), dtype=np.int32)
 
 
+#: one-output-per-channel depthwise layers run on the channel-blocked kernel
+#: (`_int8.depthwise_int8_blocked`); False: all on the per-plane one
+DW_BLOCKED = True
+
+
 def depthwise(spec, xq: np.ndarray, wq: np.ndarray, out: np.ndarray,
               threads: int | None = None, stage: tuple | None = None) -> None:
     """Depthwise convolution (groups = C, K = m C) of int8 codes into ``out`` on the team
@@ -383,7 +396,8 @@ def depthwise(spec, xq: np.ndarray, wq: np.ndarray, out: np.ndarray,
     rt = _RUNTIME or _runtime()
     if threads is None:
         threads = rt["worker_count"]()
-    n = rt["dw_buffer"](spec)
+    blocked = spec.K == spec.C and DW_BLOCKED
+    n = rt["dwb_buffer" if blocked else "dw_buffer"](spec)
     pl, _, pt, _ = spec.padding
     bufs = [np.empty(n, dtype=np.float32) for _ in range(max(1, threads))]
     if stage is None:
@@ -394,6 +408,14 @@ def depthwise(spec, xq: np.ndarray, wq: np.ndarray, out: np.ndarray,
         outs = (_I32_4, _F32_4, out, stage)
     else:
         raise ConvError(f"the output stage writes float32 or int8, got out of dtype {out.dtype}")
+    if blocked:  # one output per channel: the channel-blocked kernel
+        args = (xq, wq, outs[0], np.zeros(2, dtype=np.int64), spec.OH, spec.OW, spec.R, spec.S,
+                *spec.stride, *spec.dilation, pt, pl, *outs[1:])
+        rt["load_from_cache"](rt["dwb"], args + (bufs[0],),
+                              _warm("generic", (1, 8, 6, 6), (8, 1, 3, 3), 1, groups=8),
+                              ("dwb", out.dtype.name))
+        rt["team"].run(rt["dwb"], args, threads, own=bufs, complete=True)
+        return
     args = (xq, wq, outs[0], np.zeros(2, dtype=np.int64), spec.K, spec.OH, spec.OW, spec.R,
             spec.S, *spec.stride, *spec.dilation, pt, pl, *outs[1:])
     rt["load_from_cache"](rt["dw"], args + (bufs[0],),
