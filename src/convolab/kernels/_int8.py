@@ -918,6 +918,19 @@ def _cvt_run(typingctx, dst, doff, src, soff, count):
     return sig, codegen
 
 
+@njit(inline="always")
+def _store_sums(of, f32f, q8f, o, src, soff, count, s, b, act, lo, hi):  # pragma: no cover
+    """``count`` exact sums (float32 ``src[soff:]``) to the output at ``o``: through the output
+    stage into ``f32f`` or ``q8f`` when that one is non-empty (`_stage_run`), else as int32
+    into ``of`` (`_cvt_run`)."""
+    if f32f.size:
+        _stage_run(f32f, o, src, soff, count, s, b, act, lo, hi)
+    elif q8f.size:
+        _stage_run(q8f, o, src, soff, count, s, b, act, lo, hi)
+    else:
+        _cvt_run(of, o, src, soff, count)
+
+
 @njit(cache=True, nogil=True)
 def depthwise_int8(x, w, out, counter, K, OH, OW, R, S, sh, sw, dh, dw, pt, pl, f32, q8, stage,
                    plane):  # pragma: no cover - compiled
@@ -972,12 +985,8 @@ def depthwise_int8(x, w, out, counter, K, OH, OW, R, S, sh, sw, dh, dw, pt, pl, 
                 _dw_run(acc, xp, 0, offs, wts, R * S, OH * Wp)
                 for oh in range(OH):
                     o = ((n * K + k) * OH + oh) * OW
-                    if f32.size:
-                        _stage_run(f32f, o, acc, oh * Wp, OW, scale[k], bias[k], act, lo, hi)
-                    elif q8.size:
-                        _stage_run(q8f, o, acc, oh * Wp, OW, scale[k], bias[k], act, lo, hi)
-                    else:
-                        _cvt_run(of, o, acc, oh * Wp, OW)
+                    _store_sums(of, f32f, q8f, o, acc, oh * Wp, OW, scale[k], bias[k], act, lo,
+                                hi)
                 continue
             if sw == 2:  # 2-strided columns: a vector's inputs from two loads (`_dw_run2`)
                 for t in range(R * S):
@@ -985,12 +994,7 @@ def depthwise_int8(x, w, out, counter, K, OH, OW, R, S, sh, sw, dh, dw, pt, pl, 
                 for oh in range(OH):
                     _dw_run2(acc, xp, oh * sh * Wp, offs, wts, R * S, OW)
                     o = ((n * K + k) * OH + oh) * OW
-                    if f32.size:
-                        _stage_run(f32f, o, acc, 0, OW, scale[k], bias[k], act, lo, hi)
-                    elif q8.size:
-                        _stage_run(q8f, o, acc, 0, OW, scale[k], bias[k], act, lo, hi)
-                    else:
-                        _cvt_run(of, o, acc, 0, OW)
+                    _store_sums(of, f32f, q8f, o, acc, 0, OW, scale[k], bias[k], act, lo, hi)
                 continue
             for oh in range(OH):
                 acc[:] = 0
@@ -1010,14 +1014,7 @@ def depthwise_int8(x, w, out, counter, K, OH, OW, R, S, sh, sw, dh, dw, pt, pl, 
                             for ow in range(OW):
                                 acc[ow] += wv * xs[ow * sw]
                 o = ((n * K + k) * OH + oh) * OW
-                if f32.size:
-                    _stage_run(f32f, o, acc, 0, OW, scale[k], bias[k], act, lo, hi)
-                elif q8.size:
-                    _stage_run(q8f, o, acc, 0, OW, scale[k], bias[k], act, lo, hi)
-                else:
-                    dst = out[n, k, oh]
-                    for ow in range(OW):
-                        dst[ow] = np.int32(acc[ow])
+                _store_sums(of, f32f, q8f, o, acc, 0, OW, scale[k], bias[k], act, lo, hi)
         fetch_add(counter, 1)
     # every plane finished before any thread returns (`team.run(..., complete=True)`)
     wait_until(counter, 1, N * C)
@@ -1071,12 +1068,8 @@ def depthwise_int8_blocked(x, w, out, counter, OH, OW, R, S, sh, sw, dh, dw, pt,
         for li in range(cn):
             k = c0 + li
             o = (n * C + k) * OHOW
-            if f32.size:
-                _stage_run(f32f, o, buf, o2 + li * OHOW, OHOW, scale[k], bias[k], act, lo, hi)
-            elif q8.size:
-                _stage_run(q8f, o, buf, o2 + li * OHOW, OHOW, scale[k], bias[k], act, lo, hi)
-            else:
-                _cvt_run(of, o, buf, o2 + li * OHOW, OHOW)
+            _store_sums(of, f32f, q8f, o, buf, o2 + li * OHOW, OHOW, scale[k], bias[k], act, lo,
+                        hi)
         fetch_add(counter, 1)
     wait_until(counter, 1, N * nbk)
 
