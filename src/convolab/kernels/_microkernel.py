@@ -49,6 +49,16 @@ _I64 = ir.IntType(64)
 #: steps of the reduction ahead of which a tile prefetches the packed filter (a step reads 128
 #: bytes of it: 16 steps are 2 KiB, about a memory latency of multiply-adds)
 WEIGHT_PREFETCH_STEPS = 16
+#: steps of a long reduction run (a 1x1 layer's channels, one plane apart in NCHW) ahead of
+#: which a tile prefetches its input (also `convolab.kernels._pointwise`'s pixel vectors). Each
+#: step of such a run reads a line of another plane, which no hardware prefetcher predicts; at
+#: two 512-bit multiply-add ports (Intel Xeon) a step is half as long as at Zen 4's rate and
+#: those misses showed: ResNet-50 batch 1, one thread, each layer's time inside the run against
+#: ONNX Runtime's (tools/ort_gap.py, Xeon, 2026-12-07): 1x1 512 -> 128 at 28x28 1.75x -> 1.23x,
+#: 2048 -> 512 at 7x7 1.34x -> 1.16x, 256 -> 64 at 56x56 (pixel vectors) 1.72x -> 1.31x; the
+#: whole call 1.29x -> 1.23x. Short runs (a row of taps) and tap tables do not prefetch: the
+#: next channel's row cost 3x3 layers 10%, the tables' steps are not ``istep`` apart
+INPUT_PREFETCH_STEPS = 8
 # No output prefetch: tiles once prefetched (for writing) the lines of every output channel two
 # tiles ahead, 64 prefetches per tile. In the runtime that loop was most of a tile's fixed cost
 # (1x1 256 -> 1024 at 14x14, executor, one thread, Zen 4: 0.987 -> 0.922 ms; t(C) = a + b C
@@ -254,35 +264,56 @@ def _typer(mr, straight, tys, pixel_major=False, table=False, blocked=False, nv=
         fw_v = cgutils.alloca_once_value(builder, _i64(0))
         jump = builder.sub(cstride, builder.mul(builder.sub(FWe, _i64(1)), fwstep))
         runw = builder.mul(FHe, kbc)
-        with cgutils.for_range(builder, builder.mul(Cg, FWe)) as ls:
-            xs = builder.load(xoff_v)
-            ws = builder.gep(wp, [builder.mul(ls.index, runw)])
-            with _for_range_rolled(builder, FHe) as lh:
-                if table:
-                    xi = builder.add(xs, builder.load(builder.gep(tabp, [builder.add(a[21], lh)])))
-                else:
-                    xi = builder.add(xs, builder.mul(lh, istep))
-                wh = builder.gep(ws, [builder.mul(lh, kbc)])
-                wv = [builder.load(builder.bitcast(builder.gep(wh, [_i64(v * VL)]), vpty),
-                                   align=size) for v in range(nv)]
-                # the packed filter is read in order: fetch the lines WEIGHT_PREFETCH_STEPS
-                # steps ahead (into the next k-block at the end of this one), so a filter
-                # streamed from memory, once per layer, does not stall the first tiles
-                for v in range(nv):
-                    builder.call(prefetch, [builder.bitcast(
-                        builder.gep(wh, [_i64(WEIGHT_PREFETCH_STEPS * KB + v * VL)]), i8p),
-                        ir.Constant(_I32, 0), ir.Constant(_I32, 3), ir.Constant(_I32, 1)])
-                for j, (base, off) in enumerate(pix):
-                    s = builder.load(builder.gep(base, [builder.add(xi, off)]))
-                    b = splat(builder, s, vty)
+        # long runs (a 1x1 layer's channels) prefetch INPUT_PREFETCH_STEPS steps ahead (not
+        # the runs of a tap table: their steps are not istep apart)
+        long_run = builder.icmp_signed(
+            ">=", FHe, _i64(1 << 62 if table else INPUT_PREFETCH_STEPS))
+        pf_dist = builder.mul(istep, _i64(INPUT_PREFETCH_STEPS))
+
+        def reduction(pf):
+            with cgutils.for_range(builder, builder.mul(Cg, FWe)) as ls:
+                xs = builder.load(xoff_v)
+                ws = builder.gep(wp, [builder.mul(ls.index, runw)])
+                with _for_range_rolled(builder, FHe) as lh:
+                    if table:
+                        xi = builder.add(xs, builder.load(builder.gep(
+                            tabp, [builder.add(a[21], lh)])))
+                    else:
+                        xi = builder.add(xs, builder.mul(lh, istep))
+                    wh = builder.gep(ws, [builder.mul(lh, kbc)])
+                    wv = [builder.load(builder.bitcast(builder.gep(wh, [_i64(v * VL)]), vpty),
+                                       align=size) for v in range(nv)]
+                    # the packed filter is read in order: fetch the lines WEIGHT_PREFETCH_STEPS
+                    # steps ahead (into the next k-block at the end of this one), so a filter
+                    # streamed from memory, once per layer, does not stall the first tiles
                     for v in range(nv):
-                        acc = builder.load(accs[j][v])
-                        builder.store(builder.call(fmaf, [wv[v], b, acc]), accs[j][v])
-            fw = builder.add(builder.load(fw_v), _i64(1))
-            wrap = builder.icmp_unsigned(">=", fw, FWe)
-            builder.store(builder.select(wrap, _i64(0), fw), fw_v)
-            builder.store(builder.add(builder.load(xoff_v), builder.select(wrap, jump, fwstep)),
-                          xoff_v)
+                        builder.call(prefetch, [builder.bitcast(
+                            builder.gep(wh, [_i64(WEIGHT_PREFETCH_STEPS * KB + v * VL)]), i8p),
+                            ir.Constant(_I32, 0), ir.Constant(_I32, 3), ir.Constant(_I32, 1)])
+                    # the input `pf_dist` elements ahead, at the tile's first and last pixel
+                    for base, off in ((pix[0], pix[-1]) if pf else ()):
+                        builder.call(prefetch, [builder.bitcast(builder.gep(
+                            base, [builder.add(builder.add(xi, off), pf_dist)]), i8p),
+                            ir.Constant(_I32, 0), ir.Constant(_I32, 3), ir.Constant(_I32, 1)])
+                    for j, (base, off) in enumerate(pix):
+                        s = builder.load(builder.gep(base, [builder.add(xi, off)]))
+                        b = splat(builder, s, vty)
+                        for v in range(nv):
+                            acc = builder.load(accs[j][v])
+                            builder.store(builder.call(fmaf, [wv[v], b, acc]), accs[j][v])
+                fw = builder.add(builder.load(fw_v), _i64(1))
+                wrap = builder.icmp_unsigned(">=", fw, FWe)
+                builder.store(builder.select(wrap, _i64(0), fw), fw_v)
+                builder.store(builder.add(builder.load(xoff_v),
+                                          builder.select(wrap, jump, fwstep)), xoff_v)
+
+        # two copies of the loop: a branch per step around the prefetches (short runs skip
+        # them) cost 3x3 layers 10% (Xeon)
+        with builder.if_else(long_run) as (then, otherwise):
+            with then:
+                reduction(True)
+            with otherwise:
+                reduction(False)
         n = builder.sub(OHOW, v0)
         n = builder.select(builder.icmp_unsigned("<", n, _i64(mr)), n, _i64(mr))
         epi = None

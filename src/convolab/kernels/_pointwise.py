@@ -25,7 +25,7 @@ from numba.extending import intrinsic
 
 from ._epilogue import F0, F1
 from ._epilogue import run as epilogue_run
-from ._microkernel import _Epi, _fma_fn, _i64, _masked_store, lanes_below, masked_load, splat
+from ._microkernel import INPUT_PREFETCH_STEPS, _Epi, _fma_fn, _i64, _masked_store, lanes_below, masked_load, splat
 
 #: output channels per tile
 KR = 8
@@ -126,9 +126,20 @@ def _make_tile(full: bool, stage: tuple[int, int] | None = None):
                             builder.call(prefetch, [builder.bitcast(rp, i8p),
                                                     ir.Constant(_I32, 0), ir.Constant(_I32, 3),
                                                     ir.Constant(_I32, 1)])
+            if full:
+                i8p = ir.IntType(8).as_pointer()
+                prefetch = cgutils.get_or_insert_function(
+                    builder.module, ir.FunctionType(ir.VoidType(), [i8p, _I32, _I32, _I32]),
+                    "llvm.prefetch.p0")
+                ahead = builder.mul(P, _i64(INPUT_PREFETCH_STEPS))
             with cgutils.for_range(builder, C) as lp:
                 c = lp.index
                 xrow = builder.gep(xp, [builder.mul(c, P)])
+                if full:  # the input of the channel INPUT_PREFETCH_STEPS steps ahead
+                    for j in range(NPV):
+                        builder.call(prefetch, [builder.bitcast(builder.gep(
+                            xrow, [builder.add(ahead, _i64(16 * j))]), i8p),
+                            ir.Constant(_I32, 0), ir.Constant(_I32, 3), ir.Constant(_I32, 1)])
                 xs = []
                 for j in range(NPV):
                     ptr = builder.bitcast(builder.gep(xrow, [_i64(16 * j)]), vpty)
