@@ -42,7 +42,7 @@ from numba.extending import intrinsic
 from ._atomics import fetch_add, fetch_add_n, wait_until
 from ._epilogue import F0, F1
 from ._epilogue import run as epilogue_run
-from .microkernel import MR, MR_TAIL, NV
+from .microkernel import MR, MR_TAIL, MR_WIDE, NV
 
 _I32 = ir.IntType(32)
 _I64 = ir.IntType(64)
@@ -735,6 +735,11 @@ def _window_row(typingctx, dst, doff, src, soff, rstep, f0, f1, FH, Vw, wlo, whi
 
 _microkernel = _make_microkernel(MR)
 _microkernel_straight = _make_microkernel(MR, straight=True)
+# tiles of MR_WIDE pixels for the short-run layers (`run_tile_tasks`)
+_microkernel_w = _make_microkernel(MR_WIDE)
+_microkernel_straight_w = _make_microkernel(MR_WIDE, straight=True)
+_microkernel_straight_nv1_w = _make_microkernel(MR_WIDE, straight=True, nv=1)
+_microkernel_straight_br_w = _make_microkernel(MR_WIDE, straight=True, stage=(2, 1))
 _microkernel_tail = _make_microkernel(MR_TAIL)
 _microkernel_pm = _make_microkernel(MR, pixel_major=True, straight=True)
 _microkernel_pm_tail = _make_microkernel(MR_TAIL, pixel_major=True)
@@ -800,8 +805,13 @@ def run_tile_tasks(wflat, wbase, src, srcbase, cstride, Cgk, FWe, FHe, istep, fw
     fm = emode if fused else 0
     fc = ecode if fused else 0
     erd = eoff - obase0
-    nq = (VHW + MR - 1) // MR
-    nfull = VHW // MR
+    # dense layers read as plain planes with short runs (a row of taps: 3x3, 5x5 stride 1) on
+    # tiles of MR_WIDE pixels, the others (1x1 runs over the channels, tap tables, blocked
+    # output) of MR (see `convolab.kernels.microkernel.MR_WIDE`)
+    wide = not table and not blocked and FHe < INPUT_PREFETCH_STEPS
+    mr = MR_WIDE if wide else MR
+    nq = (VHW + mr - 1) // mr
+    nfull = VHW // mr
     done = 0
     while True:
         t = fetch_add(counter, ci)
@@ -822,7 +832,7 @@ def run_tile_tasks(wflat, wbase, src, srcbase, cstride, Cgk, FWe, FHe, istep, fw
             # a last k-block of one vector of real channels: tiles of that vector only
             half = kn * wflat.itemsize <= 64
             for qt in range(q0, q1):
-                v0 = qt * MR
+                v0 = qt * mr
                 if table and blocked:
                     if qt >= nfull:
                         for v in range(v0, VHW, MR_TAIL):
@@ -867,6 +877,25 @@ def run_tile_tasks(wflat, wbase, src, srcbase, cstride, Cgk, FWe, FHe, istep, fw
                             _microkernel_tail(wflat, woff, src, xg, cstride, Cgk, FWe, FHe,
                                               istep, fwstep, cs, on, ob, OHOW, OW, rowlen, kn, v,
                                               ebias, k0, eres, erd, fm, fc, elo, ehi)
+                elif wide and (dense or v0 % OW + mr <= OW):
+                    if half:
+                        _microkernel_straight_nv1_w(wflat, woff, src, xg, cstride, Cgk, FWe, FHe,
+                                                    istep, fwstep, cs, on, ob, OHOW, OW, rowlen,
+                                                    kn, v0, ebias, k0, eres, erd, fm, fc, elo,
+                                                    ehi)
+                    elif fm == 2 and fc == 1:
+                        _microkernel_straight_br_w(wflat, woff, src, xg, cstride, Cgk, FWe, FHe,
+                                                   istep, fwstep, cs, on, ob, OHOW, OW, rowlen,
+                                                   kn, v0, ebias, k0, eres, erd, fm, fc, elo,
+                                                   ehi)
+                    else:
+                        _microkernel_straight_w(wflat, woff, src, xg, cstride, Cgk, FWe, FHe,
+                                                istep, fwstep, cs, on, ob, OHOW, OW, rowlen, kn,
+                                                v0, ebias, k0, eres, erd, fm, fc, elo, ehi)
+                elif wide:
+                    _microkernel_w(wflat, woff, src, xg, cstride, Cgk, FWe, FHe, istep, fwstep,
+                                   cs, on, ob, OHOW, OW, rowlen, kn, v0, ebias, k0, eres, erd, fm,
+                                   fc, elo, ehi)
                 elif dense or v0 % OW + MR <= OW:
                     if half:
                         _microkernel_straight_nv1(wflat, woff, src, xg, cstride, Cgk, FWe, FHe,
@@ -885,11 +914,11 @@ def run_tile_tasks(wflat, wbase, src, srcbase, cstride, Cgk, FWe, FHe, istep, fw
                                  on, ob, OHOW, OW, rowlen, kn, v0,
                              ebias, k0, eres, erd, fm, fc, elo, ehi)
             if (emode != 0 or ecode != 0) and not fused and not blocked:
-                v0 = q0 * MR
-                n = min(OHOW, q1 * MR) - v0
-                if table:  # the real pixels before virtual pixels q0 MR and q1 MR
-                    va = min(VHW, q0 * MR)
-                    vb = min(VHW, q1 * MR)
+                v0 = q0 * mr
+                n = min(OHOW, q1 * mr) - v0
+                if table:  # the real pixels before virtual pixels q0 mr and q1 mr
+                    va = min(VHW, q0 * mr)
+                    vb = min(VHW, q1 * mr)
                     v0 = (va // OWv) * OW + min(va % OWv, OW)
                     n = (vb // OWv) * OW + min(vb % OWv, OW) - v0
                 for k in range(k0, k0 + kn):

@@ -34,6 +34,16 @@ import numpy as np
 MR = 12
 #: pixels per tile of the narrow kernel that finishes a row of tiles
 MR_TAIL = 4
+#: virtual pixels per tile of dense layers read as plain planes whose reduction runs are short
+#: (a row of taps: 3x3, 5x5 stride 1): 28 accumulators of the 32 vector registers; a tile's
+#: filter vectors, streamed from the L2 on layers of 64+ channels, serve 14 pixels instead of
+#: 12, and rows of 56, 28, 14 and 7 outputs (every ImageNet network's) are whole numbers of
+#: tiles (at 12 a tile in four crossed a row end, on the general kernel). ResNet-50 batch 1, one
+#: thread, each 3x3 layer's time inside the run against ONNX Runtime's (tools/ort_gap.py, Xeon,
+#: 2026-12-07): 64@56 1.39x -> 1.29x, 128@28 1.26x -> 1.18-1.22x, 256@14 1.24x -> 1.08-1.13x,
+#: 512@7 unchanged. Tap tables (strided layers) and 1x1 layers ran slower at 14 (the stem
+#: 1.22x -> 1.63x): they keep `MR`
+MR_WIDE = 14
 #: 512-bit vectors of output channels per tile
 NV = 2
 #: bytes of input a task's tiles should span when it loops over all k-blocks (half an L2)
