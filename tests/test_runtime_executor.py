@@ -438,8 +438,8 @@ def test_strided_stem_hands_its_output_to_depthwise_channel_blocked(same, H, W, 
     np.testing.assert_allclose(got, net(x).detach().numpy(), rtol=1e-4, atol=1e-4)
 
 
-@pytest.mark.parametrize("K, batch, blocked", [(16, 1, True), (24, 1, False), (24, 2, True),
-                                               (40, 2, False)])
+@pytest.mark.parametrize("K, batch, blocked", [(16, 1, True), (48, 1, True), (48, 2, True),
+                                               (64, 2, False)])
 def test_narrow_projection_reads_the_depthwise_output_channel_blocked(K, batch, blocked,
                                                                      monkeypatch):
     """A projection to few channels at a large plane (a pixel-vector layer) reads the

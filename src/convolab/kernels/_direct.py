@@ -455,6 +455,13 @@ def _t16(typingctx, src, so, ss, nr, nl, dst, do, ds, nd, ml):
 #: (S, stride) with unit dilation for which `_dw_row` reuses each loaded input vector across
 #: taps (the depthwise kernels of MobileNet / EfficientNet); others take its general loop
 DW_ROW_SHAPES = ((3, 1), (5, 1), (3, 2), (5, 2))
+#: output pixels per block of `_dw_row` (one accumulator each) on rows at least that wide; 8 on
+#: narrower ones. A pixel's taps are a chain of dependent multiply-adds: 8 chains at a time
+#: kept one FMA port of Zen 4 busy but not two of a Xeon. EfficientNet-Lite0 batch 1, one
+#: thread, each layer's time inside the run against ONNX Runtime's (tools/ort_gap.py, Xeon,
+#: 2026-12-07): 5x5 672@14 0.99x -> 0.89-0.91x, 5x5 240@28 1.28x -> 1.17x; 14 at 7x7 (half a
+#: block dropped) 1.20x -> 1.59x, hence 8 there
+DW_BLOCK = 14
 
 
 @intrinsic
@@ -467,7 +474,8 @@ def _dw_row(typingctx, x, buf, out, obase, xbase, rstride, ih0, H, W, col0, zbas
     16-lane pixel ``x[xbase + i rstride + 16 j:]`` where ``0 <= i < H`` and ``0 <= j < W``,
     and zero elsewhere (the padding), read as the 16 zeros at ``buf[zbase:]``: so the rows may
     be a band copied into ``buf`` or the channel-blocked input itself, read where it lies.
-    Pixels in blocks of 8, their accumulators kept in registers over all the taps (one filter
+    Pixels in blocks of `DW_BLOCK` (8 on narrower rows), their accumulators kept in registers
+    over all the taps (one filter
     vector loaded per tap serves the block); blocks whose columns all lie inside the rows load
     them without a check, the others (the row's first and last, and every block of a small
     plane) choose each column's pointer (the pixel or the zero vector) first. Pixels of the
@@ -576,45 +584,53 @@ def _dw_row(typingctx, x, buf, out, obase, xbase, rstride, ih0, H, W, col0, zbas
                         builder.store(stage.apply(builder.load(a)), ptr, align=size)
             builder.store(builder.add(p, c(nb)), pv)
 
-        def checked_block(keep, shape):
+        def checked_block(keep, shape, nbk):
             # the block's columns, first to last, all inside the rows: no per-column check
             # (rows that are padding read the zero row, as long as the rows are)
             p = builder.load(pv)
             first = builder.add(col0, builder.mul(p, sw))
-            last = builder.add(builder.add(first, builder.mul(c(7), sw)),
+            last = builder.add(builder.add(first, builder.mul(c(nbk - 1), sw)),
                                builder.mul(builder.sub(S, c(1)), dw))
             inside = builder.and_(builder.icmp_signed(">=", first, c(0)),
                                   builder.icmp_signed("<", last, W))
             if shape is None:
-                block(8, keep, shape, True)
+                block(nbk, keep, shape, True)
                 return
             with builder.if_else(inside) as (then, otherwise):
                 with then:
-                    block(8, keep, shape, False)
+                    block(nbk, keep, shape, False)
                 with otherwise:
-                    block(8, keep, shape, True)
+                    block(nbk, keep, shape, True)
 
-        def row(shape):
+        def row(shape, nbk):
             bbcond = builder.append_basic_block("dw8.cond")
             bbbody = builder.append_basic_block("dw8.body")
             bbend = builder.append_basic_block("dw8.end")
             builder.branch(bbcond)
             builder.position_at_end(bbcond)
-            more = builder.icmp_signed("<=", builder.add(builder.load(pv), c(8)), OW)
+            more = builder.icmp_signed("<=", builder.add(builder.load(pv), c(nbk)), OW)
             builder.cbranch(more, bbbody, bbend)
             builder.position_at_end(bbbody)
-            checked_block(None, shape)
+            checked_block(None, shape, nbk)
             builder.branch(bbcond)
             builder.position_at_end(bbend)
-            # the row's last 1-7 pixels as one more block of 8: independent accumulators keep
-            # the FMA pipes busy where single pixels waited on each tap's latency
+            # the row's last pixels as one more block: independent accumulators keep the FMA
+            # pipes busy where single pixels waited on each tap's latency
             left = builder.sub(OW, builder.load(pv))
             with builder.if_then(builder.icmp_signed(">", left, c(0))):
-                checked_block(left, shape)
+                checked_block(left, shape, nbk)
+
+        def rows(shape):
+            # blocks of DW_BLOCK pixels on rows at least that wide, of 8 on narrower ones
+            with builder.if_else(builder.icmp_signed(">=", OW, c(DW_BLOCK))) as (wide, narrow):
+                with wide:
+                    row(shape, DW_BLOCK)
+                with narrow:
+                    row(shape, 8)
 
         def dispatch(shapes):
             if not shapes:
-                row(None)
+                rows(None)
                 return
             Sc, swc = shapes[0]
             match = builder.and_(builder.and_(
@@ -622,7 +638,7 @@ def _dw_row(typingctx, x, buf, out, obase, xbase, rstride, ih0, H, W, col0, zbas
                 builder.icmp_signed("==", dw, c(1)))
             with builder.if_else(match) as (then, otherwise):
                 with then:
-                    row((Sc, swc))
+                    rows((Sc, swc))
                 with otherwise:
                     dispatch(shapes[1:])
 
@@ -662,7 +678,7 @@ def depthwise_block_scratch(OH, OW, R, S, sh, sw, dh, dw):  # pragma: no cover -
     rows = (ob - 1) * sh + (R - 1) * dh + 1
     # the zero row: the input is at most Wp + sw - 1 wide; then room for the reads of a row's
     # last block past the band's end
-    return 16 * (rows * Wp + ob * OW + Wp + sw + 8 * sw)
+    return 16 * (rows * Wp + ob * OW + Wp + sw + DW_BLOCK * sw)
 
 
 @njit(inline="always")
@@ -767,7 +783,7 @@ def depthwise_block_task(task, xflat, xbase, wf, wbase, of, obase, C, H, W, R, S
             # the copied rows are padded: no check (a row's last block reads on past its end,
             # into the next row or the slack, for outputs it drops)
             _dw_row(buf, buf, of if direct_out else buf, o, 0, 16 * Wp, oh * sh - hp0, rows,
-                    Wp + 8 * sw, 0, zrow, sw, dh, dw, R, S, wf, wb, OW, ebias,
+                    Wp + DW_BLOCK * sw, 0, zrow, sw, dh, dw, R, S, wf, wb, OW, ebias,
                     c0 if emode & 2 else 0, cn, fm, fc, elo, ehi)
     if direct_out:
         return

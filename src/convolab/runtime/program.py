@@ -486,15 +486,17 @@ def _image_major_rows(prog, fprm, nodes, per_image):
 
 #: output channels up to which a 1x1 projection that would run with pixels in the vector
 #: lanes (`_pixel_vectors`) reads a depthwise layer's output channel-blocked on the microkernel
-#: instead (the depthwise layer then skips the transposition to planes), at batch 1 / at
-#: larger batches. Its tiles of one vector of 16 channels fill their lanes; 24 channels fill
-#: 24 of 32. Executor, 2 threads, Zen 4, the pair's time (depthwise + projection) with
-#: against without (interleaved, ms): b8 32@112 -> 16: 1.73 -> 1.33 (MobileNetV2), 1.77 ->
-#: 1.34 (EfficientNet-Lite0); 144@56 -> 24: 2.07 -> 1.98, 2.12 -> 1.97; b1 32@112 -> 16: 0.201
-#: -> 0.190; 144@56 -> 24: 0.241 -> 0.251 (MobileNetV2). Before, with every last k-block 32
-#: lanes wide, all such projections stayed on pixel vectors (MobileNetV2 b8 37.7 -> 38.5 ms
-#: with them blocked).
-BLOCKED_PROJECTION_MAX_K = (16, 24)
+#: instead (the depthwise layer then skips the transposition to planes). Its tiles of one
+#: vector of 16 channels fill their lanes; 24 channels fill 24 of 32. Executor, 2 threads, Zen
+#: 4, the pair's time (depthwise + projection) with against without (interleaved, ms): b8
+#: 32@112 -> 16: 1.73 -> 1.33 (MobileNetV2), 1.77 -> 1.34 (EfficientNet-Lite0); 144@56 -> 24:
+#: 2.07 -> 1.98, 2.12 -> 1.97; b1 32@112 -> 16: 0.201 -> 0.190; 144@56 -> 24: 0.241 -> 0.251
+#: (MobileNetV2). On a Xeon (one 512-bit shuffle port, where Zen 4 has two) the transposes
+#: cost more: the depthwise 144@56 of EfficientNet-Lite0 b1, one thread, 0.321 -> 0.187 ms, its
+#: projection 0.188 -> 0.185; whole networks, two copies taking turns (2026-12-07, Xeon), from
+#: 16 at batch 1 / 24 at batch 8 to 48: EfficientNet-Lite0 b1 0.980x (two steps of 0.990), b8
+#: 0.985x, one thread 0.979x; MobileNetV2 b1 0.975x, b8 0.985x, one thread 0.986x
+BLOCKED_PROJECTION_MAX_K = 48
 
 
 def _blocked_projection(spec) -> bool:
@@ -503,7 +505,7 @@ def _blocked_projection(spec) -> bool:
     `BLOCKED_PROJECTION_MAX_K` output channels."""
     if not _pixel_vectors(spec, False):
         return True
-    return spec.K <= BLOCKED_PROJECTION_MAX_K[spec.N > 1]
+    return spec.K <= BLOCKED_PROJECTION_MAX_K
 
 
 def _blocked_pairs(g: Graph, st: _State, seg: _Segment, root, pads) -> dict[int, int]:
