@@ -128,7 +128,7 @@ def test_first_plan_trial_on_an_uncalibrated_machine(cache, monkeypatch):
     model = select.rank(spec)
     assert select.trial_wanted(model)
     cands = select._trial_candidates([c for c in model if c.admissible])
-    assert 2 <= len(cands) <= select.TRIAL_CANDIDATES
+    assert 2 <= len(cands) <= select.TRIAL_CANDIDATES + len(select.TRIAL_ALWAYS)
     timed = []
     real = select._measure
     monkeypatch.setattr(select, "_measure", lambda c, *a, **k: (timed.append([x.name for x in c]),
@@ -147,6 +147,23 @@ def test_first_plan_trial_on_an_uncalibrated_machine(cache, monkeypatch):
     assert not select.trial_wanted(ranking)
     convolab.conv2d(np.ones(x_shape, np.float32), w, padding=1)
     assert len(timed) == 1
+
+
+def test_trial_times_direct_wherever_the_model_ranks_it():
+    """Direct convolution joins the trial's candidates when the model ranks it below the first
+    `TRIAL_CANDIDATES` but within `TRIAL_FACTOR` of the best; not beyond that factor."""
+    def ch(name, s):
+        return select.Choice(name, True, "", s, 0, 0.0, "model")
+
+    adm = [ch("winograd_f2x3", 1.0), ch("sfc6_7x3", 1.1), ch("sfc6_6x3", 1.2),
+           ch("sfc4_4x3", 1.5), ch("direct", 1.7), ch("im2col", 2.0)]
+    assert [c.name for c in select._trial_candidates(adm)] == [
+        "winograd_f2x3", "sfc6_7x3", "sfc6_6x3", "direct"]
+    adm[4] = ch("direct", select.TRIAL_FACTOR * 1.0 + 0.1)
+    assert "direct" not in [c.name for c in select._trial_candidates(adm)]
+    # already among the first: listed once
+    adm = [ch("direct", 1.0), ch("im2col", 1.1), ch("im2win", 1.2), ch("fft", 1.3)]
+    assert [c.name for c in select._trial_candidates(adm)] == ["direct", "im2col", "im2win"]
 
 
 def test_no_trial_when_calibrated_switched_off_or_single_candidate(cache, monkeypatch):

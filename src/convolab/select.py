@@ -8,7 +8,8 @@ Trial on an uncalibrated machine. Until ``convolab calibrate`` has run on this m
 model's constants are another machine's, and its ranking of close candidates can be wrong
 (on an Intel Xeon the shipped calibration put F(2x2,3x3) where SFC-4 was 1.14x faster). So
 the first time ``auto`` plans a convolution there, it times the model's best candidates --
-at most `TRIAL_CANDIDATES`, those predicted within `TRIAL_FACTOR` of the best -- on random
+at most `TRIAL_CANDIDATES`, those predicted within `TRIAL_FACTOR` of the best, and direct
+convolution (`TRIAL_ALWAYS`) if within that factor -- on random
 data (one warm-up call, then the minimum of 3 calls or 10 ms) and stores the times in the
 autotune cache, keyed by the CPU model and thread count like ``measure=True``: later plans of
 that convolution, in any process, rank by these times without timing again. The trial costs
@@ -166,6 +167,11 @@ def _valid_seconds(t) -> bool:
 
 #: the first-plan trial on an uncalibrated machine (see the module docstring): candidates timed
 TRIAL_CANDIDATES = 3
+#: ... and these, wherever the model ranks them (within TRIAL_FACTOR): the shipped calibration
+#: predates most of direct's speed-ups, and on an Intel Xeon it put direct fifth on ResNet-50's
+#: 3x3 64@56 layer (1.75 ms predicted, 0.90 measured), behind three fast algorithms that took
+#: 1.03-1.18 ms: the trial never timed it and `auto` ran 1.19x direct's time
+TRIAL_ALWAYS = ("direct",)
 #: ... among those predicted within this factor of the best
 TRIAL_FACTOR = 2.5
 #: ... unless the best prediction is longer than this (a trial would cost too much)
@@ -190,7 +196,9 @@ def trial_wanted(ranking: list[Choice]) -> bool:
 
 def _trial_candidates(adm: list[Choice]) -> list[Choice]:
     best = adm[0].seconds
-    return [c for c in adm[:TRIAL_CANDIDATES] if c.seconds <= TRIAL_FACTOR * best]
+    cands = [c for c in adm[:TRIAL_CANDIDATES] if c.seconds <= TRIAL_FACTOR * best]
+    return cands + [c for c in adm[TRIAL_CANDIDATES:]
+                    if c.name in TRIAL_ALWAYS and c.seconds <= TRIAL_FACTOR * best]
 
 
 def _measure(cands: list[Choice], spec: ConvSpec, repeat: int, w, others=()) -> None:
