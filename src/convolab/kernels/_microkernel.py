@@ -42,7 +42,7 @@ from numba.extending import intrinsic
 from ._atomics import fetch_add, fetch_add_n, wait_until
 from ._epilogue import F0, F1
 from ._epilogue import run as epilogue_run
-from .microkernel import MR, MR_TAIL, MR_WIDE, NV
+from .microkernel import MR, MR_ROW, MR_TAIL, MR_WIDE, NV
 
 _I32 = ir.IntType(32)
 _I64 = ir.IntType(64)
@@ -740,6 +740,8 @@ _microkernel_w = _make_microkernel(MR_WIDE)
 _microkernel_straight_w = _make_microkernel(MR_WIDE, straight=True)
 _microkernel_straight_nv1_w = _make_microkernel(MR_WIDE, straight=True, nv=1)
 _microkernel_straight_br_w = _make_microkernel(MR_WIDE, straight=True, stage=(2, 1))
+# one output row of 7 pixels (`MR_ROW`: 7x7 planes, whose 14-pixel tiles all crossed a row end)
+_microkernel_straight_row = _make_microkernel(MR_ROW, straight=True)
 _microkernel_tail = _make_microkernel(MR_TAIL)
 _microkernel_pm = _make_microkernel(MR, pixel_major=True, straight=True)
 _microkernel_pm_tail = _make_microkernel(MR_TAIL, pixel_major=True)
@@ -810,6 +812,8 @@ def run_tile_tasks(wflat, wbase, src, srcbase, cstride, Cgk, FWe, FHe, istep, fw
     # output) of MR (see `convolab.kernels.microkernel.MR_WIDE`)
     wide = not table and not blocked and FHe < INPUT_PREFETCH_STEPS
     mr = MR_WIDE if wide else MR
+    if wide and OW == MR_ROW:
+        mr = MR_ROW  # a tile per output row, on the straight kernel
     nq = (VHW + mr - 1) // mr
     nfull = VHW // mr
     done = 0
@@ -877,6 +881,10 @@ def run_tile_tasks(wflat, wbase, src, srcbase, cstride, Cgk, FWe, FHe, istep, fw
                             _microkernel_tail(wflat, woff, src, xg, cstride, Cgk, FWe, FHe,
                                               istep, fwstep, cs, on, ob, OHOW, OW, rowlen, kn, v,
                                               ebias, k0, eres, erd, fm, fc, elo, ehi)
+                elif mr == MR_ROW:
+                    _microkernel_straight_row(wflat, woff, src, xg, cstride, Cgk, FWe, FHe,
+                                              istep, fwstep, cs, on, ob, OHOW, OW, rowlen, kn,
+                                              v0, ebias, k0, eres, erd, fm, fc, elo, ehi)
                 elif wide and (dense or v0 % OW + mr <= OW):
                     if half:
                         _microkernel_straight_nv1_w(wflat, woff, src, xg, cstride, Cgk, FWe, FHe,

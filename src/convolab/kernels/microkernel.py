@@ -44,6 +44,10 @@ MR_TAIL = 4
 #: 512@7 unchanged. Tap tables (strided layers) and 1x1 layers ran slower at 14 (the stem
 #: 1.22x -> 1.63x): they keep `MR`
 MR_WIDE = 14
+#: pixels per tile of those layers on 7x7 planes: one output row each, on the straight kernel
+#: (their 14-pixel tiles each crossed a row end, on the general kernel, whose 14 pixel pointers
+#: spilled registers in the inner loop)
+MR_ROW = 7
 #: 512-bit vectors of output channels per tile
 NV = 2
 #: bytes of input a task's tiles should span when it loops over all k-blocks (half an L2)
