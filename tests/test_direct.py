@@ -29,6 +29,10 @@ from convolab.spec import ConvSpec
         ((2, 24, 9, 11), (48, 24, 3, 3), {"padding": 1}, np.float32),
         ((1, 40, 7, 7), (80, 40, 1, 1), {}, np.float32),
         ((1, 12, 6, 9), (40, 12, 1, 1), {}, np.float64),
+        # 3x3 on a 7x7 plane: a tile per output row (MR_ROW), a last one-vector k-block
+        ((2, 32, 7, 7), (48, 32, 3, 3), {"padding": 1}, np.float32),
+        # 3x3 stride 1 on rows that 14-pixel tiles cross (MR_WIDE on the general kernel)
+        ((1, 16, 10, 12), (32, 16, 3, 3), {"padding": 1}, np.float32),
     ],
 )
 def test_microkernel_and_loops_agree_bit_for_bit(monkeypatch, x_shape, w_shape, kw, dtype):
