@@ -128,7 +128,7 @@ def fma(typingctx, a, b, c):
 
 def _make_microkernel(mr: int, pixel_major: bool = False, straight: bool = False,
                       table: bool = False, blocked: bool = False, nv: int = NV,
-                      stage: tuple[int, int] | None = None):
+                      stage: tuple[int, int] | None = None, unit: bool = False):
     """The microkernel intrinsic for tiles of ``mr`` pixels, pixels past ``OHOW - 1`` repeating
     it. ``straight``: the tile's pixels lie in one output row (the caller checks), addressed
     from one pointer per three pixels. With ``pixel_major`` it takes one more argument,
@@ -173,17 +173,18 @@ def _make_microkernel(mr: int, pixel_major: bool = False, straight: bool = False
             return _typer(mr, straight, (w, woff, x, xoff, cstride, Cg, FWe, FHe, istep, fwstep,
                                          cs, out, obase, OHOW, OW, rowlen, kn, v0, eb, eko, er,
                                          erd, emode, ecode, elo, ehi), blocked=blocked, nv=nv,
-                          stage=stage)
+                          stage=stage, unit=unit)
 
     microkernel.__name__ = microkernel.__qualname__ = (
         f"_microkernel_{mr}" + ("_straight" if straight else "")
         + ("_pixel_major" if pixel_major else "") + ("_table" if table else "")
         + ("_blocked" if blocked else "") + ("" if nv == NV else f"_nv{nv}")
-        + ("" if stage is None else f"_m{stage[0]}_c{stage[1]}"))
+        + ("" if stage is None else f"_m{stage[0]}_c{stage[1]}") + ("_unit" if unit else ""))
     return intrinsic(microkernel)
 
 
-def _typer(mr, straight, tys, pixel_major=False, table=False, blocked=False, nv=NV, stage=None):
+def _typer(mr, straight, tys, pixel_major=False, table=False, blocked=False, nv=NV, stage=None,
+           unit=False):
     """Signature and code of one tile: pixels ``v0 .. v0+mr-1`` x KB channels (``kn`` real).
 
     ``woff``: the k-block's packed filter; ``xoff``: the group's first input element;
@@ -208,6 +209,8 @@ def _typer(mr, straight, tys, pixel_major=False, table=False, blocked=False, nv=
             a[nt - 4], a[nt - 3] = _i64(stage[0]), _i64(stage[1])
         (wa, woff, xa, xoff, cstride, Cg, FWe, FHe, istep, fwstep, cs, oa, obase, OHOW, OW,
          rowlen, kn, v0) = a[:18]
+        if unit:  # neighbouring pixels' windows one element apart (the caller checks cs == 1):
+            cs = _i64(1)  # constant offsets, one pointer for the tile's pixels
         flt = context.get_value_type(sig.args[0].dtype)
         size = context.get_abi_sizeof(flt)
         VL = 64 // size
@@ -742,6 +745,12 @@ _microkernel_straight_nv1_w = _make_microkernel(MR_WIDE, straight=True, nv=1)
 _microkernel_straight_br_w = _make_microkernel(MR_WIDE, straight=True, stage=(2, 1))
 # one output row of 7 pixels (`MR_ROW`: 7x7 planes, whose 14-pixel tiles all crossed a row end)
 _microkernel_straight_row = _make_microkernel(MR_ROW, straight=True)
+# the same for stride-1 layers (cs = 1 known when compiled: see `run_tile_tasks`)
+_microkernel_straight_u = _make_microkernel(MR, straight=True, unit=True)
+_microkernel_straight_br_u = _make_microkernel(MR, straight=True, stage=(2, 1), unit=True)
+_microkernel_straight_w_u = _make_microkernel(MR_WIDE, straight=True, unit=True)
+_microkernel_straight_br_w_u = _make_microkernel(MR_WIDE, straight=True, stage=(2, 1), unit=True)
+_microkernel_straight_row_u = _make_microkernel(MR_ROW, straight=True, unit=True)
 _microkernel_tail = _make_microkernel(MR_TAIL)
 _microkernel_pm = _make_microkernel(MR, pixel_major=True, straight=True)
 _microkernel_pm_tail = _make_microkernel(MR_TAIL, pixel_major=True)
@@ -881,10 +890,26 @@ def run_tile_tasks(wflat, wbase, src, srcbase, cstride, Cgk, FWe, FHe, istep, fw
                             _microkernel_tail(wflat, woff, src, xg, cstride, Cgk, FWe, FHe,
                                               istep, fwstep, cs, on, ob, OHOW, OW, rowlen, kn, v,
                                               ebias, k0, eres, erd, fm, fc, elo, ehi)
+                elif mr == MR_ROW and cs == 1:
+                    _microkernel_straight_row_u(wflat, woff, src, xg, cstride, Cgk, FWe, FHe,
+                                                istep, fwstep, cs, on, ob, OHOW, OW, rowlen, kn,
+                                                v0, ebias, k0, eres, erd, fm, fc, elo, ehi)
                 elif mr == MR_ROW:
                     _microkernel_straight_row(wflat, woff, src, xg, cstride, Cgk, FWe, FHe,
                                               istep, fwstep, cs, on, ob, OHOW, OW, rowlen, kn,
                                               v0, ebias, k0, eres, erd, fm, fc, elo, ehi)
+                elif wide and cs == 1 and not half and (dense or v0 % OW + mr <= OW):
+                    # stride 1: the pixels' offsets are constants (the runtime-cs kernel kept cs
+                    # in a register that LLVM spilled inside this large function's loop)
+                    if fm == 2 and fc == 1:
+                        _microkernel_straight_br_w_u(wflat, woff, src, xg, cstride, Cgk, FWe,
+                                                     FHe, istep, fwstep, cs, on, ob, OHOW, OW,
+                                                     rowlen, kn, v0, ebias, k0, eres, erd, fm,
+                                                     fc, elo, ehi)
+                    else:
+                        _microkernel_straight_w_u(wflat, woff, src, xg, cstride, Cgk, FWe, FHe,
+                                                  istep, fwstep, cs, on, ob, OHOW, OW, rowlen,
+                                                  kn, v0, ebias, k0, eres, erd, fm, fc, elo, ehi)
                 elif wide and (dense or v0 % OW + mr <= OW):
                     if half:
                         _microkernel_straight_nv1_w(wflat, woff, src, xg, cstride, Cgk, FWe, FHe,
@@ -904,6 +929,16 @@ def run_tile_tasks(wflat, wbase, src, srcbase, cstride, Cgk, FWe, FHe, istep, fw
                     _microkernel_w(wflat, woff, src, xg, cstride, Cgk, FWe, FHe, istep, fwstep,
                                    cs, on, ob, OHOW, OW, rowlen, kn, v0, ebias, k0, eres, erd, fm,
                                    fc, elo, ehi)
+                elif cs == 1 and not half and (dense or v0 % OW + MR <= OW):
+                    if fm == 2 and fc == 1:
+                        _microkernel_straight_br_u(wflat, woff, src, xg, cstride, Cgk, FWe, FHe,
+                                                   istep, fwstep, cs, on, ob, OHOW, OW, rowlen,
+                                                   kn, v0, ebias, k0, eres, erd, fm, fc, elo,
+                                                   ehi)
+                    else:
+                        _microkernel_straight_u(wflat, woff, src, xg, cstride, Cgk, FWe, FHe,
+                                                istep, fwstep, cs, on, ob, OHOW, OW, rowlen, kn,
+                                                v0, ebias, k0, eres, erd, fm, fc, elo, ehi)
                 elif dense or v0 % OW + MR <= OW:
                     if half:
                         _microkernel_straight_nv1(wflat, woff, src, xg, cstride, Cgk, FWe, FHe,
