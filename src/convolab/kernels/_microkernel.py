@@ -56,8 +56,11 @@ WEIGHT_PREFETCH_STEPS = 16
 #: those misses showed: ResNet-50 batch 1, one thread, each layer's time inside the run against
 #: ONNX Runtime's (tools/ort_gap.py, Xeon, 2026-12-07): 1x1 512 -> 128 at 28x28 1.75x -> 1.23x,
 #: 2048 -> 512 at 7x7 1.34x -> 1.16x, 256 -> 64 at 56x56 (pixel vectors) 1.72x -> 1.31x; the
-#: whole call 1.29x -> 1.23x. Short runs (a row of taps) and tap tables do not prefetch: the
-#: next channel's row cost 3x3 layers 10%, the tables' steps are not ``istep`` apart
+#: whole call 1.29x -> 1.23x. Short runs (a row of taps) do not prefetch (the next channel's
+#: row cost 3x3 layers 10%); tap tables (stride-2 layers on phase planes, unit stride) prefetch
+#: the same tap of the next channel: their 9 taps read 6 rows of 4 phase planes, twice the
+#: lines of a stride-1 layer: 3x3 128@56/2 1.60x -> 1.45x, 256@28/2 1.34x -> 1.25x (first
+#: tried on the runtime-stride kernel, whose spills made it 40-60% slower)
 INPUT_PREFETCH_STEPS = 8
 # No output prefetch: tiles once prefetched (for writing) the lines of every output channel two
 # tiles ahead, 64 prefetches per tile. In the runtime that loop was most of a tile's fixed cost
@@ -160,7 +163,7 @@ def _make_microkernel(mr: int, pixel_major: bool = False, straight: bool = False
             return _typer(mr, straight, (w, woff, x, xoff, cstride, Cg, FWe, FHe, istep, fwstep,
                                          cs, out, obase, OHOW, OW, rowlen, kn, v0, OWr, OHOWr,
                                          tab, tabo, eb, eko, er, erd, emode, ecode, elo, ehi),
-                          table=True, blocked=blocked)
+                          table=True, blocked=blocked, unit=unit)
     elif pixel_major:
         def microkernel(typingctx, w, woff, x, xoff, cstride, Cg, FWe, FHe, istep, fwstep, cs, out,
                         obase, OHOW, OW, rowlen, kn, v0, ostride):
@@ -267,11 +270,11 @@ def _typer(mr, straight, tys, pixel_major=False, table=False, blocked=False, nv=
         fw_v = cgutils.alloca_once_value(builder, _i64(0))
         jump = builder.sub(cstride, builder.mul(builder.sub(FWe, _i64(1)), fwstep))
         runw = builder.mul(FHe, kbc)
-        # long runs (a 1x1 layer's channels) prefetch INPUT_PREFETCH_STEPS steps ahead (not
-        # the runs of a tap table: their steps are not istep apart)
+        # long runs (a 1x1 layer's channels) prefetch INPUT_PREFETCH_STEPS steps ahead; the
+        # unit-stride tap-table tiles the next channel's tap (cstride ahead)
         long_run = builder.icmp_signed(
-            ">=", FHe, _i64(1 << 62 if table else INPUT_PREFETCH_STEPS))
-        pf_dist = builder.mul(istep, _i64(INPUT_PREFETCH_STEPS))
+            ">=", FHe, _i64((0 if unit else 1 << 62) if table else INPUT_PREFETCH_STEPS))
+        pf_dist = cstride if table else builder.mul(istep, _i64(INPUT_PREFETCH_STEPS))
 
         def reduction(pf):
             with cgutils.for_range(builder, builder.mul(Cg, FWe)) as ls:
@@ -751,6 +754,7 @@ _microkernel_straight_br_u = _make_microkernel(MR, straight=True, stage=(2, 1), 
 _microkernel_straight_w_u = _make_microkernel(MR_WIDE, straight=True, unit=True)
 _microkernel_straight_br_w_u = _make_microkernel(MR_WIDE, straight=True, stage=(2, 1), unit=True)
 _microkernel_straight_row_u = _make_microkernel(MR_ROW, straight=True, unit=True)
+_microkernel_table_u = _make_microkernel(MR, straight=True, table=True, unit=True)
 _microkernel_tail = _make_microkernel(MR_TAIL)
 _microkernel_pm = _make_microkernel(MR, pixel_major=True, straight=True)
 _microkernel_pm_tail = _make_microkernel(MR_TAIL, pixel_major=True)
@@ -865,6 +869,11 @@ def run_tile_tasks(wflat, wbase, src, srcbase, cstride, Cgk, FWe, FHe, istep, fw
                                                     istep, fwstep, cs, on, ob, VHW, OWv, rowlen,
                                                     kn, v, OW, OHOW, tab, tabo, ebias, k0, eres,
                                                     erd, fm, fc, elo, ehi)
+                    elif cs == 1:
+                        _microkernel_table_u(wflat, woff, src, xg, cstride, Cgk, FWe, FHe, istep,
+                                             fwstep, cs, on, ob, VHW, OWv, rowlen, kn, v0, OW,
+                                             OHOW, tab, tabo, ebias, k0, eres, erd, fm, fc, elo,
+                                             ehi)
                     else:
                         _microkernel_table(wflat, woff, src, xg, cstride, Cgk, FWe, FHe, istep,
                                            fwstep, cs, on, ob, VHW, OWv, rowlen, kn, v0, OW, OHOW,
