@@ -56,11 +56,12 @@ WEIGHT_PREFETCH_STEPS = 16
 #: those misses showed: ResNet-50 batch 1, one thread, each layer's time inside the run against
 #: ONNX Runtime's (tools/ort_gap.py, Xeon, 2026-12-07): 1x1 512 -> 128 at 28x28 1.75x -> 1.23x,
 #: 2048 -> 512 at 7x7 1.34x -> 1.16x, 256 -> 64 at 56x56 (pixel vectors) 1.72x -> 1.31x; the
-#: whole call 1.29x -> 1.23x. Short runs (a row of taps) do not prefetch (the next channel's
-#: row cost 3x3 layers 10%); tap tables (stride-2 layers on phase planes, unit stride) prefetch
-#: the same tap of the next channel: their 9 taps read 6 rows of 4 phase planes, twice the
-#: lines of a stride-1 layer: 3x3 128@56/2 1.60x -> 1.45x, 256@28/2 1.34x -> 1.25x (first
-#: tried on the runtime-stride kernel, whose spills made it 40-60% slower)
+#: whole call 1.29x -> 1.23x. Tiles of unit stride with short runs (a row of taps) prefetch
+#: the next channel's row: 3x3 64@56 1.23-1.25x -> 1.16-1.18x; tap tables (stride-2 layers on
+#: phase planes) the same tap of the next channel (their 9 taps read 6 rows of 4 phase planes,
+#: twice the lines of a stride-1 layer): 3x3 128@56/2 1.60x -> 1.45x, 256@28/2 1.34x -> 1.25x.
+#: Both were first tried on the runtime-stride kernels, whose spilled registers made them 10%
+#: and 40-60% slower; those still do not prefetch on short runs
 INPUT_PREFETCH_STEPS = 8
 # No output prefetch: tiles once prefetched (for writing) the lines of every output channel two
 # tiles ahead, 64 prefetches per tile. In the runtime that loop was most of a tile's fixed cost
@@ -275,6 +276,9 @@ def _typer(mr, straight, tys, pixel_major=False, table=False, blocked=False, nv=
         long_run = builder.icmp_signed(
             ">=", FHe, _i64((0 if unit else 1 << 62) if table else INPUT_PREFETCH_STEPS))
         pf_dist = cstride if table else builder.mul(istep, _i64(INPUT_PREFETCH_STEPS))
+        if unit and not table:  # unit-stride short runs: the next channel's row
+            pf_dist = builder.select(long_run, pf_dist, cstride)
+            long_run = ir.Constant(ir.IntType(1), 1)
 
         def reduction(pf):
             with cgutils.for_range(builder, builder.mul(Cg, FWe)) as ls:
