@@ -132,7 +132,7 @@ def fma(typingctx, a, b, c):
 
 def _make_microkernel(mr: int, pixel_major: bool = False, straight: bool = False,
                       table: bool = False, blocked: bool = False, nv: int = NV,
-                      stage: tuple[int, int] | None = None, unit: bool = False):
+                      stage: tuple[int, int] | None = None, unit: int = 0):
     """The microkernel intrinsic for tiles of ``mr`` pixels, pixels past ``OHOW - 1`` repeating
     it. ``straight``: the tile's pixels lie in one output row (the caller checks), addressed
     from one pointer per three pixels. With ``pixel_major`` it takes one more argument,
@@ -183,12 +183,12 @@ def _make_microkernel(mr: int, pixel_major: bool = False, straight: bool = False
         f"_microkernel_{mr}" + ("_straight" if straight else "")
         + ("_pixel_major" if pixel_major else "") + ("_table" if table else "")
         + ("_blocked" if blocked else "") + ("" if nv == NV else f"_nv{nv}")
-        + ("" if stage is None else f"_m{stage[0]}_c{stage[1]}") + ("_unit" if unit else ""))
+        + ("" if stage is None else f"_m{stage[0]}_c{stage[1]}") + (f"_cs{unit}" if unit else ""))
     return intrinsic(microkernel)
 
 
 def _typer(mr, straight, tys, pixel_major=False, table=False, blocked=False, nv=NV, stage=None,
-           unit=False):
+           unit=0):
     """Signature and code of one tile: pixels ``v0 .. v0+mr-1`` x KB channels (``kn`` real).
 
     ``woff``: the k-block's packed filter; ``xoff``: the group's first input element;
@@ -213,8 +213,8 @@ def _typer(mr, straight, tys, pixel_major=False, table=False, blocked=False, nv=
             a[nt - 4], a[nt - 3] = _i64(stage[0]), _i64(stage[1])
         (wa, woff, xa, xoff, cstride, Cg, FWe, FHe, istep, fwstep, cs, oa, obase, OHOW, OW,
          rowlen, kn, v0) = a[:18]
-        if unit:  # neighbouring pixels' windows one element apart (the caller checks cs == 1):
-            cs = _i64(1)  # constant offsets, one pointer for the tile's pixels
+        if unit:  # the pixel stride known when compiled (the caller checks cs == unit):
+            cs = _i64(unit)  # constant offsets, one pointer for the tile's pixels
         flt = context.get_value_type(sig.args[0].dtype)
         size = context.get_abi_sizeof(flt)
         VL = 64 // size
@@ -271,14 +271,22 @@ def _typer(mr, straight, tys, pixel_major=False, table=False, blocked=False, nv=
         fw_v = cgutils.alloca_once_value(builder, _i64(0))
         jump = builder.sub(cstride, builder.mul(builder.sub(FWe, _i64(1)), fwstep))
         runw = builder.mul(FHe, kbc)
-        # long runs (a 1x1 layer's channels) prefetch INPUT_PREFETCH_STEPS steps ahead; the
-        # unit-stride tap-table tiles the next channel's tap (cstride ahead)
-        long_run = builder.icmp_signed(
-            ">=", FHe, _i64((0 if unit else 1 << 62) if table else INPUT_PREFETCH_STEPS))
-        pf_dist = cstride if table else builder.mul(istep, _i64(INPUT_PREFETCH_STEPS))
-        if unit and not table:  # unit-stride short runs: the next channel's row
-            pf_dist = builder.select(long_run, pf_dist, cstride)
-            long_run = ir.Constant(ir.IntType(1), 1)
+        # which tiles prefetch their input, how far ahead (see INPUT_PREFETCH_STEPS): long runs
+        # (a 1x1 layer's channels, one plane apart) INPUT_PREFETCH_STEPS steps; at unit stride
+        # short runs the next channel's row and tap tables the next channel's tap (cstride);
+        # pixels 16 elements apart (channel-blocked input: each pixel's line serves 16 steps,
+        # the next block's lines follow in order) none
+        yes, no = ir.Constant(ir.IntType(1), 1), ir.Constant(ir.IntType(1), 0)
+        if table:
+            long_run, pf_dist = (yes if unit == 1 else no), cstride
+        elif unit == 16:
+            long_run, pf_dist = no, cstride
+        else:
+            long_run = builder.icmp_signed(">=", FHe, _i64(INPUT_PREFETCH_STEPS))
+            pf_dist = builder.mul(istep, _i64(INPUT_PREFETCH_STEPS))
+            if unit == 1:
+                pf_dist = builder.select(long_run, pf_dist, cstride)
+                long_run = yes
 
         def reduction(pf):
             with cgutils.for_range(builder, builder.mul(Cg, FWe)) as ls:
@@ -753,12 +761,15 @@ _microkernel_straight_br_w = _make_microkernel(MR_WIDE, straight=True, stage=(2,
 # one output row of 7 pixels (`MR_ROW`: 7x7 planes, whose 14-pixel tiles all crossed a row end)
 _microkernel_straight_row = _make_microkernel(MR_ROW, straight=True)
 # the same for stride-1 layers (cs = 1 known when compiled: see `run_tile_tasks`)
-_microkernel_straight_u = _make_microkernel(MR, straight=True, unit=True)
-_microkernel_straight_br_u = _make_microkernel(MR, straight=True, stage=(2, 1), unit=True)
-_microkernel_straight_w_u = _make_microkernel(MR_WIDE, straight=True, unit=True)
-_microkernel_straight_br_w_u = _make_microkernel(MR_WIDE, straight=True, stage=(2, 1), unit=True)
-_microkernel_straight_row_u = _make_microkernel(MR_ROW, straight=True, unit=True)
-_microkernel_table_u = _make_microkernel(MR, straight=True, table=True, unit=True)
+_microkernel_straight_u = _make_microkernel(MR, straight=True, unit=1)
+_microkernel_straight_br_u = _make_microkernel(MR, straight=True, stage=(2, 1), unit=1)
+_microkernel_straight_w_u = _make_microkernel(MR_WIDE, straight=True, unit=1)
+_microkernel_straight_br_w_u = _make_microkernel(MR_WIDE, straight=True, stage=(2, 1), unit=1)
+_microkernel_straight_row_u = _make_microkernel(MR_ROW, straight=True, unit=1)
+_microkernel_table_u = _make_microkernel(MR, straight=True, table=True, unit=1)
+# 1x1 layers on channel-blocked input: pixels 16 elements apart
+_microkernel_straight_c16 = _make_microkernel(MR, straight=True, unit=16)
+_microkernel_straight_br_c16 = _make_microkernel(MR, straight=True, stage=(2, 1), unit=16)
 _microkernel_tail = _make_microkernel(MR_TAIL)
 _microkernel_pm = _make_microkernel(MR, pixel_major=True, straight=True)
 _microkernel_pm_tail = _make_microkernel(MR_TAIL, pixel_major=True)
@@ -942,6 +953,16 @@ def run_tile_tasks(wflat, wbase, src, srcbase, cstride, Cgk, FWe, FHe, istep, fw
                     _microkernel_w(wflat, woff, src, xg, cstride, Cgk, FWe, FHe, istep, fwstep,
                                    cs, on, ob, OHOW, OW, rowlen, kn, v0, ebias, k0, eres, erd, fm,
                                    fc, elo, ehi)
+                elif cs == 16 and not half and (dense or v0 % OW + MR <= OW):
+                    if fm == 2 and fc == 1:
+                        _microkernel_straight_br_c16(wflat, woff, src, xg, cstride, Cgk, FWe, FHe,
+                                                     istep, fwstep, cs, on, ob, OHOW, OW, rowlen,
+                                                     kn, v0, ebias, k0, eres, erd, fm, fc, elo,
+                                                     ehi)
+                    else:
+                        _microkernel_straight_c16(wflat, woff, src, xg, cstride, Cgk, FWe, FHe,
+                                                  istep, fwstep, cs, on, ob, OHOW, OW, rowlen,
+                                                  kn, v0, ebias, k0, eres, erd, fm, fc, elo, ehi)
                 elif cs == 1 and not half and (dense or v0 % OW + MR <= OW):
                     if fm == 2 and fc == 1:
                         _microkernel_straight_br_u(wflat, woff, src, xg, cstride, Cgk, FWe, FHe,
