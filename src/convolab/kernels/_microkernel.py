@@ -770,6 +770,28 @@ _microkernel_table_u = _make_microkernel(MR, straight=True, table=True, unit=1)
 # 1x1 layers on channel-blocked input: pixels 16 elements apart
 _microkernel_straight_c16 = _make_microkernel(MR, straight=True, unit=16)
 _microkernel_straight_br_c16 = _make_microkernel(MR, straight=True, stage=(2, 1), unit=16)
+
+
+def _straight_pair(plain, br):
+    """A tile call that runs ``br`` (compiled for bias + ReLU) for that output stage and
+    ``plain`` for any other: the dispatch `run_tile_tasks` makes for each straight variant."""
+
+    @njit(inline="always")
+    def call(wflat, woff, src, xg, cstride, Cgk, FWe, FHe, istep, fwstep, cs, on, ob, OHOW, OW,
+             rowlen, kn, v0, ebias, k0, eres, erd, fm, fc, elo, ehi):  # pragma: no cover
+        if fm == 2 and fc == 1:
+            br(wflat, woff, src, xg, cstride, Cgk, FWe, FHe, istep, fwstep, cs, on, ob, OHOW, OW,
+               rowlen, kn, v0, ebias, k0, eres, erd, fm, fc, elo, ehi)
+        else:
+            plain(wflat, woff, src, xg, cstride, Cgk, FWe, FHe, istep, fwstep, cs, on, ob, OHOW,
+                  OW, rowlen, kn, v0, ebias, k0, eres, erd, fm, fc, elo, ehi)
+
+    return call
+
+
+_straight_w_u = _straight_pair(_microkernel_straight_w_u, _microkernel_straight_br_w_u)
+_straight_c16 = _straight_pair(_microkernel_straight_c16, _microkernel_straight_br_c16)
+_straight_u = _straight_pair(_microkernel_straight_u, _microkernel_straight_br_u)
 _microkernel_tail = _make_microkernel(MR_TAIL)
 _microkernel_pm = _make_microkernel(MR, pixel_major=True, straight=True)
 _microkernel_pm_tail = _make_microkernel(MR_TAIL, pixel_major=True)
@@ -925,15 +947,9 @@ def run_tile_tasks(wflat, wbase, src, srcbase, cstride, Cgk, FWe, FHe, istep, fw
                 elif wide and cs == 1 and not half and (dense or v0 % OW + mr <= OW):
                     # stride 1: the pixels' offsets are constants (the runtime-cs kernel kept cs
                     # in a register that LLVM spilled inside this large function's loop)
-                    if fm == 2 and fc == 1:
-                        _microkernel_straight_br_w_u(wflat, woff, src, xg, cstride, Cgk, FWe,
-                                                     FHe, istep, fwstep, cs, on, ob, OHOW, OW,
-                                                     rowlen, kn, v0, ebias, k0, eres, erd, fm,
-                                                     fc, elo, ehi)
-                    else:
-                        _microkernel_straight_w_u(wflat, woff, src, xg, cstride, Cgk, FWe, FHe,
-                                                  istep, fwstep, cs, on, ob, OHOW, OW, rowlen,
-                                                  kn, v0, ebias, k0, eres, erd, fm, fc, elo, ehi)
+                    _straight_w_u(wflat, woff, src, xg, cstride, Cgk, FWe, FHe, istep, fwstep,
+                                  cs, on, ob, OHOW, OW, rowlen, kn, v0, ebias, k0, eres, erd, fm,
+                                  fc, elo, ehi)
                 elif wide and (dense or v0 % OW + mr <= OW):
                     if half:
                         _microkernel_straight_nv1_w(wflat, woff, src, xg, cstride, Cgk, FWe, FHe,
@@ -954,25 +970,13 @@ def run_tile_tasks(wflat, wbase, src, srcbase, cstride, Cgk, FWe, FHe, istep, fw
                                    cs, on, ob, OHOW, OW, rowlen, kn, v0, ebias, k0, eres, erd, fm,
                                    fc, elo, ehi)
                 elif cs == 16 and not half and (dense or v0 % OW + MR <= OW):
-                    if fm == 2 and fc == 1:
-                        _microkernel_straight_br_c16(wflat, woff, src, xg, cstride, Cgk, FWe, FHe,
-                                                     istep, fwstep, cs, on, ob, OHOW, OW, rowlen,
-                                                     kn, v0, ebias, k0, eres, erd, fm, fc, elo,
-                                                     ehi)
-                    else:
-                        _microkernel_straight_c16(wflat, woff, src, xg, cstride, Cgk, FWe, FHe,
-                                                  istep, fwstep, cs, on, ob, OHOW, OW, rowlen,
-                                                  kn, v0, ebias, k0, eres, erd, fm, fc, elo, ehi)
+                    _straight_c16(wflat, woff, src, xg, cstride, Cgk, FWe, FHe, istep, fwstep,
+                                  cs, on, ob, OHOW, OW, rowlen, kn, v0, ebias, k0, eres, erd, fm,
+                                  fc, elo, ehi)
                 elif cs == 1 and not half and (dense or v0 % OW + MR <= OW):
-                    if fm == 2 and fc == 1:
-                        _microkernel_straight_br_u(wflat, woff, src, xg, cstride, Cgk, FWe, FHe,
-                                                   istep, fwstep, cs, on, ob, OHOW, OW, rowlen,
-                                                   kn, v0, ebias, k0, eres, erd, fm, fc, elo,
-                                                   ehi)
-                    else:
-                        _microkernel_straight_u(wflat, woff, src, xg, cstride, Cgk, FWe, FHe,
-                                                istep, fwstep, cs, on, ob, OHOW, OW, rowlen, kn,
-                                                v0, ebias, k0, eres, erd, fm, fc, elo, ehi)
+                    _straight_u(wflat, woff, src, xg, cstride, Cgk, FWe, FHe, istep, fwstep, cs,
+                                on, ob, OHOW, OW, rowlen, kn, v0, ebias, k0, eres, erd, fm, fc,
+                                elo, ehi)
                 elif dense or v0 % OW + MR <= OW:
                     if half:
                         _microkernel_straight_nv1(wflat, woff, src, xg, cstride, Cgk, FWe, FHe,
