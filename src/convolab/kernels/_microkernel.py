@@ -132,7 +132,7 @@ def fma(typingctx, a, b, c):
 
 def _make_microkernel(mr: int, pixel_major: bool = False, straight: bool = False,
                       table: bool = False, blocked: bool = False, nv: int = NV,
-                      stage: tuple[int, int] | None = None, unit: int = 0):
+                      stage: tuple[int, int] | None = None, pixel_stride: int = 0):
     """The microkernel intrinsic for tiles of ``mr`` pixels, pixels past ``OHOW - 1`` repeating
     it. ``straight``: the tile's pixels lie in one output row (the caller checks), addressed
     from one pointer per three pixels. With ``pixel_major`` it takes one more argument,
@@ -149,7 +149,9 @@ def _make_microkernel(mr: int, pixel_major: bool = False, straight: bool = False
     vector, `_store_pixel_major`; with ``table`` its real pixels only,
     `_store_virtual_blocked`), with bias and ReLU / clamp but no residual. ``nv`` < `NV`: the
     tile computes its first ``nv`` vectors of channels only (a last k-block with at most ``nv``
-    vectors of real channels; the filter keeps its KB-wide packing).
+    vectors of real channels; the filter keeps its KB-wide packing). ``pixel_stride`` > 0: the
+    ``cs`` argument is that constant (1: stride 1 and tap tables, 16: channel-blocked input),
+    compiled into the tile (offsets folded, no stride register to spill); the caller checks it.
 
     Every variant but ``pixel_major`` ends with the output stage's eight arguments, ``eb, eko,
     er, erd, emode, ecode, elo, ehi``: float32 tiles stored transposed become ``act(y +
@@ -164,7 +166,7 @@ def _make_microkernel(mr: int, pixel_major: bool = False, straight: bool = False
             return _typer(mr, straight, (w, woff, x, xoff, cstride, Cg, FWe, FHe, istep, fwstep,
                                          cs, out, obase, OHOW, OW, rowlen, kn, v0, OWr, OHOWr,
                                          tab, tabo, eb, eko, er, erd, emode, ecode, elo, ehi),
-                          table=True, blocked=blocked, unit=unit)
+                          table=True, blocked=blocked, pixel_stride=pixel_stride)
     elif pixel_major:
         def microkernel(typingctx, w, woff, x, xoff, cstride, Cg, FWe, FHe, istep, fwstep, cs, out,
                         obase, OHOW, OW, rowlen, kn, v0, ostride):
@@ -177,18 +179,19 @@ def _make_microkernel(mr: int, pixel_major: bool = False, straight: bool = False
             return _typer(mr, straight, (w, woff, x, xoff, cstride, Cg, FWe, FHe, istep, fwstep,
                                          cs, out, obase, OHOW, OW, rowlen, kn, v0, eb, eko, er,
                                          erd, emode, ecode, elo, ehi), blocked=blocked, nv=nv,
-                          stage=stage, unit=unit)
+                          stage=stage, pixel_stride=pixel_stride)
 
     microkernel.__name__ = microkernel.__qualname__ = (
         f"_microkernel_{mr}" + ("_straight" if straight else "")
         + ("_pixel_major" if pixel_major else "") + ("_table" if table else "")
         + ("_blocked" if blocked else "") + ("" if nv == NV else f"_nv{nv}")
-        + ("" if stage is None else f"_m{stage[0]}_c{stage[1]}") + (f"_cs{unit}" if unit else ""))
+        + ("" if stage is None else f"_m{stage[0]}_c{stage[1]}")
+        + (f"_cs{pixel_stride}" if pixel_stride else ""))
     return intrinsic(microkernel)
 
 
 def _typer(mr, straight, tys, pixel_major=False, table=False, blocked=False, nv=NV, stage=None,
-           unit=0):
+           pixel_stride=0):
     """Signature and code of one tile: pixels ``v0 .. v0+mr-1`` x KB channels (``kn`` real).
 
     ``woff``: the k-block's packed filter; ``xoff``: the group's first input element;
@@ -213,6 +216,7 @@ def _typer(mr, straight, tys, pixel_major=False, table=False, blocked=False, nv=
             a[nt - 4], a[nt - 3] = _i64(stage[0]), _i64(stage[1])
         (wa, woff, xa, xoff, cstride, Cg, FWe, FHe, istep, fwstep, cs, oa, obase, OHOW, OW,
          rowlen, kn, v0) = a[:18]
+        unit = pixel_stride
         if unit:  # the pixel stride known when compiled (the caller checks cs == unit):
             cs = _i64(unit)  # constant offsets, one pointer for the tile's pixels
         flt = context.get_value_type(sig.args[0].dtype)
@@ -761,15 +765,17 @@ _microkernel_straight_br_w = _make_microkernel(MR_WIDE, straight=True, stage=(2,
 # one output row of 7 pixels (`MR_ROW`: 7x7 planes, whose 14-pixel tiles all crossed a row end)
 _microkernel_straight_row = _make_microkernel(MR_ROW, straight=True)
 # the same for stride-1 layers (cs = 1 known when compiled: see `run_tile_tasks`)
-_microkernel_straight_u = _make_microkernel(MR, straight=True, unit=1)
-_microkernel_straight_br_u = _make_microkernel(MR, straight=True, stage=(2, 1), unit=1)
-_microkernel_straight_w_u = _make_microkernel(MR_WIDE, straight=True, unit=1)
-_microkernel_straight_br_w_u = _make_microkernel(MR_WIDE, straight=True, stage=(2, 1), unit=1)
-_microkernel_straight_row_u = _make_microkernel(MR_ROW, straight=True, unit=1)
-_microkernel_table_u = _make_microkernel(MR, straight=True, table=True, unit=1)
+_microkernel_straight_u = _make_microkernel(MR, straight=True, pixel_stride=1)
+_microkernel_straight_br_u = _make_microkernel(MR, straight=True, stage=(2, 1), pixel_stride=1)
+_microkernel_straight_w_u = _make_microkernel(MR_WIDE, straight=True, pixel_stride=1)
+_microkernel_straight_br_w_u = _make_microkernel(MR_WIDE, straight=True, stage=(2, 1),
+                                                 pixel_stride=1)
+_microkernel_straight_row_u = _make_microkernel(MR_ROW, straight=True, pixel_stride=1)
+_microkernel_table_u = _make_microkernel(MR, straight=True, table=True, pixel_stride=1)
 # 1x1 layers on channel-blocked input: pixels 16 elements apart
-_microkernel_straight_c16 = _make_microkernel(MR, straight=True, unit=16)
-_microkernel_straight_br_c16 = _make_microkernel(MR, straight=True, stage=(2, 1), unit=16)
+_microkernel_straight_c16 = _make_microkernel(MR, straight=True, pixel_stride=16)
+_microkernel_straight_br_c16 = _make_microkernel(MR, straight=True, stage=(2, 1),
+                                                 pixel_stride=16)
 
 
 def _straight_pair(plain, br):
