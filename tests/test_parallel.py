@@ -67,6 +67,54 @@ def test_run_threads_results_and_errors():
 
 
 
+@multi_cpu
+def test_a_team_thread_can_compile_after_numbas_workers_started():
+    """A function first compiled on a team thread (pinned off the caller's CPU) once Numba's
+    workers have started: Numba re-reads its configuration at each compilation, and its default
+    thread count is the calling thread's CPU count; the pinned thread saw 1 and raised "Cannot
+    set NUMBA_NUM_THREADS to a different value" (and a compiled model's call waited for it
+    forever). A fresh process: the workers' start and the first compilations are per process."""
+    import subprocess
+    import sys
+
+    code = """if True:
+        import os
+        os.environ.pop("NUMBA_NUM_THREADS", None)
+        import numba, numpy as np
+        from numba import njit, prange
+        from convolab.kernels import team as T
+
+        @njit(parallel=True)
+        def psum(a):
+            s = 0.0
+            for i in prange(a.size):
+                s += a[i]
+            return s
+
+        psum(np.ones(64))  # Numba's workers start
+        # Numba's environment changes (any NUMBA_ variable; here one set to its default): the
+        # next compilation re-reads the whole configuration, on whichever thread it runs
+        os.environ["NUMBA_DEVELOPER_MODE"] = "0"
+        seen = []
+
+        @njit
+        def f(x):
+            return x + 1
+
+        def job(i):
+            seen.append(f(i) if i else -1)  # thread 1, a team thread, compiles f
+
+        t = T.Team(2)
+        with t.lock:
+            assert t.run(job, (), 2, own=[0, 1]) == 2
+        t.close()
+        assert seen.count(2) == 1, seen
+        print("ok")
+    """
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0 and "ok" in r.stdout, r.stderr[-2000:]
+
+
 def test_team_jobs_results_errors_and_thread_counts():
     from convolab.kernels import team as T
 

@@ -34,6 +34,18 @@ if "NUMBA_THREADING_LAYER" not in os.environ:
     os.environ["NUMBA_THREADING_LAYER"] = "workqueue"
     if "numba" in sys.modules:  # numba already imported: its config was read from the environment
         sys.modules["numba"].config.THREADING_LAYER = "workqueue"
+# Numba's thread count, fixed in the environment: each compilation re-reads Numba's
+# configuration, and without the variable its default is the CALLING thread's CPU count. A team
+# thread (`team`) is pinned off the caller's CPU, so a function first compiled on one (a job's
+# first call racing the caller's) saw 1 instead of 2 and, once Numba's workers had started,
+# raised "Cannot set NUMBA_NUM_THREADS to a different value"; the job's other threads then
+# waited for it forever.
+if "NUMBA_NUM_THREADS" not in os.environ:
+    if "numba" in sys.modules:
+        _n = sys.modules["numba"].config.NUMBA_NUM_THREADS
+    else:
+        _n = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    os.environ["NUMBA_NUM_THREADS"] = str(max(1, _n or 1))
 
 def _stamp_locators(caching) -> None:
     """Put cache locators in front of Numba's that, for convolab's source files, add the
