@@ -93,6 +93,38 @@ def test_residual_and_activation_in_the_executor():
     assert len(segs) == 1 and len(segs[0].nodes) == 2
 
 
+def test_output_prefetch_keeps_the_bits(monkeypatch):
+    """Tiles that prefetch their output lines (`program.OUTPUT_PREFETCH_BYTES`, the row's
+    F_BLK bit 4): plain and strided (tap-table) layers, with a residual and bias + ReLU, the
+    same bits as without."""
+    from convolab.runtime import _executor as X
+
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a = nn.Conv2d(8, 40, 3, padding=1)
+            self.b = nn.Conv2d(40, 40, 1)
+            self.c = nn.Conv2d(40, 24, 3, stride=2, padding=1)
+
+        def forward(self, x):
+            y = torch.relu(self.a(x))
+            y = torch.relu(self.b(y) + y)
+            return self.c(y)
+
+    net = Net().eval()
+    x = torch.randn(2, 8, 13, 15)
+    outs, bits = [], []
+    for limit in (1 << 40, 0):
+        monkeypatch.setattr(P, "OUTPUT_PREFETCH_BYTES", limit)
+        cm = compile(net, x, algorithm="deterministic", threads=1)
+        outs.append(cm(x).numpy())
+        (seg,) = [s for s in cm._states[tuple(x.shape)].segments if isinstance(s, M._Segment)]
+        bits.append([int(b) & 4 for b, k in zip(seg.prog[:, X.F_BLK], seg.prog[:, X.F_KIND],
+                                                strict=True) if k == X.OP_TILES])
+    assert bits[0] == [0, 0, 0] and bits[1] == [4, 4, 4]
+    assert np.array_equal(outs[0], outs[1])
+
+
 def test_team_threads_are_reused_and_exact():
     net = nn.Sequential(nn.Conv2d(4, 32, 3, padding=1), nn.ReLU(), nn.Conv2d(32, 32, 3, padding=1, groups=32))
     net.eval()
@@ -350,13 +382,13 @@ def test_expansion_feeds_depthwise_channel_blocked_with_the_same_bits(batch, mon
     (seg,) = [s for s in st.segments if isinstance(s, M._Segment)]
     # expansion: output blocked (1); depthwise: input and output (2 | 1); projection (15x15
     # outputs: on the microkernel): input (2) -- per image in an image-major run
-    bits = [int(b) for b in seg.prog[:, X.F_BLK]]
+    bits = [int(b) & 3 for b in seg.prog[:, X.F_BLK]]
     assert bits in ([1, 3, 2], [1, 3, 2] * batch, [1] * batch + [3] * batch + [2] * batch)
     monkeypatch.setattr(P, "_blocked_pairs", lambda *a: {})
     plain = compile(net, x, threads=2, algorithm="direct")
     want = plain(x).numpy()
     st2 = plain._states[tuple(x.shape)]
-    assert all(int(s.prog[:, X.F_BLK].max()) == 0 for s in st2.segments if isinstance(s, M._Segment))
+    assert all(int((s.prog[:, X.F_BLK] & 3).max()) == 0 for s in st2.segments if isinstance(s, M._Segment))
     assert np.array_equal(got, want)
     np.testing.assert_allclose(got, net(x).detach().numpy(), rtol=1e-4, atol=1e-4)
 
@@ -428,7 +460,7 @@ def test_strided_stem_hands_its_output_to_depthwise_channel_blocked(same, H, W, 
     got = cm(x).numpy()
     st = cm._states[tuple(x.shape)]
     (seg,) = [s for s in st.segments if isinstance(s, M._Segment)]
-    rows = [(int(k_), int(c2), int(b)) for k_, c2, b in
+    rows = [(int(k_), int(c2), int(b) & 3) for k_, c2, b in
             zip(seg.prog[:, X.F_KIND], seg.prog[:, X.F_C2], seg.prog[:, X.F_BLK], strict=True)]
     assert (X.OP_TILES, 3, 1) in rows  # the stem on phase planes, its output blocked
     assert any(k_ == X.OP_DWB and b & 2 for k_, _, b in rows)
@@ -485,7 +517,7 @@ def test_an_expansion_read_twice_stays_nchw():
     cm = compile(net, x, threads=2, algorithm="direct")
     got = cm(x).numpy()
     st = cm._states[tuple(x.shape)]
-    assert all(int(s.prog[:, X.F_BLK].max()) == 0 for s in st.segments if isinstance(s, M._Segment))
+    assert all(int((s.prog[:, X.F_BLK] & 3).max()) == 0 for s in st.segments if isinstance(s, M._Segment))
     np.testing.assert_allclose(got, net(x).detach().numpy(), rtol=1e-4, atol=1e-4)
 
 

@@ -156,8 +156,9 @@ def _make_microkernel(mr: int, pixel_major: bool = False, straight: bool = False
     Every variant but ``pixel_major`` ends with the output stage's eight arguments, ``eb, eko,
     er, erd, emode, ecode, elo, ehi``: float32 tiles stored transposed become ``act(y +
     eb[eko + k] + er[erd + i])`` for output element ``i`` of channel ``k`` of the k-block
-    before they are stored (`_epilogue_vector`; ``emode`` bits 2 bias, 4 residual; ``ecode``
-    0 none, 1 ReLU, 2 clamp(elo, ehi)), the order and rounding of
+    before they are stored (`_epilogue_vector`; ``emode`` bits 2 bias, 4 residual, 8 prefetch
+    the tile's output lines before its reduction (`_prefetch_tile_output`); ``ecode`` 0 none, 1
+    ReLU, 2 clamp(elo, ehi)), the order and rounding of
     `convolab.kernels._epilogue.run`; other tiles ignore them."""
     if table:
         def microkernel(typingctx, w, woff, x, xoff, cstride, Cg, FWe, FHe, istep, fwstep, cs, out,
@@ -213,7 +214,9 @@ def _typer(mr, straight, tys, pixel_major=False, table=False, blocked=False, nv=
         a = [context.cast(builder, v, t, types.int64) if i not in arrays and i not in floats
              else v for i, (v, t) in enumerate(zip(args, sig.args, strict=True))]
         if stage is not None:  # the output stage known when compiled: no tests per vector
-            a[nt - 4], a[nt - 3] = _i64(stage[0]), _i64(stage[1])
+            # (emode's bit 8, prefetch the output, stays a run-time choice)
+            a[nt - 4] = builder.or_(builder.and_(a[nt - 4], _i64(8)), _i64(stage[0]))
+            a[nt - 3] = _i64(stage[1])
         (wa, woff, xa, xoff, cstride, Cg, FWe, FHe, istep, fwstep, cs, oa, obase, OHOW, OW,
          rowlen, kn, v0) = a[:18]
         unit = pixel_stride
@@ -329,6 +332,17 @@ def _typer(mr, straight, tys, pixel_major=False, table=False, blocked=False, nv=
                 builder.store(builder.add(builder.load(xoff_v),
                                           builder.select(wrap, jump, fwstep)), xoff_v)
 
+        epi = None
+        if ne and VL == 16 and mr <= 16:
+            epi = _Epi(context, builder, sig, a, nt - 8, flt, vty)
+        if epi is not None and not blocked:
+            if table:  # virtual pixel (oh, ow) at oh OWr + ow of planes OHOWr apart
+                voh, vow = _divmod(builder, v0, OW)
+                first, pstride = builder.add(builder.mul(voh, a[18]), vow), a[19]
+            else:
+                first, pstride = v0, OHOW
+            _prefetch_tile_output(builder, prefetch, op, builder.add(obase, first), pstride,
+                                  nv * VL, mr, epi)
         # two copies of the loop: a branch per step around the prefetches (short runs skip
         # them) cost 3x3 layers 10% (Xeon)
         with builder.if_else(long_run) as (then, otherwise):
@@ -338,10 +352,6 @@ def _typer(mr, straight, tys, pixel_major=False, table=False, blocked=False, nv=
                 reduction(False)
         n = builder.sub(OHOW, v0)
         n = builder.select(builder.icmp_unsigned("<", n, _i64(mr)), n, _i64(mr))
-        epi = None
-        if ne and VL == 16 and mr <= 16:
-            e = nt - 8
-            epi = _Epi(context, builder, sig, a, e, flt, vty)
         if pixel_major:
             _store_pixel_major(builder, accs, vty, size, op, obase, kn, v0, n, a[18])
         elif table and blocked:  # NCHW16c, the real pixels of the virtual ones
@@ -415,6 +425,42 @@ class _Epi:
                                           ir.Constant(self.vty, None)])
             builder.store(builder.fadd(builder.load(self.cur), b), self.cur)
         return self._activation(builder)
+
+
+def _prefetch_tile_output(builder, prefetch, op, start, stride, nk, mr, epi):
+    """Where the output stage's ``emode`` has bit 8: prefetch, for writing, the lines a tile
+    will store: channel ``kk``'s ``mr`` pixels at
+    ``op[start + kk stride]`` (its first and last pixel's lines), and the residual's lines where
+    the output stage reads one that the output does not overwrite (``erd`` != 0). Issued before
+    the reduction, which takes thousands of cycles: a layer writing a batch's output to lines in
+    no cache otherwise stalled on each tile's 32-64 store misses (read for ownership) as its
+    stores drained. Xeon, ResNet-50-like 256 -> 1024 1x1 at 14x14, batch 8, one thread, the
+    network's last layer (output to memory): 7.4 -> 5.7 ms (ONNX Runtime 4.7)."""
+    i8p = ir.IntType(8).as_pointer()
+    with builder.if_then(builder.icmp_unsigned("!=", builder.and_(epi.mode, _i64(8)), _i64(0))):
+        _prefetch_lines(builder, prefetch, i8p, op, start, stride, nk, mr, epi)
+
+
+def _prefetch_lines(builder, prefetch, i8p, op, start, stride, nk, mr, epi):
+    """`_prefetch_tile_output`'s prefetches."""
+    base = builder.gep(op, [start])
+    rbase = builder.gep(epi.er, [builder.add(epi.erd, start)])
+    has_res = builder.icmp_unsigned("!=", builder.and_(epi.mode, _i64(4)), _i64(0))
+    apart = builder.and_(has_res, builder.icmp_unsigned("!=", epi.erd, _i64(0)))
+    ends = (0, mr - 1) if mr > 1 else (0,)
+    for kk in range(nk):
+        for end in ends:
+            off = builder.add(builder.mul(_i64(kk), stride), _i64(end))
+            builder.call(prefetch, [builder.bitcast(builder.gep(base, [off]), i8p),
+                                    ir.Constant(_I32, 1), ir.Constant(_I32, 3),
+                                    ir.Constant(_I32, 1)])
+    with builder.if_then(apart, likely=False):
+        for kk in range(nk):
+            for end in ends:
+                off = builder.add(builder.mul(_i64(kk), stride), _i64(end))
+                builder.call(prefetch, [builder.bitcast(builder.gep(rbase, [off]), i8p),
+                                        ir.Constant(_I32, 0), ir.Constant(_I32, 3),
+                                        ir.Constant(_I32, 1)])
 
 
 def _divmod(builder, v, d):
@@ -785,7 +831,7 @@ def _straight_pair(plain, br):
     @njit(inline="always")
     def call(wflat, woff, src, xg, cstride, Cgk, FWe, FHe, istep, fwstep, cs, on, ob, OHOW, OW,
              rowlen, kn, v0, ebias, k0, eres, erd, fm, fc, elo, ehi):  # pragma: no cover
-        if fm == 2 and fc == 1:
+        if (fm & 7) == 2 and fc == 1:
             br(wflat, woff, src, xg, cstride, Cgk, FWe, FHe, istep, fwstep, cs, on, ob, OHOW, OW,
                rowlen, kn, v0, ebias, k0, eres, erd, fm, fc, elo, ehi)
         else:
@@ -962,7 +1008,7 @@ def run_tile_tasks(wflat, wbase, src, srcbase, cstride, Cgk, FWe, FHe, istep, fw
                                                     istep, fwstep, cs, on, ob, OHOW, OW, rowlen,
                                                     kn, v0, ebias, k0, eres, erd, fm, fc, elo,
                                                     ehi)
-                    elif fm == 2 and fc == 1:
+                    elif (fm & 7) == 2 and fc == 1:
                         _microkernel_straight_br_w(wflat, woff, src, xg, cstride, Cgk, FWe, FHe,
                                                    istep, fwstep, cs, on, ob, OHOW, OW, rowlen,
                                                    kn, v0, ebias, k0, eres, erd, fm, fc, elo,
@@ -988,7 +1034,7 @@ def run_tile_tasks(wflat, wbase, src, srcbase, cstride, Cgk, FWe, FHe, istep, fw
                         _microkernel_straight_nv1(wflat, woff, src, xg, cstride, Cgk, FWe, FHe,
                                                   istep, fwstep, cs, on, ob, OHOW, OW, rowlen,
                                                   kn, v0, ebias, k0, eres, erd, fm, fc, elo, ehi)
-                    elif fm == 2 and fc == 1:
+                    elif (fm & 7) == 2 and fc == 1:
                         _microkernel_straight_br(wflat, woff, src, xg, cstride, Cgk, FWe, FHe,
                                                  istep, fwstep, cs, on, ob, OHOW, OW, rowlen, kn,
                                                  v0, ebias, k0, eres, erd, fm, fc, elo, ehi)

@@ -112,7 +112,9 @@ NF = 33
 # F_BLK: channel-blocked activations (NCHW16c, `program._blocked_pairs` picks them): bit 1 the
 # operator's output, bit 2 its input. OP_TILES of a 1x1 layer on the microkernel: its tiles
 # store their 16-channel pixel vectors as they are / its reduction reads runs of 16 channels
-# per pixel; OP_DWB: the pixel vectors read where they lie instead of planes transposed
+# per pixel; OP_DWB: the pixel vectors read where they lie instead of planes transposed. Bit
+# 4, OP_TILES on the microkernel: each tile prefetches its output lines (the output stage's
+# mode bit 8, `convolab.kernels._microkernel._prefetch_tile_output`; `program.OUTPUT_PREFETCH`)
 #: counters per operator: [0] barrier, [1] phase-1 tasks, [2] phase barrier, [3 + n] image n;
 #: after all operators' one more: the threads that have left the run (`worker`, `Team.run`)
 CS_BASE = 3
@@ -133,7 +135,7 @@ def _barrier(ctr, i, P):  # pragma: no cover - compiled
 @njit(inline="always")
 def _epi(op, fprm, Wb, A, res_off):  # pragma: no cover - compiled
     bias = op[F_BIAS]
-    mode = (2 if bias >= 0 else 0) | (4 if op[F_RES] >= 0 else 0)
+    mode = (2 if bias >= 0 else 0) | (4 if op[F_RES] >= 0 else 0) | (8 if op[F_BLK] & 4 else 0)
     eb = Wb[bias: bias + op[F_K]] if bias >= 0 else Wb[0:1]
     return (eb, A, res_off, mode, op[F_ACT], fprm[0], fprm[1])
 
