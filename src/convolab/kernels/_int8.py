@@ -25,7 +25,15 @@ from numba.extending import intrinsic
 from ._atomics import fetch_add, wait_until
 from ._direct import depthwise_block_scratch, depthwise_block_task, depthwise_block_tasks
 from ._int8_shape import MR, MR_TAIL, NV, PW_MK, PW_NV
-from ._microkernel import _fma_fn, _transpose16, lanes_below, nan_max_min, splat
+from ._microkernel import (
+    _fma_fn,
+    _transpose16,
+    int64_scalars,
+    lanes_below,
+    nan_max_min,
+    scalars_typed,
+    splat,
+)
 
 _I8 = ir.IntType(8)
 _I32 = ir.IntType(32)
@@ -89,17 +97,8 @@ def _mstore(builder, vty):
 
 def _signature(tys, arrays, floats):
     """``void(*tys)`` when every argument but the ``arrays`` and ``floats`` positions is an
-    integer (else None: Numba tries other typings)."""
-    if not all(isinstance(t, types.Integer) for i, t in enumerate(tys)
-               if i not in arrays and i not in floats):
-        return None
-    return types.void(*tys)
-
-
-def _int64_args(context, builder, sig, args, arrays, floats):
-    """The intrinsic's arguments, integers cast to int64 (arrays and floats as they are)."""
-    return [context.cast(builder, v, t, types.int64) if i not in arrays and i not in floats
-            else v for i, (v, t) in enumerate(zip(args, sig.args, strict=True))]
+    integer and those at ``floats`` floats (else None: Numba tries other typings)."""
+    return types.void(*tys) if scalars_typed(tys, arrays, floats) else None
 
 
 def _make_tile(mr: int):
@@ -123,7 +122,7 @@ def _make_tile(mr: int):
             return None
 
         def codegen(context, builder, sig, args):
-            a = _int64_args(context, builder, sig, args, arrays, floats)
+            a = int64_scalars(context, builder, sig, args, arrays, floats)
             path = _path(sig.args[18])
             L = 8 if path == "vnni256" else 16
             KB = NV * L
@@ -642,7 +641,7 @@ def _make_pw_tile(mk: int, npv: int):
             return None
 
         def codegen(context, builder, sig, args):
-            a = _int64_args(context, builder, sig, args, arrays, floats)
+            a = int64_scalars(context, builder, sig, args, arrays, floats)
             path = _path(sig.args[13])
             L = 8 if path == "vnni256" else 16
             vty = ir.VectorType(_I32, L)

@@ -191,6 +191,21 @@ def _make_microkernel(mr: int, pixel_major: bool = False, straight: bool = False
     return intrinsic(microkernel)
 
 
+def scalars_typed(tys, arrays, floats) -> bool:
+    """An intrinsic's argument types: those at ``floats`` are floats, every other one not at
+    ``arrays`` an integer."""
+    return (all(isinstance(t, types.Integer) for i, t in enumerate(tys)
+                if i not in arrays and i not in floats)
+            and all(isinstance(tys[i], types.Float) for i in floats))
+
+
+def int64_scalars(context, builder, sig, args, arrays, floats) -> list:
+    """An intrinsic's arguments, the integers (all but ``arrays`` and ``floats``) cast to
+    int64."""
+    return [context.cast(builder, v, t, types.int64) if i not in arrays and i not in floats
+            else v for i, (v, t) in enumerate(zip(args, sig.args, strict=True))]
+
+
 def _typer(mr, straight, tys, pixel_major=False, table=False, blocked=False, nv=NV, stage=None,
            pixel_stride=0):
     """Signature and code of one tile: pixels ``v0 .. v0+mr-1`` x KB channels (``kn`` real).
@@ -203,16 +218,12 @@ def _typer(mr, straight, tys, pixel_major=False, table=False, blocked=False, nv=
     nt = len(tys)
     arrays = (0, 2, 11) + ((nt - 8, nt - 6) if ne else ()) + ((20,) if table else ())
     floats = (nt - 2, nt - 1) if ne else ()
-    if not all(isinstance(t, types.Integer) for i, t in enumerate(tys)
-               if i not in arrays and i not in floats):
-        return None
-    if not all(isinstance(tys[i], types.Float) for i in floats):
+    if not scalars_typed(tys, arrays, floats):
         return None
     sig = types.void(*tys)
 
     def codegen(context, builder, sig, args):
-        a = [context.cast(builder, v, t, types.int64) if i not in arrays and i not in floats
-             else v for i, (v, t) in enumerate(zip(args, sig.args, strict=True))]
+        a = int64_scalars(context, builder, sig, args, arrays, floats)
         if stage is not None:  # the output stage known when compiled: no tests per vector
             # (emode's bit 8, prefetch the output, stays a run-time choice)
             a[nt - 4] = builder.or_(builder.and_(a[nt - 4], _i64(8)), _i64(stage[0]))

@@ -25,7 +25,18 @@ from numba.extending import intrinsic
 
 from ._epilogue import F0, F1
 from ._epilogue import run as epilogue_run
-from ._microkernel import INPUT_PREFETCH_STEPS, _Epi, _fma_fn, _i64, _masked_store, lanes_below, masked_load, splat
+from ._microkernel import (
+    INPUT_PREFETCH_STEPS,
+    _Epi,
+    _fma_fn,
+    _i64,
+    _masked_store,
+    int64_scalars,
+    lanes_below,
+    masked_load,
+    scalars_typed,
+    splat,
+)
 
 #: output channels per tile
 KR = 8
@@ -63,18 +74,13 @@ def _make_tile(full: bool, stage: tuple[int, int] | None = None):
                ecode, elo, ehi)
         arrays = (0, 3, 7, 12, 14)
         floats = (18, 19)
-        if not all(isinstance(t, types.Integer) for i, t in enumerate(tys)
-                   if i not in arrays and i not in floats):
-            return None
-        if not all(isinstance(tys[i], types.Float) for i in floats):
-            return None
-        if not (isinstance(w, types.Array) and w.dtype == types.float32):
+        if not (scalars_typed(tys, arrays, floats) and isinstance(w, types.Array)
+                and w.dtype == types.float32):
             return None
         sig = types.void(*tys)
 
         def codegen(context, builder, sig, args):
-            a = [context.cast(builder, v, t, types.int64) if i not in arrays and i not in floats
-                 else v for i, (v, t) in enumerate(zip(args, sig.args, strict=True))]
+            a = int64_scalars(context, builder, sig, args, arrays, floats)
             if stage is not None:  # the output stage known when compiled: no tests per vector
                 a[16], a[17] = _i64(stage[0]), _i64(stage[1])
             woff, wstride, xoff, P, C, ooff, kn, p0, npx = (a[i] for i in (1, 2, 4, 5, 6, 8, 9,
