@@ -440,9 +440,9 @@ class _Epi:
 
 def _prefetch_tile_output(builder, prefetch, op, start, stride, nk, mr, epi):
     """Where the output stage's ``emode`` has bit 8: prefetch, for writing, the lines a tile
-    will store: channel ``kk``'s ``mr`` pixels at
-    ``op[start + kk stride]`` (its first and last pixel's lines), and the residual's lines where
-    the output stage reads one that the output does not overwrite (``erd`` != 0). Issued before
+    will store (channel ``kk``'s ``mr`` pixels at ``op[start + kk stride]``: its first and last
+    pixel's lines), and the residual's lines where the output stage reads one that the output
+    does not overwrite (``erd`` != 0). Issued before
     the reduction, which takes thousands of cycles: a layer writing a batch's output to lines in
     no cache otherwise stalled on each tile's 32-64 store misses (read for ownership) as its
     stores drained. Xeon, ResNet-50-like 256 -> 1024 1x1 at 14x14, batch 8, one thread, the
