@@ -497,6 +497,89 @@ def test_narrow_projection_reads_the_depthwise_output_channel_blocked(K, batch, 
     assert np.array_equal(got, want)
 
 
+class _Bottlenecks(nn.Module):
+    """ResNet-style bottlenecks at odd sizes: a 1x1 stem, an identity block, a downsampling
+    block (3x3 stride 2, a 1x1 stride-2 shortcut) and a 1x1 head; K = 48 and 96 give
+    k-blocks of 32 + 16 channels."""
+
+    def __init__(self, act, pool=False):
+        super().__init__()
+        self.act, self.pool = act, pool
+        self.stem = nn.Conv2d(8, 48, 1)
+        self.r1, self.m1, self.e1 = (nn.Conv2d(48, 32, 1), nn.Conv2d(32, 32, 3, padding=1),
+                                     nn.Conv2d(32, 48, 1))
+        self.r2, self.m2, self.e2 = (nn.Conv2d(48, 32, 1), nn.Conv2d(32, 32, 3, 2, 1),
+                                     nn.Conv2d(32, 96, 1))
+        self.ds = nn.Conv2d(48, 96, 1, stride=2)
+        self.head = nn.Conv2d(96, 32, 1)
+
+    def forward(self, x):
+        a = self.act
+        x = a(self.stem(x))
+        x = a(self.e1(a(self.m1(a(self.r1(x))))) + x)
+        x = a(self.e2(a(self.m2(a(self.r2(x))))) + self.ds(x))
+        x = self.head(x)
+        return nn.functional.adaptive_avg_pool2d(x, 1).flatten(1) if self.pool else x
+
+
+@pytest.mark.parametrize("act, batch, H, W, pool", [(torch.relu, 1, 15, 13, True),
+                                                    (nn.ReLU6(), 3, 14, 9, False),
+                                                    (lambda t: t, 2, 11, 16, True)])
+def test_bottleneck_values_stay_channel_blocked_with_the_same_bits(act, batch, H, W, pool,
+                                                                   monkeypatch):
+    """Between 1x1 layers the activations stay NCHW16c (`_blocked_pairs`): the stem and the
+    expansions store their tiles' pixel vectors (the residual read and added in that layout),
+    the 1x1 layers read them, the strided shortcut copies every other pixel vector into its
+    compact copy, global average pooling sums the pixel vectors; the 3x3 layers' inputs stay
+    NCHW. The same bits as the NCHW path, with image-major runs (batch > 1) and odd planes."""
+    from convolab.runtime import _executor as X
+
+    torch.manual_seed(H * W)
+    net = _Bottlenecks(act, pool).eval()
+    x = torch.randn(batch, 8, H, W)
+    cm = compile(net, x, threads=2, algorithm="direct")
+    got = cm(x).numpy()
+    st = cm._states[tuple(x.shape)]
+    (seg,) = [s for s in st.segments if isinstance(s, M._Segment)]
+    rows = [(int(r[X.F_KIND]), int(r[X.F_C2]), int(r[X.F_BLK]) & 3, int(r[X.F_RES]) >= 0,
+             int(r[X.F_R])) for r in seg.prog if r[X.F_KIND] == X.OP_TILES]
+    assert any(c2 == 2 and b & 2 for _, c2, b, _, _ in rows)  # the shortcut's blocked copy
+    assert sum(1 for _, _, b, res, _ in rows if b & 1 and res) >= 2  # both blocks' sums
+    assert all(b & 2 == 0 for _, _, b, _, r in rows if r == 3)  # 3x3 layers read NCHW
+    pools = [int(r[X.F_BLK]) & 2 for r in seg.prog if r[X.F_KIND] == X.OP_ADAPTIVE]
+    assert pools == ([2] if pool else [])
+    monkeypatch.setattr(P, "_blocked_pairs", lambda *a: {})
+    want = compile(net, x, threads=2, algorithm="direct")(x).numpy()
+    assert np.array_equal(got, want)
+    np.testing.assert_allclose(got, net(x).detach().numpy(), rtol=1e-4, atol=1e-4)
+
+
+def test_a_residual_from_an_nchw_layer_keeps_its_sum_nchw():
+    """A fused residual is read in its output's layout: a 3x3 layer's output (NCHW) added to
+    a 1x1 layer's keeps that 1x1 layer's output NCHW, though a 1x1 layer reads it."""
+    from convolab.runtime import _executor as X
+
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a = nn.Conv2d(16, 32, 3, padding=1)
+            self.b = nn.Conv2d(32, 32, 1)
+            self.c = nn.Conv2d(32, 16, 1)
+
+        def forward(self, x):
+            y = torch.relu(self.a(x))
+            return self.c(torch.relu(self.b(y) + y))
+
+    net = Net().eval()
+    x = torch.randn(1, 16, 12, 12)
+    cm = compile(net, x, threads=2, algorithm="direct")
+    got = cm(x).numpy()
+    st = cm._states[tuple(x.shape)]
+    assert all(int((s.prog[:, X.F_BLK] & 3).max()) == 0 for s in st.segments
+               if isinstance(s, M._Segment))
+    np.testing.assert_allclose(got, net(x).detach().numpy(), rtol=1e-4, atol=1e-4)
+
+
 def test_an_expansion_read_twice_stays_nchw():
     """The expansion's output also read by another operator (here a residual add): not
     channel-blocked."""

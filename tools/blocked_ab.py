@@ -1,5 +1,5 @@
-"""Whole network with and without channel-blocked activations between 1x1 and depthwise layers
-(`convolab.runtime.model._blocked_pairs`), two compiled copies timed taking turns in one process
+"""Whole network with and without channel-blocked activations between the layers that handle
+them (`convolab.runtime.program._blocked_pairs`), two compiled copies timed taking turns in one process
 (ms per forward pass, min / median), and their outputs compared bit for bit.
 
     env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE python tools/blocked_ab.py \\

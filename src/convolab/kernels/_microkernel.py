@@ -297,6 +297,11 @@ def _typer(mr, straight, tys, pixel_major=False, table=False, blocked=False, nv=
         yes, no = ir.Constant(ir.IntType(1), 1), ir.Constant(ir.IntType(1), 0)
         if table:
             long_run, pf_dist = (yes if unit == 1 else no), cstride
+        elif unit == 16 and straight:
+            # the next 16-channel block's line of pixel lh (< mr) at step lh of each run: a
+            # block's lines lie a plane of pixel vectors after the last one's, where no
+            # hardware prefetcher looks (1x1 1024 -> 256 at 14x14 inside ResNet-50)
+            long_run, pf_dist = yes, cstride
         elif unit == 16:
             long_run, pf_dist = no, cstride
         else:
@@ -327,7 +332,15 @@ def _typer(mr, straight, tys, pixel_major=False, table=False, blocked=False, nv=
                             builder.gep(wh, [_i64(WEIGHT_PREFETCH_STEPS * KB + v * VL)]), i8p),
                             ir.Constant(_I32, 0), ir.Constant(_I32, 3), ir.Constant(_I32, 1)])
                     # the input `pf_dist` elements ahead, at the tile's first and last pixel
-                    for base, off in ((pix[0], pix[-1]) if pf else ()):
+                    if pf and unit == 16 and straight:
+                        lhc = builder.select(builder.icmp_unsigned("<", lh, _i64(mr)), lh,
+                                             _i64(mr - 1))
+                        off = builder.add(builder.add(xs, pf_dist), builder.mul(lhc, _i64(16)))
+                        builder.call(prefetch, [builder.bitcast(builder.gep(pix[0][0], [off]),
+                                                                i8p),
+                                                ir.Constant(_I32, 0), ir.Constant(_I32, 3),
+                                                ir.Constant(_I32, 1)])
+                    for base, off in ((pix[0], pix[-1]) if pf and unit != 16 else ()):
                         builder.call(prefetch, [builder.bitcast(builder.gep(
                             base, [builder.add(builder.add(xi, off), pf_dist)]), i8p),
                             ir.Constant(_I32, 0), ir.Constant(_I32, 3), ir.Constant(_I32, 1)])
@@ -346,14 +359,22 @@ def _typer(mr, straight, tys, pixel_major=False, table=False, blocked=False, nv=
         epi = None
         if ne and VL == 16 and mr <= 16:
             epi = _Epi(context, builder, sig, a, nt - 8, flt, vty)
-        if epi is not None and not blocked:
+        if epi is not None and blocked and not table:
+            # NCHW16c: the tile's pixels are one run of lines per vector of channels
+            _prefetch_tile_output(builder, prefetch, op,
+                                  builder.add(obase, builder.mul(v0, _i64(VL))),
+                                  [builder.mul(_i64(i * VL), OHOW) for i in range(nv)],
+                                  [_i64(j * VL) for j in range(mr)], epi)
+        elif epi is not None and not blocked:
             if table:  # virtual pixel (oh, ow) at oh OWr + ow of planes OHOWr apart
                 voh, vow = _divmod(builder, v0, OW)
                 first, pstride = builder.add(builder.mul(voh, a[18]), vow), a[19]
             else:
                 first, pstride = v0, OHOW
-            _prefetch_tile_output(builder, prefetch, op, builder.add(obase, first), pstride,
-                                  nv * VL, mr, epi)
+            # every channel's first and last pixel's line
+            _prefetch_tile_output(builder, prefetch, op, builder.add(obase, first),
+                                  [builder.mul(_i64(kk), pstride) for kk in range(nv * VL)],
+                                  [_i64(0), _i64(mr - 1)] if mr > 1 else [_i64(0)], epi)
         # two copies of the loop: a branch per step around the prefetches (short runs skip
         # them) cost 3x3 layers 10% (Xeon)
         with builder.if_else(long_run) as (then, otherwise):
@@ -368,9 +389,12 @@ def _typer(mr, straight, tys, pixel_major=False, table=False, blocked=False, nv=
         elif table and blocked:  # NCHW16c, the real pixels of the virtual ones
             _store_virtual_blocked(builder, accs, vty, size, op, obase, OW, kn, v0, n, a[18],
                                    a[19], epi)
-        elif blocked:  # NCHW16c (`_store_pixel_major`)
+        elif blocked and epi is not None:  # NCHW16c
+            _store_blocked(builder, accs, vty, size, op, obase, kn, v0, n,
+                           builder.mul(_i64(VL), OHOW), epi)
+        elif blocked:
             _store_pixel_major(builder, accs, vty, size, op, obase, kn, v0, n, _i64(VL),
-                               builder.mul(_i64(VL), OHOW), epi)
+                               builder.mul(_i64(VL), OHOW))
         elif table:
             _store_virtual(context, builder, accs, vty, flt, op, obase, OW, kn, v0, n, a[18], a[19],
                            epi)
@@ -438,23 +462,23 @@ class _Epi:
         return self._activation(builder)
 
 
-def _prefetch_tile_output(builder, prefetch, op, start, stride, nk, mr, epi):
+def _prefetch_tile_output(builder, prefetch, op, start, rows, cols, epi):
     """Where the output stage's ``emode`` has bit 8: prefetch, for writing, the lines a tile
-    will store (channel ``kk``'s ``mr`` pixels at ``op[start + kk stride]``: its first and last
-    pixel's lines), and the residual's lines where the output stage reads one that the output
-    does not overwrite (``erd`` != 0). Issued before
+    will store (``op[start + r + c]`` for each ``r`` in ``rows``, ``c`` in ``cols``: NCHW, each
+    channel's first and last pixel; channel-blocked, every line of each vector of channels),
+    and the residual's lines where the output stage reads one that the output does not
+    overwrite (``erd`` != 0). Issued before
     the reduction, which takes thousands of cycles: a layer writing a batch's output to lines in
     no cache otherwise stalled on each tile's 32-64 store misses (read for ownership) as its
     stores drained. Xeon, ResNet-50-like 256 -> 1024 1x1 at 14x14, batch 8, one thread, the
     network's last layer (output to memory): 7.4 -> 5.7 ms (ONNX Runtime 4.7)."""
     i8p = ir.IntType(8).as_pointer()
-    ends = (0, mr - 1) if mr > 1 else (0,)
 
-    def lines(base, rw):  # every channel's first and last pixel's line from ``base``
-        for kk in range(nk):
-            for end in ends:
-                off = builder.add(builder.mul(_i64(kk), stride), _i64(end))
-                builder.call(prefetch, [builder.bitcast(builder.gep(base, [off]), i8p),
+    def lines(base, rw):
+        for r in rows:
+            for c in cols:
+                builder.call(prefetch, [builder.bitcast(builder.gep(base, [builder.add(r, c)]),
+                                                        i8p),
                                         ir.Constant(_I32, rw), ir.Constant(_I32, 3),
                                         ir.Constant(_I32, 1)])
 
@@ -536,15 +560,13 @@ def lanes_below(builder, n, count):
     return builder.icmp_signed("<", lanes, splat(builder, n, ir.VectorType(_I64, count)))
 
 
-def _store_pixel_major(builder, accs, vty, size, op, obase, kn, v0, n, ostride, vstride=None,
-                       epi=None):
+def _store_pixel_major(builder, accs, vty, size, op, obase, kn, v0, n, ostride, vstride=None):
     """Store each real pixel's KB channels (``kn`` of them real) as NV vectors: vector i of
     pixel ``v`` at ``op[obase + v*ostride + i*vstride]`` (``vstride`` default: the vector
-    length, the channels contiguous), masked where fewer than a vector's lanes are real, after
-    the output stage's bias and ReLU / clamp on lane vectors when ``epi`` is given
-    (`_Epi.apply_lanes`). The channel-blocked store (NCHW16c: vector i of the k-block at
-    ``16 i OHOW`` from its first plane, pixel ``v`` at ``16 v``) is ``ostride`` 16,
-    ``vstride`` 16 OHOW."""
+    length, the channels contiguous), masked where fewer than a vector's lanes are real. The
+    channel-blocked store without an output stage (NCHW16c: vector i of the k-block at ``16 i
+    OHOW`` from its first plane, pixel ``v`` at ``16 v``) is ``ostride`` 16, ``vstride`` 16
+    OHOW; with one, `_store_blocked`."""
     VL = vty.count
     vstride = _i64(VL) if vstride is None else vstride
     mstore, _ = _masked_store(builder, vty, size)
@@ -555,11 +577,67 @@ def _store_pixel_major(builder, accs, vty, size, op, obase, kn, v0, n, ostride, 
             base = builder.gep(op, [builder.add(obase, builder.mul(v, ostride))])
             for i in range(len(accs[j])):
                 val = builder.load(accs[j][i])
-                if epi is not None:
-                    val = epi.apply_lanes(builder, val, i * VL, masks[i])
                 ptr = builder.bitcast(builder.gep(base, [builder.mul(_i64(i), vstride)]),
                                       vty.as_pointer())
                 builder.call(mstore, [val, ptr, ir.Constant(_I32, size), masks[i]])
+
+
+def _store_blocked(builder, accs, vty, size, op, obase, kn, v0, n, vstride, epi):
+    """Store a float32 tile channel-blocked (NCHW16c: vector i of pixel ``v`` at ``op[obase +
+    16 v + i vstride]``, masked where fewer than 16 lanes are real channels) after the whole
+    output stage, ``act(y + b + r)`` in that order, the residual ``r`` read at the same
+    offset from ``er[erd ...]`` (a blocked residual). The bias vectors are loaded once per
+    tile (-0.0 where there is none: ``y + -0.0`` is ``y``, bit for bit) and the stage's
+    branches taken once per tile, not per vector."""
+    VL = vty.count
+    mstore, _ = _masked_store(builder, vty, size)
+    masks = _lane_masks(builder, vty, kn)
+    nv = len(accs[0])
+    bias = [cgutils.alloca_once_value(builder, ir.Constant(vty, [-0.0] * VL)) for _ in range(nv)]
+    with builder.if_then(builder.icmp_unsigned("!=", builder.and_(epi.mode, _i64(2)), _i64(0))):
+        for i in range(nv):
+            ptr = builder.bitcast(builder.gep(epi.eb, [builder.add(epi.eko, _i64(i * VL))]),
+                                  vty.as_pointer())
+            builder.store(builder.call(epi.mload, [ptr, ir.Constant(_I32, 4), masks[i],
+                                                   ir.Constant(vty, None)]), bias[i])
+    bvec = [builder.load(b) for b in bias]
+    zero = ir.Constant(vty, None)
+    has_res = builder.icmp_unsigned("!=", builder.and_(epi.mode, _i64(4)), _i64(0))
+
+    def store(res, code):
+        lo, hi = splat(builder, epi.lo, vty), splat(builder, epi.hi, vty)
+        for j in range(len(accs)):
+            with builder.if_then(builder.icmp_unsigned("<", _i64(j), n)):
+                base = builder.add(obase, builder.mul(builder.add(v0, _i64(j)), _i64(VL)))
+                for i in range(nv):
+                    idx = builder.add(base, builder.mul(_i64(i), vstride))
+                    val = builder.fadd(builder.load(accs[j][i]), bvec[i])
+                    if res:
+                        rp = builder.bitcast(builder.gep(epi.er, [builder.add(epi.erd, idx)]),
+                                             vty.as_pointer())
+                        val = builder.fadd(val, builder.call(epi.mload, [
+                            rp, ir.Constant(_I32, 4), masks[i], zero]))
+                    if code == 1:
+                        val = builder.call(epi.vmax, [val, zero])
+                    elif code == 2:
+                        val = builder.call(epi.vmin, [builder.call(epi.vmax, [val, lo]), hi])
+                    ptr = builder.bitcast(builder.gep(op, [idx]), vty.as_pointer())
+                    builder.call(mstore, [val, ptr, ir.Constant(_I32, size), masks[i]])
+
+    with builder.if_else(has_res) as (with_res, without):
+        for res, blk in ((True, with_res), (False, without)):
+            with blk:
+                is1 = builder.icmp_unsigned("==", epi.code, _i64(1))
+                is2 = builder.icmp_unsigned("==", epi.code, _i64(2))
+                with builder.if_else(is1) as (relu, other):
+                    with relu:
+                        store(res, 1)
+                    with other:
+                        with builder.if_else(is2) as (clamp, none):
+                            with clamp:
+                                store(res, 2)
+                            with none:
+                                store(res, 0)
 
 
 def _transpose16(builder, rows):
@@ -853,6 +931,9 @@ _microkernel_pm_tail = _make_microkernel(MR_TAIL, pixel_major=True)
 _microkernel_table = _make_microkernel(MR, straight=True, table=True)
 _microkernel_table_tail = _make_microkernel(MR_TAIL, table=True)
 _microkernel_blocked = _make_microkernel(MR, straight=True, blocked=True)
+# ... with the pixel stride compiled in: NCHW planes (1) or channel-blocked input (16)
+_microkernel_blocked_u = _make_microkernel(MR, straight=True, blocked=True, pixel_stride=1)
+_microkernel_blocked_c16 = _make_microkernel(MR, straight=True, blocked=True, pixel_stride=16)
 _microkernel_blocked_tail = _make_microkernel(MR_TAIL, blocked=True)
 _microkernel_table_blocked = _make_microkernel(MR, straight=True, table=True, blocked=True)
 _microkernel_table_blocked_tail = _make_microkernel(MR_TAIL, table=True, blocked=True)
@@ -977,6 +1058,14 @@ def run_tile_tasks(wflat, wbase, src, srcbase, cstride, Cgk, FWe, FHe, istep, fw
                                                       FHe, istep, fwstep, cs, on, ob, OHOW, OW,
                                                       rowlen, kn, v, ebias, k0, eres, erd, fm,
                                                       fc, elo, ehi)
+                    elif cs == 16:
+                        _microkernel_blocked_c16(wflat, woff, src, xg, cstride, Cgk, FWe, FHe,
+                                                 istep, fwstep, cs, on, ob, OHOW, OW, rowlen, kn,
+                                                 v0, ebias, k0, eres, erd, fm, fc, elo, ehi)
+                    elif cs == 1:
+                        _microkernel_blocked_u(wflat, woff, src, xg, cstride, Cgk, FWe, FHe,
+                                               istep, fwstep, cs, on, ob, OHOW, OW, rowlen, kn,
+                                               v0, ebias, k0, eres, erd, fm, fc, elo, ehi)
                     else:
                         _microkernel_blocked(wflat, woff, src, xg, cstride, Cgk, FWe, FHe, istep,
                                              fwstep, cs, on, ob, OHOW, OW, rowlen, kn, v0,

@@ -73,7 +73,14 @@ from ..kernels._pointwise import PX as PV_PX
 from ..kernels.team import _DONE as TEAM_DONE
 from ..kernels.team import _GEN as TEAM_GEN
 from ..kernels.team import _KEY as TEAM_KEY
-from ._kernels import LINEAR_KB, adaptive_avg_tasks, linear_tasks, maxpool_scratch, maxpool_tasks
+from ._kernels import (
+    LINEAR_KB,
+    adaptive_avg_tasks,
+    global_avg_blocked_tasks,
+    linear_tasks,
+    maxpool_scratch,
+    maxpool_tasks,
+)
 
 OP_TILES = 1
 OP_DW = 2
@@ -111,10 +118,12 @@ NF = 33
 # op, oi), F_SW their coefficients in Wb (B1, A1, iv, ov)
 # F_BLK: channel-blocked activations (NCHW16c, `program._blocked_pairs` picks them): bit 1 the
 # operator's output, bit 2 its input. OP_TILES of a 1x1 layer on the microkernel: its tiles
-# store their 16-channel pixel vectors as they are / its reduction reads runs of 16 channels
-# per pixel; OP_DWB: the pixel vectors read where they lie instead of planes transposed. Bit
-# 4, OP_TILES on the microkernel: each tile prefetches its output lines (the output stage's
-# mode bit 8, `convolab.kernels._microkernel._prefetch_tile_output`; `program.OUTPUT_PREFETCH`)
+# store their 16-channel pixel vectors as they are (a residual read in the same layout) / its
+# reduction reads runs of 16 channels per pixel (a strided 1x1's compact copy is made of
+# pixel vectors); OP_DWB: the pixel vectors read where they lie instead of planes transposed;
+# OP_ADAPTIVE: global pooling of pixel vectors. Bit 4, OP_TILES on the microkernel: each tile
+# prefetches its output lines (the output stage's mode bit 8,
+# `convolab.kernels._microkernel._prefetch_tile_output`; `program.OUTPUT_PREFETCH_BYTES`)
 #: counters per operator: [0] barrier, [1] phase-1 tasks, [2] phase barrier, [3 + n] image n;
 #: after all operators' one more: the threads that have left the run (`worker`, `Team.run`)
 CS_BASE = 3
@@ -157,13 +166,24 @@ def _tiles(j, op, fprm, P, A, Wb, Ib, ctr, CS, KB):  # pragma: no cover - compil
         pt, pl = op[F_D], op[F_E]
         dst = op[F_F]
         # planes in runs of consecutive ones, about GRABS per thread (copying a 7x7 plane
-        # takes about as long as a fetch-and-add on a counter both threads hit)
-        run = max(1, N * C // (GRABS * P))
+        # takes about as long as a fetch-and-add on a counter both threads hit); a
+        # channel-blocked input (F_BLK bit 2, F_C2 = 2) by blocks of 16 planes
+        blk = op[F_BLK] & 2 != 0
+        nplane = N * C // 16 if blk else N * C
+        run = max(1, nplane // (GRABS * P))
         while True:
             t0 = fetch_add(ctr, j * CS + 1) * run
-            if t0 >= N * C:
+            if t0 >= nplane:
                 break
-            for t in range(t0, min(N * C, t0 + run)):
+            for t in range(t0, min(nplane, t0 + run)):
+                if blk:  # 16-channel pixel vectors of every pt-th row, pl-th column
+                    s0 = op[F_X] + (t // (C // 16)) * ximg + (t % (C // 16)) * 16 * H * W
+                    d0 = dst + t * 16 * Hp * Wp
+                    for h in range(Hp):
+                        for w in range(Wp):
+                            copy_run(A, d0 + (h * Wp + w) * 16, A,
+                                     s0 + (h * pt * W + w * pl) * 16, 16)
+                    continue
                 n = t // C
                 c = t - n * C
                 s0 = op[F_X] + n * ximg + c * H * W
@@ -325,6 +345,8 @@ def _pool(j, op, A, ctr, CS, scratch):  # pragma: no cover - compiled
     if op[F_KIND] == OP_MAXPOOL:
         maxpool_tasks(x, y, op[F_R], op[F_S], op[F_SH], op[F_SW], op[F_A], op[F_B], op[F_DH],
                       op[F_DW], ctr, j * CS + 1, scratch)
+    elif op[F_BLK] & 2:  # global pooling of a channel-blocked input
+        global_avg_blocked_tasks(A, op[F_X], y, N, C, H * W, ctr, j * CS + 1)
     else:
         adaptive_avg_tasks(x, y, ctr, j * CS + 1)
 

@@ -203,6 +203,28 @@ def adaptive_avg(x, out, ctr):  # pragma: no cover - compiled
     adaptive_avg_tasks(x, out, ctr, 0)
 
 
+@njit(nogil=True, cache=True)
+def global_avg_blocked_tasks(xf, xo, out, N, C, HW, ctr, ci):  # pragma: no cover - compiled
+    """Global average pooling of a channel-blocked (NCHW16c) input at ``xf[xo]`` into ``out``
+    (N, C, 1, 1), tasks (image, 16-channel block) taken from ``ctr[ci]``: one running sum per
+    channel in pixel order, the order of `adaptive_avg_tasks`'s planes, so the same bits."""
+    of = out.reshape(out.size)
+    div = np.float32(HW)
+    acc = np.empty(16, dtype=np.float32)
+    nb = N * (C // 16)
+    while True:
+        t = fetch_add(ctr, ci)
+        if t >= nb:
+            break
+        b = xo + t * 16 * HW
+        acc[:] = F0
+        for i in range(HW):
+            for lane in range(16):
+                acc[lane] += xf[b + i * 16 + lane]
+        for lane in range(16):
+            of[t * 16 + lane] = acc[lane] / div
+
+
 @njit(inline="always")
 def adaptive_avg_tasks(x, out, ctr, ci):  # pragma: no cover - compiled
     """`adaptive_avg`'s tasks, taken from ``ctr[ci]``."""

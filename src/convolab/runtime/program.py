@@ -510,28 +510,41 @@ def _blocked_projection(spec) -> bool:
 
 def _blocked_pairs(g: Graph, st: _State, seg: _Segment, root, pads) -> dict[int, int]:
     """The segment's activations that stay channel-blocked (NCHW16c): ``{node: F_BLK bits}``
-    (bit 1 output blocked, bit 2 input blocked; see `_X.F_BLK`). A 1x1 layer (one group,
-    stride 1, no padding) and a channel-blocked depthwise layer hand their activation over
-    blocked when one of them is the only reader of the other's output (a 1x1 expansion into a
-    depthwise layer; a depthwise layer into its 1x1 projection, `_blocked_projection`), the
-    channels are a multiple of
-    16, the producer's output stage is one the tiles apply (bias, ReLU, clamp; no residual),
-    and the value is nobody's view and no graph output. So does a strided k x k layer on
-    stride-phase planes (`_phased`: a stem) into a depthwise layer. Blocked, the tiles store or
-    read 16-channel pixel vectors as they are and the depthwise operator reads them where they
-    lie instead of transposing planes; each value is computed by the same code as before, so
-    the bits do not change."""
+    (bit 1 output blocked, bit 2 input blocked; see `_X.F_BLK`). A value is blocked when its
+    producer can store it so and every reader can read it so:
+
+    - producers: 1x1 layers on the microkernel (stride 1, or a strided one on its compact
+      copy), with any fused output stage the tiles apply (bias, residual, ReLU, clamp);
+      without a residual also strided k x k layers on stride-phase planes (`_phased`: stems)
+      and channel-blocked depthwise layers;
+    - readers: the same 1x1 layers (runs of 16 channels per pixel; a strided one copies
+      pixel vectors into its compact copy), channel-blocked depthwise layers (the vectors
+      read where they lie), global average pooling, and a residual, which a producer reads
+      in its own output's layout: a fused residual is blocked exactly when the output it is
+      added to is;
+    - K a multiple of 16; the value no graph output, nobody's view, every reader in the
+      segment. A 1x1 layer that would run with pixels in the vector lanes reads a depthwise
+      layer's output blocked only up to `BLOCKED_PROJECTION_MAX_K` output channels.
+
+    In NCHW a 1x1 layer's tile reads each channel from another plane, C streams no hardware
+    prefetcher follows; blocked, a pixel's 16 channels are one line (the layout ONNX Runtime
+    keeps between its layers). Each value is computed by the same code as before, in the same
+    order, so the bits do not change."""
     in_seg = set(seg.nodes)
-    users: dict[int, list[int]] = {}
+    users: dict[int, list[tuple[int, int]]] = {}
     for k, n in enumerate(g.nodes):
-        for j in n.inputs:
-            users.setdefault(j, []).append(k)
+        for pos, j in enumerate(n.inputs):
+            users.setdefault(j, []).append((k, pos))
     viewed = {root[v] for v in range(len(g.nodes)) if root[v] != v}
 
-    def pointwise(i):
+    def conv(i):
+        return i in in_seg and g.nodes[i].kind == "conv" and not _bilinear_op(st, i)
+
+    def pointwise(i):  # a 1x1 layer on the microkernel's dense rows
         spec = st.plans[i].spec
-        return (not direct.depthwise(spec) and (spec.R, spec.S) == (1, 1) and spec.groups == 1
-                and spec.stride == (1, 1) and i not in pads)
+        if direct.depthwise(spec) or (spec.R, spec.S) != (1, 1) or spec.groups != 1:
+            return False
+        return (spec.stride == (1, 1) and i not in pads) or (i in pads and _subsampled(spec))
 
     def phased(i):  # stores its tiles' pixel vectors too (`_store_virtual_blocked`)
         return i in pads and _phased(st.plans[i].spec)
@@ -539,20 +552,44 @@ def _blocked_pairs(g: Graph, st: _State, seg: _Segment, root, pads) -> dict[int,
     def blocked_dw(i):
         return direct.blocked_depthwise(st.plans[i].spec)
 
-    flags: dict[int, int] = {}
-    for i in seg.nodes:
+    def producer(i):
         a = g.nodes[i].attrs
-        us = users.get(i, [])
-        if (g.nodes[i].kind != "conv" or len(us) != 1 or us[0] not in in_seg
-                or g.nodes[us[0]].kind != "conv" or g.nodes[us[0]].inputs[0] != i
-                or st.plans[i].spec.K % 16 or a["residual"] or ACTS[a["act"]] > 2
-                or i in g.outputs or i in viewed or root[i] != i):
-            continue
-        d = us[0]
-        if ((pointwise(i) or phased(i)) and blocked_dw(d)) or (
-                blocked_dw(i) and pointwise(d) and _blocked_projection(st.plans[d].spec)):
-            flags[i] = flags.get(i, 0) | 1
-            flags[d] = flags.get(d, 0) | 2
+        if (not conv(i) or st.plans[i].spec.K % 16 or ACTS[a["act"]] > 2 or i in g.outputs
+                or i in viewed or root[i] != i):
+            return False
+        return pointwise(i) or (not a["residual"] and (phased(i) or blocked_dw(i)))
+
+    def reader(u, pos, i):
+        if (g.nodes[u].kind == "adaptive_avg" and u in in_seg and pos == 0
+                and tuple(st.shapes[u][2:]) == (1, 1)):
+            return True  # global average pooling (`_kernels.global_avg_blocked_tasks`)
+        if not conv(u) or pos > 1:
+            return False
+        if pos == 1:  # a residual: see the coupling below
+            return pointwise(u)
+        if blocked_dw(u):
+            return not blocked_dw(i)
+        return pointwise(u) and (not blocked_dw(i) or _blocked_projection(st.plans[u].spec))
+
+    blocked = {i for i in seg.nodes
+               if producer(i) and all(reader(u, pos, i) for u, pos in users.get(i, []))}
+    # a fused residual and the output it is added to: both blocked or neither
+    changed = True
+    while changed:
+        changed = False
+        for i in sorted(blocked):
+            n = g.nodes[i]
+            res = n.inputs[1] if n.attrs["residual"] else None
+            if (res is not None and res not in blocked) or any(
+                    pos == 1 and u not in blocked for u, pos in users.get(i, [])):
+                blocked.discard(i)
+                changed = True
+    flags: dict[int, int] = {}
+    for i in blocked:
+        flags[i] = flags.get(i, 0) | 1
+        for u, pos in users.get(i, []):
+            if pos == 0:
+                flags[u] = flags.get(u, 0) | 2
     return flags
 
 
@@ -657,7 +694,8 @@ def _program(m: CompiledModel, st: _State, seg: _Segment, root, off, pads) -> No
         prog[rows[i], _X.F_PV] = 0  # 1x1 layers on the microkernel: 16-channel pixel vectors
     for i in seg.nodes:  # microkernel tiles that prefetch their output lines
         r = prog[rows[i]]
-        if (r[_X.F_KIND] == _X.OP_TILES and r[_X.F_PV] == 0 and not r[_X.F_BLK] & 1
+        if (r[_X.F_KIND] == _X.OP_TILES and r[_X.F_PV] == 0
+                and not (r[_X.F_BLK] & 1 and r[_X.F_C2] == 3)  # virtual blocked: none
                 and r[_X.F_K] * r[_X.F_OH] * r[_X.F_OW] * 4 >= OUTPUT_PREFETCH_BYTES):
             r[_X.F_BLK] |= 4
     per_image = {}  # the image strides of an image-major row's input, output and residual
