@@ -158,16 +158,17 @@ def _tiles(j, op, fprm, P, A, Wb, Ib, ctr, CS, KB):  # pragma: no cover - compil
     ximg = op[F_XIMG]
     if op[F_C2]:
         # phase 1: copy each input plane (H x W at op[F_X], images op[F_XIMG] apart) into the
-        # interior of the zero-bordered padded copy at op[F_F] (F_C2 = 1), or its every
-        # F_D-th row and F_E-th column into compact Hp x Wp planes there (F_C2 = 2: a strided
-        # 1x1, run as a stride-1 one)
+        # interior of the zero-bordered padded copy at op[F_F] (F_C2 = 1; 4: a channel-blocked
+        # input's rows of pixel vectors, for the tapped tiles), or its every F_D-th row and
+        # F_E-th column into compact Hp x Wp planes there (F_C2 = 2: a strided 1x1, run as a
+        # stride-1 one)
         H = op[F_G2] // 65536
         W = op[F_G2] % 65536
         pt, pl = op[F_D], op[F_E]
         dst = op[F_F]
         # planes in runs of consecutive ones, about GRABS per thread (copying a 7x7 plane
         # takes about as long as a fetch-and-add on a counter both threads hit); a
-        # channel-blocked input (F_BLK bit 2, F_C2 = 2) by blocks of 16 planes
+        # channel-blocked input (F_BLK bit 2, F_C2 = 2 or 4) by blocks of 16 planes
         blk = op[F_BLK] & 2 != 0
         nplane = N * C // 16 if blk else N * C
         run = max(1, nplane // (GRABS * P))
@@ -176,6 +177,12 @@ def _tiles(j, op, fprm, P, A, Wb, Ib, ctr, CS, KB):  # pragma: no cover - compil
             if t0 >= nplane:
                 break
             for t in range(t0, min(nplane, t0 + run)):
+                if blk and op[F_C2] == 4:  # rows of pixel vectors into the bordered copy
+                    s0 = op[F_X] + (t // (C // 16)) * ximg + (t % (C // 16)) * 16 * H * W
+                    d0 = dst + t * 16 * Hp * Wp + (pt * Wp + pl) * 16
+                    for h in range(H):
+                        copy_run(A, d0 + h * Wp * 16, A, s0 + h * W * 16, W * 16)
+                    continue
                 if blk:  # 16-channel pixel vectors of every pt-th row, pl-th column
                     s0 = op[F_X] + (t // (C // 16)) * ximg + (t % (C // 16)) * 16 * H * W
                     d0 = dst + t * 16 * Hp * Wp
@@ -239,6 +246,12 @@ def _tiles(j, op, fprm, P, A, Wb, Ib, ctr, CS, KB):  # pragma: no cover - compil
     if op[F_C2] == 3:  # stride-phase planes: each tap's offset from the table, rows of wq
         Cgk, FWe, FHe, istep, fwstep, cs, rowlen = Cg, 1, R * S, 0, 0, 1, Wp
         tabo = op[F_TAB]
+    elif op[F_C2] == 4:  # a k x k layer on its channel-blocked bordered copy: runs of the taps
+        # (offsets from the table) of each channel, 16 channels a block, blocks 16 Hp Wp apart
+        Cgk, FWe, FHe, istep, fwstep = Cg // 16, 16, R * S, 0, 1
+        cs, rowlen = 16 * op[F_SW], 16 * op[F_SH] * Wp
+        cstride = 16 * Hp * Wp
+        tabo = op[F_TAB]
     elif op[F_BLK] & 2:  # a 1x1 layer on channel-blocked input: runs of 16 channels per pixel
         Cgk, FWe, FHe, istep, fwstep, cs, rowlen = Cg // 16, 1, 16, 1, 0, 16, 16 * Wp
         cstride = 16 * Hp * Wp
@@ -252,7 +265,7 @@ def _tiles(j, op, fprm, P, A, Wb, Ib, ctr, CS, KB):  # pragma: no cover - compil
         tile_tasks(Wb, op[F_WOFF], A, src + n * ximg, cstride, Cgk, FWe, FHe, istep, fwstep,
                    cs, rowlen, A, op[F_Y] + n * op[F_YIMG], ctr, j * CS + CS_BASE + n,
                    G * nkbr * nchunk, nchunk, nkbr, nkb, Cg, Kg, KB, R * S, OHOW, OW, epi, Ib,
-                   tabo, op[F_BLK] & 1)
+                   tabo, op[F_BLK] & 3)
 
 
 @njit(inline="always")

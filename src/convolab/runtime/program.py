@@ -508,20 +508,33 @@ def _blocked_projection(spec) -> bool:
     return spec.K <= BLOCKED_PROJECTION_MAX_K
 
 
+#: output pixels per image from which a stride-1 k x k layer reads a blocked input on the tapped
+#: tiles (strided ones at any size). ResNet-50 batch 1, one thread, Xeon, each 3x3 layer's time
+#: against ONNX Runtime's inside the network (`tools/ort_gap.py`), NCHW -> tapped: 56x56
+#: 1.17-1.21x -> 1.15-1.16x, 28x28 1.09-1.11x -> 1.08-1.09x, 14x14 0.99-1.03x -> 1.03-1.07x,
+#: 7x7 0.98-1.01x -> 1.05-1.08x (the NCHW kernels' rows of 14 and 7 pixels with constant
+#: offsets and next-row prefetch do better there); strided: 128@56/2 1.51x -> 1.30x, 256@28/2
+#: 1.31x -> 1.10x (no phase planes)
+TAPPED_MIN_PIXELS = 28 * 28
+
+
 def _blocked_pairs(g: Graph, st: _State, seg: _Segment, root, pads) -> dict[int, int]:
     """The segment's activations that stay channel-blocked (NCHW16c): ``{node: F_BLK bits}``
     (bit 1 output blocked, bit 2 input blocked; see `_X.F_BLK`). A value is blocked when its
     producer can store it so and every reader can read it so:
 
     - producers: 1x1 layers on the microkernel (stride 1, or a strided one on its compact
-      copy), with any fused output stage the tiles apply (bias, residual, ReLU, clamp);
-      without a residual also strided k x k layers on stride-phase planes (`_phased`: stems)
-      and channel-blocked depthwise layers;
+      copy) and dense k x k layers on a blocked input (the tapped tiles, below), with any
+      fused output stage the tiles apply (bias, residual, ReLU, clamp); without a residual
+      also strided k x k layers on NCHW stride-phase planes (`_phased`: stems) and
+      channel-blocked depthwise layers;
     - readers: the same 1x1 layers (runs of 16 channels per pixel; a strided one copies
-      pixel vectors into its compact copy), channel-blocked depthwise layers (the vectors
-      read where they lie), global average pooling, and a residual, which a producer reads
-      in its own output's layout: a fused residual is blocked exactly when the output it is
-      added to is;
+      pixel vectors into its compact copy), dense k x k layers with a padded or phase copy
+      (rows of pixel vectors copied into a zero-bordered blocked copy, read by the tapped
+      tiles: each channel's taps from a table, any stride, no phase planes; their output is
+      then blocked too), channel-blocked depthwise layers (the vectors read where they lie),
+      global average pooling, and a residual, which a producer reads in its own output's
+      layout: a fused residual is blocked exactly when the output it is added to is;
     - K a multiple of 16; the value no graph output, nobody's view, every reader in the
       segment. A 1x1 layer that would run with pixels in the vector lanes reads a depthwise
       layer's output blocked only up to `BLOCKED_PROJECTION_MAX_K` output channels.
@@ -552,12 +565,23 @@ def _blocked_pairs(g: Graph, st: _State, seg: _Segment, root, pads) -> dict[int,
     def blocked_dw(i):
         return direct.blocked_depthwise(st.plans[i].spec)
 
+    def kxk(i):  # a dense k x k layer with a copy of its input: tapped tiles when it is blocked
+        if not conv(i):
+            return False
+        spec = st.plans[i].spec
+        return (not direct.depthwise(spec) and spec.groups == 1 and (spec.R, spec.S) != (1, 1)
+                and i in pads and (spec.stride != (1, 1)
+                                   or spec.OH * spec.OW >= TAPPED_MIN_PIXELS))
+
     def producer(i):
         a = g.nodes[i].attrs
         if (not conv(i) or st.plans[i].spec.K % 16 or ACTS[a["act"]] > 2 or i in g.outputs
                 or i in viewed or root[i] != i):
             return False
-        return pointwise(i) or (not a["residual"] and (phased(i) or blocked_dw(i)))
+        return pointwise(i) or kxk(i) or (not a["residual"] and blocked_dw(i))
+
+    def virtual_store(i):  # a stem on NCHW stride-phase planes storing pixel vectors
+        return phased(i) and not g.nodes[i].attrs["residual"]
 
     def reader(u, pos, i):
         if (g.nodes[u].kind == "adaptive_avg" and u in in_seg and pos == 0
@@ -569,19 +593,25 @@ def _blocked_pairs(g: Graph, st: _State, seg: _Segment, root, pads) -> dict[int,
             return pointwise(u)
         if blocked_dw(u):
             return not blocked_dw(i)
+        if kxk(u):
+            return True  # its output blocked too (below)
         return pointwise(u) and (not blocked_dw(i) or _blocked_projection(st.plans[u].spec))
 
     blocked = {i for i in seg.nodes
                if producer(i) and all(reader(u, pos, i) for u, pos in users.get(i, []))}
-    # a fused residual and the output it is added to: both blocked or neither
+    # a fused residual and the output it is added to: both blocked or neither; a k x k layer
+    # reads a blocked input on the tapped tiles, which store blocked (a stem on NCHW phase
+    # planes may store blocked without a residual)
     changed = True
     while changed:
         changed = False
         for i in sorted(blocked):
             n = g.nodes[i]
             res = n.inputs[1] if n.attrs["residual"] else None
-            if (res is not None and res not in blocked) or any(
-                    pos == 1 and u not in blocked for u, pos in users.get(i, [])):
+            if ((res is not None and res not in blocked)
+                    or (kxk(i) and n.inputs[0] not in blocked and not virtual_store(i))
+                    or any((pos == 1 or kxk(u)) and u not in blocked
+                           for u, pos in users.get(i, []))):
                 blocked.discard(i)
                 changed = True
     flags: dict[int, int] = {}
@@ -615,6 +645,7 @@ def _program(m: CompiledModel, st: _State, seg: _Segment, root, off, pads) -> No
         length[0] += a.size + pad
         return o
 
+    blocked = _blocked_pairs(g, st, seg, root, pads)
     for r, i in enumerate(seg.nodes):
         n = g.nodes[i]
         a = n.attrs
@@ -651,7 +682,19 @@ def _program(m: CompiledModel, st: _State, seg: _Segment, root, off, pads) -> No
             row[_X.F_DH], row[_X.F_DW] = spec.dilation
             if _pixel_vectors(spec, i in pads):
                 row[_X.F_PV] = _pv_chunks(spec, wpk.shape[1], seg.P)
-            if i in pads and _phased(spec):
+            if blocked.get(i, 0) & 2 and (spec.R, spec.S) != (1, 1):
+                # tapped tiles on the blocked input's zero-bordered copy (its rows of pixel
+                # vectors copied in phase 1): each tap's offset in the copy from a table
+                pl, _, pt, _ = spec.padding
+                hp, wp = spec.padded_H, spec.padded_W
+                row[_X.F_H], row[_X.F_W] = hp, wp
+                row[_X.F_C2], row[_X.F_D], row[_X.F_E], row[_X.F_F] = 4, pt, pl, pads[i]
+                row[_X.F_G2] = spec.H * 65536 + spec.W
+                dh, dw = spec.dilation
+                taps = [16 * (r_ * dh * wp + s_ * dw) for r_ in range(spec.R)
+                        for s_ in range(spec.S)]
+                row[_X.F_TAB] = put(np.array(taps, dtype=np.int64), ib, ilen)
+            elif i in pads and _phased(spec):
                 hq, wq = direct.phases(spec)
                 sh, sw = spec.stride
                 pl, _, pt, _ = spec.padding
@@ -689,7 +732,7 @@ def _program(m: CompiledModel, st: _State, seg: _Segment, root, off, pads) -> No
             row[_X.F_C2], row[_X.F_D], row[_X.F_E], row[_X.F_F] = pt, pl, hq, wq
             row[_X.F_G2] = put(direct.tap_offsets(spec), ib, ilen)
     rows = {i: r for r, i in enumerate(seg.nodes)}
-    for i, bits in _blocked_pairs(g, st, seg, root, pads).items():
+    for i, bits in blocked.items():
         prog[rows[i], _X.F_BLK] = bits
         prog[rows[i], _X.F_PV] = 0  # 1x1 layers on the microkernel: 16-channel pixel vectors
     for i in seg.nodes:  # microkernel tiles that prefetch their output lines
