@@ -310,7 +310,7 @@ def _typer(mr, straight, tys, pixel_major=False, table=False, blocked=False, nv=
             # mr - 1) at the step's tap: every line of it within a block's 16 R S steps)
             # (stride 1, the pixel stride a constant; with it at run time, stride 2, the
             # prefetches took the layer from 1.3x to 2.5x ONNX Runtime's time)
-            long_run, pf_dist = (yes if straight and unit == 16 else no), cstride
+            long_run, pf_dist = (yes if straight and unit in (16, 32) else no), cstride
         elif table:
             long_run, pf_dist = (yes if unit == 1 else no), cstride
         elif unit == 16 and straight:
@@ -974,6 +974,11 @@ _tapped_w_c16 = _make_microkernel(MR_WIDE, straight=True, tapped=True, blocked=T
                                   pixel_stride=16)
 _tapped_row_c16 = _make_microkernel(MR_ROW, straight=True, tapped=True, blocked=True,
                                     pixel_stride=16)
+# ... stride 2 (32)
+_tapped_w_c32 = _make_microkernel(MR_WIDE, straight=True, tapped=True, blocked=True,
+                                  pixel_stride=32)
+_tapped_row_c32 = _make_microkernel(MR_ROW, straight=True, tapped=True, blocked=True,
+                                    pixel_stride=32)
 _tapped_tail = _make_microkernel(MR_TAIL, tapped=True, blocked=True)
 # a last k-block of at most 16 float32 channels (K = 80, 112 ...: half its lanes had run empty)
 _microkernel_straight_nv1 = _make_microkernel(MR, straight=True, nv=1)
@@ -1077,6 +1082,14 @@ def run_tile_tasks(wflat, wbase, src, srcbase, cstride, Cgk, FWe, FHe, istep, fw
                                       ebias, k0, eres, erd, fm, fc, elo, ehi)
                     elif mr == MR_ROW and cs == 16:
                         _tapped_row_c16(wflat, woff, src, xg, cstride, Cgk, FWe, FHe, istep,
+                                        fwstep, cs, on, ob, OHOW, OW, rowlen, kn, v0, OW, OHOW,
+                                        tab, tabo, ebias, k0, eres, erd, fm, fc, elo, ehi)
+                    elif mr == MR_WIDE and cs == 32:
+                        _tapped_w_c32(wflat, woff, src, xg, cstride, Cgk, FWe, FHe, istep, fwstep,
+                                      cs, on, ob, OHOW, OW, rowlen, kn, v0, OW, OHOW, tab, tabo,
+                                      ebias, k0, eres, erd, fm, fc, elo, ehi)
+                    elif mr == MR_ROW and cs == 32:
+                        _tapped_row_c32(wflat, woff, src, xg, cstride, Cgk, FWe, FHe, istep,
                                         fwstep, cs, on, ob, OHOW, OW, rowlen, kn, v0, OW, OHOW,
                                         tab, tabo, ebias, k0, eres, erd, fm, fc, elo, ehi)
                     elif mr == MR_WIDE:
