@@ -557,6 +557,35 @@ def test_bottleneck_values_stay_channel_blocked_with_the_same_bits(act, batch, H
     np.testing.assert_allclose(got, net(x).detach().numpy(), rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.parametrize("pool, batch, H, W", [
+    (dict(kernel_size=3, stride=2, padding=1), 1, 33, 30),  # ResNet's
+    (dict(kernel_size=3, stride=2, padding=1, ceil_mode=True), 2, 29, 34),  # overhang
+    (dict(kernel_size=2, stride=1, dilation=2), 1, 20, 23),
+])
+def test_max_pooling_between_a_stem_and_1x1_layers_stays_channel_blocked(pool, batch, H, W,
+                                                                         monkeypatch):
+    """A stem on stride-phase planes stores pixel vectors for max pooling, which pools them
+    into pixel vectors for the 1x1 layers after it (`_kernels.maxpool_blocked_tasks`: the
+    window's taps in the NCHW kernel's order, -inf outside): the bits of the NCHW path."""
+    from convolab.runtime import _executor as X
+
+    torch.manual_seed(H)
+    net = nn.Sequential(nn.Conv2d(3, 32, 5, 2, 2), nn.ReLU(), nn.MaxPool2d(**pool),
+                        nn.Conv2d(32, 48, 1), nn.ReLU(), nn.Conv2d(48, 16, 1)).eval()
+    x = torch.randn(batch, 3, H, W)
+    x[0, :, :4, :4] = -50.0  # windows of negative values only, beside the padding
+    cm = compile(net, x, threads=2, algorithm="direct")
+    got = cm(x).numpy()
+    st = cm._states[tuple(x.shape)]
+    (seg,) = [s for s in st.segments if isinstance(s, M._Segment)]
+    pools = {int(r[X.F_BLK]) & 3 for r in seg.prog if r[X.F_KIND] == X.OP_MAXPOOL}
+    assert pools == {3}
+    monkeypatch.setattr(P, "_blocked_pairs", lambda *a: {})
+    want = compile(net, x, threads=2, algorithm="direct")(x).numpy()
+    assert np.array_equal(got, want)
+    np.testing.assert_allclose(got, net(x).detach().numpy(), rtol=1e-4, atol=1e-4)
+
+
 def test_a_residual_from_an_nchw_layer_keeps_its_sum_nchw():
     """A fused residual is read in its output's layout: a 3x3 layer's output (NCHW) added to
     a 1x1 layer's keeps that 1x1 layer's output NCHW, though a 1x1 layer reads it."""

@@ -78,6 +78,7 @@ from ._kernels import (
     adaptive_avg_tasks,
     global_avg_blocked_tasks,
     linear_tasks,
+    maxpool_blocked_tasks,
     maxpool_scratch,
     maxpool_tasks,
 )
@@ -120,10 +121,11 @@ NF = 33
 # operator's output, bit 2 its input. OP_TILES of a 1x1 layer on the microkernel: its tiles
 # store their 16-channel pixel vectors as they are (a residual read in the same layout) / its
 # reduction reads runs of 16 channels per pixel (a strided 1x1's compact copy is made of
-# pixel vectors); OP_DWB: the pixel vectors read where they lie instead of planes transposed;
-# OP_ADAPTIVE: global pooling of pixel vectors. Bit 4, OP_TILES on the microkernel: each tile
-# prefetches its output lines (the output stage's mode bit 8,
-# `convolab.kernels._microkernel._prefetch_tile_output`; `program.OUTPUT_PREFETCH_BYTES`)
+# pixel vectors); OP_TILES with F_C2 4: a k x k layer on its input's blocked bordered copy
+# (tapped tiles); OP_DWB: the pixel vectors read where they lie instead of planes transposed;
+# OP_MAXPOOL: pixel vectors in and out; OP_ADAPTIVE: global pooling of pixel vectors. Bit 4,
+# OP_TILES on the microkernel: each tile prefetches its output lines (the output stage's mode
+# bit 8, `convolab.kernels._microkernel._prefetch_tile_output`; `program.OUTPUT_PREFETCH_BYTES`)
 #: counters per operator: [0] barrier, [1] phase-1 tasks, [2] phase barrier, [3 + n] image n;
 #: after all operators' one more: the threads that have left the run (`worker`, `Team.run`)
 CS_BASE = 3
@@ -351,11 +353,15 @@ def _bil(j, op, fprm, P, A, Wb, Ib, ctr, CS, scratch):  # pragma: no cover - com
 
 
 @njit(inline="always")
-def _pool(j, op, A, ctr, CS, scratch):  # pragma: no cover - compiled
+def _pool(j, op, A, ctr, CS, scratch, P):  # pragma: no cover - compiled
     N, C, H, W, OH, OW = op[F_N], op[F_C], op[F_H], op[F_W], op[F_OH], op[F_OW]
     x = A[op[F_X]: op[F_X] + N * C * H * W].reshape((N, C, H, W))
     y = A[op[F_Y]: op[F_Y] + N * C * OH * OW].reshape((N, C, OH, OW))
-    if op[F_KIND] == OP_MAXPOOL:
+    if op[F_KIND] == OP_MAXPOOL and op[F_BLK] & 2:  # pixel vectors in and out
+        maxpool_blocked_tasks(A, op[F_X], op[F_Y], N, C, H, W, OH, OW, op[F_R], op[F_S],
+                              op[F_SH], op[F_SW], op[F_A], op[F_B], op[F_DH], op[F_DW], ctr,
+                              j * CS + 1, max(1, N * (C // 16) * OH // (GRABS * P)))
+    elif op[F_KIND] == OP_MAXPOOL:
         maxpool_tasks(x, y, op[F_R], op[F_S], op[F_SH], op[F_SW], op[F_A], op[F_B], op[F_DH],
                       op[F_DW], ctr, j * CS + 1, scratch)
     elif op[F_BLK] & 2:  # global pooling of a channel-blocked input
@@ -396,7 +402,7 @@ def worker(P, prog, fprm, A, Wb, Ib, ctr, CS, KB, stamps, scratch):  # pragma: n
         elif kind == OP_DWB:
             _dwb(j, op, fprm[j], P, A, Wb, ctr, CS, scratch)
         elif kind == OP_MAXPOOL or kind == OP_ADAPTIVE:
-            _pool(j, op, A, ctr, CS, scratch)
+            _pool(j, op, A, ctr, CS, scratch, P)
         elif kind == OP_LINEAR:
             _linear(j, op, A, Wb, ctr, CS)
         elif kind == OP_BIL:

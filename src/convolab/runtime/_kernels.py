@@ -14,7 +14,7 @@ import numpy as np
 from numba import njit, uint64
 
 from ..kernels._atomics import fetch_add
-from ..kernels._direct import fill_phases
+from ..kernels._direct import copy_run, fill_phases, max16, maxwin16
 from ..kernels._epilogue import F0, F1, maximum, run
 from ..kernels._pointwise import LINEAR_NB, linear_tile
 
@@ -139,6 +139,48 @@ def maxpool_tasks(x, out, kh, kw, sh, sw, ph, pw, dh, dw, ctr, ci, scratch=None)
             dst = uint64((task * OH + oh) * OW)
             for j in range(uint64(OW)):
                 of[dst + j] = acc[src + j]
+
+
+@njit(nogil=True, cache=True)
+def maxpool_blocked_tasks(A, xo, yo, N, C, H, W, OH, OW, kh, kw, sh, sw, ph, pw, dh, dw, ctr,
+                          ci, run):  # pragma: no cover - compiled
+    """Max pooling of a channel-blocked (NCHW16c) input at ``A[xo]`` into a blocked output at
+    ``A[yo]``, tasks (image, 16-channel block, output row) taken ``run`` at a time from
+    ``ctr[ci]``: each output pixel vector the `maximum` of its window's taps in `maxpool_tasks`'
+    order (row-major, -inf outside the input, padding and ceil-mode overhang alike; a later
+    tap outside is skipped: ``maximum(v, -inf)`` is ``v`` bit for bit), so the same bits."""
+    ninf = np.float32(-np.inf)
+    nblk = C // 16
+    ntask = N * nblk * OH
+    while True:
+        t0 = fetch_add(ctr, ci) * run
+        if t0 >= ntask:
+            break
+        for t in range(t0, min(ntask, t0 + run)):
+            blk = t // OH
+            oh = t - blk * OH
+            xb = xo + blk * 16 * H * W
+            yb = yo + (blk * OH + oh) * OW * 16
+            ih0 = oh * sh - ph
+            rows_in = ih0 >= 0 and ih0 + (kh - 1) * dh < H
+            for ow in range(OW):
+                o = yb + ow * 16
+                iw0 = ow * sw - pw
+                if rows_in and iw0 >= 0 and iw0 + (kw - 1) * dw < W:  # the whole window inside
+                    maxwin16(A, o, A, xb + (ih0 * W + iw0) * 16, kh, kw, dh * W * 16, dw * 16)
+                    continue
+                for r in range(kh):
+                    ih = oh * sh - ph + r * dh
+                    for s in range(kw):
+                        iw = ow * sw - pw + s * dw
+                        if 0 <= ih < H and 0 <= iw < W:
+                            if r == 0 and s == 0:
+                                copy_run(A, o, A, xb + (ih * W + iw) * 16, 16)
+                            else:
+                                max16(A, o, A, xb + (ih * W + iw) * 16)
+                        elif r == 0 and s == 0:
+                            for lane in range(16):
+                                A[o + lane] = ninf
 
 
 @njit(cache=True, nogil=True)

@@ -533,8 +533,9 @@ def _blocked_pairs(g: Graph, st: _State, seg: _Segment, root, pads) -> dict[int,
       (rows of pixel vectors copied into a zero-bordered blocked copy, read by the tapped
       tiles: each channel's taps from a table, any stride, no phase planes; their output is
       then blocked too), channel-blocked depthwise layers (the vectors read where they lie),
-      global average pooling, and a residual, which a producer reads in its own output's
-      layout: a fused residual is blocked exactly when the output it is added to is;
+      max pooling (its output blocked too), global average pooling, and a residual, which a
+      producer reads in its own output's layout: a fused residual is blocked exactly when the
+      output it is added to is;
     - K a multiple of 16; the value no graph output, nobody's view, every reader in the
       segment. A 1x1 layer that would run with pixels in the vector lanes reads a depthwise
       layer's output blocked only up to `BLOCKED_PROJECTION_MAX_K` output channels.
@@ -563,7 +564,7 @@ def _blocked_pairs(g: Graph, st: _State, seg: _Segment, root, pads) -> dict[int,
         return i in pads and _phased(st.plans[i].spec)
 
     def blocked_dw(i):
-        return direct.blocked_depthwise(st.plans[i].spec)
+        return g.nodes[i].kind == "conv" and direct.blocked_depthwise(st.plans[i].spec)
 
     def kxk(i):  # a dense k x k layer with a copy of its input: tapped tiles when it is blocked
         if not conv(i):
@@ -573,8 +574,14 @@ def _blocked_pairs(g: Graph, st: _State, seg: _Segment, root, pads) -> dict[int,
                 and i in pads and (spec.stride != (1, 1)
                                    or spec.OH * spec.OW >= TAPPED_MIN_PIXELS))
 
+    def maxpool(i):  # pixel vectors in, pixel vectors out (`_kernels.maxpool_blocked_tasks`)
+        return i in in_seg and g.nodes[i].kind == "maxpool"
+
     def producer(i):
         a = g.nodes[i].attrs
+        if maxpool(i):
+            return (st.shapes[i][1] % 16 == 0 and i not in g.outputs and i not in viewed
+                    and root[i] == i)
         if (not conv(i) or st.plans[i].spec.K % 16 or ACTS[a["act"]] > 2 or i in g.outputs
                 or i in viewed or root[i] != i):
             return False
@@ -587,6 +594,8 @@ def _blocked_pairs(g: Graph, st: _State, seg: _Segment, root, pads) -> dict[int,
         if (g.nodes[u].kind == "adaptive_avg" and u in in_seg and pos == 0
                 and tuple(st.shapes[u][2:]) == (1, 1)):
             return True  # global average pooling (`_kernels.global_avg_blocked_tasks`)
+        if maxpool(u):
+            return pos == 0  # its output blocked too (below)
         if not conv(u) or pos > 1:
             return False
         if pos == 1:  # a residual: see the coupling below
@@ -607,10 +616,11 @@ def _blocked_pairs(g: Graph, st: _State, seg: _Segment, root, pads) -> dict[int,
         changed = False
         for i in sorted(blocked):
             n = g.nodes[i]
-            res = n.inputs[1] if n.attrs["residual"] else None
+            res = n.inputs[1] if n.kind == "conv" and n.attrs["residual"] else None
             if ((res is not None and res not in blocked)
                     or (kxk(i) and n.inputs[0] not in blocked and not virtual_store(i))
-                    or any((pos == 1 or kxk(u)) and u not in blocked
+                    or (maxpool(i) and n.inputs[0] not in blocked)
+                    or any((pos == 1 or kxk(u) or maxpool(u)) and u not in blocked
                            for u, pos in users.get(i, []))):
                 blocked.discard(i)
                 changed = True
