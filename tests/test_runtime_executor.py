@@ -536,7 +536,6 @@ def test_bottleneck_values_stay_channel_blocked_with_the_same_bits(act, batch, H
     from convolab.runtime import _executor as X
 
     torch.manual_seed(H * W)
-    monkeypatch.setattr(P, "TAPPED_MIN_PIXELS", 0)  # stride-1 3x3 layers too, small as they are
     net = _Bottlenecks(act, pool).eval()
     x = torch.randn(batch, 8, H, W)
     cm = compile(net, x, threads=2, algorithm="direct")
