@@ -960,6 +960,11 @@ _microkernel_blocked = _make_microkernel(MR, straight=True, blocked=True)
 # ... with the pixel stride compiled in: NCHW planes (1) or channel-blocked input (16)
 _microkernel_blocked_u = _make_microkernel(MR, straight=True, blocked=True, pixel_stride=1)
 _microkernel_blocked_c16 = _make_microkernel(MR, straight=True, blocked=True, pixel_stride=16)
+# ... a last k-block of one vector of real channels (K = 80, 112: a second vector had run empty)
+_microkernel_blocked_nv1_u = _make_microkernel(MR, straight=True, blocked=True, nv=1,
+                                               pixel_stride=1)
+_microkernel_blocked_nv1_c16 = _make_microkernel(MR, straight=True, blocked=True, nv=1,
+                                                 pixel_stride=16)
 _microkernel_blocked_tail = _make_microkernel(MR_TAIL, blocked=True)
 _microkernel_table_blocked = _make_microkernel(MR, straight=True, table=True, blocked=True)
 _microkernel_table_blocked_tail = _make_microkernel(MR_TAIL, table=True, blocked=True)
@@ -1143,6 +1148,15 @@ def run_tile_tasks(wflat, wbase, src, srcbase, cstride, Cgk, FWe, FHe, istep, fw
                                                       FHe, istep, fwstep, cs, on, ob, OHOW, OW,
                                                       rowlen, kn, v, ebias, k0, eres, erd, fm,
                                                       fc, elo, ehi)
+                    elif half and cs == 16:
+                        _microkernel_blocked_nv1_c16(wflat, woff, src, xg, cstride, Cgk, FWe, FHe,
+                                                     istep, fwstep, cs, on, ob, OHOW, OW, rowlen,
+                                                     kn, v0, ebias, k0, eres, erd, fm, fc, elo,
+                                                     ehi)
+                    elif half and cs == 1:
+                        _microkernel_blocked_nv1_u(wflat, woff, src, xg, cstride, Cgk, FWe, FHe,
+                                                   istep, fwstep, cs, on, ob, OHOW, OW, rowlen, kn,
+                                                   v0, ebias, k0, eres, erd, fm, fc, elo, ehi)
                     elif cs == 16:
                         _microkernel_blocked_c16(wflat, woff, src, xg, cstride, Cgk, FWe, FHe,
                                                  istep, fwstep, cs, on, ob, OHOW, OW, rowlen, kn,
