@@ -524,7 +524,10 @@ class _Bottlenecks(nn.Module):
 
 @pytest.mark.parametrize("act, batch, H, W, pool", [(torch.relu, 1, 15, 13, True),
                                                     (nn.ReLU6(), 3, 14, 9, False),
-                                                    (lambda t: t, 2, 11, 16, True)])
+                                                    (lambda t: t, 2, 11, 16, True),
+                                                    # rows of 7: tiles of two rows, an odd last
+                                                    (torch.relu, 2, 7, 7, False),
+                                                    (torch.relu, 1, 13, 14, True)])
 def test_bottleneck_values_stay_channel_blocked_with_the_same_bits(act, batch, H, W, pool,
                                                                    monkeypatch):
     """Between the layers the activations stay NCHW16c (`_blocked_pairs`): the stem and the

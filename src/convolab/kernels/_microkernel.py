@@ -133,7 +133,7 @@ def fma(typingctx, a, b, c):
 def _make_microkernel(mr: int, pixel_major: bool = False, straight: bool = False,
                       table: bool = False, blocked: bool = False, nv: int = NV,
                       stage: tuple[int, int] | None = None, pixel_stride: int = 0,
-                      tapped: bool = False):
+                      tapped: bool = False, rows: int = 1):
     """The microkernel intrinsic for tiles of ``mr`` pixels, pixels past ``OHOW - 1`` repeating
     it. ``straight``: the tile's pixels lie in one output row (the caller checks), addressed
     from one pointer per three pixels. With ``pixel_major`` it takes one more argument,
@@ -165,7 +165,8 @@ def _make_microkernel(mr: int, pixel_major: bool = False, straight: bool = False
     ``tapped`` (implies ``table``'s arguments): each step's tap offset from the table, the
     tiles over real pixels as without a table (``OWr``, ``OHOWr`` unused): a k x k layer on a
     zero-bordered channel-blocked copy of its input, the runs (16 channels of a block, ``FWe``
-    16, ``fwstep`` 1) of ``FHe`` = R S taps each, pixels ``cs`` = 16 x stride apart."""
+    16, ``fwstep`` 1) of ``FHe`` = R S taps each, pixels ``cs`` = 16 x stride apart.
+    ``rows`` 2 (straight): the tile's pixels are two output rows of ``mr`` / 2 (7x7 planes)."""
     table = table or tapped
     if table:
         def microkernel(typingctx, w, woff, x, xoff, cstride, Cg, FWe, FHe, istep, fwstep, cs, out,
@@ -175,7 +176,7 @@ def _make_microkernel(mr: int, pixel_major: bool = False, straight: bool = False
                                          cs, out, obase, OHOW, OW, rowlen, kn, v0, OWr, OHOWr,
                                          tab, tabo, eb, eko, er, erd, emode, ecode, elo, ehi),
                           table=True, blocked=blocked, pixel_stride=pixel_stride,
-                          tapped=tapped)
+                          tapped=tapped, rows=rows)
     elif pixel_major:
         def microkernel(typingctx, w, woff, x, xoff, cstride, Cg, FWe, FHe, istep, fwstep, cs, out,
                         obase, OHOW, OW, rowlen, kn, v0, ostride):
@@ -196,7 +197,7 @@ def _make_microkernel(mr: int, pixel_major: bool = False, straight: bool = False
         + ("_tapped" if tapped else "_table" if table else "")
         + ("_blocked" if blocked else "") + ("" if nv == NV else f"_nv{nv}")
         + ("" if stage is None else f"_m{stage[0]}_c{stage[1]}")
-        + (f"_cs{pixel_stride}" if pixel_stride else ""))
+        + (f"_cs{pixel_stride}" if pixel_stride else "") + (f"_rows{rows}" if rows > 1 else ""))
     return intrinsic(microkernel)
 
 
@@ -216,7 +217,7 @@ def int64_scalars(context, builder, sig, args, arrays, floats) -> list:
 
 
 def _typer(mr, straight, tys, pixel_major=False, table=False, blocked=False, nv=NV, stage=None,
-           pixel_stride=0, tapped=False):
+           pixel_stride=0, tapped=False, rows=1):
     """Signature and code of one tile: pixels ``v0 .. v0+mr-1`` x KB channels (``kn`` real).
 
     ``woff``: the k-block's packed filter; ``xoff``: the group's first input element;
@@ -265,9 +266,13 @@ def _typer(mr, straight, tys, pixel_major=False, table=False, blocked=False, nv=
             oh, ow = _divmod(builder, v0, OW)
             row = builder.add(builder.mul(oh, rowlen), builder.mul(ow, cs))
             offs = [_i64(0), cs, builder.add(cs, cs)]
-            bases = [builder.gep(xp, [builder.add(row, builder.mul(_i64(3 * g), cs))])
-                     for g in range(-(-mr // 3))]
-            pix = [(bases[j // 3], offs[j % 3]) for j in range(mr)]
+            per = mr // rows  # pixels per output row
+            pix = []
+            for q in range(rows):  # row q of the tile: rowlen further
+                rq = builder.add(row, builder.mul(_i64(q), rowlen))
+                bases = [builder.gep(xp, [builder.add(rq, builder.mul(_i64(3 * g), cs))])
+                         for g in range(-(-per // 3))]
+                pix += [(bases[j // 3], offs[j % 3]) for j in range(per)]
         else:
             # one pointer per pixel: pixel v is output (v // OW, v % OW), its window at
             # (v // OW) * rowlen + (v % OW) * cs; pixels past the last repeat it
@@ -350,9 +355,14 @@ def _typer(mr, straight, tys, pixel_major=False, table=False, blocked=False, nv=
                     # the input `pf_dist` elements ahead, at the tile's first and last pixel
                     if pf and tapped:
                         fw = builder.load(fw_v)
-                        jc = builder.select(builder.icmp_unsigned("<", fw, _i64(mr)), fw,
-                                            _i64(mr - 1))
+                        per = mr // rows
+                        q = builder.select(builder.icmp_unsigned("<", fw, _i64(per)), _i64(0),
+                                           _i64(rows - 1))
+                        jc = builder.sub(fw, builder.mul(q, _i64(per)))
+                        jc = builder.select(builder.icmp_unsigned("<", jc, _i64(per)), jc,
+                                            _i64(per - 1))
                         off = builder.add(builder.add(xi, pf_dist), builder.mul(jc, cs))
+                        off = builder.add(off, builder.mul(q, rowlen))
                         builder.call(prefetch, [builder.bitcast(builder.gep(pix[0][0], [off]),
                                                                 i8p),
                                                 ir.Constant(_I32, 0), ir.Constant(_I32, 3),
@@ -984,6 +994,11 @@ _tapped_w_c32 = _make_microkernel(MR_WIDE, straight=True, tapped=True, blocked=T
                                   pixel_stride=32)
 _tapped_row_c32 = _make_microkernel(MR_ROW, straight=True, tapped=True, blocked=True,
                                     pixel_stride=32)
+# ... two rows of 7 (7x7 planes: 14 pixels, 28 accumulators, as the wide tiles)
+_tapped_rows2_c16 = _make_microkernel(MR_WIDE, straight=True, tapped=True, blocked=True,
+                                      pixel_stride=16, rows=2)
+_tapped_rows2_c32 = _make_microkernel(MR_WIDE, straight=True, tapped=True, blocked=True,
+                                      pixel_stride=32, rows=2)
 _tapped_tail = _make_microkernel(MR_TAIL, tapped=True, blocked=True)
 # a last k-block of at most 16 float32 channels (K = 80, 112 ...: half its lanes had run empty)
 _microkernel_straight_nv1 = _make_microkernel(MR, straight=True, nv=1)
@@ -1050,8 +1065,10 @@ def run_tile_tasks(wflat, wbase, src, srcbase, cstride, Cgk, FWe, FHe, istep, fw
     mr = MR_WIDE if wide else MR
     if wide and OW == MR_ROW:
         mr = MR_ROW  # a tile per output row, on the straight kernel
-    if tapped:  # whole rows of 14 or 7 pixels where they divide a row
+    if tapped:  # whole rows of 14 pixels, or two of 7, where they divide a row
         mr = MR_WIDE if OW % MR_WIDE == 0 else MR_ROW if OW == MR_ROW else MR
+        if OW == MR_ROW and (cs == 16 or cs == 32):
+            mr = MR_WIDE
     nq = (VHW + mr - 1) // mr
     nfull = VHW // mr
     done = 0
@@ -1075,7 +1092,24 @@ def run_tile_tasks(wflat, wbase, src, srcbase, cstride, Cgk, FWe, FHe, istep, fw
             half = kn * wflat.itemsize <= 64
             for qt in range(q0, q1):
                 v0 = qt * mr
-                if tapped:
+                if tapped and OW == MR_ROW and mr == MR_WIDE:  # two rows; an odd last one
+                    if qt >= nfull and cs == 16:
+                        _tapped_row_c16(wflat, woff, src, xg, cstride, Cgk, FWe, FHe, istep,
+                                        fwstep, cs, on, ob, OHOW, OW, rowlen, kn, v0, OW, OHOW,
+                                        tab, tabo, ebias, k0, eres, erd, fm, fc, elo, ehi)
+                    elif qt >= nfull:
+                        _tapped_row_c32(wflat, woff, src, xg, cstride, Cgk, FWe, FHe, istep,
+                                        fwstep, cs, on, ob, OHOW, OW, rowlen, kn, v0, OW, OHOW,
+                                        tab, tabo, ebias, k0, eres, erd, fm, fc, elo, ehi)
+                    elif cs == 16:
+                        _tapped_rows2_c16(wflat, woff, src, xg, cstride, Cgk, FWe, FHe, istep,
+                                          fwstep, cs, on, ob, OHOW, OW, rowlen, kn, v0, OW, OHOW,
+                                          tab, tabo, ebias, k0, eres, erd, fm, fc, elo, ehi)
+                    else:
+                        _tapped_rows2_c32(wflat, woff, src, xg, cstride, Cgk, FWe, FHe, istep,
+                                          fwstep, cs, on, ob, OHOW, OW, rowlen, kn, v0, OW, OHOW,
+                                          tab, tabo, ebias, k0, eres, erd, fm, fc, elo, ehi)
+                elif tapped:
                     if qt >= nfull:
                         for v in range(v0, OHOW, MR_TAIL):
                             _tapped_tail(wflat, woff, src, xg, cstride, Cgk, FWe, FHe, istep,
