@@ -502,11 +502,12 @@ class _Bottlenecks(nn.Module):
     block (3x3 stride 2, a 1x1 stride-2 shortcut) and a 1x1 head; K = 48 and 96 give
     k-blocks of 32 + 16 channels."""
 
-    def __init__(self, act, pool=False):
+    def __init__(self, act, pool=False, dilation=1):
         super().__init__()
         self.act, self.pool = act, pool
         self.stem = nn.Conv2d(8, 48, 1)
-        self.r1, self.m1, self.e1 = (nn.Conv2d(48, 32, 1), nn.Conv2d(32, 32, 3, padding=1),
+        self.r1, self.m1, self.e1 = (nn.Conv2d(48, 32, 1),
+                                     nn.Conv2d(32, 32, 3, padding=dilation, dilation=dilation),
                                      nn.Conv2d(32, 48, 1))
         self.r2, self.m2, self.e2 = (nn.Conv2d(48, 32, 1), nn.Conv2d(32, 32, 3, 2, 1),
                                      nn.Conv2d(32, 96, 1))
@@ -522,14 +523,16 @@ class _Bottlenecks(nn.Module):
         return nn.functional.adaptive_avg_pool2d(x, 1).flatten(1) if self.pool else x
 
 
-@pytest.mark.parametrize("act, batch, H, W, pool", [(torch.relu, 1, 15, 13, True),
-                                                    (nn.ReLU6(), 3, 14, 9, False),
-                                                    (lambda t: t, 2, 11, 16, True),
-                                                    # rows of 7: tiles of two rows, an odd last
-                                                    (torch.relu, 2, 7, 7, False),
-                                                    (torch.relu, 1, 13, 14, True)])
+@pytest.mark.parametrize("act, batch, H, W, pool, dilation", [
+    (torch.relu, 1, 15, 13, True, 1),
+    (nn.ReLU6(), 3, 14, 9, False, 1),
+    (lambda t: t, 2, 11, 16, True, 1),
+    (torch.relu, 2, 7, 7, False, 1),  # rows of 7: tiles of two rows, an odd last one
+    (torch.relu, 1, 13, 14, True, 1),
+    (nn.ReLU6(), 1, 12, 17, False, 2),  # a dilated 3x3 on the tapped tiles
+])
 def test_bottleneck_values_stay_channel_blocked_with_the_same_bits(act, batch, H, W, pool,
-                                                                   monkeypatch):
+                                                                   dilation, monkeypatch):
     """Between the layers the activations stay NCHW16c (`_blocked_pairs`): the stem and the
     expansions store their tiles' pixel vectors (the residual read and added in that layout),
     the 1x1 layers read them, the strided shortcut copies every other pixel vector into its
@@ -539,7 +542,7 @@ def test_bottleneck_values_stay_channel_blocked_with_the_same_bits(act, batch, H
     from convolab.runtime import _executor as X
 
     torch.manual_seed(H * W)
-    net = _Bottlenecks(act, pool).eval()
+    net = _Bottlenecks(act, pool, dilation).eval()
     x = torch.randn(batch, 8, H, W)
     cm = compile(net, x, threads=2, algorithm="direct")
     got = cm(x).numpy()
