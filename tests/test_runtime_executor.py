@@ -114,6 +114,7 @@ def test_output_prefetch_keeps_the_bits(monkeypatch):
     net = Net().eval()
     x = torch.randn(2, 8, 13, 15)
     outs, bits = [], []
+    monkeypatch.setattr(P, "OUTPUT_PREFETCH_MIN_STEPS", 0)  # the 1x1 layer's 40 steps too
     for limit in (1 << 40, 0):
         monkeypatch.setattr(P, "OUTPUT_PREFETCH_BYTES", limit)
         cm = compile(net, x, algorithm="deterministic", threads=1)
@@ -123,6 +124,11 @@ def test_output_prefetch_keeps_the_bits(monkeypatch):
                                                 strict=True) if k == X.OP_TILES])
     assert bits[0] == [0, 0, 0] and bits[1] == [4, 4, 4]
     assert np.array_equal(outs[0], outs[1])
+    monkeypatch.setattr(P, "OUTPUT_PREFETCH_MIN_STEPS", 64)  # reductions of 72, 40, 360 steps
+    cm = compile(net, x, algorithm="deterministic", threads=1)
+    (seg,) = [s for s in cm._states[tuple(x.shape)].segments if isinstance(s, M._Segment)]
+    assert [int(b) & 4 for b, k in zip(seg.prog[:, X.F_BLK], seg.prog[:, X.F_KIND], strict=True)
+            if k == X.OP_TILES] == [4, 0, 4]
 
 
 def test_team_threads_are_reused_and_exact():

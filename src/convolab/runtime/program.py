@@ -751,7 +751,8 @@ def _program(m: CompiledModel, st: _State, seg: _Segment, root, off, pads) -> No
         r = prog[rows[i]]
         if (r[_X.F_KIND] == _X.OP_TILES and r[_X.F_PV] == 0
                 and not (r[_X.F_BLK] & 1 and r[_X.F_C2] == 3)  # virtual blocked: none
-                and r[_X.F_K] * r[_X.F_OH] * r[_X.F_OW] * 4 >= OUTPUT_PREFETCH_BYTES):
+                and r[_X.F_K] * r[_X.F_OH] * r[_X.F_OW] * 4 >= OUTPUT_PREFETCH_BYTES
+                and r[_X.F_C] // r[_X.F_G] * r[_X.F_R] * r[_X.F_S] >= OUTPUT_PREFETCH_MIN_STEPS):
             r[_X.F_BLK] |= 4
     per_image = {}  # the image strides of an image-major row's input, output and residual
     for i in seg.nodes:
@@ -775,6 +776,12 @@ def _program(m: CompiledModel, st: _State, seg: _Segment, root, off, pads) -> No
 #: (batch 1), 0.987x (batch 8); EfficientNet-Lite0 0.996x / 0.995x, MobileNetV2 0.991x (batch
 #: 1); a ResNet-like 256 -> 1024 1x1 at 14x14 writing a batch's output to memory 7.4 -> 5.7 ms
 OUTPUT_PREFETCH_BYTES = 0
+#: ... and whose reduction has at least this many steps (C / groups x R x S): a 16-step
+#: reduction (EfficientNet-Lite0's 16 -> 96 at 112x112) is too short for the prefetch to arrive
+#: before the stores and only adds instructions. Xeon, two copies taking turns, 2 threads, 64
+#: against 0: EfficientNet-Lite0 1.000x (batch 1), 0.992x (batch 8); MobileNetV2 0.987x (batch
+#: 1); 128 against 64: 1.007x, 0.992x, 0.995x (batch 8): within the noise
+OUTPUT_PREFETCH_MIN_STEPS = 64
 
 
 #: tile rows per thread from which a bilinear operator hands out whole chunks of tiles (a
