@@ -1119,23 +1119,15 @@ def run_tile_tasks(wflat, wbase, src, srcbase, cstride, Cgk, FWe, FHe, istep, fw
                         _tapped_w_c16(wflat, woff, src, xg, cstride, Cgk, FWe, FHe, istep, fwstep,
                                       cs, on, ob, OHOW, OW, rowlen, kn, v0, OW, OHOW, tab, tabo,
                                       ebias, k0, eres, erd, fm, fc, elo, ehi)
-                    elif mr == MR_ROW and cs == 16:
-                        _tapped_row_c16(wflat, woff, src, xg, cstride, Cgk, FWe, FHe, istep,
-                                        fwstep, cs, on, ob, OHOW, OW, rowlen, kn, v0, OW, OHOW,
-                                        tab, tabo, ebias, k0, eres, erd, fm, fc, elo, ehi)
                     elif mr == MR_WIDE and cs == 32:
                         _tapped_w_c32(wflat, woff, src, xg, cstride, Cgk, FWe, FHe, istep, fwstep,
                                       cs, on, ob, OHOW, OW, rowlen, kn, v0, OW, OHOW, tab, tabo,
                                       ebias, k0, eres, erd, fm, fc, elo, ehi)
-                    elif mr == MR_ROW and cs == 32:
-                        _tapped_row_c32(wflat, woff, src, xg, cstride, Cgk, FWe, FHe, istep,
-                                        fwstep, cs, on, ob, OHOW, OW, rowlen, kn, v0, OW, OHOW,
-                                        tab, tabo, ebias, k0, eres, erd, fm, fc, elo, ehi)
                     elif mr == MR_WIDE:
                         _tapped_w(wflat, woff, src, xg, cstride, Cgk, FWe, FHe, istep, fwstep, cs,
                                   on, ob, OHOW, OW, rowlen, kn, v0, OW, OHOW, tab, tabo, ebias,
                                   k0, eres, erd, fm, fc, elo, ehi)
-                    elif mr == MR_ROW:
+                    elif mr == MR_ROW:  # strides other than 1 and 2 (7x7: two rows above)
                         _tapped_row(wflat, woff, src, xg, cstride, Cgk, FWe, FHe, istep, fwstep,
                                     cs, on, ob, OHOW, OW, rowlen, kn, v0, OW, OHOW, tab, tabo,
                                     ebias, k0, eres, erd, fm, fc, elo, ehi)
