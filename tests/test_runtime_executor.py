@@ -399,6 +399,27 @@ def test_expansion_feeds_depthwise_channel_blocked_with_the_same_bits(batch, mon
     np.testing.assert_allclose(got, net(x).detach().numpy(), rtol=1e-4, atol=1e-4)
 
 
+def test_each_thread_starts_on_its_own_share_of_the_batch(monkeypatch):
+    """Threads take a batch's tasks image by image, each starting on its own share
+    (`_executor._image`): every image is visited once by every thread, and the result has the
+    bits of one thread's whatever the batch's split (5 images on 2 threads; no image-major
+    run)."""
+    from convolab.runtime import _executor as X
+
+    for P_ in (1, 2, 3):
+        for me in range(P_):
+            order = [X._image.py_func(k, 5, P_, me) for k in range(5)]
+            assert sorted(order) == list(range(5))
+            assert order[0] == me * 5 // P_
+    monkeypatch.setattr(P, "IMAGE_MAJOR_BYTES", 1 << 40)
+    torch.manual_seed(1)
+    net = _inverted_residual(stride=1)
+    x = torch.randn(5, 16, 14, 14)
+    got = [compile(net, x, threads=t, algorithm="direct")(x).numpy() for t in (1, 2)]
+    assert np.array_equal(got[0], got[1])
+    np.testing.assert_allclose(got[1], net(x).detach().numpy(), rtol=1e-4, atol=1e-4)
+
+
 @pytest.mark.parametrize("k, stride, padding, dilation, H, W", [
     (3, 1, 1, 1, 40, 37),  # rows of several blocks of 8: unchecked middle blocks
     (5, 1, 2, 1, 19, 26),

@@ -144,6 +144,14 @@ def _barrier(ctr, i, P):  # pragma: no cover - compiled
 
 
 @njit(inline="always")
+def _image(k, N, P, me):  # pragma: no cover - compiled
+    """The ``k``-th image thread ``me`` of ``P`` takes tasks from: its own share of the batch
+    first (images ``me N / P ..``), then the others' in turn. Every operator shares the batch
+    out alike, so a thread mostly reads the images it wrote itself, from its own core's L2."""
+    return (k + me * N // P) % N
+
+
+@njit(inline="always")
 def _epi(op, fprm, Wb, A, res_off):  # pragma: no cover - compiled
     bias = op[F_BIAS]
     mode = (2 if bias >= 0 else 0) | (4 if op[F_RES] >= 0 else 0) | (8 if op[F_BLK] & 4 else 0)
@@ -152,7 +160,7 @@ def _epi(op, fprm, Wb, A, res_off):  # pragma: no cover - compiled
 
 
 @njit(inline="always")
-def _tiles(j, op, fprm, P, A, Wb, Ib, ctr, CS, KB):  # pragma: no cover - compiled
+def _tiles(j, op, fprm, P, me, A, Wb, Ib, ctr, CS, KB):  # pragma: no cover - compiled
     N, C, Hp, Wp, K = op[F_N], op[F_C], op[F_H], op[F_W], op[F_K]
     OH, OW, G, R, S = op[F_OH], op[F_OW], op[F_G], op[F_R], op[F_S]
     nkbr, nchunk = op[F_A], op[F_B]
@@ -230,7 +238,8 @@ def _tiles(j, op, fprm, P, A, Wb, Ib, ctr, CS, KB):  # pragma: no cover - compil
         ntile = (OHOW + PV_PX - 1) // PV_PX
         # the residual of output A[o] at A[o + erd], the same offset for every image
         epi = _epi(op, fprm, Wb, A, op[F_RES] - op[F_Y])
-        for n in range(N):
+        for k in range(N):
+            n = _image(k, N, P, me)
             yoff = op[F_Y] + n * op[F_YIMG]
             while True:
                 t = fetch_add(ctr, j * CS + CS_BASE + n)
@@ -260,7 +269,8 @@ def _tiles(j, op, fprm, P, A, Wb, Ib, ctr, CS, KB):  # pragma: no cover - compil
     else:
         Cgk, FWe, FHe, istep, fwstep, cs, rowlen = direct_geometry(
             Cg, R, S, Hp, Wp, op[F_SH], op[F_SW], op[F_DH], op[F_DW])
-    for n in range(N):
+    for k in range(N):
+        n = _image(k, N, P, me)
         epi = _epi(op, fprm, Wb, A, op[F_RES] + n * op[F_YIMG])
         # out of line (`tile_tasks`): inlined into the worker, the general kernel ran at a third
         # of its speed (3x3 512@7 2.9 -> 2.2 ms, strided 3x3 128@56 on phase planes 2.7 -> 2.2)
@@ -287,20 +297,24 @@ def _dw(j, op, fprm, A, Wb, Ib, ctr, CS, scratch):  # pragma: no cover - compile
 
 
 @njit(inline="always")
-def _dwb(j, op, fprm, P, A, Wb, ctr, CS, scratch):  # pragma: no cover - compiled
+def _dwb(j, op, fprm, P, me, A, Wb, ctr, CS, scratch):  # pragma: no cover - compiled
     N, C, H, W = op[F_N], op[F_C], op[F_H], op[F_W]
     epi = _epi(op, fprm, Wb, A, op[F_RES])
-    ntask = depthwise_block_tasks(N, C, op[F_OH], op[F_OW], op[F_R], op[F_S], op[F_SH], op[F_SW],
-                                  op[F_DH], op[F_DW])
-    run = max(1, ntask // (GRABS * P))
-    while True:
-        t0 = fetch_add(ctr, j * CS + 1) * run
-        if t0 >= ntask:
-            break
-        for t in range(t0, min(ntask, t0 + run)):
-            depthwise_block_task(t, A, op[F_X], Wb, op[F_WOFF], A, op[F_Y], C, H, W, op[F_R],
-                                 op[F_S], op[F_OH], op[F_OW], op[F_SH], op[F_SW], op[F_DH],
-                                 op[F_DW], op[F_C2], op[F_D], scratch, epi, op[F_BLK])
+    # tasks image by image (each image's from its own counter), in `_image` order
+    per = depthwise_block_tasks(1, C, op[F_OH], op[F_OW], op[F_R], op[F_S], op[F_SH], op[F_SW],
+                                op[F_DH], op[F_DW])
+    run = max(1, N * per // (GRABS * P))
+    for k in range(N):
+        n = _image(k, N, P, me)
+        while True:
+            t0 = fetch_add(ctr, j * CS + CS_BASE + n) * run
+            if t0 >= per:
+                break
+            for t in range(n * per + t0, n * per + min(per, t0 + run)):
+                depthwise_block_task(t, A, op[F_X], Wb, op[F_WOFF], A, op[F_Y], C, H, W, op[F_R],
+                                     op[F_S], op[F_OH], op[F_OW], op[F_SH], op[F_SW],
+                                     op[F_DH], op[F_DW], op[F_C2], op[F_D], scratch, epi,
+                                     op[F_BLK])
 
 
 @njit(inline="always")
@@ -390,17 +404,18 @@ def worker(P, prog, fprm, A, Wb, Ib, ctr, CS, KB, stamps, scratch):  # pragma: n
     first operator and as each operator's barrier is passed (`tools/executor_profile.py`: each
     operator's time inside the run, caches as the run leaves them)."""
     timed = stamps.size > prog.shape[0]
+    me = fetch_add(ctr, ctr.size - 2)  # this thread's place among the run's P (`_image`)
     if timed:
         stamps[0] = now_ns()
     for j in range(prog.shape[0]):
         op = prog[j]
         kind = op[F_KIND]
         if kind == OP_TILES:
-            _tiles(j, op, fprm[j], P, A, Wb, Ib, ctr, CS, KB)
+            _tiles(j, op, fprm[j], P, me, A, Wb, Ib, ctr, CS, KB)
         elif kind == OP_DW:
             _dw(j, op, fprm[j], A, Wb, Ib, ctr, CS, scratch)
         elif kind == OP_DWB:
-            _dwb(j, op, fprm[j], P, A, Wb, ctr, CS, scratch)
+            _dwb(j, op, fprm[j], P, me, A, Wb, ctr, CS, scratch)
         elif kind == OP_MAXPOOL or kind == OP_ADAPTIVE:
             _pool(j, op, A, ctr, CS, scratch, P)
         elif kind == OP_LINEAR:

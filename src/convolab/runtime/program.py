@@ -765,8 +765,9 @@ def _program(m: CompiledModel, st: _State, seg: _Segment, root, off, pads) -> No
     seg.prog, seg.fprm = prog, fprm
     seg.wb = _aligned(np.concatenate(wb).astype(np.float32)) if wb else np.zeros(16, np.float32)
     seg.ib = np.concatenate(ib).astype(np.int64) if ib else np.zeros(1, np.int64)
-    # the counters per operator, and one more: threads that have left the run (`_X.worker`)
-    seg.ctr = np.zeros(len(seg.prog) * (_X.CS_BASE + seg.nmax) + 1, dtype=np.int64)
+    # the counters per operator, and two more: the threads' places in the run and the threads
+    # that have left it (`_X.worker`)
+    seg.ctr = np.zeros(len(seg.prog) * (_X.CS_BASE + seg.nmax) + 2, dtype=np.int64)
     seg.scratch = _X.scratch_elements(prog)
 
 
