@@ -249,16 +249,31 @@ def test_pointwise_layers_run_with_pixels_in_the_lanes():
 
 
 def _image_and_layer_runs(monkeypatch, net, x, image_bytes, outs):
-    """``net`` compiled with image-major runs from ``image_bytes`` ("image") and without them
-    ("layer"), on one and two threads: yields (name, model, state) after a second call, whose
-    output goes to ``outs[name, threads]``."""
-    for name, limit in (("image", image_bytes), ("layer", 1 << 60)):
+    """``net`` compiled with image-major runs from ``image_bytes`` ("image"; on two threads
+    in lanes, each thread whole images, and "shared", every image's layers shared by the
+    threads) and without them ("layer"), on one and two threads: yields (name, model, state)
+    after a second call, whose output goes to ``outs[name, threads]``."""
+    from convolab.runtime import _executor as X
+
+    for name, limit in (("image", image_bytes), ("shared", image_bytes), ("layer", 1 << 60)):
         monkeypatch.setattr(P, "IMAGE_MAJOR_BYTES", limit)
+        monkeypatch.setattr(P, "LANES", name != "shared")
         for threads in (1, 2):
             cm = compile(net, x, algorithm="direct", threads=threads)
             cm(x)
             outs[name, threads] = cm(x).numpy()
-            yield name, cm, cm._states[tuple(x.shape)]
+            st = cm._states[tuple(x.shape)]
+            lanes = [int(r) for s_ in st.segments if isinstance(s_, M._Segment)
+                     for r in s_.prog[:, X.F_LANE]]
+            if name == "image" and threads == 2:
+                # the first two of three images in lanes, the third shared
+                assert st.lanes == 2 and st.lane_span > 0
+                n = len(st.image_major)
+                assert sum(v > 0 for v in lanes) == 2 * n
+                assert {v for v in lanes if v} == {n * 65536 + 2}
+            else:
+                assert st.lanes == 1 and not any(lanes)
+            yield ("image" if name == "shared" else name), cm, st
 
 
 def test_image_major_run_gives_the_batch_bits(monkeypatch):

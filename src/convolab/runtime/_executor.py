@@ -96,8 +96,8 @@ LINEAR_TILE = LINEAR_NB * LINEAR_KB
 # fields of a program row
 (F_KIND, F_N, F_C, F_H, F_W, F_K, F_OH, F_OW, F_G, F_R, F_S, F_X, F_XIMG, F_Y, F_YIMG, F_WOFF,
  F_BIAS, F_RES, F_ACT, F_A, F_B, F_C2, F_D, F_E, F_F, F_G2, F_SH, F_SW, F_DH, F_DW,
- F_TAB, F_PV, F_BLK) = range(33)
-NF = 33
+ F_TAB, F_PV, F_BLK, F_LANE) = range(34)
+NF = 34
 # OP_TILES extras: F_A nkbr, F_B nchunk, F_C2 padded (1), subsampled (2, F_D sh, F_E sw) or
 # stride-phase (3: planes F_H = sh sw hq rows of F_W = wq, the taps' offsets at F_TAB in Ib)
 # copy (0: none), F_D pt, F_E pl, F_F padded copy's
@@ -126,6 +126,8 @@ NF = 33
 # OP_MAXPOOL: pixel vectors in and out; OP_ADAPTIVE: global pooling of pixel vectors. Bit 4,
 # OP_TILES on the microkernel: each tile prefetches its output lines (the output stage's mode
 # bit 8, `convolab.kernels._microkernel._prefetch_tile_output`; `program.OUTPUT_PREFETCH_BYTES`)
+# F_LANE (rows of an image-major run's lanes, `program._image_major_rows`): L * 65536 + n0,
+# the run's rows per image and the images its lanes take (thread m of P the images m, m + P ..)
 #: counters per operator: [0] barrier, [1] phase-1 tasks, [2] phase barrier, [3 + n] image n;
 #: after all operators' one more: the threads that have left the run (`worker`, `Team.run`)
 CS_BASE = 3
@@ -396,6 +398,23 @@ def _linear(j, op, A, Wb, ctr, CS):  # pragma: no cover - compiled
     linear_tasks(x, wp, b, bias >= 0, y, ctr, j * CS + 1)
 
 
+@njit(inline="always")
+def _row(j, op, fprm, P, me, A, Wb, Ib, ctr, CS, KB, scratch):  # pragma: no cover - compiled
+    kind = op[F_KIND]
+    if kind == OP_TILES:
+        _tiles(j, op, fprm, P, me, A, Wb, Ib, ctr, CS, KB)
+    elif kind == OP_DW:
+        _dw(j, op, fprm, A, Wb, Ib, ctr, CS, scratch)
+    elif kind == OP_DWB:
+        _dwb(j, op, fprm, P, me, A, Wb, ctr, CS, scratch)
+    elif kind == OP_MAXPOOL or kind == OP_ADAPTIVE:
+        _pool(j, op, A, ctr, CS, scratch, P)
+    elif kind == OP_LINEAR:
+        _linear(j, op, A, Wb, ctr, CS)
+    elif kind == OP_BIL:
+        _bil(j, op, fprm, P, A, Wb, Ib, ctr, CS, scratch)
+
+
 @njit(nogil=True, cache=True)
 def worker(P, prog, fprm, A, Wb, Ib, ctr, CS, KB, stamps, scratch):  # pragma: no cover - compiled
     """Run every operator of ``prog`` with ``P`` threads (this one of them); ``scratch``: this
@@ -407,24 +426,28 @@ def worker(P, prog, fprm, A, Wb, Ib, ctr, CS, KB, stamps, scratch):  # pragma: n
     me = fetch_add(ctr, ctr.size - 2)  # this thread's place among the run's P (`_image`)
     if timed:
         stamps[0] = now_ns()
-    for j in range(prog.shape[0]):
-        op = prog[j]
-        kind = op[F_KIND]
-        if kind == OP_TILES:
-            _tiles(j, op, fprm[j], P, me, A, Wb, Ib, ctr, CS, KB)
-        elif kind == OP_DW:
-            _dw(j, op, fprm[j], A, Wb, Ib, ctr, CS, scratch)
-        elif kind == OP_DWB:
-            _dwb(j, op, fprm[j], P, me, A, Wb, ctr, CS, scratch)
-        elif kind == OP_MAXPOOL or kind == OP_ADAPTIVE:
-            _pool(j, op, A, ctr, CS, scratch, P)
-        elif kind == OP_LINEAR:
-            _linear(j, op, A, Wb, ctr, CS)
-        elif kind == OP_BIL:
-            _bil(j, op, fprm[j], P, A, Wb, Ib, ctr, CS, scratch)
+    nrow = prog.shape[0]
+    j = 0
+    while j < nrow:
+        lane = prog[j, F_LANE]
+        L = lane // 65536
+        n0 = lane % 65536
+        if lane > 0 and j + L * n0 <= nrow:
+            # an image-major run's lanes: this thread's images, each layer's tasks all its
+            # own (one thread: no barrier between its rows), then one barrier for all
+            for n in range(me, n0, P):
+                for jj in range(j + n * L, j + n * L + L):
+                    _row(jj, prog[jj], fprm[jj], 1, 0, A, Wb, Ib, ctr, CS, KB, scratch)
+                    if timed:
+                        stamps[jj + 1] = now_ns()
+            j += L * n0
+            _barrier(ctr, (j - 1) * CS, P)
+            continue
+        _row(j, prog[j], fprm[j], P, me, A, Wb, Ib, ctr, CS, KB, scratch)
         _barrier(ctr, j * CS, P)
         if timed:
             stamps[j + 1] = now_ns()
+        j += 1
     # this thread is done with the counters: `Team.run` waits for every thread's mark (in
     # compiled code) before its caller may zero them for the next run
     fetch_add(ctr, ctr.size - 1)

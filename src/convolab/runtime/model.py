@@ -71,6 +71,10 @@ class _State:
         self.image_major: set[int] = set()
         #: its values that only its own layers read: one image's space (`_run_internal`)
         self.run_internal: set[int] = set()
+        #: threads that each run whole images of it, on their own copies of its one-image
+        #: spaces (`lane_span` elements apart, after the arena)
+        self.lanes = 1
+        self.lane_span = 0
 
 
 class CompiledModel:

@@ -181,6 +181,10 @@ IMAGE_MAJOR_BYTES = 1 << 18
 IMAGE_MAJOR_FILTER_SHARE = 1 / 8
 
 
+#: with several threads, each runs whole images of the run (`_State.lanes`)
+LANES = True
+
+
 #: ... and a bilinear operator (`_X.OP_BIL`) joins it if its transformed filter, read once per
 #: image there, takes at most this many bytes. ResNet-50 batch 8, 2 threads, Zen 4, each layer
 #: inside the run against the batch at once: F(2x2,3x3) 256@14 (4 MiB) 4.9-5.0 against 4.95
@@ -256,6 +260,10 @@ def _build(m: CompiledModel, st: _State, image_major: bool = True) -> None:
         last[root[j]] = len(g.nodes)
     st.image_major = run = _image_major_run(g, st) if image_major else set()
     st.run_internal = internal = _run_internal(g, run)
+    # lanes: the run's images shared out among the threads, each thread running whole images
+    # on a copy of the one-image spaces of its own (`_image_major_rows`, `_X.worker`)
+    nimg = st.shapes[g.inputs[0]][0] if g.inputs and g.inputs[0] in st.shapes else 1
+    st.lanes = m.threads if run and LANES and 1 < m.threads <= nimg else 1
     if run:
         # its nodes run image by image: every batch-sized value it writes or reads stays live
         # to its end (its one-image values only as long as in a layer-by-layer run)
@@ -266,37 +274,45 @@ def _build(m: CompiledModel, st: _State, image_major: bool = True) -> None:
             for j in g.nodes[i].inputs:
                 if root[j] not in internal:
                     last[root[j]] = max(last.get(root[j], root[j]), b)
-    free: list[tuple[int, int]] = []  # (offset, size) of released slots
-    busy: list[tuple[int, int, int]] = []  # (last use, offset, size)
+    # (offset, size) of released slots and (last use, offset, size) of taken ones, in the
+    # arena (0) and in the pool of the run's one-image values and copies (1), which follows
+    # the arena once per lane
+    free: list[list[tuple[int, int]]] = [[], []]
+    busy: list[list[tuple[int, int, int]]] = [[], []]
     off: dict[int, int] = {}
-    total = 0
+    sizes = [0, 0]
     # the run's batch-sized values take their space at its start: a one-image value's space,
     # freed within the run, is written again for the next image
     r0 = min(run, default=len(g.nodes))
     order = [(i, i) for i in range(r0)] + [(i, r0) for i in sorted(run - internal)] + [
         (i, i) for i in range(r0, len(g.nodes)) if i not in run or i in internal]
     for i, t in order:
-        free += [(o, sz) for end, o, sz in busy if end < t]
-        busy = [b for b in busy if b[0] >= t]
+        for q in (0, 1):
+            free[q] += [(o, sz) for end, o, sz in busy[q] if end < t]
+            busy[q] = [b for b in busy[q] if b[0] >= t]
         if i not in st.shapes or root[i] != i:
             continue  # no value of its own, or a view (reshape) of its input's slot
         need = -(-int(np.prod(st.shapes[i])) // (st.shapes[i][0] if i in internal else 1)
                  // 16) * 16
+        q = int(i in internal)
         r = _in_place_residual(g, st, root, last, off, i)
         if r is not None:  # the output overwrites its residual, element by element
             end = last.get(i, i)
-            busy = [(max(e, end), o, sz) if o == off[r] else (e, o, sz) for e, o, sz in busy]
+            busy[q] = [(max(e, end), o, sz) if o == off[r] else (e, o, sz)
+                       for e, o, sz in busy[q]]
             off[i] = off[r]
             continue
-        fit = [k for k, (_, sz) in enumerate(free) if sz >= need]
+        fit = [k for k, (_, sz) in enumerate(free[q]) if sz >= need]
         if fit:
-            o, sz = free.pop(min(fit, key=lambda k: free[k][1]))
+            o, sz = free[q].pop(min(fit, key=lambda k: free[q][k][1]))
         else:
-            o, sz = total, need
-            total += need
-        busy.append((last.get(i, i), o, sz))
+            o, sz = sizes[q], need
+            sizes[q] += need
+        busy[q].append((last.get(i, i), o, sz))
         off[i] = o
-    # executor operators: padded copies get dedicated space (their borders stay zero)
+    total = sizes[0]
+    # executor operators: padded copies get dedicated space (their borders stay zero; the
+    # run's one-image copies in the pool)
     segments: list = []
     seg = None
     pads: dict[int, int] = {}
@@ -316,19 +332,24 @@ def _build(m: CompiledModel, st: _State, image_major: bool = True) -> None:
             spec = st.plans[i].spec
             nc = (1 if i in run else spec.N) * spec.C  # image-major: one image's copy
             if _bilinear_op(st, i):  # its input's NHWC copy
-                pads[i] = total
-                total += -(-nc * spec.H * spec.W // 16) * 16
+                need = nc * spec.H * spec.W
             elif _phased(spec):
-                pads[i] = total
                 hq, wq = direct.phases(spec)
                 sh, sw = spec.stride
-                total += -(-nc * sh * sw * hq * wq // 16) * 16
+                need = nc * sh * sw * hq * wq
             elif not direct.depthwise(spec) and any(spec.padding):
-                pads[i] = total
-                total += -(-nc * spec.padded_H * spec.padded_W // 16) * 16
+                need = nc * spec.padded_H * spec.padded_W
             elif _subsampled(spec):
-                pads[i] = total
-                total += -(-nc * spec.OH * spec.OW // 16) * 16
+                need = nc * spec.OH * spec.OW
+            else:
+                need = 0
+            if need:
+                q = int(i in run)
+                pads[i] = sizes[q] if q else total
+                if q:
+                    sizes[1] += -(-need // 16) * 16
+                else:
+                    total += -(-need // 16) * 16
             if seg is None:
                 seg = _Segment(m.threads)
                 segments.append(seg)
@@ -339,7 +360,13 @@ def _build(m: CompiledModel, st: _State, image_major: bool = True) -> None:
     if run and not any(isinstance(s_, _Segment) and run <= set(s_.nodes) for s_ in segments):
         # not one run of rows (its one-image spaces assume one): layer by layer
         return _build(m, st, image_major=False)
-    arena = _aligned(np.zeros(max(total, 16), dtype=np.float32))
+    # the pool after the arena, once per lane: its values' and copies' offsets are lane 0's
+    for i in internal & off.keys():
+        off[i] += total
+    for i in run & pads.keys():
+        pads[i] += total
+    st.lane_span = sizes[1]
+    arena = _aligned(np.zeros(max(total + st.lanes * sizes[1], 16), dtype=np.float32))
     st.buffers = {}
     for i, o in off.items():
         shape = st.shapes[i]
@@ -454,18 +481,46 @@ def _pv_chunks(spec, nkb: int, threads: int) -> int:
     return int(min(ntile, max(1, want)))
 
 
-def _image_major_rows(prog, fprm, nodes, per_image):
+def _one_thread_fields(st: _State, i: int, row: np.ndarray, pads) -> dict[int, int]:
+    """The fields of convolution ``i``'s row that split its work among threads, for one thread
+    running one image (a lane, `_image_major_rows`)."""
+    from ..kernels import microkernel as mk
+
+    if i not in st.plans:  # pooling: its tasks are the threads' at run time
+        return {}
+    spec = st.plans[i].spec
+    if row[_X.F_KIND] == _X.OP_TILES:
+        nkb = -(-(spec.K // spec.groups) // mk.kb(spec))
+        sp = mk.split(spec, spec.OH * spec.OW, _bytes_per_pixel(spec, i in pads), nkb, 1)
+        out = {_X.F_A: sp.nkbr, _X.F_B: sp.nchunk}
+        if row[_X.F_PV] > 0:
+            out[_X.F_PV] = _pv_chunks(spec, nkb, 1)
+        return out
+    if row[_X.F_KIND] == _X.OP_BIL:
+        K, KB = int(row[_X.F_K]), int(row[_X.F_DW])
+        g2, sh = _bilinear_split(1, int(row[_X.F_B]), int(row[_X.F_C2]), -(-K // KB), 1, K)
+        return {_X.F_G2: g2, _X.F_SH: sh}
+    return {}
+
+
+def _image_major_rows(prog, fprm, nodes, per_image, lanes=1, span=0, one=None):
     """The segment's rows with its image-major run (`_image_major_run`) replaced by one row per
     image and layer, image after image: each a one-image copy of the layer's row, its input,
     output and residual moved to that image where they have a batch's space (``per_image[node]``:
     three flags), left in place where they have one image's (`_run_internal`), like the padded
-    copy. Returns the rows, their parameters and the node of each row."""
+    copy. With ``lanes`` threads, the first ``lanes * (N // lanes)`` images are lanes' (`F_LANE`:
+    rows per image and their number): image n's one-image spaces are lane ``n % lanes``'s copy
+    (``span`` elements apart), its work split for one thread (``one[node]``: the row fields);
+    the worker runs them lane by lane, each thread its own, with no barrier between the rows.
+    The other images' rows follow, each shared by all the threads. Returns the rows, their
+    parameters and the node of each row."""
     rs = [r for r, i in enumerate(nodes) if i in per_image]
     if not rs:
         return prog, fprm, list(nodes)
     r0, r1 = rs[0], rs[-1] + 1
     assert r1 - r0 == len(rs), "an image-major run is one run of rows (`_build`)"
     N = int(prog[r0, _X.F_N])
+    n0 = N // lanes * lanes if lanes > 1 else 0
     rows, prms, owners = [], [], []
     for n in range(N):
         for r in range(r0, r1):
@@ -476,6 +531,18 @@ def _image_major_rows(prog, fprm, nodes, per_image):
             row[_X.F_Y] += n * row[_X.F_YIMG] * y
             if row[_X.F_RES] >= 0:
                 row[_X.F_RES] += n * row[_X.F_YIMG] * res
+            if n < n0:
+                shift = (n % lanes) * span
+                row[_X.F_X] += shift * (not x)
+                row[_X.F_Y] += shift * (not y)
+                if row[_X.F_RES] >= 0:
+                    row[_X.F_RES] += shift * (not res)
+                if row[_X.F_KIND] == _X.OP_BIL or (row[_X.F_KIND] == _X.OP_TILES
+                                                   and row[_X.F_C2]):
+                    row[_X.F_F] += shift  # its padded / NHWC copy
+                for f, v in one[nodes[r]].items():
+                    row[f] = v
+                row[_X.F_LANE] = (r1 - r0) * 65536 + n0
             rows.append(row)
             prms.append(fprm[r])
             owners.append(nodes[r])
@@ -755,13 +822,17 @@ def _program(m: CompiledModel, st: _State, seg: _Segment, root, off, pads) -> No
                 and r[_X.F_C] // r[_X.F_G] * r[_X.F_R] * r[_X.F_S] >= OUTPUT_PREFETCH_MIN_STEPS):
             r[_X.F_BLK] |= 4
     per_image = {}  # the image strides of an image-major row's input, output and residual
+    one = {}  # a lane's row fields: its work split for one thread
     for i in seg.nodes:
         if i in st.image_major:
             n = g.nodes[i]
             res = n.attrs.get("residual") and root[n.inputs[1]] not in st.run_internal
             per_image[i] = (root[n.inputs[0]] not in st.run_internal, i not in st.run_internal,
                             res)
-    prog, fprm, seg.row_nodes = _image_major_rows(prog, fprm, seg.nodes, per_image)
+            if st.lanes > 1:
+                one[i] = _one_thread_fields(st, i, prog[rows[i]], pads)
+    prog, fprm, seg.row_nodes = _image_major_rows(prog, fprm, seg.nodes, per_image, st.lanes,
+                                                  st.lane_span, one)
     seg.prog, seg.fprm = prog, fprm
     seg.wb = _aligned(np.concatenate(wb).astype(np.float32)) if wb else np.zeros(16, np.float32)
     seg.ib = np.concatenate(ib).astype(np.int64) if ib else np.zeros(1, np.int64)
