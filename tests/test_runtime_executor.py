@@ -114,6 +114,7 @@ def test_output_prefetch_keeps_the_bits(monkeypatch):
     net = Net().eval()
     x = torch.randn(2, 8, 13, 15)
     outs, bits = [], []
+    monkeypatch.setattr(P, "IMAGE_MAJOR_BYTES", 1 << 60)  # one row per layer
     monkeypatch.setattr(P, "OUTPUT_PREFETCH_MIN_STEPS", 0)  # the 1x1 layer's 40 steps too
     for limit in (1 << 40, 0):
         monkeypatch.setattr(P, "OUTPUT_PREFETCH_BYTES", limit)
@@ -590,8 +591,11 @@ def test_bottleneck_values_stay_channel_blocked_with_the_same_bits(act, batch, H
     got = cm(x).numpy()
     st = cm._states[tuple(x.shape)]
     (seg,) = [s for s in st.segments if isinstance(s, M._Segment)]
+    first = {}  # each layer's first row (an image-major run has one per image)
+    for r, i in zip(seg.prog, seg.row_nodes, strict=True):
+        first.setdefault(i, r)
     rows = [(int(r[X.F_KIND]), int(r[X.F_C2]), int(r[X.F_BLK]) & 3, int(r[X.F_RES]) >= 0,
-             int(r[X.F_R])) for r in seg.prog if r[X.F_KIND] == X.OP_TILES]
+             int(r[X.F_R])) for r in first.values() if r[X.F_KIND] == X.OP_TILES]
     assert any(c2 == 2 and b & 2 for _, c2, b, _, _ in rows)  # the shortcut's blocked copy
     assert sum(1 for _, _, b, res, _ in rows if b & 1 and res) >= 2  # both blocks' sums
     # the 3x3 layers (stride 1 and 2) on the tapped tiles: blocked bordered copy, blocked out
@@ -808,6 +812,8 @@ def test_bilinear_layers_run_in_the_executor_with_the_algorithms_bits(algorithm,
     if image:  # every layer's activations large enough for an image-major run
         monkeypatch.setattr(P, "IMAGE_MAJOR_BYTES", 0)
         monkeypatch.setattr(P, "IMAGE_MAJOR_FILTER_SHARE", 0)
+    else:
+        monkeypatch.setattr(P, "IMAGE_MAJOR_BYTES", 1 << 60)
     C = 128
     net = _WinogradBlock(C).eval()
     x = torch.randn(batch, C, H, H)
