@@ -271,7 +271,7 @@ def _image_and_layer_runs(monkeypatch, net, x, image_bytes, outs):
                 assert st.lanes == 2 and st.lane_span > 0
                 n = len(st.image_major)
                 assert sum(v > 0 for v in lanes) == 2 * n
-                assert {v for v in lanes if v} == {n * 65536 + 2}
+                assert {v for v in lanes if v} == {(n << 32) + (2 << 16) + 2}
             else:
                 assert st.lanes == 1 and not any(lanes)
             yield ("image" if name == "shared" else name), cm, st
@@ -315,6 +315,27 @@ def test_image_major_run_gives_the_batch_bits(monkeypatch):
     one = compile(net, x[:1], algorithm="direct", threads=2)
     for i in range(3):
         assert np.array_equal(one(x[i:i + 1]).numpy(), first[i:i + 1])
+
+
+def test_lanes_planned_for_more_threads_than_the_team_runs(monkeypatch):
+    """A model compiled for more threads than the team may have (3; a 2-core machine's team
+    has 2) plans three lanes; the threads that run take whole lanes (each lane's buffers on
+    one thread), and the bits are one thread's."""
+    from convolab.runtime import _executor as X
+
+    monkeypatch.setattr(P, "IMAGE_MAJOR_BYTES", 0)
+    torch.manual_seed(3)
+    net = _inverted_residual(stride=1)
+    x = torch.randn(6, 16, 20, 20)  # two rounds of three lanes
+    want = compile(net, x, algorithm="direct", threads=1)(x).numpy()
+    cm = compile(net, x, algorithm="direct", threads=3)
+    cm(x)
+    st = cm._states[tuple(x.shape)]
+    (seg,) = [s for s in st.segments if isinstance(s, M._Segment)]
+    assert st.lanes == 3
+    assert {int(v) & 0xFFFFFFFF for v in seg.prog[:, X.F_LANE] if v} == {(3 << 16) + 6}
+    for _ in range(3):
+        assert np.array_equal(cm(x).numpy(), want)
 
 
 def test_image_major_run_takes_a_stem_and_its_pooling(monkeypatch):

@@ -126,8 +126,10 @@ NF = 34
 # OP_MAXPOOL: pixel vectors in and out; OP_ADAPTIVE: global pooling of pixel vectors. Bit 4,
 # OP_TILES on the microkernel: each tile prefetches its output lines (the output stage's mode
 # bit 8, `convolab.kernels._microkernel._prefetch_tile_output`; `program.OUTPUT_PREFETCH_BYTES`)
-# F_LANE (rows of an image-major run's lanes, `program._image_major_rows`): L * 65536 + n0,
-# the run's rows per image and the images its lanes take (thread m of P the images m, m + P ..)
+# F_LANE (rows of an image-major run's lanes, `program._image_major_rows`): L 2^32 + l 2^16 +
+# n0: the run's rows per image, its lanes (image n on lane n % l's buffers) and the images the
+# lanes take; thread m of P runs the lanes m, m + P .. (each lane on one thread: P = l, or
+# fewer where the team had fewer threads to give)
 #: counters per operator: [0] barrier, [1] phase-1 tasks, [2] phase barrier, [3 + n] image n;
 #: after all operators' one more: the threads that have left the run (`worker`, `Team.run`)
 CS_BASE = 3
@@ -444,12 +446,15 @@ def worker(P, prog, fprm, A, Wb, Ib, ctr, CS, KB, stamps, scratch):  # pragma: n
     j = 0
     while j < nrow:
         lane = prog[j, F_LANE]
-        L = lane // 65536
-        n0 = lane % 65536
+        L = lane >> 32
+        nl = max(1, (lane >> 16) & 65535)
+        n0 = lane & 65535
         if lane > 0 and j + L * n0 <= nrow:
             # an image-major run's lanes: this thread's images, each layer's tasks all its
             # own (one thread: no barrier between its rows), then one barrier for all
-            for n in range(me, n0, P):
+            for n in range(n0):
+                if (n % nl) % P != me:
+                    continue
                 for jj in range(j + n * L, j + n * L + L):
                     _row(jj, prog[jj], fprm[jj], 1, 0, A, Wb, Ib, ctr, CS, KB, scratch)
                     if timed:

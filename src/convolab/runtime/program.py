@@ -514,7 +514,7 @@ def _image_major_rows(prog, fprm, nodes, per_image, lanes=1, span=0, one=None):
     output and residual moved to that image where they have a batch's space (``per_image[node]``:
     three flags), left in place where they have one image's (`_run_internal`), like the padded
     copy. With ``lanes`` threads, the first ``lanes * (N // lanes)`` images are lanes' (`F_LANE`:
-    rows per image and their number): image n's one-image spaces are lane ``n % lanes``'s copy
+    rows per image, lanes and images): image n's one-image spaces are lane ``n % lanes``'s copy
     (``span`` elements apart), its work split for one thread (``one[node]``: the row fields);
     the worker runs them lane by lane, each thread its own, with no barrier between the rows.
     The other images' rows follow, each shared by all the threads. Returns the rows, their
@@ -547,7 +547,7 @@ def _image_major_rows(prog, fprm, nodes, per_image, lanes=1, span=0, one=None):
                     row[_X.F_F] += shift  # its padded / NHWC copy
                 for f, v in one[nodes[r]].items():
                     row[f] = v
-                row[_X.F_LANE] = (r1 - r0) * 65536 + n0
+                row[_X.F_LANE] = ((r1 - r0) << 32) + (lanes << 16) + n0
             rows.append(row)
             prms.append(fprm[r])
             owners.append(nodes[r])
