@@ -915,3 +915,102 @@ def test_an_uncalibrated_machine_times_the_bilinear_candidates(monkeypatch):
             return [select.Choice(n, True, "", (0.5 + k) * 1e-3) for k, n in enumerate(timed)]
         monkeypatch.setattr(select, "rank", rank)
         assert P._prefer_executor(spec, {}, 2) == want
+
+
+#: per-channel values an output stage sees: NaN, infinities, the bounds of ReLU6 and of the
+#: hardtanh below, values on either side of them, denormals
+EDGES = np.array([np.nan, np.inf, -np.inf, 0.0, 6.0, -1.0, 7.0, 3.0, 1e-45, -1e-45,
+                  np.nextafter(np.float32(6), np.float32(0)), np.nextafter(np.float32(6), 7),
+                  -2.0, 0.5, -0.5, 2.0], dtype=np.float32)
+
+
+class _Clamp(nn.Module):
+    def __init__(self, lo, hi):
+        super().__init__()
+        self.lo, self.hi = lo, hi
+
+    def forward(self, x):
+        return torch.clamp(x, self.lo, self.hi)
+
+
+ACT_BOUNDS = [(nn.ReLU(), None), (nn.ReLU6(), (0.0, 6.0)), (nn.Hardtanh(-2.0, 0.5), (-2.0, 0.5)),
+              (_Clamp(-0.0, 0.0), (-0.0, 0.0)), (_Clamp(0.0, -0.0), (0.0, -0.0))]
+ACT_IDS = ["relu", "relu6", "hardtanh", "zeros", "zeros-crossed"]
+
+
+def _bits_equal(got, want):
+    got, want = np.asarray(got, np.float32), np.asarray(want, np.float32)
+    assert np.array_equal(np.isnan(got), np.isnan(want))
+    ok = ~np.isnan(want)
+    assert np.array_equal(got[ok].view(np.uint32), want[ok].view(np.uint32))
+
+
+@pytest.mark.parametrize("act, bounds", ACT_BOUNDS, ids=ACT_IDS)
+def test_relu_and_clamp_stages_are_pytorchs_bit_for_bit(act, bounds):
+    """The vector stages (`_microkernel.relu_vec`, `clamp_vec`) and the scalar one
+    (`_epilogue.run`) give PyTorch's ReLU / hardtanh bits: NaN kept, a zero's sign kept (-0.0
+    against bounds of +0.0 too), values equal to a bound kept."""
+    from llvmlite import ir
+    from numba import njit, types
+    from numba.extending import intrinsic
+
+    from convolab.kernels import _epilogue as E
+    from convolab.kernels._microkernel import clamp_vec, relu_vec, splat
+
+    vals = np.concatenate([EDGES, -EDGES, np.array([-0.0] * 16, np.float32)])
+    want = act(torch.from_numpy(vals)).numpy()
+    lo, hi = bounds if bounds else (0.0, 0.0)
+    code = 1 if bounds is None else 2
+
+    @intrinsic
+    def stage16(typingctx, d, o, lo_, hi_):
+        def codegen(context, builder, sig, args):
+            vty = ir.VectorType(ir.FloatType(), 16)
+            p = builder.bitcast(builder.gep(context.make_array(sig.args[0])(
+                context, builder, args[0]).data, [args[1]]), vty.as_pointer())
+            v = builder.load(p, align=4)
+            v = relu_vec(builder, v) if code == 1 else clamp_vec(
+                builder, v, splat(builder, args[2], vty), splat(builder, args[3], vty))
+            builder.store(v, p, align=4)
+            return context.get_dummy_value()
+        return types.void(d, o, lo_, hi_), codegen
+
+    @njit
+    def vector_stage(d, lo_, hi_):
+        for o in range(0, d.size, 16):
+            stage16(d, o, lo_, hi_)
+
+    got = vals.copy()
+    vector_stage(got, np.float32(lo), np.float32(hi))
+    _bits_equal(got, want)
+    for mode, bias in ((0, 0.0), (2, -0.0)):  # the plain loop, and the loop adding a bias
+        got = vals.copy()
+        E.run(got, 0, got, 0, got.size, np.float32(1), np.float32(bias), mode, code,
+              np.float32(lo), np.float32(hi))
+        _bits_equal(got, want)
+
+
+@pytest.mark.parametrize("act, bounds", ACT_BOUNDS, ids=ACT_IDS)
+@pytest.mark.parametrize("H", [7, 14, 113])  # tiles, blocked tiles and depthwise; pixel vectors, planes
+def test_fused_relu_and_clamp_in_every_kernel_are_pytorchs(act, bounds, H):
+    """Every kernel's fused stage, fed the edge values through its bias (zero weights, so a
+    layer's output is its bias, or NaN where its input was not finite): a 1x1 layer storing
+    NCHW (the network's output) and channel-blocked (for the depthwise layer after it), the
+    channel-blocked and the plane-wise depthwise kernels. PyTorch's bits."""
+    torch.manual_seed(H)
+    pw = nn.Conv2d(16, 32, 1)
+    dw = nn.Conv2d(32, 32, 3, padding=1, groups=32)
+    with torch.no_grad():
+        for c in (pw, dw):
+            c.weight.zero_()
+        # (no -0.0: PyTorch's sum of zero products may be -0.0, and -0.0 + -0.0 keeps it)
+        b = np.concatenate([EDGES, -EDGES])
+        b[b == 0] = 0.25
+        pw.bias.copy_(torch.from_numpy(b))
+        dw.bias.copy_(torch.from_numpy(b[::-1].copy()))
+    x = torch.randn(2, 16, H, H)
+    for net in (nn.Sequential(pw, act).eval(), nn.Sequential(pw, act, dw, act).eval()):
+        want = net(x).detach().numpy()
+        cm = compile(net, x, algorithm="direct", threads=2, check_finite=False)
+        for _ in range(2):  # planned, then the executor
+            _bits_equal(cm(x).numpy(), want)

@@ -36,10 +36,11 @@ from ._microkernel import (
     _fma_fn,
     _masked_store,
     _transpose16,
+    clamp_vec,
     fma,
     lanes_below,
     masked_load,
-    nan_max_min,
+    relu_vec,
     splat,
 )
 
@@ -464,7 +465,6 @@ class _VectorStage:
         i32 = ir.IntType(32)
         i64 = ir.IntType(64)
         self.vty, self.builder = vty, builder
-        self.vmax, self.vmin = nan_max_min(builder, vty)
         ptr = builder.bitcast(builder.gep(ebp, [ebo]), vty.as_pointer())
         zero = ir.Constant(vty, None)
         bias = cgutils.alloca_once_value(builder, zero)
@@ -483,8 +483,8 @@ class _VectorStage:
     def apply(self, v):
         b = self.builder
         v = b.select(self.add, b.fadd(v, self.bias), v)
-        v = b.select(self.relu, b.call(self.vmax, [v, ir.Constant(self.vty, None)]), v)
-        return b.select(self.clamp, b.call(self.vmin, [b.call(self.vmax, [v, self.lo]), self.hi]), v)
+        v = b.select(self.relu, relu_vec(b, v), v)
+        return b.select(self.clamp, clamp_vec(b, v, self.lo, self.hi), v)
 
 
 @intrinsic

@@ -8,7 +8,9 @@ flat float32 arrays; a run of ``n`` outputs of one channel ``k``.
 4 add the residual. The order is PyTorch's: ``((y * scale) + b) + r``, then the activation.
 Activation codes: 0 none, 1 ReLU, 2 clamp(lo, hi) (ReLU6, hardtanh), 3 SiLU, 4 Hardswish,
 5 Sigmoid, 6 GELU (erf), 7 GELU (tanh approximation), 8 Hardsigmoid; NaN propagates through
-every one, as in PyTorch. Elementwise: the result does not depend on how outputs are split.
+every one, as in PyTorch. ReLU and clamp are PyTorch's bit for bit, a zero's sign included
+(`relu`, `clamp`: compares and selects, also in the kernels' vector stages). Elementwise: the
+result does not depend on how outputs are split.
 """
 
 import math
@@ -52,24 +54,40 @@ def _nan_minmax(name):
 
 
 #: ``max(a, b)`` / ``min(a, b)`` that return NaN if either is NaN (``llvm.maximum`` /
-#: ``llvm.minimum``): branch-free, so loops over them vectorise; a compare-and-branch form was
-#: scalar inside the larger kernels and mispredicted on real activations (4x slower)
+#: ``llvm.minimum``; max pooling): branch-free, so loops over them vectorise; a
+#: compare-and-branch form was scalar inside the larger kernels and mispredicted on real
+#: activations (4x slower)
 maximum = _nan_minmax("maximum")
 minimum = _nan_minmax("minimum")
 
 
 @njit(inline="always")
+def relu(v):  # pragma: no cover - compiled
+    """ReLU as PyTorch computes it: ``v < 0 ? 0 : v`` (NaN stays, -0.0 keeps its sign; the
+    vector stages' `convolab.kernels._microkernel.relu_vec`)."""
+    return F0 if v < F0 else v
+
+
+@njit(inline="always")
+def clamp(v, lo, hi):  # pragma: no cover - compiled
+    """Clamp as PyTorch computes it: ``t = v < lo ? lo : v``, then ``t > hi ? hi : t`` (NaN
+    stays; `convolab.kernels._microkernel.clamp_vec`)."""
+    t = lo if v < lo else v
+    return hi if t > hi else t
+
+
+@njit(inline="always")
 def _clip6(t):  # pragma: no cover - compiled
-    return minimum(maximum(t, F0), _F6)
+    return clamp(t, F0, _F6)
 
 
 @njit(inline="always")
 def act(v, code, lo, hi):  # pragma: no cover - compiled
     """Activation ``code`` of ``v`` (float32)."""
     if code == 1:
-        return maximum(v, F0)
+        return relu(v)
     if code == 2:
-        return minimum(maximum(v, lo), hi)
+        return clamp(v, lo, hi)
     if code == 3:
         return v / (F1 + math.exp(-v))
     if code == 4:
@@ -115,10 +133,10 @@ def run(d, do, r, ro, n, a, b, mode, code, lo, hi):  # pragma: no cover - compil
     elif mode & 2:
         if code == 1:
             for i in range(n):
-                d[do + i] = maximum(d[do + i] + b, F0)
+                d[do + i] = relu(d[do + i] + b)
         elif code == 2:
             for i in range(n):
-                d[do + i] = minimum(maximum(d[do + i] + b, lo), hi)
+                d[do + i] = clamp(d[do + i] + b, lo, hi)
         elif code == 0:
             for i in range(n):
                 d[do + i] = d[do + i] + b
@@ -127,10 +145,10 @@ def run(d, do, r, ro, n, a, b, mode, code, lo, hi):  # pragma: no cover - compil
                 d[do + i] = act(d[do + i] + b, code, lo, hi)
     elif code == 1:
         for i in range(n):
-            d[do + i] = maximum(d[do + i], F0)
+            d[do + i] = relu(d[do + i])
     elif code == 2:
         for i in range(n):
-            d[do + i] = minimum(maximum(d[do + i], lo), hi)
+            d[do + i] = clamp(d[do + i], lo, hi)
     else:
         for i in range(n):
             d[do + i] = act(d[do + i], code, lo, hi)
