@@ -28,9 +28,9 @@ from ._int8_shape import MR, MR_TAIL, NV, PW_MK, PW_NV
 from ._microkernel import (
     _fma_fn,
     _transpose16,
+    clamp_vec,
     int64_scalars,
     lanes_below,
-    nan_max_min,
     scalars_typed,
     splat,
 )
@@ -244,7 +244,9 @@ class _Stage:
     +inf (none), 0, +inf (ReLU) or lo, hi (clamp); for int8 codes ``min(max(rint(fma(...)),
     L), H)`` with ``L = max(-127, rint(lo'))``, ``H = min(127, rint(hi'))`` -- the same values
     as the activation followed by ``clip(rint(.), -127, 127)``, rint being monotonic; two
-    min / max per vector instead of six operations (`_stage_run` applies the same to runs)."""
+    compare-and-blend pairs per vector (`convolab.kernels._microkernel.clamp_vec`: NaN kept, a
+    zero's sign kept, PyTorch's clamp) instead of six operations (`_stage_run` applies the
+    same to runs)."""
 
     def __init__(self, context, builder, sig, a, L, k0, narrow):
         self.builder = builder
@@ -253,7 +255,6 @@ class _Stage:
         self.sp = context.make_array(sig.args[20])(context, builder, a[20]).data
         self.bp = context.make_array(sig.args[21])(context, builder, a[21]).data
         self.fma = _fma_fn(builder, fty)
-        self.vmax, self.vmin = nan_max_min(builder, fty)
         lo = context.cast(builder, a[23], sig.args[23], types.float32)
         hi = context.cast(builder, a[24], sig.args[24], types.float32)
         self.lo, self.hi = _bounds(builder, a[22], lo, hi, narrow, L)
@@ -277,7 +278,7 @@ class _Stage:
         y = b.call(self.fma, [b.sitofp(v, fty), sc, bi])
         if self.narrow:
             y = b.call(self.rint, [y])
-        return b.call(self.vmin, [b.call(self.vmax, [y, self.lo]), self.hi])
+        return clamp_vec(b, y, self.lo, self.hi)
 
 
 def _store_tile(builder, vals, vty, op, obase, v0, OHOW, kn, n, mr, L, narrow=False):
@@ -568,7 +569,6 @@ def _stage_run(typingctx, dst, doff, src, soff, count, s, b, act, lo, hi):
         svt = ir.VectorType(sety, 16)
         dvt = ir.VectorType(_I8, 16) if narrow else fty
         mload, mstore = _mload(builder, svt), _mstore(builder, dvt)
-        vmax, vmin = nan_max_min(builder, fty)
         fma = _fma_fn(builder, fty)
         rint = cgutils.get_or_insert_function(builder.module, ir.FunctionType(fty, [fty]),
                                               "llvm.rint.v16f32")
@@ -588,7 +588,7 @@ def _stage_run(typingctx, dst, doff, src, soff, count, s, b, act, lo, hi):
             y = builder.call(fma, [v, sv, bv])
             if narrow:
                 y = builder.call(rint, [y])
-            y = builder.call(vmin, [builder.call(vmax, [y, lo]), hi])
+            y = clamp_vec(builder, y, lo, hi)
             if narrow:
                 y = builder.trunc(builder.fptosi(y, ir.VectorType(_I32, 16)), dvt)
             builder.call(mstore, [y, builder.bitcast(builder.gep(dp, [builder.add(doff, i0)]),
@@ -684,7 +684,6 @@ def _make_pw_tile(mk: int, npv: int):
             sp = data(15)
             bp = data(16)
             fma_v = _fma_fn(builder, fty)
-            vmax, vmin = nan_max_min(builder, fty)
             rint = cgutils.get_or_insert_function(builder.module, ir.FunctionType(fty, [fty]),
                                                   f"llvm.rint.v{L}f32")
             act = a[17]
@@ -705,7 +704,7 @@ def _make_pw_tile(mk: int, npv: int):
                                     builder.load(accs[k][j]), c), fty), sc, bi])
                                 if narrow:
                                     y = builder.call(rint, [y])
-                                y = builder.call(vmin, [builder.call(vmax, [y, lo]), hi])
+                                y = clamp_vec(builder, y, lo, hi)
                                 if narrow:
                                     y = builder.trunc(builder.fptosi(y, vty), sty)
                                 ptr = builder.gep(fp, [builder.add(row, _i64(j * L))])
