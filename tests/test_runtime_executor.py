@@ -457,6 +457,32 @@ def test_each_thread_starts_on_its_own_share_of_the_batch(monkeypatch):
     np.testing.assert_allclose(got[1], net(x).detach().numpy(), rtol=1e-4, atol=1e-4)
 
 
+def test_one_image_is_shared_out_in_ranges_each_thread_its_own_first():
+    """One image on P threads: a row's tasks in P consecutive ranges, each from a counter of
+    its own, thread m taking the m-th first, then the others' (`_executor._share`): every
+    task handed out once, whatever the thread count at run time; the bits of one thread's run
+    through every kind of row (tiles, pixel vectors, blocked and plane-wise depthwise)."""
+    from convolab.runtime import _executor as X
+
+    for P_ in (1, 2, 3, 4):
+        for ntask in (1, 2, 7, 64):
+            for me in range(P_):
+                shares = [X._share.py_func(k, 1, P_, me, ntask)
+                          for k in range(X._shares.py_func(1, P_))]
+                assert shares[0][1] == me and shares[0][2] == me * ntask // P_
+                assert sorted(s for _, s, _, _ in shares) == list(range(P_))
+                covered = sorted(t for _, _, t0, t1 in shares for t in range(t0, t1))
+                assert covered == list(range(ntask))
+    assert X.counters_per_row(1, 3) == X.CS_BASE + 3
+    torch.manual_seed(3)
+    for H in (14, 113):  # blocked depthwise; pixel-vector 1x1 and plane-wise depthwise
+        net = _inverted_residual(stride=1)
+        x = torch.randn(1, 16, H, H)
+        got = [compile(net, x, threads=t, algorithm="direct")(x).numpy() for t in (1, 2, 3)]
+        assert np.array_equal(got[0], got[1]) and np.array_equal(got[0], got[2])
+        np.testing.assert_allclose(got[1], net(x).detach().numpy(), rtol=1e-4, atol=1e-4)
+
+
 @pytest.mark.parametrize("k, stride, padding, dilation, H, W", [
     (3, 1, 1, 1, 40, 37),  # rows of several blocks of 8: unchecked middle blocks
     (5, 1, 2, 1, 19, 26),

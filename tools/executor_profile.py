@@ -42,7 +42,7 @@ def main():
     import convolab
     from convolab.interop.models import load_model
     from convolab.runtime import model as M
-    from convolab.runtime._executor import CS_BASE, NO_STAMPS, worker
+    from convolab.runtime._executor import NO_STAMPS, worker
 
     warnings.filterwarnings("ignore")
     net = load_model(a.model)
@@ -55,7 +55,7 @@ def main():
     print(f"{a.model}, batch {a.batch}, algorithm {a.algorithm!r}, {cm.threads} threads")
     for seg in st.segments:
         if isinstance(seg, M._Segment):
-            cs = CS_BASE + seg.nmax
+            cs = seg.cs
             scratch = np.zeros(seg.scratch, np.float32)
 
             def run(prog, fprm, P, stamps=NO_STAMPS, seg=seg, cs=cs, scratch=scratch):

@@ -30,7 +30,7 @@ def main():
 
     import convolab
     from convolab.runtime import model as M
-    from convolab.runtime._executor import CS_BASE, NO_STAMPS, worker
+    from convolab.runtime._executor import NO_STAMPS, worker
 
     warnings.filterwarnings("ignore")
     for spec in a.layer:
@@ -51,7 +51,7 @@ def main():
 
         def mine(seg=seg, st=st, scratch=scratch):
             seg.ctr[:] = 0
-            worker(1, seg.prog, seg.fprm, st.arena, seg.wb, seg.ib, seg.ctr, CS_BASE + seg.nmax,
+            worker(1, seg.prog, seg.fprm, st.arena, seg.wb, seg.ib, seg.ctr, seg.cs,
                    32, NO_STAMPS, scratch)
 
         OH = (H + 2 * (R // 2) - R) // s + 1

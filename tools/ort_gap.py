@@ -41,7 +41,7 @@ def main():
     import convolab
     from convolab.interop.models import load_model
     from convolab.runtime import model as M
-    from convolab.runtime._executor import CS_BASE, worker
+    from convolab.runtime._executor import worker
 
     warnings.filterwarnings("ignore")
     net = load_model(a.model).eval()
@@ -55,7 +55,7 @@ def main():
         raise SystemExit(f"{a.model} runs as {len(st.segments)} segments; this tool needs one")
     seg = segs[0]
     team = cm._team()
-    cs = CS_BASE + seg.nmax
+    cs = seg.cs
     scratch = np.zeros(seg.scratch, np.float32) if isinstance(seg.scratch, int) else seg.scratch
 
     def run(stamps):

@@ -1027,11 +1027,12 @@ _microkernel_tail_nv1 = _make_microkernel(MR_TAIL, nv=1)
 
 @njit(inline="always")
 def run_tile_tasks(wflat, wbase, src, srcbase, cstride, Cgk, FWe, FHe, istep, fwstep, cs, rowlen,
-                   on, obase0, counter, ci, ntask, nchunk, nkbr, nkb, Cg, Kg, KB, taps, OHOW, OW,
+                   on, obase0, counter, ci, span, nchunk, nkbr, nkb, Cg, Kg, KB, taps, OHOW, OW,
                    epi, tab, tabo, oblk):  # pragma: no cover - compiled
     """One thread's share of a layer's tiles, for any input layout the microkernel can address: tasks
-    (group, range of k-blocks, range of tiles) are taken from ``counter[ci]`` until ``ntask``
-    are handed out; returns how many this thread ran. ``wbase``: the packed filter's first
+    ``t = (group nkbr + range of k-blocks) nchunk + range of tiles`` from ``span = (t0, t1)``
+    are taken in order, task ``t0 + counter[ci]`` (fetch-and-add) until ``t1``; returns how
+    many this thread ran. ``wbase``: the packed filter's first
     element in ``wflat``; ``srcbase``: the image's first element in ``src``; ``cstride``:
     elements between its channels; ``Cgk``, ``FWe``, ``FHe``, ``istep``, ``fwstep``: the
     reduction's runs (see the microkernel); ``rowlen``, ``cs``: elements between the windows of
@@ -1091,8 +1092,8 @@ def run_tile_tasks(wflat, wbase, src, srcbase, cstride, Cgk, FWe, FHe, istep, fw
     nfull = VHW // mr
     done = 0
     while True:
-        t = fetch_add(counter, ci)
-        if t >= ntask:
+        t = span[0] + fetch_add(counter, ci)
+        if t >= span[1]:
             break
         ch = t % nchunk
         r = t // nchunk
@@ -1299,7 +1300,7 @@ def run_tile_tasks(wflat, wbase, src, srcbase, cstride, Cgk, FWe, FHe, istep, fw
 
 @njit(nogil=True, cache=True)
 def tile_tasks(wflat, wbase, src, srcbase, cstride, Cgk, FWe, FHe, istep, fwstep, cs, rowlen, on,
-               obase0, counter, ci, ntask, nchunk, nkbr, nkb, Cg, Kg, KB, taps, OHOW, OW, epi,
+               obase0, counter, ci, span, nchunk, nkbr, nkb, Cg, Kg, KB, taps, OHOW, OW, epi,
                tab, tabo, oblk):  # pragma: no cover - compiled
     """`run_tile_tasks` in a function of its own, for drivers to call, not inline: inlined
     into a larger function (the runtime's executor, or direct's driver once it was no longer
@@ -1308,7 +1309,7 @@ def tile_tasks(wflat, wbase, src, srcbase, cstride, Cgk, FWe, FHe, istep, fwstep
     executor, one thread, Zen 4: 3x3 512@7 2.9 -> 2.2 ms, strided 3x3 128@56 on phase planes
     2.7 -> 2.2; direct 3x3 512@7 5.9 -> 2.1 ms)."""
     return run_tile_tasks(wflat, wbase, src, srcbase, cstride, Cgk, FWe, FHe, istep, fwstep, cs,
-                          rowlen, on, obase0, counter, ci, ntask, nchunk, nkbr, nkb, Cg, Kg, KB,
+                          rowlen, on, obase0, counter, ci, span, nchunk, nkbr, nkb, Cg, Kg, KB,
                           taps, OHOW, OW, epi, tab, tabo, oblk)
 
 
@@ -1408,8 +1409,8 @@ def im2win_conv(x, win, wpk, out, counter, groups, FW, FH, sh, sw, dh, dw, pt, p
         wait_until(counter, 4 * n + 1, nrt)
         on = out[n].reshape(K * OHOW)
         k = tile_tasks(wflat, 0, win, b, cstride, Cgk, FWe, FHe, istep, dw * FH, sw * FH,
-                       rowlen, on, 0, counter, 4 * n + 2, ntask, nchunk, nkbr, nkb, Cg, Kg, KB,
-                       FW * FH, OHOW, OW, (on, on, 0, 0, 0, F0, F0), counter, -1, 0)
+                       rowlen, on, 0, counter, 4 * n + 2, (0, ntask), nchunk, nkbr, nkb, Cg, Kg,
+                       KB, FW * FH, OHOW, OW, (on, on, 0, 0, 0, F0, F0), counter, -1, 0)
         if k > 0:
             fetch_add_n(counter, 4 * n + 3, k)
     # every image's tiles finished before any thread returns (`team.run(..., complete=True)`)
@@ -1494,8 +1495,8 @@ def direct_tiles(x, xp, wpk, out, counter, groups, R, S, nkbr, nchunk, sh, sw, d
     for n in range(N):
         on = out[n].reshape(K * OHOW)
         k = tile_tasks(wflat, 0, xflat, n * C * Hp * Wp, Hp * Wp, Cgk, FWe, FHe, istep, fwstep,
-                       cs, rowlen, on, 0, counter, 2 + n, ntask, nchunk, nkbr, nkb, Cg, Kg, KB,
-                       R * S, OHOW, OW, (on, on, 0, 0, 0, F0, F0), counter, -1, 0)
+                       cs, rowlen, on, 0, counter, 2 + n, (0, ntask), nchunk, nkbr, nkb, Cg, Kg,
+                       KB, R * S, OHOW, OW, (on, on, 0, 0, 0, F0, F0), counter, -1, 0)
         if k > 0:
             fetch_add_n(counter, N + 2, k)
     # every tile finished before any thread returns (`team.run(..., complete=True)`)

@@ -130,9 +130,19 @@ NF = 34
 # n0: the run's rows per image, its lanes (image n on lane n % l's buffers) and the images the
 # lanes take; thread m of P runs the lanes m, m + P .. (each lane on one thread: P = l, or
 # fewer where the team had fewer threads to give)
-#: counters per operator: [0] barrier, [1] phase-1 tasks, [2] phase barrier, [3 + n] image n;
-#: after all operators' one more: the threads that have left the run (`worker`, `Team.run`)
+#: counters per operator: [0] barrier, [1] phase-1 tasks, [2] phase barrier, [3 + s] share s
+#: of its tasks (`_share`: image s, or one image's s-th range of them); after all operators'
+#: two more: the threads' places in the run and the threads that have left it (`worker`,
+#: `Team.run`). `counters_per_row` of them per operator
 CS_BASE = 3
+
+
+def counters_per_row(nmax: int, P: int) -> int:
+    """Counters per operator of a program whose rows hold up to ``nmax`` images, run on up to
+    ``P`` threads (`_share`)."""
+    return CS_BASE + max(nmax, P)
+
+
 #: a thread takes small tasks in runs of consecutive ones, about this many runs per thread: a
 #: 7x7 layer's channel-blocked depthwise task (16 channels of one image) or copy of a plane
 #: takes a few hundred nanoseconds or less, as long as a fetch-and-add on a counter both
@@ -153,6 +163,30 @@ def _image(k, N, P, me):  # pragma: no cover - compiled
     first (images ``me N / P ..``), then the others' in turn. Every operator shares the batch
     out alike, so a thread mostly reads the images it wrote itself, from its own core's L2."""
     return (k + me * N // P) % N
+
+
+@njit(inline="always")
+def _shares(N, P):  # pragma: no cover - compiled
+    """How many shares a row's tasks are taken in (`_share`)."""
+    return P if N == 1 else N
+
+
+@njit(inline="always")
+def _share(k, N, P, me, ntask):  # pragma: no cover - compiled
+    """The ``k``-th share of a row's tasks that thread ``me`` of ``P`` takes: ``(n, s, t0,
+    t1)``, image ``n``'s tasks ``t0 .. t1 - 1`` from counter ``CS_BASE + s`` (``ntask`` per
+    image). Several images: one share per image, in `_image` order. One image on several
+    threads: ``P`` consecutive ranges, thread m's own (the m-th) first, then the others'. A
+    layer's tasks are numbered by output channels first (ranges of k-blocks, blocks of 16
+    depthwise channels), so a thread takes about the channels it wrote in the layer before
+    and reads them from its own core's L2 -- the depthwise layer after an expansion, above
+    all: those split by one counter had read half their input from the other core's cache
+    and ran 1.2-1.5x faster on two threads than on one."""
+    if N == 1 and P > 1:
+        p = (me + k) % P
+        return 0, p, p * ntask // P, (p + 1) * ntask // P
+    n = _image(k, N, P, me)
+    return n, n, 0, ntask
 
 
 @njit(inline="always")
@@ -242,12 +276,12 @@ def _tiles(j, op, fprm, P, me, A, Wb, Ib, ctr, CS, KB):  # pragma: no cover - co
         ntile = (OHOW + PV_PX - 1) // PV_PX
         # the residual of output A[o] at A[o + erd], the same offset for every image
         epi = _epi(op, fprm, Wb, A, op[F_RES] - op[F_Y])
-        for k in range(N):
-            n = _image(k, N, P, me)
+        for k in range(_shares(N, P)):
+            n, s, t0, t1 = _share(k, N, P, me, nkb * npc)
             yoff = op[F_Y] + n * op[F_YIMG]
             while True:
-                t = fetch_add(ctr, j * CS + CS_BASE + n)
-                if t >= nkb * npc:
+                t = t0 + fetch_add(ctr, j * CS + CS_BASE + s)
+                if t >= t1:
                     break
                 kb = t // npc
                 ch = t - kb * npc
@@ -273,48 +307,57 @@ def _tiles(j, op, fprm, P, me, A, Wb, Ib, ctr, CS, KB):  # pragma: no cover - co
     else:
         Cgk, FWe, FHe, istep, fwstep, cs, rowlen = direct_geometry(
             Cg, R, S, Hp, Wp, op[F_SH], op[F_SW], op[F_DH], op[F_DW])
-    for k in range(N):
-        n = _image(k, N, P, me)
+    for k in range(_shares(N, P)):
+        n, s, t0, t1 = _share(k, N, P, me, G * nkbr * nchunk)
         epi = _epi(op, fprm, Wb, A, op[F_RES] + n * op[F_YIMG])
         # out of line (`tile_tasks`): inlined into the worker, the general kernel ran at a third
         # of its speed (3x3 512@7 2.9 -> 2.2 ms, strided 3x3 128@56 on phase planes 2.7 -> 2.2)
         tile_tasks(Wb, op[F_WOFF], A, src + n * ximg, cstride, Cgk, FWe, FHe, istep, fwstep,
-                   cs, rowlen, A, op[F_Y] + n * op[F_YIMG], ctr, j * CS + CS_BASE + n,
-                   G * nkbr * nchunk, nchunk, nkbr, nkb, Cg, Kg, KB, R * S, OHOW, OW, epi, Ib,
-                   tabo, op[F_BLK] & 3)
+                   cs, rowlen, A, op[F_Y] + n * op[F_YIMG], ctr, j * CS + CS_BASE + s,
+                   (t0, t1), nchunk, nkbr, nkb, Cg, Kg, KB, R * S, OHOW, OW, epi, Ib, tabo,
+                   op[F_BLK] & 3)
 
 
 @njit(inline="always")
-def _dw(j, op, fprm, A, Wb, Ib, ctr, CS, scratch):  # pragma: no cover - compiled
+def _dw(j, op, fprm, P, me, A, Wb, Ib, ctr, CS, scratch):  # pragma: no cover - compiled
     N, C, H, W, K = op[F_N], op[F_C], op[F_H], op[F_W], op[F_K]
     OH, OW, sh, sw, hq, wq = op[F_OH], op[F_OW], op[F_A], op[F_B], op[F_E], op[F_F]
     epi = _epi(op, fprm, Wb, A, op[F_RES])
     nb = sh * sw * hq * wq
     buf = scratch[:nb]
     acc = scratch[nb + (-nb) % 16: nb + (-nb) % 16 + (OH - 1) * wq + OW]
-    while True:
-        t = fetch_add(ctr, j * CS + 1)
-        if t >= N * C:
-            break
-        depthwise_task(t, A, op[F_X], Wb, op[F_WOFF], A, op[F_Y], Ib, op[F_G2], C, H, W, K // C,
-                       op[F_R] * op[F_S], OH, OW, sh, sw, op[F_C2], op[F_D], hq, wq, buf, acc, epi)
+    # planes (image, channel) in `_share` order (one image on P threads: P ranges of channels)
+    for k in range(_shares(1, P) if N == 1 else 1):
+        if N == 1:
+            _, s, t0, t1 = _share(k, 1, P, me, C)
+            slot = j * CS + CS_BASE + s
+        else:  # every image's planes from one counter
+            slot, t0, t1 = j * CS + 1, 0, N * C
+        while True:
+            t = t0 + fetch_add(ctr, slot)
+            if t >= t1:
+                break
+            depthwise_task(t, A, op[F_X], Wb, op[F_WOFF], A, op[F_Y], Ib, op[F_G2], C, H, W,
+                           K // C, op[F_R] * op[F_S], OH, OW, sh, sw, op[F_C2], op[F_D], hq, wq,
+                           buf, acc, epi)
 
 
 @njit(inline="always")
 def _dwb(j, op, fprm, P, me, A, Wb, ctr, CS, scratch):  # pragma: no cover - compiled
     N, C, H, W = op[F_N], op[F_C], op[F_H], op[F_W]
     epi = _epi(op, fprm, Wb, A, op[F_RES])
-    # tasks image by image (each image's from its own counter), in `_image` order
+    # tasks image by image (each image's from its own counter), in `_share` order, taken in
+    # runs of `run` consecutive ones
     per = depthwise_block_tasks(1, C, op[F_OH], op[F_OW], op[F_R], op[F_S], op[F_SH], op[F_SW],
                                 op[F_DH], op[F_DW])
     run = max(1, N * per // (GRABS * P))
-    for k in range(N):
-        n = _image(k, N, P, me)
+    for k in range(_shares(N, P)):
+        n, s, g0, g1 = _share(k, N, P, me, (per + run - 1) // run)
         while True:
-            t0 = fetch_add(ctr, j * CS + CS_BASE + n) * run
-            if t0 >= per:
+            g = g0 + fetch_add(ctr, j * CS + CS_BASE + s)
+            if g >= g1:
                 break
-            for t in range(n * per + t0, n * per + min(per, t0 + run)):
+            for t in range(n * per + g * run, n * per + min(per, g * run + run)):
                 _dwb_task(t, op, A, Wb, scratch, epi, C, H, W)
 
 
@@ -420,7 +463,7 @@ def _row(j, op, fprm, P, me, A, Wb, Ib, ctr, CS, KB, scratch):  # pragma: no cov
     if kind == OP_TILES:
         _tiles(j, op, fprm, P, me, A, Wb, Ib, ctr, CS, KB)
     elif kind == OP_DW:
-        _dw(j, op, fprm, A, Wb, Ib, ctr, CS, scratch)
+        _dw(j, op, fprm, P, me, A, Wb, Ib, ctr, CS, scratch)
     elif kind == OP_DWB:
         _dwb(j, op, fprm, P, me, A, Wb, ctr, CS, scratch)
     elif kind == OP_MAXPOOL or kind == OP_ADAPTIVE:

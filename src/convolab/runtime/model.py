@@ -233,7 +233,7 @@ class CompiledModel:
             if isinstance(seg, _Segment):
                 seg.ctr[:] = 0
                 self._team().run((seg.P, seg.prog, seg.fprm, st.arena, seg.wb, seg.ib, seg.ctr,
-                                  _X.CS_BASE + seg.nmax, 32, _X.NO_STAMPS), seg.scratch)
+                                  seg.cs, 32, _X.NO_STAMPS), seg.scratch)
                 for i in seg.nodes:
                     vals[i] = st.buffers[i]
                 for i in seg.views:

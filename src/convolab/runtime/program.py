@@ -843,7 +843,8 @@ def _program(m: CompiledModel, st: _State, seg: _Segment, root, off, pads) -> No
     seg.ib = np.concatenate(ib).astype(np.int64) if ib else np.zeros(1, np.int64)
     # the counters per operator, and two more: the threads' places in the run and the threads
     # that have left it (`_X.worker`)
-    seg.ctr = np.zeros(len(seg.prog) * (_X.CS_BASE + seg.nmax) + 2, dtype=np.int64)
+    seg.cs = _X.counters_per_row(seg.nmax, seg.P)
+    seg.ctr = np.zeros(len(seg.prog) * seg.cs + 2, dtype=np.int64)
     seg.scratch = _X.scratch_elements(prog)
 
 
