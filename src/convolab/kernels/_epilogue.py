@@ -53,12 +53,10 @@ def _nan_minmax(name):
     return intrinsic(impl)
 
 
-#: ``max(a, b)`` / ``min(a, b)`` that return NaN if either is NaN (``llvm.maximum`` /
-#: ``llvm.minimum``; max pooling): branch-free, so loops over them vectorise; a
-#: compare-and-branch form was scalar inside the larger kernels and mispredicted on real
-#: activations (4x slower)
+#: ``max(a, b)`` that returns NaN if either is NaN (``llvm.maximum``; max pooling):
+#: branch-free, so loops over it vectorise; a compare-and-branch form was scalar inside the
+#: larger kernels and mispredicted on real activations (4x slower)
 maximum = _nan_minmax("maximum")
-minimum = _nan_minmax("minimum")
 
 
 @njit(inline="always")

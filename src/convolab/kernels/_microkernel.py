@@ -573,14 +573,6 @@ def masked_load(builder, vty):
                                           f"llvm.masked.load.{_suffix(vty)}.p0")
 
 
-def nan_max_min(builder, vty):
-    """``llvm.maximum`` and ``llvm.minimum`` for vectors ``vty`` (NaN-propagating, as the
-    output stage's scalar `convolab.kernels._epilogue.maximum` / ``minimum``)."""
-    fnty = ir.FunctionType(vty, [vty, vty])
-    return tuple(cgutils.get_or_insert_function(builder.module, fnty, f"llvm.{op}.{_suffix(vty)}")
-                 for op in ("maximum", "minimum"))
-
-
 def relu_vec(builder, v):
     """ReLU as PyTorch computes it, ``v < 0 ? +0.0 : v``: NaN stays NaN, -0.0 stays -0.0 (its
     sign kept, as ``torch.relu`` keeps it). One compare and one blend: ``llvm.maximum``, which
