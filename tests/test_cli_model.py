@@ -36,6 +36,26 @@ def test_model_compile_writes_every_runtime(tmp_path, capsys):
     assert all(v["min_ms"] > 0 and len(v["all_ms"]) == 1 for v in lat.values())
 
 
+def test_model_compile_int8_beside_onnx_runtime_static_quantisation(tmp_path, capsys):
+    pytest.importorskip("onnxruntime.quantization")
+    path = tmp_path / "q.json"
+    assert main(["model", "--compile", *SMALL, "--algorithms", "deterministic", "--quantize",
+                 "direct", "--json", str(path)]) == 0
+    doc = json.loads(path.read_text())
+    acc = {r["configuration"]: r for r in doc["accuracy"]}
+    assert {"onnxruntime int8", "convolab int8 direct"} <= set(acc)
+    q = acc["convolab int8 direct"]
+    assert len(q["layers"]) == 52 and {L["algorithm"] for L in q["layers"]} == {"direct int8"}
+    assert q["max_abs_dev_vs_torch"] > 0 and "error" not in acc["onnxruntime int8"]
+    assert doc["setup"]["convolab int8 direct"]["quantize"] == "direct int8"
+    lat = {r["configuration"] for r in doc["latency"]}
+    assert {"onnxruntime int8", "convolab int8 direct"} <= lat
+    assert main(["model", "--quantize", "direct"]) == 2
+    assert "--quantize needs --compile" in capsys.readouterr().err
+    assert main(["model", "--compile", "--quantize", "nope"]) == 2
+    assert "unknown quantised algorithm 'nope'" in capsys.readouterr().err
+
+
 def test_model_compile_accuracy_only_and_bad_arguments(capsys):
     assert main(["model", "--compile", *SMALL, "--algorithms", "im2col", "--no-latency"]) == 0
     out = capsys.readouterr().out

@@ -61,6 +61,11 @@ def add_parser(sub) -> None:
     p.add_argument("--algorithms", default=None,
                    help="comma-separated algorithm names (default: every registered one, and auto); "
                    "with --compile: auto, deterministic or names, one compiled model each (default: auto)")
+    p.add_argument("--quantize", default=None, metavar="ALGORITHMS",
+                   help="with --compile: also the model in int8 -- convolab.compile(..., "
+                   "quantize=QuantConfig(a)) per comma-separated int8 algorithm a (direct, or a "
+                   "fast one such as sfc4_4x3 for the 3x3 stride-1 layers) and ONNX Runtime's "
+                   "static quantisation (QDQ), both calibrated on 16 other crops of the photographs")
     p.add_argument("--size", type=int, default=None,
                    help="input height and width (default: the network's, 224)")
     p.add_argument("--images", type=int, default=8,
@@ -98,6 +103,13 @@ def _parse(args):
         raise ConvError(f"--batches must be >= 1, got {args.batches!r}")
     if args.model not in MODELS:
         raise ConvError(f"unknown model {args.model!r}; bundled: {', '.join(MODELS)}")
+    if args.quantize is not None:
+        from ..quant import QuantConfig
+
+        if not args.compile:
+            raise ConvError("--quantize needs --compile")
+        for a in _int8_names(args.quantize):
+            QuantConfig(a)  # unknown names raise ConvError listing the known ones
     if args.compile:
         return batches, None, None
     if args.algorithms:
@@ -115,6 +127,11 @@ def _parse(args):
     if report_batch not in batches:
         raise ConvError(f"--report-batch {report_batch} is not one of --batches {batches}")
     return batches, names, report_batch
+
+
+def _int8_names(text: str) -> list[str]:
+    """``--quantize``'s algorithm names (``direct`` when empty)."""
+    return [a.strip() for a in text.split(",") if a.strip()] or ["direct"]
 
 
 def run(args) -> int:

@@ -22,10 +22,15 @@ def _onnx_session(model, example, threads: int, spinning: bool = False):
     not stop it) and took it from whichever configuration ran next: convolab's EfficientNet-
     Lite0 at batch 1 measured 10.6 instead of 6.5 ms, Zen 4, 2 threads. The spinning session
     (ONNX Runtime's default, its best latency) is timed in a block of its own after them."""
+    data = _onnx_export(model, example)
+    return _ort_run(data, threads, spinning), len(data)
+
+
+def _onnx_export(model, example) -> bytes:
+    """The model as ONNX bytes (TorchScript exporter, opset 17, batch axis dynamic)."""
     import io
     import warnings
 
-    import onnxruntime as ort
     import torch
 
     buf = io.BytesIO()
@@ -33,18 +38,63 @@ def _onnx_session(model, example, threads: int, spinning: bool = False):
         warnings.simplefilter("ignore")  # the exporter's deprecation notices
         torch.onnx.export(model, (example,), buf, dynamo=False, input_names=["x"], output_names=["y"],
                           dynamic_axes={"x": {0: "N"}, "y": {0: "N"}}, opset_version=17)
+    return buf.getvalue()
+
+
+def _onnx_int8(model, example, calibration, threads: int, spinning: bool = False):
+    """ONNX Runtime on the model statically quantised by `onnxruntime.quantization`
+    (``quantize_static``: QDQ format, per-channel symmetric int8 weights, uint8 activations
+    calibrated by min/max on ``calibration``, a list of (N, C, H, W) tensors; after its
+    `quant_pre_process`). Returns (run, ONNX bytes)."""
+    import os
+    import tempfile
+
+    from onnxruntime.quantization import (
+        CalibrationDataReader,
+        CalibrationMethod,
+        QuantFormat,
+        QuantType,
+        quantize_static,
+    )
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    class _Reader(CalibrationDataReader):
+        def __init__(self):
+            self._it = iter([{"x": c.numpy()} for c in calibration])
+
+        def get_next(self):
+            return next(self._it, None)
+
+    with tempfile.TemporaryDirectory() as d:
+        f32, pre, q8 = (os.path.join(d, n) for n in ("f32.onnx", "pre.onnx", "int8.onnx"))
+        with open(f32, "wb") as f:
+            f.write(_onnx_export(model, example))
+        quant_pre_process(f32, pre)
+        quantize_static(pre, q8, _Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
+                        activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+                        calibrate_method=CalibrationMethod.MinMax)
+        with open(q8, "rb") as f:
+            data = f.read()
+    return _ort_run(data, threads, spinning), len(data)
+
+
+def _ort_run(data: bytes, threads: int, spinning: bool):
+    """A function running an ONNX Runtime CPU session of model ``data`` on a torch tensor."""
+    import onnxruntime as ort
+    import torch
+
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = threads
     opts.inter_op_num_threads = 1
     opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     opts.add_session_config_entry("session.intra_op.allow_spinning", "1" if spinning else "0")
-    sess = ort.InferenceSession(buf.getvalue(), opts, providers=["CPUExecutionProvider"])
+    sess = ort.InferenceSession(data, opts, providers=["CPUExecutionProvider"])
 
     def run(x):
         return torch.from_numpy(sess.run(None, {"x": x.numpy()})[0])
 
-    return run, len(buf.getvalue())
+    return run
 
 
 def _algorithm_counts(layers) -> str:
@@ -73,6 +123,11 @@ def run(args, batches) -> int:
         _render_compiled_header(console, args, info, what, machine)
         example = _batch(x, batches[0])
         runs, setup, compiled = _runtimes(model, example, names, args.threads, say=console.log)
+        if args.quantize is not None:
+            from .model import _int8_names
+
+            _int8_runtimes(model, info, example, _int8_names(args.quantize), args.threads, runs,
+                           setup, compiled, say=console.log)
         acc = _compiled_accuracy(model, x, labels, runs, setup, compiled)
         _render_compiled_accuracy(console, acc, labels, what, setup, compiled)
         lat = None
@@ -153,6 +208,58 @@ def _runtimes(model, example, names, threads, say=None) -> tuple[dict, dict, dic
                     "folded": {k: v for k, v in cm.graph.folded.items() if k != "example_batch"}}
         say(f"{c}: compiled (capture, passes, plans at batch {example.shape[0]}) in {wall:.1f} s")
     return runs, setup, compiled
+
+
+def calibration_batches(info, size: int, batch: int = 4) -> list:
+    """The int8 configurations' calibration inputs: two ``size`` x ``size`` crops of each
+    photograph, other than the evaluation's (`convolab.commands.quantize_eval.image_sets`), in
+    batches of ``batch``."""
+    from .quantize_eval import image_sets
+
+    cal = image_sets(info, 8, 1, 2, size)[3]
+    return [cal[i: i + batch] for i in range(0, len(cal), batch)]
+
+
+def _int8_runtimes(model, info, example, algorithms, threads, runs, setup, compiled,
+                   say=None) -> None:
+    """Add the int8 configurations to ``runs`` / ``setup`` / ``compiled``: ONNX Runtime's
+    static quantisation and ``convolab.compile(..., quantize=QuantConfig(a))`` per algorithm,
+    all calibrated on `calibration_batches`."""
+    from ..quant import QuantConfig
+    from ..runtime import compile as compile_model
+
+    say = say or (lambda text: None)
+    cal = calibration_batches(info, example.shape[-1])
+    try:
+        t0 = time.perf_counter()
+        q_run, nbytes = _onnx_int8(model, example, cal, threads)
+        runs["onnxruntime int8"] = q_run
+        setup["onnxruntime int8"] = {"kind": "onnxruntime", "quantized": "QDQ static, per-channel "
+                                     "int8 weights, uint8 activations, min/max",
+                                     "quantize_and_session_s": time.perf_counter() - t0,
+                                     "onnx_bytes": nbytes}
+        say(f"onnxruntime int8: quantised ({nbytes / 1e6:.1f} MB) and session made in "
+            f"{setup['onnxruntime int8']['quantize_and_session_s']:.1f} s")
+    except Exception as e:  # not installed (onnx), or quantisation failed: reported
+        setup["onnxruntime int8"] = {"kind": "onnxruntime", "error": f"{type(e).__name__}: {e}"}
+        say(f"onnxruntime int8: [yellow]skipped[/yellow]: {setup['onnxruntime int8']['error'][:200]}")
+    for a in algorithms:
+        c = f"convolab int8 {a}"
+        try:
+            t0 = time.perf_counter()
+            qm = compile_model(model, example, quantize=QuantConfig(a), calibration=cal,
+                               threads=threads)
+            wall = time.perf_counter() - t0
+        except Exception as e:  # a configuration that breaks is reported, not fatal
+            setup[c] = {"kind": "convolab", "quantize": a, "error": f"{type(e).__name__}: {e}"}
+            say(f"{c}: [red]failed[/red]: {setup[c]['error']}")
+            continue
+        compiled[c] = qm
+        runs[c] = qm
+        setup[c] = {"kind": "convolab", "quantize": qm.config.label(), "compile_s": wall,
+                    "fallback_ops": qm.fallback_ops,
+                    "folded": {k: v for k, v in qm.graph.folded.items() if k != "example_batch"}}
+        say(f"{c}: compiled and calibrated ({len(cal)} batches) in {wall:.1f} s")
 
 
 def _compiled_accuracy(model, x, labels, runs, setup, compiled) -> dict:

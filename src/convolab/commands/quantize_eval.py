@@ -144,8 +144,10 @@ def _view(image, size: int, short: int, pos, mirror: bool, info):
     return np.ascontiguousarray(x.transpose(2, 0, 1))
 
 
-def image_sets(info, photos: int, views: int, calibration_views: int):
-    """(photo names, eval labels, eval tensor, calibration tensor) from scikit-image's photographs."""
+def image_sets(info, photos: int, views: int, calibration_views: int, size: int | None = None):
+    """(photo names, eval labels, eval tensor, calibration tensor) from scikit-image's
+    photographs; crops of ``size`` (default the network's), the views' shorter sides scaled
+    with it."""
     import numpy as np
     import skimage.data as data
     import torch
@@ -153,16 +155,17 @@ def image_sets(info, photos: int, views: int, calibration_views: int):
     from ..interop.models import PHOTOS
 
     names = list(PHOTOS)[:photos]
+    size = size or info.input_size
     ev, lab, cal = [], [], []
     for n in names:
         img = getattr(data, PHOTOS[n])()
         if isinstance(img, tuple):
             img = img[0]
         for label, short, pos, mirror in VIEWS[:views]:
-            ev.append(_view(img, info.input_size, short, pos, mirror, info))
+            ev.append(_view(img, size, round(short * size / info.input_size), pos, mirror, info))
             lab.append(f"{n} {label}")
         for _, short, pos, mirror in CALIBRATION_VIEWS[:calibration_views]:
-            cal.append(_view(img, info.input_size, short, pos, mirror, info))
+            cal.append(_view(img, size, round(short * size / info.input_size), pos, mirror, info))
     return names, lab, torch.from_numpy(np.stack(ev)), torch.from_numpy(np.stack(cal))
 
 

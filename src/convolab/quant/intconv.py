@@ -69,6 +69,20 @@ OUTPUTS = ("int32", "float32", "int8")
 ACTIVATIONS = {None: (0, 0.0, 0.0), "relu": (1, 0.0, 0.0), "relu6": (2, 0.0, 6.0)}
 
 
+def _activation(activation) -> tuple[int, float, float]:
+    """(code, lo, hi) of an output-stage activation: None, ``"relu"``, ``"relu6"`` or
+    ``("clamp", lo, hi)`` (hardtanh / clamp bounds, lo <= hi)."""
+    if isinstance(activation, tuple) and len(activation) == 3 and activation[0] == "clamp":
+        lo, hi = float(activation[1]), float(activation[2])
+        if not lo <= hi:
+            raise ConvError(f"clamp bounds must satisfy lo <= hi, got ({lo}, {hi})")
+        return 2, lo, hi
+    if not isinstance(activation, (str, type(None))) or activation not in ACTIVATIONS:
+        raise ConvError("activation must be None, 'relu', 'relu6' or ('clamp', lo, hi); "
+                        f"got {activation!r}")
+    return ACTIVATIONS[activation]
+
+
 class Int8Plan:
     """`conv2d_int8` for one layer: weights checked and prepared once (packed for the int8
     microkernel, or as an exact GEMM matrix), then called on inputs of one shape.
@@ -94,8 +108,7 @@ class Int8Plan:
             raise ConvError(f"method must be one of {', '.join(METHODS)}; got {method!r}")
         if output not in OUTPUTS:
             raise ConvError(f"output must be one of {', '.join(OUTPUTS)}; got {output!r}")
-        if activation not in ACTIVATIONS:
-            raise ConvError(f"activation must be None, 'relu' or 'relu6'; got {activation!r}")
+        _activation(activation)
         spec = ConvSpec.from_shapes(tuple(x_shape), wq.shape, stride, padding, dilation, groups,
                                     np.int8)
         bound = accumulation_bound(wq)
@@ -135,7 +148,7 @@ class Int8Plan:
         b = np.zeros(K) if bias is None else np.asarray(bias, dtype=np.float64)
         if b.shape != (K,) or not np.all(np.isfinite(b)):
             raise ConvError(f"bias must be {K} finite floats, got shape {b.shape}")
-        act, lo, hi = ACTIVATIONS[activation]
+        act, lo, hi = _activation(activation)
         d = 1.0
         if output == "int8":
             if out_scale is None or not np.isfinite(out_scale) or out_scale <= 0:
@@ -153,7 +166,9 @@ class Int8Plan:
             return "im2col"
         return "loops" if self._prep is None else self._prep.path
 
-    def __call__(self, xq, out=None) -> np.ndarray:
+    def __call__(self, xq, out=None, threads: int | None = None) -> np.ndarray:
+        """The layer on int8 codes ``xq`` on ``threads`` threads of the team (default:
+        convolab's thread count; the microkernel and depthwise paths)."""
         xq = check_int8(xq, "input")
         if xq.shape != self.spec.x_shape:
             raise ConvError(f"input of shape {xq.shape}; this plan takes {self.spec.x_shape}")
@@ -165,10 +180,10 @@ class Int8Plan:
                             f"{self.spec.out_shape}, got {out.dtype} {out.shape}")
         xq = np.ascontiguousarray(xq)
         if self.method == "direct" and self._prep is not None:
-            self._mk8.conv(self.spec, xq, self._prep, out, stage=self.stage)
+            self._mk8.conv(self.spec, xq, self._prep, out, threads, stage=self.stage)
             return out
         if self.method == "direct" and self._dw:
-            self._mk8.depthwise(self.spec, xq, self.wq, out, stage=self.stage)
+            self._mk8.depthwise(self.spec, xq, self.wq, out, threads, stage=self.stage)
             return out
         acc = out if self.stage is None else np.empty(self.spec.out_shape, dtype=np.int32)
         if self.method == "direct":
@@ -178,7 +193,7 @@ class Int8Plan:
         if self.stage is not None:
             from ..kernels import int8 as mk8
 
-            mk8.requant(acc, out, self.stage)
+            mk8.requant(acc, out, self.stage, threads)
         return out
 
 

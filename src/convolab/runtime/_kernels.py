@@ -51,6 +51,31 @@ def epilogue(src, dst, scale, shift, res, mode, act, lo, hi, ctr):  # pragma: no
             run(d, t * P, r, t * P, P, a, b, mode, act, lo32, hi32)
 
 
+#: elements per task of `quantize_codes`
+QUANT_BLOCK = 16384
+
+
+@njit(cache=True, nogil=True)
+def quantize_codes(src, dst, scale, q, ctr):  # pragma: no cover - compiled
+    """``dst = clip(rint(src / scale), -q, q)`` (flat float32 in, int8 codes out): the
+    arithmetic of `convolab.quant.quantize` (float64 division, half to even), so the codes are
+    its codes. Tasks of `QUANT_BLOCK` elements from the counter."""
+    n = src.size
+    s = np.float64(scale)
+    hi = np.float64(q)
+    lo = -hi
+    nt = (n + QUANT_BLOCK - 1) // QUANT_BLOCK
+    while True:
+        task = fetch_add(ctr, 0)
+        if task >= nt:
+            break
+        for i in range(uint64(task * QUANT_BLOCK), uint64(min(n, (task + 1) * QUANT_BLOCK))):
+            v = np.rint(np.float64(src[i]) / s)
+            v = lo if v < lo else v
+            v = hi if v > hi else v
+            dst[i] = np.int8(v)
+
+
 @njit(cache=True, nogil=True)
 def copy_finite(src, dst):  # pragma: no cover - compiled
     """``dst[:] = src`` (flat float32) in one pass that also looks for NaN and Inf (all eight

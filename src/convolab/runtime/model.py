@@ -349,7 +349,7 @@ class _Threads:
 
 
 def compile(model, example_input, *, algorithm="auto", memory_limit=None, max_error=None,  # noqa: A001
-            threads=None, check_finite=True) -> CompiledModel:
+            threads=None, check_finite=True, quantize=None, calibration=None):
     """Capture a PyTorch CPU model and run it in convolab's runtime.
 
     Parameters
@@ -370,10 +370,16 @@ def compile(model, example_input, *, algorithm="auto", memory_limit=None, max_er
         Threads every call uses (default: Numba's thread count).
     check_finite : bool
         Refuse inputs holding NaN or Inf with a `ConvError` (default True).
+    quantize : convolab.quant.QuantConfig, optional
+        Run the convolutions in int8 (post-training static quantisation, calibrated on
+        ``calibration``): a `convolab.runtime.quantized.QuantizedModel`. ``algorithm``,
+        ``memory_limit`` and ``max_error`` are for float models and must stay at their defaults.
+    calibration : tensor, array or list of them, optional
+        Sample inputs for ``quantize`` (default: ``example_input``).
 
     Returns
     -------
-    CompiledModel
+    CompiledModel (QuantizedModel with ``quantize``)
         Callable like the module: torch tensors in -> torch tensors out, NumPy in -> NumPy out.
 
     Notes
@@ -406,10 +412,23 @@ def compile(model, example_input, *, algorithm="auto", memory_limit=None, max_er
     for name, p in model.named_parameters():
         if p.dtype != torch.float32:
             raise ConvError(f"parameter {name} is {p.dtype}; the runtime computes in float32")
+    if quantize is not None and (algorithm != "auto" or memory_limit is not None
+                                 or max_error is not None):
+        raise ConvError("quantize= chooses the int8 algorithms: leave algorithm, memory_limit and "
+                        f"max_error at their defaults (got algorithm={algorithm!r})")
+    if quantize is None and calibration is not None:
+        raise ConvError("calibration= is for quantize=: pass a convolab.quant.QuantConfig too")
     g = optimise(capture(model, ex))
     if g.fallback:
         warnings.warn("convolab.compile: these operators run through PyTorch: "
                       + ", ".join(f"{k} (x{v})" for k, v in g.fallback.items()), stacklevel=2)
+    if quantize is not None:
+        from .quantized import QuantizedModel
+
+        qm = QuantizedModel(g, quantize, threads=threads, check_finite=check_finite)
+        qm.calibrate(ex if calibration is None else calibration)
+        qm(ex)  # plans for the example's shape
+        return qm
     cm = CompiledModel(g, algorithm=algorithm, memory_limit=memory_limit, max_error=max_error,
                        threads=threads, check_finite=check_finite)
     cm(ex)  # plans and buffers for the example's shape

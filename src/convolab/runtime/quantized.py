@@ -1,0 +1,350 @@
+"""int8 compiled models: ``convolab.compile(model, example, quantize=QuantConfig(...))``.
+
+Post-training static quantisation of a captured graph (`convolab.runtime.graph`, after its
+passes: BatchNorm folded, bias / residual / activation fused into the convolutions):
+
+- **Calibration.** The float graph runs operator by operator on the calibration inputs; every
+  value a convolution reads gets one symmetric per-tensor scale from its observed range
+  (`convolab.quant.core.Observer`: ``minmax``, ``percentile`` or ``mse``, the config's
+  ``calibration``), every filter one scale per output channel. A layer run by a fast algorithm
+  also calibrates one scale per frequency of its transform domain (`QuantizedConv.observe`).
+- **Convolutions in int8.** Every convolution reads int8 codes of its input and runs on the
+  int8 kernels (`convolab.quant.plan_int8`: the VNNI microkernel, its pointwise tiles, the
+  int8 depthwise kernel) or, for a fast ``config.algorithm`` (Winograd F(2x2,3x3), SFC-4,
+  SFC-6) on the 3x3 stride-1 layers of one group it runs, on the compiled int8 fast path
+  (`convolab.quant.fastint8`). Spatial layers always take the microkernel: ``"im2col"`` would
+  give the same integers, slower.
+- **Where values stay int8.** A convolution whose output only other convolutions read as
+  their input, with no residual add, writes that output as int8 codes at the consumers' scale
+  straight from its output stage: ``rint(act(y * s_x s_w[k] + b[k]) / s_y)`` clipped to
+  [-127, 127], fused activation (ReLU, ReLU6 / clamp) included. Other outputs are float32
+  (``act(y * s_x s_w[k] + b[k])``, the residual added in float before the activation), and a
+  float value that a convolution reads is quantised once (`_kernels.quantize_codes`, the
+  arithmetic of `convolab.quant.quantize`). Everything else -- pooling, the classifier's
+  linear layer, elementwise operators, PyTorch fallbacks -- runs in float32 as in the float
+  compiled model.
+
+Rounding happens where the codes are made (input and requantised outputs: half to even) and
+in the fast algorithms' transform domain (per frequency); the integer sums are exact.
+"""
+
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+
+from ..errors import ConvError
+from ..quant.core import Observer, QuantConfig, quantize, weight_scales
+from ..spec import ConvSpec
+from . import _kernels as K
+from .graph import ACTS, Graph, Node
+from .ops import _EXEC
+
+#: graph activations the int8 output stage applies itself (others run in float afterwards)
+_STAGE_ACTS = ("none", "relu", "clamp")
+
+
+class _Host:
+    """What the float operators of `convolab.runtime.ops` need from a model: the thread count,
+    the example's batch and `_out`, here one buffer per (operator, shape), kept."""
+
+    def __init__(self, threads: int, example_batch: int):
+        self.threads = threads
+        self._example_batch = example_batch
+        self._bufs: dict = {}
+
+    def _out(self, i: int, st, shape: tuple) -> np.ndarray:
+        b = self._bufs.get((i, shape))
+        if b is None:
+            b = self._bufs[(i, shape)] = np.empty(shape, dtype=np.float32)
+        return b
+
+
+class _Shapes:
+    """The `_State` stand-in the float operators record shapes in."""
+
+    def __init__(self):
+        self.shapes: dict = {}
+        self.segments = None
+
+
+class _QConv:
+    """A convolution's int8 parameters, independent of the input shape."""
+
+    def __init__(self, i: int, n: Node, config: QuantConfig):
+        from ..quant.layer import QuantizedConv
+
+        a = n.attrs
+        self.i, self.node = i, n
+        self.args = dict(stride=a["stride"], padding=a["padding"], dilation=a["dilation"],
+                         groups=a["groups"])
+        w = np.asarray(a["w"], dtype=np.float64)
+        self.s_w = weight_scales(w, config.bits)
+        self.wq = quantize(w, self.s_w, config.bits, axis=0)
+        self.bias = None if a["b"] is None else np.asarray(a["b"], np.float64)
+        self.residual = bool(a["residual"])
+        self.act = a["act"]
+        self.lo, self.hi = float(a.get("lo", 0.0)), float(a.get("hi", 0.0))
+        #: a fast algorithm's layer (`QuantizedConv` calibrates its transform domain), or None
+        self.fast = None
+        if config.fast and config.transform_bits is not None and a["groups"] == 1:
+            from ..kernels._int8_fast import ALGORITHMS
+
+            qc = QuantizedConv(a["w"], None, config=config, **self.args)
+            if qc.t is not None and qc.t.name in ALGORITHMS:
+                self.fast = qc
+        #: the scale of the input codes (set by calibration)
+        self.s_x: float | None = None
+        #: the output's scale when it is written as int8 codes, else None
+        self.s_y: float | None = None
+
+    @property
+    def stage_act(self) -> bool:
+        """Whether the output stage applies the activation (no residual before it)."""
+        return not self.residual and self.act in _STAGE_ACTS
+
+    def activation(self):
+        if self.act == "relu":
+            return "relu"
+        if self.act == "clamp":
+            return ("clamp", self.lo, self.hi)
+        return None
+
+    def plan(self, x_shape: tuple, threads: int):
+        """The layer's int8 plan for input ``x_shape``: codes in, int8 codes (``s_y`` set) or
+        float32 out."""
+        from ..quant.fastint8 import FastInt8Plan
+        from ..quant.intconv import plan_int8
+
+        act = self.activation() if self.stage_act else None
+        if self.fast is not None:
+            qc = self.fast
+            spec = ConvSpec.from_shapes(x_shape, self.wq.shape, dtype=np.float32, **self.args)
+            fa = None if act is None else act if isinstance(act, str) else "clamp"
+            lo, hi = (self.lo, self.hi) if fa == "clamp" else (0.0, 0.0)
+            return FastInt8Plan(spec, qc.t.name, qc.Uq.astype(np.int8), qc.s_u, qc.s_v,
+                                self.s_x, qc.tbits, bias=self.bias, act=fa, lo=lo, hi=hi,
+                                threads=threads)
+        scale = self.s_x * self.s_w
+        if self.s_y is not None:
+            return plan_int8(x_shape, self.wq, **self.args, output="int8", scale=scale,
+                             bias=self.bias, activation=act, out_scale=self.s_y)
+        return plan_int8(x_shape, self.wq, **self.args, output="float32", scale=scale,
+                         bias=self.bias, activation=act)
+
+
+class QuantizedModel:
+    """A captured model whose convolutions run in int8 (see the module notes); call it like
+    the module: float32 torch tensors or NumPy arrays in, the same type out.
+
+    Attributes
+    ----------
+    graph : Graph
+    config : QuantConfig
+    threads : int
+    scales : dict
+        Value index -> the per-tensor scale of its int8 codes (after `calibrate`).
+    """
+
+    def __init__(self, graph: Graph, config: QuantConfig, *, threads=None, check_finite=True):
+        from .model import CompiledModel
+
+        if not isinstance(config, QuantConfig):
+            raise ConvError(f"quantize must be a convolab.quant.QuantConfig, got {type(config).__name__}")
+        #: the float model: calibration runs on it, and the input checks are its
+        self._float = CompiledModel(graph, algorithm="direct", threads=threads,
+                                    check_finite=check_finite)
+        self.graph = graph
+        self.config = config
+        self.threads = self._float.threads
+        self.check_finite = check_finite
+        self._host = _Host(self.threads, self._float._example_batch)
+        self._convs = {i: _QConv(i, n, config) for i, n in enumerate(graph.nodes) if n.kind == "conv"}
+        users = graph.users()
+        #: values read as a convolution's input: each gets codes and a scale
+        self._coded = {c.node.inputs[0] for c in self._convs.values()}
+        for c in self._convs.values():
+            u = users[c.i]
+            c.int8_out = (not c.residual and c.act in _STAGE_ACTS and c.fast is None and u
+                          and all(j >= 0 and j in self._convs and graph.nodes[j].inputs[0] == c.i
+                                  and c.i not in graph.nodes[j].inputs[1:] for j in u))
+        self._observers = {v: Observer(1, config.calibration, config.percentile) for v in self._coded}
+        self.scales: dict[int, float] = {}
+        self._plans: dict[tuple, dict] = {}
+        self._codes: dict[tuple, np.ndarray] = {}
+        self._lock = threading.Lock()
+
+    def __repr__(self) -> str:
+        return (f"QuantizedModel({len(self._convs)} int8 convolutions, {self.config.label()}, "
+                f"threads={self.threads})")
+
+    # ------------------------------------------------------------------ calibration
+    @property
+    def calibrated(self) -> bool:
+        return len(self.scales) == len(self._coded)
+
+    def calibrate(self, samples) -> QuantizedModel:
+        """Observe the float graph on ``samples`` (an array / tensor, or a list of them), then
+        freeze every scale; plans made before are dropped. Returns self."""
+        if not isinstance(samples, (list, tuple)):
+            samples = [samples]
+        if not samples:
+            raise ConvError("calibration needs at least one sample input")
+        from .model import _Threads
+
+        fm = self._float
+        g = self.graph
+        states: dict = {}
+        with self._lock, _Threads(self.threads, True, True):
+            for x in samples:
+                a = fm._input(x, g.nodes[g.inputs[0]])
+                if not np.isfinite(a).all():
+                    raise fm._not_finite(a, g.nodes[g.inputs[0]], int(np.argmax(~np.isfinite(a))))
+                st = states.get(a.shape)
+                if st is None:
+                    from .model import _State
+
+                    st = states[a.shape] = _State()
+                vals: list = [None] * len(g.nodes)
+                vals[g.inputs[0]] = a
+                for i, n in enumerate(g.nodes):
+                    if n.kind != "input":
+                        fm._op(i, n, vals, st)
+                    if i in self._observers:
+                        self._observers[i].update(vals[i].reshape(-1, 1))
+                    if n.kind == "conv" and self._convs[i].fast is not None:
+                        self._convs[i].fast.observe(vals[n.inputs[0]])
+            bits = self.config.bits
+            self.scales = {v: float(o.scales(bits)[0]) for v, o in self._observers.items()}
+            for c in self._convs.values():
+                c.s_x = self.scales[c.node.inputs[0]]
+                c.s_y = self.scales[c.i] if c.int8_out else None
+                if c.fast is not None:
+                    c.fast.freeze()
+                    c.fast.s_x = c.s_x
+            self._plans.clear()
+            self._codes.clear()
+        return self
+
+    # ------------------------------------------------------------------ calling
+    def __call__(self, *inputs):
+        g = self.graph
+        if len(inputs) != 1 or len(g.inputs) != 1:
+            raise ConvError(f"the quantised model takes one input, got {len(inputs)}")
+        if not self.calibrated:
+            raise ConvError("the quantised model is not calibrated: call calibrate(samples)")
+        x = inputs[0]
+        is_torch = type(x).__module__.startswith("torch")
+        fm = self._float
+        a = fm._input(x, g.nodes[g.inputs[0]])
+        if self.check_finite and not np.isfinite(a).all():
+            raise fm._not_finite(a, g.nodes[g.inputs[0]], int(np.argmax(~np.isfinite(a))))
+        from .model import _Threads
+
+        with self._lock, _Threads(self.threads, False, bool(g.fallback)):
+            outs = self._run(a)
+        if is_torch:
+            import torch
+
+            outs = [torch.from_numpy(o) for o in outs]
+        return outs[0] if len(outs) == 1 else tuple(outs)
+
+    def _coded_value(self, v: int, f: np.ndarray) -> np.ndarray:
+        """The int8 codes of float value ``v`` (``f``), in a buffer kept per shape."""
+        key = (v, f.shape)
+        q = self._codes.get(key)
+        if q is None:
+            q = self._codes[key] = np.empty(f.shape, dtype=np.int8)
+        K.launch(K.quantize_codes, (np.ascontiguousarray(f).reshape(-1), q.reshape(-1),
+                                    self.scales[v], 127), self.threads)
+        return q
+
+    def _run(self, a: np.ndarray) -> list[np.ndarray]:
+        g = self.graph
+        plans = self._plans.setdefault(a.shape, {})
+        vals: list = [None] * len(g.nodes)  # float32 values
+        codes: dict[int, np.ndarray] = {}  # int8 codes of the values convolutions read
+        vals[g.inputs[0]] = a
+        st = _Shapes()
+        coded = self._coded
+        for i, n in enumerate(g.nodes):
+            if n.kind == "conv":
+                c = self._convs[i]
+                x = n.inputs[0]
+                xq = codes.get(x)
+                if xq is None:
+                    xq = codes[x] = self._coded_value(x, vals[x])
+                p = plans.get(i)
+                if p is None:
+                    try:
+                        p = plans[i] = (c.plan(xq.shape, self.threads), {})
+                    except ConvError as e:
+                        raise ConvError(f"layer {n.describe()}: {e}") from None
+                plan, outs = p
+                spec = plan.spec
+                dt = np.int8 if c.s_y is not None else np.float32
+                y = outs.get(dt)
+                if y is None:
+                    y = outs[dt] = np.empty(spec.out_shape, dtype=dt)
+                if c.fast is not None:
+                    plan(xq, y)
+                else:
+                    plan(xq, y, self.threads)
+                if c.s_y is not None:
+                    codes[i] = y
+                    continue
+                if not c.stage_act:
+                    self._float_stage(c, y, vals)
+                vals[i] = y
+            elif n.kind != "input":
+                try:
+                    vals[i] = _EXEC[n.kind](self._host, i, n, vals, st)
+                except ConvError as e:
+                    raise ConvError(f"layer {n.describe()}: {e}") from None
+            if i in coded and i not in codes and vals[i] is not None:
+                codes[i] = self._coded_value(i, vals[i])
+        return [np.array(vals[j], copy=True) for j in g.outputs]
+
+    def _float_stage(self, c: _QConv, y: np.ndarray, vals) -> None:
+        """The residual add and an activation the int8 stage did not apply, in float32."""
+        N, Kc = y.shape[:2]
+        y3 = y.reshape(N, Kc, -1)
+        r3 = np.zeros((1, 1, 1), np.float32)
+        if c.residual:
+            r = vals[c.node.inputs[1]]
+            if r.shape != y.shape:
+                raise ConvError(f"layer {c.node.describe()}: residual of shape {r.shape} does not "
+                                f"match the convolution's output {y.shape}")
+            r3 = r.reshape(N, Kc, -1)
+        e1 = np.zeros(1, np.float32)
+        K.launch(K.epilogue, (y3, y3, e1, e1, r3, 4 if c.residual else 0, ACTS[c.act],
+                              np.float32(c.lo), np.float32(c.hi)), self.threads)
+
+    # ------------------------------------------------------------------ reports
+    @property
+    def fallback_ops(self) -> dict:
+        """ATen operators that run through PyTorch (name -> count)."""
+        return dict(self.graph.fallback)
+
+    def layers(self, shape=None) -> list:
+        """The convolutions as `convolab.runtime.model.Layer` records: ``algorithm`` what runs
+        it (``direct int8`` or a fast algorithm with its transform bits), ``epilogue`` the fused
+        stage and the output's type (``-> int8`` codes for the next layer, or ``-> float32``),
+        ``spec`` at input ``shape`` (default: the example's) once planned there."""
+        from .model import Layer
+
+        plans = self._plans.get(tuple(shape or self._float._in_shape), {})
+        out = []
+        for i, c in self._convs.items():
+            n = c.node
+            algo = (f"{c.fast.t.name} int{self.config.bits}/t{c.fast.tbits}" if c.fast is not None
+                    else f"direct int{self.config.bits}")
+            epi = "+".join(x for x in ("bias" if c.bias is not None else "",
+                                       "residual" if c.residual else "",
+                                       c.act if c.act != "none" else "") if x)
+            epi = f"{epi or '-'} -> {'int8' if c.s_y is not None else 'float32'}"
+            p = plans.get(i)
+            out.append(Layer(n.name, n.where, p[0].spec if p else None, algo, epi,
+                             "int8" if p else "-"))
+        return out
