@@ -2,6 +2,8 @@
 
 - `grouped_tile`: the program -> (row tile, column tile) map in GROUP_M-swizzled order, so that
   programs running together reuse the same column tiles of the filter from L2;
+- `pixel_tile`: the prologue of the implicit GEMMs' [pixels x output channels] programs: the
+  program's group, split, row and column indices, their masks and the rows' (n, oh, ow);
 - `store_pixel_tile`: the epilogue of a [pixels x output channels] tile (the implicit GEMMs):
   either float32 partials ``part[split, m, k]`` for `convolab.gpu._reduce`, or bias, one rounding
   to the output dtype and a store through the output's strides;
@@ -21,6 +23,29 @@ def grouped_tile(pid, M, N, BM: tl.constexpr, BN: tl.constexpr, GROUP_M: tl.cons
     first_m = (pid // width) * GROUP_M
     gsz = tl.minimum(num_m - first_m, GROUP_M)
     return first_m + (pid % width) % gsz, (pid % width) // gsz
+
+
+@triton.jit
+def pixel_tile(M, Kg, OH, OW, BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, GROUP_M: tl.constexpr):
+    """A program over (row-tile x column-tile, group, split) -> (g, sk, rm, rn, rk, mmask, nmask,
+    n, oh, ow): rows m = (n, oh, ow) of the M = N OH OW output pixels, columns the group's Kg
+    output channels, rk the first BK-long step of the reduction."""
+    pid = tl.program_id(0)
+    g = tl.program_id(1)
+    sk = tl.program_id(2)
+    pid_m, pid_n = grouped_tile(pid, M, Kg, BM, BN, GROUP_M)
+
+    rm = pid_m * BM + tl.arange(0, BM)
+    rn = pid_n * BN + tl.arange(0, BN)
+    rk = tl.arange(0, BK)
+    mmask = rm < M
+    nmask = rn < Kg
+    P = OH * OW
+    n = rm // P
+    p = rm % P
+    oh = p // OW
+    ow = p % OW
+    return g, sk, rm, rn, rk, mmask, nmask, n, oh, ow
 
 
 @triton.jit

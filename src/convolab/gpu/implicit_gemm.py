@@ -33,7 +33,7 @@ import triton.language as tl
 from ..spec import ConvSpec
 from ._common import Config, DeviceInfo, cdiv, dot_precision, fill_split, smem_bytes, split_ranges
 from ._reduce import reduce_splits
-from ._tiles import grouped_tile, store_pixel_tile
+from ._tiles import pixel_tile, store_pixel_tile
 
 NAME = "implicit_gemm_gpu"
 
@@ -53,21 +53,7 @@ def _igemm_kernel(
     BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, GROUP_M: tl.constexpr,
     PREC: tl.constexpr, HAS_BIAS: tl.constexpr, SPLIT: tl.constexpr, DENSE: tl.constexpr, KMAJOR: tl.constexpr,
 ):
-    pid = tl.program_id(0)
-    g = tl.program_id(1)
-    sk = tl.program_id(2)
-    pid_m, pid_n = grouped_tile(pid, M, Kg, BM, BN, GROUP_M)
-
-    rm = pid_m * BM + tl.arange(0, BM)
-    rn = pid_n * BN + tl.arange(0, BN)
-    rk = tl.arange(0, BK)
-    mmask = rm < M
-    nmask = rn < Kg
-    P = OH * OW
-    n = rm // P
-    p = rm % P
-    oh = p // OW
-    ow = p % OW
+    g, sk, rm, rn, rk, mmask, nmask, n, oh, ow = pixel_tile(M, Kg, OH, OW, BM, BN, BK, GROUP_M)
     ih0 = oh * sh - pt
     iw0 = ow * sw - pl
     if DENSE:  # 1x1, stride 1, no padding, rows of sxw channels back to back: A is a plain matrix
