@@ -64,6 +64,16 @@ def _axpy(dst, src, b, first):  # pragma: no cover - compiled
 
 
 @njit(inline="always")
+def _tile(t, r0, TH, TW):  # pragma: no cover - compiled
+    """Tile t of a chunk starting at tile row r0 -> (image, tile row th in it, tile column tw)."""
+    rr = t // TW
+    tw = t - rr * TW
+    row = r0 + rr
+    img = row // TH
+    return img, row - img * TH, tw
+
+
+@njit(inline="always")
 def _columns_and_core(Z1, Z, V, col, B1, n, n1, P, ident, sp, si, sv):  # pragma: no cover
     """Second half of an input transform: ``Z[a, b] = sum_j B1[b, j] Z1[a, j]`` (straight into
     ``V[:, col]`` for separable algorithms), then ``V[p, col] = sum_q S_in[p, q] Z[q]``."""
@@ -101,11 +111,7 @@ def input_transform(xh, V, g, r0, TH, TW, m, pt, pl, B1, sp, si, sv, t0, t1):  #
     Z1 = np.empty((n1, n, Cg), dtype=V.dtype)
     Z = np.empty((1 if ident else n1 * n1, Cg), dtype=V.dtype)
     for t in range(t0, t1):
-        rr = t // TW
-        tw = t - rr * TW
-        row = r0 + rr
-        img = row // TH
-        th = row - img * TH
+        img, th, tw = _tile(t, r0, TH, TW)
         h0 = th * m - pt
         w0 = tw * m - pl
         for j in range(n):  # Z1[a, j] = sum_i B1[a, i] X[i, j]
@@ -214,11 +220,7 @@ def output_transform(M, out, k0, r0, TH, TW, m, A1, sp, si, sv, t0, t1):  # prag
     Yb = np.empty((Kg if buffered else 0, m, rowlen), dtype=M.dtype)
     tw_a = 0
     for t in range(t0, t1):
-        rr = t // TW
-        tw = t - rr * TW
-        row = r0 + rr
-        img = row // TH
-        th = row - img * TH
+        img, th, tw = _tile(t, r0, TH, TW)
         if t == t0 or tw == 0:
             tw_a = tw  # first tile of the run
         if not ident:  # M'[q] = sum_p S_out[q, p] M[p, t]
