@@ -52,6 +52,16 @@ def _hash_vec(key, d):  # pragma: no cover - compiled
 
 
 @njit(cache=True, nogil=True, inline="always")
+def _same_key(lat_keys, e, key, d):  # pragma: no cover - compiled
+    """Whether lattice point ``e`` is keyed by ``key``: its ``d`` stored coordinates compared in
+    order, stopping at the first that differs."""
+    for i in range(d):
+        if lat_keys[e, i] != key[i]:
+            return False
+    return True
+
+
+@njit(cache=True, nogil=True, inline="always")
 def vertex(base, rank, r, key):  # pragma: no cover - compiled
     """Vertex ``r`` of a simplex: ``key[i] = base[i] + r - (d + 1) [rank[i] > d - r]``."""
     d = key.size
@@ -195,12 +205,7 @@ def insert(base, rank, hashes, table, lat_keys, offsets, start, m, sink):  # pra
                     offsets[t, r] = m
                     m += 1
                     break
-                same = True
-                for i in range(d):
-                    if lat_keys[e, i] != key[i]:
-                        same = False
-                        break
-                if same:
+                if _same_key(lat_keys, e, key, d):
                     offsets[t, r] = e
                     break
                 h = (h + np.uint64(1)) & mask
@@ -299,12 +304,7 @@ def _find_from(key, table, lat_keys, d, h):  # pragma: no cover - compiled
         e = table[h]
         if e < 0:
             return -1
-        same = True
-        for i in range(d):
-            if lat_keys[e, i] != key[i]:
-                same = False
-                break
-        if same:
+        if _same_key(lat_keys, e, key, d):
             return e
         h = (h + np.uint64(1)) & mask
 
