@@ -13,9 +13,9 @@ the one the convolution kernels apply per tile.
 import numpy as np
 from numba import njit, uint64
 
-from ..kernels._atomics import fetch_add
+from ..kernels._atomics import fetch_add, wait_until
 from ..kernels._direct import copy_run, fill_phases, max16, maxwin16
-from ..kernels._epilogue import F0, F1, maximum, run
+from ..kernels._epilogue import F0, F1, act, clamp, maximum, relu, run
 from ..kernels._pointwise import LINEAR_NB, linear_tile
 
 
@@ -51,29 +51,58 @@ def epilogue(src, dst, scale, shift, res, mode, act, lo, hi, ctr):  # pragma: no
             run(d, t * P, r, t * P, P, a, b, mode, act, lo32, hi32)
 
 
-#: elements per task of `quantize_codes`
-QUANT_BLOCK = 16384
+#: elements per task of `stage_codes` (a 16 KiB float32 block stays in the L1 cache from the
+#: residual add to the codes)
+QUANT_BLOCK = 4096
 
 
 @njit(cache=True, nogil=True)
-def quantize_codes(src, dst, scale, q, ctr):  # pragma: no cover - compiled
-    """``dst = clip(rint(src / scale), -q, q)`` (flat float32 in, int8 codes out): the
-    arithmetic of `convolab.quant.quantize` (float64 division, half to even), so the codes are
-    its codes. Tasks of `QUANT_BLOCK` elements from the counter."""
-    n = src.size
+def stage_codes(y, r, code, lo, hi, q, scale, qmax, ctr):  # pragma: no cover - compiled
+    """The float tail of an int8 model's layer over flat float32 ``y``, in place: ``y =
+    act(y + r)`` (``r`` empty: no residual; ``code`` an activation of `_epilogue.act`, 0
+    none), then, where ``q`` is not empty, its int8 codes ``q = clip(rint(y / scale), -qmax,
+    qmax)`` -- `convolab.quant.quantize`'s arithmetic (float64 division, half to even), so the
+    codes are its codes. Tasks of `QUANT_BLOCK` elements from ``ctr[0]``; a complete job
+    (`convolab.kernels.team.Team.run`): each thread returns once ``ctr[1]`` counts every task
+    done (reported back through the GIL instead, the team thread's report had cost 20-100 us
+    per call inside a model, at times milliseconds)."""
+    n = y.size
+    lo32 = np.float32(lo)
+    hi32 = np.float32(hi)
     s = np.float64(scale)
-    hi = np.float64(q)
-    lo = -hi
+    top = np.float64(qmax)
+    bot = -top
+    res = r.size > 0
     nt = (n + QUANT_BLOCK - 1) // QUANT_BLOCK
     while True:
         task = fetch_add(ctr, 0)
         if task >= nt:
             break
-        for i in range(uint64(task * QUANT_BLOCK), uint64(min(n, (task + 1) * QUANT_BLOCK))):
-            v = np.rint(np.float64(src[i]) / s)
-            v = lo if v < lo else v
-            v = hi if v > hi else v
-            dst[i] = np.int8(v)
+        i0 = uint64(task * QUANT_BLOCK)
+        i1 = uint64(min(n, (task + 1) * QUANT_BLOCK))
+        if res and code == 0:
+            for i in range(i0, i1):
+                y[i] = y[i] + r[i]
+        elif res and code == 1:
+            for i in range(i0, i1):
+                y[i] = relu(y[i] + r[i])
+        elif res and code == 2:
+            for i in range(i0, i1):
+                y[i] = clamp(y[i] + r[i], lo32, hi32)
+        elif res:
+            for i in range(i0, i1):
+                y[i] = act(y[i] + r[i], code, lo32, hi32)
+        elif code != 0:
+            for i in range(i0, i1):
+                y[i] = act(y[i], code, lo32, hi32)
+        if q.size:
+            for i in range(i0, i1):
+                v = np.rint(np.float64(y[i]) / s)
+                v = bot if v < bot else v
+                v = top if v > top else v
+                q[i] = np.int8(v)
+        fetch_add(ctr, 1)
+    wait_until(ctr, 1, nt)
 
 
 @njit(cache=True, nogil=True)

@@ -16,13 +16,14 @@ passes: BatchNorm folded, bias / residual / activation fused into the convolutio
   give the same integers, slower.
 - **Where values stay int8.** A convolution whose output only other convolutions read as
   their input, with no residual add, writes that output as int8 codes at the consumers' scale
-  straight from its output stage: ``rint(act(y * s_x s_w[k] + b[k]) / s_y)`` clipped to
-  [-127, 127], fused activation (ReLU, ReLU6 / clamp) included. Other outputs are float32
+  straight from its output stage: ``rint(fma(float32(y), s_x s_w[k] / s_y, b[k] / s_y))``
+  (the factors rounded to float32) clamped to the fused activation's bounds over ``s_y``
+  (ReLU, ReLU6 / clamp) and to [-127, 127]. Other outputs are float32
   (``act(y * s_x s_w[k] + b[k])``, the residual added in float before the activation), and a
-  float value that a convolution reads is quantised once (`_kernels.quantize_codes`, the
-  arithmetic of `convolab.quant.quantize`). Everything else -- pooling, the classifier's
-  linear layer, elementwise operators, PyTorch fallbacks -- runs in float32 as in the float
-  compiled model.
+  float value that a convolution reads is quantised once, in the same pass as that residual
+  add and activation (`_kernels.stage_codes`, the arithmetic of `convolab.quant.quantize`).
+  Everything else -- pooling, the classifier's linear layer, elementwise operators, PyTorch
+  fallbacks -- runs in float32 as in the float compiled model.
 
 Rounding happens where the codes are made (input and requantised outputs: half to even) and
 in the fast algorithms' transform domain (per frequency); the integer sums are exact.
@@ -35,12 +36,15 @@ import threading
 import numpy as np
 
 from ..errors import ConvError
+from ..kernels import team
 from ..quant.core import Observer, QuantConfig, quantize, weight_scales
 from ..spec import ConvSpec
 from . import _kernels as K
 from .graph import ACTS, Graph, Node
 from .ops import _EXEC
 
+_E32 = np.zeros(0, dtype=np.float32)
+_E8 = np.zeros(0, dtype=np.int8)
 #: graph activations the int8 output stage applies itself (others run in float afterwards)
 _STAGE_ACTS = ("none", "relu", "clamp")
 
@@ -250,14 +254,23 @@ class QuantizedModel:
             outs = [torch.from_numpy(o) for o in outs]
         return outs[0] if len(outs) == 1 else tuple(outs)
 
-    def _coded_value(self, v: int, f: np.ndarray) -> np.ndarray:
-        """The int8 codes of float value ``v`` (``f``), in a buffer kept per shape."""
-        key = (v, f.shape)
-        q = self._codes.get(key)
-        if q is None:
-            q = self._codes[key] = np.empty(f.shape, dtype=np.int8)
-        K.launch(K.quantize_codes, (np.ascontiguousarray(f).reshape(-1), q.reshape(-1),
-                                    self.scales[v], 127), self.threads)
+    def _tail(self, v: int, y: np.ndarray, r: np.ndarray | None = None, code: int = 0,
+              lo: float = 0.0, hi: float = 0.0) -> np.ndarray | None:
+        """One pass over float value ``v`` (``y``): the residual add and activation not applied
+        before (in place), and its int8 codes if a convolution reads it (returned; kept in a
+        buffer per shape)."""
+        q = None
+        if v in self._coded:
+            key = (v, y.shape)
+            q = self._codes.get(key)
+            if q is None:
+                q = self._codes[key] = np.empty(y.shape, dtype=np.int8)
+        if q is None and r is None and code == 0:
+            return None
+        flat = y.reshape(-1) if y.flags.c_contiguous else np.ascontiguousarray(y).reshape(-1)
+        team.run(K.stage_codes, (flat, _E32 if r is None else r.reshape(-1), code, lo, hi,
+                                 _E8 if q is None else q.reshape(-1), self.scales.get(v, 1.0),
+                                 127, np.zeros(2, dtype=np.int64)), self.threads, complete=True)
         return q
 
     def _run(self, a: np.ndarray) -> list[np.ndarray]:
@@ -265,28 +278,25 @@ class QuantizedModel:
         plans = self._plans.setdefault(a.shape, {})
         vals: list = [None] * len(g.nodes)  # float32 values
         codes: dict[int, np.ndarray] = {}  # int8 codes of the values convolutions read
-        vals[g.inputs[0]] = a
+        i0 = g.inputs[0]
+        vals[i0] = a
+        q = self._tail(i0, a)
+        if q is not None:
+            codes[i0] = q
         st = _Shapes()
-        coded = self._coded
         for i, n in enumerate(g.nodes):
             if n.kind == "conv":
                 c = self._convs[i]
-                x = n.inputs[0]
-                xq = codes.get(x)
-                if xq is None:
-                    xq = codes[x] = self._coded_value(x, vals[x])
+                xq = codes[n.inputs[0]]
                 p = plans.get(i)
                 if p is None:
                     try:
-                        p = plans[i] = (c.plan(xq.shape, self.threads), {})
+                        plan = c.plan(xq.shape, self.threads)
                     except ConvError as e:
                         raise ConvError(f"layer {n.describe()}: {e}") from None
-                plan, outs = p
-                spec = plan.spec
-                dt = np.int8 if c.s_y is not None else np.float32
-                y = outs.get(dt)
-                if y is None:
-                    y = outs[dt] = np.empty(spec.out_shape, dtype=dt)
+                    dt = np.int8 if c.s_y is not None else np.float32
+                    p = plans[i] = (plan, np.empty(plan.spec.out_shape, dtype=dt))
+                plan, y = p
                 if c.fast is not None:
                     plan(xq, y)
                 else:
@@ -294,32 +304,28 @@ class QuantizedModel:
                 if c.s_y is not None:
                     codes[i] = y
                     continue
-                if not c.stage_act:
-                    self._float_stage(c, y, vals)
                 vals[i] = y
+                if c.stage_act:
+                    q = self._tail(i, y)
+                else:
+                    r = None
+                    if c.residual:
+                        r = vals[n.inputs[1]]
+                        if r.shape != y.shape:
+                            raise ConvError(f"layer {n.describe()}: residual of shape {r.shape} "
+                                            f"does not match the convolution's output {y.shape}")
+                    q = self._tail(i, y, r, ACTS[c.act], c.lo, c.hi)
             elif n.kind != "input":
                 try:
                     vals[i] = _EXEC[n.kind](self._host, i, n, vals, st)
                 except ConvError as e:
                     raise ConvError(f"layer {n.describe()}: {e}") from None
-            if i in coded and i not in codes and vals[i] is not None:
-                codes[i] = self._coded_value(i, vals[i])
+                q = self._tail(i, vals[i])
+            else:
+                continue
+            if q is not None:
+                codes[i] = q
         return [np.array(vals[j], copy=True) for j in g.outputs]
-
-    def _float_stage(self, c: _QConv, y: np.ndarray, vals) -> None:
-        """The residual add and an activation the int8 stage did not apply, in float32."""
-        N, Kc = y.shape[:2]
-        y3 = y.reshape(N, Kc, -1)
-        r3 = np.zeros((1, 1, 1), np.float32)
-        if c.residual:
-            r = vals[c.node.inputs[1]]
-            if r.shape != y.shape:
-                raise ConvError(f"layer {c.node.describe()}: residual of shape {r.shape} does not "
-                                f"match the convolution's output {y.shape}")
-            r3 = r.reshape(N, Kc, -1)
-        e1 = np.zeros(1, np.float32)
-        K.launch(K.epilogue, (y3, y3, e1, e1, r3, 4 if c.residual else 0, ACTS[c.act],
-                              np.float32(c.lo), np.float32(c.hi)), self.threads)
 
     # ------------------------------------------------------------------ reports
     @property
