@@ -27,7 +27,7 @@ import numpy as np
 from llvmlite import ir
 from numba import njit, types, uint64
 from numba.core import cgutils
-from numba.extending import intrinsic
+from numba.extending import intrinsic, overload
 
 from ._atomics import fetch_add, wait_until
 from ._epilogue import F0, F1
@@ -492,18 +492,26 @@ def _t16(typingctx, src, so, ss, nr, nl, dst, do, ds, nd, ml):
     """Transpose a 16x16 block between two layouts: rows ``i < nr`` are ``src[so + i ss + l]``
     for lanes ``l < nl`` (other rows and lanes zero); after the transpose, rows ``j < nd`` are
     stored to ``dst[do + j ds + l]`` for lanes ``l < ml``. Masked loads and stores, so the
-    block may lie at the end of a row or of an array. Between NCHW planes and 16-lane pixels."""
+    block may lie at the end of a row or of an array. Between NCHW planes and 16-lane pixels.
+    ``src`` and ``dst`` hold the same type, or ``src`` signed integers (int8 codes) that are
+    converted, exactly, to ``dst``'s float as they are loaded."""
     if not all(isinstance(t, types.Integer) for t in (so, ss, nr, nl, do, ds, nd, ml)):
+        return None
+    if src.dtype != dst.dtype and not (isinstance(src.dtype, types.Integer) and src.dtype.signed
+                                       and isinstance(dst.dtype, types.Float)):
         return None
     sig = types.void(src, so, ss, nr, nl, dst, do, ds, nd, ml)
 
     def codegen(context, builder, sig, args):
         i32 = ir.IntType(32)
         i64 = ir.IntType(64)
-        flt = context.get_value_type(sig.args[0].dtype)
+        flt = context.get_value_type(sig.args[5].dtype)
         size = context.get_abi_sizeof(flt)
         vty = ir.VectorType(flt, 16)
-        mload = masked_load(builder, vty)
+        ety = context.get_value_type(sig.args[0].dtype)
+        esize = context.get_abi_sizeof(ety)
+        vsrc = ir.VectorType(ety, 16)
+        mload = masked_load(builder, vsrc)
         mstore, _ = _masked_store(builder, vty, size)
         sp = context.make_array(sig.args[0])(context, builder, args[0]).data
         dp = context.make_array(sig.args[5])(context, builder, args[5]).data
@@ -517,8 +525,10 @@ def _t16(typingctx, src, so, ss, nr, nl, dst, do, ds, nd, ml):
             slot = cgutils.alloca_once_value(builder, zero)
             with builder.if_then(builder.icmp_signed("<", ir.Constant(i64, i), nr)):
                 ptr = builder.bitcast(builder.gep(sp, [builder.add(so, builder.mul(ir.Constant(i64, i), ss))]),
-                                      vty.as_pointer())
-                builder.store(builder.call(mload, [ptr, ir.Constant(i32, size), lmask, zero]), slot)
+                                      vsrc.as_pointer())
+                v = builder.call(mload, [ptr, ir.Constant(i32, esize), lmask,
+                                         ir.Constant(vsrc, None)])
+                builder.store(v if vsrc == vty else builder.sitofp(v, vty), slot)
             rows.append(builder.load(slot))
         cols = _transpose16(builder, rows)
         for j in range(16):
@@ -767,6 +777,19 @@ def depthwise_block_tasks(N, C, OH, OW, R, S, sh, sw, dh, dw):  # pragma: no cov
     return N * ((C + 15) // 16) * ((OH + ob - 1) // ob)
 
 
+def _in_place_source(xflat, buf):  # pragma: no cover - typed by its overload
+    """What `depthwise_block_task` reads a channel-blocked input from: ``xflat`` itself, or,
+    where its type is not the work buffer's (int8 codes, converted as they are copied, never
+    read in place), ``buf`` -- so that the in-place branch types for every input."""
+
+
+@overload(_in_place_source, inline="always")
+def _in_place_source_typed(xflat, buf):
+    if xflat.dtype == buf.dtype:
+        return lambda xflat, buf: xflat
+    return lambda xflat, buf: buf
+
+
 @njit(nogil=True)
 def depthwise_block_task(task, xflat, xbase, wf, wbase, of, obase, C, H, W, R, S, OH, OW, sh, sw,
                          dh, dw, pt, pl, buf, epi, xblocked):  # pragma: no cover - compiled
@@ -855,7 +878,8 @@ def depthwise_block_task(task, xflat, xbase, wf, wbase, of, obase, C, H, W, R, S
     for oh in range(oh0, oh1):
         o = uint64(ob + oh * OW * 16) if direct_out else nin + uint64((oh - oh0) * OW * 16)
         if inplace:
-            _dw_row(xflat, buf, of if direct_out else buf, o, src0, 16 * W, oh * sh - pt, H, W,
+            _dw_row(_in_place_source(xflat, buf), buf, of if direct_out else buf, o, src0,
+                    16 * W, oh * sh - pt, H, W,
                     -pl, zrow, sw, dh, dw, R, S, wf, wb, OW, ebias, c0 if emode & 2 else 0, cn,
                     fm, fc, elo, ehi)
         else:

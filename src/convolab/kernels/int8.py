@@ -388,11 +388,23 @@ _I32_4 = np.zeros((0, 0, 0, 0), dtype=np.int32)
 DW_BLOCKED = True
 
 
+def depthwise_taps(wq: np.ndarray) -> np.ndarray | None:
+    """The taps of a one-output-per-channel depthwise filter as the channel-blocked kernel
+    reads them (`convolab.kernels._int8.pack_depthwise_taps`), or None for other filters."""
+    if wq.shape[1] != 1 or not DW_BLOCKED:
+        return None
+    from ._int8 import pack_depthwise_taps
+
+    return pack_depthwise_taps(wq)
+
+
 def depthwise(spec, xq: np.ndarray, wq: np.ndarray, out: np.ndarray,
-              threads: int | None = None, stage: tuple | None = None) -> None:
+              threads: int | None = None, stage: tuple | None = None,
+              taps: np.ndarray | None = None) -> None:
     """Depthwise convolution (groups = C, K = m C) of int8 codes into ``out`` on the team
     (`convolab.kernels._int8.depthwise_int8`: integer sums in float32, exact): the int32 sums,
-    or with ``stage`` the float32 / int8 output stage (by ``out``'s dtype, as `conv`)."""
+    or with ``stage`` the float32 / int8 output stage (by ``out``'s dtype, as `conv`).
+    ``taps``: `depthwise_taps` of ``wq`` when the caller keeps them (made here if None)."""
     rt = _RUNTIME or _runtime()
     if threads is None:
         threads = rt["worker_count"]()
@@ -409,7 +421,8 @@ def depthwise(spec, xq: np.ndarray, wq: np.ndarray, out: np.ndarray,
     else:
         raise ConvError(f"the output stage writes float32 or int8, got out of dtype {out.dtype}")
     if blocked:  # one output per channel: the channel-blocked kernel
-        args = (xq, wq, outs[0], np.zeros(2, dtype=np.int64), spec.OH, spec.OW, spec.R, spec.S,
+        args = (xq, depthwise_taps(wq) if taps is None else taps, outs[0],
+                np.zeros(2, dtype=np.int64), spec.OH, spec.OW, spec.R, spec.S,
                 *spec.stride, *spec.dilation, pt, pl, *outs[1:])
         rt["load_from_cache"](rt["dwb"], args + (bufs[0],),
                               _warm("generic", (1, 8, 6, 6), (8, 1, 3, 3), 1, groups=8),

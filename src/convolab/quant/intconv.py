@@ -126,8 +126,11 @@ class Int8Plan:
         self.output = output
         self.stage = self._stage(spec.K, output, scale, bias, activation, out_scale)
         self.wq = np.ascontiguousarray(wq)
+        self._taps = None
         if method == "direct":
             self._prep = microkernel_packed(spec, self.wq)
+            if self._prep is None and self._dw and spec.K == spec.C:
+                self._taps = mk8.depthwise_taps(self.wq)
         else:
             self._prep = pack_im2col(spec, self.wq, gemm_dtype(bound))
 
@@ -183,7 +186,8 @@ class Int8Plan:
             self._mk8.conv(self.spec, xq, self._prep, out, threads, stage=self.stage)
             return out
         if self.method == "direct" and self._dw:
-            self._mk8.depthwise(self.spec, xq, self.wq, out, threads, stage=self.stage)
+            self._mk8.depthwise(self.spec, xq, self.wq, out, threads, stage=self.stage,
+                                taps=self._taps)
             return out
         acc = out if self.stage is None else np.empty(self.spec.out_shape, dtype=np.int32)
         if self.method == "direct":
