@@ -224,3 +224,32 @@ def test_bad_input_and_options_are_refused(net, data, qm):
     bad_cal[1][0, 0, 0, 0] = float("inf")
     with pytest.raises(ConvError, match="non-finite"):
         convolab.compile(net, x[:1], quantize=QuantConfig("direct"), calibration=bad_cal)
+
+
+@pytest.mark.parametrize("shape, w_shape, kw", [
+    ((1, 16, 9, 9), (32, 16, 3, 3), dict(padding=1)),  # channel tiles
+    ((2, 8, 28, 28), (24, 8, 1, 1), {}),  # pointwise tiles
+    ((1, 24, 10, 10), (24, 1, 5, 5), dict(padding=2, stride=2, groups=24)),  # depthwise
+    ((1, 8, 6, 6), (4, 2, 3, 3), dict(padding=1, groups=4)),  # few channels per group: loops
+])
+@pytest.mark.parametrize("output", ["int8", "float32"])
+def test_bound_int8_plans_give_the_plans_results(shape, w_shape, kw, output):
+    from convolab.quant import plan_int8
+
+    rng = np.random.default_rng(3)
+    x = rng.integers(-127, 128, shape, dtype=np.int8)
+    w = rng.integers(-127, 128, w_shape, dtype=np.int8)
+    K = w_shape[0]
+    extra = dict(out_scale=40.0) if output == "int8" else {}
+    p = plan_int8(shape, w, **kw, output=output, scale=np.linspace(0.5, 1.5, K),
+                  bias=np.arange(K) - K / 2, activation=("clamp", -300.0, 2000.0), **extra)
+    want = p(x, None, 2)
+    y = np.full_like(want, 7)
+    run = p.bind(x, y, 2)
+    run()
+    np.testing.assert_array_equal(y, want)
+    x[...] = rng.integers(-127, 128, shape, dtype=np.int8)  # the bound call reads x again
+    run()
+    np.testing.assert_array_equal(y, p(x, None, 1))
+    with pytest.raises(ConvError, match="bind takes"):
+        p.bind(x[:, :, :-1], y)

@@ -308,37 +308,79 @@ def conv(spec, xq: np.ndarray, packed: Packed, out: np.ndarray, threads: int | N
     rt = _RUNTIME or _runtime()
     if threads is None:
         threads = rt["worker_count"]()
+    lock, buf = _conv_buffer(spec, packed, threads)
+    own = lock.acquire(blocking=False)
+    try:
+        xp = buf if own else np.empty(buf.size, dtype=np.uint8)
+        fn, args, _, _ = _conv_job(spec, xq, packed, out, threads, stage, xp)
+        rt["team"].run(fn, args, threads, complete=True)
+    finally:
+        if own:
+            lock.release()
+
+
+def bind(spec, xq: np.ndarray, packed: Packed | None, out: np.ndarray, threads: int,
+         stage: tuple | None = None, wq: np.ndarray | None = None, taps=None):
+    """`conv` (``packed``) or `depthwise` (``packed`` None, ``wq`` and ``taps``) of these very
+    arrays as a function of no arguments: the job's arguments and work buffers made once, a
+    call only zeroes its counter and runs it -- for a caller that runs the layer again and
+    again on the same buffers, one call at a time (a compiled int8 model: `conv` took about 7
+    us more per call, mostly building its arguments)."""
+    rt = _RUNTIME or _runtime()
+    if packed is None:
+        fn, args, own, ctr = _depthwise_job(spec, xq, wq, out, threads, stage, taps)
+    else:
+        fn, args, own, ctr = _conv_job(spec, xq, packed, out, threads, stage,
+                                       _conv_buffer(spec, packed, threads)[1])
+    run = rt["team"].run
+
+    def call():
+        ctr[:] = 0
+        run(fn, args, threads, own, True)
+
+    return call
+
+
+def _conv_buffer(spec, packed: Packed, threads: int) -> tuple:
+    """(lock, buffer) of a packed layer's shifted channels-last copy at ``spec``, made once."""
     if packed.pointwise:
-        _conv_pw(spec, xq, packed, out, threads, stage)
-        return
+        _, buf, lock, _, _ = _pw_geometry(spec, packed, threads)
+        return lock, buf
+    geo = _tiles_geometry(spec, packed, threads)
+    return geo.lock, geo.xp
+
+
+def _tiles_geometry(spec, packed: Packed, threads: int) -> _Geometry:
     # keyed by the spec object (a plan keeps its own; hashing a ConvSpec took 0.5 us)
     key = (id(spec), threads)
     geo = packed.geometry.get(key)
     if geo is None or geo.spec is not spec:
         geo = packed.geometry[key] = _Geometry(spec, packed, threads)
+    return geo
+
+
+def _conv_job(spec, xq, packed: Packed, out, threads: int, stage, xp) -> tuple:
+    """(kernel, arguments, None, counter) of `conv` with the shifted copy in ``xp``; the kernel
+    compiled (`convolab.kernels.load_from_cache`)."""
+    rt = _RUNTIME or _runtime()
+    if stage is not None and out.dtype not in (np.float32, np.int8):
+        raise ConvError(f"the output stage writes float32 or int8, got out of dtype {out.dtype}")
+    if packed.pointwise:
+        return _pw_job(spec, xq, packed, out, threads, stage, xp)
+    geo = _tiles_geometry(spec, packed, threads)
     if stage is None:
         tail = (out.reshape(-1), geo.rest, _F32, _STAGE0)
     else:
-        if out.dtype not in (np.float32, np.int8):
-            raise ConvError(f"the output stage writes float32 or int8, got out of dtype {out.dtype}")
         tail = (_I32, geo.rest, out.reshape(-1), stage)
-    own = geo.lock.acquire(blocking=False)
-    try:
-        xp = geo.xp if own else np.empty(geo.size, dtype=np.uint8)
-        args = (xq.reshape(-1), xp, packed.w, packed.corr, geo.taps, geo.nq, tail[0],
-                np.zeros(4, dtype=np.int64), *tail[1], tail[2], tail[3], geo.sub)
-        rt["load_from_cache"](rt["tiles"], args,
-                              _warm(packed.path, (1, 8, 4, 4), (16, 8, 3, 3), 1),
-                              (packed.path, out.dtype.name))
-        rt["team"].run(rt["tiles"], args, threads, complete=True)
-    finally:
-        if own:
-            geo.lock.release()
+    args = (xq.reshape(-1), xp, packed.w, packed.corr, geo.taps, geo.nq, tail[0],
+            np.zeros(4, dtype=np.int64), *tail[1], tail[2], tail[3], geo.sub)
+    rt["load_from_cache"](rt["tiles"], args, _warm(packed.path, (1, 8, 4, 4), (16, 8, 3, 3), 1),
+                          (packed.path, out.dtype.name))
+    return rt["tiles"], args, None, args[7]
 
 
-def _conv_pw(spec, xq, packed: Packed, out, threads: int, stage) -> None:
-    """`conv` of a pointwise layer (`pointwise`) on the pointwise tiles."""
-    rt = _RUNTIME or _runtime()
+def _pw_geometry(spec, packed: Packed, threads: int) -> tuple:
+    """(spec, quad-plane buffer, lock, k-block ranges, tile chunks) of a pointwise layer."""
     HW = spec.OH * spec.OW
     TP = PW_NV * LANES[packed.path]
     key = (id(spec), threads)
@@ -357,25 +399,24 @@ def _conv_pw(spec, xq, packed: Packed, out, threads: int, stage) -> None:
         geo = packed.geometry[key] = (spec, np.empty(spec.N * padded_group(spec.C) * HW + 4 * TP,
                                                      dtype=np.uint8), threading.Lock(), nkbr,
                                       nchunk)
-    _, buf, lock, nkbr, nchunk = geo
+    return geo
+
+
+def _pw_job(spec, xq, packed: Packed, out, threads: int, stage, xp) -> tuple:
+    """`_conv_job` of a pointwise layer (`pointwise`) on the pointwise tiles."""
+    rt = _RUNTIME or _runtime()
+    TP = PW_NV * LANES[packed.path]
+    _, _, _, nkbr, nchunk = _pw_geometry(spec, packed, threads)
     if stage is None:
         o, f, st = out.reshape(-1), _F32, _STAGE0
     else:
-        if out.dtype not in (np.float32, np.int8):
-            raise ConvError(f"the output stage writes float32 or int8, got out of dtype {out.dtype}")
         o, f, st = _I32, out.reshape(-1), stage
-    own = lock.acquire(blocking=False)
-    try:
-        xp = buf if own else np.empty(buf.size, dtype=np.uint8)
-        args = (xq.reshape(-1), xp, packed.w, packed.corr, o, np.zeros(4, dtype=np.int64),
-                spec.N, spec.C, spec.H, spec.W, spec.OH, spec.OW, *spec.stride, spec.K, nkbr,
-                nchunk, TP, packed.token, f, st)
-        rt["load_from_cache"](rt["pw"], args, _warm(packed.path, (1, 8, 28, 28), (16, 8, 1, 1), 0),
-                              (packed.path, "pw", out.dtype.name))
-        rt["team"].run(rt["pw"], args, threads, complete=True)
-    finally:
-        if own:
-            lock.release()
+    args = (xq.reshape(-1), xp, packed.w, packed.corr, o, np.zeros(4, dtype=np.int64),
+            spec.N, spec.C, spec.H, spec.W, spec.OH, spec.OW, *spec.stride, spec.K, nkbr,
+            nchunk, TP, packed.token, f, st)
+    rt["load_from_cache"](rt["pw"], args, _warm(packed.path, (1, 8, 28, 28), (16, 8, 1, 1), 0),
+                          (packed.path, "pw", out.dtype.name))
+    return rt["pw"], args, None, args[5]
 
 
 _F32_4 = np.zeros((0, 0, 0, 0), dtype=np.float32)
@@ -408,6 +449,14 @@ def depthwise(spec, xq: np.ndarray, wq: np.ndarray, out: np.ndarray,
     rt = _RUNTIME or _runtime()
     if threads is None:
         threads = rt["worker_count"]()
+    fn, args, bufs, _ = _depthwise_job(spec, xq, wq, out, threads, stage, taps)
+    rt["team"].run(fn, args, threads, own=bufs, complete=True)
+
+
+def _depthwise_job(spec, xq, wq, out, threads: int, stage, taps) -> tuple:
+    """(kernel, arguments, per-thread work buffers, counter) of `depthwise`; the kernel
+    compiled."""
+    rt = _RUNTIME or _runtime()
     blocked = spec.K == spec.C and DW_BLOCKED
     n = rt["dwb_buffer" if blocked else "dw_buffer"](spec)
     pl, _, pt, _ = spec.padding
@@ -427,11 +476,10 @@ def depthwise(spec, xq: np.ndarray, wq: np.ndarray, out: np.ndarray,
         rt["load_from_cache"](rt["dwb"], args + (bufs[0],),
                               _warm("generic", (1, 8, 6, 6), (8, 1, 3, 3), 1, groups=8),
                               ("dwb", out.dtype.name))
-        rt["team"].run(rt["dwb"], args, threads, own=bufs, complete=True)
-        return
+        return rt["dwb"], args, bufs, args[3]
     args = (xq, wq, outs[0], np.zeros(2, dtype=np.int64), spec.K, spec.OH, spec.OW, spec.R,
             spec.S, *spec.stride, *spec.dilation, pt, pl, *outs[1:])
     rt["load_from_cache"](rt["dw"], args + (bufs[0],),
                           _warm("generic", (1, 8, 6, 6), (8, 1, 3, 3), 1, groups=8),
                           ("dw", out.dtype.name))
-    rt["team"].run(rt["dw"], args, threads, own=bufs, complete=True)
+    return rt["dw"], args, bufs, args[3]

@@ -201,6 +201,29 @@ class Int8Plan:
         return out
 
 
+    def bind(self, xq: np.ndarray, out: np.ndarray, threads: int | None = None):
+        """This plan on these very arrays as a function of no arguments (checked once; on the
+        int8 microkernel and depthwise kernel `convolab.kernels.int8.bind`: the job's
+        arguments made once): for a caller that runs it again and again on the same buffers,
+        one call at a time."""
+        xq = check_int8(xq, "input")
+        if (xq.shape != self.spec.x_shape or not xq.flags.c_contiguous
+                or out.shape != self.spec.out_shape or out.dtype != self.output
+                or not out.flags.c_contiguous):
+            raise ConvError(f"bind takes C-contiguous int8 {self.spec.x_shape} codes and a "
+                            f"{self.output} {self.spec.out_shape} output")
+        if threads is None:
+            from .._machine import worker_count
+
+            threads = worker_count()
+        if self.method == "direct" and self._prep is not None:
+            return self._mk8.bind(self.spec, xq, self._prep, out, threads, self.stage)
+        if self.method == "direct" and self._dw:
+            return self._mk8.bind(self.spec, xq, None, out, threads, self.stage, wq=self.wq,
+                                  taps=self._taps)
+        return lambda: self(xq, out, threads)
+
+
 def plan_int8(x_shape, wq, stride=1, padding=0, dilation=1, groups=1,
               method: str = "direct", output: str = "int32", scale=None, bias=None,
               activation: str | None = None, out_scale: float | None = None) -> Int8Plan:

@@ -295,12 +295,15 @@ class QuantizedModel:
                     except ConvError as e:
                         raise ConvError(f"layer {n.describe()}: {e}") from None
                     dt = np.int8 if c.s_y is not None else np.float32
-                    p = plans[i] = (plan, np.empty(plan.spec.out_shape, dtype=dt))
-                plan, y = p
-                if c.fast is not None:
-                    plan(xq, y)
-                else:
-                    plan(xq, y, self.threads)
+                    y = np.empty(plan.spec.out_shape, dtype=dt)
+                    # the codes' buffer is this shape's own: the call is bound to it once
+                    run = ((lambda plan=plan, xq=xq, y=y: plan(xq, y)) if c.fast is not None
+                           else plan.bind(xq, y, self.threads))
+                    p = plans[i] = (plan, y, run, xq)
+                plan, y, run, xq0 = p
+                if xq0 is not xq:
+                    raise AssertionError(f"layer {n.describe()}: its input codes moved")
+                run()
                 if c.s_y is not None:
                     codes[i] = y
                     continue
