@@ -16,6 +16,8 @@ multiply paths) and their drivers inline them.
 
 from __future__ import annotations
 
+import contextlib
+
 import numpy as np
 from llvmlite import ir
 from numba import njit, types
@@ -99,6 +101,13 @@ def _signature(tys, arrays, floats):
     """``void(*tys)`` when every argument but the ``arrays`` and ``floats`` positions is an
     integer and those at ``floats`` floats (else None: Numba tries other typings)."""
     return types.void(*tys) if scalars_typed(tys, arrays, floats) else None
+
+
+def _named_intrinsic(fn, name: str):
+    """`intrinsic` of a factory's code generator under its own ``name`` (each variant a
+    distinct intrinsic in Numba's errors and caches)."""
+    fn.__name__ = fn.__qualname__ = name
+    return intrinsic(fn)
 
 
 def _make_tile(mr: int):
@@ -213,8 +222,7 @@ def _make_tile(mr: int):
 
         return sig, codegen
 
-    tile.__name__ = tile.__qualname__ = f"_int8_tile_{mr}"
-    return intrinsic(tile)
+    return _named_intrinsic(tile, f"_int8_tile_{mr}")
 
 
 def _bounds(builder, act, lo, hi, narrow, L):
@@ -414,12 +422,11 @@ def _make_quad_run(step: int):
 
         return sig, codegen
 
-    quad_run.__name__ = quad_run.__qualname__ = f"_quad_run_{step}"
-    return intrinsic(quad_run)
+    return _named_intrinsic(quad_run, f"_quad_run_{step}")
 
 
-_quad_run = _make_quad_run(1)
-_quad_run2 = _make_quad_run(2)
+#: the quad runs of stride 1 and 2
+_quad_run, _quad_run2 = (_make_quad_run(step) for step in (1, 2))
 
 
 @njit(nogil=True, inline="always")
@@ -542,6 +549,24 @@ def conv_int8_tiles(x, xp, wpk, corr, taps, nq, out, counter, N, C, H, W, K, OH,
     wait_until(counter, 3, ntask)
 
 
+@contextlib.contextmanager
+def _blocks16(builder, count):
+    """A generated loop over ``count`` (int64) elements in blocks of 16: yields the block's
+    first index and its lane mask (lanes below ``count``)."""
+    lanes = ir.Constant(ir.VectorType(_I64, 16), list(range(16)))
+    nblk = builder.sdiv(builder.add(count, _i64(15)), _i64(16))
+    with cgutils.for_range(builder, nblk) as lb:
+        i0 = builder.mul(lb.index, _i64(16))
+        yield i0, builder.icmp_signed("<", lanes, splat(builder, builder.sub(count, i0),
+                                                           ir.VectorType(_I64, 16)))
+
+
+def _load16(builder, mload, base, off, vty, align: int, mask):
+    """The masked load of a ``vty`` vector at ``base[off]`` (masked lanes zero)."""
+    ptr = builder.bitcast(builder.gep(base, [off]), vty.as_pointer())
+    return builder.call(mload, [ptr, ir.Constant(_I32, align), mask, ir.Constant(vty, None)])
+
+
 @intrinsic
 def _stage_run(typingctx, dst, doff, src, soff, count, s, b, act, lo, hi):
     """The output stage of a run of sums: ``dst[doff + i] = min(max(fma(float(src[soff + i]),
@@ -574,15 +599,8 @@ def _stage_run(typingctx, dst, doff, src, soff, count, s, b, act, lo, hi):
                                               "llvm.rint.v16f32")
         lo, hi = _bounds(builder, act, lo, hi, narrow, 16)
         sv, bv = splat(builder, sv, fty), splat(builder, bv, fty)
-        lanes = ir.Constant(ir.VectorType(_I64, 16), list(range(16)))
-        nblk = builder.sdiv(builder.add(count, _i64(15)), _i64(16))
-        with cgutils.for_range(builder, nblk) as lb:
-            i0 = builder.mul(lb.index, _i64(16))
-            m = builder.icmp_signed("<", lanes, splat(builder, builder.sub(count, i0),
-                                                        ir.VectorType(_I64, 16)))
-            v = builder.call(mload, [builder.bitcast(builder.gep(sp, [builder.add(soff, i0)]),
-                                                     svt.as_pointer()),
-                                     ir.Constant(_I32, 4), m, ir.Constant(svt, None)])
+        with _blocks16(builder, count) as (i0, m):
+            v = _load16(builder, mload, sp, builder.add(soff, i0), svt, 4, m)
             if sety != fl:
                 v = builder.sitofp(v, fty)
             y = builder.call(fma, [v, sv, bv])
@@ -720,8 +738,7 @@ def _make_pw_tile(mk: int, npv: int):
 
         return sig, codegen
 
-    pw.__name__ = pw.__qualname__ = f"_int8_pw_{mk}x{npv}"
-    return intrinsic(pw)
+    return _named_intrinsic(pw, f"_int8_pw_{mk}x{npv}")
 
 
 _pw = _make_pw_tile(PW_MK, PW_NV)
@@ -867,12 +884,11 @@ def _make_dw_run(step: int):
 
         return sig, codegen
 
-    dw_run.__name__ = dw_run.__qualname__ = f"_dw_run_{step}"
-    return intrinsic(dw_run)
+    return _named_intrinsic(dw_run, f"_dw_run_{step}")
 
 
-_dw_run = _make_dw_run(1)
-_dw_run2 = _make_dw_run(2)
+#: the depthwise runs of stride 1 and 2
+_dw_run, _dw_run2 = (_make_dw_run(step) for step in (1, 2))
 
 
 @intrinsic
@@ -899,15 +915,8 @@ def _cvt_run(typingctx, dst, doff, src, soff, count):
         dvt = ir.VectorType(dety, 16)
 
         mload, mstore = _mload(builder, svt), _mstore(builder, dvt)
-        lanes = ir.Constant(ir.VectorType(_I64, 16), list(range(16)))
-        nblk = builder.sdiv(builder.add(count, _i64(15)), _i64(16))
-        with cgutils.for_range(builder, nblk) as lb:
-            i0 = builder.mul(lb.index, _i64(16))
-            m = builder.icmp_signed("<", lanes, splat(builder, builder.sub(count, i0),
-                                                        ir.VectorType(_I64, 16)))
-            v = builder.call(mload, [builder.bitcast(builder.gep(sp, [builder.add(soff, i0)]),
-                                                     svt.as_pointer()),
-                                     ir.Constant(_I32, 1), m, ir.Constant(svt, None)])
+        with _blocks16(builder, count) as (i0, m):
+            v = _load16(builder, mload, sp, builder.add(soff, i0), svt, 1, m)
             v = builder.sitofp(v, dvt) if dety == ir.FloatType() else builder.fptosi(v, dvt)
             builder.call(mstore, [v, builder.bitcast(builder.gep(dp, [builder.add(doff, i0)]),
                                                      dvt.as_pointer()), ir.Constant(_I32, 4), m])
