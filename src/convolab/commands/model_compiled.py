@@ -192,22 +192,30 @@ def _runtimes(model, example, names, threads, say=None) -> tuple[dict, dict, dic
         say(f"onnxruntime: [yellow]skipped[/yellow]: {setup['onnxruntime']['error'][:200]}")
     compiled = {}
     for n in names:
-        c = f"convolab {n}"
-        try:
-            t0 = time.perf_counter()
-            cm = compile_model(model, example, algorithm=n, threads=threads)
-            wall = time.perf_counter() - t0
-        except Exception as e:  # a configuration that breaks is reported, not fatal
-            setup[c] = {"kind": "convolab", "algorithm": n, "error": f"{type(e).__name__}: {e}"}
-            say(f"{c}: [red]failed[/red]: {setup[c]['error']}")
-            continue
-        compiled[c] = cm
-        runs[c] = cm
-        setup[c] = {"kind": "convolab", "algorithm": n, "compile_s": wall,
-                    "fallback_ops": cm.fallback_ops,
-                    "folded": {k: v for k, v in cm.graph.folded.items() if k != "example_batch"}}
-        say(f"{c}: compiled (capture, passes, plans at batch {example.shape[0]}) in {wall:.1f} s")
+        _add_compiled(f"convolab {n}", lambda n=n: compile_model(model, example, algorithm=n,
+                                                                  threads=threads),
+                      {"algorithm": n}, runs, setup, compiled, say,
+                      f"compiled (capture, passes, plans at batch {example.shape[0]})")
     return runs, setup, compiled
+
+
+def _add_compiled(c: str, build, record: dict, runs, setup, compiled, say, done: str):
+    """Configuration ``c``: ``build()`` (a compiled model) timed and added to ``runs``,
+    ``setup`` (``record`` and what it took) and ``compiled``; one that fails is recorded with
+    its error and reported, not fatal. Returns the model or None."""
+    try:
+        t0 = time.perf_counter()
+        cm = build()
+        wall = time.perf_counter() - t0
+    except Exception as e:  # a configuration that breaks is reported, not fatal
+        setup[c] = {"kind": "convolab", **record, "error": f"{type(e).__name__}: {e}"}
+        say(f"{c}: [red]failed[/red]: {setup[c]['error']}")
+        return None
+    compiled[c] = runs[c] = cm
+    setup[c] = {"kind": "convolab", **record, "compile_s": wall, "fallback_ops": cm.fallback_ops,
+                "folded": {k: v for k, v in cm.graph.folded.items() if k != "example_batch"}}
+    say(f"{c}: {done} in {wall:.1f} s")
+    return cm
 
 
 def calibration_batches(info, size: int, batch: int = 4) -> list:
@@ -245,21 +253,12 @@ def _int8_runtimes(model, info, example, algorithms, threads, runs, setup, compi
         say(f"onnxruntime int8: [yellow]skipped[/yellow]: {setup['onnxruntime int8']['error'][:200]}")
     for a in algorithms:
         c = f"convolab int8 {a}"
-        try:
-            t0 = time.perf_counter()
-            qm = compile_model(model, example, quantize=QuantConfig(a), calibration=cal,
-                               threads=threads)
-            wall = time.perf_counter() - t0
-        except Exception as e:  # a configuration that breaks is reported, not fatal
-            setup[c] = {"kind": "convolab", "quantize": a, "error": f"{type(e).__name__}: {e}"}
-            say(f"{c}: [red]failed[/red]: {setup[c]['error']}")
-            continue
-        compiled[c] = qm
-        runs[c] = qm
-        setup[c] = {"kind": "convolab", "quantize": qm.config.label(), "compile_s": wall,
-                    "fallback_ops": qm.fallback_ops,
-                    "folded": {k: v for k, v in qm.graph.folded.items() if k != "example_batch"}}
-        say(f"{c}: compiled and calibrated ({len(cal)} batches) in {wall:.1f} s")
+        qm = _add_compiled(c, lambda a=a: compile_model(model, example, quantize=QuantConfig(a),
+                                                        calibration=cal, threads=threads),
+                           {"quantize": a}, runs, setup, compiled, say,
+                           f"compiled and calibrated ({len(cal)} batches)")
+        if qm is not None:
+            setup[c]["quantize"] = qm.config.label()
 
 
 def _compiled_accuracy(model, x, labels, runs, setup, compiled) -> dict:
