@@ -253,3 +253,22 @@ def test_bound_int8_plans_give_the_plans_results(shape, w_shape, kw, output):
     np.testing.assert_array_equal(y, p(x, None, 1))
     with pytest.raises(ConvError, match="bind takes"):
         p.bind(x[:, :, :-1], y)
+
+
+def test_recalibration_uses_only_its_own_samples_and_a_failed_one_changes_nothing(net, data):
+    cal, x = data
+    q = convolab.compile(net, x[:1], quantize=QuantConfig("sfc4_4x3"), calibration=cal,
+                         threads=2)
+    before = dict(q.scales)
+    y = q(x)
+    bad = [cal[0], cal[1].clone()]
+    bad[1][0, 0, 0, 0] = float("nan")
+    with pytest.raises(ConvError, match="non-finite"):
+        q.calibrate(bad)
+    assert q.scales == before
+    assert torch.equal(q(x), y)
+    q.calibrate([c * 0.5 for c in cal])  # these samples alone: the input's range halves
+    x_in = q.graph.inputs[0]
+    assert q.scales[x_in] == pytest.approx(before[x_in] / 2, rel=1e-12)  # not max(old, new)
+    q.calibrate(cal)
+    assert q.scales == before and torch.equal(q(x), y)

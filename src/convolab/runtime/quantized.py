@@ -90,6 +90,7 @@ class _QConv:
         self.residual = bool(a["residual"])
         self.act = a["act"]
         self.lo, self.hi = float(a.get("lo", 0.0)), float(a.get("hi", 0.0))
+        self.config = config
         #: a fast algorithm's layer (`QuantizedConv` calibrates its transform domain), or None
         self.fast = None
         if config.fast and config.transform_bits is not None and a["groups"] == 1:
@@ -98,6 +99,14 @@ class _QConv:
             qc = QuantizedConv(a["w"], None, config=config, **self.args)
             if qc.t is not None and qc.t.name in ALGORITHMS:
                 self.fast = qc
+
+    def fresh_fast(self):
+        """A new, unobserved `QuantizedConv` of this fast layer (None for a spatial one)."""
+        from ..quant.layer import QuantizedConv
+
+        if self.fast is None:
+            return None
+        return QuantizedConv(self.node.attrs["w"], None, config=self.config, **self.args)
         #: the scale of the input codes (set by calibration)
         self.s_x: float | None = None
         #: the output's scale when it is written as int8 codes, else None
@@ -173,7 +182,6 @@ class QuantizedModel:
             c.int8_out = (not c.residual and c.act in _STAGE_ACTS and c.fast is None and u
                           and all(j >= 0 and j in self._convs and graph.nodes[j].inputs[0] == c.i
                                   and c.i not in graph.nodes[j].inputs[1:] for j in u))
-        self._observers = {v: Observer(1, config.calibration, config.percentile) for v in self._coded}
         self.scales: dict[int, float] = {}
         self._plans: dict[tuple, dict] = {}
         self._codes: dict[tuple, np.ndarray] = {}
@@ -190,7 +198,8 @@ class QuantizedModel:
 
     def calibrate(self, samples) -> QuantizedModel:
         """Observe the float graph on ``samples`` (an array / tensor, or a list of them), then
-        freeze every scale; plans made before are dropped. Returns self."""
+        set every scale from them alone; plans made before are dropped. Returns self. On an
+        error (a bad sample) nothing changes."""
         if not isinstance(samples, (list, tuple)):
             samples = [samples]
         if not samples:
@@ -200,6 +209,9 @@ class QuantizedModel:
         fm = self._float
         g = self.graph
         states: dict = {}
+        cfg = self.config
+        observers = {v: Observer(1, cfg.calibration, cfg.percentile) for v in self._coded}
+        fast = {i: c.fresh_fast() for i, c in self._convs.items() if c.fast is not None}
         with self._lock, _Threads(self.threads, True, True):
             for x in samples:
                 a = fm._input(x, g.nodes[g.inputs[0]])
@@ -215,17 +227,20 @@ class QuantizedModel:
                 for i, n in enumerate(g.nodes):
                     if n.kind != "input":
                         fm._op(i, n, vals, st)
-                    if i in self._observers:
-                        self._observers[i].update(vals[i].reshape(-1, 1))
-                    if n.kind == "conv" and self._convs[i].fast is not None:
-                        self._convs[i].fast.observe(vals[n.inputs[0]])
-            bits = self.config.bits
-            self.scales = {v: float(o.scales(bits)[0]) for v, o in self._observers.items()}
-            for c in self._convs.values():
-                c.s_x = self.scales[c.node.inputs[0]]
-                c.s_y = self.scales[c.i] if c.int8_out else None
-                if c.fast is not None:
-                    c.fast.freeze()
+                    if i in observers:
+                        observers[i].update(vals[i].reshape(-1, 1))
+                    if i in fast:
+                        fast[i].observe(vals[n.inputs[0]])
+            scales = {v: float(o.scales(cfg.bits)[0]) for v, o in observers.items()}
+            for qc in fast.values():
+                qc.freeze()
+            # all observed: commit
+            self.scales = scales
+            for i, c in self._convs.items():
+                c.s_x = scales[c.node.inputs[0]]
+                c.s_y = scales[c.i] if c.int8_out else None
+                if i in fast:
+                    c.fast = fast[i]
                     c.fast.s_x = c.s_x
             self._plans.clear()
             self._codes.clear()
