@@ -49,6 +49,13 @@ class Layer:
     runs: str = "-"
 
 
+def epilogue_label(attrs: dict) -> str:
+    """A convolution node's fused output stage as text: ``bias+residual+relu``, or ""."""
+    return "+".join(x for x in ("bias" if attrs["b"] is not None else "",
+                                "residual" if attrs["residual"] else "",
+                                attrs["act"] if attrs["act"] != "none" else "") if x)
+
+
 class _State:
     """What a compiled model keeps per input shape: plans, the recorded shapes, then the arena
     (every activation's buffer, assigned by liveness) and the run's segments."""
@@ -123,10 +130,7 @@ class CompiledModel:
             if n.kind != "conv":
                 continue
             p = st.plans.get(i) if st else None
-            epi = "+".join(x for x in (
-                "bias" if n.attrs["b"] is not None else "",
-                "residual" if n.attrs["residual"] else "",
-                n.attrs["act"] if n.attrs["act"] != "none" else "") if x)
+            epi = epilogue_label(n.attrs)
             runs = "-"
             if st is not None and st.segments is not None:
                 runs = "executor" if any(isinstance(s, _Segment) and i in s.nodes for s in st.segments) else "alone"

@@ -214,9 +214,7 @@ class QuantizedModel:
         fast = {i: c.fresh_fast() for i, c in self._convs.items() if c.fast is not None}
         with self._lock, _Threads(self.threads, True, True):
             for x in samples:
-                a = fm._input(x, g.nodes[g.inputs[0]])
-                if not np.isfinite(a).all():
-                    raise fm._not_finite(a, g.nodes[g.inputs[0]], int(np.argmax(~np.isfinite(a))))
+                a = self._checked(x, True)
                 st = states.get(a.shape)
                 if st is None:
                     from .model import _State
@@ -255,10 +253,7 @@ class QuantizedModel:
             raise ConvError("the quantised model is not calibrated: call calibrate(samples)")
         x = inputs[0]
         is_torch = type(x).__module__.startswith("torch")
-        fm = self._float
-        a = fm._input(x, g.nodes[g.inputs[0]])
-        if self.check_finite and not np.isfinite(a).all():
-            raise fm._not_finite(a, g.nodes[g.inputs[0]], int(np.argmax(~np.isfinite(a))))
+        a = self._checked(x, self.check_finite)
         from .model import _Threads
 
         with self._lock, _Threads(self.threads, False, bool(g.fallback)):
@@ -268,6 +263,15 @@ class QuantizedModel:
 
             outs = [torch.from_numpy(o) for o in outs]
         return outs[0] if len(outs) == 1 else tuple(outs)
+
+    def _checked(self, x, finite: bool) -> np.ndarray:
+        """``x`` as the float model checks an input (float32, shape), and, if ``finite``,
+        refused with a ConvError naming the first NaN / Inf."""
+        node = self.graph.nodes[self.graph.inputs[0]]
+        a = self._float._input(x, node)
+        if finite and not np.isfinite(a).all():
+            raise self._float._not_finite(a, node, int(np.argmax(~np.isfinite(a))))
+        return a
 
     def _tail(self, v: int, y: np.ndarray, r: np.ndarray | None = None, code: int = 0,
               lo: float = 0.0, hi: float = 0.0) -> np.ndarray | None:
@@ -356,7 +360,7 @@ class QuantizedModel:
         it (``direct int8`` or a fast algorithm with its transform bits), ``epilogue`` the fused
         stage and the output's type (``-> int8`` codes for the next layer, or ``-> float32``),
         ``spec`` at input ``shape`` (default: the example's) once planned there."""
-        from .model import Layer
+        from .model import Layer, epilogue_label
 
         plans = self._plans.get(tuple(shape or self._float._in_shape), {})
         out = []
@@ -364,10 +368,7 @@ class QuantizedModel:
             n = c.node
             algo = (f"{c.fast.t.name} int{self.config.bits}/t{c.fast.tbits}" if c.fast is not None
                     else f"direct int{self.config.bits}")
-            epi = "+".join(x for x in ("bias" if c.bias is not None else "",
-                                       "residual" if c.residual else "",
-                                       c.act if c.act != "none" else "") if x)
-            epi = f"{epi or '-'} -> {'int8' if c.s_y is not None else 'float32'}"
+            epi = f"{epilogue_label(n.attrs) or '-'} -> {'int8' if c.s_y is not None else 'float32'}"
             p = plans.get(i)
             out.append(Layer(n.name, n.where, p[0].spec if p else None, algo, epi,
                              "int8" if p else "-"))
